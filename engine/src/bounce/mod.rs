@@ -1,0 +1,1 @@
+//! bounce: not yet written.

@@ -1,0 +1,1 @@
+//! Configuration: TOML schema, validation with key and line, the embedded default.

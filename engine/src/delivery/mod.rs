@@ -1,0 +1,1 @@
+//! delivery: not yet written.

@@ -1,0 +1,1 @@
+//! dns: not yet written.

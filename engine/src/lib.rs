@@ -1,0 +1,22 @@
+//! Volley: a thread-per-core mail transfer agent.
+//!
+//! The modules follow the path of a message: `listener` accepts connections and drives the sans-IO
+//! `smtp::server`; `spool` makes each message durable; `router` hands recipients to the core that owns
+//! their (VMTA, domain) `queue`; `delivery` drives `smtp::client` over source-bound sockets; `bounce`
+//! reports failures; `accounting` records every outcome.
+
+pub mod accounting;
+pub mod api;
+pub mod auth;
+pub mod bounce;
+pub mod config;
+pub mod delivery;
+pub mod dns;
+pub mod envelope;
+pub mod listener;
+pub mod logging;
+pub mod queue;
+pub mod router;
+pub mod runtime;
+pub mod smtp;
+pub mod spool;

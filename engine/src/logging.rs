@@ -1,0 +1,1 @@
+//! Logs: one event a line on stderr, as text or JSON (`--log-format`).

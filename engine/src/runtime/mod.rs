@@ -1,0 +1,1 @@
+//! runtime: not yet written.

@@ -1,0 +1,1 @@
+//! spool: not yet written.
