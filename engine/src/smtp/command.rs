@@ -1,0 +1,1 @@
+//! command: not yet written.

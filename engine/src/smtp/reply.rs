@@ -1,0 +1,1 @@
+//! reply: not yet written.
