@@ -1,0 +1,260 @@
+//! The TOML schema, as serde types. Defaults live here; cross-field checks live in `validate`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Deserialize;
+
+use super::duration::ConfigDuration;
+use super::network::Network;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub spool: SpoolSection,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    pub tls: Option<TlsSection>,
+    #[serde(default, rename = "customer")]
+    pub customers: Vec<CustomerConfig>,
+    #[serde(default, rename = "vmta")]
+    pub vmtas: Vec<VmtaConfig>,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+    #[serde(default, rename = "domain")]
+    pub domains: Vec<DomainPolicyConfig>,
+    #[serde(default)]
+    pub dns: DnsSection,
+    /// Static next hops by recipient domain, tried before MX: `"example.test" = "127.0.0.1:2526"`.
+    #[serde(default)]
+    pub routes: BTreeMap<String, String>,
+    #[serde(default, rename = "dkim")]
+    pub dkim: Vec<DkimConfig>,
+    #[serde(default)]
+    pub api: ApiSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub hostname: String,
+    /// Executors, one per core; 0 = every available core.
+    pub cores: usize,
+    pub spool_dir: String,
+    /// JSON Lines accounting log; empty = events kept in memory for the API only.
+    pub accounting_log: String,
+    pub max_connections: u32,
+    pub max_connections_per_ip: u32,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            hostname: "localhost".into(),
+            cores: 0,
+            spool_dir: "./volley-spool".into(),
+            accounting_log: String::new(),
+            max_connections: 10_000,
+            max_connections_per_ip: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    pub segment_bytes: u64,
+    pub max_spool_bytes: u64,
+    pub fsync: bool,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            segment_bytes: 64 << 20,
+            max_spool_bytes: 10 << 30,
+            fsync: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    None,
+    Starttls,
+    Implicit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerAuth {
+    Off,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    #[serde(default = "default_listener_tls")]
+    pub tls: ListenerTls,
+    #[serde(default = "default_listener_auth")]
+    pub auth: ListenerAuth,
+    /// Who may relay without AUTH.
+    #[serde(default)]
+    pub relay_networks: Vec<Network>,
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    /// Error replies before the session gets 421 and is closed.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: u32,
+    /// RFC 5321 4.5.3.2: 5 minutes for commands.
+    #[serde(default = "default_command_timeout_ms")]
+    pub command_timeout_ms: u64,
+    /// RFC 5321 4.5.3.2: 3 minutes for each DATA block.
+    #[serde(default = "default_data_timeout_ms")]
+    pub data_timeout_ms: u64,
+}
+
+fn default_listener_tls() -> ListenerTls {
+    ListenerTls::None
+}
+fn default_listener_auth() -> ListenerAuth {
+    ListenerAuth::Off
+}
+fn default_max_message_bytes() -> usize {
+    50 << 20
+}
+fn default_max_recipients() -> usize {
+    1000
+}
+fn default_max_errors() -> u32 {
+    20
+}
+fn default_command_timeout_ms() -> u64 {
+    300_000
+}
+fn default_data_timeout_ms() -> u64 {
+    180_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub certificate: String,
+    pub private_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerConfig {
+    pub name: String,
+    /// PHC string (argon2id); without it the customer cannot AUTH.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub max_messages_per_hour: Option<u64>,
+    #[serde(default)]
+    pub max_messages_per_day: Option<u64>,
+    /// Prepaid messages beyond the plan; 0 = none.
+    #[serde(default)]
+    pub credits: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmtaConfig {
+    pub name: String,
+    /// 0.0.0.0 or :: = the system's own source address.
+    pub source_ip: IpAddr,
+    pub ehlo_hostname: String,
+    /// Relative share within a pool (weighted round robin).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub vmtas: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    #[default]
+    Opportunistic,
+    Required,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainPolicyConfig {
+    /// An exact domain, `*.example.com`, or `*`.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Scope to one VMTA; `*` or absent = every VMTA.
+    #[serde(default)]
+    pub vmta: Option<String>,
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub max_messages_per_connection: Option<u32>,
+    #[serde(default)]
+    pub max_messages_per_minute: Option<u32>,
+    #[serde(default)]
+    pub max_messages_per_hour: Option<u32>,
+    #[serde(default)]
+    pub retry_intervals: Option<Vec<ConfigDuration>>,
+    #[serde(default)]
+    pub max_queue_age: Option<ConfigDuration>,
+    #[serde(default)]
+    pub tls: Option<OutboundTls>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// Empty = the system resolver (/etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    pub domain: String,
+    pub selector: String,
+    pub private_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    pub address: SocketAddr,
+    /// Bearer token; empty = loopback clients only, no token.
+    pub token: String,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            address: SocketAddr::from(([127, 0, 0, 1], 8025)),
+            token: String::new(),
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Checks that span fields or touch the host (files, references between sections), each error named
+//! by its key and, found through toml_edit's spans, its line.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use super::schema::{Config, ListenerAuth, ListenerTls};
+use super::{ConfigError, line_of};
+
+/// A step in a key path: a table key or an array index.
+#[derive(Debug, Clone)]
+enum Step {
+    Key(&'static str),
+    Index(usize),
+    Name(String),
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    document: Option<toml_edit::Document<String>>,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: &[Step], message: impl Into<String>) {
+        let key = path
+            .iter()
+            .map(|s| match s {
+                Step::Key(k) => format!(".{k}"),
+                Step::Name(k) => format!(".{k:?}"),
+                Step::Index(i) => format!("[{i}]"),
+            })
+            .collect::<String>()
+            .trim_start_matches('.')
+            .to_string();
+        let line = self.line(path);
+        self.errors.push(ConfigError {
+            key,
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// The line of the deepest part of `path` that the document has.
+    fn line(&self, path: &[Step]) -> Option<usize> {
+        let document = self.document.as_ref()?;
+        let mut item = document.as_item();
+        let mut best = None;
+        for step in path {
+            let next = match step {
+                Step::Key(k) => item.get(*k),
+                Step::Name(k) => item.get(k.as_str()),
+                Step::Index(i) => item.get(*i),
+            };
+            match next {
+                Some(n) => item = n,
+                None => break,
+            }
+            if let Some(span) = item.span() {
+                best = Some(line_of(self.text, span.start));
+            }
+        }
+        best
+    }
+}
+
+pub(super) fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
+    let mut c = Checker {
+        text,
+        document: toml_edit::Document::parse(text.to_string()).ok(),
+        errors: Vec::new(),
+    };
+    check_server(config, &mut c);
+    check_listeners(config, &mut c);
+    check_delivery(config, &mut c);
+    check_customers(config, &mut c);
+    check_files(config, &mut c);
+    check_api(config, &mut c);
+    c.errors
+}
+
+fn check_server(config: &Config, c: &mut Checker) {
+    use Step::Key;
+    let s = &config.server;
+    if s.hostname.is_empty() || s.hostname.contains(char::is_whitespace) {
+        c.error(
+            &[Key("server"), Key("hostname")],
+            "must be a host name without spaces",
+        );
+    }
+    if s.cores > 1024 {
+        c.error(&[Key("server"), Key("cores")], "at most 1024");
+    }
+    if s.spool_dir.is_empty() {
+        c.error(&[Key("server"), Key("spool_dir")], "must not be empty");
+    }
+    if s.max_connections == 0 || s.max_connections_per_ip == 0 {
+        c.error(
+            &[Key("server"), Key("max_connections")],
+            "connection limits must be at least 1",
+        );
+    }
+    let sp = &config.spool;
+    if !(1 << 20..=1 << 32).contains(&sp.segment_bytes) {
+        c.error(
+            &[Key("spool"), Key("segment_bytes")],
+            "must be between 1 MiB and 4 GiB",
+        );
+    }
+    if sp.max_spool_bytes < sp.segment_bytes {
+        c.error(
+            &[Key("spool"), Key("max_spool_bytes")],
+            "must be at least segment_bytes",
+        );
+    }
+}
+
+fn check_listeners(config: &Config, c: &mut Checker) {
+    use Step::{Index, Key};
+    if config.listeners.is_empty() {
+        c.error(&[Key("listener")], "at least one [[listener]] is needed");
+    }
+    let mut seen = HashSet::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let at = |k| [Key("listener"), Index(i), Key(k)];
+        if !seen.insert(l.address) {
+            c.error(&at("address"), format!("{} is used twice", l.address));
+        }
+        if l.auth != ListenerAuth::Off && l.tls == ListenerTls::None {
+            c.error(
+                &at("auth"),
+                "AUTH is offered only over TLS: set tls = \"starttls\" or \"implicit\", or auth = \"off\"",
+            );
+        }
+        if l.max_message_bytes < 1024 {
+            c.error(&at("max_message_bytes"), "must be at least 1024");
+        }
+        if l.max_recipients == 0 {
+            c.error(&at("max_recipients"), "must be at least 1");
+        }
+        if l.max_errors == 0 {
+            c.error(&at("max_errors"), "must be at least 1");
+        }
+        if l.command_timeout_ms == 0 || l.data_timeout_ms == 0 {
+            c.error(&at("command_timeout_ms"), "timeouts must be at least 1 ms");
+        }
+    }
+}
+
+fn check_delivery(config: &Config, c: &mut Checker) {
+    use Step::{Index, Key, Name};
+    let mut vmtas = HashSet::new();
+    for (i, v) in config.vmtas.iter().enumerate() {
+        if !vmtas.insert(v.name.as_str()) {
+            c.error(&[Key("vmta"), Index(i), Key("name")], "name used twice");
+        }
+        if v.ehlo_hostname.is_empty() || v.ehlo_hostname.contains(char::is_whitespace) {
+            c.error(
+                &[Key("vmta"), Index(i), Key("ehlo_hostname")],
+                "must be a host name without spaces",
+            );
+        }
+        if v.weight == 0 {
+            c.error(&[Key("vmta"), Index(i), Key("weight")], "must be at least 1");
+        }
+    }
+    let mut pools = HashSet::new();
+    for (i, p) in config.pools.iter().enumerate() {
+        if !pools.insert(p.name.as_str()) {
+            c.error(&[Key("pool"), Index(i), Key("name")], "name used twice");
+        }
+        if p.vmtas.is_empty() {
+            c.error(
+                &[Key("pool"), Index(i), Key("vmtas")],
+                "a pool needs at least one VMTA",
+            );
+        }
+        for (j, v) in p.vmtas.iter().enumerate() {
+            if !vmtas.contains(v.as_str()) {
+                c.error(
+                    &[Key("pool"), Index(i), Key("vmtas"), Index(j)],
+                    format!("no [[vmta]] named {v:?}"),
+                );
+            }
+        }
+    }
+    for (i, d) in config.domains.iter().enumerate() {
+        let at = |k| [Key("domain"), Index(i), Key(k)];
+        if !valid_pattern(&d.pattern) {
+            c.error(
+                &at("match"),
+                "expected a domain, \"*.example.com\" or \"*\"",
+            );
+        }
+        if let Some(v) = d.vmta.as_deref()
+            && v != "*"
+            && !vmtas.contains(v)
+        {
+            c.error(&at("vmta"), format!("no [[vmta]] named {v:?}"));
+        }
+        if d.max_connections == Some(0) {
+            c.error(&at("max_connections"), "must be at least 1");
+        }
+        if d.max_messages_per_connection == Some(0) {
+            c.error(&at("max_messages_per_connection"), "must be at least 1");
+        }
+        if let Some(r) = &d.retry_intervals
+            && (r.is_empty() || r.iter().any(|d| d.0.is_zero()))
+        {
+            c.error(
+                &at("retry_intervals"),
+                "needs at least one interval, each above zero",
+            );
+        }
+    }
+    for (domain, hop) in &config.routes {
+        if parse_next_hop(hop).is_none() {
+            c.error(
+                &[Key("routes"), Name(domain.clone())],
+                format!("{hop:?} is not host:port"),
+            );
+        }
+    }
+}
+
+fn check_customers(config: &Config, c: &mut Checker) {
+    use Step::{Index, Key};
+    let mut names = HashSet::new();
+    for (i, cu) in config.customers.iter().enumerate() {
+        let at = |k| [Key("customer"), Index(i), Key(k)];
+        if !names.insert(cu.name.as_str()) {
+            c.error(&at("name"), "name used twice");
+        }
+        if let Some(p) = cu.pool.as_deref()
+            && !config.pools.iter().any(|pool| pool.name == p)
+        {
+            c.error(&at("pool"), format!("no [[pool]] named {p:?}"));
+        }
+        if let Some(h) = cu.password_hash.as_deref()
+            && argon2::PasswordHash::new(h).is_err()
+        {
+            c.error(
+                &at("password_hash"),
+                "not a PHC string; make one with `volley hash-password`",
+            );
+        }
+    }
+}
+
+fn check_files(config: &Config, c: &mut Checker) {
+    use Step::{Index, Key};
+    if let Some(tls) = &config.tls {
+        for (key, path) in [
+            ("certificate", &tls.certificate),
+            ("private_key", &tls.private_key),
+        ] {
+            if let Err(e) = std::fs::metadata(path) {
+                c.error(&[Key("tls"), Key(key)], format!("cannot read {path}: {e}"));
+            }
+        }
+    }
+    for (i, d) in config.dkim.iter().enumerate() {
+        if let Err(e) = std::fs::metadata(&d.private_key) {
+            c.error(
+                &[Key("dkim"), Index(i), Key("private_key")],
+                format!("cannot read {}: {e}", d.private_key),
+            );
+        }
+    }
+}
+
+fn check_api(config: &Config, c: &mut Checker) {
+    use Step::Key;
+    if !config.api.address.ip().is_loopback() && config.api.token.is_empty() {
+        c.error(
+            &[Key("api"), Key("token")],
+            "an API on a non-loopback address needs a token",
+        );
+    }
+}
+
+fn valid_pattern(p: &str) -> bool {
+    let domain = p.strip_prefix("*.").unwrap_or(p);
+    p == "*"
+        || (!domain.is_empty()
+            && domain
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-')))
+}
+
+/// A static next hop: `host:port` or `[v6]:port`; the host may be a name.
+pub fn parse_next_hop(hop: &str) -> Option<(String, u16)> {
+    if let Ok(addr) = hop.parse::<SocketAddr>() {
+        return Some((addr.ip().to_string(), addr.port()));
+    }
+    let (host, port) = hop.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    (!host.is_empty() && !host.contains(':')).then(|| (host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ConfigErrors};
+
+    fn errors(text: &str) -> ConfigErrors {
+        Config::parse(text).expect_err("should be invalid")
+    }
+
+    #[test]
+    fn auth_without_tls_names_key_and_line() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:25\"\ntls = \"none\"\nauth = \"required\"\n";
+        let e = errors(text);
+        assert_eq!(e.0[0].key, "listener[0].auth");
+        assert_eq!(e.0[0].line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn unknown_references() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:25\"\n\n[[vmta]]\nname = \"a\"\nsource_ip = \"127.0.0.2\"\nehlo_hostname = \"a.test\"\n\n[[pool]]\nname = \"p\"\nvmtas = [\"a\", \"b\"]\n\n[[customer]]\nname = \"c\"\npool = \"q\"\n";
+        let e = errors(text);
+        let keys: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert!(keys.contains(&("pool[0].vmtas[1]", Some(11))), "{e}");
+        assert!(keys.contains(&("customer[0].pool", Some(15))), "{e}");
+    }
+
+    #[test]
+    fn bad_route_and_pattern() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:25\"\n[[domain]]\nmatch = \"bad domain\"\n[routes]\n\"x.test\" = \"nope\"\n";
+        let e = errors(text);
+        let keys: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert!(keys.contains(&("domain[0].match", Some(4))), "{e}");
+        assert!(keys.contains(&("routes.\"x.test\"", Some(6))), "{e}");
+    }
+
+    #[test]
+    fn next_hops() {
+        assert_eq!(
+            super::parse_next_hop("127.0.0.1:2526"),
+            Some(("127.0.0.1".into(), 2526))
+        );
+        assert_eq!(
+            super::parse_next_hop("mx.example.test:25"),
+            Some(("mx.example.test".into(), 25))
+        );
+        assert_eq!(
+            super::parse_next_hop("[::1]:25"),
+            Some(("::1".into(), 25))
+        );
+        assert_eq!(super::parse_next_hop("nope"), None);
+    }
+}
