@@ -1,0 +1,158 @@
+//! What every core shares with the signal thread and the others: stop and reload requests, the
+//! current configuration (swapped only on reload, read by each core once per reload), and the
+//! lock-free connection counters behind the total and per-client-IP limits.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::Config;
+
+/// Buckets for per-IP connection counts: IPs hash into them, so a collision can only make a limit
+/// stricter, never looser.
+const IP_BUCKETS: usize = 1 << 16;
+
+pub struct Control {
+    stop: AtomicBool,
+    reload_generation: AtomicU64,
+    /// Only locked on reload and when a core picks up a new generation: never per message.
+    config: Mutex<Arc<Config>>,
+    pub config_path: Option<PathBuf>,
+    connections_total: AtomicU32,
+    connections_by_ip: Box<[AtomicU32]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// Cores that finished starting and serve.
+    pub cores_ready: AtomicU32,
+    pub core_count: u32,
+}
+
+/// Why a connection is turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    TooManyTotal,
+    TooManyFromIp,
+}
+
+/// Holds one connection's place in the counters; released on drop.
+pub struct ConnectionSlot {
+    control: Arc<Control>,
+    bucket: usize,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.control
+            .connections_total
+            .fetch_sub(1, Ordering::Relaxed);
+        self.control.connections_by_ip[self.bucket].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Control {
+    pub fn new(config: Arc<Config>, config_path: Option<PathBuf>) -> Arc<Control> {
+        let core_count = config.core_count() as u32;
+        Arc::new(Control {
+            stop: AtomicBool::new(false),
+            reload_generation: AtomicU64::new(0),
+            config: Mutex::new(config),
+            config_path,
+            connections_total: AtomicU32::new(0),
+            connections_by_ip: (0..IP_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            hasher: Default::default(),
+            cores_ready: AtomicU32::new(0),
+            core_count,
+        })
+    }
+
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Publishes a new configuration; each core applies it at its next reload check.
+    pub fn publish(&self, config: Arc<Config>) {
+        if let Ok(mut c) = self.config.lock() {
+            *c = config;
+        }
+        self.reload_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.reload_generation.load(Ordering::Acquire)
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn all_cores_ready(&self) -> bool {
+        self.cores_ready.load(Ordering::Acquire) >= self.core_count
+    }
+
+    fn bucket(&self, ip: IpAddr) -> usize {
+        let mut h = self.hasher.build_hasher();
+        ip.hash(&mut h);
+        (h.finish() as usize) % IP_BUCKETS
+    }
+
+    /// Takes a place for a new connection from `ip`, or says which limit refuses it.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: u32,
+        max_per_ip: u32,
+    ) -> Result<ConnectionSlot, ConnectionRefusal> {
+        let bucket = self.bucket(ip);
+        let total = self.connections_total.fetch_add(1, Ordering::Relaxed);
+        let from_ip = self.connections_by_ip[bucket].fetch_add(1, Ordering::Relaxed);
+        let slot = ConnectionSlot {
+            control: self.clone(),
+            bucket,
+        };
+        if total >= max_total {
+            Err(ConnectionRefusal::TooManyTotal)
+        } else if from_ip >= max_per_ip {
+            Err(ConnectionRefusal::TooManyFromIp)
+        } else {
+            Ok(slot)
+        }
+    }
+
+    pub fn connections(&self) -> u32 {
+        self.connections_total.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_and_total_limits() {
+        let control = Control::new(Arc::new(Config::embedded_default()), None);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let s1 = control.admit(a, 3, 2).unwrap();
+        let _s2 = control.admit(a, 3, 2).unwrap();
+        assert_eq!(
+            control.admit(a, 3, 2).err(),
+            Some(ConnectionRefusal::TooManyFromIp)
+        );
+        let _s3 = control.admit(b, 3, 2).unwrap();
+        assert_eq!(
+            control.admit(b, 3, 2).err(),
+            Some(ConnectionRefusal::TooManyTotal)
+        );
+        drop(s1);
+        assert!(control.admit(a, 4, 2).is_ok());
+        assert_eq!(control.connections(), 2, "the two held slots; refused ones released theirs");
+    }
+}
