@@ -15,6 +15,7 @@ pub mod dns;
 pub mod envelope;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod queue;
 pub mod router;
 pub mod runtime;

@@ -1,6 +1,186 @@
+//! The `volley` command line: the daemon and its admin commands.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
+use volley::config::{Config, EMBEDDED_DEFAULT};
+use volley::logging::LogFormat;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() {}
+#[derive(Parser)]
+#[command(name = "volley", version, about = "Volley: a thread-per-core mail transfer agent")]
+struct Cli {
+    /// Log lines on stderr as `text` or `json`.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the MTA in the foreground (the embedded default without --config).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file; print each error with its key and line.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+    /// Make an argon2id PHC string for a customer's `password_hash` (password read from stdin).
+    HashPassword,
+    /// Show the running daemon's health and queue totals.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List, suspend, resume or bounce delivery queues.
+    Queue {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The daemon's HTTP API.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8025")]
+    api: String,
+    /// Bearer token (also from VOLLEY_API_TOKEN).
+    #[arg(long, global = true, env = "VOLLEY_API_TOKEN", default_value = "")]
+    token: String,
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    List,
+    Suspend(QueueTarget),
+    Resume(QueueTarget),
+    Bounce(QueueTarget),
+}
+
+#[derive(clap::Args)]
+struct QueueTarget {
+    #[arg(long)]
+    domain: String,
+    #[arg(long)]
+    vmta: Option<String>,
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    volley::logging::init(cli.log_format);
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(&config),
+        Command::DefaultConfig => {
+            print!("{EMBEDDED_DEFAULT}");
+            ExitCode::SUCCESS
+        }
+        Command::HashPassword => hash_password(),
+        Command::Status { api } => admin(&api, "GET", "/v1/health", None),
+        Command::Queue { api, action } => {
+            let (path, target) = match action {
+                QueueAction::List => return admin(&api, "GET", "/v1/queues", None),
+                QueueAction::Suspend(t) => ("/v1/queues/suspend", t),
+                QueueAction::Resume(t) => ("/v1/queues/resume", t),
+                QueueAction::Bounce(t) => ("/v1/queues/bounce", t),
+            };
+            let body = serde_json::json!({
+                "domain": target.domain, "vmta": target.vmta, "reason": target.reason,
+            });
+            admin(&api, "POST", path, Some(body.to_string()))
+        }
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let config = match &path {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors.0 {
+                    eprintln!("{}: {e}", p.display());
+                }
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::embedded_default(),
+    };
+    match volley::runtime::serve(config, path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match Config::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors.0 {
+                println!("{}: {e}", path.display());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let mut password = String::new();
+    if std::io::stdin().read_to_string(&mut password).is_err() {
+        eprintln!("cannot read the password from stdin");
+        return ExitCode::FAILURE;
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("empty password: write it on stdin, e.g. `echo -n secret | volley hash-password`");
+        return ExitCode::FAILURE;
+    }
+    match volley::auth::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hashing failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn admin(api: &ApiArgs, method: &str, path: &str, body: Option<String>) -> ExitCode {
+    match volley::api::client::request(&api.api, &api.token, method, path, body.as_deref()) {
+        Ok((status, text)) => {
+            println!("{text}");
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("HTTP {status}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("cannot reach the API at {}: {e}", api.api);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,1 @@
-//! api: not yet written.
+pub mod client;

@@ -1,0 +1,178 @@
+//! Counters for `GET /metrics`. Each core writes only its own cache-line-aligned block with relaxed
+//! atomics (no sharing of lines between cores on the hot path); the API sums the blocks when scraped.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Upper bounds of the latency histogram buckets, in microseconds.
+const LATENCY_BOUNDS_US: [u64; 12] = [
+    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000,
+];
+
+#[derive(Default)]
+pub struct Latency {
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    pub fn record_us(&self, us: u64) {
+        if let Some(i) = LATENCY_BOUNDS_US.iter().position(|&b| us <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+/// One core's counters.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct CoreCounters {
+    pub connections_accepted: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub recipients_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub messages_rejected: AtomicU64,
+    pub delivered: AtomicU64,
+    pub deferred: AtomicU64,
+    pub bounced: AtomicU64,
+    pub expired: AtomicU64,
+    pub spool_commits: AtomicU64,
+    /// Recipients waiting in this core's queues (ready or deferred).
+    pub queued_recipients: AtomicI64,
+    pub outbound_connections: AtomicI64,
+    /// End of DATA to the 250, spool commit included.
+    pub accept_latency: Latency,
+    /// Reception to final outcome, per recipient.
+    pub delivery_latency: Latency,
+}
+
+pub struct Metrics {
+    pub cores: Box<[CoreCounters]>,
+}
+
+impl Metrics {
+    pub fn new(cores: usize) -> Metrics {
+        Metrics {
+            cores: (0..cores).map(|_| CoreCounters::default()).collect(),
+        }
+    }
+
+    /// This core's block; core indexes beyond the table share the last block.
+    pub fn core(&self, index: usize) -> &CoreCounters {
+        &self.cores[index.min(self.cores.len() - 1)]
+    }
+
+    fn sum(&self, field: impl Fn(&CoreCounters) -> &AtomicU64) -> u64 {
+        self.cores
+            .iter()
+            .map(|c| field(c).load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn sum_gauge(&self, field: impl Fn(&CoreCounters) -> &AtomicI64) -> i64 {
+        self.cores
+            .iter()
+            .map(|c| field(c).load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let counters: [(&str, &str, fn(&CoreCounters) -> &AtomicU64); 11] = [
+            ("volley_connections_accepted_total", "Inbound SMTP connections accepted", |c| &c.connections_accepted),
+            ("volley_connections_refused_total", "Inbound connections refused by a connection limit", |c| &c.connections_refused),
+            ("volley_messages_received_total", "Messages accepted and spooled", |c| &c.messages_received),
+            ("volley_recipients_received_total", "Recipients of accepted messages", |c| &c.recipients_received),
+            ("volley_bytes_received_total", "Bytes of accepted messages", |c| &c.bytes_received),
+            ("volley_messages_rejected_total", "Messages refused at end of data", |c| &c.messages_rejected),
+            ("volley_delivered_total", "Recipients delivered", |c| &c.delivered),
+            ("volley_deferred_total", "Delivery attempts deferred (4xx or no connection)", |c| &c.deferred),
+            ("volley_bounced_total", "Recipients bounced", |c| &c.bounced),
+            ("volley_expired_total", "Recipients expired at max_queue_age", |c| &c.expired),
+            ("volley_spool_commits_total", "Group commits (fdatasync) of the spool", |c| &c.spool_commits),
+        ];
+        for (name, help, field) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", self.sum(field));
+        }
+        let gauges: [(&str, &str, fn(&CoreCounters) -> &AtomicI64); 2] = [
+            ("volley_queued_recipients", "Recipients waiting in delivery queues", |c| &c.queued_recipients),
+            ("volley_outbound_connections", "Open outbound SMTP connections", |c| &c.outbound_connections),
+        ];
+        for (name, help, field) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", self.sum_gauge(field));
+        }
+        self.render_latency(
+            &mut out,
+            "volley_accept_latency_seconds",
+            "End of DATA to the 250 reply, spool commit included",
+            |c| &c.accept_latency,
+        );
+        self.render_latency(
+            &mut out,
+            "volley_delivery_latency_seconds",
+            "Reception to final outcome, per recipient",
+            |c| &c.delivery_latency,
+        );
+        out
+    }
+
+    fn render_latency(
+        &self,
+        out: &mut String,
+        name: &str,
+        help: &str,
+        field: impl Fn(&CoreCounters) -> &Latency,
+    ) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BOUNDS_US.iter().enumerate() {
+            cumulative += self
+                .cores
+                .iter()
+                .map(|c| field(c).buckets[i].load(Ordering::Relaxed))
+                .sum::<u64>();
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let count: u64 = self
+            .cores
+            .iter()
+            .map(|c| field(c).count.load(Ordering::Relaxed))
+            .sum();
+        let sum_us: u64 = self
+            .cores
+            .iter()
+            .map(|c| field(c).sum_us.load(Ordering::Relaxed))
+            .sum();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_cores_and_renders_histogram() {
+        let m = Metrics::new(2);
+        m.core(0).messages_received.fetch_add(3, Ordering::Relaxed);
+        m.core(1).messages_received.fetch_add(4, Ordering::Relaxed);
+        m.core(0).accept_latency.record_us(400);
+        m.core(1).accept_latency.record_us(3_000);
+        let text = m.render();
+        assert!(text.contains("volley_messages_received_total 7"), "{text}");
+        assert!(text.contains("volley_accept_latency_seconds_bucket{le=\"0.0005\"} 1"), "{text}");
+        assert!(text.contains("volley_accept_latency_seconds_bucket{le=\"0.005\"} 2"), "{text}");
+        assert!(text.contains("volley_accept_latency_seconds_count 2"), "{text}");
+    }
+}
