@@ -1,0 +1,258 @@
+//! A small HTTP/1.1 server for the control API on glommio: keep-alive, Content-Length bodies only,
+//! a size limit on heads and bodies, bearer-token or loopback-only access.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+/// Request heads larger than this are refused (431).
+const HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Request bodies larger than this are refused (413); an injected message fits well below.
+pub const BODY_BYTES_MAX: usize = 80 * 1024 * 1024;
+/// An idle keep-alive connection is closed after this long.
+const IDLE_TIMEOUT_MS: u64 = 60_000;
+
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub authorization: Option<String>,
+    pub body: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+impl Request {
+    /// A query parameter's value, undecoded (API parameters are numbers and names).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(status: u16, value: serde_json::Value) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            body: value.to_string(),
+        }
+    }
+
+    pub fn error(status: u16, message: impl Into<String>) -> Response {
+        Response::json(status, serde_json::json!({ "error": message.into() }))
+    }
+
+    pub fn text(status: u16, body: String) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; version=0.0.4",
+            body,
+        }
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        let reason = match self.status {
+            200 => "OK",
+            202 => "Accepted",
+            204 => "No Content",
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            409 => "Conflict",
+            413 => "Payload Too Large",
+            431 => "Request Header Fields Too Large",
+            503 => "Service Unavailable",
+            _ => "Status",
+        };
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                self.status,
+                self.content_type,
+                self.body.len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(self.body.as_bytes());
+    }
+}
+
+pub type Handler = Rc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response>>>>;
+
+/// Accepts API connections until `stopping()` says so.
+pub async fn serve(listener: TcpListener, token: Rc<str>, handler: Handler) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("api accept: {e}");
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        let token = token.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = connection(stream, &token, handler).await {
+                log::debug!("api connection: {e}");
+            }
+        })
+        .detach();
+    }
+}
+
+enum Parsed {
+    Complete { request: Request, consumed: usize },
+    Partial,
+    Refused(Response),
+}
+
+fn parse(buf: &[u8], peer: SocketAddr) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > HEAD_BYTES_MAX => {
+            return Parsed::Refused(Response::error(431, "request head too large"));
+        }
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(e) => return Parsed::Refused(Response::error(400, format!("bad request: {e}"))),
+    };
+    let mut content_length = 0usize;
+    let mut authorization = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            match std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()) {
+                Some(n) => content_length = n,
+                None => return Parsed::Refused(Response::error(400, "bad Content-Length")),
+            }
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(String::from_utf8_lossy(h.value).into_owned());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Parsed::Refused(Response::error(400, "chunked bodies are not accepted"));
+        }
+    }
+    if content_length > BODY_BYTES_MAX {
+        return Parsed::Refused(Response::error(413, "request body too large"));
+    }
+    if buf.len() < head_len + content_length {
+        return Parsed::Partial;
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Parsed::Complete {
+        request: Request {
+            method: req.method.unwrap_or("GET").to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            authorization,
+            body: buf[head_len..head_len + content_length].to_vec(),
+            peer,
+        },
+        consumed: head_len + content_length,
+    }
+}
+
+fn authorized(request: &Request, token: &str) -> bool {
+    if token.is_empty() {
+        return request.peer.ip().is_loopback();
+    }
+    request
+        .authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn connection(mut stream: TcpStream, token: &str, handler: Handler) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?;
+    stream.set_read_timeout(Some(Duration::from_millis(IDLE_TIMEOUT_MS)))?;
+    let mut buf = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut out = Vec::new();
+    loop {
+        let (response, consumed) = match parse(&buf, peer) {
+            Parsed::Partial => {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                continue;
+            }
+            Parsed::Refused(r) => (r, buf.len()),
+            Parsed::Complete { request, consumed } => {
+                if authorized(&request, token) {
+                    (handler(request).await, consumed)
+                } else {
+                    (Response::error(401, "missing or wrong bearer token"), consumed)
+                }
+            }
+        };
+        buf.drain(..consumed);
+        out.clear();
+        response.write_to(&mut out);
+        stream.write_all(&out).await?;
+        if response.status == 400 || response.status == 413 || response.status == 431 {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:9".parse().unwrap()
+    }
+
+    #[test]
+    fn parses_body_and_query() {
+        let raw = b"POST /v1/inject?x=1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        match parse(raw, peer()) {
+            Parsed::Complete { request, consumed } => {
+                assert_eq!(request.path, "/v1/inject");
+                assert_eq!(request.query_param("x"), Some("1"));
+                assert_eq!(request.body, b"{}");
+                assert_eq!(consumed, raw.len());
+            }
+            _ => panic!("expected a complete request"),
+        }
+        assert!(matches!(parse(&raw[..raw.len() - 1], peer()), Parsed::Partial));
+    }
+
+    #[test]
+    fn token_rules() {
+        let mut r = match parse(b"GET / HTTP/1.1\r\n\r\n", peer()) {
+            Parsed::Complete { request, .. } => request,
+            _ => panic!(),
+        };
+        assert!(authorized(&r, ""));
+        assert!(!authorized(&r, "t0ken"));
+        r.authorization = Some("Bearer t0ken".into());
+        assert!(authorized(&r, "t0ken"));
+        r.peer = "192.0.2.1:9".parse().unwrap();
+        r.authorization = None;
+        assert!(!authorized(&r, ""));
+    }
+}
