@@ -1,22 +1,213 @@
-//! One core's services, started inside its executor.
+//! One core's services, started inside its executor: its spool (recovered first), its end of the
+//! router, its delivery queues, its listeners, and on core 0 the HTTP API.
 
+use std::cell::{Cell, OnceCell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::sync::Semaphore;
 
 use super::control::Control;
+use crate::accounting::{CoreAccounting, EventLog};
+use crate::auth::{AuthThrottle, Credentials};
+use crate::config::Config;
+use crate::metrics::{CoreCounters, Metrics};
+use crate::router::{Router, RouterSetup};
+use crate::smtp::reply::Reply;
+use crate::spool::{SegmentReader, Spool, SpoolConfig};
+
+/// How long a stopping core waits for sessions and deliveries in flight.
+const STOP_GRACE_MS: u64 = 30_000;
+/// Housekeeping period: accounting flush, reload and stop checks.
+const TICK_MS: u64 = 100;
 
 /// What all cores share, built once before the executors start.
 #[derive(Clone)]
 pub struct Shared {
     pub control: Arc<Control>,
     pub cores: usize,
+    pub metrics: Arc<Metrics>,
+    pub events: Arc<EventLog>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub router: Arc<RouterSetup>,
+    pub queues: Arc<crate::queue::routing::QueueBoard>,
 }
 
 impl Shared {
-    pub fn new(control: Arc<Control>, cores: usize) -> Shared {
-        Shared { control, cores }
+    pub fn new(control: Arc<Control>, cores: usize) -> Result<Shared, String> {
+        let config = control.config();
+        let events = EventLog::open(&config.server.accounting_log)
+            .map_err(|e| format!("accounting log {}: {e}", config.server.accounting_log))?;
+        let needs_tls = config
+            .listeners
+            .iter()
+            .any(|l| l.tls != crate::config::ListenerTls::None);
+        let tls = if needs_tls {
+            Some(
+                crate::listener::tls::server_config(config.tls.as_ref(), &config.server.hostname)
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        Ok(Shared {
+            control,
+            cores,
+            metrics: Arc::new(Metrics::new(cores)),
+            events,
+            tls,
+            router: RouterSetup::new(cores),
+            queues: Arc::new(crate::queue::routing::QueueBoard::new(cores)),
+        })
     }
 }
 
-pub async fn run(_index: usize, _shared: Shared) -> Result<(), String> {
+/// Resolves every waiter once the core is asked to stop.
+#[derive(Clone)]
+pub struct StopSignal(Rc<Semaphore>);
+
+impl StopSignal {
+    pub async fn wait(&self) {
+        // A closed semaphore fails every acquire at once: that is the signal.
+        let _ = self.0.acquire(1).await;
+    }
+
+    fn trigger(&self) {
+        self.0.close();
+    }
+}
+
+/// One core's state. Lives in an `Rc`: it never leaves its executor.
+pub struct CoreContext {
+    pub index: usize,
+    pub shared: Shared,
+    config: RefCell<Arc<Config>>,
+    generation: Cell<u64>,
+    pub spool: Spool,
+    pub bodies: SegmentReader,
+    pub accounting: CoreAccounting,
+    router: OnceCell<Router>,
+    credentials: RefCell<Credentials>,
+    pub throttle: RefCell<AuthThrottle>,
+    stop: StopSignal,
+    pub delivery: crate::delivery::CoreDelivery,
+}
+
+impl CoreContext {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    pub fn counters(&self) -> &CoreCounters {
+        self.shared.metrics.core(self.index)
+    }
+
+    pub fn credentials(&self) -> Credentials {
+        self.credentials.borrow().clone()
+    }
+
+    pub fn router(&self) -> &Router {
+        self.router.get().expect("the router is connected before any service starts")
+    }
+
+    pub fn stop_signal(&self) -> StopSignal {
+        self.stop.clone()
+    }
+
+    /// MAIL admission for the sender's customer (sending limits).
+    pub fn admit_sender(&self, customer: Option<&str>) -> Result<(), Reply> {
+        let _ = customer;
+        Ok(())
+    }
+
+    /// Picks up a configuration published by a reload.
+    fn refresh_config(&self, listeners: &[Rc<crate::listener::ListenerContext>]) {
+        let generation = self.shared.control.generation();
+        if generation == self.generation.get() {
+            return;
+        }
+        self.generation.set(generation);
+        let config = self.shared.control.config();
+        *self.credentials.borrow_mut() = Credentials::from_config(&config);
+        for l in listeners {
+            l.reload(&config);
+        }
+        *self.config.borrow_mut() = config;
+        log::info!("configuration generation {generation} applied");
+    }
+}
+
+pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
+    let config = shared.control.config();
+    let spool_dir = std::path::PathBuf::from(&config.server.spool_dir);
+    let (spool, recovered) = Spool::open(SpoolConfig {
+        dir: spool_dir.clone(),
+        core: index as u16,
+        segment_bytes: config.spool.segment_bytes,
+        max_spool_bytes: config.spool.max_spool_bytes / shared.cores as u64,
+        fsync: config.spool.fsync,
+    })
+    .map_err(|e| format!("spool of core {index} in {}: {e}", spool_dir.display()))?;
+    if !recovered.is_empty() {
+        log::info!("recovered {} messages with recipients to deliver", recovered.len());
+    }
+    let core = Rc::new(CoreContext {
+        index,
+        shared: shared.clone(),
+        config: RefCell::new(config.clone()),
+        generation: Cell::new(shared.control.generation()),
+        spool,
+        bodies: SegmentReader::new(spool_dir),
+        accounting: CoreAccounting::new(shared.events.clone()),
+        router: OnceCell::new(),
+        credentials: RefCell::new(Credentials::from_config(&config)),
+        throttle: RefCell::new(AuthThrottle::default()),
+        stop: StopSignal(Rc::new(Semaphore::new(0))),
+        delivery: crate::delivery::CoreDelivery::new(index),
+    });
+    let weak = Rc::downgrade(&core);
+    let router = shared
+        .router
+        .connect(
+            index,
+            Rc::new(move |message| {
+                if let Some(core) = weak.upgrade() {
+                    crate::delivery::on_core_message(&core, message);
+                }
+            }),
+        )
+        .await?;
+    let _ = core.router.set(router);
+    crate::delivery::start(&core, recovered).await;
+    let listeners = crate::listener::start(&core)?;
+    if index == 0 {
+        crate::api::start(&core)?;
+    }
+    shared
+        .control
+        .cores_ready
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    while !shared.control.stopping() {
+        glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        core.accounting.flush().await;
+        core.refresh_config(&listeners);
+        crate::delivery::publish_snapshot(&core);
+    }
+    core.stop.trigger();
+    drain(&core).await;
+    core.accounting.flush_now();
+    core.spool.flush().await.map_err(|e| format!("spool flush: {e}"))?;
     Ok(())
+}
+
+/// Waits until this core's sessions and deliveries have finished, at most `STOP_GRACE_MS`.
+async fn drain(core: &CoreContext) {
+    let deadline = std::time::Instant::now() + Duration::from_millis(STOP_GRACE_MS);
+    while std::time::Instant::now() < deadline
+        && (core.shared.control.connections() > 0 || core.delivery.busy())
+    {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        core.accounting.flush().await;
+    }
 }

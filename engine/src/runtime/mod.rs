@@ -3,6 +3,7 @@
 
 mod control;
 mod core;
+pub use core::{CoreContext, Shared, StopSignal};
 pub mod host_limits;
 mod signals;
 
@@ -53,7 +54,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let shared = core::Shared::new(control.clone(), cores);
+    let shared = core::Shared::new(control.clone(), cores).map_err(|message| ServeError::Core { core: 0, message })?;
     let mut handles = Vec::with_capacity(cores);
     for index in 0..cores {
         let shared = shared.clone();
