@@ -1,1 +1,20 @@
-//! dns: not yet written.
+//! DNS for delivery: a per-core stub resolver on hickory-proto messages over glommio UDP (TCP when
+//! truncated), with a TTL cache and negative caching, and the RFC 5321 5.1 next-hop selection.
+//!
+//! `socket` holds the outbound source-bound connect helper until `delivery` takes it.
+
+mod cache;
+mod next_hop;
+mod resolver;
+pub mod socket;
+#[cfg(test)]
+mod tests;
+mod transport;
+
+pub use cache::{AnswerCache, CachedAnswer};
+pub use next_hop::{NextHop, NextHops, order_by_preference};
+pub use resolver::{
+    DnsError, MAX_CNAME_HOPS, MxAnswer, MxRecord, Resolver, ResolverConfig,
+    nameservers_from_resolv_conf,
+};
+pub use transport::EDNS_UDP_PAYLOAD_BYTES;

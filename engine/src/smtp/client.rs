@@ -1,1 +1,918 @@
-//! client: not yet written.
+//! The sending side of SMTP as a sans-IO state machine (in the shape of quinn-proto): no socket, no
+//! clock, no runtime. The driver (`delivery`) owns the socket and a timer and loops:
+//!
+//! 1. feed what the server sent: `handle_input(&bytes)`; report EOF or an IO error with
+//!    `connection_lost()`, and an expired timer with `on_timeout()`;
+//! 2. write what `poll_transmit()` returns, in order: `Transmit::Bytes` as is, and for `Transmit::Body`
+//!    the current transaction's body dot-stuffed (`DotStuffer::segments` per chunk, then `end()`, or
+//!    `dot_stuff(body, &mut buf)`); the body never passes through the session, so nothing copies it;
+//! 3. act on `poll_event()`: `Ready` → `send(next transaction)` or `quit()`; `NeedTls` → run the TLS
+//!    handshake on the socket, then `tls_established()`; `TransactionDone` → record the results;
+//!    `Failed` / `Closed` → close the socket;
+//! 4. re-arm the timer with `timeout()` after every call into the session.
+//!
+//! Flow: greeting, EHLO (HELO when EHLO gets 5xx), STARTTLS per `TlsPolicy` and EHLO again, then
+//! transactions. With PIPELINING, MAIL, every RCPT and DATA go in one flight; otherwise lock-step.
+//! RSET is sent before MAIL only when the previous transaction stopped midway.
+
+mod capabilities;
+mod dot_stuff;
+mod reply;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+pub use capabilities::Capabilities;
+pub use dot_stuff::{DotStuffer, END_AFTER_CRLF, END_WITH_CRLF, Segments, dot_stuff};
+pub use reply::{
+    EnhancedCode, MAX_REPLY_LINE_BYTES, MAX_REPLY_LINES, Reply, ReplyError, ReplyParser,
+    ReplySource,
+};
+
+use crate::envelope::{BodyType, DsnNotify, DsnRet, Envelope, Recipient};
+
+/// When to upgrade the connection with STARTTLS (RFC 3207).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// Use STARTTLS when the server offers it; continue in plain text otherwise.
+    #[default]
+    Opportunistic,
+    /// Fail the connection (temporarily) when STARTTLS is not offered or is refused.
+    Required,
+    /// Never use STARTTLS.
+    Off,
+}
+
+/// How long to wait for each reply, RFC 5321 4.5.3.2 defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageTimeouts {
+    /// The 220 greeting (4.5.3.2.1: 5 minutes).
+    pub greeting_ms: u64,
+    /// EHLO, HELO, STARTTLS, RSET and QUIT replies (not in the RFC; 5 minutes like MAIL).
+    pub command_ms: u64,
+    /// The TLS handshake, run by the driver between `NeedTls` and `tls_established()`.
+    pub tls_handshake_ms: u64,
+    /// MAIL reply (4.5.3.2.2: 5 minutes).
+    pub mail_ms: u64,
+    /// Each RCPT reply (4.5.3.2.3: 5 minutes).
+    pub rcpt_ms: u64,
+    /// The 354 to DATA (4.5.3.2.4: 2 minutes).
+    pub data_initiation_ms: u64,
+    /// Each write of body data, applied by the driver to its writes (4.5.3.2.5: 3 minutes).
+    pub data_block_ms: u64,
+    /// The reply to the final dot (4.5.3.2.6: 10 minutes).
+    pub data_termination_ms: u64,
+    /// Idle between transactions; on expiry the session QUITs. Below the server's 5 minutes.
+    pub idle_ms: u64,
+}
+
+impl Default for StageTimeouts {
+    fn default() -> Self {
+        StageTimeouts {
+            greeting_ms: 300_000,
+            command_ms: 300_000,
+            tls_handshake_ms: 60_000,
+            mail_ms: 300_000,
+            rcpt_ms: 300_000,
+            data_initiation_ms: 120_000,
+            data_block_ms: 180_000,
+            data_termination_ms: 600_000,
+            idle_ms: 60_000,
+        }
+    }
+}
+
+/// Per-connection settings, from the VMTA and the destination's policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// The name sent in EHLO/HELO: the VMTA's `ehlo_hostname`.
+    pub ehlo_hostname: String,
+    pub tls: TlsPolicy,
+    pub timeouts: StageTimeouts,
+}
+
+impl SessionConfig {
+    pub fn new(ehlo_hostname: impl Into<String>, tls: TlsPolicy) -> SessionConfig {
+        SessionConfig {
+            ehlo_hostname: ehlo_hostname.into(),
+            tls,
+            timeouts: StageTimeouts::default(),
+        }
+    }
+}
+
+/// One message to some recipients of one destination. The body stays with the driver; the session
+/// only needs its length (for SIZE) and asks for it with `Transmit::Body`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// Reverse path without angle brackets; empty for the null sender.
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    pub ret: DsnRet,
+    pub envid: Option<String>,
+    pub body_type: BodyType,
+    /// The message needs SMTPUTF8 (RFC 6531); refused locally when the server lacks it.
+    pub smtputf8: bool,
+    /// Length of the body as stored (before dot-stuffing), for SIZE.
+    pub body_bytes: u64,
+}
+
+impl Transaction {
+    /// A transaction for `recipients` (a subset of the envelope's) of a spooled message.
+    pub fn from_envelope(
+        envelope: &Envelope,
+        recipients: Vec<Recipient>,
+        body_bytes: u64,
+    ) -> Transaction {
+        Transaction {
+            sender: envelope.sender.clone(),
+            recipients,
+            ret: envelope.ret,
+            envid: envelope.envid.clone(),
+            body_type: envelope.body_type,
+            smtputf8: envelope.smtputf8,
+            body_bytes,
+        }
+    }
+}
+
+/// Something for the driver to write, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// Command bytes (a whole pipelined flight is one `Bytes`).
+    Bytes(Vec<u8>),
+    /// The body of the transaction in progress, dot-stuffed and terminated (see `DotStuffer`).
+    Body,
+}
+
+/// What happened to one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx at end of data.
+    Delivered,
+    /// 4xx anywhere, or a connection failure: try again later.
+    Deferred,
+    /// 5xx: bounce.
+    Failed,
+}
+
+/// The final reply that applies to one recipient: its RCPT reply when refused there, else the
+/// MAIL, DATA or end-of-data reply, or a local reply when Volley refused or the connection failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientResult {
+    pub recipient: Recipient,
+    pub reply: Reply,
+}
+
+impl RecipientResult {
+    pub fn outcome(&self) -> Outcome {
+        if self.reply.is_positive() {
+            Outcome::Delivered
+        } else if self.reply.is_permanent() {
+            Outcome::Failed
+        } else {
+            Outcome::Deferred
+        }
+    }
+}
+
+/// What the driver must learn about, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The server said 220 to STARTTLS: run the TLS handshake, then call `tls_established()`.
+    NeedTls,
+    /// Idle: `send()` the next transaction or `quit()`.
+    Ready,
+    /// A transaction finished; one result per recipient, in the transaction's order.
+    TransactionDone {
+        recipient_results: Vec<RecipientResult>,
+    },
+    /// The connection failed (a `Closed` follows). `reply` is the server's, or a local one
+    /// (`ReplySource::Local`) for timeouts, protocol errors, a lost connection or a policy refusal.
+    /// `temporary` is false only for a 5xx from the server (greeting, EHLO+HELO).
+    Failed { reply: Reply, temporary: bool },
+    /// The session is over; close the socket. Always the last event.
+    Closed,
+}
+
+/// `send()` was called when the session was not `Ready`; the transaction is handed back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the SMTP session is not ready for a transaction")]
+pub struct NotReady(pub Transaction);
+
+/// Which reply the session waits for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    Rset,
+    Mail,
+    Rcpt(usize),
+    Data,
+    DataEnd,
+    Quit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Greeting and EHLO/HELO/STARTTLS exchanges.
+    Opening,
+    /// The driver runs the TLS handshake.
+    TlsHandshake,
+    Ready,
+    Transaction,
+    Quitting,
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+enum RcptState {
+    /// Not answered yet (or, in lock-step, not sent yet).
+    Pending,
+    /// 2xx to RCPT; the DATA outcome applies.
+    Accepted,
+    Done(Reply),
+}
+
+#[derive(Debug)]
+struct InFlight {
+    tx: Transaction,
+    rcpts: Vec<RcptState>,
+    mail_accepted: bool,
+    /// Lock-step: index of the next recipient whose RCPT may be sent.
+    next_rcpt: usize,
+}
+
+impl InFlight {
+    fn any_accepted(&self) -> bool {
+        self.rcpts.iter().any(|r| matches!(r, RcptState::Accepted))
+    }
+
+    /// Gives `reply` to every accepted recipient, and to unanswered ones when `pending_too`.
+    fn settle(&mut self, reply: &Reply, pending_too: bool) {
+        for r in &mut self.rcpts {
+            let settle = match r {
+                RcptState::Accepted => true,
+                RcptState::Pending => pending_too,
+                RcptState::Done(_) => false,
+            };
+            if settle {
+                *r = RcptState::Done(reply.clone());
+            }
+        }
+    }
+}
+
+/// One outbound SMTP connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    parser: ReplyParser,
+    phase: Phase,
+    expect: VecDeque<Expect>,
+    caps: Capabilities,
+    tls_active: bool,
+    transaction: Option<InFlight>,
+    needs_rset: bool,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl Session {
+    /// A session for a freshly connected socket: it waits for the greeting.
+    pub fn new(config: SessionConfig) -> Session {
+        Session {
+            config,
+            parser: ReplyParser::new(),
+            phase: Phase::Opening,
+            expect: VecDeque::from([Expect::Greeting]),
+            caps: Capabilities::default(),
+            tls_active: false,
+            transaction: None,
+            needs_rset: false,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// What the server announced in its last EHLO (empty for HELO servers).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Whether `tls_established()` was called.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
+    }
+
+    /// Whether the session is over (after `Event::Closed`).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The next bytes to write, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// How long the driver may wait for the server (or, while `Ready`, for itself) before calling
+    /// `on_timeout()`. Depends on the stage: re-read after every call into the session.
+    pub fn timeout(&self) -> Duration {
+        let t = &self.config.timeouts;
+        let ms = match self.phase {
+            Phase::TlsHandshake => t.tls_handshake_ms,
+            Phase::Ready | Phase::Closed => t.idle_ms,
+            Phase::Opening | Phase::Transaction | Phase::Quitting => match self.expect.front() {
+                Some(Expect::Greeting) => t.greeting_ms,
+                Some(Expect::Mail) => t.mail_ms,
+                Some(Expect::Rcpt(_)) => t.rcpt_ms,
+                Some(Expect::Data) => t.data_initiation_ms,
+                Some(Expect::DataEnd) => t.data_termination_ms,
+                Some(_) | None => t.command_ms,
+            },
+        };
+        Duration::from_millis(ms)
+    }
+
+    /// The timer from `timeout()` expired. While `Ready` this QUITs; while quitting it closes;
+    /// otherwise the connection fails temporarily and the current recipients are deferred.
+    pub fn on_timeout(&mut self) {
+        match self.phase {
+            Phase::Closed => {}
+            Phase::Ready => self.quit(),
+            Phase::Quitting => self.close(),
+            Phase::TlsHandshake => self.fail_local("timeout during the TLS handshake"),
+            Phase::Opening | Phase::Transaction => {
+                let stage = match self.expect.front() {
+                    Some(Expect::Greeting) => "the greeting",
+                    Some(Expect::Ehlo) => "the EHLO reply",
+                    Some(Expect::Helo) => "the HELO reply",
+                    Some(Expect::StartTls) => "the STARTTLS reply",
+                    Some(Expect::Rset) => "the RSET reply",
+                    Some(Expect::Mail) => "the MAIL reply",
+                    Some(Expect::Rcpt(_)) => "an RCPT reply",
+                    Some(Expect::Data) => "the DATA reply",
+                    Some(Expect::DataEnd) => "the end-of-data reply",
+                    Some(Expect::Quit) | None => "the server",
+                };
+                self.fail_local(&format!("timeout waiting for {stage}"));
+            }
+        }
+    }
+
+    /// The socket reached EOF or failed. Expected after QUIT; a temporary failure otherwise.
+    pub fn connection_lost(&mut self) {
+        match self.phase {
+            Phase::Closed => {}
+            Phase::Quitting => self.close(),
+            _ => self.fail_local("connection closed by the server"),
+        }
+    }
+
+    /// The driver finished the TLS handshake after `Event::NeedTls`: EHLO is sent again.
+    pub fn tls_established(&mut self) {
+        if self.phase != Phase::TlsHandshake {
+            return;
+        }
+        self.tls_active = true;
+        self.caps = Capabilities::default();
+        self.parser = ReplyParser::new();
+        self.phase = Phase::Opening;
+        self.send_ehlo();
+    }
+
+    /// Starts a transaction; only valid after `Event::Ready`. Recipients refused locally (a body
+    /// the server cannot take, an unsafe address) get a `ReplySource::Local` reply at once.
+    pub fn send(&mut self, tx: Transaction) -> Result<(), NotReady> {
+        if self.phase != Phase::Ready {
+            return Err(NotReady(tx));
+        }
+        if let Some(refusal) = self.refusal(&tx) {
+            let mut flight = InFlight {
+                rcpts: vec![RcptState::Pending; tx.recipients.len()],
+                tx,
+                mail_accepted: false,
+                next_rcpt: 0,
+            };
+            flight.settle(&refusal, true);
+            self.transaction = Some(flight);
+            self.finish_transaction(false);
+            return Ok(());
+        }
+        let rcpts = tx
+            .recipients
+            .iter()
+            .map(|r| {
+                if is_safe_path(&r.address) && !r.address.is_empty() {
+                    RcptState::Pending
+                } else {
+                    RcptState::Done(Reply::local(
+                        501,
+                        (5, 1, 3),
+                        "recipient address cannot be sent in an SMTP command",
+                    ))
+                }
+            })
+            .collect::<Vec<_>>();
+        let none_left = rcpts.iter().all(|r| matches!(r, RcptState::Done(_)));
+        self.transaction = Some(InFlight {
+            tx,
+            rcpts,
+            mail_accepted: false,
+            next_rcpt: 0,
+        });
+        if none_left {
+            self.finish_transaction(false);
+            return Ok(());
+        }
+        self.phase = Phase::Transaction;
+        if self.needs_rset {
+            self.command(b"RSET\r\n".to_vec(), Expect::Rset);
+            if !self.caps.pipelining {
+                return Ok(());
+            }
+        }
+        self.send_mail();
+        if self.caps.pipelining {
+            let pending: Vec<usize> = self
+                .transaction
+                .iter()
+                .flat_map(|f| f.rcpts.iter().enumerate())
+                .filter(|(_, r)| matches!(r, RcptState::Pending))
+                .map(|(i, _)| i)
+                .collect();
+            for i in pending {
+                self.send_rcpt(i);
+            }
+            self.command(b"DATA\r\n".to_vec(), Expect::Data);
+        }
+        Ok(())
+    }
+
+    /// Ends the session politely with QUIT when idle; at any other time closes at once (recipients
+    /// of a transaction in progress are deferred).
+    pub fn quit(&mut self) {
+        match self.phase {
+            Phase::Closed | Phase::Quitting => {}
+            Phase::Ready => {
+                self.phase = Phase::Quitting;
+                self.command(b"QUIT\r\n".to_vec(), Expect::Quit);
+            }
+            Phase::Opening | Phase::TlsHandshake | Phase::Transaction => {
+                let reply = Reply::local(451, (4, 4, 0), "delivery aborted by Volley");
+                self.defer_transaction(&reply);
+                self.close();
+            }
+        }
+    }
+
+    /// Feeds bytes received from the server (after TLS decryption when TLS is active).
+    pub fn handle_input(&mut self, mut input: &[u8]) {
+        while !input.is_empty() {
+            match self.phase {
+                Phase::Closed => return,
+                Phase::TlsHandshake => {
+                    // Plain text after "220 ready for TLS" would be injected into the TLS session.
+                    self.fail_local("protocol error: data received before the TLS handshake");
+                    return;
+                }
+                _ => {}
+            }
+            let (reply, used) = match self.parser.parse(input) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    self.fail_local(&format!("protocol error: {e}"));
+                    return;
+                }
+            };
+            input = input.get(used..).unwrap_or_default();
+            if let Some(reply) = reply {
+                if self.expect.front() == Some(&Expect::StartTls)
+                    && reply.is_positive()
+                    && (!input.is_empty() || self.parser.has_partial())
+                {
+                    self.fail_local("protocol error: data pipelined after the STARTTLS reply");
+                    return;
+                }
+                self.on_reply(reply);
+            }
+        }
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        let Some(expect) = self.expect.pop_front() else {
+            if reply.code == 421 {
+                return self.fail_reply(reply);
+            }
+            return self.fail_local(&format!("protocol error: unexpected reply \"{reply}\""));
+        };
+        if reply.code == 421 && expect != Expect::Quit {
+            return self.fail_reply(reply);
+        }
+        match expect {
+            Expect::Greeting => {
+                if reply.is_positive() {
+                    self.send_ehlo();
+                } else {
+                    self.fail_reply(reply);
+                }
+            }
+            Expect::Ehlo => {
+                if reply.is_positive() {
+                    self.caps = Capabilities::from_ehlo(&reply);
+                    self.after_ehlo();
+                } else if reply.is_permanent() {
+                    let helo = format!("HELO {}\r\n", self.config.ehlo_hostname);
+                    self.command(helo.into_bytes(), Expect::Helo);
+                } else {
+                    self.fail_reply(reply);
+                }
+            }
+            Expect::Helo => {
+                if reply.is_positive() {
+                    self.caps = Capabilities::default();
+                    self.after_ehlo();
+                } else {
+                    self.fail_reply(reply);
+                }
+            }
+            Expect::StartTls => {
+                if reply.is_positive() {
+                    self.phase = Phase::TlsHandshake;
+                    self.events.push_back(Event::NeedTls);
+                } else if self.config.tls == TlsPolicy::Required {
+                    self.fail_local(&format!("TLS required but STARTTLS was refused: {reply}"));
+                } else {
+                    self.become_ready();
+                }
+            }
+            Expect::Rset => {
+                if !reply.is_positive() {
+                    return self.fail_reply(reply);
+                }
+                self.needs_rset = false;
+                if !self.caps.pipelining {
+                    self.send_mail();
+                }
+            }
+            Expect::Mail => self.on_mail_reply(reply),
+            Expect::Rcpt(i) => self.on_rcpt_reply(i, reply),
+            Expect::Data => self.on_data_reply(reply),
+            Expect::DataEnd => self.on_data_end_reply(reply),
+            Expect::Quit => self.close(),
+        }
+    }
+
+    fn on_mail_reply(&mut self, reply: Reply) {
+        let Some(flight) = self.transaction.as_mut() else {
+            return self.fail_local("protocol error: MAIL reply outside a transaction");
+        };
+        flight.mail_accepted = reply.is_positive();
+        if !flight.mail_accepted {
+            flight.settle(&reply, true);
+            if !self.caps.pipelining {
+                self.finish_transaction(false);
+            }
+        } else if !self.caps.pipelining {
+            self.lock_step_next();
+        }
+    }
+
+    fn on_rcpt_reply(&mut self, index: usize, reply: Reply) {
+        let Some(flight) = self.transaction.as_mut() else {
+            return self.fail_local("protocol error: RCPT reply outside a transaction");
+        };
+        if let Some(state) = flight.rcpts.get_mut(index)
+            && matches!(state, RcptState::Pending)
+        {
+            *state = if reply.is_positive() {
+                RcptState::Accepted
+            } else {
+                RcptState::Done(reply)
+            };
+        }
+        if !self.caps.pipelining {
+            self.lock_step_next();
+        }
+    }
+
+    /// Lock-step: the next RCPT, or DATA once every recipient is answered, or the end when none
+    /// was accepted (the server holds an open transaction then: RSET before the next MAIL).
+    fn lock_step_next(&mut self) {
+        let Some(flight) = self.transaction.as_mut() else {
+            return;
+        };
+        let next = (flight.next_rcpt..flight.rcpts.len())
+            .find(|&i| matches!(flight.rcpts.get(i), Some(RcptState::Pending)));
+        if let Some(i) = next {
+            flight.next_rcpt = i + 1;
+            self.send_rcpt(i);
+        } else if flight.any_accepted() {
+            self.command(b"DATA\r\n".to_vec(), Expect::Data);
+        } else {
+            self.finish_transaction(true);
+        }
+    }
+
+    fn on_data_reply(&mut self, reply: Reply) {
+        let Some(flight) = self.transaction.as_mut() else {
+            return self.fail_local("protocol error: DATA reply outside a transaction");
+        };
+        if reply.is_intermediate() {
+            if flight.any_accepted() {
+                self.transmits.push_back(Transmit::Body);
+            } else {
+                // RFC 2920 3.1: every RCPT failed yet DATA was accepted; send an empty message.
+                self.write(END_AFTER_CRLF);
+            }
+            self.expect.push_back(Expect::DataEnd);
+        } else if reply.is_positive() {
+            self.fail_local(&format!("protocol error: DATA answered with \"{reply}\""));
+        } else {
+            let mail_accepted = flight.mail_accepted;
+            flight.settle(&reply, false);
+            self.finish_transaction(mail_accepted);
+        }
+    }
+
+    fn on_data_end_reply(&mut self, reply: Reply) {
+        let Some(flight) = self.transaction.as_mut() else {
+            return self.fail_local("protocol error: end-of-data reply outside a transaction");
+        };
+        if reply.is_intermediate() {
+            return self.fail_local(&format!("protocol error: end of data answered \"{reply}\""));
+        }
+        flight.settle(&reply, false);
+        self.finish_transaction(false);
+    }
+
+    fn after_ehlo(&mut self) {
+        if self.tls_active {
+            return self.become_ready();
+        }
+        match (self.config.tls, self.caps.starttls) {
+            (TlsPolicy::Off, _) | (TlsPolicy::Opportunistic, false) => self.become_ready(),
+            (TlsPolicy::Opportunistic | TlsPolicy::Required, true) => {
+                self.command(b"STARTTLS\r\n".to_vec(), Expect::StartTls);
+            }
+            (TlsPolicy::Required, false) => {
+                self.fail_local("TLS required by policy but STARTTLS not offered by the server")
+            }
+        }
+    }
+
+    fn become_ready(&mut self) {
+        self.phase = Phase::Ready;
+        self.events.push_back(Event::Ready);
+    }
+
+    /// Emits `TransactionDone` and returns to `Ready`.
+    fn finish_transaction(&mut self, needs_rset: bool) {
+        self.needs_rset = needs_rset;
+        if let Some(done) =
+            self.take_results(&Reply::local(451, (4, 5, 0), "no reply for this recipient"))
+        {
+            self.events.push_back(done);
+        }
+        self.become_ready();
+    }
+
+    /// The `TransactionDone` for the transaction in progress, giving `unsettled` to recipients
+    /// without a final reply.
+    fn take_results(&mut self, unsettled: &Reply) -> Option<Event> {
+        let flight = self.transaction.take()?;
+        let recipient_results = flight
+            .tx
+            .recipients
+            .into_iter()
+            .zip(flight.rcpts)
+            .map(|(recipient, state)| RecipientResult {
+                recipient,
+                reply: match state {
+                    RcptState::Done(reply) => reply,
+                    RcptState::Pending | RcptState::Accepted => unsettled.clone(),
+                },
+            })
+            .collect();
+        Some(Event::TransactionDone { recipient_results })
+    }
+
+    /// Defers every recipient of the transaction in progress that has no final reply.
+    fn defer_transaction(&mut self, cause: &Reply) {
+        let deferral = if cause.is_transient() {
+            cause.clone()
+        } else {
+            Reply {
+                code: 451,
+                enhanced: Some(EnhancedCode::new(4, 4, 0)),
+                text: format!("4.4.0 connection failed: {cause}"),
+                source: ReplySource::Local,
+            }
+        };
+        if let Some(done) = self.take_results(&deferral) {
+            self.events.push_back(done);
+        }
+    }
+
+    fn fail_reply(&mut self, reply: Reply) {
+        let temporary = !reply.is_permanent();
+        self.defer_transaction(&reply);
+        self.events.push_back(Event::Failed { reply, temporary });
+        self.close();
+    }
+
+    fn fail_local(&mut self, reason: &str) {
+        let reply = Reply::local(421, (4, 4, 2), reason);
+        self.defer_transaction(&reply);
+        self.events.push_back(Event::Failed {
+            reply,
+            temporary: true,
+        });
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.phase = Phase::Closed;
+        self.expect.clear();
+        self.transmits.clear();
+        self.events.push_back(Event::Closed);
+    }
+
+    /// Why the server cannot take this message at all, decided before sending anything.
+    fn refusal(&self, tx: &Transaction) -> Option<Reply> {
+        if !is_safe_path(&tx.sender) {
+            return Some(Reply::local(
+                501,
+                (5, 1, 7),
+                "sender address cannot be sent in an SMTP command",
+            ));
+        }
+        match tx.body_type {
+            BodyType::BinaryMime => {
+                return Some(Reply::local(
+                    554,
+                    (5, 6, 3),
+                    "BINARYMIME body needs BDAT, which this client does not send",
+                ));
+            }
+            BodyType::EightBitMime if !self.caps.eight_bit_mime => {
+                return Some(Reply::local(
+                    554,
+                    (5, 6, 3),
+                    "8-bit message but the server does not offer 8BITMIME",
+                ));
+            }
+            _ => {}
+        }
+        if tx.smtputf8 && !self.caps.smtputf8 {
+            return Some(Reply::local(
+                553,
+                (5, 6, 7),
+                "message needs SMTPUTF8 but the server does not offer it",
+            ));
+        }
+        if self.caps.exceeds_size(tx.body_bytes) {
+            return Some(Reply::local(
+                552,
+                (5, 3, 4),
+                format!(
+                    "message of {} bytes exceeds the server's SIZE limit of {} bytes",
+                    tx.body_bytes,
+                    self.caps.size_limit_bytes.unwrap_or(0)
+                ),
+            ));
+        }
+        None
+    }
+
+    fn send_ehlo(&mut self) {
+        let ehlo = format!("EHLO {}\r\n", self.config.ehlo_hostname);
+        self.command(ehlo.into_bytes(), Expect::Ehlo);
+    }
+
+    fn send_mail(&mut self) {
+        let Some(flight) = self.transaction.as_ref() else {
+            return;
+        };
+        let tx = &flight.tx;
+        let mut cmd = format!("MAIL FROM:<{}>", tx.sender);
+        if self.caps.size_limit_bytes.is_some() {
+            cmd.push_str(&format!(" SIZE={}", tx.body_bytes));
+        }
+        if tx.body_type == BodyType::EightBitMime {
+            cmd.push_str(" BODY=8BITMIME");
+        }
+        if tx.smtputf8 && self.caps.smtputf8 {
+            cmd.push_str(" SMTPUTF8");
+        }
+        if self.caps.dsn {
+            match tx.ret {
+                DsnRet::Full => cmd.push_str(" RET=FULL"),
+                DsnRet::Headers => cmd.push_str(" RET=HDRS"),
+                DsnRet::Unspecified => {}
+            }
+            if let Some(envid) = &tx.envid {
+                cmd.push_str(" ENVID=");
+                xtext_encode(envid, &mut cmd);
+            }
+        }
+        cmd.push_str("\r\n");
+        self.command(cmd.into_bytes(), Expect::Mail);
+    }
+
+    fn send_rcpt(&mut self, index: usize) {
+        let Some(rcpt) = self
+            .transaction
+            .as_ref()
+            .and_then(|f| f.tx.recipients.get(index))
+        else {
+            return;
+        };
+        let mut cmd = format!("RCPT TO:<{}>", rcpt.address);
+        if self.caps.dsn {
+            push_notify(rcpt.notify, &mut cmd);
+            if let Some(orcpt) = &rcpt.orcpt {
+                cmd.push_str(" ORCPT=");
+                // Kept verbatim (already xtext); only bytes that could break the command change.
+                for c in orcpt.chars() {
+                    if c.is_ascii_graphic() {
+                        cmd.push(c);
+                    } else {
+                        push_xtext_char(c, &mut cmd);
+                    }
+                }
+            }
+        }
+        cmd.push_str("\r\n");
+        self.command(cmd.into_bytes(), Expect::Rcpt(index));
+    }
+
+    fn command(&mut self, bytes: Vec<u8>, expect: Expect) {
+        self.write(&bytes);
+        self.expect.push_back(expect);
+    }
+
+    /// Appends to the last `Transmit::Bytes` so a pipelined flight is one write.
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(Transmit::Bytes(last)) = self.transmits.back_mut() {
+            last.extend_from_slice(bytes);
+        } else {
+            self.transmits.push_back(Transmit::Bytes(bytes.to_vec()));
+        }
+    }
+}
+
+/// An address that cannot break out of `<...>` in a command: no controls, spaces or angle brackets.
+fn is_safe_path(address: &str) -> bool {
+    address
+        .chars()
+        .all(|c| !c.is_control() && c != ' ' && c != '<' && c != '>')
+}
+
+fn push_notify(notify: DsnNotify, cmd: &mut String) {
+    if notify.never {
+        cmd.push_str(" NOTIFY=NEVER");
+        return;
+    }
+    let kinds = [
+        (notify.success, "SUCCESS"),
+        (notify.failure, "FAILURE"),
+        (notify.delay, "DELAY"),
+    ];
+    let mut first = true;
+    for (_, name) in kinds.iter().filter(|(on, _)| *on) {
+        cmd.push_str(if first { " NOTIFY=" } else { "," });
+        cmd.push_str(name);
+        first = false;
+    }
+}
+
+/// RFC 3461 4: xtext, `+XX` for `+`, `=`, and everything outside `!`..`~`.
+fn xtext_encode(value: &str, out: &mut String) {
+    for c in value.chars() {
+        if c.is_ascii_graphic() && c != '+' && c != '=' {
+            out.push(c);
+        } else {
+            push_xtext_char(c, out);
+        }
+    }
+}
+
+fn push_xtext_char(c: char, out: &mut String) {
+    let mut buf = [0u8; 4];
+    for b in c.encode_utf8(&mut buf).bytes() {
+        out.push_str(&format!("+{b:02X}"));
+    }
+}
