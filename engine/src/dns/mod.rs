@@ -1,12 +1,9 @@
 //! DNS for delivery: a per-core stub resolver on hickory-proto messages over glommio UDP (TCP when
 //! truncated), with a TTL cache and negative caching, and the RFC 5321 5.1 next-hop selection.
-//!
-//! `socket` holds the outbound source-bound connect helper until `delivery` takes it.
 
 mod cache;
 mod next_hop;
 mod resolver;
-pub mod socket;
 #[cfg(test)]
 mod tests;
 mod transport;

@@ -1,5 +1,5 @@
 //! The outbound socket helper: a TCP connection from a chosen source address (a VMTA's IP).
-//! It lives here only until `delivery` takes it (runtime.md §3 explains the construction).
+//! glommio has no bind-before-connect, so the socket is built with socket2 and handed over by fd.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

@@ -1,0 +1,158 @@
+//! Where a spooled message's recipients go: the customer's pool picks a VMTA, recipients are grouped
+//! by domain, and each group is handed to the core that owns its (VMTA, domain) queue.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use crate::envelope::{Envelope, MessageId, domain_of};
+use crate::queue::QueueSnapshot;
+use crate::router::{CoreMessage, Handoff, owner_core};
+use crate::runtime::CoreContext;
+use crate::spool::{BodyLocation, RecipientState, RecoveredMessage, SpoolError};
+
+/// The name of the VMTA used when the configuration defines none.
+pub const IMPLICIT_VMTA: &str = "default";
+
+/// Every core's latest queue list, for the API. Each core replaces its own entry about once a
+/// second; the API reads them all. Locked once per publish and per API call, never per message.
+pub struct QueueBoard {
+    cores: Mutex<Vec<Vec<QueueSnapshot>>>,
+}
+
+impl QueueBoard {
+    pub fn new(cores: usize) -> QueueBoard {
+        QueueBoard {
+            cores: Mutex::new(vec![Vec::new(); cores]),
+        }
+    }
+
+    pub fn publish(&self, core: usize, snapshot: Vec<QueueSnapshot>) {
+        if let Ok(mut cores) = self.cores.lock()
+            && let Some(slot) = cores.get_mut(core)
+        {
+            *slot = snapshot;
+        }
+    }
+
+    pub fn all(&self) -> Vec<QueueSnapshot> {
+        self.cores
+            .lock()
+            .map(|c| c.iter().flatten().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The VMTA for a message of `customer`: weighted round robin over the pool's VMTAs.
+fn pick_vmta(core: &CoreContext, customer: &str) -> Arc<str> {
+    let config = core.config();
+    let Some(pool) = config.pool_for(customer) else {
+        return Arc::from(IMPLICIT_VMTA);
+    };
+    let weights: Vec<(&str, u32)> = pool
+        .vmtas
+        .iter()
+        .map(|name| (name.as_str(), config.vmta(name).map(|v| v.weight).unwrap_or(1)))
+        .collect();
+    let total: u32 = weights.iter().map(|(_, w)| w).sum();
+    if total == 0 {
+        return Arc::from(IMPLICIT_VMTA);
+    }
+    let turn = core.next_pool_turn() % u64::from(total);
+    let mut acc = 0u64;
+    for (name, weight) in &weights {
+        acc += u64::from(*weight);
+        if turn < acc {
+            return Arc::from(*name);
+        }
+    }
+    Arc::from(weights[0].0)
+}
+
+/// Hands the recipients `(index, attempts, not_before_s)` of a message to their queues' cores.
+async fn hand_off(
+    core: &CoreContext,
+    id: MessageId,
+    body: BodyLocation,
+    envelope: Arc<Envelope>,
+    recipients: impl Iterator<Item = (u32, u32, u64)>,
+) {
+    let vmta = pick_vmta(core, &envelope.customer);
+    let mut groups: BTreeMap<(String, u64), Vec<(u32, u32)>> = BTreeMap::new();
+    for (index, attempts, not_before_s) in recipients {
+        let Some(r) = envelope.recipients.get(index as usize) else {
+            continue;
+        };
+        groups
+            .entry((domain_of(&r.address), not_before_s))
+            .or_default()
+            .push((index, attempts));
+    }
+    let router = core.router();
+    for ((domain, not_before_s), recipients) in groups {
+        let owner = owner_core(&vmta, &domain, router.cores);
+        let handoff = Handoff {
+            id,
+            body,
+            envelope: envelope.clone(),
+            vmta: vmta.clone(),
+            domain: Arc::from(domain),
+            recipients,
+            first_queued_s: envelope.received_at_s,
+            not_before_s,
+        };
+        router.send(owner, CoreMessage::Deliver(handoff)).await;
+    }
+}
+
+/// Routes every recipient of a message that was just spooled.
+pub async fn route_new_message(
+    core: &CoreContext,
+    id: MessageId,
+    body: BodyLocation,
+    envelope: Arc<Envelope>,
+    _now_s: u64,
+) {
+    let count = envelope.recipients.len() as u32;
+    hand_off(core, id, body, envelope, (0..count).map(|i| (i, 0, 0))).await;
+}
+
+/// Routes the unfinished recipients of what the spool recovered at start.
+pub async fn route_recovered(core: &CoreContext, recovered: Vec<RecoveredMessage>) {
+    for message in recovered {
+        let states = message.states;
+        let recipients = states.iter().enumerate().filter_map(|(i, s)| match *s {
+            RecipientState::Pending => Some((i as u32, 0, 0)),
+            RecipientState::Deferred {
+                next_attempt_s,
+                attempts,
+            } => Some((i as u32, attempts, next_attempt_s)),
+            _ => None,
+        });
+        hand_off(
+            core,
+            message.id,
+            message.body,
+            Arc::new(message.envelope),
+            recipients,
+        )
+        .await;
+    }
+}
+
+/// Spools a message made here (API injection, DSNs) and routes it. `header` is prepended.
+pub async fn inject_message(
+    core: &CoreContext,
+    envelope: Envelope,
+    header: &[u8],
+    body: &[u8],
+) -> Result<MessageId, SpoolError> {
+    let id = core.spool.next_id();
+    let size = (header.len() + body.len()) as u64;
+    if !core.spool.has_room(size) {
+        return Err(SpoolError::Full);
+    }
+    let location = core.spool.store(id, &envelope, header, body).await?;
+    let now_s = envelope.received_at_s;
+    route_new_message(core, id, location, Arc::new(envelope), now_s).await;
+    Ok(id)
+}
