@@ -109,14 +109,21 @@ impl<P: Copy> PartialOrd for Deferred<P> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
+
+    // The heap sifts with `<=`; answering it from the time alone, with plain integer comparisons,
+    // skips the tuple comparison in all but exact ties (and keeps debug builds quick).
+    fn le(&self, other: &Self) -> bool {
+        let (a, b) = (self.0.next_attempt_s, other.0.next_attempt_s);
+        if a != b {
+            return a > b;
+        }
+        self.cmp(other) != Ordering::Greater
+    }
 }
 impl<P: Copy> Ord for Deferred<P> {
+    /// Reversed: the earliest `(next_attempt_s, message, recipient)` is the greatest.
     fn cmp(&self, other: &Self) -> Ordering {
-        // Reversed, and the time first on its own: almost every comparison ends there.
-        match other.0.next_attempt_s.cmp(&self.0.next_attempt_s) {
-            Ordering::Equal => other.0.timer_order().cmp(&self.0.timer_order()),
-            unequal => unequal,
-        }
+        other.0.timer_order().cmp(&self.0.timer_order())
     }
 }
 
