@@ -1,1 +1,20 @@
-//! queue: not yet written.
+//! queue: the per-core delivery queues, one per (VMTA, destination domain).
+//!
+//! Pure logic: no IO, no clock. The delivery driver feeds it the time (`now_s`, `now_ms`) and asks:
+//! which queues have work (`due`), when to wake next (`next_wakeup`), may a connection open
+//! (`try_open_connection`), may a transaction start (`may_send`), and hands failures back (`defer`).
+//!
+//! Each queue holds a FIFO of ready recipients and its own min-heap of deferred ones; one core-wide
+//! heap of wake-ups, one live entry per queue, tells `due` which queues to look at. See `queues.rs`
+//! for why a heap with lazy deletion rather than a timer wheel, and for the memory cost per recipient.
+
+mod policy;
+mod queues;
+mod shaping;
+
+pub use policy::{MIN_RETRY_INTERVAL_S, PolicyError, QueuePolicy};
+pub use queues::{
+    DeferOutcome, MAX_REPLY_TEXT_BYTES, QueueKey, QueueSnapshot, QueueState, QueueStats,
+    QueuedRecipient, Queues,
+};
+pub use shaping::{RateLimiter, SendRate};

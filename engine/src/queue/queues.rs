@@ -1,0 +1,718 @@
+//! The queues of one core, keyed by (VMTA, destination domain).
+//!
+//! # Timers: a heap with lazy deletion, not a wheel
+//! Deferred recipients wait in a binary min-heap per queue, ordered by `(next_attempt_s, message,
+//! recipient)`. A second, core-wide min-heap holds wake-ups `(time, queue slot)`: each queue keeps
+//! exactly one live entry, at its earliest deferred time (or the end of a timed suspension), and
+//! remembers it in `scheduled_wake_s`. When that time changes a new entry is pushed and the old one is
+//! left in place; `due` and `next_wakeup` skip entries that no longer match their queue (lazy deletion),
+//! and the heap is rebuilt if stale entries ever outnumber live ones.
+//!
+//! Why not a hierarchical timer wheel: retry times span seconds to days (5 min .. 5 days by default),
+//! so a wheel needs several levels and cascades items between them, touching each item more than once;
+//! its slots also lose the order within a slot. The heap costs O(log n) per insert and release (about
+//! 20 comparisons at a million recipients, well under a microsecond), has no tick to drive (the driver
+//! sleeps exactly until `next_wakeup`), keeps exact order, and needs no memory beyond the items
+//! themselves. Keeping the items in per-queue heaps, rather than one heap of every recipient, makes
+//! `bounce_all`, `suspend` and the per-queue "next attempt" O(queue), never O(core).
+//!
+//! # Memory per queued recipient
+//! A recipient is one `QueuedRecipient<P>`, stored once: in its queue's ready `VecDeque` or its
+//! deferred heap's `Vec`, never both, and with no per-item allocation. With a 16-byte payload (e.g.
+//! segment + offset) it is 56 bytes (`size_of`, asserted in the tests). Containers grow by doubling
+//! and are shrunk back whenever their capacity exceeds twice their length (above
+//! `SHRINK_MIN_CAPACITY` items), so the cost is 56 bytes per recipient at best and 112 bytes at worst,
+//! within the 128-byte goal. Each queue adds a fixed few hundred bytes (key, policy `Rc`, counters).
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::rc::Rc;
+
+use super::policy::QueuePolicy;
+use super::shaping::SendRate;
+use crate::envelope::MessageId;
+
+/// The last deferral reply kept per queue (for the API) is cut to this many bytes.
+pub const MAX_REPLY_TEXT_BYTES: usize = 512;
+
+/// Containers below this capacity are never shrunk: small queues would only churn the allocator.
+const SHRINK_MIN_CAPACITY: usize = 64;
+
+/// A queue's identity: the VMTA that sends and the destination domain (lower-cased).
+///
+/// `Rc<str>` makes the clones that `due` and `snapshot` hand out a reference-count bump.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueKey {
+    pub vmta: Rc<str>,
+    pub domain: Rc<str>,
+}
+
+impl QueueKey {
+    /// The key for `vmta` and `domain`; the domain is lower-cased and loses a trailing dot.
+    pub fn new(vmta: &str, domain: &str) -> QueueKey {
+        QueueKey {
+            vmta: Rc::from(vmta),
+            domain: Rc::from(domain.trim_end_matches('.').to_ascii_lowercase()),
+        }
+    }
+}
+
+impl fmt::Display for QueueKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.vmta, self.domain)
+    }
+}
+
+/// One recipient of one message waiting for delivery. `P` is the delivery side's small `Copy` handle
+/// to the body (e.g. spool segment and offset); the queue never looks inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuedRecipient<P> {
+    pub message: MessageId,
+    pub body: P,
+    /// Index of the recipient in the message's envelope.
+    pub recipient: u32,
+    /// Failed attempts so far.
+    pub attempts: u16,
+    pub first_queued_s: u64,
+    pub next_attempt_s: u64,
+}
+
+impl<P: Copy> QueuedRecipient<P> {
+    /// A recipient queued for the first time at `now_s`, ready at once.
+    pub fn new(message: MessageId, body: P, recipient: u32, now_s: u64) -> QueuedRecipient<P> {
+        QueuedRecipient {
+            message,
+            body,
+            recipient,
+            attempts: 0,
+            first_queued_s: now_s,
+            next_attempt_s: now_s,
+        }
+    }
+
+    fn timer_order(&self) -> (u64, MessageId, u32) {
+        (self.next_attempt_s, self.message, self.recipient)
+    }
+}
+
+/// A deferred recipient in a max-heap that must pop the earliest time first.
+struct Deferred<P>(QueuedRecipient<P>);
+
+impl<P: Copy> PartialEq for Deferred<P> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.timer_order() == other.0.timer_order()
+    }
+}
+impl<P: Copy> Eq for Deferred<P> {}
+impl<P: Copy> PartialOrd for Deferred<P> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+
+    // The heap sifts with `<=`; answering it from the time alone, with plain integer comparisons,
+    // skips the tuple comparison in all but exact ties (and keeps debug builds quick).
+    fn le(&self, other: &Self) -> bool {
+        let (a, b) = (self.0.next_attempt_s, other.0.next_attempt_s);
+        if a != b {
+            return a > b;
+        }
+        self.cmp(other) != Ordering::Greater
+    }
+}
+impl<P: Copy> Ord for Deferred<P> {
+    /// Reversed: the earliest `(next_attempt_s, message, recipient)` is the greatest.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.timer_order().cmp(&self.0.timer_order())
+    }
+}
+
+/// Whether a queue may deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueState {
+    Active,
+    /// Nothing is handed out; retries still come due. With `until_s`, `due` resumes it at that time.
+    Suspended {
+        until_s: Option<u64>,
+        reason: String,
+    },
+}
+
+/// Counters since the queue was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+    pub expired: u64,
+}
+
+/// What `defer` decided for a recipient that failed temporarily.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeferOutcome<P> {
+    /// Queued again; the next attempt is at `at_s`.
+    Retry { at_s: u64 },
+    /// Older than `max_queue_age`: the caller bounces it (category message-expired).
+    Expired { item: QueuedRecipient<P> },
+}
+
+/// One queue as the API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub vmta: String,
+    pub domain: String,
+    /// Recipients waiting for a connection.
+    pub ready: usize,
+    /// Recipients waiting for their retry time.
+    pub deferred: usize,
+    pub state: QueueState,
+    pub connections: u32,
+    /// The earliest retry time among deferred recipients.
+    pub next_attempt_s: Option<u64>,
+    pub stats: QueueStats,
+    /// The reply of the most recent deferral, cut to `MAX_REPLY_TEXT_BYTES`.
+    pub last_deferral: Option<String>,
+}
+
+impl QueueSnapshot {
+    /// All recipients in the queue.
+    pub fn size(&self) -> usize {
+        self.ready + self.deferred
+    }
+}
+
+struct Queue<P> {
+    key: QueueKey,
+    policy: Rc<QueuePolicy>,
+    ready: VecDeque<QueuedRecipient<P>>,
+    deferred: BinaryHeap<Deferred<P>>,
+    state: QueueState,
+    connections: u32,
+    stats: QueueStats,
+    rate: SendRate,
+    /// The time of this queue's live entry in the core's wake heap.
+    scheduled_wake_s: Option<u64>,
+    last_deferral: Option<Box<str>>,
+}
+
+impl<P: Copy> Queue<P> {
+    fn new(key: QueueKey, policy: Rc<QueuePolicy>) -> Queue<P> {
+        Queue {
+            key,
+            rate: SendRate::new(policy.max_messages_per_minute, policy.max_messages_per_hour),
+            policy,
+            ready: VecDeque::new(),
+            deferred: BinaryHeap::new(),
+            state: QueueState::Active,
+            connections: 0,
+            stats: QueueStats::default(),
+            scheduled_wake_s: None,
+            last_deferral: None,
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        self.state == QueueState::Active
+    }
+
+    fn next_attempt_s(&self) -> Option<u64> {
+        self.deferred.peek().map(|d| d.0.next_attempt_s)
+    }
+
+    /// When `due` must look at this queue: its earliest retry or the end of its suspension.
+    fn wake_s(&self) -> Option<u64> {
+        let resume_s = match self.state {
+            QueueState::Suspended {
+                until_s: Some(t), ..
+            } => Some(t),
+            _ => None,
+        };
+        match (self.next_attempt_s(), resume_s) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.is_active()
+            && self.ready.is_empty()
+            && self.deferred.is_empty()
+            && self.connections == 0
+    }
+
+    /// Gives memory back after a large drain, keeping capacity within twice the length.
+    fn trim(&mut self) {
+        if self.ready.capacity() > SHRINK_MIN_CAPACITY
+            && self.ready.capacity() > 2 * self.ready.len()
+        {
+            self.ready
+                .shrink_to(self.ready.len() + self.ready.len() / 4);
+        }
+        if self.deferred.capacity() > SHRINK_MIN_CAPACITY
+            && self.deferred.capacity() > 2 * self.deferred.len()
+        {
+            self.deferred
+                .shrink_to(self.deferred.len() + self.deferred.len() / 4);
+        }
+    }
+
+    fn snapshot(&self) -> QueueSnapshot {
+        QueueSnapshot {
+            vmta: self.key.vmta.to_string(),
+            domain: self.key.domain.to_string(),
+            ready: self.ready.len(),
+            deferred: self.deferred.len(),
+            state: self.state.clone(),
+            connections: self.connections,
+            next_attempt_s: self.next_attempt_s(),
+            stats: self.stats,
+            last_deferral: self.last_deferral.as_deref().map(str::to_string),
+        }
+    }
+}
+
+/// The delivery queues of one core. Pure state: every method takes the time it needs.
+pub struct Queues<P> {
+    default_policy: Rc<QueuePolicy>,
+    /// Queues by slot; a slot is reused after `remove_idle_queues`.
+    slots: Vec<Option<Queue<P>>>,
+    free_slots: Vec<u32>,
+    index: HashMap<QueueKey, u32>,
+    /// Wake-ups `(time_s, slot)`, earliest first; entries not matching their queue are stale.
+    wakes: BinaryHeap<Reverse<(u64, u32)>>,
+}
+
+impl<P: Copy> Queues<P> {
+    /// Empty queues; a queue created without its own policy gets `default_policy`.
+    pub fn new(default_policy: QueuePolicy) -> Queues<P> {
+        Queues {
+            default_policy: Rc::new(default_policy),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            index: HashMap::new(),
+            wakes: BinaryHeap::new(),
+        }
+    }
+
+    /// The policy given to queues created from now on without their own.
+    pub fn set_default_policy(&mut self, policy: QueuePolicy) {
+        self.default_policy = Rc::new(policy);
+    }
+
+    /// Sets a queue's policy (creating the queue). Its rate limiter starts afresh.
+    pub fn set_policy(&mut self, key: &QueueKey, policy: impl Into<Rc<QueuePolicy>>) {
+        let slot = self.slot_or_create(key);
+        if let Some(q) = self.queue_mut(slot) {
+            q.policy = policy.into();
+            q.rate = SendRate::new(
+                q.policy.max_messages_per_minute,
+                q.policy.max_messages_per_hour,
+            );
+        }
+    }
+
+    /// A queue's policy, if the queue exists.
+    pub fn policy(&self, key: &QueueKey) -> Option<&QueuePolicy> {
+        self.queue(key).map(|q| &*q.policy)
+    }
+
+    /// Appends a recipient to the queue's ready FIFO (creating the queue).
+    pub fn enqueue(&mut self, key: &QueueKey, item: QueuedRecipient<P>) {
+        let slot = self.slot_or_create(key);
+        if let Some(q) = self.queue_mut(slot) {
+            q.ready.push_back(item);
+        }
+    }
+
+    /// Puts a recipient on the timer for its `next_attempt_s` without counting an attempt (spool
+    /// recovery of deferred recipients).
+    pub fn schedule(&mut self, key: &QueueKey, item: QueuedRecipient<P>) {
+        let slot = self.slot_or_create(key);
+        if let Some(q) = self.queue_mut(slot) {
+            q.deferred.push(Deferred(item));
+        }
+        self.reschedule(slot);
+    }
+
+    /// Records a temporary failure of `item` at `now_s`: counts the attempt and either puts it on the
+    /// timer for the policy's next retry interval (never later than its expiry time, so the last try
+    /// happens at `max_queue_age`) or, once `max_queue_age` has passed, hands it back as expired.
+    pub fn defer(
+        &mut self,
+        key: &QueueKey,
+        mut item: QueuedRecipient<P>,
+        reply_text: &str,
+        now_s: u64,
+    ) -> DeferOutcome<P> {
+        let slot = self.slot_or_create(key);
+        let Some(q) = self.queue_mut(slot) else {
+            return DeferOutcome::Expired { item };
+        };
+        item.attempts = item.attempts.saturating_add(1);
+        q.last_deferral = Some(truncate_reply(reply_text).into());
+        let expires_s = item
+            .first_queued_s
+            .saturating_add(q.policy.max_queue_age_s());
+        if now_s >= expires_s {
+            q.stats.expired += 1;
+            return DeferOutcome::Expired { item };
+        }
+        let at_s = now_s
+            .saturating_add(q.policy.retry_interval_s(item.attempts))
+            .min(expires_s);
+        item.next_attempt_s = at_s;
+        q.stats.deferred += 1;
+        q.deferred.push(Deferred(item));
+        self.reschedule(slot);
+        DeferOutcome::Retry { at_s }
+    }
+
+    /// Takes up to `max` ready recipients, oldest first; none while the queue is suspended.
+    pub fn take_batch(&mut self, key: &QueueKey, max: usize) -> Vec<QueuedRecipient<P>> {
+        let Some(q) = self.queue_by_key_mut(key) else {
+            return Vec::new();
+        };
+        if !q.is_active() {
+            return Vec::new();
+        }
+        let n = max.min(q.ready.len());
+        let batch: Vec<_> = q.ready.drain(..n).collect();
+        q.trim();
+        batch
+    }
+
+    /// Takes the recipients of one SMTP transaction: the oldest ready recipient and those right behind
+    /// it that belong to the same message, up to `max_recipients`. None while suspended.
+    pub fn take_transaction(
+        &mut self,
+        key: &QueueKey,
+        max_recipients: usize,
+    ) -> Vec<QueuedRecipient<P>> {
+        let Some(q) = self.queue_by_key_mut(key) else {
+            return Vec::new();
+        };
+        if !q.is_active() {
+            return Vec::new();
+        }
+        let Some(first) = q.ready.front().map(|r| r.message) else {
+            return Vec::new();
+        };
+        let n = q
+            .ready
+            .iter()
+            .take(max_recipients)
+            .take_while(|r| r.message == first)
+            .count();
+        let batch: Vec<_> = q.ready.drain(..n).collect();
+        q.trim();
+        batch
+    }
+
+    /// Puts recipients taken but never tried (no connection, rate limit) back at the head of the
+    /// FIFO, in their order, without counting an attempt.
+    pub fn return_unsent(&mut self, key: &QueueKey, items: Vec<QueuedRecipient<P>>) {
+        let slot = self.slot_or_create(key);
+        if let Some(q) = self.queue_mut(slot) {
+            for item in items.into_iter().rev() {
+                q.ready.push_front(item);
+            }
+        }
+    }
+
+    /// Moves every deferred recipient whose time has come (`next_attempt_s <= now_s`) to its ready
+    /// FIFO and ends timed suspensions that are over. Returns the active queues that received
+    /// recipients or resumed with recipients waiting: the driver should start delivering those.
+    pub fn due(&mut self, now_s: u64) -> Vec<QueueKey> {
+        let mut became_ready = Vec::new();
+        while let Some(&Reverse((wake_s, slot))) = self.wakes.peek() {
+            if wake_s > now_s {
+                break;
+            }
+            self.wakes.pop();
+            let Some(q) = self.queue_mut(slot) else {
+                continue;
+            };
+            if q.scheduled_wake_s != Some(wake_s) {
+                continue; // stale: the queue's wake-up moved since this entry was pushed
+            }
+            q.scheduled_wake_s = None;
+            let mut gained = false;
+            if let QueueState::Suspended {
+                until_s: Some(until_s),
+                ..
+            } = q.state
+                && until_s <= now_s
+            {
+                q.state = QueueState::Active;
+                gained = !q.ready.is_empty();
+            }
+            while q
+                .deferred
+                .peek()
+                .is_some_and(|d| d.0.next_attempt_s <= now_s)
+            {
+                if let Some(Deferred(item)) = q.deferred.pop() {
+                    q.ready.push_back(item);
+                    gained = true;
+                }
+            }
+            q.trim();
+            if gained && q.is_active() {
+                became_ready.push(q.key.clone());
+            }
+            self.reschedule(slot);
+        }
+        became_ready
+    }
+
+    /// The earliest time at which `due` has work, for the driver to sleep until.
+    pub fn next_wakeup(&mut self) -> Option<u64> {
+        while let Some(&Reverse((wake_s, slot))) = self.wakes.peek() {
+            let live = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|q| q.scheduled_wake_s == Some(wake_s));
+            if live {
+                return Some(wake_s);
+            }
+            self.wakes.pop();
+        }
+        None
+    }
+
+    /// Stops handing out recipients of this queue (creating it, so mail arriving later is held too)
+    /// until `resume` or, when given, `until_s`.
+    pub fn suspend(&mut self, key: &QueueKey, until_s: Option<u64>, reason: &str) {
+        let slot = self.slot_or_create(key);
+        if let Some(q) = self.queue_mut(slot) {
+            q.state = QueueState::Suspended {
+                until_s,
+                reason: truncate_reply(reason).to_string(),
+            };
+        }
+        self.reschedule(slot);
+    }
+
+    /// Lets a suspended queue deliver again. Returns whether it has ready recipients (the driver
+    /// should start delivering); false if the queue does not exist.
+    pub fn resume(&mut self, key: &QueueKey) -> bool {
+        let Some(&slot) = self.index.get(key) else {
+            return false;
+        };
+        let has_ready = match self.queue_mut(slot) {
+            Some(q) => {
+                q.state = QueueState::Active;
+                !q.ready.is_empty()
+            }
+            None => false,
+        };
+        self.reschedule(slot);
+        has_ready
+    }
+
+    /// Empties the queue, ready and deferred, for the caller to bounce. Counts them as bounced.
+    /// Recipients in flight on open connections are the driver's.
+    pub fn bounce_all(&mut self, key: &QueueKey) -> Vec<QueuedRecipient<P>> {
+        let Some(&slot) = self.index.get(key) else {
+            return Vec::new();
+        };
+        let Some(q) = self.queue_mut(slot) else {
+            return Vec::new();
+        };
+        let mut drained: Vec<_> = q.ready.drain(..).collect();
+        let mut deferred: Vec<_> = std::mem::take(&mut q.deferred)
+            .into_vec()
+            .into_iter()
+            .map(|d| d.0)
+            .collect();
+        deferred.sort_unstable_by_key(QueuedRecipient::timer_order);
+        drained.append(&mut deferred);
+        q.stats.bounced += drained.len() as u64;
+        q.trim();
+        self.reschedule(slot);
+        drained
+    }
+
+    /// Opens a connection slot if the queue is active and below `max_connections`.
+    pub fn try_open_connection(&mut self, key: &QueueKey) -> bool {
+        let slot = self.slot_or_create(key);
+        match self.queue_mut(slot) {
+            Some(q) if q.is_active() && q.connections < q.policy.max_connections => {
+                q.connections += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Releases a connection slot taken by `try_open_connection`.
+    pub fn connection_closed(&mut self, key: &QueueKey) {
+        if let Some(q) = self.queue_by_key_mut(key) {
+            q.connections = q.connections.saturating_sub(1);
+        }
+    }
+
+    /// Takes one transaction from the queue's rate limits at `now_ms` (call before MAIL FROM);
+    /// `Err` holds how many ms to wait. Queues without limits always allow.
+    pub fn may_send(&mut self, key: &QueueKey, now_ms: u64) -> Result<(), u64> {
+        let slot = self.slot_or_create(key);
+        match self.queue_mut(slot) {
+            Some(q) => q.rate.may_send(now_ms),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts `count` recipients delivered.
+    pub fn record_delivered(&mut self, key: &QueueKey, count: u64) {
+        if let Some(q) = self.queue_by_key_mut(key) {
+            q.stats.delivered += count;
+        }
+    }
+
+    /// Counts `count` recipients bounced on a permanent failure.
+    pub fn record_bounced(&mut self, key: &QueueKey, count: u64) {
+        if let Some(q) = self.queue_by_key_mut(key) {
+            q.stats.bounced += count;
+        }
+    }
+
+    /// Every queue, sorted by VMTA then domain, for the API.
+    pub fn snapshot(&self) -> Vec<QueueSnapshot> {
+        let mut queues: Vec<_> = self.slots.iter().flatten().collect();
+        queues.sort_by(|a, b| a.key.cmp(&b.key));
+        queues.into_iter().map(Queue::snapshot).collect()
+    }
+
+    /// One queue, for the API.
+    pub fn queue_snapshot(&self, key: &QueueKey) -> Option<QueueSnapshot> {
+        self.queue(key).map(Queue::snapshot)
+    }
+
+    /// Active queues with ready recipients (for the driver after a restart or a reload).
+    pub fn ready_keys(&self) -> Vec<QueueKey> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|q| q.is_active() && !q.ready.is_empty())
+            .map(|q| q.key.clone())
+            .collect()
+    }
+
+    /// Recipients in all queues, ready and deferred.
+    pub fn len(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|q| q.ready.len() + q.deferred.len())
+            .sum()
+    }
+
+    /// Whether no queue holds a recipient.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many queues exist.
+    pub fn queue_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Forgets active queues with no recipients and no connections (their counters go with them);
+    /// suspended queues stay so that their suspension holds. Returns how many were removed.
+    pub fn remove_idle_queues(&mut self) -> usize {
+        let mut removed = 0;
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            if entry.as_ref().is_some_and(Queue::is_idle)
+                && let Some(q) = entry.take()
+            {
+                self.index.remove(&q.key);
+                self.free_slots.push(slot as u32);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    fn queue(&self, key: &QueueKey) -> Option<&Queue<P>> {
+        let slot = *self.index.get(key)?;
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    fn queue_mut(&mut self, slot: u32) -> Option<&mut Queue<P>> {
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
+    fn queue_by_key_mut(&mut self, key: &QueueKey) -> Option<&mut Queue<P>> {
+        let slot = *self.index.get(key)?;
+        self.queue_mut(slot)
+    }
+
+    fn slot_or_create(&mut self, key: &QueueKey) -> u32 {
+        if let Some(&slot) = self.index.get(key) {
+            return slot;
+        }
+        let queue = Queue::new(key.clone(), Rc::clone(&self.default_policy));
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                if let Some(entry) = self.slots.get_mut(slot as usize) {
+                    *entry = Some(queue);
+                }
+                slot
+            }
+            None => {
+                self.slots.push(Some(queue));
+                // More than u32::MAX queues on one core cannot fit in memory anyway.
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(key.clone(), slot);
+        slot
+    }
+
+    /// Keeps the wake heap's live entry of `slot` in step with the queue's wake time.
+    fn reschedule(&mut self, slot: u32) {
+        let Some(q) = self.queue_mut(slot) else {
+            return;
+        };
+        let wake = q.wake_s();
+        if wake != q.scheduled_wake_s {
+            q.scheduled_wake_s = wake;
+            if let Some(wake_s) = wake {
+                self.wakes.push(Reverse((wake_s, slot)));
+            }
+        }
+        self.compact_wakes();
+    }
+
+    /// Rebuilds the wake heap when stale entries outnumber the live ones (at most one per queue).
+    fn compact_wakes(&mut self) {
+        if self.wakes.len() <= 2 * self.slots.len() + SHRINK_MIN_CAPACITY {
+            return;
+        }
+        self.wakes = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, q)| {
+                let wake_s = q.as_ref()?.scheduled_wake_s?;
+                Some(Reverse((wake_s, slot as u32)))
+            })
+            .collect();
+    }
+}
+
+/// `text` cut to at most `MAX_REPLY_TEXT_BYTES` on a character boundary.
+fn truncate_reply(text: &str) -> &str {
+    if text.len() <= MAX_REPLY_TEXT_BYTES {
+        return text;
+    }
+    let mut end = MAX_REPLY_TEXT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;
