@@ -14,6 +14,7 @@ pub use duration::ConfigDuration;
 pub use network::Network;
 pub use policy::DomainPolicy;
 pub use schema::*;
+pub use validate::parse_next_hop;
 
 /// The configuration Volley runs on without `--config`: loopback only.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");

@@ -15,7 +15,7 @@ use rustls::pki_types::ServerName;
 use super::outcome::{self, Attempt};
 use super::placement::IMPLICIT_VMTA;
 use super::{Queued, connect_from_timeout};
-use crate::config::{OutboundTls, validate_next_hop};
+use crate::config::{OutboundTls, parse_next_hop};
 use crate::dns::{DnsError, NextHops};
 use crate::envelope::Envelope;
 use crate::queue::QueueKey;
@@ -29,6 +29,13 @@ const CONNECT_TIMEOUT_MS: u64 = 30_000;
 /// A rate limit that asks to wait longer than this closes the connection instead.
 const RATE_WAIT_IN_CONNECTION_MS_MAX: u64 = 10_000;
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// A host to try: its name (for the log and TLS SNI) and one address.
 struct Hop {
@@ -141,7 +148,7 @@ async fn next_hops(core: &CoreContext, domain: &str) -> Result<Vec<Hop>, NoHops>
     let config = core.config();
     let resolver = core.delivery.resolver(core);
     if let Some(route) = config.routes.get(domain) {
-        let Some((host, port)) = validate_next_hop(route) else {
+        let Some((host, port)) = parse_next_hop(route) else {
             return Err(NoHops::Temporary(Reply::local(451, (4, 3, 5), format!("Bad route {route:?}"))));
         };
         if let Ok(ip) = host.parse::<IpAddr>() {
@@ -221,25 +228,17 @@ impl Connection {
             return;
         }
         loop {
-            let now_ms = crate::listener::reception::unix_now_s().saturating_mul(1000);
-            match core.delivery.queues.borrow_mut().may_send(&self.key, now_ms) {
+            let may_send = core.delivery.queues.borrow_mut().may_send(&self.key, unix_now_ms());
+            match may_send {
                 Ok(()) => break,
                 Err(wait_ms) if wait_ms <= RATE_WAIT_IN_CONNECTION_MS_MAX => {
-                    drop(wait_ms);
+                    glommio::timer::sleep(Duration::from_millis(wait_ms.max(1))).await;
                 }
                 Err(_) => {
                     session.quit();
                     return;
                 }
             }
-            let wait_ms = core
-                .delivery
-                .queues
-                .borrow_mut()
-                .may_send(&self.key, now_ms)
-                .err()
-                .unwrap_or(0);
-            glommio::timer::sleep(Duration::from_millis(wait_ms.max(1))).await;
         }
         let items = core
             .delivery
@@ -361,7 +360,9 @@ where
     let mut out = Vec::with_capacity(READ_CHUNK_BYTES);
     loop {
         let mut start_tls = false;
+        let mut progressed = false;
         while let Some(event) = session.poll_event() {
+            progressed = true;
             match event {
                 Event::NeedTls => start_tls = true,
                 Event::Ready => conn.on_ready(&mut session).await,
@@ -380,7 +381,8 @@ where
         if start_tls {
             return Ok(Next::StartTls(session));
         }
-        if session.poll_event_pending() {
+        if progressed {
+            // Answering an event (send, quit) may have produced new events.
             continue;
         }
         let timeout = session.timeout();

@@ -21,7 +21,8 @@ use std::sync::atomic::Ordering;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 pub use connect::{connect_from, connect_from_timeout};
-pub use placement::{QueueBoard, route_new_message, route_recovered, inject_message};
+pub use placement::{QueueBoard, inject_message, route_new_message, route_recovered};
+pub use tls::ClientTls;
 
 use crate::dns::Resolver;
 use crate::envelope::{Envelope, MessageId};

@@ -179,7 +179,7 @@ pub async fn accept_message(
             ..Default::default()
         });
     }
-    crate::queue::routing::route_new_message(core, id, location, Arc::new(envelope), now_s).await;
+    crate::delivery::route_new_message(core, id, location, Arc::new(envelope), now_s).await;
     Ok(id_text)
 }
 

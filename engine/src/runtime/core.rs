@@ -31,7 +31,7 @@ pub struct Shared {
     pub events: Arc<EventLog>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub router: Arc<RouterSetup>,
-    pub queues: Arc<crate::queue::routing::QueueBoard>,
+    pub queues: Arc<crate::delivery::QueueBoard>,
 }
 
 impl Shared {
@@ -58,7 +58,7 @@ impl Shared {
             events,
             tls,
             router: RouterSetup::new(cores),
-            queues: Arc::new(crate::queue::routing::QueueBoard::new(cores)),
+            queues: Arc::new(crate::delivery::QueueBoard::new(cores)),
         })
     }
 }
@@ -91,6 +91,8 @@ pub struct CoreContext {
     credentials: RefCell<Credentials>,
     pub throttle: RefCell<AuthThrottle>,
     stop: StopSignal,
+    pool_turn: Cell<u64>,
+    client_tls: OnceCell<Rc<crate::delivery::ClientTls>>,
     pub delivery: crate::delivery::CoreDelivery,
 }
 
@@ -113,6 +115,23 @@ impl CoreContext {
 
     pub fn stop_signal(&self) -> StopSignal {
         self.stop.clone()
+    }
+
+    /// The next turn of weighted round robin over a pool's VMTAs.
+    pub fn next_pool_turn(&self) -> u64 {
+        let turn = self.pool_turn.get();
+        self.pool_turn.set(turn.wrapping_add(1));
+        turn
+    }
+
+    /// The outbound TLS configurations, built on first use.
+    pub fn client_tls(&self) -> Rc<crate::delivery::ClientTls> {
+        self.client_tls
+            .get_or_init(|| match crate::delivery::ClientTls::new() {
+                Ok(t) => Rc::new(t),
+                Err(e) => panic!("the ring provider supports the default TLS versions: {e}"),
+            })
+            .clone()
     }
 
     /// MAIL admission for the sender's customer (sending limits).
@@ -164,6 +183,8 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         credentials: RefCell::new(Credentials::from_config(&config)),
         throttle: RefCell::new(AuthThrottle::default()),
         stop: StopSignal(Rc::new(Semaphore::new(0))),
+        pool_turn: Cell::new(index as u64),
+        client_tls: OnceCell::new(),
         delivery: crate::delivery::CoreDelivery::new(index),
     });
     let weak = Rc::downgrade(&core);
