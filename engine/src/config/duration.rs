@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
@@ -60,6 +60,12 @@ impl<'de> Deserialize<'de> for ConfigDuration {
             Raw::Seconds(s) => Ok(ConfigDuration(Duration::from_secs(s))),
             Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
+    }
+}
+
+impl Serialize for ConfigDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 

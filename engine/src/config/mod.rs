@@ -77,6 +77,16 @@ impl Config {
         }
     }
 
+    /// Checks a configuration changed in memory (API edits); errors carry keys but no lines.
+    pub fn revalidate(&self) -> Result<(), ConfigErrors> {
+        let errors = validate::validate(self, "");
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {

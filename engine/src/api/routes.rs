@@ -1,0 +1,320 @@
+//! The control API's routes (interface.md): health, metrics, injection, queues, events, and changes
+//! to the running configuration. Served by core 0; what other cores must do reaches them through the
+//! router (queue commands) or a published configuration (changes).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http::{Request, Response};
+use crate::config::Config;
+use crate::envelope::{BodyType, Envelope, Recipient};
+use crate::listener::reception::{prefix_headers, unix_now_s, Origin};
+use crate::router::{AdminCommand, CoreMessage};
+use crate::runtime::CoreContext;
+
+/// Events returned by one `GET /v1/events` at most.
+const EVENTS_PER_PAGE_MAX: usize = 10_000;
+/// Recipients of one injected message at most.
+const INJECT_RECIPIENTS_MAX: usize = 10_000;
+
+pub async fn handle(core: Rc<CoreContext>, request: Request) -> Response {
+    let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
+    match (request.method.as_str(), segments.as_slice()) {
+        ("GET", ["v1", "health"]) => health(&core),
+        ("GET", ["metrics"]) => Response::text(200, core.shared.metrics.render()),
+        ("POST", ["v1", "inject"]) => inject(&core, &request).await,
+        ("GET", ["v1", "queues"]) => queues(&core),
+        ("POST", ["v1", "queues", action]) => queue_command(&core, action, &request.body).await,
+        ("GET", ["v1", "events"]) => events(&core, &request),
+        (method, ["v1", section, name]) => config_entry(&core, method, section, name, &request.body),
+        (_, ["v1", section]) if CONFIG_SECTIONS.contains(section) => config_list(&core, section),
+        _ => Response::error(404, format!("no route for {} {}", request.method, request.path)),
+    }
+}
+
+fn health(core: &CoreContext) -> Response {
+    let control = &core.shared.control;
+    let serving = control.all_cores_ready() && !control.stopping();
+    let body = json!({
+        "status": if serving { "serving" } else if control.stopping() { "stopping" } else { "starting" },
+        "cores": control.core_count,
+        "cores_ready": control.cores_ready.load(std::sync::atomic::Ordering::Acquire),
+        "connections": control.connections(),
+    });
+    Response::json(if serving { 200 } else { 503 }, body)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjectRequest {
+    sender: String,
+    recipients: Vec<String>,
+    content: String,
+    #[serde(default)]
+    customer: Option<String>,
+}
+
+fn valid_address(a: &str) -> bool {
+    !a.is_empty()
+        && a.len() <= 254
+        && !a.chars().any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+}
+
+/// Normalises line endings to CRLF (JSON clients mostly send bare LF).
+fn crlf(content: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 40);
+    let bytes = content.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+async fn inject(core: &CoreContext, request: &Request) -> Response {
+    let req: InjectRequest = match serde_json::from_slice(&request.body) {
+        Ok(r) => r,
+        Err(e) => return Response::error(400, format!("bad inject request: {e}")),
+    };
+    if req.recipients.is_empty() || req.recipients.len() > INJECT_RECIPIENTS_MAX {
+        return Response::error(400, format!("1 to {INJECT_RECIPIENTS_MAX} recipients"));
+    }
+    if let Some(bad) = req
+        .recipients
+        .iter()
+        .chain(std::iter::once(&req.sender).filter(|s| !s.is_empty()))
+        .find(|a| !valid_address(a) || !a.contains('@'))
+    {
+        return Response::error(400, format!("invalid address {bad:?}"));
+    }
+    let config = core.config();
+    if let Some(c) = &req.customer
+        && config.customer(c).is_none()
+    {
+        return Response::error(400, format!("no customer {c:?}"));
+    }
+    let body = crlf(&req.content);
+    let max_bytes = config
+        .listeners
+        .iter()
+        .map(|l| l.max_message_bytes)
+        .max()
+        .unwrap_or(50 << 20);
+    if body.len() > max_bytes {
+        return Response::error(413, format!("message over {max_bytes} bytes"));
+    }
+    let now_s = unix_now_s();
+    let envelope = Envelope {
+        smtputf8: !req.sender.is_ascii() || req.recipients.iter().any(|r| !r.is_ascii()),
+        sender: req.sender,
+        recipients: req.recipients.into_iter().map(Recipient::new).collect(),
+        body_type: if body.is_ascii() {
+            BodyType::SevenBit
+        } else {
+            BodyType::EightBitMime
+        },
+        customer: req.customer.unwrap_or_default(),
+        received_at_s: now_s,
+        ..Envelope::default()
+    };
+    let origin = Origin {
+        helo: "api",
+        ip: request.peer.ip(),
+        protocol: "HTTP",
+        authenticated: None,
+    };
+    // The id is assigned by the spool when it stores; the Received line names the API.
+    let header = prefix_headers(&origin, &config.server.hostname, core.spool.next_id(), &envelope, &body, now_s);
+    let recipients = envelope.recipients.len();
+    match crate::delivery::inject_message(core, envelope, &header, &body).await {
+        Ok(id) => Response::json(202, json!({ "id": id.to_string(), "recipients": recipients })),
+        Err(crate::spool::SpoolError::Full) => Response::error(503, "spool full, try again later"),
+        Err(e) => Response::error(503, format!("not spooled: {e}")),
+    }
+}
+
+fn queues(core: &CoreContext) -> Response {
+    let list: Vec<Value> = core
+        .shared
+        .queues
+        .all()
+        .into_iter()
+        .map(|q| {
+            let (state, reason) = match &q.state {
+                crate::queue::QueueState::Active => ("active", None),
+                crate::queue::QueueState::Suspended { reason, .. } => ("suspended", Some(reason.clone())),
+            };
+            json!({
+                "vmta": q.vmta, "domain": q.domain, "size": q.size(), "ready": q.ready,
+                "deferred": q.deferred, "state": state, "reason": reason,
+                "connections": q.connections, "next_attempt_s": q.next_attempt_s,
+                "delivered": q.stats.delivered, "bounced": q.stats.bounced,
+                "last_deferral": q.last_deferral,
+            })
+        })
+        .collect();
+    Response::json(200, json!({ "queues": list }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueCommand {
+    domain: String,
+    #[serde(default)]
+    vmta: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn queue_command(core: &CoreContext, action: &str, body: &[u8]) -> Response {
+    let c: QueueCommand = match serde_json::from_slice(body) {
+        Ok(c) => c,
+        Err(e) => return Response::error(400, format!("expected {{\"domain\", \"vmta\"?, \"reason\"?}}: {e}")),
+    };
+    let reason = c.reason.unwrap_or_else(|| "by the operator".into());
+    let command = match action {
+        "suspend" => AdminCommand::Suspend { domain: c.domain, vmta: c.vmta, reason },
+        "resume" => AdminCommand::Resume { domain: c.domain, vmta: c.vmta },
+        "bounce" => AdminCommand::Bounce { domain: c.domain, vmta: c.vmta, reason },
+        other => return Response::error(404, format!("no queue action {other:?}")),
+    };
+    log::info!("API: queue {action}: {command:?}");
+    core.router()
+        .broadcast(|| CoreMessage::Admin(command.clone()))
+        .await;
+    Response::json(202, json!({ "accepted": action }))
+}
+
+fn events(core: &CoreContext, request: &Request) -> Response {
+    let after = request.query_param("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let limit = request
+        .query_param("limit")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000)
+        .min(EVENTS_PER_PAGE_MAX);
+    let events: Vec<Value> = core
+        .shared
+        .events
+        .after(after, limit)
+        .into_iter()
+        .filter_map(|(id, line)| {
+            let mut v: Value = serde_json::from_str(&line).ok()?;
+            v["event_id"] = id.into();
+            Some(v)
+        })
+        .collect();
+    Response::json(200, json!({ "events": events }))
+}
+
+const CONFIG_SECTIONS: [&str; 4] = ["vmtas", "pools", "domains", "customers"];
+
+/// The named entry of a section as JSON, via the TOML the operator would write.
+fn entry_json(config: &Config, section: &str, name: &str) -> Option<Value> {
+    let value = match section {
+        "vmtas" => toml::Value::try_from(config.vmtas.iter().find(|v| v.name == name)?),
+        "pools" => toml::Value::try_from(config.pools.iter().find(|v| v.name == name)?),
+        "domains" => toml::Value::try_from(config.domains.iter().find(|v| v.pattern == name)?),
+        "customers" => toml::Value::try_from(config.customers.iter().find(|v| v.name == name)?),
+        _ => return None,
+    }
+    .ok()?;
+    serde_json::to_value(value).ok()
+}
+
+fn config_list(core: &CoreContext, section: &str) -> Response {
+    let config = core.config();
+    let names: Vec<String> = match section {
+        "vmtas" => config.vmtas.iter().map(|v| v.name.clone()).collect(),
+        "pools" => config.pools.iter().map(|v| v.name.clone()).collect(),
+        "domains" => config.domains.iter().map(|v| v.pattern.clone()).collect(),
+        _ => config.customers.iter().map(|v| v.name.clone()).collect(),
+    };
+    let entries: Vec<Value> = names
+        .iter()
+        .filter_map(|n| entry_json(&config, section, n))
+        .collect();
+    Response::json(200, json!({ section: entries }))
+}
+
+/// Replaces (or adds, or with `None` removes) the entry `name` of `section` in a copy of `config`.
+fn edit(config: &mut Config, section: &str, name: &str, body: Option<&[u8]>) -> Result<bool, String> {
+    fn apply<T: serde::de::DeserializeOwned>(
+        list: &mut Vec<T>,
+        name: &str,
+        key: impl Fn(&T) -> &str,
+        body: Option<&[u8]>,
+        fill_name: impl Fn(&mut serde_json::Map<String, Value>),
+    ) -> Result<bool, String> {
+        let at = list.iter().position(|e| key(e) == name);
+        match body {
+            None => Ok(at.map(|i| list.remove(i)).is_some()),
+            Some(body) => {
+                let mut value: serde_json::Map<String, Value> =
+                    serde_json::from_slice(body).map_err(|e| format!("expected a JSON object: {e}"))?;
+                fill_name(&mut value);
+                let entry: T = serde_json::from_value(Value::Object(value)).map_err(|e| e.to_string())?;
+                if key(&entry) != name {
+                    return Err("the name in the body differs from the path".into());
+                }
+                match at {
+                    Some(i) => list[i] = entry,
+                    None => list.push(entry),
+                }
+                Ok(true)
+            }
+        }
+    }
+    let named = |field: &'static str| {
+        let name = name.to_string();
+        move |m: &mut serde_json::Map<String, Value>| {
+            m.entry(field).or_insert_with(|| Value::String(name.clone()));
+        }
+    };
+    match section {
+        "vmtas" => apply(&mut config.vmtas, name, |v| &v.name, body, named("name")),
+        "pools" => apply(&mut config.pools, name, |v| &v.name, body, named("name")),
+        "domains" => apply(&mut config.domains, name, |v| &v.pattern, body, named("match")),
+        "customers" => apply(&mut config.customers, name, |v| &v.name, body, named("name")),
+        _ => Err(format!("no section {section:?}")),
+    }
+}
+
+fn config_entry(core: &CoreContext, method: &str, section: &str, name: &str, body: &[u8]) -> Response {
+    if !CONFIG_SECTIONS.contains(&section) {
+        return Response::error(404, format!("no section {section:?}"));
+    }
+    let current = core.shared.control.config();
+    match method {
+        "GET" => match entry_json(&current, section, name) {
+            Some(v) => Response::json(200, v),
+            None => Response::error(404, format!("no {section} entry {name:?}")),
+        },
+        "PUT" | "DELETE" => {
+            let mut next = (*current).clone();
+            let body = (method == "PUT").then_some(body);
+            match edit(&mut next, section, name, body) {
+                Ok(false) => return Response::error(404, format!("no {section} entry {name:?}")),
+                Ok(true) => {}
+                Err(e) => return Response::error(400, e),
+            }
+            if let Err(errors) = next.revalidate() {
+                return Response::error(409, errors.to_string());
+            }
+            core.shared.control.publish(Arc::new(next));
+            log::info!("API: {method} {section}/{name} applied");
+            match method {
+                "PUT" => Response::json(200, entry_json(&core.shared.control.config(), section, name).unwrap_or(Value::Null)),
+                _ => Response::json(200, json!({ "deleted": name })),
+            }
+        }
+        _ => Response::error(405, "GET, PUT or DELETE"),
+    }
+}
