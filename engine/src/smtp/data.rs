@@ -1,1 +1,424 @@
-//! data: not yet written.
+//! Message bodies on the wire: the DATA decoder (RFC 5321 section 4.1.1.4 and 4.5.2) and the
+//! capped body buffer shared with BDAT (RFC 3030).
+//!
+//! The decoder is incremental (input may be split anywhere) and scans with `memchr`. Only
+//! `CRLF . CRLF` ends the data: a bare CR or LF never does, so a message cannot smuggle a second
+//! one past a less strict next hop; a message containing them is refused after its real end
+//! (like Postfix `smtpd_forbid_bare_newline`).
+
+use memchr::memchr2;
+
+use crate::smtp::reply::Reply;
+
+/// The longest text line in DATA, in octets including CRLF (RFC 5321 section 4.5.3.1.6).
+pub const MAX_TEXT_LINE_BYTES: usize = 1000;
+/// The most a body buffer reserves ahead of the octets it has, so an announced chunk that never
+/// arrives costs little.
+pub const MAX_RESERVE_BYTES: usize = 1 << 20;
+
+/// A body being received, never holding more than `max_bytes`: once over, it stops buffering
+/// (and frees what it held) but keeps counting.
+#[derive(Debug)]
+pub struct BodyBuffer {
+    bytes: Vec<u8>,
+    max_bytes: usize,
+    received_bytes: u64,
+    overflowed: bool,
+}
+
+impl BodyBuffer {
+    pub fn new(max_bytes: usize) -> BodyBuffer {
+        BodyBuffer {
+            bytes: Vec::new(),
+            max_bytes,
+            received_bytes: 0,
+            overflowed: false,
+        }
+    }
+
+    /// Appends `data`, or marks the body too big if it would exceed `max_bytes`.
+    pub fn push(&mut self, data: &[u8]) {
+        self.received_bytes = self.received_bytes.saturating_add(data.len() as u64);
+        if self.overflowed || data.is_empty() {
+            return;
+        }
+        let needed = self.bytes.len().saturating_add(data.len());
+        if needed > self.max_bytes {
+            self.overflowed = true;
+            self.bytes = Vec::new();
+            return;
+        }
+        if self.bytes.capacity() < needed {
+            // Grow geometrically, but never past the cap.
+            let target = needed
+                .max(self.bytes.capacity().saturating_mul(2))
+                .max(4096)
+                .min(self.max_bytes);
+            self.bytes.reserve_exact(target - self.bytes.len());
+        }
+        self.bytes.extend_from_slice(data);
+    }
+
+    /// Declares `additional` octets about to arrive (a BDAT chunk): marks the body too big at once
+    /// if they cannot fit, else reserves room for them (at most `MAX_RESERVE_BYTES` ahead).
+    pub fn announce(&mut self, additional: u64) {
+        if self.overflowed {
+            return;
+        }
+        let room = (self.max_bytes - self.bytes.len().min(self.max_bytes)) as u64;
+        if additional > room {
+            self.overflowed = true;
+            self.bytes = Vec::new();
+            return;
+        }
+        let ahead = additional.min(MAX_RESERVE_BYTES as u64) as usize;
+        if self.bytes.capacity() - self.bytes.len() < ahead {
+            self.bytes.reserve_exact(ahead);
+        }
+    }
+
+    /// Whether the body went over `max_bytes`.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    /// Octets received so far, including those not kept after an overflow.
+    pub fn received_bytes(&self) -> u64 {
+        self.received_bytes
+    }
+
+    /// The body, or `None` if it overflowed.
+    pub fn into_bytes(self) -> Option<Vec<u8>> {
+        (!self.overflowed).then_some(self.bytes)
+    }
+}
+
+/// Why a DATA body was refused after its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DataError {
+    #[error("bare CR or LF in message")]
+    BareNewline,
+    #[error("message larger than the maximum size")]
+    TooBig,
+    #[error("text line longer than {MAX_TEXT_LINE_BYTES} octets")]
+    LineTooLong,
+}
+
+impl DataError {
+    /// The reply this error earns.
+    pub fn reply(self) -> Reply {
+        match self {
+            DataError::BareNewline => Reply::BARE_NEWLINE_IN_DATA,
+            DataError::TooBig => Reply::MESSAGE_TOO_BIG,
+            DataError::LineTooLong => Reply::LINE_TOO_LONG,
+        }
+    }
+}
+
+/// Where in a line the decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineState {
+    /// After CRLF (or at the start of the data).
+    LineStart,
+    /// A `.` at the start of a line.
+    Dot,
+    /// `.` CR at the start of a line: an LF now ends the data.
+    DotCr,
+    /// Inside a line.
+    Text,
+    /// Inside a line, after a CR not yet known to start a CRLF.
+    Cr,
+}
+
+/// The incremental DATA decoder: finds the end (`CRLF . CRLF`), removes dot-stuffing, and notes
+/// bare CR/LF, over-long lines and oversize bodies.
+#[derive(Debug)]
+pub struct DataDecoder {
+    body: BodyBuffer,
+    state: LineState,
+    line_bytes: usize,
+    bare_newline: bool,
+    line_too_long: bool,
+}
+
+impl DataDecoder {
+    /// A decoder positioned just after the DATA command's CRLF.
+    pub fn new(max_message_bytes: usize) -> DataDecoder {
+        DataDecoder {
+            body: BodyBuffer::new(max_message_bytes),
+            state: LineState::LineStart,
+            line_bytes: 0,
+            bare_newline: false,
+            line_too_long: false,
+        }
+    }
+
+    /// Consumes input up to and including the end-of-data line. Returns the octets consumed and
+    /// whether the end was reached; after the end, the rest of `input` is not looked at.
+    pub fn feed(&mut self, input: &[u8]) -> (usize, bool) {
+        let mut i = 0;
+        while let Some(&byte) = input.get(i) {
+            match self.state {
+                LineState::LineStart => {
+                    if byte == b'.' {
+                        self.count_line_bytes(1);
+                        self.state = LineState::Dot;
+                        i += 1;
+                    } else {
+                        self.state = LineState::Text;
+                    }
+                }
+                LineState::Dot => {
+                    if byte == b'\r' {
+                        self.count_line_bytes(1);
+                        self.state = LineState::DotCr;
+                        i += 1;
+                    } else {
+                        // Dot-stuffing: the leading dot goes; the rest of the line is text.
+                        self.state = LineState::Text;
+                    }
+                }
+                LineState::DotCr => {
+                    if byte == b'\n' {
+                        return (i + 1, true);
+                    }
+                    // `.` CR x: a bare CR; the dot was stuffing.
+                    self.bare_newline = true;
+                    self.body.push(b"\r");
+                    self.state = LineState::Text;
+                }
+                LineState::Text => {
+                    let rest = input.get(i..).unwrap_or_default();
+                    match memchr2(b'\r', b'\n', rest) {
+                        None => {
+                            self.text(rest);
+                            i = input.len();
+                        }
+                        Some(offset) => {
+                            self.text(rest.get(..offset).unwrap_or_default());
+                            i += offset;
+                            if rest.get(offset) == Some(&b'\r') {
+                                self.count_line_bytes(1);
+                                self.state = LineState::Cr;
+                            } else {
+                                self.bare_newline = true;
+                                self.text(b"\n");
+                            }
+                            i += 1;
+                        }
+                    }
+                }
+                LineState::Cr => {
+                    if byte == b'\n' {
+                        self.count_line_bytes(1);
+                        self.body.push(b"\r\n");
+                        self.line_bytes = 0;
+                        self.state = LineState::LineStart;
+                        i += 1;
+                    } else {
+                        self.bare_newline = true;
+                        self.body.push(b"\r");
+                        self.state = LineState::Text;
+                    }
+                }
+            }
+        }
+        (i, false)
+    }
+
+    fn text(&mut self, bytes: &[u8]) {
+        self.count_line_bytes(bytes.len());
+        self.body.push(bytes);
+    }
+
+    fn count_line_bytes(&mut self, n: usize) {
+        self.line_bytes = self.line_bytes.saturating_add(n);
+        if self.line_bytes > MAX_TEXT_LINE_BYTES {
+            self.line_too_long = true;
+        }
+    }
+
+    /// Body octets received so far (after unstuffing), including any not kept after an overflow.
+    pub fn received_bytes(&self) -> u64 {
+        self.body.received_bytes()
+    }
+
+    /// The verdict once `feed` reported the end: the unstuffed body (ending in the CRLF of its last
+    /// line), or why it is refused. A bare CR/LF outranks the size, which outranks line length.
+    pub fn finish(self) -> Result<Vec<u8>, DataError> {
+        if self.bare_newline {
+            return Err(DataError::BareNewline);
+        }
+        let line_too_long = self.line_too_long;
+        let body = self.body.into_bytes().ok_or(DataError::TooBig)?;
+        if line_too_long {
+            return Err(DataError::LineTooLong);
+        }
+        Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `step` octets; returns the octets consumed and the verdict.
+    fn decode(
+        input: &[u8],
+        step: usize,
+        max: usize,
+    ) -> Option<(usize, Result<Vec<u8>, DataError>)> {
+        let mut decoder = DataDecoder::new(max);
+        let mut pos = 0;
+        while pos < input.len() {
+            let end = (pos + step).min(input.len());
+            let (used, done) = decoder.feed(&input[pos..end]);
+            pos += used;
+            if done {
+                return Some((pos, decoder.finish()));
+            }
+            assert_eq!(pos, end, "an unfinished feed consumes everything");
+        }
+        None
+    }
+
+    fn decode_all_splits(input: &[u8]) -> Option<(usize, Result<Vec<u8>, DataError>)> {
+        let whole = decode(input, input.len().max(1), 1 << 20);
+        for step in 1..input.len().max(1) {
+            assert_eq!(decode(input, step, 1 << 20), whole, "step {step}");
+        }
+        whole
+    }
+
+    #[test]
+    fn plain_body_ends_at_crlf_dot_crlf() {
+        let input = b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n";
+        let (used, body) = decode_all_splits(input).unwrap();
+        assert_eq!(used, input.len() - 6);
+        assert_eq!(body.unwrap(), b"Subject: x\r\n\r\nhello\r\n");
+    }
+
+    #[test]
+    fn empty_body() {
+        assert_eq!(decode(b".\r\n", 3, 10), Some((3, Ok(Vec::new()))));
+    }
+
+    #[test]
+    fn dot_unstuffing() {
+        let input = b"..leading\r\n...\r\nmid.dle\r\n..\r\n.\r\n";
+        let (_, body) = decode_all_splits(input).unwrap();
+        assert_eq!(body.unwrap(), b".leading\r\n..\r\nmid.dle\r\n.\r\n");
+    }
+
+    #[test]
+    fn smuggling_sequences_never_end_data() {
+        for evil in [
+            &b"a\n.\nb"[..],
+            b"a\r.\rb",
+            b"a\n.\r\nb",
+            b"a\r\n.\nb",
+            b"a\r\n.\rb",
+            b"a\r.\r\nb",
+            b"a\r\n.\r\rb",
+        ] {
+            let mut decoder = DataDecoder::new(1000);
+            let (used, done) = decoder.feed(evil);
+            assert!(!done, "{evil:?}");
+            assert_eq!(used, evil.len());
+            let mut input = evil.to_vec();
+            input.extend_from_slice(b"\r\n.\r\n");
+            let (used, verdict) = decode_all_splits(&input).unwrap();
+            assert_eq!(used, input.len(), "{evil:?}");
+            assert_eq!(verdict, Err(DataError::BareNewline), "{evil:?}");
+        }
+    }
+
+    #[test]
+    fn bare_newlines_are_flagged() {
+        for input in [
+            &b"a\nb\r\n.\r\n"[..],
+            b"a\rb\r\n.\r\n",
+            b"a\r\r\n.\r\n",
+            b"\n.\r\n.\r\n",
+        ] {
+            assert_eq!(
+                decode_all_splits(input).unwrap().1,
+                Err(DataError::BareNewline)
+            );
+        }
+    }
+
+    #[test]
+    fn line_length_limit_includes_crlf() {
+        let mut ok = vec![b'x'; 998];
+        ok.extend_from_slice(b"\r\n.\r\n");
+        assert!(decode(&ok, 7, 1 << 20).unwrap().1.is_ok());
+        let mut stuffed = vec![b'.'; 999];
+        stuffed.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(
+            decode(&stuffed, 7, 1 << 20).unwrap().1,
+            Err(DataError::LineTooLong)
+        );
+        let mut long = vec![b'x'; 999];
+        long.extend_from_slice(b"\r\n.\r\n");
+        let (used, verdict) = decode(&long, 7, 1 << 20).unwrap();
+        assert_eq!(used, long.len());
+        assert_eq!(verdict, Err(DataError::LineTooLong));
+    }
+
+    #[test]
+    fn size_cap_stops_buffering_but_reads_to_the_end() {
+        let mut input = b"0123456789\r\n".repeat(10);
+        input.extend_from_slice(b".\r\n");
+        let (used, verdict) = decode(&input, 5, 50).unwrap();
+        assert_eq!(used, input.len());
+        assert_eq!(verdict, Err(DataError::TooBig));
+        let (_, verdict) = decode(&input, 5, 120).unwrap();
+        assert_eq!(verdict.unwrap().len(), 120);
+        let mut decoder = DataDecoder::new(50);
+        decoder.feed(&input);
+        assert_eq!(decoder.received_bytes(), 120);
+    }
+
+    #[test]
+    fn body_buffer_never_exceeds_its_cap() {
+        let mut body = BodyBuffer::new(10_000);
+        for _ in 0..99 {
+            body.push(&[1; 100]);
+            assert!(body.bytes.capacity() <= 10_000);
+        }
+        body.announce(100);
+        assert!(body.bytes.capacity() <= 10_000);
+        body.push(&[1; 100]);
+        assert!(!body.overflowed());
+        body.push(&[1]);
+        assert!(body.overflowed());
+        assert_eq!(body.received_bytes(), 10_001);
+        assert_eq!(body.into_bytes(), None);
+        let mut body = BodyBuffer::new(10);
+        body.announce(11);
+        assert!(body.overflowed());
+    }
+
+    #[test]
+    fn errors_map_to_replies() {
+        assert_eq!(DataError::BareNewline.reply().code(), 550);
+        assert_eq!(
+            DataError::BareNewline
+                .reply()
+                .enhanced()
+                .unwrap()
+                .to_string(),
+            "5.6.11"
+        );
+        assert_eq!(DataError::TooBig.reply().code(), 552);
+        assert_eq!(
+            DataError::LineTooLong
+                .reply()
+                .enhanced()
+                .unwrap()
+                .to_string(),
+            "5.5.6"
+        );
+    }
+}
