@@ -40,10 +40,8 @@ impl Batch {
         poll_fn(|cx| match &*self.outcome.borrow() {
             Some(outcome) => Poll::Ready(outcome_to_result(outcome)),
             None => {
-                let mut wakers = self.wakers.borrow_mut();
-                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    wakers.push(cx.waker().clone());
-                }
+                // Writers are polled again only when the batch finishes, so no duplicate check.
+                self.wakers.borrow_mut().push(cx.waker().clone());
                 Poll::Pending
             }
         })

@@ -109,6 +109,9 @@ pub struct SegmentUsage {
     pub live_messages: u32,
     /// Older segments holding messages this segment has state records about (sorted, unique).
     pub pins: Vec<u32>,
+    /// Recovery found damage it could not read past: at reclaim the file is set aside as
+    /// `<name>.damaged` for inspection instead of being deleted.
+    pub damaged: bool,
 }
 
 impl SegmentUsage {
@@ -193,11 +196,11 @@ impl SpoolIndex {
         victims
     }
 
-    /// Forgets a deleted segment; returns its bytes.
-    pub fn remove_segment(&mut self, segment: u32) -> u64 {
-        let bytes = self.segments.remove(&segment).map_or(0, |u| u.bytes);
-        self.spool_bytes -= bytes;
-        bytes
+    /// Forgets a deleted segment; returns what the index knew of it.
+    pub fn remove_segment(&mut self, segment: u32) -> Option<SegmentUsage> {
+        let usage = self.segments.remove(&segment)?;
+        self.spool_bytes -= usage.bytes;
+        Some(usage)
     }
 }
 
@@ -227,7 +230,7 @@ mod tests {
         assert!(!index.messages.contains_key(&10));
         assert_eq!(index.reclaimable(2), vec![1]);
         assert_eq!(index.reclaimable(1), vec![2], "current is never reclaimed");
-        assert_eq!(index.remove_segment(1), 100);
+        assert_eq!(index.remove_segment(1).map(|u| u.bytes), Some(100));
         assert_eq!(index.spool_bytes, 100);
     }
 

@@ -233,11 +233,17 @@ impl Spool {
         let mut reclaimed = 0;
         for victim in index.reclaimable(next_number) {
             let path = core_dir.join(segment::segment_file_name(victim));
-            match std::fs::remove_file(&path) {
+            let damaged = index.remove_segment(victim).is_some_and(|u| u.damaged);
+            let removed = if damaged {
+                log::warn!("setting damaged segment {} aside", path.display());
+                std::fs::rename(&path, damaged_path(&path))
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
                 Ok(()) => reclaimed += 1,
                 Err(e) => log::warn!("reclaiming {}: {e}", path.display()),
             }
-            index.remove_segment(victim);
         }
         let commit = Rc::new(CommitQueue::new(core_dir.clone(), config.fsync));
         commit.segment_created();
@@ -504,21 +510,35 @@ impl Spool {
         let current = inner.writer.borrow().number;
         let victims = {
             let mut index = inner.index.borrow_mut();
-            let victims = index.reclaimable(current);
-            for &victim in &victims {
-                index.remove_segment(victim);
+            let mut victims = Vec::new();
+            for victim in index.reclaimable(current) {
+                let damaged = index.remove_segment(victim).is_some_and(|u| u.damaged);
                 inner.commit.segment_removed(victim);
+                victims.push((victim, damaged));
             }
             victims
         };
-        for victim in victims {
+        for (victim, damaged) in victims {
             let path = inner.core_dir.join(segment::segment_file_name(victim));
-            if let Err(e) = glommio::io::remove(&path).await {
+            let removed = if damaged {
+                log::warn!("setting damaged segment {} aside", path.display());
+                glommio::io::rename(&path, damaged_path(&path)).await
+            } else {
+                glommio::io::remove(&path).await
+            };
+            if let Err(e) = removed {
                 log::warn!("reclaiming {}: {e}", path.display());
             }
             self.update_stats(|s| s.segments_reclaimed += 1);
         }
     }
+}
+
+/// Where a damaged segment is set aside instead of being deleted.
+fn damaged_path(path: &std::path::Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".damaged");
+    PathBuf::from(name)
 }
 
 fn now_s() -> u64 {

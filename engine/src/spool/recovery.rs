@@ -139,6 +139,7 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
                 terminate(&file, offset, map.len())?;
             } else {
                 corrupt_records += 1;
+                segment_usage.damaged = true;
                 log::warn!(
                     "{}: damaged record header at offset {offset}; rest of segment unreadable",
                     path.display()

@@ -562,3 +562,31 @@ fn oversize_records_and_bad_locations_are_refused() {
         ));
     });
 }
+
+#[test]
+fn empty_and_headerless_segment_files_are_survived() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let core_dir = segment::core_dir(dir.path(), 0);
+        std::fs::create_dir_all(&core_dir).unwrap();
+        // A crash right after creating a segment leaves an empty or all-zero file.
+        std::fs::write(core_dir.join(segment::segment_file_name(1)), b"").unwrap();
+        std::fs::write(
+            core_dir.join(segment::segment_file_name(2)),
+            vec![0xA5u8; 100],
+        )
+        .unwrap();
+        std::fs::write(
+            core_dir.join(segment::segment_file_name(3)),
+            vec![0u8; 8192],
+        )
+        .unwrap();
+        let (spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        assert!(recovered.is_empty());
+        // Nothing live in them: reclaimed at open; the new segment is number 4. The damaged one
+        // is set aside, not deleted.
+        assert_eq!(segment_files(dir.path()), vec![4]);
+        assert!(core_dir.join("0000000002.seg.damaged").exists());
+        store_n(&spool, 1, 1, 10).await;
+    });
+}
