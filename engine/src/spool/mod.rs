@@ -1,1 +1,548 @@
-//! spool: not yet written.
+//! The durable spool, one per core: append-only, pre-allocated, memory-mapped segment files under
+//! `<dir>/core-<N>/`, group-committed with io_uring `fdatasync`, recovered at start, and reclaimed
+//! segment by segment once every message in them is finished. Format: `docs/spool-format.md`.
+//!
+//! - `record`: the record codec and its CRC32C checksums.
+//! - `segment`: segment files, their header, and the record scanner.
+//! - `commit`: group commit (one committer task per spool).
+//! - `index`: the in-RAM index of live messages and the reclaim rule.
+//! - `recovery`: rebuilding the index and the message list at start.
+//! - `reader`: reading bodies of any core's segments through cached read-only mappings.
+
+mod commit;
+mod index;
+pub mod reader;
+pub mod record;
+mod recovery;
+pub mod segment;
+
+#[cfg(test)]
+mod tests;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::envelope::{Envelope, MessageId};
+use commit::CommitQueue;
+use index::{LiveMessage, SegmentUsage, SpoolIndex};
+use record::{RECORD_HEADER_BYTES, STATE_RECORD_SPAN, StateRecord};
+use segment::{SEGMENT_HEADER_BYTES, SegmentHeader, WritableSegment};
+
+pub use reader::{BodyBytes, SegmentReader};
+
+/// Default size of a segment file.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Smallest segment the spool accepts.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+
+/// Where and how one core spools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// The spool root; this core uses `<dir>/core-<core>/`.
+    pub dir: PathBuf,
+    pub core: u16,
+    /// Size of each pre-allocated segment file.
+    pub segment_bytes: u64,
+    /// Message records are refused once segment files would exceed this sum. State records may use
+    /// one segment beyond it, so deliveries can always be recorded (and so reclaim can happen).
+    pub max_spool_bytes: u64,
+    /// `false` skips every fdatasync: only for comparison benchmarks.
+    pub fsync: bool,
+}
+
+impl SpoolConfig {
+    /// A configuration with 64 MiB segments, a 16 GiB limit and fsync on.
+    pub fn new(dir: impl Into<PathBuf>, core: u16) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.into(),
+            core,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            max_spool_bytes: 16 << 30,
+            fsync: true,
+        }
+    }
+}
+
+/// Where a stored body lies: enough for any core to read it through a `SegmentReader`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BodyLocation {
+    pub core: u16,
+    pub segment: u32,
+    /// Byte offset of the body in the segment file.
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Where one recipient of a spooled message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecipientState {
+    Pending,
+    Deferred { next_attempt_s: u64, attempts: u32 },
+    Delivered,
+    Bounced,
+    Expired,
+}
+
+impl RecipientState {
+    /// Delivered, bounced and expired recipients need nothing more.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            RecipientState::Delivered | RecipientState::Bounced | RecipientState::Expired
+        )
+    }
+}
+
+/// A message found at recovery with at least one recipient not yet finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredMessage {
+    pub id: MessageId,
+    pub envelope: Envelope,
+    pub body: BodyLocation,
+    /// One per envelope recipient, in envelope order.
+    pub states: Vec<RecipientState>,
+}
+
+/// Why a spool operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool I/O error: {0}")]
+    Io(#[source] io::Error),
+    /// `max_spool_bytes` reached or the disk is full (ENOSPC): answer 452 4.3.1.
+    #[error("spool full")]
+    Full,
+    #[error("corrupt spool data: {0}")]
+    Corrupt(String),
+    #[error("record too large: {bytes} bytes, limit {limit_bytes}")]
+    TooLarge { bytes: u64, limit_bytes: u64 },
+    /// An fsync failed: what the disk holds is unknown, so the spool accepts nothing more.
+    #[error("spool disabled after a failed sync: {reason}")]
+    Poisoned { reason: String },
+    #[error("message {0} is not in this core's spool")]
+    UnknownMessage(MessageId),
+    #[error("message {id} has no recipient {recipient}")]
+    NoSuchRecipient { id: MessageId, recipient: u32 },
+    #[error("message {id} belongs to core {}, this spool is core {spool_core}", id.core)]
+    WrongCore { id: MessageId, spool_core: u16 },
+    #[error("invalid spool configuration: {0}")]
+    Config(String),
+    #[error("spool closed")]
+    Closed,
+}
+
+impl SpoolError {
+    /// Maps an I/O error, turning ENOSPC (and EDQUOT) into `Full`.
+    pub fn from_io(e: io::Error) -> SpoolError {
+        let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            || e.kind() == io::ErrorKind::StorageFull
+            || e.kind() == io::ErrorKind::QuotaExceeded;
+        if full {
+            SpoolError::Full
+        } else {
+            SpoolError::Io(e)
+        }
+    }
+}
+
+impl From<io::Error> for SpoolError {
+    fn from(e: io::Error) -> SpoolError {
+        SpoolError::from_io(e)
+    }
+}
+
+/// Counters and sizes of one spool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Group commits completed (each covers every record written before it started).
+    pub commits: u64,
+    /// fdatasync calls issued (0 with `fsync: false`).
+    pub fsyncs: u64,
+    pub messages_stored: u64,
+    pub state_records: u64,
+    pub segments: u64,
+    /// Sum of segment file sizes.
+    pub spool_bytes: u64,
+    /// Messages with unfinished recipients.
+    pub live_messages: u64,
+    pub segments_reclaimed: u64,
+    /// Records skipped at recovery because they failed a check.
+    pub corrupt_records_skipped: u64,
+}
+
+/// Which limit a record is held to when it needs a new segment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RecordClass {
+    Message,
+    State,
+}
+
+struct SpoolInner {
+    config: SpoolConfig,
+    core_dir: PathBuf,
+    next_seq: Cell<u64>,
+    writer: RefCell<WritableSegment>,
+    index: RefCell<SpoolIndex>,
+    commit: Rc<CommitQueue>,
+    reclaim_wanted: Cell<bool>,
+    stats: Cell<SpoolStats>,
+}
+
+/// One core's spool. Cheap to clone; `!Send` by design (it belongs to its core's executor).
+#[derive(Clone)]
+pub struct Spool {
+    inner: Rc<SpoolInner>,
+}
+
+impl Spool {
+    /// Opens (creating if needed) this core's spool, recovers it, starts a fresh segment and the
+    /// committer task. Call inside a glommio executor. Startup work (scan, torn-tail repair,
+    /// deleting finished segments) uses blocking syscalls: nothing else runs yet.
+    pub fn open(config: SpoolConfig) -> Result<(Spool, Vec<RecoveredMessage>), SpoolError> {
+        if config.segment_bytes < MIN_SEGMENT_BYTES || config.segment_bytes > u32::MAX as u64 {
+            return Err(SpoolError::Config(format!(
+                "segment_bytes must be between {MIN_SEGMENT_BYTES} and {}",
+                u32::MAX
+            )));
+        }
+        let core_dir = segment::core_dir(&config.dir, config.core);
+        std::fs::create_dir_all(&core_dir).map_err(SpoolError::from_io)?;
+        let outcome = recovery::recover(&core_dir, config.core)?;
+        let mut index = outcome.index;
+        let next_number = outcome.last_segment.map_or(1, |n| n + 1);
+        // Always a fresh segment: the old last one may end in a repaired torn tail.
+        let writer = WritableSegment::create(
+            &core_dir.join(segment::segment_file_name(next_number)),
+            SegmentHeader {
+                core: config.core,
+                segment: next_number,
+                created_at_s: now_s(),
+                segment_bytes: config.segment_bytes,
+                next_seq: outcome.next_seq,
+            },
+        )?;
+        index.add_segment(
+            next_number,
+            SegmentUsage {
+                bytes: config.segment_bytes,
+                ..SegmentUsage::default()
+            },
+        );
+        let mut reclaimed = 0;
+        for victim in index.reclaimable(next_number) {
+            let path = core_dir.join(segment::segment_file_name(victim));
+            let damaged = index.remove_segment(victim).is_some_and(|u| u.damaged);
+            let removed = if damaged {
+                log::warn!("setting damaged segment {} aside", path.display());
+                std::fs::rename(&path, damaged_path(&path))
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => reclaimed += 1,
+                Err(e) => log::warn!("reclaiming {}: {e}", path.display()),
+            }
+        }
+        let commit = Rc::new(CommitQueue::new(core_dir.clone(), config.fsync));
+        commit.segment_created();
+        glommio::spawn_local(commit.clone().run_committer()).detach();
+        let stats = SpoolStats {
+            segments_reclaimed: reclaimed,
+            corrupt_records_skipped: outcome.corrupt_records,
+            ..SpoolStats::default()
+        };
+        let spool = Spool {
+            inner: Rc::new(SpoolInner {
+                config,
+                core_dir,
+                next_seq: Cell::new(outcome.next_seq),
+                writer: RefCell::new(writer),
+                index: RefCell::new(index),
+                commit,
+                reclaim_wanted: Cell::new(false),
+                stats: Cell::new(stats),
+            }),
+        };
+        Ok((spool, outcome.messages))
+    }
+
+    /// A fresh message id on this core (never repeats, also across restarts).
+    pub fn next_id(&self) -> MessageId {
+        let seq = self.inner.next_seq.get();
+        self.inner.next_seq.set(seq + 1);
+        MessageId {
+            core: self.inner.config.core,
+            seq,
+        }
+    }
+
+    /// The core this spool belongs to.
+    pub fn core(&self) -> u16 {
+        self.inner.config.core
+    }
+
+    /// Stores a message: `header` (the Received: line) and `body` become one contiguous body.
+    /// Returns once the record is durable (or, with `fsync: false`, once committed to the cache).
+    pub async fn store(
+        &self,
+        id: MessageId,
+        envelope: &Envelope,
+        header: &[u8],
+        body: &[u8],
+    ) -> Result<BodyLocation, SpoolError> {
+        let inner = &*self.inner;
+        self.check_core(id)?;
+        inner.commit.check_writable()?;
+        let body_len = header.len() as u64 + body.len() as u64;
+        let payload_len = record::message_payload_len(envelope, body_len)?;
+        let span = record::record_span(payload_len);
+        self.make_room(span, RecordClass::Message)?;
+        let (segment, offset) = {
+            let mut writer = inner.writer.borrow_mut();
+            let segment = writer.number;
+            let (at, dst) = writer.reserve(span).ok_or(SpoolError::Full)?;
+            let body_at = record::encode_message(dst, id, envelope, header, body, payload_len);
+            (segment, (at + body_at) as u64)
+        };
+        let recipients = envelope.recipients.len() as u32;
+        inner
+            .index
+            .borrow_mut()
+            .add_message(id.seq, LiveMessage::new(segment, recipients, &[]));
+        if id.seq >= inner.next_seq.get() {
+            inner.next_seq.set(id.seq + 1);
+        }
+        self.update_stats(|s| s.messages_stored += 1);
+        let batch = inner.commit.join(segment);
+        if let Err(e) = batch.wait().await {
+            inner.index.borrow_mut().remove_message(id.seq);
+            return Err(e);
+        }
+        self.reclaim_if_wanted().await;
+        Ok(BodyLocation {
+            core: id.core,
+            segment,
+            offset,
+            len: body_len as u32,
+        })
+    }
+
+    /// Records a recipient's new state; returns once durable (with the next group commit).
+    /// Finishing a message's last recipient may reclaim segments.
+    pub async fn set_state(
+        &self,
+        id: MessageId,
+        recipient: u32,
+        state: RecipientState,
+    ) -> Result<(), SpoolError> {
+        let inner = &*self.inner;
+        self.check_core(id)?;
+        inner.commit.check_writable()?;
+        let message_segment = {
+            let index = inner.index.borrow();
+            let message = index
+                .messages
+                .get(&id.seq)
+                .ok_or(SpoolError::UnknownMessage(id))?;
+            if recipient >= message.recipient_count {
+                return Err(SpoolError::NoSuchRecipient { id, recipient });
+            }
+            message.segment
+        };
+        self.make_room(STATE_RECORD_SPAN, RecordClass::State)?;
+        let segment = {
+            let mut writer = inner.writer.borrow_mut();
+            let segment = writer.number;
+            let (_, dst) = writer.reserve(STATE_RECORD_SPAN).ok_or(SpoolError::Full)?;
+            record::encode_state(
+                dst,
+                &StateRecord {
+                    id,
+                    message_segment,
+                    recipient,
+                    state,
+                },
+            );
+            segment
+        };
+        {
+            let mut index = inner.index.borrow_mut();
+            if message_segment != segment
+                && let Some(usage) = index.segments.get_mut(&segment)
+            {
+                usage.pin(message_segment);
+            }
+            index.apply_state(id.seq, recipient, state);
+            let segment_finished = !index.messages.contains_key(&id.seq)
+                && index
+                    .segments
+                    .get(&message_segment)
+                    .is_some_and(|u| u.live_messages == 0);
+            if segment_finished {
+                inner.reclaim_wanted.set(true);
+            }
+        }
+        self.update_stats(|s| s.state_records += 1);
+        inner.commit.join(segment).wait().await?;
+        self.reclaim_if_wanted().await;
+        Ok(())
+    }
+
+    /// Whether a message of about `bytes` bytes can be stored now (`false`: answer 452 4.3.1).
+    /// Turns true again by itself once reclaim has freed segments.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        let inner = &*self.inner;
+        if inner.commit.check_writable().is_err() {
+            return false;
+        }
+        let span = bytes.saturating_add(RECORD_HEADER_BYTES as u64 + 4096);
+        if (inner.writer.borrow().remaining() as u64) >= span {
+            return true;
+        }
+        let index = inner.index.borrow();
+        index.spool_bytes + inner.config.segment_bytes <= inner.config.max_spool_bytes
+    }
+
+    /// Waits until every record written so far is durable.
+    pub async fn flush(&self) -> Result<(), SpoolError> {
+        match self.inner.commit.pending_batch() {
+            Some(batch) => batch.wait().await,
+            None => Ok(()),
+        }
+    }
+
+    /// For SIGTERM: makes everything written durable, then stops the committer. Later stores and
+    /// state changes fail with `Closed`.
+    pub async fn close(&self) -> Result<(), SpoolError> {
+        let flushed = self.flush().await;
+        self.inner.commit.stop();
+        flushed
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> SpoolStats {
+        let inner = &*self.inner;
+        let counters = inner.commit.counters();
+        let index = inner.index.borrow();
+        SpoolStats {
+            commits: counters.commits,
+            fsyncs: counters.fsyncs,
+            segments: index.segments.len() as u64,
+            spool_bytes: index.spool_bytes,
+            live_messages: index.messages.len() as u64,
+            ..inner.stats.get()
+        }
+    }
+
+    fn check_core(&self, id: MessageId) -> Result<(), SpoolError> {
+        if id.core != self.inner.config.core {
+            return Err(SpoolError::WrongCore {
+                id,
+                spool_core: self.inner.config.core,
+            });
+        }
+        Ok(())
+    }
+
+    fn update_stats(&self, f: impl FnOnce(&mut SpoolStats)) {
+        let mut stats = self.inner.stats.get();
+        f(&mut stats);
+        self.inner.stats.set(stats);
+    }
+
+    /// Makes sure the current segment has `span` bytes free, starting a new segment if needed.
+    fn make_room(&self, span: usize, class: RecordClass) -> Result<(), SpoolError> {
+        let inner = &*self.inner;
+        let capacity = inner.config.segment_bytes - SEGMENT_HEADER_BYTES as u64;
+        if span as u64 > capacity {
+            return Err(SpoolError::TooLarge {
+                bytes: span as u64,
+                limit_bytes: capacity,
+            });
+        }
+        if inner.writer.borrow().remaining() >= span {
+            return Ok(());
+        }
+        let limit = match class {
+            RecordClass::Message => inner.config.max_spool_bytes,
+            RecordClass::State => inner
+                .config
+                .max_spool_bytes
+                .saturating_add(inner.config.segment_bytes),
+        };
+        let spool_bytes = inner.index.borrow().spool_bytes;
+        if spool_bytes + inner.config.segment_bytes > limit {
+            return Err(SpoolError::Full);
+        }
+        let number = inner.writer.borrow().number + 1;
+        let fresh = WritableSegment::create(
+            &inner.core_dir.join(segment::segment_file_name(number)),
+            SegmentHeader {
+                core: inner.config.core,
+                segment: number,
+                created_at_s: now_s(),
+                segment_bytes: inner.config.segment_bytes,
+                next_seq: inner.next_seq.get(),
+            },
+        )?;
+        // The old mapping goes; its dirty pages stay in the page cache for the committer's fsync.
+        *inner.writer.borrow_mut() = fresh;
+        inner.index.borrow_mut().add_segment(
+            number,
+            SegmentUsage {
+                bytes: inner.config.segment_bytes,
+                ..SegmentUsage::default()
+            },
+        );
+        inner.commit.segment_created();
+        inner.reclaim_wanted.set(true);
+        Ok(())
+    }
+
+    /// Deletes every segment the index says is finished (never the current one).
+    async fn reclaim_if_wanted(&self) {
+        let inner = &*self.inner;
+        if !inner.reclaim_wanted.replace(false) {
+            return;
+        }
+        let current = inner.writer.borrow().number;
+        let victims = {
+            let mut index = inner.index.borrow_mut();
+            let mut victims = Vec::new();
+            for victim in index.reclaimable(current) {
+                let damaged = index.remove_segment(victim).is_some_and(|u| u.damaged);
+                inner.commit.segment_removed(victim);
+                victims.push((victim, damaged));
+            }
+            victims
+        };
+        for (victim, damaged) in victims {
+            let path = inner.core_dir.join(segment::segment_file_name(victim));
+            let removed = if damaged {
+                log::warn!("setting damaged segment {} aside", path.display());
+                glommio::io::rename(&path, damaged_path(&path)).await
+            } else {
+                glommio::io::remove(&path).await
+            };
+            if let Err(e) = removed {
+                log::warn!("reclaiming {}: {e}", path.display());
+            }
+            self.update_stats(|s| s.segments_reclaimed += 1);
+        }
+    }
+}
+
+/// Where a damaged segment is set aside instead of being deleted.
+fn damaged_path(path: &std::path::Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".damaged");
+    PathBuf::from(name)
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

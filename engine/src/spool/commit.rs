@@ -1,0 +1,263 @@
+//! Group commit: writers copy records into the mapping and join the open batch; one committer task
+//! per spool closes the batch, issues one io_uring `fdatasync` per dirty segment (and one on the
+//! directory after a segment was created), then wakes every writer of that batch. Records written
+//! while an fsync is in flight join the next batch, so accepts are not bounded by the fsync rate.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap};
+use std::future::poll_fn;
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use glommio::io::{BufferedFile, Directory, OpenOptions};
+
+use super::SpoolError;
+use super::segment::segment_file_name;
+
+/// How a batch ended, shared by all its writers.
+#[derive(Debug, Clone)]
+enum BatchOutcome {
+    Durable,
+    Failed {
+        kind: io::ErrorKind,
+        message: String,
+    },
+}
+
+/// The writers waiting on one fsync.
+#[derive(Default)]
+pub struct Batch {
+    outcome: RefCell<Option<BatchOutcome>>,
+    wakers: RefCell<Vec<Waker>>,
+    members: Cell<u32>,
+}
+
+impl Batch {
+    /// Waits until the committer has made this batch durable (or failed to).
+    pub async fn wait(self: Rc<Self>) -> Result<(), SpoolError> {
+        poll_fn(|cx| match &*self.outcome.borrow() {
+            Some(outcome) => Poll::Ready(outcome_to_result(outcome)),
+            None => {
+                // Writers are polled again only when the batch finishes, so no duplicate check.
+                self.wakers.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn finish(&self, outcome: BatchOutcome) {
+        *self.outcome.borrow_mut() = Some(outcome);
+        for waker in self.wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+fn outcome_to_result(outcome: &BatchOutcome) -> Result<(), SpoolError> {
+    match outcome {
+        BatchOutcome::Durable => Ok(()),
+        BatchOutcome::Failed { kind, .. } if *kind == io::ErrorKind::StorageFull => {
+            Err(SpoolError::Full)
+        }
+        BatchOutcome::Failed { message, .. } => Err(SpoolError::Poisoned {
+            reason: message.clone(),
+        }),
+    }
+}
+
+/// Counters of the committer, for stats and tests.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CommitCounters {
+    /// Batches committed.
+    pub commits: u64,
+    /// `fdatasync` calls issued (segments and directory).
+    pub fsyncs: u64,
+}
+
+/// The state shared by the writers and the committer of one spool.
+pub struct CommitQueue {
+    core_dir: PathBuf,
+    fsync: bool,
+    open: RefCell<Rc<Batch>>,
+    dirty_segments: RefCell<BTreeSet<u32>>,
+    dir_dirty: Cell<bool>,
+    committer: RefCell<Option<Waker>>,
+    stopping: Cell<bool>,
+    /// Set after a failed fsync: the page cache state is then unknown, so nothing more is accepted.
+    poisoned: RefCell<Option<String>>,
+    files: RefCell<HashMap<u32, Rc<BufferedFile>>>,
+    directory: RefCell<Option<Rc<Directory>>>,
+    counters: Cell<CommitCounters>,
+}
+
+impl CommitQueue {
+    pub fn new(core_dir: PathBuf, fsync: bool) -> CommitQueue {
+        CommitQueue {
+            core_dir,
+            fsync,
+            open: RefCell::new(Rc::new(Batch::default())),
+            dirty_segments: RefCell::new(BTreeSet::new()),
+            dir_dirty: Cell::new(false),
+            committer: RefCell::new(None),
+            stopping: Cell::new(false),
+            poisoned: RefCell::new(None),
+            files: RefCell::new(HashMap::new()),
+            directory: RefCell::new(None),
+            counters: Cell::new(CommitCounters::default()),
+        }
+    }
+
+    /// Fails when the spool may no longer be written (after a failed fsync or `close`).
+    pub fn check_writable(&self) -> Result<(), SpoolError> {
+        if let Some(reason) = &*self.poisoned.borrow() {
+            return Err(SpoolError::Poisoned {
+                reason: reason.clone(),
+            });
+        }
+        if self.stopping.get() {
+            return Err(SpoolError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Registers a record just copied into `segment`; await the returned batch for durability.
+    pub fn join(&self, segment: u32) -> Rc<Batch> {
+        self.dirty_segments.borrow_mut().insert(segment);
+        let batch = self.open.borrow().clone();
+        batch.members.set(batch.members.get() + 1);
+        self.wake_committer();
+        batch
+    }
+
+    /// The open batch if it has members (what `flush` waits on).
+    pub fn pending_batch(&self) -> Option<Rc<Batch>> {
+        let batch = self.open.borrow().clone();
+        (batch.members.get() > 0).then_some(batch)
+    }
+
+    /// A segment file was created: the next commit also syncs the directory.
+    pub fn segment_created(&self) {
+        self.dir_dirty.set(true);
+    }
+
+    /// A segment was reclaimed: forget its sync handle.
+    pub fn segment_removed(&self, segment: u32) {
+        self.files.borrow_mut().remove(&segment);
+        self.dirty_segments.borrow_mut().remove(&segment);
+    }
+
+    pub fn counters(&self) -> CommitCounters {
+        self.counters.get()
+    }
+
+    /// Asks the committer to commit what is open and then exit.
+    pub fn stop(&self) {
+        self.stopping.set(true);
+        self.wake_committer();
+    }
+
+    fn wake_committer(&self) {
+        if let Some(waker) = self.committer.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// The committer task: run once per spool with `glommio::spawn_local(..).detach()`.
+    pub async fn run_committer(self: Rc<Self>) {
+        loop {
+            poll_fn(|cx| {
+                if self.open.borrow().members.get() > 0 || self.stopping.get() {
+                    Poll::Ready(())
+                } else {
+                    *self.committer.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            if self.open.borrow().members.get() == 0 {
+                // Only here when stopping with nothing left to commit.
+                break;
+            }
+            let batch = self.open.replace(Rc::new(Batch::default()));
+            let segments = std::mem::take(&mut *self.dirty_segments.borrow_mut());
+            let dir_dirty = self.dir_dirty.replace(false);
+            let outcome = match self.sync(&segments, dir_dirty).await {
+                Ok(()) => BatchOutcome::Durable,
+                Err(e) => {
+                    let message =
+                        format!("fdatasync of spool {} failed: {e}", self.core_dir.display());
+                    log::error!("{message}");
+                    if e.kind() != io::ErrorKind::StorageFull {
+                        *self.poisoned.borrow_mut() = Some(message.clone());
+                    } else {
+                        // Try again with the next batch; the data may still be in the page cache.
+                        self.dirty_segments
+                            .borrow_mut()
+                            .extend(segments.iter().copied());
+                        self.dir_dirty.set(self.dir_dirty.get() || dir_dirty);
+                    }
+                    BatchOutcome::Failed {
+                        kind: e.kind(),
+                        message,
+                    }
+                }
+            };
+            let mut counters = self.counters.get();
+            counters.commits += 1;
+            self.counters.set(counters);
+            batch.finish(outcome);
+        }
+        self.files.borrow_mut().clear();
+        self.directory.borrow_mut().take();
+    }
+
+    async fn sync(&self, segments: &BTreeSet<u32>, dir_dirty: bool) -> io::Result<()> {
+        if !self.fsync {
+            return Ok(());
+        }
+        for &segment in segments {
+            let file = match self.file(segment).await {
+                Ok(file) => file,
+                // Reclaimed meanwhile: nothing of it needs to be durable any more.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            file.fdatasync().await?;
+            self.count_fsync();
+        }
+        if dir_dirty {
+            let dir = self.directory().await?;
+            dir.sync().await?;
+            self.count_fsync();
+        }
+        Ok(())
+    }
+
+    fn count_fsync(&self) {
+        let mut counters = self.counters.get();
+        counters.fsyncs += 1;
+        self.counters.set(counters);
+    }
+
+    async fn file(&self, segment: u32) -> io::Result<Rc<BufferedFile>> {
+        if let Some(file) = self.files.borrow().get(&segment) {
+            return Ok(file.clone());
+        }
+        let path = self.core_dir.join(segment_file_name(segment));
+        let file = Rc::new(OpenOptions::new().write(true).buffered_open(&path).await?);
+        self.files.borrow_mut().insert(segment, file.clone());
+        Ok(file)
+    }
+
+    async fn directory(&self) -> io::Result<Rc<Directory>> {
+        if let Some(dir) = &*self.directory.borrow() {
+            return Ok(dir.clone());
+        }
+        let dir = Rc::new(Directory::open(&self.core_dir).await?);
+        *self.directory.borrow_mut() = Some(dir.clone());
+        Ok(dir)
+    }
+}

@@ -1,0 +1,263 @@
+//! The in-RAM index of one core's spool: which messages still have unfinished recipients, in which
+//! segment each lives, and which segments may be reclaimed. It never holds envelopes or bodies.
+//!
+//! Reclaim rule: a segment may be deleted when it is not the current one, none of its messages has
+//! an unfinished recipient, and it holds no state record about a message in an older segment that
+//! still exists (its "pins"). Without the last condition, deleting a segment holding the `Delivered`
+//! record of a message whose own segment survives would resurrect that message at recovery.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::RecipientState;
+
+/// A message with at least one unfinished recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMessage {
+    pub segment: u32,
+    pub recipient_count: u32,
+    pub unfinished: u32,
+    finished: FinishedSet,
+}
+
+impl LiveMessage {
+    /// A message whose recipients are in `states` (all `Pending` when `states` is empty).
+    pub fn new(segment: u32, recipient_count: u32, states: &[RecipientState]) -> LiveMessage {
+        let mut finished = FinishedSet::with_len(recipient_count);
+        let mut unfinished = recipient_count;
+        for (i, state) in states.iter().enumerate() {
+            if state.is_final() {
+                finished.insert(i as u32);
+                unfinished -= 1;
+            }
+        }
+        LiveMessage {
+            segment,
+            recipient_count,
+            unfinished,
+            finished,
+        }
+    }
+
+    /// Records a new state for `recipient`; returns whether the message is now entirely finished.
+    pub fn apply(&mut self, recipient: u32, state: RecipientState) -> bool {
+        let was = self.finished.contains(recipient);
+        match (was, state.is_final()) {
+            (false, true) => {
+                self.finished.insert(recipient);
+                self.unfinished -= 1;
+            }
+            (true, false) => {
+                self.finished.remove(recipient);
+                self.unfinished += 1;
+            }
+            _ => {}
+        }
+        self.unfinished == 0
+    }
+}
+
+/// Which recipients are finished: one bit each, inline up to 64 recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FinishedSet {
+    Inline(u64),
+    Heap(Box<[u64]>),
+}
+
+impl FinishedSet {
+    fn with_len(len: u32) -> FinishedSet {
+        if len <= 64 {
+            FinishedSet::Inline(0)
+        } else {
+            FinishedSet::Heap(vec![0; len.div_ceil(64) as usize].into_boxed_slice())
+        }
+    }
+
+    fn word(&mut self, bit: u32) -> Option<&mut u64> {
+        match self {
+            FinishedSet::Inline(w) => (bit < 64).then_some(w),
+            FinishedSet::Heap(words) => words.get_mut((bit / 64) as usize),
+        }
+    }
+
+    fn contains(&self, bit: u32) -> bool {
+        let word = match self {
+            FinishedSet::Inline(w) => (bit < 64).then_some(*w),
+            FinishedSet::Heap(words) => words.get((bit / 64) as usize).copied(),
+        };
+        word.is_some_and(|w| w & (1 << (bit % 64)) != 0)
+    }
+
+    fn insert(&mut self, bit: u32) {
+        if let Some(w) = self.word(bit) {
+            *w |= 1 << (bit % 64);
+        }
+    }
+
+    fn remove(&mut self, bit: u32) {
+        if let Some(w) = self.word(bit) {
+            *w &= !(1 << (bit % 64));
+        }
+    }
+}
+
+/// What the index knows about one segment file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentUsage {
+    /// Size of the file (it is pre-allocated, so this is what it takes on disk).
+    pub bytes: u64,
+    /// Messages in this segment with unfinished recipients.
+    pub live_messages: u32,
+    /// Older segments holding messages this segment has state records about (sorted, unique).
+    pub pins: Vec<u32>,
+    /// Recovery found damage it could not read past: at reclaim the file is set aside as
+    /// `<name>.damaged` for inspection instead of being deleted.
+    pub damaged: bool,
+}
+
+impl SegmentUsage {
+    pub fn pin(&mut self, older: u32) {
+        if let Err(at) = self.pins.binary_search(&older) {
+            self.pins.insert(at, older);
+        }
+    }
+}
+
+/// The index of one core's spool.
+#[derive(Debug, Default)]
+pub struct SpoolIndex {
+    pub messages: HashMap<u64, LiveMessage>,
+    pub segments: BTreeMap<u32, SegmentUsage>,
+    /// Sum of `bytes` over `segments`.
+    pub spool_bytes: u64,
+}
+
+impl SpoolIndex {
+    pub fn add_segment(&mut self, segment: u32, usage: SegmentUsage) {
+        self.spool_bytes += usage.bytes;
+        if let Some(old) = self.segments.insert(segment, usage) {
+            self.spool_bytes -= old.bytes;
+        }
+    }
+
+    /// Adds a message with unfinished recipients.
+    pub fn add_message(&mut self, seq: u64, message: LiveMessage) {
+        if message.unfinished == 0 {
+            return;
+        }
+        if let Some(usage) = self.segments.get_mut(&message.segment) {
+            usage.live_messages += 1;
+        }
+        if let Some(old) = self.messages.insert(seq, message)
+            && let Some(usage) = self.segments.get_mut(&old.segment)
+        {
+            usage.live_messages -= 1;
+        }
+    }
+
+    /// Removes a message (finished, or never made durable).
+    pub fn remove_message(&mut self, seq: u64) {
+        if let Some(old) = self.messages.remove(&seq)
+            && let Some(usage) = self.segments.get_mut(&old.segment)
+        {
+            usage.live_messages -= 1;
+        }
+    }
+
+    /// Applies a recipient state; returns `false` when the message or recipient is unknown.
+    pub fn apply_state(&mut self, seq: u64, recipient: u32, state: RecipientState) -> bool {
+        let Some(message) = self.messages.get_mut(&seq) else {
+            return false;
+        };
+        if recipient >= message.recipient_count {
+            return false;
+        }
+        if message.apply(recipient, state) {
+            self.remove_message(seq);
+        }
+        true
+    }
+
+    /// Segments that may be deleted now, oldest first, given that `current` is being written.
+    /// Pins point only to older segments, so one ascending pass also frees chains.
+    pub fn reclaimable(&self, current: u32) -> Vec<u32> {
+        let mut victims: Vec<u32> = Vec::new();
+        for (&segment, usage) in &self.segments {
+            if segment == current || usage.live_messages > 0 {
+                continue;
+            }
+            let pinned = usage
+                .pins
+                .iter()
+                .any(|p| self.segments.contains_key(p) && victims.binary_search(p).is_err());
+            if !pinned {
+                victims.push(segment);
+            }
+        }
+        victims
+    }
+
+    /// Forgets a deleted segment; returns what the index knew of it.
+    pub fn remove_segment(&mut self, segment: u32) -> Option<SegmentUsage> {
+        let usage = self.segments.remove(&segment)?;
+        self.spool_bytes -= usage.bytes;
+        Some(usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(bytes: u64) -> SegmentUsage {
+        SegmentUsage {
+            bytes,
+            ..SegmentUsage::default()
+        }
+    }
+
+    #[test]
+    fn finishing_every_recipient_frees_the_segment() {
+        let mut index = SpoolIndex::default();
+        index.add_segment(1, usage(100));
+        index.add_segment(2, usage(100));
+        index.add_message(10, LiveMessage::new(1, 2, &[]));
+        assert_eq!(index.reclaimable(2), Vec::<u32>::new());
+        assert!(index.apply_state(10, 0, RecipientState::Delivered));
+        // Same recipient twice does not double count.
+        assert!(index.apply_state(10, 0, RecipientState::Delivered));
+        assert_eq!(index.messages[&10].unfinished, 1);
+        assert!(index.apply_state(10, 1, RecipientState::Bounced));
+        assert!(!index.messages.contains_key(&10));
+        assert_eq!(index.reclaimable(2), vec![1]);
+        assert_eq!(index.reclaimable(1), vec![2], "current is never reclaimed");
+        assert_eq!(index.remove_segment(1).map(|u| u.bytes), Some(100));
+        assert_eq!(index.spool_bytes, 100);
+    }
+
+    #[test]
+    fn pins_hold_state_segments_until_their_targets_go() {
+        let mut index = SpoolIndex::default();
+        for s in 1..=4 {
+            index.add_segment(s, usage(10));
+        }
+        index.add_message(1, LiveMessage::new(1, 1, &[])); // still live
+        index.segments.get_mut(&2).unwrap().pin(1); // 2 holds states about segment 1
+        index.segments.get_mut(&3).unwrap().pin(2); // 3 holds states about segment 2
+        assert_eq!(index.reclaimable(4), Vec::<u32>::new());
+        index.apply_state(1, 0, RecipientState::Expired);
+        assert_eq!(index.reclaimable(4), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn reopening_a_recipient_counts_it_again() {
+        let states = [RecipientState::Delivered, RecipientState::Pending];
+        let mut m = LiveMessage::new(1, 70, &states);
+        assert_eq!(m.unfinished, 69);
+        assert!(!m.apply(0, RecipientState::Pending));
+        assert_eq!(m.unfinished, 70);
+        for r in 0..70 {
+            let done = m.apply(r, RecipientState::Delivered);
+            assert_eq!(done, r == 69);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Reading bodies of any core's spool without copying them through channels: a `BodyLocation`
+//! crosses cores, and each core maps the segment read-only by path and keeps the mapping cached.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use memmap2::Mmap;
+
+use super::segment::segment_path;
+use super::{BodyLocation, SpoolError};
+
+/// Mappings a reader keeps by default before dropping the oldest.
+pub const DEFAULT_MAX_CACHED_MAPS: usize = 256;
+
+/// A body in a mapped segment. Holding it keeps the mapping (and so the bytes) alive even if the
+/// segment is reclaimed meanwhile: reclaim unlinks files, it never overwrites them.
+#[derive(Clone)]
+pub struct BodyBytes {
+    map: Rc<Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl Deref for BodyBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // The range was checked against the mapping when the handle was made.
+        self.map
+            .get(self.start..self.start + self.len)
+            .unwrap_or(&[])
+    }
+}
+
+impl std::fmt::Debug for BodyBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyBytes")
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// One per core: maps segments of every core read-only on demand and caches the mappings.
+pub struct SegmentReader {
+    spool_dir: PathBuf,
+    max_cached_maps: usize,
+    maps: RefCell<HashMap<(u16, u32), Rc<Mmap>>>,
+    /// Insertion order, for dropping the oldest mapping when the cache is full.
+    order: RefCell<VecDeque<(u16, u32)>>,
+}
+
+impl SegmentReader {
+    /// A reader of the spool rooted at `spool_dir` (the `dir` of every core's `SpoolConfig`).
+    pub fn new(spool_dir: PathBuf) -> Self {
+        Self::with_max_cached_maps(spool_dir, DEFAULT_MAX_CACHED_MAPS)
+    }
+
+    /// Like `new`, keeping at most `max_cached_maps` mappings (at least one).
+    pub fn with_max_cached_maps(spool_dir: PathBuf, max_cached_maps: usize) -> Self {
+        SegmentReader {
+            spool_dir,
+            max_cached_maps: max_cached_maps.max(1),
+            maps: RefCell::new(HashMap::new()),
+            order: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// The body at `loc`, as a handle that derefs to the bytes.
+    pub fn body(&self, loc: BodyLocation) -> Result<BodyBytes, SpoolError> {
+        let map = self.map(loc.core, loc.segment)?;
+        let start = usize::try_from(loc.offset).map_err(|_| out_of_range(loc))?;
+        let len = loc.len as usize;
+        match start.checked_add(len) {
+            Some(end) if end <= map.len() => Ok(BodyBytes { map, start, len }),
+            _ => Err(out_of_range(loc)),
+        }
+    }
+
+    /// Drops cached mappings of segments whose files are gone (reclaimed), so their disk space is
+    /// freed once no body handle holds them. Call it now and then (e.g. once a second).
+    pub fn sweep(&self) {
+        let mut maps = self.maps.borrow_mut();
+        maps.retain(|&(core, segment), _| segment_path(&self.spool_dir, core, segment).exists());
+        self.order.borrow_mut().retain(|key| maps.contains_key(key));
+    }
+
+    /// Drops the cached mapping of one segment.
+    pub fn forget(&self, core: u16, segment: u32) {
+        self.maps.borrow_mut().remove(&(core, segment));
+        self.order
+            .borrow_mut()
+            .retain(|&key| key != (core, segment));
+    }
+
+    /// Mappings currently cached.
+    pub fn cached_maps(&self) -> usize {
+        self.maps.borrow().len()
+    }
+
+    fn map(&self, core: u16, segment: u32) -> Result<Rc<Mmap>, SpoolError> {
+        if let Some(map) = self.maps.borrow().get(&(core, segment)) {
+            return Ok(map.clone());
+        }
+        let path = segment_path(&self.spool_dir, core, segment);
+        let file = File::open(&path).map_err(SpoolError::from_io)?;
+        // SAFETY: segments are append-only and pre-allocated to their full length: the bytes of a
+        // stored record never change after `store` returns, and files are never truncated, only
+        // unlinked (which keeps an existing mapping valid).
+        let map = Rc::new(unsafe { Mmap::map(&file) }.map_err(SpoolError::from_io)?);
+        let mut maps = self.maps.borrow_mut();
+        let mut order = self.order.borrow_mut();
+        while maps.len() >= self.max_cached_maps {
+            match order.pop_front() {
+                Some(oldest) => {
+                    maps.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        maps.insert((core, segment), map.clone());
+        order.push_back((core, segment));
+        Ok(map)
+    }
+}
+
+fn out_of_range(loc: BodyLocation) -> SpoolError {
+    SpoolError::Corrupt(format!("body location {loc:?} lies outside its segment"))
+}

@@ -1,0 +1,311 @@
+//! Segment files: naming, the 64-byte segment header, creation (pre-allocated and mapped for
+//! writing) and a scanner that walks the records of a mapped segment.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapMut;
+
+use super::SpoolError;
+use super::record::{self, HeaderProblem, RECORD_HEADER_BYTES, RecordHeader};
+
+/// Magic at the start of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"VOLLEYSP";
+/// The segment format version written by this code.
+pub const SEGMENT_VERSION: u16 = 1;
+/// Bytes of the segment header; the first record starts here.
+pub const SEGMENT_HEADER_BYTES: usize = 64;
+
+/// The directory holding core `core`'s segments.
+pub fn core_dir(spool_dir: &Path, core: u16) -> PathBuf {
+    spool_dir.join(format!("core-{core}"))
+}
+
+/// The file name of segment `segment`: ten decimal digits, so names sort in segment order.
+pub fn segment_file_name(segment: u32) -> String {
+    format!("{segment:010}.seg")
+}
+
+/// The path of a segment of a core.
+pub fn segment_path(spool_dir: &Path, core: u16, segment: u32) -> PathBuf {
+    core_dir(spool_dir, core).join(segment_file_name(segment))
+}
+
+/// Parses a segment file name back to its number.
+pub fn parse_segment_file_name(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segment numbers present in a core directory, ascending.
+pub fn list_segments(core_dir: &Path) -> io::Result<Vec<u32>> {
+    let mut numbers = Vec::new();
+    for entry in std::fs::read_dir(core_dir)? {
+        let entry = entry?;
+        if let Some(n) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// The fields of a segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub core: u16,
+    pub segment: u32,
+    pub created_at_s: u64,
+    pub segment_bytes: u64,
+    /// The core's next message sequence number when the segment was created: recovery resumes at
+    /// least here even when every older segment has been reclaimed.
+    pub next_seq: u64,
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
+        let mut h = [0u8; SEGMENT_HEADER_BYTES];
+        h[..8].copy_from_slice(&SEGMENT_MAGIC);
+        h[8..10].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        h[10..12].copy_from_slice(&self.core.to_le_bytes());
+        h[12..16].copy_from_slice(&self.segment.to_le_bytes());
+        h[16..24].copy_from_slice(&self.created_at_s.to_le_bytes());
+        h[24..32].copy_from_slice(&self.segment_bytes.to_le_bytes());
+        h[32..40].copy_from_slice(&self.next_seq.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..60]);
+        h[60..64].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<SegmentHeader> {
+        let h = bytes.get(..SEGMENT_HEADER_BYTES)?;
+        let crc = u32::from_le_bytes(h[60..64].try_into().ok()?);
+        if h[..8] != SEGMENT_MAGIC || crc32c::crc32c(&h[..60]) != crc {
+            return None;
+        }
+        if u16::from_le_bytes(h[8..10].try_into().ok()?) != SEGMENT_VERSION {
+            return None;
+        }
+        Some(SegmentHeader {
+            core: u16::from_le_bytes(h[10..12].try_into().ok()?),
+            segment: u32::from_le_bytes(h[12..16].try_into().ok()?),
+            created_at_s: u64::from_le_bytes(h[16..24].try_into().ok()?),
+            segment_bytes: u64::from_le_bytes(h[24..32].try_into().ok()?),
+            next_seq: u64::from_le_bytes(h[32..40].try_into().ok()?),
+        })
+    }
+}
+
+/// A segment open for appending through a writable shared mapping.
+pub struct WritableSegment {
+    pub number: u32,
+    pub map: MmapMut,
+    /// Where the next record goes.
+    pub write_pos: usize,
+    /// Kept open so the mapping's file stays the one we created.
+    _file: File,
+}
+
+impl WritableSegment {
+    /// Creates, pre-allocates and maps a new segment, writing its header. Blocking syscalls (open,
+    /// fallocate, mmap), once per `segment_bytes` of spool: cheap next to the fsyncs they save.
+    pub fn create(path: &Path, header: SegmentHeader) -> Result<WritableSegment, SpoolError> {
+        let len = usize::try_from(header.segment_bytes).map_err(|_| SpoolError::TooLarge {
+            bytes: header.segment_bytes,
+            limit_bytes: usize::MAX as u64,
+        })?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(SpoolError::from_io)?;
+        if let Err(e) = preallocate(&file, header.segment_bytes) {
+            let _ = std::fs::remove_file(path);
+            return Err(SpoolError::from_io(e));
+        }
+        // SAFETY: the file was just created by us (create_new) and is only ever written through
+        // this mapping; it is never truncated while mapped (reclaim unlinks whole files), so the
+        // mapped range stays backed. Readers on other cores only read ranges written before
+        // `store` returned.
+        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(SpoolError::from_io)?;
+        if map.len() != len {
+            return Err(SpoolError::Corrupt(format!(
+                "{}: mapped {} bytes, expected {len}",
+                path.display(),
+                map.len()
+            )));
+        }
+        map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
+        Ok(WritableSegment {
+            number: header.segment,
+            map,
+            write_pos: SEGMENT_HEADER_BYTES,
+            _file: file,
+        })
+    }
+
+    /// Bytes still free for records.
+    pub fn remaining(&self) -> usize {
+        self.map.len().saturating_sub(self.write_pos)
+    }
+
+    /// Hands out the next `span` bytes for a record and advances the write position.
+    pub fn reserve(&mut self, span: usize) -> Option<(usize, &mut [u8])> {
+        let at = self.write_pos;
+        let end = at.checked_add(span)?;
+        let dst = self.map.get_mut(at..end)?;
+        self.write_pos = end;
+        Some((at, dst))
+    }
+}
+
+/// Allocates the file's blocks so writes through the mapping cannot hit ENOSPC (SIGBUS) later.
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    let len_off = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+    // SAFETY: plain syscall on a valid open fd; no memory is passed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len_off) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        log::warn!("fallocate unsupported here; spool segments will be sparse");
+        return file.set_len(len);
+    }
+    Err(err)
+}
+
+/// One step of a segment scan.
+#[derive(Debug)]
+pub enum ScanItem<'a> {
+    /// A record whose header and payload checksums are good.
+    Record {
+        offset: usize,
+        header: RecordHeader,
+        payload: &'a [u8],
+    },
+    /// A record with a good header whose payload failed its checksum: skipped.
+    CorruptPayload { offset: usize, payload_len: u32 },
+}
+
+/// How a segment scan ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanEnd {
+    /// A zeroed header or the end of the file: the clean end of the written part.
+    Clean { offset: usize },
+    /// An invalid header, or a record running past the end of the file: a torn write or damage.
+    Torn { offset: usize },
+}
+
+/// Walks the records of a mapped segment from the first record on.
+pub struct SegmentScan<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    end: Option<ScanEnd>,
+}
+
+impl<'a> SegmentScan<'a> {
+    pub fn new(bytes: &'a [u8]) -> SegmentScan<'a> {
+        SegmentScan {
+            bytes,
+            pos: SEGMENT_HEADER_BYTES,
+            end: None,
+        }
+    }
+
+    /// How the scan ended; `None` until `next` has returned `None`.
+    pub fn end(&self) -> Option<ScanEnd> {
+        self.end
+    }
+}
+
+impl<'a> Iterator for SegmentScan<'a> {
+    type Item = ScanItem<'a>;
+
+    fn next(&mut self) -> Option<ScanItem<'a>> {
+        if self.end.is_some() {
+            return None;
+        }
+        let offset = self.pos;
+        let Some(head_bytes) = self.bytes.get(offset..offset + RECORD_HEADER_BYTES) else {
+            // Not even room for a header: a partial header is torn, nothing at all is clean.
+            let rest = self.bytes.get(offset..).unwrap_or(&[]);
+            self.end = Some(if rest.iter().all(|&b| b == 0) {
+                ScanEnd::Clean { offset }
+            } else {
+                ScanEnd::Torn { offset }
+            });
+            return None;
+        };
+        let header = match record::decode_header(head_bytes) {
+            Ok(h) => h,
+            Err(HeaderProblem::Zero) => {
+                self.end = Some(ScanEnd::Clean { offset });
+                return None;
+            }
+            Err(HeaderProblem::Invalid) => {
+                self.end = Some(ScanEnd::Torn { offset });
+                return None;
+            }
+        };
+        let payload_start = offset + RECORD_HEADER_BYTES;
+        let span = record::record_span(header.payload_len as usize);
+        let Some(payload) = self
+            .bytes
+            .get(payload_start..payload_start + header.payload_len as usize)
+        else {
+            self.end = Some(ScanEnd::Torn { offset });
+            return None;
+        };
+        self.pos = offset + span;
+        if crc32c::crc32c(payload) != header.payload_crc {
+            return Some(ScanItem::CorruptPayload {
+                offset,
+                payload_len: header.payload_len,
+            });
+        }
+        Some(ScanItem::Record {
+            offset,
+            header,
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_and_parse() {
+        assert_eq!(segment_file_name(42), "0000000042.seg");
+        assert_eq!(parse_segment_file_name("0000000042.seg"), Some(42));
+        assert_eq!(parse_segment_file_name("42.seg"), None);
+        assert_eq!(parse_segment_file_name("000000004x.seg"), None);
+        assert_eq!(parse_segment_file_name("0000000042.tmp"), None);
+    }
+
+    #[test]
+    fn header_round_trip_and_damage() {
+        let h = SegmentHeader {
+            core: 3,
+            segment: 9,
+            created_at_s: 1_790_000_000,
+            segment_bytes: 1 << 26,
+            next_seq: 12345,
+        };
+        let bytes = h.encode();
+        assert_eq!(SegmentHeader::decode(&bytes), Some(h));
+        let mut damaged = bytes;
+        damaged[20] ^= 1;
+        assert_eq!(SegmentHeader::decode(&damaged), None);
+        assert_eq!(SegmentHeader::decode(&bytes[..10]), None);
+    }
+}
