@@ -1,1 +1,279 @@
-fn main() {}
+//! `volley-bench`: Volley's benchmark harness — a fast SMTP sink and a pipelined load generator.
+//!
+//! Both run one pinned glommio executor per core and share nothing on the hot path. The SMTP code
+//! here is deliberately independent of the engine so the bench measures the engine, not itself.
+
+mod blast;
+mod clock;
+mod counters;
+mod placement;
+mod sink;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use blast::BlastConfig;
+use blast::message::MessagePlan;
+use placement::{CorePlan, parse_cpu_list};
+use sink::SinkConfig;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "volley-bench",
+    version,
+    about = "Volley's load generator and SMTP sink"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A fast SMTP server that accepts (or fails, on request) every message and discards it.
+    Sink(SinkArgs),
+    /// Pipelined SMTP load over reused connections.
+    Blast(BlastArgs),
+    /// Sink, engine and load in one run (not yet available).
+    Relay(RelayArgs),
+}
+
+/// Where executors run.
+#[derive(Debug, Args)]
+struct CoreArgs {
+    /// Executors (one pinned per core); 0 = every online CPU.
+    #[arg(long, default_value_t = 0)]
+    cores: usize,
+    /// Pin to these CPUs (e.g. `1` or `0,2-3`); overrides --cores.
+    #[arg(long, value_parser = parse_cpu_list)]
+    cpus: Option<Vec<usize>>,
+}
+
+impl CoreArgs {
+    fn plan(&self) -> CorePlan {
+        CorePlan::new(self.cores, self.cpus.clone().unwrap_or_default())
+    }
+}
+
+#[derive(Debug, Args)]
+struct SinkArgs {
+    /// Address to listen on; port 0 picks a free port (printed as `listening on ADDR`).
+    #[arg(long)]
+    listen: String,
+    /// Append one JSON line per accepted message to this file.
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Percentage of messages answered 450 4.2.0 at end of data.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    tempfail_percent: f64,
+    /// Percentage of messages answered 550 5.1.1 at end of data.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    permfail_percent: f64,
+    /// Delay before each end-of-data reply, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Concurrent connections per source IP, counted per core; beyond it 421 4.7.0. 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    max_connections_per_ip: u32,
+    /// Seconds between live stats lines on stderr; 0 = off.
+    #[arg(long, default_value_t = 1)]
+    stats_interval_s: u64,
+    #[command(flatten)]
+    cores: CoreArgs,
+}
+
+#[derive(Debug, Args)]
+struct BlastArgs {
+    /// The server to load.
+    #[arg(long)]
+    to: String,
+    /// Messages to send in total.
+    #[arg(long)]
+    messages: u64,
+    /// Size of each message in bytes (headers included).
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Concurrent connections in total, spread over the cores.
+    #[arg(long, default_value_t = 10)]
+    connections: usize,
+    /// Recipients per message.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    recipients: u32,
+    /// Recipient domains (d0.test ...).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    domains: u32,
+    /// Global pace in messages per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Print the final report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Reverse path and From: address.
+    #[arg(long, default_value = "blast@volley-bench.test")]
+    from: String,
+    /// 1: wait for each end-of-data reply before the next envelope; 2: send the next envelope in
+    /// the same write as the body (RFC 2920 §3.1). Higher values act as 2.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pipeline_depth: u32,
+    /// EHLO name.
+    #[arg(long, default_value = "blast.volley-bench.test")]
+    ehlo: String,
+    /// Extra header `NAME:VALUE` (repeatable).
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Seconds between progress lines on stderr; 0 = off.
+    #[arg(long, default_value_t = 1)]
+    progress_interval_s: u64,
+    #[command(flatten)]
+    cores: CoreArgs,
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// The peer to compare with.
+    #[arg(long)]
+    peer: Option<String>,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let p: f64 = text.parse().map_err(|_| format!("not a number: {text}"))?;
+    if (0.0..=100.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err("must be between 0 and 100".into())
+    }
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("expected NAME:VALUE, got {text:?}"))?;
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        return Err(format!("bad header name {name:?}"));
+    }
+    let value = value.trim();
+    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err("header value must not contain CR or LF".into());
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
+fn resolve(text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text}: no address"))
+}
+
+fn run_sink(args: SinkArgs) -> ExitCode {
+    if args.tempfail_percent + args.permfail_percent > 100.0 {
+        eprintln!("volley-bench sink: --tempfail-percent + --permfail-percent exceed 100");
+        return ExitCode::from(2);
+    }
+    let listen = match resolve(&args.listen) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("volley-bench sink: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = SinkConfig {
+        listen,
+        log: args.log,
+        tempfail_percent: args.tempfail_percent,
+        permfail_percent: args.permfail_percent,
+        delay: Duration::from_millis(args.delay_ms),
+        plan: args.cores.plan(),
+        max_connections_per_ip: args.max_connections_per_ip,
+        stats_interval: Duration::from_secs(args.stats_interval_s),
+    };
+    match sink::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("volley-bench sink: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_blast(args: BlastArgs) -> ExitCode {
+    let to = match resolve(&args.to) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("volley-bench blast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        eprintln!("volley-bench blast: --rate must be a positive number");
+        return ExitCode::from(2);
+    }
+    let now_ms = clock::unix_millis_now();
+    let config = BlastConfig {
+        to,
+        messages: args.messages,
+        connections: args.connections.max(1),
+        rate: args.rate,
+        ehlo: args.ehlo,
+        pipeline_depth: args.pipeline_depth,
+        plan: args.cores.plan(),
+        message: MessagePlan {
+            size_bytes: args.size,
+            recipients_per_message: args.recipients,
+            domains: args.domains,
+            from: args.from,
+            run_id: format!("{:x}{:04x}", now_ms, fastrand::u16(..)),
+            date: clock::rfc5322_date(now_ms / 1000),
+            extra_headers: args.headers,
+        },
+        progress_interval: Duration::from_secs(args.progress_interval_s),
+    };
+    let report = match blast::run(config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("volley-bench blast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        match serde_json::to_string(&report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("volley-bench blast: {e}"),
+        }
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.connections_ok == 0 && args.messages > 0 {
+        eprintln!(
+            "volley-bench blast: no connection succeeded{}",
+            report
+                .first_error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Sink(args) => run_sink(args),
+        Command::Blast(args) => run_blast(args),
+        Command::Relay(_) => {
+            eprintln!(
+                "volley-bench relay: not yet available (it needs the engine daemon, `volley serve`)"
+            );
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! What `blast` sends: envelopes and RFC 5322 messages of a chosen size, built into reused buffers.
+
+use std::io::Write;
+
+use memchr::memmem;
+
+/// Longest body line, in characters (RFC 5322 recommends at most 78).
+pub const MAX_LINE_CHARS: usize = 78;
+
+const DOT_LINE: &[u8] = b".volley-bench: this line starts with a dot, so it travels dot-stuffed";
+const FILLER_LINE: &[u8] =
+    b"volley-bench filler 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+/// Everything that shapes the messages of one run.
+#[derive(Debug, Clone)]
+pub struct MessagePlan {
+    /// Wanted message size; the message is exactly this long unless its headers alone are longer.
+    pub size_bytes: usize,
+    /// Recipients per message.
+    pub recipients_per_message: u32,
+    /// Recipient domains `d0.test` .. `d{domains-1}.test`.
+    pub domains: u32,
+    /// The reverse path and From: address.
+    pub from: String,
+    /// Distinguishes this run's Message-IDs from other runs'.
+    pub run_id: String,
+    /// The Date: header value.
+    pub date: String,
+    /// Extra headers as (name, value), added after the standard ones.
+    pub extra_headers: Vec<(String, String)>,
+}
+
+impl MessagePlan {
+    /// Appends recipient `r` (0-based) of message `index`: `user<g>@d<g % domains>.test` with
+    /// `g = index * recipients_per_message + r`.
+    pub fn write_recipient(&self, index: u64, r: u32, out: &mut Vec<u8>) {
+        let g = index * u64::from(self.recipients_per_message) + u64::from(r);
+        let _ = write!(out, "user{g}@d{}.test", g % u64::from(self.domains.max(1)));
+    }
+
+    /// The recipient as a string.
+    #[cfg(test)]
+    pub fn recipient(&self, index: u64, r: u32) -> String {
+        let mut out = Vec::new();
+        self.write_recipient(index, r, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends `MAIL FROM`, every `RCPT TO` and `DATA`: one pipelined group (RFC 2920).
+    pub fn write_envelope(&self, index: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"MAIL FROM:<");
+        out.extend_from_slice(self.from.as_bytes());
+        out.extend_from_slice(b">\r\n");
+        for r in 0..self.recipients_per_message {
+            out.extend_from_slice(b"RCPT TO:<");
+            self.write_recipient(index, r, out);
+            out.extend_from_slice(b">\r\n");
+        }
+        out.extend_from_slice(b"DATA\r\n");
+    }
+
+    /// Appends message `index` as it is (not yet dot-stuffed).
+    pub fn write_message(&self, index: u64, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(b"From: <");
+        out.extend_from_slice(self.from.as_bytes());
+        out.extend_from_slice(b">\r\nTo: <");
+        self.write_recipient(index, 0, out);
+        let _ = write!(
+            out,
+            ">\r\nSubject: volley-bench message {index}\r\nDate: {}\r\nMessage-ID: <blast-{}-{index}@volley-bench>\r\n\
+MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n",
+            self.date, self.run_id
+        );
+        for (name, value) in &self.extra_headers {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        let mut remaining = self.size_bytes.saturating_sub(out.len() - start);
+        let mut first = true;
+        while remaining >= 2 {
+            // A line takes its characters plus CRLF; never leave a lone byte behind.
+            let full = MAX_LINE_CHARS + 2;
+            let take = if remaining >= full + 2 || remaining == full {
+                full
+            } else if remaining == full + 1 {
+                full - 1
+            } else {
+                remaining
+            };
+            let text = if first { DOT_LINE } else { FILLER_LINE };
+            let chars = take - 2;
+            let body = text.get(..chars.min(text.len())).unwrap_or(text);
+            out.extend_from_slice(body);
+            // Lines longer than the template are padded (only FILLER_LINE is shorter than 78).
+            out.extend(std::iter::repeat_n(b'x', chars - body.len()));
+            out.extend_from_slice(b"\r\n");
+            remaining -= take;
+            first = false;
+        }
+    }
+}
+
+/// Appends `message` dot-stuffed (RFC 5321 §4.5.2), then the terminating `.\r\n`.
+/// `message` must end with CRLF (or be empty).
+pub fn write_dot_stuffed(message: &[u8], finder: &memmem::Finder<'_>, out: &mut Vec<u8>) {
+    if message.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    let mut pos = 0;
+    while let Some(i) = finder.find(message.get(pos..).unwrap_or_default()) {
+        let line_start = pos + i + 1;
+        out.extend_from_slice(message.get(pos..line_start).unwrap_or_default());
+        out.push(b'.');
+        pos = line_start;
+    }
+    out.extend_from_slice(message.get(pos..).unwrap_or_default());
+    out.extend_from_slice(b".\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(size: usize) -> MessagePlan {
+        MessagePlan {
+            size_bytes: size,
+            recipients_per_message: 2,
+            domains: 3,
+            from: "blast@volley-bench.test".into(),
+            run_id: "r1".into(),
+            date: "Thu, 01 Jan 1970 00:00:00 +0000".into(),
+            extra_headers: vec![("X-Test".into(), "yes".into())],
+        }
+    }
+
+    #[test]
+    fn messages_have_the_exact_size_and_short_lines() {
+        for size in (400..3000).chain([1024, 10 * 1024, 100 * 1024]) {
+            let mut out = Vec::new();
+            plan(size).write_message(123_456, &mut out);
+            assert_eq!(out.len(), size, "size {size}");
+            assert!(out.ends_with(b"\r\n"));
+            for line in out.split(|&b| b == b'\n') {
+                assert!(line.len() <= MAX_LINE_CHARS + 1, "long line at size {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn headers_and_recipients() {
+        let p = plan(1024);
+        let mut out = Vec::new();
+        p.write_message(7, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Message-ID: <blast-r1-7@volley-bench>\r\n"));
+        assert!(text.contains("To: <user14@d2.test>\r\n"));
+        assert!(text.contains("X-Test: yes\r\n"));
+        assert!(text.contains("\r\n\r\n.volley-bench"));
+        assert_eq!(p.recipient(7, 1), "user15@d0.test");
+        let mut env = Vec::new();
+        p.write_envelope(7, &mut env);
+        assert_eq!(
+            env,
+            b"MAIL FROM:<blast@volley-bench.test>\r\nRCPT TO:<user14@d2.test>\r\nRCPT TO:<user15@d0.test>\r\nDATA\r\n"
+        );
+    }
+
+    #[test]
+    fn dot_stuffing() {
+        let finder = memmem::Finder::new(b"\n.");
+        let mut out = Vec::new();
+        write_dot_stuffed(b".a\r\nb\r\n..c\r\n.\r\n", &finder, &mut out);
+        assert_eq!(out, b"..a\r\nb\r\n...c\r\n..\r\n.\r\n");
+        out.clear();
+        write_dot_stuffed(b"", &finder, &mut out);
+        assert_eq!(out, b".\r\n");
+    }
+}

@@ -1,0 +1,375 @@
+//! `volley-bench blast`: pipelined SMTP load over reused connections.
+//!
+//! Connections are spread over the cores (connection k runs on core k % cores); each does EHLO
+//! once, then sends its share of the messages. A transaction is one write of
+//! `MAIL`+`RCPT`s+`DATA` (RFC 2920 PIPELINING); after the 354 comes the body and `.`. With
+//! `--pipeline-depth 2` (the default) the body and `.` are not sent alone: they go in the same
+//! write as the next transaction's envelope, which RFC 2920 §3.1 allows (message content may be the
+//! first "command" of a group), so a message costs one round trip instead of two.
+
+pub mod message;
+pub mod reply;
+pub mod report;
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use glommio::{LocalExecutorPoolBuilder, spawn_local};
+use memchr::memmem;
+
+use crate::counters::{CoreCounters, Counters, spawn_reporter};
+use crate::placement::CorePlan;
+use message::{MessagePlan, write_dot_stuffed};
+use reply::ReplyReader;
+use report::{Report, Stats, record};
+
+/// Time allowed for a TCP connect.
+pub const CONNECT_TIMEOUT_S: u64 = 10;
+/// Time allowed for any reply.
+pub const REPLY_TIMEOUT_S: u64 = 60;
+
+/// What `blast` was asked to do.
+#[derive(Debug, Clone)]
+pub struct BlastConfig {
+    /// The server.
+    pub to: SocketAddr,
+    /// Messages to send in total.
+    pub messages: u64,
+    /// Concurrent connections in total.
+    pub connections: usize,
+    /// Global pace in messages per second (None = as fast as possible).
+    pub rate: Option<f64>,
+    /// EHLO name.
+    pub ehlo: String,
+    /// 1 = wait for the end-of-data reply before the next envelope; 2 = overlap them.
+    pub pipeline_depth: u32,
+    /// Executors and their CPUs.
+    pub plan: CorePlan,
+    /// How messages look.
+    pub message: MessagePlan,
+    /// Progress line period on stderr; zero = off.
+    pub progress_interval: Duration,
+}
+
+/// One connection's share of the work.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionJob {
+    first_index: u64,
+    count: u64,
+}
+
+/// Message `first_index` and count of connection `k` of `connections`.
+fn job_of(k: u64, connections: u64, messages: u64) -> ConnectionJob {
+    let base = messages / connections;
+    let extra = messages % connections;
+    ConnectionJob {
+        first_index: k * base + k.min(extra),
+        count: base + u64::from(k < extra),
+    }
+}
+
+/// Runs the load and returns the report. Errors only if the executors cannot start.
+pub fn run(config: BlastConfig) -> io::Result<Report> {
+    let cores = config.plan.cores;
+    let counters = Counters::new(cores);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reporter = (!config.progress_interval.is_zero()).then(|| {
+        spawn_reporter(
+            counters.clone(),
+            config.progress_interval,
+            stop.clone(),
+            |now, before, elapsed, interval| {
+                format!(
+                    "blast: {:.1} s, {} messages ({} accepted), {:.0} msg/s so far, {:.0} msg/s last interval",
+                    elapsed.as_secs_f64(),
+                    now.messages,
+                    now.accepted,
+                    now.messages as f64 / elapsed.as_secs_f64().max(1e-9),
+                    (now.messages - before.messages) as f64 / interval.as_secs_f64()
+                )
+            },
+        )
+    });
+    let placement = config.plan.placement()?;
+    let config = Arc::new(config);
+    let messages = config.messages;
+    let next_index = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let shard_config = config.clone();
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("volley-blast")
+        .on_all_shards(move || {
+            let index = next_index.fetch_add(1, Ordering::SeqCst);
+            shard(index, cores, shard_config, counters, start)
+        })
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut total = Stats::default();
+    for joined in handles.join_all() {
+        match joined {
+            Ok(stats) => total.merge(stats),
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(r) = reporter {
+        let _ = r.join();
+    }
+    Ok(Report::new(&total, messages, elapsed))
+}
+
+async fn shard(
+    index: usize,
+    cores: usize,
+    config: Arc<BlastConfig>,
+    counters: Arc<Counters>,
+    start: Instant,
+) -> Stats {
+    let stats = Rc::new(RefCell::new(Stats::default()));
+    let connections = config.connections.max(1) as u64;
+    let mut tasks = Vec::new();
+    for k in (index as u64..connections).step_by(cores.max(1)) {
+        let job = job_of(k, connections, config.messages);
+        if job.count == 0 {
+            continue;
+        }
+        let config = config.clone();
+        let stats = stats.clone();
+        let counters = counters.clone();
+        tasks.push(spawn_local(async move {
+            let mut conn = Connection {
+                config: &config,
+                stats: &stats,
+                counters: counters.core(index),
+                start,
+                per_connection_rate: config.rate.map(|r| r / connections as f64),
+            };
+            conn.run(job).await;
+        }));
+    }
+    for task in tasks {
+        task.await;
+    }
+    Rc::try_unwrap(stats)
+        .map(RefCell::into_inner)
+        .unwrap_or_default()
+}
+
+/// A message whose body went out with the next envelope and whose end-of-data reply is pending.
+#[derive(Debug, Clone, Copy)]
+struct PendingBody {
+    recipients_ok: u64,
+}
+
+struct Connection<'a> {
+    config: &'a BlastConfig,
+    stats: &'a RefCell<Stats>,
+    counters: &'a CoreCounters,
+    start: Instant,
+    per_connection_rate: Option<f64>,
+}
+
+impl Connection<'_> {
+    async fn run(&mut self, job: ConnectionJob) {
+        let t0 = Instant::now();
+        let connected =
+            TcpStream::connect_timeout(self.config.to, Duration::from_secs(CONNECT_TIMEOUT_S))
+                .await;
+        let mut stream = match connected {
+            Ok(s) => s,
+            Err(e) => {
+                let mut stats = self.stats.borrow_mut();
+                stats.connection_failed(format!("connect to {}: {e}", self.config.to));
+                stats.messages_unsent += job.count;
+                return;
+            }
+        };
+        record(&mut self.stats.borrow_mut().connect_us, t0.elapsed());
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(REPLY_TIMEOUT_S)));
+        let mut done = 0u64;
+        if let Err(e) = self.converse(&mut stream, job, &mut done).await {
+            let mut stats = self.stats.borrow_mut();
+            stats.connection_failed(format!("{}: {e}", self.config.to));
+            stats.messages_unsent += job.count - done;
+        }
+    }
+
+    fn finish_message(&self, code: u16, recipients_ok: u64, body_sent: bool) {
+        let mut stats = self.stats.borrow_mut();
+        *stats.replies_by_code.entry(code).or_default() += 1;
+        stats.messages_sent += 1;
+        if body_sent {
+            stats.message_bytes += self.config.message.size_bytes as u64;
+        }
+        CoreCounters::bump(&self.counters.messages);
+        if (200..300).contains(&code) {
+            stats.messages_accepted += 1;
+            stats.recipients_accepted += recipients_ok;
+            CoreCounters::bump(&self.counters.accepted);
+        }
+    }
+
+    /// Reads the end-of-data reply of a body written at `written_at`.
+    async fn end_of_data(
+        &self,
+        stream: &mut TcpStream,
+        replies: &mut ReplyReader,
+        written_at: Instant,
+        pending: PendingBody,
+    ) -> io::Result<()> {
+        let code = replies.next_code(stream).await?;
+        record(
+            &mut self.stats.borrow_mut().end_of_data_reply_us,
+            written_at.elapsed(),
+        );
+        self.finish_message(code, pending.recipients_ok, true);
+        Ok(())
+    }
+
+    async fn converse(
+        &mut self,
+        stream: &mut TcpStream,
+        job: ConnectionJob,
+        done: &mut u64,
+    ) -> io::Result<()> {
+        let config = self.config;
+        let mut replies = ReplyReader::default();
+        let greeting = replies.next_code(stream).await?;
+        if greeting != 220 {
+            return Err(io::Error::other(format!("greeting {greeting}")));
+        }
+        self.stats.borrow_mut().connections_ok += 1;
+        let mut out = Vec::with_capacity(config.message.size_bytes * 2 + 4096);
+        out.extend_from_slice(b"EHLO ");
+        out.extend_from_slice(config.ehlo.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        stream.write_all(&out).await?;
+        out.clear();
+        let ehlo = replies.next_code(stream).await?;
+        if ehlo != 250 {
+            return Err(io::Error::other(format!("EHLO refused with {ehlo}")));
+        }
+        let overlap = config.pipeline_depth >= 2;
+        let finder = memmem::Finder::new(b"\n.");
+        let mut raw = Vec::with_capacity(config.message.size_bytes + 1024);
+        let mut pending: Option<PendingBody> = None;
+        let mut needs_rset = false;
+        for j in 0..job.count {
+            let index = job.first_index + j;
+            if let Some(rate) = self.per_connection_rate {
+                let due = self.start + Duration::from_secs_f64(j as f64 / rate);
+                let now = Instant::now();
+                if now < due {
+                    // Do not hold a body back while waiting: send it alone first.
+                    if let Some(p) = pending.take() {
+                        stream.write_all(&out).await?;
+                        out.clear();
+                        self.end_of_data(stream, &mut replies, Instant::now(), p)
+                            .await?;
+                        *done += 1;
+                    }
+                    glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+                }
+            }
+            if needs_rset {
+                out.extend_from_slice(b"RSET\r\n");
+            }
+            config.message.write_envelope(index, &mut out);
+            stream.write_all(&out).await?;
+            let written_at = Instant::now();
+            out.clear();
+            if let Some(p) = pending.take() {
+                self.end_of_data(stream, &mut replies, written_at, p)
+                    .await?;
+                *done += 1;
+            }
+            if needs_rset {
+                replies.next_code(stream).await?;
+                needs_rset = false;
+            }
+            let mail = replies.next_code(stream).await?;
+            record(
+                &mut self.stats.borrow_mut().mail_reply_us,
+                written_at.elapsed(),
+            );
+            let mut recipients_ok = 0u64;
+            let mut first_refusal = None;
+            for _ in 0..config.message.recipients_per_message {
+                let code = replies.next_code(stream).await?;
+                *self
+                    .stats
+                    .borrow_mut()
+                    .rcpt_replies_by_code
+                    .entry(code)
+                    .or_default() += 1;
+                if (200..300).contains(&code) {
+                    recipients_ok += 1;
+                } else {
+                    first_refusal.get_or_insert(code);
+                }
+            }
+            let data = replies.next_code(stream).await?;
+            if data != 354 {
+                // The transaction stopped before the body; report the reply that stopped it.
+                let code = if !(200..300).contains(&mail) {
+                    mail
+                } else if recipients_ok == 0 {
+                    first_refusal.unwrap_or(data)
+                } else {
+                    data
+                };
+                self.finish_message(code, 0, false);
+                *done += 1;
+                needs_rset = (200..300).contains(&mail);
+                continue;
+            }
+            raw.clear();
+            config.message.write_message(index, &mut raw);
+            write_dot_stuffed(&raw, &finder, &mut out);
+            let this = PendingBody { recipients_ok };
+            if overlap && j + 1 < job.count {
+                pending = Some(this);
+            } else {
+                stream.write_all(&out).await?;
+                let written_at = Instant::now();
+                out.clear();
+                self.end_of_data(stream, &mut replies, written_at, this)
+                    .await?;
+                *done += 1;
+            }
+        }
+        // QUIT politely; the run's figures do not depend on it.
+        if stream.write_all(b"QUIT\r\n").await.is_ok() {
+            let _ = replies.next_code(stream).await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_cover_every_message_once() {
+        for (messages, connections) in [(10, 3), (3, 10), (200_000, 50), (0, 4), (7, 7)] {
+            let mut next = 0;
+            for k in 0..connections {
+                let job = job_of(k, connections, messages);
+                if job.count > 0 {
+                    assert_eq!(job.first_index, next);
+                }
+                next += job.count;
+            }
+            assert_eq!(next, messages);
+        }
+    }
+}

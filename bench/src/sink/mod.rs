@@ -1,0 +1,364 @@
+//! `volley-bench sink`: a minimal, fast SMTP server that accepts (or fails, on request) every
+//! transaction and discards the body.
+//!
+//! One pinned executor per core, each with its own SO_REUSEPORT listener. The connection
+//! concurrency limit per source IP (`--max-connections-per-ip`) is counted **per core**: with N
+//! cores a source may hold up to N times the limit in the worst case.
+
+pub mod message_log;
+pub mod session;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorPoolBuilder, spawn_local};
+
+use crate::counters::{CoreCounters, Counters, spawn_reporter};
+use crate::placement::CorePlan;
+use message_log::{LoggedMessage, MessageLog};
+use session::{Session, Step, Verdict};
+
+/// Bytes read from a socket at once.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// How often each core writes its buffered log lines.
+pub const LOG_FLUSH_INTERVAL_MS: u64 = 100;
+/// A client silent this long is dropped.
+pub const IDLE_TIMEOUT_S: u64 = 300;
+
+/// What the sink was asked to do.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Address to listen on (port 0 picks one; it is printed as `listening on ADDR`).
+    pub listen: SocketAddr,
+    /// Where to log accepted messages, one JSON line each.
+    pub log: Option<PathBuf>,
+    /// Share of messages answered 450 4.2.0 at end of data, in percent.
+    pub tempfail_percent: f64,
+    /// Share of messages answered 550 5.1.1 at end of data, in percent.
+    pub permfail_percent: f64,
+    /// Delay before the end-of-data reply.
+    pub delay: Duration,
+    /// Executors and their CPUs.
+    pub plan: CorePlan,
+    /// Concurrent connections allowed per source IP and core; 0 = unlimited.
+    pub max_connections_per_ip: u32,
+    /// Live stats period on stderr; zero = off.
+    pub stats_interval: Duration,
+}
+
+/// Per-core state shared by that core's connections.
+struct CoreContext {
+    config: Arc<SinkConfig>,
+    counters: Arc<Counters>,
+    index: usize,
+    cores: usize,
+    log: Option<RefCell<MessageLog>>,
+    connections_per_ip: RefCell<HashMap<IpAddr, u32>>,
+    next_connection_seq: Cell<u64>,
+}
+
+impl CoreContext {
+    fn counters(&self) -> &CoreCounters {
+        self.counters.core(self.index)
+    }
+
+    /// Unique per process: core index + cores * per-core sequence.
+    fn new_connection_id(&self) -> u64 {
+        let seq = self.next_connection_seq.get();
+        self.next_connection_seq.set(seq + 1);
+        self.index as u64 + self.cores as u64 * seq
+    }
+
+    fn verdict(&self) -> Verdict {
+        let roll = fastrand::f64() * 100.0;
+        if roll < self.config.tempfail_percent {
+            Verdict::TempFail
+        } else if roll < self.config.tempfail_percent + self.config.permfail_percent {
+            Verdict::PermFail
+        } else {
+            Verdict::Accept
+        }
+    }
+}
+
+/// Holds one of a source IP's connection slots on this core; frees it on drop.
+struct IpSlot {
+    ctx: Rc<CoreContext>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(ctx: &Rc<CoreContext>, ip: IpAddr) -> Option<IpSlot> {
+        let limit = ctx.config.max_connections_per_ip;
+        let mut map = ctx.connections_per_ip.borrow_mut();
+        let count = map.entry(ip).or_insert(0);
+        if limit > 0 && *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            ctx: ctx.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.ctx.connections_per_ip.borrow_mut();
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Runs the sink until SIGTERM/SIGINT; flushes logs and returns.
+pub fn run(config: SinkConfig) -> io::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    if let Some(path) = &config.log {
+        // Fail early, before any executor starts, if the log cannot be opened.
+        MessageLog::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    }
+    let cores = config.plan.cores;
+    let counters = Counters::new(cores);
+    let reporter_stop = Arc::new(AtomicBool::new(false));
+    let reporter = (!config.stats_interval.is_zero()).then(|| {
+        spawn_reporter(
+            counters.clone(),
+            config.stats_interval,
+            reporter_stop.clone(),
+            |now, before, _, interval| {
+                let rate = (now.messages - before.messages) as f64 / interval.as_secs_f64();
+                format!(
+                    "sink: {rate:.0} msg/s, {} messages ({} accepted), {} connections open, {} total",
+                    now.messages,
+                    now.accepted,
+                    now.connections_opened - now.connections_closed,
+                    now.connections_opened
+                )
+            },
+        )
+    });
+    let config = Arc::new(config);
+    let next_index = Arc::new(AtomicUsize::new(0));
+    let bound_cores = Arc::new(AtomicUsize::new(0));
+    let bound_addr = Arc::new(OnceLock::new());
+    let handles = LocalExecutorPoolBuilder::new(config.plan.placement()?)
+        .name("volley-sink")
+        .on_all_shards(move || {
+            let index = next_index.fetch_add(1, Ordering::SeqCst);
+            shard(ShardStart {
+                index,
+                cores,
+                config,
+                counters,
+                stop,
+                bound_cores,
+                bound_addr,
+            })
+        })
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut result = Ok(());
+    for joined in handles.join_all() {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(io::Error::other(e.to_string())),
+        }
+    }
+    reporter_stop.store(true, Ordering::Relaxed);
+    if let Some(r) = reporter {
+        let _ = r.join();
+    }
+    result
+}
+
+struct ShardStart {
+    index: usize,
+    cores: usize,
+    config: Arc<SinkConfig>,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    bound_cores: Arc<AtomicUsize>,
+    bound_addr: Arc<OnceLock<SocketAddr>>,
+}
+
+async fn shard(start: ShardStart) -> io::Result<()> {
+    // Core 0 binds first so that port 0 resolves to one port that every core then shares.
+    let addr = if start.index == 0 {
+        start.config.listen
+    } else {
+        loop {
+            if let Some(addr) = start.bound_addr.get() {
+                break *addr;
+            }
+            if start.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            start.stop.store(true, Ordering::Relaxed);
+            return Err(io::Error::other(format!("cannot listen on {addr}: {e}")));
+        }
+    };
+    let local = listener.local_addr()?;
+    if start.index == 0 {
+        let _ = start.bound_addr.set(local);
+    }
+    if start.bound_cores.fetch_add(1, Ordering::SeqCst) + 1 == start.cores {
+        eprintln!("listening on {local}");
+    }
+    let log = match &start.config.log {
+        Some(path) => Some(RefCell::new(MessageLog::open(path)?)),
+        None => None,
+    };
+    let ctx = Rc::new(CoreContext {
+        config: start.config.clone(),
+        counters: start.counters.clone(),
+        index: start.index,
+        cores: start.cores,
+        log,
+        connections_per_ip: RefCell::new(HashMap::new()),
+        next_connection_seq: Cell::new(0),
+    });
+    spawn_local(accept_loop(listener, ctx.clone())).detach();
+    // The ticker: flush the log regularly; on a signal flush once more and end this executor
+    // (returning from the main future stops it, dropping the connection tasks).
+    loop {
+        glommio::timer::sleep(Duration::from_millis(LOG_FLUSH_INTERVAL_MS)).await;
+        let stopping = start.stop.load(Ordering::Relaxed);
+        if let Some(log) = &ctx.log
+            && let Err(e) = log.borrow_mut().flush()
+        {
+            eprintln!("sink: cannot write the message log: {e}");
+        }
+        if stopping {
+            return Ok(());
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Rc<CoreContext>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                spawn_local(serve(stream, ctx.clone())).detach();
+            }
+            Err(e) => {
+                // Typically EMFILE: back off briefly instead of spinning.
+                eprintln!("sink: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(mut stream: TcpStream, ctx: Rc<CoreContext>) {
+    let peer_ip = stream
+        .peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let Some(_slot) = IpSlot::take(&ctx, peer_ip) else {
+        let _ = stream
+            .write_all(b"421 4.7.0 Too many connections from your IP\r\n")
+            .await;
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(IDLE_TIMEOUT_S)));
+    CoreCounters::bump(&ctx.counters().connections_opened);
+    let connection_id = ctx.new_connection_id();
+    let _ = converse(&mut stream, &ctx, peer_ip, connection_id).await;
+    CoreCounters::bump(&ctx.counters().connections_closed);
+}
+
+/// Reads, feeds the session, and writes every reply of a batch in one write.
+async fn converse(
+    stream: &mut TcpStream,
+    ctx: &CoreContext,
+    peer_ip: IpAddr,
+    connection_id: u64,
+) -> io::Result<()> {
+    let mut session = Session::new(ctx.log.is_some());
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(Session::greeting());
+    loop {
+        loop {
+            let progress = session.advance(buf.get(start..end).unwrap_or_default(), &mut out);
+            start += progress.consumed;
+            match progress.step {
+                Step::NeedInput => break,
+                Step::Close => {
+                    stream.write_all(&out).await?;
+                    return Ok(());
+                }
+                Step::MessageReceived => {
+                    let verdict = ctx.verdict();
+                    if !ctx.config.delay.is_zero() {
+                        if !out.is_empty() {
+                            stream.write_all(&out).await?;
+                            out.clear();
+                        }
+                        glommio::timer::sleep(ctx.config.delay).await;
+                    }
+                    let counters = ctx.counters();
+                    CoreCounters::bump(&counters.messages);
+                    if verdict == Verdict::Accept {
+                        CoreCounters::bump(&counters.accepted);
+                        if let Some(log) = &ctx.log {
+                            let logged = LoggedMessage {
+                                peer_ip,
+                                ehlo: session.ehlo(),
+                                sender: session.sender().unwrap_or_default(),
+                                recipients: session.recipients(),
+                                size_bytes: session.message_bytes(),
+                                message_id: session.message_id(),
+                                connection_id,
+                                tls: false,
+                            };
+                            log.borrow_mut().append(&logged)?;
+                        }
+                    }
+                    session.reply_to_message(verdict, &mut out);
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if start == end {
+            start = 0;
+            end = 0;
+        } else if end == buf.len() {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        let n = stream.read(buf.get_mut(end..).unwrap_or_default()).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        end += n;
+    }
+}

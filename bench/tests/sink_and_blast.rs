@@ -1,0 +1,377 @@
+//! End-to-end tests of the `volley-bench` binary: a real sink on a loopback port, real blasts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_volley-bench");
+
+/// A running sink; stopped with SIGTERM on drop (or explicitly by `stop`).
+struct Sink {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Sink {
+    fn start(extra: &[&str]) -> Sink {
+        let mut child = Command::new(BIN)
+            .args([
+                "sink",
+                "--listen",
+                "127.0.0.1:0",
+                "--cores",
+                "1",
+                "--stats-interval-s",
+                "0",
+            ])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the sink");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).expect("read sink stderr") > 0,
+                "sink exited before listening"
+            );
+            if let Some(addr) = line.trim().strip_prefix("listening on ") {
+                break addr.parse().expect("listening address");
+            }
+        };
+        // Keep draining stderr so the sink never blocks on it.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stderr.read_to_end(&mut sink);
+        });
+        Sink { child, addr }
+    }
+
+    /// SIGTERM, then wait: the sink must flush its log and exit 0.
+    fn stop(mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait for the sink");
+        assert!(status.success(), "sink exit status {status}");
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn blast(addr: SocketAddr, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .args([
+            "blast",
+            "--to",
+            &addr.to_string(),
+            "--cores",
+            "1",
+            "--progress-interval-s",
+            "0",
+        ])
+        .args(extra)
+        .output()
+        .expect("run blast")
+}
+
+fn blast_json(addr: SocketAddr, extra: &[&str]) -> Value {
+    let mut args = extra.to_vec();
+    args.push("--json");
+    let out = blast(addr, &args);
+    assert!(
+        out.status.success(),
+        "blast failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("blast --json prints one JSON object")
+}
+
+fn log_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each log line is JSON"))
+        .collect()
+}
+
+fn codes(report: &Value) -> BTreeMap<String, u64> {
+    report["replies_by_code"]
+        .as_object()
+        .expect("replies_by_code")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().expect("count")))
+        .collect()
+}
+
+#[test]
+fn blast_to_sink_logs_every_message_with_its_recipients_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sink.jsonl");
+    let sink = Sink::start(&["--log", log.to_str().unwrap()]);
+    let report = blast_json(
+        sink.addr,
+        &[
+            "--messages",
+            "300",
+            "--size",
+            "2048",
+            "--connections",
+            "4",
+            "--recipients",
+            "3",
+            "--domains",
+            "2",
+            "--header",
+            "X-Test:yes",
+        ],
+    );
+    sink.stop();
+
+    assert_eq!(report["messages_requested"], 300);
+    assert_eq!(report["messages_sent"], 300);
+    assert_eq!(report["messages_accepted"], 300);
+    assert_eq!(report["messages_failed"], 0);
+    assert_eq!(report["recipients_accepted"], 900);
+    assert_eq!(report["connections_ok"], 4);
+    assert_eq!(codes(&report), BTreeMap::from([("250".to_string(), 300)]));
+    for stage in ["connect", "mail_reply", "end_of_data_reply"] {
+        let p = &report["latency_us"][stage];
+        for field in ["count", "p50", "p90", "p99", "p999", "max"] {
+            assert!(p[field].is_u64(), "{stage}.{field} in {report}");
+        }
+    }
+    assert_eq!(report["latency_us"]["end_of_data_reply"]["count"], 300);
+    assert_eq!(report["latency_us"]["connect"]["count"], 4);
+    for field in [
+        "elapsed_s",
+        "messages_per_s",
+        "mib_per_s",
+        "recipients_per_s",
+    ] {
+        assert!(report[field].as_f64().unwrap() > 0.0, "{field}");
+    }
+
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 300);
+    let mut recipients = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for line in &lines {
+        assert_eq!(line["size_bytes"], 2048, "{line}");
+        assert_eq!(line["peer_ip"], "127.0.0.1");
+        assert_eq!(line["ehlo"], "blast.volley-bench.test");
+        assert_eq!(line["sender"], "blast@volley-bench.test");
+        assert_eq!(line["tls"], false);
+        assert!(line["connection_id"].is_u64());
+        assert!(line["time"].as_str().unwrap().ends_with('Z'));
+        let rcpts = line["recipients"].as_array().unwrap();
+        assert_eq!(rcpts.len(), 3);
+        recipients.extend(rcpts.iter().map(|r| r.as_str().unwrap().to_string()));
+        let id = line["message_id"].as_str().unwrap();
+        assert!(
+            id.starts_with("<blast-") && id.ends_with("@volley-bench>"),
+            "{id}"
+        );
+        ids.insert(id.to_string());
+    }
+    let expected: BTreeSet<String> = (0..900)
+        .map(|g| format!("user{g}@d{}.test", g % 2))
+        .collect();
+    assert_eq!(recipients, expected);
+    assert_eq!(ids.len(), 300, "Message-IDs are unique");
+}
+
+#[test]
+fn every_message_tempfails_at_100_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sink.jsonl");
+    let sink = Sink::start(&["--tempfail-percent", "100", "--log", log.to_str().unwrap()]);
+    let report = blast_json(sink.addr, &["--messages", "50", "--connections", "2"]);
+    sink.stop();
+    assert_eq!(codes(&report), BTreeMap::from([("450".to_string(), 50)]));
+    assert_eq!(report["messages_accepted"], 0);
+    assert_eq!(report["messages_failed"], 50);
+    assert!(
+        log_lines(&log).is_empty(),
+        "refused messages are not logged"
+    );
+    // The text report names codes too.
+    let sink = Sink::start(&["--permfail-percent", "100"]);
+    let out = blast(sink.addr, &["--messages", "5", "--connections", "1"]);
+    sink.stop();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("replies by code: 550: 5"), "{text}");
+}
+
+#[test]
+fn failure_percentages_are_roughly_right() {
+    let sink = Sink::start(&["--tempfail-percent", "30", "--permfail-percent", "20"]);
+    let report = blast_json(sink.addr, &["--messages", "2000", "--connections", "8"]);
+    sink.stop();
+    let c = codes(&report);
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    assert_eq!(get("250") + get("450") + get("550"), 2000, "{c:?}");
+    // Binomial with n=2000: the standard deviation is about 20 for 30 %, so these bounds are wide.
+    assert!((480..=720).contains(&get("450")), "{c:?}");
+    assert!((300..=500).contains(&get("550")), "{c:?}");
+    assert_eq!(report["messages_accepted"], get("250"));
+}
+
+/// Sends `commands` in one write and reads until `replies` replies arrived; returns their codes.
+fn converse(stream: &mut TcpStream, commands: &str, replies: usize) -> Vec<u16> {
+    stream.write_all(commands.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut codes = Vec::new();
+    let mut line = String::new();
+    while codes.len() < replies {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "connection closed"
+        );
+        if line.as_bytes().get(3) != Some(&b'-') {
+            codes.push(line[..3].parse().unwrap());
+        }
+    }
+    codes
+}
+
+#[test]
+fn tempfail_and_permfail_local_parts_are_refused_at_rcpt() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sink.jsonl");
+    let sink = Sink::start(&["--log", log.to_str().unwrap()]);
+    let mut s = TcpStream::connect(sink.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let codes = converse(
+        &mut s,
+        "EHLO tester\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<tempfail@x.test>\r\n\
+RCPT TO:<tempfail+tag@x.test>\r\nRCPT TO:<permfail@x.test>\r\nRCPT TO:<ok@x.test>\r\nDATA\r\n",
+        8,
+    );
+    assert_eq!(codes, [220, 250, 250, 451, 451, 550, 250, 354]);
+    let codes = converse(
+        &mut s,
+        "Message-ID: <manual@test>\r\n\r\n..dotted\r\n.\r\nMAIL FROM:<a@src.test>\r\n\
+RCPT TO:<PermFail+x@y.test>\r\nDATA\r\nQUIT\r\n",
+        5,
+    );
+    assert_eq!(codes, [250, 250, 550, 554, 221]);
+    drop(s);
+    sink.stop();
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["recipients"], serde_json::json!(["ok@x.test"]));
+    assert_eq!(lines[0]["ehlo"], "tester");
+    assert_eq!(lines[0]["message_id"], "<manual@test>");
+    assert_eq!(
+        lines[0]["size_bytes"],
+        27 + 2 + 9,
+        "dot-stuffing removed from the size"
+    );
+}
+
+#[test]
+fn connections_beyond_the_per_ip_limit_get_421() {
+    let sink = Sink::start(&["--max-connections-per-ip", "1"]);
+    let mut first = TcpStream::connect(sink.addr).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(converse(&mut first, "", 1), [220]);
+    let mut second = TcpStream::connect(sink.addr).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(converse(&mut second, "", 1), [421]);
+    drop(first);
+    // The slot frees when the first connection ends.
+    let mut third = None;
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(sink.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if converse(&mut s, "", 1) == [220] {
+            third = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(third.is_some(), "slot was never freed");
+    sink.stop();
+}
+
+#[test]
+fn delay_holds_the_end_of_data_reply() {
+    let sink = Sink::start(&["--delay-ms", "150"]);
+    let report = blast_json(
+        sink.addr,
+        &[
+            "--messages",
+            "3",
+            "--connections",
+            "1",
+            "--pipeline-depth",
+            "1",
+        ],
+    );
+    sink.stop();
+    assert_eq!(report["messages_accepted"], 3);
+    assert!(
+        report["latency_us"]["end_of_data_reply"]["p50"]
+            .as_u64()
+            .unwrap()
+            >= 150_000
+    );
+    assert!(report["latency_us"]["mail_reply"]["max"].as_u64().unwrap() < 150_000);
+}
+
+#[test]
+fn rate_paces_the_load() {
+    let sink = Sink::start(&[]);
+    let report = blast_json(
+        sink.addr,
+        &["--messages", "40", "--connections", "2", "--rate", "100"],
+    );
+    sink.stop();
+    assert_eq!(report["messages_accepted"], 40);
+    // 40 messages at 100/s: the last ones are due after about 0.38 s.
+    let elapsed = report["elapsed_s"].as_f64().unwrap();
+    assert!((0.3..3.0).contains(&elapsed), "elapsed {elapsed}");
+}
+
+#[test]
+fn blast_fails_when_no_connection_succeeds() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = blast(
+        closed,
+        &["--messages", "10", "--connections", "2", "--json"],
+    );
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["messages_unsent"], 10);
+    assert_eq!(report["connection_errors"], 2);
+}
+
+#[test]
+fn relay_is_not_yet_available() {
+    let out = Command::new(BIN).arg("relay").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet available"));
+}
