@@ -15,6 +15,7 @@ mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -46,7 +47,7 @@ pub struct CoreDelivery {
     pub core: usize,
     pub queues: RefCell<Queues<BodyLocation>>,
     pub messages: RefCell<HashMap<MessageId, MessageEntry>>,
-    resolver: RefCell<Option<Resolver>>,
+    resolver: RefCell<Option<Rc<Resolver>>>,
     wake_tx: LocalSender<()>,
     wake_rx: RefCell<Option<LocalReceiver<()>>>,
     /// Outbound connections open on this core.
@@ -77,16 +78,16 @@ impl CoreDelivery {
         self.connections.get() > 0
     }
 
-    pub(crate) fn resolver(&self, core: &CoreContext) -> Resolver {
+    pub(crate) fn resolver(&self, core: &CoreContext) -> Rc<Resolver> {
         if let Some(r) = self.resolver.borrow().as_ref() {
             return r.clone();
         }
         let nameservers = core.config().dns.nameservers.clone();
-        let r = if nameservers.is_empty() {
+        let r = Rc::new(if nameservers.is_empty() {
             Resolver::from_system()
         } else {
             Resolver::new(nameservers)
-        };
+        });
         *self.resolver.borrow_mut() = Some(r.clone());
         r
     }

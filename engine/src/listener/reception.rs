@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::accounting::{AccountingEvent, EventType, now_rfc3339};
 use crate::envelope::{Envelope, MessageId};
 use crate::runtime::CoreContext;
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{EnhancedCode, Reply};
 use crate::spool::SpoolError;
 
 /// The header that names the customer on relay listeners; removed before the message is spooled.
@@ -146,16 +146,16 @@ pub async fn accept_message(
     let header = prefix_headers(origin, &config.server.hostname, id, &envelope, &body, now_s);
     let size = (header.len() + body.len()) as u64;
     if !core.spool.has_room(size) {
-        return Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"));
+        return Err(Reply::new(452, Some(EnhancedCode::new(4, 3, 1)), "Insufficient system storage, try again later"));
     }
     let location = match core.spool.store(id, &envelope, &header, &body).await {
         Ok(l) => l,
         Err(SpoolError::Full) => {
-            return Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"));
+            return Err(Reply::new(452, Some(EnhancedCode::new(4, 3, 1)), "Insufficient system storage, try again later"));
         }
         Err(e) => {
             log::error!("spool store failed: {e}");
-            return Err(Reply::new(451, (4, 3, 0), "Local error in processing, try again later"));
+            return Err(Reply::new(451, Some(EnhancedCode::new(4, 3, 0)), "Local error in processing, try again later"));
         }
     };
     let counters = core.counters();

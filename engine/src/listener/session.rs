@@ -15,7 +15,7 @@ use super::reception::{Origin, accept_message, unix_now_s};
 use super::ListenerContext;
 use crate::auth::ThrottleVerdict;
 use crate::runtime::ConnectionRefusal;
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{EnhancedCode, Reply};
 use crate::smtp::server::{Event, PeerInfo, Session};
 
 /// Bytes read from the socket at once.
@@ -104,7 +104,6 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ListenerContext>) -> 
 enum ReadOutcome {
     Data(usize),
     TimedOut,
-    Stopping,
 }
 
 async fn drive<S>(io: &mut S, session: &mut Session, ctx: &Rc<ListenerContext>) -> io::Result<Next>
@@ -148,7 +147,7 @@ where
                 idle_ms = 0;
                 session.receive(&buf[..n]);
             }
-            ReadOutcome::TimedOut | ReadOutcome::Stopping => {
+            ReadOutcome::TimedOut => {
                 idle_ms += STOP_CHECK_MS;
                 if idle_ms >= session.timeout().as_millis() as u64 {
                     session.on_timeout();
@@ -178,7 +177,7 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
             let result = match verdict {
                 ThrottleVerdict::Refuse => {
                     log::warn!("AUTH refused for {ip}: too many failures");
-                    Err(Reply::new(454, (4, 7, 0), "Too many authentication failures, try again later"))
+                    Err(Reply::new(454, Some(EnhancedCode::new(4, 7, 0)), "Too many authentication failures, try again later"))
                 }
                 ThrottleVerdict::Allow | ThrottleVerdict::Delay { .. } => {
                     if let ThrottleVerdict::Delay { delay_ms } = verdict {
@@ -197,7 +196,7 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
                     } else {
                         core.throttle.borrow_mut().record_failure(ip, unix_now_s());
                         log::warn!("AUTH {username} from {ip}: failed");
-                        Err(Reply::new(535, (5, 7, 8), "Authentication credentials invalid"))
+                        Err(Reply::new(535, Some(EnhancedCode::new(5, 7, 8)), "Authentication credentials invalid"))
                     }
                 }
             };
@@ -208,7 +207,7 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
             let result = if room {
                 core.admit_sender(session.authenticated_as())
             } else {
-                Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"))
+                Err(Reply::new(452, Some(EnhancedCode::new(4, 3, 1)), "Insufficient system storage, try again later"))
             };
             session.mail_result(result);
         }

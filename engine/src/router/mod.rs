@@ -166,9 +166,7 @@ impl Router {
     pub async fn send(&self, core: usize, message: CoreMessage) {
         match self.senders.get(core).and_then(Option::as_ref) {
             Some(tx) => {
-                if let Err(message) = tx.try_send(message)
-                    && tx.send(message).await.is_err()
-                {
+                if tx.send(message).await.is_err() {
                     log::error!("router: core {core} is gone; message dropped (the spool keeps it)");
                 }
             }

@@ -377,6 +377,12 @@ impl Session {
         self.error_count
     }
 
+    /// Whether a mail transaction is open (MAIL accepted, or a message being received or spooled):
+    /// a stopping server lets it finish before closing the session.
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some() || self.waiting.is_some() || !matches!(self.phase, Phase::Command)
+    }
+
     // ---- input processing ----
 
     /// Processes buffered input after an answer or an append.
