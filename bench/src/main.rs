@@ -52,13 +52,24 @@ struct CoreArgs {
     #[arg(long, default_value_t = 0)]
     cores: usize,
     /// Pin to these CPUs (e.g. `1` or `0,2-3`); overrides --cores.
-    #[arg(long, value_parser = parse_cpu_list)]
-    cpus: Option<Vec<usize>>,
+    #[arg(long, value_parser = parse_cpus)]
+    cpus: Option<CpuList>,
+}
+
+/// A parsed `--cpus` value (a newtype so clap takes it as one value, not many).
+#[derive(Debug, Clone)]
+struct CpuList(Vec<usize>);
+
+fn parse_cpus(text: &str) -> Result<CpuList, String> {
+    parse_cpu_list(text).map(CpuList)
 }
 
 impl CoreArgs {
     fn plan(&self) -> CorePlan {
-        CorePlan::new(self.cores, self.cpus.clone().unwrap_or_default())
+        CorePlan::new(
+            self.cores,
+            self.cpus.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+        )
     }
 }
 
@@ -275,5 +286,59 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_parse() {
+        let cli = Cli::try_parse_from([
+            "volley-bench",
+            "blast",
+            "--to",
+            "127.0.0.1:25",
+            "--messages",
+            "5",
+            "--cpus",
+            "0-1",
+            "--header",
+            "X-A: b",
+            "--header",
+            "X-C:d",
+        ])
+        .unwrap();
+        let Command::Blast(args) = cli.command else {
+            panic!("not blast")
+        };
+        assert_eq!(args.cores.plan().cpus, vec![0, 1]);
+        assert_eq!(args.headers.len(), 2);
+        let cli = Cli::try_parse_from([
+            "volley-bench",
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+        ])
+        .unwrap();
+        let Command::Sink(args) = cli.command else {
+            panic!("not sink")
+        };
+        assert_eq!(args.cores.plan(), CorePlan::new(1, vec![]));
+        assert!(
+            Cli::try_parse_from([
+                "volley-bench",
+                "sink",
+                "--listen",
+                "x",
+                "--tempfail-percent",
+                "101"
+            ])
+            .is_err()
+        );
+        assert!(parse_header("Bad Name: v").is_err());
     }
 }
