@@ -129,10 +129,14 @@ struct BlastArgs {
     /// Reverse path and From: address.
     #[arg(long, default_value = "blast@volley-bench.test")]
     from: String,
-    /// 1: wait for each end-of-data reply before the next envelope; 2: send the next envelope in
-    /// the same write as the body (RFC 2920 §3.1). Higher values act as 2.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    /// With DATA, 1: wait for each end-of-data reply before the next envelope; 2 or more: send
+    /// the next envelope in the same write as the body (RFC 2920 §3.1). With --chunking:
+    /// transactions in flight per connection.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pipeline_depth: u32,
+    /// Send bodies with `BDAT n LAST` (RFC 3030 CHUNKING) and pipeline whole transactions.
+    #[arg(long)]
+    chunking: bool,
     /// EHLO name.
     #[arg(long, default_value = "blast.volley-bench.test")]
     ehlo: String,
@@ -235,6 +239,7 @@ fn run_blast(args: BlastArgs) -> ExitCode {
         rate: args.rate,
         ehlo: args.ehlo,
         pipeline_depth: args.pipeline_depth,
+        chunking: args.chunking,
         plan: args.cores.plan(),
         message: MessagePlan {
             size_bytes: args.size,
