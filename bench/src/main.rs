@@ -52,13 +52,24 @@ struct CoreArgs {
     #[arg(long, default_value_t = 0)]
     cores: usize,
     /// Pin to these CPUs (e.g. `1` or `0,2-3`); overrides --cores.
-    #[arg(long, value_parser = parse_cpu_list)]
-    cpus: Option<Vec<usize>>,
+    #[arg(long, value_parser = parse_cpus)]
+    cpus: Option<CpuList>,
+}
+
+/// A parsed `--cpus` value (a newtype so clap takes it as one value, not many).
+#[derive(Debug, Clone)]
+struct CpuList(Vec<usize>);
+
+fn parse_cpus(text: &str) -> Result<CpuList, String> {
+    parse_cpu_list(text).map(CpuList)
 }
 
 impl CoreArgs {
     fn plan(&self) -> CorePlan {
-        CorePlan::new(self.cores, self.cpus.clone().unwrap_or_default())
+        CorePlan::new(
+            self.cores,
+            self.cpus.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+        )
     }
 }
 
@@ -118,10 +129,14 @@ struct BlastArgs {
     /// Reverse path and From: address.
     #[arg(long, default_value = "blast@volley-bench.test")]
     from: String,
-    /// 1: wait for each end-of-data reply before the next envelope; 2: send the next envelope in
-    /// the same write as the body (RFC 2920 §3.1). Higher values act as 2.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    /// With DATA, 1: wait for each end-of-data reply before the next envelope; 2 or more: send
+    /// the next envelope in the same write as the body (RFC 2920 §3.1). With --chunking:
+    /// transactions in flight per connection.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pipeline_depth: u32,
+    /// Send bodies with `BDAT n LAST` (RFC 3030 CHUNKING) and pipeline whole transactions.
+    #[arg(long)]
+    chunking: bool,
     /// EHLO name.
     #[arg(long, default_value = "blast.volley-bench.test")]
     ehlo: String,
@@ -224,6 +239,7 @@ fn run_blast(args: BlastArgs) -> ExitCode {
         rate: args.rate,
         ehlo: args.ehlo,
         pipeline_depth: args.pipeline_depth,
+        chunking: args.chunking,
         plan: args.cores.plan(),
         message: MessagePlan {
             size_bytes: args.size,
@@ -275,5 +291,59 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_parse() {
+        let cli = Cli::try_parse_from([
+            "volley-bench",
+            "blast",
+            "--to",
+            "127.0.0.1:25",
+            "--messages",
+            "5",
+            "--cpus",
+            "0-1",
+            "--header",
+            "X-A: b",
+            "--header",
+            "X-C:d",
+        ])
+        .unwrap();
+        let Command::Blast(args) = cli.command else {
+            panic!("not blast")
+        };
+        assert_eq!(args.cores.plan().cpus, vec![0, 1]);
+        assert_eq!(args.headers.len(), 2);
+        let cli = Cli::try_parse_from([
+            "volley-bench",
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+        ])
+        .unwrap();
+        let Command::Sink(args) = cli.command else {
+            panic!("not sink")
+        };
+        assert_eq!(args.cores.plan(), CorePlan::new(1, vec![]));
+        assert!(
+            Cli::try_parse_from([
+                "volley-bench",
+                "sink",
+                "--listen",
+                "x",
+                "--tempfail-percent",
+                "101"
+            ])
+            .is_err()
+        );
+        assert!(parse_header("Bad Name: v").is_err());
     }
 }

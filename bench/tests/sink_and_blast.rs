@@ -375,3 +375,60 @@ fn relay_is_not_yet_available() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not yet available"));
 }
+
+#[test]
+fn chunking_pipelines_whole_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sink.jsonl");
+    let sink = Sink::start(&["--log", log.to_str().unwrap()]);
+    let report = blast_json(
+        sink.addr,
+        &[
+            "--messages",
+            "200",
+            "--size",
+            "3000",
+            "--connections",
+            "3",
+            "--recipients",
+            "2",
+            "--chunking",
+            "--pipeline-depth",
+            "16",
+        ],
+    );
+    sink.stop();
+    assert_eq!(report["messages_accepted"], 200);
+    assert_eq!(report["recipients_accepted"], 400);
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 200);
+    assert!(lines.iter().all(|l| l["size_bytes"] == 3000));
+    let ids: BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 200);
+
+    // Refusals in the middle of a pipeline are counted by code and do not derail later ones.
+    let sink = Sink::start(&["--tempfail-percent", "50"]);
+    let report = blast_json(
+        sink.addr,
+        &[
+            "--messages",
+            "300",
+            "--connections",
+            "2",
+            "--chunking",
+            "--pipeline-depth",
+            "8",
+        ],
+    );
+    sink.stop();
+    let c = codes(&report);
+    assert_eq!(
+        c.get("250").copied().unwrap_or(0) + c.get("450").copied().unwrap_or(0),
+        300,
+        "{c:?}"
+    );
+    assert!(c.get("450").copied().unwrap_or(0) > 90, "{c:?}");
+}

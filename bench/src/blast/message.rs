@@ -48,6 +48,12 @@ impl MessagePlan {
 
     /// Appends `MAIL FROM`, every `RCPT TO` and `DATA`: one pipelined group (RFC 2920).
     pub fn write_envelope(&self, index: u64, out: &mut Vec<u8>) {
+        self.write_envelope_without_data(index, out);
+        out.extend_from_slice(b"DATA\r\n");
+    }
+
+    /// Appends `MAIL FROM` and every `RCPT TO`.
+    pub fn write_envelope_without_data(&self, index: u64, out: &mut Vec<u8>) {
         out.extend_from_slice(b"MAIL FROM:<");
         out.extend_from_slice(self.from.as_bytes());
         out.extend_from_slice(b">\r\n");
@@ -56,7 +62,6 @@ impl MessagePlan {
             self.write_recipient(index, r, out);
             out.extend_from_slice(b">\r\n");
         }
-        out.extend_from_slice(b"DATA\r\n");
     }
 
     /// Appends message `index` as it is (not yet dot-stuffed).

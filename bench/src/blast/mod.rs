@@ -6,13 +6,19 @@
 //! `--pipeline-depth 2` (the default) the body and `.` are not sent alone: they go in the same
 //! write as the next transaction's envelope, which RFC 2920 §3.1 allows (message content may be the
 //! first "command" of a group), so a message costs one round trip instead of two.
+//!
+//! With `--chunking` the body goes as `BDAT <size> LAST` right behind the envelope, so nothing
+//! waits for a 354: up to `--pipeline-depth` whole transactions are in flight per connection and
+//! one write or read carries many of them. After a refused transaction the next write starts with
+//! RSET; transactions already in flight may then fail too (they are counted by their reply).
 
 pub mod message;
 pub mod reply;
 pub mod report;
 
 use std::cell::RefCell;
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -48,8 +54,11 @@ pub struct BlastConfig {
     pub rate: Option<f64>,
     /// EHLO name.
     pub ehlo: String,
-    /// 1 = wait for the end-of-data reply before the next envelope; 2 = overlap them.
+    /// DATA: 1 = wait for the end-of-data reply before the next envelope; 2 or more = overlap
+    /// them. With `chunking`: transactions in flight per connection.
     pub pipeline_depth: u32,
+    /// Send bodies with BDAT (RFC 3030) so whole transactions can be pipelined.
+    pub chunking: bool,
     /// Executors and their CPUs.
     pub plan: CorePlan,
     /// How messages look.
@@ -257,6 +266,11 @@ impl Connection<'_> {
         if ehlo != 250 {
             return Err(io::Error::other(format!("EHLO refused with {ehlo}")));
         }
+        if config.chunking {
+            return self
+                .converse_chunking(stream, &mut replies, job, done)
+                .await;
+        }
         let overlap = config.pipeline_depth >= 2;
         let finder = memmem::Finder::new(b"\n.");
         let mut raw = Vec::with_capacity(config.message.size_bytes + 1024);
@@ -295,40 +309,14 @@ impl Connection<'_> {
                 replies.next_code(stream).await?;
                 needs_rset = false;
             }
-            let mail = replies.next_code(stream).await?;
-            record(
-                &mut self.stats.borrow_mut().mail_reply_us,
-                written_at.elapsed(),
-            );
-            let mut recipients_ok = 0u64;
-            let mut first_refusal = None;
-            for _ in 0..config.message.recipients_per_message {
-                let code = replies.next_code(stream).await?;
-                *self
-                    .stats
-                    .borrow_mut()
-                    .rcpt_replies_by_code
-                    .entry(code)
-                    .or_default() += 1;
-                if (200..300).contains(&code) {
-                    recipients_ok += 1;
-                } else {
-                    first_refusal.get_or_insert(code);
-                }
-            }
-            let data = replies.next_code(stream).await?;
+            let (data, stopped_by, recipients_ok) = self
+                .envelope_replies(stream, &mut replies, written_at)
+                .await?;
             if data != 354 {
                 // The transaction stopped before the body; report the reply that stopped it.
-                let code = if !(200..300).contains(&mail) {
-                    mail
-                } else if recipients_ok == 0 {
-                    first_refusal.unwrap_or(data)
-                } else {
-                    data
-                };
-                self.finish_message(code, 0, false);
+                self.finish_message(stopped_by, 0, false);
                 *done += 1;
-                needs_rset = (200..300).contains(&mail);
+                needs_rset = true;
                 continue;
             }
             raw.clear();
@@ -346,11 +334,139 @@ impl Connection<'_> {
                 *done += 1;
             }
         }
-        // QUIT politely; the run's figures do not depend on it.
-        if stream.write_all(b"QUIT\r\n").await.is_ok() {
-            let _ = replies.next_code(stream).await;
-        }
+        quit(stream, &mut replies).await;
         Ok(())
+    }
+
+    /// Reads MAIL, RCPT and the data reply of one transaction; returns (final code, recipients
+    /// accepted, whether it may need RSET), recording the MAIL latency from `written_at`.
+    async fn envelope_replies(
+        &self,
+        stream: &mut TcpStream,
+        replies: &mut ReplyReader,
+        written_at: Instant,
+    ) -> io::Result<(u16, u16, u64)> {
+        let mail = replies.next_code(stream).await?;
+        record(
+            &mut self.stats.borrow_mut().mail_reply_us,
+            written_at.elapsed(),
+        );
+        let mut recipients_ok = 0u64;
+        let mut first_refusal = None;
+        for _ in 0..self.config.message.recipients_per_message {
+            let code = replies.next_code(stream).await?;
+            *self
+                .stats
+                .borrow_mut()
+                .rcpt_replies_by_code
+                .entry(code)
+                .or_default() += 1;
+            if (200..300).contains(&code) {
+                recipients_ok += 1;
+            } else {
+                first_refusal.get_or_insert(code);
+            }
+        }
+        let data = replies.next_code(stream).await?;
+        let stopped_by = if !(200..300).contains(&mail) {
+            mail
+        } else if recipients_ok == 0 {
+            first_refusal.unwrap_or(data)
+        } else {
+            data
+        };
+        Ok((data, stopped_by, recipients_ok))
+    }
+
+    /// `--chunking`: whole transactions (envelope + `BDAT n LAST` + body) pipelined.
+    async fn converse_chunking(
+        &mut self,
+        stream: &mut TcpStream,
+        replies: &mut ReplyReader,
+        job: ConnectionJob,
+        done: &mut u64,
+    ) -> io::Result<()> {
+        /// What a reply in flight belongs to.
+        enum InFlight {
+            Rset,
+            Transaction { written_at: Instant },
+        }
+        let config = self.config;
+        let depth = config.pipeline_depth.max(1) as usize;
+        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(depth + 1);
+        let mut out = Vec::with_capacity((config.message.size_bytes + 512) * depth.min(64));
+        let mut raw = Vec::with_capacity(config.message.size_bytes + 1024);
+        let mut needs_rset = false;
+        let mut next = 0u64;
+        while *done < job.count {
+            let mut batch = 0usize;
+            while next < job.count && in_flight.len() < depth {
+                if let Some(rate) = self.per_connection_rate {
+                    let due = self.start + Duration::from_secs_f64(next as f64 / rate);
+                    if Instant::now() < due {
+                        if batch == 0 && in_flight.is_empty() {
+                            glommio::timer::sleep(due.saturating_duration_since(Instant::now()))
+                                .await;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                if needs_rset {
+                    out.extend_from_slice(b"RSET\r\n");
+                    in_flight.push_back(InFlight::Rset);
+                    needs_rset = false;
+                }
+                let index = job.first_index + next;
+                config.message.write_envelope_without_data(index, &mut out);
+                raw.clear();
+                config.message.write_message(index, &mut raw);
+                let _ = write!(out, "BDAT {} LAST\r\n", raw.len());
+                out.extend_from_slice(&raw);
+                in_flight.push_back(InFlight::Transaction {
+                    written_at: Instant::now(),
+                });
+                next += 1;
+                batch += 1;
+            }
+            if !out.is_empty() {
+                stream.write_all(&out).await?;
+                out.clear();
+                let now = Instant::now();
+                for entry in in_flight.iter_mut().rev().take(batch) {
+                    if let InFlight::Transaction { written_at } = entry {
+                        *written_at = now;
+                    }
+                }
+            }
+            match in_flight.pop_front() {
+                None => {}
+                Some(InFlight::Rset) => {
+                    replies.next_code(stream).await?;
+                }
+                Some(InFlight::Transaction { written_at }) => {
+                    let (bdat, stopped_by, recipients_ok) =
+                        self.envelope_replies(stream, replies, written_at).await?;
+                    record(
+                        &mut self.stats.borrow_mut().end_of_data_reply_us,
+                        written_at.elapsed(),
+                    );
+                    let accepted = (200..300).contains(&bdat);
+                    self.finish_message(stopped_by, if accepted { recipients_ok } else { 0 }, true);
+                    needs_rset |= !accepted;
+                    *done += 1;
+                }
+            }
+        }
+        quit(stream, replies).await;
+        Ok(())
+    }
+}
+
+/// QUIT politely; the run's figures do not depend on it.
+async fn quit(stream: &mut TcpStream, replies: &mut ReplyReader) {
+    if stream.write_all(b"QUIT\r\n").await.is_ok() {
+        let _ = replies.next_code(stream).await;
     }
 }
 

@@ -354,6 +354,9 @@ impl Session {
         }
         if let Some(refusal) = refusal {
             out.extend_from_slice(refusal);
+            // A failed BDAT fails the transaction (RFC 3030 §2); resetting it here lets pipelined
+            // clients start the next one without RSET.
+            self.reset_transaction();
             self.state = State::Command;
             return (take, None);
         }
