@@ -165,7 +165,10 @@ mod tests {
 
     #[test]
     fn message_id_round_trip() {
-        let id = MessageId { core: 3, seq: 0xABCDEF };
+        let id = MessageId {
+            core: 3,
+            seq: 0xABCDEF,
+        };
         assert_eq!(id.to_string().parse::<MessageId>(), Ok(id));
     }
 

@@ -13,7 +13,11 @@ use volley::logging::LogFormat;
 static GLOBAL: MiMalloc = MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "volley", version, about = "Volley: a thread-per-core mail transfer agent")]
+#[command(
+    name = "volley",
+    version,
+    about = "Volley: a thread-per-core mail transfer agent"
+)]
 struct Cli {
     /// Log lines on stderr as `text` or `json`.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -129,7 +133,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(_) => {
             println!("{}: ok", path.display());
@@ -152,7 +156,9 @@ fn hash_password() -> ExitCode {
     }
     let password = password.trim_end_matches(['\r', '\n']);
     if password.is_empty() {
-        eprintln!("empty password: write it on stdin, e.g. `echo -n secret | volley hash-password`");
+        eprintln!(
+            "empty password: write it on stdin, e.g. `echo -n secret | volley hash-password`"
+        );
         return ExitCode::FAILURE;
     }
     match volley::auth::hash_password(password) {

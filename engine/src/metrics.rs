@@ -50,6 +50,11 @@ pub struct CoreCounters {
     pub delivery_latency: Latency,
 }
 
+/// A counter's name, help text and field.
+type CounterField = (&'static str, &'static str, fn(&CoreCounters) -> &AtomicU64);
+/// A gauge's name, help text and field.
+type GaugeField = (&'static str, &'static str, fn(&CoreCounters) -> &AtomicI64);
+
 pub struct Metrics {
     pub cores: Box<[CoreCounters]>,
 }
@@ -83,28 +88,82 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, fn(&CoreCounters) -> &AtomicU64); 11] = [
-            ("volley_connections_accepted_total", "Inbound SMTP connections accepted", |c| &c.connections_accepted),
-            ("volley_connections_refused_total", "Inbound connections refused by a connection limit", |c| &c.connections_refused),
-            ("volley_messages_received_total", "Messages accepted and spooled", |c| &c.messages_received),
-            ("volley_recipients_received_total", "Recipients of accepted messages", |c| &c.recipients_received),
-            ("volley_bytes_received_total", "Bytes of accepted messages", |c| &c.bytes_received),
-            ("volley_messages_rejected_total", "Messages refused at end of data", |c| &c.messages_rejected),
-            ("volley_delivered_total", "Recipients delivered", |c| &c.delivered),
-            ("volley_deferred_total", "Delivery attempts deferred (4xx or no connection)", |c| &c.deferred),
+        let counters: [CounterField; 11] = [
+            (
+                "volley_connections_accepted_total",
+                "Inbound SMTP connections accepted",
+                |c| &c.connections_accepted,
+            ),
+            (
+                "volley_connections_refused_total",
+                "Inbound connections refused by a connection limit",
+                |c| &c.connections_refused,
+            ),
+            (
+                "volley_messages_received_total",
+                "Messages accepted and spooled",
+                |c| &c.messages_received,
+            ),
+            (
+                "volley_recipients_received_total",
+                "Recipients of accepted messages",
+                |c| &c.recipients_received,
+            ),
+            (
+                "volley_bytes_received_total",
+                "Bytes of accepted messages",
+                |c| &c.bytes_received,
+            ),
+            (
+                "volley_messages_rejected_total",
+                "Messages refused at end of data",
+                |c| &c.messages_rejected,
+            ),
+            ("volley_delivered_total", "Recipients delivered", |c| {
+                &c.delivered
+            }),
+            (
+                "volley_deferred_total",
+                "Delivery attempts deferred (4xx or no connection)",
+                |c| &c.deferred,
+            ),
             ("volley_bounced_total", "Recipients bounced", |c| &c.bounced),
-            ("volley_expired_total", "Recipients expired at max_queue_age", |c| &c.expired),
-            ("volley_spool_commits_total", "Group commits (fdatasync) of the spool", |c| &c.spool_commits),
+            (
+                "volley_expired_total",
+                "Recipients expired at max_queue_age",
+                |c| &c.expired,
+            ),
+            (
+                "volley_spool_commits_total",
+                "Group commits (fdatasync) of the spool",
+                |c| &c.spool_commits,
+            ),
         ];
         for (name, help, field) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", self.sum(field));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                self.sum(field)
+            );
         }
-        let gauges: [(&str, &str, fn(&CoreCounters) -> &AtomicI64); 2] = [
-            ("volley_queued_recipients", "Recipients waiting in delivery queues", |c| &c.queued_recipients),
-            ("volley_outbound_connections", "Open outbound SMTP connections", |c| &c.outbound_connections),
+        let gauges: [GaugeField; 2] = [
+            (
+                "volley_queued_recipients",
+                "Recipients waiting in delivery queues",
+                |c| &c.queued_recipients,
+            ),
+            (
+                "volley_outbound_connections",
+                "Open outbound SMTP connections",
+                |c| &c.outbound_connections,
+            ),
         ];
         for (name, help, field) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", self.sum_gauge(field));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                self.sum_gauge(field)
+            );
         }
         self.render_latency(
             &mut out,
@@ -171,8 +230,17 @@ mod tests {
         m.core(1).accept_latency.record_us(3_000);
         let text = m.render();
         assert!(text.contains("volley_messages_received_total 7"), "{text}");
-        assert!(text.contains("volley_accept_latency_seconds_bucket{le=\"0.0005\"} 1"), "{text}");
-        assert!(text.contains("volley_accept_latency_seconds_bucket{le=\"0.005\"} 2"), "{text}");
-        assert!(text.contains("volley_accept_latency_seconds_count 2"), "{text}");
+        assert!(
+            text.contains("volley_accept_latency_seconds_bucket{le=\"0.0005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("volley_accept_latency_seconds_bucket{le=\"0.005\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("volley_accept_latency_seconds_count 2"),
+            "{text}"
+        );
     }
 }

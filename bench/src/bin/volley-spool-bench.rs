@@ -141,7 +141,11 @@ async fn run(args: Args, root: PathBuf) -> Result<(), String> {
     let fsync = !args.no_fsync;
     println!(
         "profile: {}",
-        if cfg!(debug_assertions) { "debug" } else { "release" }
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
 
     // 1. Group commit throughput.

@@ -119,7 +119,12 @@ impl EventLog {
             return Vec::new();
         };
         let start = ring.events.partition_point(|(id, _)| *id <= after);
-        ring.events.iter().skip(start).take(limit).cloned().collect()
+        ring.events
+            .iter()
+            .skip(start)
+            .take(limit)
+            .cloned()
+            .collect()
     }
 }
 

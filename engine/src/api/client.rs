@@ -42,7 +42,9 @@ pub fn request(
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or(ClientError::BadResponse)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(ClientError::BadResponse)?;
     let status = head
         .split_whitespace()
         .nth(1)

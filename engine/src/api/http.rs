@@ -137,7 +137,10 @@ fn parse(buf: &[u8], peer: SocketAddr) -> Parsed {
     let mut authorization = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            match std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()) {
+            match std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
                 Some(n) => content_length = n,
                 None => return Parsed::Refused(Response::error(400, "bad Content-Length")),
             }
@@ -204,7 +207,10 @@ async fn connection(mut stream: TcpStream, token: &str, handler: Handler) -> std
                 if authorized(&request, token) {
                     (handler(request).await, consumed)
                 } else {
-                    (Response::error(401, "missing or wrong bearer token"), consumed)
+                    (
+                        Response::error(401, "missing or wrong bearer token"),
+                        consumed,
+                    )
                 }
             }
         };
@@ -238,7 +244,10 @@ mod tests {
             }
             _ => panic!("expected a complete request"),
         }
-        assert!(matches!(parse(&raw[..raw.len() - 1], peer()), Parsed::Partial));
+        assert!(matches!(
+            parse(&raw[..raw.len() - 1], peer()),
+            Parsed::Partial
+        ));
     }
 
     #[test]

@@ -11,8 +11,12 @@ use crate::runtime::CoreContext;
 /// Binds the API address and serves it on this core.
 pub fn start(core: &Rc<CoreContext>) -> Result<(), String> {
     let config = core.config();
-    let listener = glommio::net::TcpListener::bind(config.api.address)
-        .map_err(|e| format!("cannot listen on the API address {}: {e}", config.api.address))?;
+    let listener = glommio::net::TcpListener::bind(config.api.address).map_err(|e| {
+        format!(
+            "cannot listen on the API address {}: {e}",
+            config.api.address
+        )
+    })?;
     let weak = Rc::downgrade(core);
     let handler: http::Handler = Rc::new(move |request| {
         let weak = weak.clone();

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::http::{Request, Response};
 use crate::config::Config;
 use crate::envelope::{BodyType, Envelope, Recipient};
-use crate::listener::reception::{prefix_headers, unix_now_s, Origin};
+use crate::listener::reception::{Origin, prefix_headers, unix_now_s};
 use crate::router::{AdminCommand, CoreMessage};
 use crate::runtime::CoreContext;
 
@@ -29,9 +29,14 @@ pub async fn handle(core: Rc<CoreContext>, request: Request) -> Response {
         ("GET", ["v1", "queues"]) => queues(&core),
         ("POST", ["v1", "queues", action]) => queue_command(&core, action, &request.body).await,
         ("GET", ["v1", "events"]) => events(&core, &request),
-        (method, ["v1", section, name]) => config_entry(&core, method, section, name, &request.body),
+        (method, ["v1", section, name]) => {
+            config_entry(&core, method, section, name, &request.body)
+        }
         (_, ["v1", section]) if CONFIG_SECTIONS.contains(section) => config_list(&core, section),
-        _ => Response::error(404, format!("no route for {} {}", request.method, request.path)),
+        _ => Response::error(
+            404,
+            format!("no route for {} {}", request.method, request.path),
+        ),
     }
 }
 
@@ -60,7 +65,9 @@ struct InjectRequest {
 fn valid_address(a: &str) -> bool {
     !a.is_empty()
         && a.len() <= 254
-        && !a.chars().any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+        && !a
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
 }
 
 /// Normalises line endings to CRLF (JSON clients mostly send bare LF).
@@ -132,10 +139,20 @@ async fn inject(core: &CoreContext, request: &Request) -> Response {
         authenticated: None,
     };
     // The id is assigned by the spool when it stores; the Received line names the API.
-    let header = prefix_headers(&origin, &config.server.hostname, core.spool.next_id(), &envelope, &body, now_s);
+    let header = prefix_headers(
+        &origin,
+        &config.server.hostname,
+        core.spool.next_id(),
+        &envelope,
+        &body,
+        now_s,
+    );
     let recipients = envelope.recipients.len();
     match crate::delivery::inject_message(core, envelope, &header, &body).await {
-        Ok(id) => Response::json(202, json!({ "id": id.to_string(), "recipients": recipients })),
+        Ok(id) => Response::json(
+            202,
+            json!({ "id": id.to_string(), "recipients": recipients }),
+        ),
         Err(crate::spool::SpoolError::Full) => Response::error(503, "spool full, try again later"),
         Err(e) => Response::error(503, format!("not spooled: {e}")),
     }
@@ -150,7 +167,9 @@ fn queues(core: &CoreContext) -> Response {
         .map(|q| {
             let (state, reason) = match &q.state {
                 crate::queue::QueueState::Active => ("active", None),
-                crate::queue::QueueState::Suspended { reason, .. } => ("suspended", Some(reason.clone())),
+                crate::queue::QueueState::Suspended { reason, .. } => {
+                    ("suspended", Some(reason.clone()))
+                }
             };
             json!({
                 "vmta": q.vmta, "domain": q.domain, "size": q.size(), "ready": q.ready,
@@ -177,13 +196,29 @@ struct QueueCommand {
 async fn queue_command(core: &CoreContext, action: &str, body: &[u8]) -> Response {
     let c: QueueCommand = match serde_json::from_slice(body) {
         Ok(c) => c,
-        Err(e) => return Response::error(400, format!("expected {{\"domain\", \"vmta\"?, \"reason\"?}}: {e}")),
+        Err(e) => {
+            return Response::error(
+                400,
+                format!("expected {{\"domain\", \"vmta\"?, \"reason\"?}}: {e}"),
+            );
+        }
     };
     let reason = c.reason.unwrap_or_else(|| "by the operator".into());
     let command = match action {
-        "suspend" => AdminCommand::Suspend { domain: c.domain, vmta: c.vmta, reason },
-        "resume" => AdminCommand::Resume { domain: c.domain, vmta: c.vmta },
-        "bounce" => AdminCommand::Bounce { domain: c.domain, vmta: c.vmta, reason },
+        "suspend" => AdminCommand::Suspend {
+            domain: c.domain,
+            vmta: c.vmta,
+            reason,
+        },
+        "resume" => AdminCommand::Resume {
+            domain: c.domain,
+            vmta: c.vmta,
+        },
+        "bounce" => AdminCommand::Bounce {
+            domain: c.domain,
+            vmta: c.vmta,
+            reason,
+        },
         other => return Response::error(404, format!("no queue action {other:?}")),
     };
     log::info!("API: queue {action}: {command:?}");
@@ -194,7 +229,10 @@ async fn queue_command(core: &CoreContext, action: &str, body: &[u8]) -> Respons
 }
 
 fn events(core: &CoreContext, request: &Request) -> Response {
-    let after = request.query_param("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let after = request
+        .query_param("after")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
     let limit = request
         .query_param("limit")
         .and_then(|a| a.parse().ok())
@@ -245,7 +283,12 @@ fn config_list(core: &CoreContext, section: &str) -> Response {
 }
 
 /// Replaces (or adds, or with `None` removes) the entry `name` of `section` in a copy of `config`.
-fn edit(config: &mut Config, section: &str, name: &str, body: Option<&[u8]>) -> Result<bool, String> {
+fn edit(
+    config: &mut Config,
+    section: &str,
+    name: &str,
+    body: Option<&[u8]>,
+) -> Result<bool, String> {
     fn apply<T: serde::de::DeserializeOwned>(
         list: &mut Vec<T>,
         name: &str,
@@ -257,10 +300,11 @@ fn edit(config: &mut Config, section: &str, name: &str, body: Option<&[u8]>) -> 
         match body {
             None => Ok(at.map(|i| list.remove(i)).is_some()),
             Some(body) => {
-                let mut value: serde_json::Map<String, Value> =
-                    serde_json::from_slice(body).map_err(|e| format!("expected a JSON object: {e}"))?;
+                let mut value: serde_json::Map<String, Value> = serde_json::from_slice(body)
+                    .map_err(|e| format!("expected a JSON object: {e}"))?;
                 fill_name(&mut value);
-                let entry: T = serde_json::from_value(Value::Object(value)).map_err(|e| e.to_string())?;
+                let entry: T =
+                    serde_json::from_value(Value::Object(value)).map_err(|e| e.to_string())?;
                 if key(&entry) != name {
                     return Err("the name in the body differs from the path".into());
                 }
@@ -275,19 +319,38 @@ fn edit(config: &mut Config, section: &str, name: &str, body: Option<&[u8]>) -> 
     let named = |field: &'static str| {
         let name = name.to_string();
         move |m: &mut serde_json::Map<String, Value>| {
-            m.entry(field).or_insert_with(|| Value::String(name.clone()));
+            m.entry(field)
+                .or_insert_with(|| Value::String(name.clone()));
         }
     };
     match section {
         "vmtas" => apply(&mut config.vmtas, name, |v| &v.name, body, named("name")),
         "pools" => apply(&mut config.pools, name, |v| &v.name, body, named("name")),
-        "domains" => apply(&mut config.domains, name, |v| &v.pattern, body, named("match")),
-        "customers" => apply(&mut config.customers, name, |v| &v.name, body, named("name")),
+        "domains" => apply(
+            &mut config.domains,
+            name,
+            |v| &v.pattern,
+            body,
+            named("match"),
+        ),
+        "customers" => apply(
+            &mut config.customers,
+            name,
+            |v| &v.name,
+            body,
+            named("name"),
+        ),
         _ => Err(format!("no section {section:?}")),
     }
 }
 
-fn config_entry(core: &CoreContext, method: &str, section: &str, name: &str, body: &[u8]) -> Response {
+fn config_entry(
+    core: &CoreContext,
+    method: &str,
+    section: &str,
+    name: &str,
+    body: &[u8],
+) -> Response {
     if !CONFIG_SECTIONS.contains(&section) {
         return Response::error(404, format!("no section {section:?}"));
     }
@@ -311,7 +374,10 @@ fn config_entry(core: &CoreContext, method: &str, section: &str, name: &str, bod
             core.shared.control.publish(Arc::new(next));
             log::info!("API: {method} {section}/{name} applied");
             match method {
-                "PUT" => Response::json(200, entry_json(&core.shared.control.config(), section, name).unwrap_or(Value::Null)),
+                "PUT" => Response::json(
+                    200,
+                    entry_json(&core.shared.control.config(), section, name).unwrap_or(Value::Null),
+                ),
                 _ => Response::json(200, json!({ "deleted": name })),
             }
         }

@@ -6,16 +6,15 @@ mod throttle;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 
 pub use throttle::{AuthThrottle, ThrottleVerdict};
 
 /// A hash that no password matches, verified for unknown users so that timing does not tell which
 /// user names exist.
-const UNKNOWN_USER_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$dm9sbGV5LXVua25vd24$0Xr0V3yR9yYJ1mZz8mG3jS2XQn1k5m2oT9x4q8N7wYk";
+const UNKNOWN_USER_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$dm9sbGV5LXVua25vd24$0Xr0V3yR9yYJ1mZz8mG3jS2XQn1k5m2oT9x4q8N7wYk";
 
 /// The customers who may AUTH, by name.
 #[derive(Debug, Clone, Default)]

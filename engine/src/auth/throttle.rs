@@ -9,7 +9,9 @@ use std::net::IpAddr;
 pub enum ThrottleVerdict {
     Allow,
     /// Answer only after this long.
-    Delay { delay_ms: u64 },
+    Delay {
+        delay_ms: u64,
+    },
     /// Refuse AUTH outright (454 4.7.0) until the window passes.
     Refuse,
 }

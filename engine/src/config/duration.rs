@@ -40,9 +40,9 @@ impl fmt::Display for ConfigDuration {
         let s = self.0.as_secs();
         match s {
             0 => write!(f, "0s"),
-            _ if s % 86_400 == 0 => write!(f, "{}d", s / 86_400),
-            _ if s % 3600 == 0 => write!(f, "{}h", s / 3600),
-            _ if s % 60 == 0 => write!(f, "{}m", s / 60),
+            _ if s.is_multiple_of(86_400) => write!(f, "{}d", s / 86_400),
+            _ if s.is_multiple_of(3600) => write!(f, "{}h", s / 3600),
+            _ if s.is_multiple_of(60) => write!(f, "{}m", s / 60),
             _ => write!(f, "{s}s"),
         }
     }
@@ -78,7 +78,10 @@ mod tests {
         assert_eq!("90s".parse(), Ok(ConfigDuration(Duration::from_secs(90))));
         assert_eq!("5m".parse(), Ok(ConfigDuration(Duration::from_secs(300))));
         assert_eq!("2h".parse(), Ok(ConfigDuration(Duration::from_secs(7200))));
-        assert_eq!("3d".parse(), Ok(ConfigDuration(Duration::from_secs(259_200))));
+        assert_eq!(
+            "3d".parse(),
+            Ok(ConfigDuration(Duration::from_secs(259_200)))
+        );
         assert!("5x".parse::<ConfigDuration>().is_err());
         assert!("m".parse::<ConfigDuration>().is_err());
     }

@@ -141,7 +141,11 @@ impl Config {
 /// 1-based line of a byte offset.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -153,7 +157,11 @@ mod tests {
         let c = Config::parse(EMBEDDED_DEFAULT).expect("default parses");
         assert_eq!(c.listeners.len(), 3);
         for l in &c.listeners {
-            assert!(l.address.ip().is_loopback(), "{} is not loopback", l.address);
+            assert!(
+                l.address.ip().is_loopback(),
+                "{} is not loopback",
+                l.address
+            );
         }
         assert!(c.api.address.ip().is_loopback());
         assert_eq!(c.pool_for("").map(|p| p.name.as_str()), Some("default"));

@@ -161,7 +161,10 @@ fn check_delivery(config: &Config, c: &mut Checker) {
             );
         }
         if v.weight == 0 {
-            c.error(&[Key("vmta"), Index(i), Key("weight")], "must be at least 1");
+            c.error(
+                &[Key("vmta"), Index(i), Key("weight")],
+                "must be at least 1",
+            );
         }
     }
     let mut pools = HashSet::new();
@@ -308,7 +311,8 @@ mod tests {
 
     #[test]
     fn auth_without_tls_names_key_and_line() {
-        let text = "[[listener]]\naddress = \"127.0.0.1:25\"\ntls = \"none\"\nauth = \"required\"\n";
+        let text =
+            "[[listener]]\naddress = \"127.0.0.1:25\"\ntls = \"none\"\nauth = \"required\"\n";
         let e = errors(text);
         assert_eq!(e.0[0].key, "listener[0].auth");
         assert_eq!(e.0[0].line, Some(4), "{e}");
@@ -342,10 +346,7 @@ mod tests {
             super::parse_next_hop("mx.example.test:25"),
             Some(("mx.example.test".into(), 25))
         );
-        assert_eq!(
-            super::parse_next_hop("[::1]:25"),
-            Some(("::1".into(), 25))
-        );
+        assert_eq!(super::parse_next_hop("[::1]:25"), Some(("::1".into(), 25)));
         assert_eq!(super::parse_next_hop("nope"), None);
     }
 }

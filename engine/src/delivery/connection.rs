@@ -20,7 +20,9 @@ use crate::dns::{DnsError, NextHops};
 use crate::envelope::Envelope;
 use crate::queue::QueueKey;
 use crate::runtime::CoreContext;
-use crate::smtp::client::{Event, Reply, Session, SessionConfig, TlsPolicy, Transaction, Transmit, dot_stuff};
+use crate::smtp::client::{
+    Event, Reply, Session, SessionConfig, TlsPolicy, Transaction, Transmit, dot_stuff,
+};
 use crate::spool::BodyBytes;
 
 /// Recipients in one SMTP transaction at most (RFC 5321 4.5.3.1.8 requires servers to take 100).
@@ -60,19 +62,25 @@ pub async fn run(core: Rc<CoreContext>, key: QueueKey) {
 
 /// Takes every ready recipient of the queue (they share the fate of a failed connection).
 fn take_all_ready(core: &CoreContext, key: &QueueKey) -> Vec<Queued> {
-    core.delivery.queues.borrow_mut().take_batch(key, usize::MAX)
+    core.delivery
+        .queues
+        .borrow_mut()
+        .take_batch(key, usize::MAX)
 }
 
 async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
     let config = core.config();
     let (source_ip, ehlo) = match config.vmta(&key.vmta) {
         Some(v) => (v.source_ip, v.ehlo_hostname.clone()),
-        None if &*key.vmta == IMPLICIT_VMTA => (
-            IpAddr::from([0, 0, 0, 0]),
-            config.server.hostname.clone(),
-        ),
+        None if &*key.vmta == IMPLICIT_VMTA => {
+            (IpAddr::from([0, 0, 0, 0]), config.server.hostname.clone())
+        }
         None => {
-            let reply = Reply::local(451, (4, 3, 5), format!("VMTA {} is not configured", key.vmta));
+            let reply = Reply::local(
+                451,
+                (4, 3, 5),
+                format!("VMTA {} is not configured", key.vmta),
+            );
             outcome::defer_items(core, key, take_all_ready(core, key), &reply, None).await;
             return;
         }
@@ -103,11 +111,25 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
         } else {
             source_ip
         };
-        let stream = match connect_from_timeout(source, hop.address, Duration::from_millis(CONNECT_TIMEOUT_MS)).await {
+        let stream = match connect_from_timeout(
+            source,
+            hop.address,
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+        )
+        .await
+        {
             Ok(s) => s,
             Err(e) => {
-                log::info!("{key}: connect to {} ({}) from {source}: {e}", hop.host, hop.address);
-                last_failure = Reply::local(451, (4, 4, 1), format!("Connection to {} failed: {e}", hop.address));
+                log::info!(
+                    "{key}: connect to {} ({}) from {source}: {e}",
+                    hop.host,
+                    hop.address
+                );
+                last_failure = Reply::local(
+                    451,
+                    (4, 4, 1),
+                    format!("Connection to {} failed: {e}", hop.address),
+                );
                 continue;
             }
         };
@@ -130,7 +152,12 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
         let session = Session::new(SessionConfig::new(ehlo.clone(), tls_policy));
         if let Err(e) = converse(stream, session, &mut conn, &hop, policy.tls).await {
             log::debug!("{key}: connection to {}: {e}", hop.address);
-            conn.fail_in_flight(Reply::local(451, (4, 4, 2), format!("Connection lost: {e}"))).await;
+            conn.fail_in_flight(Reply::local(
+                451,
+                (4, 4, 2),
+                format!("Connection lost: {e}"),
+            ))
+            .await;
         }
         if conn.sent > 0 {
             return;
@@ -149,7 +176,11 @@ async fn next_hops(core: &CoreContext, domain: &str) -> Result<Vec<Hop>, NoHops>
     let resolver = core.delivery.resolver(core);
     if let Some(route) = config.routes.get(domain) {
         let Some((host, port)) = parse_next_hop(route) else {
-            return Err(NoHops::Temporary(Reply::local(451, (4, 3, 5), format!("Bad route {route:?}"))));
+            return Err(NoHops::Temporary(Reply::local(
+                451,
+                (4, 3, 5),
+                format!("Bad route {route:?}"),
+            )));
         };
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![Hop {
@@ -165,7 +196,11 @@ async fn next_hops(core: &CoreContext, domain: &str) -> Result<Vec<Hop>, NoHops>
                     address: SocketAddr::new(ip, port),
                 })
                 .collect()),
-            Err(e) => Err(NoHops::Temporary(Reply::local(451, (4, 4, 3), format!("Route host {host}: {e}")))),
+            Err(e) => Err(NoHops::Temporary(Reply::local(
+                451,
+                (4, 4, 3),
+                format!("Route host {host}: {e}"),
+            ))),
         };
     }
     match resolver.next_hops(domain).await {
@@ -184,13 +219,19 @@ async fn next_hops(core: &CoreContext, domain: &str) -> Result<Vec<Hop>, NoHops>
             (5, 1, 10),
             format!("Domain {domain} does not accept mail (null MX)"),
         ))),
-        Err(e @ (DnsError::NoSuchDomain(_) | DnsError::InvalidName(_))) => {
-            Err(NoHops::Permanent(Reply::local(550, (5, 1, 2), format!("Bad destination domain: {e}"))))
-        }
-        Err(e) if !e.is_temporary() => {
-            Err(NoHops::Permanent(Reply::local(550, (5, 4, 4), format!("Unable to route: {e}"))))
-        }
-        Err(e) => Err(NoHops::Temporary(Reply::local(451, (4, 4, 3), format!("DNS: {e}")))),
+        Err(e @ (DnsError::NoSuchDomain(_) | DnsError::InvalidName(_))) => Err(NoHops::Permanent(
+            Reply::local(550, (5, 1, 2), format!("Bad destination domain: {e}")),
+        )),
+        Err(e) if !e.is_temporary() => Err(NoHops::Permanent(Reply::local(
+            550,
+            (5, 4, 4),
+            format!("Unable to route: {e}"),
+        ))),
+        Err(e) => Err(NoHops::Temporary(Reply::local(
+            451,
+            (4, 4, 3),
+            format!("DNS: {e}"),
+        ))),
     }
 }
 
@@ -228,7 +269,11 @@ impl Connection {
             return;
         }
         loop {
-            let may_send = core.delivery.queues.borrow_mut().may_send(&self.key, unix_now_ms());
+            let may_send = core
+                .delivery
+                .queues
+                .borrow_mut()
+                .may_send(&self.key, unix_now_ms());
             match may_send {
                 Ok(()) => break,
                 Err(wait_ms) if wait_ms <= RATE_WAIT_IN_CONNECTION_MS_MAX => {
@@ -250,7 +295,11 @@ impl Connection {
             return;
         };
         let Some(envelope) = core.delivery.envelope(first.message) else {
-            log::error!("{}: message {} has no envelope on this core", self.key, first.message);
+            log::error!(
+                "{}: message {} has no envelope on this core",
+                self.key,
+                first.message
+            );
             session.quit();
             return;
         };
@@ -292,10 +341,21 @@ impl Connection {
         let Some(flight) = self.in_flight.take() else {
             return;
         };
-        let replies = results.into_iter().map(|r| (r.outcome(), r.reply)).collect();
+        let replies = results
+            .into_iter()
+            .map(|r| (r.outcome(), r.reply))
+            .collect();
         let core = self.core.clone();
         let key = self.key.clone();
-        outcome::apply(&core, &key, flight.items, &flight.envelope, replies, self.attempt()).await;
+        outcome::apply(
+            &core,
+            &key,
+            flight.items,
+            &flight.envelope,
+            replies,
+            self.attempt(),
+        )
+        .await;
     }
 
     /// The connection broke with a transaction open and no result: defer its recipients.
@@ -309,14 +369,22 @@ impl Connection {
                 .iter()
                 .map(|_| (crate::smtp::client::Outcome::Deferred, reply.clone()))
                 .collect();
-            outcome::apply(&core, &key, flight.items, &flight.envelope, replies, attempt).await;
+            outcome::apply(
+                &core,
+                &key,
+                flight.items,
+                &flight.envelope,
+                replies,
+                attempt,
+            )
+            .await;
         }
     }
 }
 
 enum Next {
     Closed,
-    StartTls(Session),
+    StartTls(Box<Session>),
 }
 
 async fn converse(
@@ -329,7 +397,7 @@ async fn converse(
     let mut plain = stream;
     let session = match drive(&mut plain, session, conn).await? {
         Next::Closed => return Ok(()),
-        Next::StartTls(s) => s,
+        Next::StartTls(s) => *s,
     };
     let client_tls = conn.core.client_tls();
     let config = match tls {
@@ -341,7 +409,11 @@ async fn converse(
     let mut secured = match TlsConnector::from(config).connect(name, plain).await {
         Ok(s) => s,
         Err(e) => {
-            conn.failure = Some(Reply::local(451, (4, 7, 5), format!("TLS handshake with {} failed: {e}", hop.host)));
+            conn.failure = Some(Reply::local(
+                451,
+                (4, 7, 5),
+                format!("TLS handshake with {} failed: {e}", hop.host),
+            ));
             return Ok(());
         }
     };
@@ -366,9 +438,16 @@ where
             match event {
                 Event::NeedTls => start_tls = true,
                 Event::Ready => conn.on_ready(&mut session).await,
-                Event::TransactionDone { recipient_results } => conn.on_done(recipient_results).await,
+                Event::TransactionDone { recipient_results } => {
+                    conn.on_done(recipient_results).await
+                }
                 Event::Failed { reply, temporary } => {
-                    log::info!("{}: {} failed ({}): {reply}", conn.key, conn.mx, if temporary { "temporary" } else { "permanent" });
+                    log::info!(
+                        "{}: {} failed ({}): {reply}",
+                        conn.key,
+                        conn.mx,
+                        if temporary { "temporary" } else { "permanent" }
+                    );
                     conn.failure = Some(reply);
                 }
                 Event::Closed => {
@@ -379,7 +458,7 @@ where
         }
         flush_transmits(io, &mut session, conn, &mut out).await?;
         if start_tls {
-            return Ok(Next::StartTls(session));
+            return Ok(Next::StartTls(Box::new(session)));
         }
         if progressed {
             // Answering an event (send, quit) may have produced new events.

@@ -115,7 +115,12 @@ impl CoreDelivery {
                 queues.set_policy(&key, Self::policy(core, &key));
             }
             for &(recipient, attempts) in &handoff.recipients {
-                let mut item = QueuedRecipient::new(handoff.id, handoff.body, recipient, handoff.first_queued_s);
+                let mut item = QueuedRecipient::new(
+                    handoff.id,
+                    handoff.body,
+                    recipient,
+                    handoff.first_queued_s,
+                );
                 item.attempts = attempts.min(u32::from(u16::MAX)) as u16;
                 if handoff.not_before_s > now_s {
                     item.next_attempt_s = handoff.not_before_s;
@@ -150,7 +155,9 @@ impl CoreDelivery {
                 messages.remove(&id);
             }
         }
-        core.counters().queued_recipients.fetch_sub(1, Ordering::Relaxed);
+        core.counters()
+            .queued_recipients
+            .fetch_sub(1, Ordering::Relaxed);
     }
 
     pub(crate) fn envelope(&self, id: MessageId) -> Option<Arc<Envelope>> {
@@ -170,7 +177,11 @@ impl CoreDelivery {
 
     fn admin(&self, core: &std::rc::Rc<CoreContext>, command: AdminCommand) {
         match command {
-            AdminCommand::Suspend { domain, vmta, reason } => {
+            AdminCommand::Suspend {
+                domain,
+                vmta,
+                reason,
+            } => {
                 for key in self.matching_keys(&domain, vmta.as_deref()) {
                     self.queues.borrow_mut().suspend(&key, None, &reason);
                     log::info!("queue {key} suspended: {reason}");
@@ -183,11 +194,19 @@ impl CoreDelivery {
                 }
                 self.wake();
             }
-            AdminCommand::Bounce { domain, vmta, reason } => {
+            AdminCommand::Bounce {
+                domain,
+                vmta,
+                reason,
+            } => {
                 for key in self.matching_keys(&domain, vmta.as_deref()) {
                     let items = self.queues.borrow_mut().bounce_all(&key);
                     log::info!("queue {key}: bouncing {} recipients: {reason}", items.len());
-                    let reply = crate::smtp::client::Reply::local(554, (5, 0, 0), format!("Bounced by the operator: {reason}"));
+                    let reply = crate::smtp::client::Reply::local(
+                        554,
+                        (5, 0, 0),
+                        format!("Bounced by the operator: {reason}"),
+                    );
                     let core = core.clone();
                     glommio::spawn_local(async move {
                         outcome::bounce_items(&core, &key, items, &reply, None).await;
@@ -203,7 +222,11 @@ impl CoreDelivery {
 pub fn on_core_message(core: &std::rc::Rc<CoreContext>, message: CoreMessage) {
     match message {
         CoreMessage::Deliver(handoff) => core.delivery.accept_handoff(core, handoff),
-        CoreMessage::Outcome { id, recipient, state } => {
+        CoreMessage::Outcome {
+            id,
+            recipient,
+            state,
+        } => {
             let core = core.clone();
             glommio::spawn_local(async move {
                 if let Err(e) = core.spool.set_state(id, recipient, state).await {
@@ -217,7 +240,10 @@ pub fn on_core_message(core: &std::rc::Rc<CoreContext>, message: CoreMessage) {
 }
 
 /// Starts this core's scheduler and routes what the spool recovered.
-pub async fn start(core: &std::rc::Rc<CoreContext>, recovered: Vec<crate::spool::RecoveredMessage>) {
+pub async fn start(
+    core: &std::rc::Rc<CoreContext>,
+    recovered: Vec<crate::spool::RecoveredMessage>,
+) {
     let Some(wake_rx) = core.delivery.wake_rx.borrow_mut().take() else {
         return;
     };

@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 
 use super::{Queued, inject_message};
 use crate::accounting::{AccountingEvent, EventType, now_rfc3339};
-use crate::bounce::{DsnAction, DsnInput, RecipientReport, build_dsn, classify, dsn_envelope, should_bounce};
+use crate::bounce::{
+    DsnAction, DsnInput, RecipientReport, build_dsn, classify, dsn_envelope, should_bounce,
+};
 use crate::envelope::{Envelope, MessageId};
 use crate::listener::reception::unix_now_s;
 use crate::queue::{DeferOutcome, QueueKey};
@@ -57,7 +59,9 @@ fn event(
         bounce_category: String::new(),
         attempt: u32::from(item.attempts) + 1,
         size_bytes: u64::from(item.body.len),
-        queue_ms: now_s.saturating_sub(envelope.received_at_s).saturating_mul(1000),
+        queue_ms: now_s
+            .saturating_sub(envelope.received_at_s)
+            .saturating_mul(1000),
     }
 }
 
@@ -119,7 +123,13 @@ async fn delivered(
         reply,
         Some(attempt),
     ));
-    record_state(core, item.message, item.recipient, RecipientState::Delivered).await;
+    record_state(
+        core,
+        item.message,
+        item.recipient,
+        RecipientState::Delivered,
+    )
+    .await;
     core.delivery.release(core, item.message);
 }
 
@@ -132,11 +142,11 @@ pub async fn defer(
     reply: &Reply,
     attempt: Option<Attempt<'_>>,
 ) {
-    let outcome = core
-        .delivery
-        .queues
-        .borrow_mut()
-        .defer(key, item, &reply.to_string(), unix_now_s());
+    let outcome =
+        core.delivery
+            .queues
+            .borrow_mut()
+            .defer(key, item, &reply.to_string(), unix_now_s());
     match outcome {
         DeferOutcome::Retry { at_s } => {
             core.counters().deferred.fetch_add(1, Ordering::Relaxed);
@@ -261,7 +271,10 @@ async fn bounce_message(
     let original = match core.bodies.body(body) {
         Ok(b) => b,
         Err(e) => {
-            log::error!("DSN for {}: cannot read the original: {e}", items[0].0.message);
+            log::error!(
+                "DSN for {}: cannot read the original: {e}",
+                items[0].0.message
+            );
             return;
         }
     };
@@ -297,7 +310,11 @@ async fn bounce_message(
     let dsn = build_dsn(&input);
     let dsn_env = dsn_envelope(&input, &dsn);
     match inject_message(core, dsn_env, b"", &dsn).await {
-        Ok(id) => log::info!("DSN {id} for {} to <{}>", items[0].0.message, envelope.sender),
+        Ok(id) => log::info!(
+            "DSN {id} for {} to <{}>",
+            items[0].0.message,
+            envelope.sender
+        ),
         Err(e) => log::error!("DSN for {} not spooled: {e}", items[0].0.message),
     }
 }

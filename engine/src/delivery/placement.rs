@@ -51,7 +51,12 @@ fn pick_vmta(core: &CoreContext, customer: &str) -> Arc<str> {
     let weights: Vec<(&str, u32)> = pool
         .vmtas
         .iter()
-        .map(|name| (name.as_str(), config.vmta(name).map(|v| v.weight).unwrap_or(1)))
+        .map(|name| {
+            (
+                name.as_str(),
+                config.vmta(name).map(|v| v.weight).unwrap_or(1),
+            )
+        })
         .collect();
     let total: u32 = weights.iter().map(|(_, w)| w).sum();
     if total == 0 {

@@ -64,7 +64,6 @@ fn session_config(l: &ListenerConfig, config: &Config) -> ServerConfig {
         auth_required: l.auth == ListenerAuth::Required,
         command_timeout: Duration::from_millis(l.command_timeout_ms),
         data_timeout: Duration::from_millis(l.data_timeout_ms),
-        ..ServerConfig::default()
     }
 }
 

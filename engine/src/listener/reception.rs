@@ -85,7 +85,10 @@ pub fn take_customer_header(body: Vec<u8>) -> (Option<String>, Vec<u8>) {
 fn rfc5322_date(now_s: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(now_s as i64)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc2822).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc2822)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -146,25 +149,44 @@ pub async fn accept_message(
     let header = prefix_headers(origin, &config.server.hostname, id, &envelope, &body, now_s);
     let size = (header.len() + body.len()) as u64;
     if !core.spool.has_room(size) {
-        return Err(Reply::new(452, Some(EnhancedCode::new(4, 3, 1)), "Insufficient system storage, try again later"));
+        return Err(Reply::new(
+            452,
+            Some(EnhancedCode::new(4, 3, 1)),
+            "Insufficient system storage, try again later",
+        ));
     }
     let location = match core.spool.store(id, &envelope, &header, &body).await {
         Ok(l) => l,
         Err(SpoolError::Full) => {
-            return Err(Reply::new(452, Some(EnhancedCode::new(4, 3, 1)), "Insufficient system storage, try again later"));
+            return Err(Reply::new(
+                452,
+                Some(EnhancedCode::new(4, 3, 1)),
+                "Insufficient system storage, try again later",
+            ));
         }
         Err(e) => {
             log::error!("spool store failed: {e}");
-            return Err(Reply::new(451, Some(EnhancedCode::new(4, 3, 0)), "Local error in processing, try again later"));
+            return Err(Reply::new(
+                451,
+                Some(EnhancedCode::new(4, 3, 0)),
+                "Local error in processing, try again later",
+            ));
         }
     };
     let counters = core.counters();
-    counters.messages_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     counters
-        .recipients_received
-        .fetch_add(envelope.recipients.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    counters.bytes_received.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-    counters.accept_latency.record_us(started.elapsed().as_micros() as u64);
+        .messages_received
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    counters.recipients_received.fetch_add(
+        envelope.recipients.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    counters
+        .bytes_received
+        .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+    counters
+        .accept_latency
+        .record_us(started.elapsed().as_micros() as u64);
     let id_text = id.to_string();
     for r in &envelope.recipients {
         core.accounting.record(&AccountingEvent {
@@ -225,15 +247,29 @@ mod tests {
             ..Default::default()
         };
         let id = MessageId { core: 0, seq: 1 };
-        let h = prefix_headers(&origin, "mta.test", id, &env, b"Subject: x\r\n\r\nhi\r\n", 0);
+        let h = prefix_headers(
+            &origin,
+            "mta.test",
+            id,
+            &env,
+            b"Subject: x\r\n\r\nhi\r\n",
+            0,
+        );
         let h = String::from_utf8(h).unwrap();
-        assert!(h.starts_with("Received: from client.test ([127.0.0.1])"), "{h}");
+        assert!(
+            h.starts_with("Received: from client.test ([127.0.0.1])"),
+            "{h}"
+        );
         assert!(h.contains("with ESMTPSA id"), "{h}");
         assert!(h.contains("for <r@example.test>"), "{h}");
         assert!(h.contains("Message-ID: <"), "{h}");
         assert!(h.contains("\r\nDate: "), "{h}");
-        let relay = Origin { authenticated: None, ..origin };
-        let h = String::from_utf8(prefix_headers(&relay, "mta.test", id, &env, b"\r\n", 0)).unwrap();
+        let relay = Origin {
+            authenticated: None,
+            ..origin
+        };
+        let h =
+            String::from_utf8(prefix_headers(&relay, "mta.test", id, &env, b"\r\n", 0)).unwrap();
         assert!(!h.contains("Message-ID"), "{h}");
     }
 }

@@ -11,8 +11,8 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
 
-use super::reception::{Origin, accept_message, unix_now_s};
 use super::ListenerContext;
+use super::reception::{Origin, accept_message, unix_now_s};
 use crate::auth::ThrottleVerdict;
 use crate::runtime::ConnectionRefusal;
 use crate::smtp::reply::{EnhancedCode, Reply};
@@ -48,7 +48,9 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<ListenerContext>) {
                 .connections_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let text = match refusal {
-                ConnectionRefusal::TooManyTotal => "421 4.7.0 Too many connections, try again later\r\n",
+                ConnectionRefusal::TooManyTotal => {
+                    "421 4.7.0 Too many connections, try again later\r\n"
+                }
                 ConnectionRefusal::TooManyFromIp => {
                     "421 4.7.0 Too many connections from your address, try again later\r\n"
                 }
@@ -157,14 +159,15 @@ where
     }
 }
 
-async fn read_some<S: AsyncRead + Unpin>(io: &mut S, buf: &mut [u8], wait_ms: u64) -> io::Result<ReadOutcome> {
-    futures_lite::future::or(
-        async { io.read(buf).await.map(ReadOutcome::Data) },
-        async {
-            glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
-            Ok(ReadOutcome::TimedOut)
-        },
-    )
+async fn read_some<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut [u8],
+    wait_ms: u64,
+) -> io::Result<ReadOutcome> {
+    futures_lite::future::or(async { io.read(buf).await.map(ReadOutcome::Data) }, async {
+        glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
+        Ok(ReadOutcome::TimedOut)
+    })
     .await
 }
 
@@ -177,7 +180,11 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
             let result = match verdict {
                 ThrottleVerdict::Refuse => {
                     log::warn!("AUTH refused for {ip}: too many failures");
-                    Err(Reply::new(454, Some(EnhancedCode::new(4, 7, 0)), "Too many authentication failures, try again later"))
+                    Err(Reply::new(
+                        454,
+                        Some(EnhancedCode::new(4, 7, 0)),
+                        "Too many authentication failures, try again later",
+                    ))
                 }
                 ThrottleVerdict::Allow | ThrottleVerdict::Delay { .. } => {
                     if let ThrottleVerdict::Delay { delay_ms } = verdict {
@@ -196,7 +203,11 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
                     } else {
                         core.throttle.borrow_mut().record_failure(ip, unix_now_s());
                         log::warn!("AUTH {username} from {ip}: failed");
-                        Err(Reply::new(535, Some(EnhancedCode::new(5, 7, 8)), "Authentication credentials invalid"))
+                        Err(Reply::new(
+                            535,
+                            Some(EnhancedCode::new(5, 7, 8)),
+                            "Authentication credentials invalid",
+                        ))
                     }
                 }
             };
@@ -207,7 +218,11 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
             let result = if room {
                 core.admit_sender(session.authenticated_as())
             } else {
-                Err(Reply::new(452, Some(EnhancedCode::new(4, 3, 1)), "Insufficient system storage, try again later"))
+                Err(Reply::new(
+                    452,
+                    Some(EnhancedCode::new(4, 3, 1)),
+                    "Insufficient system storage, try again later",
+                ))
             };
             session.mail_result(result);
         }

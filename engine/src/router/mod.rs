@@ -7,7 +7,9 @@ use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::{
+    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
 
 use crate::envelope::{Envelope, MessageId};
 use crate::spool::{BodyLocation, RecipientState};
@@ -34,16 +36,31 @@ pub struct Handoff {
 /// An operator's request, applied by every core to the queues it owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminCommand {
-    Suspend { domain: String, vmta: Option<String>, reason: String },
-    Resume { domain: String, vmta: Option<String> },
-    Bounce { domain: String, vmta: Option<String>, reason: String },
+    Suspend {
+        domain: String,
+        vmta: Option<String>,
+        reason: String,
+    },
+    Resume {
+        domain: String,
+        vmta: Option<String>,
+    },
+    Bounce {
+        domain: String,
+        vmta: Option<String>,
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
 pub enum CoreMessage {
     Deliver(Handoff),
     /// A recipient's new state, for the core whose spool holds the message.
-    Outcome { id: MessageId, recipient: u32, state: RecipientState },
+    Outcome {
+        id: MessageId,
+        recipient: u32,
+        state: RecipientState,
+    },
     Admin(AdminCommand),
 }
 
@@ -167,7 +184,9 @@ impl Router {
         match self.senders.get(core).and_then(Option::as_ref) {
             Some(tx) => {
                 if tx.send(message).await.is_err() {
-                    log::error!("router: core {core} is gone; message dropped (the spool keeps it)");
+                    log::error!(
+                        "router: core {core} is gone; message dropped (the spool keeps it)"
+                    );
                 }
             }
             None => (self.local)(message),

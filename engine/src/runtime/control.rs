@@ -2,7 +2,7 @@
 //! current configuration (swapped only on reload, read by each core once per reload), and the
 //! lock-free connection counters behind the total and per-client-IP limits.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -98,9 +98,7 @@ impl Control {
     }
 
     fn bucket(&self, ip: IpAddr) -> usize {
-        let mut h = self.hasher.build_hasher();
-        ip.hash(&mut h);
-        (h.finish() as usize) % IP_BUCKETS
+        (self.hasher.hash_one(ip) as usize) % IP_BUCKETS
     }
 
     /// Takes a place for a new connection from `ip`, or says which limit refuses it.
@@ -153,6 +151,10 @@ mod tests {
         );
         drop(s1);
         assert!(control.admit(a, 4, 2).is_ok());
-        assert_eq!(control.connections(), 2, "the two held slots; refused ones released theirs");
+        assert_eq!(
+            control.connections(),
+            2,
+            "the two held slots; refused ones released theirs"
+        );
     }
 }

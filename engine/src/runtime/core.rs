@@ -110,7 +110,9 @@ impl CoreContext {
     }
 
     pub fn router(&self) -> &Router {
-        self.router.get().expect("the router is connected before any service starts")
+        self.router
+            .get()
+            .expect("the router is connected before any service starts")
     }
 
     pub fn stop_signal(&self) -> StopSignal {
@@ -169,7 +171,10 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
     })
     .map_err(|e| format!("spool of core {index} in {}: {e}", spool_dir.display()))?;
     if !recovered.is_empty() {
-        log::info!("recovered {} messages with recipients to deliver", recovered.len());
+        log::info!(
+            "recovered {} messages with recipients to deliver",
+            recovered.len()
+        );
     }
     let core = Rc::new(CoreContext {
         index,
@@ -218,7 +223,10 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
     core.stop.trigger();
     drain(&core).await;
     core.accounting.flush_now();
-    core.spool.flush().await.map_err(|e| format!("spool flush: {e}"))?;
+    core.spool
+        .flush()
+        .await
+        .map_err(|e| format!("spool flush: {e}"))?;
     Ok(())
 }
 

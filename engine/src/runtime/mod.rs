@@ -31,7 +31,9 @@ pub fn current_core() -> Option<usize> {
 pub enum ServeError {
     #[error(transparent)]
     Memlock(#[from] host_limits::MemlockTooLow),
-    #[error("cannot start executor {core}: {source}. io_uring needs Linux 5.8 or later and enough locked memory (ulimit -l)")]
+    #[error(
+        "cannot start executor {core}: {source}. io_uring needs Linux 5.8 or later and enough locked memory (ulimit -l)"
+    )]
     Executor {
         core: usize,
         source: glommio::GlommioError<()>,
@@ -54,7 +56,8 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let shared = core::Shared::new(control.clone(), cores).map_err(|message| ServeError::Core { core: 0, message })?;
+    let shared = core::Shared::new(control.clone(), cores)
+        .map_err(|message| ServeError::Core { core: 0, message })?;
     let mut handles = Vec::with_capacity(cores);
     for index in 0..cores {
         let shared = shared.clone();

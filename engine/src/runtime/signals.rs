@@ -40,7 +40,10 @@ pub fn reload(control: &Control) {
         }
         Err(errors) => {
             for e in errors.0 {
-                log::error!("reload: {}: {e}; keeping the running configuration", path.display());
+                log::error!(
+                    "reload: {}: {e}; keeping the running configuration",
+                    path.display()
+                );
             }
         }
     }

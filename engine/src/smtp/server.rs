@@ -380,7 +380,9 @@ impl Session {
     /// Whether a mail transaction is open (MAIL accepted, or a message being received or spooled):
     /// a stopping server lets it finish before closing the session.
     pub fn in_transaction(&self) -> bool {
-        self.transaction.is_some() || self.waiting.is_some() || !matches!(self.phase, Phase::Command)
+        self.transaction.is_some()
+            || self.waiting.is_some()
+            || !matches!(self.phase, Phase::Command)
     }
 
     // ---- input processing ----
