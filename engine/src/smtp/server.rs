@@ -347,6 +347,16 @@ impl Session {
         self.close();
     }
 
+    /// Ends the session from the driver's side (shutdown, an IO or TLS failure it can still
+    /// report): sends `reply` (e.g. `Reply::SHUTTING_DOWN`) and closes.
+    pub fn close_with(&mut self, reply: Reply) {
+        if self.closed {
+            return;
+        }
+        self.reply(reply);
+        self.close();
+    }
+
     /// How long the driver should wait for the next octets before calling `on_timeout`.
     pub fn timeout(&self) -> Duration {
         match self.phase {
@@ -1983,6 +1993,21 @@ mod tests {
         assert!(s.is_closed());
         s.on_timeout();
         assert_eq!(s.poll_event(), None);
+
+        let mut s = session();
+        s.receive(b"EHLO c\r\nMAIL FROM:<>\r\n");
+        s.close_with(Reply::SHUTTING_DOWN);
+        let mut out = Vec::new();
+        s.take_output(&mut out);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("250 DSN\r\n421 4.3.2 Service shutting down, closing connection\r\n")
+        );
+        assert!(matches!(s.poll_event(), Some(Event::Mail { .. })));
+        assert_eq!(s.poll_event(), Some(Event::Close));
+        s.mail_result(Ok(()));
+        assert!(s.is_closed());
     }
 
     #[test]
