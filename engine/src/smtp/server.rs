@@ -19,6 +19,7 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -86,8 +87,8 @@ pub struct PeerInfo {
 
 /// What the session needs from the driver. `Auth`, `Mail`, `Message` and `StartTls` stop input
 /// processing until answered (by `auth_result`, `mail_result`, `message_result` and
-/// `tls_established`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `tls_established`). Its `Debug` form hides the password and shows only the body's length.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Event {
     /// Check these credentials; answer with `auth_result(Ok(customer_name) | Err(reply))`.
     Auth { username: String, password: String },
@@ -101,6 +102,30 @@ pub enum Event {
     StartTls,
     /// Flush the output, then close the connection.
     Close,
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Auth { username, .. } => f
+                .debug_struct("Auth")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Event::Mail { sender, size } => f
+                .debug_struct("Mail")
+                .field("sender", sender)
+                .field("size", size)
+                .finish(),
+            Event::Message { envelope, body } => f
+                .debug_struct("Message")
+                .field("envelope", envelope)
+                .field("body_bytes", &body.len())
+                .finish(),
+            Event::StartTls => f.write_str("StartTls"),
+            Event::Close => f.write_str("Close"),
+        }
+    }
 }
 
 /// HELO or EHLO, as the client introduced itself.
@@ -318,6 +343,16 @@ impl Session {
             return;
         }
         let reply = self.with_hostname(Reply::TIMEOUT);
+        self.reply(reply);
+        self.close();
+    }
+
+    /// Ends the session from the driver's side (shutdown, an IO or TLS failure it can still
+    /// report): sends `reply` (e.g. `Reply::SHUTTING_DOWN`) and closes.
+    pub fn close_with(&mut self, reply: Reply) {
+        if self.closed {
+            return;
+        }
         self.reply(reply);
         self.close();
     }
@@ -895,19 +930,24 @@ pub mod fuzzing {
 
     /// Parses arbitrary bytes as a command line; must never panic.
     pub fn fuzz_command(data: &[u8]) {
-        if let Ok(Command::Mail {
-            reverse_path,
-            params,
-        }) = command::parse(data)
-        {
-            assert!(reverse_path.len() <= command::MAX_PATH_BYTES);
-            assert!(
-                params
-                    .envid
-                    .is_none_or(|e| e.len() <= command::MAX_ENVID_BYTES)
-            );
+        match command::parse(data) {
+            Ok(Command::Mail {
+                reverse_path,
+                params,
+            }) => {
+                assert!(reverse_path.len() <= command::MAX_PATH_BYTES);
+                assert!(
+                    params
+                        .envid
+                        .is_none_or(|e| e.len() <= command::MAX_ENVID_BYTES)
+                );
+            }
+            Ok(Command::Rcpt { forward_path, .. }) => {
+                assert!(!forward_path.is_empty() && forward_path.len() <= command::MAX_PATH_BYTES);
+            }
+            Ok(_) => {}
+            Err(error) => assert!(error.reply().code() >= 500),
         }
-        let _ = command::parse(data);
     }
 
     /// Runs a session on arbitrary bytes: the first octets pick the configuration and how input
@@ -1565,6 +1605,10 @@ mod tests {
             ]
         );
         assert_eq!(events.len(), 1);
+        assert!(
+            !format!("{events:?}").contains("secret"),
+            "Debug hides passwords"
+        );
 
         // LOGIN with an initial response; a failure counts as an error.
         let mut s = session_with(cfg.clone(), true, true);
@@ -1957,6 +2001,21 @@ mod tests {
         assert!(s.is_closed());
         s.on_timeout();
         assert_eq!(s.poll_event(), None);
+
+        let mut s = session();
+        s.receive(b"EHLO c\r\nMAIL FROM:<>\r\n");
+        s.close_with(Reply::SHUTTING_DOWN);
+        let mut out = Vec::new();
+        s.take_output(&mut out);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("250 DSN\r\n421 4.3.2 Service shutting down, closing connection\r\n")
+        );
+        assert!(matches!(s.poll_event(), Some(Event::Mail { .. })));
+        assert_eq!(s.poll_event(), Some(Event::Close));
+        s.mail_result(Ok(()));
+        assert!(s.is_closed());
     }
 
     #[test]
