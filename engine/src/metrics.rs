@@ -1,8 +1,10 @@
-//! Counters for `GET /metrics`. Each core writes only its own cache-line-aligned block with relaxed
+//! Counters for `GET /metrics`. Each core writes only its own cache-padded block with relaxed
 //! atomics (no sharing of lines between cores on the hot path); the API sums the blocks when scraped.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crossbeam::utils::CachePadded;
 
 /// Upper bounds of the latency histogram buckets, in microseconds.
 const LATENCY_BOUNDS_US: [u64; 12] = [
@@ -28,7 +30,6 @@ impl Latency {
 
 /// One core's counters.
 #[derive(Default)]
-#[repr(align(128))]
 pub struct CoreCounters {
     pub connections_accepted: AtomicU64,
     pub connections_refused: AtomicU64,
@@ -56,13 +57,15 @@ type CounterField = (&'static str, &'static str, fn(&CoreCounters) -> &AtomicU64
 type GaugeField = (&'static str, &'static str, fn(&CoreCounters) -> &AtomicI64);
 
 pub struct Metrics {
-    pub cores: Box<[CoreCounters]>,
+    pub cores: Box<[CachePadded<CoreCounters>]>,
 }
 
 impl Metrics {
     pub fn new(cores: usize) -> Metrics {
         Metrics {
-            cores: (0..cores).map(|_| CoreCounters::default()).collect(),
+            cores: (0..cores)
+                .map(|_| CachePadded::new(CoreCounters::default()))
+                .collect(),
         }
     }
 

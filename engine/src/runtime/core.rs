@@ -21,6 +21,8 @@ use crate::spool::{SegmentReader, Spool, SpoolConfig};
 const STOP_GRACE_MS: u64 = 30_000;
 /// Housekeeping period: accounting flush, reload and stop checks.
 const TICK_MS: u64 = 100;
+/// Queue lists for the API are published, and unmapped segments released, every this many ticks.
+const SNAPSHOT_EVERY_TICKS: u64 = 10;
 
 /// What all cores share, built once before the executors start.
 #[derive(Clone)]
@@ -214,11 +216,16 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         .control
         .cores_ready
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let mut tick = 0u64;
     while !shared.control.stopping() {
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        tick += 1;
         core.accounting.flush().await;
         core.refresh_config(&listeners);
-        crate::delivery::publish_snapshot(&core);
+        if tick.is_multiple_of(SNAPSHOT_EVERY_TICKS) {
+            crate::delivery::publish_snapshot(&core);
+            core.bodies.sweep();
+        }
     }
     core.stop.trigger();
     drain(&core).await;
