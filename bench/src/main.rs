@@ -7,6 +7,7 @@ mod blast;
 mod clock;
 mod counters;
 mod placement;
+mod relay;
 mod sink;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -41,7 +42,7 @@ enum Command {
     Sink(SinkArgs),
     /// Pipelined SMTP load over reused connections.
     Blast(BlastArgs),
-    /// Sink, engine and load in one run (not yet available).
+    /// Sink, Volley and load in one run, side by side with the direct ceiling and a peer MTA.
     Relay(RelayArgs),
 }
 
@@ -152,9 +153,39 @@ struct BlastArgs {
 
 #[derive(Debug, Args)]
 struct RelayArgs {
-    /// The peer to compare with.
+    /// The peer MTA to run the same workload through (`postfix`).
     #[arg(long)]
     peer: Option<String>,
+    /// Messages per run.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Size of each message in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Recipients per message (all in one domain).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    recipients: u32,
+    /// Concurrent inbound connections (and the peer's delivery concurrency).
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// The `volley` binary (default: next to this one).
+    #[arg(long)]
+    volley: Option<PathBuf>,
+    /// Volley's executors; 0 = every core.
+    #[arg(long, default_value_t = 0)]
+    volley_cores: usize,
+    /// Turn Volley's fsync off (comparison only; never a production setting).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Postfix configuration templates (main.cf.in, master.cf.in).
+    #[arg(long, default_value = "../shared/peers/postfix")]
+    peer_templates: PathBuf,
+    /// Where logs, the JSON report and the SVG chart go.
+    #[arg(long, default_value = "target/relay")]
+    out: PathBuf,
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {
@@ -281,16 +312,57 @@ fn run_blast(args: BlastArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn run_relay(args: RelayArgs) -> ExitCode {
+    let volley = args.volley.unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("volley")))
+            .unwrap_or_else(|| PathBuf::from("volley"))
+    });
+    let plan = relay::RelayPlan {
+        messages: args.messages,
+        size_bytes: args.size,
+        recipients: args.recipients,
+        connections: args.connections.max(1),
+        volley,
+        volley_cores: args.volley_cores,
+        peer: args.peer,
+        peer_templates: args.peer_templates,
+        out_dir: args.out,
+        fsync: !args.no_fsync,
+        timeout: Duration::from_secs(args.timeout_s),
+    };
+    let report = match relay::run(&plan) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("volley-bench relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.to_text());
+    let json = plan.out_dir.join("relay.json");
+    let svg = plan.out_dir.join("relay.svg");
+    let written = serde_json::to_string_pretty(&report)
+        .map_err(|e| e.to_string())
+        .and_then(|text| std::fs::write(&json, text).map_err(|e| e.to_string()))
+        .and_then(|()| std::fs::write(&svg, report.to_svg()).map_err(|e| e.to_string()));
+    match written {
+        Ok(()) => {
+            println!("report: {}  chart: {}", json.display(), svg.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("volley-bench relay: writing the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Sink(args) => run_sink(args),
         Command::Blast(args) => run_blast(args),
-        Command::Relay(_) => {
-            eprintln!(
-                "volley-bench relay: not yet available (it needs the engine daemon, `volley serve`)"
-            );
-            ExitCode::from(2)
-        }
+        Command::Relay(args) => run_relay(args),
     }
 }
 

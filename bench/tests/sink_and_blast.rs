@@ -370,10 +370,67 @@ fn blast_fails_when_no_connection_succeeds() {
 }
 
 #[test]
-fn relay_is_not_yet_available() {
-    let out = Command::new(BIN).arg("relay").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet available"));
+fn relay_runs_ceiling_and_volley_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    // The workspace's `volley` sits next to `volley-bench` (cargo test --workspace builds both).
+    let volley = std::path::Path::new(BIN).with_file_name("volley");
+    assert!(
+        volley.exists(),
+        "build the workspace first: {} is missing",
+        volley.display()
+    );
+    let out = Command::new(BIN)
+        .args([
+            "relay",
+            "--messages",
+            "300",
+            "--connections",
+            "4",
+            "--timeout-s",
+            "60",
+        ])
+        .arg("--volley")
+        .arg(&volley)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Volley (blast → volley → sink)"),
+        "{stdout}"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("relay.json")).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert_eq!(r["delivered"], 300, "{r}");
+        assert!(r["msg_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let svg = std::fs::read_to_string(dir.path().join("relay.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2);
+}
+
+#[test]
+fn relay_refuses_an_unknown_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let volley = std::path::Path::new(BIN).with_file_name("volley");
+    let out = Command::new(BIN)
+        .args(["relay", "--messages", "10", "--peer", "exim"])
+        .arg("--volley")
+        .arg(&volley)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown peer"));
 }
 
 #[test]

@@ -1,0 +1,502 @@
+//! `volley-bench relay`: the same workload three ways on loopback, side by side:
+//! 1. the ceiling: blast straight into the sink;
+//! 2. Volley: blast into `volley serve` (spool durable), which relays to the sink;
+//! 3. with `--peer postfix`: blast into a private Postfix instance that relays to the sink.
+//!
+//! Throughput through a relay is end to end: messages divided by the time from the first message
+//! sent to the last one received by the sink. Every process is a child of this one and is stopped
+//! at the end, also on failure.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// How the workload looks and where things run.
+#[derive(Debug, Clone)]
+pub struct RelayPlan {
+    pub messages: u64,
+    pub size_bytes: usize,
+    pub recipients: u32,
+    pub connections: usize,
+    pub volley: PathBuf,
+    pub volley_cores: usize,
+    pub peer: Option<String>,
+    pub peer_templates: PathBuf,
+    pub out_dir: PathBuf,
+    pub fsync: bool,
+    pub timeout: Duration,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayResult {
+    pub name: String,
+    /// Messages per second, end to end (for the ceiling: as blast measured).
+    pub msg_per_s: f64,
+    /// What blast measured at the front door (accept rate).
+    pub accept_msg_per_s: f64,
+    pub accept_p50_ms: f64,
+    pub accept_p99_ms: f64,
+    pub delivered: u64,
+    /// Messages received by the sink per 100 ms interval, from the first message sent.
+    pub timeline: Vec<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RelayReport {
+    pub machine: String,
+    pub messages: u64,
+    pub size_bytes: usize,
+    pub recipients: u32,
+    pub connections: usize,
+    pub fsync: bool,
+    pub results: Vec<RelayResult>,
+}
+
+/// Kills the child when dropped, so a failed run leaves nothing behind.
+struct Guard {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SIGTERM first (the sink and Volley flush and exit 0), then SIGKILL.
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("relay: {} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn wait_for_port(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("nothing listens on {addr} after {timeout:?}"))
+}
+
+fn this_exe() -> Result<PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("cannot find volley-bench itself: {e}"))
+}
+
+fn start_sink(port: u16, log: &Path) -> Result<Guard, String> {
+    let child = Command::new(this_exe()?)
+        .args(["sink", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--log")
+        .arg(log)
+        .args(["--stats-interval-s", "0", "--cpus", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting the sink: {e}"))?;
+    let guard = Guard {
+        name: "sink",
+        child,
+    };
+    wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    )?;
+    Ok(guard)
+}
+
+/// Counts the lines of the sink's log (one per message).
+fn count_lines(path: &Path) -> u64 {
+    std::fs::File::open(path)
+        .map(|f| BufReader::new(f).lines().count() as u64)
+        .unwrap_or(0)
+}
+
+struct BlastRun {
+    child: Child,
+}
+
+fn start_blast(plan: &RelayPlan, port: u16) -> Result<BlastRun, String> {
+    let child = Command::new(this_exe()?)
+        .args(["blast", "--to", &format!("127.0.0.1:{port}")])
+        .args(["--messages", &plan.messages.to_string()])
+        .args(["--size", &plan.size_bytes.to_string()])
+        .args(["--recipients", &plan.recipients.to_string()])
+        .args(["--connections", &plan.connections.to_string()])
+        .args(["--cpus", "1", "--json", "--progress-interval-s", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting blast: {e}"))?;
+    Ok(BlastRun { child })
+}
+
+struct BlastFigures {
+    msg_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    accepted: u64,
+}
+
+fn finish_blast(run: BlastRun) -> Result<BlastFigures, String> {
+    let output = run
+        .child
+        .wait_with_output()
+        .map_err(|e| format!("blast: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("blast printed no JSON report: {e}"))?;
+    let number = |path: &[&str]| {
+        path.iter()
+            .try_fold(&v, |v, k| v.get(*k))
+            .and_then(|n| n.as_f64())
+            .unwrap_or(0.0)
+    };
+    Ok(BlastFigures {
+        msg_per_s: number(&["accepted_per_s"]),
+        p50_ms: number(&["latency_us", "end_of_data_reply", "p50"]) / 1000.0,
+        p99_ms: number(&["latency_us", "end_of_data_reply", "p99"]) / 1000.0,
+        accepted: number(&["messages_accepted"]) as u64,
+    })
+}
+
+/// Waits until the sink has `expected` messages; samples the count every 100 ms.
+fn watch_sink(
+    log: &Path,
+    expected: u64,
+    started: Instant,
+    timeout: Duration,
+) -> Result<(f64, Vec<u64>), String> {
+    let mut timeline = Vec::new();
+    let mut last = 0;
+    loop {
+        let n = count_lines(log);
+        timeline.push(n - last.min(n));
+        last = n;
+        if n >= expected {
+            return Ok((started.elapsed().as_secs_f64(), timeline));
+        }
+        if started.elapsed() > timeout {
+            return Err(format!(
+                "only {n} of {expected} messages reached the sink in {timeout:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ceiling(plan: &RelayPlan) -> Result<RelayResult, String> {
+    let port = free_port()?;
+    let log = plan.out_dir.join("ceiling-sink.jsonl");
+    let _ = std::fs::remove_file(&log);
+    let _sink = start_sink(port, &log)?;
+    let started = Instant::now();
+    let figures = finish_blast(start_blast(plan, port)?)?;
+    let (_, timeline) = watch_sink(&log, figures.accepted, started, plan.timeout)?;
+    Ok(RelayResult {
+        name: "ceiling (blast → sink)".into(),
+        msg_per_s: figures.msg_per_s,
+        accept_msg_per_s: figures.msg_per_s,
+        accept_p50_ms: figures.p50_ms,
+        accept_p99_ms: figures.p99_ms,
+        delivered: figures.accepted,
+        timeline,
+    })
+}
+
+/// Runs blast into `front_port` while the relay forwards to the sink on `sink_port`.
+fn through_relay(
+    plan: &RelayPlan,
+    name: &str,
+    front_port: u16,
+    log: &Path,
+) -> Result<RelayResult, String> {
+    let expected = plan.messages;
+    let started = Instant::now();
+    let blast = start_blast(plan, front_port)?;
+    let (elapsed_s, timeline) = watch_sink(log, expected, started, plan.timeout)?;
+    let figures = finish_blast(blast)?;
+    Ok(RelayResult {
+        name: name.into(),
+        msg_per_s: expected as f64 / elapsed_s,
+        accept_msg_per_s: figures.msg_per_s,
+        accept_p50_ms: figures.p50_ms,
+        accept_p99_ms: figures.p99_ms,
+        delivered: count_lines(log),
+        timeline,
+    })
+}
+
+fn volley(plan: &RelayPlan) -> Result<RelayResult, String> {
+    let sink_port = free_port()?;
+    let front_port = free_port()?;
+    let api_port = free_port()?;
+    let dir = plan.out_dir.join("volley");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log = plan.out_dir.join("volley-sink.jsonl");
+    let _ = std::fs::remove_file(&log);
+    let config = format!(
+        r#"[server]
+hostname = "relay.volley.test"
+cores = {cores}
+spool_dir = "{spool}"
+[spool]
+fsync = {fsync}
+[[listener]]
+address = "127.0.0.1:{front_port}"
+relay_networks = ["127.0.0.0/8"]
+[[domain]]
+match = "*"
+max_connections = 50
+max_messages_per_connection = 1000
+[routes]
+"d0.test" = "127.0.0.1:{sink_port}"
+[api]
+address = "127.0.0.1:{api_port}"
+"#,
+        cores = plan.volley_cores,
+        spool = dir.join("spool").display(),
+        fsync = plan.fsync,
+    );
+    let config_path = dir.join("volley.toml");
+    std::fs::write(&config_path, config).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let _sink = start_sink(sink_port, &log)?;
+    let child = Command::new(&plan.volley)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join("volley.log"))
+                .map(Stdio::from)
+                .unwrap_or(Stdio::null()),
+        )
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", plan.volley.display()))?;
+    let _volley = Guard {
+        name: "volley",
+        child,
+    };
+    wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], front_port)),
+        Duration::from_secs(20),
+    )?;
+    through_relay(plan, "Volley (blast → volley → sink)", front_port, &log)
+}
+
+/// A private Postfix instance from the team's peer templates, relaying to the sink.
+fn postfix(plan: &RelayPlan) -> Result<RelayResult, String> {
+    let sink_port = free_port()?;
+    let front_port = free_port()?;
+    let root = plan.out_dir.join("postfix");
+    let etc = root.join("etc");
+    for d in ["etc", "spool", "data", "log"] {
+        std::fs::create_dir_all(root.join(d)).map_err(|e| format!("{d}: {e}"))?;
+    }
+    let substitute = |text: String| {
+        text.replace("@ROOT@", &root.display().to_string())
+            .replace("@SMTPD_PORT@", &front_port.to_string())
+            .replace("@SINK_PORT@", &sink_port.to_string())
+            .replace("@CONC@", &plan.connections.to_string())
+            .replace("@PROCS@", "300")
+    };
+    for file in ["main.cf", "master.cf"] {
+        let template = plan.peer_templates.join(format!("{file}.in"));
+        let text = std::fs::read_to_string(&template)
+            .map_err(|e| format!("{}: {e} (set --peer-templates)", template.display()))?;
+        std::fs::write(etc.join(file), substitute(text)).map_err(|e| format!("{file}: {e}"))?;
+    }
+    let postfix = |args: &[&str]| {
+        Command::new("postfix")
+            .arg("-c")
+            .arg(&etc)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("postfix (install it: apt-get install postfix): {e}"))
+    };
+    let _ = Command::new("chown")
+        .args(["postfix:postfix"])
+        .arg(root.join("data"))
+        .status();
+    postfix(&["check"])?;
+    let log = plan.out_dir.join("postfix-sink.jsonl");
+    let _ = std::fs::remove_file(&log);
+    let _sink = start_sink(sink_port, &log)?;
+    if !postfix(&["start"])?.success() {
+        return Err("postfix did not start".into());
+    }
+    struct Stop<'a>(&'a dyn Fn(&[&str]) -> Result<std::process::ExitStatus, String>);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["stop"]);
+        }
+    }
+    let _stop = Stop(&postfix);
+    wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], front_port)),
+        Duration::from_secs(20),
+    )?;
+    through_relay(plan, "Postfix (blast → postfix → sink)", front_port, &log)
+}
+
+pub fn run(plan: &RelayPlan) -> Result<RelayReport, String> {
+    if let Some(other) = plan.peer.as_deref().filter(|p| *p != "postfix") {
+        return Err(format!("unknown peer {other:?} (known: postfix)"));
+    }
+    std::fs::create_dir_all(&plan.out_dir)
+        .map_err(|e| format!("{}: {e}", plan.out_dir.display()))?;
+    let mut results = vec![ceiling(plan)?, volley(plan)?];
+    if plan.peer.is_some() {
+        results.push(postfix(plan)?);
+    }
+    Ok(RelayReport {
+        machine: machine(),
+        messages: plan.messages,
+        size_bytes: plan.size_bytes,
+        recipients: plan.recipients,
+        connections: plan.connections,
+        fsync: plan.fsync,
+        results,
+    })
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} CPUs, {model}")
+}
+
+impl RelayReport {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "relay: {} messages of {} bytes, {} recipient(s), {} connections, fsync {}; {}",
+            self.messages,
+            self.size_bytes,
+            self.recipients,
+            self.connections,
+            if self.fsync { "on" } else { "OFF" },
+            self.machine
+        );
+        let _ = writeln!(
+            out,
+            "{:<36} {:>12} {:>12} {:>10} {:>10} {:>10}",
+            "run", "msg/s e2e", "accept/s", "p50 ms", "p99 ms", "vs ceiling"
+        );
+        let ceiling = self.results.first().map(|r| r.msg_per_s).unwrap_or(0.0);
+        for r in &self.results {
+            let _ = writeln!(
+                out,
+                "{:<36} {:>12.0} {:>12.0} {:>10.2} {:>10.2} {:>9.1}%",
+                r.name,
+                r.msg_per_s,
+                r.accept_msg_per_s,
+                r.accept_p50_ms,
+                r.accept_p99_ms,
+                100.0 * r.msg_per_s / ceiling.max(f64::MIN_POSITIVE)
+            );
+        }
+        if let (Some(v), Some(p)) = (self.results.get(1), self.results.get(2)) {
+            let _ = writeln!(
+                out,
+                "Volley / {}: {:.1}x end to end",
+                p.name.split(' ').next().unwrap_or("peer"),
+                v.msg_per_s / p.msg_per_s.max(f64::MIN_POSITIVE)
+            );
+        }
+        out
+    }
+
+    /// Throughput over time of every run, as an SVG line chart.
+    pub fn to_svg(&self) -> String {
+        let (w, h, pad) = (800.0, 400.0, 50.0);
+        let max_len = self
+            .results
+            .iter()
+            .map(|r| r.timeline.len())
+            .max()
+            .unwrap_or(1)
+            .max(2);
+        let max_rate = self
+            .results
+            .iter()
+            .flat_map(|r| r.timeline.iter())
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64
+            * 10.0;
+        let colors = ["#888888", "#d62728", "#1f77b4"];
+        let mut svg = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{pad}" y="20">messages/s reaching the sink (100 ms buckets) over time; {} msgs of {} B</text>
+<line x1="{pad}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{y0}" stroke="black"/>
+<text x="{pad}" y="{yl}">0 s</text><text x="{x1}" y="{yl}" text-anchor="end">{:.1} s</text><text x="5" y="{pad}">{:.0}/s</text>
+"#,
+            self.messages,
+            self.size_bytes,
+            max_len as f64 / 10.0,
+            max_rate,
+            y0 = h - pad,
+            x1 = w - pad,
+            yl = h - pad + 20.0,
+        );
+        for (i, r) in self.results.iter().enumerate() {
+            let points: Vec<String> = r
+                .timeline
+                .iter()
+                .enumerate()
+                .map(|(t, n)| {
+                    let x = pad + (w - 2.0 * pad) * t as f64 / (max_len - 1) as f64;
+                    let y = (h - pad) - (h - 2.0 * pad) * (*n as f64 * 10.0) / max_rate;
+                    format!("{x:.1},{y:.1}")
+                })
+                .collect();
+            let color = colors[i % colors.len()];
+            let _ = writeln!(
+                svg,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/><text x="{}" y="{}" fill="{color}">{}</text>"#,
+                points.join(" "),
+                w - pad - 300.0,
+                pad + 15.0 * i as f64,
+                r.name
+            );
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
