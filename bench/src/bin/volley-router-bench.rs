@@ -22,7 +22,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn handoff(seq: u64, envelope: &Arc<Envelope>) -> CoreMessage {
     CoreMessage::Deliver(Handoff {
         id: MessageId { core: 0, seq },
-        body: BodyLocation { core: 0, segment: 0, offset: seq, len: 1024 },
+        body: BodyLocation {
+            core: 0,
+            segment: 0,
+            offset: seq,
+            len: 1024,
+        },
         envelope: envelope.clone(),
         vmta: Arc::from("v1"),
         domain: Arc::from("d0.test"),
@@ -85,7 +90,15 @@ fn main() {
                                     }
                                     if let Some(r) = via.get() {
                                         let state = RecipientState::Delivered;
-                                        r.send(0, CoreMessage::Outcome { id: h.id, recipient: 0, state }).await;
+                                        r.send(
+                                            0,
+                                            CoreMessage::Outcome {
+                                                id: h.id,
+                                                recipient: 0,
+                                                state,
+                                            },
+                                        )
+                                        .await;
                                     }
                                 })
                                 .detach();
@@ -130,7 +143,20 @@ fn main() {
     receiver.join().expect("receiver");
     let latency_us = one.as_secs_f64() * 1e6 / (messages / 10) as f64;
     let per_s = messages as f64 / many.as_secs_f64();
-    println!("profile: {}", if cfg!(debug_assertions) { "debug" } else { "release" });
-    println!("one in flight:  {:.2} us per round trip (Deliver core 0 -> 1, Outcome 1 -> 0)", latency_us);
-    println!("1024 in flight: {per_s:.0} handoffs/s ({:.2} us per handoff and answer)", 1e6 / per_s);
+    println!(
+        "profile: {}",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    println!(
+        "one in flight:  {:.2} us per round trip (Deliver core 0 -> 1, Outcome 1 -> 0)",
+        latency_us
+    );
+    println!(
+        "1024 in flight: {per_s:.0} handoffs/s ({:.2} us per handoff and answer)",
+        1e6 / per_s
+    );
 }

@@ -22,6 +22,20 @@ thread_local! {
     static CURRENT_CORE: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
+/// The control of the `serve` running in this process, for embedders (`request_stop`).
+static RUNNING: std::sync::Mutex<Option<Arc<Control>>> = std::sync::Mutex::new(None);
+
+/// Asks the `serve` running in this process to stop as SIGTERM would; false when none runs.
+pub fn request_stop() -> bool {
+    match RUNNING.lock().ok().and_then(|r| r.clone()) {
+        Some(control) => {
+            control.request_stop();
+            true
+        }
+        None => false,
+    }
+}
+
 /// The index of the executor running on this thread, if any.
 pub fn current_core() -> Option<usize> {
     CURRENT_CORE.with(|c| c.get())
@@ -52,6 +66,9 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
     }
     let cores = config.core_count();
     let control = Control::new(Arc::new(config), config_path);
+    if let Ok(mut running) = RUNNING.lock() {
+        *running = Some(control.clone());
+    }
     signals::spawn_signal_thread(control.clone()).map_err(ServeError::Signals)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -90,6 +107,9 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
         // One failing core stops the others, so the process exits instead of running crippled.
         control.request_stop();
         first_error.get_or_insert(result);
+    }
+    if let Ok(mut running) = RUNNING.lock() {
+        *running = None;
     }
     match first_error {
         Some(e) => Err(e),

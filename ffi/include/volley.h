@@ -1,0 +1,46 @@
+/* libvolley: the C ABI of Volley, a thread-per-core mail transfer agent.
+ *
+ * Strings in are NUL-terminated UTF-8. Strings out are written NUL-terminated into the caller's
+ * buffer of `len` bytes, cut to fit; the function returns the full length (without the NUL), so a
+ * caller can retry with a larger buffer. Negative returns are errors.
+ *
+ * Link with -lvolley_ffi (target/release/libvolley_ffi.so).
+ */
+#ifndef VOLLEY_H
+#define VOLLEY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The library version, e.g. "0.1.0". Static; do not free. */
+const char *volley_version(void);
+
+/* Validates a configuration given as TOML text. 0: valid; 1: invalid, with one error a line
+ * ("line N: key: message") in `errors`; -1: bad argument. */
+int volley_config_check(const char *toml, char *errors, size_t len);
+
+/* An argon2id PHC string for a customer's password_hash. Returns its length, or -1. */
+int64_t volley_hash_password(const char *password, char *out, size_t len);
+
+/* Runs the MTA in the calling thread until volley_stop() or SIGTERM. config_path NULL = the
+ * embedded default (loopback only). 0 after a clean stop, 1 on error. */
+int volley_serve(const char *config_path);
+
+/* Asks a volley_serve running in another thread to stop gracefully. 0, or -1 if none runs. */
+int volley_stop(void);
+
+/* One request to a Volley HTTP API, e.g. volley_api_request("http://127.0.0.1:8025", NULL, "GET",
+ * "/v1/queues", NULL, buf, sizeof buf). token and body may be NULL. Returns the HTTP status with
+ * the response body in `out`, or -1 when the API cannot be reached (the reason in `out`). */
+int volley_api_request(const char *base, const char *token, const char *method, const char *path,
+                       const char *body, char *out, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VOLLEY_H */
