@@ -20,6 +20,8 @@ fi
 missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# swaks only recommends Net::SSLeay, which its --tls needs.
+perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
 if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
     missing+=(python3-pip)
 fi
@@ -29,7 +31,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-    echo "test-deps: swaks, openssl and pip already present"
+    echo "test-deps: swaks, openssl, Net::SSLeay and pip already present"
 fi
 
 # PyPI packages: skip pip entirely when every requirement already imports.
