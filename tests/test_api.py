@@ -3,7 +3,7 @@ configuration changes, and the bearer token."""
 
 import time
 
-from conftest import free_port, message
+from conftest import free_port, message, wait_until
 
 
 def inject(volley, recipients, subject="injected", sender="alice@src.test"):
@@ -75,7 +75,12 @@ def test_queues_lists_a_deferred_queue(volley):
     inject(volley, ["bob@dest.test"])
     inject(volley, ["carol@dest.test"])
     volley.wait_acct("transient", count=2)
-    [q] = queue(volley, "dest.test")
+    # Each core publishes its queue snapshot every tick (100 ms).
+    [q] = wait_until(
+        lambda: (qs := queue(volley, "dest.test")) and qs[0]["deferred"] == 2 and qs,
+        2,
+        "the deferred queue in GET /v1/queues",
+    )
     assert q["vmta"] == "v1"
     assert q["size"] == 2
     assert q["state"] == "active"
@@ -107,8 +112,8 @@ def test_suspend_holds_and_resume_releases(volley, sink_factory):
     status, body = volley.api("POST", "/v1/queues/resume", {"domain": "dest.test"})
     assert status == 202, body
     assert sorted(sink.wait_recipients(2)) == ["bob@dest.test", "early@dest.test"]
-    [q] = queue(volley, "dest.test")
-    assert q["state"] == "active"
+    # GET /v1/queues shows each core's snapshot, published every tick (100 ms).
+    wait_until(lambda: queue(volley, "dest.test")[0]["state"] == "active", 2, "state active")
 
 
 def test_suspend_before_any_mail_holds_it(volley, sink_factory):
