@@ -169,3 +169,18 @@ def test_expiry_after_max_queue_age(volley, catcher_factory):
     assert rcpt["Status"].startswith("4.") or rcpt["Status"].startswith("5."), rcpt["Status"]
     # The only delivery is the DSN's, to the sender.
     assert [e["recipient"] for e in volley.acct("delivery")] == ["alice@src.test"]
+
+
+def test_tempfail_recipient_is_retried_not_bounced(volley, sink_factory):
+    sink = sink_factory("127.0.0.10")
+    volley.route("dest.test", sink.hostport)
+    volley.policy(retry_intervals=["1s"])
+    volley.start()
+
+    volley.send("alice@src.test", ["tempfail@dest.test", "ok@dest.test"], message("partial"))
+    volley.wait_acct("delivery", recipient="ok@dest.test")
+    transients = volley.wait_acct("transient", count=2, recipient="tempfail@dest.test")
+    assert [t["attempt"] for t in transients[:2]] == [1, 2]
+    assert transients[0]["response"].startswith("451"), transients[0]
+    assert volley.acct("bounce") == []
+    assert sink.recipients() == ["ok@dest.test"]

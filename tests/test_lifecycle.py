@@ -168,3 +168,18 @@ def test_restart_recovers_queued_mail(volley, sink_factory):
     assert sorted(sink.wait_recipients(2)) == ["a@dest.test", "b@dest.test"]
     time.sleep(1)
     assert len(sink.recipients()) == 2  # each delivered once
+
+
+def test_admin_commands_talk_to_the_api(volley):
+    volley.config["api"]["token"] = "cli-token"
+    volley.start()
+    api = f"http://127.0.0.1:{volley.api_port}"
+    result = volley_cmd("status", "--api", api, "--token", "cli-token")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert b"serving" in result.stdout
+    result = volley_cmd("queue", "suspend", "--domain", "dest.test", "--api", api, "--token", "cli-token")
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = volley_cmd("queue", "list", "--api", api, "--token", "cli-token")
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = volley_cmd("status", "--api", api, "--token", "wrong")
+    assert result.returncode != 0
