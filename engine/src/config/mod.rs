@@ -175,14 +175,13 @@ fn key_at(text: &str, offset: usize) -> String {
     if !search(document.as_table(), offset, &mut path) {
         return String::new();
     }
-    path.iter()
-        .fold(String::new(), |mut out, step| {
-            if !step.starts_with('[') && !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(step);
-            out
-        })
+    path.iter().fold(String::new(), |mut out, step| {
+        if !step.starts_with('[') && !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(step);
+        out
+    })
 }
 
 /// 1-based line of a byte offset.
