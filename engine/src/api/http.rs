@@ -117,7 +117,12 @@ pub async fn serve(listener: TcpListener, token: Rc<str>, handler: Handler) {
 }
 
 enum Parsed {
-    Complete { request: Request, consumed: usize },
+    /// `close`: the client asked for `Connection: close` (or spoke HTTP/1.0 without keep-alive).
+    Complete {
+        request: Request,
+        consumed: usize,
+        close: bool,
+    },
     Partial,
     Refused(Response),
 }
@@ -135,7 +140,13 @@ fn parse(buf: &[u8], peer: SocketAddr) -> Parsed {
     };
     let mut content_length = 0usize;
     let mut authorization = None;
+    let mut close = req.version == Some(0);
     for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            close = value.split(',').any(|t| t.trim() == "close")
+                || (close && !value.split(',').any(|t| t.trim() == "keep-alive"));
+        }
         if h.name.eq_ignore_ascii_case("content-length") {
             match std::str::from_utf8(h.value)
                 .ok()
@@ -168,6 +179,7 @@ fn parse(buf: &[u8], peer: SocketAddr) -> Parsed {
             peer,
         },
         consumed: head_len + content_length,
+        close,
     }
 }
 
@@ -193,7 +205,7 @@ async fn connection(mut stream: TcpStream, token: &str, handler: Handler) -> std
     let mut chunk = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
     loop {
-        let (response, consumed) = match parse(&buf, peer) {
+        let (response, consumed, close) = match parse(&buf, peer) {
             Parsed::Partial => {
                 let n = stream.read(&mut chunk).await?;
                 if n == 0 {
@@ -202,14 +214,19 @@ async fn connection(mut stream: TcpStream, token: &str, handler: Handler) -> std
                 buf.extend_from_slice(&chunk[..n]);
                 continue;
             }
-            Parsed::Refused(r) => (r, buf.len()),
-            Parsed::Complete { request, consumed } => {
+            Parsed::Refused(r) => (r, buf.len(), true),
+            Parsed::Complete {
+                request,
+                consumed,
+                close,
+            } => {
                 if authorized(&request, token) {
-                    (handler(request).await, consumed)
+                    (handler(request).await, consumed, close)
                 } else {
                     (
                         Response::error(401, "missing or wrong bearer token"),
                         consumed,
+                        close,
                     )
                 }
             }
@@ -218,7 +235,8 @@ async fn connection(mut stream: TcpStream, token: &str, handler: Handler) -> std
         out.clear();
         response.write_to(&mut out);
         stream.write_all(&out).await?;
-        if response.status == 400 || response.status == 413 || response.status == 431 {
+        // A client that reads to the end (Connection: close, like `volley status`) waits for it.
+        if close || response.status == 400 || response.status == 413 || response.status == 431 {
             return Ok(());
         }
     }
@@ -233,10 +251,24 @@ mod tests {
     }
 
     #[test]
+    fn connection_close_is_seen() {
+        let close = |raw: &[u8]| match parse(raw, peer()) {
+            Parsed::Complete { close, .. } => close,
+            _ => panic!("expected a complete request"),
+        };
+        assert!(close(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!close(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(close(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(!close(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
     fn parses_body_and_query() {
         let raw = b"POST /v1/inject?x=1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
         match parse(raw, peer()) {
-            Parsed::Complete { request, consumed } => {
+            Parsed::Complete {
+                request, consumed, ..
+            } => {
                 assert_eq!(request.path, "/v1/inject");
                 assert_eq!(request.query_param("x"), Some("1"));
                 assert_eq!(request.body, b"{}");

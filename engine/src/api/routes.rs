@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::http::{Request, Response};
 use crate::config::Config;
 use crate::envelope::{BodyType, Envelope, Recipient};
-use crate::listener::reception::{Origin, prefix_headers, unix_now_s};
+use crate::listener::reception::{Origin, prefix_headers, record_reception, unix_now_s};
 use crate::router::{AdminCommand, CoreMessage};
 use crate::runtime::CoreContext;
 
@@ -138,24 +138,36 @@ async fn inject(core: &CoreContext, request: &Request) -> Response {
         protocol: "HTTP",
         authenticated: None,
     };
-    // The id is assigned by the spool when it stores; the Received line names the API.
+    // One id for the Received line (which names the API) and the spool.
+    let started = std::time::Instant::now();
+    let id = core.spool.next_id();
     let header = prefix_headers(
         &origin,
         &config.server.hostname,
-        core.spool.next_id(),
+        id,
         &envelope,
         &body,
         now_s,
     );
     let recipients = envelope.recipients.len();
-    match crate::delivery::inject_message(core, envelope, &header, &body).await {
-        Ok(id) => Response::json(
-            202,
-            json!({ "id": id.to_string(), "recipients": recipients }),
-        ),
-        Err(crate::spool::SpoolError::Full) => Response::error(503, "spool full, try again later"),
-        Err(e) => Response::error(503, format!("not spooled: {e}")),
+    let size = (header.len() + body.len()) as u64;
+    if !core.spool.has_room(size) {
+        return Response::error(503, "spool full, try again later");
     }
+    let location = match core.spool.store(id, &envelope, &header, &body).await {
+        Ok(location) => location,
+        Err(crate::spool::SpoolError::Full) => {
+            return Response::error(503, "spool full, try again later");
+        }
+        Err(e) => return Response::error(503, format!("not spooled: {e}")),
+    };
+    // Accounted and counted like SMTP reception, before any delivery event of it.
+    record_reception(core, id, &envelope, size, started);
+    crate::delivery::route_new_message(core, id, location, Arc::new(envelope), now_s).await;
+    Response::json(
+        202,
+        json!({ "id": id.to_string(), "recipients": recipients }),
+    )
 }
 
 fn queues(core: &CoreContext) -> Response {

@@ -175,6 +175,29 @@ impl CoreDelivery {
             .collect()
     }
 
+    /// The queues this core would own for `domain` (one per configured VMTA, or just `vmta`), so
+    /// that suspending a domain before its mail arrives holds that mail too.
+    fn owned_future_keys(
+        &self,
+        core: &CoreContext,
+        domain: &str,
+        vmta: Option<&str>,
+    ) -> Vec<QueueKey> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let config = core.config();
+        let names: Vec<&str> = match vmta {
+            Some(v) => vec![v],
+            None if config.vmtas.is_empty() => vec![placement::IMPLICIT_VMTA],
+            None => config.vmtas.iter().map(|v| v.name.as_str()).collect(),
+        };
+        let cores = core.router().cores;
+        names
+            .into_iter()
+            .filter(|v| crate::router::owner_core(v, &domain, cores) == self.core)
+            .map(|v| QueueKey::new(v, &domain))
+            .collect()
+    }
+
     fn admin(&self, core: &std::rc::Rc<CoreContext>, command: AdminCommand) {
         match command {
             AdminCommand::Suspend {
@@ -182,7 +205,13 @@ impl CoreDelivery {
                 vmta,
                 reason,
             } => {
-                for key in self.matching_keys(&domain, vmta.as_deref()) {
+                let mut keys = self.matching_keys(&domain, vmta.as_deref());
+                for key in self.owned_future_keys(core, &domain, vmta.as_deref()) {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+                for key in keys {
                     self.queues.borrow_mut().suspend(&key, None, &reason);
                     log::info!("queue {key} suspended: {reason}");
                 }

@@ -126,6 +126,45 @@ pub fn prefix_headers(
     header.into_bytes()
 }
 
+/// Counts a spooled message and writes its reception events (one per recipient), whichever way it
+/// came in (SMTP or the API).
+pub fn record_reception(
+    core: &CoreContext,
+    id: MessageId,
+    envelope: &Envelope,
+    size: u64,
+    started: std::time::Instant,
+) {
+    let counters = core.counters();
+    counters
+        .messages_received
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    counters.recipients_received.fetch_add(
+        envelope.recipients.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    counters
+        .bytes_received
+        .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+    counters
+        .accept_latency
+        .record_us(started.elapsed().as_micros() as u64);
+    let id_text = id.to_string();
+    for r in &envelope.recipients {
+        core.accounting.record(&AccountingEvent {
+            kind: Some(EventType::Reception),
+            time: now_rfc3339(),
+            id: id_text.clone(),
+            customer: envelope.customer.clone(),
+            sender: envelope.sender.clone(),
+            recipient: r.address.clone(),
+            domain: r.domain(),
+            size_bytes: size,
+            ..Default::default()
+        });
+    }
+}
+
 /// Spools a message and routes its recipients; the reply text is the queue id.
 pub async fn accept_message(
     core: &CoreContext,
@@ -173,36 +212,9 @@ pub async fn accept_message(
             ));
         }
     };
-    let counters = core.counters();
-    counters
-        .messages_received
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    counters.recipients_received.fetch_add(
-        envelope.recipients.len() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    counters
-        .bytes_received
-        .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-    counters
-        .accept_latency
-        .record_us(started.elapsed().as_micros() as u64);
-    let id_text = id.to_string();
-    for r in &envelope.recipients {
-        core.accounting.record(&AccountingEvent {
-            kind: Some(EventType::Reception),
-            time: now_rfc3339(),
-            id: id_text.clone(),
-            customer: envelope.customer.clone(),
-            sender: envelope.sender.clone(),
-            recipient: r.address.clone(),
-            domain: r.domain(),
-            size_bytes: size,
-            ..Default::default()
-        });
-    }
+    record_reception(core, id, &envelope, size, started);
     crate::delivery::route_new_message(core, id, location, Arc::new(envelope), now_s).await;
-    Ok(id_text)
+    Ok(id.to_string())
 }
 
 #[cfg(test)]

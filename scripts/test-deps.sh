@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what the Python integration tests (tests/) need on a fresh Debian: swaks, openssl, pip and
+# the PyPI packages in tests/requirements.txt. Idempotent: apt-get runs only for a missing package,
+# and `apt-get update` only once, and only when something is missing.
+#
+#   scripts/test-deps.sh            # uses `python3` from PATH
+#   PYTHON=/usr/bin/python3 scripts/test-deps.sh
+set -euo pipefail
+
+PYTHON="${PYTHON:-python3}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+requirements="$here/tests/requirements.txt"
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+    sudo_cmd=(sudo)
+fi
+
+# Debian package for each command the tests run.
+missing=()
+command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# swaks only recommends Net::SSLeay, which its --tls needs.
+perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
+if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+    missing+=(python3-pip)
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "test-deps: installing ${missing[*]}"
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+    echo "test-deps: swaks, openssl, Net::SSLeay and pip already present"
+fi
+
+# PyPI packages: skip pip entirely when every requirement already imports.
+if "$PYTHON" - <<'PY' >/dev/null 2>&1
+import dnslib, pytest, pytest_timeout  # noqa: F401
+PY
+then
+    echo "test-deps: Python packages already present"
+else
+    echo "test-deps: pip install -r $requirements"
+    # Debian's system Python refuses pip outside a venv (PEP 668); retry with the explicit override.
+    if ! "$PYTHON" -m pip install -q -r "$requirements"; then
+        "$PYTHON" -m pip install -q --break-system-packages -r "$requirements"
+    fi
+fi

@@ -1,0 +1,105 @@
+"""A small authoritative DNS server for the integration tests (dnslib over UDP on loopback).
+
+Each test sets the records it needs; every other name is NXDOMAIN. A name that has records, but not
+of the asked type, answers NOERROR with no answers (NODATA), like a real zone.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, SOA, A, DNSLabel, DNSRecord
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+TTL_S = 60
+
+
+def _key(name: str) -> str:
+    return str(DNSLabel(name)).lower().rstrip(".") + "."
+
+
+class _ZoneResolver(BaseResolver):
+    def __init__(self, zone: "TestDns") -> None:
+        self.zone = zone
+
+    def resolve(self, request: DNSRecord, handler) -> DNSRecord:
+        reply = request.reply()
+        qname = request.q.qname
+        qtype = QTYPE[request.q.qtype]
+        name = _key(str(qname))
+        with self.zone.lock:
+            self.zone.queries.append((name, qtype))
+            records = list(self.zone.records.get(name, []))
+        if not records:
+            reply.header.rcode = RCODE.NXDOMAIN
+            reply.add_auth(_soa(name))
+            return reply
+        answers = [rr for rr in records if QTYPE[rr.rtype] == qtype]
+        for rr in answers:
+            reply.add_answer(rr)
+        if not answers:
+            reply.add_auth(_soa(name))
+        return reply
+
+
+def _soa(name: str) -> RR:
+    # Negative answers carry an SOA so resolvers know how long to cache them (RFC 2308).
+    return RR(
+        name,
+        QTYPE.SOA,
+        ttl=TTL_S,
+        rdata=SOA("ns.test.", "hostmaster.test.", (1, 3600, 600, 86400, TTL_S)),
+    )
+
+
+class _QuietLogger(DNSLogger):
+    def __init__(self) -> None:
+        super().__init__(log="-request,-reply,-truncated,-error,-recv,-send,-data")
+
+
+class TestDns:
+    """The records of one test, served on 127.0.0.1:`port` over UDP."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, port: int, address: str = "127.0.0.1") -> None:
+        self.address = address
+        self.port = port
+        self.lock = threading.Lock()
+        self.records: dict[str, list[RR]] = {}
+        self.queries: list[tuple[str, str]] = []
+        self._server = DNSServer(
+            _ZoneResolver(self), address=address, port=port, logger=_QuietLogger()
+        )
+
+    @property
+    def nameserver(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    def start(self) -> None:
+        self._server.start_thread()
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._server.server.server_close()
+
+    def _add(self, name: str, rr: RR) -> None:
+        with self.lock:
+            self.records.setdefault(_key(name), []).append(rr)
+
+    def mx(self, domain: str, preference: int, exchange: str) -> None:
+        self._add(domain, RR(domain, QTYPE.MX, ttl=TTL_S, rdata=MX(exchange, preference)))
+
+    def null_mx(self, domain: str) -> None:
+        """RFC 7505: `MX 0 .`, the domain accepts no mail."""
+        self._add(domain, RR(domain, QTYPE.MX, ttl=TTL_S, rdata=MX(".", 0)))
+
+    def a(self, name: str, address: str) -> None:
+        self._add(name, RR(name, QTYPE.A, ttl=TTL_S, rdata=A(address)))
+
+    def aaaa(self, name: str, address: str) -> None:
+        self._add(name, RR(name, QTYPE.AAAA, ttl=TTL_S, rdata=AAAA(address)))
+
+    def asked(self, name: str, qtype: str) -> bool:
+        with self.lock:
+            return (_key(name), qtype) in self.queries

@@ -1,0 +1,185 @@
+"""The daemon's life: checking configurations, the embedded default, SIGHUP reload, SIGTERM."""
+
+import signal
+import subprocess
+import time
+import tomllib
+
+from conftest import VOLLEY_BIN, SMTP_TIMEOUT_S, message, wait_until
+
+
+def volley_cmd(*args, timeout_s=30):
+    return subprocess.run([str(VOLLEY_BIN), *args], capture_output=True, timeout=timeout_s)
+
+
+BAD_CONFIG = """\
+[server]
+hostname = "mta.volley.test"
+cores = 1
+
+[[listener]]
+address = "127.0.0.1:2525"
+tls = "sometimes"
+"""
+
+BAD_REFERENCE = """\
+[server]
+hostname = "mta.volley.test"
+
+[[listener]]
+address = "127.0.0.1:2525"
+
+[[vmta]]
+name = "v1"
+source_ip = "127.0.0.2"
+ehlo_hostname = "v1.volley.test"
+
+[[pool]]
+name = "default"
+vmtas = ["v1", "missing"]
+"""
+
+
+def test_check_reports_key_and_line_and_exits_1(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BAD_CONFIG)
+    result = volley_cmd("check", "--config", str(bad))
+    out = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 1, out
+    assert "line 7" in out, out
+    assert "tls" in out and "sometimes" in out, out
+
+    bad.write_text(BAD_REFERENCE)
+    result = volley_cmd("check", "--config", str(bad))
+    out = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 1, out
+    assert "line 14" in out, out
+    assert "pool[0].vmtas" in out and "missing" in out, out
+
+
+def test_default_config_is_toml_and_passes_check(tmp_path):
+    result = volley_cmd("default-config")
+    assert result.returncode == 0
+    text = result.stdout.decode()
+    parsed = tomllib.loads(text)
+    assert [l["address"] for l in parsed["listener"]] == [
+        "127.0.0.1:2525", "127.0.0.1:2587", "127.0.0.1:2465",
+    ]
+    assert parsed["api"]["address"] == "127.0.0.1:8025"
+    assert "#" in text  # commented
+    path = tmp_path / "default.toml"
+    path.write_text(text)
+    result = volley_cmd("check", "--config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sighup_reload_changes_the_route(volley, sink_factory):
+    first = sink_factory("127.0.0.10")
+    second = sink_factory("127.0.0.12")
+    volley.route("dest.test", first.hostport)
+    volley.start()
+
+    with volley.smtp() as client:  # a connection open across the reload keeps working
+        client.ehlo("client.test")
+        client.sendmail("alice@src.test", ["one@dest.test"], message("before reload"))
+        assert first.wait_lines(1)[0]["recipients"] == ["one@dest.test"]
+
+        volley.route("dest.test", second.hostport)
+        volley.write_config()
+        volley.signal(signal.SIGHUP)
+        wait_until(
+            lambda: "configuration generation" in volley.stderr_path.read_text(errors="replace"),
+            10,
+            "the reload to be applied",
+        )
+        client.sendmail("alice@src.test", ["two@dest.test"], message("after reload"))
+    [line] = second.wait_lines(1)
+    assert line["recipients"] == ["two@dest.test"]
+    assert len(first.lines()) == 1
+    assert volley.process.poll() is None
+
+
+def test_sighup_with_a_broken_config_keeps_the_running_one(volley, sink_factory):
+    sink = sink_factory("127.0.0.10")
+    volley.route("dest.test", sink.hostport)
+    volley.start()
+    volley.config_path.write_text(BAD_CONFIG)
+    volley.signal(signal.SIGHUP)
+    time.sleep(1)
+    assert volley.process.poll() is None, volley.stderr_tail()
+    status, _ = volley.api("GET", "/v1/health")
+    assert status == 200
+    volley.send("alice@src.test", ["bob@dest.test"], message("still routed"))
+    assert sink.wait_lines(1)[0]["recipients"] == ["bob@dest.test"]
+
+
+def test_sigterm_finishes_the_open_transaction_then_exits_0(volley_factory, sink_factory):
+    sink = sink_factory("127.0.0.10")
+    volley = volley_factory()
+    volley.route("dest.test", sink.hostport)
+    volley.start()
+
+    client = volley.smtp()
+    client.ehlo("client.test")
+    assert client.mail("alice@src.test")[0] == 250
+    assert client.rcpt("bob@dest.test")[0] == 250
+    code, _ = client.docmd("DATA")
+    assert code == 354
+    client.send(b"Subject: in flight\r\n\r\nhalf of the body\r\n")
+
+    volley.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert volley.process.poll() is None, "exited with a transaction in flight"
+    client.send(b"the other half\r\n.\r\n")
+    code, text = client.getreply()
+    assert code == 250, text
+    try:
+        client.quit()
+    except Exception:
+        pass  # the daemon may close right after the transaction
+    client.close()
+
+    rc = volley.process.wait(timeout=20)
+    assert rc == 0, volley.stderr_tail()
+    volley.process = None
+    # The accepted message is not lost: delivered before exit, or after a restart from the spool.
+    receptions = volley.acct("reception")
+    assert [r["recipient"] for r in receptions] == ["bob@dest.test"]
+    if not sink.lines():
+        volley.start()
+    [line] = sink.wait_lines(1)
+    assert line["recipients"] == ["bob@dest.test"]
+
+
+def test_restart_recovers_queued_mail(volley, sink_factory):
+    """Durability: mail deferred at stop is delivered after a restart from the same spool."""
+    from conftest import free_port
+
+    port = free_port("127.0.0.10")
+    volley.route("dest.test", f"127.0.0.10:{port}")
+    volley.policy(retry_intervals=["1s"])
+    volley.start()
+    volley.send("alice@src.test", ["a@dest.test", "b@dest.test"], message("recover me"))
+    volley.wait_acct("transient", count=2)
+    assert volley.stop() == 0
+
+    sink = sink_factory("127.0.0.10", port)
+    volley.start()
+    assert sorted(sink.wait_recipients(2)) == ["a@dest.test", "b@dest.test"]
+    time.sleep(1)
+    assert len(sink.recipients()) == 2  # each delivered once
+
+
+def test_admin_commands_talk_to_the_api(volley):
+    volley.config["api"]["token"] = "cli-token"
+    volley.start()
+    api = f"http://127.0.0.1:{volley.api_port}"
+    result = volley_cmd("status", "--api", api, "--token", "cli-token")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert b"serving" in result.stdout
+    result = volley_cmd("queue", "suspend", "--domain", "dest.test", "--api", api, "--token", "cli-token")
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = volley_cmd("queue", "list", "--api", api, "--token", "cli-token")
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = volley_cmd("status", "--api", api, "--token", "wrong")
+    assert result.returncode != 0
