@@ -6,14 +6,14 @@
 //! CRC elsewhere is logged and skipped. Envelopes are decoded only for messages still live, at the
 //! end, straight from the mappings.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use memmap2::Mmap;
 
-use super::index::{LiveMessage, SegmentUsage, SpoolIndex};
+use super::index::{LiveMessage, SegmentUsage, SeqMap, SpoolIndex};
 use super::record::{self, RECORD_HEADER_BYTES, RECORD_VERSION, RecordKind};
 use super::segment::{self, ScanEnd, ScanItem, SegmentHeader, SegmentScan};
 use super::{BodyLocation, RecipientState, RecoveredMessage, SpoolError};
@@ -45,7 +45,7 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
     let numbers = segment::list_segments(core_dir).map_err(SpoolError::from_io)?;
     let mut maps: BTreeMap<u32, Mmap> = BTreeMap::new();
     let mut usage: BTreeMap<u32, SegmentUsage> = BTreeMap::new();
-    let mut scanned: HashMap<u64, ScannedMessage> = HashMap::new();
+    let mut scanned: SeqMap<ScannedMessage> = SeqMap::default();
     let mut next_seq = 1u64;
     let mut corrupt_records = 0u64;
 
@@ -157,12 +157,19 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
         u.pins.retain(|p| maps.contains_key(p));
         index.add_segment(number, u);
     }
-    let mut messages = Vec::new();
-    for (seq, m) in scanned {
-        let all_final = !m.states.is_empty() && m.states.iter().all(|s| s.is_final());
-        if m.recipient_count == 0 || all_final {
-            continue;
-        }
+    // Sort the (small) live keys rather than the decoded messages: envelopes are then decoded in
+    // sequence order, which is also file order, and nothing large is moved by the sort.
+    let mut live: Vec<(u64, ScannedMessage)> = scanned
+        .into_iter()
+        .filter(|(_, m)| {
+            let all_final = !m.states.is_empty() && m.states.iter().all(|s| s.is_final());
+            m.recipient_count > 0 && !all_final
+        })
+        .collect();
+    live.sort_unstable_by_key(|&(seq, _)| seq);
+    index.messages.reserve(live.len());
+    let mut messages = Vec::with_capacity(live.len());
+    for (seq, m) in live {
         let Some(map) = maps.get(&m.segment) else {
             continue;
         };
@@ -197,7 +204,6 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
             states,
         });
     }
-    messages.sort_unstable_by_key(|m| m.id.seq);
     Ok(RecoveryOutcome {
         messages,
         index,
@@ -208,7 +214,7 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
 }
 
 fn scan_message(
-    scanned: &mut HashMap<u64, ScannedMessage>,
+    scanned: &mut SeqMap<ScannedMessage>,
     next_seq: &mut u64,
     core: u16,
     segment: u32,
@@ -244,7 +250,7 @@ fn scan_message(
 }
 
 fn scan_state(
-    scanned: &mut HashMap<u64, ScannedMessage>,
+    scanned: &mut SeqMap<ScannedMessage>,
     next_seq: &mut u64,
     segment_usage: &mut SegmentUsage,
     segment: u32,
