@@ -240,7 +240,8 @@ mod tests {
             "[[domain]]\nmatch = \"gmail.com\"\n\nmax_connections = 0\n",
         )
         .unwrap();
-        let main = "include = [\"p.toml\", \"missing.toml\"]\n[[listener]]\naddress = \"127.0.0.1:25\"\n";
+        let main =
+            "include = [\"p.toml\", \"missing.toml\"]\n[[listener]]\naddress = \"127.0.0.1:25\"\n";
         let path = dir.path().join("volley.toml");
         std::fs::write(&path, main).unwrap();
         let e = Config::load(&path).unwrap_err();
@@ -268,7 +269,11 @@ mod tests {
             include.join(", ")
         );
         let c = Config::parse_in(&main, Some(&dir)).unwrap_or_else(|e| panic!("{e}"));
-        assert!(c.policy_for("v", "gmail.com").max_messages_per_minute.is_some());
+        assert!(
+            c.policy_for("v", "gmail.com")
+                .max_messages_per_minute
+                .is_some()
+        );
         assert_eq!(rollup_of(&c, "googlemail.com"), "gmail.com");
     }
 

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use super::schema::{
-    BackoffRuleConfig, Config, DomainPolicyConfig, ListenerAuth, ListenerTls, ProfileFile, RollupConfig,
+    BackoffRuleConfig, Config, DomainPolicyConfig, ListenerAuth, ListenerTls, ProfileFile,
+    RollupConfig,
 };
 use super::{ConfigError, line_of};
 
@@ -189,7 +190,13 @@ fn check_delivery(config: &Config, c: &mut Checker) {
             }
         }
     }
-    check_policy_entries(&config.domains, &config.backoff_rules, &config.rollups, &vmtas, c);
+    check_policy_entries(
+        &config.domains,
+        &config.backoff_rules,
+        &config.rollups,
+        &vmtas,
+        c,
+    );
     for (domain, hop) in &config.routes {
         if parse_next_hop(hop).is_none() {
             c.error(
@@ -266,7 +273,10 @@ fn check_policy_entries(
         if let Some(p) = r.domain.as_deref()
             && !valid_pattern(p)
         {
-            c.error(&at("match"), "expected a domain, \"*.example.com\" or \"*\"");
+            c.error(
+                &at("match"),
+                "expected a domain, \"*.example.com\" or \"*\"",
+            );
         }
     }
     let mut grouped = HashSet::new();

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use crate::envelope::{Envelope, MessageId, domain_of};
 use super::Queued;
+use crate::envelope::{Envelope, MessageId, domain_of};
 use crate::queue::{QueueKey, QueueSnapshot};
 use crate::router::{CoreMessage, Handoff, owner_core};
 use crate::runtime::CoreContext;

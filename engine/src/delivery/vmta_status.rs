@@ -122,7 +122,10 @@ mod tests {
         board.disable("b", "bind failed", 0, Some(60));
         assert!(view.is_disabled(&board, "a", 10));
         assert!(view.is_disabled(&board, "b", 59));
-        assert!(!view.is_disabled(&board, "b", 60), "automatic disable ran out");
+        assert!(
+            !view.is_disabled(&board, "b", 60),
+            "automatic disable ran out"
+        );
         assert!(board.enable("a"));
         assert!(!view.is_disabled(&board, "a", 61));
         assert!(!board.enable("a"));

@@ -200,11 +200,9 @@ impl CustomerCounters {
                 }
             }
             Charge::Credit => {
-                let _ = self.credits_spent.fetch_update(
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                    |s| s.checked_sub(1),
-                );
+                let _ = self
+                    .credits_spent
+                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| s.checked_sub(1));
             }
         }
     }
@@ -488,7 +486,11 @@ mod tests {
             limits.charge(Some(&c), T0 + HOUR_S),
             Ok(Charge::Plan { .. })
         ));
-        assert_eq!(limits.usage("acme", T0 + HOUR_S), (1, 0, 2), "no daily limit: no day count");
+        assert_eq!(
+            limits.usage("acme", T0 + HOUR_S),
+            (1, 0, 2),
+            "no daily limit: no day count"
+        );
     }
 
     #[test]
@@ -537,7 +539,11 @@ mod tests {
             assert!(!shared.is_dirty());
         }
         let limits = CoreLimits::new(Arc::new(SendingLimits::open(dir.path()).unwrap()));
-        assert_eq!(limits.usage("acme", T0), (5, 5, 1), "the sixth was a credit");
+        assert_eq!(
+            limits.usage("acme", T0),
+            (5, 5, 1),
+            "the sixth was a credit"
+        );
         assert!(limits.charge(Some(&c), T0).is_err());
     }
 

@@ -66,10 +66,8 @@ impl Shared {
             router: RouterSetup::new(cores),
             queues: Arc::new(crate::delivery::QueueBoard::new(cores)),
             limits: Arc::new(
-                crate::limits::SendingLimits::open(std::path::Path::new(
-                    &config.server.spool_dir,
-                ))
-                .map_err(|e| format!("sending limits: {e}"))?,
+                crate::limits::SendingLimits::open(std::path::Path::new(&config.server.spool_dir))
+                    .map_err(|e| format!("sending limits: {e}"))?,
             ),
             vmtas: Arc::new(crate::delivery::VmtaBoard::default()),
         })
@@ -157,9 +155,10 @@ impl CoreContext {
             return Ok(());
         };
         let config = self.config();
-        let result = self
-            .limits
-            .check(config.customer(name), crate::listener::reception::unix_now_s());
+        let result = self.limits.check(
+            config.customer(name),
+            crate::listener::reception::unix_now_s(),
+        );
         if result.is_err() {
             self.count_limit_refusal();
         }
