@@ -13,6 +13,7 @@ pub mod config;
 pub mod delivery;
 pub mod dns;
 pub mod envelope;
+pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -45,6 +45,12 @@ pub struct CoreCounters {
     /// Recipients waiting in this core's queues (ready or deferred).
     pub queued_recipients: AtomicI64,
     pub outbound_connections: AtomicI64,
+    /// Adaptive backoff changes: entered, deepened, left, and rule suspensions.
+    pub backoff_transitions: AtomicU64,
+    /// Queues of this core in adaptive backoff now.
+    pub queues_in_backoff: AtomicI64,
+    /// Messages refused by a customer's sending limit (MAIL or end of data).
+    pub sending_limit_refusals: AtomicU64,
     /// End of DATA to the 250, spool commit included.
     pub accept_latency: Latency,
     /// Reception to final outcome, per recipient.
@@ -91,7 +97,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [CounterField; 11] = [
+        let counters: [CounterField; 13] = [
             (
                 "volley_connections_accepted_total",
                 "Inbound SMTP connections accepted",
@@ -137,6 +143,16 @@ impl Metrics {
                 |c| &c.expired,
             ),
             (
+                "volley_backoff_transitions_total",
+                "Adaptive backoff transitions (entered, deepened, left) and rule suspensions",
+                |c| &c.backoff_transitions,
+            ),
+            (
+                "volley_sending_limit_refusals_total",
+                "Messages refused by a customer's hourly or daily limit with no credits left",
+                |c| &c.sending_limit_refusals,
+            ),
+            (
                 "volley_spool_commits_total",
                 "Group commits (fdatasync) of the spool",
                 |c| &c.spool_commits,
@@ -149,11 +165,16 @@ impl Metrics {
                 self.sum(field)
             );
         }
-        let gauges: [GaugeField; 2] = [
+        let gauges: [GaugeField; 3] = [
             (
                 "volley_queued_recipients",
                 "Recipients waiting in delivery queues",
                 |c| &c.queued_recipients,
+            ),
+            (
+                "volley_queues_in_backoff",
+                "Delivery queues in adaptive backoff",
+                |c| &c.queues_in_backoff,
             ),
             (
                 "volley_outbound_connections",

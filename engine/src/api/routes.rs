@@ -29,6 +29,9 @@ pub async fn handle(core: Rc<CoreContext>, request: Request) -> Response {
         ("GET", ["v1", "queues"]) => queues(&core),
         ("POST", ["v1", "queues", action]) => queue_command(&core, action, &request.body).await,
         ("GET", ["v1", "events"]) => events(&core, &request),
+        ("GET", ["v1", "vmta-status"]) => vmta_status(&core),
+        ("POST", ["v1", "vmtas", name, action]) => vmta_command(&core, name, action, &request.body),
+        ("GET", ["v1", "customers", name, "usage"]) => customer_usage(&core, name),
         (method, ["v1", section, name]) => {
             config_entry(&core, method, section, name, &request.body)
         }
@@ -154,12 +157,22 @@ async fn inject(core: &CoreContext, request: &Request) -> Response {
     if !core.spool.has_room(size) {
         return Response::error(503, "spool full, try again later");
     }
+    let customer = envelope.customer.clone();
+    let charge = match core.charge_customer(&customer) {
+        Ok(c) => c,
+        Err(reply) => return Response::error(429, reply.to_string()),
+    };
     let location = match core.spool.store(id, &envelope, &header, &body).await {
         Ok(location) => location,
-        Err(crate::spool::SpoolError::Full) => {
-            return Response::error(503, "spool full, try again later");
+        Err(e) => {
+            core.refund_customer(&customer, charge);
+            return match e {
+                crate::spool::SpoolError::Full => {
+                    Response::error(503, "spool full, try again later")
+                }
+                e => Response::error(503, format!("not spooled: {e}")),
+            };
         }
-        Err(e) => return Response::error(503, format!("not spooled: {e}")),
     };
     // Accounted and counted like SMTP reception, before any delivery event of it.
     record_reception(core, id, &envelope, size, started);
@@ -189,6 +202,7 @@ fn queues(core: &CoreContext) -> Response {
                 "connections": q.connections, "next_attempt_s": q.next_attempt_s,
                 "delivered": q.stats.delivered, "bounced": q.stats.bounced,
                 "last_deferral": q.last_deferral,
+                "backoff_level": q.backoff_level, "max_connections": q.max_connections,
             })
         })
         .collect();
@@ -238,6 +252,76 @@ async fn queue_command(core: &CoreContext, action: &str, body: &[u8]) -> Respons
         .broadcast(|| CoreMessage::Admin(command.clone()))
         .await;
     Response::json(202, json!({ "accepted": action }))
+}
+
+/// The VMTAs taken out of their pools, with why and until when.
+fn vmta_status(core: &CoreContext) -> Response {
+    let list: Vec<Value> = core
+        .shared
+        .vmtas
+        .list(unix_now_s())
+        .into_iter()
+        .map(|(name, d)| {
+            json!({ "vmta": name, "reason": d.reason, "since_s": d.since_s, "until_s": d.until_s })
+        })
+        .collect();
+    Response::json(200, json!({ "disabled": list }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VmtaCommand {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/vmtas/{name}/disable|enable` (body optional: `{"reason"}`).
+fn vmta_command(core: &CoreContext, name: &str, action: &str, body: &[u8]) -> Response {
+    if core.config().vmta(name).is_none() {
+        return Response::error(404, format!("no VMTA {name:?}"));
+    }
+    let command: VmtaCommand = if body.is_empty() {
+        VmtaCommand::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(c) => c,
+            Err(e) => return Response::error(400, format!("expected {{\"reason\"?}}: {e}")),
+        }
+    };
+    let board = &core.shared.vmtas;
+    match action {
+        "disable" => {
+            let reason = command.reason.unwrap_or_else(|| "by the operator".into());
+            log::info!("API: VMTA {name} disabled: {reason}");
+            board.disable(name, &reason, unix_now_s(), None);
+            Response::json(200, json!({ "vmta": name, "enabled": false }))
+        }
+        "enable" => {
+            log::info!("API: VMTA {name} enabled");
+            board.enable(name);
+            Response::json(200, json!({ "vmta": name, "enabled": true }))
+        }
+        other => Response::error(404, format!("no VMTA action {other:?}")),
+    }
+}
+
+/// A customer's sending-limit counters now.
+fn customer_usage(core: &CoreContext, name: &str) -> Response {
+    let config = core.config();
+    let Some(customer) = config.customer(name) else {
+        return Response::error(404, format!("no customer {name:?}"));
+    };
+    let (hour, day, spent) = core.limits.usage(name, unix_now_s());
+    Response::json(
+        200,
+        json!({
+            "customer": name,
+            "messages_this_hour": hour, "max_messages_per_hour": customer.max_messages_per_hour,
+            "messages_today": day, "max_messages_per_day": customer.max_messages_per_day,
+            "credits": customer.credits, "credits_spent": spent,
+            "credits_left": customer.credits.saturating_sub(spent),
+        }),
+    )
 }
 
 fn events(core: &CoreContext, request: &Request) -> Response {

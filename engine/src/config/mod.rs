@@ -8,11 +8,11 @@ mod schema;
 mod validate;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use duration::ConfigDuration;
 pub use network::Network;
-pub use policy::DomainPolicy;
+pub use policy::{DEFAULT_SUSPEND, DomainPolicy, ReplyVerdict, rollup_of};
 pub use schema::*;
 pub use validate::parse_next_hop;
 
@@ -59,9 +59,14 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
-    /// Parses and validates a configuration text.
+    /// Parses and validates a configuration text; includes are relative to the working directory.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        Config::parse_in(text, None)
+    }
+
+    /// Parses and validates a configuration text whose includes are relative to `base`.
+    pub fn parse_in(text: &str, base: Option<&Path>) -> Result<Config, ConfigErrors> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
             ConfigErrors(vec![ConfigError {
                 key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
@@ -69,12 +74,54 @@ impl Config {
                 message: e.message().trim().to_string(),
             }])
         })?;
-        let errors = validate::validate(&config, text);
+        let mut errors = validate::validate(&config, text);
+        errors.extend(config.merge_includes(text, base));
         if errors.is_empty() {
             Ok(config)
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// Reads each `include` and merges its entries: included `[[domain]]` entries go before this
+    /// file's (so this file's win at equal specificity), included `[[backoff]]` and `[[rollup]]`
+    /// entries after (the first match wins). Returns the problems found, keyed by the include.
+    fn merge_includes(&mut self, text: &str, base: Option<&Path>) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut domains = Vec::new();
+        for (i, name) in self.include.clone().iter().enumerate() {
+            let path = base.map_or_else(|| PathBuf::from(name), |b| b.join(name));
+            let include_line = text.find(&format!("\"{name}\"")).map(|o| line_of(text, o));
+            let included = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(ConfigError {
+                        key: format!("include[{i}]"),
+                        line: include_line,
+                        message: format!("cannot read {}: {e}", path.display()),
+                    });
+                    continue;
+                }
+            };
+            let profile: ProfileFile = match toml::from_str(&included) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push(ConfigError {
+                        key: name.clone(),
+                        line: e.span().map(|s| line_of(&included, s.start)),
+                        message: e.message().trim().to_string(),
+                    });
+                    continue;
+                }
+            };
+            errors.extend(validate::validate_profile(&profile, &included, name, self));
+            domains.extend(profile.domains);
+            self.backoff_rules.extend(profile.backoff_rules);
+            self.rollups.extend(profile.rollups);
+        }
+        domains.append(&mut self.domains);
+        self.domains = domains;
+        errors
     }
 
     /// Checks a configuration changed in memory (API edits); errors carry keys but no lines.
@@ -96,7 +143,7 @@ impl Config {
                 message: format!("cannot read {}: {e}", path.display()),
             }])
         })?;
-        Config::parse(&text)
+        Config::parse_in(&text, path.parent())
     }
 
     /// The embedded default, which always validates (a unit test holds it to that).
@@ -219,6 +266,69 @@ mod tests {
         }
         assert!(c.api.address.ip().is_loopback());
         assert_eq!(c.pool_for("").map(|p| p.name.as_str()), Some("default"));
+    }
+
+    #[test]
+    fn includes_merge_and_main_file_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.toml"),
+            "[[domain]]\nmatch = \"gmail.com\"\nmax_connections = 3\nmax_messages_per_minute = 7\n[[backoff]]\npattern = \"4.7.28\"\naction = \"backoff\"\n",
+        )
+        .unwrap();
+        let main = "include = [\"p.toml\"]\n[[listener]]\naddress = \"127.0.0.1:25\"\n[[domain]]\nmatch = \"gmail.com\"\nmax_connections = 5\n";
+        let path = dir.path().join("volley.toml");
+        std::fs::write(&path, main).unwrap();
+        let c = Config::load(&path).unwrap();
+        let p = c.policy_for("v", "gmail.com");
+        assert_eq!(p.max_connections, 5);
+        assert_eq!(p.max_messages_per_minute, Some(7));
+        assert!(c.backoff_verdict("gmail.com", "421 4.7.28 rate").is_some());
+    }
+
+    #[test]
+    fn include_errors_name_file_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.toml"),
+            "[[domain]]\nmatch = \"gmail.com\"\n\nmax_connections = 0\n",
+        )
+        .unwrap();
+        let main =
+            "include = [\"p.toml\", \"missing.toml\"]\n[[listener]]\naddress = \"127.0.0.1:25\"\n";
+        let path = dir.path().join("volley.toml");
+        std::fs::write(&path, main).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert!(
+            keys.contains(&("p.toml: domain[0].max_connections", Some(4))),
+            "{e}"
+        );
+        assert!(keys.contains(&("include[1]", Some(1))), "{e}");
+    }
+
+    #[test]
+    fn shipped_profiles_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuning/profiles");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".toml"))
+            .collect();
+        names.sort();
+        assert!(names.len() >= 8, "{names:?}");
+        let include: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        let main = format!(
+            "include = [{}]\n[[listener]]\naddress = \"127.0.0.1:25\"\n",
+            include.join(", ")
+        );
+        let c = Config::parse_in(&main, Some(&dir)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            c.policy_for("v", "gmail.com")
+                .max_messages_per_minute
+                .is_some()
+        );
+        assert_eq!(rollup_of(&c, "googlemail.com"), "gmail.com");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::schema::{Config, DomainPolicyConfig, OutboundTls};
+use super::schema::{BackoffAction, Config, DomainPolicyConfig, OutboundTls};
+use crate::queue::BackoffSettings;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainPolicy {
@@ -14,6 +15,7 @@ pub struct DomainPolicy {
     pub retry_intervals: Vec<Duration>,
     pub max_queue_age: Duration,
     pub tls: OutboundTls,
+    pub backoff: BackoffSettings,
 }
 
 impl Default for DomainPolicy {
@@ -34,6 +36,7 @@ impl Default for DomainPolicy {
             ],
             max_queue_age: Duration::from_secs(5 * 86_400),
             tls: OutboundTls::Opportunistic,
+            backoff: BackoffSettings::default(),
         }
     }
 }
@@ -55,7 +58,46 @@ fn specificity(pattern: &str, domain: &str) -> Option<usize> {
         .then_some(usize::MAX / 2)
 }
 
+/// What a reply's matching `[[backoff]]` rule asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyVerdict {
+    Backoff,
+    Suspend(Duration),
+}
+
+/// Default length of a `suspend` rule without `duration`.
+pub const DEFAULT_SUSPEND: Duration = Duration::from_secs(30 * 60);
+
+/// The queue domain for a recipient domain: its `[[rollup]]` group's name, or itself.
+pub fn rollup_of<'a>(config: &'a Config, domain: &'a str) -> &'a str {
+    if !config.shaping.mx_rollup {
+        return domain;
+    }
+    config
+        .rollups
+        .iter()
+        .find(|r| r.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)))
+        .map_or(domain, |r| r.name.as_str())
+}
+
 impl Config {
+    /// The first `[[backoff]]` rule matching `reply` (the whole reply line) for `domain`.
+    pub fn backoff_verdict(&self, domain: &str, reply: &str) -> Option<ReplyVerdict> {
+        let reply = reply.to_ascii_lowercase();
+        let rule = self.backoff_rules.iter().find(|r| {
+            r.domain
+                .as_deref()
+                .is_none_or(|p| specificity(p, domain).is_some())
+                && reply.contains(&r.pattern.to_ascii_lowercase())
+        })?;
+        Some(match rule.action {
+            BackoffAction::Backoff => ReplyVerdict::Backoff,
+            BackoffAction::Suspend => {
+                ReplyVerdict::Suspend(rule.duration.map_or(DEFAULT_SUSPEND, |d| d.0))
+            }
+        })
+    }
+
     /// The policy for mail from `vmta` to `domain` (lower-case).
     pub fn policy_for(&self, vmta: &str, domain: &str) -> DomainPolicy {
         let mut matching: Vec<(usize, bool, &DomainPolicyConfig)> = self
@@ -102,6 +144,22 @@ impl DomainPolicy {
         if let Some(v) = d.tls {
             self.tls = v;
         }
+        let b = &mut self.backoff;
+        if let Some(v) = d.backoff_max_connections {
+            b.max_connections = v;
+        }
+        if let Some(v) = d.backoff_max_messages_per_minute {
+            b.max_messages_per_minute = v;
+        }
+        if let Some(v) = d.backoff_retry_after {
+            b.retry_after = v.0;
+        }
+        if let Some(v) = d.backoff_recovery_deliveries {
+            b.recovery_deliveries = v;
+        }
+        if let Some(v) = d.backoff_quiet_period {
+            b.quiet_period = v.0;
+        }
     }
 }
 
@@ -130,6 +188,49 @@ match = "mail.example.com"
 vmta = "a"
 tls = "required"
 "#;
+
+    #[test]
+    fn backoff_rules_first_match_wins() {
+        let text = r#"
+[[listener]]
+address = "127.0.0.1:25"
+[[backoff]]
+pattern = "TSS04"
+action = "suspend"
+duration = "1h"
+match = "*.yahoo.test"
+[[backoff]]
+pattern = "too many connections"
+action = "backoff"
+"#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(
+            c.backoff_verdict("a.test", "421 4.7.0 Too many connections from your IP"),
+            Some(ReplyVerdict::Backoff)
+        );
+        assert_eq!(
+            c.backoff_verdict("mx.yahoo.test", "421 4.7.0 [TSS04] Messages deferred"),
+            Some(ReplyVerdict::Suspend(Duration::from_secs(3600)))
+        );
+        assert_eq!(c.backoff_verdict("a.test", "421 4.7.0 [TSS04]"), None);
+        assert_eq!(c.backoff_verdict("a.test", "450 4.2.0 mailbox busy"), None);
+    }
+
+    #[test]
+    fn rollup_groups_domains_unless_off() {
+        let text = r#"
+[[listener]]
+address = "127.0.0.1:25"
+[[rollup]]
+name = "gmail.com"
+domains = ["gmail.com", "googlemail.com"]
+"#;
+        let mut c = Config::parse(text).unwrap();
+        assert_eq!(rollup_of(&c, "googlemail.com"), "gmail.com");
+        assert_eq!(rollup_of(&c, "example.com"), "example.com");
+        c.shaping.mx_rollup = false;
+        assert_eq!(rollup_of(&c, "googlemail.com"), "googlemail.com");
+    }
 
     #[test]
     fn most_specific_wins_field_by_field() {

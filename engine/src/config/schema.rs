@@ -11,6 +11,10 @@ use super::network::Network;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Files whose `[[domain]]`, `[[backoff]]` and `[[rollup]]` entries are merged in (provider
+    /// profiles), relative to this file. Entries of this file win over included ones.
+    #[serde(default)]
+    pub include: Vec<String>,
     #[serde(default)]
     pub server: ServerSection,
     #[serde(default)]
@@ -26,6 +30,14 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     #[serde(default, rename = "domain")]
     pub domains: Vec<DomainPolicyConfig>,
+    /// Reply patterns that put a queue in backoff or suspend it; the first match wins.
+    #[serde(default, rename = "backoff")]
+    pub backoff_rules: Vec<BackoffRuleConfig>,
+    /// Domains that share one queue, and so one set of limits, per VMTA (MX rollup).
+    #[serde(default, rename = "rollup")]
+    pub rollups: Vec<RollupConfig>,
+    #[serde(default)]
+    pub shaping: ShapingSection,
     #[serde(default)]
     pub dns: DnsSection,
     /// Static next hops by recipient domain, tried before MX: `"example.test" = "127.0.0.1:2526"`.
@@ -225,6 +237,81 @@ pub struct DomainPolicyConfig {
     pub max_queue_age: Option<ConfigDuration>,
     #[serde(default)]
     pub tls: Option<OutboundTls>,
+    /// Connections while in adaptive backoff (level 1; halved per further level).
+    #[serde(default)]
+    pub backoff_max_connections: Option<u32>,
+    /// Messages per minute while in adaptive backoff (level 1; halved per further level).
+    #[serde(default)]
+    pub backoff_max_messages_per_minute: Option<u32>,
+    /// Retries wait at least this long while in backoff.
+    #[serde(default)]
+    pub backoff_retry_after: Option<ConfigDuration>,
+    /// Deliveries without a new matching reply that end a backoff.
+    #[serde(default)]
+    pub backoff_recovery_deliveries: Option<u32>,
+    /// Time without a matching reply that ends a backoff.
+    #[serde(default)]
+    pub backoff_quiet_period: Option<ConfigDuration>,
+}
+
+/// What a matching reply does to its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackoffAction {
+    /// Adaptive backoff: fewer connections, a lower rate, longer retries, until it recovers.
+    Backoff,
+    /// No delivery at all for `duration`.
+    Suspend,
+}
+
+/// `[[backoff]]`: a reply pattern and what it does.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffRuleConfig {
+    /// Matched case-insensitively as a substring of the whole reply (`421 4.7.0 text`).
+    pub pattern: String,
+    pub action: BackoffAction,
+    /// How long a suspension lasts (default 30m); ignored for `backoff`.
+    #[serde(default)]
+    pub duration: Option<ConfigDuration>,
+    /// Only for destinations matching this (`[[domain]]` syntax); default every destination.
+    #[serde(default, rename = "match")]
+    pub domain: Option<String>,
+}
+
+/// `[[rollup]]`: mail to any of `domains` goes through one queue per VMTA, named `name`, whose
+/// MX hosts serve them all (e.g. gmail.com and googlemail.com).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollupConfig {
+    /// The queue's domain: its MX is used, and `[[domain]]` policies for it apply.
+    pub name: String,
+    pub domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapingSection {
+    /// Apply `[[rollup]]` groups; false = one queue per recipient domain.
+    pub mx_rollup: bool,
+}
+
+impl Default for ShapingSection {
+    fn default() -> Self {
+        ShapingSection { mx_rollup: true }
+    }
+}
+
+/// An included file (a provider profile): only delivery policy.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFile {
+    #[serde(default, rename = "domain")]
+    pub domains: Vec<DomainPolicyConfig>,
+    #[serde(default, rename = "backoff")]
+    pub backoff_rules: Vec<BackoffRuleConfig>,
+    #[serde(default, rename = "rollup")]
+    pub rollups: Vec<RollupConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]

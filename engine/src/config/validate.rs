@@ -4,7 +4,10 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::schema::{Config, ListenerAuth, ListenerTls};
+use super::schema::{
+    BackoffRuleConfig, Config, DomainPolicyConfig, ListenerAuth, ListenerTls, ProfileFile,
+    RollupConfig,
+};
 use super::{ConfigError, line_of};
 
 /// A step in a key path: a table key or an array index.
@@ -187,7 +190,33 @@ fn check_delivery(config: &Config, c: &mut Checker) {
             }
         }
     }
-    for (i, d) in config.domains.iter().enumerate() {
+    check_policy_entries(
+        &config.domains,
+        &config.backoff_rules,
+        &config.rollups,
+        &vmtas,
+        c,
+    );
+    for (domain, hop) in &config.routes {
+        if parse_next_hop(hop).is_none() {
+            c.error(
+                &[Key("routes"), Name(domain.clone())],
+                format!("{hop:?} is not host:port"),
+            );
+        }
+    }
+}
+
+/// Checks `[[domain]]`, `[[backoff]]` and `[[rollup]]` entries (of the file or of an include).
+fn check_policy_entries(
+    domains: &[DomainPolicyConfig],
+    rules: &[BackoffRuleConfig],
+    rollups: &[RollupConfig],
+    vmtas: &HashSet<&str>,
+    c: &mut Checker,
+) {
+    use Step::{Index, Key};
+    for (i, d) in domains.iter().enumerate() {
         let at = |k| [Key("domain"), Index(i), Key(k)];
         if !valid_pattern(&d.pattern) {
             c.error(
@@ -207,6 +236,21 @@ fn check_delivery(config: &Config, c: &mut Checker) {
         if d.max_messages_per_connection == Some(0) {
             c.error(&at("max_messages_per_connection"), "must be at least 1");
         }
+        if d.backoff_max_connections == Some(0) {
+            c.error(&at("backoff_max_connections"), "must be at least 1");
+        }
+        if d.backoff_max_messages_per_minute == Some(0) {
+            c.error(&at("backoff_max_messages_per_minute"), "must be at least 1");
+        }
+        if d.backoff_recovery_deliveries == Some(0) {
+            c.error(&at("backoff_recovery_deliveries"), "must be at least 1");
+        }
+        if d.max_messages_per_minute == Some(0) || d.max_messages_per_hour == Some(0) {
+            c.error(
+                &at("max_messages_per_minute"),
+                "a rate limit must be at least 1 (leave it out for none)",
+            );
+        }
         if let Some(r) = &d.retry_intervals
             && (r.is_empty() || r.iter().any(|d| d.0.is_zero()))
         {
@@ -216,14 +260,80 @@ fn check_delivery(config: &Config, c: &mut Checker) {
             );
         }
     }
-    for (domain, hop) in &config.routes {
-        if parse_next_hop(hop).is_none() {
+    for (i, r) in rules.iter().enumerate() {
+        let at = |k| [Key("backoff"), Index(i), Key(k)];
+        if r.pattern.trim().is_empty() {
+            c.error(&at("pattern"), "must not be empty");
+        }
+        if let Some(d) = r.duration
+            && d.0.is_zero()
+        {
+            c.error(&at("duration"), "must be above zero");
+        }
+        if let Some(p) = r.domain.as_deref()
+            && !valid_pattern(p)
+        {
             c.error(
-                &[Key("routes"), Name(domain.clone())],
-                format!("{hop:?} is not host:port"),
+                &at("match"),
+                "expected a domain, \"*.example.com\" or \"*\"",
             );
         }
     }
+    let mut grouped = HashSet::new();
+    for (i, r) in rollups.iter().enumerate() {
+        if r.name.starts_with('*') || !valid_pattern(&r.name) {
+            c.error(&[Key("rollup"), Index(i), Key("name")], "expected a domain");
+        }
+        if r.domains.is_empty() {
+            c.error(
+                &[Key("rollup"), Index(i), Key("domains")],
+                "needs at least one domain",
+            );
+        }
+        for (j, d) in r.domains.iter().enumerate() {
+            if d.starts_with('*') || !valid_pattern(d) {
+                c.error(
+                    &[Key("rollup"), Index(i), Key("domains"), Index(j)],
+                    "expected a domain",
+                );
+            } else if !grouped.insert(d.to_ascii_lowercase()) {
+                c.error(
+                    &[Key("rollup"), Index(i), Key("domains"), Index(j)],
+                    format!("{d} is in two rollups"),
+                );
+            }
+        }
+    }
+}
+
+/// Checks an included file against the including configuration (its VMTA names); each error's
+/// key starts with `label` (the include's path) and its line is the included file's.
+pub(super) fn validate_profile(
+    profile: &ProfileFile,
+    text: &str,
+    label: &str,
+    config: &Config,
+) -> Vec<ConfigError> {
+    let mut c = Checker {
+        text,
+        document: toml_edit::Document::parse(text.to_string()).ok(),
+        errors: Vec::new(),
+    };
+    let vmtas: HashSet<&str> = config.vmtas.iter().map(|v| v.name.as_str()).collect();
+    check_policy_entries(
+        &profile.domains,
+        &profile.backoff_rules,
+        &profile.rollups,
+        &vmtas,
+        &mut c,
+    );
+    c.errors
+        .into_iter()
+        .map(|mut e| {
+            e.key = format!("{label}: {}", e.key);
+            e
+        })
+        .collect()
 }
 
 fn check_customers(config: &Config, c: &mut Checker) {
@@ -334,6 +444,15 @@ mod tests {
         let keys: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
         assert!(keys.contains(&("domain[0].match", Some(4))), "{e}");
         assert!(keys.contains(&("routes.\"x.test\"", Some(6))), "{e}");
+    }
+
+    #[test]
+    fn bad_backoff_rule_and_rollup() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:25\"\n[[backoff]]\npattern = \"\"\naction = \"backoff\"\n[[rollup]]\nname = \"g.test\"\ndomains = [\"a.test\", \"a.test\"]\n";
+        let e = errors(text);
+        let keys: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert!(keys.contains(&("backoff[0].pattern", Some(4))), "{e}");
+        assert!(keys.contains(&("rollup[0].domains[1]", Some(8))), "{e}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use rustls::pki_types::ServerName;
 
 use super::outcome::{self, Attempt};
 use super::placement::IMPLICIT_VMTA;
-use super::{Queued, connect_from_timeout};
+use super::{BIND_FAILURE_RETRY_S, Queued, connect_from_timeout};
 use crate::config::{OutboundTls, parse_next_hop};
 use crate::dns::{DnsError, NextHops};
 use crate::envelope::Envelope;
@@ -119,6 +119,26 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
         .await
         {
             Ok(s) => s,
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                // The VMTA's address is not on this host: no hop can work from it. Take the VMTA
+                // out of its pools for a while and move its mail to another VMTA.
+                let now_s = crate::listener::reception::unix_now_s();
+                let reason = format!("source address {source} cannot be bound: {e}");
+                log::warn!(
+                    "VMTA {} disabled for {BIND_FAILURE_RETRY_S} s: {reason}",
+                    key.vmta
+                );
+                core.shared.vmtas.disable(
+                    &key.vmta,
+                    &reason,
+                    now_s,
+                    Some(now_s + BIND_FAILURE_RETRY_S),
+                );
+                let stuck = super::placement::reroute(core, key, take_all_ready(core, key)).await;
+                let reply = Reply::local(451, (4, 4, 0), reason);
+                outcome::defer_items(core, key, stuck, &reply, None).await;
+                return;
+            }
             Err(e) => {
                 log::info!(
                     "{key}: connect to {} ({}) from {source}: {e}",
@@ -264,7 +284,8 @@ impl Connection {
     /// The session is idle: start the next transaction, or QUIT.
     async fn on_ready(&mut self, session: &mut Session) {
         let core = self.core.clone();
-        if self.sent >= self.max_messages || core.shared.control.stopping() {
+        let over_cap = core.delivery.queues.borrow().over_connection_cap(&self.key);
+        if self.sent >= self.max_messages || over_cap || core.shared.control.stopping() {
             session.quit();
             return;
         }
@@ -448,6 +469,7 @@ where
                         conn.mx,
                         if temporary { "temporary" } else { "permanent" }
                     );
+                    super::shaping::observe_failure(&conn.core, &conn.key, &reply);
                     conn.failure = Some(reply);
                 }
                 Event::Closed => {

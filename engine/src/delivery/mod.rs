@@ -11,7 +11,9 @@ mod connection;
 mod outcome;
 mod placement;
 mod scheduler;
+pub mod shaping;
 mod tls;
+pub mod vmta_status;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -24,6 +26,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 pub use connect::{connect_from, connect_from_timeout};
 pub use placement::{QueueBoard, inject_message, route_new_message, route_recovered};
 pub use tls::ClientTls;
+pub use vmta_status::{BIND_FAILURE_RETRY_S, VmtaBoard, VmtaView};
 
 use crate::dns::Resolver;
 use crate::envelope::{Envelope, MessageId};
@@ -52,6 +55,8 @@ pub struct CoreDelivery {
     wake_rx: RefCell<Option<LocalReceiver<()>>>,
     /// Outbound connections open on this core.
     pub connections: Cell<u32>,
+    /// This core's copy of the disabled VMTAs.
+    pub vmtas: VmtaView,
 }
 
 impl CoreDelivery {
@@ -65,6 +70,7 @@ impl CoreDelivery {
             wake_tx,
             wake_rx: RefCell::new(Some(wake_rx)),
             connections: Cell::new(0),
+            vmtas: VmtaView::default(),
         }
     }
 
@@ -102,6 +108,7 @@ impl CoreDelivery {
             max_messages_per_hour: p.max_messages_per_hour,
             retry_intervals: p.retry_intervals,
             max_queue_age: p.max_queue_age,
+            backoff: p.backoff,
         }
     }
 
@@ -282,6 +289,7 @@ pub async fn start(
 
 /// Publishes this core's queue list for `GET /v1/queues`.
 pub fn publish_snapshot(core: &CoreContext) {
+    shaping::tick(core);
     let snapshot = core.delivery.queues.borrow().snapshot();
     core.shared.queues.publish(core.index, snapshot);
 }

@@ -52,7 +52,11 @@ fn event(
             .get(item.recipient as usize)
             .map(|r| r.address.clone())
             .unwrap_or_default(),
-        domain: key.domain.to_string(),
+        // The recipient's own domain: a rollup queue carries several.
+        domain: envelope
+            .recipients
+            .get(item.recipient as usize)
+            .map_or_else(|| key.domain.to_string(), |r| r.domain()),
         mx: attempt.map(|a| a.mx.to_string()).unwrap_or_default(),
         response: reply.to_string(),
         enhanced_code: reply.enhanced.map(|e| e.to_string()).unwrap_or_default(),
@@ -88,6 +92,10 @@ pub async fn apply(
     replies: Vec<(Outcome, Reply)>,
     attempt: Attempt<'_>,
 ) {
+    // One failure reply per transaction feeds the backoff rules (a refused DATA fails them all).
+    if let Some((_, reply)) = replies.iter().find(|(o, _)| *o != Outcome::Delivered) {
+        super::shaping::observe_failure(core, key, reply);
+    }
     let mut failed = Vec::new();
     for (item, (outcome, reply)) in items.into_iter().zip(replies) {
         match outcome {
@@ -114,7 +122,7 @@ async fn delivered(
             .saturating_sub(envelope.received_at_s)
             .saturating_mul(1_000_000),
     );
-    core.delivery.queues.borrow_mut().record_delivered(key, 1);
+    super::shaping::observe_delivered(core, key, 1);
     core.accounting.record(&event(
         EventType::Delivery,
         key,

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use super::Queued;
 use crate::envelope::{Envelope, MessageId, domain_of};
-use crate::queue::QueueSnapshot;
+use crate::queue::{QueueKey, QueueSnapshot};
 use crate::router::{CoreMessage, Handoff, owner_core};
 use crate::runtime::CoreContext;
 use crate::spool::{BodyLocation, RecipientState, RecoveredMessage, SpoolError};
@@ -42,15 +43,27 @@ impl QueueBoard {
     }
 }
 
-/// The VMTA for a message of `customer`: weighted round robin over the pool's VMTAs.
+/// The VMTA for a message of `customer`: weighted round robin over the pool's VMTAs that are not
+/// disabled (by the API or a failed bind); over all of them when every one is disabled.
 fn pick_vmta(core: &CoreContext, customer: &str) -> Arc<str> {
     let config = core.config();
     let Some(pool) = config.pool_for(customer) else {
         return Arc::from(IMPLICIT_VMTA);
     };
-    let weights: Vec<(&str, u32)> = pool
+    let now_s = crate::listener::reception::unix_now_s();
+    let board = &core.shared.vmtas;
+    let enabled: Vec<&String> = pool
         .vmtas
         .iter()
+        .filter(|name| !core.delivery.vmtas.is_disabled(board, name, now_s))
+        .collect();
+    let candidates = if enabled.is_empty() {
+        pool.vmtas.iter().collect()
+    } else {
+        enabled
+    };
+    let weights: Vec<(&str, u32)> = candidates
+        .into_iter()
         .map(|name| {
             (
                 name.as_str(),
@@ -70,7 +83,9 @@ fn pick_vmta(core: &CoreContext, customer: &str) -> Arc<str> {
             return Arc::from(*name);
         }
     }
-    Arc::from(weights[0].0)
+    weights
+        .first()
+        .map_or_else(|| Arc::from(IMPLICIT_VMTA), |w| Arc::from(w.0))
 }
 
 /// Hands the recipients `(index, attempts, not_before_s)` of a message to their queues' cores.
@@ -82,13 +97,29 @@ async fn hand_off(
     recipients: impl Iterator<Item = (u32, u32, u64)>,
 ) {
     let vmta = pick_vmta(core, &envelope.customer);
+    hand_off_to(core, id, body, envelope, vmta, recipients).await;
+}
+
+/// Hands recipients to the queues of `vmta`; the queue domain is the recipient domain's
+/// `[[rollup]]` group when it has one (MX rollup).
+async fn hand_off_to(
+    core: &CoreContext,
+    id: MessageId,
+    body: BodyLocation,
+    envelope: Arc<Envelope>,
+    vmta: Arc<str>,
+    recipients: impl Iterator<Item = (u32, u32, u64)>,
+) {
+    let config = core.config();
     let mut groups: BTreeMap<(String, u64), Vec<(u32, u32)>> = BTreeMap::new();
     for (index, attempts, not_before_s) in recipients {
         let Some(r) = envelope.recipients.get(index as usize) else {
             continue;
         };
+        let domain = domain_of(&r.address);
+        let queue_domain = crate::config::rollup_of(&config, &domain).to_ascii_lowercase();
         groups
-            .entry((domain_of(&r.address), not_before_s))
+            .entry((queue_domain, not_before_s))
             .or_default()
             .push((index, attempts));
     }
@@ -107,6 +138,43 @@ async fn hand_off(
         };
         router.send(owner, CoreMessage::Deliver(handoff)).await;
     }
+}
+
+/// Moves recipients taken from a queue whose VMTA is out (its address cannot be bound) to another
+/// VMTA of their pool. Returns those that cannot move (no other VMTA is available).
+pub async fn reroute(core: &CoreContext, from: &QueueKey, items: Vec<Queued>) -> Vec<Queued> {
+    let mut stuck = Vec::new();
+    let mut by_message: BTreeMap<MessageId, Vec<Queued>> = BTreeMap::new();
+    for item in items {
+        by_message.entry(item.message).or_default().push(item);
+    }
+    for (id, items) in by_message {
+        let Some(envelope) = core.delivery.envelope(id) else {
+            stuck.extend(items);
+            continue;
+        };
+        let vmta = pick_vmta(core, &envelope.customer);
+        if *vmta == *from.vmta {
+            stuck.extend(items);
+            continue;
+        }
+        log::info!(
+            "{from}: {} recipients of {id} moved to VMTA {vmta}",
+            items.len()
+        );
+        let Some(body) = items.first().map(|i| i.body) else {
+            continue;
+        };
+        let recipients: Vec<(u32, u32, u64)> = items
+            .iter()
+            .map(|i| (i.recipient, u32::from(i.attempts), 0))
+            .collect();
+        hand_off_to(core, id, body, envelope, vmta, recipients.into_iter()).await;
+        for item in &items {
+            core.delivery.release(core, item.message);
+        }
+    }
+    stuck
 }
 
 /// Routes every recipient of a message that was just spooled.

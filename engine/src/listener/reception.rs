@@ -181,6 +181,7 @@ pub async fn accept_message(
         (None, Some(name)) if relay_trusted => name,
         _ => String::new(),
     };
+    let charge = core.charge_customer(&envelope.customer)?;
     let now_s = unix_now_s();
     envelope.received_at_s = now_s;
     let config = core.config();
@@ -188,13 +189,18 @@ pub async fn accept_message(
     let header = prefix_headers(origin, &config.server.hostname, id, &envelope, &body, now_s);
     let size = (header.len() + body.len()) as u64;
     if !core.spool.has_room(size) {
+        core.refund_customer(&envelope.customer, charge);
         return Err(Reply::new(
             452,
             Some(EnhancedCode::new(4, 3, 1)),
             "Insufficient system storage, try again later",
         ));
     }
-    let location = match core.spool.store(id, &envelope, &header, &body).await {
+    let stored = core.spool.store(id, &envelope, &header, &body).await;
+    if stored.is_err() {
+        core.refund_customer(&envelope.customer, charge);
+    }
+    let location = match stored {
         Ok(l) => l,
         Err(SpoolError::Full) => {
             return Err(Reply::new(

@@ -8,10 +8,12 @@
 //! heap of wake-ups, one live entry per queue, tells `due` which queues to look at. See `queues.rs`
 //! for why a heap with lazy deletion rather than a timer wheel, and for the memory cost per recipient.
 
+pub mod backoff;
 mod policy;
 mod queues;
 mod shaping;
 
+pub use backoff::{BackoffSettings, BackoffState, LeaveReason, Transition};
 pub use policy::{MIN_RETRY_INTERVAL_S, PolicyError, QueuePolicy};
 pub use queues::{
     DeferOutcome, MAX_REPLY_TEXT_BYTES, QueueKey, QueueSnapshot, QueueState, QueueStats,

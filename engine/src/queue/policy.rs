@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use super::backoff::BackoffSettings;
+
 /// A retry interval shorter than this is raised to it, so a zero interval cannot make the driver spin.
 pub const MIN_RETRY_INTERVAL_S: u64 = 1;
 
@@ -22,6 +24,8 @@ pub struct QueuePolicy {
     pub retry_intervals: Vec<Duration>,
     /// A recipient still undelivered this long after it was first queued expires.
     pub max_queue_age: Duration,
+    /// The limits while the queue is in adaptive backoff.
+    pub backoff: BackoffSettings,
 }
 
 impl Default for QueuePolicy {
@@ -37,6 +41,7 @@ impl Default for QueuePolicy {
                 .map(|m| Duration::from_secs(m * MINUTE))
                 .collect(),
             max_queue_age: Duration::from_secs(5 * 24 * 60 * MINUTE),
+            backoff: BackoffSettings::default(),
         }
     }
 }

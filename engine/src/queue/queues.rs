@@ -29,6 +29,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::rc::Rc;
 
+use super::backoff::{BackoffState, Transition};
 use super::policy::QueuePolicy;
 use super::shaping::SendRate;
 use crate::envelope::MessageId;
@@ -172,6 +173,10 @@ pub struct QueueSnapshot {
     pub stats: QueueStats,
     /// The reply of the most recent deferral, cut to `MAX_REPLY_TEXT_BYTES`.
     pub last_deferral: Option<String>,
+    /// Adaptive backoff level: 0 = normal.
+    pub backoff_level: u8,
+    /// Connections allowed now (the policy's, or the backoff cap).
+    pub max_connections: u32,
 }
 
 impl QueueSnapshot {
@@ -193,6 +198,7 @@ struct Queue<P> {
     /// The time of this queue's live entry in the core's wake heap.
     scheduled_wake_s: Option<u64>,
     last_deferral: Option<Box<str>>,
+    backoff: BackoffState,
 }
 
 impl<P: Copy> Queue<P> {
@@ -208,7 +214,31 @@ impl<P: Copy> Queue<P> {
             stats: QueueStats::default(),
             scheduled_wake_s: None,
             last_deferral: None,
+            backoff: BackoffState::Normal,
         }
+    }
+
+    /// Connections allowed now.
+    fn max_connections(&self) -> u32 {
+        self.backoff
+            .max_connections(self.policy.max_connections, &self.policy.backoff)
+    }
+
+    /// Rebuilds the rate limiter for the current backoff state.
+    fn reset_rate(&mut self) {
+        self.rate = SendRate::new(
+            self.backoff
+                .max_messages_per_minute(self.policy.max_messages_per_minute, &self.policy.backoff),
+            self.policy.max_messages_per_hour,
+        );
+    }
+
+    /// Applies a backoff transition's effect on the limits.
+    fn after_transition(&mut self, t: Option<Transition>) -> Option<Transition> {
+        if t.is_some() {
+            self.reset_rate();
+        }
+        t
     }
 
     fn is_active(&self) -> bool {
@@ -235,6 +265,7 @@ impl<P: Copy> Queue<P> {
 
     fn is_idle(&self) -> bool {
         self.is_active()
+            && !self.backoff.is_backoff()
             && self.ready.is_empty()
             && self.deferred.is_empty()
             && self.connections == 0
@@ -267,6 +298,8 @@ impl<P: Copy> Queue<P> {
             next_attempt_s: self.next_attempt_s(),
             stats: self.stats,
             last_deferral: self.last_deferral.as_deref().map(str::to_string),
+            backoff_level: self.backoff.level(),
+            max_connections: self.max_connections(),
         }
     }
 }
@@ -304,10 +337,7 @@ impl<P: Copy> Queues<P> {
         let slot = self.slot_or_create(key);
         if let Some(q) = self.queue_mut(slot) {
             q.policy = policy.into();
-            q.rate = SendRate::new(
-                q.policy.max_messages_per_minute,
-                q.policy.max_messages_per_hour,
-            );
+            q.reset_rate();
         }
     }
 
@@ -357,9 +387,10 @@ impl<P: Copy> Queues<P> {
             q.stats.expired += 1;
             return DeferOutcome::Expired { item };
         }
-        let at_s = now_s
-            .saturating_add(q.policy.retry_interval_s(item.attempts))
-            .min(expires_s);
+        let interval_s = q
+            .backoff
+            .retry_interval_s(q.policy.retry_interval_s(item.attempts), &q.policy.backoff);
+        let at_s = now_s.saturating_add(interval_s).min(expires_s);
         item.next_attempt_s = at_s;
         q.stats.deferred += 1;
         q.deferred.push(Deferred(item));
@@ -538,7 +569,7 @@ impl<P: Copy> Queues<P> {
     pub fn try_open_connection(&mut self, key: &QueueKey) -> bool {
         let slot = self.slot_or_create(key);
         match self.queue_mut(slot) {
-            Some(q) if q.is_active() && q.connections < q.policy.max_connections => {
+            Some(q) if q.is_active() && q.connections < q.max_connections() => {
                 q.connections += 1;
                 true
             }
@@ -563,11 +594,57 @@ impl<P: Copy> Queues<P> {
         }
     }
 
-    /// Counts `count` recipients delivered.
-    pub fn record_delivered(&mut self, key: &QueueKey, count: u64) {
-        if let Some(q) = self.queue_by_key_mut(key) {
-            q.stats.delivered += count;
+    /// Whether the queue has more connections open than it may now (it entered backoff): the
+    /// driver closes one after its current transaction.
+    pub fn over_connection_cap(&self, key: &QueueKey) -> bool {
+        self.queue(key)
+            .is_some_and(|q| q.connections > q.max_connections())
+    }
+
+    /// Counts `count` recipients delivered; in backoff they count towards recovery.
+    pub fn record_delivered(&mut self, key: &QueueKey, count: u64) -> Option<Transition> {
+        let q = self.queue_by_key_mut(key)?;
+        q.stats.delivered += count;
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        let t = q.backoff.on_delivered(count, &q.policy.backoff);
+        q.after_transition(t)
+    }
+
+    /// A reply matched a backoff rule at `now_s`: enter (or deepen) the queue's backoff.
+    pub fn backoff_match(&mut self, key: &QueueKey, now_s: u64) -> Option<Transition> {
+        let slot = self.slot_or_create(key);
+        let q = self.queue_mut(slot)?;
+        let t = q.backoff.on_match(now_s);
+        q.after_transition(t)
+    }
+
+    /// Ends the backoffs whose quiet period is over; returns each queue that left.
+    pub fn backoff_tick(&mut self, now_s: u64) -> Vec<(QueueKey, Transition)> {
+        let mut changed = Vec::new();
+        for q in self.slots.iter_mut().flatten() {
+            if !q.backoff.is_backoff() {
+                continue;
+            }
+            let t = q.backoff.on_tick(now_s, &q.policy.backoff);
+            if let Some(t) = q.after_transition(t) {
+                changed.push((q.key.clone(), t));
+            }
         }
+        changed
+    }
+
+    /// The backoff state of a queue (Normal when it does not exist).
+    pub fn backoff_state(&self, key: &QueueKey) -> BackoffState {
+        self.queue(key).map(|q| q.backoff).unwrap_or_default()
+    }
+
+    /// Queues in backoff now.
+    pub fn queues_in_backoff(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|q| q.backoff.is_backoff())
+            .count()
     }
 
     /// Counts `count` recipients bounced on a permanent failure.

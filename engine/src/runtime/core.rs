@@ -34,6 +34,10 @@ pub struct Shared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub router: Arc<RouterSetup>,
     pub queues: Arc<crate::delivery::QueueBoard>,
+    /// Per-customer sending limits, shared lock-free by the cores.
+    pub limits: Arc<crate::limits::SendingLimits>,
+    /// VMTAs taken out of their pools (by the API or a failed bind).
+    pub vmtas: Arc<crate::delivery::VmtaBoard>,
 }
 
 impl Shared {
@@ -61,6 +65,11 @@ impl Shared {
             tls,
             router: RouterSetup::new(cores),
             queues: Arc::new(crate::delivery::QueueBoard::new(cores)),
+            limits: Arc::new(
+                crate::limits::SendingLimits::open(std::path::Path::new(&config.server.spool_dir))
+                    .map_err(|e| format!("sending limits: {e}"))?,
+            ),
+            vmtas: Arc::new(crate::delivery::VmtaBoard::default()),
         })
     }
 }
@@ -96,6 +105,7 @@ pub struct CoreContext {
     pool_turn: Cell<u64>,
     client_tls: OnceCell<Rc<crate::delivery::ClientTls>>,
     pub delivery: crate::delivery::CoreDelivery,
+    pub limits: crate::limits::CoreLimits,
 }
 
 impl CoreContext {
@@ -138,10 +148,63 @@ impl CoreContext {
             .clone()
     }
 
-    /// MAIL admission for the sender's customer (sending limits).
+    /// MAIL admission for the sender's customer (sending limits): refused with 451 4.7.1 once the
+    /// plan's hourly or daily limit is reached and no credits are left.
     pub fn admit_sender(&self, customer: Option<&str>) -> Result<(), Reply> {
-        let _ = customer;
-        Ok(())
+        let Some(name) = customer.filter(|c| !c.is_empty()) else {
+            return Ok(());
+        };
+        let config = self.config();
+        let result = self.limits.check(
+            config.customer(name),
+            crate::listener::reception::unix_now_s(),
+        );
+        if result.is_err() {
+            self.count_limit_refusal();
+        }
+        result
+    }
+
+    fn count_limit_refusal(&self) {
+        self.counters()
+            .sending_limit_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Charges one accepted message to `customer` (after DATA, before spooling).
+    pub fn charge_customer(&self, customer: &str) -> Result<crate::limits::Charge, Reply> {
+        if customer.is_empty() {
+            return Ok(crate::limits::Charge::Free);
+        }
+        let config = self.config();
+        let result = self.limits.charge(
+            config.customer(customer),
+            crate::listener::reception::unix_now_s(),
+        );
+        if result.is_err() {
+            self.count_limit_refusal();
+        }
+        result
+    }
+
+    /// Gives back a charge when the message was not spooled after all.
+    pub fn refund_customer(&self, customer: &str, charge: crate::limits::Charge) {
+        let config = self.config();
+        self.limits.refund(config.customer(customer), charge);
+    }
+
+    /// Writes the sending-limit counters if they changed, off the reactor thread.
+    async fn save_limits(&self) {
+        let limits = self.shared.limits.clone();
+        if !limits.is_dirty() {
+            return;
+        }
+        let result = glommio::executor()
+            .spawn_blocking(move || limits.save())
+            .await;
+        if let Err(e) = result {
+            log::error!("saving the sending-limit counters: {e}");
+        }
     }
 
     /// Picks up a configuration published by a reload.
@@ -193,6 +256,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         pool_turn: Cell::new(index as u64),
         client_tls: OnceCell::new(),
         delivery: crate::delivery::CoreDelivery::new(index),
+        limits: crate::limits::CoreLimits::new(shared.limits.clone()),
     });
     let weak = Rc::downgrade(&core);
     let router = shared
@@ -226,9 +290,13 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
             crate::delivery::publish_snapshot(&core);
             core.bodies.sweep();
         }
+        if index == 0 && tick.is_multiple_of(crate::limits::SAVE_EVERY_MS / TICK_MS) {
+            core.save_limits().await;
+        }
     }
     core.stop.trigger();
     drain(&core).await;
+    core.save_limits().await;
     core.accounting.flush_now();
     core.spool
         .flush()
