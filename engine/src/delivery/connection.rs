@@ -15,7 +15,7 @@ use rustls::pki_types::ServerName;
 use super::outcome::{self, Attempt};
 use super::placement::IMPLICIT_VMTA;
 use super::{BIND_FAILURE_RETRY_S, Queued, connect_from_timeout};
-use crate::config::{OutboundTls, parse_next_hop};
+use crate::config::{Config, OutboundTls, parse_next_hop};
 use crate::dns::{DnsError, NextHops};
 use crate::envelope::Envelope;
 use crate::queue::QueueKey;
@@ -31,6 +31,8 @@ const CONNECT_TIMEOUT_MS: u64 = 30_000;
 /// A rate limit that asks to wait longer than this closes the connection instead.
 const RATE_WAIT_IN_CONNECTION_MS_MAX: u64 = 10_000;
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// How long an idle connection waits for more recipients of its queue before QUIT.
+const IDLE_LINGER_MS: u64 = 1_000;
 
 fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -163,6 +165,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
             sent: 0,
             in_flight: None,
             failure: None,
+            config: config.clone(),
         };
         let tls_policy = match policy.tls {
             OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
@@ -271,6 +274,9 @@ struct Connection {
     in_flight: Option<InFlight>,
     /// The connection-level failure, if the session reported one.
     failure: Option<Reply>,
+    /// The configuration the connection was opened under: after a reload it finishes its
+    /// transaction and closes, so new routes and policies apply to the next one.
+    config: Arc<Config>,
 }
 
 impl Connection {
@@ -281,11 +287,36 @@ impl Connection {
         }
     }
 
+    /// Waits a little for recipients when the queue is empty, so a steady stream of mail reuses the
+    /// connection instead of paying a new connect and EHLO per burst. False when none came.
+    async fn wait_for_work(&self) -> bool {
+        let queues = &self.core.delivery.queues;
+        let mut waited_ms = 0;
+        let mut step_ms = 1;
+        while !queues.borrow().has_ready(&self.key) {
+            if waited_ms >= IDLE_LINGER_MS
+                || self.core.shared.control.stopping()
+                || !Arc::ptr_eq(&self.config, &self.core.config())
+            {
+                return false;
+            }
+            glommio::timer::sleep(Duration::from_millis(step_ms)).await;
+            waited_ms += step_ms;
+            step_ms = (step_ms * 2).min(64);
+        }
+        true
+    }
+
     /// The session is idle: start the next transaction, or QUIT.
     async fn on_ready(&mut self, session: &mut Session) {
         let core = self.core.clone();
         let over_cap = core.delivery.queues.borrow().over_connection_cap(&self.key);
-        if self.sent >= self.max_messages || over_cap || core.shared.control.stopping() {
+        if self.sent >= self.max_messages
+            || over_cap
+            || core.shared.control.stopping()
+            || !Arc::ptr_eq(&self.config, &core.config())
+            || !self.wait_for_work().await
+        {
             session.quit();
             return;
         }

@@ -666,6 +666,12 @@ impl<P: Copy> Queues<P> {
         self.queue(key).map(Queue::snapshot)
     }
 
+    /// Whether the queue is active and has recipients ready to hand out.
+    pub fn has_ready(&self, key: &QueueKey) -> bool {
+        self.queue(key)
+            .is_some_and(|q| q.is_active() && !q.ready.is_empty())
+    }
+
     /// Active queues with ready recipients (for the driver after a restart or a reload).
     pub fn ready_keys(&self) -> Vec<QueueKey> {
         self.slots
