@@ -174,10 +174,11 @@ fn check() -> Vec<Finding> {
             .next()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let good = if key == "net.ipv4.tcp_fin_timeout" {
-            first <= want
-        } else {
-            first >= want
+        let good = match key {
+            "net.ipv4.tcp_fin_timeout" => first <= want,
+            // 2 means loopback only: outbound connections to real MX hosts would not reuse ports.
+            "net.ipv4.tcp_tw_reuse" => first == want,
+            _ => first >= want,
         };
         let verdict = if good { Verdict::Ok } else { Verdict::Advice };
         push(
