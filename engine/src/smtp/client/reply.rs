@@ -8,49 +8,31 @@ pub const MAX_REPLY_LINE_BYTES: usize = 4096;
 /// Most lines accepted in one multi-line reply (EHLO answers are the longest in practice).
 pub const MAX_REPLY_LINES: usize = 128;
 
-/// An RFC 3463 enhanced status code, `class.subject.detail`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EnhancedCode {
-    pub class: u8,
-    pub subject: u16,
-    pub detail: u16,
-}
+pub use crate::smtp::reply::EnhancedCode;
 
-impl EnhancedCode {
-    pub const fn new(class: u8, subject: u16, detail: u16) -> EnhancedCode {
-        EnhancedCode {
-            class,
-            subject,
-            detail,
-        }
+/// Parses `X.Y.Z` at the start of `text` (followed by a space or the end), returning the code and
+/// the length consumed. Subject and detail are 1 to 3 digits (RFC 3463 section 2).
+fn parse_enhanced_prefix(text: &str) -> Option<(EnhancedCode, usize)> {
+    let bytes = text.as_bytes();
+    let class = match bytes.first()? {
+        b'2' => 2,
+        b'4' => 4,
+        b'5' => 5,
+        _ => return None,
+    };
+    if bytes.get(1) != Some(&b'.') {
+        return None;
     }
-
-    /// Parses `X.Y.Z` at the start of `text` (followed by a space or the end), returning the code and
-    /// the length consumed. Subject and detail are 1 to 3 digits (RFC 3463 section 2).
-    fn parse_prefix(text: &str) -> Option<(EnhancedCode, usize)> {
-        let bytes = text.as_bytes();
-        let class = match bytes.first()? {
-            b'2' => 2,
-            b'4' => 4,
-            b'5' => 5,
-            _ => return None,
-        };
-        if bytes.get(1) != Some(&b'.') {
-            return None;
-        }
-        let (subject, n1) = digits(bytes.get(2..)?)?;
-        let after_subject = 2 + n1;
-        if bytes.get(after_subject) != Some(&b'.') {
-            return None;
-        }
-        let (detail, n2) = digits(bytes.get(after_subject + 1..)?)?;
-        let end = after_subject + 1 + n2;
-        match bytes.get(end) {
-            None | Some(b' ') | Some(b'\t') => {
-                Some((EnhancedCode::new(class, subject, detail), end))
-            }
-            Some(_) => None,
-        }
+    let (subject, n1) = digits(bytes.get(2..)?)?;
+    let after_subject = 2 + n1;
+    if bytes.get(after_subject) != Some(&b'.') {
+        return None;
+    }
+    let (detail, n2) = digits(bytes.get(after_subject + 1..)?)?;
+    let end = after_subject + 1 + n2;
+    match bytes.get(end) {
+        None | Some(b' ') | Some(b'\t') => Some((EnhancedCode::new(class, subject, detail), end)),
+        Some(_) => None,
     }
 }
 
@@ -69,12 +51,6 @@ fn digits(bytes: &[u8]) -> Option<(u16, usize)> {
         .take(n)
         .fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
     Some((value, n))
-}
-
-impl fmt::Display for EnhancedCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
-    }
 }
 
 /// Where a reply came from: the remote server, or Volley itself (a synthetic reply for a refusal
@@ -251,7 +227,7 @@ impl ReplyParser {
         let lines = std::mem::take(&mut self.lines);
         let enhanced = lines
             .first()
-            .and_then(|l| EnhancedCode::parse_prefix(l))
+            .and_then(|l| parse_enhanced_prefix(l))
             .map(|(e, _)| e)
             // The enhanced class must agree with the reply class to be meaningful.
             .filter(|e| u16::from(e.class) == code / 100);
