@@ -95,6 +95,8 @@ pub struct CoreContext {
     pub shared: Shared,
     config: RefCell<Arc<Config>>,
     generation: Cell<u64>,
+    /// The generation the listeners' session settings were last built from.
+    listeners_generation: Cell<u64>,
     pub spool: Spool,
     pub bodies: SegmentReader,
     pub accounting: CoreAccounting,
@@ -109,8 +111,22 @@ pub struct CoreContext {
 }
 
 impl CoreContext {
+    /// The running configuration. A reload is picked up here at once (one atomic load when nothing
+    /// changed), so no core routes or delivers on an old configuration after it was published.
     pub fn config(&self) -> Arc<Config> {
+        let generation = self.shared.control.generation();
+        if generation != self.generation.get() {
+            self.apply_generation(generation);
+        }
         self.config.borrow().clone()
+    }
+
+    fn apply_generation(&self, generation: u64) {
+        self.generation.set(generation);
+        let config = self.shared.control.config();
+        *self.credentials.borrow_mut() = Credentials::from_config(&config);
+        *self.config.borrow_mut() = config;
+        log::info!("configuration generation {generation} applied");
     }
 
     pub fn counters(&self) -> &CoreCounters {
@@ -207,20 +223,16 @@ impl CoreContext {
         }
     }
 
-    /// Picks up a configuration published by a reload.
+    /// Rebuilds the listeners' session settings after a reload.
     fn refresh_config(&self, listeners: &[Rc<crate::listener::ListenerContext>]) {
-        let generation = self.shared.control.generation();
-        if generation == self.generation.get() {
+        let config = self.config();
+        if self.listeners_generation.get() == self.generation.get() {
             return;
         }
-        self.generation.set(generation);
-        let config = self.shared.control.config();
-        *self.credentials.borrow_mut() = Credentials::from_config(&config);
+        self.listeners_generation.set(self.generation.get());
         for l in listeners {
             l.reload(&config);
         }
-        *self.config.borrow_mut() = config;
-        log::info!("configuration generation {generation} applied");
     }
 }
 
@@ -246,6 +258,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         shared: shared.clone(),
         config: RefCell::new(config.clone()),
         generation: Cell::new(shared.control.generation()),
+        listeners_generation: Cell::new(shared.control.generation()),
         spool,
         bodies: SegmentReader::new(spool_dir),
         accounting: CoreAccounting::new(shared.events.clone()),
