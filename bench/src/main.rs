@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use blast::BlastConfig;
-use blast::message::MessagePlan;
+use blast::message::{MessagePlan, SizePlan};
+use blast::{BlastConfig, Credentials};
 use placement::{CorePlan, parse_cpu_list};
 use sink::SinkConfig;
 
@@ -112,6 +112,22 @@ struct BlastArgs {
     /// Size of each message in bytes (headers included).
     #[arg(long, default_value_t = 1024)]
     size: usize,
+    /// Sizes drawn per message instead of --size: `SIZE:WEIGHT` pairs, e.g.
+    /// `1024:70,10240:25,102400:5`.
+    #[arg(long, conflicts_with = "size")]
+    size_dist: Option<String>,
+    /// Seed of the --size-dist draws (default: random; the report says which).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Upgrade every connection with STARTTLS (any certificate is accepted).
+    #[arg(long)]
+    starttls: bool,
+    /// AUTH PLAIN as `USER:PASS` after STARTTLS.
+    #[arg(long, requires = "starttls", value_parser = Credentials::parse)]
+    auth: Option<Credentials>,
+    /// Recipient domains by name, used in turn (e.g. `gmail.test,yahoo.test`); overrides --domains.
+    #[arg(long, value_delimiter = ',')]
+    domain_names: Vec<String>,
     /// Concurrent connections in total, spread over the cores.
     #[arg(long, default_value_t = 10)]
     connections: usize,
@@ -263,6 +279,31 @@ fn run_blast(args: BlastArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let now_ms = clock::unix_millis_now();
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    let sizes = match &args.size_dist {
+        None => SizePlan::Fixed(args.size),
+        Some(text) => match SizePlan::parse_distribution(text, seed) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("volley-bench blast: --size-dist: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let tls = if args.starttls {
+        match blast::tls::client_config() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("volley-bench blast: TLS: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    if args.size_dist.is_some() && args.progress_interval_s > 0 {
+        eprintln!("blast: size distribution seed {seed}");
+    }
     let config = BlastConfig {
         to,
         messages: args.messages,
@@ -273,15 +314,18 @@ fn run_blast(args: BlastArgs) -> ExitCode {
         chunking: args.chunking,
         plan: args.cores.plan(),
         message: MessagePlan {
-            size_bytes: args.size,
+            sizes,
             recipients_per_message: args.recipients,
             domains: args.domains,
+            domain_names: args.domain_names,
             from: args.from,
             run_id: format!("{:x}{:04x}", now_ms, fastrand::u16(..)),
             date: clock::rfc5322_date(now_ms / 1000),
             extra_headers: args.headers,
         },
         progress_interval: Duration::from_secs(args.progress_interval_s),
+        tls,
+        auth: args.auth,
     };
     let report = match blast::run(config) {
         Ok(r) => r,
