@@ -97,6 +97,10 @@ struct SinkArgs {
     /// Seconds between live stats lines on stderr; 0 = off.
     #[arg(long, default_value_t = 1)]
     stats_interval_s: u64,
+    /// Answer messages whose first recipient is at gmail.test, yahoo.test or outlook.test with
+    /// texts in those providers' styles (Gmail's and Yahoo's tempfails are 421 and close).
+    #[arg(long)]
+    provider_replies: bool,
     #[command(flatten)]
     cores: CoreArgs,
 }
@@ -256,6 +260,7 @@ fn run_sink(args: SinkArgs) -> ExitCode {
         plan: args.cores.plan(),
         max_connections_per_ip: args.max_connections_per_ip,
         stats_interval: Duration::from_secs(args.stats_interval_s),
+        provider_replies: args.provider_replies,
     };
     match sink::run(config) {
         Ok(()) => ExitCode::SUCCESS,

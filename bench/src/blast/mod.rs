@@ -89,7 +89,11 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ user: {:?}, password: <hidden> }}", self.user)
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <hidden> }}",
+            self.user
+        )
     }
 }
 
@@ -261,7 +265,13 @@ impl Connection<'_> {
     }
 
     /// Counts a message's final reply; `body_bytes` is the size of the body if it was sent.
-    fn finish_message(&self, code: u16, text: &[u8], recipients_ok: u64, body_bytes: Option<usize>) {
+    fn finish_message(
+        &self,
+        code: u16,
+        text: &[u8],
+        recipients_ok: u64,
+        body_bytes: Option<usize>,
+    ) {
         let mut stats = self.stats.borrow_mut();
         *stats.replies_by_code.entry(code).or_default() += 1;
         if !stats.reply_samples.contains_key(&code) {
@@ -485,7 +495,10 @@ impl Connection<'_> {
         /// What a reply in flight belongs to.
         enum InFlight {
             Rset,
-            Transaction { written_at: Instant, size_bytes: usize },
+            Transaction {
+                written_at: Instant,
+                size_bytes: usize,
+            },
         }
         let config = self.config;
         let depth = config.pipeline_depth.max(1) as usize;
