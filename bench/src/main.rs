@@ -391,13 +391,22 @@ fn run_relay(args: RelayArgs) -> ExitCode {
     print!("{}", report.to_text());
     let json = plan.out_dir.join("relay.json");
     let svg = plan.out_dir.join("relay.svg");
+    let latency_svg = plan.out_dir.join("relay-latency.svg");
     let written = serde_json::to_string_pretty(&report)
         .map_err(|e| e.to_string())
         .and_then(|text| std::fs::write(&json, text).map_err(|e| e.to_string()))
-        .and_then(|()| std::fs::write(&svg, report.to_svg()).map_err(|e| e.to_string()));
+        .and_then(|()| std::fs::write(&svg, report.to_svg()).map_err(|e| e.to_string()))
+        .and_then(|()| {
+            std::fs::write(&latency_svg, report.to_latency_svg()).map_err(|e| e.to_string())
+        });
     match written {
         Ok(()) => {
-            println!("report: {}  chart: {}", json.display(), svg.display());
+            println!(
+                "report: {}  charts: {} {}",
+                json.display(),
+                svg.display(),
+                latency_svg.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
