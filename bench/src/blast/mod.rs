@@ -274,11 +274,10 @@ impl Connection<'_> {
     ) {
         let mut stats = self.stats.borrow_mut();
         *stats.replies_by_code.entry(code).or_default() += 1;
-        if !stats.reply_samples.contains_key(&code) {
-            stats
-                .reply_samples
-                .insert(code, String::from_utf8_lossy(text).into_owned());
-        }
+        stats
+            .reply_samples
+            .entry(code)
+            .or_insert_with(|| String::from_utf8_lossy(text).into_owned());
         stats.messages_sent += 1;
         if let Some(bytes) = body_bytes {
             stats.message_bytes += bytes as u64;
