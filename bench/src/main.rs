@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use blast::BlastConfig;
-use blast::message::MessagePlan;
+use blast::message::{MessagePlan, SizePlan};
+use blast::{BlastConfig, Credentials};
 use placement::{CorePlan, parse_cpu_list};
 use sink::SinkConfig;
 
@@ -97,6 +97,10 @@ struct SinkArgs {
     /// Seconds between live stats lines on stderr; 0 = off.
     #[arg(long, default_value_t = 1)]
     stats_interval_s: u64,
+    /// Answer messages whose first recipient is at gmail.test, yahoo.test or outlook.test with
+    /// texts in those providers' styles (Gmail's and Yahoo's tempfails are 421 and close).
+    #[arg(long)]
+    provider_replies: bool,
     #[command(flatten)]
     cores: CoreArgs,
 }
@@ -112,6 +116,22 @@ struct BlastArgs {
     /// Size of each message in bytes (headers included).
     #[arg(long, default_value_t = 1024)]
     size: usize,
+    /// Sizes drawn per message instead of --size: `SIZE:WEIGHT` pairs, e.g.
+    /// `1024:70,10240:25,102400:5`.
+    #[arg(long, conflicts_with = "size")]
+    size_dist: Option<String>,
+    /// Seed of the --size-dist draws (default: random; the report says which).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Upgrade every connection with STARTTLS (any certificate is accepted).
+    #[arg(long)]
+    starttls: bool,
+    /// AUTH PLAIN as `USER:PASS` after STARTTLS.
+    #[arg(long, requires = "starttls", value_parser = Credentials::parse)]
+    auth: Option<Credentials>,
+    /// Recipient domains by name, used in turn (e.g. `gmail.test,yahoo.test`); overrides --domains.
+    #[arg(long, value_delimiter = ',')]
+    domain_names: Vec<String>,
     /// Concurrent connections in total, spread over the cores.
     #[arg(long, default_value_t = 10)]
     connections: usize,
@@ -240,6 +260,7 @@ fn run_sink(args: SinkArgs) -> ExitCode {
         plan: args.cores.plan(),
         max_connections_per_ip: args.max_connections_per_ip,
         stats_interval: Duration::from_secs(args.stats_interval_s),
+        provider_replies: args.provider_replies,
     };
     match sink::run(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -263,6 +284,31 @@ fn run_blast(args: BlastArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let now_ms = clock::unix_millis_now();
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    let sizes = match &args.size_dist {
+        None => SizePlan::Fixed(args.size),
+        Some(text) => match SizePlan::parse_distribution(text, seed) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("volley-bench blast: --size-dist: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let tls = if args.starttls {
+        match blast::tls::client_config() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("volley-bench blast: TLS: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    if args.size_dist.is_some() && args.progress_interval_s > 0 {
+        eprintln!("blast: size distribution seed {seed}");
+    }
     let config = BlastConfig {
         to,
         messages: args.messages,
@@ -273,15 +319,18 @@ fn run_blast(args: BlastArgs) -> ExitCode {
         chunking: args.chunking,
         plan: args.cores.plan(),
         message: MessagePlan {
-            size_bytes: args.size,
+            sizes,
             recipients_per_message: args.recipients,
             domains: args.domains,
+            domain_names: args.domain_names,
             from: args.from,
             run_id: format!("{:x}{:04x}", now_ms, fastrand::u16(..)),
             date: clock::rfc5322_date(now_ms / 1000),
             extra_headers: args.headers,
         },
         progress_interval: Duration::from_secs(args.progress_interval_s),
+        tls,
+        auth: args.auth,
     };
     let report = match blast::run(config) {
         Ok(r) => r,
@@ -342,13 +391,22 @@ fn run_relay(args: RelayArgs) -> ExitCode {
     print!("{}", report.to_text());
     let json = plan.out_dir.join("relay.json");
     let svg = plan.out_dir.join("relay.svg");
+    let latency_svg = plan.out_dir.join("relay-latency.svg");
     let written = serde_json::to_string_pretty(&report)
         .map_err(|e| e.to_string())
         .and_then(|text| std::fs::write(&json, text).map_err(|e| e.to_string()))
-        .and_then(|()| std::fs::write(&svg, report.to_svg()).map_err(|e| e.to_string()));
+        .and_then(|()| std::fs::write(&svg, report.to_svg()).map_err(|e| e.to_string()))
+        .and_then(|()| {
+            std::fs::write(&latency_svg, report.to_latency_svg()).map_err(|e| e.to_string())
+        });
     match written {
         Ok(()) => {
-            println!("report: {}  chart: {}", json.display(), svg.display());
+            println!(
+                "report: {}  charts: {} {}",
+                json.display(),
+                svg.display(),
+                latency_svg.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -42,9 +42,34 @@ pub struct RelayResult {
     pub accept_msg_per_s: f64,
     pub accept_p50_ms: f64,
     pub accept_p99_ms: f64,
+    /// The accept latency distribution (blast's end-of-data reply latency), milliseconds.
+    pub accept_latency_ms: LatencyPercentiles,
     pub delivered: u64,
     /// Messages received by the sink per 100 ms interval, from the first message sent.
     pub timeline: Vec<u64>,
+}
+
+/// Percentiles of one run's accept latency, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct LatencyPercentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl LatencyPercentiles {
+    /// `(quantile label, fraction, value)` in order, for charts.
+    fn points(&self) -> [(&'static str, f64, f64); 5] {
+        [
+            ("p50", 0.5, self.p50),
+            ("p90", 0.9, self.p90),
+            ("p99", 0.99, self.p99),
+            ("p99.9", 0.999, self.p999),
+            ("max", 1.0, self.max),
+        ]
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -153,8 +178,7 @@ fn start_blast(plan: &RelayPlan, port: u16) -> Result<BlastRun, String> {
 
 struct BlastFigures {
     msg_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    latency_ms: LatencyPercentiles,
     accepted: u64,
 }
 
@@ -171,10 +195,16 @@ fn finish_blast(run: BlastRun) -> Result<BlastFigures, String> {
             .and_then(|n| n.as_f64())
             .unwrap_or(0.0)
     };
+    let ms = |key: &str| number(&["latency_us", "end_of_data_reply", key]) / 1000.0;
     Ok(BlastFigures {
         msg_per_s: number(&["accepted_per_s"]),
-        p50_ms: number(&["latency_us", "end_of_data_reply", "p50"]) / 1000.0,
-        p99_ms: number(&["latency_us", "end_of_data_reply", "p99"]) / 1000.0,
+        latency_ms: LatencyPercentiles {
+            p50: ms("p50"),
+            p90: ms("p90"),
+            p99: ms("p99"),
+            p999: ms("p999"),
+            max: ms("max"),
+        },
         accepted: number(&["messages_accepted"]) as u64,
     })
 }
@@ -216,8 +246,9 @@ fn ceiling(plan: &RelayPlan) -> Result<RelayResult, String> {
         name: "ceiling (blast → sink)".into(),
         msg_per_s: figures.msg_per_s,
         accept_msg_per_s: figures.msg_per_s,
-        accept_p50_ms: figures.p50_ms,
-        accept_p99_ms: figures.p99_ms,
+        accept_p50_ms: figures.latency_ms.p50,
+        accept_p99_ms: figures.latency_ms.p99,
+        accept_latency_ms: figures.latency_ms,
         delivered: figures.accepted,
         timeline,
     })
@@ -239,8 +270,9 @@ fn through_relay(
         name: name.into(),
         msg_per_s: expected as f64 / elapsed_s,
         accept_msg_per_s: figures.msg_per_s,
-        accept_p50_ms: figures.p50_ms,
-        accept_p99_ms: figures.p99_ms,
+        accept_p50_ms: figures.latency_ms.p50,
+        accept_p99_ms: figures.latency_ms.p99,
+        accept_latency_ms: figures.latency_ms,
         delivered: count_lines(log),
         timeline,
     })
@@ -498,5 +530,139 @@ impl RelayReport {
         }
         svg.push_str("</svg>\n");
         svg
+    }
+
+    /// The accept latency of every run as a percentile chart (a CDF on a "nines" scale): x is
+    /// latency in ms on a log scale, y is the percentile, p50 at the bottom and max at the top.
+    pub fn to_latency_svg(&self) -> String {
+        let (w, h, pad) = (800.0, 400.0, 60.0);
+        let values = || {
+            self.results
+                .iter()
+                .flat_map(|r| r.accept_latency_ms.points().map(|(_, _, v)| v))
+                .filter(|v| *v > 0.0)
+        };
+        // Whole decades around the data; latencies below 1 µs are drawn at 1 µs.
+        let lo = values()
+            .fold(f64::INFINITY, f64::min)
+            .max(0.001)
+            .log10()
+            .floor();
+        let hi = values().fold(0.001, f64::max).log10().ceil().max(lo + 1.0);
+        let x_of = |ms: f64| pad + (w - 2.0 * pad) * (ms.max(0.001).log10() - lo) / (hi - lo);
+        // Evenly spaced rows: p50, p90, p99, p99.9, max.
+        let y_of = |row: usize| (h - pad) - (h - 2.0 * pad) * row as f64 / 4.0;
+        let colors = ["#888888", "#d62728", "#1f77b4"];
+        let mut svg = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{pad}" y="20">accept latency (end of DATA → reply) by percentile; {} msgs of {} B, {} connections</text>
+<line x1="{pad}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{y0}" stroke="black"/>
+"#,
+            self.messages,
+            self.size_bytes,
+            self.connections,
+            y0 = h - pad,
+            x1 = w - pad,
+        );
+        let mut decade = lo;
+        while decade <= hi {
+            let ms = 10f64.powf(decade);
+            let x = x_of(ms);
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{x:.1}" y1="{pad}" x2="{x:.1}" y2="{}" stroke="#dddddd"/><text x="{x:.1}" y="{}" text-anchor="middle">{} ms</text>"##,
+                h - pad,
+                h - pad + 20.0,
+                format_ms(ms)
+            );
+            decade += 1.0;
+        }
+        for (row, (label, _, _)) in LatencyPercentiles::default().points().iter().enumerate() {
+            let y = y_of(row);
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{pad}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#dddddd"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
+                w - pad,
+                pad - 5.0,
+                y + 4.0
+            );
+        }
+        for (i, r) in self.results.iter().enumerate() {
+            let points: Vec<String> = r
+                .accept_latency_ms
+                .points()
+                .iter()
+                .enumerate()
+                .map(|(row, (_, _, v))| format!("{:.1},{:.1}", x_of(*v), y_of(row)))
+                .collect();
+            let color = colors[i % colors.len()];
+            let _ = writeln!(
+                svg,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/><text x="{}" y="{}" fill="{color}">{}</text>"#,
+                points.join(" "),
+                pad + 10.0,
+                pad + 15.0 * i as f64,
+                r.name
+            );
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+/// A decade tick label: `0.01`, `1`, `100`.
+fn format_ms(ms: f64) -> String {
+    if ms >= 1.0 {
+        format!("{ms:.0}")
+    } else {
+        let digits = (-ms.log10()).ceil().max(0.0) as usize;
+        format!("{ms:.digits$}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(name: &str, p50: f64) -> RelayResult {
+        RelayResult {
+            name: name.into(),
+            msg_per_s: 1.0,
+            accept_msg_per_s: 1.0,
+            accept_p50_ms: p50,
+            accept_p99_ms: p50 * 10.0,
+            accept_latency_ms: LatencyPercentiles {
+                p50,
+                p90: p50 * 2.0,
+                p99: p50 * 10.0,
+                p999: p50 * 20.0,
+                max: p50 * 50.0,
+            },
+            delivered: 1,
+            timeline: vec![1, 2],
+        }
+    }
+
+    #[test]
+    fn latency_chart_has_one_curve_per_run() {
+        let report = RelayReport {
+            machine: "test".into(),
+            messages: 10,
+            size_bytes: 1024,
+            recipients: 1,
+            connections: 2,
+            fsync: true,
+            results: vec![result("a", 0.2), result("b", 3.0), result("c", 0.0)],
+        };
+        let svg = report.to_latency_svg();
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert!(svg.contains(">p99.9<") && svg.contains(">max<"));
+        assert!(
+            svg.contains(">0.1 ms<") && svg.contains(">1000 ms<"),
+            "{svg}"
+        );
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+        assert_eq!(format_ms(0.01), "0.01");
     }
 }

@@ -415,6 +415,17 @@ fn relay_runs_ceiling_and_volley_side_by_side() {
     }
     let svg = std::fs::read_to_string(dir.path().join("relay.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 2);
+    // The accept latency: percentiles in the JSON, one curve per run in the second chart.
+    for r in results {
+        let l = &r["accept_latency_ms"];
+        let at = |k: &str| l[k].as_f64().unwrap_or(-1.0);
+        assert!(at("p50") > 0.0, "{r}");
+        assert!(at("p50") <= at("p90") && at("p90") <= at("p99"), "{r}");
+        assert!(at("p99") <= at("p999") && at("p999") <= at("max"), "{r}");
+    }
+    let latency = std::fs::read_to_string(dir.path().join("relay-latency.svg")).unwrap();
+    assert_eq!(latency.matches("<polyline").count(), 2);
+    assert!(latency.contains(">p99.9<"));
 }
 
 #[test]
@@ -488,4 +499,259 @@ fn chunking_pipelines_whole_transactions() {
         "{c:?}"
     );
     assert!(c.get("450").copied().unwrap_or(0) > 90, "{c:?}");
+}
+
+#[test]
+fn size_distribution_reaches_the_sink_with_the_right_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sink.jsonl");
+    let sink = Sink::start(&["--log", log.to_str().unwrap()]);
+    let report = blast_json(
+        sink.addr,
+        &[
+            "--messages",
+            "2000",
+            "--connections",
+            "4",
+            "--size-dist",
+            "1024:70,10240:25,102400:5",
+            "--seed",
+            "11",
+        ],
+    );
+    sink.stop();
+    assert_eq!(report["messages_accepted"], 2000, "{report}");
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 2000);
+    let mut by_size = BTreeMap::<u64, u64>::new();
+    for line in &lines {
+        *by_size
+            .entry(line["size_bytes"].as_u64().unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        by_size.keys().copied().collect::<Vec<_>>(),
+        [1024, 10240, 102_400],
+        "every message has one of the sizes: {by_size:?}"
+    );
+    let share = |size| by_size[&size] as f64 / 2000.0;
+    assert!((share(1024) - 0.70).abs() < 0.04, "{by_size:?}");
+    assert!((share(10240) - 0.25).abs() < 0.04, "{by_size:?}");
+    assert!((share(102_400) - 0.05).abs() < 0.02, "{by_size:?}");
+    // The reported mean is the mean of what the sink received.
+    let total: u64 = by_size.iter().map(|(s, n)| s * n).sum();
+    let mean = report["mean_message_bytes"].as_f64().unwrap();
+    assert!((mean - total as f64 / 2000.0).abs() < 0.5, "{mean}");
+    // The same seed gives the same mix.
+    let sink = Sink::start(&[]);
+    let again = blast_json(
+        sink.addr,
+        &[
+            "--messages",
+            "2000",
+            "--connections",
+            "3",
+            "--size-dist",
+            "1024:70,10240:25,102400:5",
+            "--seed",
+            "11",
+        ],
+    );
+    sink.stop();
+    assert_eq!(again["mean_message_bytes"], report["mean_message_bytes"]);
+}
+
+/// Blasts `messages` at recipients of `domain` through a `--provider-replies` sink.
+fn provider_blast(domain: &str, sink_args: &[&str], messages: &str) -> Value {
+    let mut args = vec!["--provider-replies"];
+    args.extend_from_slice(sink_args);
+    let sink = Sink::start(&args);
+    let report = blast_json(
+        sink.addr,
+        &[
+            "--messages",
+            messages,
+            "--connections",
+            "1",
+            "--domain-names",
+            domain,
+        ],
+    );
+    sink.stop();
+    report
+}
+
+#[test]
+fn provider_replies_imitate_gmail_yahoo_and_outlook() {
+    let gmail = provider_blast("gmail.test", &[], "5");
+    assert_eq!(gmail["messages_accepted"], 5, "{gmail}");
+    let ok = gmail["reply_samples"]["250"].as_str().unwrap();
+    assert!(ok.starts_with("250 2.0.0 OK  1"), "{ok}");
+    assert!(ok.ends_with(" - gsmtp"), "{ok}");
+
+    let outlook = provider_blast("outlook.test", &[], "3");
+    let ok = outlook["reply_samples"]["250"].as_str().unwrap();
+    assert!(ok.starts_with("250 2.6.0 <blast-"), "{ok}");
+    assert!(ok.contains("Queued mail for delivery"), "{ok}");
+
+    let yahoo = provider_blast("yahoo.test", &["--permfail-percent", "100"], "3");
+    assert_eq!(codes(&yahoo), BTreeMap::from([("554".to_string(), 3)]));
+    assert!(
+        yahoo["reply_samples"]["554"]
+            .as_str()
+            .unwrap()
+            .starts_with("554 5.7.9 ")
+    );
+
+    // Gmail's tempfail is a multi-line 421 that closes the connection: the rest stays unsent.
+    let deferred = provider_blast("gmail.test", &["--tempfail-percent", "100"], "3");
+    assert_eq!(codes(&deferred), BTreeMap::from([("421".to_string(), 1)]));
+    assert_eq!(deferred["messages_unsent"], 2, "{deferred}");
+    let text = deferred["reply_samples"]["421"].as_str().unwrap();
+    assert!(text.starts_with("421-4.7.0 ["), "{text}");
+    assert!(text.contains("Try again later"), "{text}");
+
+    // Other domains keep the plain texts.
+    let plain = provider_blast("d0.test", &[], "2");
+    assert_eq!(plain["reply_samples"]["250"], "250 2.0.0 Ok: queued");
+}
+
+/// A running `volley serve`; killed on drop.
+struct Volley(Child);
+
+impl Drop for Volley {
+    fn drop(&mut self) {
+        let pid = self.0.id() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn starttls_and_auth_load_a_submission_listener() {
+    let volley = Path::new(BIN).with_file_name("volley");
+    assert!(
+        volley.exists(),
+        "build the workspace first: {} is missing",
+        volley.display()
+    );
+    let mut hasher = Command::new(&volley)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hasher
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret:pass")
+        .unwrap();
+    let hashed = hasher.wait_with_output().unwrap();
+    assert!(hashed.status.success());
+    let hash = String::from_utf8(hashed.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$argon2"), "{hash}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sink.jsonl");
+    let sink = Sink::start(&["--log", log.to_str().unwrap()]);
+    let front = free_port();
+    let config = format!(
+        r#"[server]
+hostname = "submit.volley.test"
+cores = 1
+spool_dir = "{spool}"
+[spool]
+fsync = false
+[[listener]]
+address = "127.0.0.1:{front}"
+tls = "starttls"
+auth = "required"
+[[customer]]
+name = "acme"
+password_hash = '{hash}'
+[routes]
+"d0.test" = "{sink}"
+[api]
+address = "127.0.0.1:{api}"
+"#,
+        spool = dir.path().join("spool").display(),
+        sink = sink.addr,
+        api = free_port(),
+    );
+    let config_path = dir.path().join("volley.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let _volley = Volley(
+        Command::new(&volley)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("volley.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let front_addr = SocketAddr::from(([127, 0, 0, 1], front));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(front_addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "volley did not listen: {}",
+            std::fs::read_to_string(dir.path().join("volley.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Without AUTH the listener refuses the mail.
+    let refused = blast_json(front_addr, &["--messages", "2", "--starttls"]);
+    assert_eq!(refused["messages_accepted"], 0, "{refused}");
+
+    let report = blast_json(
+        front_addr,
+        &[
+            "--messages",
+            "200",
+            "--connections",
+            "4",
+            "--starttls",
+            "--auth",
+            "acme:s3cret:pass",
+        ],
+    );
+    assert_eq!(report["messages_accepted"], 200, "{report}");
+    assert_eq!(report["connection_errors"], 0, "{report}");
+    // Volley relays them all to the sink.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        if n >= 200 {
+            assert_eq!(n, 200);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {n} of 200 reached the sink"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(sink);
 }

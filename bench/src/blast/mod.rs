@@ -11,10 +11,16 @@
 //! waits for a 354: up to `--pipeline-depth` whole transactions are in flight per connection and
 //! one write or read carries many of them. After a refused transaction the next write starts with
 //! RSET; transactions already in flight may then fail too (they are counted by their reply).
+//!
+//! With `--starttls` each connection upgrades to TLS after EHLO (any certificate is accepted: the
+//! point is to load the server, not to authenticate it) and says EHLO again; `--auth` then logs
+//! in with AUTH PLAIN (RFC 4954) before the first transaction, so submission listeners can be
+//! loaded too.
 
 pub mod message;
 pub mod reply;
 pub mod report;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -25,7 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncWriteExt;
+use base64::Engine as _;
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorPoolBuilder, spawn_local};
 use memchr::memmem;
@@ -65,6 +72,51 @@ pub struct BlastConfig {
     pub message: MessagePlan,
     /// Progress line period on stderr; zero = off.
     pub progress_interval: Duration,
+    /// STARTTLS after EHLO with this client configuration.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// AUTH PLAIN with these credentials (only over TLS).
+    pub auth: Option<Credentials>,
+}
+
+/// A user name and password for AUTH PLAIN.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The authentication identity.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <hidden> }}",
+            self.user
+        )
+    }
+}
+
+impl Credentials {
+    /// Parses `USER:PASS` (the password may contain colons).
+    pub fn parse(text: &str) -> Result<Credentials, String> {
+        let (user, password) = text
+            .split_once(':')
+            .ok_or_else(|| "expected USER:PASS".to_string())?;
+        if user.is_empty() || password.is_empty() {
+            return Err("user and password must not be empty".into());
+        }
+        Ok(Credentials {
+            user: user.to_string(),
+            password: password.to_string(),
+        })
+    }
+
+    /// The AUTH PLAIN initial response (RFC 4616): base64 of `\0user\0password`.
+    pub fn plain_response(&self) -> String {
+        let raw = format!("\0{}\0{}", self.user, self.password);
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    }
 }
 
 /// One connection's share of the work.
@@ -175,6 +227,7 @@ async fn shard(
 #[derive(Debug, Clone, Copy)]
 struct PendingBody {
     recipients_ok: u64,
+    size_bytes: usize,
 }
 
 struct Connection<'a> {
@@ -191,7 +244,7 @@ impl Connection<'_> {
         let connected =
             TcpStream::connect_timeout(self.config.to, Duration::from_secs(CONNECT_TIMEOUT_S))
                 .await;
-        let mut stream = match connected {
+        let stream = match connected {
             Ok(s) => s,
             Err(e) => {
                 let mut stats = self.stats.borrow_mut();
@@ -204,19 +257,31 @@ impl Connection<'_> {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(Duration::from_secs(REPLY_TIMEOUT_S)));
         let mut done = 0u64;
-        if let Err(e) = self.converse(&mut stream, job, &mut done).await {
+        if let Err(e) = self.open_session(stream, job, &mut done).await {
             let mut stats = self.stats.borrow_mut();
             stats.connection_failed(format!("{}: {e}", self.config.to));
             stats.messages_unsent += job.count - done;
         }
     }
 
-    fn finish_message(&self, code: u16, recipients_ok: u64, body_sent: bool) {
+    /// Counts a message's final reply; `body_bytes` is the size of the body if it was sent.
+    fn finish_message(
+        &self,
+        code: u16,
+        text: &[u8],
+        recipients_ok: u64,
+        body_bytes: Option<usize>,
+    ) {
         let mut stats = self.stats.borrow_mut();
         *stats.replies_by_code.entry(code).or_default() += 1;
+        stats
+            .reply_samples
+            .entry(code)
+            .or_insert_with(|| String::from_utf8_lossy(text).into_owned());
         stats.messages_sent += 1;
-        if body_sent {
-            stats.message_bytes += self.config.message.size_bytes as u64;
+        if let Some(bytes) = body_bytes {
+            stats.message_bytes += bytes as u64;
+            stats.bodies_sent += 1;
         }
         CoreCounters::bump(&self.counters.messages);
         if (200..300).contains(&code) {
@@ -227,9 +292,9 @@ impl Connection<'_> {
     }
 
     /// Reads the end-of-data reply of a body written at `written_at`.
-    async fn end_of_data(
+    async fn end_of_data<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         replies: &mut ReplyReader,
         written_at: Instant,
         pending: PendingBody,
@@ -239,41 +304,78 @@ impl Connection<'_> {
             &mut self.stats.borrow_mut().end_of_data_reply_us,
             written_at.elapsed(),
         );
-        self.finish_message(code, pending.recipients_ok, true);
+        self.finish_message(
+            code,
+            replies.last_text(),
+            pending.recipients_ok,
+            Some(pending.size_bytes),
+        );
         Ok(())
     }
 
-    async fn converse(
+    /// Greeting and EHLO, then STARTTLS and AUTH if asked; then the transactions.
+    async fn open_session(
         &mut self,
-        stream: &mut TcpStream,
+        mut stream: TcpStream,
         job: ConnectionJob,
         done: &mut u64,
     ) -> io::Result<()> {
         let config = self.config;
         let mut replies = ReplyReader::default();
-        let greeting = replies.next_code(stream).await?;
+        let greeting = replies.next_code(&mut stream).await?;
         if greeting != 220 {
             return Err(io::Error::other(format!("greeting {greeting}")));
         }
         self.stats.borrow_mut().connections_ok += 1;
-        let mut out = Vec::with_capacity(config.message.size_bytes * 2 + 4096);
-        out.extend_from_slice(b"EHLO ");
-        out.extend_from_slice(config.ehlo.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        stream.write_all(&out).await?;
-        out.clear();
-        let ehlo = replies.next_code(stream).await?;
-        if ehlo != 250 {
-            return Err(io::Error::other(format!("EHLO refused with {ehlo}")));
+        ehlo(&mut stream, &mut replies, &config.ehlo).await?;
+        let Some(tls) = &config.tls else {
+            return self.converse(&mut stream, replies, job, done).await;
+        };
+        stream.write_all(b"STARTTLS\r\n").await?;
+        let code = replies.next_code(&mut stream).await?;
+        if code != 220 {
+            return Err(io::Error::other(format!("STARTTLS refused with {code}")));
         }
+        let name = rustls::pki_types::ServerName::try_from("volley-bench.test")
+            .map_err(io::Error::other)?;
+        let mut stream = futures_rustls::TlsConnector::from(tls.clone())
+            .connect(name, stream)
+            .await?;
+        // Nothing read before the handshake may be used after it (RFC 3207 §4.2).
+        let mut replies = ReplyReader::default();
+        ehlo(&mut stream, &mut replies, &config.ehlo).await?;
+        if let Some(credentials) = &config.auth {
+            let command = format!("AUTH PLAIN {}\r\n", credentials.plain_response());
+            stream.write_all(command.as_bytes()).await?;
+            let code = replies.next_code(&mut stream).await?;
+            if code != 235 {
+                return Err(io::Error::other(format!(
+                    "AUTH refused: {}",
+                    String::from_utf8_lossy(replies.last_text())
+                )));
+            }
+        }
+        self.converse(&mut stream, replies, job, done).await
+    }
+
+    async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        mut replies: ReplyReader,
+        job: ConnectionJob,
+        done: &mut u64,
+    ) -> io::Result<()> {
+        let config = self.config;
+        let max_size = config.message.sizes.max_size();
         if config.chunking {
             return self
                 .converse_chunking(stream, &mut replies, job, done)
                 .await;
         }
+        let mut out = Vec::with_capacity(max_size * 2 + 4096);
         let overlap = config.pipeline_depth >= 2;
         let finder = memmem::Finder::new(b"\n.");
-        let mut raw = Vec::with_capacity(config.message.size_bytes + 1024);
+        let mut raw = Vec::with_capacity(max_size + 1024);
         let mut pending: Option<PendingBody> = None;
         let mut needs_rset = false;
         for j in 0..job.count {
@@ -314,7 +416,7 @@ impl Connection<'_> {
                 .await?;
             if data != 354 {
                 // The transaction stopped before the body; report the reply that stopped it.
-                self.finish_message(stopped_by, 0, false);
+                self.finish_message(stopped_by, replies.last_text(), 0, None);
                 *done += 1;
                 needs_rset = true;
                 continue;
@@ -322,7 +424,10 @@ impl Connection<'_> {
             raw.clear();
             config.message.write_message(index, &mut raw);
             write_dot_stuffed(&raw, &finder, &mut out);
-            let this = PendingBody { recipients_ok };
+            let this = PendingBody {
+                recipients_ok,
+                size_bytes: raw.len(),
+            };
             if overlap && j + 1 < job.count {
                 pending = Some(this);
             } else {
@@ -340,9 +445,9 @@ impl Connection<'_> {
 
     /// Reads MAIL, RCPT and the data reply of one transaction; returns (final code, recipients
     /// accepted, whether it may need RSET), recording the MAIL latency from `written_at`.
-    async fn envelope_replies(
+    async fn envelope_replies<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         replies: &mut ReplyReader,
         written_at: Instant,
     ) -> io::Result<(u16, u16, u64)> {
@@ -379,9 +484,9 @@ impl Connection<'_> {
     }
 
     /// `--chunking`: whole transactions (envelope + `BDAT n LAST` + body) pipelined.
-    async fn converse_chunking(
+    async fn converse_chunking<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         replies: &mut ReplyReader,
         job: ConnectionJob,
         done: &mut u64,
@@ -389,13 +494,17 @@ impl Connection<'_> {
         /// What a reply in flight belongs to.
         enum InFlight {
             Rset,
-            Transaction { written_at: Instant },
+            Transaction {
+                written_at: Instant,
+                size_bytes: usize,
+            },
         }
         let config = self.config;
         let depth = config.pipeline_depth.max(1) as usize;
         let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(depth + 1);
-        let mut out = Vec::with_capacity((config.message.size_bytes + 512) * depth.min(64));
-        let mut raw = Vec::with_capacity(config.message.size_bytes + 1024);
+        let max_size = config.message.sizes.max_size();
+        let mut out = Vec::with_capacity((max_size + 512) * depth.min(64));
+        let mut raw = Vec::with_capacity(max_size + 1024);
         let mut needs_rset = false;
         let mut next = 0u64;
         while *done < job.count {
@@ -425,6 +534,7 @@ impl Connection<'_> {
                 out.extend_from_slice(&raw);
                 in_flight.push_back(InFlight::Transaction {
                     written_at: Instant::now(),
+                    size_bytes: raw.len(),
                 });
                 next += 1;
                 batch += 1;
@@ -434,7 +544,7 @@ impl Connection<'_> {
                 out.clear();
                 let now = Instant::now();
                 for entry in in_flight.iter_mut().rev().take(batch) {
-                    if let InFlight::Transaction { written_at } = entry {
+                    if let InFlight::Transaction { written_at, .. } = entry {
                         *written_at = now;
                     }
                 }
@@ -444,7 +554,10 @@ impl Connection<'_> {
                 Some(InFlight::Rset) => {
                     replies.next_code(stream).await?;
                 }
-                Some(InFlight::Transaction { written_at }) => {
+                Some(InFlight::Transaction {
+                    written_at,
+                    size_bytes,
+                }) => {
                     let (bdat, stopped_by, recipients_ok) =
                         self.envelope_replies(stream, replies, written_at).await?;
                     record(
@@ -452,7 +565,12 @@ impl Connection<'_> {
                         written_at.elapsed(),
                     );
                     let accepted = (200..300).contains(&bdat);
-                    self.finish_message(stopped_by, if accepted { recipients_ok } else { 0 }, true);
+                    self.finish_message(
+                        stopped_by,
+                        replies.last_text(),
+                        if accepted { recipients_ok } else { 0 },
+                        Some(size_bytes),
+                    );
                     needs_rset |= !accepted;
                     *done += 1;
                 }
@@ -463,8 +581,24 @@ impl Connection<'_> {
     }
 }
 
+/// Says EHLO and checks that it was welcome.
+async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    replies: &mut ReplyReader,
+    name: &str,
+) -> io::Result<()> {
+    stream
+        .write_all(format!("EHLO {name}\r\n").as_bytes())
+        .await?;
+    let code = replies.next_code(stream).await?;
+    if code != 250 {
+        return Err(io::Error::other(format!("EHLO refused with {code}")));
+    }
+    Ok(())
+}
+
 /// QUIT politely; the run's figures do not depend on it.
-async fn quit(stream: &mut TcpStream, replies: &mut ReplyReader) {
+async fn quit<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, replies: &mut ReplyReader) {
     if stream.write_all(b"QUIT\r\n").await.is_ok() {
         let _ = replies.next_code(stream).await;
     }
@@ -473,6 +607,16 @@ async fn quit(stream: &mut TcpStream, replies: &mut ReplyReader) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_plain_response() {
+        let c = Credentials::parse("alice:se:cret").unwrap();
+        assert_eq!(c.password, "se:cret");
+        // base64("\0alice\0se:cret")
+        assert_eq!(c.plain_response(), "AGFsaWNlAHNlOmNyZXQ=");
+        assert!(Credentials::parse("nopass").is_err());
+        assert!(!format!("{c:?}").contains("se:cret"));
+    }
 
     #[test]
     fn jobs_cover_every_message_once() {

@@ -8,6 +8,8 @@ use futures_lite::{AsyncRead, AsyncReadExt};
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Longest reply line accepted.
 pub const MAX_REPLY_LINE_BYTES: usize = 4096;
+/// How much of the last reply's text is kept for [`ReplyReader::last_text`].
+pub const MAX_REPLY_TEXT_BYTES: usize = 1024;
 
 /// Buffers what the server sent and splits it into replies.
 #[derive(Debug)]
@@ -15,6 +17,10 @@ pub struct ReplyReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The lines of the latest (or current, if incomplete) reply, joined with `\n`.
+    text: Vec<u8>,
+    /// A reply's first line is still expected (its continuation lines are not).
+    at_reply_start: bool,
 }
 
 impl Default for ReplyReader {
@@ -23,6 +29,8 @@ impl Default for ReplyReader {
             buf: vec![0; READ_BUFFER_BYTES],
             start: 0,
             end: 0,
+            text: Vec::with_capacity(256),
+            at_reply_start: true,
         }
     }
 }
@@ -46,11 +54,27 @@ impl ReplyReader {
                 _ => return Err(bad_reply("reply does not start with a code")),
             };
             let more = line.get(3) == Some(&b'-');
+            if self.at_reply_start {
+                self.text.clear();
+            } else if self.text.len() < MAX_REPLY_TEXT_BYTES {
+                self.text.push(b'\n');
+            }
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let room = MAX_REPLY_TEXT_BYTES.saturating_sub(self.text.len());
+            self.text
+                .extend_from_slice(line.get(..room.min(line.len())).unwrap_or_default());
+            self.at_reply_start = !more;
             self.start += lf + 1;
             if !more {
                 return Ok(Some(code));
             }
         }
+    }
+
+    /// The full text of the reply last returned (lines joined with `\n`, at most
+    /// [`MAX_REPLY_TEXT_BYTES`]).
+    pub fn last_text(&self) -> &[u8] {
+        &self.text
     }
 
     /// Waits for the next reply and returns its code.
@@ -96,7 +120,9 @@ mod tests {
         r.buf[..input.len()].copy_from_slice(input);
         r.end = input.len();
         assert_eq!(r.parse_next().unwrap(), Some(250));
+        assert_eq!(r.last_text(), b"250-a\n250-b\n250 c");
         assert_eq!(r.parse_next().unwrap(), Some(354));
+        assert_eq!(r.last_text(), b"354 go");
         assert_eq!(r.parse_next().unwrap(), None);
         let rest = b"0 x\r\n";
         r.buf[r.end..r.end + rest.len()].copy_from_slice(rest);

@@ -27,6 +27,10 @@ pub struct Stats {
     pub replies_by_code: BTreeMap<u16, u64>,
     /// Every RCPT reply code.
     pub rcpt_replies_by_code: BTreeMap<u16, u64>,
+    /// The first full text seen for each final reply code.
+    pub reply_samples: BTreeMap<u16, String>,
+    /// Messages whose body was sent.
+    pub bodies_sent: u64,
     /// Transactions that got a final reply.
     pub messages_sent: u64,
     /// Messages answered 2xx at end of data.
@@ -53,6 +57,8 @@ impl Default for Stats {
             end_of_data_reply_us: latency_histogram(),
             replies_by_code: BTreeMap::new(),
             rcpt_replies_by_code: BTreeMap::new(),
+            reply_samples: BTreeMap::new(),
+            bodies_sent: 0,
             messages_sent: 0,
             messages_accepted: 0,
             messages_unsent: 0,
@@ -83,6 +89,10 @@ impl Stats {
         for (code, n) in other.rcpt_replies_by_code {
             *self.rcpt_replies_by_code.entry(code).or_default() += n;
         }
+        for (code, text) in other.reply_samples {
+            self.reply_samples.entry(code).or_insert(text);
+        }
+        self.bodies_sent += other.bodies_sent;
         self.messages_sent += other.messages_sent;
         self.messages_accepted += other.messages_accepted;
         self.messages_unsent += other.messages_unsent;
@@ -176,12 +186,16 @@ pub struct Report {
     pub mib_per_s: f64,
     /// Accepted recipients per second.
     pub recipients_per_s: f64,
+    /// Mean size of the messages whose body was sent, bytes.
+    pub mean_message_bytes: f64,
     /// Latency percentiles per stage, microseconds.
     pub latency_us: Latencies,
     /// Each message's final reply code.
     pub replies_by_code: BTreeMap<String, u64>,
     /// Every RCPT reply code.
     pub rcpt_replies_by_code: BTreeMap<String, u64>,
+    /// The first full text seen for each final reply code (lines joined with `\n`).
+    pub reply_samples: BTreeMap<String, String>,
 }
 
 impl Report {
@@ -204,6 +218,7 @@ impl Report {
             accepted_per_s: stats.messages_accepted as f64 / secs,
             mib_per_s: stats.message_bytes as f64 / (1024.0 * 1024.0) / secs,
             recipients_per_s: stats.recipients_accepted as f64 / secs,
+            mean_message_bytes: stats.message_bytes as f64 / stats.bodies_sent.max(1) as f64,
             latency_us: Latencies {
                 connect: Percentiles::of(&stats.connect_us),
                 mail_reply: Percentiles::of(&stats.mail_reply_us),
@@ -211,6 +226,11 @@ impl Report {
             },
             replies_by_code: codes(&stats.replies_by_code),
             rcpt_replies_by_code: codes(&stats.rcpt_replies_by_code),
+            reply_samples: stats
+                .reply_samples
+                .iter()
+                .map(|(c, t)| (c.to_string(), t.clone()))
+                .collect(),
         }
     }
 
@@ -238,12 +258,13 @@ impl Report {
         );
         let _ = writeln!(
             t,
-            "elapsed: {:.3} s; {:.0} msg/s ({:.0} accepted/s), {:.2} MiB/s, {:.0} recipients/s",
+            "elapsed: {:.3} s; {:.0} msg/s ({:.0} accepted/s), {:.2} MiB/s, {:.0} recipients/s; mean size {:.0} B",
             self.elapsed_s,
             self.messages_per_s,
             self.accepted_per_s,
             self.mib_per_s,
-            self.recipients_per_s
+            self.recipients_per_s,
+            self.mean_message_bytes
         );
         let _ = writeln!(
             t,
@@ -272,6 +293,9 @@ impl Report {
             "RCPT replies by code: {}",
             join(&self.rcpt_replies_by_code)
         );
+        for (code, text) in &self.reply_samples {
+            let _ = writeln!(t, "first {code} reply: {}", text.replace('\n', " | "));
+        }
         t
     }
 }

@@ -6,6 +6,7 @@
 //! cores a source may hold up to N times the limit in the worst case.
 
 pub mod message_log;
+pub mod provider;
 pub mod session;
 
 use std::cell::{Cell, RefCell};
@@ -25,6 +26,7 @@ use glommio::{LocalExecutorPoolBuilder, spawn_local};
 use crate::counters::{CoreCounters, Counters, spawn_reporter};
 use crate::placement::CorePlan;
 use message_log::{LoggedMessage, MessageLog};
+use provider::{AfterReply, Provider, ReplyFacts};
 use session::{Session, Step, Verdict};
 
 /// Bytes read from a socket at once.
@@ -53,6 +55,8 @@ pub struct SinkConfig {
     pub max_connections_per_ip: u32,
     /// Live stats period on stderr; zero = off.
     pub stats_interval: Duration,
+    /// Answer messages to provider domains (gmail.test, ...) with provider-style texts.
+    pub provider_replies: bool,
 }
 
 /// Per-core state shared by that core's connections.
@@ -297,7 +301,7 @@ async fn converse(
     peer_ip: IpAddr,
     connection_id: u64,
 ) -> io::Result<()> {
-    let mut session = Session::new(ctx.log.is_some());
+    let mut session = Session::new(ctx.log.is_some() || ctx.config.provider_replies);
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let (mut start, mut end) = (0usize, 0usize);
     let mut out = Vec::with_capacity(4096);
@@ -339,7 +343,29 @@ async fn converse(
                             log.borrow_mut().append(&logged)?;
                         }
                     }
-                    session.reply_to_message(verdict, &mut out);
+                    let provider = if ctx.config.provider_replies {
+                        session
+                            .recipients()
+                            .first()
+                            .and_then(|r| Provider::of_address(r))
+                    } else {
+                        None
+                    };
+                    match provider {
+                        Some(provider) => {
+                            let facts = ReplyFacts {
+                                peer_ip,
+                                unix_s: u64::try_from(crate::clock::unix_millis_now() / 1000)
+                                    .unwrap_or(0),
+                                serial: fastrand::u64(..),
+                                message_bytes: session.message_bytes(),
+                                message_id: session.message_id(),
+                            };
+                            let after = provider.write_reply(verdict, &facts, &mut out);
+                            session.message_answered(after == AfterReply::Close);
+                        }
+                        None => session.reply_to_message(verdict, &mut out),
+                    }
                 }
             }
         }

@@ -166,8 +166,17 @@ impl Session {
             Verdict::TempFail => b"450 4.2.0 Temporary failure injected\r\n",
             Verdict::PermFail => b"550 5.1.1 Permanent failure injected\r\n",
         });
+        self.message_answered(false);
+    }
+
+    /// Ends the message that [`Step::MessageReceived`] announced after the driver wrote its own
+    /// end-of-data reply; with `close` (a 421 reply) the session ends too.
+    pub fn message_answered(&mut self, close: bool) {
+        if self.state != State::AwaitingVerdict {
+            return;
+        }
         self.reset_transaction();
-        self.state = State::Command;
+        self.state = if close { State::Closed } else { State::Command };
     }
 
     fn reset_transaction(&mut self) {
@@ -585,6 +594,24 @@ Message-ID: <id-1@test>\r\nSubject: s\r\n\r\n..dot line\r\nbody\r\n.\r\nQUIT\r\n
             ]
         );
         assert!(messages.is_empty());
+    }
+
+    #[test]
+    fn a_closing_answer_ends_the_session() {
+        let mut session = Session::new(false);
+        let mut out = Vec::new();
+        let input = b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<r@d>\r\nDATA\r\n.\r\nNOOP\r\n";
+        let p = session.advance(input, &mut out);
+        assert_eq!(p.step, Step::MessageReceived);
+        out.extend_from_slice(b"421 4.7.0 go away\r\n");
+        session.message_answered(true);
+        let rest = input.get(p.consumed..).unwrap();
+        assert_eq!(session.advance(rest, &mut out).step, Step::Close);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("421 4.7.0 go away\r\n")
+        );
     }
 
     #[test]
