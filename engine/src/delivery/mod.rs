@@ -116,37 +116,19 @@ impl CoreDelivery {
     fn accept_handoff(&self, core: &CoreContext, handoff: Handoff) {
         let key = QueueKey::new(&handoff.vmta, &handoff.domain);
         let now_s = crate::listener::reception::unix_now_s();
-        {
+        let count = {
             let mut queues = self.queues.borrow_mut();
             if queues.policy(&key).is_none() {
                 queues.set_policy(&key, Self::policy(core, &key));
             }
-            for &(recipient, attempts) in &handoff.recipients {
-                let mut item = QueuedRecipient::new(
-                    handoff.id,
-                    handoff.body,
-                    recipient,
-                    handoff.first_queued_s,
-                );
-                item.attempts = attempts.min(u32::from(u16::MAX)) as u16;
-                if handoff.not_before_s > now_s {
-                    item.next_attempt_s = handoff.not_before_s;
-                    queues.schedule(&key, item);
-                } else {
-                    item.next_attempt_s = now_s;
-                    queues.enqueue(&key, item);
-                }
-            }
-        }
-        let count = handoff.recipients.len() as u32;
-        self.messages
-            .borrow_mut()
-            .entry(handoff.id)
-            .or_insert_with(|| MessageEntry {
-                envelope: handoff.envelope.clone(),
-                pending: 0,
-            })
-            .pending += count;
+            queue_handoff(
+                &mut queues,
+                &mut self.messages.borrow_mut(),
+                &key,
+                &handoff,
+                now_s,
+            )
+        };
         core.counters()
             .queued_recipients
             .fetch_add(i64::from(count), Ordering::Relaxed);
@@ -252,6 +234,38 @@ impl CoreDelivery {
             }
         }
     }
+}
+
+/// Puts the recipients of `handoff` in the queue `key` and counts them in their message's entry:
+/// everything a core keeps in RAM for a queued recipient. Returns how many were queued.
+pub fn queue_handoff(
+    queues: &mut Queues<BodyLocation>,
+    messages: &mut HashMap<MessageId, MessageEntry>,
+    key: &QueueKey,
+    handoff: &Handoff,
+    now_s: u64,
+) -> u32 {
+    for &(recipient, attempts) in &handoff.recipients {
+        let mut item =
+            QueuedRecipient::new(handoff.id, handoff.body, recipient, handoff.first_queued_s);
+        item.attempts = attempts.min(u32::from(u16::MAX)) as u16;
+        if handoff.not_before_s > now_s {
+            item.next_attempt_s = handoff.not_before_s;
+            queues.schedule(key, item);
+        } else {
+            item.next_attempt_s = now_s;
+            queues.enqueue(key, item);
+        }
+    }
+    let count = handoff.recipients.len() as u32;
+    messages
+        .entry(handoff.id)
+        .or_insert_with(|| MessageEntry {
+            envelope: handoff.envelope.clone(),
+            pending: 0,
+        })
+        .pending += count;
+    count
 }
 
 /// Handles what another core (or this one) sent through the router.
