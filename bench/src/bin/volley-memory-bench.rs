@@ -23,8 +23,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use glommio::LocalExecutorBuilder;
-use volley::delivery::{MessageEntry, Queued, queue_handoff};
-use volley::envelope::{Envelope, MessageId, Recipient, domain_of};
+use volley::delivery::{BodyRef, MessageEntry, Queued, queue_handoff};
+use volley::envelope::{Envelope, MessageId, PackedEnvelope, Recipient, domain_of};
 use volley::queue::{QueueKey, QueuePolicy, Queues};
 use volley::router::Handoff;
 use volley::spool::{Spool, SpoolConfig};
@@ -188,18 +188,20 @@ async fn run(args: Args, root: PathBuf) -> Result<(), String> {
     let (rss1, anon1) = resident();
 
     let started = Instant::now();
-    let mut queues: Queues<volley::spool::BodyLocation> = Queues::new(QueuePolicy::default());
+    let mut queues: Queues<BodyRef> = Queues::new(QueuePolicy::default());
     let mut messages: HashMap<MessageId, MessageEntry> = HashMap::new();
     let vmta: Arc<str> = Arc::from("default");
     let mut keys: HashMap<String, QueueKey> = HashMap::new();
     let mut queued = 0u64;
     for message in recovered {
-        let envelope = Arc::new(message.envelope);
-        // As `placement::hand_off_to`: one handoff per destination domain.
+        // As `placement::route_recovered` and `hand_off_to`: the envelope packed once, one
+        // handoff per destination domain.
+        let envelope = Arc::new(PackedEnvelope::new(&message.envelope));
+        drop(message.envelope);
         let mut groups: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
-        for (i, r) in envelope.recipients.iter().enumerate() {
+        for i in 0..envelope.recipient_count() {
             groups
-                .entry(domain_of(&r.address))
+                .entry(domain_of(envelope.address(i).unwrap_or("")))
                 .or_default()
                 .push((i as u32, 0));
         }
@@ -215,7 +217,7 @@ async fn run(args: Args, root: PathBuf) -> Result<(), String> {
                 vmta: vmta.clone(),
                 domain: Arc::from(domain),
                 recipients,
-                first_queued_s: envelope.received_at_s,
+                first_queued_s: envelope.received_at_s(),
                 not_before_s: 0,
             };
             queued += u64::from(queue_handoff(
@@ -232,8 +234,10 @@ async fn run(args: Args, root: PathBuf) -> Result<(), String> {
     let (rss2, anon2) = resident();
 
     println!(
-        "sizes: Envelope {} B, Recipient {} B, MessageEntry {} B, QueuedRecipient {} B",
+        "sizes: Envelope {} B, PackedEnvelope {} B, Recipient {} B, MessageEntry {} B, \
+         QueuedRecipient {} B",
         size_of::<Envelope>(),
+        size_of::<PackedEnvelope>(),
         size_of::<Recipient>(),
         size_of::<MessageEntry>(),
         size_of::<Queued>(),
