@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::{LocalExecutorBuilder, Placement};
-use volley::envelope::{Envelope, MessageId, Recipient};
+use volley::envelope::{Envelope, MessageId, PackedEnvelope, Recipient};
 use volley::router::{CoreMessage, Handoff, Router, RouterSetup};
 use volley::spool::{BodyLocation, RecipientState};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn handoff(seq: u64, envelope: &Arc<Envelope>) -> CoreMessage {
+fn handoff(seq: u64, envelope: &Arc<PackedEnvelope>) -> CoreMessage {
     CoreMessage::Deliver(Handoff {
         id: MessageId { core: 0, seq },
         body: BodyLocation {
@@ -41,7 +41,7 @@ fn handoff(seq: u64, envelope: &Arc<Envelope>) -> CoreMessage {
 async fn run(
     router: &Router,
     answered: &LocalReceiver<()>,
-    envelope: &Arc<Envelope>,
+    envelope: &Arc<PackedEnvelope>,
     messages: u64,
     in_flight: u64,
 ) -> Duration {
@@ -128,11 +128,11 @@ fn main() {
                 )
                 .await
                 .expect("router of core 0");
-            let envelope = Arc::new(Envelope {
+            let envelope = Arc::new(PackedEnvelope::new(&Envelope {
                 sender: "bench@volley.test".into(),
                 recipients: vec![Recipient::new("user@d0.test")],
                 ..Envelope::default()
-            });
+            }));
             let one = run(&router, &answered, &envelope, messages / 10, 1).await;
             let many = run(&router, &answered, &envelope, messages, 1024).await;
             (one, many)

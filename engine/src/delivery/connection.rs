@@ -17,7 +17,7 @@ use super::placement::IMPLICIT_VMTA;
 use super::{BIND_FAILURE_RETRY_S, Queued, connect_from_timeout};
 use crate::config::{Config, OutboundTls, parse_next_hop};
 use crate::dns::{DnsError, NextHops};
-use crate::envelope::Envelope;
+use crate::envelope::PackedEnvelope;
 use crate::queue::QueueKey;
 use crate::runtime::CoreContext;
 use crate::smtp::client::{
@@ -260,7 +260,7 @@ async fn next_hops(core: &CoreContext, domain: &str) -> Result<Vec<Hop>, NoHops>
 
 struct InFlight {
     items: Vec<Queued>,
-    envelope: Arc<Envelope>,
+    envelope: Arc<PackedEnvelope>,
     body: BodyBytes,
 }
 
@@ -355,7 +355,7 @@ impl Connection {
             session.quit();
             return;
         };
-        let body = match core.bodies.body(first.body) {
+        let body = match core.bodies.body(first.body.into()) {
             Ok(b) => b,
             Err(e) => {
                 log::error!("{}: body of {}: {e}", self.key, first.message);
@@ -367,9 +367,13 @@ impl Connection {
         };
         let recipients = items
             .iter()
-            .filter_map(|i| envelope.recipients.get(i.recipient as usize).cloned())
+            .filter_map(|i| envelope.recipient(i.recipient as usize))
             .collect();
-        let tx = Transaction::from_envelope(&envelope, recipients, body.len() as u64);
+        let tx = Transaction::from_envelope(
+            &envelope.without_recipients(),
+            recipients,
+            body.len() as u64,
+        );
         match session.send(tx) {
             Ok(()) => {
                 self.sent += 1;

@@ -3,7 +3,7 @@
 //! `smtp::client` over source-bound sockets, and what each reply means for each recipient.
 //!
 //! A message's body never moves: the owning core reads it through a read-only mapping of the
-//! receiving core's spool segment (`SegmentReader`). Only the envelope (in an `Arc`) and the body's
+//! receiving core's spool segment (`SegmentReader`). Only the envelope (packed, in an `Arc`) and the body's
 //! location travel through the router.
 
 mod connect;
@@ -29,18 +29,52 @@ pub use tls::ClientTls;
 pub use vmta_status::{BIND_FAILURE_RETRY_S, VmtaBoard, VmtaView};
 
 use crate::dns::Resolver;
-use crate::envelope::{Envelope, MessageId};
+use crate::envelope::{MessageId, PackedEnvelope};
 use crate::queue::{QueueKey, QueuePolicy, QueuedRecipient, Queues};
 use crate::router::{AdminCommand, CoreMessage, Handoff};
 use crate::runtime::CoreContext;
 use crate::spool::BodyLocation;
 
 /// A queued recipient here: the body's location is its payload.
-pub type Queued = QueuedRecipient<BodyLocation>;
+pub type Queued = QueuedRecipient<BodyRef>;
+
+/// A `BodyLocation` in 16 bytes instead of 24 (one per queued recipient): the offset fits in a
+/// `u32` because a segment is at most `u32::MAX` bytes (`Spool::open` refuses larger ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyRef {
+    pub core: u16,
+    pub segment: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl From<BodyLocation> for BodyRef {
+    fn from(l: BodyLocation) -> BodyRef {
+        BodyRef {
+            core: l.core,
+            segment: l.segment,
+            // Cannot saturate (see above); if it did, the read would fail rather than misread.
+            offset: u32::try_from(l.offset).unwrap_or(u32::MAX),
+            len: l.len,
+        }
+    }
+}
+
+impl From<BodyRef> for BodyLocation {
+    fn from(r: BodyRef) -> BodyLocation {
+        BodyLocation {
+            core: r.core,
+            segment: r.segment,
+            offset: u64::from(r.offset),
+            len: r.len,
+        }
+    }
+}
 
 /// A message with recipients queued on this core.
 pub struct MessageEntry {
-    pub envelope: Arc<Envelope>,
+    /// Packed: the queues keep one per message, so its size is most of the RAM per recipient.
+    pub envelope: Arc<PackedEnvelope>,
     /// Recipients of it still queued or in flight on this core.
     pub pending: u32,
 }
@@ -48,7 +82,7 @@ pub struct MessageEntry {
 /// One core's delivery state.
 pub struct CoreDelivery {
     pub core: usize,
-    pub queues: RefCell<Queues<BodyLocation>>,
+    pub queues: RefCell<Queues<BodyRef>>,
     pub messages: RefCell<HashMap<MessageId, MessageEntry>>,
     resolver: RefCell<Option<Rc<Resolver>>>,
     wake_tx: LocalSender<()>,
@@ -116,37 +150,19 @@ impl CoreDelivery {
     fn accept_handoff(&self, core: &CoreContext, handoff: Handoff) {
         let key = QueueKey::new(&handoff.vmta, &handoff.domain);
         let now_s = crate::listener::reception::unix_now_s();
-        {
+        let count = {
             let mut queues = self.queues.borrow_mut();
             if queues.policy(&key).is_none() {
                 queues.set_policy(&key, Self::policy(core, &key));
             }
-            for &(recipient, attempts) in &handoff.recipients {
-                let mut item = QueuedRecipient::new(
-                    handoff.id,
-                    handoff.body,
-                    recipient,
-                    handoff.first_queued_s,
-                );
-                item.attempts = attempts.min(u32::from(u16::MAX)) as u16;
-                if handoff.not_before_s > now_s {
-                    item.next_attempt_s = handoff.not_before_s;
-                    queues.schedule(&key, item);
-                } else {
-                    item.next_attempt_s = now_s;
-                    queues.enqueue(&key, item);
-                }
-            }
-        }
-        let count = handoff.recipients.len() as u32;
-        self.messages
-            .borrow_mut()
-            .entry(handoff.id)
-            .or_insert_with(|| MessageEntry {
-                envelope: handoff.envelope.clone(),
-                pending: 0,
-            })
-            .pending += count;
+            queue_handoff(
+                &mut queues,
+                &mut self.messages.borrow_mut(),
+                &key,
+                &handoff,
+                now_s,
+            )
+        };
         core.counters()
             .queued_recipients
             .fetch_add(i64::from(count), Ordering::Relaxed);
@@ -167,7 +183,7 @@ impl CoreDelivery {
             .fetch_sub(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn envelope(&self, id: MessageId) -> Option<Arc<Envelope>> {
+    pub(crate) fn envelope(&self, id: MessageId) -> Option<Arc<PackedEnvelope>> {
         self.messages.borrow().get(&id).map(|m| m.envelope.clone())
     }
 
@@ -254,6 +270,42 @@ impl CoreDelivery {
     }
 }
 
+/// Puts the recipients of `handoff` in the queue `key` and counts them in their message's entry:
+/// everything a core keeps in RAM for a queued recipient. Returns how many were queued.
+pub fn queue_handoff(
+    queues: &mut Queues<BodyRef>,
+    messages: &mut HashMap<MessageId, MessageEntry>,
+    key: &QueueKey,
+    handoff: &Handoff,
+    now_s: u64,
+) -> u32 {
+    for &(recipient, attempts) in &handoff.recipients {
+        let mut item = QueuedRecipient::new(
+            handoff.id,
+            handoff.body.into(),
+            recipient,
+            handoff.first_queued_s,
+        );
+        item.attempts = attempts.min(u32::from(u16::MAX)) as u16;
+        if handoff.not_before_s > now_s {
+            item.next_attempt_s = handoff.not_before_s;
+            queues.schedule(key, item);
+        } else {
+            item.next_attempt_s = now_s;
+            queues.enqueue(key, item);
+        }
+    }
+    let count = handoff.recipients.len() as u32;
+    messages
+        .entry(handoff.id)
+        .or_insert_with(|| MessageEntry {
+            envelope: handoff.envelope.clone(),
+            pending: 0,
+        })
+        .pending += count;
+    count
+}
+
 /// Handles what another core (or this one) sent through the router.
 pub fn on_core_message(core: &std::rc::Rc<CoreContext>, message: CoreMessage) {
     match message {
@@ -292,4 +344,22 @@ pub fn publish_snapshot(core: &CoreContext) {
     shaping::tick(core);
     let snapshot = core.delivery.queues.borrow().snapshot();
     core.shared.queues.publish(core.index, snapshot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_ref_round_trips_and_keeps_queued_recipients_small() {
+        let location = BodyLocation {
+            core: 3,
+            segment: 77,
+            offset: u64::from(u32::MAX) - 5,
+            len: 1234,
+        };
+        assert_eq!(BodyLocation::from(BodyRef::from(location)), location);
+        assert_eq!(size_of::<BodyRef>(), 16);
+        assert_eq!(size_of::<Queued>(), 56);
+    }
 }

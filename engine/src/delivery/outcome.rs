@@ -11,7 +11,7 @@ use crate::accounting::{AccountingEvent, EventType, now_rfc3339};
 use crate::bounce::{
     DsnAction, DsnInput, RecipientReport, build_dsn, classify, dsn_envelope, should_bounce,
 };
-use crate::envelope::{Envelope, MessageId};
+use crate::envelope::{MessageId, PackedEnvelope, domain_of};
 use crate::listener::reception::unix_now_s;
 use crate::queue::{DeferOutcome, QueueKey};
 use crate::router::CoreMessage;
@@ -34,7 +34,7 @@ fn event(
     kind: EventType,
     key: &QueueKey,
     item: &Queued,
-    envelope: &Envelope,
+    envelope: &PackedEnvelope,
     reply: &Reply,
     attempt: Option<Attempt>,
 ) -> AccountingEvent {
@@ -43,20 +43,18 @@ fn event(
         kind: Some(kind),
         time: now_rfc3339(),
         id: item.message.to_string(),
-        customer: envelope.customer.clone(),
+        customer: envelope.customer().to_string(),
         vmta: key.vmta.to_string(),
         source_ip: attempt.map(|a| a.source_ip.to_string()).unwrap_or_default(),
-        sender: envelope.sender.clone(),
+        sender: envelope.sender().to_string(),
         recipient: envelope
-            .recipients
-            .get(item.recipient as usize)
-            .map(|r| r.address.clone())
+            .address(item.recipient as usize)
+            .map(str::to_string)
             .unwrap_or_default(),
         // The recipient's own domain: a rollup queue carries several.
         domain: envelope
-            .recipients
-            .get(item.recipient as usize)
-            .map_or_else(|| key.domain.to_string(), |r| r.domain()),
+            .address(item.recipient as usize)
+            .map_or_else(|| key.domain.to_string(), domain_of),
         mx: attempt.map(|a| a.mx.to_string()).unwrap_or_default(),
         response: reply.to_string(),
         enhanced_code: reply.enhanced.map(|e| e.to_string()).unwrap_or_default(),
@@ -64,7 +62,7 @@ fn event(
         attempt: u32::from(item.attempts) + 1,
         size_bytes: u64::from(item.body.len),
         queue_ms: now_s
-            .saturating_sub(envelope.received_at_s)
+            .saturating_sub(envelope.received_at_s())
             .saturating_mul(1000),
     }
 }
@@ -88,7 +86,7 @@ pub async fn apply(
     core: &Rc<CoreContext>,
     key: &QueueKey,
     items: Vec<Queued>,
-    envelope: &Arc<Envelope>,
+    envelope: &Arc<PackedEnvelope>,
     replies: Vec<(Outcome, Reply)>,
     attempt: Attempt<'_>,
 ) {
@@ -111,7 +109,7 @@ async fn delivered(
     core: &CoreContext,
     key: &QueueKey,
     item: Queued,
-    envelope: &Envelope,
+    envelope: &PackedEnvelope,
     reply: &Reply,
     attempt: Attempt<'_>,
 ) {
@@ -119,7 +117,7 @@ async fn delivered(
     counters.delivered.fetch_add(1, Ordering::Relaxed);
     counters.delivery_latency.record_us(
         unix_now_s()
-            .saturating_sub(envelope.received_at_s)
+            .saturating_sub(envelope.received_at_s())
             .saturating_mul(1_000_000),
     );
     super::shaping::observe_delivered(core, key, 1);
@@ -146,7 +144,7 @@ pub async fn defer(
     core: &Rc<CoreContext>,
     key: &QueueKey,
     item: Queued,
-    envelope: &Envelope,
+    envelope: &PackedEnvelope,
     reply: &Reply,
     attempt: Option<Attempt<'_>>,
 ) {
@@ -242,10 +240,12 @@ async fn bounce_message(
     core: &Rc<CoreContext>,
     key: &QueueKey,
     items: &[(Queued, Reply)],
-    envelope: &Arc<Envelope>,
+    packed: &PackedEnvelope,
     attempt: Option<Attempt<'_>>,
     expired: bool,
 ) {
+    // Bounces are rare: the DSN code works on the unpacked envelope.
+    let envelope = &packed.to_envelope();
     let counters = core.counters();
     let mut reports_for = Vec::new();
     for (item, reply) in items {
@@ -257,7 +257,7 @@ async fn bounce_message(
             counters.bounced.fetch_add(1, Ordering::Relaxed);
             EventType::Bounce
         };
-        let mut e = event(kind, key, item, envelope, reply, attempt);
+        let mut e = event(kind, key, item, packed, reply, attempt);
         e.bounce_category = category.as_str().to_string();
         core.accounting.record(&e);
         core.delivery.queues.borrow_mut().record_bounced(key, 1);
@@ -276,7 +276,7 @@ async fn bounce_message(
     let Some(&(_, _, _, body)) = reports_for.first() else {
         return;
     };
-    let original = match core.bodies.body(body) {
+    let original = match core.bodies.body(body.into()) {
         Ok(b) => b,
         Err(e) => {
             log::error!(

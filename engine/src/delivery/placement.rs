@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::Queued;
-use crate::envelope::{Envelope, MessageId, domain_of};
+use crate::envelope::{Envelope, MessageId, PackedEnvelope, domain_of};
 use crate::queue::{QueueKey, QueueSnapshot};
 use crate::router::{CoreMessage, Handoff, owner_core};
 use crate::runtime::CoreContext;
@@ -93,10 +93,10 @@ async fn hand_off(
     core: &CoreContext,
     id: MessageId,
     body: BodyLocation,
-    envelope: Arc<Envelope>,
+    envelope: Arc<PackedEnvelope>,
     recipients: impl Iterator<Item = (u32, u32, u64)>,
 ) {
-    let vmta = pick_vmta(core, &envelope.customer);
+    let vmta = pick_vmta(core, envelope.customer());
     hand_off_to(core, id, body, envelope, vmta, recipients).await;
 }
 
@@ -106,17 +106,17 @@ async fn hand_off_to(
     core: &CoreContext,
     id: MessageId,
     body: BodyLocation,
-    envelope: Arc<Envelope>,
+    envelope: Arc<PackedEnvelope>,
     vmta: Arc<str>,
     recipients: impl Iterator<Item = (u32, u32, u64)>,
 ) {
     let config = core.config();
     let mut groups: BTreeMap<(String, u64), Vec<(u32, u32)>> = BTreeMap::new();
     for (index, attempts, not_before_s) in recipients {
-        let Some(r) = envelope.recipients.get(index as usize) else {
+        let Some(address) = envelope.address(index as usize) else {
             continue;
         };
-        let domain = domain_of(&r.address);
+        let domain = domain_of(address);
         let queue_domain = crate::config::rollup_of(&config, &domain).to_ascii_lowercase();
         groups
             .entry((queue_domain, not_before_s))
@@ -133,7 +133,7 @@ async fn hand_off_to(
             vmta: vmta.clone(),
             domain: Arc::from(domain),
             recipients,
-            first_queued_s: envelope.received_at_s,
+            first_queued_s: envelope.received_at_s(),
             not_before_s,
         };
         router.send(owner, CoreMessage::Deliver(handoff)).await;
@@ -153,7 +153,7 @@ pub async fn reroute(core: &CoreContext, from: &QueueKey, items: Vec<Queued>) ->
             stuck.extend(items);
             continue;
         };
-        let vmta = pick_vmta(core, &envelope.customer);
+        let vmta = pick_vmta(core, envelope.customer());
         if *vmta == *from.vmta {
             stuck.extend(items);
             continue;
@@ -162,7 +162,7 @@ pub async fn reroute(core: &CoreContext, from: &QueueKey, items: Vec<Queued>) ->
             "{from}: {} recipients of {id} moved to VMTA {vmta}",
             items.len()
         );
-        let Some(body) = items.first().map(|i| i.body) else {
+        let Some(body) = items.first().map(|i| BodyLocation::from(i.body)) else {
             continue;
         };
         let recipients: Vec<(u32, u32, u64)> = items
@@ -186,6 +186,7 @@ pub async fn route_new_message(
     _now_s: u64,
 ) {
     let count = envelope.recipients.len() as u32;
+    let envelope = Arc::new(PackedEnvelope::new(&envelope));
     hand_off(core, id, body, envelope, (0..count).map(|i| (i, 0, 0))).await;
 }
 
@@ -205,7 +206,7 @@ pub async fn route_recovered(core: &CoreContext, recovered: Vec<RecoveredMessage
             core,
             message.id,
             message.body,
-            Arc::new(message.envelope),
+            Arc::new(PackedEnvelope::new(&message.envelope)),
             recipients,
         )
         .await;

@@ -11,7 +11,7 @@ use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
 
-use crate::envelope::{Envelope, MessageId};
+use crate::envelope::{MessageId, PackedEnvelope};
 use crate::spool::{BodyLocation, RecipientState};
 
 /// Messages in flight between cores, per ring.
@@ -22,10 +22,10 @@ const RING_CAPACITY: usize = 4096;
 pub struct Handoff {
     pub id: MessageId,
     pub body: BodyLocation,
-    pub envelope: Arc<Envelope>,
+    pub envelope: Arc<PackedEnvelope>,
     pub vmta: Arc<str>,
     pub domain: Arc<str>,
-    /// Indexes into `envelope.recipients`, with the attempts already made for each.
+    /// Indexes of the envelope's recipients, with the attempts already made for each.
     pub recipients: Vec<(u32, u32)>,
     /// When the message was first queued (seconds since the epoch), for `max_queue_age`.
     pub first_queued_s: u64,
