@@ -183,3 +183,56 @@ def test_admin_commands_talk_to_the_api(volley):
     assert result.returncode == 0, result.stdout + result.stderr
     result = volley_cmd("status", "--api", api, "--token", "wrong")
     assert result.returncode != 0
+
+
+def test_embedded_default_accepts_mail_with_its_relative_spool(tmp_path):
+    """The README's first command: `volley serve` with no configuration, in an empty folder.
+
+    Its spool_dir is relative (./volley-spool); a message on the relay port must be answered 250
+    (durable), and SIGTERM must end the daemon with exit 0.
+    """
+    import smtplib
+    import urllib.request
+
+    process = subprocess.Popen(
+        [str(VOLLEY_BIN), "serve"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        def healthy():
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:8025/v1/health", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_until(healthy, 20, "the embedded default to serve")
+        # The default delivers through the system resolver, which is not on loopback: hold the
+        # queue so that no DNS query leaves this machine.
+        request = urllib.request.Request(
+            "http://127.0.0.1:8025/v1/queues/suspend",
+            data=b'{"domain": "example.invalid", "reason": "test: no DNS"}',
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert r.status == 202
+        time.sleep(0.3)  # the suspension reaches every core through the router
+        with smtplib.SMTP("127.0.0.1", 2525, timeout=SMTP_TIMEOUT_S) as client:
+            code, text = client.ehlo("client.test")
+            assert code == 250
+            refused = client.sendmail(
+                "alice@src.test", ["bob@example.invalid"], message("from the default")
+            )
+            assert refused == {}
+        assert (tmp_path / "volley-spool" / "core-0").is_dir()
+        with urllib.request.urlopen("http://127.0.0.1:8025/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        assert "volley_messages_received_total 1" in metrics
+        assert "volley_delivered_total 0" in metrics
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = process.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]

@@ -238,7 +238,9 @@ impl CoreContext {
 
 pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
     let config = shared.control.config();
-    let spool_dir = std::path::PathBuf::from(&config.server.spool_dir);
+    // Absolute, so segment paths handed between cores and to glommio never depend on the cwd.
+    let spool_dir = std::path::absolute(&config.server.spool_dir)
+        .map_err(|e| format!("spool_dir {}: {e}", config.server.spool_dir))?;
     let (spool, recovered) = Spool::open(SpoolConfig {
         dir: spool_dir.clone(),
         core: index as u16,

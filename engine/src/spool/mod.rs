@@ -200,7 +200,10 @@ impl Spool {
     /// Opens (creating if needed) this core's spool, recovers it, starts a fresh segment and the
     /// committer task. Call inside a glommio executor. Startup work (scan, torn-tail repair,
     /// deleting finished segments) uses blocking syscalls: nothing else runs yet.
-    pub fn open(config: SpoolConfig) -> Result<(Spool, Vec<RecoveredMessage>), SpoolError> {
+    pub fn open(mut config: SpoolConfig) -> Result<(Spool, Vec<RecoveredMessage>), SpoolError> {
+        // glommio opens the directory for its syncs without a base: a relative path would fail
+        // at the first commit (EBADF), long after start. The embedded default's path is relative.
+        config.dir = std::path::absolute(&config.dir).map_err(SpoolError::from_io)?;
         if config.segment_bytes < MIN_SEGMENT_BYTES || config.segment_bytes > u32::MAX as u64 {
             return Err(SpoolError::Config(format!(
                 "segment_bytes must be between {MIN_SEGMENT_BYTES} and {}",

@@ -590,3 +590,24 @@ fn empty_and_headerless_segment_files_are_survived() {
         store_n(&spool, 1, 1, 10).await;
     });
 }
+
+#[test]
+fn relative_spool_dir_commits_with_fsync() {
+    // The embedded default's spool_dir is relative; every commit (fsync on) must still succeed.
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let relative = PathBuf::from(".").join(dir.path().file_name().unwrap());
+    run(async move {
+        let mut cfg = config(&relative);
+        cfg.fsync = true;
+        let (spool, _) = Spool::open(cfg).unwrap();
+        let id = spool.next_id();
+        spool
+            .store(id, &envelope(1, 1), &header(1), &body(1, 100))
+            .await
+            .expect("stored durably");
+        spool
+            .set_state(id, 0, RecipientState::Delivered)
+            .await
+            .expect("state recorded durably");
+    });
+}
