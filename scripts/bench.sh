@@ -49,7 +49,7 @@ TOML
   $BIN/volley serve --config "$dir/volley.toml" 2>"$dir/volley.log" & v=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:4680/v1/health >/dev/null && break; sleep 0.1; done
   echo "-- $size bytes, $n messages, 50 connections"
-  $BIN/volley-bench blast --to 127.0.0.1:4625 --messages "$n" --size "$size" --connections 50 --cpus 1 --progress-interval-s 0 | grep -E "msg/s|end of data|latency"
+  $BIN/volley-bench blast --to 127.0.0.1:4625 --messages "$n" --size "$size" --connections 50 --cpus 1 --progress-interval-s 0 | grep -E "msg/s|end of DATA|latency|replies by code"
   kill $v $sink; wait $v $sink 2>/dev/null || true
 done
 
