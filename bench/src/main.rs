@@ -377,7 +377,8 @@ fn run_relay(args: RelayArgs) -> ExitCode {
         volley_cores: args.volley_cores,
         peer: args.peer,
         peer_templates: args.peer_templates,
-        out_dir: args.out,
+        // Absolute: Postfix and the spool take paths from files written there.
+        out_dir: std::path::absolute(&args.out).unwrap_or(args.out),
         fsync: !args.no_fsync,
         timeout: Duration::from_secs(args.timeout_s),
     };
