@@ -49,11 +49,10 @@ TOML
   $BIN/volley serve --config "$dir/volley.toml" 2>"$dir/volley.log" & v=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:4680/v1/health >/dev/null && break; sleep 0.1; done
   blast() { $BIN/volley-bench blast --to 127.0.0.1:4625 --size "$size" --connections 50 --cpus 1 --progress-interval-s 0 --json "$@"; }
-  summary='import json,sys; r=json.load(sys.stdin); l=r["latency_us"]["end_of_data_reply"]; print(f"{r[\"accepted_per_s\"]:.0f} accepted/s of {r[\"messages_requested\"]}, replies {r[\"replies_by_code\"]}, accept latency p50 {l[\"p50\"]/1000:.2f} ms p99 {l[\"p99\"]/1000:.2f} ms")'
   full=$(blast --messages "$n")
-  echo "-- $size bytes, full load (50 connections): $(echo "$full" | python3 -c "$summary")"
-  half=$(echo "$full" | python3 -c 'import json,sys; print(max(1, int(json.load(sys.stdin)["accepted_per_s"] / 2)))')
-  echo "-- $size bytes, half load (--rate $half): $(blast --messages $((n / 2)) --rate "$half" | python3 -c "$summary")"
+  echo "-- $size bytes, full load (50 connections): $(echo "$full" | python3 scripts/blast-summary.py)"
+  half=$(echo "$full" | python3 scripts/blast-summary.py --half)
+  echo "-- $size bytes, half load (--rate $half): $(blast --messages $((n / 2)) --rate "$half" | python3 scripts/blast-summary.py)"
   kill $v $sink; wait $v $sink 2>/dev/null || true
 done
 
