@@ -59,7 +59,7 @@ pub async fn run(core: Rc<CoreContext>, key: QueueKey) {
     core.delivery
         .connections
         .set(core.delivery.connections.get().saturating_sub(1));
-    core.delivery.wake();
+    core.delivery.wake_queue(&key);
 }
 
 /// Takes every ready recipient of the queue (they share the fate of a failed connection).
@@ -331,7 +331,15 @@ impl Connection {
                 Err(wait_ms) if wait_ms <= RATE_WAIT_IN_CONNECTION_MS_MAX => {
                     glommio::timer::sleep(Duration::from_millis(wait_ms.max(1))).await;
                 }
-                Err(_) => {
+                Err(wait_ms) => {
+                    // A long wait: close, and hold the queue until then (a timed suspension that the
+                    // scheduler ends by itself), so no connection is opened only to wait again.
+                    let until_s = crate::listener::reception::unix_now_s() + wait_ms.div_ceil(1000);
+                    core.delivery.queues.borrow_mut().suspend(
+                        &self.key,
+                        Some(until_s),
+                        "rate limit reached: waiting for the next send",
+                    );
                     session.quit();
                     return;
                 }

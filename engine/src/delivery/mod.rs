@@ -87,6 +87,10 @@ pub struct CoreDelivery {
     resolver: RefCell<Option<Rc<Resolver>>>,
     wake_tx: LocalSender<()>,
     wake_rx: RefCell<Option<LocalReceiver<()>>>,
+    /// Queues that changed since the scheduler last looked (new recipients, a connection closed).
+    changed: RefCell<Vec<QueueKey>>,
+    /// Something changed that is not tied to one queue: the scheduler looks at every queue.
+    look_at_all: Cell<bool>,
     /// Outbound connections open on this core.
     pub connections: Cell<u32>,
     /// This core's copy of the disabled VMTAs.
@@ -103,14 +107,34 @@ impl CoreDelivery {
             resolver: RefCell::new(None),
             wake_tx,
             wake_rx: RefCell::new(Some(wake_rx)),
+            changed: RefCell::new(Vec::new()),
+            look_at_all: Cell::new(true),
             connections: Cell::new(0),
             vmtas: VmtaView::default(),
         }
     }
 
-    /// Wakes the scheduler (coalesced: one pending wake-up is enough).
+    /// Wakes the scheduler to look at every queue (coalesced: one pending wake-up is enough).
     pub fn wake(&self) {
+        self.look_at_all.set(true);
         let _ = self.wake_tx.try_send(());
+    }
+
+    /// Wakes the scheduler to look at one queue: the hot path (new recipients, a connection closed)
+    /// costs the scheduler that queue, not a scan of every queue of the core.
+    pub fn wake_queue(&self, key: &QueueKey) {
+        self.changed.borrow_mut().push(key.clone());
+        let _ = self.wake_tx.try_send(());
+    }
+
+    /// The queues the scheduler must look at now: the changed ones, or all with ready recipients.
+    fn queues_to_look_at(&self) -> Vec<QueueKey> {
+        let changed = std::mem::take(&mut *self.changed.borrow_mut());
+        if self.look_at_all.replace(false) {
+            self.queues.borrow().ready_keys()
+        } else {
+            changed
+        }
     }
 
     /// Whether connections are still delivering (the graceful stop waits for them).
@@ -166,7 +190,7 @@ impl CoreDelivery {
         core.counters()
             .queued_recipients
             .fetch_add(i64::from(count), Ordering::Relaxed);
-        self.wake();
+        self.wake_queue(&key);
     }
 
     /// One recipient is finished here (final outcome or handed elsewhere).

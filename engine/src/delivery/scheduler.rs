@@ -1,6 +1,7 @@
 //! The per-core scheduler: releases deferred recipients when their time comes, and opens a connection
 //! for a queue whenever it has ready recipients and room under `max_connections`. It sleeps until the
 //! next retry time or a wake-up (new recipients, a connection closed); there is no polling loop.
+//! A wake-up names the queue that changed, so a busy core with many queues only looks at those.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -22,8 +23,11 @@ pub async fn run(core: Rc<CoreContext>, wake: LocalReceiver<()>) {
             break;
         }
         let now_s = unix_now_s();
-        let _ = delivery.queues.borrow_mut().due(now_s);
-        open_connections(&core);
+        let mut keys = delivery.queues.borrow_mut().due(now_s);
+        keys.extend(delivery.queues_to_look_at());
+        keys.sort_unstable();
+        keys.dedup();
+        open_connections(&core, keys);
         let sleep_ms = delivery
             .queues
             .borrow_mut()
@@ -45,20 +49,19 @@ pub async fn run(core: Rc<CoreContext>, wake: LocalReceiver<()>) {
     }
 }
 
-/// Opens as many connections as each ready queue may and needs.
-fn open_connections(core: &Rc<CoreContext>) {
+/// Opens as many connections as each of these queues may and needs.
+fn open_connections(core: &Rc<CoreContext>, keys: Vec<crate::queue::QueueKey>) {
     let delivery = &core.delivery;
-    let snapshots = {
-        let queues = delivery.queues.borrow();
-        queues
-            .ready_keys()
-            .into_iter()
-            .filter_map(|k| queues.queue_snapshot(&k).map(|s| (k, s)))
-            .collect::<Vec<_>>()
-    };
-    for (key, snapshot) in snapshots {
-        let wanted = snapshot.ready.div_ceil(RECIPIENTS_PER_EXTRA_CONNECTION) as u32;
-        let mut open = snapshot.connections;
+    for key in keys {
+        let Some((ready, connections)) = delivery.queues.borrow().ready_and_connections(&key)
+        else {
+            continue;
+        };
+        if ready == 0 {
+            continue;
+        }
+        let wanted = ready.div_ceil(RECIPIENTS_PER_EXTRA_CONNECTION) as u32;
+        let mut open = connections;
         while open < wanted.max(1) {
             if !delivery.queues.borrow_mut().try_open_connection(&key) {
                 break;

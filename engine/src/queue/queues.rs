@@ -666,6 +666,13 @@ impl<P: Copy> Queues<P> {
         self.queue(key).map(Queue::snapshot)
     }
 
+    /// Ready recipients and open connections of an active queue; `None` when suspended or unknown.
+    pub fn ready_and_connections(&self, key: &QueueKey) -> Option<(usize, u32)> {
+        self.queue(key)
+            .filter(|q| q.is_active())
+            .map(|q| (q.ready.len(), q.connections))
+    }
+
     /// Whether the queue is active and has recipients ready to hand out.
     pub fn has_ready(&self, key: &QueueKey) -> bool {
         self.queue(key)
