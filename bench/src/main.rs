@@ -206,6 +206,13 @@ struct RelayArgs {
     /// Give up on a run after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
+    /// A TOML file appended to Volley's generated configuration (its `[[domain]]` entries for
+    /// `d0.test` win over the generated `match = "*"`): shaping limits for an A/B run.
+    #[arg(long)]
+    volley_config_extra: Option<PathBuf>,
+    /// Do not run the ceiling (blast straight into the sink).
+    #[arg(long)]
+    no_ceiling: bool,
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {
@@ -368,6 +375,18 @@ fn run_relay(args: RelayArgs) -> ExitCode {
             .and_then(|p| p.parent().map(|d| d.join("volley")))
             .unwrap_or_else(|| PathBuf::from("volley"))
     });
+    let volley_config_extra = match args
+        .volley_config_extra
+        .as_deref()
+        .map(std::fs::read_to_string)
+    {
+        None => None,
+        Some(Ok(text)) => Some(format!("\n{text}")),
+        Some(Err(e)) => {
+            eprintln!("volley-bench relay: --volley-config-extra: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let plan = relay::RelayPlan {
         messages: args.messages,
         size_bytes: args.size,
@@ -381,6 +400,8 @@ fn run_relay(args: RelayArgs) -> ExitCode {
         out_dir: std::path::absolute(&args.out).unwrap_or(args.out),
         fsync: !args.no_fsync,
         timeout: Duration::from_secs(args.timeout_s),
+        volley_config_extra,
+        skip_ceiling: args.no_ceiling,
     };
     let report = match relay::run(&plan) {
         Ok(r) => r,

@@ -30,6 +30,10 @@ pub struct RelayPlan {
     pub out_dir: PathBuf,
     pub fsync: bool,
     pub timeout: Duration,
+    /// TOML appended to Volley's generated configuration (e.g. shaping limits for an A/B run).
+    pub volley_config_extra: Option<String>,
+    /// Skip the ceiling run (A/B runs compare Volley with itself).
+    pub skip_ceiling: bool,
 }
 
 /// One row of the table.
@@ -309,7 +313,7 @@ address = "127.0.0.1:{api_port}"
         cores = plan.volley_cores,
         spool = dir.join("spool").display(),
         fsync = plan.fsync,
-    );
+    ) + plan.volley_config_extra.as_deref().unwrap_or("");
     let config_path = dir.join("volley.toml");
     std::fs::write(&config_path, config).map_err(|e| format!("{}: {e}", config_path.display()))?;
     let _sink = start_sink(sink_port, &log)?;
@@ -399,7 +403,11 @@ pub fn run(plan: &RelayPlan) -> Result<RelayReport, String> {
     }
     std::fs::create_dir_all(&plan.out_dir)
         .map_err(|e| format!("{}: {e}", plan.out_dir.display()))?;
-    let mut results = vec![ceiling(plan)?, volley(plan)?];
+    let mut results = Vec::new();
+    if !plan.skip_ceiling {
+        results.push(ceiling(plan)?);
+    }
+    results.push(volley(plan)?);
     if plan.peer.is_some() {
         results.push(postfix(plan)?);
     }
@@ -448,20 +456,28 @@ impl RelayReport {
             "{:<36} {:>12} {:>12} {:>10} {:>10} {:>10}",
             "run", "msg/s e2e", "accept/s", "p50 ms", "p99 ms", "vs ceiling"
         );
-        let ceiling = self.results.first().map(|r| r.msg_per_s).unwrap_or(0.0);
+        let ceiling = self
+            .results
+            .iter()
+            .find(|r| r.name.starts_with("ceiling"))
+            .map(|r| r.msg_per_s);
         for r in &self.results {
+            let versus = ceiling.map_or_else(
+                || "-".to_string(),
+                |c| format!("{:.1}%", 100.0 * r.msg_per_s / c.max(f64::MIN_POSITIVE)),
+            );
             let _ = writeln!(
                 out,
-                "{:<36} {:>12.0} {:>12.0} {:>10.2} {:>10.2} {:>9.1}%",
-                r.name,
-                r.msg_per_s,
-                r.accept_msg_per_s,
-                r.accept_p50_ms,
-                r.accept_p99_ms,
-                100.0 * r.msg_per_s / ceiling.max(f64::MIN_POSITIVE)
+                "{:<36} {:>12.0} {:>12.0} {:>10.2} {:>10.2} {:>10}",
+                r.name, r.msg_per_s, r.accept_msg_per_s, r.accept_p50_ms, r.accept_p99_ms, versus
             );
         }
-        if let (Some(v), Some(p)) = (self.results.get(1), self.results.get(2)) {
+        let volley = self.results.iter().find(|r| r.name.starts_with("Volley"));
+        let peer = self
+            .results
+            .iter()
+            .find(|r| !r.name.starts_with("Volley") && !r.name.starts_with("ceiling"));
+        if let (Some(v), Some(p)) = (volley, peer) {
             let _ = writeln!(
                 out,
                 "Volley / {}: {:.1}x end to end",
