@@ -557,6 +557,11 @@ async fn flush_transmits<S: AsyncWrite + Unpin>(
                     dot_stuff(&flight.body, out);
                 }
             }
+            Transmit::RawBody => {
+                if let Some(flight) = &conn.in_flight {
+                    out.extend_from_slice(&flight.body);
+                }
+            }
         }
     }
     if !out.is_empty() {

@@ -13,6 +13,8 @@
 //!
 //! Flow: greeting, EHLO (HELO when EHLO gets 5xx), STARTTLS per `TlsPolicy` and EHLO again, then
 //! transactions. With PIPELINING, MAIL, every RCPT and DATA go in one flight; otherwise lock-step.
+//! With PIPELINING and CHUNKING, `BDAT <n> LAST` replaces DATA in that flight and the body follows
+//! at once as `Transmit::RawBody` (written as stored, not dot-stuffed): one round trip per message.
 //! RSET is sent before MAIL only when the previous transaction stopped midway.
 
 mod capabilities;
@@ -91,6 +93,10 @@ pub struct SessionConfig {
     pub ehlo_hostname: String,
     pub tls: TlsPolicy,
     pub timeouts: StageTimeouts,
+    /// Send the body with `BDAT <n> LAST` (RFC 3030) when the server offers CHUNKING and
+    /// PIPELINING: MAIL, RCPT, BDAT and the body go in one flight, one round trip per message
+    /// instead of two, and the body is sent as stored (no dot-stuffing).
+    pub chunking: bool,
 }
 
 impl SessionConfig {
@@ -99,6 +105,7 @@ impl SessionConfig {
             ehlo_hostname: ehlo_hostname.into(),
             tls,
             timeouts: StageTimeouts::default(),
+            chunking: true,
         }
     }
 }
@@ -145,6 +152,9 @@ pub enum Transmit {
     Bytes(Vec<u8>),
     /// The body of the transaction in progress, dot-stuffed and terminated (see `DotStuffer`).
     Body,
+    /// The body of the transaction in progress exactly as stored: its `body_bytes` bytes, after
+    /// a `BDAT <body_bytes> LAST` (no dot-stuffing, no terminator).
+    RawBody,
 }
 
 /// What happened to one recipient.
@@ -214,6 +224,8 @@ enum Expect {
     Rcpt(usize),
     Data,
     DataEnd,
+    /// The reply to `BDAT <n> LAST` and its chunk: the message's outcome.
+    BdatLast,
     Quit,
 }
 
@@ -336,7 +348,7 @@ impl Session {
                 Some(Expect::Mail) => t.mail_ms,
                 Some(Expect::Rcpt(_)) => t.rcpt_ms,
                 Some(Expect::Data) => t.data_initiation_ms,
-                Some(Expect::DataEnd) => t.data_termination_ms,
+                Some(Expect::DataEnd | Expect::BdatLast) => t.data_termination_ms,
                 Some(_) | None => t.command_ms,
             },
         };
@@ -362,6 +374,7 @@ impl Session {
                     Some(Expect::Rcpt(_)) => "an RCPT reply",
                     Some(Expect::Data) => "the DATA reply",
                     Some(Expect::DataEnd) => "the end-of-data reply",
+                    Some(Expect::BdatLast) => "the BDAT reply",
                     Some(Expect::Quit) | None => "the server",
                 };
                 self.fail_local(&format!("timeout waiting for {stage}"));
@@ -453,7 +466,11 @@ impl Session {
             for i in pending {
                 self.send_rcpt(i);
             }
-            self.command(b"DATA\r\n".to_vec(), Expect::Data);
+            if self.config.chunking && self.caps.chunking {
+                self.send_bdat_last();
+            } else {
+                self.command(b"DATA\r\n".to_vec(), Expect::Data);
+            }
         }
         Ok(())
     }
@@ -568,6 +585,7 @@ impl Session {
             Expect::Rcpt(i) => self.on_rcpt_reply(i, reply),
             Expect::Data => self.on_data_reply(reply),
             Expect::DataEnd => self.on_data_end_reply(reply),
+            Expect::BdatLast => self.on_bdat_last_reply(reply),
             Expect::Quit => self.close(),
         }
     }
@@ -653,6 +671,20 @@ impl Session {
         }
         flight.settle(&reply, false);
         self.finish_transaction(false);
+    }
+
+    /// The server read the whole chunk whatever it answers (RFC 3030 §2). Recipients refused at
+    /// RCPT keep their reply; the accepted ones get this one. After a refusal the server may hold
+    /// a half-open transaction: RSET before the next MAIL.
+    fn on_bdat_last_reply(&mut self, reply: Reply) {
+        let Some(flight) = self.transaction.as_mut() else {
+            return self.fail_local("protocol error: BDAT reply outside a transaction");
+        };
+        if reply.is_intermediate() {
+            return self.fail_local(&format!("protocol error: BDAT answered \"{reply}\""));
+        }
+        flight.settle(&reply, false);
+        self.finish_transaction(!reply.is_positive());
     }
 
     fn after_ehlo(&mut self) {
@@ -857,6 +889,16 @@ impl Session {
         }
         cmd.push_str("\r\n");
         self.command(cmd.into_bytes(), Expect::Rcpt(index));
+    }
+
+    /// `BDAT <n> LAST` and the body in the same flight as MAIL and RCPT (pipelining only).
+    fn send_bdat_last(&mut self) {
+        let Some(flight) = self.transaction.as_ref() else {
+            return;
+        };
+        let cmd = format!("BDAT {} LAST\r\n", flight.tx.body_bytes);
+        self.command(cmd.into_bytes(), Expect::BdatLast);
+        self.transmits.push_back(Transmit::RawBody);
     }
 
     fn command(&mut self, bytes: Vec<u8>, expect: Expect) {

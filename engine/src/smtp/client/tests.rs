@@ -91,6 +91,7 @@ impl Driver {
                 match t {
                     Transmit::Bytes(b) => self.run.wire.extend_from_slice(&b),
                     Transmit::Body => dot_stuff(&self.body, &mut self.run.wire),
+                    Transmit::RawBody => self.run.wire.extend_from_slice(&self.body),
                 }
             }
             while let Some(e) = self.session.poll_event() {
@@ -836,4 +837,110 @@ fn random_server_bytes_never_panic() {
             1
         );
     }
+}
+
+const EHLO_CHUNKING: &[u8] =
+    b"250-mx.test hello\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250-CHUNKING\r\n250 8BITMIME\r\n";
+
+#[test]
+fn chunking_sends_bdat_last_in_the_same_flight_and_the_body_as_stored() {
+    let run = drive_all_splits(
+        config(TlsPolicy::Off),
+        &[
+            GREETING,
+            EHLO_CHUNKING,
+            b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n250 2.0.0 queued as A\r\n",
+            b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 queued as B\r\n",
+            b"221 2.0.0 bye\r\n",
+        ],
+        vec![
+            tx(
+                "a@src.test",
+                &["b@mx.test", "c@mx.test"],
+                b"Subject: 1\r\n\r\n.hi\r\n",
+            ),
+            tx("a@src.test", &["d@mx.test"], b"Subject: 2\r\n\r\nno CRLF"),
+        ],
+    );
+    assert_eq!(
+        run.wire(),
+        "EHLO out.volley.test\r\n\
+         MAIL FROM:<a@src.test> SIZE=19\r\nRCPT TO:<b@mx.test>\r\nRCPT TO:<c@mx.test>\r\n\
+         BDAT 19 LAST\r\nSubject: 1\r\n\r\n.hi\r\n\
+         MAIL FROM:<a@src.test> SIZE=21\r\nRCPT TO:<d@mx.test>\r\nBDAT 21 LAST\r\n\
+         Subject: 2\r\n\r\nno CRLF\
+         QUIT\r\n"
+    );
+    let results = run.results();
+    assert_eq!(codes(&results[0]), [250, 550]);
+    assert_eq!(results[0][0].reply.text, "2.0.0 queued as A");
+    assert_eq!(codes(&results[1]), [250]);
+    assert_eq!(run.events.last(), Some(&Event::Closed));
+}
+
+#[test]
+fn refused_bdat_fails_the_accepted_recipients_and_rsets_before_the_next_mail() {
+    let run = drive_all_splits(
+        config(TlsPolicy::Off),
+        &[
+            GREETING,
+            EHLO_CHUNKING,
+            b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n554 5.6.0 content rejected\r\n",
+            b"250 2.0.0 reset\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n451 4.3.0 try later\r\n",
+            b"250 2.0.0 reset\r\n250 2.1.0 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n",
+            b"221 2.0.0 bye\r\n",
+        ],
+        vec![
+            tx("a@src.test", &["b@mx.test"], b"x\r\n"),
+            tx("a@src.test", &["c@mx.test"], b"y\r\n"),
+            tx("a@src.test", &["d@mx.test"], b"z\r\n"),
+        ],
+    );
+    assert_eq!(
+        run.wire(),
+        "EHLO out.volley.test\r\n\
+         MAIL FROM:<a@src.test> SIZE=3\r\nRCPT TO:<b@mx.test>\r\nBDAT 3 LAST\r\nx\r\n\
+         RSET\r\nMAIL FROM:<a@src.test> SIZE=3\r\nRCPT TO:<c@mx.test>\r\nBDAT 3 LAST\r\ny\r\n\
+         RSET\r\nMAIL FROM:<a@src.test> SIZE=3\r\nRCPT TO:<d@mx.test>\r\nBDAT 3 LAST\r\nz\r\n\
+         QUIT\r\n"
+    );
+    let results = run.results();
+    assert_eq!(results[0][0].outcome(), Outcome::Failed);
+    assert_eq!(results[1][0].outcome(), Outcome::Deferred);
+    // Refused at RCPT: keeps the RCPT reply, not the BDAT one.
+    assert_eq!(results[2][0].reply.text, "5.1.1 no");
+    assert!(!run.events.iter().any(|e| matches!(e, Event::Failed { .. })));
+}
+
+#[test]
+fn chunking_off_or_without_pipelining_uses_data() {
+    let mut no_chunking = config(TlsPolicy::Off);
+    no_chunking.chunking = false;
+    let run = drive(
+        no_chunking,
+        &[
+            GREETING,
+            EHLO_CHUNKING,
+            b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n",
+            b"250 2.0.0 ok\r\n",
+        ],
+        vec![tx("a@src.test", &["b@mx.test"], b"x\r\n")],
+        Split::None,
+    );
+    assert!(run.wire().contains("DATA\r\nx\r\n.\r\n"), "{}", run.wire());
+    let run = drive(
+        config(TlsPolicy::Off),
+        &[
+            GREETING,
+            b"250-mx.test\r\n250 CHUNKING\r\n",
+            b"250 2.1.0 ok\r\n",
+            b"250 2.1.5 ok\r\n",
+            b"354 go\r\n",
+            b"250 2.0.0 ok\r\n",
+        ],
+        vec![tx("a@src.test", &["b@mx.test"], b"x\r\n")],
+        Split::None,
+    );
+    assert!(run.wire().contains("DATA\r\nx\r\n.\r\n"), "{}", run.wire());
+    assert_eq!(codes(&run.results()[0]), [250]);
 }
