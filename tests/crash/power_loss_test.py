@@ -195,6 +195,28 @@ class WritebackSysctls:
         self.saved.clear()
 
 
+RECOVERY_EVENTS = {
+    "records skipped (payload CRC)": re.compile(r"CRC mismatch in a \d+-byte record"),
+    "torn tails cut": re.compile(r"torn tail at offset"),
+    "damaged headers (older segment)": re.compile(r"damaged record header"),
+    "segments set aside as damaged": re.compile(r"setting damaged segment"),
+}
+
+
+def recovery_events(work):
+    """How often recovery met each kind of damage, from volley's logs (proof the cuts tore records)."""
+    counts = dict.fromkeys(RECOVERY_EVENTS, 0)
+    for name in sorted(os.listdir(work)):
+        if not (name.startswith("volley-") and name.endswith(".log")):
+            continue
+        with open(os.path.join(work, name), errors="replace") as f:
+            for line in f:
+                for what, pattern in RECOVERY_EVENTS.items():
+                    if pattern.search(line):
+                        counts[what] += 1
+    return counts
+
+
 def preflight(args):
     if os.geteuid() != 0:
         return "needs root (losetup, mount, sysctl)"
@@ -394,6 +416,8 @@ def main():
               f"({sum(n - 1 for n in dup_pairs.values())} extra deliveries)")
         print(f"  delivered, never acknowledged     {len(unacked)} messages")
         print(f"  client errors                     {dict(ledger.errors.most_common(6))}")
+        events = ", ".join(f"{n} {what}" for what, n in recovery_events(work).items())
+        print(f"  recovery after the cuts           {events}")
         if missing_ids or not_durable:
             print("FAIL: acknowledged messages did not survive a power cut:")
             for mid in sorted(set(missing_ids) | set(not_durable))[:50]:
