@@ -45,6 +45,7 @@ reader and daemon handling with crash_test.py.
 """
 
 import argparse
+import json
 import os
 import random
 import re
@@ -62,6 +63,9 @@ import crash_test as base  # noqa: E402  (the shared load generator, sink reader
 SYSCTL_DIR = "/proc/sys/vm"
 # An hour: no page dirtied during the test reaches the disk unless something syncs it.
 WRITEBACK_SYSCTLS = {"dirty_expire_centisecs": "360000", "dirty_writeback_centisecs": "360000"}
+# The values to put back, kept on disk while raised: a run killed with SIGKILL cannot restore them,
+# so the next run does.
+SYSCTL_STATE = "/run/volley-power-loss-test.sysctl.json"
 
 
 class HarnessError(Exception):
@@ -178,11 +182,20 @@ class WritebackSysctls:
         self.saved = {}
 
     def raise_delays(self):
-        for name, value in WRITEBACK_SYSCTLS.items():
-            path = os.path.join(SYSCTL_DIR, name)
-            with open(path) as f:
+        if os.path.exists(SYSCTL_STATE):
+            # A previous run died with the delays raised: put its saved values back first.
+            with open(SYSCTL_STATE) as f:
+                self.saved = json.load(f)
+            print(f"power_loss_test: restoring vm writeback settings left by a killed run: "
+                  f"{self.saved}", file=sys.stderr)
+            self.restore()
+        for name in WRITEBACK_SYSCTLS:
+            with open(os.path.join(SYSCTL_DIR, name)) as f:
                 self.saved[name] = f.read().strip()
-            with open(path, "w") as f:
+        with open(SYSCTL_STATE, "w") as f:
+            json.dump(self.saved, f)
+        for name, value in WRITEBACK_SYSCTLS.items():
+            with open(os.path.join(SYSCTL_DIR, name), "w") as f:
                 f.write(value)
 
     def restore(self):
@@ -192,7 +205,12 @@ class WritebackSysctls:
                     f.write(value)
             except OSError as e:
                 print(f"power_loss_test: could not restore vm.{name}={value}: {e}", file=sys.stderr)
+                return  # keep SYSCTL_STATE for the next run
         self.saved.clear()
+        try:
+            os.remove(SYSCTL_STATE)
+        except FileNotFoundError:
+            pass
 
 
 RECOVERY_EVENTS = {
