@@ -41,4 +41,6 @@ done
 if [ -f tests/crash/crash_test.py ]; then
   step "crash test (kill -9 under load, restart, no acknowledged message lost)"
   timeout 600 python3 tests/crash/crash_test.py --rounds "${CRASH_ROUNDS:-5}"
+  step "power-loss test (page cache dropped at random cuts, recovery, no acknowledged message lost)"
+  timeout 300 python3 tests/crash/power_loss_test.py --rounds "${POWER_LOSS_ROUNDS:-10}"
 fi

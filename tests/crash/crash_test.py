@@ -58,18 +58,21 @@ def wait_for_port(port, proc, timeout_s):
     return False
 
 
-def write_config(path, args, work, ports):
+def write_config(path, args, work, ports, spool_dir=None, fsync=True):
+    """Writes volley's config; the spool goes to `spool_dir` (default `<work>/spool`)."""
+    spool_dir = spool_dir or f"{work}/spool"
     routes = "\n".join(
         f'"d{j}.test" = "127.0.0.1:{ports["sink"]}"' for j in range(args.domains)
     )
     text = f"""[server]
 hostname = "mta.test"
 cores = {args.cores}
-spool_dir = "{work}/spool"
+spool_dir = "{spool_dir}"
 accounting_log = "{work}/acct.jsonl"
 
 [spool]
 segment_bytes = {args.segment_bytes}
+fsync = {"true" if fsync else "false"}
 max_spool_bytes = {max(args.segment_bytes * 64, 1 << 30)}
 
 [[listener]]

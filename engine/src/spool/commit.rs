@@ -2,6 +2,11 @@
 //! per spool closes the batch, issues one io_uring `fdatasync` per dirty segment (and one on the
 //! directory after a segment was created), then wakes every writer of that batch. Records written
 //! while an fsync is in flight join the next batch, so accepts are not bounded by the fsync rate.
+//!
+//! The first directory sync of a queue also syncs the parent (the spool directory): `core-N` may
+//! have just been created there, and POSIX makes a new entry durable only through its directory.
+//! ext4 and XFS commit the whole journal on the first fsync anyway (the power-loss test cannot see
+//! the difference there); file systems without a journal-wide commit need it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
@@ -84,6 +89,8 @@ pub struct CommitQueue {
     open: RefCell<Rc<Batch>>,
     dirty_segments: RefCell<BTreeSet<u32>>,
     dir_dirty: Cell<bool>,
+    /// The spool directory was synced by this queue (once per process: see the module doc).
+    parent_synced: Cell<bool>,
     committer: RefCell<Option<Waker>>,
     stopping: Cell<bool>,
     /// Set after a failed fsync: the page cache state is then unknown, so nothing more is accepted.
@@ -101,6 +108,7 @@ impl CommitQueue {
             open: RefCell::new(Rc::new(Batch::default())),
             dirty_segments: RefCell::new(BTreeSet::new()),
             dir_dirty: Cell::new(false),
+            parent_synced: Cell::new(false),
             committer: RefCell::new(None),
             stopping: Cell::new(false),
             poisoned: RefCell::new(None),
@@ -232,7 +240,23 @@ impl CommitQueue {
             let dir = self.directory().await?;
             dir.sync().await?;
             self.count_fsync();
+            if !self.parent_synced.get() {
+                self.sync_parent().await?;
+                self.parent_synced.set(true);
+            }
         }
+        Ok(())
+    }
+
+    /// Syncs the directory holding `core-N`, so that its entry survives a power cut.
+    async fn sync_parent(&self) -> io::Result<()> {
+        let Some(parent) = self.core_dir.parent() else {
+            return Ok(());
+        };
+        let dir = Directory::open(parent).await?;
+        dir.sync().await?;
+        self.count_fsync();
+        dir.close().await?;
         Ok(())
     }
 
@@ -259,5 +283,38 @@ impl CommitQueue {
         let dir = Rc::new(Directory::open(&self.core_dir).await?);
         *self.directory.borrow_mut() = Some(dir.clone());
         Ok(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_directory_sync_also_syncs_the_spool_directory() {
+        let spool_dir = tempfile::tempdir().unwrap();
+        let core_dir = spool_dir.path().join("core-0");
+        std::fs::create_dir(&core_dir).unwrap();
+        std::fs::write(core_dir.join(segment_file_name(1)), [0u8; 4096]).unwrap();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let queue = Rc::new(CommitQueue::new(core_dir, true));
+                let committer = glommio::spawn_local(queue.clone().run_committer());
+                queue.segment_created();
+                queue.join(1).wait().await.expect("first batch durable");
+                // The segment, core-0 and the spool directory.
+                assert_eq!(queue.counters().fsyncs, 3);
+                queue.segment_created();
+                queue.join(1).wait().await.expect("second batch durable");
+                // The spool directory only once per queue.
+                assert_eq!(queue.counters().fsyncs, 5);
+                queue.join(1).wait().await.expect("third batch durable");
+                assert_eq!(queue.counters().fsyncs, 6);
+                queue.stop();
+                committer.await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }
