@@ -101,6 +101,9 @@ struct SinkArgs {
     /// texts in those providers' styles (Gmail's and Yahoo's tempfails are 421 and close).
     #[arg(long)]
     provider_replies: bool,
+    /// Refuse clients from this IP at the greeting with 554 5.7.1, like a blocklist (repeatable).
+    #[arg(long)]
+    refuse_from: Vec<std::net::IpAddr>,
     #[command(flatten)]
     cores: CoreArgs,
 }
@@ -261,6 +264,7 @@ fn run_sink(args: SinkArgs) -> ExitCode {
         max_connections_per_ip: args.max_connections_per_ip,
         stats_interval: Duration::from_secs(args.stats_interval_s),
         provider_replies: args.provider_replies,
+        refuse_from: args.refuse_from,
     };
     match sink::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -57,6 +57,8 @@ pub struct SinkConfig {
     pub stats_interval: Duration,
     /// Answer messages to provider domains (gmail.test, ...) with provider-style texts.
     pub provider_replies: bool,
+    /// Clients refused at the greeting with `554 5.7.1` (a blocklisted sending IP).
+    pub refuse_from: Vec<IpAddr>,
 }
 
 /// Per-core state shared by that core's connections.
@@ -280,6 +282,11 @@ async fn serve(mut stream: TcpStream, ctx: Rc<CoreContext>) {
     let peer_ip = stream
         .peer_addr()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    if ctx.config.refuse_from.contains(&peer_ip) {
+        let greeting = format!("554 5.7.1 Service unavailable; client host [{peer_ip}] blocked\r\n");
+        let _ = stream.write_all(greeting.as_bytes()).await;
+        return;
+    }
     let Some(_slot) = IpSlot::take(&ctx, peer_ip) else {
         let _ = stream
             .write_all(b"421 4.7.0 Too many connections from your IP\r\n")
