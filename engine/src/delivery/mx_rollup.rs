@@ -190,8 +190,23 @@ pub fn queue_domain(config: &Arc<Config>, domain: &str, now_s: u64) -> QueueDoma
     MEMORY.with(|m| m.borrow_mut().queue_domain(config, domain, now_s))
 }
 
-/// Looks up `domain`'s MX in the background, remembers its group, then routes `recipients`
-/// (index, attempts, not-before) of message `id` to the queues of `vmta`.
+/// Recipients routed once their domain's MX answer is in.
+struct Waiting {
+    id: MessageId,
+    body: BodyLocation,
+    envelope: Arc<PackedEnvelope>,
+    vmta: Arc<str>,
+    recipients: Vec<(u32, u32, u64)>,
+}
+
+thread_local! {
+    /// This core's lookups in flight, by domain, with what waits for each: a burst of mail to a new
+    /// domain (or a restart recovering much of it) asks DNS once, not once per message.
+    static LOOKUPS: RefCell<HashMap<String, Vec<Waiting>>> = RefCell::new(HashMap::new());
+}
+
+/// Looks up `domain`'s MX in the background (once per domain at a time), remembers its group, then
+/// routes `recipients` (index, attempts, not-before) of message `id` to the queues of `vmta`.
 pub fn route_after_lookup(
     core: &Rc<CoreContext>,
     id: MessageId,
@@ -201,38 +216,63 @@ pub fn route_after_lookup(
     domain: String,
     recipients: Vec<(u32, u32, u64)>,
 ) {
-    let core = core.clone();
-    let envelope = envelope.clone();
-    let vmta = vmta.clone();
-    glommio::spawn_local(async move {
-        let resolver = core.delivery.resolver(&core);
-        let answer = resolver.mx(&domain).await;
-        let config = core.config();
-        let now_s = crate::listener::reception::unix_now_s();
-        let (group, remember_s) = match &answer {
-            Ok(mx) => (group_of_answer(&config, mx), MX_ROLLUP_REMEMBER_S),
-            Err(e) => {
-                log::debug!("MX rollup: {domain} goes to its own queue: {e}");
-                let remember_s = if e.is_temporary() {
-                    MX_ROLLUP_FAILURE_REMEMBER_S
-                } else {
-                    MX_ROLLUP_REMEMBER_S
-                };
-                (None, remember_s)
-            }
-        };
-        if let Some(group) = group {
-            log::info!("MX rollup: {domain} joins {group} (by its MX hosts)");
+    let waiting = Waiting {
+        id,
+        body,
+        envelope: envelope.clone(),
+        vmta: vmta.clone(),
+        recipients,
+    };
+    let first = LOOKUPS.with(|l| {
+        let mut lookups = l.borrow_mut();
+        let queue = lookups.entry(domain.clone()).or_default();
+        queue.push(waiting);
+        queue.len() == 1
+    });
+    if first {
+        glommio::spawn_local(look_up_and_route(core.clone(), domain)).detach();
+    }
+}
+
+async fn look_up_and_route(core: Rc<CoreContext>, domain: String) {
+    let resolver = core.delivery.resolver(&core);
+    let answer = resolver.mx(&domain).await;
+    let config = core.config();
+    let now_s = crate::listener::reception::unix_now_s();
+    let (group, remember_s) = match &answer {
+        Ok(mx) => (group_of_answer(&config, mx), MX_ROLLUP_REMEMBER_S),
+        Err(e) => {
+            log::debug!("MX rollup: {domain} goes to its own queue: {e}");
+            let remember_s = if e.is_temporary() {
+                MX_ROLLUP_FAILURE_REMEMBER_S
+            } else {
+                MX_ROLLUP_REMEMBER_S
+            };
+            (None, remember_s)
         }
-        MEMORY.with(|m| {
-            m.borrow_mut()
-                .remember(&config, &domain, group, now_s, remember_s)
-        });
-        // The answer is remembered: placement now knows the queue without another lookup.
-        super::placement::hand_off_to(&core, id, body, envelope, vmta, recipients.into_iter())
-            .await;
-    })
-    .detach();
+    };
+    if let Some(group) = group {
+        log::info!("MX rollup: {domain} joins {group} (by its MX hosts)");
+    }
+    MEMORY.with(|m| {
+        m.borrow_mut()
+            .remember(&config, &domain, group, now_s, remember_s)
+    });
+    let waiting = LOOKUPS
+        .with(|l| l.borrow_mut().remove(&domain))
+        .unwrap_or_default();
+    // The answer is remembered: placement now knows the queue without another lookup.
+    for w in waiting {
+        super::placement::hand_off_to(
+            &core,
+            w.id,
+            w.body,
+            w.envelope,
+            w.vmta,
+            w.recipients.into_iter(),
+        )
+        .await;
+    }
 }
 
 #[cfg(test)]
