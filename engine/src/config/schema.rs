@@ -301,13 +301,14 @@ pub struct RollupConfig {
 pub struct ShapingSection {
     /// Apply `[[rollup]]` groups; false = one queue per recipient domain.
     pub mx_rollup: bool,
-    /// Distinct destination domains refusing a VMTA's connections (connect refused or reset, a
-    /// 421/5xx greeting, a 5.7.x reply before any transaction) within `vmta_refusal_window_s`, with
-    /// no connection of it getting through meanwhile, that take the VMTA out of its pools; 0 = never.
+    /// Distinct destination domains refusing a VMTA (connect refused or reset, a 421/5xx greeting,
+    /// an x.7.x reply before any transaction, a transaction whose every recipient got x.7.x) within
+    /// `vmta_refusal_window_s`, with none of its mail delivered meanwhile, that take the VMTA out
+    /// of its pools; 0 = never.
     pub vmta_refusal_domains: u32,
     /// The window in which those refusals are counted, in seconds.
     pub vmta_refusal_window_s: u64,
-    /// How long a VMTA refused everywhere stays out of its pools, in seconds; then it is tried again.
+    /// How long a VMTA refused everywhere stays out of its pools, in seconds; then it is back.
     pub vmta_refusal_out_s: u64,
 }
 

@@ -189,7 +189,6 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
             .await;
         }
         if conn.sent > 0 {
-            super::vmta_status::observe_got_through(core, key);
             return;
         }
         // Nothing was sent here: a refusing greeting, a 421 or a TLS failure: try the next host.
@@ -418,6 +417,7 @@ impl Connection {
         let Some(flight) = self.in_flight.take() else {
             return;
         };
+        super::vmta_status::observe_transaction(&self.core, &self.key, &results);
         let replies = results
             .into_iter()
             .map(|r| (r.outcome(), r.reply))

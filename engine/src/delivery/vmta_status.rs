@@ -1,8 +1,8 @@
 //! VMTAs taken out of their pools: by the API (until enabled again) or automatically when their
 //! source address cannot be bound (for `BIND_FAILURE_RETRY_S`, then tried again) or when they are
-//! refused everywhere (`[shaping] vmta_refusal_*`: connections refused at several destination
-//! domains within a window, none getting through meanwhile). A pool skips a disabled VMTA when it
-//! picks one for a message, unless every VMTA of the pool is disabled.
+//! refused everywhere (`[shaping] vmta_refusal_*`: refused at several destination domains within
+//! a window, none of its mail delivered meanwhile). A pool skips a disabled VMTA when it picks one
+//! for a message, unless every VMTA of the pool is disabled.
 //!
 //! The board is process-wide; a core reads it through its own cached copy, refreshed only when the
 //! board's version changes or an automatic disable runs out, so placing a message costs one atomic
@@ -16,10 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::config::ShapingSection;
 use crate::queue::QueueKey;
 use crate::runtime::CoreContext;
-use crate::smtp::client::{Reply, ReplySource};
+use crate::smtp::client::{RecipientResult, Reply, ReplySource};
 
 /// How long a VMTA whose source address failed to bind stays out before it is tried again.
 pub const BIND_FAILURE_RETRY_S: u64 = 60;
+
+/// Characters of the last refusal's reply kept in the reason (the server's text is untrusted).
+const REFUSAL_TEXT_CHARS_MAX: usize = 200;
 
 /// Why and until when a VMTA is out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +82,7 @@ pub struct VmtaBoard {
     /// VMTA -> (destination domain, last refusal at, in seconds) for its distinct refusing domains
     /// in the window. Locked per refused connection, never per delivery.
     refusals: Mutex<HashMap<String, Vec<(String, u64)>>>,
-    /// How many VMTAs have refusals recorded: a connection that got through locks only when not 0.
+    /// How many VMTAs have refusals recorded: a delivery locks only when not 0.
     refused_vmtas: AtomicU64,
 }
 
@@ -154,8 +157,9 @@ impl VmtaBoard {
             return None;
         }
         let names: Vec<&str> = domains.iter().map(|(d, _)| d.as_str()).collect();
+        let what: String = what.chars().take(REFUSAL_TEXT_CHARS_MAX).collect();
         let reason = format!(
-            "refused everywhere: {} destination domains refused its connections within {} s ({}); last: {what}",
+            "refused everywhere: {} destination domains refused it within {} s ({}); last: {what}",
             names.len(),
             limits.window_s,
             names.join(", ")
@@ -172,10 +176,10 @@ impl VmtaBoard {
         })
     }
 
-    /// A connection from `vmta` got through (a transaction was sent): its refusals are forgotten.
+    /// Mail from `vmta` was delivered: its refusals are forgotten.
     /// One atomic load when no VMTA has refusals recorded.
     pub fn record_success(&self, vmta: &str) {
-        if self.refused_vmtas.load(Ordering::Acquire) == 0 {
+        if !self.has_refusals() {
             return;
         }
         let mut refusals = self.refusals();
@@ -183,6 +187,11 @@ impl VmtaBoard {
             self.refused_vmtas
                 .store(refusals.len() as u64, Ordering::Release);
         }
+    }
+
+    /// Whether any VMTA has refusals recorded (one atomic load).
+    pub fn has_refusals(&self) -> bool {
+        self.refused_vmtas.load(Ordering::Acquire) != 0
     }
 
     /// The distinct domains that refused `vmta` recently (for tests and diagnostics).
@@ -245,15 +254,35 @@ fn observe_refusal(core: &CoreContext, key: &QueueKey, what: &str) -> bool {
     core.delivery.vmtas.is_disabled(board, &key.vmta, now_s)
 }
 
-/// A connection from `key`'s VMTA got through to a transaction: the VMTA is not refused everywhere.
-pub fn observe_got_through(core: &CoreContext, key: &QueueKey) {
-    core.shared.vmtas.record_success(&key.vmta);
+/// A transaction of `key`'s VMTA ended. A recipient delivered means the VMTA is not refused
+/// everywhere (reported at most once a second per VMTA and core: no lock per message). No recipient
+/// delivered and every reply an x.7.x from the server (a block at MAIL or RCPT, "client host
+/// blocked using ...") is a refusal, as at the greeting.
+pub fn observe_transaction(core: &CoreContext, key: &QueueKey, results: &[RecipientResult]) {
+    if results.iter().any(|r| r.reply.is_positive()) {
+        let now_s = crate::listener::reception::unix_now_s();
+        core.delivery
+            .vmtas
+            .got_through(&core.shared.vmtas, &key.vmta, now_s);
+        return;
+    }
+    let blocked = |r: &RecipientResult| {
+        r.reply.source == ReplySource::Remote && r.reply.enhanced.is_some_and(|e| e.subject == 7)
+    };
+    if let Some(first) = results.first()
+        && results.iter().all(blocked)
+    {
+        let first_line = first.reply.text.lines().next().unwrap_or_default();
+        observe_refusal(core, key, &format!("{} {first_line}", first.reply.code));
+    }
 }
 
 /// One core's copy of the board.
 #[derive(Debug, Default)]
 pub struct VmtaView {
     inner: RefCell<ViewState>,
+    /// VMTA -> the second this core last told the board one of its transactions delivered.
+    reported_success_s: RefCell<HashMap<String, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -265,6 +294,23 @@ struct ViewState {
 }
 
 impl VmtaView {
+    /// A transaction of `name` delivered at `now_s`: tells the board (which forgets the VMTA's
+    /// refusals) when it has refusals recorded, at most once a second per VMTA from this core.
+    pub fn got_through(&self, board: &VmtaBoard, name: &str, now_s: u64) {
+        if !board.has_refusals() {
+            return;
+        }
+        let mut reported = self.reported_success_s.borrow_mut();
+        match reported.get_mut(name) {
+            Some(at_s) if *at_s == now_s => return,
+            Some(at_s) => *at_s = now_s,
+            None => {
+                reported.insert(name.to_string(), now_s);
+            }
+        }
+        board.record_success(name);
+    }
+
     /// Whether `name` is out of its pools at `now_s`.
     pub fn is_disabled(&self, board: &VmtaBoard, name: &str, now_s: u64) -> bool {
         let version = board.version();
@@ -379,7 +425,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_getting_through_forgets_the_refusals() {
+    fn a_delivery_forgets_the_refusals() {
         let board = VmtaBoard::default();
         board.record_success("v");
         board.record_refusal("v", "a.test", "554", 0, LIMITS);
@@ -390,13 +436,32 @@ mod tests {
         assert_eq!(
             board.refusing_domains("w"),
             1,
-            "only the VMTA that got through"
+            "only the VMTA that delivered"
         );
         assert!(
             board
                 .record_refusal("v", "c.test", "554", 2, LIMITS)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_core_reports_deliveries_at_most_once_a_second() {
+        let board = VmtaBoard::default();
+        let view = VmtaView::default();
+        view.got_through(&board, "v", 10);
+        assert!(
+            view.reported_success_s.borrow().is_empty(),
+            "no refusals: nothing to tell"
+        );
+        board.record_refusal("v", "a.test", "554", 10, LIMITS);
+        view.got_through(&board, "v", 10);
+        assert_eq!(board.refusing_domains("v"), 0);
+        board.record_refusal("v", "a.test", "554", 10, LIMITS);
+        view.got_through(&board, "v", 10);
+        assert_eq!(board.refusing_domains("v"), 1, "already told this second");
+        view.got_through(&board, "v", 11);
+        assert_eq!(board.refusing_domains("v"), 0);
     }
 
     #[test]
