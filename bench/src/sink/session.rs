@@ -543,7 +543,10 @@ Message-ID: <id-1@test>\r\nSubject: s\r\n\r\n..dot line\r\nbody\r\n.\r\nQUIT\r\n
         }
         let out = String::from_utf8(out).unwrap();
         assert_eq!(codes(&out), ["250", "250", "554", "554", "221"], "{out}");
-        assert!(out.contains("554 5.7.1 Service unavailable; Client host blocked"), "{out}");
+        assert!(
+            out.contains("554 5.7.1 Service unavailable; Client host blocked"),
+            "{out}"
+        );
         assert!(session.recipients().is_empty());
     }
 
