@@ -155,8 +155,8 @@ pub(super) async fn hand_off_to(
     }
 }
 
-/// Moves recipients taken from a queue whose VMTA is out (its address cannot be bound) to another
-/// VMTA of their pool. Returns those that cannot move (no other VMTA is available).
+/// Moves recipients taken from a queue whose VMTA is out (its address cannot be bound, or it is
+/// refused everywhere) to another VMTA of their pool. Returns those that cannot move (no other VMTA is available).
 pub async fn reroute(core: &Rc<CoreContext>, from: &QueueKey, items: Vec<Queued>) -> Vec<Queued> {
     let mut stuck = Vec::new();
     let mut by_message: BTreeMap<MessageId, Vec<Queued>> = BTreeMap::new();
