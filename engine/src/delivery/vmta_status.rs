@@ -84,6 +84,9 @@ pub struct VmtaBoard {
     refusals: Mutex<HashMap<String, Vec<(String, u64)>>>,
     /// How many VMTAs have refusals recorded: a delivery locks only when not 0.
     refused_vmtas: AtomicU64,
+    /// Refusals recorded so far: a core tells the board about a delivery again, even within the
+    /// same second, when a refusal came since it last did.
+    refusals_recorded: AtomicU64,
 }
 
 impl VmtaBoard {
@@ -147,6 +150,7 @@ impl VmtaBoard {
             return None;
         }
         let mut refusals = self.refusals();
+        self.refusals_recorded.fetch_add(1, Ordering::AcqRel);
         let domains = refusals.entry(vmta.to_string()).or_default();
         let oldest_s = now_s.saturating_sub(limits.window_s);
         domains.retain(|(d, at_s)| *at_s > oldest_s && d != domain);
@@ -281,8 +285,9 @@ pub fn observe_transaction(core: &CoreContext, key: &QueueKey, results: &[Recipi
 #[derive(Debug, Default)]
 pub struct VmtaView {
     inner: RefCell<ViewState>,
-    /// VMTA -> the second this core last told the board one of its transactions delivered.
-    reported_success_s: RefCell<HashMap<String, u64>>,
+    /// VMTA -> (the second this core last told the board one of its transactions delivered, the
+    /// board's `refusals_recorded` then).
+    reported_success: RefCell<HashMap<String, (u64, u64)>>,
 }
 
 #[derive(Debug, Default)]
@@ -295,17 +300,19 @@ struct ViewState {
 
 impl VmtaView {
     /// A transaction of `name` delivered at `now_s`: tells the board (which forgets the VMTA's
-    /// refusals) when it has refusals recorded, at most once a second per VMTA from this core.
+    /// refusals) when it has refusals recorded, at most once a second per VMTA from this core unless
+    /// a refusal came since.
     pub fn got_through(&self, board: &VmtaBoard, name: &str, now_s: u64) {
         if !board.has_refusals() {
             return;
         }
-        let mut reported = self.reported_success_s.borrow_mut();
+        let recorded = board.refusals_recorded.load(Ordering::Acquire);
+        let mut reported = self.reported_success.borrow_mut();
         match reported.get_mut(name) {
-            Some(at_s) if *at_s == now_s => return,
-            Some(at_s) => *at_s = now_s,
+            Some(last) if *last == (now_s, recorded) => return,
+            Some(last) => *last = (now_s, recorded),
             None => {
-                reported.insert(name.to_string(), now_s);
+                reported.insert(name.to_string(), (now_s, recorded));
             }
         }
         board.record_success(name);
@@ -446,22 +453,41 @@ mod tests {
     }
 
     #[test]
-    fn a_core_reports_deliveries_at_most_once_a_second() {
+    fn a_core_tells_the_board_of_deliveries_only_when_it_can_matter() {
         let board = VmtaBoard::default();
         let view = VmtaView::default();
         view.got_through(&board, "v", 10);
         assert!(
-            view.reported_success_s.borrow().is_empty(),
-            "no refusals: nothing to tell"
+            view.reported_success.borrow().is_empty(),
+            "no refusals anywhere: one atomic load, nothing to tell"
+        );
+        board.record_refusal("w", "a.test", "554", 10, LIMITS);
+        view.got_through(&board, "v", 10);
+        let told = view.reported_success.borrow().get("v").copied();
+        assert_eq!(told, Some((10, 1)));
+        view.got_through(&board, "v", 10);
+        assert_eq!(
+            view.reported_success.borrow().get("v").copied(),
+            told,
+            "same second, no refusal since: not told again"
         );
         board.record_refusal("v", "a.test", "554", 10, LIMITS);
         view.got_through(&board, "v", 10);
-        assert_eq!(board.refusing_domains("v"), 0);
-        board.record_refusal("v", "a.test", "554", 10, LIMITS);
-        view.got_through(&board, "v", 10);
-        assert_eq!(board.refusing_domains("v"), 1, "already told this second");
+        assert_eq!(
+            board.refusing_domains("v"),
+            0,
+            "a refusal came since: told again within the second"
+        );
+        assert_eq!(
+            board.refusing_domains("w"),
+            1,
+            "only the VMTA that delivered"
+        );
         view.got_through(&board, "v", 11);
-        assert_eq!(board.refusing_domains("v"), 0);
+        assert_eq!(
+            view.reported_success.borrow().get("v").copied(),
+            Some((11, 2))
+        );
     }
 
     #[test]
