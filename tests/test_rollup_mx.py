@@ -2,7 +2,11 @@
 with `mx` patterns) share the provider's queue, and so its limits."""
 
 import datetime
+import threading
 import time
+
+from dnslib import QTYPE
+from dnslib.dns import DNSError
 
 from conftest import DELIVERY_TIMEOUT_S, message, wait_until
 
@@ -99,3 +103,55 @@ def test_failed_mx_lookup_never_holds_mail(volley, dns, sink_factory):
     status, body = volley.api("GET", "/v1/queues")
     assert status == 200
     assert "bigprovider.test" not in {q["domain"] for q in body["queues"]}
+
+
+class _DropMx:
+    """Wraps the test DNS server's resolver: the first `drops` MX questions for `name` get no
+    answer at all (a timeout for the asker), later ones the zone's answer."""
+
+    def __init__(self, inner, name: str, drops: int) -> None:
+        self.inner = inner
+        self.name = name.lower().rstrip(".") + "."
+        self.drops = drops
+        self.lock = threading.Lock()
+
+    def resolve(self, request, handler):
+        asked = str(request.q.qname).lower()
+        if asked == self.name and QTYPE[request.q.qtype] == "MX":
+            with self.lock:
+                if self.drops > 0:
+                    self.drops -= 1
+                    raise DNSError("dropped by the test")  # dnslib then sends nothing
+        return self.inner.resolve(request, handler)
+
+
+def test_timed_out_mx_lookup_routes_to_own_queue_and_never_holds_the_reply(
+    volley, dns, sink_factory
+):
+    # slow.test would join the group by its MX, but the rollup lookup times out (both attempts
+    # dropped): its mail goes to its own queue, and is delivered by the MX answered afterwards.
+    dns.mx("bigprovider.test", 10, "mx1.bigprovider.test")
+    dns.mx("slow.test", 10, "mx1.bigprovider.test")
+    dns.a("mx1.bigprovider.test", SINK_IP)
+    sink = sink_factory(SINK_IP, 25)
+    volley.config["rollup"] = [{"name": "bigprovider.test", "mx": ["*.bigprovider.test"]}]
+    volley.start()
+    udp_server = dns._server.server
+    udp_server.resolver = _DropMx(udp_server.resolver, "slow.test", drops=2)
+
+    started = time.monotonic()
+    volley.send("alice@src.test", ["bob@slow.test"], message("slow dns"))
+    reply_s = time.monotonic() - started
+    # The resolver gives up after 2 attempts of 2 s: the 250 came long before.
+    assert reply_s < 1.5, f"the reply waited {reply_s:.1f} s"
+    [line] = sink.wait_lines(1)
+    assert line["recipients"] == ["bob@slow.test"]
+    assert time.monotonic() - started >= 3.5, "delivered only after the lookup gave up"
+
+    def queue_domains():
+        status, body = volley.api("GET", "/v1/queues")
+        assert status == 200, body
+        return {q["domain"] for q in body["queues"]}
+
+    domains = wait_until(queue_domains, DELIVERY_TIMEOUT_S, "the queue list")
+    assert "slow.test" in domains and "bigprovider.test" not in domains, domains
