@@ -210,12 +210,20 @@ fn check_delivery(config: &Config, c: &mut Checker) {
 
 /// Longest refusal window and time out of the pools for a refused VMTA: one week, in seconds.
 const VMTA_REFUSAL_S_MAX: u64 = 7 * 86_400;
+/// Most refusing domains that may be asked for (each is remembered until the count is reached).
+const VMTA_REFUSAL_DOMAINS_MAX: u32 = 1_000;
 
 fn check_shaping(config: &Config, c: &mut Checker) {
     use Step::Key;
     let s = &config.shaping;
     if s.vmta_refusal_domains == 0 {
         return;
+    }
+    if s.vmta_refusal_domains > VMTA_REFUSAL_DOMAINS_MAX {
+        c.error(
+            &[Key("shaping"), Key("vmta_refusal_domains")],
+            format!("at most {VMTA_REFUSAL_DOMAINS_MAX} (0 = never)"),
+        );
     }
     for (key, value) in [
         ("vmta_refusal_window_s", s.vmta_refusal_window_s),
@@ -488,17 +496,21 @@ mod tests {
 
     #[test]
     fn bad_rollup_mx_and_refusal_window() {
-        let text = "[[listener]]\naddress = \"127.0.0.1:25\"\n[shaping]\nvmta_refusal_window_s = 0\n[[rollup]]\nname = \"g.test\"\nmx = [\"*.google.test\", \"*\", \"bad host\"]\n[[rollup]]\nname = \"h.test\"\n";
+        let text = "[[listener]]\naddress = \"127.0.0.1:25\"\n[shaping]\nvmta_refusal_window_s = 0\nvmta_refusal_domains = 5000\n[[rollup]]\nname = \"g.test\"\nmx = [\"*.google.test\", \"*\", \"bad host\"]\n[[rollup]]\nname = \"h.test\"\n";
         let e = errors(text);
         let keys: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
         assert!(
             keys.contains(&("shaping.vmta_refusal_window_s", Some(4))),
             "{e}"
         );
-        assert!(keys.contains(&("rollup[0].mx[1]", Some(7))), "{e}");
-        assert!(keys.contains(&("rollup[0].mx[2]", Some(7))), "{e}");
-        assert!(keys.contains(&("rollup[1].domains", Some(8))), "{e}");
-        assert_eq!(e.0.len(), 4, "{e}");
+        assert!(
+            keys.contains(&("shaping.vmta_refusal_domains", Some(5))),
+            "{e}"
+        );
+        assert!(keys.contains(&("rollup[0].mx[1]", Some(8))), "{e}");
+        assert!(keys.contains(&("rollup[0].mx[2]", Some(8))), "{e}");
+        assert!(keys.contains(&("rollup[1].domains", Some(9))), "{e}");
+        assert_eq!(e.0.len(), 5, "{e}");
     }
 
     #[test]

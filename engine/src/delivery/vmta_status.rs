@@ -80,7 +80,8 @@ pub struct VmtaBoard {
     /// Locked on a change, and by a core when the version moved: never per message.
     disabled: Mutex<HashMap<String, Disabled>>,
     /// VMTA -> (destination domain, last refusal at, in seconds) for its distinct refusing domains
-    /// in the window. Locked per refused connection, never per delivery.
+    /// in the window (at most `vmta_refusal_domains` each, which validation caps). Locked per
+    /// refusal, never per delivery.
     refusals: Mutex<HashMap<String, Vec<(String, u64)>>>,
     /// How many VMTAs have refusals recorded: a delivery locks only when not 0.
     refused_vmtas: AtomicU64,
@@ -129,8 +130,8 @@ impl VmtaBoard {
     }
 
     /// Records that `domain` refused a connection from `vmta` (`what`: the reply or error). When
-    /// that makes `limits.domains` distinct domains within the window, with no connection of the
-    /// VMTA getting through since, it is taken out for `limits.out_s`; the entry is returned.
+    /// that makes `limits.domains` distinct domains within the window, with none of its mail
+    /// delivered since, it is taken out for `limits.out_s`; the entry is returned.
     pub fn record_refusal(
         &self,
         vmta: &str,
