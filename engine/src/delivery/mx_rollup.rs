@@ -84,7 +84,8 @@ struct Remembered {
 }
 
 /// A core's memory of which group each looked-up domain is in. Forgotten when the configuration
-/// changes (the groups may have), and bounded: when full, expired entries go first, then any.
+/// changes (the groups may have), and bounded: when full, expired entries go first, then an eighth
+/// of the others.
 #[derive(Debug)]
 pub struct MxRollupMemory {
     domains_max: usize,
@@ -153,10 +154,17 @@ impl MxRollupMemory {
         self.follow(config);
         if self.domains.len() >= self.domains_max && !self.domains.contains_key(domain) {
             self.domains.retain(|_, r| r.expires_s > now_s);
-            if self.domains.len() >= self.domains_max
-                && let Some(victim) = self.domains.keys().next().cloned()
-            {
-                self.domains.remove(&victim);
+            if self.domains.len() >= self.domains_max {
+                // An eighth at once, so a memory full of live answers is not scanned per insert.
+                let victims: Vec<Box<str>> = self
+                    .domains
+                    .keys()
+                    .take((self.domains_max / 8).max(1))
+                    .cloned()
+                    .collect();
+                for victim in victims {
+                    self.domains.remove(&victim);
+                }
             }
         }
         self.domains.insert(
@@ -410,6 +418,12 @@ domains = ["listed.test", "other.test"]
         }
         m.remember(&c, "d.test", None, 20, 1_000);
         assert_eq!(m.len(), 3, "full of live answers: one gives way");
+        let mut big = MxRollupMemory::new(16);
+        for n in 0..40 {
+            big.remember(&c, &format!("{n}.test"), None, 0, 1_000);
+            assert!(big.len() <= 16);
+        }
+        assert!(big.len() >= 14, "an eighth at a time: {}", big.len());
         assert_eq!(
             m.queue_domain(&c, "d.test", 21),
             QueueDomain::Known("d.test".into()),
