@@ -101,6 +101,13 @@ struct SinkArgs {
     /// texts in those providers' styles (Gmail's and Yahoo's tempfails are 421 and close).
     #[arg(long)]
     provider_replies: bool,
+    /// Refuse clients from this IP at the greeting with 554 5.7.1, like a blocklist (repeatable).
+    #[arg(long)]
+    refuse_from: Vec<std::net::IpAddr>,
+    /// Refuse every recipient of clients from this IP with 554 5.7.1 "blocked using", as a
+    /// blocklisting Postfix does at RCPT (repeatable).
+    #[arg(long)]
+    block_rcpt_from: Vec<std::net::IpAddr>,
     #[command(flatten)]
     cores: CoreArgs,
 }
@@ -268,6 +275,8 @@ fn run_sink(args: SinkArgs) -> ExitCode {
         max_connections_per_ip: args.max_connections_per_ip,
         stats_interval: Duration::from_secs(args.stats_interval_s),
         provider_replies: args.provider_replies,
+        refuse_from: args.refuse_from,
+        block_rcpt_from: args.block_rcpt_from,
     };
     match sink::run(config) {
         Ok(()) => ExitCode::SUCCESS,

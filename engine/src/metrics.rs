@@ -51,6 +51,8 @@ pub struct CoreCounters {
     pub queues_in_backoff: AtomicI64,
     /// Messages refused by a customer's sending limit (MAIL or end of data).
     pub sending_limit_refusals: AtomicU64,
+    /// VMTAs taken out of their pools because they were refused everywhere.
+    pub vmtas_refused_out: AtomicU64,
     /// End of DATA to the 250, spool commit included.
     pub accept_latency: Latency,
     /// Reception to final outcome, per recipient.
@@ -97,7 +99,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [CounterField; 13] = [
+        let counters: [CounterField; 14] = [
             (
                 "volley_connections_accepted_total",
                 "Inbound SMTP connections accepted",
@@ -151,6 +153,11 @@ impl Metrics {
                 "volley_sending_limit_refusals_total",
                 "Messages refused by a customer's hourly or daily limit with no credits left",
                 |c| &c.sending_limit_refusals,
+            ),
+            (
+                "volley_vmtas_refused_out_total",
+                "VMTAs taken out of their pools because destinations refused them everywhere",
+                |c| &c.vmtas_refused_out,
             ),
             (
                 "volley_spool_commits_total",

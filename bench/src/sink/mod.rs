@@ -57,6 +57,10 @@ pub struct SinkConfig {
     pub stats_interval: Duration,
     /// Answer messages to provider domains (gmail.test, ...) with provider-style texts.
     pub provider_replies: bool,
+    /// Clients refused at the greeting with `554 5.7.1` (a blocklisted sending IP).
+    pub refuse_from: Vec<IpAddr>,
+    /// Clients whose every recipient is refused with `554 5.7.1` (blocklisted, Postfix style).
+    pub block_rcpt_from: Vec<IpAddr>,
 }
 
 /// Per-core state shared by that core's connections.
@@ -280,6 +284,12 @@ async fn serve(mut stream: TcpStream, ctx: Rc<CoreContext>) {
     let peer_ip = stream
         .peer_addr()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    if ctx.config.refuse_from.contains(&peer_ip) {
+        let greeting =
+            format!("554 5.7.1 Service unavailable; client host [{peer_ip}] blocked\r\n");
+        let _ = stream.write_all(greeting.as_bytes()).await;
+        return;
+    }
     let Some(_slot) = IpSlot::take(&ctx, peer_ip) else {
         let _ = stream
             .write_all(b"421 4.7.0 Too many connections from your IP\r\n")
@@ -302,6 +312,9 @@ async fn converse(
     connection_id: u64,
 ) -> io::Result<()> {
     let mut session = Session::new(ctx.log.is_some() || ctx.config.provider_replies);
+    if ctx.config.block_rcpt_from.contains(&peer_ip) {
+        session.block_recipients();
+    }
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let (mut start, mut end) = (0usize, 0usize);
     let mut out = Vec::with_capacity(4096);

@@ -79,6 +79,8 @@ pub struct Session {
     keep_head: bool,
     head: Vec<u8>,
     finder_lf_dot: memmem::Finder<'static>,
+    /// Every RCPT is refused with 554 5.7.1, as a blocklisting server does (`--block-rcpt-from`).
+    blocked: bool,
 }
 
 impl Session {
@@ -93,7 +95,14 @@ impl Session {
             keep_head,
             head: Vec::new(),
             finder_lf_dot: memmem::Finder::new(b"\n."),
+            blocked: false,
         }
+    }
+
+    /// Refuses every recipient of this session with 554 5.7.1, as Postfix's `reject_rbl_client`
+    /// does for a blocklisted client (at RCPT, after a normal greeting, EHLO and MAIL).
+    pub fn block_recipients(&mut self) {
+        self.blocked = true;
     }
 
     /// The 220 greeting to send first.
@@ -235,6 +244,9 @@ impl Session {
                 out.extend_from_slice(b"503 5.5.1 Need MAIL first\r\n");
             } else if let Some(path) = path_after(arg, b"TO:") {
                 match recipient_reply(path) {
+                    _ if self.blocked => out.extend_from_slice(
+                        b"554 5.7.1 Service unavailable; Client host blocked using zen.spamhaus.test\r\n",
+                    ),
                     Some(refusal) => out.extend_from_slice(refusal),
                     None if self.recipients.len() >= MAX_RECIPIENTS => {
                         out.extend_from_slice(b"452 4.5.3 Too many recipients\r\n");
@@ -513,6 +525,29 @@ Message-ID: <id-1@test>\r\nSubject: s\r\n\r\n..dot line\r\nbody\r\n.\r\nQUIT\r\n
                 "piece {piece}"
             );
         }
+    }
+
+    #[test]
+    fn a_blocked_client_has_every_recipient_refused_with_5_7_1() {
+        let mut session = Session::new(false);
+        session.block_recipients();
+        let mut out = Vec::new();
+        let input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\nQUIT\r\n";
+        let mut pending = input.to_vec();
+        loop {
+            let p = session.advance(&pending, &mut out);
+            pending.drain(..p.consumed);
+            if p.step != Step::NeedInput || pending.is_empty() {
+                break;
+            }
+        }
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(codes(&out), ["250", "250", "554", "554", "221"], "{out}");
+        assert!(
+            out.contains("554 5.7.1 Service unavailable; Client host blocked"),
+            "{out}"
+        );
+        assert!(session.recipients().is_empty());
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn crlf(content: &str) -> Vec<u8> {
     out
 }
 
-async fn inject(core: &CoreContext, request: &Request) -> Response {
+async fn inject(core: &Rc<CoreContext>, request: &Request) -> Response {
     let req: InjectRequest = match serde_json::from_slice(&request.body) {
         Ok(r) => r,
         Err(e) => return Response::error(400, format!("bad inject request: {e}")),

@@ -279,14 +279,21 @@ pub struct BackoffRuleConfig {
     pub domain: Option<String>,
 }
 
-/// `[[rollup]]`: mail to any of `domains` goes through one queue per VMTA, named `name`, whose
-/// MX hosts serve them all (e.g. gmail.com and googlemail.com).
+/// `[[rollup]]`: mail to any of `domains`, and to any other domain whose MX hosts all match `mx`,
+/// goes through one queue per VMTA, named `name`, whose MX hosts serve them all (e.g. gmail.com,
+/// googlemail.com and every domain hosted on Google Workspace).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollupConfig {
     /// The queue's domain: its MX is used, and `[[domain]]` policies for it apply.
     pub name: String,
+    /// Domains in the group by name, without a DNS lookup.
+    #[serde(default)]
     pub domains: Vec<String>,
+    /// MX host patterns (`aspmx.l.google.com` or `*.google.com`): a domain not listed whose every
+    /// MX host matches one of them joins the group (looked up once per domain and cached).
+    #[serde(default)]
+    pub mx: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -294,11 +301,25 @@ pub struct RollupConfig {
 pub struct ShapingSection {
     /// Apply `[[rollup]]` groups; false = one queue per recipient domain.
     pub mx_rollup: bool,
+    /// Distinct destination domains refusing a VMTA (connect refused or reset, a 421/5xx greeting,
+    /// an x.7.x reply before any transaction, a transaction whose every recipient got x.7.x) within
+    /// `vmta_refusal_window_s`, with none of its mail delivered meanwhile, that take the VMTA out
+    /// of its pools; 0 = never.
+    pub vmta_refusal_domains: u32,
+    /// The window in which those refusals are counted, in seconds.
+    pub vmta_refusal_window_s: u64,
+    /// How long a VMTA refused everywhere stays out of its pools, in seconds; then it is back.
+    pub vmta_refusal_out_s: u64,
 }
 
 impl Default for ShapingSection {
     fn default() -> Self {
-        ShapingSection { mx_rollup: true }
+        ShapingSection {
+            mx_rollup: true,
+            vmta_refusal_domains: 3,
+            vmta_refusal_window_s: 300,
+            vmta_refusal_out_s: 600,
+        }
     }
 }
 

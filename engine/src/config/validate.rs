@@ -76,6 +76,7 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     check_server(config, &mut c);
     check_listeners(config, &mut c);
     check_delivery(config, &mut c);
+    check_shaping(config, &mut c);
     check_customers(config, &mut c);
     check_files(config, &mut c);
     check_api(config, &mut c);
@@ -207,6 +208,36 @@ fn check_delivery(config: &Config, c: &mut Checker) {
     }
 }
 
+/// Longest refusal window and time out of the pools for a refused VMTA: one week, in seconds.
+const VMTA_REFUSAL_S_MAX: u64 = 7 * 86_400;
+/// Most refusing domains that may be asked for (each is remembered until the count is reached).
+const VMTA_REFUSAL_DOMAINS_MAX: u32 = 1_000;
+
+fn check_shaping(config: &Config, c: &mut Checker) {
+    use Step::Key;
+    let s = &config.shaping;
+    if s.vmta_refusal_domains == 0 {
+        return;
+    }
+    if s.vmta_refusal_domains > VMTA_REFUSAL_DOMAINS_MAX {
+        c.error(
+            &[Key("shaping"), Key("vmta_refusal_domains")],
+            format!("at most {VMTA_REFUSAL_DOMAINS_MAX} (0 = never)"),
+        );
+    }
+    for (key, value) in [
+        ("vmta_refusal_window_s", s.vmta_refusal_window_s),
+        ("vmta_refusal_out_s", s.vmta_refusal_out_s),
+    ] {
+        if !(1..=VMTA_REFUSAL_S_MAX).contains(&value) {
+            c.error(
+                &[Key("shaping"), Key(key)],
+                format!("must be between 1 and {VMTA_REFUSAL_S_MAX} seconds"),
+            );
+        }
+    }
+}
+
 /// Checks `[[domain]]`, `[[backoff]]` and `[[rollup]]` entries (of the file or of an include).
 fn check_policy_entries(
     domains: &[DomainPolicyConfig],
@@ -284,11 +315,19 @@ fn check_policy_entries(
         if r.name.starts_with('*') || !valid_pattern(&r.name) {
             c.error(&[Key("rollup"), Index(i), Key("name")], "expected a domain");
         }
-        if r.domains.is_empty() {
+        if r.domains.is_empty() && r.mx.is_empty() {
             c.error(
                 &[Key("rollup"), Index(i), Key("domains")],
-                "needs at least one domain",
+                "needs at least one domain or MX pattern (mx)",
             );
+        }
+        for (j, m) in r.mx.iter().enumerate() {
+            if m == "*" || !valid_pattern(m) {
+                c.error(
+                    &[Key("rollup"), Index(i), Key("mx"), Index(j)],
+                    "expected an MX host name or \"*.example.com\"",
+                );
+            }
         }
         for (j, d) in r.domains.iter().enumerate() {
             if d.starts_with('*') || !valid_pattern(d) {
@@ -453,6 +492,25 @@ mod tests {
         let keys: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
         assert!(keys.contains(&("backoff[0].pattern", Some(4))), "{e}");
         assert!(keys.contains(&("rollup[0].domains[1]", Some(8))), "{e}");
+    }
+
+    #[test]
+    fn bad_rollup_mx_and_refusal_window() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:25\"\n[shaping]\nvmta_refusal_window_s = 0\nvmta_refusal_domains = 5000\n[[rollup]]\nname = \"g.test\"\nmx = [\"*.google.test\", \"*\", \"bad host\"]\n[[rollup]]\nname = \"h.test\"\n";
+        let e = errors(text);
+        let keys: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert!(
+            keys.contains(&("shaping.vmta_refusal_window_s", Some(4))),
+            "{e}"
+        );
+        assert!(
+            keys.contains(&("shaping.vmta_refusal_domains", Some(5))),
+            "{e}"
+        );
+        assert!(keys.contains(&("rollup[0].mx[1]", Some(8))), "{e}");
+        assert!(keys.contains(&("rollup[0].mx[2]", Some(8))), "{e}");
+        assert!(keys.contains(&("rollup[1].domains", Some(9))), "{e}");
+        assert_eq!(e.0.len(), 5, "{e}");
     }
 
     #[test]

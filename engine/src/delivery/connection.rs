@@ -152,6 +152,12 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
                     (4, 4, 1),
                     format!("Connection to {} failed: {e}", hop.address),
                 );
+                if super::vmta_status::observe_connect_error(core, key, &e) {
+                    let stuck =
+                        super::placement::reroute(core, key, take_all_ready(core, key)).await;
+                    outcome::defer_items(core, key, stuck, &last_failure, None).await;
+                    return;
+                }
                 continue;
             }
         };
@@ -187,7 +193,13 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
         }
         // Nothing was sent here: a refusing greeting, a 421 or a TLS failure: try the next host.
         if let Some(reply) = conn.failure {
+            let out = super::vmta_status::observe_failed_session(core, key, &reply);
             last_failure = reply;
+            if out {
+                let stuck = super::placement::reroute(core, key, take_all_ready(core, key)).await;
+                outcome::defer_items(core, key, stuck, &last_failure, None).await;
+                return;
+            }
         }
     }
     outcome::defer_items(core, key, take_all_ready(core, key), &last_failure, None).await;
@@ -405,6 +417,7 @@ impl Connection {
         let Some(flight) = self.in_flight.take() else {
             return;
         };
+        super::vmta_status::observe_transaction(&self.core, &self.key, &results);
         let replies = results
             .into_iter()
             .map(|r| (r.outcome(), r.reply))

@@ -8,6 +8,7 @@
 
 mod connect;
 mod connection;
+mod mx_rollup;
 mod outcome;
 mod placement;
 mod scheduler;

@@ -2,9 +2,11 @@
 //! by domain, and each group is handed to the core that owns its (VMTA, domain) queue.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use super::Queued;
+use super::mx_rollup::{self, QueueDomain};
 use crate::envelope::{Envelope, MessageId, PackedEnvelope, domain_of};
 use crate::queue::{QueueKey, QueueSnapshot};
 use crate::router::{CoreMessage, Handoff, owner_core};
@@ -90,7 +92,7 @@ fn pick_vmta(core: &CoreContext, customer: &str) -> Arc<str> {
 
 /// Hands the recipients `(index, attempts, not_before_s)` of a message to their queues' cores.
 async fn hand_off(
-    core: &CoreContext,
+    core: &Rc<CoreContext>,
     id: MessageId,
     body: BodyLocation,
     envelope: Arc<PackedEnvelope>,
@@ -101,9 +103,10 @@ async fn hand_off(
 }
 
 /// Hands recipients to the queues of `vmta`; the queue domain is the recipient domain's
-/// `[[rollup]]` group when it has one (MX rollup).
-async fn hand_off_to(
-    core: &CoreContext,
+/// `[[rollup]]` group when it has one (MX rollup). Recipients of a domain whose MX must decide are
+/// routed once it is looked up, in the background.
+pub(super) async fn hand_off_to(
+    core: &Rc<CoreContext>,
     id: MessageId,
     body: BodyLocation,
     envelope: Arc<PackedEnvelope>,
@@ -112,16 +115,28 @@ async fn hand_off_to(
 ) {
     let config = core.config();
     let mut groups: BTreeMap<(String, u64), Vec<(u32, u32)>> = BTreeMap::new();
+    let mut awaiting_mx: BTreeMap<String, Vec<(u32, u32, u64)>> = BTreeMap::new();
+    let now_s = crate::listener::reception::unix_now_s();
     for (index, attempts, not_before_s) in recipients {
         let Some(address) = envelope.address(index as usize) else {
             continue;
         };
         let domain = domain_of(address);
-        let queue_domain = crate::config::rollup_of(&config, &domain).to_ascii_lowercase();
+        let queue_domain = match mx_rollup::queue_domain(&config, &domain, now_s) {
+            QueueDomain::Known(d) => d,
+            QueueDomain::NeedsLookup => {
+                let waiting = awaiting_mx.entry(domain).or_default();
+                waiting.push((index, attempts, not_before_s));
+                continue;
+            }
+        };
         groups
             .entry((queue_domain, not_before_s))
             .or_default()
             .push((index, attempts));
+    }
+    for (domain, waiting) in awaiting_mx {
+        mx_rollup::route_after_lookup(core, id, body, &envelope, &vmta, domain, waiting);
     }
     let router = core.router();
     for ((domain, not_before_s), recipients) in groups {
@@ -140,9 +155,9 @@ async fn hand_off_to(
     }
 }
 
-/// Moves recipients taken from a queue whose VMTA is out (its address cannot be bound) to another
-/// VMTA of their pool. Returns those that cannot move (no other VMTA is available).
-pub async fn reroute(core: &CoreContext, from: &QueueKey, items: Vec<Queued>) -> Vec<Queued> {
+/// Moves recipients taken from a queue whose VMTA is out (its address cannot be bound, or it is
+/// refused everywhere) to another VMTA of their pool. Returns those that cannot move (no other VMTA is available).
+pub async fn reroute(core: &Rc<CoreContext>, from: &QueueKey, items: Vec<Queued>) -> Vec<Queued> {
     let mut stuck = Vec::new();
     let mut by_message: BTreeMap<MessageId, Vec<Queued>> = BTreeMap::new();
     for item in items {
@@ -179,7 +194,7 @@ pub async fn reroute(core: &CoreContext, from: &QueueKey, items: Vec<Queued>) ->
 
 /// Routes every recipient of a message that was just spooled.
 pub async fn route_new_message(
-    core: &CoreContext,
+    core: &Rc<CoreContext>,
     id: MessageId,
     body: BodyLocation,
     envelope: Arc<Envelope>,
@@ -191,7 +206,7 @@ pub async fn route_new_message(
 }
 
 /// Routes the unfinished recipients of what the spool recovered at start.
-pub async fn route_recovered(core: &CoreContext, recovered: Vec<RecoveredMessage>) {
+pub async fn route_recovered(core: &Rc<CoreContext>, recovered: Vec<RecoveredMessage>) {
     for message in recovered {
         let states = message.states;
         let recipients = states.iter().enumerate().filter_map(|(i, s)| match *s {
@@ -215,7 +230,7 @@ pub async fn route_recovered(core: &CoreContext, recovered: Vec<RecoveredMessage
 
 /// Spools a message made here (API injection, DSNs) and routes it. `header` is prepended.
 pub async fn inject_message(
-    core: &CoreContext,
+    core: &Rc<CoreContext>,
     envelope: Envelope,
     header: &[u8],
     body: &[u8],

@@ -1,6 +1,8 @@
 //! VMTAs taken out of their pools: by the API (until enabled again) or automatically when their
-//! source address cannot be bound (for `BIND_FAILURE_RETRY_S`, then tried again). A pool skips a
-//! disabled VMTA when it picks one for a message, unless every VMTA of the pool is disabled.
+//! source address cannot be bound (for `BIND_FAILURE_RETRY_S`, then tried again) or when they are
+//! refused everywhere (`[shaping] vmta_refusal_*`: refused at several destination domains within
+//! a window, none of its mail delivered meanwhile). A pool skips a disabled VMTA when it picks one
+//! for a message, unless every VMTA of the pool is disabled.
 //!
 //! The board is process-wide; a core reads it through its own cached copy, refreshed only when the
 //! board's version changes or an automatic disable runs out, so placing a message costs one atomic
@@ -11,8 +13,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::config::ShapingSection;
+use crate::queue::QueueKey;
+use crate::runtime::CoreContext;
+use crate::smtp::client::{RecipientResult, Reply, ReplySource};
+
 /// How long a VMTA whose source address failed to bind stays out before it is tried again.
 pub const BIND_FAILURE_RETRY_S: u64 = 60;
+
+/// Characters of the last refusal's reply kept in the reason (the server's text is untrusted).
+const REFUSAL_TEXT_CHARS_MAX: usize = 200;
 
 /// Why and until when a VMTA is out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,12 +33,61 @@ pub struct Disabled {
     pub until_s: Option<u64>,
 }
 
-/// Every disabled VMTA.
+/// When a VMTA counts as refused everywhere, and for how long it is then out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusalLimits {
+    /// Distinct destination domains refusing it; 0 = never take a VMTA out for refusals.
+    pub domains: u32,
+    /// The window the refusals are counted in, in seconds.
+    pub window_s: u64,
+    /// How long it stays out, in seconds.
+    pub out_s: u64,
+}
+
+impl RefusalLimits {
+    pub fn from_config(shaping: &ShapingSection) -> RefusalLimits {
+        RefusalLimits {
+            domains: shaping.vmta_refusal_domains,
+            window_s: shaping.vmta_refusal_window_s,
+            out_s: shaping.vmta_refusal_out_s,
+        }
+    }
+}
+
+/// Whether a failed connection attempt is a refusal of the VMTA (its address or its reputation)
+/// rather than a problem of one destination: the TCP connect was refused or reset, or, before any
+/// transaction, the server answered 421 or 5xx (greeting, EHLO) or with a 4.7.x/5.7.x code.
+pub fn is_refusal_reply(reply: &Reply) -> bool {
+    reply.source == ReplySource::Remote
+        && (reply.code == 421
+            || (500..600).contains(&reply.code)
+            || reply.enhanced.is_some_and(|e| e.subject == 7))
+}
+
+/// Whether a connect error is a refusal (see `is_refusal_reply`); a timeout is not: it says more
+/// about the destination than about the VMTA.
+pub fn is_refusal_error(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Every disabled VMTA, and the recent refusals of those that are not (yet).
 #[derive(Debug, Default)]
 pub struct VmtaBoard {
     version: AtomicU64,
     /// Locked on a change, and by a core when the version moved: never per message.
     disabled: Mutex<HashMap<String, Disabled>>,
+    /// VMTA -> (destination domain, last refusal at, in seconds) for its distinct refusing domains
+    /// in the window (at most `vmta_refusal_domains` each, which validation caps). Locked per
+    /// refusal, never per delivery.
+    refusals: Mutex<HashMap<String, Vec<(String, u64)>>>,
+    /// How many VMTAs have refusals recorded: a delivery locks only when not 0.
+    refused_vmtas: AtomicU64,
+    /// Refusals recorded so far: a core tells the board about a delivery again, even within the
+    /// same second, when a refusal came since it last did.
+    refusals_recorded: AtomicU64,
 }
 
 impl VmtaBoard {
@@ -63,6 +122,88 @@ impl VmtaBoard {
         self.version.load(Ordering::Acquire)
     }
 
+    fn refusals(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(String, u64)>>> {
+        match self.refusals.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Records that `domain` refused a connection from `vmta` (`what`: the reply or error). When
+    /// that makes `limits.domains` distinct domains within the window, with none of its mail
+    /// delivered since, it is taken out for `limits.out_s`; the entry is returned.
+    pub fn record_refusal(
+        &self,
+        vmta: &str,
+        domain: &str,
+        what: &str,
+        now_s: u64,
+        limits: RefusalLimits,
+    ) -> Option<Disabled> {
+        if limits.domains == 0 {
+            return None;
+        }
+        let already_out = self
+            .map()
+            .get(vmta)
+            .is_some_and(|d| d.until_s.is_none_or(|u| u > now_s));
+        if already_out {
+            return None;
+        }
+        let mut refusals = self.refusals();
+        self.refusals_recorded.fetch_add(1, Ordering::AcqRel);
+        let domains = refusals.entry(vmta.to_string()).or_default();
+        let oldest_s = now_s.saturating_sub(limits.window_s);
+        domains.retain(|(d, at_s)| *at_s > oldest_s && d != domain);
+        domains.push((domain.to_string(), now_s));
+        if domains.len() < limits.domains as usize {
+            self.refused_vmtas
+                .store(refusals.len() as u64, Ordering::Release);
+            return None;
+        }
+        let names: Vec<&str> = domains.iter().map(|(d, _)| d.as_str()).collect();
+        let what: String = what.chars().take(REFUSAL_TEXT_CHARS_MAX).collect();
+        let reason = format!(
+            "refused everywhere: {} destination domains refused it within {} s ({}); last: {what}",
+            names.len(),
+            limits.window_s,
+            names.join(", ")
+        );
+        refusals.remove(vmta);
+        self.refused_vmtas
+            .store(refusals.len() as u64, Ordering::Release);
+        let until_s = now_s.saturating_add(limits.out_s);
+        self.disable(vmta, &reason, now_s, Some(until_s));
+        Some(Disabled {
+            reason,
+            since_s: now_s,
+            until_s: Some(until_s),
+        })
+    }
+
+    /// Mail from `vmta` was delivered: its refusals are forgotten.
+    /// One atomic load when no VMTA has refusals recorded.
+    pub fn record_success(&self, vmta: &str) {
+        if !self.has_refusals() {
+            return;
+        }
+        let mut refusals = self.refusals();
+        if refusals.remove(vmta).is_some() {
+            self.refused_vmtas
+                .store(refusals.len() as u64, Ordering::Release);
+        }
+    }
+
+    /// Whether any VMTA has refusals recorded (one atomic load).
+    pub fn has_refusals(&self) -> bool {
+        self.refused_vmtas.load(Ordering::Acquire) != 0
+    }
+
+    /// The distinct domains that refused `vmta` recently (for tests and diagnostics).
+    pub fn refusing_domains(&self, vmta: &str) -> usize {
+        self.refusals().get(vmta).map_or(0, Vec::len)
+    }
+
     /// The VMTAs disabled at `now_s`, with their entries.
     pub fn list(&self, now_s: u64) -> Vec<(String, Disabled)> {
         let mut list: Vec<_> = self
@@ -76,10 +217,78 @@ impl VmtaBoard {
     }
 }
 
+/// A connection of `key`'s VMTA ended with `reply` before any transaction. When that is a refusal
+/// (`is_refusal_reply`), see `observe_refusal`; otherwise false.
+pub fn observe_failed_session(core: &CoreContext, key: &QueueKey, reply: &Reply) -> bool {
+    if !is_refusal_reply(reply) {
+        return false;
+    }
+    let first_line = reply.text.lines().next().unwrap_or_default();
+    observe_refusal(core, key, &format!("{} {first_line}", reply.code))
+}
+
+/// A TCP connect of `key`'s VMTA failed with `error`. When that is a refusal (`is_refusal_error`),
+/// see `observe_refusal`; otherwise false.
+pub fn observe_connect_error(core: &CoreContext, key: &QueueKey, error: &std::io::Error) -> bool {
+    is_refusal_error(error) && observe_refusal(core, key, &format!("connect: {error}"))
+}
+
+/// A connection attempt from `key`'s VMTA to its destination was refused (`what`: the reply or
+/// error). Records it on the board, taking the VMTA out when it is refused everywhere (logged and
+/// counted). Returns whether the VMTA is out of its pools now: its queued mail should then move to
+/// another VMTA of its pool.
+fn observe_refusal(core: &CoreContext, key: &QueueKey, what: &str) -> bool {
+    let config = core.config();
+    if config.vmta(&key.vmta).is_none() {
+        return false;
+    }
+    let now_s = crate::listener::reception::unix_now_s();
+    let limits = RefusalLimits::from_config(&config.shaping);
+    let board = &core.shared.vmtas;
+    if let Some(out) = board.record_refusal(&key.vmta, &key.domain, what, now_s, limits) {
+        log::warn!(
+            "VMTA {} out of its pools for {} s: {}",
+            key.vmta,
+            limits.out_s,
+            out.reason
+        );
+        core.counters()
+            .vmtas_refused_out
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    core.delivery.vmtas.is_disabled(board, &key.vmta, now_s)
+}
+
+/// A transaction of `key`'s VMTA ended. A recipient delivered means the VMTA is not refused
+/// everywhere (reported at most once a second per VMTA and core: no lock per message). No recipient
+/// delivered and every reply an x.7.x from the server (a block at MAIL or RCPT, "client host
+/// blocked using ...") is a refusal, as at the greeting.
+pub fn observe_transaction(core: &CoreContext, key: &QueueKey, results: &[RecipientResult]) {
+    if results.iter().any(|r| r.reply.is_positive()) {
+        let now_s = crate::listener::reception::unix_now_s();
+        core.delivery
+            .vmtas
+            .got_through(&core.shared.vmtas, &key.vmta, now_s);
+        return;
+    }
+    let blocked = |r: &RecipientResult| {
+        r.reply.source == ReplySource::Remote && r.reply.enhanced.is_some_and(|e| e.subject == 7)
+    };
+    if let Some(first) = results.first()
+        && results.iter().all(blocked)
+    {
+        let first_line = first.reply.text.lines().next().unwrap_or_default();
+        observe_refusal(core, key, &format!("{} {first_line}", first.reply.code));
+    }
+}
+
 /// One core's copy of the board.
 #[derive(Debug, Default)]
 pub struct VmtaView {
     inner: RefCell<ViewState>,
+    /// VMTA -> (the second this core last told the board one of its transactions delivered, the
+    /// board's `refusals_recorded` then).
+    reported_success: RefCell<HashMap<String, (u64, u64)>>,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +300,25 @@ struct ViewState {
 }
 
 impl VmtaView {
+    /// A transaction of `name` delivered at `now_s`: tells the board (which forgets the VMTA's
+    /// refusals) when it has refusals recorded, at most once a second per VMTA from this core unless
+    /// a refusal came since.
+    pub fn got_through(&self, board: &VmtaBoard, name: &str, now_s: u64) {
+        if !board.has_refusals() {
+            return;
+        }
+        let recorded = board.refusals_recorded.load(Ordering::Acquire);
+        let mut reported = self.reported_success.borrow_mut();
+        match reported.get_mut(name) {
+            Some(last) if *last == (now_s, recorded) => return,
+            Some(last) => *last = (now_s, recorded),
+            None => {
+                reported.insert(name.to_string(), (now_s, recorded));
+            }
+        }
+        board.record_success(name);
+    }
+
     /// Whether `name` is out of its pools at `now_s`.
     pub fn is_disabled(&self, board: &VmtaBoard, name: &str, now_s: u64) -> bool {
         let version = board.version();
@@ -129,5 +357,170 @@ mod tests {
         assert!(board.enable("a"));
         assert!(!view.is_disabled(&board, "a", 61));
         assert!(!board.enable("a"));
+    }
+
+    const LIMITS: RefusalLimits = RefusalLimits {
+        domains: 3,
+        window_s: 300,
+        out_s: 600,
+    };
+
+    #[test]
+    fn refused_at_enough_distinct_domains_takes_the_vmta_out_for_a_while() {
+        let board = VmtaBoard::default();
+        let view = VmtaView::default();
+        assert!(
+            board
+                .record_refusal("v", "a.test", "554", 0, LIMITS)
+                .is_none()
+        );
+        assert!(
+            board
+                .record_refusal("v", "a.test", "554", 1, LIMITS)
+                .is_none(),
+            "the same domain again counts once"
+        );
+        assert!(
+            board
+                .record_refusal("v", "b.test", "554", 2, LIMITS)
+                .is_none()
+        );
+        assert_eq!(board.refusing_domains("v"), 2);
+        assert!(!view.is_disabled(&board, "v", 2));
+        let out = board
+            .record_refusal("v", "c.test", "554 5.7.1 go away", 3, LIMITS)
+            .expect("third domain");
+        assert_eq!(out.until_s, Some(603));
+        assert!(out.reason.contains("refused everywhere"), "{}", out.reason);
+        assert!(
+            out.reason.contains("a.test, b.test, c.test"),
+            "{}",
+            out.reason
+        );
+        assert!(out.reason.contains("554 5.7.1 go away"), "{}", out.reason);
+        assert!(view.is_disabled(&board, "v", 4));
+        assert_eq!(board.list(4)[0].1.reason, out.reason);
+        assert!(
+            board
+                .record_refusal("v", "d.test", "554", 5, LIMITS)
+                .is_none(),
+            "already out: not counted again"
+        );
+        assert_eq!(board.refusing_domains("v"), 0);
+        assert!(!view.is_disabled(&board, "v", 603), "back by itself");
+    }
+
+    #[test]
+    fn refusals_older_than_the_window_do_not_count() {
+        let board = VmtaBoard::default();
+        board.record_refusal("v", "a.test", "554", 0, LIMITS);
+        board.record_refusal("v", "b.test", "554", 100, LIMITS);
+        assert!(
+            board
+                .record_refusal("v", "c.test", "554", 300, LIMITS)
+                .is_none()
+        );
+        assert_eq!(
+            board.refusing_domains("v"),
+            2,
+            "a.test fell out of the window"
+        );
+        assert!(
+            board
+                .record_refusal("v", "a.test", "554", 301, LIMITS)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_delivery_forgets_the_refusals() {
+        let board = VmtaBoard::default();
+        board.record_success("v");
+        board.record_refusal("v", "a.test", "554", 0, LIMITS);
+        board.record_refusal("v", "b.test", "554", 1, LIMITS);
+        board.record_refusal("w", "a.test", "554", 1, LIMITS);
+        board.record_success("v");
+        assert_eq!(board.refusing_domains("v"), 0);
+        assert_eq!(
+            board.refusing_domains("w"),
+            1,
+            "only the VMTA that delivered"
+        );
+        assert!(
+            board
+                .record_refusal("v", "c.test", "554", 2, LIMITS)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_core_tells_the_board_of_deliveries_only_when_it_can_matter() {
+        let board = VmtaBoard::default();
+        let view = VmtaView::default();
+        view.got_through(&board, "v", 10);
+        assert!(
+            view.reported_success.borrow().is_empty(),
+            "no refusals anywhere: one atomic load, nothing to tell"
+        );
+        board.record_refusal("w", "a.test", "554", 10, LIMITS);
+        view.got_through(&board, "v", 10);
+        let told = view.reported_success.borrow().get("v").copied();
+        assert_eq!(told, Some((10, 1)));
+        view.got_through(&board, "v", 10);
+        assert_eq!(
+            view.reported_success.borrow().get("v").copied(),
+            told,
+            "same second, no refusal since: not told again"
+        );
+        board.record_refusal("v", "a.test", "554", 10, LIMITS);
+        view.got_through(&board, "v", 10);
+        assert_eq!(
+            board.refusing_domains("v"),
+            0,
+            "a refusal came since: told again within the second"
+        );
+        assert_eq!(
+            board.refusing_domains("w"),
+            1,
+            "only the VMTA that delivered"
+        );
+        view.got_through(&board, "v", 11);
+        assert_eq!(
+            view.reported_success.borrow().get("v").copied(),
+            Some((11, 2))
+        );
+    }
+
+    #[test]
+    fn zero_domains_turns_it_off() {
+        let board = VmtaBoard::default();
+        let off = RefusalLimits {
+            domains: 0,
+            ..LIMITS
+        };
+        for d in ["a", "b", "c", "d"] {
+            assert!(board.record_refusal("v", d, "554", 0, off).is_none());
+        }
+        assert!(board.list(0).is_empty());
+    }
+
+    #[test]
+    fn what_counts_as_a_refusal() {
+        use crate::smtp::client::EnhancedCode;
+        let remote = |code: u16, enhanced: Option<(u8, u16, u16)>| Reply {
+            code,
+            enhanced: enhanced.map(|(c, s, d)| EnhancedCode::new(c, s, d)),
+            text: "x".into(),
+            source: ReplySource::Remote,
+        };
+        assert!(is_refusal_reply(&remote(554, None)));
+        assert!(is_refusal_reply(&remote(421, None)));
+        assert!(is_refusal_reply(&remote(450, Some((4, 7, 1)))));
+        assert!(!is_refusal_reply(&remote(451, Some((4, 3, 0)))));
+        assert!(!is_refusal_reply(&Reply::local(554, (5, 7, 1), "local")));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(is_refusal_error(&refused));
+        assert!(!is_refusal_error(&timed_out));
     }
 }

@@ -167,7 +167,7 @@ pub fn record_reception(
 
 /// Spools a message and routes its recipients; the reply text is the queue id.
 pub async fn accept_message(
-    core: &CoreContext,
+    core: &std::rc::Rc<CoreContext>,
     origin: &Origin<'_>,
     mut envelope: Envelope,
     body: Vec<u8>,
