@@ -305,18 +305,24 @@ impl Connection {
         let queues = &self.core.delivery.queues;
         let mut waited_ms = 0;
         let mut step_ms = 1;
-        while !queues.borrow().has_ready(&self.key) {
-            if waited_ms >= IDLE_LINGER_MS
-                || self.core.shared.control.stopping()
+        loop {
+            // Checked before the queue, every time: mail that arrives after a reload must not
+            // leave on a connection opened under the old routes.
+            if self.core.shared.control.stopping()
                 || !Arc::ptr_eq(&self.config, &self.core.config())
             {
+                return false;
+            }
+            if queues.borrow().has_ready(&self.key) {
+                return true;
+            }
+            if waited_ms >= IDLE_LINGER_MS {
                 return false;
             }
             glommio::timer::sleep(Duration::from_millis(step_ms)).await;
             waited_ms += step_ms;
             step_ms = (step_ms * 2).min(64);
         }
-        true
     }
 
     /// The session is idle: start the next transaction, or QUIT.
