@@ -3,8 +3,8 @@
 //!
 //! A torn tail of the last segment ends its scan; it is then overwritten with a zero header so a
 //! later scan also stops there, whatever stale bytes lie beyond. A record whose payload fails its
-//! CRC elsewhere is logged and skipped. Envelopes are decoded only for messages still live, at the
-//! end, straight from the mappings.
+//! CRC elsewhere is logged and skipped. Envelopes are checked only for messages still live, at the
+//! end, straight from the mappings, and not kept: a recovered message is its record's location.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -16,7 +16,7 @@ use memmap2::Mmap;
 use super::index::{LiveMessage, SegmentUsage, SeqMap, SpoolIndex};
 use super::record::{self, RECORD_HEADER_BYTES, RECORD_VERSION, RecordKind};
 use super::segment::{self, ScanEnd, ScanItem, SegmentHeader, SegmentScan};
-use super::{BodyLocation, RecipientState, RecoveredMessage, SpoolError};
+use super::{RecipientState, RecordLocation, RecoveredMessage, SpoolError};
 use crate::envelope::MessageId;
 
 /// What recovery found.
@@ -32,9 +32,9 @@ pub struct RecoveryOutcome {
 /// A message record seen during the scan; the envelope stays on disk until we know it is live.
 struct ScannedMessage {
     segment: u32,
-    record_offset: usize,
+    /// Segments are at most `u32::MAX` bytes, so record offsets fit (a larger one is refused).
+    record_offset: u32,
     payload_len: u32,
-    body_len: u32,
     recipient_count: u32,
     /// Empty until the first state record arrives (most messages get none before a crash).
     states: Vec<RecipientState>,
@@ -173,35 +173,30 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
         let Some(map) = maps.get(&m.segment) else {
             continue;
         };
-        let payload_at = m.record_offset + RECORD_HEADER_BYTES;
+        let payload_at = m.record_offset as usize + RECORD_HEADER_BYTES;
         let Some(payload) = map.get(payload_at..payload_at + m.payload_len as usize) else {
             continue;
         };
-        let envelope = match record::decode_envelope(payload) {
-            Ok((_, envelope)) => envelope,
-            Err(e) => {
-                corrupt_records += 1;
-                log::warn!("segment {} message {seq}: {e}; skipped", m.segment);
-                continue;
-            }
-        };
-        let states = if m.states.is_empty() {
-            vec![RecipientState::Pending; m.recipient_count as usize]
-        } else {
-            m.states
-        };
-        index.add_message(seq, LiveMessage::new(m.segment, m.recipient_count, &states));
-        let body_offset = payload_at + m.payload_len as usize - m.body_len as usize;
+        // Checked here so a damaged envelope is skipped (and its segment freed) at start, not
+        // found at delivery; the decoded envelope is dropped at once: the queues read it back.
+        if let Err(e) = record::decode_envelope(payload) {
+            corrupt_records += 1;
+            log::warn!("segment {} message {seq}: {e}; skipped", m.segment);
+            continue;
+        }
+        index.add_message(
+            seq,
+            LiveMessage::new(m.segment, m.recipient_count, &m.states),
+        );
         messages.push(RecoveredMessage {
             id: MessageId { core, seq },
-            envelope,
-            body: BodyLocation {
+            record: RecordLocation {
                 core,
                 segment: m.segment,
-                offset: body_offset as u64,
-                len: m.body_len,
+                offset: m.record_offset,
             },
-            states,
+            recipient_count: m.recipient_count,
+            recorded_states: (!m.states.is_empty()).then(|| m.states.into_boxed_slice()),
         });
     }
     Ok(RecoveryOutcome {
@@ -229,6 +224,8 @@ fn scan_message(
         )));
     }
     *next_seq = (*next_seq).max(summary.id.seq.saturating_add(1));
+    let record_offset = u32::try_from(offset)
+        .map_err(|_| SpoolError::Corrupt(format!("message {} lies beyond 4 GiB", summary.id)))?;
     if scanned.contains_key(&summary.id.seq) {
         return Err(SpoolError::Corrupt(format!(
             "message {} stored twice",
@@ -239,9 +236,8 @@ fn scan_message(
         summary.id.seq,
         ScannedMessage {
             segment,
-            record_offset: offset,
+            record_offset,
             payload_len: payload.len() as u32,
-            body_len: summary.body_len,
             recipient_count: summary.recipient_count,
             states: Vec::new(),
         },
