@@ -28,7 +28,9 @@ use volley::delivery::{MessageEntry, MessageTable, Queued, queue_handoff};
 use volley::envelope::{Envelope, PackedEnvelope, Recipient, domain_of};
 use volley::queue::{QueueKey, QueuePolicy, Queues};
 use volley::router::Handoff;
-use volley::spool::{RecipientState, RecoveredMessage, SegmentReader, Spool, SpoolConfig};
+use volley::spool::{
+    RecipientState, RecoveredMessage, SegmentReader, SequentialMessages, Spool, SpoolConfig,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -177,7 +179,7 @@ fn show(label: &str, r: Resident) {
 
 /// Routes one recovered message as `placement::route_recovered` and `hand_off_to` do.
 fn route(
-    reader: &SegmentReader,
+    reader: &mut SequentialMessages,
     message: RecoveredMessage,
     queues: &mut Queues<()>,
     messages: &mut MessageTable,
@@ -261,6 +263,7 @@ async fn run(args: Args, root: PathBuf) -> Result<(), String> {
 
     let started = Instant::now();
     let reader = SegmentReader::new(root.join("spool"));
+    let mut records = SequentialMessages::new(&reader);
     let mut queues: Queues<()> = Queues::new(QueuePolicy::default());
     let mut messages = MessageTable::default();
     let vmta: Arc<str> = Arc::from("default");
@@ -268,7 +271,7 @@ async fn run(args: Args, root: PathBuf) -> Result<(), String> {
     let mut queued = 0u64;
     for message in recovered {
         queued += route(
-            &reader,
+            &mut records,
             message,
             &mut queues,
             &mut messages,
@@ -277,6 +280,7 @@ async fn run(args: Args, root: PathBuf) -> Result<(), String> {
         )?;
     }
     drop(keys);
+    drop(records);
     let routing_s = started.elapsed().as_secs_f64();
     let queued_state = resident();
 

@@ -9,7 +9,9 @@ use crate::envelope::{Envelope, MessageId, PackedEnvelope, domain_of};
 use crate::queue::{QueueKey, QueueSnapshot};
 use crate::router::{CoreMessage, Handoff, owner_core};
 use crate::runtime::CoreContext;
-use crate::spool::{BodyLocation, RecipientState, RecordLocation, RecoveredMessage, SpoolError};
+use crate::spool::{
+    BodyLocation, RecipientState, RecordLocation, RecoveredMessage, SequentialMessages, SpoolError,
+};
 
 /// The name of the VMTA used when the configuration defines none.
 pub const IMPLICIT_VMTA: &str = "default";
@@ -202,8 +204,9 @@ pub async fn route_new_message(
 /// Routes the unfinished recipients of what the spool recovered at start, reading each envelope
 /// back from its record only while routing it. An unreadable record is logged and left in the spool.
 pub async fn route_recovered(core: &CoreContext, recovered: Vec<RecoveredMessage>) {
+    let mut records = SequentialMessages::new(&core.bodies);
     for message in recovered {
-        let stored = match core.bodies.message(message.id, message.record) {
+        let stored = match records.message(message.id, message.record) {
             Ok(stored) => stored,
             Err(e) => {
                 log::error!("recovered message {} not routed: {e}", message.id);

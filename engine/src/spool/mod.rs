@@ -32,7 +32,7 @@ use record::{RECORD_HEADER_BYTES, STATE_RECORD_SPAN, StateRecord};
 use segment::{SEGMENT_HEADER_BYTES, SegmentHeader, WritableSegment};
 
 pub use index::{SeqHasher, SeqMap};
-pub use reader::{BodyBytes, SegmentReader, StoredMessage};
+pub use reader::{BodyBytes, SegmentReader, SequentialMessages, StoredMessage};
 
 /// Default size of a segment file.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;

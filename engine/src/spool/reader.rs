@@ -187,6 +187,47 @@ impl SegmentReader {
     }
 }
 
+/// Reads envelopes record after record in file order (routing what recovery found), dropping each
+/// segment's mapping once the reading has moved past it: otherwise every page of the spool read at
+/// start would stay resident in the process (as file pages) for as long as the mapping is cached.
+/// The page cache keeps the pages; the process only stops mapping them.
+pub struct SequentialMessages<'a> {
+    reader: &'a SegmentReader,
+    segment: Option<(u16, u32)>,
+}
+
+impl<'a> SequentialMessages<'a> {
+    pub fn new(reader: &'a SegmentReader) -> Self {
+        SequentialMessages {
+            reader,
+            segment: None,
+        }
+    }
+
+    /// As `SegmentReader::message`.
+    pub fn message(
+        &mut self,
+        id: MessageId,
+        record: RecordLocation,
+    ) -> Result<StoredMessage, SpoolError> {
+        let segment = (record.core, record.segment);
+        if let Some(previous) = self.segment.replace(segment)
+            && previous != segment
+        {
+            self.reader.forget(previous.0, previous.1);
+        }
+        self.reader.message(id, record)
+    }
+}
+
+impl Drop for SequentialMessages<'_> {
+    fn drop(&mut self) {
+        if let Some((core, segment)) = self.segment.take() {
+            self.reader.forget(core, segment);
+        }
+    }
+}
+
 fn out_of_range(loc: BodyLocation) -> SpoolError {
     SpoolError::Corrupt(format!("body location {loc:?} lies outside its segment"))
 }

@@ -661,3 +661,33 @@ fn envelopes_are_read_back_from_records_and_damage_is_refused() {
         assert!(fresh.message(other, other_loc.record()).is_ok());
     });
 }
+
+#[test]
+fn sequential_reading_keeps_one_segment_mapped() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let stored = store_n(&spool, 60, 2, 3000).await;
+        spool.close().await.unwrap();
+        let (_spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        assert_eq!(recovered.len(), 60);
+        let segments: std::collections::BTreeSet<u32> =
+            recovered.iter().map(|m| m.record.segment).collect();
+        assert!(segments.len() > 2, "spans several segments");
+        let reader = SegmentReader::new(dir.path().to_path_buf());
+        {
+            let mut records = SequentialMessages::new(&reader);
+            for (n, (m, (_, loc))) in recovered.iter().zip(&stored).enumerate() {
+                let message = records.message(m.id, m.record).unwrap();
+                assert_eq!(message.envelope.to_envelope(), envelope(n as u64, 2));
+                assert_eq!(message.body, *loc);
+                assert_eq!(reader.cached_maps(), 1);
+            }
+        }
+        assert_eq!(
+            reader.cached_maps(),
+            0,
+            "nothing stays mapped after routing"
+        );
+    });
+}
