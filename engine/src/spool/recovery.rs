@@ -29,15 +29,14 @@ pub struct RecoveryOutcome {
     pub corrupt_records: u64,
 }
 
-/// A message record seen during the scan; the envelope stays on disk until we know it is live.
+/// A message record seen during the scan (32 bytes); the envelope stays on disk.
 struct ScannedMessage {
     segment: u32,
     /// Segments are at most `u32::MAX` bytes, so record offsets fit (a larger one is refused).
     record_offset: u32,
-    payload_len: u32,
     recipient_count: u32,
-    /// Empty until the first state record arrives (most messages get none before a crash).
-    states: Vec<RecipientState>,
+    /// `None` until the first state record arrives (most messages get none before a crash).
+    states: Option<Box<[RecipientState]>>,
 }
 
 /// Recovers core `core` from `core_dir` (which must exist).
@@ -157,38 +156,18 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
         u.pins.retain(|p| maps.contains_key(p));
         index.add_segment(number, u);
     }
-    // Sort the (small) live keys rather than the decoded messages: envelopes are then decoded in
-    // sequence order, which is also file order, and nothing large is moved by the sort.
-    let mut live: Vec<(u64, ScannedMessage)> = scanned
+    // Straight from the scan map into the (48-byte) list returned, sorted by sequence number,
+    // which is also file order: no intermediate copy of every live message.
+    let mut messages: Vec<RecoveredMessage> = scanned
         .into_iter()
         .filter(|(_, m)| {
-            let all_final = !m.states.is_empty() && m.states.iter().all(|s| s.is_final());
+            let all_final = m
+                .states
+                .as_ref()
+                .is_some_and(|s| s.iter().all(|s| s.is_final()));
             m.recipient_count > 0 && !all_final
         })
-        .collect();
-    live.sort_unstable_by_key(|&(seq, _)| seq);
-    index.messages.reserve(live.len());
-    let mut messages = Vec::with_capacity(live.len());
-    for (seq, m) in live {
-        let Some(map) = maps.get(&m.segment) else {
-            continue;
-        };
-        let payload_at = m.record_offset as usize + RECORD_HEADER_BYTES;
-        let Some(payload) = map.get(payload_at..payload_at + m.payload_len as usize) else {
-            continue;
-        };
-        // Checked here so a damaged envelope is skipped (and its segment freed) at start, not
-        // found at delivery; the decoded envelope is dropped at once: the queues read it back.
-        if let Err(e) = record::decode_envelope(payload) {
-            corrupt_records += 1;
-            log::warn!("segment {} message {seq}: {e}; skipped", m.segment);
-            continue;
-        }
-        index.add_message(
-            seq,
-            LiveMessage::new(m.segment, m.recipient_count, &m.states),
-        );
-        messages.push(RecoveredMessage {
+        .map(|(seq, m)| RecoveredMessage {
             id: MessageId { core, seq },
             record: RecordLocation {
                 core,
@@ -196,9 +175,30 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
                 offset: m.record_offset,
             },
             recipient_count: m.recipient_count,
-            recorded_states: (!m.states.is_empty()).then(|| m.states.into_boxed_slice()),
-        });
-    }
+            recorded_states: m.states,
+        })
+        .collect();
+    messages.sort_unstable_by_key(|m| m.id.seq);
+    index.messages.reserve(messages.len());
+    messages.retain(|m| {
+        // Checked here so a damaged envelope is skipped (and its segment freed) at start, not
+        // found at delivery; the decoded envelope is dropped at once: delivery reads it back.
+        if let Err(e) = check_envelope(&maps, m.record) {
+            corrupt_records += 1;
+            log::warn!(
+                "segment {} message {}: {e}; skipped",
+                m.record.segment,
+                m.id
+            );
+            return false;
+        }
+        let states: &[RecipientState] = m.recorded_states.as_deref().unwrap_or(&[]);
+        index.add_message(
+            m.id.seq,
+            LiveMessage::new(m.record.segment, m.recipient_count, states),
+        );
+        true
+    });
     Ok(RecoveryOutcome {
         messages,
         index,
@@ -206,6 +206,20 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
         last_segment: numbers.last().copied(),
         corrupt_records,
     })
+}
+
+/// Whether the record at `record` (whose checksums the scan verified) holds a decodable envelope.
+fn check_envelope(maps: &BTreeMap<u32, Mmap>, record: RecordLocation) -> Result<(), SpoolError> {
+    let damaged = || SpoolError::Corrupt("message record no longer readable".into());
+    let map = maps.get(&record.segment).ok_or_else(damaged)?;
+    let at = record.offset as usize;
+    let header =
+        record::decode_header(map.get(at..).ok_or_else(damaged)?).map_err(|_| damaged())?;
+    let payload_at = at + RECORD_HEADER_BYTES;
+    let payload = map
+        .get(payload_at..payload_at + header.payload_len as usize)
+        .ok_or_else(damaged)?;
+    record::decode_envelope(payload).map(|_| ())
 }
 
 fn scan_message(
@@ -237,9 +251,8 @@ fn scan_message(
         ScannedMessage {
             segment,
             record_offset,
-            payload_len: payload.len() as u32,
             recipient_count: summary.recipient_count,
-            states: Vec::new(),
+            states: None,
         },
     );
     Ok(())
@@ -267,10 +280,11 @@ fn scan_state(
             state.recipient, state.id, message.recipient_count
         )));
     }
-    if message.states.is_empty() {
-        message.states = vec![RecipientState::Pending; message.recipient_count as usize];
-    }
-    if let Some(slot) = message.states.get_mut(state.recipient as usize) {
+    let count = message.recipient_count as usize;
+    let states = message
+        .states
+        .get_or_insert_with(|| vec![RecipientState::Pending; count].into_boxed_slice());
+    if let Some(slot) = states.get_mut(state.recipient as usize) {
         *slot = state.state;
     }
     Ok(())
