@@ -149,6 +149,8 @@ struct Resident {
     anon: u64,
     /// File-backed pages: here the mapped spool segments (page cache) and the binary.
     file: u64,
+    /// The highest RSS so far (VmHWM), fill phase included.
+    peak: u64,
 }
 
 fn resident() -> Resident {
@@ -165,6 +167,7 @@ fn resident() -> Resident {
         total: field("VmRSS:"),
         anon: field("RssAnon:"),
         file: field("RssFile:"),
+        peak: field("VmHWM:"),
     }
 }
 
@@ -306,6 +309,10 @@ async fn run(args: Args, root: PathBuf) -> Result<(), String> {
         after_recovery,
     );
     show("queued (spool index + messages + queues)", queued_state);
+    println!(
+        "peak RSS of the process (VmHWM): {:.0} MiB",
+        mib(queued_state.peak)
+    );
     let n = queued.max(1) as f64;
     let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / n;
     println!(

@@ -158,26 +158,30 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
     }
     // Straight from the scan map into the (48-byte) list returned, sorted by sequence number,
     // which is also file order: no intermediate copy of every live message.
-    let mut messages: Vec<RecoveredMessage> = scanned
-        .into_iter()
-        .filter(|(_, m)| {
-            let all_final = m
-                .states
-                .as_ref()
-                .is_some_and(|s| s.iter().all(|s| s.is_final()));
-            m.recipient_count > 0 && !all_final
-        })
-        .map(|(seq, m)| RecoveredMessage {
-            id: MessageId { core, seq },
-            record: RecordLocation {
-                core,
-                segment: m.segment,
-                offset: m.record_offset,
-            },
-            recipient_count: m.recipient_count,
-            recorded_states: m.states,
-        })
-        .collect();
+    // Sized once (live messages are at most the scanned ones): growing by doubling would leave up
+    // to twice the memory allocated, and copy it on every growth.
+    let mut messages: Vec<RecoveredMessage> = Vec::with_capacity(scanned.len());
+    messages.extend(
+        scanned
+            .into_iter()
+            .filter(|(_, m)| {
+                let all_final = m
+                    .states
+                    .as_ref()
+                    .is_some_and(|s| s.iter().all(|s| s.is_final()));
+                m.recipient_count > 0 && !all_final
+            })
+            .map(|(seq, m)| RecoveredMessage {
+                id: MessageId { core, seq },
+                record: RecordLocation {
+                    core,
+                    segment: m.segment,
+                    offset: m.record_offset,
+                },
+                recipient_count: m.recipient_count,
+                recorded_states: m.states,
+            }),
+    );
     messages.sort_unstable_by_key(|m| m.id.seq);
     index.messages.reserve(messages.len());
     messages.retain(|m| {
