@@ -6,7 +6,7 @@
 //! CRC elsewhere is logged and skipped. Envelopes are checked only for messages still live, at the
 //! end, straight from the mappings, and not kept: a recovered message is its record's location.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -42,7 +42,9 @@ struct ScannedMessage {
 /// Recovers core `core` from `core_dir` (which must exist).
 pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError> {
     let numbers = segment::list_segments(core_dir).map_err(SpoolError::from_io)?;
-    let mut maps: BTreeMap<u32, Mmap> = BTreeMap::new();
+    // Segments found. Each mapping is dropped once its scan is done: keeping every segment mapped
+    // until the end would make the whole spool resident (as file pages) during recovery.
+    let mut present: BTreeSet<u32> = BTreeSet::new();
     let mut usage: BTreeMap<u32, SegmentUsage> = BTreeMap::new();
     let mut scanned: SeqMap<ScannedMessage> = SeqMap::default();
     let mut next_seq = 1u64;
@@ -146,14 +148,14 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
             }
         }
         usage.insert(number, segment_usage);
-        maps.insert(number, map);
+        present.insert(number);
     }
 
     let mut index = SpoolIndex::default();
     for (number, segment_usage) in usage {
         // Pins to segments that no longer exist hold nothing back.
         let mut u = segment_usage;
-        u.pins.retain(|p| maps.contains_key(p));
+        u.pins.retain(|p| present.contains(p));
         index.add_segment(number, u);
     }
     // Straight from the scan map into the (48-byte) list returned, sorted by sequence number,
@@ -184,10 +186,30 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
     );
     messages.sort_unstable_by_key(|m| m.id.seq);
     index.messages.reserve(messages.len());
+    // Segments are mapped again one at a time, in file order, for the envelope checks.
+    let mut mapped: Option<(u32, Mmap)> = None;
+    let mut failure = None;
     messages.retain(|m| {
+        if failure.is_some() {
+            return true;
+        }
+        let segment = m.record.segment;
+        if mapped.as_ref().is_none_or(|(n, _)| *n != segment) {
+            mapped = None;
+            match map_segment(core_dir, segment) {
+                Ok(map) => mapped = Some((segment, map)),
+                Err(e) => {
+                    failure = Some(e);
+                    return true;
+                }
+            }
+        }
+        let Some((_, map)) = &mapped else {
+            return true;
+        };
         // Checked here so a damaged envelope is skipped (and its segment freed) at start, not
         // found at delivery; the decoded envelope is dropped at once: delivery reads it back.
-        if let Err(e) = check_envelope(&maps, m.record) {
+        if let Err(e) = check_envelope(map, m.record) {
             corrupt_records += 1;
             log::warn!(
                 "segment {} message {}: {e}; skipped",
@@ -203,6 +225,10 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
         );
         true
     });
+    drop(mapped);
+    if let Some(e) = failure {
+        return Err(e);
+    }
     Ok(RecoveryOutcome {
         messages,
         index,
@@ -212,10 +238,18 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
     })
 }
 
+/// Maps segment `number` of `core_dir` read-only.
+fn map_segment(core_dir: &Path, number: u32) -> Result<Mmap, SpoolError> {
+    let file = File::open(core_dir.join(segment::segment_file_name(number)))
+        .map_err(SpoolError::from_io)?;
+    // SAFETY: as for the scan's mappings: nothing else writes this core's segments while it
+    // recovers, and files are never truncated while mapped.
+    unsafe { Mmap::map(&file) }.map_err(SpoolError::from_io)
+}
+
 /// Whether the record at `record` (whose checksums the scan verified) holds a decodable envelope.
-fn check_envelope(maps: &BTreeMap<u32, Mmap>, record: RecordLocation) -> Result<(), SpoolError> {
+fn check_envelope(map: &Mmap, record: RecordLocation) -> Result<(), SpoolError> {
     let damaged = || SpoolError::Corrupt("message record no longer readable".into());
-    let map = maps.get(&record.segment).ok_or_else(damaged)?;
     let at = record.offset as usize;
     let header =
         record::decode_header(map.get(at..).ok_or_else(damaged)?).map_err(|_| damaged())?;
