@@ -7,11 +7,12 @@
 //! 2. it is reopened: recovery rebuilds the spool's in-RAM index (live messages, segments) exactly as
 //!    at a daemon start, and returns the live messages (id, record location, recipient states);
 //! 3. every recovered message is routed the way `placement::route_recovered` does: its envelope is
-//!    read back from its record through a `SegmentReader` (CRC-checked), one `Handoff` per
-//!    destination domain (VMTA `default`) carrying the record's location, queued with
-//!    `delivery::queue_handoff`, the function `CoreDelivery` uses: the message's entry in the
-//!    `MessageTable` (record location + pending count) and one `QueuedRecipient` per recipient in
-//!    `Queues`. The envelope is dropped once the message is routed, as in the daemon.
+//!    read back from its record (`SequentialMessages`: CRC-checked, each segment unmapped once
+//!    past it), one `Handoff` per destination domain (VMTA `default`) carrying the record's
+//!    location, queued with `delivery::queue_handoff`, the function `CoreDelivery` uses: the
+//!    message's entry in the `MessageTable` (record location + pending count) and one
+//!    `QueuedRecipient` per recipient in `Queues`. The envelope is dropped once the message is
+//!    routed, as in the daemon.
 //!
 //! RSS is read from /proc/self/status before step 2 and after steps 2 and 3, split into RssAnon
 //! (heap: what the queues and indexes cost) and RssFile (pages of the spool's segment files mapped
