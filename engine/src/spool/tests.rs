@@ -691,3 +691,37 @@ fn sequential_reading_keeps_one_segment_mapped() {
         );
     });
 }
+
+#[test]
+fn a_checksummed_but_malformed_envelope_is_skipped_at_recovery_and_refused_by_the_reader() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let stored = store_n(&spool, 3, 2, 100).await;
+        spool.close().await.unwrap();
+        let (id, loc) = stored[1];
+        // Make message 1's DSN RET byte invalid and write checksums that match it: only the
+        // envelope decoder can tell.
+        let path = segment::segment_path(dir.path(), 0, loc.segment);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = loc.record_offset as usize;
+        let payload_len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        let payload = at + record::RECORD_HEADER_BYTES;
+        bytes[payload + 11] = 9;
+        let crc = crc32c::crc32c(&bytes[payload..payload + payload_len]);
+        bytes[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+        let header_crc = crc32c::crc32c(&bytes[at..at + 12]);
+        bytes[at + 12..at + 16].copy_from_slice(&header_crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+
+        let reader = SegmentReader::new(dir.path().to_path_buf());
+        assert!(matches!(
+            reader.message(id, loc.record()),
+            Err(SpoolError::Corrupt(_))
+        ));
+        let (spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        let ids: Vec<_> = recovered.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [stored[0].0, stored[2].0]);
+        assert_eq!(spool.stats().corrupt_records_skipped, 1);
+    });
+}
