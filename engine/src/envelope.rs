@@ -1,5 +1,6 @@
 //! The envelope of a message as received: what the SMTP session hands to the spool, and what the spool
-//! gives back at recovery. Bodies travel separately (`&[u8]`), so the queue index never holds them.
+//! gives back when delivery reads a message's record. Bodies travel separately (`&[u8]`), and the
+//! queues hold neither: only where the message's record lies.
 
 use std::fmt;
 
@@ -127,9 +128,9 @@ pub struct Envelope {
     pub received_at_s: u64,
 }
 
-/// An `Envelope` packed for the delivery queues, which keep one per queued message: every string in
-/// one allocation, NOTIFY as its spool bits, and the rarely given ENVID and ORCPTs behind one
-/// pointer. About 3 allocations and 64 bytes plus the text, where an `Envelope` of two recipients
+/// An `Envelope` packed for delivery, which reads one back from the spool per message in transaction
+/// (and keeps a few cached): every string in one allocation, NOTIFY as its spool bits, and the
+/// rarely given ENVID and ORCPTs behind one pointer. About 3 allocations and 64 bytes plus the text, where an `Envelope` of two recipients
 /// takes 7 allocations and about 400 bytes. `Envelope` stays the type at the edges (SMTP session,
 /// spool codec, DSN); `to_envelope` and `recipient` convert back.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,16 +5,18 @@
 //! 1. a real spool (fsync off, in a temporary directory) is filled with N / R messages of R
 //!    recipients each, then closed;
 //! 2. it is reopened: recovery rebuilds the spool's in-RAM index (live messages, segments) exactly as
-//!    at a daemon start, and returns the live messages;
-//! 3. every recovered message is handed to the delivery structures the way `placement` does (one
-//!    `Handoff` per destination domain, VMTA `default`) and queued with `delivery::queue_handoff`,
-//!    the function `CoreDelivery` uses: the message's entry in the `messages` map (with its shared
-//!    envelope) and one `QueuedRecipient` per recipient in `Queues`;
-//! 4. the recovered list is dropped, as `route_recovered` does.
+//!    at a daemon start, and returns the live messages (id, record location, recipient states);
+//! 3. every recovered message is routed the way `placement::route_recovered` does: its envelope is
+//!    read back from its record (`SequentialMessages`: CRC-checked, each segment unmapped once
+//!    past it), one `Handoff` per destination domain (VMTA `default`) carrying the record's
+//!    location, queued with `delivery::queue_handoff`, the function `CoreDelivery` uses: the
+//!    message's entry in the `MessageTable` (record location + pending count) and one
+//!    `QueuedRecipient` per recipient in `Queues`. The envelope is dropped once the message is
+//!    routed, as in the daemon.
 //!
-//! RSS is read from /proc/self/statm before step 2 and after steps 2 and 4; the segment mappings of
-//! recovery are gone by then, and the one segment the spool writes to is only touched in its header
-//! page. "anon" is resident minus file-backed pages (statm's `shared`). Allocator slack is included.
+//! RSS is read from /proc/self/status before step 2 and after steps 2 and 3, split into RssAnon
+//! (heap: what the queues and indexes cost) and RssFile (pages of the spool's segment files mapped
+//! by the reader: page cache, which the kernel can drop and read back). Allocator slack is included.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -23,11 +25,13 @@ use std::time::Instant;
 
 use clap::Parser;
 use glommio::LocalExecutorBuilder;
-use volley::delivery::{BodyRef, MessageEntry, Queued, queue_handoff};
-use volley::envelope::{Envelope, MessageId, PackedEnvelope, Recipient, domain_of};
+use volley::delivery::{MessageEntry, MessageTable, Queued, queue_handoff};
+use volley::envelope::{Envelope, PackedEnvelope, Recipient, domain_of};
 use volley::queue::{QueueKey, QueuePolicy, Queues};
 use volley::router::Handoff;
-use volley::spool::{Spool, SpoolConfig};
+use volley::spool::{
+    RecipientState, RecoveredMessage, SegmentReader, SequentialMessages, Spool, SpoolConfig,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -138,18 +142,91 @@ async fn fill(spool: &Spool, args: &Args, count: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// (resident bytes, resident bytes not backed by files).
-fn resident() -> (u64, u64) {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let fields: Vec<u64> = statm
-        .split_whitespace()
-        .map(|s| s.parse().unwrap_or(0))
-        .collect();
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-    let rss = fields.get(1).copied().unwrap_or(0) * page;
-    let shared = fields.get(2).copied().unwrap_or(0) * page;
-    (rss, rss.saturating_sub(shared))
+/// Resident memory from /proc/self/status, in bytes.
+#[derive(Clone, Copy, Default)]
+struct Resident {
+    total: u64,
+    /// Anonymous pages: heap and stacks.
+    anon: u64,
+    /// File-backed pages: here the mapped spool segments (page cache) and the binary.
+    file: u64,
+    /// The highest RSS so far (VmHWM), fill phase included.
+    peak: u64,
+}
+
+fn resident() -> Resident {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Resident {
+        total: field("VmRSS:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+        peak: field("VmHWM:"),
+    }
+}
+
+fn show(label: &str, r: Resident) {
+    println!(
+        "{label}: RSS {:.0} MiB (RssAnon {:.0} MiB, RssFile {:.0} MiB)",
+        mib(r.total),
+        mib(r.anon),
+        mib(r.file)
+    );
+}
+
+/// Routes one recovered message as `placement::route_recovered` and `hand_off_to` do.
+fn route(
+    reader: &mut SequentialMessages,
+    message: RecoveredMessage,
+    queues: &mut Queues<()>,
+    messages: &mut MessageTable,
+    keys: &mut HashMap<String, QueueKey>,
+    vmta: &Arc<str>,
+) -> Result<u64, String> {
+    let stored = reader
+        .message(message.id, message.record)
+        .map_err(|e| format!("message {}: {e}", message.id))?;
+    let envelope = &stored.envelope;
+    let mut groups: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
+    for (i, state) in message.states().enumerate() {
+        if state != RecipientState::Pending {
+            continue;
+        }
+        groups
+            .entry(domain_of(envelope.address(i).unwrap_or("")))
+            .or_default()
+            .push((i as u32, 0));
+    }
+    let mut queued = 0;
+    for (domain, recipients) in groups {
+        let key = keys
+            .entry(domain.clone())
+            .or_insert_with(|| QueueKey::new(vmta, &domain))
+            .clone();
+        let handoff = Handoff {
+            id: message.id,
+            record: message.record,
+            vmta: vmta.clone(),
+            domain: Arc::from(domain),
+            recipients,
+            not_before_s: 0,
+        };
+        queued += u64::from(queue_handoff(
+            queues,
+            messages,
+            &key,
+            &handoff,
+            1_790_000_000,
+        ));
+    }
+    Ok(queued)
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -181,57 +258,35 @@ async fn run(args: Args, root: PathBuf) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
 
-    let (rss0, anon0) = resident();
+    let before = resident();
     let started = Instant::now();
     let (spool, recovered) = Spool::open(config(dir)).map_err(|e| e.to_string())?;
     let recovery_s = started.elapsed().as_secs_f64();
-    let (rss1, anon1) = resident();
+    let recovered_count = recovered.len();
+    let after_recovery = resident();
 
     let started = Instant::now();
-    let mut queues: Queues<BodyRef> = Queues::new(QueuePolicy::default());
-    let mut messages: HashMap<MessageId, MessageEntry> = HashMap::new();
+    let reader = SegmentReader::new(root.join("spool"));
+    let mut records = SequentialMessages::new(&reader);
+    let mut queues: Queues<()> = Queues::new(QueuePolicy::default());
+    let mut messages = MessageTable::default();
     let vmta: Arc<str> = Arc::from("default");
     let mut keys: HashMap<String, QueueKey> = HashMap::new();
     let mut queued = 0u64;
     for message in recovered {
-        // As `placement::route_recovered` and `hand_off_to`: the envelope packed once, one
-        // handoff per destination domain.
-        let envelope = Arc::new(PackedEnvelope::new(&message.envelope));
-        drop(message.envelope);
-        let mut groups: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
-        for i in 0..envelope.recipient_count() {
-            groups
-                .entry(domain_of(envelope.address(i).unwrap_or("")))
-                .or_default()
-                .push((i as u32, 0));
-        }
-        for (domain, recipients) in groups {
-            let key = keys
-                .entry(domain.clone())
-                .or_insert_with(|| QueueKey::new(&vmta, &domain))
-                .clone();
-            let handoff = Handoff {
-                id: message.id,
-                body: message.body,
-                envelope: envelope.clone(),
-                vmta: vmta.clone(),
-                domain: Arc::from(domain),
-                recipients,
-                first_queued_s: envelope.received_at_s(),
-                not_before_s: 0,
-            };
-            queued += u64::from(queue_handoff(
-                &mut queues,
-                &mut messages,
-                &key,
-                &handoff,
-                1_790_000_000,
-            ));
-        }
+        queued += route(
+            &mut records,
+            message,
+            &mut queues,
+            &mut messages,
+            &mut keys,
+            &vmta,
+        )?;
     }
     drop(keys);
+    drop(records);
     let routing_s = started.elapsed().as_secs_f64();
-    let (rss2, anon2) = resident();
+    let queued_state = resident();
 
     println!(
         "sizes: Envelope {} B, PackedEnvelope {} B, Recipient {} B, MessageEntry {} B, \
@@ -243,32 +298,31 @@ async fn run(args: Args, root: PathBuf) -> Result<(), String> {
         size_of::<Queued>(),
     );
     println!(
-        "recovered {} messages in {recovery_s:.2} s, queued {queued} recipients in {routing_s:.2} s \
-         over {} queues",
+        "recovered {recovered_count} messages in {recovery_s:.2} s, queued {queued} recipients of \
+         {} messages in {routing_s:.2} s over {} queues (reader holds {} segment mappings)",
         messages.len(),
-        queues.queue_count()
+        queues.queue_count(),
+        reader.cached_maps()
     );
-    println!(
-        "RSS before recovery: {:.0} MiB (anon {:.0} MiB)",
-        mib(rss0),
-        mib(anon0)
+    show("before recovery", before);
+    show(
+        "after recovery (recovered list + spool index)",
+        after_recovery,
     );
+    show("queued (spool index + messages + queues)", queued_state);
     println!(
-        "RSS after recovery (recovered list + spool index): {:.0} MiB (anon {:.0} MiB)",
-        mib(rss1),
-        mib(anon1)
-    );
-    println!(
-        "RSS queued (spool index + messages + queues): {:.0} MiB (anon {:.0} MiB)",
-        mib(rss2),
-        mib(anon2)
+        "peak RSS of the process (VmHWM): {:.0} MiB",
+        mib(queued_state.peak)
     );
     let n = queued.max(1) as f64;
+    let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / n;
     println!(
-        "per queued recipient: {:.0} B (RSS delta), {:.0} B (anon delta); peak at recovery {:.0} B",
-        rss2.saturating_sub(rss0) as f64 / n,
-        anon2.saturating_sub(anon0) as f64 / n,
-        rss1.saturating_sub(rss0) as f64 / n,
+        "per queued recipient: {:.0} B RSS delta = {:.0} B RssAnon + {:.0} B RssFile; \
+         peak at recovery {:.0} B",
+        per(queued_state.total, before.total),
+        per(queued_state.anon, before.anon),
+        per(queued_state.file, before.file),
+        per(after_recovery.total, before.total),
     );
     assert_eq!(queues.len(), queued as usize);
     drop(queues);

@@ -12,27 +12,24 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::{LocalExecutorBuilder, Placement};
-use volley::envelope::{Envelope, MessageId, PackedEnvelope, Recipient};
+use volley::envelope::MessageId;
 use volley::router::{CoreMessage, Handoff, Router, RouterSetup};
-use volley::spool::{BodyLocation, RecipientState};
+use volley::spool::{RecipientState, RecordLocation};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn handoff(seq: u64, envelope: &Arc<PackedEnvelope>) -> CoreMessage {
+fn handoff(seq: u64) -> CoreMessage {
     CoreMessage::Deliver(Handoff {
         id: MessageId { core: 0, seq },
-        body: BodyLocation {
+        record: RecordLocation {
             core: 0,
             segment: 0,
-            offset: seq,
-            len: 1024,
+            offset: seq as u32,
         },
-        envelope: envelope.clone(),
         vmta: Arc::from("v1"),
         domain: Arc::from("d0.test"),
         recipients: vec![(0, 0)],
-        first_queued_s: 0,
         not_before_s: 0,
     })
 }
@@ -41,7 +38,6 @@ fn handoff(seq: u64, envelope: &Arc<PackedEnvelope>) -> CoreMessage {
 async fn run(
     router: &Router,
     answered: &LocalReceiver<()>,
-    envelope: &Arc<PackedEnvelope>,
     messages: u64,
     in_flight: u64,
 ) -> Duration {
@@ -52,7 +48,7 @@ async fn run(
             let _ = answered.recv().await;
             answers += 1;
         }
-        router.send(1, handoff(seq, envelope)).await;
+        router.send(1, handoff(seq)).await;
     }
     while answers < messages {
         let _ = answered.recv().await;
@@ -128,13 +124,8 @@ fn main() {
                 )
                 .await
                 .expect("router of core 0");
-            let envelope = Arc::new(PackedEnvelope::new(&Envelope {
-                sender: "bench@volley.test".into(),
-                recipients: vec![Recipient::new("user@d0.test")],
-                ..Envelope::default()
-            }));
-            let one = run(&router, &answered, &envelope, messages / 10, 1).await;
-            let many = run(&router, &answered, &envelope, messages, 1024).await;
+            let one = run(&router, &answered, messages / 10, 1).await;
+            let many = run(&router, &answered, messages, 1024).await;
             (one, many)
         })
         .expect("executor 0");

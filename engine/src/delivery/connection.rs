@@ -17,13 +17,12 @@ use super::placement::IMPLICIT_VMTA;
 use super::{BIND_FAILURE_RETRY_S, Queued, connect_from_timeout};
 use crate::config::{Config, OutboundTls, parse_next_hop};
 use crate::dns::{DnsError, NextHops};
-use crate::envelope::PackedEnvelope;
 use crate::queue::QueueKey;
 use crate::runtime::CoreContext;
 use crate::smtp::client::{
     Event, Reply, Session, SessionConfig, TlsPolicy, Transaction, Transmit, dot_stuff,
 };
-use crate::spool::BodyBytes;
+use crate::spool::{BodyBytes, StoredMessage};
 
 /// Recipients in one SMTP transaction at most (RFC 5321 4.5.3.1.8 requires servers to take 100).
 const RECIPIENTS_PER_TRANSACTION_MAX: usize = 100;
@@ -272,7 +271,7 @@ async fn next_hops(core: &CoreContext, domain: &str) -> Result<Vec<Hop>, NoHops>
 
 struct InFlight {
     items: Vec<Queued>,
-    envelope: Arc<PackedEnvelope>,
+    message: Rc<StoredMessage>,
     body: BodyBytes,
 }
 
@@ -372,16 +371,16 @@ impl Connection {
             session.quit();
             return;
         };
-        let Some(envelope) = core.delivery.envelope(first.message) else {
-            log::error!(
-                "{}: message {} has no envelope on this core",
-                self.key,
-                first.message
-            );
-            session.quit();
-            return;
+        let message = match core.delivery.message(&core.bodies, first.message) {
+            Ok(m) => m,
+            Err(e) => {
+                outcome::unreadable(&core, &self.key, items, &e).await;
+                session.quit();
+                return;
+            }
         };
-        let body = match core.bodies.body(first.body.into()) {
+        let envelope = &message.envelope;
+        let body = match core.bodies.body(message.body) {
             Ok(b) => b,
             Err(e) => {
                 log::error!("{}: body of {}: {e}", self.key, first.message);
@@ -405,7 +404,7 @@ impl Connection {
                 self.sent += 1;
                 self.in_flight = Some(InFlight {
                     items,
-                    envelope,
+                    message,
                     body,
                 });
             }
@@ -434,7 +433,7 @@ impl Connection {
             &core,
             &key,
             flight.items,
-            &flight.envelope,
+            &flight.message,
             replies,
             self.attempt(),
         )
@@ -452,15 +451,7 @@ impl Connection {
                 .iter()
                 .map(|_| (crate::smtp::client::Outcome::Deferred, reply.clone()))
                 .collect();
-            outcome::apply(
-                &core,
-                &key,
-                flight.items,
-                &flight.envelope,
-                replies,
-                attempt,
-            )
-            .await;
+            outcome::apply(&core, &key, flight.items, &flight.message, replies, attempt).await;
         }
     }
 }

@@ -3,8 +3,10 @@
 //! `smtp::client` over source-bound sockets, and what each reply means for each recipient.
 //!
 //! A message's body never moves: the owning core reads it through a read-only mapping of the
-//! receiving core's spool segment (`SegmentReader`). Only the envelope (packed, in an `Arc`) and the body's
-//! location travel through the router.
+//! receiving core's spool segment (`SegmentReader`). Neither does its envelope: only the location
+//! of its spool record travels through the router, and the owning core keeps that location and a
+//! recipient count per message (`MessageTable`). The envelope is read back from the record when a
+//! transaction needs it, through a small per-core cache (`CoreDelivery::message`).
 
 mod connect;
 mod connection;
@@ -17,9 +19,7 @@ mod tls;
 pub mod vmta_status;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -30,61 +30,146 @@ pub use tls::ClientTls;
 pub use vmta_status::{BIND_FAILURE_RETRY_S, VmtaBoard, VmtaView};
 
 use crate::dns::Resolver;
-use crate::envelope::{MessageId, PackedEnvelope};
+use crate::envelope::MessageId;
 use crate::queue::{QueueKey, QueuePolicy, QueuedRecipient, Queues};
 use crate::router::{AdminCommand, CoreMessage, Handoff};
 use crate::runtime::CoreContext;
-use crate::spool::BodyLocation;
+use crate::spool::{RecordLocation, SegmentReader, SeqMap, SpoolError, StoredMessage};
 
-/// A queued recipient here: the body's location is its payload.
-pub type Queued = QueuedRecipient<BodyRef>;
+/// A queued recipient here. Everything per message (where its record lies, when it was received)
+/// is kept once, in its `MessageEntry` or in the spool, so the queue payload is empty: 32 bytes.
+pub type Queued = QueuedRecipient<()>;
 
-/// A `BodyLocation` in 16 bytes instead of 24 (one per queued recipient): the offset fits in a
-/// `u32` because a segment is at most `u32::MAX` bytes (`Spool::open` refuses larger ones).
+/// A message with recipients queued on this core: where its record lies in the spool of the message
+/// id's core, and how many of its recipients are still here. 12 bytes: the envelope stays in the
+/// spool and is read back (`CoreDelivery::message`) when a transaction or an outcome needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyRef {
-    pub core: u16,
-    pub segment: u32,
-    pub offset: u32,
-    pub len: u32,
-}
-
-impl From<BodyLocation> for BodyRef {
-    fn from(l: BodyLocation) -> BodyRef {
-        BodyRef {
-            core: l.core,
-            segment: l.segment,
-            // Cannot saturate (see above); if it did, the read would fail rather than misread.
-            offset: u32::try_from(l.offset).unwrap_or(u32::MAX),
-            len: l.len,
-        }
-    }
-}
-
-impl From<BodyRef> for BodyLocation {
-    fn from(r: BodyRef) -> BodyLocation {
-        BodyLocation {
-            core: r.core,
-            segment: r.segment,
-            offset: u64::from(r.offset),
-            len: r.len,
-        }
-    }
-}
-
-/// A message with recipients queued on this core.
 pub struct MessageEntry {
-    /// Packed: the queues keep one per message, so its size is most of the RAM per recipient.
-    pub envelope: Arc<PackedEnvelope>,
+    pub segment: u32,
+    /// Byte offset of the message record in its segment.
+    pub record_offset: u32,
     /// Recipients of it still queued or in flight on this core.
     pub pending: u32,
+}
+
+/// The messages with recipients queued on one core: one map per spooling core, keyed by sequence
+/// number (24-byte buckets, where `MessageId` keys would take 32).
+#[derive(Debug, Default)]
+pub struct MessageTable {
+    by_core: Vec<SeqMap<MessageEntry>>,
+}
+
+impl MessageTable {
+    pub fn get(&self, id: MessageId) -> Option<&MessageEntry> {
+        self.by_core.get(usize::from(id.core))?.get(&id.seq)
+    }
+
+    pub fn get_mut(&mut self, id: MessageId) -> Option<&mut MessageEntry> {
+        self.by_core.get_mut(usize::from(id.core))?.get_mut(&id.seq)
+    }
+
+    /// Where the record of `id` lies, if it has recipients here.
+    pub fn record(&self, id: MessageId) -> Option<RecordLocation> {
+        self.get(id).map(|e| RecordLocation {
+            core: id.core,
+            segment: e.segment,
+            offset: e.record_offset,
+        })
+    }
+
+    /// Counts `count` more recipients of the message whose record is at `record`.
+    pub fn add(&mut self, id: MessageId, record: RecordLocation, count: u32) {
+        let core = usize::from(id.core);
+        if self.by_core.len() <= core {
+            self.by_core.resize_with(core + 1, SeqMap::default);
+        }
+        if let Some(map) = self.by_core.get_mut(core) {
+            map.entry(id.seq)
+                .or_insert(MessageEntry {
+                    segment: record.segment,
+                    record_offset: record.offset,
+                    pending: 0,
+                })
+                .pending += count;
+        }
+    }
+
+    /// Counts one recipient less; returns whether the message has none left here (it is removed).
+    pub fn release(&mut self, id: MessageId) -> bool {
+        let Some(map) = self.by_core.get_mut(usize::from(id.core)) else {
+            return false;
+        };
+        let Some(entry) = map.get_mut(&id.seq) else {
+            return false;
+        };
+        entry.pending = entry.pending.saturating_sub(1);
+        if entry.pending > 0 {
+            return false;
+        }
+        map.remove(&id.seq);
+        true
+    }
+
+    /// Messages with recipients here.
+    pub fn len(&self) -> usize {
+        self.by_core.iter().map(|m| m.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Slots of the per-core cache of envelopes read back from the spool.
+pub const MESSAGE_CACHE_SLOTS: usize = 256;
+
+/// Messages read back from the spool lately, so that the recipients of one transaction, and then
+/// its outcomes, read the record once. Direct-mapped by id: bounded, O(1), no bookkeeping; a
+/// collision only costs another read of the record.
+struct MessageCache {
+    slots: Vec<Option<(MessageId, Rc<StoredMessage>)>>,
+}
+
+impl MessageCache {
+    fn new() -> MessageCache {
+        MessageCache {
+            slots: vec![None; MESSAGE_CACHE_SLOTS],
+        }
+    }
+
+    fn slot(id: MessageId) -> usize {
+        (id.seq as usize ^ (usize::from(id.core) << 5)) % MESSAGE_CACHE_SLOTS
+    }
+
+    fn get(&self, id: MessageId) -> Option<Rc<StoredMessage>> {
+        match self.slots.get(Self::slot(id)) {
+            Some(Some((cached, message))) if *cached == id => Some(message.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, id: MessageId, message: Rc<StoredMessage>) {
+        if let Some(slot) = self.slots.get_mut(Self::slot(id)) {
+            *slot = Some((id, message));
+        }
+    }
+
+    fn forget(&mut self, id: MessageId) {
+        if let Some(slot) = self.slots.get_mut(Self::slot(id))
+            && slot.as_ref().is_some_and(|(cached, _)| *cached == id)
+        {
+            *slot = None;
+        }
+    }
 }
 
 /// One core's delivery state.
 pub struct CoreDelivery {
     pub core: usize,
-    pub queues: RefCell<Queues<BodyRef>>,
-    pub messages: RefCell<HashMap<MessageId, MessageEntry>>,
+    pub queues: RefCell<Queues<()>>,
+    pub messages: RefCell<MessageTable>,
+    /// Envelopes read back lately (bounded; see `MessageCache`).
+    cache: RefCell<MessageCache>,
     resolver: RefCell<Option<Rc<Resolver>>>,
     wake_tx: LocalSender<()>,
     wake_rx: RefCell<Option<LocalReceiver<()>>>,
@@ -104,7 +189,8 @@ impl CoreDelivery {
         CoreDelivery {
             core,
             queues: RefCell::new(Queues::new(QueuePolicy::default())),
-            messages: RefCell::new(HashMap::new()),
+            messages: RefCell::new(MessageTable::default()),
+            cache: RefCell::new(MessageCache::new()),
             resolver: RefCell::new(None),
             wake_tx,
             wake_rx: RefCell::new(Some(wake_rx)),
@@ -196,20 +282,34 @@ impl CoreDelivery {
 
     /// One recipient is finished here (final outcome or handed elsewhere).
     pub(crate) fn release(&self, core: &CoreContext, id: MessageId) {
-        let mut messages = self.messages.borrow_mut();
-        if let Some(entry) = messages.get_mut(&id) {
-            entry.pending = entry.pending.saturating_sub(1);
-            if entry.pending == 0 {
-                messages.remove(&id);
-            }
+        if self.messages.borrow_mut().release(id) {
+            self.cache.borrow_mut().forget(id);
         }
         core.counters()
             .queued_recipients
             .fetch_sub(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn envelope(&self, id: MessageId) -> Option<Arc<PackedEnvelope>> {
-        self.messages.borrow().get(&id).map(|m| m.envelope.clone())
+    /// The envelope and body location of message `id`, which has recipients on this core: from the
+    /// cache, or read back from its spool record through `reader` (checksums verified). Fails with
+    /// `UnknownMessage` when it has no recipient here, `Corrupt` when the record is damaged, `Io`
+    /// when its segment cannot be mapped.
+    pub fn message(
+        &self,
+        reader: &SegmentReader,
+        id: MessageId,
+    ) -> Result<Rc<StoredMessage>, SpoolError> {
+        if let Some(message) = self.cache.borrow().get(id) {
+            return Ok(message);
+        }
+        let record = self
+            .messages
+            .borrow()
+            .record(id)
+            .ok_or(SpoolError::UnknownMessage(id))?;
+        let message = Rc::new(reader.message(id, record)?);
+        self.cache.borrow_mut().put(id, message.clone());
+        Ok(message)
     }
 
     fn matching_keys(&self, domain: &str, vmta: Option<&str>) -> Vec<QueueKey> {
@@ -298,19 +398,14 @@ impl CoreDelivery {
 /// Puts the recipients of `handoff` in the queue `key` and counts them in their message's entry:
 /// everything a core keeps in RAM for a queued recipient. Returns how many were queued.
 pub fn queue_handoff(
-    queues: &mut Queues<BodyRef>,
-    messages: &mut HashMap<MessageId, MessageEntry>,
+    queues: &mut Queues<()>,
+    messages: &mut MessageTable,
     key: &QueueKey,
     handoff: &Handoff,
     now_s: u64,
 ) -> u32 {
     for &(recipient, attempts) in &handoff.recipients {
-        let mut item = QueuedRecipient::new(
-            handoff.id,
-            handoff.body.into(),
-            recipient,
-            handoff.first_queued_s,
-        );
+        let mut item = QueuedRecipient::new(handoff.id, (), recipient, now_s);
         item.attempts = attempts.min(u32::from(u16::MAX)) as u16;
         if handoff.not_before_s > now_s {
             item.next_attempt_s = handoff.not_before_s;
@@ -321,13 +416,7 @@ pub fn queue_handoff(
         }
     }
     let count = handoff.recipients.len() as u32;
-    messages
-        .entry(handoff.id)
-        .or_insert_with(|| MessageEntry {
-            envelope: handoff.envelope.clone(),
-            pending: 0,
-        })
-        .pending += count;
+    messages.add(handoff.id, handoff.record, count);
     count
 }
 
@@ -374,17 +463,131 @@ pub fn publish_snapshot(core: &CoreContext) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::{Envelope, Recipient};
+    use crate::spool::{Spool, SpoolConfig};
+
+    fn record(segment: u32, offset: u32) -> RecordLocation {
+        RecordLocation {
+            core: 1,
+            segment,
+            offset,
+        }
+    }
 
     #[test]
-    fn body_ref_round_trips_and_keeps_queued_recipients_small() {
-        let location = BodyLocation {
-            core: 3,
-            segment: 77,
-            offset: u64::from(u32::MAX) - 5,
-            len: 1234,
-        };
-        assert_eq!(BodyLocation::from(BodyRef::from(location)), location);
-        assert_eq!(size_of::<BodyRef>(), 16);
-        assert_eq!(size_of::<Queued>(), 56);
+    fn per_recipient_and_per_message_state_stays_small() {
+        assert_eq!(size_of::<Queued>(), 32);
+        assert_eq!(size_of::<MessageEntry>(), 12);
+        assert_eq!(size_of::<(u64, MessageEntry)>(), 24);
+    }
+
+    #[test]
+    fn message_table_counts_recipients_per_message() {
+        let mut table = MessageTable::default();
+        let a = MessageId { core: 1, seq: 7 };
+        let b = MessageId { core: 0, seq: 7 };
+        table.add(a, record(3, 64), 2);
+        table.add(a, record(3, 64), 1);
+        table.add(
+            b,
+            RecordLocation {
+                core: 0,
+                ..record(9, 8)
+            },
+            1,
+        );
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.record(a), Some(record(3, 64)));
+        assert_eq!(table.get(a).map(|e| e.pending), Some(3));
+        assert_eq!(table.record(MessageId { core: 5, seq: 7 }), None);
+        assert!(!table.release(a));
+        assert!(!table.release(a));
+        assert!(table.release(a), "the last recipient removes the message");
+        assert_eq!(table.record(a), None);
+        assert!(
+            !table.release(a),
+            "releasing an unknown message changes nothing"
+        );
+        assert_eq!(table.record(b).map(|r| r.segment), Some(9));
+    }
+
+    #[test]
+    fn envelopes_are_read_back_once_and_forgotten_with_the_message() {
+        glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut config = SpoolConfig::new(dir.path(), 0);
+                config.fsync = false;
+                config.segment_bytes = 1 << 20;
+                let (spool, _) = Spool::open(config).unwrap();
+                let envelope = Envelope {
+                    sender: "s@example.net".into(),
+                    recipients: vec![Recipient::new("a@a.example"), Recipient::new("b@b.example")],
+                    customer: "acme".into(),
+                    received_at_s: 1_790_000_000,
+                    ..Envelope::default()
+                };
+                let id = spool.next_id();
+                let body = spool.store(id, &envelope, b"", b"body").await.unwrap();
+                let reader = SegmentReader::new(dir.path().to_path_buf());
+
+                let delivery = CoreDelivery::new(0);
+                let key = QueueKey::new("default", "a.example");
+                let handoff = Handoff {
+                    id,
+                    record: body.record(),
+                    vmta: "default".into(),
+                    domain: "a.example".into(),
+                    recipients: vec![(0, 0), (1, 2)],
+                    not_before_s: 0,
+                };
+                let queued = queue_handoff(
+                    &mut delivery.queues.borrow_mut(),
+                    &mut delivery.messages.borrow_mut(),
+                    &key,
+                    &handoff,
+                    100,
+                );
+                assert_eq!(queued, 2);
+                let first = delivery.message(&reader, id).unwrap();
+                assert_eq!(first.envelope.to_envelope(), envelope);
+                assert_eq!(first.body, body);
+                let again = delivery.message(&reader, id).unwrap();
+                assert!(
+                    Rc::ptr_eq(&first, &again),
+                    "one read per message while cached"
+                );
+
+                // Gone from the table and the cache with its last recipient.
+                assert!(!delivery.messages.borrow_mut().release(id));
+                assert!(delivery.messages.borrow_mut().release(id));
+                delivery.cache.borrow_mut().forget(id);
+                assert!(matches!(
+                    delivery.message(&reader, id),
+                    Err(SpoolError::UnknownMessage(_))
+                ));
+
+                // A record location that does not hold the message: a clean error, no envelope.
+                let wrong = Handoff {
+                    record: RecordLocation {
+                        offset: body.record_offset + 8,
+                        ..body.record()
+                    },
+                    ..handoff
+                };
+                queue_handoff(
+                    &mut delivery.queues.borrow_mut(),
+                    &mut delivery.messages.borrow_mut(),
+                    &key,
+                    &wrong,
+                    100,
+                );
+                assert!(matches!(
+                    delivery.message(&reader, id),
+                    Err(SpoolError::Corrupt(_))
+                ));
+            });
     }
 }

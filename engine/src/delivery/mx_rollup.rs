@@ -15,9 +15,9 @@ use std::sync::{Arc, Weak};
 
 use crate::config::{Config, rollup_of};
 use crate::dns::MxAnswer;
-use crate::envelope::{MessageId, PackedEnvelope};
+use crate::envelope::MessageId;
 use crate::runtime::CoreContext;
-use crate::spool::BodyLocation;
+use crate::spool::RecordLocation;
 
 /// Domains whose MX answer a core remembers at most.
 pub const MX_ROLLUP_MEMORY_DOMAINS_MAX: usize = 100_000;
@@ -201,8 +201,8 @@ pub fn queue_domain(config: &Arc<Config>, domain: &str, now_s: u64) -> QueueDoma
 /// Recipients routed once their domain's MX answer is in.
 struct Waiting {
     id: MessageId,
-    body: BodyLocation,
-    envelope: Arc<PackedEnvelope>,
+    /// The message's spool record: its envelope is read back when the answer comes.
+    record: RecordLocation,
     vmta: Arc<str>,
     recipients: Vec<(u32, u32, u64)>,
 }
@@ -218,16 +218,14 @@ thread_local! {
 pub fn route_after_lookup(
     core: &Rc<CoreContext>,
     id: MessageId,
-    body: BodyLocation,
-    envelope: &Arc<PackedEnvelope>,
+    record: RecordLocation,
     vmta: &Arc<str>,
     domain: String,
     recipients: Vec<(u32, u32, u64)>,
 ) {
     let waiting = Waiting {
         id,
-        body,
-        envelope: envelope.clone(),
+        record,
         vmta: vmta.clone(),
         recipients,
     };
@@ -271,11 +269,19 @@ async fn look_up_and_route(core: Rc<CoreContext>, domain: String) {
         .unwrap_or_default();
     // The answer is remembered: placement now knows the queue without another lookup.
     for w in waiting {
+        let stored = match core.bodies.message(w.id, w.record) {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Left in the spool: the next start routes it again.
+                log::error!("message {} not routed after the MX lookup: {e}", w.id);
+                continue;
+            }
+        };
         super::placement::hand_off_to(
             &core,
             w.id,
-            w.body,
-            w.envelope,
+            w.record,
+            &stored.envelope,
             w.vmta,
             w.recipients.into_iter(),
         )

@@ -3,7 +3,6 @@
 //! accounting log, counted in the metrics, and sent to the core whose spool holds the message.
 
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Queued, inject_message};
@@ -11,13 +10,13 @@ use crate::accounting::{AccountingEvent, EventType, now_rfc3339};
 use crate::bounce::{
     DsnAction, DsnInput, RecipientReport, build_dsn, classify, dsn_envelope, should_bounce,
 };
-use crate::envelope::{MessageId, PackedEnvelope, domain_of};
+use crate::envelope::{MessageId, domain_of};
 use crate::listener::reception::unix_now_s;
 use crate::queue::{DeferOutcome, QueueKey};
 use crate::router::CoreMessage;
 use crate::runtime::CoreContext;
 use crate::smtp::client::{Outcome, Reply};
-use crate::spool::RecipientState;
+use crate::spool::{RecipientState, SpoolError, StoredMessage};
 
 /// Where an attempt went, for the accounting log.
 #[derive(Clone, Copy)]
@@ -34,11 +33,12 @@ fn event(
     kind: EventType,
     key: &QueueKey,
     item: &Queued,
-    envelope: &PackedEnvelope,
+    message: &StoredMessage,
     reply: &Reply,
     attempt: Option<Attempt>,
 ) -> AccountingEvent {
     let now_s = unix_now_s();
+    let envelope = &message.envelope;
     AccountingEvent {
         kind: Some(kind),
         time: now_rfc3339(),
@@ -60,7 +60,7 @@ fn event(
         enhanced_code: reply.enhanced.map(|e| e.to_string()).unwrap_or_default(),
         bounce_category: String::new(),
         attempt: u32::from(item.attempts) + 1,
-        size_bytes: u64::from(item.body.len),
+        size_bytes: u64::from(message.body.len),
         queue_ms: now_s
             .saturating_sub(envelope.received_at_s())
             .saturating_mul(1000),
@@ -86,7 +86,7 @@ pub async fn apply(
     core: &Rc<CoreContext>,
     key: &QueueKey,
     items: Vec<Queued>,
-    envelope: &Arc<PackedEnvelope>,
+    message: &StoredMessage,
     replies: Vec<(Outcome, Reply)>,
     attempt: Attempt<'_>,
 ) {
@@ -97,8 +97,8 @@ pub async fn apply(
     let mut failed = Vec::new();
     for (item, (outcome, reply)) in items.into_iter().zip(replies) {
         match outcome {
-            Outcome::Delivered => delivered(core, key, item, envelope, &reply, attempt).await,
-            Outcome::Deferred => defer(core, key, item, envelope, &reply, Some(attempt)).await,
+            Outcome::Delivered => delivered(core, key, item, message, &reply, attempt).await,
+            Outcome::Deferred => defer(core, key, item, message, &reply, Some(attempt)).await,
             Outcome::Failed => failed.push((item, reply)),
         }
     }
@@ -109,7 +109,7 @@ async fn delivered(
     core: &CoreContext,
     key: &QueueKey,
     item: Queued,
-    envelope: &PackedEnvelope,
+    message: &StoredMessage,
     reply: &Reply,
     attempt: Attempt<'_>,
 ) {
@@ -117,7 +117,7 @@ async fn delivered(
     counters.delivered.fetch_add(1, Ordering::Relaxed);
     counters.delivery_latency.record_us(
         unix_now_s()
-            .saturating_sub(envelope.received_at_s())
+            .saturating_sub(message.envelope.received_at_s())
             .saturating_mul(1_000_000),
     );
     super::shaping::observe_delivered(core, key, 1);
@@ -125,7 +125,7 @@ async fn delivered(
         EventType::Delivery,
         key,
         &item,
-        envelope,
+        message,
         reply,
         Some(attempt),
     ));
@@ -144,19 +144,21 @@ pub async fn defer(
     core: &Rc<CoreContext>,
     key: &QueueKey,
     item: Queued,
-    envelope: &PackedEnvelope,
+    message: &StoredMessage,
     reply: &Reply,
     attempt: Option<Attempt<'_>>,
 ) {
-    let outcome =
-        core.delivery
-            .queues
-            .borrow_mut()
-            .defer(key, item, &reply.to_string(), unix_now_s());
+    let outcome = core.delivery.queues.borrow_mut().defer(
+        key,
+        item,
+        message.envelope.received_at_s(),
+        &reply.to_string(),
+        unix_now_s(),
+    );
     match outcome {
         DeferOutcome::Retry { at_s } => {
             core.counters().deferred.fetch_add(1, Ordering::Relaxed);
-            let mut e = event(EventType::Transient, key, &item, envelope, reply, attempt);
+            let mut e = event(EventType::Transient, key, &item, message, reply, attempt);
             e.bounce_category = classify(reply.code, enhanced(reply), &reply.text)
                 .as_str()
                 .to_string();
@@ -199,10 +201,10 @@ pub async fn defer_items(
     attempt: Option<Attempt<'_>>,
 ) {
     for item in items {
-        let Some(envelope) = core.delivery.envelope(item.message) else {
-            continue;
-        };
-        defer(core, key, item, &envelope, reply, attempt).await;
+        match core.delivery.message(&core.bodies, item.message) {
+            Ok(message) => defer(core, key, item, &message, reply, attempt).await,
+            Err(e) => unreadable(core, key, vec![item], &e).await,
+        }
     }
 }
 
@@ -226,11 +228,17 @@ async fn bounce_with_replies(
                 .iter()
                 .take_while(|(i, _)| i.message == id)
                 .count();
-        if let Some(envelope) = core.delivery.envelope(id) {
-            bounce_message(core, key, &items[start..end], &envelope, attempt, expired).await;
-        }
-        for (item, _) in &items[start..end] {
-            core.delivery.release(core, item.message);
+        match core.delivery.message(&core.bodies, id) {
+            Ok(message) => {
+                bounce_message(core, key, &items[start..end], &message, attempt, expired).await;
+                for (item, _) in &items[start..end] {
+                    core.delivery.release(core, item.message);
+                }
+            }
+            Err(e) => {
+                let failed = items[start..end].iter().map(|(i, _)| *i).collect();
+                drop_unreadable(core, key, failed, &e).await;
+            }
         }
         start = end;
     }
@@ -240,12 +248,12 @@ async fn bounce_message(
     core: &Rc<CoreContext>,
     key: &QueueKey,
     items: &[(Queued, Reply)],
-    packed: &PackedEnvelope,
+    message: &StoredMessage,
     attempt: Option<Attempt<'_>>,
     expired: bool,
 ) {
     // Bounces are rare: the DSN code works on the unpacked envelope.
-    let envelope = &packed.to_envelope();
+    let envelope = &message.envelope.to_envelope();
     let counters = core.counters();
     let mut reports_for = Vec::new();
     for (item, reply) in items {
@@ -257,7 +265,7 @@ async fn bounce_message(
             counters.bounced.fetch_add(1, Ordering::Relaxed);
             EventType::Bounce
         };
-        let mut e = event(kind, key, item, packed, reply, attempt);
+        let mut e = event(kind, key, item, message, reply, attempt);
         e.bounce_category = category.as_str().to_string();
         core.accounting.record(&e);
         core.delivery.queues.borrow_mut().record_bounced(key, 1);
@@ -270,13 +278,13 @@ async fn bounce_message(
         if let Some(r) = envelope.recipients.get(item.recipient as usize)
             && should_bounce(envelope, r)
         {
-            reports_for.push((r, reply, category, item.body));
+            reports_for.push((r, reply, category));
         }
     }
-    let Some(&(_, _, _, body)) = reports_for.first() else {
+    if reports_for.is_empty() {
         return;
-    };
-    let original = match core.bodies.body(body.into()) {
+    }
+    let original = match core.bodies.body(message.body) {
         Ok(b) => b,
         Err(e) => {
             log::error!(
@@ -288,13 +296,13 @@ async fn bounce_message(
     };
     let diagnostics: Vec<String> = reports_for
         .iter()
-        .map(|(_, reply, _, _)| format!("smtp; {reply}"))
+        .map(|(_, reply, _)| format!("smtp; {reply}"))
         .collect();
     let now_s = unix_now_s();
     let reports: Vec<RecipientReport> = reports_for
         .iter()
         .zip(&diagnostics)
-        .map(|((r, reply, category, _), diagnostic)| RecipientReport {
+        .map(|((r, reply, category), diagnostic)| RecipientReport {
             recipient: r,
             action: DsnAction::Failed,
             status: enhanced(reply).unwrap_or((5, 0, 0)),
@@ -324,5 +332,85 @@ async fn bounce_message(
             envelope.sender
         ),
         Err(e) => log::error!("DSN for {} not spooled: {e}", items[0].0.message),
+    }
+}
+
+/// Recipients whose message record cannot be read back (`error`), so neither sent nor reported to
+/// a sender. An I/O error (the segment cannot be mapped now) may pass: they wait for their next
+/// retry. Anything else (a damaged record) is final: see `drop_unreadable`.
+pub async fn unreadable(
+    core: &Rc<CoreContext>,
+    key: &QueueKey,
+    items: Vec<Queued>,
+    error: &SpoolError,
+) {
+    if !matches!(error, SpoolError::Io(_)) {
+        drop_unreadable(core, key, items, error).await;
+        return;
+    }
+    let reply = format!("451 4.3.0 Spool read error: {error}");
+    let mut expired = Vec::new();
+    for item in items {
+        log::error!(
+            "{key}: message {} recipient {}: {error}; retried later",
+            item.message,
+            item.recipient
+        );
+        // Its reception time is in the unreadable record: the age limit waits for a readable one.
+        let now_s = unix_now_s();
+        let outcome = core
+            .delivery
+            .queues
+            .borrow_mut()
+            .defer(key, item, now_s, &reply, now_s);
+        match outcome {
+            DeferOutcome::Retry { at_s } => {
+                let state = RecipientState::Deferred {
+                    next_attempt_s: at_s,
+                    attempts: u32::from(item.attempts) + 1,
+                };
+                record_state(core, item.message, item.recipient, state).await;
+            }
+            DeferOutcome::Expired { item } => expired.push(item),
+        }
+    }
+    drop_unreadable(core, key, expired, error).await;
+}
+
+/// Gives up recipients whose message record is unreadable: each is logged (error log and
+/// accounting, as a bounce with what is known), counted as bounced and recorded as such in the
+/// spool, so the spool can free the record. No DSN: the sender is in the unreadable record.
+async fn drop_unreadable(
+    core: &Rc<CoreContext>,
+    key: &QueueKey,
+    items: Vec<Queued>,
+    error: &SpoolError,
+) {
+    let reply = Reply::local(
+        554,
+        (5, 3, 0),
+        format!("Spool record unreadable, recipient dropped: {error}"),
+    );
+    for item in items {
+        log::error!(
+            "{key}: message {} recipient {}: {error}; recipient dropped",
+            item.message,
+            item.recipient
+        );
+        core.accounting.record(&AccountingEvent {
+            kind: Some(EventType::Bounce),
+            time: now_rfc3339(),
+            id: item.message.to_string(),
+            vmta: key.vmta.to_string(),
+            domain: key.domain.to_string(),
+            response: reply.to_string(),
+            enhanced_code: reply.enhanced.map(|e| e.to_string()).unwrap_or_default(),
+            attempt: u32::from(item.attempts) + 1,
+            ..AccountingEvent::default()
+        });
+        core.counters().bounced.fetch_add(1, Ordering::Relaxed);
+        core.delivery.queues.borrow_mut().record_bounced(key, 1);
+        record_state(core, item.message, item.recipient, RecipientState::Bounced).await;
+        core.delivery.release(core, item.message);
     }
 }

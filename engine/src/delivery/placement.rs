@@ -11,7 +11,9 @@ use crate::envelope::{Envelope, MessageId, PackedEnvelope, domain_of};
 use crate::queue::{QueueKey, QueueSnapshot};
 use crate::router::{CoreMessage, Handoff, owner_core};
 use crate::runtime::CoreContext;
-use crate::spool::{BodyLocation, RecipientState, RecoveredMessage, SpoolError};
+use crate::spool::{
+    BodyLocation, RecipientState, RecordLocation, RecoveredMessage, SequentialMessages, SpoolError,
+};
 
 /// The name of the VMTA used when the configuration defines none.
 pub const IMPLICIT_VMTA: &str = "default";
@@ -94,12 +96,12 @@ fn pick_vmta(core: &CoreContext, customer: &str) -> Arc<str> {
 async fn hand_off(
     core: &Rc<CoreContext>,
     id: MessageId,
-    body: BodyLocation,
-    envelope: Arc<PackedEnvelope>,
+    record: RecordLocation,
+    envelope: &PackedEnvelope,
     recipients: impl Iterator<Item = (u32, u32, u64)>,
 ) {
     let vmta = pick_vmta(core, envelope.customer());
-    hand_off_to(core, id, body, envelope, vmta, recipients).await;
+    hand_off_to(core, id, record, envelope, vmta, recipients).await;
 }
 
 /// Hands recipients to the queues of `vmta`; the queue domain is the recipient domain's
@@ -108,8 +110,8 @@ async fn hand_off(
 pub(super) async fn hand_off_to(
     core: &Rc<CoreContext>,
     id: MessageId,
-    body: BodyLocation,
-    envelope: Arc<PackedEnvelope>,
+    record: RecordLocation,
+    envelope: &PackedEnvelope,
     vmta: Arc<str>,
     recipients: impl Iterator<Item = (u32, u32, u64)>,
 ) {
@@ -136,19 +138,17 @@ pub(super) async fn hand_off_to(
             .push((index, attempts));
     }
     for (domain, waiting) in awaiting_mx {
-        mx_rollup::route_after_lookup(core, id, body, &envelope, &vmta, domain, waiting);
+        mx_rollup::route_after_lookup(core, id, record, &vmta, domain, waiting);
     }
     let router = core.router();
     for ((domain, not_before_s), recipients) in groups {
         let owner = owner_core(&vmta, &domain, router.cores);
         let handoff = Handoff {
             id,
-            body,
-            envelope: envelope.clone(),
+            record,
             vmta: vmta.clone(),
             domain: Arc::from(domain),
             recipients,
-            first_queued_s: envelope.received_at_s(),
             not_before_s,
         };
         router.send(owner, CoreMessage::Deliver(handoff)).await;
@@ -164,11 +164,15 @@ pub async fn reroute(core: &Rc<CoreContext>, from: &QueueKey, items: Vec<Queued>
         by_message.entry(item.message).or_default().push(item);
     }
     for (id, items) in by_message {
-        let Some(envelope) = core.delivery.envelope(id) else {
-            stuck.extend(items);
-            continue;
+        let message = match core.delivery.message(&core.bodies, id) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("{from}: message {id} cannot move: {e}");
+                stuck.extend(items);
+                continue;
+            }
         };
-        let vmta = pick_vmta(core, envelope.customer());
+        let vmta = pick_vmta(core, message.envelope.customer());
         if *vmta == *from.vmta {
             stuck.extend(items);
             continue;
@@ -177,14 +181,20 @@ pub async fn reroute(core: &Rc<CoreContext>, from: &QueueKey, items: Vec<Queued>
             "{from}: {} recipients of {id} moved to VMTA {vmta}",
             items.len()
         );
-        let Some(body) = items.first().map(|i| BodyLocation::from(i.body)) else {
-            continue;
-        };
         let recipients: Vec<(u32, u32, u64)> = items
             .iter()
             .map(|i| (i.recipient, u32::from(i.attempts), 0))
             .collect();
-        hand_off_to(core, id, body, envelope, vmta, recipients.into_iter()).await;
+        let record = message.body.record();
+        hand_off_to(
+            core,
+            id,
+            record,
+            &message.envelope,
+            vmta,
+            recipients.into_iter(),
+        )
+        .await;
         for item in &items {
             core.delivery.release(core, item.message);
         }
@@ -201,15 +211,24 @@ pub async fn route_new_message(
     _now_s: u64,
 ) {
     let count = envelope.recipients.len() as u32;
-    let envelope = Arc::new(PackedEnvelope::new(&envelope));
-    hand_off(core, id, body, envelope, (0..count).map(|i| (i, 0, 0))).await;
+    let envelope = PackedEnvelope::new(&envelope);
+    let recipients = (0..count).map(|i| (i, 0, 0));
+    hand_off(core, id, body.record(), &envelope, recipients).await;
 }
 
-/// Routes the unfinished recipients of what the spool recovered at start.
+/// Routes the unfinished recipients of what the spool recovered at start, reading each envelope
+/// back from its record only while routing it. An unreadable record is logged and left in the spool.
 pub async fn route_recovered(core: &Rc<CoreContext>, recovered: Vec<RecoveredMessage>) {
+    let mut records = SequentialMessages::new(&core.bodies);
     for message in recovered {
-        let states = message.states;
-        let recipients = states.iter().enumerate().filter_map(|(i, s)| match *s {
+        let stored = match records.message(message.id, message.record) {
+            Ok(stored) => stored,
+            Err(e) => {
+                log::error!("recovered message {} not routed: {e}", message.id);
+                continue;
+            }
+        };
+        let recipients = message.states().enumerate().filter_map(|(i, s)| match s {
             RecipientState::Pending => Some((i as u32, 0, 0)),
             RecipientState::Deferred {
                 next_attempt_s,
@@ -220,8 +239,8 @@ pub async fn route_recovered(core: &Rc<CoreContext>, recovered: Vec<RecoveredMes
         hand_off(
             core,
             message.id,
-            message.body,
-            Arc::new(PackedEnvelope::new(&message.envelope)),
+            message.record,
+            &stored.envelope,
             recipients,
         )
         .await;

@@ -18,11 +18,13 @@
 //!
 //! # Memory per queued recipient
 //! A recipient is one `QueuedRecipient<P>`, stored once: in its queue's ready `VecDeque` or its
-//! deferred heap's `Vec`, never both, and with no per-item allocation. With a 16-byte payload (e.g.
-//! segment + offset) it is 56 bytes (`size_of`, asserted in the tests). Containers grow by doubling
-//! and are shrunk back whenever their capacity exceeds twice their length (above
-//! `SHRINK_MIN_CAPACITY` items), so the cost is 56 bytes per recipient at best and 112 bytes at worst,
-//! within the 128-byte goal. Each queue adds a fixed few hundred bytes (key, policy `Rc`, counters).
+//! deferred heap's `Vec`, never both, and with no per-item allocation. With the delivery side's
+//! empty payload it is 32 bytes (`size_of`, asserted in the tests): message id, recipient index,
+//! attempts, next attempt time; what is per message (the record's location, the reception time for
+//! `max_queue_age`) is kept once per message by the delivery side. Containers grow by doubling and
+//! are shrunk back whenever their capacity exceeds twice their length (above `SHRINK_MIN_CAPACITY`
+//! items), so the cost is 32 bytes per recipient at best and 64 bytes at worst. Each queue adds a
+//! fixed few hundred bytes (key, policy `Rc`, counters).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -65,8 +67,9 @@ impl fmt::Display for QueueKey {
     }
 }
 
-/// One recipient of one message waiting for delivery. `P` is the delivery side's small `Copy` handle
-/// to the body (e.g. spool segment and offset); the queue never looks inside it.
+/// One recipient of one message waiting for delivery. `P` is an optional small `Copy` payload the
+/// queue never looks inside; the delivery side uses `()`, keeping what is per message (where its
+/// record lies, when it was received) once in its message entry rather than in every recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueuedRecipient<P> {
     pub message: MessageId,
@@ -75,19 +78,17 @@ pub struct QueuedRecipient<P> {
     pub recipient: u32,
     /// Failed attempts so far.
     pub attempts: u16,
-    pub first_queued_s: u64,
     pub next_attempt_s: u64,
 }
 
 impl<P: Copy> QueuedRecipient<P> {
-    /// A recipient queued for the first time at `now_s`, ready at once.
+    /// A recipient ready at `now_s`, with no attempt made yet.
     pub fn new(message: MessageId, body: P, recipient: u32, now_s: u64) -> QueuedRecipient<P> {
         QueuedRecipient {
             message,
             body,
             recipient,
             attempts: 0,
-            first_queued_s: now_s,
             next_attempt_s: now_s,
         }
     }
@@ -366,11 +367,13 @@ impl<P: Copy> Queues<P> {
 
     /// Records a temporary failure of `item` at `now_s`: counts the attempt and either puts it on the
     /// timer for the policy's next retry interval (never later than its expiry time, so the last try
-    /// happens at `max_queue_age`) or, once `max_queue_age` has passed, hands it back as expired.
+    /// happens at `max_queue_age`) or, once `max_queue_age` has passed since `queued_since_s` (when
+    /// its message was received), hands it back as expired.
     pub fn defer(
         &mut self,
         key: &QueueKey,
         mut item: QueuedRecipient<P>,
+        queued_since_s: u64,
         reply_text: &str,
         now_s: u64,
     ) -> DeferOutcome<P> {
@@ -380,9 +383,7 @@ impl<P: Copy> Queues<P> {
         };
         item.attempts = item.attempts.saturating_add(1);
         q.last_deferral = Some(truncate_reply(reply_text).into());
-        let expires_s = item
-            .first_queued_s
-            .saturating_add(q.policy.max_queue_age_s());
+        let expires_s = queued_since_s.saturating_add(q.policy.max_queue_age_s());
         if now_s >= expires_s {
             q.stats.expired += 1;
             return DeferOutcome::Expired { item };

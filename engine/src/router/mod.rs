@@ -11,24 +11,24 @@ use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
 
-use crate::envelope::{MessageId, PackedEnvelope};
-use crate::spool::{BodyLocation, RecipientState};
+use crate::envelope::MessageId;
+use crate::spool::{RecipientState, RecordLocation};
 
 /// Messages in flight between cores, per ring.
 const RING_CAPACITY: usize = 4096;
 
-/// Recipients of one spooled message, for one (VMTA, domain) queue on the receiving core.
+/// Recipients of one spooled message, for one (VMTA, domain) queue on the receiving core. The
+/// envelope and body stay in the spool: the receiving core reads them from `record` when a
+/// transaction needs them (`SegmentReader::message`).
 #[derive(Debug, Clone)]
 pub struct Handoff {
     pub id: MessageId,
-    pub body: BodyLocation,
-    pub envelope: Arc<PackedEnvelope>,
+    /// Where the message record lies (in the spool of core `id.core`).
+    pub record: RecordLocation,
     pub vmta: Arc<str>,
     pub domain: Arc<str>,
     /// Indexes of the envelope's recipients, with the attempts already made for each.
     pub recipients: Vec<(u32, u32)>,
-    /// When the message was first queued (seconds since the epoch), for `max_queue_age`.
-    pub first_queued_s: u64,
     /// Not before this time (seconds since the epoch); 0 = now.
     pub not_before_s: u64,
 }

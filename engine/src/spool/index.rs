@@ -42,12 +42,12 @@ impl Hasher for SeqHasher {
 /// A map keyed by message sequence number.
 pub type SeqMap<V> = HashMap<u64, V, BuildHasherDefault<SeqHasher>>;
 
-/// A message with at least one unfinished recipient.
+/// A message with at least one unfinished recipient. 24 bytes (32 with its key in the map): the
+/// unfinished count is derived from the finished set rather than stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveMessage {
     pub segment: u32,
     pub recipient_count: u32,
-    pub unfinished: u32,
     finished: FinishedSet,
 }
 
@@ -55,44 +55,42 @@ impl LiveMessage {
     /// A message whose recipients are in `states` (all `Pending` when `states` is empty).
     pub fn new(segment: u32, recipient_count: u32, states: &[RecipientState]) -> LiveMessage {
         let mut finished = FinishedSet::with_len(recipient_count);
-        let mut unfinished = recipient_count;
-        for (i, state) in states.iter().enumerate() {
+        for (i, state) in states.iter().enumerate().take(recipient_count as usize) {
             if state.is_final() {
                 finished.insert(i as u32);
-                unfinished -= 1;
             }
         }
         LiveMessage {
             segment,
             recipient_count,
-            unfinished,
             finished,
         }
     }
 
+    /// Recipients not finished yet.
+    pub fn unfinished(&self) -> u32 {
+        self.recipient_count.saturating_sub(self.finished.count())
+    }
+
     /// Records a new state for `recipient`; returns whether the message is now entirely finished.
     pub fn apply(&mut self, recipient: u32, state: RecipientState) -> bool {
-        let was = self.finished.contains(recipient);
-        match (was, state.is_final()) {
-            (false, true) => {
+        if recipient < self.recipient_count {
+            if state.is_final() {
                 self.finished.insert(recipient);
-                self.unfinished -= 1;
-            }
-            (true, false) => {
+            } else {
                 self.finished.remove(recipient);
-                self.unfinished += 1;
             }
-            _ => {}
         }
-        self.unfinished == 0
+        self.unfinished() == 0
     }
 }
 
-/// Which recipients are finished: one bit each, inline up to 64 recipients.
+/// Which recipients are finished: one bit each, inline up to 64 recipients. The rare larger set
+/// sits behind a thin pointer so the whole is 16 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum FinishedSet {
     Inline(u64),
-    Heap(Box<[u64]>),
+    Heap(Box<Box<[u64]>>),
 }
 
 impl FinishedSet {
@@ -100,7 +98,9 @@ impl FinishedSet {
         if len <= 64 {
             FinishedSet::Inline(0)
         } else {
-            FinishedSet::Heap(vec![0; len.div_ceil(64) as usize].into_boxed_slice())
+            FinishedSet::Heap(Box::new(
+                vec![0; len.div_ceil(64) as usize].into_boxed_slice(),
+            ))
         }
     }
 
@@ -111,12 +111,11 @@ impl FinishedSet {
         }
     }
 
-    fn contains(&self, bit: u32) -> bool {
-        let word = match self {
-            FinishedSet::Inline(w) => (bit < 64).then_some(*w),
-            FinishedSet::Heap(words) => words.get((bit / 64) as usize).copied(),
-        };
-        word.is_some_and(|w| w & (1 << (bit % 64)) != 0)
+    fn count(&self) -> u32 {
+        match self {
+            FinishedSet::Inline(w) => w.count_ones(),
+            FinishedSet::Heap(words) => words.iter().map(|w| w.count_ones()).sum(),
+        }
     }
 
     fn insert(&mut self, bit: u32) {
@@ -173,7 +172,7 @@ impl SpoolIndex {
 
     /// Adds a message with unfinished recipients.
     pub fn add_message(&mut self, seq: u64, message: LiveMessage) {
-        if message.unfinished == 0 {
+        if message.unfinished() == 0 {
             return;
         }
         if let Some(usage) = self.segments.get_mut(&message.segment) {
@@ -282,7 +281,7 @@ mod tests {
         assert!(index.apply_state(10, 0, RecipientState::Delivered));
         // Same recipient twice does not double count.
         assert!(index.apply_state(10, 0, RecipientState::Delivered));
-        assert_eq!(index.messages[&10].unfinished, 1);
+        assert_eq!(index.messages[&10].unfinished(), 1);
         assert!(index.apply_state(10, 1, RecipientState::Bounced));
         assert!(!index.messages.contains_key(&10));
         assert_eq!(index.reclaimable(2), vec![1]);
@@ -309,12 +308,22 @@ mod tests {
     fn reopening_a_recipient_counts_it_again() {
         let states = [RecipientState::Delivered, RecipientState::Pending];
         let mut m = LiveMessage::new(1, 70, &states);
-        assert_eq!(m.unfinished, 69);
+        assert_eq!(m.unfinished(), 69);
         assert!(!m.apply(0, RecipientState::Pending));
-        assert_eq!(m.unfinished, 70);
+        assert_eq!(m.unfinished(), 70);
         for r in 0..70 {
             let done = m.apply(r, RecipientState::Delivered);
             assert_eq!(done, r == 69);
         }
+    }
+
+    #[test]
+    fn live_messages_stay_small() {
+        assert_eq!(size_of::<LiveMessage>(), 24);
+        let mut m = LiveMessage::new(1, 2, &[RecipientState::Bounced]);
+        assert_eq!(m.unfinished(), 1);
+        // Out-of-range recipients change nothing.
+        assert!(!m.apply(5, RecipientState::Delivered));
+        assert!(m.apply(1, RecipientState::Delivered));
     }
 }

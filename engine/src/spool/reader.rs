@@ -1,5 +1,7 @@
-//! Reading bodies of any core's spool without copying them through channels: a `BodyLocation`
-//! crosses cores, and each core maps the segment read-only by path and keeps the mapping cached.
+//! Reading bodies and envelopes of any core's spool without copying them through channels: a
+//! `BodyLocation` or `RecordLocation` crosses cores, and each core maps the segment read-only by
+//! path and keeps the mapping cached. Envelopes are read back from their record, CRC-checked, when a
+//! transaction needs them: the delivery queues keep only the record's location in RAM.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -10,8 +12,10 @@ use std::rc::Rc;
 
 use memmap2::Mmap;
 
+use super::record::{self, RECORD_HEADER_BYTES, RECORD_VERSION, RecordKind};
 use super::segment::segment_path;
-use super::{BodyLocation, SpoolError};
+use super::{BodyLocation, RecordLocation, SpoolError};
+use crate::envelope::{MessageId, PackedEnvelope};
 
 /// Mappings a reader keeps by default before dropping the oldest.
 pub const DEFAULT_MAX_CACHED_MAPS: usize = 256;
@@ -43,6 +47,13 @@ impl std::fmt::Debug for BodyBytes {
             .field("len", &self.len)
             .finish()
     }
+}
+
+/// A message read back from its record: the envelope, packed, and where the body lies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub envelope: PackedEnvelope,
+    pub body: BodyLocation,
 }
 
 /// One per core: maps segments of every core read-only on demand and caches the mappings.
@@ -79,6 +90,54 @@ impl SegmentReader {
             Some(end) if end <= map.len() => Ok(BodyBytes { map, start, len }),
             _ => Err(out_of_range(loc)),
         }
+    }
+
+    /// The envelope and body location of message `id`, read from its record at `record`. The
+    /// record's header and payload checksums are verified and the record must hold `id`: a bad
+    /// location or a damaged record gives `SpoolError::Corrupt`, never a wrong envelope.
+    pub fn message(
+        &self,
+        id: MessageId,
+        record: RecordLocation,
+    ) -> Result<StoredMessage, SpoolError> {
+        let map = self.map(record.core, record.segment)?;
+        let corrupt = |what: &str| {
+            SpoolError::Corrupt(format!(
+                "message {id} at core {} segment {} offset {}: {what}",
+                record.core, record.segment, record.offset
+            ))
+        };
+        let at = record.offset as usize;
+        let head = map
+            .get(at..)
+            .ok_or_else(|| corrupt("outside its segment"))?;
+        let header = record::decode_header(head).map_err(|_| corrupt("no valid record header"))?;
+        if header.kind != Some(RecordKind::Message) || header.version != RECORD_VERSION {
+            return Err(corrupt("not a message record"));
+        }
+        let payload_at = at + RECORD_HEADER_BYTES;
+        let payload = payload_at
+            .checked_add(header.payload_len as usize)
+            .and_then(|end| map.get(payload_at..end))
+            .ok_or_else(|| corrupt("record runs past its segment"))?;
+        if crc32c::crc32c(payload) != header.payload_crc {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let (summary, envelope) = record::decode_envelope(payload)?;
+        if summary.id != id {
+            return Err(corrupt(&format!("the record holds message {}", summary.id)));
+        }
+        let body_len = summary.body_len as usize;
+        Ok(StoredMessage {
+            envelope: PackedEnvelope::new(&envelope),
+            body: BodyLocation {
+                core: record.core,
+                segment: record.segment,
+                offset: (payload_at + payload.len() - body_len) as u64,
+                len: summary.body_len,
+                record_offset: record.offset,
+            },
+        })
     }
 
     /// Drops cached mappings of segments whose files are gone (reclaimed), so their disk space is
@@ -125,6 +184,47 @@ impl SegmentReader {
         maps.insert((core, segment), map.clone());
         order.push_back((core, segment));
         Ok(map)
+    }
+}
+
+/// Reads envelopes record after record in file order (routing what recovery found), dropping each
+/// segment's mapping once the reading has moved past it: otherwise every page of the spool read at
+/// start would stay resident in the process (as file pages) for as long as the mapping is cached.
+/// The page cache keeps the pages; the process only stops mapping them.
+pub struct SequentialMessages<'a> {
+    reader: &'a SegmentReader,
+    segment: Option<(u16, u32)>,
+}
+
+impl<'a> SequentialMessages<'a> {
+    pub fn new(reader: &'a SegmentReader) -> Self {
+        SequentialMessages {
+            reader,
+            segment: None,
+        }
+    }
+
+    /// As `SegmentReader::message`.
+    pub fn message(
+        &mut self,
+        id: MessageId,
+        record: RecordLocation,
+    ) -> Result<StoredMessage, SpoolError> {
+        let segment = (record.core, record.segment);
+        if let Some(previous) = self.segment.replace(segment)
+            && previous != segment
+        {
+            self.reader.forget(previous.0, previous.1);
+        }
+        self.reader.message(id, record)
+    }
+}
+
+impl Drop for SequentialMessages<'_> {
+    fn drop(&mut self) {
+        if let Some((core, segment)) = self.segment.take() {
+            self.reader.forget(core, segment);
+        }
     }
 }
 

@@ -3,10 +3,10 @@
 //!
 //! A torn tail of the last segment ends its scan; it is then overwritten with a zero header so a
 //! later scan also stops there, whatever stale bytes lie beyond. A record whose payload fails its
-//! CRC elsewhere is logged and skipped. Envelopes are decoded only for messages still live, at the
-//! end, straight from the mappings.
+//! CRC elsewhere is logged and skipped. Envelopes are checked only for messages still live, at the
+//! end, straight from the mappings, and not kept: a recovered message is its record's location.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -16,7 +16,7 @@ use memmap2::Mmap;
 use super::index::{LiveMessage, SegmentUsage, SeqMap, SpoolIndex};
 use super::record::{self, RECORD_HEADER_BYTES, RECORD_VERSION, RecordKind};
 use super::segment::{self, ScanEnd, ScanItem, SegmentHeader, SegmentScan};
-use super::{BodyLocation, RecipientState, RecoveredMessage, SpoolError};
+use super::{RecipientState, RecordLocation, RecoveredMessage, SpoolError};
 use crate::envelope::MessageId;
 
 /// What recovery found.
@@ -29,21 +29,22 @@ pub struct RecoveryOutcome {
     pub corrupt_records: u64,
 }
 
-/// A message record seen during the scan; the envelope stays on disk until we know it is live.
+/// A message record seen during the scan (32 bytes); the envelope stays on disk.
 struct ScannedMessage {
     segment: u32,
-    record_offset: usize,
-    payload_len: u32,
-    body_len: u32,
+    /// Segments are at most `u32::MAX` bytes, so record offsets fit (a larger one is refused).
+    record_offset: u32,
     recipient_count: u32,
-    /// Empty until the first state record arrives (most messages get none before a crash).
-    states: Vec<RecipientState>,
+    /// `None` until the first state record arrives (most messages get none before a crash).
+    states: Option<Box<[RecipientState]>>,
 }
 
 /// Recovers core `core` from `core_dir` (which must exist).
 pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError> {
     let numbers = segment::list_segments(core_dir).map_err(SpoolError::from_io)?;
-    let mut maps: BTreeMap<u32, Mmap> = BTreeMap::new();
+    // Segments found. Each mapping is dropped once its scan is done: keeping every segment mapped
+    // until the end would make the whole spool resident (as file pages) during recovery.
+    let mut present: BTreeSet<u32> = BTreeSet::new();
     let mut usage: BTreeMap<u32, SegmentUsage> = BTreeMap::new();
     let mut scanned: SeqMap<ScannedMessage> = SeqMap::default();
     let mut next_seq = 1u64;
@@ -147,62 +148,86 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
             }
         }
         usage.insert(number, segment_usage);
-        maps.insert(number, map);
+        present.insert(number);
     }
 
     let mut index = SpoolIndex::default();
     for (number, segment_usage) in usage {
         // Pins to segments that no longer exist hold nothing back.
         let mut u = segment_usage;
-        u.pins.retain(|p| maps.contains_key(p));
+        u.pins.retain(|p| present.contains(p));
         index.add_segment(number, u);
     }
-    // Sort the (small) live keys rather than the decoded messages: envelopes are then decoded in
-    // sequence order, which is also file order, and nothing large is moved by the sort.
-    let mut live: Vec<(u64, ScannedMessage)> = scanned
-        .into_iter()
-        .filter(|(_, m)| {
-            let all_final = !m.states.is_empty() && m.states.iter().all(|s| s.is_final());
-            m.recipient_count > 0 && !all_final
-        })
-        .collect();
-    live.sort_unstable_by_key(|&(seq, _)| seq);
-    index.messages.reserve(live.len());
-    let mut messages = Vec::with_capacity(live.len());
-    for (seq, m) in live {
-        let Some(map) = maps.get(&m.segment) else {
-            continue;
-        };
-        let payload_at = m.record_offset + RECORD_HEADER_BYTES;
-        let Some(payload) = map.get(payload_at..payload_at + m.payload_len as usize) else {
-            continue;
-        };
-        let envelope = match record::decode_envelope(payload) {
-            Ok((_, envelope)) => envelope,
-            Err(e) => {
-                corrupt_records += 1;
-                log::warn!("segment {} message {seq}: {e}; skipped", m.segment);
-                continue;
+    // Straight from the scan map into the (48-byte) list returned, sorted by sequence number,
+    // which is also file order: no intermediate copy of every live message.
+    // Sized once (live messages are at most the scanned ones): growing by doubling would leave up
+    // to twice the memory allocated, and copy it on every growth.
+    let mut messages: Vec<RecoveredMessage> = Vec::with_capacity(scanned.len());
+    messages.extend(
+        scanned
+            .into_iter()
+            .filter(|(_, m)| {
+                let all_final = m
+                    .states
+                    .as_ref()
+                    .is_some_and(|s| s.iter().all(|s| s.is_final()));
+                m.recipient_count > 0 && !all_final
+            })
+            .map(|(seq, m)| RecoveredMessage {
+                id: MessageId { core, seq },
+                record: RecordLocation {
+                    core,
+                    segment: m.segment,
+                    offset: m.record_offset,
+                },
+                recipient_count: m.recipient_count,
+                recorded_states: m.states,
+            }),
+    );
+    messages.sort_unstable_by_key(|m| m.id.seq);
+    index.messages.reserve(messages.len());
+    // Segments are mapped again one at a time, in file order, for the envelope checks.
+    let mut mapped: Option<(u32, Mmap)> = None;
+    let mut failure = None;
+    messages.retain(|m| {
+        if failure.is_some() {
+            return true;
+        }
+        let segment = m.record.segment;
+        if mapped.as_ref().is_none_or(|(n, _)| *n != segment) {
+            mapped = None;
+            match map_segment(core_dir, segment) {
+                Ok(map) => mapped = Some((segment, map)),
+                Err(e) => {
+                    failure = Some(e);
+                    return true;
+                }
             }
+        }
+        let Some((_, map)) = &mapped else {
+            return true;
         };
-        let states = if m.states.is_empty() {
-            vec![RecipientState::Pending; m.recipient_count as usize]
-        } else {
-            m.states
-        };
-        index.add_message(seq, LiveMessage::new(m.segment, m.recipient_count, &states));
-        let body_offset = payload_at + m.payload_len as usize - m.body_len as usize;
-        messages.push(RecoveredMessage {
-            id: MessageId { core, seq },
-            envelope,
-            body: BodyLocation {
-                core,
-                segment: m.segment,
-                offset: body_offset as u64,
-                len: m.body_len,
-            },
-            states,
-        });
+        // Checked here so a damaged envelope is skipped (and its segment freed) at start, not
+        // found at delivery; the decoded envelope is dropped at once: delivery reads it back.
+        if let Err(e) = check_envelope(map, m.record) {
+            corrupt_records += 1;
+            log::warn!(
+                "segment {} message {}: {e}; skipped",
+                m.record.segment,
+                m.id
+            );
+            return false;
+        }
+        let states: &[RecipientState] = m.recorded_states.as_deref().unwrap_or(&[]);
+        index.add_message(
+            m.id.seq,
+            LiveMessage::new(m.record.segment, m.recipient_count, states),
+        );
+        true
+    });
+    drop(mapped);
+    if let Some(e) = failure {
+        return Err(e);
     }
     Ok(RecoveryOutcome {
         messages,
@@ -211,6 +236,28 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
         last_segment: numbers.last().copied(),
         corrupt_records,
     })
+}
+
+/// Maps segment `number` of `core_dir` read-only.
+fn map_segment(core_dir: &Path, number: u32) -> Result<Mmap, SpoolError> {
+    let file = File::open(core_dir.join(segment::segment_file_name(number)))
+        .map_err(SpoolError::from_io)?;
+    // SAFETY: as for the scan's mappings: nothing else writes this core's segments while it
+    // recovers, and files are never truncated while mapped.
+    unsafe { Mmap::map(&file) }.map_err(SpoolError::from_io)
+}
+
+/// Whether the record at `record` (whose checksums the scan verified) holds a decodable envelope.
+fn check_envelope(map: &Mmap, record: RecordLocation) -> Result<(), SpoolError> {
+    let damaged = || SpoolError::Corrupt("message record no longer readable".into());
+    let at = record.offset as usize;
+    let header =
+        record::decode_header(map.get(at..).ok_or_else(damaged)?).map_err(|_| damaged())?;
+    let payload_at = at + RECORD_HEADER_BYTES;
+    let payload = map
+        .get(payload_at..payload_at + header.payload_len as usize)
+        .ok_or_else(damaged)?;
+    record::decode_envelope(payload).map(|_| ())
 }
 
 fn scan_message(
@@ -229,6 +276,8 @@ fn scan_message(
         )));
     }
     *next_seq = (*next_seq).max(summary.id.seq.saturating_add(1));
+    let record_offset = u32::try_from(offset)
+        .map_err(|_| SpoolError::Corrupt(format!("message {} lies beyond 4 GiB", summary.id)))?;
     if scanned.contains_key(&summary.id.seq) {
         return Err(SpoolError::Corrupt(format!(
             "message {} stored twice",
@@ -239,11 +288,9 @@ fn scan_message(
         summary.id.seq,
         ScannedMessage {
             segment,
-            record_offset: offset,
-            payload_len: payload.len() as u32,
-            body_len: summary.body_len,
+            record_offset,
             recipient_count: summary.recipient_count,
-            states: Vec::new(),
+            states: None,
         },
     );
     Ok(())
@@ -271,10 +318,11 @@ fn scan_state(
             state.recipient, state.id, message.recipient_count
         )));
     }
-    if message.states.is_empty() {
-        message.states = vec![RecipientState::Pending; message.recipient_count as usize];
-    }
-    if let Some(slot) = message.states.get_mut(state.recipient as usize) {
+    let count = message.recipient_count as usize;
+    let states = message
+        .states
+        .get_or_insert_with(|| vec![RecipientState::Pending; count].into_boxed_slice());
+    if let Some(slot) = states.get_mut(state.recipient as usize) {
         *slot = state.state;
     }
     Ok(())

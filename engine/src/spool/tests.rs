@@ -148,10 +148,20 @@ fn store_then_reopen_recovers_envelopes_and_bodies() {
         for (n, (m, (id, loc))) in recovered.iter().zip(&stored).enumerate() {
             let n = n as u64;
             assert_eq!(m.id, *id);
-            assert_eq!(m.body, *loc);
-            assert_eq!(m.envelope, envelope(n, 3));
-            assert_eq!(m.states, vec![RecipientState::Pending; 3]);
-            assert_eq!(&*reader.body(m.body).unwrap(), &expected_body(n, 3000)[..]);
+            assert_eq!(m.record, loc.record());
+            assert_eq!(m.recipient_count, 3);
+            assert_eq!(
+                m.states().collect::<Vec<_>>(),
+                vec![RecipientState::Pending; 3]
+            );
+            // The envelope stays in the spool; the reader gives it back with the body's place.
+            let stored = reader.message(m.id, m.record).unwrap();
+            assert_eq!(stored.envelope.to_envelope(), envelope(n, 3));
+            assert_eq!(stored.body, *loc);
+            assert_eq!(
+                &*reader.body(stored.body).unwrap(),
+                &expected_body(n, 3000)[..]
+            );
         }
     });
 }
@@ -212,7 +222,7 @@ fn state_records_rebuild_recipient_states() {
         assert_eq!(recovered.len(), 2);
         assert_eq!(recovered[0].id, a);
         assert_eq!(
-            recovered[0].states,
+            recovered[0].states().collect::<Vec<_>>(),
             vec![
                 RecipientState::Delivered,
                 RecipientState::Bounced,
@@ -221,7 +231,7 @@ fn state_records_rebuild_recipient_states() {
         );
         assert_eq!(recovered[1].id, c);
         assert_eq!(
-            recovered[1].states,
+            recovered[1].states().collect::<Vec<_>>(),
             vec![RecipientState::Pending, RecipientState::Pending, deferred]
         );
     });
@@ -413,7 +423,7 @@ fn state_segment_is_kept_while_the_message_segment_lives() {
         );
         assert_eq!(recovered[0].id, a);
         assert_eq!(
-            recovered[0].states,
+            recovered[0].states().collect::<Vec<_>>(),
             vec![RecipientState::Delivered, RecipientState::Pending]
         );
     });
@@ -609,5 +619,109 @@ fn relative_spool_dir_commits_with_fsync() {
             .set_state(id, 0, RecipientState::Delivered)
             .await
             .expect("state recorded durably");
+    });
+}
+
+#[test]
+fn envelopes_are_read_back_from_records_and_damage_is_refused() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let stored = store_n(&spool, 3, 2, 100).await;
+        spool.flush().await.unwrap();
+        let reader = SegmentReader::new(dir.path().to_path_buf());
+        let (id, loc) = stored[1];
+        let message = reader.message(id, loc.record()).unwrap();
+        assert_eq!(message.envelope.to_envelope(), envelope(1, 2));
+        assert_eq!(message.body, loc);
+
+        // Another message's record, a place that is no record, a segment that does not exist.
+        let corrupt =
+            |r: Result<StoredMessage, SpoolError>| matches!(r, Err(SpoolError::Corrupt(_)));
+        assert!(corrupt(reader.message(stored[0].0, loc.record())));
+        let mut off = loc.record();
+        off.offset += 8;
+        assert!(corrupt(reader.message(id, off)));
+        off.offset = u32::MAX - 4;
+        assert!(corrupt(reader.message(id, off)));
+        let mut missing = loc.record();
+        missing.segment = 999;
+        assert!(matches!(
+            reader.message(id, missing),
+            Err(SpoolError::Io(_))
+        ));
+
+        // A flipped body byte fails the payload checksum: no envelope from a damaged record.
+        let path = segment::segment_path(dir.path(), 0, loc.segment);
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"#", loc.offset + 3).unwrap();
+        let fresh = SegmentReader::new(dir.path().to_path_buf());
+        assert!(corrupt(fresh.message(id, loc.record())));
+        let (other, other_loc) = stored[2];
+        assert!(fresh.message(other, other_loc.record()).is_ok());
+    });
+}
+
+#[test]
+fn sequential_reading_keeps_one_segment_mapped() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let stored = store_n(&spool, 60, 2, 3000).await;
+        spool.close().await.unwrap();
+        let (_spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        assert_eq!(recovered.len(), 60);
+        let segments: std::collections::BTreeSet<u32> =
+            recovered.iter().map(|m| m.record.segment).collect();
+        assert!(segments.len() > 2, "spans several segments");
+        let reader = SegmentReader::new(dir.path().to_path_buf());
+        {
+            let mut records = SequentialMessages::new(&reader);
+            for (n, (m, (_, loc))) in recovered.iter().zip(&stored).enumerate() {
+                let message = records.message(m.id, m.record).unwrap();
+                assert_eq!(message.envelope.to_envelope(), envelope(n as u64, 2));
+                assert_eq!(message.body, *loc);
+                assert_eq!(reader.cached_maps(), 1);
+            }
+        }
+        assert_eq!(
+            reader.cached_maps(),
+            0,
+            "nothing stays mapped after routing"
+        );
+    });
+}
+
+#[test]
+fn a_checksummed_but_malformed_envelope_is_skipped_at_recovery_and_refused_by_the_reader() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let stored = store_n(&spool, 3, 2, 100).await;
+        spool.close().await.unwrap();
+        let (id, loc) = stored[1];
+        // Make message 1's DSN RET byte invalid and write checksums that match it: only the
+        // envelope decoder can tell.
+        let path = segment::segment_path(dir.path(), 0, loc.segment);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = loc.record_offset as usize;
+        let payload_len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        let payload = at + record::RECORD_HEADER_BYTES;
+        bytes[payload + 11] = 9;
+        let crc = crc32c::crc32c(&bytes[payload..payload + payload_len]);
+        bytes[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+        let header_crc = crc32c::crc32c(&bytes[at..at + 12]);
+        bytes[at + 12..at + 16].copy_from_slice(&header_crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+
+        let reader = SegmentReader::new(dir.path().to_path_buf());
+        assert!(matches!(
+            reader.message(id, loc.record()),
+            Err(SpoolError::Corrupt(_))
+        ));
+        let (spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        let ids: Vec<_> = recovered.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [stored[0].0, stored[2].0]);
+        assert_eq!(spool.stats().corrupt_records_skipped, 1);
     });
 }

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use super::*;
 
-/// A payload the size of a spool location (segment + offset), as the delivery side will use.
+/// A payload the queue must carry untouched (the delivery side uses `()`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct BodyAt {
     segment: u64,
@@ -40,11 +40,11 @@ fn seqs(items: &[Item]) -> Vec<u64> {
 
 #[test]
 fn item_fits_the_memory_budget() {
-    // 16 (MessageId) + 16 (payload) + 4 + 2 (+2 padding) + 8 + 8 = 56 bytes; containers keep capacity
-    // within twice the length, so at worst 112 bytes per queued recipient, under the 128 goal.
-    assert_eq!(size_of::<Item>(), 56);
-    assert!(2 * size_of::<Item>() <= 128);
+    // As the delivery side queues them: 16 (MessageId) + 4 + 2 (+2 padding) + 8 = 32 bytes;
+    // containers keep capacity within twice the length, so at worst 64 bytes per queued recipient.
+    assert_eq!(size_of::<QueuedRecipient<()>>(), 32);
     // The heap wrapper adds nothing.
+    assert_eq!(size_of::<Deferred<()>>(), size_of::<QueuedRecipient<()>>());
     assert_eq!(size_of::<Deferred<BodyAt>>(), size_of::<Item>());
 }
 
@@ -135,7 +135,7 @@ fn retry_schedule_follows_intervals_and_repeats_the_last() {
     let mut now_s = 0;
     let mut waits_min = Vec::new();
     for _ in 0..8 {
-        match q.defer(&k, it, "451 4.3.0 try later", now_s) {
+        match q.defer(&k, it, 0, "451 4.3.0 try later", now_s) {
             DeferOutcome::Retry { at_s } => {
                 waits_min.push((at_s - now_s) / MINUTE);
                 now_s = at_s;
@@ -169,7 +169,7 @@ fn expires_at_max_queue_age() {
     let mut times = Vec::new();
     let mut now_s = start_s;
     loop {
-        match q.defer(&k, it, "421 4.4.2 timeout", now_s) {
+        match q.defer(&k, it, start_s, "421 4.4.2 timeout", now_s) {
             DeferOutcome::Retry { at_s } => {
                 times.push((at_s - start_s) / MINUTE);
                 now_s = at_s;
@@ -188,7 +188,7 @@ fn expires_at_max_queue_age() {
     // Just under the age it is still retried.
     let young = item(2, 0, start_s);
     assert!(matches!(
-        q.defer(&k, young, "x", start_s + 100 * MINUTE - 1),
+        q.defer(&k, young, start_s, "x", start_s + 100 * MINUTE - 1),
         DeferOutcome::Retry { at_s } if at_s == start_s + 100 * MINUTE
     ));
 }
@@ -291,8 +291,8 @@ fn bounce_all_drains_ready_and_deferred() {
     let mut q = queues();
     let k = key("example.com");
     q.enqueue(&k, item(1, 0, 0));
-    q.defer(&k, item(2, 0, 0), "451", 0);
-    q.defer(&k, item(3, 0, 0), "451", 10);
+    q.defer(&k, item(2, 0, 0), 0, "451", 0);
+    q.defer(&k, item(3, 0, 0), 0, "451", 10);
     let drained = q.bounce_all(&k);
     assert_eq!(seqs(&drained), [1, 2, 3]);
     assert!(q.is_empty());
@@ -371,6 +371,7 @@ fn snapshot_lists_every_queue() {
     q.defer(
         &key("a.example"),
         item(2, 0, 0),
+        0,
         "452 4.2.2 mailbox full",
         100,
     );
@@ -400,7 +401,7 @@ fn long_replies_are_cut_on_a_char_boundary() {
     let mut q = queues();
     let k = key("example.com");
     let reply = "é".repeat(MAX_REPLY_TEXT_BYTES);
-    q.defer(&k, item(1, 0, 0), &reply, 0);
+    q.defer(&k, item(1, 0, 0), 0, &reply, 0);
     let kept = q.queue_snapshot(&k).unwrap().last_deferral.unwrap();
     assert!(kept.len() <= MAX_REPLY_TEXT_BYTES && kept.len() >= MAX_REPLY_TEXT_BYTES - 1);
 }
@@ -410,7 +411,7 @@ fn idle_queues_are_removed_and_slots_reused() {
     let mut q = queues();
     let (a, b) = (key("a.example"), key("b.example"));
     q.enqueue(&a, item(1, 0, 0));
-    q.defer(&b, item(2, 0, 0), "451", 0);
+    q.defer(&b, item(2, 0, 0), 0, "451", 0);
     assert_eq!(q.remove_idle_queues(), 0);
     q.take_batch(&a, 10);
     assert_eq!(q.remove_idle_queues(), 1);
