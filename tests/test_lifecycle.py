@@ -236,3 +236,30 @@ def test_embedded_default_accepts_mail_with_its_relative_spool(tmp_path):
             process.kill()
             raise
     assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
+
+
+def test_sighup_reload_gives_existing_queues_their_new_limits(volley, sink_factory):
+    """A queue held by a slow rate gets the reloaded (faster) rate at once, not only new queues."""
+    sink = sink_factory("127.0.0.10")
+    volley.route("dest.test", sink.hostport)
+    volley.policy(max_messages_per_minute=2, max_connections=1)
+    volley.start()
+    with volley.smtp() as client:
+        for i in range(6):
+            client.sendmail("alice@src.test", [f"r{i}@dest.test"], message(f"slow {i}"))
+    sink.wait_lines(1)
+    time.sleep(1.5)
+    assert len(sink.lines()) <= 2, "the old rate (2 a minute) holds before the reload"
+    status, queues = volley.api("GET", "/v1/queues")
+    assert status == 200
+    [queue] = [q for q in queues["queues"] if q["domain"] == "dest.test"]
+    assert queue["size"] >= 4, queue
+
+    volley.policy(max_messages_per_minute=6000)
+    volley.write_config()
+    volley.signal(signal.SIGHUP)
+    lines = sink.wait_lines(6, timeout_s=10)
+    assert sorted(r for line in lines for r in line["recipients"]) == [
+        f"r{i}@dest.test" for i in range(6)
+    ]
+    assert "new limits for 1 existing queues" in volley.stderr_path.read_text(errors="replace")

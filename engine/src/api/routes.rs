@@ -190,12 +190,12 @@ fn queues(core: &CoreContext) -> Response {
         .all()
         .into_iter()
         .map(|q| {
-            let (state, reason) = match &q.state {
-                crate::queue::QueueState::Active => ("active", None),
-                crate::queue::QueueState::Suspended { reason, .. } => {
-                    ("suspended", Some(reason.clone()))
-                }
+            let state = match q.state {
+                crate::queue::QueueState::Active => "active",
+                crate::queue::QueueState::Suspended { .. }
+                | crate::queue::QueueState::RateWait { .. } => "suspended",
             };
+            let reason = q.state.reason();
             json!({
                 "vmta": q.vmta, "domain": q.domain, "size": q.size(), "ready": q.ready,
                 "deferred": q.deferred, "state": state, "reason": reason,

@@ -352,11 +352,10 @@ impl Connection {
                     // A long wait: close, and hold the queue until then (a timed suspension that the
                     // scheduler ends by itself), so no connection is opened only to wait again.
                     let until_s = crate::listener::reception::unix_now_s() + wait_ms.div_ceil(1000);
-                    core.delivery.queues.borrow_mut().suspend(
-                        &self.key,
-                        Some(until_s),
-                        "rate limit reached: waiting for the next send",
-                    );
+                    core.delivery
+                        .queues
+                        .borrow_mut()
+                        .hold_for_rate(&self.key, until_s);
                     session.quit();
                     return;
                 }

@@ -4,6 +4,7 @@
 //! A wake-up names the queue that changed, so a busy core with many queues only looks at those.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::channels::local_channel::LocalReceiver;
@@ -18,9 +19,15 @@ const RECIPIENTS_PER_EXTRA_CONNECTION: usize = 20;
 pub async fn run(core: Rc<CoreContext>, wake: LocalReceiver<()>) {
     let delivery = &core.delivery;
     let stop = core.stop_signal();
+    let mut config = core.config();
     loop {
         if core.shared.control.stopping() {
             break;
+        }
+        let running = core.config();
+        if !Arc::ptr_eq(&config, &running) {
+            config = running;
+            apply_reloaded_policies(&core);
         }
         let now_s = unix_now_s();
         let mut keys = delivery.queues.borrow_mut().due(now_s);
@@ -47,6 +54,23 @@ pub async fn run(core: Rc<CoreContext>, wake: LocalReceiver<()>) {
         )
         .await;
     }
+}
+
+/// A reload changes the limits of the queues that already exist, not only of those created after.
+fn apply_reloaded_policies(core: &Rc<CoreContext>) {
+    let delivery = &core.delivery;
+    let keys = delivery.queues.borrow().keys();
+    let mut changed = 0;
+    for key in keys {
+        let policy = super::CoreDelivery::policy(core, &key);
+        if delivery.queues.borrow_mut().update_policy(&key, policy) {
+            changed += 1;
+        }
+    }
+    if changed > 0 {
+        log::info!("configuration reloaded: new limits for {changed} existing queues");
+    }
+    delivery.wake();
 }
 
 /// Opens as many connections as each of these queues may and needs.

@@ -35,7 +35,7 @@ pub fn observe_failure(core: &CoreContext, key: &QueueKey, reply: &Reply) {
             let mut queues = core.delivery.queues.borrow_mut();
             let already = queues
                 .queue_snapshot(key)
-                .is_some_and(|s| s.state != crate::queue::QueueState::Active);
+                .is_some_and(|s| matches!(s.state, crate::queue::QueueState::Suspended { .. }));
             if !already {
                 queues.suspend(key, Some(until_s), &format!("backoff rule matched: {text}"));
                 drop(queues);

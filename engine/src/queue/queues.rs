@@ -138,6 +138,30 @@ pub enum QueueState {
         until_s: Option<u64>,
         reason: String,
     },
+    /// Held until `until_s` because the rate limit allows no send before then (see
+    /// `hold_for_rate`): a new policy (a reload) ends it at once, an operator's suspension does not.
+    RateWait {
+        until_s: u64,
+    },
+}
+
+impl QueueState {
+    /// Why nothing is handed out, or `None` when active.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            QueueState::Active => None,
+            QueueState::Suspended { reason, .. } => Some(reason),
+            QueueState::RateWait { .. } => Some("rate limit reached: waiting for the next send"),
+        }
+    }
+
+    fn resume_at_s(&self) -> Option<u64> {
+        match *self {
+            QueueState::Suspended { until_s, .. } => until_s,
+            QueueState::RateWait { until_s } => Some(until_s),
+            QueueState::Active => None,
+        }
+    }
 }
 
 /// Counters since the queue was created.
@@ -252,12 +276,7 @@ impl<P: Copy> Queue<P> {
 
     /// When `due` must look at this queue: its earliest retry or the end of its suspension.
     fn wake_s(&self) -> Option<u64> {
-        let resume_s = match self.state {
-            QueueState::Suspended {
-                until_s: Some(t), ..
-            } => Some(t),
-            _ => None,
-        };
+        let resume_s = self.state.resume_at_s();
         match (self.next_attempt_s(), resume_s) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -469,11 +488,9 @@ impl<P: Copy> Queues<P> {
             }
             q.scheduled_wake_s = None;
             let mut gained = false;
-            if let QueueState::Suspended {
-                until_s: Some(until_s),
-                ..
-            } = q.state
-                && until_s <= now_s
+            if q.state
+                .resume_at_s()
+                .is_some_and(|until_s| until_s <= now_s)
             {
                 q.state = QueueState::Active;
                 gained = !q.ready.is_empty();
@@ -524,6 +541,45 @@ impl<P: Copy> Queues<P> {
             };
         }
         self.reschedule(slot);
+    }
+
+    /// Holds the queue until `until_s`, when its rate limit allows the next send (no connection is
+    /// opened only to wait). Does not override an operator's or a backoff rule's suspension.
+    pub fn hold_for_rate(&mut self, key: &QueueKey, until_s: u64) {
+        let slot = self.slot_or_create(key);
+        if let Some(q) = self.queue_mut(slot)
+            && !matches!(q.state, QueueState::Suspended { .. })
+        {
+            q.state = QueueState::RateWait { until_s };
+        }
+        self.reschedule(slot);
+    }
+
+    /// Gives an existing queue a new policy (after a reload) if it differs: its rate limiter starts
+    /// afresh under the new limits and a wait for the old rate ends. Backoff state and suspensions
+    /// set by an operator or a backoff rule stay. Returns whether the policy changed.
+    pub fn update_policy(&mut self, key: &QueueKey, policy: QueuePolicy) -> bool {
+        let Some(&slot) = self.index.get(key) else {
+            return false;
+        };
+        let Some(q) = self.queue_mut(slot) else {
+            return false;
+        };
+        if *q.policy == policy {
+            return false;
+        }
+        q.policy = Rc::new(policy);
+        q.reset_rate();
+        if matches!(q.state, QueueState::RateWait { .. }) {
+            q.state = QueueState::Active;
+        }
+        self.reschedule(slot);
+        true
+    }
+
+    /// Every queue's key.
+    pub fn keys(&self) -> Vec<QueueKey> {
+        self.index.keys().cloned().collect()
     }
 
     /// Lets a suspended queue deliver again. Returns whether it has ready recipients (the driver

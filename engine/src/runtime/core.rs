@@ -126,6 +126,8 @@ impl CoreContext {
         let config = self.shared.control.config();
         *self.credentials.borrow_mut() = Credentials::from_config(&config);
         *self.config.borrow_mut() = config;
+        // The scheduler gives the existing queues their new limits when it wakes.
+        self.delivery.wake();
         log::info!("configuration generation {generation} applied");
     }
 

@@ -453,3 +453,76 @@ fn a_million_deferred_recipients_drain_in_order() {
     assert_eq!(released, ITEMS);
     assert!(q.is_empty());
 }
+
+#[test]
+fn a_new_policy_reaches_an_existing_queue_and_ends_its_rate_wait() {
+    let mut q = queues();
+    let k = key("example.com");
+    let slow = QueuePolicy {
+        max_messages_per_minute: Some(1),
+        ..QueuePolicy::default()
+    };
+    q.set_policy(&k, slow.clone());
+    q.enqueue(&k, item(1, 0, 0));
+    q.hold_for_rate(&k, 60);
+    assert!(
+        q.take_batch(&k, 10).is_empty(),
+        "held while waiting for the rate"
+    );
+    assert_eq!(
+        q.queue_snapshot(&k)
+            .map(|s| s.state.reason().map(str::to_string)),
+        Some(Some(
+            "rate limit reached: waiting for the next send".to_string()
+        ))
+    );
+    assert!(!q.update_policy(&k, slow), "same policy: nothing changes");
+    assert!(q.take_batch(&k, 10).is_empty());
+    let fast = QueuePolicy {
+        max_messages_per_minute: Some(6_000),
+        ..QueuePolicy::default()
+    };
+    assert!(q.update_policy(&k, fast.clone()));
+    assert_eq!(q.policy(&k), Some(&fast));
+    assert_eq!(
+        seqs(&q.take_batch(&k, 10)),
+        [1],
+        "the wait for the old rate ended"
+    );
+    assert_eq!(q.keys(), vec![k.clone()]);
+    assert!(!q.update_policy(&key("unknown.example"), fast));
+}
+
+#[test]
+fn a_new_policy_keeps_an_operator_suspension_and_rate_wait_does_not_override_it() {
+    let mut q = queues();
+    let k = key("example.com");
+    q.enqueue(&k, item(1, 0, 0));
+    q.suspend(&k, None, "operator");
+    q.hold_for_rate(&k, 60);
+    let other = QueuePolicy {
+        max_connections: 7,
+        ..QueuePolicy::default()
+    };
+    assert!(q.update_policy(&k, other));
+    assert!(
+        q.take_batch(&k, 10).is_empty(),
+        "still suspended by the operator"
+    );
+    assert!(matches!(
+        q.queue_snapshot(&k).map(|s| s.state),
+        Some(QueueState::Suspended { until_s: None, .. })
+    ));
+}
+
+#[test]
+fn a_rate_wait_ends_by_itself_in_due() {
+    let mut q = queues();
+    let k = key("example.com");
+    q.enqueue(&k, item(1, 0, 0));
+    q.hold_for_rate(&k, 100);
+    assert_eq!(q.next_wakeup(), Some(100));
+    assert!(q.due(99).is_empty());
+    assert_eq!(q.due(100), vec![k.clone()]);
+    assert_eq!(seqs(&q.take_batch(&k, 10)), [1]);
+}
