@@ -58,7 +58,7 @@ run() { # $1 = A|B, $2 = round
   [ "$1" = B ] && args=(--volley-config-extra "$extra")
   $BIN/volley-bench relay --no-ceiling --messages "$MESSAGES" "${args[@]}" \
     --out "$OUT/$1-$2" >/dev/null
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][-1]; print(f"{r[\"msg_per_s\"]:.0f}")' "$OUT/$1-$2/relay.json"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][-1]; print(round(r["msg_per_s"]))' "$OUT/$1-$2/relay.json"
 }
 
 a=(); b=()

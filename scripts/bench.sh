@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmarks behind docs/benchmarks.md, in a release build, on loopback only.
-#   bash scripts/bench.sh            # everything (about 10 minutes on 2 cores)
+#   bash scripts/bench.sh            # everything (about 15 minutes on 2 cores)
 #   QUICK=1 bash scripts/bench.sh    # fewer messages
 # Knobs: MESSAGES (relay runs, default 20000), PEER (postfix, or empty to skip the peer).
 set -euo pipefail
@@ -72,3 +72,9 @@ if [ -x $BIN/volley-spool-bench ]; then
   echo "== spool"
   $BIN/volley-spool-bench --help >/dev/null && $BIN/volley-spool-bench
 fi
+
+echo "== memory per queued recipient (1 M; see docs/memory.md for 10 M)"
+$BIN/volley-memory-bench --recipients 1000000
+
+echo "== shaping that does not bind, A/B end to end"
+ROUNDS="${SHAPING_ROUNDS:-5}" MESSAGES="$MESSAGES" OUT="$OUT" bash scripts/bench-shaping-ab.sh
