@@ -5,7 +5,7 @@
 #   B: the same plus every provider profile of tuning/profiles (their rollups, domain policies and
 #      backoff rules) and a `d0.test` policy with a per-minute and per-hour rate, backoff settings
 #      and retry intervals, all far above what this machine can send, so nothing binds,
-# ROUNDS times each (A B A B ...) so that drift on the shared machine hits both, and prints the
+# ROUNDS times each (A B, B A, A B ...) so that drift on the shared machine hits both, and prints the
 # median of each and the difference.
 #   bash scripts/bench-shaping-ab.sh           # ROUNDS=3, MESSAGES=20000, 1 KiB, 1 recipient
 set -euo pipefail
@@ -63,7 +63,12 @@ run() { # $1 = A|B, $2 = round
 
 a=(); b=()
 for round in $(seq "$ROUNDS"); do
-  a+=("$(run A "$round")"); b+=("$(run B "$round")")
+  # Which runs first alternates too: a second run in a row may find the machine warmer.
+  if [ $((round % 2)) = 1 ]; then
+    a+=("$(run A "$round")"); b+=("$(run B "$round")")
+  else
+    b+=("$(run B "$round")"); a+=("$(run A "$round")")
+  fi
   echo "round $round: A ${a[-1]} msg/s, B ${b[-1]} msg/s"
 done
 python3 - "${a[*]}" "${b[*]}" <<'PY'

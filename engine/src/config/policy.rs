@@ -15,6 +15,8 @@ pub struct DomainPolicy {
     pub retry_intervals: Vec<Duration>,
     pub max_queue_age: Duration,
     pub tls: OutboundTls,
+    /// BDAT when the server offers CHUNKING (and PIPELINING); false = always DATA.
+    pub chunking: bool,
     pub backoff: BackoffSettings,
 }
 
@@ -36,6 +38,7 @@ impl Default for DomainPolicy {
             ],
             max_queue_age: Duration::from_secs(5 * 86_400),
             tls: OutboundTls::Opportunistic,
+            chunking: true,
             backoff: BackoffSettings::default(),
         }
     }
@@ -143,6 +146,9 @@ impl DomainPolicy {
         }
         if let Some(v) = d.tls {
             self.tls = v;
+        }
+        if let Some(v) = d.chunking {
+            self.chunking = v;
         }
         let b = &mut self.backoff;
         if let Some(v) = d.backoff_max_connections {

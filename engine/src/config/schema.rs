@@ -237,6 +237,9 @@ pub struct DomainPolicyConfig {
     pub max_queue_age: Option<ConfigDuration>,
     #[serde(default)]
     pub tls: Option<OutboundTls>,
+    /// Send bodies with BDAT when the server offers CHUNKING (default true); false = always DATA.
+    #[serde(default)]
+    pub chunking: Option<bool>,
     /// Connections while in adaptive backoff (level 1; halved per further level).
     #[serde(default)]
     pub backoff_max_connections: Option<u32>,

@@ -177,7 +177,9 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
             OutboundTls::Required => TlsPolicy::Required,
             OutboundTls::Off => TlsPolicy::Off,
         };
-        let session = Session::new(SessionConfig::new(ehlo.clone(), tls_policy));
+        let mut session_config = SessionConfig::new(ehlo.clone(), tls_policy);
+        session_config.chunking = policy.chunking;
+        let session = Session::new(session_config);
         if let Err(e) = converse(stream, session, &mut conn, &hop, policy.tls).await {
             log::debug!("{key}: connection to {}: {e}", hop.address);
             conn.fail_in_flight(Reply::local(

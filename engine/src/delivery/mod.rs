@@ -181,6 +181,8 @@ pub struct CoreDelivery {
     pub connections: Cell<u32>,
     /// This core's copy of the disabled VMTAs.
     pub vmtas: VmtaView,
+    /// Which queue each domain's MX answer put it in (MX rollup), and the lookups under way.
+    pub(crate) mx_rollup: mx_rollup::CoreMxRollup,
 }
 
 impl CoreDelivery {
@@ -198,6 +200,7 @@ impl CoreDelivery {
             look_at_all: Cell::new(true),
             connections: Cell::new(0),
             vmtas: VmtaView::default(),
+            mx_rollup: mx_rollup::CoreMxRollup::default(),
         }
     }
 

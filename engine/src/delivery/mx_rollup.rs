@@ -187,15 +187,28 @@ impl MxRollupMemory {
     }
 }
 
-thread_local! {
-    /// This core's memory: one executor runs per thread, so the thread's memory is the core's.
-    static MEMORY: RefCell<MxRollupMemory> =
-        RefCell::new(MxRollupMemory::new(MX_ROLLUP_MEMORY_DOMAINS_MAX));
+/// One core's MX rollup state: what it learned, and the lookups it is waiting for.
+pub struct CoreMxRollup {
+    memory: RefCell<MxRollupMemory>,
+    /// Lookups in flight, by domain, with what waits for each: a burst of mail to a new domain (or
+    /// a restart recovering much of it) asks DNS once, not once per message.
+    lookups: RefCell<HashMap<String, Vec<Waiting>>>,
 }
 
-/// The queue domain for a recipient domain (lower-case) on this core, when known without a lookup.
-pub fn queue_domain(config: &Arc<Config>, domain: &str, now_s: u64) -> QueueDomain {
-    MEMORY.with(|m| m.borrow_mut().queue_domain(config, domain, now_s))
+impl Default for CoreMxRollup {
+    fn default() -> CoreMxRollup {
+        CoreMxRollup {
+            memory: RefCell::new(MxRollupMemory::new(MX_ROLLUP_MEMORY_DOMAINS_MAX)),
+            lookups: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+impl CoreMxRollup {
+    /// The queue domain for a recipient domain (lower-case), when known without a lookup.
+    pub fn queue_domain(&self, config: &Arc<Config>, domain: &str, now_s: u64) -> QueueDomain {
+        self.memory.borrow_mut().queue_domain(config, domain, now_s)
+    }
 }
 
 /// Recipients routed once their domain's MX answer is in.
@@ -205,12 +218,6 @@ struct Waiting {
     record: RecordLocation,
     vmta: Arc<str>,
     recipients: Vec<(u32, u32, u64)>,
-}
-
-thread_local! {
-    /// This core's lookups in flight, by domain, with what waits for each: a burst of mail to a new
-    /// domain (or a restart recovering much of it) asks DNS once, not once per message.
-    static LOOKUPS: RefCell<HashMap<String, Vec<Waiting>>> = RefCell::new(HashMap::new());
 }
 
 /// Looks up `domain`'s MX in the background (once per domain at a time), remembers its group, then
@@ -229,12 +236,12 @@ pub fn route_after_lookup(
         vmta: vmta.clone(),
         recipients,
     };
-    let first = LOOKUPS.with(|l| {
-        let mut lookups = l.borrow_mut();
+    let first = {
+        let mut lookups = core.delivery.mx_rollup.lookups.borrow_mut();
         let queue = lookups.entry(domain.clone()).or_default();
         queue.push(waiting);
         queue.len() == 1
-    });
+    };
     if first {
         glommio::spawn_local(look_up_and_route(core.clone(), domain)).detach();
     }
@@ -260,12 +267,15 @@ async fn look_up_and_route(core: Rc<CoreContext>, domain: String) {
     if let Some(group) = group {
         log::info!("MX rollup: {domain} joins {group} (by its MX hosts)");
     }
-    MEMORY.with(|m| {
-        m.borrow_mut()
-            .remember(&config, &domain, group, now_s, remember_s)
-    });
-    let waiting = LOOKUPS
-        .with(|l| l.borrow_mut().remove(&domain))
+    let rollup = &core.delivery.mx_rollup;
+    rollup
+        .memory
+        .borrow_mut()
+        .remember(&config, &domain, group, now_s, remember_s);
+    let waiting = rollup
+        .lookups
+        .borrow_mut()
+        .remove(&domain)
         .unwrap_or_default();
     // The answer is remembered: placement now knows the queue without another lookup.
     for w in waiting {

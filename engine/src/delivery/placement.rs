@@ -124,7 +124,11 @@ pub(super) async fn hand_off_to(
             continue;
         };
         let domain = domain_of(address);
-        let queue_domain = match mx_rollup::queue_domain(&config, &domain, now_s) {
+        let queue_domain = match core
+            .delivery
+            .mx_rollup
+            .queue_domain(&config, &domain, now_s)
+        {
             QueueDomain::Known(d) => d,
             QueueDomain::NeedsLookup => {
                 let waiting = awaiting_mx.entry(domain).or_default();

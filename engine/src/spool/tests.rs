@@ -725,3 +725,13 @@ fn a_checksummed_but_malformed_envelope_is_skipped_at_recovery_and_refused_by_th
         assert_eq!(spool.stats().corrupt_records_skipped, 1);
     });
 }
+
+#[test]
+fn missing_spool_directories_are_created_and_creating_again_is_harmless() {
+    let root = tempfile::tempdir().unwrap();
+    let core_dir = root.path().join("a/b/spool/core-0");
+    super::create_dir_durably(&core_dir).unwrap();
+    assert!(core_dir.is_dir());
+    super::create_dir_durably(&core_dir).unwrap();
+    assert!(core_dir.is_dir());
+}
