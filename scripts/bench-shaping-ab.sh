@@ -3,8 +3,10 @@
 # throughput). Runs `volley-bench relay` alternately with
 #   A: the relay's plain configuration (one `match = "*"` policy: connection caps only), and
 #   B: the same plus every provider profile of tuning/profiles (their rollups, domain policies and
-#      backoff rules) and a `d0.test` policy with a per-minute and per-hour rate, backoff settings
-#      and retry intervals, all far above what this machine can send, so nothing binds,
+#      backoff rules), a `d0.test` policy with a per-minute and per-hour rate, backoff settings
+#      and retry intervals, and hourly and daily sending limits on the customer, all far above
+#      what this machine can send, so nothing binds.
+# Both send as customer `bench` (an X-Volley-Customer header), so only the limits differ. Runs
 # ROUNDS times each (A B, B A, A B ...) so that drift on the shared machine hits both, and prints the
 # median of each and the difference.
 #   bash scripts/bench-shaping-ab.sh           # ROUNDS=3, MESSAGES=20000, 1 KiB, 1 recipient
@@ -36,6 +38,11 @@ backoff_retry_after = "5m"
 backoff_recovery_deliveries = 100
 backoff_quiet_period = "10m"
 
+[[customer]]
+name = "bench"
+max_messages_per_hour = 1000000000
+max_messages_per_day = 10000000000
+
 [[backoff]]
 match = "d0.test"
 pattern = "4.7.0"
@@ -54,8 +61,8 @@ duration = "10m"
 TOML
 
 run() { # $1 = A|B, $2 = round
-  local args=()
-  [ "$1" = B ] && args=(--volley-config-extra "$extra")
+  local args=(--blast-header "X-Volley-Customer:bench")
+  [ "$1" = B ] && args+=(--volley-config-extra "$extra")
   $BIN/volley-bench relay --no-ceiling --messages "$MESSAGES" "${args[@]}" \
     --out "$OUT/$1-$2" >/dev/null
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][-1]; print(round(r["msg_per_s"]))' "$OUT/$1-$2/relay.json"

@@ -220,6 +220,10 @@ struct RelayArgs {
     /// Do not run the ceiling (blast straight into the sink).
     #[arg(long)]
     no_ceiling: bool,
+    /// A header `NAME:VALUE` blast adds to every message (repeatable), e.g.
+    /// `X-Volley-Customer:bench` to send as a customer.
+    #[arg(long = "blast-header", value_parser = parse_header)]
+    blast_headers: Vec<(String, String)>,
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {
@@ -411,6 +415,11 @@ fn run_relay(args: RelayArgs) -> ExitCode {
         timeout: Duration::from_secs(args.timeout_s),
         volley_config_extra,
         skip_ceiling: args.no_ceiling,
+        blast_headers: args
+            .blast_headers
+            .iter()
+            .map(|(name, value)| format!("{name}:{value}"))
+            .collect(),
     };
     let report = match relay::run(&plan) {
         Ok(r) => r,

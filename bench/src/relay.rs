@@ -34,6 +34,8 @@ pub struct RelayPlan {
     pub volley_config_extra: Option<String>,
     /// Skip the ceiling run (A/B runs compare Volley with itself).
     pub skip_ceiling: bool,
+    /// Extra headers (`NAME:VALUE`) blast adds to every message, e.g. `X-Volley-Customer`.
+    pub blast_headers: Vec<String>,
 }
 
 /// One row of the table.
@@ -173,6 +175,11 @@ fn start_blast(plan: &RelayPlan, port: u16) -> Result<BlastRun, String> {
         .args(["--recipients", &plan.recipients.to_string()])
         .args(["--connections", &plan.connections.to_string()])
         .args(["--cpus", "1", "--json", "--progress-interval-s", "0"])
+        .args(
+            plan.blast_headers
+                .iter()
+                .flat_map(|h| ["--header", h.as_str()]),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
