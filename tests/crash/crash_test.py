@@ -235,27 +235,58 @@ class Daemon:
                 self.kill()
 
 
-def main():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+def add_load_arguments(p, root, settle_s):
+    """The arguments the crash test and the power-loss test share: binaries, load, volley's shape."""
     p.add_argument("--volley", default=os.path.join(root, "target/debug/volley"))
     p.add_argument("--bench", default=os.path.join(root, "target/debug/volley-bench"))
-    p.add_argument("--rounds", type=int, default=10, help="kill/restart rounds")
     p.add_argument("--clients", type=int, default=12, help="concurrent SMTP client threads")
-    p.add_argument("--kill-min-s", type=float, default=0.2)
-    p.add_argument("--kill-max-s", type=float, default=2.0)
     p.add_argument("--domains", type=int, default=3, help="d0.test.. all routed to the sink")
     p.add_argument("--max-recipients", type=int, default=3)
     p.add_argument("--size", type=int, default=1024, help="approximate message bytes")
     p.add_argument("--cores", type=int, default=2, help="volley cores")
     p.add_argument("--segment-bytes", type=int, default=1 << 20,
-                   help="small segments so rollover and reclaim happen under the kills")
+                   help="small segments so rollover and reclaim happen during the run")
     p.add_argument("--start-timeout-s", type=float, default=20.0)
     p.add_argument("--drain-timeout-s", type=float, default=60.0)
-    p.add_argument("--settle-s", type=float, default=3.0,
+    p.add_argument("--settle-s", type=float, default=settle_s,
                    help="after everything arrived, wait this long for late duplicates")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workdir", default=None, help="keep files here (default: temp, removed on PASS)")
+
+
+def start_sink(args, work, port, sink_log):
+    """The sink (never killed), logging one JSON line per message; returns it and its output file."""
+    sink_out = open(os.path.join(work, "sink.out"), "wb")
+    sink = subprocess.Popen(
+        [args.bench, "sink", "--listen", f"127.0.0.1:{port}", "--log", sink_log,
+         "--cores", "1", "--stats-interval-s", "0"],
+        stdout=sink_out, stderr=subprocess.STDOUT,
+    )
+    return sink, sink_out
+
+
+def start_clients(args, port, run_id, ledger, stop, rng):
+    """--clients SMTP client threads, started, each with its own seed."""
+    threads = [
+        threading.Thread(
+            target=client_loop,
+            args=(i, args, port, run_id, ledger, stop, rng.randrange(1 << 32)),
+            daemon=True,
+        )
+        for i in range(args.clients)
+    ]
+    for t in threads:
+        t.start()
+    return threads
+
+def main():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=10, help="kill/restart rounds")
+    p.add_argument("--kill-min-s", type=float, default=0.2)
+    p.add_argument("--kill-max-s", type=float, default=2.0)
+    add_load_arguments(p, root, settle_s=3.0)
     args = p.parse_args()
 
     for binary in (args.volley, args.bench):
@@ -274,12 +305,7 @@ def main():
     run_id = f"{seed:08x}"
     print(f"crash_test: seed {seed}, workdir {work}, {args.rounds} rounds, {args.clients} clients")
 
-    sink_out = open(os.path.join(work, "sink.out"), "wb")
-    sink = subprocess.Popen(
-        [args.bench, "sink", "--listen", f"127.0.0.1:{ports['sink']}", "--log", sink_log,
-         "--cores", "1", "--stats-interval-s", "0"],
-        stdout=sink_out, stderr=subprocess.STDOUT,
-    )
+    sink, sink_out = start_sink(args, work, ports["sink"], sink_log)
     daemon = Daemon(args, config_path, work, ports["smtp"])
     ledger = Ledger()
     stop = threading.Event()
@@ -289,16 +315,7 @@ def main():
         if not wait_for_port(ports["sink"], sink, 10):
             print("crash_test: the sink did not start (see sink.out)", file=sys.stderr)
             return 2
-        threads = [
-            threading.Thread(
-                target=client_loop,
-                args=(i, args, ports["smtp"], run_id, ledger, stop, rng.randrange(1 << 32)),
-                daemon=True,
-            )
-            for i in range(args.clients)
-        ]
-        for t in threads:
-            t.start()
+        threads = start_clients(args, ports["smtp"], run_id, ledger, stop, rng)
         started = time.monotonic()
         for round_no in range(1, args.rounds + 1):
             proc = daemon.start()

@@ -252,18 +252,9 @@ def preflight(args):
 def main():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--volley", default=os.path.join(root, "target/debug/volley"))
-    p.add_argument("--bench", default=os.path.join(root, "target/debug/volley-bench"))
     p.add_argument("--rounds", type=int, default=8, help="power cuts")
-    p.add_argument("--clients", type=int, default=12, help="concurrent SMTP client threads")
     p.add_argument("--cut-min-s", type=float, default=0.3, help="earliest cut after volley starts")
     p.add_argument("--cut-max-s", type=float, default=2.0, help="latest cut after volley starts")
-    p.add_argument("--domains", type=int, default=3, help="d0.test.. all routed to the sink")
-    p.add_argument("--max-recipients", type=int, default=3)
-    p.add_argument("--size", type=int, default=1024, help="approximate message bytes")
-    p.add_argument("--cores", type=int, default=2, help="volley cores")
-    p.add_argument("--segment-bytes", type=int, default=1 << 20,
-                   help="small segments so rollover and reclaim happen between the cuts")
     p.add_argument("--image-mib", type=int, default=1024, help="size of the (sparse) ext4 image")
     p.add_argument("--mount-options", default="commit=600",
                    help="ext4 mount options; commit=600 leaves journal commits to explicit syncs")
@@ -272,12 +263,7 @@ def main():
                         "pages nobody synced)")
     p.add_argument("--no-fsync", action="store_true",
                    help="control run: volley with [spool] fsync = false; must report losses")
-    p.add_argument("--start-timeout-s", type=float, default=20.0)
-    p.add_argument("--drain-timeout-s", type=float, default=60.0)
-    p.add_argument("--settle-s", type=float, default=2.0,
-                   help="after everything arrived, wait this long for late duplicates")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--workdir", default=None, help="keep files here (default: temp, removed on PASS)")
+    base.add_load_arguments(p, root, settle_s=2.0)
     args = p.parse_args()
 
     problem = preflight(args)
@@ -324,24 +310,10 @@ def main():
             sysctls.raise_delays()
         disk.attach_and_mount(image)
 
-        sink_out = open(os.path.join(work, "sink.out"), "wb")
-        sink = subprocess.Popen(
-            [args.bench, "sink", "--listen", f"127.0.0.1:{ports['sink']}", "--log", sink_log,
-             "--cores", "1", "--stats-interval-s", "0"],
-            stdout=sink_out, stderr=subprocess.STDOUT,
-        )
+        sink, sink_out = base.start_sink(args, work, ports["sink"], sink_log)
         if not base.wait_for_port(ports["sink"], sink, 10):
             raise HarnessError("the sink did not start (see sink.out)")
-        threads = [
-            threading.Thread(
-                target=base.client_loop,
-                args=(i, args, ports["smtp"], run_id, ledger, stop, rng.randrange(1 << 32)),
-                daemon=True,
-            )
-            for i in range(args.clients)
-        ]
-        for t in threads:
-            t.start()
+        threads = base.start_clients(args, ports["smtp"], run_id, ledger, stop, rng)
 
         cuts = []  # per cut: page-cache view and disk view of the spooled Message-IDs
         started = time.monotonic()
