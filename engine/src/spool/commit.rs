@@ -1,4 +1,4 @@
-//! Group commit: writers copy records into the mapping and join the open batch; one committer task
+//! Group commit: writers write records into the page cache and join the open batch; one committer task
 //! per spool closes the batch, issues one io_uring `fdatasync` per dirty segment (and one on the
 //! directory after a segment was created), then wakes every writer of that batch. Records written
 //! while an fsync is in flight join the next batch, so accepts are not bounded by the fsync rate.

@@ -1,4 +1,4 @@
-//! The durable spool, one per core: append-only, pre-allocated, memory-mapped segment files under
+//! The durable spool, one per core: append-only, pre-allocated segment files (written with pwrite, read through maps) under
 //! `<dir>/core-<N>/`, group-committed with io_uring `fdatasync`, recovered at start, and reclaimed
 //! segment by segment once every message in them is finished. Format: `docs/spool-format.md`.
 //!
@@ -345,8 +345,11 @@ impl Spool {
         let (segment, offset, body_at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
-            let (at, dst) = writer.reserve(span).ok_or(SpoolError::Full)?;
-            let body_at = record::encode_message(dst, id, envelope, header, body, payload_len);
+            let (at, body_at) = writer
+                .append(span, |dst| {
+                    record::encode_message(dst, id, envelope, header, body, payload_len)
+                })
+                .ok_or(SpoolError::Full)??;
             (segment, at as u64, body_at)
         };
         let recipients = envelope.recipients.len() as u32;
@@ -399,16 +402,15 @@ impl Spool {
         let segment = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
-            let (_, dst) = writer.reserve(STATE_RECORD_SPAN).ok_or(SpoolError::Full)?;
-            record::encode_state(
-                dst,
-                &StateRecord {
-                    id,
-                    message_segment,
-                    recipient,
-                    state,
-                },
-            );
+            let record = StateRecord {
+                id,
+                message_segment,
+                recipient,
+                state,
+            };
+            writer
+                .append(STATE_RECORD_SPAN, |dst| record::encode_state(dst, &record))
+                .ok_or(SpoolError::Full)??;
             segment
         };
         {
@@ -531,7 +533,7 @@ impl Spool {
                 next_seq: inner.next_seq.get(),
             },
         )?;
-        // The old mapping goes; its dirty pages stay in the page cache for the committer's fsync.
+        // The old segment closes; its written pages stay in the page cache for the committer's fsync.
         *inner.writer.borrow_mut() = fresh;
         inner.index.borrow_mut().add_segment(
             number,

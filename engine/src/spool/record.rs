@@ -1,5 +1,5 @@
 //! The record codec: a 16-byte header with two CRC32C checksums, then a message or recipient-state
-//! payload. Encoding writes straight into the segment mapping; decoding never panics on any input.
+//! payload. Encoding fills a buffer the segment writes with one pwrite; decoding never panics on any input.
 //! The byte layout is documented in `docs/spool-format.md`.
 
 use super::{RecipientState, SpoolError};

@@ -735,3 +735,48 @@ fn missing_spool_directories_are_created_and_creating_again_is_harmless() {
     super::create_dir_durably(&core_dir).unwrap();
     assert!(core_dir.is_dir());
 }
+
+#[test]
+fn a_writable_segment_appends_with_pwrite_and_refuses_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0000000001.seg");
+    let mut segment = WritableSegment::create(
+        &path,
+        SegmentHeader {
+            core: 0,
+            segment: 1,
+            created_at_s: 0,
+            segment_bytes: MIN_SEGMENT_BYTES,
+            next_seq: 1,
+        },
+    )
+    .unwrap();
+    let room = segment.remaining();
+    let (first, seen) = segment
+        .append(8, |dst| {
+            assert_eq!(dst, [0; 8], "encode gets zeroed bytes");
+            dst.copy_from_slice(b"abcdefgh");
+            7
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!((first, seen), (SEGMENT_HEADER_BYTES, 7));
+    let (second, ()) = segment
+        .append(3, |dst| dst.copy_from_slice(b"xyz"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(second, SEGMENT_HEADER_BYTES + 8);
+    assert_eq!(segment.remaining(), room - 11);
+    assert!(
+        segment.append(room, |_| ()).is_none(),
+        "no room: nothing written"
+    );
+    assert_eq!(segment.remaining(), room - 11);
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(file.len() as u64, MIN_SEGMENT_BYTES, "pre-allocated");
+    assert_eq!(&file[first..first + 11], b"abcdefghxyz");
+    assert!(
+        SegmentHeader::decode(&file).is_some(),
+        "the header is on disk"
+    );
+}
