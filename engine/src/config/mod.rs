@@ -281,8 +281,8 @@ mod tests {
         std::fs::write(&path, main).unwrap();
         let c = Config::load(&path).unwrap();
         let p = c.policy_for("v", "gmail.com");
-        assert_eq!(p.max_connections, 5);
-        assert_eq!(p.max_messages_per_minute, Some(7));
+        assert_eq!(p.queue.max_connections, 5);
+        assert_eq!(p.queue.max_messages_per_minute, Some(7));
         assert!(c.backoff_verdict("gmail.com", "421 4.7.28 rate").is_some());
     }
 
@@ -325,6 +325,7 @@ mod tests {
         let c = Config::parse_in(&main, Some(&dir)).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             c.policy_for("v", "gmail.com")
+                .queue
                 .max_messages_per_minute
                 .is_some()
         );

@@ -4,42 +4,24 @@
 use std::time::Duration;
 
 use super::schema::{BackoffAction, Config, DomainPolicyConfig, OutboundTls};
-use crate::queue::BackoffSettings;
+use crate::queue::QueuePolicy;
 
+/// What applies to one (VMTA, domain): the queue's limits, and how its connections talk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainPolicy {
-    pub max_connections: u32,
-    pub max_messages_per_connection: u32,
-    pub max_messages_per_minute: Option<u32>,
-    pub max_messages_per_hour: Option<u32>,
-    pub retry_intervals: Vec<Duration>,
-    pub max_queue_age: Duration,
+    /// Enforced by the queue: connections, rates, retries, age, backoff.
+    pub queue: QueuePolicy,
     pub tls: OutboundTls,
     /// BDAT when the server offers CHUNKING (and PIPELINING); false = always DATA.
     pub chunking: bool,
-    pub backoff: BackoffSettings,
 }
 
 impl Default for DomainPolicy {
     fn default() -> Self {
-        let minutes = |m: u64| Duration::from_secs(m * 60);
         DomainPolicy {
-            max_connections: 20,
-            max_messages_per_connection: 100,
-            max_messages_per_minute: None,
-            max_messages_per_hour: None,
-            retry_intervals: vec![
-                minutes(5),
-                minutes(10),
-                minutes(30),
-                minutes(60),
-                minutes(120),
-                minutes(240),
-            ],
-            max_queue_age: Duration::from_secs(5 * 86_400),
+            queue: QueuePolicy::default(),
             tls: OutboundTls::Opportunistic,
             chunking: true,
-            backoff: BackoffSettings::default(),
         }
     }
 }
@@ -126,23 +108,24 @@ impl Config {
 
 impl DomainPolicy {
     fn apply(&mut self, d: &DomainPolicyConfig) {
+        let q = &mut self.queue;
         if let Some(v) = d.max_connections {
-            self.max_connections = v;
+            q.max_connections = v;
         }
         if let Some(v) = d.max_messages_per_connection {
-            self.max_messages_per_connection = v;
+            q.max_messages_per_connection = v;
         }
         if d.max_messages_per_minute.is_some() {
-            self.max_messages_per_minute = d.max_messages_per_minute;
+            q.max_messages_per_minute = d.max_messages_per_minute;
         }
         if d.max_messages_per_hour.is_some() {
-            self.max_messages_per_hour = d.max_messages_per_hour;
+            q.max_messages_per_hour = d.max_messages_per_hour;
         }
         if let Some(v) = &d.retry_intervals {
-            self.retry_intervals = v.iter().map(|d| d.0).collect();
+            q.retry_intervals = v.iter().map(|d| d.0).collect();
         }
         if let Some(v) = d.max_queue_age {
-            self.max_queue_age = v.0;
+            q.max_queue_age = v.0;
         }
         if let Some(v) = d.tls {
             self.tls = v;
@@ -150,7 +133,7 @@ impl DomainPolicy {
         if let Some(v) = d.chunking {
             self.chunking = v;
         }
-        let b = &mut self.backoff;
+        let b = &mut self.queue.backoff;
         if let Some(v) = d.backoff_max_connections {
             b.max_connections = v;
         }
@@ -242,12 +225,12 @@ domains = ["gmail.com", "googlemail.com"]
     fn most_specific_wins_field_by_field() {
         let c = Config::parse(TEXT).unwrap();
         let p = c.policy_for("a", "mail.example.com");
-        assert_eq!(p.max_connections, 7);
-        assert_eq!(p.max_messages_per_minute, Some(60));
+        assert_eq!(p.queue.max_connections, 7);
+        assert_eq!(p.queue.max_messages_per_minute, Some(60));
         assert_eq!(p.tls, OutboundTls::Required);
         let p = c.policy_for("b", "mail.example.com");
         assert_eq!(p.tls, OutboundTls::Opportunistic);
-        assert_eq!(c.policy_for("a", "example.com").max_connections, 5);
-        assert_eq!(c.policy_for("a", "other.test").max_connections, 5);
+        assert_eq!(c.policy_for("a", "example.com").queue.max_connections, 5);
+        assert_eq!(c.policy_for("a", "other.test").queue.max_connections, 5);
     }
 }

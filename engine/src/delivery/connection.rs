@@ -166,7 +166,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
             key: key.clone(),
             mx: format!("{} ({})", hop.host, hop.address.ip()),
             source_ip: source_text.clone(),
-            max_messages: policy.max_messages_per_connection,
+            max_messages: policy.queue.max_messages_per_connection,
             sent: 0,
             in_flight: None,
             failure: None,

@@ -248,16 +248,7 @@ impl CoreDelivery {
 
     /// The queue policy for a key, from the running configuration.
     fn policy(core: &CoreContext, key: &QueueKey) -> QueuePolicy {
-        let p = core.config().policy_for(&key.vmta, &key.domain);
-        QueuePolicy {
-            max_connections: p.max_connections,
-            max_messages_per_connection: p.max_messages_per_connection,
-            max_messages_per_minute: p.max_messages_per_minute,
-            max_messages_per_hour: p.max_messages_per_hour,
-            retry_intervals: p.retry_intervals,
-            max_queue_age: p.max_queue_age,
-            backoff: p.backoff,
-        }
+        core.config().policy_for(&key.vmta, &key.domain).queue
     }
 
     /// Queues the recipients of a handoff from any core.
