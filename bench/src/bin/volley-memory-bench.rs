@@ -18,13 +18,15 @@
 //! (heap: what the queues and indexes cost) and RssFile (pages of the spool's segment files mapped
 //! by the reader: page cache, which the kernel can drop and read back). Allocator slack is included.
 
+#[path = "../scratch_executor.rs"]
+mod scratch_executor;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
-use glommio::LocalExecutorBuilder;
 use volley::delivery::{MessageEntry, MessageTable, Queued, queue_handoff};
 use volley::envelope::{Envelope, PackedEnvelope, Recipient, domain_of};
 use volley::queue::{QueueKey, QueuePolicy, Queues};
@@ -58,30 +60,8 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let root = args
-        .dir
-        .join(format!("volley-memory-bench-{}", std::process::id()));
-    let result = LocalExecutorBuilder::default()
-        .name("memory-bench")
-        .spawn({
-            let args = args.clone();
-            let root = root.clone();
-            move || async move { run(args, root).await }
-        })
-        .expect("executor")
-        .join();
-    let _ = std::fs::remove_dir_all(&root);
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("volley-memory-bench: {e}");
-            std::process::exit(1);
-        }
-        Err(e) => {
-            eprintln!("volley-memory-bench: executor failed: {e}");
-            std::process::exit(1);
-        }
-    }
+    let dir = args.dir.clone();
+    scratch_executor::run_in_scratch_dir("volley-memory-bench", dir, move |root| run(args, root));
 }
 
 fn config(dir: PathBuf) -> SpoolConfig {

@@ -4,11 +4,13 @@
 //! recovery time of a spool of M messages, and the RAM kept per recovered message and recipient
 //! (resident-set delta from /proc/self/statm, so allocator slack is included).
 
+#[path = "../scratch_executor.rs"]
+mod scratch_executor;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use glommio::LocalExecutorBuilder;
 use volley::envelope::{Envelope, Recipient};
 use volley::spool::{Spool, SpoolConfig};
 
@@ -49,30 +51,8 @@ fn main() {
     if args.million {
         args.recovery_messages = 1_000_000;
     }
-    let root = args
-        .dir
-        .join(format!("volley-spool-bench-{}", std::process::id()));
-    let result = LocalExecutorBuilder::default()
-        .name("spool-bench")
-        .spawn({
-            let args = args.clone();
-            let root = root.clone();
-            move || async move { run(args, root).await }
-        })
-        .expect("executor")
-        .join();
-    let _ = std::fs::remove_dir_all(&root);
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("volley-spool-bench: {e}");
-            std::process::exit(1);
-        }
-        Err(e) => {
-            eprintln!("volley-spool-bench: executor failed: {e}");
-            std::process::exit(1);
-        }
-    }
+    let dir = args.dir.clone();
+    scratch_executor::run_in_scratch_dir("volley-spool-bench", dir, move |root| run(args, root));
 }
 
 fn config(args: &Args, dir: PathBuf, fsync: bool) -> SpoolConfig {
