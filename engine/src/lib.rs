@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bounce;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod envelope;
 pub mod limits;

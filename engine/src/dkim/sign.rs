@@ -1,0 +1,290 @@
+//! Choosing the signing domain for a message and writing its `DKIM-Signature:` header
+//! (RFC 6376 §5, relaxed/relaxed, SHA-256; RFC 8463 for Ed25519).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ring::digest;
+
+use super::canon::{relaxed_body, relaxed_header, split_message};
+use super::key::{KeyError, SigningKey};
+use crate::config::DkimConfig;
+
+/// The header fields signed when present (every instance; From always, present or not).
+pub const SIGNED_HEADERS: &[&str] = &[
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "Feedback-ID",
+];
+
+/// Folded lines stay under this many characters where the content allows.
+const LINE_WIDTH_CHARS: usize = 78;
+
+/// Why a message could not be signed (it is then sent unsigned).
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("the {algorithm} signing operation failed")]
+    Crypto { algorithm: &'static str },
+}
+
+/// One `[[dkim]]` entry with its key loaded.
+#[derive(Debug)]
+pub struct DkimSigner {
+    /// Lowercase, no trailing dot.
+    pub domain: String,
+    pub selector: String,
+    pub key: SigningKey,
+}
+
+/// Every usable `[[dkim]]` entry of one configuration.
+#[derive(Debug, Default)]
+pub struct DkimSigners {
+    signers: Vec<DkimSigner>,
+}
+
+fn normalize_domain(d: &str) -> String {
+    d.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The domain of the first address in a From: value (`Name <a@b>` or `a@b (comment)`), lowercase.
+pub fn from_domain(from_value: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(from_value);
+    let address = match (text.find('<'), text.rfind('>')) {
+        (Some(open), Some(close)) if open < close => text.get(open + 1..close)?.to_string(),
+        _ => text.split(',').next()?.split('(').next()?.to_string(),
+    };
+    let address = address.split(',').next()?;
+    let (_, domain) = address.trim().rsplit_once('@')?;
+    let domain = normalize_domain(domain.trim_end_matches('>'));
+    (!domain.is_empty() && !domain.contains(|c: char| c.is_whitespace())).then_some(domain)
+}
+
+/// The index of the entry that signs for `domain`: equal to it or a parent of it, the most
+/// specific (longest) winning.
+pub fn select_for_domain<'a>(
+    domains: impl IntoIterator<Item = &'a str>,
+    domain: &str,
+) -> Option<usize> {
+    let domain = normalize_domain(domain);
+    domains
+        .into_iter()
+        .enumerate()
+        .filter(|(_, d)| {
+            let d = normalize_domain(d);
+            !d.is_empty()
+                && (domain == d
+                    || domain
+                        .strip_suffix(d.as_str())
+                        .is_some_and(|rest| rest.ends_with('.')))
+        })
+        .max_by_key(|(_, d)| d.len())
+        .map(|(i, _)| i)
+}
+
+/// Which entry signs: the one for the From: domain, else the one for the envelope sender's.
+pub fn select_signer(
+    domains: &[&str],
+    from_domain: Option<&str>,
+    envelope_sender: &str,
+) -> Option<usize> {
+    from_domain
+        .and_then(|d| select_for_domain(domains.iter().copied(), d))
+        .or_else(|| {
+            let (_, d) = envelope_sender.rsplit_once('@')?;
+            select_for_domain(domains.iter().copied(), d)
+        })
+}
+
+/// Appends `tag` to the header being built, starting a new folded line when it would pass the
+/// line width.
+fn push_tag(header: &mut String, line_len: &mut usize, tag: &str) {
+    if *line_len + 1 + tag.len() > LINE_WIDTH_CHARS {
+        header.push_str("\r\n\t");
+        *line_len = 1;
+    } else {
+        header.push(' ');
+        *line_len += 1;
+    }
+    header.push_str(tag);
+    *line_len += tag.len();
+}
+
+impl DkimSigners {
+    /// Loads the key of every entry. Entries whose key cannot be loaded are left out and returned
+    /// with their index, for the caller to log (`volley check` reports them before a start).
+    pub fn load(entries: &[DkimConfig]) -> (DkimSigners, Vec<(usize, KeyError)>) {
+        let mut signers = Vec::new();
+        let mut errors = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            match SigningKey::load(std::path::Path::new(&entry.private_key)) {
+                Ok(key) => signers.push(DkimSigner {
+                    domain: normalize_domain(&entry.domain),
+                    selector: entry.selector.trim().to_string(),
+                    key,
+                }),
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        (DkimSigners { signers }, errors)
+    }
+
+    /// A set from already-loaded signers.
+    pub fn from_signers(signers: Vec<DkimSigner>) -> DkimSigners {
+        DkimSigners {
+            signers: signers
+                .into_iter()
+                .map(|s| DkimSigner {
+                    domain: normalize_domain(&s.domain),
+                    ..s
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.signers.is_empty()
+    }
+
+    /// The signer for a message, by its From: domain, else its envelope sender's domain.
+    pub fn signer_for(&self, message: &[u8], envelope_sender: &str) -> Option<&DkimSigner> {
+        if self.signers.is_empty() {
+            return None;
+        }
+        let (fields, _) = split_message(message);
+        let from = fields
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(b"From"))
+            .and_then(|f| {
+                let colon = memchr::memchr(b':', f.raw)?;
+                from_domain(f.raw.get(colon + 1..)?)
+            });
+        let domains: Vec<&str> = self.signers.iter().map(|s| s.domain.as_str()).collect();
+        let i = select_signer(&domains, from.as_deref(), envelope_sender)?;
+        self.signers.get(i)
+    }
+
+    /// The `DKIM-Signature:` header (CRLF-ended) for a message, or `None` when no entry signs
+    /// for it.
+    pub fn sign(
+        &self,
+        message: &[u8],
+        envelope_sender: &str,
+        now_s: u64,
+    ) -> Result<Option<Vec<u8>>, SignError> {
+        match self.signer_for(message, envelope_sender) {
+            Some(signer) => signer.sign(message, now_s).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl DkimSigner {
+    /// Signs `message` (header block, empty line, body) as it will be stored and sent.
+    pub fn sign(&self, message: &[u8], now_s: u64) -> Result<Vec<u8>, SignError> {
+        let (fields, body) = split_message(message);
+        let mut body_hash = digest::Context::new(&digest::SHA256);
+        relaxed_body(body, |part| body_hash.update(part));
+        let body_hash = BASE64.encode(body_hash.finish());
+
+        // §5.4.2: each instance is signed, bottom-most first, its name listed once per instance.
+        let mut signed = Vec::with_capacity(1024);
+        let mut names: Vec<String> = Vec::new();
+        for name in SIGNED_HEADERS {
+            let instances: Vec<_> = fields
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case(name.as_bytes()))
+                .collect();
+            for f in instances.iter().rev() {
+                relaxed_header(f.raw, &mut signed);
+                names.push(name.to_ascii_lowercase());
+            }
+            if instances.is_empty() && *name == "From" {
+                // A From: added later cannot pass: a missing field signs as an empty string.
+                names.push("from".to_string());
+            }
+        }
+
+        let mut header = String::with_capacity(512);
+        header.push_str("DKIM-Signature: v=1;");
+        let mut line_len = header.len();
+        for tag in [
+            format!("a={};", self.key.algorithm()),
+            "c=relaxed/relaxed;".to_string(),
+            format!("d={};", self.domain),
+            format!("s={};", self.selector),
+            format!("t={now_s};"),
+        ] {
+            push_tag(&mut header, &mut line_len, &tag);
+        }
+        let h_tag = format!("h={};", names.join(":"));
+        if line_len + 1 + h_tag.len() > LINE_WIDTH_CHARS {
+            // Folding between names (before a colon) keeps h= valid; FWS is allowed there.
+            header.push_str("\r\n\th=");
+            line_len = 3;
+            for (i, name) in names.iter().enumerate() {
+                let piece = if i == 0 {
+                    name.clone()
+                } else {
+                    format!(":{name}")
+                };
+                if line_len + piece.len() + 1 > LINE_WIDTH_CHARS {
+                    header.push_str("\r\n\t");
+                    line_len = 1;
+                }
+                header.push_str(&piece);
+                line_len += piece.len();
+            }
+            header.push(';');
+        } else {
+            push_tag(&mut header, &mut line_len, &h_tag);
+        }
+        header.push_str("\r\n\tbh=");
+        header.push_str(&body_hash);
+        header.push_str(";\r\n\tb=");
+
+        // §3.7: the signature header itself, b= empty, canonicalized, without its final CRLF.
+        let mut own = Vec::with_capacity(header.len());
+        relaxed_header(header.as_bytes(), &mut own);
+        own.truncate(own.len().saturating_sub(2));
+        signed.extend_from_slice(&own);
+
+        let signature = match &self.key {
+            SigningKey::Rsa(k) => {
+                let rng = ring::rand::SystemRandom::new();
+                let mut out = vec![0u8; k.public().modulus_len()];
+                k.sign(&ring::signature::RSA_PKCS1_SHA256, &rng, &signed, &mut out)
+                    .map_err(|_| SignError::Crypto {
+                        algorithm: "rsa-sha256",
+                    })?;
+                out
+            }
+            // RFC 8463 §3: Ed25519 signs the SHA-256 hash of the data.
+            SigningKey::Ed25519(k) => k
+                .sign(digest::digest(&digest::SHA256, &signed).as_ref())
+                .as_ref()
+                .to_vec(),
+        };
+        let b = BASE64.encode(signature);
+        let mut line_len = 3;
+        for chunk in b.as_bytes().chunks(LINE_WIDTH_CHARS - 2) {
+            if line_len + chunk.len() > LINE_WIDTH_CHARS {
+                header.push_str("\r\n\t");
+                line_len = 1;
+            }
+            // Base64 is ASCII, so any chunk is valid UTF-8.
+            header.push_str(&String::from_utf8_lossy(chunk));
+            line_len += chunk.len();
+        }
+        header.push_str("\r\n");
+        Ok(header.into_bytes())
+    }
+}
