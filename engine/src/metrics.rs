@@ -53,6 +53,10 @@ pub struct CoreCounters {
     pub sending_limit_refusals: AtomicU64,
     /// VMTAs taken out of their pools because they were refused everywhere.
     pub vmtas_refused_out: AtomicU64,
+    /// Messages given a DKIM-Signature at reception.
+    pub dkim_signed: AtomicU64,
+    /// Messages that had a `[[dkim]]` entry but could not be signed (sent unsigned).
+    pub dkim_sign_failures: AtomicU64,
     /// End of DATA to the 250, spool commit included.
     pub accept_latency: Latency,
     /// Reception to final outcome, per recipient.
@@ -99,7 +103,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [CounterField; 14] = [
+        let counters: [CounterField; 16] = [
             (
                 "volley_connections_accepted_total",
                 "Inbound SMTP connections accepted",
@@ -163,6 +167,16 @@ impl Metrics {
                 "volley_spool_commits_total",
                 "Group commits (fdatasync) of the spool",
                 |c| &c.spool_commits,
+            ),
+            (
+                "volley_dkim_signed_total",
+                "Messages DKIM-signed at reception",
+                |c| &c.dkim_signed,
+            ),
+            (
+                "volley_dkim_sign_failures_total",
+                "Messages with a [[dkim]] entry that could not be signed and were sent unsigned",
+                |c| &c.dkim_sign_failures,
             ),
         ];
         for (name, help, field) in counters {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::http::{Request, Response};
 use crate::config::Config;
 use crate::envelope::{BodyType, Envelope, Recipient};
-use crate::listener::reception::{Origin, prefix_headers, record_reception, unix_now_s};
+use crate::listener::reception::{Origin, dkim_sign, prefix_headers, record_reception, unix_now_s};
 use crate::router::{AdminCommand, CoreMessage};
 use crate::runtime::CoreContext;
 
@@ -152,6 +152,7 @@ async fn inject(core: &Rc<CoreContext>, request: &Request) -> Response {
         &body,
         now_s,
     );
+    let header = dkim_sign(core, header, &body, &envelope.sender, now_s);
     let recipients = envelope.recipients.len();
     let size = (header.len() + body.len()) as u64;
     if !core.spool.has_room(size) {

@@ -345,7 +345,8 @@ pub struct DnsSection {
     pub nameservers: Vec<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A `[[dkim]]` entry: mail from `domain` (or a subdomain) is signed with `selector`'s key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DkimConfig {
     pub domain: String,

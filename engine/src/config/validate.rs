@@ -411,12 +411,10 @@ fn check_files(config: &Config, c: &mut Checker) {
             }
         }
     }
+    // The key is parsed as the cores will load it, so a bad key stops `volley check` and a start.
     for (i, d) in config.dkim.iter().enumerate() {
-        if let Err(e) = std::fs::metadata(&d.private_key) {
-            c.error(
-                &[Key("dkim"), Index(i), Key("private_key")],
-                format!("cannot read {}: {e}", d.private_key),
-            );
+        if let Err(e) = crate::dkim::SigningKey::load(std::path::Path::new(&d.private_key)) {
+            c.error(&[Key("dkim"), Index(i), Key("private_key")], e.to_string());
         }
     }
 }
@@ -465,6 +463,26 @@ mod tests {
         let e = errors(text);
         assert_eq!(e.0[0].key, "listener[0].auth");
         assert_eq!(e.0[0].line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn dkim_key_that_does_not_parse_names_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a key").unwrap();
+        let good = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/dkim-test-rsa2048.pem"
+        );
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:25\"\n\n[[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\nprivate_key = \"{good}\"\n\n[[dkim]]\ndomain = \"b.test\"\nselector = \"s\"\nprivate_key = \"{}\"\n",
+            bad.display()
+        );
+        let e = errors(&text);
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "dkim[1].private_key");
+        assert_eq!(e.0[0].line, Some(12), "{e}");
+        assert!(e.0[0].message.contains("bad.pem"), "{e}");
     }
 
     #[test]

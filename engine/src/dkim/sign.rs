@@ -49,6 +49,8 @@ pub struct DkimSigner {
 #[derive(Debug, Default)]
 pub struct DkimSigners {
     signers: Vec<DkimSigner>,
+    /// The entries these were loaded from, so a reload that left them alone keeps the keys.
+    source: Vec<DkimConfig>,
 }
 
 fn normalize_domain(d: &str) -> String {
@@ -134,7 +136,26 @@ impl DkimSigners {
                 Err(e) => errors.push((i, e)),
             }
         }
-        (DkimSigners { signers }, errors)
+        let source = entries.to_vec();
+        (DkimSigners { signers, source }, errors)
+    }
+
+    /// Loads the keys, logging (and leaving out) each entry whose key cannot be used.
+    pub fn load_logged(entries: &[DkimConfig]) -> DkimSigners {
+        let (signers, errors) = DkimSigners::load(entries);
+        for (i, e) in errors {
+            let domain = entries
+                .get(i)
+                .map(|d| d.domain.as_str())
+                .unwrap_or_default();
+            log::error!("dkim[{i}] ({domain}): not signing: {e}");
+        }
+        signers
+    }
+
+    /// Whether these signers were loaded from exactly `entries`.
+    pub fn loaded_from(&self, entries: &[DkimConfig]) -> bool {
+        self.source == entries
     }
 
     /// A set from already-loaded signers.
@@ -147,6 +168,7 @@ impl DkimSigners {
                     ..s
                 })
                 .collect(),
+            source: Vec::new(),
         }
     }
 

@@ -126,6 +126,50 @@ pub fn prefix_headers(
     header.into_bytes()
 }
 
+/// Puts a `DKIM-Signature:` under the Received: line of `header` when a `[[dkim]]` entry signs
+/// for the message. The signature covers the message as stored (the headers Volley added after
+/// Received: included), not the Received: line. A failure is logged and the message goes unsigned.
+pub fn dkim_sign(
+    core: &CoreContext,
+    header: Vec<u8>,
+    body: &[u8],
+    envelope_sender: &str,
+    now_s: u64,
+) -> Vec<u8> {
+    let signers = core.dkim_signers();
+    if signers.is_empty() {
+        return header;
+    }
+    // prefix_headers puts Received: first; what follows it is part of the signed message.
+    let received_len = crate::dkim::split_message(&header)
+        .0
+        .first()
+        .map_or(0, |f| f.raw.len());
+    let (received, added) = header.split_at(received_len.min(header.len()));
+    let signed_input: std::borrow::Cow<[u8]> = if added.is_empty() {
+        std::borrow::Cow::Borrowed(body)
+    } else {
+        std::borrow::Cow::Owned([added, body].concat())
+    };
+    let counters = core.counters();
+    match signers.sign(&signed_input, envelope_sender, now_s) {
+        Ok(Some(signature)) => {
+            counters
+                .dkim_signed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            [received, &signature, added].concat()
+        }
+        Ok(None) => header,
+        Err(e) => {
+            counters
+                .dkim_sign_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::error!("dkim: message sent unsigned: {e}");
+            header
+        }
+    }
+}
+
 /// Counts a spooled message and writes its reception events (one per recipient), whichever way it
 /// came in (SMTP or the API).
 pub fn record_reception(
@@ -187,6 +231,7 @@ pub async fn accept_message(
     let config = core.config();
     let id = core.spool.next_id();
     let header = prefix_headers(origin, &config.server.hostname, id, &envelope, &body, now_s);
+    let header = dkim_sign(core, header, &body, &envelope.sender, now_s);
     let size = (header.len() + body.len()) as u64;
     if !core.spool.has_room(size) {
         core.refund_customer(&envelope.customer, charge);

@@ -102,6 +102,8 @@ pub struct CoreContext {
     pub accounting: CoreAccounting,
     router: OnceCell<Router>,
     credentials: RefCell<Credentials>,
+    /// The `[[dkim]]` keys of the running configuration, loaded once per change of them.
+    dkim: RefCell<Rc<crate::dkim::DkimSigners>>,
     pub throttle: RefCell<AuthThrottle>,
     stop: StopSignal,
     pool_turn: Cell<u64>,
@@ -125,6 +127,9 @@ impl CoreContext {
         self.generation.set(generation);
         let config = self.shared.control.config();
         *self.credentials.borrow_mut() = Credentials::from_config(&config);
+        if !self.dkim.borrow().loaded_from(&config.dkim) {
+            *self.dkim.borrow_mut() = Rc::new(crate::dkim::DkimSigners::load_logged(&config.dkim));
+        }
         *self.config.borrow_mut() = config;
         // The scheduler gives the existing queues their new limits when it wakes.
         self.delivery.wake();
@@ -133,6 +138,12 @@ impl CoreContext {
 
     pub fn counters(&self) -> &CoreCounters {
         self.shared.metrics.core(self.index)
+    }
+
+    /// The DKIM signers of the running configuration.
+    pub fn dkim_signers(&self) -> Rc<crate::dkim::DkimSigners> {
+        let _ = self.config();
+        self.dkim.borrow().clone()
     }
 
     pub fn credentials(&self) -> Credentials {
@@ -268,6 +279,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         accounting: CoreAccounting::new(shared.events.clone()),
         router: OnceCell::new(),
         credentials: RefCell::new(Credentials::from_config(&config)),
+        dkim: RefCell::new(Rc::new(crate::dkim::DkimSigners::load_logged(&config.dkim))),
         throttle: RefCell::new(AuthThrottle::default()),
         stop: StopSignal(Rc::new(Semaphore::new(0))),
         pool_turn: Cell::new(index as u64),
