@@ -36,7 +36,7 @@ fi
 
 # PyPI packages: skip pip entirely when every requirement already imports.
 if "$PYTHON" - <<'PY' >/dev/null 2>&1
-import dnslib, pytest, pytest_timeout  # noqa: F401
+import dnslib, pytest, pytest_timeout, dkim, nacl  # noqa: F401
 PY
 then
     echo "test-deps: Python packages already present"
