@@ -2,13 +2,15 @@
 entry for the From: domain (or its parent) signs, and mail from other domains is not signed."""
 
 import base64
+import smtplib
+import ssl
 import subprocess
 from pathlib import Path
 
 import dkim
 import pytest
 
-from conftest import VOLLEY_BIN, message
+from conftest import SMTP_TIMEOUT_S, VOLLEY_BIN, free_port, message
 
 
 def _openssl(*args: str) -> bytes:
@@ -133,3 +135,54 @@ def test_check_reports_unparsable_key(volley, tmp_path):
     output = result.stdout + result.stderr
     assert "dkim[0].private_key" in output and "bad.pem" in output, output
     assert "line " in output, output
+
+
+def test_signature_covers_headers_added_on_submission(
+    volley, catcher_factory, tmp_path, password_hash
+):
+    key, record = make_key(tmp_path, "rsa")
+    port = free_port()
+    volley.config["listener"].append(
+        {"address": f"127.0.0.1:{port}", "tls": "starttls", "auth": "required"}
+    )
+    volley.config["customer"] = [
+        {"name": "acme", "password_hash": password_hash("pw"), "pool": "default"}
+    ]
+    catcher = setup(
+        volley,
+        catcher_factory,
+        tmp_path,
+        [{"domain": "acme.example", "selector": "s", "private_key": str(key)}],
+    )
+    # No Message-ID and no Date: Volley adds both (RFC 6409 §8) and they must be signed.
+    content = "From: <a@acme.example>\r\nTo: <bob@dest.test>\r\nSubject: submitted\r\n\r\nHi.\r\n"
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", port, timeout=SMTP_TIMEOUT_S) as client:
+        client.starttls(context=context)
+        client.login("acme", "pw")
+        client.sendmail("a@acme.example", ["bob@dest.test"], content)
+
+    [caught] = catcher.wait(1)
+    assert caught.parsed["Message-ID"] and caught.parsed["Date"], caught.data[:600]
+    signed = "".join(caught.parsed["DKIM-Signature"].split()).lower()
+    assert "message-id" in signed and "date" in signed, signed
+    assert dkim.verify(caught.data, dnsfunc=dns_of({"s._domainkey.acme.example": record}))
+
+
+def test_customer_header_removed_before_signing(volley, catcher_factory, tmp_path):
+    key, record = make_key(tmp_path, "ed25519")
+    catcher = setup(
+        volley,
+        catcher_factory,
+        tmp_path,
+        [{"domain": "acme.example", "selector": "ed", "private_key": str(key)}],
+    )
+    content = message("customer", extra_headers="X-Volley-Customer: acme\r\n").replace(
+        "From: <sender@src.test>", "From: <a@acme.example>"
+    )
+    volley.send("a@acme.example", ["bob@dest.test"], content)
+    [caught] = catcher.wait(1)
+    assert b"X-Volley-Customer" not in caught.data
+    assert dkim.verify(caught.data, dnsfunc=dns_of({"ed._domainkey.acme.example": record}))
