@@ -113,6 +113,37 @@ To: bob@example.net\r\nSubject:  Hello \t world\r\nTo: carol@example.net\r\nX-Ot
         }
     }
 
+    fn assert_lines_fit(header: &[u8]) {
+        let text = String::from_utf8(header.to_vec()).unwrap();
+        for line in text.split("\r\n") {
+            assert!(line.len() <= 78, "{line:?} in {text}");
+        }
+        assert!(!text.contains("b=\r\n"), "{text}");
+    }
+
+    #[test]
+    fn long_h_tag_folds_and_verifies() {
+        let mut message = String::new();
+        for name in SIGNED_HEADERS {
+            message.push_str(&format!("{name}: value of {name}\r\n"));
+        }
+        message.push_str("\r\nbody\r\n");
+        let signer = ed25519_signer();
+        let header = signer.sign(message.as_bytes(), 0).unwrap();
+        assert_lines_fit(&header);
+        let expected: Vec<String> = SIGNED_HEADERS
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        assert_eq!(tag(&header, "h"), expected.join(":"));
+        assert!(verify(
+            &header,
+            message.as_bytes(),
+            signer.key.public_key(),
+            true
+        ));
+    }
+
     #[test]
     fn rsa_round_trip() {
         let signer = rsa_signer();
@@ -126,9 +157,7 @@ To: bob@example.net\r\nSubject:  Hello \t world\r\nTo: carol@example.net\r\nX-Ot
         assert_eq!(tag(&header, "c"), "relaxed/relaxed");
         // Both To: instances, no Received:, no X-Other.
         assert_eq!(tag(&header, "h"), "from:to:to:subject");
-        for line in header.split(|&b| b == b'\n') {
-            assert!(line.len() <= 80, "{}", String::from_utf8_lossy(line));
-        }
+        assert_lines_fit(&header);
         assert!(verify(&header, MESSAGE, signer.key.public_key(), false));
         // The signature covers the body and the headers.
         let tampered = [MESSAGE, b"more\r\n"].concat();

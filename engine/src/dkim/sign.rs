@@ -296,8 +296,9 @@ impl DkimSigner {
                 .to_vec(),
         };
         let b = BASE64.encode(signature);
+        // "\tb=" then 75 characters fills the first line; later lines hold a tab and 75.
         let mut line_len = 3;
-        for chunk in b.as_bytes().chunks(LINE_WIDTH_CHARS - 2) {
+        for chunk in b.as_bytes().chunks(LINE_WIDTH_CHARS - 3) {
             if line_len + chunk.len() > LINE_WIDTH_CHARS {
                 header.push_str("\r\n\t");
                 line_len = 1;
