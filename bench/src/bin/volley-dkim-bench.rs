@@ -20,7 +20,7 @@ Message-ID: <1234@acme.example>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain
         .to_vec();
     let line = format!(
         "{}\r\n",
-        "Lorem ipsum dolor sit amet,  consectetur adipiscing elit. ".repeat(2)
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(2)
     );
     while m.len() < bytes {
         m.extend_from_slice(&line.as_bytes()[..78.min(line.len())]);

@@ -88,6 +88,20 @@ pub fn relaxed_body(body: &[u8], mut sink: impl FnMut(&[u8])) {
         };
         pos = next;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // Fast path, the usual line: nothing to compress or strip, so no copy.
+        let already_canonical = !line.is_empty()
+            && !matches!(line.last(), Some(b' ' | b'\t'))
+            && memchr::memchr(b'\t', line).is_none()
+            && memchr::memmem::find(line, b"  ").is_none();
+        if already_canonical {
+            for _ in 0..empty_lines_held {
+                sink(b"\r\n");
+            }
+            empty_lines_held = 0;
+            sink(line);
+            sink(b"\r\n");
+            continue;
+        }
         line_out.clear();
         let mut pending_space = false;
         for &b in line {
@@ -151,6 +165,12 @@ mod tests {
         assert_eq!(body_of(b"\r\n\r\n"), b"");
         assert_eq!(body_of(b"abc"), b"abc\r\n");
         assert_eq!(body_of(b"a\r\n\r\nb\r\n\r\n"), b"a\r\n\r\nb\r\n");
+        // Lines with and without white space to compress, each way round.
+        assert_eq!(
+            body_of(b"a b\r\n \r\na  b \r\n\t\r\nc"),
+            b"a b\r\n\r\na b\r\n\r\nc\r\n"
+        );
+        assert_eq!(body_of(b" lead\r\n"), b" lead\r\n");
     }
 
     #[test]
