@@ -90,6 +90,9 @@ struct Remembered {
 pub struct MxRollupMemory {
     domains_max: usize,
     config: Weak<Config>,
+    /// Whether `config` has a rollup with `mx` patterns and rollup is on: derived once per
+    /// configuration, not per recipient.
+    by_mx: bool,
     domains: HashMap<Box<str>, Remembered>,
 }
 
@@ -107,6 +110,7 @@ impl MxRollupMemory {
         MxRollupMemory {
             domains_max: domains_max.max(1),
             config: Weak::new(),
+            by_mx: false,
             domains: HashMap::new(),
         }
     }
@@ -116,16 +120,18 @@ impl MxRollupMemory {
         if !std::ptr::eq(self.config.as_ptr(), Arc::as_ptr(config)) {
             self.domains.clear();
             self.config = Arc::downgrade(config);
+            self.by_mx =
+                config.shaping.mx_rollup && config.rollups.iter().any(|r| !r.mx.is_empty());
         }
     }
 
     /// The queue domain for `domain` (lower-case), when it is known without a lookup.
     pub fn queue_domain(&mut self, config: &Arc<Config>, domain: &str, now_s: u64) -> QueueDomain {
+        self.follow(config);
         let listed = rollup_of(config, domain);
-        let by_mx = config.shaping.mx_rollup
+        let by_mx = self.by_mx
             && listed == domain
             && !config.routes.contains_key(domain)
-            && config.rollups.iter().any(|r| !r.mx.is_empty())
             && !config
                 .rollups
                 .iter()
@@ -133,7 +139,6 @@ impl MxRollupMemory {
         if !by_mx {
             return QueueDomain::Known(listed.to_ascii_lowercase());
         }
-        self.follow(config);
         match self.domains.get(domain) {
             Some(r) if r.expires_s > now_s => {
                 QueueDomain::Known(r.group.as_deref().unwrap_or(domain).to_ascii_lowercase())
