@@ -20,6 +20,8 @@
 
 #[path = "../scratch_executor.rs"]
 mod scratch_executor;
+#[path = "../spool_fill.rs"]
+mod spool_fill;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -95,31 +97,11 @@ fn envelope(args: &Args, n: usize) -> Envelope {
 
 /// Stores `count` messages with 64 concurrent writers.
 async fn fill(spool: &Spool, args: &Args, count: usize) -> Result<(), String> {
-    let body = vec![b'x'; args.body_bytes];
-    let header = b"Received: from bench by volley; Thu, 1 Jan 2026 00:00:00 +0000\r\n".to_vec();
-    let writers = 64;
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let (spool, args, body, header) =
-                (spool.clone(), args.clone(), body.clone(), header.clone());
-            glommio::spawn_local(async move {
-                let mut n = w;
-                while n < count {
-                    let id = spool.next_id();
-                    spool
-                        .store(id, &envelope(&args, n), &header, &body)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    n += writers;
-                }
-                Ok::<(), String>(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await?;
-    }
-    Ok(())
+    let args = args.clone();
+    spool_fill::store_concurrently(spool, count, 64, args.body_bytes, move |n| {
+        envelope(&args, n)
+    })
+    .await
 }
 
 /// Resident memory from /proc/self/status, in bytes.

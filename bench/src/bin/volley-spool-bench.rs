@@ -6,6 +6,8 @@
 
 #[path = "../scratch_executor.rs"]
 mod scratch_executor;
+#[path = "../spool_fill.rs"]
+mod spool_fill;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -78,30 +80,12 @@ fn envelope(args: &Args, n: usize) -> Envelope {
 
 /// Stores `count` messages with `writers` concurrent tasks; returns the seconds taken.
 async fn fill(spool: &Spool, args: &Args, count: usize, writers: usize) -> Result<f64, String> {
-    let body = vec![b'x'; args.body_bytes];
-    let header = b"Received: from bench by volley; Thu, 1 Jan 2026 00:00:00 +0000\r\n".to_vec();
     let started = Instant::now();
-    let tasks: Vec<_> = (0..writers.max(1))
-        .map(|w| {
-            let (spool, args, body, header) =
-                (spool.clone(), args.clone(), body.clone(), header.clone());
-            glommio::spawn_local(async move {
-                let mut n = w;
-                while n < count {
-                    let id = spool.next_id();
-                    spool
-                        .store(id, &envelope(&args, n), &header, &body)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    n += writers.max(1);
-                }
-                Ok::<(), String>(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await?;
-    }
+    let envelope_args = args.clone();
+    spool_fill::store_concurrently(spool, count, writers, args.body_bytes, move |n| {
+        envelope(&envelope_args, n)
+    })
+    .await?;
     Ok(started.elapsed().as_secs_f64())
 }
 
