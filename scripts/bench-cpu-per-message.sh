@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One Volley-only relay run (volley-bench relay --no-ceiling, 1 KiB, 1 recipient) that prints the
+# end-to-end rate and the CPU time the volley process used per message (utime + stime from
+# /proc/PID/stat, sampled until the run ends). For A/B runs of two builds or two configurations,
+# run it alternately:
+#   bash scripts/bench-cpu-per-message.sh /tmp/volley-old 40000
+#   bash scripts/bench-cpu-per-message.sh target/release/volley 40000
+#   bash scripts/bench-cpu-per-message.sh target/release/volley 30000 --volley-config-extra FILE
+# Extra arguments go to `volley-bench relay`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+volley="$(realpath "${1:?the volley binary}")"
+messages="${2:-40000}"
+shift $(($# < 2 ? $# : 2))
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+out="$work/relay"
+target/release/volley-bench relay --no-ceiling --messages "$messages" --volley "$volley" \
+  --out "$out" "$@" >/dev/null 2>&1 &
+relay=$!
+pid=""
+for _ in $(seq 200); do
+  pid=$(pgrep -f "^$volley serve --config $out" | head -1 || true)
+  [ -n "$pid" ] && break
+  sleep 0.05
+done
+[ -n "$pid" ] || { echo "volley did not start" >&2; exit 2; }
+ticks=0
+while kill -0 "$relay" 2>/dev/null; do
+  t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || true)
+  [ -n "$t" ] && ticks=$t
+  sleep 0.1
+done
+wait "$relay"
+python3 - "$out/relay.json" "$ticks" "$(getconf CLK_TCK)" "$messages" "$volley" <<'PY'
+import json, sys
+path, ticks, hz, n, volley = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+r = json.load(open(path))["results"][-1]
+print(f"{volley}: {r['msg_per_s']:.0f} msg/s end to end, volley CPU {ticks / hz * 1e6 / n:.0f} us per message")
+PY
