@@ -9,6 +9,7 @@ pub mod accounting;
 pub mod api;
 pub mod auth;
 pub mod bounce;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod dkim;

@@ -25,9 +25,7 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let time = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let time = crate::clock::now_rfc3339();
         let core = crate::runtime::current_core();
         let line = match self.format {
             LogFormat::Text => format!(

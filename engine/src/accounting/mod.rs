@@ -44,13 +44,6 @@ pub struct AccountingEvent {
     pub queue_ms: u64,
 }
 
-/// Now, as RFC 3339 UTC.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 /// Events kept for the API, at most.
 const RING_EVENTS_MAX: usize = 100_000;
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::http::{Request, Response};
 use crate::config::Config;
 use crate::envelope::{BodyType, Envelope, Recipient};
-use crate::listener::reception::{Origin, dkim_sign, prefix_headers, record_reception, unix_now_s};
+use crate::listener::reception::{Origin, dkim_sign, prefix_headers, record_reception};
 use crate::router::{AdminCommand, CoreMessage};
 use crate::runtime::CoreContext;
 
@@ -121,7 +121,7 @@ async fn inject(core: &Rc<CoreContext>, request: &Request) -> Response {
     if body.len() > max_bytes {
         return Response::error(413, format!("message over {max_bytes} bytes"));
     }
-    let now_s = unix_now_s();
+    let now_s = crate::clock::unix_s();
     let envelope = Envelope {
         smtputf8: !req.sender.is_ascii() || req.recipients.iter().any(|r| !r.is_ascii()),
         sender: req.sender,
@@ -260,7 +260,7 @@ fn vmta_status(core: &CoreContext) -> Response {
     let list: Vec<Value> = core
         .shared
         .vmtas
-        .list(unix_now_s())
+        .list(crate::clock::unix_s())
         .into_iter()
         .map(|(name, d)| {
             json!({ "vmta": name, "reason": d.reason, "since_s": d.since_s, "until_s": d.until_s })
@@ -294,7 +294,7 @@ fn vmta_command(core: &CoreContext, name: &str, action: &str, body: &[u8]) -> Re
         "disable" => {
             let reason = command.reason.unwrap_or_else(|| "by the operator".into());
             log::info!("API: VMTA {name} disabled: {reason}");
-            board.disable(name, &reason, unix_now_s(), None);
+            board.disable(name, &reason, crate::clock::unix_s(), None);
             Response::json(200, json!({ "vmta": name, "enabled": false }))
         }
         "enable" => {
@@ -312,7 +312,7 @@ fn customer_usage(core: &CoreContext, name: &str) -> Response {
     let Some(customer) = config.customer(name) else {
         return Response::error(404, format!("no customer {name:?}"));
     };
-    let (hour, day, spent) = core.limits.usage(name, unix_now_s());
+    let (hour, day, spent) = core.limits.usage(name, crate::clock::unix_s());
     Response::json(
         200,
         json!({

@@ -6,9 +6,6 @@
 
 use std::fmt::Write as _;
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc2822;
-
 use super::category::BounceCategory;
 use crate::envelope::{BodyType, DsnNotify, DsnRet, Envelope, MessageId, Recipient};
 
@@ -154,7 +151,7 @@ pub fn build_dsn_with_rng(input: &DsnInput<'_>, rng: &mut fastrand::Rng) -> Vec<
         &format!("<{}>", header_safe(&input.envelope.sender)),
     );
     field(&mut head, "Subject", subject(input.recipients));
-    field(&mut head, "Date", &rfc5322_date(input.now_s));
+    field(&mut head, "Date", &crate::clock::rfc5322_date(input.now_s));
     let unique = random_token(rng, 16);
     field(
         &mut head,
@@ -324,7 +321,7 @@ fn delivery_status(input: &DsnInput<'_>, host: &str) -> String {
     field(
         &mut out,
         "Arrival-Date",
-        &rfc5322_date(input.envelope.received_at_s),
+        &crate::clock::rfc5322_date(input.envelope.received_at_s),
     );
     for report in input.recipients {
         out.push_str("\r\n");
@@ -351,10 +348,18 @@ fn delivery_status(input: &DsnInput<'_>, host: &str) -> String {
             );
         }
         if let Some(at_s) = report.last_attempt_s {
-            field(&mut out, "Last-Attempt-Date", &rfc5322_date(at_s));
+            field(
+                &mut out,
+                "Last-Attempt-Date",
+                &crate::clock::rfc5322_date(at_s),
+            );
         }
         if let Some(until_s) = report.will_retry_until_s {
-            field(&mut out, "Will-Retry-Until", &rfc5322_date(until_s));
+            field(
+                &mut out,
+                "Will-Retry-Until",
+                &crate::clock::rfc5322_date(until_s),
+            );
         }
         if let Some(category) = report.category {
             field(&mut out, "X-Volley-Bounce-Category", category.as_str());
@@ -462,16 +467,6 @@ fn fold_body_lines(text: &str) -> String {
         out.push_str(ending);
     }
     out
-}
-
-/// RFC 5322 date-time in UTC, e.g. `Tue, 01 Jul 2003 10:52:37 +0000`.
-fn rfc5322_date(unix_s: u64) -> String {
-    let at = i64::try_from(unix_s)
-        .ok()
-        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    at.format(&Rfc2822)
-        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".to_string())
 }
 
 fn random_token(rng: &mut fastrand::Rng, chars: usize) -> String {

@@ -33,13 +33,6 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// How long an idle connection waits for more recipients of its queue before QUIT.
 const IDLE_LINGER_MS: u64 = 1_000;
 
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// A host to try: its name (for the log and TLS SNI) and one address.
 struct Hop {
     host: String,
@@ -123,7 +116,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
             Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
                 // The VMTA's address is not on this host: no hop can work from it. Take the VMTA
                 // out of its pools for a while and move its mail to another VMTA.
-                let now_s = crate::listener::reception::unix_now_s();
+                let now_s = crate::clock::unix_s();
                 let reason = format!("source address {source} cannot be bound: {e}");
                 log::warn!(
                     "VMTA {} disabled for {BIND_FAILURE_RETRY_S} s: {reason}",
@@ -344,7 +337,7 @@ impl Connection {
                 .delivery
                 .queues
                 .borrow_mut()
-                .may_send(&self.key, unix_now_ms());
+                .may_send(&self.key, crate::clock::unix_ms());
             match may_send {
                 Ok(()) => break,
                 Err(wait_ms) if wait_ms <= RATE_WAIT_IN_CONNECTION_MS_MAX => {
@@ -353,7 +346,7 @@ impl Connection {
                 Err(wait_ms) => {
                     // A long wait: close, and hold the queue until then (a timed suspension that the
                     // scheduler ends by itself), so no connection is opened only to wait again.
-                    let until_s = crate::listener::reception::unix_now_s() + wait_ms.div_ceil(1000);
+                    let until_s = crate::clock::unix_s() + wait_ms.div_ceil(1000);
                     core.delivery
                         .queues
                         .borrow_mut()

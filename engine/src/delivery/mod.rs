@@ -254,7 +254,7 @@ impl CoreDelivery {
     /// Queues the recipients of a handoff from any core.
     fn accept_handoff(&self, core: &CoreContext, handoff: Handoff) {
         let key = QueueKey::new(&handoff.vmta, &handoff.domain);
-        let now_s = crate::listener::reception::unix_now_s();
+        let now_s = crate::clock::unix_s();
         let count = {
             let mut queues = self.queues.borrow_mut();
             if queues.policy(&key).is_none() {

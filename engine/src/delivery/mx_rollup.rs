@@ -256,7 +256,7 @@ async fn look_up_and_route(core: Rc<CoreContext>, domain: String) {
     let resolver = core.delivery.resolver(&core);
     let answer = resolver.mx(&domain).await;
     let config = core.config();
-    let now_s = crate::listener::reception::unix_now_s();
+    let now_s = crate::clock::unix_s();
     let (group, remember_s) = match &answer {
         Ok(mx) => (group_of_answer(&config, mx), MX_ROLLUP_REMEMBER_S),
         Err(e) => {

@@ -6,12 +6,11 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use super::{Queued, inject_message};
-use crate::accounting::{AccountingEvent, EventType, now_rfc3339};
+use crate::accounting::{AccountingEvent, EventType};
 use crate::bounce::{
     DsnAction, DsnInput, RecipientReport, build_dsn, classify, dsn_envelope, should_bounce,
 };
 use crate::envelope::{MessageId, domain_of};
-use crate::listener::reception::unix_now_s;
 use crate::queue::{DeferOutcome, QueueKey};
 use crate::router::CoreMessage;
 use crate::runtime::CoreContext;
@@ -37,11 +36,11 @@ fn event(
     reply: &Reply,
     attempt: Option<Attempt>,
 ) -> AccountingEvent {
-    let now_s = unix_now_s();
+    let now_s = crate::clock::unix_s();
     let envelope = &message.envelope;
     AccountingEvent {
         kind: Some(kind),
-        time: now_rfc3339(),
+        time: crate::clock::now_rfc3339(),
         id: item.message.to_string(),
         customer: envelope.customer().to_string(),
         vmta: key.vmta.to_string(),
@@ -116,7 +115,7 @@ async fn delivered(
     let counters = core.counters();
     counters.delivered.fetch_add(1, Ordering::Relaxed);
     counters.delivery_latency.record_us(
-        unix_now_s()
+        crate::clock::unix_s()
             .saturating_sub(message.envelope.received_at_s())
             .saturating_mul(1_000_000),
     );
@@ -153,7 +152,7 @@ pub async fn defer(
         item,
         message.envelope.received_at_s(),
         &reply.to_string(),
-        unix_now_s(),
+        crate::clock::unix_s(),
     );
     match outcome {
         DeferOutcome::Retry { at_s } => {
@@ -298,7 +297,7 @@ async fn bounce_message(
         .iter()
         .map(|(_, reply, _)| format!("smtp; {reply}"))
         .collect();
-    let now_s = unix_now_s();
+    let now_s = crate::clock::unix_s();
     let reports: Vec<RecipientReport> = reports_for
         .iter()
         .zip(&diagnostics)
@@ -357,7 +356,7 @@ pub async fn unreadable(
             item.recipient
         );
         // Its reception time is in the unreadable record: the age limit waits for a readable one.
-        let now_s = unix_now_s();
+        let now_s = crate::clock::unix_s();
         let outcome = core
             .delivery
             .queues
@@ -399,7 +398,7 @@ async fn drop_unreadable(
         );
         core.accounting.record(&AccountingEvent {
             kind: Some(EventType::Bounce),
-            time: now_rfc3339(),
+            time: crate::clock::now_rfc3339(),
             id: item.message.to_string(),
             vmta: key.vmta.to_string(),
             domain: key.domain.to_string(),

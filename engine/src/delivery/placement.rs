@@ -54,7 +54,7 @@ fn pick_vmta(core: &CoreContext, customer: &str) -> Arc<str> {
     let Some(pool) = config.pool_for(customer) else {
         return Arc::from(IMPLICIT_VMTA);
     };
-    let now_s = crate::listener::reception::unix_now_s();
+    let now_s = crate::clock::unix_s();
     let board = &core.shared.vmtas;
     let enabled: Vec<&String> = pool
         .vmtas
@@ -118,7 +118,7 @@ pub(super) async fn hand_off_to(
     let config = core.config();
     let mut groups: BTreeMap<(String, u64), Vec<(u32, u32)>> = BTreeMap::new();
     let mut awaiting_mx: BTreeMap<String, Vec<(u32, u32, u64)>> = BTreeMap::new();
-    let now_s = crate::listener::reception::unix_now_s();
+    let now_s = crate::clock::unix_s();
     for (index, attempts, not_before_s) in recipients {
         let Some(address) = envelope.address(index as usize) else {
             continue;

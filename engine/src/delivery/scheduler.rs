@@ -10,7 +10,6 @@ use std::time::Duration;
 use glommio::channels::local_channel::LocalReceiver;
 
 use super::connection;
-use crate::listener::reception::unix_now_s;
 use crate::runtime::CoreContext;
 
 /// Recipients that justify one more parallel connection to a queue.
@@ -29,7 +28,7 @@ pub async fn run(core: Rc<CoreContext>, wake: LocalReceiver<()>) {
             config = running;
             apply_reloaded_policies(&core);
         }
-        let now_s = unix_now_s();
+        let now_s = crate::clock::unix_s();
         let mut keys = delivery.queues.borrow_mut().due(now_s);
         keys.extend(delivery.queues_to_look_at());
         keys.sort_unstable();

@@ -6,7 +6,6 @@
 use std::sync::atomic::Ordering;
 
 use crate::config::ReplyVerdict;
-use crate::listener::reception::unix_now_s;
 use crate::queue::{LeaveReason, QueueKey, Transition};
 use crate::runtime::CoreContext;
 use crate::smtp::client::Reply;
@@ -25,13 +24,13 @@ pub fn observe_failure(core: &CoreContext, key: &QueueKey, reply: &Reply) {
                 .delivery
                 .queues
                 .borrow_mut()
-                .backoff_match(key, unix_now_s());
+                .backoff_match(key, crate::clock::unix_s());
             if let Some(t) = t {
                 note(core, key, t, &text);
             }
         }
         Some(ReplyVerdict::Suspend(duration)) => {
-            let until_s = unix_now_s().saturating_add(duration.as_secs());
+            let until_s = crate::clock::unix_s().saturating_add(duration.as_secs());
             let mut queues = core.delivery.queues.borrow_mut();
             let already = queues
                 .queue_snapshot(key)
@@ -65,7 +64,11 @@ pub fn observe_delivered(core: &CoreContext, key: &QueueKey, count: u64) {
 
 /// Ends backoffs whose quiet period is over; refreshes the gauge (once a second).
 pub fn tick(core: &CoreContext) {
-    let changed = core.delivery.queues.borrow_mut().backoff_tick(unix_now_s());
+    let changed = core
+        .delivery
+        .queues
+        .borrow_mut()
+        .backoff_tick(crate::clock::unix_s());
     for (key, t) in changed {
         note(core, &key, t, "");
     }

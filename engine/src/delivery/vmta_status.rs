@@ -242,7 +242,7 @@ fn observe_refusal(core: &CoreContext, key: &QueueKey, what: &str) -> bool {
     if config.vmta(&key.vmta).is_none() {
         return false;
     }
-    let now_s = crate::listener::reception::unix_now_s();
+    let now_s = crate::clock::unix_s();
     let limits = RefusalLimits::from_config(&config.shaping);
     let board = &core.shared.vmtas;
     if let Some(out) = board.record_refusal(&key.vmta, &key.domain, what, now_s, limits) {
@@ -265,7 +265,7 @@ fn observe_refusal(core: &CoreContext, key: &QueueKey, what: &str) -> bool {
 /// blocked using ...") is a refusal, as at the greeting.
 pub fn observe_transaction(core: &CoreContext, key: &QueueKey, results: &[RecipientResult]) {
     if results.iter().any(|r| r.reply.is_positive()) {
-        let now_s = crate::listener::reception::unix_now_s();
+        let now_s = crate::clock::unix_s();
         core.delivery
             .vmtas
             .got_through(&core.shared.vmtas, &key.vmta, now_s);

@@ -2,9 +2,8 @@
 //! missing headers are added, the spool makes it durable, and its recipients go to their queues.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::accounting::{AccountingEvent, EventType, now_rfc3339};
+use crate::accounting::{AccountingEvent, EventType};
 use crate::envelope::{Envelope, MessageId};
 use crate::runtime::CoreContext;
 use crate::smtp::reply::{EnhancedCode, Reply};
@@ -20,13 +19,6 @@ pub struct Origin<'a> {
     pub protocol: &'a str,
     /// The AUTH identity, when the client authenticated.
     pub authenticated: Option<&'a str>,
-}
-
-pub fn unix_now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The end of the header block (the index of the empty line's first byte), or the body's length.
@@ -82,16 +74,6 @@ pub fn take_customer_header(body: Vec<u8>) -> (Option<String>, Vec<u8>) {
     }
 }
 
-fn rfc5322_date(now_s: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(now_s as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc2822)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 /// The trace and submission headers put in front of the body.
 pub fn prefix_headers(
     origin: &Origin,
@@ -101,7 +83,7 @@ pub fn prefix_headers(
     body: &[u8],
     now_s: u64,
 ) -> Vec<u8> {
-    let date = rfc5322_date(now_s);
+    let date = crate::clock::rfc5322_date(now_s);
     let for_clause = match envelope.recipients.as_slice() {
         [only] => format!("\r\n\tfor <{}>", only.address),
         _ => String::new(),
@@ -197,7 +179,7 @@ pub fn record_reception(
     for r in &envelope.recipients {
         core.accounting.record(&AccountingEvent {
             kind: Some(EventType::Reception),
-            time: now_rfc3339(),
+            time: crate::clock::now_rfc3339(),
             id: id_text.clone(),
             customer: envelope.customer.clone(),
             sender: envelope.sender.clone(),
@@ -226,7 +208,7 @@ pub async fn accept_message(
         _ => String::new(),
     };
     let charge = core.charge_customer(&envelope.customer)?;
-    let now_s = unix_now_s();
+    let now_s = crate::clock::unix_s();
     envelope.received_at_s = now_s;
     let config = core.config();
     let id = core.spool.next_id();

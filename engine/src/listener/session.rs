@@ -12,7 +12,7 @@ use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
 
 use super::ListenerContext;
-use super::reception::{Origin, accept_message, unix_now_s};
+use super::reception::{Origin, accept_message};
 use crate::auth::ThrottleVerdict;
 use crate::runtime::ConnectionRefusal;
 use crate::smtp::reply::{EnhancedCode, Reply};
@@ -176,7 +176,7 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
     match event {
         Event::Auth { username, password } => {
             let ip = session.peer().ip;
-            let verdict = core.throttle.borrow_mut().check(ip, unix_now_s());
+            let verdict = core.throttle.borrow_mut().check(ip, crate::clock::unix_s());
             let result = match verdict {
                 ThrottleVerdict::Refuse => {
                     log::warn!("AUTH refused for {ip}: too many failures");
@@ -201,7 +201,9 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
                         log::info!("AUTH {username} from {ip}: ok");
                         Ok(username)
                     } else {
-                        core.throttle.borrow_mut().record_failure(ip, unix_now_s());
+                        core.throttle
+                            .borrow_mut()
+                            .record_failure(ip, crate::clock::unix_s());
                         log::warn!("AUTH {username} from {ip}: failed");
                         Err(Reply::new(
                             535,

@@ -184,10 +184,9 @@ impl CoreContext {
             return Ok(());
         };
         let config = self.config();
-        let result = self.limits.check(
-            config.customer(name),
-            crate::listener::reception::unix_now_s(),
-        );
+        let result = self
+            .limits
+            .check(config.customer(name), crate::clock::unix_s());
         if result.is_err() {
             self.count_limit_refusal();
         }
@@ -206,10 +205,9 @@ impl CoreContext {
             return Ok(crate::limits::Charge::Free);
         }
         let config = self.config();
-        let result = self.limits.charge(
-            config.customer(customer),
-            crate::listener::reception::unix_now_s(),
-        );
+        let result = self
+            .limits
+            .charge(config.customer(customer), crate::clock::unix_s());
         if result.is_err() {
             self.count_limit_refusal();
         }

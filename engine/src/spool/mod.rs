@@ -23,7 +23,6 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::envelope::{Envelope, MessageId};
 use commit::CommitQueue;
@@ -261,7 +260,7 @@ impl Spool {
             SegmentHeader {
                 core: config.core,
                 segment: next_number,
-                created_at_s: now_s(),
+                created_at_s: crate::clock::unix_s(),
                 segment_bytes: config.segment_bytes,
                 next_seq: outcome.next_seq,
             },
@@ -528,7 +527,7 @@ impl Spool {
             SegmentHeader {
                 core: inner.config.core,
                 segment: number,
-                created_at_s: now_s(),
+                created_at_s: crate::clock::unix_s(),
                 segment_bytes: inner.config.segment_bytes,
                 next_seq: inner.next_seq.get(),
             },
@@ -585,12 +584,6 @@ fn damaged_path(path: &std::path::Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".damaged");
     PathBuf::from(name)
-}
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Creates `dir` and its missing parents, and syncs the parent of each one created: a directory
