@@ -113,7 +113,7 @@ fn main() -> ExitCode {
 
 fn serve(path: Option<PathBuf>) -> ExitCode {
     let config = match &path {
-        Some(p) => match Config::load(p) {
+        Some(p) => match volley::dkim::load_config(p) {
             Ok(c) => c,
             Err(errors) => {
                 for e in errors.0 {
@@ -134,7 +134,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
+    match volley::dkim::load_config(path) {
         Ok(_) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS

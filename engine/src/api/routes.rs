@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use super::http::{Request, Response};
 use crate::config::Config;
 use crate::envelope::{BodyType, Envelope, Recipient};
-use crate::listener::reception::{Origin, dkim_sign, prefix_headers, record_reception};
 use crate::router::{AdminCommand, CoreMessage};
 use crate::runtime::CoreContext;
 
@@ -121,7 +120,6 @@ async fn inject(core: &Rc<CoreContext>, request: &Request) -> Response {
     if body.len() > max_bytes {
         return Response::error(413, format!("message over {max_bytes} bytes"));
     }
-    let now_s = crate::clock::unix_s();
     let envelope = Envelope {
         smtputf8: !req.sender.is_ascii() || req.recipients.iter().any(|r| !r.is_ascii()),
         sender: req.sender,
@@ -131,57 +129,19 @@ async fn inject(core: &Rc<CoreContext>, request: &Request) -> Response {
         } else {
             BodyType::EightBitMime
         },
-        customer: req.customer.unwrap_or_default(),
-        received_at_s: now_s,
         ..Envelope::default()
     };
-    let origin = Origin {
-        helo: "api",
-        ip: request.peer.ip(),
-        protocol: "HTTP",
-        authenticated: None,
+    let origin = crate::intake::Origin::Api {
+        peer: request.peer.ip(),
+        customer: req.customer,
     };
-    // One id for the Received line (which names the API) and the spool.
-    let started = std::time::Instant::now();
-    let id = core.spool.next_id();
-    let header = prefix_headers(
-        &origin,
-        &config.server.hostname,
-        id,
-        &envelope,
-        &body,
-        now_s,
-    );
-    let header = dkim_sign(core, header, &body, &envelope.sender, now_s);
-    let recipients = envelope.recipients.len();
-    let size = (header.len() + body.len()) as u64;
-    if !core.spool.has_room(size) {
-        return Response::error(503, "spool full, try again later");
+    match crate::intake::accept(core, origin, envelope, body).await {
+        Ok(accepted) => Response::json(
+            202,
+            json!({ "id": accepted.id.to_string(), "recipients": accepted.recipients }),
+        ),
+        Err(refusal) => Response::error(refusal.http_status(), refusal.to_string()),
     }
-    let customer = envelope.customer.clone();
-    let charge = match core.charge_customer(&customer) {
-        Ok(c) => c,
-        Err(reply) => return Response::error(429, reply.to_string()),
-    };
-    let location = match core.spool.store(id, &envelope, &header, &body).await {
-        Ok(location) => location,
-        Err(e) => {
-            core.refund_customer(&customer, charge);
-            return match e {
-                crate::spool::SpoolError::Full => {
-                    Response::error(503, "spool full, try again later")
-                }
-                e => Response::error(503, format!("not spooled: {e}")),
-            };
-        }
-    };
-    // Accounted and counted like SMTP reception, before any delivery event of it.
-    record_reception(core, id, &envelope, size, started);
-    crate::delivery::route_new_message(core, id, location, Arc::new(envelope), now_s).await;
-    Response::json(
-        202,
-        json!({ "id": id.to_string(), "recipients": recipients }),
-    )
 }
 
 fn queues(core: &CoreContext) -> Response {

@@ -222,24 +222,13 @@ fn returned_part<'a>(input: &DsnInput<'_>, original: &'a [u8]) -> ReturnedPart<'
             body: original,
         }
     } else {
-        let headers = header_section(original);
+        let headers = crate::rfc5322::header_section(original);
         ReturnedPart {
             content_type: "text/rfc822-headers",
             transfer_encoding: eight_bit(headers),
             description: "Undelivered message headers",
             body: headers,
         }
-    }
-}
-
-/// The header section including the CRLF that ends its last field, without the blank line.
-fn header_section(message: &[u8]) -> &[u8] {
-    if message.starts_with(b"\r\n") {
-        return &[];
-    }
-    match memchr::memmem::find(message, b"\r\n\r\n") {
-        Some(at) => message.get(..at + 2).unwrap_or(message),
-        None => message,
     }
 }
 

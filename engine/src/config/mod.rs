@@ -134,6 +134,24 @@ impl Config {
         }
     }
 
+    /// Reads, parses and validates a file, then runs `check` (checks of modules the configuration
+    /// must not depend on, e.g. that DKIM keys parse); its errors get their line in the file.
+    pub fn load_checked(
+        path: &Path,
+        check: impl Fn(&Config) -> Vec<ConfigError>,
+    ) -> Result<Config, ConfigErrors> {
+        let config = Config::load(path)?;
+        let mut errors = check(&config);
+        if errors.is_empty() {
+            return Ok(config);
+        }
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for e in &mut errors {
+            e.line = e.line.or_else(|| validate::line_of_key(&text, &e.key));
+        }
+        Err(ConfigErrors(errors))
+    }
+
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {

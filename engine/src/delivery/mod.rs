@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 pub use connect::{connect_from, connect_from_timeout};
-pub use placement::{QueueBoard, inject_message, route_new_message, route_recovered};
+pub use placement::{QueueBoard, route_new_message, route_recovered};
 pub use tls::ClientTls;
 pub use vmta_status::{BIND_FAILURE_RETRY_S, VmtaBoard, VmtaView};
 

@@ -5,7 +5,7 @@
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
-use super::{Queued, inject_message};
+use super::Queued;
 use crate::accounting::{AccountingEvent, EventType};
 use crate::bounce::{
     DsnAction, DsnInput, RecipientReport, build_dsn, classify, dsn_envelope, should_bounce,
@@ -324,9 +324,10 @@ async fn bounce_message(
     };
     let dsn = build_dsn(&input);
     let dsn_env = dsn_envelope(&input, &dsn);
-    match inject_message(core, dsn_env, b"", &dsn).await {
-        Ok(id) => log::info!(
-            "DSN {id} for {} to <{}>",
+    match crate::intake::accept(core, crate::intake::Origin::Notice, dsn_env, dsn).await {
+        Ok(accepted) => log::info!(
+            "DSN {} for {} to <{}>",
+            accepted.id,
             items[0].0.message,
             envelope.sender
         ),

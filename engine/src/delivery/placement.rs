@@ -12,7 +12,7 @@ use crate::queue::{QueueKey, QueueSnapshot};
 use crate::router::{CoreMessage, Handoff, owner_core};
 use crate::runtime::CoreContext;
 use crate::spool::{
-    BodyLocation, RecipientState, RecordLocation, RecoveredMessage, SequentialMessages, SpoolError,
+    BodyLocation, RecipientState, RecordLocation, RecoveredMessage, SequentialMessages,
 };
 
 /// The name of the VMTA used when the configuration defines none.
@@ -249,22 +249,4 @@ pub async fn route_recovered(core: &Rc<CoreContext>, recovered: Vec<RecoveredMes
         )
         .await;
     }
-}
-
-/// Spools a message made here (API injection, DSNs) and routes it. `header` is prepended.
-pub async fn inject_message(
-    core: &Rc<CoreContext>,
-    envelope: Envelope,
-    header: &[u8],
-    body: &[u8],
-) -> Result<MessageId, SpoolError> {
-    let id = core.spool.next_id();
-    let size = (header.len() + body.len()) as u64;
-    if !core.spool.has_room(size) {
-        return Err(SpoolError::Full);
-    }
-    let location = core.spool.store(id, &envelope, header, body).await?;
-    let now_s = envelope.received_at_s;
-    route_new_message(core, id, location, Arc::new(envelope), now_s).await;
-    Ok(id)
 }

@@ -1,50 +1,6 @@
-//! RFC 6376 §3.4.2 and §3.4.4: the "relaxed" header and body canonicalizations, and the split of a
-//! message into header fields and body. Works on bytes; any input (no colon, bare LF, no body)
+//! RFC 6376 §3.4.2 and §3.4.4: the "relaxed" header and body canonicalizations (the message is
+//! split into fields by `crate::rfc5322`). Works on bytes; any input (no colon, bare LF, no body)
 //! gives some output and never panics.
-
-/// One header field as it appears in the message: `name` without the colon, `raw` the whole field
-/// including continuation lines and its line end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeaderField<'m> {
-    pub name: &'m [u8],
-    pub raw: &'m [u8],
-}
-
-/// Splits a message into its header fields (in order) and its body (after the empty line; empty
-/// when there is none). A line without a colon is skipped: it is not a field anyone can sign.
-pub fn split_message(message: &[u8]) -> (Vec<HeaderField<'_>>, &[u8]) {
-    let mut fields: Vec<(usize, usize)> = Vec::new();
-    let mut pos = 0;
-    let mut body_start = message.len();
-    while pos < message.len() {
-        let line_end = memchr::memchr(b'\n', &message[pos..])
-            .map(|i| pos + i + 1)
-            .unwrap_or(message.len());
-        let line = &message[pos..line_end];
-        if line == b"\r\n" || line == b"\n" {
-            body_start = line_end;
-            break;
-        }
-        match (line.first(), fields.last_mut()) {
-            // A continuation line belongs to the field above.
-            (Some(b' ' | b'\t'), Some(last)) => last.1 = line_end,
-            _ => fields.push((pos, line_end)),
-        }
-        pos = line_end;
-    }
-    let fields = fields
-        .into_iter()
-        .filter_map(|(start, end)| {
-            let raw = message.get(start..end)?;
-            let colon = memchr::memchr(b':', raw)?;
-            Some(HeaderField {
-                name: raw.get(..colon)?.trim_ascii_end(),
-                raw,
-            })
-        })
-        .collect();
-    (fields, message.get(body_start..).unwrap_or_default())
-}
 
 /// The relaxed canonical form of one header field (§3.4.2), ending in CRLF: lowercase name, no
 /// white space around the colon, unfolded, runs of white space as one space, none at the end.
@@ -132,6 +88,7 @@ pub fn relaxed_body(body: &[u8], mut sink: impl FnMut(&[u8])) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rfc5322::split_message;
 
     fn body_of(b: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -9,16 +9,43 @@ mod canon;
 mod key;
 mod sign;
 
-pub use canon::{HeaderField, relaxed_body, relaxed_header, split_message};
+pub use canon::{relaxed_body, relaxed_header};
 pub use key::{KeyError, SigningKey};
 pub use sign::{
     DkimSigner, DkimSigners, SIGNED_HEADERS, SignError, from_domain, select_for_domain,
     select_signer,
 };
 
+/// Parses every `[[dkim]]` key as the cores will load it, so that a bad key stops `volley check`,
+/// a start and a reload. Reads files: call it off a core's reactor.
+pub fn check_keys(config: &crate::config::Config) -> Vec<crate::config::ConfigError> {
+    config
+        .dkim
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            SigningKey::load(std::path::Path::new(&d.private_key))
+                .err()
+                .map(|e| crate::config::ConfigError {
+                    key: format!("dkim[{i}].private_key"),
+                    line: None,
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Loads and validates a configuration file, DKIM keys included.
+pub fn load_config(
+    path: &std::path::Path,
+) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+    crate::config::Config::load_checked(path, check_keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rfc5322::split_message;
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use ring::signature::{ED25519, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
@@ -287,5 +314,27 @@ To: bob@example.net\r\nSubject:  Hello \t world\r\nTo: carol@example.net\r\nX-Ot
                 .unwrap()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn dkim_key_that_does_not_parse_names_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a key").unwrap();
+        let good = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/dkim-test-rsa2048.pem"
+        );
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:25\"\n\n[[dkim]]\ndomain = \"a.test\"\nselector = \"s\"\nprivate_key = \"{good}\"\n\n[[dkim]]\ndomain = \"b.test\"\nselector = \"s\"\nprivate_key = \"{}\"\n",
+            bad.display()
+        );
+        let path = dir.path().join("volley.toml");
+        std::fs::write(&path, &text).unwrap();
+        let e = super::load_config(&path).expect_err("a bad key");
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "dkim[1].private_key");
+        assert_eq!(e.0[0].line, Some(12), "{e}");
+        assert!(e.0[0].message.contains("bad.pem"), "{e}");
     }
 }

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::config::CustomerConfig;
-use crate::smtp::reply::{EnhancedCode, Reply};
 use counter::WindowCounter;
 
 /// The counters file in the spool directory.
@@ -68,19 +67,16 @@ pub enum Refusal {
     Daily { limit: u32, customer: String },
 }
 
-impl Refusal {
-    /// `451 4.7.1 Hourly sending limit of N messages reached for customer X and no credits left`.
-    pub fn reply(&self) -> Reply {
+impl std::fmt::Display for Refusal {
+    /// `Hourly sending limit of N messages reached for customer X and no credits left`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (period, limit, customer) = match self {
             Refusal::Hourly { limit, customer } => ("Hourly", limit, customer),
             Refusal::Daily { limit, customer } => ("Daily", limit, customer),
         };
-        Reply::new(
-            451,
-            Some(EnhancedCode::new(4, 7, 1)),
-            format!(
-                "{period} sending limit of {limit} messages reached for customer {customer} and no credits left, try again later"
-            ),
+        write!(
+            f,
+            "{period} sending limit of {limit} messages reached for customer {customer} and no credits left"
         )
     }
 }
@@ -396,7 +392,7 @@ impl CoreLimits {
     }
 
     /// The MAIL-time check for `customer` (unknown or none: always admitted).
-    pub fn check(&self, customer: Option<&CustomerConfig>, now_s: u64) -> Result<(), Reply> {
+    pub fn check(&self, customer: Option<&CustomerConfig>, now_s: u64) -> Result<(), Refusal> {
         let Some(c) = customer else {
             return Ok(());
         };
@@ -404,13 +400,11 @@ impl CoreLimits {
         if plan.is_unlimited() {
             return Ok(());
         }
-        self.counters(&c.name)
-            .check(&c.name, &plan, now_s)
-            .map_err(|r| r.reply())
+        self.counters(&c.name).check(&c.name, &plan, now_s)
     }
 
-    /// Charges one message to `customer`; `Err` is the reply refusing it.
-    pub fn charge(&self, customer: Option<&CustomerConfig>, now_s: u64) -> Result<Charge, Reply> {
+    /// Charges one message to `customer`; `Err` names the limit that refuses it.
+    pub fn charge(&self, customer: Option<&CustomerConfig>, now_s: u64) -> Result<Charge, Refusal> {
         let Some(c) = customer else {
             return Ok(Charge::Free);
         };
@@ -422,7 +416,7 @@ impl CoreLimits {
         if result.is_ok() {
             self.shared.mark_dirty();
         }
-        result.map_err(|r| r.reply())
+        result
     }
 
     /// Gives back a charge for a message that was not spooled.
@@ -472,9 +466,8 @@ mod tests {
         assert_eq!(limits.charge(Some(&c), T0), Ok(Charge::Credit));
         assert_eq!(limits.charge(Some(&c), T0), Ok(Charge::Credit));
         let refused = limits.check(Some(&c), T0).unwrap_err();
-        assert_eq!(refused.code(), 451);
+        assert!(matches!(refused, Refusal::Hourly { limit: 3, .. }));
         let text = refused.to_string();
-        assert!(text.contains("4.7.1"), "{text}");
         assert!(
             text.contains("Hourly sending limit of 3 messages reached for customer acme"),
             "{text}"

@@ -12,7 +12,6 @@ use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
 
 use super::ListenerContext;
-use super::reception::{Origin, accept_message};
 use crate::auth::ThrottleVerdict;
 use crate::runtime::ConnectionRefusal;
 use crate::smtp::reply::{EnhancedCode, Reply};
@@ -218,7 +217,8 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
         Event::Mail { sender: _, size } => {
             let room = core.spool.has_room(size.unwrap_or(0));
             let result = if room {
-                core.admit_sender(session.authenticated_as())
+                crate::intake::admit_sender(core, session.authenticated_as())
+                    .map_err(|refusal| refusal.smtp_reply())
             } else {
                 Err(Reply::new(
                     452,
@@ -229,15 +229,19 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
             session.mail_result(result);
         }
         Event::Message { envelope, body } => {
-            let origin = Origin {
+            let origin = crate::intake::Origin::Smtp {
                 helo: session.helo_name().unwrap_or("unknown"),
                 ip: session.peer().ip,
                 protocol: session.protocol(),
                 authenticated: session.authenticated_as(),
+                relay_trusted: session.peer().relay_allowed,
             };
-            let relay_trusted = session.peer().relay_allowed;
-            let result = accept_message(core, &origin, envelope, body, relay_trusted).await;
-            session.message_result(result);
+            let result = crate::intake::accept(core, origin, envelope, body).await;
+            session.message_result(
+                result
+                    .map(|accepted| accepted.id.to_string())
+                    .map_err(|refusal| refusal.smtp_reply()),
+            );
         }
         Event::StartTls | Event::Close => {}
     }

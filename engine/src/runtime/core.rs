@@ -14,7 +14,6 @@ use crate::auth::{AuthThrottle, Credentials};
 use crate::config::Config;
 use crate::metrics::{CoreCounters, Metrics};
 use crate::router::{Router, RouterSetup};
-use crate::smtp::reply::Reply;
 use crate::spool::{SegmentReader, Spool, SpoolConfig};
 
 /// How long a stopping core waits for sessions and deliveries in flight.
@@ -103,7 +102,7 @@ pub struct CoreContext {
     router: OnceCell<Router>,
     credentials: RefCell<Credentials>,
     /// The `[[dkim]]` keys of the running configuration, loaded once per change of them.
-    dkim: RefCell<Rc<crate::dkim::DkimSigners>>,
+    dkim: RefCell<Arc<crate::dkim::DkimSigners>>,
     pub throttle: RefCell<AuthThrottle>,
     stop: StopSignal,
     pool_turn: Cell<u64>,
@@ -128,7 +127,7 @@ impl CoreContext {
         let config = self.shared.control.config();
         *self.credentials.borrow_mut() = Credentials::from_config(&config);
         if !self.dkim.borrow().loaded_from(&config.dkim) {
-            *self.dkim.borrow_mut() = Rc::new(crate::dkim::DkimSigners::load_logged(&config.dkim));
+            *self.dkim.borrow_mut() = Arc::new(crate::dkim::DkimSigners::load_logged(&config.dkim));
         }
         *self.config.borrow_mut() = config;
         // The scheduler gives the existing queues their new limits when it wakes.
@@ -141,7 +140,7 @@ impl CoreContext {
     }
 
     /// The DKIM signers of the running configuration.
-    pub fn dkim_signers(&self) -> Rc<crate::dkim::DkimSigners> {
+    pub fn dkim_signers(&self) -> Arc<crate::dkim::DkimSigners> {
         let _ = self.config();
         self.dkim.borrow().clone()
     }
@@ -175,49 +174,6 @@ impl CoreContext {
                 Err(e) => panic!("the ring provider supports the default TLS versions: {e}"),
             })
             .clone()
-    }
-
-    /// MAIL admission for the sender's customer (sending limits): refused with 451 4.7.1 once the
-    /// plan's hourly or daily limit is reached and no credits are left.
-    pub fn admit_sender(&self, customer: Option<&str>) -> Result<(), Reply> {
-        let Some(name) = customer.filter(|c| !c.is_empty()) else {
-            return Ok(());
-        };
-        let config = self.config();
-        let result = self
-            .limits
-            .check(config.customer(name), crate::clock::unix_s());
-        if result.is_err() {
-            self.count_limit_refusal();
-        }
-        result
-    }
-
-    fn count_limit_refusal(&self) {
-        self.counters()
-            .sending_limit_refusals
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Charges one accepted message to `customer` (after DATA, before spooling).
-    pub fn charge_customer(&self, customer: &str) -> Result<crate::limits::Charge, Reply> {
-        if customer.is_empty() {
-            return Ok(crate::limits::Charge::Free);
-        }
-        let config = self.config();
-        let result = self
-            .limits
-            .charge(config.customer(customer), crate::clock::unix_s());
-        if result.is_err() {
-            self.count_limit_refusal();
-        }
-        result
-    }
-
-    /// Gives back a charge when the message was not spooled after all.
-    pub fn refund_customer(&self, customer: &str, charge: crate::limits::Charge) {
-        let config = self.config();
-        self.limits.refund(config.customer(customer), charge);
     }
 
     /// Writes the sending-limit counters if they changed, off the reactor thread.
@@ -277,7 +233,9 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         accounting: CoreAccounting::new(shared.events.clone()),
         router: OnceCell::new(),
         credentials: RefCell::new(Credentials::from_config(&config)),
-        dkim: RefCell::new(Rc::new(crate::dkim::DkimSigners::load_logged(&config.dkim))),
+        dkim: RefCell::new(Arc::new(crate::dkim::DkimSigners::load_logged(
+            &config.dkim,
+        ))),
         throttle: RefCell::new(AuthThrottle::default()),
         stop: StopSignal(Rc::new(Semaphore::new(0))),
         pool_turn: Cell::new(index as u64),

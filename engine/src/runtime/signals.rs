@@ -7,7 +7,6 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::control::Control;
-use crate::config::Config;
 
 pub fn spawn_signal_thread(control: Arc<Control>) -> std::io::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
@@ -33,7 +32,7 @@ pub fn reload(control: &Control) {
         log::info!("reload: running on the embedded default, nothing to re-read");
         return;
     };
-    match Config::load(path) {
+    match crate::dkim::load_config(path) {
         Ok(config) => {
             control.publish(Arc::new(config));
             log::info!("reload: {} applied", path.display());
