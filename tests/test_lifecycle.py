@@ -263,3 +263,47 @@ def test_sighup_reload_gives_existing_queues_their_new_limits(volley, sink_facto
         f"r{i}@dest.test" for i in range(6)
     ]
     assert "new limits for 1 existing queues" in volley.stderr_path.read_text(errors="replace")
+
+
+def run_to_exit(v, timeout_s=20):
+    """Runs `volley serve` on `v`'s configuration to its exit; (exit code, output)."""
+    path = v.write_config()
+    done = subprocess.run(
+        [str(VOLLEY_BIN), "serve", "--config", str(path)],
+        capture_output=True,
+        timeout=timeout_s,
+        cwd=v.dir,
+    )
+    return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
+
+
+def test_a_second_daemon_on_the_same_addresses_refuses_to_start(volley_factory):
+    first = volley_factory("first").start()
+    second = volley_factory("second")
+    second.config["listener"][0]["address"] = f"127.0.0.1:{first.relay_port}"
+    rc, out = run_to_exit(second)
+    assert rc == 1, out
+    assert f"127.0.0.1:{first.relay_port}" in out and "another volley" in out, out
+    # The same for the API address alone.
+    third = volley_factory("third")
+    third.config["api"]["address"] = f"127.0.0.1:{first.api_port}"
+    rc, out = run_to_exit(third)
+    assert rc == 1, out
+    assert f"API address 127.0.0.1:{first.api_port}" in out, out
+    # The first one still serves every client.
+    with first.smtp() as s:
+        assert s.noop()[0] == 250
+
+
+def test_a_core_that_fails_at_start_stops_the_process_with_exit_1(volley_factory):
+    v = volley_factory()
+    v.config["server"]["cores"] = 2
+    spool = v.dir / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    # Core 1's spool directory is a file: its spool cannot open, core 0 waits for its rings.
+    (spool / "core-1").write_text("not a directory")
+    started = time.monotonic()
+    rc, out = run_to_exit(v)
+    assert rc == 1, out
+    assert "core 1" in out, out
+    assert time.monotonic() - started < 15, out

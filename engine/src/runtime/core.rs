@@ -244,17 +244,23 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         limits: crate::limits::CoreLimits::new(shared.limits.clone()),
     });
     let weak = Rc::downgrade(&core);
-    let router = shared
-        .router
-        .connect(
-            index,
-            Rc::new(move |message| {
-                if let Some(core) = weak.upgrade() {
-                    crate::delivery::on_core_message(&core, message);
-                }
-            }),
-        )
-        .await?;
+    let connect = shared.router.connect(
+        index,
+        Rc::new(move |message| {
+            if let Some(core) = weak.upgrade() {
+                crate::delivery::on_core_message(&core, message);
+            }
+        }),
+    );
+    // The rings connect once every core got here; a core that failed before never will, and the
+    // stop it requested ends the wait.
+    let stopped = async {
+        while !shared.control.stopping() {
+            glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        }
+        Err("stopped while starting: another core failed".to_string())
+    };
+    let router = futures_lite::future::or(connect, stopped).await?;
     let _ = core.router.set(router);
     crate::delivery::start(&core, recovered).await;
     let listeners = crate::listener::start(&core)?;

@@ -54,8 +54,38 @@ pub enum ServeError {
     },
     #[error("core {core} failed: {message}")]
     Core { core: usize, message: String },
+    #[error(
+        "cannot serve the {what} address {address}: {source} (is another volley or MTA running?)"
+    )]
+    AddressInUse {
+        what: &'static str,
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
+}
+
+/// Refuses to start when another process already serves one of the listener or API addresses.
+/// Every core binds with SO_REUSEPORT, which the kernel would let a second daemon share silently
+/// (splitting clients between the two); a plain bind, as tried here, fails with EADDRINUSE while
+/// anyone listens there. The probe socket is closed at once.
+fn check_addresses_free(config: &Config) -> Result<(), ServeError> {
+    let addresses = config
+        .listeners
+        .iter()
+        .map(|l| ("listener", l.address))
+        .chain(std::iter::once(("API", config.api.address)));
+    for (what, address) in addresses {
+        if let Err(e) = std::net::TcpListener::bind(address) {
+            return Err(ServeError::AddressInUse {
+                what,
+                address,
+                source: e,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Runs Volley in the foreground until SIGTERM; returns once every core has stopped.
@@ -65,6 +95,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
         log::info!("open files limit: {files}");
     }
     let cores = config.core_count();
+    check_addresses_free(&config)?;
     let control = Control::new(Arc::new(config), config_path);
     if let Ok(mut running) = RUNNING.lock() {
         *running = Some(control.clone());
@@ -75,38 +106,55 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
         .unwrap_or(1);
     let shared = core::Shared::new(control.clone(), cores)
         .map_err(|message| ServeError::Core { core: 0, message })?;
+    // Each core reports how it ended on this channel, in whatever order: a core that fails at
+    // start must stop the process even while others wait for it (the router's rings).
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<(usize, Result<(), String>)>();
     let mut handles = Vec::with_capacity(cores);
     for index in 0..cores {
         let shared = shared.clone();
+        let ended_tx = ended_tx.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(index % cpus))
             .name(&format!("volley-core-{index}"))
             .spawn(move || async move {
                 CURRENT_CORE.with(|c| c.set(Some(index)));
-                core::run(index, shared).await
+                let result = core::run(index, shared).await;
+                let _ = ended_tx.send((index, result));
             })
             .map_err(|source| ServeError::Executor {
                 core: index,
                 source,
-            })?;
-        handles.push(handle);
+            });
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                control.request_stop();
+                return Err(e);
+            }
+        }
     }
-    log::info!("volley serving on {cores} cores");
+    drop(ended_tx);
+    log::info!("volley starting on {cores} cores");
     let mut first_error = None;
-    for (index, handle) in handles.into_iter().enumerate() {
-        let result = match handle.join() {
-            Ok(Ok(())) => continue,
-            Ok(Err(message)) => ServeError::Core {
+    // Ends when every core has reported (or its executor is gone without a word).
+    while let Ok((index, result)) = ended_rx.recv() {
+        if let Err(message) = result {
+            // One failing core stops the others, so the process exits instead of running crippled.
+            log::error!("core {index} failed: {message}");
+            control.request_stop();
+            first_error.get_or_insert(ServeError::Core {
                 core: index,
                 message,
-            },
-            Err(e) => ServeError::Core {
+            });
+        }
+    }
+    for (index, handle) in handles.into_iter().enumerate() {
+        if let Err(e) = handle.join() {
+            control.request_stop();
+            first_error.get_or_insert(ServeError::Core {
                 core: index,
                 message: format!("executor ended abnormally: {e}"),
-            },
-        };
-        // One failing core stops the others, so the process exits instead of running crippled.
-        control.request_stop();
-        first_error.get_or_insert(result);
+            });
+        }
     }
     if let Ok(mut running) = RUNNING.lock() {
         *running = None;
