@@ -248,3 +248,60 @@ def test_token_required_when_set(volley):
     status, _ = volley.api("GET", "/v1/queues")  # with the token
     assert status == 200
     assert volley.acct("reception") == []
+
+
+def test_a_request_without_the_token_is_refused_from_its_head(volley):
+    import socket
+
+    volley.config["api"]["token"] = "s3cret"
+    volley.start()
+    with socket.create_connection(("127.0.0.1", volley.api_port), timeout=5) as s:
+        # Announces 50 MB and sends none of it: the 401 must come from the head alone.
+        s.sendall(b"POST /v1/inject HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n")
+        reply = s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 401"), reply
+        # ... and the connection is closed, the body never read.
+        s.settimeout(5)
+        assert s.recv(4096) == b""
+
+
+def test_a_reload_applies_a_new_api_token(volley):
+    import signal
+
+    volley.config["api"]["token"] = "old-token"
+    volley.start()
+    assert volley.api("GET", "/v1/queues")[0] == 200
+    volley.config["api"]["token"] = "new-token"
+    volley.write_config()
+    volley.signal(signal.SIGHUP)
+    wait_until(lambda: volley.api("GET", "/v1/queues", token="new-token")[0] == 200, 5, "the new token")
+    assert volley.api("GET", "/v1/queues", token="old-token")[0] == 401
+    volley.token = "new-token"
+
+
+def test_a_value_toml_cannot_hold_is_refused_and_the_entry_stays_visible(volley):
+    volley.config["customer"] = [{"name": "acme", "max_messages_per_hour": 10}]
+    volley.start()
+    status, body = volley.api(
+        "PUT", "/v1/customers/acme", {"name": "acme", "max_messages_per_hour": 10, "credits": 2**63}
+    )
+    assert status == 400, body
+    status, body = volley.api("GET", "/v1/customers/acme")
+    assert status == 200 and body["name"] == "acme" and body.get("credits", 0) == 0, body
+
+
+def test_api_connections_are_capped(volley):
+    import socket
+
+    volley.start()
+    idle = [socket.create_connection(("127.0.0.1", volley.api_port), timeout=5) for _ in range(64)]
+    try:
+        wait_until(lambda: True, 0.5, "accepts")
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", volley.api_port), timeout=5) as s:
+            reply = s.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 503"), reply
+    finally:
+        for s in idle:
+            s.close()
+    wait_until(lambda: volley.api("GET", "/v1/health")[0] == 200, 5, "the API after the idle clients left")

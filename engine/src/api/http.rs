@@ -14,8 +14,19 @@ use glommio::net::{TcpListener, TcpStream};
 const HEAD_BYTES_MAX: usize = 64 * 1024;
 /// Request bodies larger than this are refused (413); an injected message fits well below.
 pub const BODY_BYTES_MAX: usize = 80 * 1024 * 1024;
-/// An idle keep-alive connection is closed after this long.
+/// An idle keep-alive connection is closed after this long; also the deadline of each read.
 const IDLE_TIMEOUT_MS: u64 = 60_000;
+/// A whole request (head and body) must arrive within this long: a client that trickles bytes
+/// cannot hold a connection for ever.
+const REQUEST_TIMEOUT_MS: u64 = 120_000;
+/// Each write of a response must finish within this long (a client that stops reading).
+const WRITE_TIMEOUT_MS: u64 = 30_000;
+/// API connections open at once, at most; more are answered 503 and closed.
+pub const API_CONNECTIONS_MAX: usize = 64;
+/// After a failed accept (no file descriptors left...), wait this long before the next one.
+const ACCEPT_RETRY_MS: u64 = 100;
+/// A connection's read buffer is given back to the allocator when a large body made it bigger.
+const BUFFER_KEEP_BYTES: usize = 64 * 1024;
 
 pub struct Request {
     pub method: String,
@@ -95,22 +106,38 @@ impl Response {
 
 pub type Handler = Rc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response>>>>;
 
-/// Accepts API connections until `stopping()` says so.
-pub async fn serve(listener: TcpListener, token: Rc<str>, handler: Handler) {
+/// The bearer token in force: read per request, so a reload that changes it applies at once.
+pub type TokenSource = Rc<dyn Fn() -> String>;
+
+/// Accepts API connections (at most `API_CONNECTIONS_MAX` at once).
+pub async fn serve(listener: TcpListener, token: TokenSource, handler: Handler) {
+    let open = Rc::new(std::cell::Cell::new(0usize));
     loop {
-        let stream = match listener.accept().await {
+        let mut stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
+                // EMFILE and friends would fail again at once: pause instead of spinning.
                 log::warn!("api accept: {e}");
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
                 continue;
             }
         };
         let handler = handler.clone();
         let token = token.clone();
+        let open = open.clone();
         glommio::spawn_local(async move {
+            if open.get() >= API_CONNECTIONS_MAX {
+                let mut out = Vec::new();
+                Response::error(503, "too many API connections").write_to(&mut out);
+                let _ = stream.set_write_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)));
+                let _ = stream.write_all(&out).await;
+                return;
+            }
+            open.set(open.get() + 1);
             if let Err(e) = connection(stream, &token, handler).await {
                 log::debug!("api connection: {e}");
             }
+            open.set(open.get() - 1);
         })
         .detach();
     }
@@ -127,7 +154,7 @@ enum Parsed {
     Refused(Response),
 }
 
-fn parse(buf: &[u8], peer: SocketAddr) -> Parsed {
+fn parse(buf: &[u8], peer: SocketAddr, token: &str) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -164,6 +191,10 @@ fn parse(buf: &[u8], peer: SocketAddr) -> Parsed {
     if content_length > BODY_BYTES_MAX {
         return Parsed::Refused(Response::error(413, "request body too large"));
     }
+    // The token is checked from the head: an unauthenticated client never gets its body read.
+    if !authorized(peer, authorization.as_deref(), token) {
+        return Parsed::Refused(Response::error(401, "missing or wrong bearer token"));
+    }
     if buf.len() < head_len + content_length {
         return Parsed::Partial;
     }
@@ -183,13 +214,11 @@ fn parse(buf: &[u8], peer: SocketAddr) -> Parsed {
     }
 }
 
-fn authorized(request: &Request, token: &str) -> bool {
+fn authorized(peer: SocketAddr, authorization: Option<&str>, token: &str) -> bool {
     if token.is_empty() {
-        return request.peer.ip().is_loopback();
+        return peer.ip().is_loopback();
     }
-    request
-        .authorization
-        .as_deref()
+    authorization
         .and_then(|a| a.strip_prefix("Bearer "))
         .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()))
 }
@@ -198,16 +227,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn connection(mut stream: TcpStream, token: &str, handler: Handler) -> std::io::Result<()> {
+async fn connection(
+    mut stream: TcpStream,
+    token: &TokenSource,
+    handler: Handler,
+) -> std::io::Result<()> {
     let peer = stream.peer_addr()?;
     stream.set_read_timeout(Some(Duration::from_millis(IDLE_TIMEOUT_MS)))?;
+    stream.set_write_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)))?;
     let mut buf = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
+    let mut request_started = None;
     loop {
-        let (response, consumed, close) = match parse(&buf, peer) {
+        let (response, consumed, close) = match parse(&buf, peer, &token()) {
             Parsed::Partial => {
-                let n = stream.read(&mut chunk).await?;
+                let started = *request_started.get_or_insert_with(crate::clock::monotonic);
+                let left = Duration::from_millis(REQUEST_TIMEOUT_MS)
+                    .checked_sub(started.elapsed())
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
+                let read =
+                    glommio::timer::timeout(left, async { Ok(stream.read(&mut chunk).await?) });
+                let n = read.await?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -219,24 +260,18 @@ async fn connection(mut stream: TcpStream, token: &str, handler: Handler) -> std
                 request,
                 consumed,
                 close,
-            } => {
-                if authorized(&request, token) {
-                    (handler(request).await, consumed, close)
-                } else {
-                    (
-                        Response::error(401, "missing or wrong bearer token"),
-                        consumed,
-                        close,
-                    )
-                }
-            }
+            } => (handler(request).await, consumed, close),
         };
+        request_started = None;
         buf.drain(..consumed);
+        if buf.capacity() > BUFFER_KEEP_BYTES && buf.len() <= BUFFER_KEEP_BYTES {
+            buf.shrink_to(BUFFER_KEEP_BYTES);
+        }
         out.clear();
         response.write_to(&mut out);
         stream.write_all(&out).await?;
         // A client that reads to the end (Connection: close, like `volley status`) waits for it.
-        if close || response.status == 400 || response.status == 413 || response.status == 431 {
+        if close || matches!(response.status, 400 | 401 | 413 | 431) {
             return Ok(());
         }
     }
@@ -252,7 +287,7 @@ mod tests {
 
     #[test]
     fn connection_close_is_seen() {
-        let close = |raw: &[u8]| match parse(raw, peer()) {
+        let close = |raw: &[u8]| match parse(raw, peer(), "") {
             Parsed::Complete { close, .. } => close,
             _ => panic!("expected a complete request"),
         };
@@ -265,7 +300,7 @@ mod tests {
     #[test]
     fn parses_body_and_query() {
         let raw = b"POST /v1/inject?x=1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
-        match parse(raw, peer()) {
+        match parse(raw, peer(), "") {
             Parsed::Complete {
                 request, consumed, ..
             } => {
@@ -277,23 +312,28 @@ mod tests {
             _ => panic!("expected a complete request"),
         }
         assert!(matches!(
-            parse(&raw[..raw.len() - 1], peer()),
+            parse(&raw[..raw.len() - 1], peer(), ""),
             Parsed::Partial
         ));
     }
 
     #[test]
     fn token_rules() {
-        let mut r = match parse(b"GET / HTTP/1.1\r\n\r\n", peer()) {
-            Parsed::Complete { request, .. } => request,
-            _ => panic!(),
-        };
-        assert!(authorized(&r, ""));
-        assert!(!authorized(&r, "t0ken"));
-        r.authorization = Some("Bearer t0ken".into());
-        assert!(authorized(&r, "t0ken"));
-        r.peer = "192.0.2.1:9".parse().unwrap();
-        r.authorization = None;
-        assert!(!authorized(&r, ""));
+        let remote: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        assert!(authorized(peer(), None, ""));
+        assert!(!authorized(peer(), None, "t0ken"));
+        assert!(authorized(peer(), Some("Bearer t0ken"), "t0ken"));
+        assert!(!authorized(remote, None, ""));
+        assert!(authorized(remote, Some("Bearer t0ken"), "t0ken"));
+    }
+
+    #[test]
+    fn an_unauthorized_head_is_refused_before_its_body_arrives() {
+        let head = b"POST /v1/inject HTTP/1.1\r\nContent-Length: 80000000\r\n\r\n";
+        match parse(head, "192.0.2.1:9".parse().unwrap(), "t0ken") {
+            Parsed::Refused(r) => assert_eq!(r.status, 401),
+            _ => panic!("expected a refusal from the head alone"),
+        }
+        assert!(matches!(parse(head, peer(), ""), Parsed::Partial));
     }
 }

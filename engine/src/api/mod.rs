@@ -27,7 +27,12 @@ pub fn start(core: &Rc<CoreContext>) -> Result<(), String> {
             }
         })
     });
-    let token: Rc<str> = Rc::from(config.api.token.as_str());
+    let weak = Rc::downgrade(core);
+    let token: http::TokenSource = Rc::new(move || {
+        weak.upgrade()
+            .map(|core| core.config().api.token.clone())
+            .unwrap_or_default()
+    });
     glommio::spawn_local(http::serve(listener, token, handler)).detach();
     log::info!("API on http://{}", config.api.address);
     Ok(())

@@ -32,7 +32,7 @@ pub async fn handle(core: Rc<CoreContext>, request: Request) -> Response {
         ("POST", ["v1", "vmtas", name, action]) => vmta_command(&core, name, action, &request.body),
         ("GET", ["v1", "customers", name, "usage"]) => customer_usage(&core, name),
         (method, ["v1", section, name]) => {
-            config_entry(&core, method, section, name, &request.body)
+            config_entry(&core, method, section, name, &request.body).await
         }
         (_, ["v1", section]) if CONFIG_SECTIONS.contains(section) => config_list(&core, section),
         _ => Response::error(
@@ -401,7 +401,7 @@ fn edit(
     }
 }
 
-fn config_entry(
+async fn config_entry(
     core: &CoreContext,
     method: &str,
     section: &str,
@@ -425,9 +425,22 @@ fn config_entry(
                 Ok(true) => {}
                 Err(e) => return Response::error(400, e),
             }
-            if let Err(errors) = next.revalidate() {
-                return Response::error(409, errors.to_string());
+            // What cannot be written as TOML (an integer above i64::MAX) could be neither shown
+            // nor kept: refuse it rather than run an entry `GET` cannot see.
+            if method == "PUT" && entry_json(&next, section, name).is_none() {
+                return Response::error(
+                    400,
+                    "a value does not fit the configuration (TOML integers are at most 9223372036854775807)",
+                );
             }
+            // Validation looks at files (certificates, keys): off the reactor.
+            let checked = glommio::executor()
+                .spawn_blocking(move || next.revalidate().map(|()| next))
+                .await;
+            let next = match checked {
+                Ok(next) => next,
+                Err(errors) => return Response::error(409, errors.to_string()),
+            };
             core.shared.control.publish(Arc::new(next));
             log::info!("API: {method} {section}/{name} applied");
             match method {
