@@ -307,3 +307,34 @@ def test_a_core_that_fails_at_start_stops_the_process_with_exit_1(volley_factory
     assert rc == 1, out
     assert "core 1" in out, out
     assert time.monotonic() - started < 15, out
+
+
+def test_sigusr1_reopens_the_accounting_log_and_sighup_follows_a_new_path(volley, sink_factory):
+    from conftest import read_json_lines
+
+    sink = sink_factory()
+    volley.route("dest.test", sink.hostport)
+    volley.start()
+    volley.send("alice@src.test", ["one@dest.test"], message("one"))
+    volley.wait_acct("delivery", count=1)
+    # logrotate: move the file away, then SIGUSR1; the next events go to a new file at the path.
+    rotated = volley.acct_path.with_suffix(".1")
+    volley.acct_path.rename(rotated)
+    volley.signal(signal.SIGUSR1)
+    wait_until(lambda: "accounting log reopened" in volley.stderr_path.read_text(errors="replace"), 10, "the reopen")
+    volley.send("alice@src.test", ["two@dest.test"], message("two"))
+    volley.wait_acct("delivery", count=1, recipient="two@dest.test")
+    assert all(e["recipient"] != "two@dest.test" for e in read_json_lines(rotated))
+    # A reload that changes `accounting_log` writes to the new path from then on.
+    moved = volley.dir / "logs" / "acct-new.jsonl"
+    volley.config["server"]["accounting_log"] = str(moved)
+    volley.write_config()
+    volley.signal(signal.SIGHUP)
+    wait_until(lambda: str(moved) in volley.stderr_path.read_text(errors="replace"), 10, "the new path")
+    volley.send("alice@src.test", ["three@dest.test"], message("three"))
+    wait_until(
+        lambda: moved.exists() and any(e["recipient"] == "three@dest.test" for e in read_json_lines(moved)),
+        10,
+        "events at the new path",
+    )
+    assert all(e["recipient"] != "three@dest.test" for e in volley.acct())

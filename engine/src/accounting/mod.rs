@@ -47,10 +47,21 @@ pub struct AccountingEvent {
 /// Events kept for the API, at most.
 const RING_EVENTS_MAX: usize = 100_000;
 
-/// What every core shares: the file and the ring. Locked once per flushed batch, never per event.
+/// What every core shares: the file and the ring. Locked once per flushed batch, never per event,
+/// and only from blocking-pool threads (and the signal thread that reopens the file).
 pub struct EventLog {
-    file: Option<Mutex<File>>,
+    /// The log file and its path; none when `accounting_log` is empty.
+    file: Mutex<Option<(String, File)>>,
     ring: Mutex<Ring>,
+}
+
+fn open_append(path: &str) -> std::io::Result<File> {
+    if let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 /// The latest events for the API. Each flushed batch is one shared allocation and an event is a
@@ -80,17 +91,10 @@ impl EventLog {
         let file = if path.is_empty() {
             None
         } else {
-            if let Some(dir) = std::path::Path::new(path).parent()
-                && !dir.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(dir)?;
-            }
-            Some(Mutex::new(
-                OpenOptions::new().create(true).append(true).open(path)?,
-            ))
+            Some((path.to_string(), open_append(path)?))
         };
         Ok(Arc::new(EventLog {
-            file,
+            file: Mutex::new(file),
             ring: Mutex::new(Ring {
                 next_id: 1,
                 events: VecDeque::new(),
@@ -98,13 +102,28 @@ impl EventLog {
         }))
     }
 
+    /// Opens `path` anew and writes there from the next batch on: after logrotate moved the file
+    /// (SIGUSR1, SIGHUP) or a reload changed `accounting_log`. On error the old file stays in use.
+    /// Blocking: called from the signal thread.
+    pub fn reopen(&self, path: &str) -> std::io::Result<()> {
+        let file = if path.is_empty() {
+            None
+        } else {
+            Some((path.to_string(), open_append(path)?))
+        };
+        if let Ok(mut current) = self.file.lock() {
+            *current = file;
+        }
+        Ok(())
+    }
+
     /// Appends a batch of JSON lines, each ending in '\n'.
     pub fn append_batch(&self, batch: &[u8]) {
         if batch.is_empty() {
             return;
         }
-        if let Some(file) = &self.file
-            && let Ok(mut f) = file.lock()
+        if let Ok(mut file) = self.file.lock()
+            && let Some((_, f)) = file.as_mut()
             && let Err(e) = f.write_all(batch)
         {
             log::error!("accounting log write failed: {e}");
@@ -113,7 +132,7 @@ impl EventLog {
         let Ok(text) = std::str::from_utf8(batch) else {
             return;
         };
-        // Offsets are u32: a batch is at most BATCH_EVENTS_MAX lines, far below 4 GiB.
+        // Offsets are u32: a batch is at most PENDING_EVENTS_MAX lines, far below 4 GiB.
         let Ok(_) = u32::try_from(text.len()) else {
             return;
         };
@@ -167,8 +186,9 @@ pub struct CoreAccounting {
     spare: RefCell<Vec<u8>>,
 }
 
-/// Lines buffered before a flush is forced.
-const BATCH_EVENTS_MAX: usize = 4096;
+/// Lines buffered at most before a flush is forced on the calling thread (about a second of
+/// events at full relay speed).
+const PENDING_EVENTS_MAX: usize = 65_536;
 
 impl CoreAccounting {
     pub fn new(log: Arc<EventLog>) -> CoreAccounting {
@@ -191,7 +211,9 @@ impl CoreAccounting {
             pending.push(b'\n');
         }
         self.lines.set(self.lines.get() + 1);
-        if self.lines.get() >= BATCH_EVENTS_MAX {
+        // The core's tick flushes on the blocking pool every 100 ms; only a burst beyond what the
+        // tick drains (or a writer stuck on a slow disk) writes here, on the calling thread.
+        if self.lines.get() >= PENDING_EVENTS_MAX {
             self.flush_now();
         }
     }

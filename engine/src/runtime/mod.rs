@@ -55,21 +55,29 @@ pub enum ServeError {
     #[error("core {core} failed: {message}")]
     Core { core: usize, message: String },
     #[error(
-        "cannot serve the {what} address {address}: {source} (is another volley or MTA running?)"
+        "cannot serve the {what} address {address}: another process listens there (is another volley or MTA running?)"
     )]
     AddressInUse {
         what: &'static str,
         address: std::net::SocketAddr,
-        source: std::io::Error,
     },
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
 }
 
+/// How long the probe of an address waits for a connection (loopback answers in microseconds).
+const ADDRESS_PROBE_MS: u64 = 500;
+/// Probes of an address, `ADDRESS_PROBE_GAP_MS` apart: all must be answered to refuse the start.
+/// A daemon that just exited still answers for a few milliseconds (io_uring releases its sockets
+/// after the process is gone), so one answer proves nothing.
+const ADDRESS_PROBES: u32 = 5;
+const ADDRESS_PROBE_GAP_MS: u64 = 100;
+
 /// Refuses to start when another process already serves one of the listener or API addresses.
 /// Every core binds with SO_REUSEPORT, which the kernel would let a second daemon share silently
-/// (splitting clients between the two); a plain bind, as tried here, fails with EADDRINUSE while
-/// anyone listens there. The probe socket is closed at once.
+/// (splitting clients between the two). A bind probe cannot tell a listener from the previous
+/// run's connections still closing on the port, so the probe connects: whoever keeps answering
+/// listens.
 fn check_addresses_free(config: &Config) -> Result<(), ServeError> {
     let addresses = config
         .listeners
@@ -77,12 +85,22 @@ fn check_addresses_free(config: &Config) -> Result<(), ServeError> {
         .map(|l| ("listener", l.address))
         .chain(std::iter::once(("API", config.api.address)));
     for (what, address) in addresses {
-        if let Err(e) = std::net::TcpListener::bind(address) {
-            return Err(ServeError::AddressInUse {
-                what,
-                address,
-                source: e,
+        let mut target = address;
+        if address.ip().is_unspecified() {
+            target.set_ip(match address {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
+        }
+        let timeout = std::time::Duration::from_millis(ADDRESS_PROBE_MS);
+        let answered = (0..ADDRESS_PROBES).all(|probe| {
+            if probe > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(ADDRESS_PROBE_GAP_MS));
+            }
+            std::net::TcpStream::connect_timeout(&target, timeout).is_ok()
+        });
+        if answered {
+            return Err(ServeError::AddressInUse { what, address });
         }
     }
     Ok(())
@@ -100,12 +118,13 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
     if let Ok(mut running) = RUNNING.lock() {
         *running = Some(control.clone());
     }
-    signals::spawn_signal_thread(control.clone()).map_err(ServeError::Signals)?;
+    let shared = core::Shared::new(control.clone(), cores)
+        .map_err(|message| ServeError::Core { core: 0, message })?;
+    signals::spawn_signal_thread(control.clone(), shared.events.clone())
+        .map_err(ServeError::Signals)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let shared = core::Shared::new(control.clone(), cores)
-        .map_err(|message| ServeError::Core { core: 0, message })?;
     // Each core reports how it ended on this channel, in whatever order: a core that fails at
     // start must stop the process even while others wait for it (the router's rings).
     let (ended_tx, ended_rx) = std::sync::mpsc::channel::<(usize, Result<(), String>)>();

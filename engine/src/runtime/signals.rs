@@ -1,21 +1,27 @@
 //! Signals, handled on a plain thread outside the executors: SIGTERM and SIGINT request a graceful
-//! stop; SIGHUP re-reads the configuration file and publishes it when it validates.
+//! stop; SIGHUP re-reads the configuration file and publishes it when it validates; SIGUSR1 (and
+//! SIGHUP) reopen the accounting log, for logrotate.
 
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use super::control::Control;
+use crate::accounting::EventLog;
 
-pub fn spawn_signal_thread(control: Arc<Control>) -> std::io::Result<()> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+pub fn spawn_signal_thread(control: Arc<Control>, events: Arc<EventLog>) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     std::thread::Builder::new()
         .name("volley-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
                 match signal {
-                    SIGHUP => reload(&control),
+                    SIGHUP => {
+                        reload(&control);
+                        reopen_accounting(&control, &events);
+                    }
+                    SIGUSR1 => reopen_accounting(&control, &events),
                     _ => {
                         log::info!("signal {signal}: stopping: no new connections, finishing transactions in flight");
                         control.request_stop();
@@ -44,6 +50,17 @@ pub fn reload(control: &Control) {
                     path.display()
                 );
             }
+        }
+    }
+}
+
+/// Reopens the accounting log at the running configuration's `accounting_log`.
+fn reopen_accounting(control: &Control, events: &EventLog) {
+    let path = control.config().server.accounting_log.clone();
+    match events.reopen(&path) {
+        Ok(()) => log::info!("accounting log reopened: {path:?}"),
+        Err(e) => {
+            log::error!("accounting log {path:?} cannot be opened, still writing the old one: {e}")
         }
     }
 }
