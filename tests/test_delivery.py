@@ -5,7 +5,7 @@ from email.message import Message
 
 import pytest
 
-from conftest import free_port, message
+from conftest import free_port, message, wait_until
 
 
 def delivery_status(dsn) -> tuple[Message, list[Message]]:
@@ -184,3 +184,28 @@ def test_tempfail_recipient_is_retried_not_bounced(volley, sink_factory):
     assert transients[0]["response"].startswith("451"), transients[0]
     assert volley.acct("bounce") == []
     assert sink.recipients() == ["ok@dest.test"]
+
+
+def test_u_label_and_a_label_recipients_share_one_queue_and_route(volley, sink_factory):
+    sink = sink_factory()
+    # The route is written with upper case and a U-label; recipients come in both forms.
+    volley.route("Bücher.Example", sink.hostport)
+    volley.policy(max_connections=1)
+    volley.start()
+    volley.api("POST", "/v1/queues/suspend", {"domain": "xn--bcher-kva.example"})
+    for rcpt in ["a@bücher.example", "b@XN--BCHER-KVA.example"]:
+        status, body = volley.api(
+            "POST", "/v1/inject", {"sender": "s@src.test", "recipients": [rcpt], "content": "Subject: x\n\nhi\n"}
+        )
+        assert status == 202, body
+
+    def one_queue():
+        status, body = volley.api("GET", "/v1/queues")
+        queues = [q for q in body["queues"] if "bcher" in q["domain"] or "ü" in q["domain"]]
+        return queues if len(queues) == 1 and queues[0]["size"] == 2 else None
+
+    [queue] = wait_until(one_queue, 10, "one queue holding both recipients")
+    assert queue["domain"] == "xn--bcher-kva.example"
+    volley.api("POST", "/v1/queues/resume", {"domain": "xn--bcher-kva.example"})
+    lines = sink.wait_lines(2)
+    assert sorted(r for line in lines for r in line["recipients"]) == ["a@bücher.example", "b@XN--BCHER-KVA.example"]

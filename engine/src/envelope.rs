@@ -93,12 +93,24 @@ impl Recipient {
     }
 }
 
-/// The lower-cased domain of `local@domain` (the part after the last `@`).
+/// The domain of `local@domain` (the part after the last `@`) in its one queue form: see
+/// `normalize_domain`.
 pub fn domain_of(address: &str) -> String {
     address
         .rsplit_once('@')
-        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+        .map(|(_, d)| normalize_domain(d))
         .unwrap_or_default()
+}
+
+/// A domain as queues, routes and policies know it: lower case, no trailing dot, and IDNs as
+/// A-labels (`bücher.example` and `xn--bcher-kva.example` are one destination). A name IDNA
+/// refuses is only lower-cased: DNS will answer for it what it answers.
+pub fn normalize_domain(domain: &str) -> String {
+    let domain = domain.trim_end_matches('.');
+    if domain.is_ascii() {
+        return domain.to_ascii_lowercase();
+    }
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase())
 }
 
 /// The body's declared content: RFC 6152 8BITMIME and RFC 3030 BINARYMIME.
@@ -402,5 +414,15 @@ mod tests {
     fn domain_is_lower_cased() {
         assert_eq!(domain_of("Joe@Example.COM."), "example.com");
         assert_eq!(domain_of("postmaster"), "");
+    }
+
+    #[test]
+    fn u_label_and_a_label_are_one_domain() {
+        assert_eq!(domain_of("a@Bücher.Example"), "xn--bcher-kva.example");
+        assert_eq!(
+            domain_of("a@XN--BCHER-KVA.example."),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(normalize_domain("Bücher.example."), "xn--bcher-kva.example");
     }
 }

@@ -411,6 +411,13 @@ async fn config_entry(
     if !CONFIG_SECTIONS.contains(&section) {
         return Response::error(404, format!("no section {section:?}"));
     }
+    // A destination pattern is kept in the form recipient domains take (`normalize_domains`).
+    let normalized = crate::config::normalize_pattern(name);
+    let name = if section == "domains" {
+        &normalized
+    } else {
+        name
+    };
     let current = core.shared.control.config();
     match method {
         "GET" => match entry_json(&current, section, name) {
@@ -425,6 +432,7 @@ async fn config_entry(
                 Ok(true) => {}
                 Err(e) => return Response::error(400, e),
             }
+            next.normalize_domains();
             // What cannot be written as TOML (an integer above i64::MAX) could be neither shown
             // nor kept: refuse it rather than run an entry `GET` cannot see.
             if method == "PUT" && entry_json(&next, section, name).is_none() {

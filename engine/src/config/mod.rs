@@ -58,6 +58,15 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// A destination pattern (`*`, `*.suffix` or a domain) in the form recipient domains take.
+pub fn normalize_pattern(pattern: &str) -> String {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => format!("*.{}", crate::envelope::normalize_domain(suffix)),
+        None if pattern == "*" => pattern.to_string(),
+        None => crate::envelope::normalize_domain(pattern),
+    }
+}
+
 impl Config {
     /// Parses and validates a configuration text; includes are relative to the working directory.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
@@ -74,8 +83,10 @@ impl Config {
                 message: e.message().trim().to_string(),
             }])
         })?;
+        config.normalize_domains();
         let mut errors = validate::validate(&config, text);
         errors.extend(config.merge_includes(text, base));
+        config.normalize_domains();
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -122,6 +133,29 @@ impl Config {
         domains.append(&mut self.domains);
         self.domains = domains;
         errors
+    }
+
+    /// Puts every destination name of the configuration (`[routes]` keys, `[[domain]]` and
+    /// `[[backoff]]` matches, `[[rollup]]` domains) in the form recipient domains take
+    /// (`envelope::normalize_domain`): a route or policy written `Example.COM.` or as a U-label
+    /// applies to the queue of `example.com` or its A-label. Idempotent.
+    pub fn normalize_domains(&mut self) {
+        let pattern = normalize_pattern;
+        self.routes = std::mem::take(&mut self.routes)
+            .into_iter()
+            .map(|(domain, hop)| (crate::envelope::normalize_domain(&domain), hop))
+            .collect();
+        for d in &mut self.domains {
+            d.pattern = pattern(&d.pattern);
+        }
+        for b in &mut self.backoff_rules {
+            b.domain = b.domain.as_deref().map(pattern);
+        }
+        for r in &mut self.rollups {
+            for d in &mut r.domains {
+                *d = crate::envelope::normalize_domain(d);
+            }
+        }
     }
 
     /// Checks a configuration changed in memory (API edits); errors carry keys but no lines.
@@ -261,6 +295,25 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn route_and_policy_names_take_the_recipient_domain_form() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:25\"\n\n[routes]\n\"Bücher.Example.\" = \"127.0.0.1:2526\"\n\"MiXed.Test\" = \"127.0.0.1:2527\"\n\n[[domain]]\nmatch = \"*.EXAMPLE.com\"\nmax_connections = 3\n";
+        let c = Config::parse(text).unwrap();
+        let domain = crate::envelope::domain_of("x@bücher.example");
+        assert_eq!(
+            c.routes.get(&domain).map(String::as_str),
+            Some("127.0.0.1:2526")
+        );
+        assert!(
+            c.routes
+                .contains_key(&crate::envelope::domain_of("x@mixed.TEST"))
+        );
+        assert_eq!(c.policy_for("v", "mx.example.com").queue.max_connections, 3);
+        let mut again = c.clone();
+        again.normalize_domains();
+        assert_eq!(again.routes, c.routes);
+    }
+
     use super::*;
 
     #[test]

@@ -1,15 +1,14 @@
-//! IP networks in CIDR notation (`10.0.0.0/8`, `::1/128`, or a bare address) for relay control.
+//! IP networks in CIDR notation (`10.0.0.0/8`, `::1/128`, or a bare address) for relay control,
+//! on `ipnet`; this wrapper adds the bare-address form, IPv4-mapped clients and serde as a string.
 
 use std::fmt;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Network {
-    base: IpAddr,
-    prefix_len: u8,
-}
+pub struct Network(IpNet);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid network {0:?}: expected CIDR like \"10.0.0.0/8\" or an address")]
@@ -22,55 +21,28 @@ impl Network {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        match (self.base, ip) {
-            (IpAddr::V4(base), IpAddr::V4(ip)) => {
-                prefix_matches(&base.octets(), &ip.octets(), self.prefix_len)
-            }
-            (IpAddr::V6(base), IpAddr::V6(ip)) => {
-                prefix_matches(&base.octets(), &ip.octets(), self.prefix_len)
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
-}
-
-fn prefix_matches(base: &[u8], ip: &[u8], prefix_len: u8) -> bool {
-    let full = usize::from(prefix_len / 8);
-    let rest = prefix_len % 8;
-    if base[..full] != ip[..full] {
-        return false;
-    }
-    if rest == 0 {
-        return true;
-    }
-    let mask = 0xFFu8 << (8 - rest);
-    base[full] & mask == ip[full] & mask
 }
 
 impl std::str::FromStr for Network {
     type Err = NetworkError;
     fn from_str(text: &str) -> Result<Self, NetworkError> {
-        let err = || NetworkError(text.into());
-        let (addr, len) = match text.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (text, None),
+        let text = text.trim();
+        let net = match text.parse::<IpNet>() {
+            Ok(net) => net,
+            Err(_) => IpNet::from(
+                text.parse::<IpAddr>()
+                    .map_err(|_| NetworkError(text.into()))?,
+            ),
         };
-        let base: IpAddr = addr.trim().parse().map_err(|_| err())?;
-        let max = if base.is_ipv4() { 32 } else { 128 };
-        let prefix_len = match len {
-            Some(l) => l.trim().parse::<u8>().map_err(|_| err())?,
-            None => max,
-        };
-        if prefix_len > max {
-            return Err(err());
-        }
-        Ok(Network { base, prefix_len })
+        Ok(Network(net))
     }
 }
 
 impl fmt::Display for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.base, self.prefix_len)
+        write!(f, "{}/{}", self.0.addr(), self.0.prefix_len())
     }
 }
 
