@@ -338,3 +338,53 @@ def test_sigusr1_reopens_the_accounting_log_and_sighup_follows_a_new_path(volley
         "events at the new path",
     )
     assert all(e["recipient"] != "three@dest.test" for e in volley.acct())
+
+
+def test_check_against_the_running_config_names_the_keys_a_reload_cannot_apply(tmp_path):
+    running = tmp_path / "running.toml"
+    running.write_text('[[listener]]\naddress = "127.0.0.1:2525"\nrelay_networks = ["127.0.0.0/8"]\n')
+    same_but_relay = tmp_path / "relay.toml"
+    same_but_relay.write_text('[[listener]]\naddress = "127.0.0.1:2525"\nrelay_networks = ["10.0.0.0/8"]\n')
+    moved = tmp_path / "moved.toml"
+    moved.write_text('[server]\nspool_dir = "/tmp/elsewhere"\n\n[[listener]]\naddress = "127.0.0.1:2600"\n')
+    done = volley_cmd("check", "--config", str(same_but_relay), "--against", str(running))
+    assert done.returncode == 0, done
+    assert b"a reload applies every change" in done.stdout, done.stdout
+    done = volley_cmd("check", "--config", str(moved), "--against", str(running))
+    assert done.returncode == 0, done
+    out = done.stdout.decode()
+    assert "server.spool_dir: changed; needs a restart" in out, out
+    assert "listener.address: changed; needs a restart" in out, out
+
+
+def test_sighup_applies_new_dns_nameservers(volley, sink_factory, dns):
+    import socket as _socket
+
+    from conftest import free_port
+    from dnsserver import TestDns
+
+    first = sink_factory("127.0.0.10")
+    second = sink_factory("127.0.0.12")
+    port_first = int(first.hostport.rsplit(":", 1)[1])
+    port_second = int(second.hostport.rsplit(":", 1)[1])
+    other = TestDns(free_port(kind=_socket.SOCK_DGRAM))
+    other.start()
+    try:
+        dns.a("relay.test", "127.0.0.10")
+        other.a("relay.test", "127.0.0.12")
+        # One route by name; the port differs per sink, so each sink gets its own route port.
+        volley.route("dest.test", f"relay.test:{port_first}")
+        volley.start()
+        volley.send("alice@src.test", ["one@dest.test"], message("one"))
+        assert first.wait_lines(1)[0]["recipients"] == ["one@dest.test"]
+        volley.config["dns"]["nameservers"] = [other.nameserver]
+        volley.route("dest.test", f"relay.test:{port_second}")
+        volley.write_config()
+        volley.signal(signal.SIGHUP)
+        wait_until(lambda: "configuration generation" in volley.stderr_path.read_text(errors="replace"), 10, "the reload")
+        volley.send("alice@src.test", ["two@dest.test"], message("two"))
+        # The old resolver's cache says 127.0.0.10; the new nameserver says 127.0.0.12.
+        assert second.wait_lines(1)[0]["recipients"] == ["two@dest.test"]
+        assert other.asked("relay.test", "A")
+    finally:
+        other.stop()

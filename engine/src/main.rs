@@ -37,6 +37,9 @@ enum Command {
     Check {
         #[arg(long)]
         config: PathBuf,
+        /// The running configuration: also list the changed keys a reload cannot apply.
+        #[arg(long)]
+        against: Option<PathBuf>,
     },
     /// Print the embedded default configuration.
     DefaultConfig,
@@ -89,7 +92,7 @@ fn main() -> ExitCode {
     volley::logging::init(cli.log_format);
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Check { config } => check(&config),
+        Command::Check { config, against } => check(&config, against.as_deref()),
         Command::DefaultConfig => {
             print!("{EMBEDDED_DEFAULT}");
             ExitCode::SUCCESS
@@ -133,19 +136,38 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match volley::dkim::load_config(path) {
-        Ok(_) => {
-            println!("{}: ok", path.display());
-            ExitCode::SUCCESS
-        }
+fn check(path: &std::path::Path, against: Option<&std::path::Path>) -> ExitCode {
+    let config = match volley::dkim::load_config(path) {
+        Ok(c) => c,
         Err(errors) => {
             for e in errors.0 {
                 println!("{}: {e}", path.display());
             }
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}: ok", path.display());
+    let Some(running_path) = against else {
+        return ExitCode::SUCCESS;
+    };
+    let running = match Config::load(running_path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors.0 {
+                println!("{}: {e}", running_path.display());
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let restart = volley::config::keys_needing_restart(&running, &config);
+    if restart.is_empty() {
+        println!("a reload applies every change");
+    } else {
+        for key in restart {
+            println!("{key}: changed; needs a restart (a reload keeps the running value)");
         }
     }
+    ExitCode::SUCCESS
 }
 
 fn hash_password() -> ExitCode {

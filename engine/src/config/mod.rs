@@ -4,6 +4,7 @@
 mod duration;
 mod network;
 mod policy;
+mod reload;
 mod schema;
 mod validate;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub use duration::ConfigDuration;
 pub use network::Network;
 pub use policy::{DEFAULT_SUSPEND, DomainPolicy, ReplyVerdict, rollup_of};
+pub use reload::keys_needing_restart;
 pub use schema::*;
 pub use validate::parse_next_hop;
 

@@ -170,7 +170,8 @@ pub struct CoreDelivery {
     pub messages: RefCell<MessageTable>,
     /// Envelopes read back lately (bounded; see `MessageCache`).
     cache: RefCell<MessageCache>,
-    resolver: RefCell<Option<Rc<Resolver>>>,
+    /// The resolver, and the nameservers it was made for.
+    resolver: RefCell<Option<(Vec<std::net::SocketAddr>, Rc<Resolver>)>>,
     wake_tx: LocalSender<()>,
     wake_rx: RefCell<Option<LocalReceiver<()>>>,
     /// Queues that changed since the scheduler last looked (new recipients, a connection closed).
@@ -232,17 +233,22 @@ impl CoreDelivery {
         self.connections.get() > 0
     }
 
+    /// The resolver of the running `[dns] nameservers`: made anew (with an empty cache) when a
+    /// reload changed them.
     pub(crate) fn resolver(&self, core: &CoreContext) -> Rc<Resolver> {
-        if let Some(r) = self.resolver.borrow().as_ref() {
+        let config = core.config();
+        let nameservers = &config.dns.nameservers;
+        if let Some((servers, r)) = self.resolver.borrow().as_ref()
+            && servers == nameservers
+        {
             return r.clone();
         }
-        let nameservers = core.config().dns.nameservers.clone();
         let r = Rc::new(if nameservers.is_empty() {
             Resolver::from_system()
         } else {
-            Resolver::new(nameservers)
+            Resolver::new(nameservers.clone())
         });
-        *self.resolver.borrow_mut() = Some(r.clone());
+        *self.resolver.borrow_mut() = Some((nameservers.clone(), r.clone()));
         r
     }
 

@@ -40,8 +40,17 @@ pub fn reload(control: &Control) {
     };
     match crate::dkim::load_config(path) {
         Ok(config) => {
+            let restart = crate::config::keys_needing_restart(&control.config(), &config);
             control.publish(Arc::new(config));
-            log::info!("reload: {} applied", path.display());
+            if restart.is_empty() {
+                log::info!("reload: {} applied", path.display());
+            } else {
+                log::warn!(
+                    "reload: {} applied except {}: these take effect after a restart",
+                    path.display(),
+                    restart.join(", ")
+                );
+            }
         }
         Err(errors) => {
             for e in errors.0 {

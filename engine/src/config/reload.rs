@@ -1,0 +1,66 @@
+//! What a reload cannot apply to a running daemon: the keys whose change needs a restart. A reload
+//! applies every other key (each service picks up the new configuration: listeners for sessions
+//! that start from then on, delivery for connections opened from then on, the API per request,
+//! the accounting log at once). `volley check --against` and the reload log line name these.
+
+use super::Config;
+
+/// The keys that differ between `running` and `next` and take effect only after a restart.
+pub fn keys_needing_restart(running: &Config, next: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut differs = |key: &str, changed: bool| {
+        if changed {
+            keys.push(key.to_string());
+        }
+    };
+    differs("server.cores", running.core_count() != next.core_count());
+    differs(
+        "server.spool_dir",
+        running.server.spool_dir != next.server.spool_dir,
+    );
+    differs("spool", running.spool != next.spool);
+    differs("api.address", running.api.address != next.api.address);
+    // Sockets are bound at start: a listener added, removed or moved needs a restart.
+    let addresses = |c: &Config| c.listeners.iter().map(|l| l.address).collect::<Vec<_>>();
+    differs("listener.address", addresses(running) != addresses(next));
+    // The TLS server configuration (certificate, key) is built once at start.
+    let tls = |c: &Config| {
+        c.tls
+            .as_ref()
+            .map(|t| (t.certificate.clone(), t.private_key.clone()))
+    };
+    differs("tls", tls(running) != tls(next));
+    let modes = |c: &Config| c.listeners.iter().map(|l| l.tls).collect::<Vec<_>>();
+    differs("listener.tls", modes(running) != modes(next));
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        Config::parse(&format!(
+            "[[listener]]\naddress = \"127.0.0.1:2525\"\nrelay_networks = [\"127.0.0.0/8\"]\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_start_time_keys_are_named() {
+        let running = config("");
+        assert!(keys_needing_restart(&running, &running).is_empty());
+        let mut next = running.clone();
+        next.server.spool_dir = "/elsewhere".into();
+        next.api.address = "127.0.0.1:9999".parse().unwrap();
+        next.listeners[0].relay_networks.clear();
+        next.listeners[0].max_recipients = 7;
+        assert_eq!(
+            keys_needing_restart(&running, &next),
+            ["server.spool_dir", "api.address"]
+        );
+        let mut moved = running.clone();
+        moved.listeners[0].address = "127.0.0.1:2626".parse().unwrap();
+        assert_eq!(keys_needing_restart(&running, &moved), ["listener.address"]);
+    }
+}
