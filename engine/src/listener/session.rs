@@ -23,7 +23,7 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// How often an idle session looks at the stop flag.
 const STOP_CHECK_MS: u64 = 500;
 
-enum Next {
+enum SessionEnd {
     Close,
     StartTls,
 }
@@ -84,20 +84,20 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ListenerContext>) -> 
     if let Some(acceptor) = ctx.implicit_tls() {
         let mut tls = acceptor.accept(stream).await?;
         let mut session = Session::new(server_config, peer_info, true);
-        drive(&mut tls, &mut session, ctx).await?;
+        exchange(&mut tls, &mut session, ctx).await?;
         return Ok(());
     }
     let mut plain = stream;
     let mut session = Session::new(server_config, peer_info, false);
-    match drive(&mut plain, &mut session, ctx).await? {
-        Next::Close => Ok(()),
-        Next::StartTls => {
+    match exchange(&mut plain, &mut session, ctx).await? {
+        SessionEnd::Close => Ok(()),
+        SessionEnd::StartTls => {
             let Some(acceptor): Option<TlsAcceptor> = ctx.starttls() else {
                 return Ok(());
             };
             let mut tls = acceptor.accept(plain).await?;
             session.tls_established();
-            drive(&mut tls, &mut session, ctx).await?;
+            exchange(&mut tls, &mut session, ctx).await?;
             Ok(())
         }
     }
@@ -108,7 +108,11 @@ enum ReadOutcome {
     TimedOut,
 }
 
-async fn drive<S>(io: &mut S, session: &mut Session, ctx: &Rc<ListenerContext>) -> io::Result<Next>
+async fn exchange<S>(
+    io: &mut S,
+    session: &mut Session,
+    ctx: &Rc<ListenerContext>,
+) -> io::Result<SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -119,8 +123,8 @@ where
         let mut next = None;
         while let Some(event) = session.poll_event() {
             match event {
-                Event::StartTls => next = Some(Next::StartTls),
-                Event::Close => next = Some(Next::Close),
+                Event::StartTls => next = Some(SessionEnd::StartTls),
+                Event::Close => next = Some(SessionEnd::Close),
                 other => handle_event(other, session, ctx).await,
             }
         }
@@ -134,17 +138,17 @@ where
             return Ok(next);
         }
         if session.is_closed() {
-            return Ok(Next::Close);
+            return Ok(SessionEnd::Close);
         }
         let stopping = ctx.core.shared.control.stopping();
         if stopping && !session.in_transaction() {
             io.write_all(b"421 4.3.2 Service shutting down, try again later\r\n")
                 .await?;
             io.flush().await?;
-            return Ok(Next::Close);
+            return Ok(SessionEnd::Close);
         }
         match read_some(io, &mut buf, STOP_CHECK_MS).await? {
-            ReadOutcome::Data(0) => return Ok(Next::Close),
+            ReadOutcome::Data(0) => return Ok(SessionEnd::Close),
             ReadOutcome::Data(n) => {
                 idle_ms = 0;
                 session.receive(&buf[..n]);
