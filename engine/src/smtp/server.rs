@@ -28,7 +28,7 @@ use memchr::memchr;
 
 use crate::envelope::{BodyType, DsnNotify, Envelope, Recipient};
 use crate::smtp::command::{self, Command, MailParams, RcptParams};
-use crate::smtp::data::{BodyBuffer, DataDecoder, DataError};
+use crate::smtp::data::{ChunkedBody, DataDecoder, DataError};
 use crate::smtp::reply::Reply;
 
 mod auth;
@@ -142,7 +142,7 @@ struct Greeting {
 struct MailTransaction {
     envelope: Envelope,
     /// The body collected from BDAT chunks; present once the first BDAT was accepted.
-    chunks: Option<BodyBuffer>,
+    chunks: Option<ChunkedBody>,
 }
 
 /// What the incoming octets are.
@@ -710,8 +710,9 @@ impl Session {
             None => Some(Reply::MAIL_FIRST),
             Some(tx) if tx.envelope.recipients.is_empty() => Some(Reply::NO_VALID_RECIPIENTS),
             Some(tx) => {
+                let binary = tx.envelope.body_type == BodyType::BinaryMime;
                 tx.chunks
-                    .get_or_insert_with(|| BodyBuffer::new(max_message_bytes))
+                    .get_or_insert_with(|| ChunkedBody::new(max_message_bytes, binary))
                     .announce(chunk_bytes);
                 None
             }
@@ -733,15 +734,16 @@ impl Session {
         if let Some(refusal) = chunk.refusal {
             return self.reply_error(refusal);
         }
-        let overflowed = self
+        let broken = self
             .transaction
             .as_ref()
             .and_then(|tx| tx.chunks.as_ref())
-            .is_none_or(BodyBuffer::overflowed);
-        if overflowed {
-            // The transaction fails; chunks still in flight get 503 (RFC 3030 section 4.2).
+            .map_or(Some(DataError::TooBig), ChunkedBody::broken);
+        if let Some(error) = broken {
+            // The transaction fails at once, as DATA would at its end; chunks still in flight
+            // get 503 (RFC 3030 section 4.2).
             self.transaction = None;
-            return self.reply_error(Reply::MESSAGE_TOO_BIG);
+            return self.reply_error(error.reply());
         }
         if !chunk.last {
             let text = format!("{} octets received", chunk.chunk_bytes);
@@ -751,8 +753,9 @@ impl Session {
         let body = transaction
             .as_mut()
             .and_then(|tx| tx.chunks.take())
-            .and_then(BodyBuffer::into_bytes)
-            .ok_or(Reply::MESSAGE_TOO_BIG);
+            .ok_or(DataError::TooBig)
+            .and_then(ChunkedBody::finish)
+            .map_err(DataError::reply);
         self.finish_message(transaction, body);
     }
 

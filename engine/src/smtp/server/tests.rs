@@ -811,8 +811,10 @@ fn bdat_refusals_still_consume_the_chunk() {
 #[test]
 fn bdat_over_max_size() {
     let mut s = session();
-    let big = "x".repeat(6000);
-    let huge = "x".repeat(20000);
+    // 100-octet lines: the text rules hold, only the size is at stake.
+    let line = format!("{}\r\n", "x".repeat(98));
+    let big = line.repeat(60);
+    let huge = line.repeat(200);
     let input = format!(
         "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<c@d.example>\r\nBDAT 6000\r\n{big}BDAT 6000 LAST\r\n{big}NOOP\r\n\
          MAIL FROM:<>\r\nRCPT TO:<c@d.example>\r\nBDAT 20000 LAST\r\n{huge}NOOP\r\n"
@@ -1052,4 +1054,104 @@ fn fuzz_session_on_generated_input() {
         fuzzing::fuzz_session(&input);
         fuzzing::fuzz_command(&input);
     }
+}
+
+/// Runs one BDAT transaction with `chunks` (each sent as `BDAT <n>`, the last with LAST); returns
+/// the reply codes after RCPT and the messages handed over.
+fn bdat_session(chunks: &[&[u8]], body_param: &str) -> (Vec<String>, Vec<Vec<u8>>) {
+    let mut input =
+        format!("EHLO c\r\nMAIL FROM:<a@b.example>{body_param}\r\nRCPT TO:<c@d.example>\r\n")
+            .into_bytes();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+        input.extend_from_slice(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes());
+        input.extend_from_slice(chunk);
+    }
+    input.extend_from_slice(b"NOOP\r\n");
+    let mut s = session();
+    s.take_output(&mut Vec::new());
+    let mut driver = Driver::default();
+    driver.feed(&mut s, &input);
+    let codes = codes(&driver.text()).split_off(3);
+    let bodies = driver
+        .events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message { body, .. } => Some(body),
+            _ => None,
+        })
+        .collect();
+    (codes, bodies)
+}
+
+#[test]
+fn bdat_smuggling_attack_is_refused_like_data() {
+    let attack: &[u8] = b"Subject: hi\r\n\r\nx\r.\r\nMAIL FROM:<ceo@bank.example>\r\nRCPT TO:<v@x.example>\r\nDATA\r\nspoofed\r\n";
+    let (codes, bodies) = bdat_session(&[attack], "");
+    assert_eq!(codes, ["550 5.6.11", "250 2.0.0"]);
+    assert!(bodies.is_empty());
+    // The same body through DATA earns the same reply.
+    let mut data = attack.to_vec();
+    data.extend_from_slice(b".\r\n");
+    let (out, events, _) = data_session(&data);
+    assert!(out.contains("550 5.6.11"), "{out}");
+    assert!(!events.iter().any(|e| matches!(e, Event::Message { .. })));
+    // Bare LF, a bare CR at a chunk's end, a body that ends in a bare CR.
+    for chunks in [
+        &[&b"a\nb\r\n"[..]][..],
+        &[&b"a\r"[..], b"b\r\n"],
+        &[&b"a\r\n"[..], b"b\r"],
+    ] {
+        let (codes, bodies) = bdat_session(chunks, "");
+        assert_eq!(codes.last().map(String::as_str), Some("250 2.0.0"));
+        assert!(
+            codes.contains(&"550 5.6.11".to_string()),
+            "{chunks:?}: {codes:?}"
+        );
+        assert!(bodies.is_empty());
+    }
+}
+
+#[test]
+fn bdat_refusal_ends_the_transaction_at_the_chunk() {
+    // The first chunk breaks the rule: refused at once; the next chunk finds no transaction.
+    let (codes, bodies) = bdat_session(&[b"a\nb\r\n", b"ok\r\n"], "");
+    assert_eq!(codes, ["550 5.6.11", "503 5.5.1", "250 2.0.0"]);
+    assert!(bodies.is_empty());
+}
+
+#[test]
+fn crlf_split_across_chunks_is_fine() {
+    let (codes, bodies) = bdat_session(&[b"a\r", b"\nb\r\n"], "");
+    assert_eq!(codes, ["250 2.0.0", "250 2.0.0", "250 2.0.0"]);
+    assert_eq!(bodies, [b"a\r\nb\r\n".to_vec()]);
+}
+
+#[test]
+fn nul_octets_are_refused_in_text_bodies() {
+    let (out, events, _) = data_session(b"a\x00b\r\n.\r\n");
+    assert!(
+        out.contains("550 5.6.0 Message contains NUL octets"),
+        "{out}"
+    );
+    assert!(!events.iter().any(|e| matches!(e, Event::Message { .. })));
+    let (codes, bodies) = bdat_session(&[b"a\x00b\r\n"], "");
+    assert_eq!(codes, ["550 5.6.0", "250 2.0.0"]);
+    assert!(bodies.is_empty());
+    // BINARYMIME bodies may hold any octet (RFC 3030 section 3).
+    let (codes, bodies) = bdat_session(&[b"a\x00\rb\n"], " BODY=BINARYMIME");
+    assert_eq!(codes, ["250 2.0.0", "250 2.0.0"]);
+    assert_eq!(bodies, [b"a\x00\rb\n".to_vec()]);
+}
+
+#[test]
+fn bdat_text_lines_are_limited_like_data() {
+    let mut long = vec![b'x'; 999];
+    long.extend_from_slice(b"\r\n");
+    let (codes, _) = bdat_session(&[&long], "");
+    assert_eq!(codes, ["500 5.5.6", "250 2.0.0"]);
+    let ok = &long[1..];
+    let (codes, bodies) = bdat_session(&[ok], "");
+    assert_eq!(codes, ["250 2.0.0", "250 2.0.0"]);
+    assert_eq!(bodies.len(), 1);
 }
