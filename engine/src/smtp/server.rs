@@ -3,15 +3,27 @@
 //! ENHANCEDSTATUSCODES).
 //!
 //! The driver (`listener`) owns the socket, TLS and the clock. It feeds what it read to
-//! [`Session::receive`], writes what [`Session::take_output`] gives it, and answers the
-//! [`Event`]s from [`Session::poll_event`]. While an event waits for its answer the session
+//! [`Session::receive`] with the time, writes what [`Session::take_output`] gives it, and answers
+//! the [`Event`]s from [`Session::poll_event`]. While an event waits for its answer the session
 //! processes no further input (it keeps it buffered, in order), so replies always come out in
 //! command order however the input was split. [`Session::wants_input`] tells the driver when
 //! reading more is useful; honouring it keeps the input buffer to about one command line.
 //!
+//!
+//! Deadlines are the session's, not the driver's (quinn-proto style): [`Session::poll_timeout`]
+//! says when the current stage must be over, whatever the client trickles in meanwhile, and the
+//! driver calls [`Session::handle_timeout`] when it passes. Keeping them here lets the unit tests
+//! check each deadline rule with a fake clock, and only the session knows where a command, a body
+//! or a BDAT transaction starts and ends. The driver keeps the deadlines of its own I/O steps
+//! (TLS handshake, each write).
+//! - A command line (or an AUTH response) must be complete within `command_timeout` of the end
+//!   of the previous command (or the greeting, or the driver's answer to an event);
+//! - a message body must be complete within `data_timeout` of the 354 (DATA) or of the first
+//!   BDAT of the transaction; between BDAT chunks both deadlines apply.
+//!
 //! ```text
 //! loop {
-//!     session.receive(&bytes_read);
+//!     session.receive(&bytes_read, now);   // or handle_timeout(now) when poll_timeout passed
 //!     while let Some(event) = session.poll_event() { /* answer it */ }
 //!     session.take_output(&mut write_buffer);   // write it
 //!     if session.is_closed() { break }
@@ -22,7 +34,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use memchr::memchr;
 
@@ -57,9 +69,10 @@ pub struct ServerConfig {
     pub auth_enabled: bool,
     /// MAIL requires a successful AUTH first.
     pub auth_required: bool,
-    /// How long to wait for a command line (RFC 5321 section 4.5.3.2.7: 5 minutes).
+    /// The longest a whole command line may take to arrive, counted from the end of the previous
+    /// one (RFC 5321 section 4.5.3.2.7: 5 minutes).
     pub command_timeout: Duration,
-    /// How long to wait for more body octets inside DATA or BDAT (RFC 5321 section 4.5.3.2.5).
+    /// The longest a whole message body may take to arrive, from the 354 or the first BDAT.
     pub data_timeout: Duration,
 }
 
@@ -74,7 +87,7 @@ impl Default for ServerConfig {
             auth_enabled: false,
             auth_required: false,
             command_timeout: Duration::from_secs(5 * 60),
-            data_timeout: Duration::from_secs(3 * 60),
+            data_timeout: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -143,6 +156,24 @@ struct MailTransaction {
     envelope: Envelope,
     /// The body collected from BDAT chunks; present once the first BDAT was accepted.
     chunks: Option<ChunkedBody>,
+    /// When the body must be complete: set at the 354 or the first BDAT.
+    body_deadline: Option<Instant>,
+}
+
+/// The stage whose deadline passed, as named in the 421 reply and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutStage {
+    Command,
+    Data,
+}
+
+impl TimeoutStage {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeoutStage::Command => "command",
+            TimeoutStage::Data => "data",
+        }
+    }
 }
 
 /// What the incoming octets are.
@@ -194,11 +225,20 @@ pub struct Session {
     events: VecDeque<Event>,
     error_count: u32,
     closed: bool,
+    /// The time given with the latest input or answer.
+    now: Instant,
+    /// When the current command stage began: the command deadline counts from here.
+    command_started: Instant,
 }
 
 impl Session {
     /// A session for a just-accepted connection; the 220 greeting is already in the output.
-    pub fn new(config: Rc<ServerConfig>, peer: PeerInfo, tls_active: bool) -> Session {
+    pub fn new(
+        config: Rc<ServerConfig>,
+        peer: PeerInfo,
+        tls_active: bool,
+        now: Instant,
+    ) -> Session {
         let mut session = Session {
             config,
             peer,
@@ -216,6 +256,8 @@ impl Session {
             events: VecDeque::new(),
             error_count: 0,
             closed: false,
+            now,
+            command_started: now,
         };
         let greeting = Reply::new(
             220,
@@ -228,10 +270,11 @@ impl Session {
 
     /// Feeds octets read from the peer. They are processed at once as far as possible; the rest
     /// is kept, in order, until an awaited event is answered.
-    pub fn receive(&mut self, input: &[u8]) {
+    pub fn receive(&mut self, input: &[u8], now: Instant) {
         if self.closed || input.is_empty() {
             return;
         }
+        self.now = now;
         if self.input_start >= self.input.len() {
             // Nothing buffered: work on the caller's slice and keep only the unprocessed tail.
             self.input.clear();
@@ -263,11 +306,12 @@ impl Session {
 
     /// Answers `Event::Auth`: `Ok(customer_name)` → 235 2.7.0, `Err(reply)` (usually
     /// `Reply::AUTH_FAILED`) is sent and counted as an error.
-    pub fn auth_result(&mut self, result: Result<String, Reply>) {
+    pub fn auth_result(&mut self, result: Result<String, Reply>, now: Instant) {
         if self.closed || !matches!(self.waiting, Some(Waiting::Auth)) {
             return;
         }
         self.waiting = None;
+        self.restart_command_stage(now);
         match result {
             Ok(name) => {
                 self.authenticated = Some(name);
@@ -279,16 +323,18 @@ impl Session {
     }
 
     /// Answers `Event::Mail`: `Ok(())` → 250 2.1.0 and the transaction starts; `Err(reply)` is sent.
-    pub fn mail_result(&mut self, result: Result<(), Reply>) {
+    pub fn mail_result(&mut self, result: Result<(), Reply>, now: Instant) {
         if self.closed || !matches!(self.waiting, Some(Waiting::Mail(_))) {
             return;
         }
+        self.restart_command_stage(now);
         if let Some(Waiting::Mail(envelope)) = self.waiting.take() {
             match result {
                 Ok(()) => {
                     self.transaction = Some(MailTransaction {
                         envelope,
                         chunks: None,
+                        body_deadline: None,
                     });
                     self.reply(Reply::SENDER_OK);
                 }
@@ -300,11 +346,12 @@ impl Session {
 
     /// Answers `Event::Message`: `Ok(queue_id)` → `250 2.0.0 Ok: queued as <id>`; `Err(reply)` is
     /// sent. Either way the transaction is over.
-    pub fn message_result(&mut self, result: Result<String, Reply>) {
+    pub fn message_result(&mut self, result: Result<String, Reply>, now: Instant) {
         if self.closed || !matches!(self.waiting, Some(Waiting::Message)) {
             return;
         }
         self.waiting = None;
+        self.restart_command_stage(now);
         match result {
             Ok(queue_id) => self.reply(Reply::OK.with_text(format!("Ok: queued as {queue_id}"))),
             Err(reply) => self.reply(reply),
@@ -315,11 +362,12 @@ impl Session {
     /// The TLS handshake after STARTTLS succeeded. Input that arrived after the STARTTLS line is
     /// discarded (it was sent in the clear: RFC 3207 section 4.2 and the STARTTLS injection
     /// attacks), and the session starts over: the client must EHLO again.
-    pub fn tls_established(&mut self) {
+    pub fn tls_established(&mut self, now: Instant) {
         if self.closed || !matches!(self.waiting, Some(Waiting::TlsHandshake)) {
             return;
         }
         self.waiting = None;
+        self.restart_command_stage(now);
         self.tls_active = true;
         self.greeting = None;
         self.authenticated = None;
@@ -331,14 +379,54 @@ impl Session {
         self.discarding_long_line = false;
     }
 
-    /// The read timeout (`timeout()`) expired: 421 4.4.2 and close.
-    pub fn on_timeout(&mut self) {
-        if self.closed {
-            return;
+    /// When the current stage must be over (see the module documentation), or `None` while the
+    /// session waits for the driver's answer or is closed. The driver calls `handle_timeout` once
+    /// it has passed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline().map(|(at, _)| at)
+    }
+
+    /// Checks the deadline at `now`: once passed, `421 4.4.2 <hostname> <stage> timeout` goes out,
+    /// the session closes, and the stage is returned for the driver's log line.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<TimeoutStage> {
+        let (at, stage) = self.deadline()?;
+        if now < at {
+            return None;
         }
-        let reply = self.with_hostname(Reply::TIMEOUT);
-        self.reply(reply);
+        self.now = now;
+        let text = format!("{} {} timeout", self.config.hostname, stage.name());
+        self.reply(Reply::TIMEOUT.with_text(text));
         self.close();
+        Some(stage)
+    }
+
+    fn deadline(&self) -> Option<(Instant, TimeoutStage)> {
+        if self.closed || self.waiting.is_some() {
+            return None;
+        }
+        let command = (
+            self.command_started + self.config.command_timeout,
+            TimeoutStage::Command,
+        );
+        let body = self
+            .transaction
+            .as_ref()
+            .and_then(|tx| tx.body_deadline)
+            .map(|at| (at, TimeoutStage::Data));
+        Some(match (&self.phase, body) {
+            (InputPhase::Data(_) | InputPhase::Bdat(_), Some(body)) => body,
+            // A refused BDAT chunk is still read: the command that announced it bounds it.
+            (InputPhase::Data(_) | InputPhase::Bdat(_), None) => command,
+            // Between BDAT chunks: the next command, and the body as a whole.
+            (_, Some(body)) if body.0 < command.0 => body,
+            (_, _) => command,
+        })
+    }
+
+    /// A command, a body or a driver's answer is complete: the next command's time starts now.
+    fn restart_command_stage(&mut self, now: Instant) {
+        self.now = now;
+        self.command_started = now;
     }
 
     /// Ends the session from the driver's side (shutdown, an IO or TLS failure it can still
@@ -349,14 +437,6 @@ impl Session {
         }
         self.reply(reply);
         self.close();
-    }
-
-    /// How long the driver should wait for the next octets before calling `on_timeout`.
-    pub fn timeout(&self) -> Duration {
-        match self.phase {
-            InputPhase::Data(_) | InputPhase::Bdat(_) => self.config.data_timeout,
-            InputPhase::Command | InputPhase::AuthResponse(_) => self.config.command_timeout,
-        }
     }
 
     /// Whether reading more input is useful now: false while an event awaits its answer or after
@@ -474,9 +554,14 @@ impl Session {
                 return rest.len();
             }
             if rest.len() >= limit {
-                // Already longer than any valid line: drop it and skip to its end.
+                // Already longer than any valid line: answer now, not at a CRLF that may never
+                // come, and skip to its end (the command deadline still runs).
                 self.discarding_long_line = true;
                 self.scanned_without_newline = 0;
+                if in_auth {
+                    self.phase = InputPhase::Command;
+                }
+                self.reply_error(Reply::LINE_TOO_LONG);
                 return rest.len();
             }
             self.scanned_without_newline = rest.len();
@@ -484,7 +569,12 @@ impl Session {
         };
         let newline = from + offset;
         self.scanned_without_newline = 0;
-        let too_long = std::mem::take(&mut self.discarding_long_line) || newline + 1 > limit;
+        self.restart_command_stage(self.now);
+        if std::mem::take(&mut self.discarding_long_line) {
+            // The end of a line already answered.
+            return newline + 1;
+        }
+        let too_long = newline + 1 > limit;
         let line = if newline > 0 && rest.get(newline - 1) == Some(&b'\r') {
             rest.get(..newline - 1)
         } else {
@@ -516,6 +606,7 @@ impl Session {
             && let InputPhase::Data(decoder) =
                 std::mem::replace(&mut self.phase, InputPhase::Command)
         {
+            self.restart_command_stage(self.now);
             let verdict = decoder.finish().map_err(DataError::reply);
             let transaction = self.transaction.take();
             self.finish_message(transaction, verdict);
@@ -540,6 +631,7 @@ impl Session {
         if chunk.remaining == 0
             && let InputPhase::Bdat(chunk) = std::mem::replace(&mut self.phase, InputPhase::Command)
         {
+            self.restart_command_stage(self.now);
             self.finish_chunk(chunk);
         }
         n
@@ -701,16 +793,22 @@ impl Session {
             return self.reply_error(reply);
         }
         self.reply(Reply::START_MAIL_INPUT);
+        let body_deadline = self.now + self.config.data_timeout;
+        if let Some(tx) = &mut self.transaction {
+            tx.body_deadline = Some(body_deadline);
+        }
         self.phase = InputPhase::Data(DataDecoder::new(self.config.max_message_bytes));
     }
 
     fn bdat(&mut self, chunk_bytes: u64, last: bool) {
         let max_message_bytes = self.config.max_message_bytes;
+        let body_deadline = self.now + self.config.data_timeout;
         let refusal = match &mut self.transaction {
             None => Some(Reply::MAIL_FIRST),
             Some(tx) if tx.envelope.recipients.is_empty() => Some(Reply::NO_VALID_RECIPIENTS),
             Some(tx) => {
                 let binary = tx.envelope.body_type == BodyType::BinaryMime;
+                tx.body_deadline.get_or_insert(body_deadline);
                 tx.chunks
                     .get_or_insert_with(|| ChunkedBody::new(max_message_bytes, binary))
                     .announce(chunk_bytes);

@@ -1,5 +1,7 @@
 //! Entry points for the fuzzers (`fuzz/`) and for the stable test that runs them on generated input.
 
+use std::time::{Duration, Instant};
+
 use super::*;
 
 /// Parses arbitrary bytes as a command line; must never panic.
@@ -38,13 +40,16 @@ pub fn fuzz_session(data: &[u8]) {
         starttls_available: flags & 0x02 != 0,
         auth_enabled: flags & 0x04 != 0,
         auth_required: flags & 0x08 != 0,
-        ..ServerConfig::default()
+        command_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(600),
     });
     let peer = PeerInfo {
         ip: IpAddr::from([192, 0, 2, 1]),
         relay_allowed: flags & 0x10 != 0,
     };
-    let mut session = Session::new(config.clone(), peer, flags & 0x20 != 0);
+    // A fake clock that the seed moves forward between pieces of input.
+    let mut now = Instant::now();
+    let mut session = Session::new(config.clone(), peer, flags & 0x20 != 0, now);
     let mut rng = u32::from(*seed) | 1;
     let mut next = move || {
         // xorshift: deterministic splits and answers from the seed.
@@ -59,35 +64,49 @@ pub fn fuzz_session(data: &[u8]) {
     while pos < data.len() {
         let len = (next() % 64 + 1) as usize;
         let end = (pos + len).min(data.len());
-        session.receive(&data[pos..end]);
+        now += Duration::from_secs(u64::from(next() % 128));
+        if next() % 8 == 0 && session.handle_timeout(now).is_some() {
+            assert!(session.is_closed());
+            assert_eq!(session.poll_timeout(), None);
+        }
+        session.receive(&data[pos..end], now);
         pos = end;
         while let Some(event) = session.poll_event() {
             assert!(!closed_seen, "no event after Close");
             let accept = next() % 4 != 0;
             match event {
-                Event::Auth { .. } => session.auth_result(if accept {
-                    Ok("customer".into())
-                } else {
-                    Err(Reply::AUTH_FAILED)
-                }),
-                Event::Mail { .. } => session.mail_result(if accept {
-                    Ok(())
-                } else {
-                    Err(Reply::INSUFFICIENT_STORAGE)
-                }),
+                Event::Auth { .. } => session.auth_result(
+                    if accept {
+                        Ok("customer".into())
+                    } else {
+                        Err(Reply::AUTH_FAILED)
+                    },
+                    now,
+                ),
+                Event::Mail { .. } => session.mail_result(
+                    if accept {
+                        Ok(())
+                    } else {
+                        Err(Reply::INSUFFICIENT_STORAGE)
+                    },
+                    now,
+                ),
                 Event::Message { envelope, body } => {
                     assert!(body.len() <= config.max_message_bytes);
                     assert!(!envelope.recipients.is_empty());
                     assert!(envelope.recipients.len() <= config.max_recipients);
-                    session.message_result(if accept {
-                        Ok("ID".into())
-                    } else {
-                        Err(Reply::LOCAL_ERROR)
-                    })
+                    session.message_result(
+                        if accept {
+                            Ok("ID".into())
+                        } else {
+                            Err(Reply::LOCAL_ERROR)
+                        },
+                        now,
+                    )
                 }
                 Event::StartTls => {
                     if accept {
-                        session.tls_established();
+                        session.tls_established(now);
                     }
                 }
                 Event::Close => closed_seen = true,
@@ -97,8 +116,11 @@ pub fn fuzz_session(data: &[u8]) {
         session.take_output(&mut output);
     }
     if next() % 2 == 0 {
-        session.on_timeout();
-        assert!(session.is_closed());
+        // Far past any deadline: a session that waits for no answer must time out.
+        let waiting = session.poll_timeout().is_none();
+        let stage = session.handle_timeout(now + Duration::from_secs(3600));
+        assert!(waiting || stage.is_some());
+        assert!(waiting || session.is_closed());
     }
     session.take_output(&mut output);
     assert_well_framed(&output);

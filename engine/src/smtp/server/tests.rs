@@ -1,5 +1,7 @@
 //! Unit tests of the receiving session, driven in memory.
 
+use std::time::Instant;
+
 use super::*;
 use crate::envelope::DsnRet;
 use base64::Engine as _;
@@ -25,7 +27,14 @@ fn session_with(config: ServerConfig, relay_allowed: bool, tls: bool) -> Session
             relay_allowed,
         },
         tls,
+        t0(),
     )
+}
+
+/// The fake clock's origin: every test time is `t0()` plus a duration.
+fn t0() -> Instant {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *T0.get_or_init(Instant::now)
 }
 
 fn session() -> Session {
@@ -41,24 +50,24 @@ struct Driver {
 
 impl Driver {
     fn feed(&mut self, session: &mut Session, input: &[u8]) {
-        session.receive(input);
+        session.receive(input, t0());
         self.answer(session);
     }
 
     fn answer(&mut self, session: &mut Session) {
         while let Some(event) = session.poll_event() {
             match &event {
-                Event::Auth { username, .. } => session.auth_result(Ok(username.clone())),
-                Event::Mail { .. } => session.mail_result(Ok(())),
+                Event::Auth { username, .. } => session.auth_result(Ok(username.clone()), t0()),
+                Event::Mail { .. } => session.mail_result(Ok(()), t0()),
                 Event::Message { .. } => {
                     let n = self
                         .events
                         .iter()
                         .filter(|e| matches!(e, Event::Message { .. }))
                         .count();
-                    session.message_result(Ok(format!("Q{n}")));
+                    session.message_result(Ok(format!("Q{n}")), t0());
                 }
-                Event::StartTls => session.tls_established(),
+                Event::StartTls => session.tls_established(t0()),
                 Event::Close => {}
             }
             self.events.push(event);
@@ -111,7 +120,7 @@ fn greeting() {
     assert_eq!(out, b"220 mx.test ESMTP Volley\r\n");
     assert!(!s.is_closed());
     assert!(s.wants_input());
-    assert_eq!(s.timeout(), Duration::from_secs(300));
+    assert_eq!(s.poll_timeout(), Some(t0() + Duration::from_secs(300)));
 }
 
 #[test]
@@ -199,14 +208,17 @@ fn every_split_gives_the_same_output_and_events() {
 fn replies_wait_for_the_driver_answer() {
     let mut s = session();
     s.take_output(&mut Vec::new());
-    s.receive(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nNOOP\r\n");
+    s.receive(
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nNOOP\r\n",
+        t0(),
+    );
     let mut out = Vec::new();
     s.take_output(&mut out);
     let text = String::from_utf8(out).unwrap();
     assert!(text.ends_with("250 DSN\r\n"), "{text}");
     assert!(!s.wants_input());
     // More input while waiting is buffered, not processed.
-    s.receive(b"RSET\r\n");
+    s.receive(b"RSET\r\n", t0());
     assert_eq!(
         s.poll_event(),
         Some(Event::Mail {
@@ -218,7 +230,7 @@ fn replies_wait_for_the_driver_answer() {
     let mut out = Vec::new();
     s.take_output(&mut out);
     assert!(out.is_empty());
-    s.mail_result(Ok(()));
+    s.mail_result(Ok(()), t0());
     let mut out = Vec::new();
     s.take_output(&mut out);
     assert_eq!(
@@ -231,9 +243,12 @@ fn replies_wait_for_the_driver_answer() {
 #[test]
 fn mail_refused_by_the_driver() {
     let mut s = session();
-    s.receive(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n");
+    s.receive(
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n",
+        t0(),
+    );
     assert!(matches!(s.poll_event(), Some(Event::Mail { .. })));
-    s.mail_result(Err(Reply::INSUFFICIENT_STORAGE));
+    s.mail_result(Err(Reply::INSUFFICIENT_STORAGE), t0());
     let mut out = Vec::new();
     s.take_output(&mut out);
     let text = String::from_utf8(out).unwrap();
@@ -242,10 +257,10 @@ fn mail_refused_by_the_driver() {
         "{text}"
     );
     // Answers to events that are not pending are ignored.
-    s.mail_result(Ok(()));
-    s.message_result(Ok("X".into()));
-    s.auth_result(Ok("x".into()));
-    s.tls_established();
+    s.mail_result(Ok(()), t0());
+    s.message_result(Ok("X".into()), t0());
+    s.auth_result(Ok("x".into()), t0());
+    s.tls_established(t0());
     let mut out = Vec::new();
     s.take_output(&mut out);
     assert!(out.is_empty());
@@ -255,16 +270,19 @@ fn mail_refused_by_the_driver() {
 #[test]
 fn message_refused_by_the_driver() {
     let mut s = session();
-    s.receive(b"EHLO c\r\nMAIL FROM:<>\r\n");
+    s.receive(b"EHLO c\r\nMAIL FROM:<>\r\n", t0());
     s.poll_event();
-    s.mail_result(Ok(()));
-    s.receive(b"RCPT TO:<c@d.example>\r\nDATA\r\nhi\r\n.\r\nRCPT TO:<x@y.example>\r\n");
+    s.mail_result(Ok(()), t0());
+    s.receive(
+        b"RCPT TO:<c@d.example>\r\nDATA\r\nhi\r\n.\r\nRCPT TO:<x@y.example>\r\n",
+        t0(),
+    );
     let Some(Event::Message { envelope, body }) = s.poll_event() else {
         panic!()
     };
     assert_eq!(envelope.sender, "");
     assert_eq!(body, b"hi\r\n");
-    s.message_result(Err(Reply::LOCAL_ERROR));
+    s.message_result(Err(Reply::LOCAL_ERROR), t0());
     let mut out = Vec::new();
     s.take_output(&mut out);
     let text = String::from_utf8(out).unwrap();
@@ -295,7 +313,7 @@ fn simple_commands() {
     assert_eq!(events, [Event::Close]);
     assert!(s.is_closed());
     // After close, input is ignored.
-    s.receive(b"NOOP\r\n");
+    s.receive(b"NOOP\r\n", t0());
     assert_eq!(s.poll_event(), None);
 }
 
@@ -567,7 +585,7 @@ fn auth_exchanges() {
 
     // LOGIN with an initial response; a failure counts as an error.
     let mut s = session_with(cfg.clone(), true, true);
-    s.receive(b"EHLO c\r\nAUTH LOGIN am9l\r\nd3Jvbmc=\r\nNOOP\r\n");
+    s.receive(b"EHLO c\r\nAUTH LOGIN am9l\r\nd3Jvbmc=\r\nNOOP\r\n", t0());
     assert_eq!(
         s.poll_event(),
         Some(Event::Auth {
@@ -575,7 +593,7 @@ fn auth_exchanges() {
             password: "wrong".into()
         })
     );
-    s.auth_result(Err(Reply::AUTH_FAILED));
+    s.auth_result(Err(Reply::AUTH_FAILED), t0());
     let mut out = Vec::new();
     s.take_output(&mut out);
     let text = String::from_utf8(out).unwrap();
@@ -623,8 +641,11 @@ fn starttls_discards_pipelined_input_and_resets() {
     };
     let mut s = session_with(cfg, true, false);
     s.take_output(&mut Vec::new());
-    s.receive(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n");
-    s.receive(b"RCPT TO:<x@y.example>\r\n");
+    s.receive(
+        b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n",
+        t0(),
+    );
+    s.receive(b"RCPT TO:<x@y.example>\r\n", t0());
     let mut out = Vec::new();
     s.take_output(&mut out);
     assert!(
@@ -635,7 +656,7 @@ fn starttls_discards_pipelined_input_and_resets() {
     assert_eq!(s.poll_event(), Some(Event::StartTls));
     assert_eq!(s.poll_event(), None);
     assert!(!s.wants_input());
-    s.tls_established();
+    s.tls_established(t0());
     assert!(s.tls_active());
     assert_eq!(s.helo_name(), None);
     let mut out = Vec::new();
@@ -683,7 +704,7 @@ fn data_session(body: &[u8]) -> (String, Vec<Event>, Session) {
         d.text()
             .ends_with("354 End data with <CR><LF>.<CR><LF>\r\n")
     );
-    assert_eq!(s.timeout(), Duration::from_secs(180));
+    assert_eq!(s.poll_timeout(), Some(t0() + Duration::from_secs(600)));
     d.output.clear();
     d.events.clear();
     d.feed(&mut s, body);
@@ -736,7 +757,7 @@ fn data_over_max_size_is_refused_after_the_end() {
         ]
     );
     assert!(events.iter().all(|e| !matches!(e, Event::Message { .. })));
-    assert_eq!(s.timeout(), Duration::from_secs(300));
+    assert_eq!(s.poll_timeout(), Some(t0() + Duration::from_secs(300)));
 }
 
 #[test]
@@ -853,7 +874,7 @@ fn command_line_length_limit() {
     // Byte by byte, the buffer stays within one line.
     let mut s = session();
     for byte in huge.as_bytes() {
-        s.receive(std::slice::from_ref(byte));
+        s.receive(std::slice::from_ref(byte), t0());
         assert!(s.input.len() <= MAX_COMMAND_LINE_BYTES);
     }
     let mut out = Vec::new();
@@ -952,20 +973,22 @@ fn too_many_errors_closes() {
 fn timeout_closes() {
     let mut s = session();
     let (_, _) = run(&mut s, "EHLO c\r\n");
-    s.on_timeout();
+    let deadline = t0() + Duration::from_secs(300);
+    assert_eq!(s.poll_timeout(), Some(deadline));
+    assert_eq!(s.handle_timeout(deadline - Duration::from_millis(1)), None);
+    assert!(!s.is_closed());
+    assert_eq!(s.handle_timeout(deadline), Some(TimeoutStage::Command));
     let mut out = Vec::new();
     s.take_output(&mut out);
-    assert_eq!(
-        out,
-        b"421 4.4.2 mx.test Timeout exceeded, closing connection\r\n"
-    );
+    assert_eq!(out, b"421 4.4.2 mx.test command timeout\r\n");
     assert_eq!(s.poll_event(), Some(Event::Close));
     assert!(s.is_closed());
-    s.on_timeout();
+    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(s.handle_timeout(deadline), None);
     assert_eq!(s.poll_event(), None);
 
     let mut s = session();
-    s.receive(b"EHLO c\r\nMAIL FROM:<>\r\n");
+    s.receive(b"EHLO c\r\nMAIL FROM:<>\r\n", t0());
     s.close_with(Reply::SHUTTING_DOWN);
     let mut out = Vec::new();
     s.take_output(&mut out);
@@ -976,7 +999,7 @@ fn timeout_closes() {
     );
     assert!(matches!(s.poll_event(), Some(Event::Mail { .. })));
     assert_eq!(s.poll_event(), Some(Event::Close));
-    s.mail_result(Ok(()));
+    s.mail_result(Ok(()), t0());
     assert!(s.is_closed());
 }
 
@@ -990,7 +1013,7 @@ fn large_pipelined_input_is_linear() {
     let mut s = session();
     let mut out = Vec::new();
     for piece in input.as_bytes().chunks(3) {
-        s.receive(piece);
+        s.receive(piece, t0());
         assert!(s.input.len() < 8);
     }
     s.take_output(&mut out);
@@ -1154,4 +1177,167 @@ fn bdat_text_lines_are_limited_like_data() {
     let (codes, bodies) = bdat_session(&[ok], "");
     assert_eq!(codes, ["250 2.0.0", "250 2.0.0"]);
     assert_eq!(bodies.len(), 1);
+}
+
+// ---- deadlines: whole stages, not single reads ----
+
+fn secs(n: u64) -> Instant {
+    t0() + Duration::from_secs(n)
+}
+
+fn output(s: &mut Session) -> String {
+    let mut out = Vec::new();
+    s.take_output(&mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn trickled_command_is_cut_at_the_command_deadline() {
+    let mut s = session();
+    output(&mut s);
+    // One octet every 99 s: no single read is ever late, the line is.
+    for (i, byte) in b"EHL".iter().enumerate() {
+        s.receive(std::slice::from_ref(byte), secs(99 * (i as u64 + 1)));
+        assert_eq!(s.poll_timeout(), Some(secs(300)));
+        assert_eq!(s.handle_timeout(secs(99 * (i as u64 + 1))), None);
+    }
+    assert_eq!(s.handle_timeout(secs(300)), Some(TimeoutStage::Command));
+    assert_eq!(output(&mut s), "421 4.4.2 mx.test command timeout\r\n");
+    assert!(s.is_closed());
+}
+
+#[test]
+fn a_complete_command_restarts_the_command_deadline() {
+    let mut s = session();
+    s.receive(b"EHLO c\r\nNO", secs(250));
+    assert_eq!(s.poll_timeout(), Some(secs(550)));
+    s.receive(b"OP\r\n", secs(500));
+    assert_eq!(s.poll_timeout(), Some(secs(800)));
+    assert_eq!(s.handle_timeout(secs(799)), None);
+}
+
+#[test]
+fn no_deadline_while_the_driver_answers() {
+    let mut s = session();
+    s.receive(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n", secs(1));
+    assert!(matches!(s.poll_event(), Some(Event::Mail { .. })));
+    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(s.handle_timeout(secs(10_000)), None);
+    s.mail_result(Ok(()), secs(10_000));
+    assert_eq!(s.poll_timeout(), Some(secs(10_300)));
+}
+
+#[test]
+fn trickled_body_is_cut_at_the_data_deadline() {
+    let mut s = session();
+    let mut d = Driver::default();
+    d.feed(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n",
+    );
+    s.receive(b"DATA\r\n", secs(10));
+    assert_eq!(s.poll_timeout(), Some(secs(610)));
+    // A line every 200 s: each read is on time, the body is not.
+    for n in 1..=3 {
+        s.receive(b"more\r\n", secs(10 + 200 * n - 1));
+        assert_eq!(s.poll_timeout(), Some(secs(610)));
+    }
+    output(&mut s);
+    assert_eq!(s.handle_timeout(secs(610)), Some(TimeoutStage::Data));
+    assert_eq!(output(&mut s), "421 4.4.2 mx.test data timeout\r\n");
+    // After the end of the body, the command deadline is back.
+    let mut s = session();
+    d.feed(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n",
+    );
+    s.receive(b"x\r\n.\r\n", secs(20));
+    assert!(matches!(s.poll_event(), Some(Event::Message { .. })));
+    s.message_result(Ok("Q".into()), secs(21));
+    assert_eq!(s.poll_timeout(), Some(secs(321)));
+}
+
+#[test]
+fn bdat_body_deadline_spans_the_chunks() {
+    let cfg = ServerConfig {
+        data_timeout: Duration::from_secs(60),
+        ..config()
+    };
+    let mut s = session_with(cfg, true, false);
+    let mut d = Driver::default();
+    d.feed(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n",
+    );
+    s.receive(b"BDAT 4\r\nab", secs(5));
+    assert_eq!(
+        s.poll_timeout(),
+        Some(secs(65)),
+        "the chunk: the body deadline"
+    );
+    s.receive(b"\r\n", secs(30));
+    // Between chunks: the earlier of the next command's deadline and the body's.
+    assert_eq!(s.poll_timeout(), Some(secs(65)));
+    s.receive(b"BDAT 2 LA", secs(40));
+    output(&mut s);
+    assert_eq!(s.handle_timeout(secs(65)), Some(TimeoutStage::Data));
+    assert_eq!(output(&mut s), "421 4.4.2 mx.test data timeout\r\n");
+}
+
+#[test]
+fn refused_bdat_chunk_is_bounded_by_the_command_deadline() {
+    let mut s = session();
+    // BDAT without MAIL: the chunk is read and dropped, then refused (RFC 3030 section 3).
+    s.receive(b"EHLO c\r\nBDAT 1000000\r\nxx", secs(7));
+    assert_eq!(s.poll_timeout(), Some(secs(307)));
+    s.receive(&vec![b'x'; 999_998], secs(8));
+    assert!(output(&mut s).ends_with("503 5.5.1 Send MAIL first\r\n"));
+}
+
+#[test]
+fn over_long_line_is_answered_before_its_end() {
+    let mut s = session();
+    output(&mut s);
+    let long = format!("MAIL FROM:<{}", "a".repeat(600));
+    s.receive(&long.as_bytes()[..300], secs(1));
+    assert_eq!(output(&mut s), "", "300 octets may still be a command");
+    s.receive(&long.as_bytes()[300..], secs(2));
+    assert_eq!(
+        output(&mut s),
+        "500 5.5.6 Line too long\r\n",
+        "answered without a CRLF"
+    );
+    // The rest of the line is dropped without another reply, within the same deadline.
+    s.receive(b"aaaa", secs(3));
+    assert_eq!(s.poll_timeout(), Some(secs(300)));
+    s.receive(b"aaa>\r\nNOOP\r\n", secs(4));
+    assert_eq!(output(&mut s), "250 2.0.0 Ok\r\n");
+    assert_eq!(s.error_count(), 1);
+    // Over-long AUTH responses too, and the session is back in command state.
+    let cfg = ServerConfig {
+        auth_enabled: true,
+        ..config()
+    };
+    let mut s = session_with(cfg, false, true);
+    s.receive(b"EHLO c\r\nAUTH PLAIN\r\n", secs(1));
+    output(&mut s);
+    s.receive(&vec![b'A'; MAX_AUTH_LINE_BYTES], secs(2));
+    assert_eq!(output(&mut s), "500 5.5.6 Line too long\r\n");
+    s.receive(b"AAAA\r\nNOOP\r\n", secs(3));
+    assert_eq!(output(&mut s), "250 2.0.0 Ok\r\n");
+}
+
+#[test]
+fn endless_over_long_lines_end_at_max_errors() {
+    let mut s = session();
+    output(&mut s);
+    let junk = vec![b'x'; MAX_COMMAND_LINE_BYTES];
+    for _ in 0..20 {
+        s.receive(&junk, secs(1));
+        s.receive(b"\n", secs(1));
+    }
+    let out = output(&mut s);
+    assert_eq!(out.matches("500 5.5.6").count(), 10);
+    assert!(out.ends_with("421 4.7.0 mx.test Too many errors, closing connection\r\n"));
+    assert!(s.is_closed());
 }
