@@ -190,6 +190,10 @@ where
             match event {
                 Event::StartTls => next = Some(SessionEnd::StartTls),
                 Event::Close => next = Some(SessionEnd::Close),
+                Event::MessageRefused { reply } => {
+                    log::info!("session {peer}: message refused at end of data: {reply}");
+                    count_rejected(ctx);
+                }
                 other => handle_event(other, session, ctx).await,
             }
         }
@@ -306,8 +310,24 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
             };
             let relay_trusted = session.peer().relay_allowed;
             let result = accept_message(core, &origin, envelope, body, relay_trusted).await;
+            if let Err(reply) = &result {
+                log::info!(
+                    "session {}: message refused at end of data: {reply}",
+                    origin.ip
+                );
+                count_rejected(ctx);
+            }
             session.message_result(result, Instant::now());
         }
-        Event::StartTls | Event::Close => {}
+        Event::StartTls | Event::Close | Event::MessageRefused { .. } => {}
     }
+}
+
+/// `volley_messages_rejected_total`: a message refused at the end of its data, by the session's
+/// body rules or by reception (limits, spool).
+fn count_rejected(ctx: &ListenerContext) {
+    ctx.core
+        .counters()
+        .messages_rejected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }

@@ -115,6 +115,9 @@ pub enum Event {
     Message { envelope: Envelope, body: Vec<u8> },
     /// The 220 is in the output: flush it, handshake, then call `tls_established`.
     StartTls,
+    /// A message was refused by the session itself at the end of its body (or at the BDAT chunk
+    /// that broke a rule): `reply` is in the output. Needs no answer; for the log and metrics.
+    MessageRefused { reply: Reply },
     /// Flush the output, then close the connection.
     Close,
 }
@@ -138,6 +141,10 @@ impl fmt::Debug for Event {
                 .field("body_bytes", &body.len())
                 .finish(),
             Event::StartTls => f.write_str("StartTls"),
+            Event::MessageRefused { reply } => f
+                .debug_struct("MessageRefused")
+                .field("reply", reply)
+                .finish(),
             Event::Close => f.write_str("Close"),
         }
     }
@@ -841,7 +848,7 @@ impl Session {
             // The transaction fails at once, as DATA would at its end; chunks still in flight
             // get 503 (RFC 3030 section 4.2).
             self.transaction = None;
-            return self.reply_error(error.reply());
+            return self.refuse_message(error.reply());
         }
         if !chunk.last {
             let text = format!("{} octets received", chunk.chunk_bytes);
@@ -871,7 +878,8 @@ impl Session {
                 });
                 self.waiting = Some(Waiting::Message);
             }
-            (_, Err(reply)) => self.reply_error(reply),
+            (Some(_), Err(reply)) => self.refuse_message(reply),
+            (None, Err(reply)) => self.reply_error(reply),
             (None, Ok(_)) => self.reply_error(Reply::MAIL_FIRST),
         }
     }
@@ -898,6 +906,14 @@ impl Session {
 
     fn reply(&mut self, reply: Reply) {
         reply.write_to(&mut self.output);
+    }
+
+    /// Refuses the message of the current transaction: the reply, and an event for the driver.
+    fn refuse_message(&mut self, reply: Reply) {
+        self.events.push_back(Event::MessageRefused {
+            reply: reply.clone(),
+        });
+        self.reply_error(reply);
     }
 
     /// Sends a reply that counts against `max_errors`; the last one allowed is followed by 421.

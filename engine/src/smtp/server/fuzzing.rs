@@ -109,6 +109,7 @@ pub fn fuzz_session(data: &[u8]) {
                         session.tls_established(now);
                     }
                 }
+                Event::MessageRefused { reply } => assert!(reply.code() >= 500),
                 Event::Close => closed_seen = true,
             }
         }

@@ -68,7 +68,7 @@ impl Driver {
                     session.message_result(Ok(format!("Q{n}")), t0());
                 }
                 Event::StartTls => session.tls_established(t0()),
-                Event::Close => {}
+                Event::MessageRefused { .. } | Event::Close => {}
             }
             self.events.push(event);
         }
@@ -1340,4 +1340,32 @@ fn endless_over_long_lines_end_at_max_errors() {
     assert_eq!(out.matches("500 5.5.6").count(), 10);
     assert!(out.ends_with("421 4.7.0 mx.test Too many errors, closing connection\r\n"));
     assert!(s.is_closed());
+}
+
+#[test]
+fn refused_messages_are_reported_to_the_driver() {
+    let refused = |events: &[Event]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::MessageRefused { reply } => Some(reply.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (_, events, _) = data_session(b"a\nb\r\n.\r\n");
+    assert_eq!(refused(&events).len(), 1);
+    assert!(refused(&events)[0].starts_with("550 5.6.11"), "{events:?}");
+    let (_, events, _) = data_session(&[&vec![b'x'; 20_000][..], b"\r\n.\r\n"].concat());
+    assert_eq!(refused(&events).len(), 1, "too big (and too long a line)");
+    let (_, events, _) = data_session(b"fine\r\n.\r\n");
+    assert!(refused(&events).is_empty());
+    // BDAT: the chunk that breaks a rule; a chunk without a transaction is no message.
+    let mut s = session();
+    let (_, events) = run(
+        &mut s,
+        "EHLO c\r\nBDAT 3\r\nabcMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 3 LAST\r\na\nb",
+    );
+    assert_eq!(refused(&events).len(), 1, "{events:?}");
+    assert!(refused(&events)[0].starts_with("550 5.6.11"));
 }
