@@ -177,7 +177,7 @@ def test_over_long_line_is_answered_before_crlf(hostile):
     sock = greeted(hostile.relay_port)
     sock.sendall(b"MAIL FROM:<" + b"a" * 600)
     reply = read_reply(sock)
-    assert reply == "500 5.5.6 Line too long\r\n", reply
+    assert reply == "500 5.5.2 Command line too long\r\n", reply
     # The rest of that line is dropped without another reply; the session goes on.
     sock.sendall(b"aaaa>\r\nNOOP\r\n")
     assert read_reply(sock) == "250 2.0.0 Ok\r\n"
@@ -242,3 +242,25 @@ def test_reload_applies_the_listener_deadlines(volley):
     data, took = read_until_closed(sock, SMTP_TIMEOUT_S)
     assert data == b""
     assert took < TLS_TIMEOUT_MS / 1000 + SLACK_S, took
+
+
+def test_reload_removing_a_relay_network_stops_relaying_for_it(volley):
+    volley.start()
+    with volley.smtp() as client:
+        client.ehlo("c")
+        client.mail("a@src.test")
+        assert client.rcpt("b@dest.test")[0] == 250
+    volley.config["listener"][0]["relay_networks"] = ["10.0.0.0/8"]
+    volley.write_config()
+    volley.signal(signal.SIGHUP)
+    wait_until(
+        lambda: "configuration generation" in volley.stderr_path.read_text(errors="replace"),
+        10,
+        "the reload to be read",
+    )
+    time.sleep(0.5)  # each core applies it at its next tick (100 ms)
+    with volley.smtp() as client:
+        client.ehlo("c")
+        client.mail("a@src.test")
+        code, text = client.rcpt("b@dest.test")
+        assert (code, text.split()[0]) == (554, b"5.7.1"), (code, text)

@@ -546,14 +546,15 @@ impl Session {
     /// Reads one CRLF-terminated line, or returns 0 if it is not complete yet.
     fn read_line(&mut self, rest: &[u8]) -> usize {
         let in_auth = matches!(self.phase, InputPhase::AuthResponse(_));
-        let limit = if in_auth
+        let auth_line = in_auth
             || rest
                 .get(..5)
-                .is_some_and(|verb| verb.eq_ignore_ascii_case(b"AUTH "))
-        {
-            MAX_AUTH_LINE_BYTES
+                .is_some_and(|verb| verb.eq_ignore_ascii_case(b"AUTH "));
+        let (limit, too_long_reply) = if auth_line {
+            // RFC 4954 section 4: "500 5.5.6 Authentication Exchange line is too long".
+            (MAX_AUTH_LINE_BYTES, Reply::LINE_TOO_LONG)
         } else {
-            MAX_COMMAND_LINE_BYTES
+            (MAX_COMMAND_LINE_BYTES, command_line_too_long())
         };
         let from = self.scanned_without_newline.min(rest.len());
         let Some(offset) = memchr(b'\n', rest.get(from..).unwrap_or_default()) else {
@@ -568,7 +569,7 @@ impl Session {
                 if in_auth {
                     self.phase = InputPhase::Command;
                 }
-                self.reply_error(Reply::LINE_TOO_LONG);
+                self.reply_error(too_long_reply);
                 return rest.len();
             }
             self.scanned_without_newline = rest.len();
@@ -594,7 +595,7 @@ impl Session {
                     self.phase = InputPhase::Command;
                 }
                 let reply = if too_long {
-                    Reply::LINE_TOO_LONG
+                    too_long_reply
                 } else {
                     Reply::BARE_LINEFEED_IN_COMMAND
                 };
@@ -941,6 +942,16 @@ impl Session {
         self.input_start = 0;
         self.events.push_back(Event::Close);
     }
+}
+
+/// 500 5.5.2: a command line over `MAX_COMMAND_LINE_BYTES` (RFC 5321 section 4.2.2 counts a line
+/// too long as a syntax error; 5.5.6 is for AUTH exchange lines).
+fn command_line_too_long() -> Reply {
+    Reply::new(
+        500,
+        Some(crate::smtp::reply::EnhancedCode::new(5, 5, 2)),
+        "Command line too long",
+    )
 }
 
 /// Entry points for the fuzzers (`fuzz/`) and for the stable test that runs them on generated input.
