@@ -7,11 +7,12 @@ from __future__ import annotations
 import select
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
 
-from conftest import SMTP_TIMEOUT_S, free_port, wait_until
+from conftest import SMTP_TIMEOUT_S, VOLLEY_BIN, free_port, wait_until
 
 COMMAND_TIMEOUT_MS = 1500
 DATA_TIMEOUT_MS = 2500
@@ -133,6 +134,9 @@ def test_silent_tls_client_is_closed_after_tls_timeout(hostile):
         5,
         "the log line naming the stage",
     )
+    # No [tls] section: the certificate is self-signed, and the log says so.
+    log = hostile.stderr_path.read_text(errors="replace")
+    assert "self-signed certificate for mta.volley.test" in log, log
 
 
 def test_stalled_starttls_handshake_is_closed(volley):
@@ -210,9 +214,18 @@ def test_bdat_with_bare_cr_is_refused_and_counted(hostile):
     sock.sendall(b"Subject: x\r\n\r\na\n.\nb\r\n.\r\n")
     reply = read_reply(sock)
     assert reply.startswith("550 5.6.11 "), reply
+    # And a NUL in a text body.
+    for command in (b"MAIL FROM:<a@src.test>\r\n", b"RCPT TO:<b@dest.test>\r\n"):
+        sock.sendall(command)
+        assert read_reply(sock)[0] == "2"
+    sock.sendall(b"DATA\r\n")
+    assert read_reply(sock).startswith("354")
+    sock.sendall(b"Subject: x\r\n\r\na\x00.\r\n.\r\n")
+    reply = read_reply(sock)
+    assert reply.startswith("550 5.6.0 Message contains NUL octets"), reply
     sock.sendall(b"QUIT\r\n")
     read_reply(sock)
-    assert rejected(hostile) == before + 2
+    assert rejected(hostile) == before + 3
     # Nothing was queued: no reception event for either message.
     assert hostile.acct("reception") == []
 
@@ -264,3 +277,17 @@ def test_reload_removing_a_relay_network_stops_relaying_for_it(volley):
         client.mail("a@src.test")
         code, text = client.rcpt("b@dest.test")
         assert (code, text.split()[0]) == (554, b"5.7.1"), (code, text)
+
+
+@pytest.mark.parametrize(
+    "key", ["command_timeout_ms", "data_timeout_ms", "tls_timeout_ms", "write_timeout_ms"]
+)
+def test_check_refuses_a_zero_deadline(volley, key):
+    volley.config["listener"][0][key] = 0
+    path = volley.write_config()
+    result = subprocess.run(
+        [str(VOLLEY_BIN), "check", "--config", str(path)], capture_output=True, timeout=30
+    )
+    out = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 1, out
+    assert f"listener[0].{key}" in out and "at least 1 ms" in out, out
