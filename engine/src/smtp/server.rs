@@ -38,14 +38,18 @@ use std::time::{Duration, Instant};
 
 use memchr::memchr;
 
-use crate::envelope::{BodyType, DsnNotify, Envelope, Recipient};
+use crate::envelope::{DsnNotify, Envelope, Recipient};
 use crate::smtp::command::{self, Command, MailParams, RcptParams};
-use crate::smtp::data::{ChunkedBody, DataDecoder, DataError};
+use crate::smtp::data::{ChunkedBody, DataDecoder};
 use crate::smtp::reply::Reply;
 
 mod auth;
+mod body;
+mod deadline;
 
 use auth::AuthStep;
+use body::Chunk;
+pub use deadline::TimeoutStage;
 
 /// The longest command line, in octets including CRLF (RFC 5321 section 4.5.3.1.4).
 pub const MAX_COMMAND_LINE_BYTES: usize = 512;
@@ -167,22 +171,6 @@ struct MailTransaction {
     body_deadline: Option<Instant>,
 }
 
-/// The stage whose deadline passed, as named in the 421 reply and the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeoutStage {
-    Command,
-    Data,
-}
-
-impl TimeoutStage {
-    pub fn name(self) -> &'static str {
-        match self {
-            TimeoutStage::Command => "command",
-            TimeoutStage::Data => "data",
-        }
-    }
-}
-
 /// What the incoming octets are.
 #[derive(Debug)]
 enum InputPhase {
@@ -190,15 +178,6 @@ enum InputPhase {
     AuthResponse(AuthStep),
     Data(DataDecoder),
     Bdat(Chunk),
-}
-
-/// A BDAT chunk being read: raw octets, consumed even when refused (RFC 3030 section 3).
-#[derive(Debug)]
-struct Chunk {
-    chunk_bytes: u64,
-    remaining: u64,
-    last: bool,
-    refusal: Option<Reply>,
 }
 
 /// The driver answer the session is waiting for.
@@ -386,56 +365,6 @@ impl Session {
         self.discarding_long_line = false;
     }
 
-    /// When the current stage must be over (see the module documentation), or `None` while the
-    /// session waits for the driver's answer or is closed. The driver calls `handle_timeout` once
-    /// it has passed.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline().map(|(at, _)| at)
-    }
-
-    /// Checks the deadline at `now`: once passed, `421 4.4.2 <hostname> <stage> timeout` goes out,
-    /// the session closes, and the stage is returned for the driver's log line.
-    pub fn handle_timeout(&mut self, now: Instant) -> Option<TimeoutStage> {
-        let (at, stage) = self.deadline()?;
-        if now < at {
-            return None;
-        }
-        self.now = now;
-        let text = format!("{} {} timeout", self.config.hostname, stage.name());
-        self.reply(Reply::TIMEOUT.with_text(text));
-        self.close();
-        Some(stage)
-    }
-
-    fn deadline(&self) -> Option<(Instant, TimeoutStage)> {
-        if self.closed || self.waiting.is_some() {
-            return None;
-        }
-        let command = (
-            self.command_started + self.config.command_timeout,
-            TimeoutStage::Command,
-        );
-        let body = self
-            .transaction
-            .as_ref()
-            .and_then(|tx| tx.body_deadline)
-            .map(|at| (at, TimeoutStage::Data));
-        Some(match (&self.phase, body) {
-            (InputPhase::Data(_) | InputPhase::Bdat(_), Some(body)) => body,
-            // A refused BDAT chunk is still read: the command that announced it bounds it.
-            (InputPhase::Data(_) | InputPhase::Bdat(_), None) => command,
-            // Between BDAT chunks: the next command, and the body as a whole.
-            (_, Some(body)) if body.0 < command.0 => body,
-            (_, _) => command,
-        })
-    }
-
-    /// A command, a body or a driver's answer is complete: the next command's time starts now.
-    fn restart_command_stage(&mut self, now: Instant) {
-        self.now = now;
-        self.command_started = now;
-    }
-
     /// Ends the session from the driver's side (shutdown, an IO or TLS failure it can still
     /// report): sends `reply` (e.g. `Reply::SHUTTING_DOWN`) and closes.
     pub fn close_with(&mut self, reply: Reply) {
@@ -605,46 +534,6 @@ impl Session {
         newline + 1
     }
 
-    fn read_data(&mut self, rest: &[u8]) -> usize {
-        let InputPhase::Data(decoder) = &mut self.phase else {
-            return 0;
-        };
-        let (used, done) = decoder.feed(rest);
-        if done
-            && let InputPhase::Data(decoder) =
-                std::mem::replace(&mut self.phase, InputPhase::Command)
-        {
-            self.restart_command_stage(self.now);
-            let verdict = decoder.finish().map_err(DataError::reply);
-            let transaction = self.transaction.take();
-            self.finish_message(transaction, verdict);
-        }
-        used
-    }
-
-    fn read_chunk(&mut self, rest: &[u8]) -> usize {
-        let InputPhase::Bdat(chunk) = &mut self.phase else {
-            return 0;
-        };
-        let n = usize::try_from(chunk.remaining)
-            .unwrap_or(usize::MAX)
-            .min(rest.len());
-        let bytes = rest.get(..n).unwrap_or_default();
-        if chunk.refusal.is_none()
-            && let Some(body) = self.transaction.as_mut().and_then(|t| t.chunks.as_mut())
-        {
-            body.push(bytes);
-        }
-        chunk.remaining -= n as u64;
-        if chunk.remaining == 0
-            && let InputPhase::Bdat(chunk) = std::mem::replace(&mut self.phase, InputPhase::Command)
-        {
-            self.restart_command_stage(self.now);
-            self.finish_chunk(chunk);
-        }
-        n
-    }
-
     fn handle_line(&mut self, line: &[u8]) {
         match std::mem::replace(&mut self.phase, InputPhase::Command) {
             InputPhase::AuthResponse(step) => self.auth_response(step, line),
@@ -786,103 +675,6 @@ impl Session {
             });
         }
         self.reply(Reply::RECIPIENT_OK);
-    }
-
-    fn data(&mut self) {
-        let refusal = match &self.transaction {
-            None => Some(Reply::MAIL_FIRST),
-            Some(tx) if tx.chunks.is_some() || tx.envelope.body_type == BodyType::BinaryMime => {
-                Some(Reply::DATA_AFTER_BDAT)
-            }
-            Some(tx) if tx.envelope.recipients.is_empty() => Some(Reply::NO_VALID_RECIPIENTS),
-            Some(_) => None,
-        };
-        if let Some(reply) = refusal {
-            return self.reply_error(reply);
-        }
-        self.reply(Reply::START_MAIL_INPUT);
-        let body_deadline = self.now + self.config.data_timeout;
-        if let Some(tx) = &mut self.transaction {
-            tx.body_deadline = Some(body_deadline);
-        }
-        self.phase = InputPhase::Data(DataDecoder::new(self.config.max_message_bytes));
-    }
-
-    fn bdat(&mut self, chunk_bytes: u64, last: bool) {
-        let max_message_bytes = self.config.max_message_bytes;
-        let body_deadline = self.now + self.config.data_timeout;
-        let refusal = match &mut self.transaction {
-            None => Some(Reply::MAIL_FIRST),
-            Some(tx) if tx.envelope.recipients.is_empty() => Some(Reply::NO_VALID_RECIPIENTS),
-            Some(tx) => {
-                let binary = tx.envelope.body_type == BodyType::BinaryMime;
-                tx.body_deadline.get_or_insert(body_deadline);
-                tx.chunks
-                    .get_or_insert_with(|| ChunkedBody::new(max_message_bytes, binary))
-                    .announce(chunk_bytes);
-                None
-            }
-        };
-        let chunk = Chunk {
-            chunk_bytes,
-            remaining: chunk_bytes,
-            last,
-            refusal,
-        };
-        if chunk_bytes == 0 {
-            self.finish_chunk(chunk);
-        } else {
-            self.phase = InputPhase::Bdat(chunk);
-        }
-    }
-
-    fn finish_chunk(&mut self, chunk: Chunk) {
-        if let Some(refusal) = chunk.refusal {
-            return self.reply_error(refusal);
-        }
-        let broken = self
-            .transaction
-            .as_ref()
-            .and_then(|tx| tx.chunks.as_ref())
-            .map_or(Some(DataError::TooBig), ChunkedBody::broken);
-        if let Some(error) = broken {
-            // The transaction fails at once, as DATA would at its end; chunks still in flight
-            // get 503 (RFC 3030 section 4.2).
-            self.transaction = None;
-            return self.refuse_message(error.reply());
-        }
-        if !chunk.last {
-            let text = format!("{} octets received", chunk.chunk_bytes);
-            return self.reply(Reply::OK.with_text(text));
-        }
-        let mut transaction = self.transaction.take();
-        let body = transaction
-            .as_mut()
-            .and_then(|tx| tx.chunks.take())
-            .ok_or(DataError::TooBig)
-            .and_then(ChunkedBody::finish)
-            .map_err(DataError::reply);
-        self.finish_message(transaction, body);
-    }
-
-    /// The end of a DATA body or of the LAST chunk: hand the message over or refuse it.
-    fn finish_message(
-        &mut self,
-        transaction: Option<MailTransaction>,
-        body: Result<Vec<u8>, Reply>,
-    ) {
-        match (transaction, body) {
-            (Some(tx), Ok(body)) => {
-                self.events.push_back(Event::Message {
-                    envelope: tx.envelope,
-                    body,
-                });
-                self.waiting = Some(Waiting::Message);
-            }
-            (Some(_), Err(reply)) => self.refuse_message(reply),
-            (None, Err(reply)) => self.reply_error(reply),
-            (None, Ok(_)) => self.reply_error(Reply::MAIL_FIRST),
-        }
     }
 
     fn starttls(&mut self) {
