@@ -53,7 +53,7 @@ def read_reply(sock: socket.socket) -> str:
             raise AssertionError(f"connection closed after {data!r}")
         data += chunk
         lines = data.split(b"\r\n")
-        complete = [l for l in lines[:-1]]
+        complete = lines[:-1]
         if complete and len(complete[-1]) >= 4 and complete[-1][3:4] == b" ":
             return data.decode()
 
