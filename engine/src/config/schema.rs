@@ -127,12 +127,18 @@ pub struct ListenerConfig {
     /// Error replies before the session gets 421 and is closed.
     #[serde(default = "default_max_errors")]
     pub max_errors: u32,
-    /// RFC 5321 4.5.3.2: 5 minutes for commands.
+    /// A whole command line, from the end of the previous one (RFC 5321 4.5.3.2.7: 5 minutes).
     #[serde(default = "default_command_timeout_ms")]
     pub command_timeout_ms: u64,
-    /// RFC 5321 4.5.3.2: 3 minutes for each DATA block.
+    /// A whole message body, from the 354 or the first BDAT.
     #[serde(default = "default_data_timeout_ms")]
     pub data_timeout_ms: u64,
+    /// An inbound TLS handshake (STARTTLS or implicit).
+    #[serde(default = "default_tls_timeout_ms")]
+    pub tls_timeout_ms: u64,
+    /// One write to a client that stops reading.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
 }
 
 fn default_listener_tls() -> ListenerTls {
@@ -154,7 +160,13 @@ fn default_command_timeout_ms() -> u64 {
     300_000
 }
 fn default_data_timeout_ms() -> u64 {
-    180_000
+    600_000
+}
+fn default_tls_timeout_ms() -> u64 {
+    30_000
+}
+fn default_write_timeout_ms() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -165,8 +165,15 @@ fn check_listeners(config: &Config, c: &mut Checker) {
         if l.max_errors == 0 {
             c.error(&at("max_errors"), "must be at least 1");
         }
-        if l.command_timeout_ms == 0 || l.data_timeout_ms == 0 {
-            c.error(&at("command_timeout_ms"), "timeouts must be at least 1 ms");
+        for (key, value) in [
+            ("command_timeout_ms", l.command_timeout_ms),
+            ("data_timeout_ms", l.data_timeout_ms),
+            ("tls_timeout_ms", l.tls_timeout_ms),
+            ("write_timeout_ms", l.write_timeout_ms),
+        ] {
+            if value == 0 {
+                c.error(&at(key), "must be at least 1 ms");
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ mod session;
 pub mod tls;
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -18,47 +19,80 @@ use crate::smtp::server::ServerConfig;
 /// One listener on one core.
 pub struct ListenerContext {
     pub core: Rc<CoreContext>,
-    pub listener: ListenerConfig,
-    server_config: RefCell<Rc<ServerConfig>>,
+    /// The bound address and the TLS mode are fixed for the listener's life (a restart changes
+    /// them); everything else comes from `live`.
+    address: SocketAddr,
+    tls: ListenerTls,
+    live: RefCell<Rc<LiveSettings>>,
     acceptor: Option<TlsAcceptor>,
 }
 
+/// What a reload changes, taken by each connection when it is accepted.
+pub struct LiveSettings {
+    pub listener: ListenerConfig,
+    pub server: Rc<ServerConfig>,
+    /// The TLS handshake (STARTTLS or implicit).
+    pub tls_timeout: Duration,
+    /// One write to the client.
+    pub write_timeout: Duration,
+}
+
+impl LiveSettings {
+    /// `tls` is the mode the listener was started with, whatever the new file says.
+    fn new(l: &ListenerConfig, config: &Config, tls: ListenerTls) -> LiveSettings {
+        LiveSettings {
+            listener: l.clone(),
+            server: Rc::new(session_config(l, config, tls)),
+            tls_timeout: Duration::from_millis(l.tls_timeout_ms),
+            write_timeout: Duration::from_millis(l.write_timeout_ms),
+        }
+    }
+}
+
 impl ListenerContext {
-    pub fn server_config(&self) -> Rc<ServerConfig> {
-        self.server_config.borrow().clone()
+    /// The settings for a connection accepted now.
+    pub fn settings(&self) -> Rc<LiveSettings> {
+        self.live.borrow().clone()
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
     }
 
     fn implicit_tls(&self) -> Option<TlsAcceptor> {
-        (self.listener.tls == ListenerTls::Implicit)
+        (self.tls == ListenerTls::Implicit)
             .then(|| self.acceptor.clone())
             .flatten()
     }
 
     fn starttls(&self) -> Option<TlsAcceptor> {
-        (self.listener.tls == ListenerTls::Starttls)
+        (self.tls == ListenerTls::Starttls)
             .then(|| self.acceptor.clone())
             .flatten()
     }
 
-    /// Applies a reloaded configuration to sessions that start from now on.
+    /// Applies a reloaded configuration to the connections accepted from now on: every key of
+    /// the listener but `address` and `tls`.
     pub fn reload(&self, config: &Config) {
-        if let Some(l) = config
-            .listeners
-            .iter()
-            .find(|l| l.address == self.listener.address)
-        {
-            *self.server_config.borrow_mut() = Rc::new(session_config(l, config));
+        if let Some(l) = config.listeners.iter().find(|l| l.address == self.address) {
+            if l.tls != self.tls {
+                log::warn!(
+                    "listener {}: a change of `tls` needs a restart; the rest is applied",
+                    self.address
+                );
+            }
+            *self.live.borrow_mut() = Rc::new(LiveSettings::new(l, config, self.tls));
         }
     }
 }
 
-fn session_config(l: &ListenerConfig, config: &Config) -> ServerConfig {
+fn session_config(l: &ListenerConfig, config: &Config, tls: ListenerTls) -> ServerConfig {
     ServerConfig {
         hostname: config.server.hostname.clone(),
         max_message_bytes: l.max_message_bytes,
         max_recipients: l.max_recipients,
         max_errors: l.max_errors,
-        starttls_available: l.tls == ListenerTls::Starttls,
+        starttls_available: tls == ListenerTls::Starttls,
         auth_enabled: l.auth != ListenerAuth::Off,
         auth_required: l.auth == ListenerAuth::Required,
         command_timeout: Duration::from_millis(l.command_timeout_ms),
@@ -79,8 +113,9 @@ pub fn start(core: &Rc<CoreContext>) -> Result<Vec<Rc<ListenerContext>>, String>
         };
         let ctx = Rc::new(ListenerContext {
             core: core.clone(),
-            listener: l.clone(),
-            server_config: RefCell::new(Rc::new(session_config(l, &config))),
+            address: l.address,
+            tls: l.tls,
+            live: RefCell::new(Rc::new(LiveSettings::new(l, &config, l.tls))),
             acceptor,
         });
         contexts.push(ctx.clone());
@@ -103,11 +138,11 @@ async fn accept_loop(socket: TcpListener, ctx: Rc<ListenerContext>) {
                 glommio::spawn_local(session::serve_connection(stream, ctx.clone())).detach();
             }
             Some(Err(e)) => {
-                log::warn!("accept on {}: {e}", ctx.listener.address);
+                log::warn!("accept on {}: {e}", ctx.address);
                 // Out of file descriptors and the like: back off instead of spinning.
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
     }
-    log::debug!("listener {} closed", ctx.listener.address);
+    log::debug!("listener {} closed", ctx.address);
 }

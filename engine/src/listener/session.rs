@@ -1,17 +1,22 @@
 //! The driver of one inbound connection: it moves bytes between the socket and the sans-IO
 //! `smtp::server::Session`, answers the session's events (AUTH checks, MAIL admission, spooling),
-//! upgrades to TLS, and enforces timeouts and the graceful stop.
+//! upgrades to TLS, and enforces the deadlines and the graceful stop.
+//!
+//! Every I/O step has a deadline: the session's own (a whole command, a whole body: it says when
+//! through `poll_timeout`), and the driver's for its steps, the TLS handshake (`tls_timeout_ms`) and
+//! each write (`write_timeout_ms`). A stage that times out ends the connection and the log line
+//! names it; the session's stages first get `421 4.4.2 <hostname> <stage> timeout`.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
 
-use super::ListenerContext;
+use super::{ListenerContext, LiveSettings};
 use crate::auth::ThrottleVerdict;
 use crate::runtime::ConnectionRefusal;
 use crate::smtp::reply::{EnhancedCode, Reply};
@@ -22,9 +27,51 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// How often an idle session looks at the stop flag.
 const STOP_CHECK_MS: u64 = 500;
 
-enum Next {
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum DriverError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{stage} timeout after {} ms", .after.as_millis())]
+    Timeout {
+        stage: &'static str,
+        after: Duration,
+    },
+}
+
+/// How one exchange with the session ended.
+enum SessionEnd {
     Close,
     StartTls,
+}
+
+/// Runs `step` for at most `limit`; past it, the step is dropped and `stage` named in the error.
+async fn within<T>(
+    stage: &'static str,
+    limit: Duration,
+    step: impl Future<Output = io::Result<T>>,
+) -> Result<T, DriverError> {
+    futures_lite::future::or(async { step.await.map_err(DriverError::Io) }, async {
+        glommio::timer::sleep(limit).await;
+        Err(DriverError::Timeout {
+            stage,
+            after: limit,
+        })
+    })
+    .await
+}
+
+/// Writes `bytes` to the client, flushed, within the write deadline.
+async fn write_within<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), DriverError> {
+    within("write", limit, async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    })
+    .await
 }
 
 /// Serves one accepted connection to its end.
@@ -34,6 +81,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<ListenerContext>) {
     };
     let core = &ctx.core;
     let config = core.config();
+    let settings = ctx.settings();
     let admitted = core.shared.control.admit(
         peer.ip(),
         config.server.max_connections,
@@ -56,7 +104,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<ListenerContext>) {
             };
             log::info!("refused {peer}: {}", text.trim_end());
             let mut stream = stream;
-            let _ = stream.write_all(text.as_bytes()).await;
+            let _ = write_within(&mut stream, text.as_bytes(), settings.write_timeout).await;
             return;
         }
     };
@@ -64,13 +112,20 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<ListenerContext>) {
         .connections_accepted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
-    if let Err(e) = run(stream, peer, &ctx).await {
-        log::debug!("session {peer}: {e}");
+    match run(stream, peer, &ctx, &settings).await {
+        Ok(()) => {}
+        Err(DriverError::Io(e)) => log::debug!("session {peer}: {e}"),
+        Err(e @ DriverError::Timeout { .. }) => log::info!("session {peer}: {e}, closing"),
     }
 }
 
-async fn run(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ListenerContext>) -> io::Result<()> {
-    let relay_allowed = ctx
+async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &Rc<ListenerContext>,
+    settings: &LiveSettings,
+) -> Result<(), DriverError> {
+    let relay_allowed = settings
         .listener
         .relay_networks
         .iter()
@@ -79,24 +134,25 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ListenerContext>) -> 
         ip: peer.ip(),
         relay_allowed,
     };
-    let server_config = ctx.server_config();
+    let server_config = settings.server.clone();
     if let Some(acceptor) = ctx.implicit_tls() {
-        let mut tls = acceptor.accept(stream).await?;
-        let mut session = Session::new(server_config, peer_info, true);
-        drive(&mut tls, &mut session, ctx).await?;
+        let mut tls = within("tls", settings.tls_timeout, acceptor.accept(stream)).await?;
+        let mut session = Session::new(server_config, peer_info, true, Instant::now());
+        exchange(&mut tls, &mut session, ctx, settings).await?;
         return Ok(());
     }
     let mut plain = stream;
-    let mut session = Session::new(server_config, peer_info, false);
-    match drive(&mut plain, &mut session, ctx).await? {
-        Next::Close => Ok(()),
-        Next::StartTls => {
-            let Some(acceptor): Option<TlsAcceptor> = ctx.starttls() else {
+    let mut session = Session::new(server_config, peer_info, false, Instant::now());
+    match exchange(&mut plain, &mut session, ctx, settings).await? {
+        SessionEnd::Close => Ok(()),
+        SessionEnd::StartTls => {
+            let Some(acceptor) = ctx.starttls() else {
                 return Ok(());
             };
-            let mut tls = acceptor.accept(plain).await?;
-            session.tls_established();
-            drive(&mut tls, &mut session, ctx).await?;
+            // No 421 on a handshake timeout: the client is mid-handshake and cannot read one.
+            let mut tls = within("tls", settings.tls_timeout, acceptor.accept(plain)).await?;
+            session.tls_established(Instant::now());
+            exchange(&mut tls, &mut session, ctx, settings).await?;
             Ok(())
         }
     }
@@ -107,53 +163,70 @@ enum ReadOutcome {
     TimedOut,
 }
 
-async fn drive<S>(io: &mut S, session: &mut Session, ctx: &Rc<ListenerContext>) -> io::Result<Next>
+async fn exchange<S>(
+    io: &mut S,
+    session: &mut Session,
+    ctx: &Rc<ListenerContext>,
+    settings: &LiveSettings,
+) -> Result<SessionEnd, DriverError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let peer = session.peer().ip;
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut out = Vec::with_capacity(4096);
-    let mut idle_ms = 0u64;
     loop {
+        // Checked before every read: a client that always has an octet ready never reaches
+        // the read's own timeout.
+        if let Some(stage) = session.handle_timeout(Instant::now()) {
+            log::info!(
+                "session {peer}: {} timeout, closing with 421 4.4.2",
+                stage.name()
+            );
+        }
         let mut next = None;
         while let Some(event) = session.poll_event() {
             match event {
-                Event::StartTls => next = Some(Next::StartTls),
-                Event::Close => next = Some(Next::Close),
+                Event::StartTls => next = Some(SessionEnd::StartTls),
+                Event::Close => next = Some(SessionEnd::Close),
+                Event::MessageRefused { reply } => {
+                    log::info!("session {peer}: message refused at end of data: {reply}");
+                    count_rejected(ctx);
+                }
                 other => handle_event(other, session, ctx).await,
             }
         }
         session.take_output(&mut out);
         if !out.is_empty() {
-            io.write_all(&out).await?;
-            io.flush().await?;
+            write_within(io, &out, settings.write_timeout).await?;
             out.clear();
         }
         if let Some(next) = next {
             return Ok(next);
         }
         if session.is_closed() {
-            return Ok(Next::Close);
+            return Ok(SessionEnd::Close);
         }
         let stopping = ctx.core.shared.control.stopping();
         if stopping && !session.in_transaction() {
-            io.write_all(b"421 4.3.2 Service shutting down, try again later\r\n")
-                .await?;
-            io.flush().await?;
-            return Ok(Next::Close);
+            write_within(
+                io,
+                b"421 4.3.2 Service shutting down, try again later\r\n",
+                settings.write_timeout,
+            )
+            .await?;
+            return Ok(SessionEnd::Close);
         }
-        match read_some(io, &mut buf, STOP_CHECK_MS).await? {
-            ReadOutcome::Data(0) => return Ok(Next::Close),
-            ReadOutcome::Data(n) => {
-                idle_ms = 0;
-                session.receive(&buf[..n]);
-            }
-            ReadOutcome::TimedOut => {
-                idle_ms += STOP_CHECK_MS;
-                if idle_ms >= session.timeout().as_millis() as u64 {
-                    session.on_timeout();
-                }
-            }
+        let stop_check = Duration::from_millis(STOP_CHECK_MS);
+        let wait = session.poll_timeout().map_or(stop_check, |deadline| {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .min(stop_check)
+        });
+        match read_some(io, &mut buf, wait).await? {
+            ReadOutcome::Data(0) => return Ok(SessionEnd::Close),
+            ReadOutcome::Data(n) => session.receive(&buf[..n], Instant::now()),
+            ReadOutcome::TimedOut => {}
         }
     }
 }
@@ -161,10 +234,10 @@ where
 async fn read_some<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut [u8],
-    wait_ms: u64,
+    wait: Duration,
 ) -> io::Result<ReadOutcome> {
     futures_lite::future::or(async { io.read(buf).await.map(ReadOutcome::Data) }, async {
-        glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
+        glommio::timer::sleep(wait).await;
         Ok(ReadOutcome::TimedOut)
     })
     .await
@@ -212,7 +285,7 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
                     }
                 }
             };
-            session.auth_result(result);
+            session.auth_result(result, Instant::now());
         }
         Event::Mail { sender: _, size } => {
             let room = core.spool.has_room(size.unwrap_or(0));
@@ -226,7 +299,7 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
                     "Insufficient system storage, try again later",
                 ))
             };
-            session.mail_result(result);
+            session.mail_result(result, Instant::now());
         }
         Event::Message { envelope, body } => {
             let origin = crate::intake::Origin::Smtp {
@@ -236,13 +309,26 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
                 authenticated: session.authenticated_as(),
                 relay_trusted: session.peer().relay_allowed,
             };
-            let result = crate::intake::accept(core, origin, envelope, body).await;
-            session.message_result(
-                result
-                    .map(|accepted| accepted.id.to_string())
-                    .map_err(|refusal| refusal.smtp_reply()),
-            );
+            let ip = session.peer().ip;
+            let result = crate::intake::accept(core, origin, envelope, body)
+                .await
+                .map(|accepted| accepted.id.to_string())
+                .map_err(|refusal| refusal.smtp_reply());
+            if let Err(reply) = &result {
+                log::info!("session {ip}: message refused at end of data: {reply}");
+                count_rejected(ctx);
+            }
+            session.message_result(result, Instant::now());
         }
-        Event::StartTls | Event::Close => {}
+        Event::StartTls | Event::Close | Event::MessageRefused { .. } => {}
     }
+}
+
+/// `volley_messages_rejected_total`: a message refused at the end of its data, by the session's
+/// body rules or by reception (limits, spool).
+fn count_rejected(ctx: &ListenerContext) {
+    ctx.core
+        .counters()
+        .messages_rejected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }

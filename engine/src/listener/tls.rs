@@ -1,11 +1,14 @@
 //! The server side of TLS: the configured certificate and key, or a self-signed certificate for the
 //! host name made at start when none is configured (so the embedded default offers STARTTLS at once).
+//! The self-signed one is valid for a year from its making (an hour back for clock skew), and its
+//! making is logged as a warning: it is for trying Volley out, not for production.
 
 use std::sync::Arc;
 
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration, OffsetDateTime};
 
 use crate::config::TlsSection;
 
@@ -40,7 +43,15 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let (chain, key) = match section {
         Some(s) => load(s)?,
-        None => self_signed(hostname)?,
+        None => {
+            let made = self_signed(hostname, crate::clock::unix_s())?;
+            log::warn!(
+                "no [tls] section: TLS listeners serve a self-signed certificate for {hostname}, \
+                 valid until {}; clients that verify certificates will refuse it",
+                made.not_after.date()
+            );
+            (made.chain, made.key)
+        }
     };
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -72,12 +83,30 @@ fn load(
     Ok((chain, key))
 }
 
-fn self_signed(
-    hostname: &str,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsSetupError> {
-    let made = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
-    let key = PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
-    Ok((vec![made.cert.der().clone()], key))
+/// How long a self-signed certificate is valid.
+const SELF_SIGNED_VALIDITY_DAYS: i64 = 365;
+
+struct SelfSigned {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    not_after: OffsetDateTime,
+}
+
+fn self_signed(hostname: &str, now_s: u64) -> Result<SelfSigned, TlsSetupError> {
+    let now = i64::try_from(now_s)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()])?;
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(SELF_SIGNED_VALIDITY_DAYS);
+    let signing_key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&signing_key)?;
+    Ok(SelfSigned {
+        chain: vec![cert.der().clone()],
+        key: PrivateKeyDer::Pkcs8(signing_key.serialize_der().into()),
+        not_after: params.not_after,
+    })
 }
 
 #[cfg(test)]
@@ -87,6 +116,19 @@ mod tests {
     #[test]
     fn self_signed_config_builds() {
         assert!(server_config(None, "mta.test").is_ok());
+    }
+
+    #[test]
+    fn self_signed_certificate_is_valid_for_a_year_from_now() {
+        // 2026-12-01 12:00:00 UTC
+        let made = self_signed("mta.test", 1_796_126_400).unwrap();
+        let der: &[u8] = made.chain[0].as_ref();
+        // X.509 validity before 2050 is UTCTime, YYMMDDHHMMSSZ.
+        let has = |time: &[u8]| der.windows(time.len()).any(|w| w == time);
+        assert!(has(b"261201110000Z"), "not before: an hour back");
+        assert!(has(b"271201120000Z"), "not after: 365 days on");
+        assert!(!has(b"750101000000Z"), "no longer from 1975");
+        assert_eq!(made.not_after.year(), 2027);
     }
 
     #[test]

@@ -5,10 +5,15 @@
 //! `CRLF . CRLF` ends the data: a bare CR or LF never does, so a message cannot smuggle a second
 //! one past a less strict next hop; a message containing them is refused after its real end
 //! (like Postfix `smtpd_forbid_bare_newline`).
+//!
+//! [`TextRules`] holds the rules every text body must meet, whichever command carried it: DATA
+//! runs the octets it reads through them, and so does BDAT for any body not declared
+//! `BODY=BINARYMIME` (binary bodies may hold any octet, RFC 3030 section 3, and never leave by
+//! DATA: the client refuses to send them without BDAT).
 
-use memchr::memchr2;
+use memchr::{memchr2, memchr3};
 
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{EnhancedCode, Reply};
 
 /// The longest text line in DATA, in octets including CRLF (RFC 5321 section 4.5.3.1.6).
 pub const MAX_TEXT_LINE_BYTES: usize = 1000;
@@ -93,11 +98,59 @@ impl BodyBuffer {
     }
 }
 
-/// Why a DATA body was refused after its end.
+/// A body arriving in BDAT chunks (RFC 3030): the capped buffer, and the text rules unless the
+/// body was declared `BODY=BINARYMIME`.
+#[derive(Debug)]
+pub struct ChunkedBody {
+    buffer: BodyBuffer,
+    rules: Option<TextRules>,
+}
+
+impl ChunkedBody {
+    pub fn new(max_bytes: usize, binary: bool) -> ChunkedBody {
+        ChunkedBody {
+            buffer: BodyBuffer::new(max_bytes),
+            rules: (!binary).then(TextRules::new),
+        }
+    }
+
+    /// See [`BodyBuffer::announce`].
+    pub fn announce(&mut self, additional: u64) {
+        self.buffer.announce(additional);
+    }
+
+    /// The next octets of a chunk.
+    pub fn push(&mut self, data: &[u8]) {
+        if let Some(rules) = &mut self.rules {
+            rules.scan(data);
+        }
+        self.buffer.push(data);
+    }
+
+    /// Why the body is already refused, if it is: over the size cap, or a text rule broken.
+    pub fn broken(&self) -> Option<DataError> {
+        if self.buffer.overflowed() {
+            return Some(DataError::TooBig);
+        }
+        self.rules.as_ref().and_then(TextRules::broken)
+    }
+
+    /// The verdict after the LAST chunk.
+    pub fn finish(self) -> Result<Vec<u8>, DataError> {
+        if let Some(rules) = &self.rules {
+            rules.finish()?;
+        }
+        self.buffer.into_bytes().ok_or(DataError::TooBig)
+    }
+}
+
+/// Why a body was refused after its end (DATA) or at the chunk that broke a rule (BDAT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DataError {
     #[error("bare CR or LF in message")]
     BareNewline,
+    #[error("NUL octet in message")]
+    NulOctet,
     #[error("message larger than the maximum size")]
     TooBig,
     #[error("text line longer than {MAX_TEXT_LINE_BYTES} octets")]
@@ -109,9 +162,106 @@ impl DataError {
     pub fn reply(self) -> Reply {
         match self {
             DataError::BareNewline => Reply::BARE_NEWLINE_IN_DATA,
+            // RFC 5322 text and RFC 6152 8-bit data exclude NUL; some receivers drop it, which
+            // would turn `CRLF NUL . CRLF` into an end of data (see docs/security.md).
+            DataError::NulOctet => Reply::new(
+                550,
+                Some(EnhancedCode::new(5, 6, 0)),
+                "Message contains NUL octets; send binary content as MIME-encoded text",
+            ),
             DataError::TooBig => Reply::MESSAGE_TOO_BIG,
             DataError::LineTooLong => Reply::LINE_TOO_LONG,
         }
+    }
+}
+
+/// The rules of a text body, checked incrementally over the octets as sent (before unstuffing):
+/// every CR is followed by LF and every LF preceded by CR, no line is longer than
+/// `MAX_TEXT_LINE_BYTES` (CRLF included), and no octet is NUL.
+#[derive(Debug, Default)]
+pub struct TextRules {
+    /// The last octet seen was a CR whose LF has not been seen yet.
+    after_cr: bool,
+    line_bytes: usize,
+    bare_newline: bool,
+    nul: bool,
+    line_too_long: bool,
+}
+
+impl TextRules {
+    pub fn new() -> TextRules {
+        TextRules::default()
+    }
+
+    /// Checks the next octets of the body.
+    pub fn scan(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let Some(i) = memchr3(b'\r', b'\n', 0, rest) else {
+                if self.after_cr {
+                    self.bare_newline = true;
+                    self.after_cr = false;
+                }
+                self.count_line_bytes(rest.len());
+                return;
+            };
+            let cr_before = self.after_cr && i == 0;
+            if self.after_cr && i > 0 {
+                self.bare_newline = true;
+            }
+            self.after_cr = false;
+            self.count_line_bytes(i + 1);
+            match rest.get(i) {
+                Some(b'\r') => {
+                    if cr_before {
+                        self.bare_newline = true;
+                    }
+                    self.after_cr = true;
+                }
+                Some(b'\n') => {
+                    if !cr_before {
+                        self.bare_newline = true;
+                    }
+                    self.line_bytes = 0;
+                }
+                _ => {
+                    if cr_before {
+                        self.bare_newline = true;
+                    }
+                    self.nul = true;
+                }
+            }
+            rest = rest.get(i + 1..).unwrap_or_default();
+        }
+    }
+
+    fn count_line_bytes(&mut self, n: usize) {
+        self.line_bytes = self.line_bytes.saturating_add(n);
+        if self.line_bytes > MAX_TEXT_LINE_BYTES {
+            self.line_too_long = true;
+        }
+    }
+
+    /// A rule already broken by the octets seen so far (a CR at the very end is not yet one).
+    /// A bare CR or LF outranks NUL, which outranks line length.
+    pub fn broken(&self) -> Option<DataError> {
+        if self.bare_newline {
+            Some(DataError::BareNewline)
+        } else if self.nul {
+            Some(DataError::NulOctet)
+        } else if self.line_too_long {
+            Some(DataError::LineTooLong)
+        } else {
+            None
+        }
+    }
+
+    /// The verdict at the end of the body: a body may not end in a bare CR.
+    pub fn finish(&self) -> Result<(), DataError> {
+        if self.after_cr {
+            return Err(DataError::BareNewline);
+        }
+        self.broken().map_or(Ok(()), Err)
     }
 }
 
@@ -130,15 +280,13 @@ enum LineState {
     Cr,
 }
 
-/// The incremental DATA decoder: finds the end (`CRLF . CRLF`), removes dot-stuffing, and notes
-/// bare CR/LF, over-long lines and oversize bodies.
+/// The incremental DATA decoder: finds the end (`CRLF . CRLF`), removes dot-stuffing, and runs
+/// the octets as sent through [`TextRules`] and the size cap.
 #[derive(Debug)]
 pub struct DataDecoder {
     body: BodyBuffer,
     state: LineState,
-    line_bytes: usize,
-    bare_newline: bool,
-    line_too_long: bool,
+    rules: TextRules,
 }
 
 impl DataDecoder {
@@ -147,9 +295,7 @@ impl DataDecoder {
         DataDecoder {
             body: BodyBuffer::new(max_message_bytes),
             state: LineState::LineStart,
-            line_bytes: 0,
-            bare_newline: false,
-            line_too_long: false,
+            rules: TextRules::new(),
         }
     }
 
@@ -161,7 +307,6 @@ impl DataDecoder {
             match self.state {
                 LineState::LineStart => {
                     if byte == b'.' {
-                        self.count_line_bytes(1);
                         self.state = LineState::Dot;
                         i += 1;
                     } else {
@@ -170,11 +315,11 @@ impl DataDecoder {
                 }
                 LineState::Dot => {
                     if byte == b'\r' {
-                        self.count_line_bytes(1);
                         self.state = LineState::DotCr;
                         i += 1;
                     } else {
                         // Dot-stuffing: the leading dot goes; the rest of the line is text.
+                        self.rules.scan(b".");
                         self.state = LineState::Text;
                     }
                 }
@@ -183,7 +328,7 @@ impl DataDecoder {
                         return (i + 1, true);
                     }
                     // `.` CR x: a bare CR; the dot was stuffing.
-                    self.bare_newline = true;
+                    self.rules.scan(b".\r");
                     self.body.push(b"\r");
                     self.state = LineState::Text;
                 }
@@ -194,29 +339,27 @@ impl DataDecoder {
                             self.text(rest);
                             i = input.len();
                         }
-                        Some(offset) => {
+                        Some(offset) if rest.get(offset) == Some(&b'\r') => {
+                            // The CR goes to the body with what follows it.
                             self.text(rest.get(..offset).unwrap_or_default());
-                            i += offset;
-                            if rest.get(offset) == Some(&b'\r') {
-                                self.count_line_bytes(1);
-                                self.state = LineState::Cr;
-                            } else {
-                                self.bare_newline = true;
-                                self.text(b"\n");
-                            }
-                            i += 1;
+                            self.rules.scan(b"\r");
+                            self.state = LineState::Cr;
+                            i += offset + 1;
+                        }
+                        Some(offset) => {
+                            // A bare LF: not a line end; the rules flag it.
+                            self.text(rest.get(..=offset).unwrap_or_default());
+                            i += offset + 1;
                         }
                     }
                 }
                 LineState::Cr => {
                     if byte == b'\n' {
-                        self.count_line_bytes(1);
+                        self.rules.scan(b"\n");
                         self.body.push(b"\r\n");
-                        self.line_bytes = 0;
                         self.state = LineState::LineStart;
                         i += 1;
                     } else {
-                        self.bare_newline = true;
                         self.body.push(b"\r");
                         self.state = LineState::Text;
                     }
@@ -227,15 +370,8 @@ impl DataDecoder {
     }
 
     fn text(&mut self, bytes: &[u8]) {
-        self.count_line_bytes(bytes.len());
+        self.rules.scan(bytes);
         self.body.push(bytes);
-    }
-
-    fn count_line_bytes(&mut self, n: usize) {
-        self.line_bytes = self.line_bytes.saturating_add(n);
-        if self.line_bytes > MAX_TEXT_LINE_BYTES {
-            self.line_too_long = true;
-        }
     }
 
     /// Body octets received so far (after unstuffing), including any not kept after an overflow.
@@ -244,17 +380,15 @@ impl DataDecoder {
     }
 
     /// The verdict once `feed` reported the end: the unstuffed body (ending in the CRLF of its last
-    /// line), or why it is refused. A bare CR/LF outranks the size, which outranks line length.
+    /// line), or why it is refused. A bare CR/LF outranks NUL, which outranks the size, which
+    /// outranks line length.
     pub fn finish(self) -> Result<Vec<u8>, DataError> {
-        if self.bare_newline {
-            return Err(DataError::BareNewline);
+        let rules = self.rules.finish();
+        if let Err(e @ (DataError::BareNewline | DataError::NulOctet)) = rules {
+            return Err(e);
         }
-        let line_too_long = self.line_too_long;
         let body = self.body.into_bytes().ok_or(DataError::TooBig)?;
-        if line_too_long {
-            return Err(DataError::LineTooLong);
-        }
-        Ok(body)
+        rules.map(|()| body)
     }
 }
 
@@ -420,5 +554,51 @@ mod tests {
                 .to_string(),
             "5.5.6"
         );
+    }
+
+    #[test]
+    fn text_rules_on_raw_octets_match_the_decoder_for_every_split() {
+        for (body, verdict) in [
+            (&b"a\r\nb\r\n"[..], Ok(())),
+            (b"a\nb\r\n", Err(DataError::BareNewline)),
+            (b"a\rb\r\n", Err(DataError::BareNewline)),
+            (b"a\r\r\n", Err(DataError::BareNewline)),
+            (b"a\r", Err(DataError::BareNewline)),
+            (b"a\x00\r\n", Err(DataError::NulOctet)),
+            (b"\r\x00\n", Err(DataError::BareNewline)),
+        ] {
+            for cut in 0..=body.len() {
+                let mut rules = TextRules::new();
+                rules.scan(&body[..cut]);
+                rules.scan(&body[cut..]);
+                assert_eq!(rules.finish(), verdict, "{body:?} cut at {cut}");
+            }
+            let mut data = body.to_vec();
+            if !data.ends_with(b"\r\n") {
+                data.extend_from_slice(b"\r\n");
+            }
+            data.extend_from_slice(b".\r\n");
+            let decoded = decode_all_splits(&data).unwrap().1.map(|_| ());
+            assert_eq!(decoded, verdict, "DATA {data:?}");
+        }
+        let mut long = TextRules::new();
+        long.scan(&[b'x'; 999]);
+        assert_eq!(long.broken(), None, "999 octets and no CRLF yet");
+        long.scan(b"\r\n");
+        assert_eq!(long.broken(), Some(DataError::LineTooLong));
+    }
+
+    #[test]
+    fn chunked_body_applies_text_rules_unless_binary() {
+        let mut text = ChunkedBody::new(100, false);
+        text.push(b"a\x00\r\n");
+        assert_eq!(text.broken(), Some(DataError::NulOctet));
+        let mut binary = ChunkedBody::new(100, true);
+        binary.push(b"a\x00\r\r\n.\n");
+        assert_eq!(binary.broken(), None);
+        assert_eq!(binary.finish().unwrap(), b"a\x00\r\r\n.\n");
+        let mut big = ChunkedBody::new(4, false);
+        big.push(b"a\r\nb\r\n");
+        assert_eq!(big.broken(), Some(DataError::TooBig));
     }
 }

@@ -5,24 +5,30 @@
 //! - `DotStuffer::segments(chunk)` yields slices of the original chunk with `"."` slices between
 //!   them, for a vectored or buffered writer (no copy of the body at all);
 //! - `DotStuffer::push(chunk, &mut out)` / `dot_stuff(body, &mut out)` append the stuffed bytes to a
-//!   buffer (one copy, in long runs found with `memchr::memmem`).
+//!   buffer (one copy, in long runs found with `memchr`).
 //!
-//! The body may be fed in chunks of any size. A `.` after a bare LF is stuffed too: receivers that
-//! accept bare LF as a line end would otherwise see `LF.CRLF` as the end of data (SMTP smuggling).
+//! The body may be fed in chunks of any size. The output never holds a line that any receiver,
+//! however lax, can read as the end of data (SMTP smuggling):
+//! - a `.` after **any** CR or LF is stuffed, bare or not, so a receiver that takes a bare CR or a
+//!   bare LF as a line end still sees `..`, never a lone `.`;
+//! - NUL octets are dropped (and the `.` test looks through them), because receivers that drop
+//!   NUL would otherwise read `CRLF NUL . CRLF` as the end. Reception refuses NUL in text bodies
+//!   already (`smtp::data::TextRules`), so only bodies from elsewhere (API, DSNs) lose them.
 
-use memchr::memmem;
+use memchr::memchr2;
 
 /// Bytes that end the data when the body already ends with CRLF (or is empty).
 pub const END_AFTER_CRLF: &[u8] = b".\r\n";
 /// Bytes that end the data when the body does not end with CRLF: the final CRLF is supplied.
 pub const END_WITH_CRLF: &[u8] = b"\r\n.\r\n";
 
-/// Streaming dot-stuffer: remembers across chunks whether the next byte starts a line and how the
-/// body ends.
+/// Streaming dot-stuffer: remembers across chunks whether the last octet sent ended a line and how
+/// the body ends.
 #[derive(Debug, Clone)]
 pub struct DotStuffer {
-    at_line_start: bool,
-    /// The last two body bytes seen (0 where none).
+    /// The last octet sent was CR or LF, or nothing was sent yet: a `.` now is stuffed.
+    after_newline: bool,
+    /// The last two octets sent (0 where none).
     tail: [u8; 2],
     empty: bool,
 }
@@ -36,7 +42,7 @@ impl Default for DotStuffer {
 impl DotStuffer {
     pub fn new() -> DotStuffer {
         DotStuffer {
-            at_line_start: true,
+            after_newline: true,
             tail: [0, 0],
             empty: true,
         }
@@ -44,19 +50,21 @@ impl DotStuffer {
 
     /// The stuffed form of `chunk` as slices to write in order: pieces of `chunk` and `"."`.
     pub fn segments<'a>(&mut self, chunk: &'a [u8]) -> Segments<'a> {
-        let dot_first = self.at_line_start && chunk.first() == Some(&b'.');
-        if let Some(&last) = chunk.last() {
-            self.at_line_start = last == b'\n';
-            self.tail = match chunk {
-                [.., a, b] => [*a, *b],
-                _ => [self.tail[1], last],
-            };
+        let segments = Segments {
+            rest: chunk,
+            scan_from: 0,
+            dot_next: false,
+            after_newline: self.after_newline,
+        };
+        // The state after this chunk, from its last two octets that are sent (not NUL).
+        let mut sent = chunk.iter().rev().filter(|&&b| b != 0);
+        if let Some(&last) = sent.next() {
+            let before = sent.next().copied().unwrap_or(self.tail[1]);
+            self.tail = [before, last];
+            self.after_newline = is_newline(last);
             self.empty = false;
         }
-        Segments {
-            rest: chunk,
-            dot_next: dot_first,
-        }
+        segments
     }
 
     /// Appends the stuffed form of `chunk` to `out`.
@@ -82,11 +90,19 @@ impl DotStuffer {
     }
 }
 
+fn is_newline(byte: u8) -> bool {
+    byte == b'\r' || byte == b'\n'
+}
+
 /// Iterator over the stuffed form of one chunk (see `DotStuffer::segments`).
 #[derive(Debug, Clone)]
 pub struct Segments<'a> {
+    /// What is left to send; `rest[..scan_from]` is known to hold no NUL and no `.` to stuff.
     rest: &'a [u8],
+    scan_from: usize,
     dot_next: bool,
+    /// The last octet sent before `rest` was CR or LF (or none was sent).
+    after_newline: bool,
 }
 
 impl<'a> Iterator for Segments<'a> {
@@ -97,17 +113,45 @@ impl<'a> Iterator for Segments<'a> {
             self.dot_next = false;
             return Some(b".");
         }
-        if self.rest.is_empty() {
-            return None;
-        }
-        match memmem::find(self.rest, b"\n.") {
-            Some(nl) => {
-                let (head, tail) = self.rest.split_at(nl + 1);
-                self.rest = tail;
-                self.dot_next = true;
-                Some(head)
+        loop {
+            if self.rest.is_empty() {
+                return None;
             }
-            None => Some(std::mem::take(&mut self.rest)),
+            let unscanned = self.rest.get(self.scan_from..).unwrap_or_default();
+            let Some(offset) = memchr2(b'.', 0, unscanned) else {
+                let all = std::mem::take(&mut self.rest);
+                self.scan_from = 0;
+                return Some(all);
+            };
+            let i = self.scan_from + offset;
+            let newline_before = match i.checked_sub(1) {
+                None => self.after_newline,
+                Some(prev) => self.rest.get(prev).copied().is_some_and(is_newline),
+            };
+            let head = self.rest.get(..i).unwrap_or_default();
+            if self.rest.get(i) == Some(&0) {
+                // Drop the NUL; what was sent before it still decides for a `.` after it.
+                self.rest = self.rest.get(i + 1..).unwrap_or_default();
+                self.scan_from = 0;
+                self.after_newline = newline_before;
+                if !head.is_empty() {
+                    return Some(head);
+                }
+                continue;
+            }
+            if !newline_before {
+                self.scan_from = i + 1;
+                continue;
+            }
+            // A `.` that starts a line for some receiver: send one more before it.
+            self.rest = self.rest.get(i..).unwrap_or_default();
+            self.scan_from = 1;
+            self.after_newline = false;
+            if head.is_empty() {
+                return Some(b".");
+            }
+            self.dot_next = true;
+            return Some(head);
         }
     }
 }
@@ -163,6 +207,95 @@ mod tests {
         assert_eq!(stuffed(b"a\n.\r\nb\r\n"), b"a\n..\r\nb\r\n.\r\n");
     }
 
+    /// Where a lax receiver sees the end of data: it drops NUL, takes CR, LF or CRLF as a line
+    /// end, and stops at the first line that is a lone `.`. Returns the octets it consumed.
+    fn lax_end(data: &[u8]) -> Option<usize> {
+        let mut line: Vec<u8> = Vec::new();
+        let mut i = 0;
+        while i < data.len() {
+            match data[i] {
+                0 => {}
+                b'\r' | b'\n' => {
+                    let crlf = data[i] == b'\r' && data.get(i + 1) == Some(&b'\n');
+                    if crlf {
+                        i += 1;
+                    }
+                    if line == b"." {
+                        return Some(i + 1);
+                    }
+                    line.clear();
+                }
+                b => line.push(b),
+            }
+            i += 1;
+        }
+        None
+    }
+
+    #[test]
+    fn smuggling_attack_through_bare_cr_is_defused() {
+        // The exact attack: a bare CR, a dot, CRLF, then a second transaction.
+        let body = b"Subject: hi\r\n\r\nx\r.\r\nMAIL FROM:<ceo@bank.example>\r\nRCPT TO:<v@x.example>\r\nDATA\r\nspoofed\r\n";
+        let out = stuffed(body);
+        assert!(
+            memchr::memmem::find(&out, b"x\r..\r\nMAIL FROM").is_some(),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(
+            lax_end(&out),
+            Some(out.len()),
+            "only the real end ends the data"
+        );
+        for evil in [
+            &b"a\r.\rMAIL"[..],
+            b"a\n.\nMAIL",
+            b"a\r\n.\nMAIL",
+            b"a\n.\r\nMAIL",
+            b"a\r\n\x00.\r\nMAIL",
+            b"a\r\x00\x00.\x00\rMAIL",
+            b".\rMAIL",
+            b"\x00.\r\nMAIL",
+        ] {
+            let out = stuffed(evil);
+            assert_eq!(lax_end(&out), Some(out.len()), "{evil:?} -> {out:?}");
+        }
+    }
+
+    #[test]
+    fn nul_octets_are_dropped() {
+        assert_eq!(stuffed(b"a\x00b\r\n"), b"ab\r\n.\r\n");
+        assert_eq!(stuffed(b"\x00"), b".\r\n", "nothing sent: no CRLF to add");
+        assert_eq!(stuffed(b"a\r\n\x00"), b"a\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r\n\x00.b\r\n"), b"a\r\n..b\r\n.\r\n");
+        assert_eq!(
+            stuffed(b"x\x00.\r\n"),
+            b"x.\r\n.\r\n",
+            "a dot inside a line stays"
+        );
+    }
+
+    #[test]
+    fn lax_receivers_never_see_an_early_end_in_random_bodies() {
+        let alphabet = [b'.', b'\r', b'\n', b'a', 0];
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..16);
+            let body: Vec<u8> = (0..len).map(|_| alphabet[rng.usize(0..5)]).collect();
+            let whole = stuffed(&body);
+            assert_eq!(lax_end(&whole), Some(whole.len()), "{body:?} -> {whole:?}");
+            assert!(!whole[..whole.len() - 3].contains(&0));
+            // Any split gives the same octets.
+            let cut = rng.usize(0..=body.len());
+            let mut s = DotStuffer::new();
+            let mut out = Vec::new();
+            s.push(&body[..cut], &mut out);
+            s.push(&body[cut..], &mut out);
+            s.finish(&mut out);
+            assert_eq!(out, whole, "{body:?} split at {cut}");
+        }
+    }
+
     #[test]
     fn chunked_equals_whole_for_every_split() {
         let body = b".a\r\n.\r\n..b\r\nc.\r\n.";
@@ -211,7 +344,7 @@ mod tests {
                 [&body[..], b"\r\n"].concat()
             };
             assert_eq!(unstuff(&out), expected, "{body:?}");
-            assert!(memmem::find(&out[..out.len() - 3], b"\r\n.\r\n").is_none());
+            assert!(memchr::memmem::find(&out[..out.len() - 3], b"\r\n.\r\n").is_none());
         }
     }
 }
