@@ -5,8 +5,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::time::Duration;
 
+use super::deadlines::{self, Step};
 use super::hops::{self, NoHops};
 use super::outcome;
 use super::placement::IMPLICIT_VMTA;
@@ -16,8 +16,6 @@ use crate::config::OutboundTls;
 use crate::queue::QueueKey;
 use crate::runtime::CoreContext;
 use crate::smtp::client::{Reply, Session, SessionConfig, TlsPolicy};
-
-const CONNECT_TIMEOUT_MS: u64 = 30_000;
 
 pub async fn run(core: Rc<CoreContext>, key: QueueKey) {
     deliver(&core, &key).await;
@@ -76,13 +74,9 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
         } else {
             source_ip
         };
-        let stream = match connect_from_timeout(
-            source,
-            hop.address,
-            Duration::from_millis(CONNECT_TIMEOUT_MS),
-        )
-        .await
-        {
+        let mx = format!("{} ({})", hop.host, hop.address.ip());
+        let connect_limit = Step::Connect.limit(&policy.deadlines);
+        let stream = match connect_from_timeout(source, hop.address, connect_limit).await {
             Ok(s) => s,
             Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
                 // The VMTA's address is not on this host: no hop can work from it. Take the VMTA
@@ -110,11 +104,11 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
                     hop.host,
                     hop.address
                 );
-                last_failure = Reply::local(
-                    451,
-                    (4, 4, 1),
-                    format!("Connection to {} failed: {e}", hop.address),
-                );
+                last_failure = if e.kind() == std::io::ErrorKind::TimedOut {
+                    Step::Connect.timeout_reply(&mx)
+                } else {
+                    Reply::local(451, (4, 4, 1), format!("Connection to {mx} failed: {e}"))
+                };
                 if super::vmta_status::observe_connect_error(core, key, &e) {
                     let stuck =
                         super::placement::reroute(core, key, take_all_ready(core, key)).await;
@@ -128,7 +122,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
         let mut conn = Connection {
             core: core.clone(),
             key: key.clone(),
-            mx: format!("{} ({})", hop.host, hop.address.ip()),
+            mx: mx.clone(),
             source_ip: source_text.clone(),
             max_messages: policy.queue.max_messages_per_connection,
             sent: 0,
@@ -143,16 +137,16 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
         };
         let mut session_config = SessionConfig::new(ehlo.clone(), tls_policy);
         session_config.chunking = policy.chunking;
+        session_config.timeouts = deadlines::session_timeouts(&policy.deadlines);
+        session_config.peer = mx.clone();
         let session = Session::new(session_config);
-        if let Err(e) = super::driver::converse(stream, session, &mut conn, &hop, policy.tls).await
-        {
-            log::debug!("{key}: connection to {}: {e}", hop.address);
-            conn.fail_in_flight(Reply::local(
-                451,
-                (4, 4, 2),
-                format!("Connection lost: {e}"),
-            ))
-            .await;
+        let deadlines = policy.deadlines;
+        let ended =
+            super::driver::converse(stream, session, &mut conn, &hop, policy.tls, &deadlines).await;
+        if let Err(reply) = ended {
+            log::info!("{key}: {mx}: {reply}");
+            conn.fail_in_flight(reply.clone()).await;
+            conn.failure = Some(reply);
         }
         if conn.sent > 0 {
             return;

@@ -1,16 +1,20 @@
 //! The I/O driver of one outbound connection: moves bytes between the socket and the sans-IO
 //! `smtp::client::Session`, runs the STARTTLS handshake, and hands the session's events to the
-//! connection's transaction bookkeeping (`transaction::Connection`).
+//! connection's transaction bookkeeping (`transaction::Connection`). Every wait has a deadline:
+//! each read the session's reply timeout, the handshake and each write the driver's own
+//! (`deadlines`); a write or handshake that runs out fails the session with a reply naming it.
 
 use std::io;
+use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsConnector;
 use rustls::pki_types::ServerName;
 
+use super::deadlines::{Step, within};
 use super::hops::Hop;
 use super::transaction::Connection;
-use crate::config::OutboundTls;
+use crate::config::{Deadlines, OutboundTls};
 use crate::smtp::client::{Event, Reply, Session, Transmit, dot_stuff};
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -20,15 +24,27 @@ enum Next {
     StartTls(Box<Session>),
 }
 
+/// Why a write did not complete.
+enum WriteFailure {
+    /// No progress within `write_ms`.
+    Timeout,
+    Io(io::Error),
+}
+
+/// Runs the session on `stream` until it closes. Failures the session sees (a reply, a timeout, a
+/// lost connection, a write that ran out) reach `conn` as its events; a failed TLS handshake, which
+/// the session cannot see, is returned.
 pub async fn converse(
     stream: glommio::net::TcpStream,
     session: Session,
     conn: &mut Connection,
     hop: &Hop,
     tls: OutboundTls,
-) -> io::Result<()> {
+    deadlines: &Deadlines,
+) -> Result<(), Reply> {
+    let write_limit = Step::Write.limit(deadlines);
     let mut plain = stream;
-    let session = match drive(&mut plain, session, conn).await? {
+    let session = match drive(&mut plain, session, conn, write_limit).await {
         Next::Closed => return Ok(()),
         Next::StartTls(s) => *s,
     };
@@ -39,25 +55,31 @@ pub async fn converse(
     };
     let name = ServerName::try_from(hop.host.clone())
         .unwrap_or_else(|_| ServerName::IpAddress(hop.address.ip().into()));
-    let mut secured = match TlsConnector::from(config).connect(name, plain).await {
-        Ok(s) => s,
-        Err(e) => {
-            conn.failure = Some(Reply::local(
+    let handshake = TlsConnector::from(config).connect(name, plain);
+    let mut secured = match within(Step::Tls.limit(deadlines), handshake).await {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            return Err(Reply::local(
                 451,
                 (4, 7, 5),
-                format!("TLS handshake with {} failed: {e}", hop.host),
+                format!("TLS handshake with {} failed: {e}", conn.mx),
             ));
-            return Ok(());
         }
+        None => return Err(Step::Tls.timeout_reply(&conn.mx)),
     };
     let mut session = session;
     session.tls_established();
-    match drive(&mut secured, session, conn).await? {
+    match drive(&mut secured, session, conn, write_limit).await {
         Next::Closed | Next::StartTls(_) => Ok(()),
     }
 }
 
-async fn drive<S>(io: &mut S, mut session: Session, conn: &mut Connection) -> io::Result<Next>
+async fn drive<S>(
+    io: &mut S,
+    mut session: Session,
+    conn: &mut Connection,
+    write_limit: Duration,
+) -> Next
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -66,6 +88,7 @@ where
     loop {
         let mut start_tls = false;
         let mut progressed = false;
+        let mut closed = false;
         while let Some(event) = session.poll_event() {
             progressed = true;
             match event {
@@ -84,30 +107,35 @@ where
                     super::shaping::observe_failure(&conn.core, &conn.key, &reply);
                     conn.failure = Some(reply);
                 }
-                Event::Closed => {
-                    flush_transmits(io, &mut session, conn, &mut out).await?;
-                    return Ok(Next::Closed);
-                }
+                Event::Closed => closed = true,
             }
         }
-        flush_transmits(io, &mut session, conn, &mut out).await?;
+        if closed {
+            return Next::Closed;
+        }
+        if let Err(failure) = flush_transmits(io, &mut session, conn, &mut out, write_limit).await {
+            out.clear();
+            match failure {
+                WriteFailure::Timeout => session.fail_io(Step::Write.timeout_text()),
+                WriteFailure::Io(e) => {
+                    log::debug!("{}: write to {}: {e}", conn.key, conn.mx);
+                    session.connection_lost();
+                }
+            }
+            continue;
+        }
         if start_tls {
-            return Ok(Next::StartTls(Box::new(session)));
+            return Next::StartTls(Box::new(session));
         }
         if progressed {
             // Answering an event (send, quit) may have produced new events.
             continue;
         }
         let timeout = session.timeout();
-        let read = futures_lite::future::or(async { Some(io.read(&mut buf).await) }, async {
-            glommio::timer::sleep(timeout).await;
-            None
-        })
-        .await;
-        match read {
+        match within(timeout, io.read(&mut buf)).await {
             None => session.on_timeout(),
             Some(Ok(0)) | Some(Err(_)) => session.connection_lost(),
-            Some(Ok(n)) => session.handle_input(&buf[..n]),
+            Some(Ok(n)) => session.handle_input(buf.get(..n).unwrap_or_default()),
         }
     }
 }
@@ -117,7 +145,8 @@ async fn flush_transmits<S: AsyncWrite + Unpin>(
     session: &mut Session,
     conn: &Connection,
     out: &mut Vec<u8>,
-) -> io::Result<()> {
+    write_limit: Duration,
+) -> Result<(), WriteFailure> {
     while let Some(t) = session.poll_transmit() {
         match t {
             Transmit::Bytes(bytes) => out.extend_from_slice(&bytes),
@@ -134,9 +163,31 @@ async fn flush_transmits<S: AsyncWrite + Unpin>(
         }
     }
     if !out.is_empty() {
-        io.write_all(out).await?;
-        io.flush().await?;
+        write_all_within(io, out, write_limit).await?;
         out.clear();
     }
     Ok(())
+}
+
+/// Writes `bytes`, each write (and the flush) bounded by `limit`: a server that reads slowly but
+/// steadily is waited for; one that stops reading fails after `limit` without progress.
+async fn write_all_within<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), WriteFailure> {
+    let mut written = 0;
+    while let Some(rest) = bytes.get(written..).filter(|r| !r.is_empty()) {
+        match within(limit, io.write(rest)).await {
+            None => return Err(WriteFailure::Timeout),
+            Some(Ok(0)) => return Err(WriteFailure::Io(io::ErrorKind::WriteZero.into())),
+            Some(Ok(n)) => written += n,
+            Some(Err(e)) => return Err(WriteFailure::Io(e)),
+        }
+    }
+    match within(limit, io.flush()).await {
+        None => Err(WriteFailure::Timeout),
+        Some(Err(e)) => Err(WriteFailure::Io(e)),
+        Some(Ok(())) => Ok(()),
+    }
 }

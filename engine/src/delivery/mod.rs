@@ -10,6 +10,7 @@
 
 mod connect;
 mod connection;
+mod deadlines;
 mod driver;
 mod hops;
 mod mx_rollup;
