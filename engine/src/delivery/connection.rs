@@ -2,31 +2,63 @@
 //! VMTA's source IP, failover to the next host or address, then the driver (`driver`) and the
 //! transactions (`transaction`) for as many messages as the queue has and
 //! `max_messages_per_connection` allows.
+//!
+//! What a connection may cost: it connects only when the queue has ready mail and its rate allows
+//! a send (`rate_allows_connecting`); it moves to the next hop only when one failed; a connection
+//! that ends cleanly (the queue emptied, a reload, a rate wait) ends there, deferring nothing. A
+//! failure defers only what the connection took (its transaction in flight); the queue's ready
+//! mail is deferred only when every hop failed and no other connection of the queue is open (a
+//! real outage). A 421 at the greeting or "too many connections" caps the queue's connections at
+//! those the receiver admitted (`Queues::connection_refused`), raised again by deliveries.
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::time::Duration;
 
 use super::deadlines::{self, Step};
 use super::hops::{self, NoHops};
 use super::outcome;
 use super::placement::IMPLICIT_VMTA;
-use super::transaction::Connection;
+use super::transaction::{Connection, RATE_WAIT_IN_CONNECTION_MS_MAX};
 use super::{BIND_FAILURE_RETRY_S, Queued, connect_from_timeout};
 use crate::config::OutboundTls;
-use crate::queue::QueueKey;
+use crate::queue::{CapChange, QueueKey};
 use crate::runtime::CoreContext;
-use crate::smtp::client::{Reply, Session, SessionConfig, TlsPolicy};
+use crate::smtp::client::{Reply, ReplySource, Session, SessionConfig, TlsPolicy};
+
+/// Reply texts (lower case) that say the receiver takes no more connections from us: Postfix
+/// ("too many connections"), Exim ("too many concurrent SMTP connections"), Exchange ("the
+/// maximum number of concurrent server connections has exceeded a limit").
+const CONNECTION_LIMIT_PHRASES: [&str; 4] = [
+    "too many connections",
+    "too many concurrent",
+    "maximum number of concurrent",
+    "connection limit",
+];
+
+/// How a connection task ended, for the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The scheduler looks at the queue again (it may open another connection).
+    Done,
+    /// Nothing done because other open connections of the queue serve it: they wake the scheduler
+    /// when they close; waking it now would only start another connection that does the same.
+    LeftToOthers,
+}
 
 pub async fn run(core: Rc<CoreContext>, key: QueueKey) {
-    deliver(&core, &key).await;
+    let ended = deliver(&core, &key).await;
     core.delivery.queues.borrow_mut().connection_closed(&key);
     core.delivery
         .connections
         .set(core.delivery.connections.get().saturating_sub(1));
-    core.delivery.wake_queue(&key);
+    if ended == Ended::Done {
+        core.delivery.wake_queue(&key);
+    }
 }
 
-/// Takes every ready recipient of the queue (they share the fate of a failed connection).
+/// Takes every ready recipient of the queue: only for what concerns the whole queue (its VMTA
+/// cannot send, its domain has no hop, every hop failed with no other connection open).
 fn take_all_ready(core: &CoreContext, key: &QueueKey) -> Vec<Queued> {
     core.delivery
         .queues
@@ -34,7 +66,66 @@ fn take_all_ready(core: &CoreContext, key: &QueueKey) -> Vec<Queued> {
         .take_batch(key, usize::MAX)
 }
 
-async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
+/// Connections of the queue open besides this one.
+fn other_connections(core: &CoreContext, key: &QueueKey) -> u32 {
+    core.delivery
+        .queues
+        .borrow()
+        .connections(key)
+        .saturating_sub(1)
+}
+
+/// Whether to connect at all (`None`), or how the task ends without a socket. A connection opens
+/// only for ready mail and a send the rate allows: taken now for its first transaction, or after
+/// a short wait spent here, without a socket. A longer wait holds the queue (`hold_for_rate`)
+/// when this is its only connection; with others open they meet the wait and hold it themselves.
+async fn rate_allows_connecting(core: &CoreContext, key: &QueueKey) -> Option<Ended> {
+    loop {
+        if core.shared.control.stopping() || !core.delivery.queues.borrow().has_ready(key) {
+            return Some(Ended::Done);
+        }
+        let now_ms = crate::clock::unix_ms();
+        let may_send = core.delivery.queues.borrow_mut().may_send(key, now_ms);
+        match may_send {
+            Ok(()) => return None,
+            Err(wait_ms) if wait_ms <= RATE_WAIT_IN_CONNECTION_MS_MAX => {
+                glommio::timer::sleep(Duration::from_millis(wait_ms.max(1))).await;
+            }
+            Err(_) if other_connections(core, key) > 0 => return Some(Ended::LeftToOthers),
+            Err(wait_ms) => {
+                let until_s = crate::clock::unix_s() + wait_ms.div_ceil(1000);
+                core.delivery
+                    .queues
+                    .borrow_mut()
+                    .hold_for_rate(key, until_s);
+                return Some(Ended::Done);
+            }
+        }
+    }
+}
+
+/// Whether `reply` says the receiver takes no more connections: a 421 before the session was
+/// open (greeting, EHLO), or a connection-limit text at any time.
+fn is_connection_limit(reply: &Reply, opened: bool) -> bool {
+    if reply.source != ReplySource::Remote {
+        return false;
+    }
+    let text = reply.text.to_ascii_lowercase();
+    (reply.code == 421 && !opened) || CONNECTION_LIMIT_PHRASES.iter().any(|p| text.contains(p))
+}
+
+/// The receiver refused a connection: cap the queue at the connections it admitted (logged).
+fn connection_refused(core: &CoreContext, key: &QueueKey, mx: &str, reply: &Reply) {
+    let change = core.delivery.queues.borrow_mut().connection_refused(key);
+    if let Some(CapChange::Lowered(cap)) = change {
+        log::info!(
+            "queue {key}: {mx} refused a connection ({reply}): at most {cap} connections until \
+             deliveries show it takes more"
+        );
+    }
+}
+
+async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
     let config = core.config();
     let (source_ip, ehlo) = match config.vmta(&key.vmta) {
         Some(v) => (v.source_ip, v.ehlo_hostname.clone()),
@@ -48,24 +139,38 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
                 format!("VMTA {} is not configured", key.vmta),
             );
             outcome::defer_items(core, key, take_all_ready(core, key), &reply, None).await;
-            return;
+            return Ended::Done;
         }
     };
+    if let Some(ended) = rate_allows_connecting(core, key).await {
+        return ended;
+    }
     let policy = config.policy_for(&key.vmta, &key.domain);
     let source_text = source_ip.to_string();
     let hops = match hops_of(core, &key.domain, source_ip).await {
-        Ok(h) => h.hops,
+        Ok(h) => h,
         Err(NoHops::Permanent(reply)) => {
             outcome::bounce_items(core, key, take_all_ready(core, key), &reply, None).await;
-            return;
+            return Ended::Done;
         }
         Err(NoHops::Temporary(reply)) => {
+            if other_connections(core, key) > 0 {
+                log::info!("{key}: {reply}; left to the other open connections");
+                return Ended::LeftToOthers;
+            }
             outcome::defer_items(core, key, take_all_ready(core, key), &reply, None).await;
-            return;
+            return Ended::Done;
         }
     };
+    let tls_policy = match policy.tls {
+        OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
+        OutboundTls::Required => TlsPolicy::Required,
+        OutboundTls::Off => TlsPolicy::Off,
+    };
+    let deadlines = policy.deadlines;
+    let mut rate_token = true;
     let mut last_failure = Reply::local(451, (4, 4, 1), "No next hop could be reached");
-    for hop in hops {
+    for hop in &hops.hops {
         let source = if source_ip.is_unspecified() {
             match hop.address {
                 SocketAddr::V4(_) => IpAddr::from([0, 0, 0, 0]),
@@ -75,7 +180,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
             source_ip
         };
         let mx = format!("{} ({})", hop.host, hop.address.ip());
-        let connect_limit = Step::Connect.limit(&policy.deadlines);
+        let connect_limit = Step::Connect.limit(&deadlines);
         let stream = match connect_from_timeout(source, hop.address, connect_limit).await {
             Ok(s) => s,
             Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
@@ -96,14 +201,10 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
                 let stuck = super::placement::reroute(core, key, take_all_ready(core, key)).await;
                 let reply = Reply::local(451, (4, 4, 0), reason);
                 outcome::defer_items(core, key, stuck, &reply, None).await;
-                return;
+                return Ended::Done;
             }
             Err(e) => {
-                log::info!(
-                    "{key}: connect to {} ({}) from {source}: {e}",
-                    hop.host,
-                    hop.address
-                );
+                log::info!("{key}: connect to {mx} from {source}: {e}");
                 last_failure = if e.kind() == std::io::ErrorKind::TimedOut {
                     Step::Connect.timeout_reply(&mx)
                 } else {
@@ -113,7 +214,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
                     let stuck =
                         super::placement::reroute(core, key, take_all_ready(core, key)).await;
                     outcome::defer_items(core, key, stuck, &last_failure, None).await;
-                    return;
+                    return Ended::Done;
                 }
                 continue;
             }
@@ -126,43 +227,55 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) {
             source_ip: source_text.clone(),
             max_messages: policy.queue.max_messages_per_connection,
             sent: 0,
+            opened: false,
             in_flight: None,
             failure: None,
+            rate_token,
             config: config.clone(),
-        };
-        let tls_policy = match policy.tls {
-            OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
-            OutboundTls::Required => TlsPolicy::Required,
-            OutboundTls::Off => TlsPolicy::Off,
         };
         let mut session_config = SessionConfig::new(ehlo.clone(), tls_policy);
         session_config.chunking = policy.chunking;
-        session_config.timeouts = deadlines::session_timeouts(&policy.deadlines);
+        session_config.timeouts = deadlines::session_timeouts(&deadlines);
         session_config.peer = mx.clone();
         let session = Session::new(session_config);
-        let deadlines = policy.deadlines;
         let ended =
-            super::driver::converse(stream, session, &mut conn, &hop, policy.tls, &deadlines).await;
+            super::driver::converse(stream, session, &mut conn, hop, policy.tls, &deadlines).await;
         if let Err(reply) = ended {
             log::info!("{key}: {mx}: {reply}");
             conn.fail_in_flight(reply.clone()).await;
             conn.failure = Some(reply);
         }
-        if conn.sent > 0 {
-            return;
+        rate_token = conn.rate_token;
+        let Some(failure) = conn.failure.take() else {
+            // A clean end (QUIT): the queue emptied, a reload, a rate wait, enough messages.
+            return Ended::Done;
+        };
+        if is_connection_limit(&failure, conn.opened) {
+            connection_refused(core, key, &mx, &failure);
         }
-        // Nothing was sent here: a refusing greeting, a 421 or a TLS failure: try the next host.
-        if let Some(reply) = conn.failure {
-            let out = super::vmta_status::observe_failed_session(core, key, &reply);
-            last_failure = reply;
-            if out {
-                let stuck = super::placement::reroute(core, key, take_all_ready(core, key)).await;
-                outcome::defer_items(core, key, stuck, &last_failure, None).await;
-                return;
-            }
+        if conn.sent > 0 {
+            // It failed after sending: its own transaction in flight was deferred, nothing else.
+            return Ended::Done;
+        }
+        // Nothing was sent here: a refusing greeting, a 421, a timeout or a TLS failure.
+        let out = super::vmta_status::observe_failed_session(core, key, &failure);
+        last_failure = failure;
+        if out {
+            let stuck = super::placement::reroute(core, key, take_all_ready(core, key)).await;
+            outcome::defer_items(core, key, stuck, &last_failure, None).await;
+            return Ended::Done;
         }
     }
+    let others = other_connections(core, key);
+    if others > 0 {
+        log::info!(
+            "{key}: no host reached ({last_failure}); {others} other connections open: nothing \
+             deferred"
+        );
+        return Ended::LeftToOthers;
+    }
     outcome::defer_items(core, key, take_all_ready(core, key), &last_failure, None).await;
+    Ended::Done
 }
 
 /// The hops of `domain` reachable from `source`.
@@ -172,4 +285,45 @@ async fn hops_of(core: &CoreContext, domain: &str, source: IpAddr) -> Result<hop
     let resolver = core.delivery.resolver(core);
     let answer = hops::resolve(&resolver, domain, &target).await;
     hops::select(domain, &target, answer, source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(code: u16, text: &str) -> Reply {
+        Reply {
+            code,
+            enhanced: None,
+            text: text.into(),
+            source: ReplySource::Remote,
+        }
+    }
+
+    #[test]
+    fn what_says_the_receiver_takes_no_more_connections() {
+        let postfix = remote(
+            421,
+            "4.7.0 mx.test Error: too many connections from 192.0.2.1",
+        );
+        assert!(is_connection_limit(&postfix, false));
+        assert!(is_connection_limit(&postfix, true), "the text says so");
+        let busy = remote(421, "4.3.2 Service shutting down");
+        assert!(is_connection_limit(&busy, false), "a 421 at the greeting");
+        assert!(!is_connection_limit(&busy, true), "a 421 later is not");
+        let exim = remote(
+            451,
+            "Too many concurrent SMTP connections; please try again later.",
+        );
+        assert!(is_connection_limit(&exim, true));
+        assert!(!is_connection_limit(
+            &remote(450, "4.2.1 mailbox busy"),
+            false
+        ));
+        let local = Reply::local(421, (4, 4, 2), "too many connections");
+        assert!(
+            !is_connection_limit(&local, false),
+            "only the receiver's word"
+        );
+    }
 }

@@ -93,7 +93,10 @@ where
             progressed = true;
             match event {
                 Event::NeedTls => start_tls = true,
-                Event::Ready => conn.on_ready(&mut session).await,
+                Event::Ready => {
+                    conn.opened = true;
+                    conn.on_ready(&mut session).await
+                }
                 Event::TransactionDone { recipient_results } => {
                     conn.on_done(recipient_results).await
                 }

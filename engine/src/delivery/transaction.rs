@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::Queued;
 use super::outcome::{self, Attempt};
 use crate::config::Config;
-use crate::queue::QueueKey;
+use crate::queue::{CapChange, QueueKey};
 use crate::runtime::CoreContext;
 use crate::smtp::client::{Reply, Session, Transaction};
 use crate::spool::{BodyBytes, StoredMessage};
@@ -37,9 +37,13 @@ pub struct Connection {
     pub max_messages: u32,
     /// Transactions started on this connection.
     pub sent: u32,
+    /// The session got through the greeting and EHLO (a 421 before that refuses the connection).
+    pub opened: bool,
     pub in_flight: Option<InFlight>,
     /// The connection-level failure, if the session reported one.
     pub failure: Option<Reply>,
+    /// A send taken from the queue's rate and not spent yet.
+    pub rate_token: bool,
     /// The configuration the connection was opened under: after a reload it finishes its
     /// transaction and closes, so new routes and policies apply to the next one.
     pub config: Arc<Config>,
@@ -92,14 +96,16 @@ impl Connection {
             session.quit();
             return;
         }
-        loop {
+        // The first transaction spends the send the connection took from the rate before it
+        // connected (see `connection::rate_allows_connecting`).
+        while !std::mem::take(&mut self.rate_token) {
             let may_send = core
                 .delivery
                 .queues
                 .borrow_mut()
                 .may_send(&self.key, crate::clock::unix_ms());
             match may_send {
-                Ok(()) => break,
+                Ok(()) => self.rate_token = true,
                 Err(wait_ms) if wait_ms <= RATE_WAIT_IN_CONNECTION_MS_MAX => {
                     glommio::timer::sleep(Duration::from_millis(wait_ms.max(1))).await;
                 }
@@ -177,6 +183,10 @@ impl Connection {
             return;
         };
         super::vmta_status::observe_transaction(&self.core, &self.key, &results);
+        let delivered = results.iter().filter(|r| r.reply.is_positive()).count();
+        if delivered > 0 {
+            self.cap_delivered(u32::try_from(delivered).unwrap_or(u32::MAX));
+        }
         let replies = results
             .into_iter()
             .map(|r| (r.outcome(), r.reply))
@@ -192,6 +202,29 @@ impl Connection {
             self.attempt(),
         )
         .await;
+    }
+
+    /// Deliveries raise a connection cap learned from the receiver (logged).
+    fn cap_delivered(&self, count: u32) {
+        let change = self
+            .core
+            .delivery
+            .queues
+            .borrow_mut()
+            .connection_cap_delivered(&self.key, count);
+        match change {
+            Some(CapChange::Raised(cap)) => {
+                log::info!(
+                    "queue {}: deliveries raise its connections to {cap}",
+                    self.key
+                )
+            }
+            Some(CapChange::Lifted) => log::info!(
+                "queue {}: deliveries lift its learned connection cap",
+                self.key
+            ),
+            Some(CapChange::Lowered(_)) | None => {}
+        }
     }
 
     /// The connection broke with a transaction open and no result: defer its recipients.
