@@ -210,7 +210,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
                 } else {
                     Reply::local(451, (4, 4, 1), format!("Connection to {mx} failed: {e}"))
                 };
-                if super::vmta_status::observe_connect_error(core, key, &e) {
+                if super::vmta_status::observe_connect_error(core, key, &hops.next_hop, &e) {
                     let stuck =
                         super::placement::reroute(core, key, take_all_ready(core, key)).await;
                     outcome::defer_items(core, key, stuck, &last_failure, None).await;
@@ -231,6 +231,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
             in_flight: None,
             failure: None,
             rate_token,
+            next_hop: hops.next_hop.clone(),
             config: config.clone(),
         };
         let mut session_config = SessionConfig::new(ehlo.clone(), tls_policy);
@@ -258,7 +259,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
             return Ended::Done;
         }
         // Nothing was sent here: a refusing greeting, a 421, a timeout or a TLS failure.
-        let out = super::vmta_status::observe_failed_session(core, key, &failure);
+        let out = super::vmta_status::observe_failed_session(core, key, &hops.next_hop, &failure);
         last_failure = failure;
         if out {
             let stuck = super::placement::reroute(core, key, take_all_ready(core, key)).await;

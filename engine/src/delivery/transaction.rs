@@ -44,6 +44,8 @@ pub struct Connection {
     pub failure: Option<Reply>,
     /// A send taken from the queue's rate and not spent yet.
     pub rate_token: bool,
+    /// The receiver behind the hops (`hops::Hops::next_hop`): VMTA refusals count per next hop.
+    pub next_hop: String,
     /// The configuration the connection was opened under: after a reload it finishes its
     /// transaction and closes, so new routes and policies apply to the next one.
     pub config: Arc<Config>,
@@ -182,7 +184,7 @@ impl Connection {
         let Some(flight) = self.in_flight.take() else {
             return;
         };
-        super::vmta_status::observe_transaction(&self.core, &self.key, &results);
+        super::vmta_status::observe_transaction(&self.core, &self.key, &self.next_hop, &results);
         let delivered = results.iter().filter(|r| r.reply.is_positive()).count();
         if delivered > 0 {
             self.cap_delivered(u32::try_from(delivered).unwrap_or(u32::MAX));
