@@ -13,6 +13,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::deadlines::{self, Step};
@@ -54,6 +55,27 @@ pub async fn run(core: Rc<CoreContext>, key: QueueKey) {
         .set(core.delivery.connections.get().saturating_sub(1));
     if ended == Ended::Done {
         core.delivery.wake_queue(&key);
+    }
+}
+
+/// One open outbound socket, counted in `volley_outbound_connections` while it lives.
+struct OpenSocket<'a>(&'a CoreContext);
+
+impl<'a> OpenSocket<'a> {
+    fn new(core: &'a CoreContext) -> OpenSocket<'a> {
+        core.counters()
+            .outbound_connections
+            .fetch_add(1, Ordering::Relaxed);
+        OpenSocket(core)
+    }
+}
+
+impl Drop for OpenSocket<'_> {
+    fn drop(&mut self) {
+        self.0
+            .counters()
+            .outbound_connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -220,6 +242,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
             }
         };
         let _ = stream.set_nodelay(true);
+        let open = OpenSocket::new(core);
         let mut conn = Connection {
             core: core.clone(),
             key: key.clone(),
@@ -241,6 +264,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
         let session = Session::new(session_config);
         let ended =
             super::driver::converse(stream, session, &mut conn, hop, policy.tls, &deadlines).await;
+        drop(open); // the socket was closed when `converse` returned
         if let Err(reply) = ended {
             log::info!("{key}: {mx}: {reply}");
             conn.fail_in_flight(reply.clone()).await;
