@@ -6,7 +6,7 @@
 
 /// Recipients delivered under a learned cap that raise it by one connection: against a receiver
 /// that really takes no more, one probing connection is refused per this many deliveries.
-pub const CAP_RAISE_AFTER_DELIVERIES: u32 = 10;
+pub const CAP_RAISE_AFTER_DELIVERIES: u32 = 50;
 
 /// A learned cap (none at first).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
