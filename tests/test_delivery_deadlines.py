@@ -5,6 +5,7 @@ misbehave on purpose."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -247,8 +248,7 @@ def test_a_receiver_admitting_few_connections_still_gets_all_mail(volley, receiv
     wait_until(
         lambda: len(limited.recipients()) >= count,
         DELIVERY_TIMEOUT_S * 4,
-        f"{count} recipients at the receiver (has {len(limited.recipients())}, "
-        f"{limited.refused} connections refused)",
+        f"{count} recipients at the receiver",
     )
     assert sorted(limited.recipients()) == sorted(rcpts)
     assert transients(volley, "dest.test") == [], "nothing was deferred"
@@ -288,9 +288,21 @@ def test_a_rate_wait_opens_no_connection(volley, receivers):
     volley.policy(max_messages_per_minute=2, retry_intervals=["1h"])
     volley.start()
 
+    # Held until all are queued, so the scheduler opens two connections (one per 20) at once.
+    status, body = volley.api("POST", "/v1/queues/suspend", {"domain": "dest.test"})
+    assert status == 202, body
     with volley.smtp() as client:
         for n in range(25):
             client.sendmail("alice@src.test", [f"r{n}@dest.test"], message(f"rate {n}"))
+    # A queue made by the suspension has the default policy until a reload gives it its own.
+    volley.signal(signal.SIGHUP)
+    wait_until(
+        lambda: "new limits for" in volley.stderr_path.read_text(errors="replace"),
+        DELIVERY_TIMEOUT_S,
+        "the reload",
+    )
+    status, body = volley.api("POST", "/v1/queues/resume", {"domain": "dest.test"})
+    assert status == 202, body
     wait_until(lambda: len(rx.recipients()) == 1, DELIVERY_TIMEOUT_S, "the first message")
     time.sleep(3)
     assert len(rx.recipients()) == 1
