@@ -29,15 +29,21 @@ class Receiver:
     - `tarpit`: accepts and never greets;
     - `stall_data`: reads nothing after answering 354 to DATA;
     - `admit`: at most this many sessions at once, the others get 421 "too many connections" at the
-      greeting (Postfix's `smtpd_client_connection_count_limit`).
+      greeting (Postfix's `smtpd_client_connection_count_limit`);
+    - `mute`: answers nothing from this command on: `b"MAIL"`, `b"."` (the end of data), or
+      `b"STARTTLS"` (offered, answered 220, then no handshake).
 
     Counts connections and keeps the recipients of each message accepted. No PIPELINING, no CHUNKING:
     the client talks in lock-step, so each reply answers one command.
     """
 
-    def __init__(self, address: str, port: int, *, tarpit=False, stall_data=False, admit=None):
+    def __init__(
+        self, address: str, port: int, *, tarpit=False, stall_data=False, admit=None, mute=None
+    ):
         self.address, self.port = address, port
         self.tarpit, self.stall_data, self.admit = tarpit, stall_data, admit
+        # `mute`: the command (b"MAIL", b"STARTTLS", b".") after which the server says nothing more.
+        self.mute = mute
         self.lock = threading.Lock()
         self.connections = 0
         self.refused = 0
@@ -124,8 +130,14 @@ class Receiver:
             if not line:
                 return
             verb = line[:4].upper()
+            if self.mute is not None and line.upper().startswith(self.mute):
+                if self.mute == b"STARTTLS":
+                    reply("220 2.0.0 Ready to start TLS")
+                self.closed.wait()
+                return
             if verb in (b"EHLO", b"HELO"):
-                reply("250-rx.test\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES")
+                tls = "250-STARTTLS\r\n" if self.mute == b"STARTTLS" else ""
+                reply(f"250-rx.test\r\n{tls}250-8BITMIME\r\n250 ENHANCEDSTATUSCODES")
             elif verb == b"MAIL":
                 recipients = []
                 reply("250 2.1.0 Ok")
@@ -145,6 +157,9 @@ class Receiver:
                         return
                     if data == b".\r\n":
                         break
+                if self.mute == b".":
+                    self.closed.wait()
+                    return
                 with self.lock:
                     self.messages.append(recipients)
                 reply("250 2.0.0 Ok: queued")
@@ -204,6 +219,79 @@ def test_a_receiver_that_never_greets_costs_the_greeting_deadline(volley, receiv
         "the connection closed",
     )
     assert tarpit.connections == 1, "one hop, tried once: the mail waits for its retry"
+
+
+@pytest.mark.parametrize(
+    "mute, key, stage",
+    [
+        (b"MAIL", "reply_timeout_ms", "Timeout waiting for MAIL reply from"),
+        (b".", "data_timeout_ms", "Timeout waiting for end-of-data reply from"),
+        (b"STARTTLS", "tls_timeout_ms", "Timeout in the TLS handshake with"),
+    ],
+    ids=["reply", "data", "tls"],
+)
+def test_a_receiver_that_stops_answering_costs_that_stage_deadline(
+    volley, receivers, mute, key, stage
+):
+    mute_rx = receivers("127.0.0.67", mute=mute)
+    volley.route("dest.test", mute_rx.hostport)
+    deadline_ms = 1500
+    volley.policy(**{key: deadline_ms}, retry_intervals=["1h"])
+    volley.start()
+
+    sent_at = time.monotonic()
+    volley.send("alice@src.test", ["bob@dest.test"], message(f"mute {key}"))
+    [transient] = volley.wait_acct("transient", timeout_s=deadline_ms / 1000 + 10)
+    waited_s = time.monotonic() - sent_at
+    assert waited_s <= deadline_ms / 1000 + SLACK_S, waited_s
+    assert transient["enhanced_code"] == "4.4.2", transient
+    assert stage in transient["response"], transient
+    assert "127.0.0.67" in transient["response"], transient
+    assert volley.acct("delivery") == []
+
+
+def test_a_connect_that_never_completes_costs_the_connect_deadline(volley):
+    # A listener that never accepts, its accept queue filled: the kernel drops further SYNs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.69", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    filler = socket.create_connection(address, timeout=5)
+    try:
+        volley.route("dest.test", f"{address[0]}:{address[1]}")
+        volley.policy(connect_timeout_ms=1500, retry_intervals=["1h"])
+        volley.start()
+        sent_at = time.monotonic()
+        volley.send("alice@src.test", ["bob@dest.test"], message("black hole"))
+        [transient] = volley.wait_acct("transient", timeout_s=1.5 + 10)
+        assert time.monotonic() - sent_at <= 1.5 + SLACK_S
+        assert transient["enhanced_code"] == "4.4.2", transient
+        assert "Timeout connecting to 127.0.0.69" in transient["response"], transient
+        assert volley.metrics()["volley_outbound_connections"] == 0, "never connected"
+    finally:
+        filler.close()
+        listener.close()
+
+
+def test_a_reload_applies_new_deadlines_to_the_next_connection(volley, receivers):
+    tarpit = receivers("127.0.0.68", tarpit=True)
+    volley.route("dest.test", tarpit.hostport)
+    volley.policy(greeting_timeout_ms=600_000, retry_intervals=["1h"])
+    volley.start()
+    volley.policy(greeting_timeout_ms=GREETING_TIMEOUT_MS)
+    volley.write_config()
+    volley.signal(signal.SIGHUP)
+    wait_until(
+        lambda: "applied" in volley.stderr_path.read_text(errors="replace"),
+        DELIVERY_TIMEOUT_S,
+        "the reload",
+    )
+
+    sent_at = time.monotonic()
+    volley.send("alice@src.test", ["bob@dest.test"], message("after reload"))
+    [transient] = volley.wait_acct("transient", timeout_s=GREETING_TIMEOUT_MS / 1000 + 10)
+    assert time.monotonic() - sent_at <= GREETING_TIMEOUT_MS / 1000 + SLACK_S
+    assert "Timeout waiting for greeting from" in transient["response"], transient
 
 
 def test_a_receiver_that_stops_reading_during_data_costs_the_write_deadline(volley, receivers):
