@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub use duration::ConfigDuration;
 pub use network::Network;
-pub use policy::{DEFAULT_SUSPEND, DomainPolicy, ReplyVerdict, rollup_of};
+pub use policy::{DEFAULT_SUSPEND, Deadlines, DomainPolicy, ReplyVerdict, rollup_of};
 pub use reload::keys_needing_restart;
 pub use schema::*;
 pub use validate::parse_next_hop;

@@ -14,6 +14,8 @@ pub struct DomainPolicy {
     pub tls: OutboundTls,
     /// BDAT when the server offers CHUNKING (and PIPELINING); false = always DATA.
     pub chunking: bool,
+    /// How long each I/O step of a connection may take.
+    pub deadlines: Deadlines,
 }
 
 impl Default for DomainPolicy {
@@ -22,6 +24,40 @@ impl Default for DomainPolicy {
             queue: QueuePolicy::default(),
             tls: OutboundTls::Opportunistic,
             chunking: true,
+            deadlines: Deadlines::default(),
+        }
+    }
+}
+
+/// The deadline of every I/O step of an outbound connection, in milliseconds (`[[domain]]
+/// *_timeout_ms`). A step that runs out fails the connection and defers what it took, with a
+/// reply naming the step. Read when a connection opens, so a reload applies to the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// The TCP connect.
+    pub connect_ms: u64,
+    /// The STARTTLS handshake.
+    pub tls_ms: u64,
+    /// The 220 greeting (RFC 5321 4.5.3.2.1: 5 minutes).
+    pub greeting_ms: u64,
+    /// Each reply to EHLO, HELO, STARTTLS, RSET, MAIL, RCPT, DATA and QUIT (4.5.3.2.2-4).
+    pub reply_ms: u64,
+    /// The reply after the body: to the final dot or to `BDAT LAST` (4.5.3.2.6: 10 minutes).
+    pub data_ms: u64,
+    /// One write to the server: a server that stops reading fails the connection after this
+    /// long without progress (4.5.3.2.5: 3 minutes per data block).
+    pub write_ms: u64,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            connect_ms: 30_000,
+            tls_ms: 30_000,
+            greeting_ms: 300_000,
+            reply_ms: 300_000,
+            data_ms: 600_000,
+            write_ms: 180_000,
         }
     }
 }
@@ -133,6 +169,19 @@ impl DomainPolicy {
         if let Some(v) = d.chunking {
             self.chunking = v;
         }
+        let t = &mut self.deadlines;
+        for (value, field) in [
+            (d.connect_timeout_ms, &mut t.connect_ms),
+            (d.tls_timeout_ms, &mut t.tls_ms),
+            (d.greeting_timeout_ms, &mut t.greeting_ms),
+            (d.reply_timeout_ms, &mut t.reply_ms),
+            (d.data_timeout_ms, &mut t.data_ms),
+            (d.write_timeout_ms, &mut t.write_ms),
+        ] {
+            if let Some(ms) = value {
+                *field = ms;
+            }
+        }
         let b = &mut self.queue.backoff;
         if let Some(v) = d.backoff_max_connections {
             b.max_connections = v;
@@ -219,6 +268,56 @@ domains = ["gmail.com", "googlemail.com"]
         assert_eq!(rollup_of(&c, "example.com"), "example.com");
         c.shaping.mx_rollup = false;
         assert_eq!(rollup_of(&c, "googlemail.com"), "googlemail.com");
+    }
+
+    #[test]
+    fn deadlines_default_to_rfc_5321_and_apply_per_domain() {
+        let text = r#"
+[[listener]]
+address = "127.0.0.1:25"
+[[domain]]
+match = "*"
+write_timeout_ms = 5000
+[[domain]]
+match = "slow.test"
+greeting_timeout_ms = 900
+data_timeout_ms = 1200
+"#;
+        let c = Config::parse(text).unwrap();
+        let slow = c.policy_for("a", "slow.test").deadlines;
+        assert_eq!(
+            slow,
+            Deadlines {
+                greeting_ms: 900,
+                data_ms: 1200,
+                write_ms: 5000,
+                ..Deadlines::default()
+            }
+        );
+        let other = c.policy_for("a", "other.test").deadlines;
+        assert_eq!(other.greeting_ms, 300_000);
+        assert_eq!(other.write_ms, 5000);
+        assert_eq!(
+            DomainPolicy::default().deadlines,
+            Deadlines {
+                connect_ms: 30_000,
+                tls_ms: 30_000,
+                greeting_ms: 300_000,
+                reply_ms: 300_000,
+                data_ms: 600_000,
+                write_ms: 180_000,
+            }
+        );
+    }
+
+    #[test]
+    fn a_deadline_of_zero_or_over_an_hour_is_refused() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:25\"\n[[domain]]\nmatch = \"*\"\nreply_timeout_ms = 0\nconnect_timeout_ms = 3600001\ntls_timeout_ms = 3600000\n";
+        let e = Config::parse(text).expect_err("invalid deadlines");
+        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"domain[0].reply_timeout_ms"), "{e}");
+        assert!(keys.contains(&"domain[0].connect_timeout_ms"), "{e}");
+        assert!(!keys.contains(&"domain[0].tls_timeout_ms"), "{e}");
     }
 
     #[test]

@@ -267,6 +267,19 @@ pub struct DomainPolicyConfig {
     /// Time without a matching reply that ends a backoff.
     #[serde(default)]
     pub backoff_quiet_period: Option<ConfigDuration>,
+    /// Outbound deadlines (RFC 5321 4.5.3.2 where it gives a value), see `config::Deadlines`.
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub tls_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub greeting_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub reply_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub data_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub write_timeout_ms: Option<u64>,
 }
 
 /// What a matching reply does to its queue.

@@ -265,6 +265,10 @@ fn check_shaping(config: &Config, c: &mut Checker) {
     }
 }
 
+/// The longest outbound deadline (`[[domain]] *_timeout_ms`) that may be set: one hour. Longer
+/// would only hold a connection slot on a receiver that is not answering.
+const DEADLINE_MS_MAX: u64 = 3_600_000;
+
 /// Checks `[[domain]]`, `[[backoff]]` and `[[rollup]]` entries (of the file or of an include).
 fn check_policy_entries(
     domains: &[DomainPolicyConfig],
@@ -308,6 +312,24 @@ fn check_policy_entries(
                 &at("max_messages_per_minute"),
                 "a rate limit must be at least 1 (leave it out for none)",
             );
+        }
+        let deadlines = [
+            ("connect_timeout_ms", d.connect_timeout_ms),
+            ("tls_timeout_ms", d.tls_timeout_ms),
+            ("greeting_timeout_ms", d.greeting_timeout_ms),
+            ("reply_timeout_ms", d.reply_timeout_ms),
+            ("data_timeout_ms", d.data_timeout_ms),
+            ("write_timeout_ms", d.write_timeout_ms),
+        ];
+        for (key, value) in deadlines {
+            if let Some(ms) = value
+                && !(1..=DEADLINE_MS_MAX).contains(&ms)
+            {
+                c.error(
+                    &at(key),
+                    format!("must be 1 to {DEADLINE_MS_MAX} ms (one hour)"),
+                );
+            }
         }
         if let Some(r) = &d.retry_intervals
             && (r.is_empty() || r.iter().any(|d| d.0.is_zero()))

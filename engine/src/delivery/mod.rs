@@ -10,12 +10,16 @@
 
 mod connect;
 mod connection;
+mod deadlines;
+mod driver;
+mod hops;
 mod mx_rollup;
 mod outcome;
 mod placement;
 mod scheduler;
 pub mod shaping;
 mod tls;
+mod transaction;
 pub mod vmta_status;
 
 use std::cell::{Cell, RefCell};

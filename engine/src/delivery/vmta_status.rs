@@ -1,7 +1,9 @@
 //! VMTAs taken out of their pools: by the API (until enabled again) or automatically when their
 //! source address cannot be bound (for `BIND_FAILURE_RETRY_S`, then tried again) or when they are
-//! refused everywhere (`[shaping] vmta_refusal_*`: refused at several destination domains within
-//! a window, none of its mail delivered meanwhile). A pool skips a disabled VMTA when it picks one
+//! refused everywhere (`[shaping] vmta_refusal_*`: refused by several distinct next hops within a
+//! window, none of its mail delivered meanwhile). Refusals count per next hop (`hops::Hops::
+//! next_hop`), not per domain: a smarthost that is down refuses every domain routed to it, and
+//! that is one receiver saying no, not many. A pool skips a disabled VMTA when it picks one
 //! for a message, unless every VMTA of the pool is disabled.
 //!
 //! The board is process-wide; a core reads it through its own cached copy, refreshed only when the
@@ -36,7 +38,8 @@ pub struct Disabled {
 /// When a VMTA counts as refused everywhere, and for how long it is then out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefusalLimits {
-    /// Distinct destination domains refusing it; 0 = never take a VMTA out for refusals.
+    /// Distinct next hops refusing it (`vmta_refusal_domains`); 0 = never take a VMTA out for
+    /// refusals.
     pub domains: u32,
     /// The window the refusals are counted in, in seconds.
     pub window_s: u64,
@@ -79,9 +82,9 @@ pub struct VmtaBoard {
     version: AtomicU64,
     /// Locked on a change, and by a core when the version moved: never per message.
     disabled: Mutex<HashMap<String, Disabled>>,
-    /// VMTA -> (destination domain, last refusal at, in seconds) for its distinct refusing domains
-    /// in the window (at most `vmta_refusal_domains` each, which validation caps). Locked per
-    /// refusal, never per delivery.
+    /// VMTA -> (next hop, last refusal at, in seconds) for its distinct refusing next hops in the
+    /// window (at most `vmta_refusal_domains` each, which validation caps). Locked per refusal,
+    /// never per delivery.
     refusals: Mutex<HashMap<String, Vec<(String, u64)>>>,
     /// How many VMTAs have refusals recorded: a delivery locks only when not 0.
     refused_vmtas: AtomicU64,
@@ -129,13 +132,13 @@ impl VmtaBoard {
         }
     }
 
-    /// Records that `domain` refused a connection from `vmta` (`what`: the reply or error). When
-    /// that makes `limits.domains` distinct domains within the window, with none of its mail
+    /// Records that `next_hop` refused a connection from `vmta` (`what`: the reply or error). When
+    /// that makes `limits.domains` distinct next hops within the window, with none of its mail
     /// delivered since, it is taken out for `limits.out_s`; the entry is returned.
     pub fn record_refusal(
         &self,
         vmta: &str,
-        domain: &str,
+        next_hop: &str,
         what: &str,
         now_s: u64,
         limits: RefusalLimits,
@@ -152,19 +155,19 @@ impl VmtaBoard {
         }
         let mut refusals = self.refusals();
         self.refusals_recorded.fetch_add(1, Ordering::AcqRel);
-        let domains = refusals.entry(vmta.to_string()).or_default();
+        let hops = refusals.entry(vmta.to_string()).or_default();
         let oldest_s = now_s.saturating_sub(limits.window_s);
-        domains.retain(|(d, at_s)| *at_s > oldest_s && d != domain);
-        domains.push((domain.to_string(), now_s));
-        if domains.len() < limits.domains as usize {
+        hops.retain(|(h, at_s)| *at_s > oldest_s && h != next_hop);
+        hops.push((next_hop.to_string(), now_s));
+        if hops.len() < limits.domains as usize {
             self.refused_vmtas
                 .store(refusals.len() as u64, Ordering::Release);
             return None;
         }
-        let names: Vec<&str> = domains.iter().map(|(d, _)| d.as_str()).collect();
+        let names: Vec<&str> = hops.iter().map(|(h, _)| h.as_str()).collect();
         let what: String = what.chars().take(REFUSAL_TEXT_CHARS_MAX).collect();
         let reason = format!(
-            "refused everywhere: {} destination domains refused it within {} s ({}); last: {what}",
+            "refused everywhere: {} next hops refused it within {} s ({}); last: {what}",
             names.len(),
             limits.window_s,
             names.join(", ")
@@ -199,8 +202,8 @@ impl VmtaBoard {
         self.refused_vmtas.load(Ordering::Acquire) != 0
     }
 
-    /// The distinct domains that refused `vmta` recently (for tests and diagnostics).
-    pub fn refusing_domains(&self, vmta: &str) -> usize {
+    /// The distinct next hops that refused `vmta` recently (for tests and diagnostics).
+    pub fn refusing_hops(&self, vmta: &str) -> usize {
         self.refusals().get(vmta).map_or(0, Vec::len)
     }
 
@@ -217,27 +220,37 @@ impl VmtaBoard {
     }
 }
 
-/// A connection of `key`'s VMTA ended with `reply` before any transaction. When that is a refusal
-/// (`is_refusal_reply`), see `observe_refusal`; otherwise false.
-pub fn observe_failed_session(core: &CoreContext, key: &QueueKey, reply: &Reply) -> bool {
+/// A connection of `key`'s VMTA to `next_hop` ended with `reply` before any transaction. When
+/// that is a refusal (`is_refusal_reply`), see `observe_refusal`; otherwise false.
+pub fn observe_failed_session(
+    core: &CoreContext,
+    key: &QueueKey,
+    next_hop: &str,
+    reply: &Reply,
+) -> bool {
     if !is_refusal_reply(reply) {
         return false;
     }
     let first_line = reply.text.lines().next().unwrap_or_default();
-    observe_refusal(core, key, &format!("{} {first_line}", reply.code))
+    observe_refusal(core, key, next_hop, &format!("{} {first_line}", reply.code))
 }
 
-/// A TCP connect of `key`'s VMTA failed with `error`. When that is a refusal (`is_refusal_error`),
-/// see `observe_refusal`; otherwise false.
-pub fn observe_connect_error(core: &CoreContext, key: &QueueKey, error: &std::io::Error) -> bool {
-    is_refusal_error(error) && observe_refusal(core, key, &format!("connect: {error}"))
+/// A TCP connect of `key`'s VMTA to `next_hop` failed with `error`. When that is a refusal
+/// (`is_refusal_error`), see `observe_refusal`; otherwise false.
+pub fn observe_connect_error(
+    core: &CoreContext,
+    key: &QueueKey,
+    next_hop: &str,
+    error: &std::io::Error,
+) -> bool {
+    is_refusal_error(error) && observe_refusal(core, key, next_hop, &format!("connect: {error}"))
 }
 
 /// A connection attempt from `key`'s VMTA to its destination was refused (`what`: the reply or
 /// error). Records it on the board, taking the VMTA out when it is refused everywhere (logged and
 /// counted). Returns whether the VMTA is out of its pools now: its queued mail should then move to
 /// another VMTA of its pool.
-fn observe_refusal(core: &CoreContext, key: &QueueKey, what: &str) -> bool {
+fn observe_refusal(core: &CoreContext, key: &QueueKey, next_hop: &str, what: &str) -> bool {
     let config = core.config();
     if config.vmta(&key.vmta).is_none() {
         return false;
@@ -245,7 +258,7 @@ fn observe_refusal(core: &CoreContext, key: &QueueKey, what: &str) -> bool {
     let now_s = crate::clock::unix_s();
     let limits = RefusalLimits::from_config(&config.shaping);
     let board = &core.shared.vmtas;
-    if let Some(out) = board.record_refusal(&key.vmta, &key.domain, what, now_s, limits) {
+    if let Some(out) = board.record_refusal(&key.vmta, next_hop, what, now_s, limits) {
         log::warn!(
             "VMTA {} out of its pools for {} s: {}",
             key.vmta,
@@ -263,7 +276,12 @@ fn observe_refusal(core: &CoreContext, key: &QueueKey, what: &str) -> bool {
 /// everywhere (reported at most once a second per VMTA and core: no lock per message). No recipient
 /// delivered and every reply an x.7.x from the server (a block at MAIL or RCPT, "client host
 /// blocked using ...") is a refusal, as at the greeting.
-pub fn observe_transaction(core: &CoreContext, key: &QueueKey, results: &[RecipientResult]) {
+pub fn observe_transaction(
+    core: &CoreContext,
+    key: &QueueKey,
+    next_hop: &str,
+    results: &[RecipientResult],
+) {
     if results.iter().any(|r| r.reply.is_positive()) {
         let now_s = crate::clock::unix_s();
         core.delivery
@@ -278,7 +296,12 @@ pub fn observe_transaction(core: &CoreContext, key: &QueueKey, results: &[Recipi
         && results.iter().all(blocked)
     {
         let first_line = first.reply.text.lines().next().unwrap_or_default();
-        observe_refusal(core, key, &format!("{} {first_line}", first.reply.code));
+        observe_refusal(
+            core,
+            key,
+            next_hop,
+            &format!("{} {first_line}", first.reply.code),
+        );
     }
 }
 
@@ -366,7 +389,7 @@ mod tests {
     };
 
     #[test]
-    fn refused_at_enough_distinct_domains_takes_the_vmta_out_for_a_while() {
+    fn refused_at_enough_distinct_next_hops_takes_the_vmta_out_for_a_while() {
         let board = VmtaBoard::default();
         let view = VmtaView::default();
         assert!(
@@ -378,14 +401,14 @@ mod tests {
             board
                 .record_refusal("v", "a.test", "554", 1, LIMITS)
                 .is_none(),
-            "the same domain again counts once"
+            "the same next hop again counts once"
         );
         assert!(
             board
                 .record_refusal("v", "b.test", "554", 2, LIMITS)
                 .is_none()
         );
-        assert_eq!(board.refusing_domains("v"), 2);
+        assert_eq!(board.refusing_hops("v"), 2);
         assert!(!view.is_disabled(&board, "v", 2));
         let out = board
             .record_refusal("v", "c.test", "554 5.7.1 go away", 3, LIMITS)
@@ -406,8 +429,26 @@ mod tests {
                 .is_none(),
             "already out: not counted again"
         );
-        assert_eq!(board.refusing_domains("v"), 0);
+        assert_eq!(board.refusing_hops("v"), 0);
         assert!(!view.is_disabled(&board, "v", 603), "back by itself");
+    }
+
+    #[test]
+    fn a_smarthost_refusing_many_domains_counts_once() {
+        // Every domain routed to one smarthost has the same next hop (`hops::select`).
+        let board = VmtaBoard::default();
+        for (at_s, _domain) in ["a.test", "b.test", "c.test", "d.test"].iter().enumerate() {
+            assert!(
+                board
+                    .record_refusal("v", "relay.test:25", "421", at_s as u64, LIMITS)
+                    .is_none()
+            );
+        }
+        assert_eq!(board.refusing_hops("v"), 1);
+        assert!(
+            board.list(4).is_empty(),
+            "one receiver saying no is not everywhere"
+        );
     }
 
     #[test]
@@ -420,11 +461,7 @@ mod tests {
                 .record_refusal("v", "c.test", "554", 300, LIMITS)
                 .is_none()
         );
-        assert_eq!(
-            board.refusing_domains("v"),
-            2,
-            "a.test fell out of the window"
-        );
+        assert_eq!(board.refusing_hops("v"), 2, "a.test fell out of the window");
         assert!(
             board
                 .record_refusal("v", "a.test", "554", 301, LIMITS)
@@ -440,12 +477,8 @@ mod tests {
         board.record_refusal("v", "b.test", "554", 1, LIMITS);
         board.record_refusal("w", "a.test", "554", 1, LIMITS);
         board.record_success("v");
-        assert_eq!(board.refusing_domains("v"), 0);
-        assert_eq!(
-            board.refusing_domains("w"),
-            1,
-            "only the VMTA that delivered"
-        );
+        assert_eq!(board.refusing_hops("v"), 0);
+        assert_eq!(board.refusing_hops("w"), 1, "only the VMTA that delivered");
         assert!(
             board
                 .record_refusal("v", "c.test", "554", 2, LIMITS)
@@ -475,15 +508,11 @@ mod tests {
         board.record_refusal("v", "a.test", "554", 10, LIMITS);
         view.got_through(&board, "v", 10);
         assert_eq!(
-            board.refusing_domains("v"),
+            board.refusing_hops("v"),
             0,
             "a refusal came since: told again within the second"
         );
-        assert_eq!(
-            board.refusing_domains("w"),
-            1,
-            "only the VMTA that delivered"
-        );
+        assert_eq!(board.refusing_hops("w"), 1, "only the VMTA that delivered");
         view.got_through(&board, "v", 11);
         assert_eq!(
             view.reported_success.borrow().get("v").copied(),

@@ -9,11 +9,13 @@
 //! for why a heap with lazy deletion rather than a timer wheel, and for the memory cost per recipient.
 
 pub mod backoff;
+mod connection_cap;
 mod policy;
 mod queues;
 mod shaping;
 
 pub use backoff::{BackoffSettings, BackoffState, LeaveReason, Transition};
+pub use connection_cap::{CAP_RAISE_AFTER_DELIVERIES, CapChange};
 pub use policy::{MIN_RETRY_INTERVAL_S, PolicyError, QueuePolicy};
 pub use queues::{
     DeferOutcome, MAX_REPLY_TEXT_BYTES, QueueKey, QueueSnapshot, QueueState, QueueStats,

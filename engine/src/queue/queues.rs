@@ -32,6 +32,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use super::backoff::{BackoffState, Transition};
+use super::connection_cap::{CapChange, ConnectionCap};
 use super::policy::QueuePolicy;
 use super::shaping::SendRate;
 use crate::envelope::MessageId;
@@ -224,6 +225,8 @@ struct Queue<P> {
     scheduled_wake_s: Option<u64>,
     last_deferral: Option<Box<str>>,
     backoff: BackoffState,
+    /// Connections the receiver has shown it takes (see `connection_cap`).
+    connection_cap: ConnectionCap,
 }
 
 impl<P: Copy> Queue<P> {
@@ -240,11 +243,18 @@ impl<P: Copy> Queue<P> {
             scheduled_wake_s: None,
             last_deferral: None,
             backoff: BackoffState::Normal,
+            connection_cap: ConnectionCap::default(),
         }
     }
 
     /// Connections allowed now.
     fn max_connections(&self) -> u32 {
+        self.connection_cap
+            .limit(self.max_connections_without_cap())
+    }
+
+    /// Connections allowed by the policy, or its backoff limit.
+    fn max_connections_without_cap(&self) -> u32 {
         self.backoff
             .max_connections(self.policy.max_connections, &self.policy.backoff)
     }
@@ -649,6 +659,27 @@ impl<P: Copy> Queues<P> {
             Some(q) => q.rate.may_send(now_ms),
             None => Ok(()),
         }
+    }
+
+    /// Connections of the queue open now (0 when it does not exist).
+    pub fn connections(&self, key: &QueueKey) -> u32 {
+        self.queue(key).map_or(0, |q| q.connections)
+    }
+
+    /// The receiver refused one of the queue's connections (421 at the greeting, "too many
+    /// connections", or no host reached while others were open): the queue is capped at its other
+    /// open connections, at least 1. Returns the change to log.
+    pub fn connection_refused(&mut self, key: &QueueKey) -> Option<CapChange> {
+        let q = self.queue_by_key_mut(key)?;
+        q.connection_cap.refused(q.connections.saturating_sub(1))
+    }
+
+    /// `count` recipients were delivered on a connection of the queue: a learned connection cap
+    /// rises again (see `connection_cap`). Returns the change to log.
+    pub fn connection_cap_delivered(&mut self, key: &QueueKey, count: u32) -> Option<CapChange> {
+        let q = self.queue_by_key_mut(key)?;
+        let normal = q.max_connections_without_cap();
+        q.connection_cap.delivered(count, normal)
     }
 
     /// Whether the queue has more connections open than it may now (it entered backoff): the

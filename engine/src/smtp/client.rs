@@ -2,7 +2,8 @@
 //! clock, no runtime. The driver (`delivery`) owns the socket and a timer and loops:
 //!
 //! 1. feed what the server sent: `handle_input(&bytes)`; report EOF or an IO error with
-//!    `connection_lost()`, and an expired timer with `on_timeout()`;
+//!    `connection_lost()`, an expired timer with `on_timeout()`, and a deadline of the driver's own
+//!    (the TLS handshake, one write) with `fail_io()`;
 //! 2. write what `poll_transmit()` returns, in order: `Transmit::Bytes` as is, and for `Transmit::Body`
 //!    the current transaction's body dot-stuffed (`DotStuffer::segments` per chunk, then `end()`, or
 //!    `dot_stuff(body, &mut buf)`); the body never passes through the session, so nothing copies it;
@@ -47,25 +48,18 @@ pub enum TlsPolicy {
     Off,
 }
 
-/// How long to wait for each reply, RFC 5321 4.5.3.2 defaults.
+/// How long to wait for each reply (RFC 5321 4.5.3.2 defaults). The driver's own deadlines (the
+/// connect, the TLS handshake, each write) are not the session's: it never sees them run, only
+/// `fail_io` when one does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StageTimeouts {
     /// The 220 greeting (4.5.3.2.1: 5 minutes).
     pub greeting_ms: u64,
-    /// EHLO, HELO, STARTTLS, RSET and QUIT replies (not in the RFC; 5 minutes like MAIL).
-    pub command_ms: u64,
-    /// The TLS handshake, run by the driver between `NeedTls` and `tls_established()`.
-    pub tls_handshake_ms: u64,
-    /// MAIL reply (4.5.3.2.2: 5 minutes).
-    pub mail_ms: u64,
-    /// Each RCPT reply (4.5.3.2.3: 5 minutes).
-    pub rcpt_ms: u64,
-    /// The 354 to DATA (4.5.3.2.4: 2 minutes).
-    pub data_initiation_ms: u64,
-    /// Each write of body data, applied by the driver to its writes (4.5.3.2.5: 3 minutes).
-    pub data_block_ms: u64,
-    /// The reply to the final dot (4.5.3.2.6: 10 minutes).
-    pub data_termination_ms: u64,
+    /// Each reply to EHLO, HELO, STARTTLS, RSET, MAIL, RCPT, DATA and QUIT (4.5.3.2.2-4: 5 minutes
+    /// for MAIL and RCPT, 2 for DATA; one value for all).
+    pub reply_ms: u64,
+    /// The reply after the body: to the final dot or to `BDAT LAST` (4.5.3.2.6: 10 minutes).
+    pub data_ms: u64,
     /// Idle between transactions; on expiry the session QUITs. Below the server's 5 minutes.
     pub idle_ms: u64,
 }
@@ -74,13 +68,8 @@ impl Default for StageTimeouts {
     fn default() -> Self {
         StageTimeouts {
             greeting_ms: 300_000,
-            command_ms: 300_000,
-            tls_handshake_ms: 60_000,
-            mail_ms: 300_000,
-            rcpt_ms: 300_000,
-            data_initiation_ms: 120_000,
-            data_block_ms: 180_000,
-            data_termination_ms: 600_000,
+            reply_ms: 300_000,
+            data_ms: 600_000,
             idle_ms: 60_000,
         }
     }
@@ -91,6 +80,9 @@ impl Default for StageTimeouts {
 pub struct SessionConfig {
     /// The name sent in EHLO/HELO: the VMTA's `ehlo_hostname`.
     pub ehlo_hostname: String,
+    /// The server as named in local replies ("Timeout waiting for greeting from mx.example
+    /// (192.0.2.1)"): its host name and address.
+    pub peer: String,
     pub tls: TlsPolicy,
     pub timeouts: StageTimeouts,
     /// Send the body with `BDAT <n> LAST` (RFC 3030) when the server offers CHUNKING and
@@ -103,6 +95,7 @@ impl SessionConfig {
     pub fn new(ehlo_hostname: impl Into<String>, tls: TlsPolicy) -> SessionConfig {
         SessionConfig {
             ehlo_hostname: ehlo_hostname.into(),
+            peer: "the server".into(),
             tls,
             timeouts: StageTimeouts::default(),
             chunking: true,
@@ -337,49 +330,64 @@ impl Session {
     }
 
     /// How long the driver may wait for the server (or, while `Ready`, for itself) before calling
-    /// `on_timeout()`. Depends on the stage: re-read after every call into the session.
+    /// `on_timeout()`. Depends on the stage: re-read after every call into the session. During
+    /// the TLS handshake the driver applies its own deadline.
     pub fn timeout(&self) -> Duration {
         let t = &self.config.timeouts;
         let ms = match self.phase {
-            Phase::TlsHandshake => t.tls_handshake_ms,
             Phase::Ready | Phase::Closed => t.idle_ms,
+            Phase::TlsHandshake => t.reply_ms,
             Phase::Opening | Phase::Transaction | Phase::Quitting => match self.expect.front() {
                 Some(Expect::Greeting) => t.greeting_ms,
-                Some(Expect::Mail) => t.mail_ms,
-                Some(Expect::Rcpt(_)) => t.rcpt_ms,
-                Some(Expect::Data) => t.data_initiation_ms,
-                Some(Expect::DataEnd | Expect::BdatLast) => t.data_termination_ms,
-                Some(_) | None => t.command_ms,
+                Some(Expect::DataEnd | Expect::BdatLast) => t.data_ms,
+                Some(_) | None => t.reply_ms,
             },
         };
         Duration::from_millis(ms)
     }
 
     /// The timer from `timeout()` expired. While `Ready` this QUITs; while quitting it closes;
-    /// otherwise the connection fails temporarily and the current recipients are deferred.
+    /// otherwise the connection fails temporarily, the current recipients are deferred, and the
+    /// reply names the stage: "451 4.4.2 Timeout waiting for greeting from mx (192.0.2.1)".
     pub fn on_timeout(&mut self) {
         match self.phase {
             Phase::Closed => {}
             Phase::Ready => self.quit(),
             Phase::Quitting => self.close(),
-            Phase::TlsHandshake => self.fail_local("timeout during the TLS handshake"),
+            Phase::TlsHandshake => self.fail_io("Timeout in the TLS handshake with"),
             Phase::Opening | Phase::Transaction => {
                 let stage = match self.expect.front() {
-                    Some(Expect::Greeting) => "the greeting",
-                    Some(Expect::Ehlo) => "the EHLO reply",
-                    Some(Expect::Helo) => "the HELO reply",
-                    Some(Expect::StartTls) => "the STARTTLS reply",
-                    Some(Expect::Rset) => "the RSET reply",
-                    Some(Expect::Mail) => "the MAIL reply",
-                    Some(Expect::Rcpt(_)) => "an RCPT reply",
-                    Some(Expect::Data) => "the DATA reply",
-                    Some(Expect::DataEnd) => "the end-of-data reply",
-                    Some(Expect::BdatLast) => "the BDAT reply",
-                    Some(Expect::Quit) | None => "the server",
+                    Some(Expect::Greeting) => "greeting",
+                    Some(Expect::Ehlo) => "EHLO reply",
+                    Some(Expect::Helo) => "HELO reply",
+                    Some(Expect::StartTls) => "STARTTLS reply",
+                    Some(Expect::Rset) => "RSET reply",
+                    Some(Expect::Mail) => "MAIL reply",
+                    Some(Expect::Rcpt(_)) => "RCPT reply",
+                    Some(Expect::Data) => "DATA reply",
+                    Some(Expect::DataEnd) => "end-of-data reply",
+                    Some(Expect::BdatLast) => "BDAT reply",
+                    Some(Expect::Quit) | None => "reply",
                 };
-                self.fail_local(&format!("timeout waiting for {stage}"));
+                self.fail_io(&format!("Timeout waiting for {stage} from"));
             }
         }
+    }
+
+    /// The driver gave up on an I/O step (`what`, completed with the peer's name: "Timeout
+    /// writing to"): the connection fails temporarily with 451 4.4.2 and the recipients of the
+    /// transaction in progress are deferred with that reply.
+    pub fn fail_io(&mut self, what: &str) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let reply = Reply::local(451, (4, 4, 2), format!("{what} {}", self.config.peer));
+        self.defer_transaction(&reply);
+        self.events.push_back(Event::Failed {
+            reply,
+            temporary: true,
+        });
+        self.close();
     }
 
     /// The socket reached EOF or failed. Expected after QUIT; a temporary failure otherwise.

@@ -252,30 +252,85 @@ fn lock_step_without_pipelining() {
 
 #[test]
 fn lock_step_stage_timeouts() {
-    let mut d = Driver::new(
-        config(TlsPolicy::Off),
-        vec![tx("a@src.test", &["b@mx.test"], b"x\r\n")],
-    );
-    let t = StageTimeouts::default();
+    let mut c = config(TlsPolicy::Off);
+    // Distinct values, so a stage mapped to the wrong deadline shows.
+    c.timeouts = StageTimeouts {
+        greeting_ms: 11,
+        reply_ms: 22,
+        data_ms: 33,
+        idle_ms: 44,
+    };
+    let mut d = Driver::new(c, vec![tx("a@src.test", &["b@mx.test"], b"x\r\n")]);
     let ms = |s: &Session| s.timeout().as_millis() as u64;
-    assert_eq!(ms(&d.session), t.greeting_ms);
+    assert_eq!(ms(&d.session), 11, "greeting");
     d.feed(GREETING);
-    assert_eq!(ms(&d.session), t.command_ms);
+    assert_eq!(ms(&d.session), 22, "EHLO");
     d.feed(EHLO_PLAIN);
-    assert_eq!(ms(&d.session), t.mail_ms);
+    assert_eq!(ms(&d.session), 22, "MAIL");
     d.feed(b"250 ok\r\n");
-    assert_eq!(ms(&d.session), t.rcpt_ms);
+    assert_eq!(ms(&d.session), 22, "RCPT");
     d.feed(b"250 ok\r\n");
-    assert_eq!(ms(&d.session), t.data_initiation_ms);
+    assert_eq!(ms(&d.session), 22, "DATA");
     d.feed(b"354 go\r\n");
-    assert_eq!(ms(&d.session), t.data_termination_ms);
+    assert_eq!(ms(&d.session), 33, "end of data");
     d.quit_when_idle = false;
     d.feed(b"250 ok\r\n");
-    assert_eq!(ms(&d.session), t.idle_ms);
+    assert_eq!(ms(&d.session), 44, "idle");
     // Idle expiry leaves politely.
     d.session.on_timeout();
     d.pump();
     assert!(d.run.wire().ends_with("QUIT\r\n"));
+}
+
+#[test]
+fn bdat_last_waits_for_the_data_deadline() {
+    let mut c = config(TlsPolicy::Off);
+    c.timeouts.data_ms = 33;
+    let mut d = Driver::new(c, vec![tx("a@src.test", &["b@mx.test"], b"x\r\n")]);
+    d.feed(GREETING);
+    d.feed(b"250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+    assert!(d.run.wire().contains("BDAT 3 LAST\r\n"), "{}", d.run.wire());
+    d.feed(b"250 ok\r\n250 ok\r\n");
+    assert_eq!(d.session.timeout().as_millis(), 33);
+}
+
+#[test]
+fn a_greeting_timeout_names_the_stage_and_the_peer() {
+    let mut c = config(TlsPolicy::Off);
+    c.peer = "mx.test (192.0.2.1)".into();
+    let mut d = Driver::new(c, vec![]);
+    d.session.on_timeout();
+    d.pump();
+    let failed = d.run.events.iter().find_map(|e| match e {
+        Event::Failed { reply, temporary } => Some((reply.clone(), *temporary)),
+        _ => None,
+    });
+    let (reply, temporary) = failed.expect("a failure");
+    assert!(temporary);
+    assert_eq!(reply.code, 451);
+    assert_eq!(reply.source, ReplySource::Local);
+    assert_eq!(
+        reply.to_string(),
+        "451 4.4.2 Timeout waiting for greeting from mx.test (192.0.2.1)"
+    );
+}
+
+#[test]
+fn an_io_deadline_of_the_driver_defers_the_transaction() {
+    let mut c = config(TlsPolicy::Off);
+    c.peer = "mx.test (192.0.2.1)".into();
+    let mut d = Driver::new(c, vec![tx("a@src.test", &["b@mx.test"], b"x\r\n")]);
+    d.feed(GREETING);
+    d.feed(EHLO_PIPELINING);
+    d.session.fail_io("Timeout writing to");
+    d.pump();
+    let results = d.run.results();
+    assert_eq!(codes(&results[0]), [451]);
+    assert_eq!(
+        results[0][0].reply.text,
+        "4.4.2 Timeout writing to mx.test (192.0.2.1)"
+    );
+    assert!(is_failed_closed(&d.run.events, true));
 }
 
 #[test]
@@ -290,13 +345,20 @@ fn timeout_mid_transaction_defers_and_fails_temporarily() {
     d.session.on_timeout();
     d.pump();
     let results = d.run.results();
-    assert_eq!(codes(&results[0]), [421, 421]);
+    assert_eq!(codes(&results[0]), [451, 451]);
     assert!(
         results[0]
             .iter()
             .all(|r| r.outcome() == Outcome::Deferred && r.reply.source == ReplySource::Local)
     );
-    assert!(results[0][0].reply.text.contains("timeout"));
+    assert!(
+        results[0][0]
+            .reply
+            .text
+            .contains("Timeout waiting for RCPT reply from the server"),
+        "{}",
+        results[0][0].reply.text
+    );
     assert!(is_failed_closed(&d.run.events, true));
     assert!(d.session.is_closed());
 }

@@ -1,0 +1,196 @@
+//! The I/O driver of one outbound connection: moves bytes between the socket and the sans-IO
+//! `smtp::client::Session`, runs the STARTTLS handshake, and hands the session's events to the
+//! connection's transaction bookkeeping (`transaction::Connection`). Every wait has a deadline:
+//! each read the session's reply timeout, the handshake and each write the driver's own
+//! (`deadlines`); a write or handshake that runs out fails the session with a reply naming it.
+
+use std::io;
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::TlsConnector;
+use rustls::pki_types::ServerName;
+
+use super::deadlines::{Step, within};
+use super::hops::Hop;
+use super::transaction::Connection;
+use crate::config::{Deadlines, OutboundTls};
+use crate::smtp::client::{Event, Reply, Session, Transmit, dot_stuff};
+
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+enum Next {
+    Closed,
+    StartTls(Box<Session>),
+}
+
+/// Why a write did not complete.
+enum WriteFailure {
+    /// No progress within `write_ms`.
+    Timeout,
+    Io(io::Error),
+}
+
+/// Runs the session on `stream` until it closes. Failures the session sees (a reply, a timeout, a
+/// lost connection, a write that ran out) reach `conn` as its events; a failed TLS handshake, which
+/// the session cannot see, is returned.
+pub async fn converse(
+    stream: glommio::net::TcpStream,
+    session: Session,
+    conn: &mut Connection,
+    hop: &Hop,
+    tls: OutboundTls,
+    deadlines: &Deadlines,
+) -> Result<(), Reply> {
+    let write_limit = Step::Write.limit(deadlines);
+    let mut plain = stream;
+    let session = match drive(&mut plain, session, conn, write_limit).await {
+        Next::Closed => return Ok(()),
+        Next::StartTls(s) => *s,
+    };
+    let client_tls = conn.core.client_tls();
+    let config = match tls {
+        OutboundTls::Required => client_tls.verified.clone(),
+        _ => client_tls.opportunistic.clone(),
+    };
+    let name = ServerName::try_from(hop.host.clone())
+        .unwrap_or_else(|_| ServerName::IpAddress(hop.address.ip().into()));
+    let handshake = TlsConnector::from(config).connect(name, plain);
+    let mut secured = match within(Step::Tls.limit(deadlines), handshake).await {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            return Err(Reply::local(
+                451,
+                (4, 7, 5),
+                format!("TLS handshake with {} failed: {e}", conn.mx),
+            ));
+        }
+        None => return Err(Step::Tls.timeout_reply(&conn.mx)),
+    };
+    let mut session = session;
+    session.tls_established();
+    match drive(&mut secured, session, conn, write_limit).await {
+        Next::Closed | Next::StartTls(_) => Ok(()),
+    }
+}
+
+async fn drive<S>(
+    io: &mut S,
+    mut session: Session,
+    conn: &mut Connection,
+    write_limit: Duration,
+) -> Next
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let mut out = Vec::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        let mut start_tls = false;
+        let mut progressed = false;
+        let mut closed = false;
+        while let Some(event) = session.poll_event() {
+            progressed = true;
+            match event {
+                Event::NeedTls => start_tls = true,
+                Event::Ready => {
+                    conn.opened = true;
+                    conn.on_ready(&mut session).await
+                }
+                Event::TransactionDone { recipient_results } => {
+                    conn.on_done(recipient_results).await
+                }
+                Event::Failed { reply, temporary } => {
+                    log::info!(
+                        "{}: {} failed ({}): {reply}",
+                        conn.key,
+                        conn.mx,
+                        if temporary { "temporary" } else { "permanent" }
+                    );
+                    super::shaping::observe_failure(&conn.core, &conn.key, &reply);
+                    conn.failure = Some(reply);
+                }
+                Event::Closed => closed = true,
+            }
+        }
+        if closed {
+            return Next::Closed;
+        }
+        if let Err(failure) = flush_transmits(io, &mut session, conn, &mut out, write_limit).await {
+            out.clear();
+            match failure {
+                WriteFailure::Timeout => session.fail_io(Step::Write.timeout_text()),
+                WriteFailure::Io(e) => {
+                    log::debug!("{}: write to {}: {e}", conn.key, conn.mx);
+                    session.connection_lost();
+                }
+            }
+            continue;
+        }
+        if start_tls {
+            return Next::StartTls(Box::new(session));
+        }
+        if progressed {
+            // Answering an event (send, quit) may have produced new events.
+            continue;
+        }
+        let timeout = session.timeout();
+        match within(timeout, io.read(&mut buf)).await {
+            None => session.on_timeout(),
+            Some(Ok(0)) | Some(Err(_)) => session.connection_lost(),
+            Some(Ok(n)) => session.handle_input(buf.get(..n).unwrap_or_default()),
+        }
+    }
+}
+
+async fn flush_transmits<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    session: &mut Session,
+    conn: &Connection,
+    out: &mut Vec<u8>,
+    write_limit: Duration,
+) -> Result<(), WriteFailure> {
+    while let Some(t) = session.poll_transmit() {
+        match t {
+            Transmit::Bytes(bytes) => out.extend_from_slice(&bytes),
+            Transmit::Body => {
+                if let Some(flight) = &conn.in_flight {
+                    dot_stuff(&flight.body, out);
+                }
+            }
+            Transmit::RawBody => {
+                if let Some(flight) = &conn.in_flight {
+                    out.extend_from_slice(&flight.body);
+                }
+            }
+        }
+    }
+    if !out.is_empty() {
+        write_all_within(io, out, write_limit).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Writes `bytes`, each write (and the flush) bounded by `limit`: a server that reads slowly but
+/// steadily is waited for; one that stops reading fails after `limit` without progress.
+async fn write_all_within<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), WriteFailure> {
+    let mut written = 0;
+    while let Some(rest) = bytes.get(written..).filter(|r| !r.is_empty()) {
+        match within(limit, io.write(rest)).await {
+            None => return Err(WriteFailure::Timeout),
+            Some(Ok(0)) => return Err(WriteFailure::Io(io::ErrorKind::WriteZero.into())),
+            Some(Ok(n)) => written += n,
+            Some(Err(e)) => return Err(WriteFailure::Io(e)),
+        }
+    }
+    match within(limit, io.flush()).await {
+        None => Err(WriteFailure::Timeout),
+        Some(Err(e)) => Err(WriteFailure::Io(e)),
+        Some(Ok(())) => Ok(()),
+    }
+}

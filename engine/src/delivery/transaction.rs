@@ -1,0 +1,246 @@
+//! The transactions of one outbound connection: which recipients it took from its queue, the
+//! message and body in flight, and what each result means for them (`outcome`). The driver calls
+//! `on_ready` when the session is idle and `on_done` when a transaction finished; what the
+//! connection took and did not finish is deferred by `fail_in_flight`, and nothing else.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Queued;
+use super::outcome::{self, Attempt};
+use crate::config::Config;
+use crate::queue::{CapChange, QueueKey};
+use crate::runtime::CoreContext;
+use crate::smtp::client::{Reply, Session, Transaction};
+use crate::spool::{BodyBytes, StoredMessage};
+
+/// Recipients in one SMTP transaction at most (RFC 5321 4.5.3.1.8 requires servers to take 100).
+const RECIPIENTS_PER_TRANSACTION_MAX: usize = 100;
+/// A rate limit that asks to wait longer than this closes the connection instead.
+pub const RATE_WAIT_IN_CONNECTION_MS_MAX: u64 = 10_000;
+/// How long an idle connection waits for more recipients of its queue before QUIT.
+const IDLE_LINGER_MS: u64 = 1_000;
+
+pub struct InFlight {
+    pub items: Vec<Queued>,
+    pub message: Rc<StoredMessage>,
+    pub body: BodyBytes,
+}
+
+pub struct Connection {
+    pub core: Rc<CoreContext>,
+    pub key: QueueKey,
+    /// "host (address)" of the server, for the log and the accounting `mx` field.
+    pub mx: String,
+    pub source_ip: String,
+    pub max_messages: u32,
+    /// Transactions started on this connection.
+    pub sent: u32,
+    /// The session got through the greeting and EHLO (a 421 before that refuses the connection).
+    pub opened: bool,
+    pub in_flight: Option<InFlight>,
+    /// The connection-level failure, if the session reported one.
+    pub failure: Option<Reply>,
+    /// A send taken from the queue's rate and not spent yet.
+    pub rate_token: bool,
+    /// The receiver behind the hops (`hops::Hops::next_hop`): VMTA refusals count per next hop.
+    pub next_hop: String,
+    /// The configuration the connection was opened under: after a reload it finishes its
+    /// transaction and closes, so new routes and policies apply to the next one.
+    pub config: Arc<Config>,
+}
+
+impl Connection {
+    pub fn attempt(&self) -> Attempt<'_> {
+        Attempt {
+            source_ip: &self.source_ip,
+            mx: &self.mx,
+        }
+    }
+
+    /// Waits a little for recipients when the queue is empty, so a steady stream of mail reuses the
+    /// connection instead of paying a new connect and EHLO per burst. False when none came.
+    async fn wait_for_work(&self) -> bool {
+        let queues = &self.core.delivery.queues;
+        let mut waited_ms = 0;
+        let mut step_ms = 1;
+        loop {
+            // Checked before the queue, every time: mail that arrives after a reload must not
+            // leave on a connection opened under the old routes.
+            if self.core.shared.control.stopping()
+                || !Arc::ptr_eq(&self.config, &self.core.config())
+            {
+                return false;
+            }
+            if queues.borrow().has_ready(&self.key) {
+                return true;
+            }
+            if waited_ms >= IDLE_LINGER_MS {
+                return false;
+            }
+            glommio::timer::sleep(Duration::from_millis(step_ms)).await;
+            waited_ms += step_ms;
+            step_ms = (step_ms * 2).min(64);
+        }
+    }
+
+    /// The session is idle: start the next transaction, or QUIT.
+    pub async fn on_ready(&mut self, session: &mut Session) {
+        let core = self.core.clone();
+        let over_cap = core.delivery.queues.borrow().over_connection_cap(&self.key);
+        if self.sent >= self.max_messages
+            || over_cap
+            || core.shared.control.stopping()
+            || !Arc::ptr_eq(&self.config, &core.config())
+            || !self.wait_for_work().await
+        {
+            session.quit();
+            return;
+        }
+        // The first transaction spends the send the connection took from the rate before it
+        // connected (see `connection::rate_allows_connecting`).
+        while !std::mem::take(&mut self.rate_token) {
+            let may_send = core
+                .delivery
+                .queues
+                .borrow_mut()
+                .may_send(&self.key, crate::clock::unix_ms());
+            match may_send {
+                Ok(()) => self.rate_token = true,
+                Err(wait_ms) if wait_ms <= RATE_WAIT_IN_CONNECTION_MS_MAX => {
+                    glommio::timer::sleep(Duration::from_millis(wait_ms.max(1))).await;
+                }
+                Err(wait_ms) => {
+                    // A long wait: close, and hold the queue until then (a timed suspension that the
+                    // scheduler ends by itself), so no connection is opened only to wait again.
+                    let until_s = crate::clock::unix_s() + wait_ms.div_ceil(1000);
+                    core.delivery
+                        .queues
+                        .borrow_mut()
+                        .hold_for_rate(&self.key, until_s);
+                    session.quit();
+                    return;
+                }
+            }
+        }
+        let items = core
+            .delivery
+            .queues
+            .borrow_mut()
+            .take_transaction(&self.key, RECIPIENTS_PER_TRANSACTION_MAX);
+        let Some(first) = items.first().copied() else {
+            session.quit();
+            return;
+        };
+        let message = match core.delivery.message(&core.bodies, first.message) {
+            Ok(m) => m,
+            Err(e) => {
+                outcome::unreadable(&core, &self.key, items, &e).await;
+                session.quit();
+                return;
+            }
+        };
+        let envelope = &message.envelope;
+        let body = match core.bodies.body(message.body) {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("{}: body of {}: {e}", self.key, first.message);
+                let reply = Reply::local(451, (4, 3, 0), format!("Spool read error: {e}"));
+                outcome::defer_items(&core, &self.key, items, &reply, None).await;
+                session.quit();
+                return;
+            }
+        };
+        let recipients = items
+            .iter()
+            .filter_map(|i| envelope.recipient(i.recipient as usize))
+            .collect();
+        let tx = Transaction::from_envelope(
+            &envelope.without_recipients(),
+            recipients,
+            body.len() as u64,
+        );
+        match session.send(tx) {
+            Ok(()) => {
+                self.sent += 1;
+                self.in_flight = Some(InFlight {
+                    items,
+                    message,
+                    body,
+                });
+            }
+            Err(_) => {
+                core.delivery
+                    .queues
+                    .borrow_mut()
+                    .return_unsent(&self.key, items);
+                session.quit();
+            }
+        }
+    }
+
+    pub async fn on_done(&mut self, results: Vec<crate::smtp::client::RecipientResult>) {
+        let Some(flight) = self.in_flight.take() else {
+            return;
+        };
+        super::vmta_status::observe_transaction(&self.core, &self.key, &self.next_hop, &results);
+        let delivered = results.iter().filter(|r| r.reply.is_positive()).count();
+        if delivered > 0 {
+            self.cap_delivered(u32::try_from(delivered).unwrap_or(u32::MAX));
+        }
+        let replies = results
+            .into_iter()
+            .map(|r| (r.outcome(), r.reply))
+            .collect();
+        let core = self.core.clone();
+        let key = self.key.clone();
+        outcome::apply(
+            &core,
+            &key,
+            flight.items,
+            &flight.message,
+            replies,
+            self.attempt(),
+        )
+        .await;
+    }
+
+    /// Deliveries raise a connection cap learned from the receiver (logged).
+    fn cap_delivered(&self, count: u32) {
+        let change = self
+            .core
+            .delivery
+            .queues
+            .borrow_mut()
+            .connection_cap_delivered(&self.key, count);
+        match change {
+            Some(CapChange::Raised(cap)) => {
+                log::info!(
+                    "queue {}: deliveries raise its connections to {cap}",
+                    self.key
+                )
+            }
+            Some(CapChange::Lifted) => log::info!(
+                "queue {}: deliveries lift its learned connection cap",
+                self.key
+            ),
+            Some(CapChange::Lowered(_)) | None => {}
+        }
+    }
+
+    /// The connection broke with a transaction open and no result: defer its recipients.
+    pub async fn fail_in_flight(&mut self, reply: Reply) {
+        if let Some(flight) = self.in_flight.take() {
+            let core = self.core.clone();
+            let key = self.key.clone();
+            let attempt = self.attempt();
+            let replies = flight
+                .items
+                .iter()
+                .map(|_| (crate::smtp::client::Outcome::Deferred, reply.clone()))
+                .collect();
+            outcome::apply(&core, &key, flight.items, &flight.message, replies, attempt).await;
+        }
+    }
+}
