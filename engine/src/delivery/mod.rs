@@ -425,7 +425,7 @@ pub fn on_core_message(core: &std::rc::Rc<CoreContext>, message: CoreMessage) {
         } => {
             let core = core.clone();
             glommio::spawn_local(async move {
-                outcome::store_state(&core, id, recipient, state).await;
+                outcome::store_state(&core.spool, id, recipient, state).await;
             })
             .detach();
         }

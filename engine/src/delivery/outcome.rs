@@ -16,7 +16,7 @@ use crate::queue::{DeferOutcome, QueueKey};
 use crate::router::CoreMessage;
 use crate::runtime::CoreContext;
 use crate::smtp::client::{Outcome, Reply};
-use crate::spool::{RecipientState, SpoolError, StoredMessage};
+use crate::spool::{RecipientState, Spool, SpoolError, StoredMessage};
 
 /// Where an attempt went, for the accounting log.
 #[derive(Clone, Copy)]
@@ -92,10 +92,10 @@ const STATE_RETRY_FIRST_MS: u64 = 1_000;
 /// the recipient again (a second delivery, a second DSN), so it is tried again while the error
 /// may pass. A non-final one (deferred) that is lost only makes a restart try the recipient
 /// sooner, so it is logged and left.
-pub async fn store_state(core: &CoreContext, id: MessageId, recipient: u32, state: RecipientState) {
+pub async fn store_state(spool: &Spool, id: MessageId, recipient: u32, state: RecipientState) {
     let mut wait_ms = STATE_RETRY_FIRST_MS;
     for tries in 1..=STATE_RECORD_TRIES {
-        let error = match core.spool.set_state(id, recipient, state).await {
+        let error = match spool.set_state(id, recipient, state).await {
             Ok(()) => return,
             Err(e) => e,
         };
@@ -585,5 +585,52 @@ async fn drop_unreadable(
         core.delivery.queues.borrow_mut().record_bounced(key, 1);
         record_state(core, item.message, item.recipient, RecipientState::Bounced).await;
         core.delivery.release(core, item.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, Recipient};
+    use crate::spool::SpoolConfig;
+
+    #[test]
+    fn a_final_state_whose_commit_failed_is_recorded_on_a_later_try() {
+        glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut config = SpoolConfig::new(dir.path(), 0);
+                config.fsync = false;
+                config.segment_bytes = 1 << 20;
+                let (spool, _) = Spool::open(config.clone()).unwrap();
+                let envelope = Envelope {
+                    sender: "s@example.net".into(),
+                    recipients: vec![Recipient::new("a@a.example"), Recipient::new("b@b.example")],
+                    ..Envelope::default()
+                };
+                let id = spool.next_id();
+                spool.store(id, &envelope, b"", b"body").await.unwrap();
+
+                spool.fail_next_commit(std::io::ErrorKind::StorageFull);
+                store_state(&spool, id, 0, RecipientState::Delivered).await;
+                // A deferral is not worth a second try: losing it only makes a retry come sooner.
+                spool.fail_next_commit(std::io::ErrorKind::StorageFull);
+                let deferred = RecipientState::Deferred {
+                    next_attempt_s: 1_790_000_000,
+                    attempts: 1,
+                };
+                store_state(&spool, id, 1, deferred).await;
+                spool.close().await.unwrap();
+                drop(spool);
+
+                let (_spool, recovered) = Spool::open(config).unwrap();
+                assert_eq!(recovered.len(), 1);
+                assert_eq!(
+                    recovered[0].states().collect::<Vec<_>>(),
+                    vec![RecipientState::Delivered, RecipientState::Pending]
+                );
+            });
     }
 }

@@ -8,6 +8,7 @@
 //! - `index`: the in-RAM index of live messages and the reclaim rule.
 //! - `recovery`: rebuilding the index and the message list at start.
 //! - `reader`: reading bodies of any core's segments through cached read-only mappings.
+//! - `voided`: the records of failed commits, which recovery must never bring back.
 
 mod commit;
 mod index;
@@ -15,6 +16,7 @@ pub mod reader;
 pub mod record;
 mod recovery;
 pub mod segment;
+mod voided;
 
 #[cfg(test)]
 mod tests;
@@ -287,7 +289,11 @@ impl Spool {
                 Err(e) => log::warn!("reclaiming {}: {e}", path.display()),
             }
         }
-        let commit = Rc::new(CommitQueue::new(core_dir.clone(), config.fsync));
+        let commit = Rc::new(CommitQueue::new(
+            core_dir.clone(),
+            config.fsync,
+            outcome.voided_ranges,
+        ));
         commit.segment_created();
         glommio::spawn_local(commit.clone().run_committer()).detach();
         let stats = SpoolStats {
@@ -360,7 +366,9 @@ impl Spool {
             inner.next_seq.set(id.seq + 1);
         }
         self.update_stats(|s| s.messages_stored += 1);
-        let batch = inner.commit.join(segment);
+        let batch = inner
+            .commit
+            .join(segment, offset as u32, (offset + span as u64) as u32);
         if let Err(e) = batch.wait().await {
             inner.index.borrow_mut().remove_message(id.seq);
             return Err(e);
@@ -398,7 +406,7 @@ impl Spool {
             message.segment
         };
         self.make_room(STATE_RECORD_SPAN, RecordClass::State)?;
-        let segment = {
+        let (segment, at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
             let record = StateRecord {
@@ -407,18 +415,28 @@ impl Spool {
                 recipient,
                 state,
             };
-            writer
+            let (at, ()) = writer
                 .append(STATE_RECORD_SPAN, |dst| record::encode_state(dst, &record))
                 .ok_or(SpoolError::Full)??;
-            segment
+            (segment, at as u32)
         };
+        // Pinned now, before waiting: a reclaim meanwhile must not delete the state record's
+        // segment while the message's own survives.
+        if message_segment != segment
+            && let Some(usage) = inner.index.borrow_mut().segments.get_mut(&segment)
+        {
+            usage.pin(message_segment);
+        }
+        self.update_stats(|s| s.state_records += 1);
+        inner
+            .commit
+            .join(segment, at, at + STATE_RECORD_SPAN as u32)
+            .wait()
+            .await?;
+        // Applied once durable: after a failed commit the index still matches what recovery
+        // would find, and the caller may try the same state again.
         {
             let mut index = inner.index.borrow_mut();
-            if message_segment != segment
-                && let Some(usage) = index.segments.get_mut(&segment)
-            {
-                usage.pin(message_segment);
-            }
             index.apply_state(id.seq, recipient, state);
             let segment_finished = !index.messages.contains_key(&id.seq)
                 && index
@@ -429,8 +447,6 @@ impl Spool {
                 inner.reclaim_wanted.set(true);
             }
         }
-        self.update_stats(|s| s.state_records += 1);
-        inner.commit.join(segment).wait().await?;
         self.reclaim_if_wanted().await;
         Ok(())
     }
@@ -464,6 +480,12 @@ impl Spool {
         let flushed = self.flush().await;
         self.inner.commit.stop();
         flushed
+    }
+
+    /// Test hook: the next group commit fails with `kind`, as a failing disk would.
+    #[cfg(test)]
+    pub fn fail_next_commit(&self, kind: io::ErrorKind) {
+        self.inner.commit.fail_next_sync(kind);
     }
 
     /// Counters and sizes.

@@ -780,3 +780,106 @@ fn a_writable_segment_appends_with_pwrite_and_refuses_what_does_not_fit() {
         "the header is on disk"
     );
 }
+
+#[test]
+fn a_message_whose_commit_failed_never_comes_back() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let kept = store_n(&spool, 1, 2, 100).await[0].0;
+        spool.fail_next_commit(std::io::ErrorKind::Other);
+        let failed = spool.next_id();
+        let answer = spool.store(failed, &envelope(1, 1), b"", b"x").await;
+        assert!(
+            matches!(answer, Err(SpoolError::Poisoned { .. })),
+            "{answer:?}"
+        );
+        assert_eq!(spool.stats().live_messages, 1);
+        // The record is in the segment all the same: only the voided range keeps it out.
+        assert!(
+            segment::core_dir(dir.path(), 0)
+                .join(voided::VOIDED_FILE_NAME)
+                .exists()
+        );
+        let later = spool.next_id();
+        assert!(matches!(
+            spool.store(later, &envelope(2, 1), b"", b"x").await,
+            Err(SpoolError::Poisoned { .. })
+        ));
+        drop(spool);
+
+        let (_spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        let ids: Vec<MessageId> = recovered.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![kept]);
+    });
+}
+
+#[test]
+fn after_a_full_disk_at_commit_later_records_in_the_same_segment_still_count() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let a = store_n(&spool, 1, 2, 100).await[0].0;
+        spool.fail_next_commit(std::io::ErrorKind::StorageFull);
+        let b = spool.next_id();
+        assert!(matches!(
+            spool.store(b, &envelope(1, 1), b"", b"x").await,
+            Err(SpoolError::Full)
+        ));
+        // A state record whose commit fails leaves the index as recovery would find it, so the
+        // same state can be recorded again.
+        spool.fail_next_commit(std::io::ErrorKind::StorageFull);
+        assert!(matches!(
+            spool.set_state(a, 0, RecipientState::Delivered).await,
+            Err(SpoolError::Full)
+        ));
+        let c = store_n(&spool, 1, 1, 100).await[0].0;
+        spool
+            .set_state(a, 1, RecipientState::Bounced)
+            .await
+            .unwrap();
+        assert_eq!(spool.stats().live_messages, 2);
+        spool.close().await.unwrap();
+
+        let (spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        let ids: Vec<MessageId> = recovered.iter().map(|m| m.id).collect();
+        assert_eq!(
+            ids,
+            vec![a, c],
+            "b was answered an error: it must not come back"
+        );
+        assert_eq!(
+            recovered[0].states().collect::<Vec<_>>(),
+            vec![RecipientState::Pending, RecipientState::Bounced]
+        );
+        assert_eq!(spool.stats().corrupt_records_skipped, 0);
+        spool
+            .set_state(a, 0, RecipientState::Delivered)
+            .await
+            .unwrap();
+        assert_eq!(spool.stats().live_messages, 1);
+    });
+}
+
+#[test]
+fn voided_ranges_of_segments_gone_are_dropped_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let core_dir = segment::core_dir(dir.path(), 0);
+    std::fs::create_dir_all(&core_dir).unwrap();
+    let stale = voided::VoidedRange {
+        segment: 1,
+        from: 64,
+        to: 4096,
+    };
+    voided::append(&core_dir, &[stale]).unwrap();
+    run(async move {
+        // No segment exists: segment 1 is about to be made again, and must not inherit the range.
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        assert!(!core_dir.join(voided::VOIDED_FILE_NAME).exists());
+        let id = store_n(&spool, 1, 1, 100).await[0].0;
+        spool.close().await.unwrap();
+        drop(spool);
+        let (_spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        assert_eq!(recovered.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+    });
+}
