@@ -1,8 +1,9 @@
 """Durability of what the daemon promises: no bounce without its notice, one daemon per spool."""
 
+import subprocess
 import time
 
-from conftest import message
+from conftest import START_TIMEOUT_S, VOLLEY_BIN, message
 
 # One 1 MiB segment per core: a message of LARGE_BODY_LINES lines fills most of it, so its DSN
 # (which returns it whole with RET=FULL) cannot be spooled until the limit is raised.
@@ -56,3 +57,33 @@ def test_a_bounce_whose_dsn_cannot_be_spooled_is_not_recorded_and_comes_back(
     time.sleep(1)
     assert len(volley.acct("bounce")) == 1
     assert len(catcher.snapshot()) == 1
+
+
+def test_a_second_daemon_on_the_same_spool_refuses_to_start(volley_factory, sink_factory):
+    sink = sink_factory("127.0.0.10")
+    first = volley_factory("first")
+    first.route("dest.test", sink.hostport)
+    first.start()
+    first.send("alice@src.test", ["bob@dest.test"], message("before"))
+    sink.wait_lines(1)
+    segments_before = sorted(p.name for p in (first.dir / "spool" / "core-0").iterdir())
+
+    second = volley_factory("second")
+    second.config["server"]["spool_dir"] = first.config["server"]["spool_dir"]
+    second.route("dest.test", sink.hostport)
+    second.write_config()
+    run = subprocess.run(
+        [str(VOLLEY_BIN), "serve", "--config", str(second.config_path)],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=START_TIMEOUT_S, cwd=second.dir,
+    )
+    output = (run.stdout + run.stderr).decode(errors="replace")
+    assert run.returncode == 1, output
+    assert f"pid {first.process.pid}" in output, output
+    assert "lock" in output, output
+
+    # The first daemon's spool is untouched and it still serves.
+    assert sorted(p.name for p in (first.dir / "spool" / "core-0").iterdir()) == segments_before
+    first.send("alice@src.test", ["carol@dest.test"], message("after"))
+    assert sorted(r for line in sink.wait_lines(2) for r in line["recipients"]) == [
+        "bob@dest.test", "carol@dest.test",
+    ]

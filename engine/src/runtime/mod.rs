@@ -56,6 +56,8 @@ pub enum ServeError {
     Core { core: usize, message: String },
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("spool_dir: {0}")]
+    Spool(crate::spool::SpoolError),
 }
 
 /// Runs Volley in the foreground until SIGTERM; returns once every core has stopped.
@@ -64,6 +66,9 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
     if let Some(files) = host_limits::raise_open_files() {
         log::info!("open files limit: {files}");
     }
+    // Before anything else touches the spool directory: a second daemon stops here.
+    let _spool_lock = crate::spool::lock_spool_dir(std::path::Path::new(&config.server.spool_dir))
+        .map_err(ServeError::Spool)?;
     let cores = config.core_count();
     let control = Control::new(Arc::new(config), config_path);
     if let Ok(mut running) = RUNNING.lock() {

@@ -9,9 +9,11 @@
 //! - `recovery`: rebuilding the index and the message list at start.
 //! - `reader`: reading bodies of any core's segments through cached read-only mappings.
 //! - `voided`: the records of failed commits, which recovery must never bring back.
+//! - `lock`: one process per spool directory and per core directory.
 
 mod commit;
 mod index;
+mod lock;
 pub mod reader;
 pub mod record;
 mod recovery;
@@ -33,6 +35,7 @@ use record::{RECORD_HEADER_BYTES, STATE_RECORD_SPAN, StateRecord};
 use segment::{SEGMENT_HEADER_BYTES, SegmentHeader, WritableSegment};
 
 pub use index::{SeqHasher, SeqMap};
+pub use lock::{LOCK_FILE_NAME, SpoolLock};
 pub use reader::{BodyBytes, SegmentReader, SequentialMessages, StoredMessage};
 
 /// Default size of a segment file.
@@ -172,6 +175,9 @@ pub enum SpoolError {
     Config(String),
     #[error("spool closed")]
     Closed,
+    /// Another process (or another open of this spool) holds the directory's lock.
+    #[error("{} is held by another volley ({}): one process per spool", path.display(), lock::describe_holder(*holder))]
+    Locked { path: PathBuf, holder: Option<u32> },
 }
 
 impl SpoolError {
@@ -229,6 +235,8 @@ struct SpoolInner {
     commit: Rc<CommitQueue>,
     reclaim_wanted: Cell<bool>,
     stats: Cell<SpoolStats>,
+    /// This core directory's lock: held while the spool may write, released by `close`.
+    lock: RefCell<Option<SpoolLock>>,
 }
 
 /// One core's spool. Cheap to clone; `!Send` by design (it belongs to its core's executor).
@@ -253,6 +261,7 @@ impl Spool {
         }
         let core_dir = segment::core_dir(&config.dir, config.core);
         create_dir_durably(&core_dir).map_err(SpoolError::from_io)?;
+        let lock = SpoolLock::acquire(&core_dir)?;
         let outcome = recovery::recover(&core_dir, config.core)?;
         let mut index = outcome.index;
         let next_number = outcome.last_segment.map_or(1, |n| n + 1);
@@ -311,6 +320,7 @@ impl Spool {
                 commit,
                 reclaim_wanted: Cell::new(false),
                 stats: Cell::new(stats),
+                lock: RefCell::new(Some(lock)),
             }),
         };
         Ok((spool, outcome.messages))
@@ -479,6 +489,8 @@ impl Spool {
     pub async fn close(&self) -> Result<(), SpoolError> {
         let flushed = self.flush().await;
         self.inner.commit.stop();
+        // Nothing is written after this: another open of the directory may take over.
+        self.inner.lock.borrow_mut().take();
         flushed
     }
 
@@ -606,6 +618,13 @@ fn damaged_path(path: &std::path::Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".damaged");
     PathBuf::from(name)
+}
+
+/// Locks the spool directory `dir` (created if missing) for this process: `serve` holds it while
+/// it runs, so a second daemon on the same spool refuses to start (`SpoolError::Locked`).
+pub fn lock_spool_dir(dir: &Path) -> Result<SpoolLock, SpoolError> {
+    create_dir_durably(dir).map_err(SpoolError::from_io)?;
+    SpoolLock::acquire(dir)
 }
 
 /// Creates `dir` and its missing parents, and syncs the parent of each one created: a directory

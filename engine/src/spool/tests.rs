@@ -883,3 +883,29 @@ fn voided_ranges_of_segments_gone_are_dropped_at_start() {
         assert_eq!(recovered.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
     });
 }
+
+#[test]
+fn a_core_directory_is_opened_by_one_spool_at_a_time() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let id = store_n(&spool, 1, 1, 100).await[0].0;
+        match Spool::open(config(dir.path())) {
+            Err(SpoolError::Locked { path, holder }) => {
+                assert_eq!(path, segment::core_dir(dir.path(), 0).join(LOCK_FILE_NAME));
+                assert_eq!(holder, Some(std::process::id()));
+            }
+            other => panic!("expected Locked, got {:?}", other.map(|(_, m)| m)),
+        }
+        // Another core of the same spool directory is not held.
+        let other_core = SpoolConfig {
+            core: 1,
+            ..config(dir.path())
+        };
+        drop(Spool::open(other_core).unwrap());
+        // Closing gives the directory up; the refused open touched nothing.
+        spool.close().await.unwrap();
+        let (_spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        assert_eq!(recovered.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+    });
+}
