@@ -3,7 +3,7 @@
 import subprocess
 import time
 
-from conftest import START_TIMEOUT_S, VOLLEY_BIN, message
+from conftest import START_TIMEOUT_S, VOLLEY_BIN, free_port, message, wait_until
 
 # One 1 MiB segment per core: a message of LARGE_BODY_LINES lines fills most of it, so its DSN
 # (which returns it whole with RET=FULL) cannot be spooled until the limit is raised.
@@ -87,3 +87,65 @@ def test_a_second_daemon_on_the_same_spool_refuses_to_start(volley_factory, sink
     assert sorted(r for line in sink.wait_lines(2) for r in line["recipients"]) == [
         "bob@dest.test", "carol@dest.test",
     ]
+
+
+def dsn_fields(dsn) -> dict:
+    """The per-recipient fields of a DSN with one reported recipient."""
+    parts = list(dsn.parsed.iter_parts())
+    assert parts[1].get_content_type() == "message/delivery-status"
+    [per_recipient] = parts[1].get_payload()[1:]
+    return dict(per_recipient.items())
+
+
+def queue_figures(volley, domain):
+    status, body = volley.api("GET", "/v1/queues")
+    assert status == 200, body
+    return [q for q in body["queues"] if q["domain"] == domain]
+
+
+def test_an_operator_bounce_is_typed_x_volley_and_counted_once(volley, catcher_factory):
+    catcher = catcher_factory("127.0.0.11")
+    closed = free_port("127.0.0.10")
+    volley.route("dest.test", f"127.0.0.10:{closed}")  # nothing listens: deferred
+    volley.route("src.test", catcher.hostport)
+    volley.policy(retry_intervals=["1h"])
+    volley.start()
+    volley.send("alice@src.test", ["bob@dest.test", "carol@dest.test"], message("held"))
+    volley.wait_acct("transient", count=2)
+
+    status, body = volley.api(
+        "POST", "/v1/queues/bounce", {"domain": "dest.test", "reason": "cleanup"}
+    )
+    assert status == 202, body
+    volley.wait_acct("bounce", count=2)
+    [dsn] = catcher.wait(1)
+    blocks = list(dsn.parsed.iter_parts())[1].get_payload()[1:]
+    assert len(blocks) == 2, blocks
+    for block in blocks:
+        diagnostic = " ".join(block["Diagnostic-Code"].split())
+        assert diagnostic == "X-Volley; 554 5.0.0 Bounced by the operator: cleanup", diagnostic
+        assert block["Remote-MTA"] is None, dict(block.items())
+
+    wait_until(
+        lambda: (q := queue_figures(volley, "dest.test")) and q[0]["bounced"] >= 2,
+        5, "the queue's bounced figure",
+    )
+    time.sleep(1.5)  # another snapshot: a second count would show by now
+    [q] = queue_figures(volley, "dest.test")
+    assert q["bounced"] == 2, q
+    assert volley.metrics()["volley_bounced_total"] == 2
+
+
+def test_a_remote_refusal_is_typed_smtp_once(volley, sink_factory, catcher_factory):
+    sink = sink_factory("127.0.0.10")
+    catcher = catcher_factory("127.0.0.11")
+    volley.route("dest.test", sink.hostport)
+    volley.route("src.test", catcher.hostport)
+    volley.start()
+    volley.send("alice@src.test", ["permfail@dest.test"], message("refused"))
+    [dsn] = catcher.wait(1)
+    fields = dsn_fields(dsn)
+    diagnostic = " ".join(fields["Diagnostic-Code"].split())
+    assert diagnostic.startswith("smtp; 550"), diagnostic
+    assert "smtp; smtp;" not in diagnostic
+    assert fields["Remote-MTA"].startswith("dns; "), fields

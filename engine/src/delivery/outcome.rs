@@ -8,14 +8,14 @@ use std::sync::atomic::Ordering;
 use super::{Queued, inject_message};
 use crate::accounting::{AccountingEvent, EventType};
 use crate::bounce::{
-    BounceCategory, DsnAction, DsnInput, RecipientReport, build_dsn, classify, dsn_envelope,
-    should_bounce,
+    BounceCategory, DiagnosticType, DsnAction, DsnInput, RecipientReport, build_dsn, classify,
+    dsn_envelope, should_bounce,
 };
 use crate::envelope::{Envelope, MessageId, Recipient, domain_of};
 use crate::queue::{DeferOutcome, QueueKey};
 use crate::router::CoreMessage;
 use crate::runtime::CoreContext;
-use crate::smtp::client::{Outcome, Reply};
+use crate::smtp::client::{Outcome, Reply, ReplySource};
 use crate::spool::{RecipientState, Spool, SpoolError, StoredMessage};
 
 /// Where an attempt went, for the accounting log.
@@ -468,23 +468,29 @@ async fn spool_dsn(
         }
     };
     let original: &[u8] = original.as_deref().unwrap_or(&[]);
-    let diagnostics: Vec<String> = failures
-        .iter()
-        .map(|f| format!("smtp; {}", f.reply))
-        .collect();
+    let diagnostics: Vec<String> = failures.iter().map(|f| f.reply.to_string()).collect();
     let now_s = crate::clock::unix_s();
     let reports: Vec<RecipientReport> = failures
         .iter()
         .zip(&diagnostics)
-        .map(|(f, diagnostic)| RecipientReport {
-            recipient: f.recipient,
-            action: DsnAction::Failed,
-            status: enhanced(f.reply).unwrap_or((5, 0, 0)),
-            remote_mta,
-            diagnostic_code: Some(diagnostic.as_str()),
-            last_attempt_s: Some(now_s),
-            will_retry_until_s: None,
-            category: Some(f.category),
+        .map(|(f, diagnostic)| {
+            // Only a remote server's reply names a remote MTA and is typed `smtp`.
+            let remote = f.reply.source == ReplySource::Remote;
+            RecipientReport {
+                recipient: f.recipient,
+                action: DsnAction::Failed,
+                status: enhanced(f.reply).unwrap_or((5, 0, 0)),
+                remote_mta: remote_mta.filter(|_| remote),
+                diagnostic_code: Some(diagnostic.as_str()),
+                diagnostic_type: if remote {
+                    DiagnosticType::Smtp
+                } else {
+                    DiagnosticType::Local
+                },
+                last_attempt_s: Some(now_s),
+                will_retry_until_s: None,
+                category: Some(f.category),
+            }
         })
         .collect();
     let config = core.config();
