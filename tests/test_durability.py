@@ -149,3 +149,19 @@ def test_a_remote_refusal_is_typed_smtp_once(volley, sink_factory, catcher_facto
     assert diagnostic.startswith("smtp; 550"), diagnostic
     assert "smtp; smtp;" not in diagnostic
     assert fields["Remote-MTA"].startswith("dns; "), fields
+
+
+def test_spool_commits_are_counted(volley, sink_factory):
+    sink = sink_factory("127.0.0.10")
+    volley.route("dest.test", sink.hostport)
+    volley.start()
+    assert volley.metrics()["volley_spool_commits_total"] == 0
+    for n in range(3):
+        volley.send("alice@src.test", [f"r{n}@dest.test"], message(f"m{n}"))
+    sink.wait_lines(3)
+    # Three messages each waited for a commit before their 250, and their delivered states too.
+    commits = wait_until(
+        lambda: (c := volley.metrics()["volley_spool_commits_total"]) >= 3 and c,
+        5, "volley_spool_commits_total to count the commits",
+    )
+    assert commits <= 6, commits

@@ -80,7 +80,7 @@ fn outcome_to_result(outcome: &BatchOutcome) -> Result<(), SpoolError> {
 /// Counters of the committer, for stats and tests.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CommitCounters {
-    /// Batches committed.
+    /// Batches made durable (a failed one is not counted).
     pub commits: u64,
     /// `fdatasync` calls issued (segments and directory).
     pub fsyncs: u64,
@@ -240,9 +240,11 @@ impl CommitQueue {
                     }
                 }
             };
-            let mut counters = self.counters.get();
-            counters.commits += 1;
-            self.counters.set(counters);
+            if matches!(outcome, BatchOutcome::Durable) {
+                let mut counters = self.counters.get();
+                counters.commits += 1;
+                self.counters.set(counters);
+            }
             batch.finish(outcome);
         }
         self.files.borrow_mut().clear();

@@ -203,7 +203,8 @@ impl From<io::Error> for SpoolError {
 /// Counters and sizes of one spool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolStats {
-    /// Group commits completed (each covers every record written before it started).
+    /// Group commits made durable (each covers every record written before it started; a
+    /// failed one is not counted). `volley_spool_commits_total` shows it.
     pub commits: u64,
     /// fdatasync calls issued (0 with `fsync: false`).
     pub fsyncs: u64,

@@ -820,12 +820,19 @@ fn after_a_full_disk_at_commit_later_records_in_the_same_segment_still_count() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(config(dir.path())).unwrap();
         let a = store_n(&spool, 1, 2, 100).await[0].0;
+        let commits = spool.stats().commits;
+        assert!(commits >= 1);
         spool.fail_next_commit(std::io::ErrorKind::StorageFull);
         let b = spool.next_id();
         assert!(matches!(
             spool.store(b, &envelope(1, 1), b"", b"x").await,
             Err(SpoolError::Full)
         ));
+        assert_eq!(
+            spool.stats().commits,
+            commits,
+            "a failed commit is not counted"
+        );
         // A state record whose commit fails leaves the index as recovery would find it, so the
         // same state can be recorded again.
         spool.fail_next_commit(std::io::ErrorKind::StorageFull);
@@ -834,6 +841,7 @@ fn after_a_full_disk_at_commit_later_records_in_the_same_segment_still_count() {
             Err(SpoolError::Full)
         ));
         let c = store_n(&spool, 1, 1, 100).await[0].0;
+        assert_eq!(spool.stats().commits, commits + 1);
         spool
             .set_state(a, 1, RecipientState::Bounced)
             .await
