@@ -5,15 +5,17 @@ import time
 
 from conftest import START_TIMEOUT_S, VOLLEY_BIN, free_port, message, wait_until
 
-# One 1 MiB segment per core: a message of LARGE_BODY_LINES lines fills most of it, so its DSN
-# (which returns it whole with RET=FULL) cannot be spooled until the limit is raised.
+# One 1 MiB segment per core and a limit of one segment: the spool may also use one segment
+# beyond the limit for bounce notices (headers only) and state records, no more.
 SEGMENT_BYTES = 1 << 20
-LARGE_BODY_LINES = 9000  # 76-character lines: about 700 kB
+LINE = "x" * 74 + "\r\n"
 
 
-def large_message(subject: str) -> str:
-    line = "x" * 74 + "\r\n"
-    return message(subject, body=line * LARGE_BODY_LINES)
+def sized_message(subject: str, total_bytes: int, header_bytes: int = 0) -> str:
+    """A message of about `total_bytes`, `header_bytes` of them in filler header fields."""
+    headers = "".join(f"X-Filler-{n:04}: {'y' * 62}\r\n" for n in range(header_bytes // 76))
+    head = message(subject, body="", extra_headers=headers)
+    return head + LINE * max(0, (total_bytes - len(head)) // len(LINE))
 
 
 def test_a_bounce_whose_dsn_cannot_be_spooled_is_not_recorded_and_comes_back(
@@ -21,25 +23,32 @@ def test_a_bounce_whose_dsn_cannot_be_spooled_is_not_recorded_and_comes_back(
 ):
     sink = sink_factory("127.0.0.10")
     catcher = catcher_factory("127.0.0.11")
+    closed = free_port("127.0.0.12")
+    volley.route("held.test", f"127.0.0.12:{closed}")  # nothing listens: stays queued
     volley.route("dest.test", sink.hostport)
     volley.route("src.test", catcher.hostport)
+    volley.policy(retry_intervals=["1h"])
     volley.config["spool"] = {"segment_bytes": SEGMENT_BYTES, "max_spool_bytes": SEGMENT_BYTES}
     volley.start()
+    # A held message keeps segment 1; the restart starts segment 2: the reserve is in use.
+    volley.send("alice@src.test", ["bob@held.test"], sized_message("held", 600_000))
+    volley.wait_acct("transient")
+    assert volley.stop() == 0
+    volley.start()
 
+    # Fills most of segment 2; its headers alone do not fit in the rest, so neither its DSN
+    # (RET=FULL) nor the headers-only notice can be spooled.
     with volley.smtp() as client:
         client.ehlo()
         client.sendmail(
-            "alice@src.test", ["permfail@dest.test"], large_message("too big to return"),
+            "alice@src.test", ["permfail@dest.test"],
+            sized_message("too big to return", 1_000_000, header_bytes=60_000),
             mail_options=["RET=FULL"],
         )
-    # The 550 arrives, the DSN does not fit: no bounce is recorded, and it is tried again.
-    def postponed():
-        return "DSN for" in volley.stderr_tail(200) and "not spooled" in volley.stderr_tail(200)
-
-    deadline = time.monotonic() + 15
-    while not postponed():
-        assert time.monotonic() < deadline, volley.stderr_tail()
-        time.sleep(0.1)
+    wait_until(
+        lambda: "not spooled (spool full)" in volley.stderr_tail(200), 15,
+        "the DSN to be postponed",
+    )
     time.sleep(1)
     assert volley.acct("bounce") == [], volley.acct("bounce")
     assert catcher.snapshot() == []
@@ -57,6 +66,30 @@ def test_a_bounce_whose_dsn_cannot_be_spooled_is_not_recorded_and_comes_back(
     time.sleep(1)
     assert len(volley.acct("bounce")) == 1
     assert len(catcher.snapshot()) == 1
+
+
+def test_a_full_spool_still_bounces_with_a_headers_only_notice(
+    volley, sink_factory, catcher_factory
+):
+    sink = sink_factory("127.0.0.10")
+    catcher = catcher_factory("127.0.0.11")
+    volley.route("dest.test", sink.hostport)
+    volley.route("src.test", catcher.hostport)
+    volley.config["spool"] = {"segment_bytes": SEGMENT_BYTES, "max_spool_bytes": SEGMENT_BYTES}
+    volley.start()
+    with volley.smtp() as client:
+        client.ehlo()
+        client.sendmail(
+            "alice@src.test", ["permfail@dest.test"], sized_message("returned", 700_000),
+            mail_options=["RET=FULL"],
+        )
+    # The whole original does not fit beside it; the notice with its headers uses the reserve.
+    [bounce] = volley.wait_acct("bounce")
+    assert bounce["recipient"] == "permfail@dest.test"
+    [dsn] = catcher.wait(1)
+    parts = list(dsn.parsed.iter_parts())
+    assert parts[2].get_content_type() == "text/rfc822-headers", parts[2].get_content_type()
+    assert "Subject: returned" in parts[2].get_content()
 
 
 def test_a_second_daemon_on_the_same_spool_refuses_to_start(volley_factory, sink_factory):

@@ -3,9 +3,10 @@
 //! accounting log, counted in the metrics, and sent to the core whose spool holds the message.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Queued, inject_message};
+use super::{Queued, inject_message, route_new_message};
 use crate::accounting::{AccountingEvent, EventType};
 use crate::bounce::{
     BounceCategory, DiagnosticType, DsnAction, DsnInput, RecipientReport, build_dsn, classify,
@@ -447,9 +448,11 @@ struct Failure<'a> {
     category: BounceCategory,
 }
 
-/// Builds the failure DSN of message `id` for `failures` and spools it to the original sender:
-/// the one place a DSN enters the spool. Returns once it is durable. An original too large for a
-/// segment is returned as its headers only.
+/// Builds the failure DSN of message `id` for `failures`, spools it to the original sender and
+/// routes it: the one place a DSN enters the spool. Returns once it is durable. When the spool
+/// has no room for it (or it is too large for a segment), the DSN returns the original's headers
+/// only and may use the spool's reserve beyond `max_spool_bytes` (`Spool::store_notice`): the
+/// bounce it records is what frees the original.
 async fn spool_dsn(
     core: &Rc<CoreContext>,
     id: MessageId,
@@ -505,10 +508,14 @@ async fn spool_dsn(
     };
     let dsn = build_dsn(&input);
     match inject_message(core, dsn_envelope(&input, &dsn), b"", &dsn).await {
-        Err(SpoolError::TooLarge { .. }) if input.max_returned_bytes > 0 => {
+        Err(SpoolError::TooLarge { .. } | SpoolError::Full) => {
             input.max_returned_bytes = 0;
             let dsn = build_dsn(&input);
-            inject_message(core, dsn_envelope(&input, &dsn), b"", &dsn).await
+            let dsn_envelope = dsn_envelope(&input, &dsn);
+            let dsn_id = core.spool.next_id();
+            let location = core.spool.store_notice(dsn_id, &dsn_envelope, &dsn).await?;
+            route_new_message(core, dsn_id, location, Arc::new(dsn_envelope), now_s).await;
+            Ok(dsn_id)
         }
         spooled => spooled,
     }

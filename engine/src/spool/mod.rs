@@ -351,13 +351,40 @@ impl Spool {
         header: &[u8],
         body: &[u8],
     ) -> Result<BodyLocation, SpoolError> {
+        self.store_as(id, envelope, header, body, RecordClass::Message)
+            .await
+    }
+
+    /// Stores a small delivery status notification (`store` otherwise): it may use the segment
+    /// beyond `max_spool_bytes` that state records use. A bounce is recorded only once its DSN
+    /// is spooled, and only then can its message's record be freed: without this, a spool full
+    /// of mail that bounces could never make room again. Callers keep these notices small (the
+    /// original's headers only), so the state records keep their room.
+    pub async fn store_notice(
+        &self,
+        id: MessageId,
+        envelope: &Envelope,
+        body: &[u8],
+    ) -> Result<BodyLocation, SpoolError> {
+        self.store_as(id, envelope, b"", body, RecordClass::State)
+            .await
+    }
+
+    async fn store_as(
+        &self,
+        id: MessageId,
+        envelope: &Envelope,
+        header: &[u8],
+        body: &[u8],
+        class: RecordClass,
+    ) -> Result<BodyLocation, SpoolError> {
         let inner = &*self.inner;
         self.check_core(id)?;
         inner.commit.check_writable()?;
         let body_len = header.len() as u64 + body.len() as u64;
         let payload_len = record::message_payload_len(envelope, body_len)?;
         let span = record::record_span(payload_len);
-        self.make_room(span, RecordClass::Message)?;
+        self.make_room(span, class)?;
         let (segment, offset, body_at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;

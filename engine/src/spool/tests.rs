@@ -917,3 +917,42 @@ fn a_core_directory_is_opened_by_one_spool_at_a_time() {
         assert_eq!(recovered.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
     });
 }
+
+#[test]
+fn a_notice_may_use_the_segment_beyond_the_limit_and_no_more() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            segment_bytes: 16 << 10,
+            max_spool_bytes: 16 << 10,
+            ..config(dir.path())
+        };
+        let (spool, _) = Spool::open(cfg).unwrap();
+        let mut stored = 0;
+        loop {
+            let id = spool.next_id();
+            match spool.store(id, &envelope(0, 1), b"", &body(0, 2000)).await {
+                Ok(_) => stored += 1,
+                Err(SpoolError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(stored < 100, "messages are bounded");
+        }
+        // A bounce notice still fits (in one more segment), so bounces can free the spool.
+        let mut notices = 0;
+        loop {
+            let id = spool.next_id();
+            match spool
+                .store_notice(id, &envelope(1, 1), &body(1, 2000))
+                .await
+            {
+                Ok(_) => notices += 1,
+                Err(SpoolError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(notices < 100, "notices are bounded too");
+        }
+        assert!(notices >= 5, "{notices}");
+        assert_eq!(spool.stats().spool_bytes, 2 * (16 << 10));
+    });
+}
