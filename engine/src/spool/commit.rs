@@ -218,11 +218,20 @@ impl CommitQueue {
             let batch = self.open.replace(Rc::new(Batch::default()));
             let segments = std::mem::take(&mut *self.dirty_segments.borrow_mut());
             let dir_dirty = self.dir_dirty.replace(false);
-            let outcome = match self.sync(&segments, dir_dirty).await {
+            // Records written while a failing sync ran may sit in pages the kernel has already
+            // marked clean after the error (a later fsync would report success without writing
+            // them): after a poisoning failure, the batches still open fail and are voided too.
+            let poisoned = self.poisoned.borrow().clone();
+            let synced = match &poisoned {
+                Some(reason) => Err(io::Error::other(reason.clone())),
+                None => self.sync(&segments, dir_dirty).await,
+            };
+            let outcome = match synced {
                 Ok(()) => BatchOutcome::Durable,
                 Err(e) => {
-                    let message =
-                        format!("fdatasync of spool {} failed: {e}", self.core_dir.display());
+                    let message = poisoned.unwrap_or_else(|| {
+                        format!("fdatasync of spool {} failed: {e}", self.core_dir.display())
+                    });
                     log::error!("{message}");
                     if e.kind() != io::ErrorKind::StorageFull {
                         *self.poisoned.borrow_mut() = Some(message.clone());
@@ -296,6 +305,8 @@ impl CommitQueue {
     async fn sync(&self, segments: &BTreeSet<u32>, dir_dirty: bool) -> io::Result<()> {
         #[cfg(test)]
         if let Some(kind) = self.fault.take() {
+            // A failing disk takes its time: writers may join the next batch meanwhile.
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
             return Err(io::Error::new(kind, "injected by a test"));
         }
         if !self.fsync {

@@ -956,3 +956,39 @@ fn a_notice_may_use_the_segment_beyond_the_limit_and_no_more() {
         assert_eq!(spool.stats().spool_bytes, 2 * (16 << 10));
     });
 }
+
+#[test]
+fn records_written_while_a_commit_was_failing_fail_with_it() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let kept = store_n(&spool, 1, 1, 100).await[0].0;
+        spool.fail_next_commit(std::io::ErrorKind::Other);
+        let first = glommio::spawn_local({
+            let spool = spool.clone();
+            async move {
+                let id = spool.next_id();
+                spool.store(id, &envelope(1, 1), b"", b"x").await
+            }
+        });
+        // Once the committer has taken the first batch, the next record joins a second one.
+        while spool.inner.commit.pending_batch().is_some() {
+            glommio::yield_if_needed().await;
+            futures_lite::future::yield_now().await;
+        }
+        let second = spool.next_id();
+        let answer = spool.store(second, &envelope(2, 1), b"", b"y").await;
+        assert!(
+            matches!(answer, Err(SpoolError::Poisoned { .. })),
+            "{answer:?}"
+        );
+        assert!(matches!(first.await, Err(SpoolError::Poisoned { .. })));
+        drop(spool);
+
+        let (_spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        assert_eq!(
+            recovered.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![kept]
+        );
+    });
+}
