@@ -176,7 +176,7 @@ pub enum SpoolError {
     #[error("spool closed")]
     Closed,
     /// Another process (or another open of this spool) holds the directory's lock.
-    #[error("{} is held by another volley ({}): one process per spool", path.display(), lock::describe_holder(*holder))]
+    #[error("{} is held by another process ({}): one volley per spool", path.display(), lock::describe_holder(*holder))]
     Locked { path: PathBuf, holder: Option<u32> },
 }
 
