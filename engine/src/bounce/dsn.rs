@@ -41,6 +41,26 @@ impl DsnAction {
     }
 }
 
+/// RFC 3464 section 2.3.6 diagnostic-type: who wrote the diagnostic text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiagnosticType {
+    /// A remote SMTP server's reply: `smtp; 550 5.1.1 ...`.
+    Smtp,
+    /// Volley's own reason (an operator's bounce, an expiry, a DNS verdict), no remote MTA
+    /// involved: `X-Volley; ...`, as Postfix writes `X-Postfix;`.
+    Local,
+}
+
+impl DiagnosticType {
+    /// The field's type token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiagnosticType::Smtp => "smtp",
+            DiagnosticType::Local => "X-Volley",
+        }
+    }
+}
+
 /// What happened to one recipient.
 #[derive(Debug, Clone)]
 pub struct RecipientReport<'a> {
@@ -50,8 +70,10 @@ pub struct RecipientReport<'a> {
     pub status: (u8, u16, u16),
     /// The host that gave the reply, when one did.
     pub remote_mta: Option<&'a str>,
-    /// The remote SMTP reply as received (`550 5.1.1 <a@b>: user unknown`); multi-line allowed.
+    /// The reply as received (`550 5.1.1 <a@b>: user unknown`), without its type; multi-line
+    /// allowed. Written as `Diagnostic-Code: <diagnostic_type>; <text>`.
     pub diagnostic_code: Option<&'a str>,
+    pub diagnostic_type: DiagnosticType,
     pub last_attempt_s: Option<u64>,
     /// For `Delayed`: when the queue gives up (first queued + max_queue_age).
     pub will_retry_until_s: Option<u64>,
@@ -333,7 +355,11 @@ fn delivery_status(input: &DsnInput<'_>, host: &str) -> String {
             field(
                 &mut out,
                 "Diagnostic-Code",
-                &format!("smtp; {}", header_safe(reply)),
+                &format!(
+                    "{}; {}",
+                    report.diagnostic_type.as_str(),
+                    header_safe(reply)
+                ),
             );
         }
         if let Some(at_s) = report.last_attempt_s {

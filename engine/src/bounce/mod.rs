@@ -9,6 +9,6 @@ mod dsn;
 
 pub use category::{BounceCategory, classify};
 pub use dsn::{
-    DEFAULT_MAX_RETURNED_BYTES, DsnAction, DsnInput, RecipientReport, build_dsn,
+    DEFAULT_MAX_RETURNED_BYTES, DiagnosticType, DsnAction, DsnInput, RecipientReport, build_dsn,
     build_dsn_with_rng, dsn_envelope, should_bounce, should_report,
 };

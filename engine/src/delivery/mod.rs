@@ -435,9 +435,7 @@ pub fn on_core_message(core: &std::rc::Rc<CoreContext>, message: CoreMessage) {
         } => {
             let core = core.clone();
             glommio::spawn_local(async move {
-                if let Err(e) = core.spool.set_state(id, recipient, state).await {
-                    log::error!("spool state of {id} recipient {recipient}: {e}");
-                }
+                outcome::store_state(&core.spool, id, recipient, state).await;
             })
             .detach();
         }

@@ -8,14 +8,16 @@ use std::sync::atomic::Ordering;
 use super::Queued;
 use crate::accounting::{AccountingEvent, EventType};
 use crate::bounce::{
-    DsnAction, DsnInput, RecipientReport, build_dsn, classify, dsn_envelope, should_bounce,
+    BounceCategory, DiagnosticType, DsnAction, DsnInput, RecipientReport, build_dsn, classify,
+    dsn_envelope, should_bounce,
 };
-use crate::envelope::{MessageId, domain_of};
+use crate::envelope::{Envelope, MessageId, Recipient, domain_of};
+use crate::intake::{Origin, Refusal};
 use crate::queue::{DeferOutcome, QueueKey};
 use crate::router::CoreMessage;
 use crate::runtime::CoreContext;
-use crate::smtp::client::{Outcome, Reply};
-use crate::spool::{RecipientState, SpoolError, StoredMessage};
+use crate::smtp::client::{Outcome, Reply, ReplySource};
+use crate::spool::{RecipientState, Spool, SpoolError, StoredMessage};
 
 /// Where an attempt went, for the accounting log.
 #[derive(Clone, Copy)]
@@ -78,6 +80,56 @@ async fn record_state(core: &CoreContext, id: MessageId, recipient: u32, state: 
             },
         )
         .await;
+}
+
+/// Tries of a final state record (delivered, bounced, expired) whose spool write failed with an
+/// error that may pass (spool full, an I/O error), before giving up.
+const STATE_RECORD_TRIES: u32 = 8;
+/// Wait before the second try of a state record; doubled for each later one (about 4 min in all).
+const STATE_RETRY_FIRST_MS: u64 = 1_000;
+
+/// Records a recipient's new state in this core's spool (the message's own), as the outcome
+/// another core (or this one) sent. A final state that is not recorded would make a restart try
+/// the recipient again (a second delivery, a second DSN), so it is tried again while the error
+/// may pass. A non-final one (deferred) that is lost only makes a restart try the recipient
+/// sooner, so it is logged and left.
+pub async fn store_state(spool: &Spool, id: MessageId, recipient: u32, state: RecipientState) {
+    let mut wait_ms = STATE_RETRY_FIRST_MS;
+    for tries in 1..=STATE_RECORD_TRIES {
+        let error = match spool.set_state(id, recipient, state).await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        match error {
+            // Finished already (or never durable): its record is gone or going, nothing to mark.
+            SpoolError::UnknownMessage(_) => {
+                log::warn!("state {state:?} of {id} recipient {recipient}: {error}; ignored");
+                return;
+            }
+            e if !state.is_final() => {
+                log::warn!(
+                    "state {state:?} of {id} recipient {recipient} not recorded ({e}); after a \
+                     restart it is tried again sooner"
+                );
+                return;
+            }
+            e if may_work_later(&e) && tries < STATE_RECORD_TRIES => {
+                log::warn!(
+                    "state {state:?} of {id} recipient {recipient} not recorded ({e}); tried \
+                     again in {wait_ms} ms"
+                );
+                glommio::timer::sleep(std::time::Duration::from_millis(wait_ms)).await;
+                wait_ms *= 2;
+            }
+            e => {
+                log::error!(
+                    "state {state:?} of {id} recipient {recipient} not recorded ({e}): after a \
+                     restart this recipient is tried again"
+                );
+                return;
+            }
+        }
+    }
 }
 
 /// Applies one transaction's replies, recipient by recipient, in order.
@@ -207,6 +259,33 @@ pub async fn defer_items(
     }
 }
 
+/// Bounces and expiries of one message, as a unit: its DSN is spooled first, and the recipients
+/// are recorded bounced (or expired) only once the DSN is durable, so a failed spool write can
+/// never turn into a bounce nobody is told about. A crash between the two leaves the recipients
+/// unfinished in the spool: after the restart they are tried again and bounce again, so the
+/// sender may get the notice twice, never zero times.
+struct BounceGroup {
+    key: QueueKey,
+    items: Vec<(Queued, Reply)>,
+    message: Rc<StoredMessage>,
+    /// Where the attempt went (source address, MX), when a remote host was involved.
+    attempt: Option<(String, String)>,
+    expired: bool,
+}
+
+impl BounceGroup {
+    fn attempt(&self) -> Option<Attempt<'_>> {
+        self.attempt
+            .as_ref()
+            .map(|(source_ip, mx)| Attempt { source_ip, mx })
+    }
+}
+
+/// Wait before the first new try of a DSN that could not be spooled; doubled each time.
+const DSN_RETRY_FIRST_S: u64 = 5;
+/// Longest wait between tries of a DSN that could not be spooled.
+const DSN_RETRY_MAX_S: u64 = 300;
+
 /// Records the bounces and sends one DSN per message to its sender.
 async fn bounce_with_replies(
     core: &Rc<CoreContext>,
@@ -229,9 +308,15 @@ async fn bounce_with_replies(
                 .count();
         match core.delivery.message(&core.bodies, id) {
             Ok(message) => {
-                bounce_message(core, key, &items[start..end], &message, attempt, expired).await;
-                for (item, _) in &items[start..end] {
-                    core.delivery.release(core, item.message);
+                let group = BounceGroup {
+                    key: key.clone(),
+                    items: items[start..end].to_vec(),
+                    message,
+                    attempt: attempt.map(|a| (a.source_ip.to_string(), a.mx.to_string())),
+                    expired,
+                };
+                if let Err(e) = bounce_message(core, &group).await {
+                    postpone_bounce(core, group, e);
                 }
             }
             Err(e) => {
@@ -243,96 +328,203 @@ async fn bounce_with_replies(
     }
 }
 
-async fn bounce_message(
-    core: &Rc<CoreContext>,
-    key: &QueueKey,
-    items: &[(Queued, Reply)],
-    message: &StoredMessage,
-    attempt: Option<Attempt<'_>>,
-    expired: bool,
-) {
+/// Whether spooling a DSN may work later without a restart (room freed, a passing I/O error).
+fn may_work_later(error: &SpoolError) -> bool {
+    matches!(error, SpoolError::Full | SpoolError::Io(_))
+}
+
+/// A DSN could not be spooled: its recipients stay unfinished (in the spool too) and the bounce
+/// is tried again in the background while the spool may recover. When it cannot (poisoned,
+/// closed), they are left to the restart's recovery, which tries them again.
+fn postpone_bounce(core: &Rc<CoreContext>, group: BounceGroup, error: SpoolError) {
+    let id = group.items[0].0.message;
+    if !may_work_later(&error) {
+        log::error!(
+            "{}: DSN for {id} not spooled ({error}): its {} recipient(s) stay unfinished in the \
+             spool and are tried again after a restart",
+            group.key,
+            group.items.len()
+        );
+        for (item, _) in &group.items {
+            core.delivery.release(core, item.message);
+        }
+        return;
+    }
+    log::error!(
+        "{}: DSN for {id} not spooled ({error}); the bounce of its {} recipient(s) is tried \
+         again in {DSN_RETRY_FIRST_S}s",
+        group.key,
+        group.items.len()
+    );
+    let core = core.clone();
+    glommio::spawn_local(async move {
+        let mut wait_s = DSN_RETRY_FIRST_S;
+        loop {
+            glommio::timer::sleep(std::time::Duration::from_secs(wait_s)).await;
+            match bounce_message(&core, &group).await {
+                Ok(()) => return,
+                Err(e) if may_work_later(&e) => {
+                    wait_s = (wait_s * 2).min(DSN_RETRY_MAX_S);
+                    log::error!(
+                        "{}: DSN for {id} still not spooled ({e}); tried again in {wait_s}s",
+                        group.key
+                    );
+                }
+                Err(e) => {
+                    log::error!(
+                        "{}: DSN for {id} not spooled ({e}): its recipients stay unfinished in \
+                         the spool and are tried again after a restart",
+                        group.key
+                    );
+                    for (item, _) in &group.items {
+                        core.delivery.release(&core, item.message);
+                    }
+                    return;
+                }
+            }
+        }
+    })
+    .detach();
+}
+
+/// Spools the DSN of `group` (when one is due), then records each recipient bounced or expired:
+/// accounting, counters, queue figures and the spool state. Nothing is recorded when the DSN
+/// could not be spooled (the error is returned).
+async fn bounce_message(core: &Rc<CoreContext>, group: &BounceGroup) -> Result<(), SpoolError> {
+    let message = &*group.message;
     // Bounces are rare: the DSN code works on the unpacked envelope.
     let envelope = &message.envelope.to_envelope();
+    let failures: Vec<Failure> = group
+        .items
+        .iter()
+        .filter_map(|(item, reply)| {
+            let recipient = envelope.recipients.get(item.recipient as usize)?;
+            should_bounce(envelope, recipient).then(|| Failure {
+                recipient,
+                reply,
+                category: classify(reply.code, enhanced(reply), &reply.text),
+            })
+        })
+        .collect();
+    let id = group.items[0].0.message;
+    if !failures.is_empty() {
+        let remote_mta = group.attempt().map(|a| a.mx).filter(|m| !m.is_empty());
+        let dsn = spool_dsn(core, id, message, envelope, &failures, remote_mta).await?;
+        log::info!("DSN {dsn} for {id} to <{}>", envelope.sender);
+    }
     let counters = core.counters();
-    let mut reports_for = Vec::new();
-    for (item, reply) in items {
+    let attempt = group.attempt();
+    for (item, reply) in &group.items {
         let category = classify(reply.code, enhanced(reply), &reply.text);
-        let kind = if expired {
+        let kind = if group.expired {
             counters.expired.fetch_add(1, Ordering::Relaxed);
             EventType::Expiration
         } else {
             counters.bounced.fetch_add(1, Ordering::Relaxed);
             EventType::Bounce
         };
-        let mut e = event(kind, key, item, message, reply, attempt);
+        let mut e = event(kind, &group.key, item, message, reply, attempt);
         e.bounce_category = category.as_str().to_string();
         core.accounting.record(&e);
-        core.delivery.queues.borrow_mut().record_bounced(key, 1);
-        let state = if expired {
+        core.delivery
+            .queues
+            .borrow_mut()
+            .record_bounced(&group.key, 1);
+        let state = if group.expired {
             RecipientState::Expired
         } else {
             RecipientState::Bounced
         };
         record_state(core, item.message, item.recipient, state).await;
-        if let Some(r) = envelope.recipients.get(item.recipient as usize)
-            && should_bounce(envelope, r)
-        {
-            reports_for.push((r, reply, category));
-        }
+        core.delivery.release(core, item.message);
     }
-    if reports_for.is_empty() {
-        return;
-    }
+    Ok(())
+}
+
+/// One recipient a DSN reports as failed.
+struct Failure<'a> {
+    recipient: &'a Recipient,
+    reply: &'a Reply,
+    category: BounceCategory,
+}
+
+/// Builds the failure DSN of message `id` for `failures`, spools it to the original sender and
+/// routes it: the one place a DSN enters the spool. Returns once it is durable. When the spool
+/// has no room for it (or it is too large for a segment), the DSN returns the original's headers
+/// only and may use the spool's reserve beyond `max_spool_bytes` (`Spool::store_notice`): the
+/// bounce it records is what frees the original.
+async fn spool_dsn(
+    core: &Rc<CoreContext>,
+    id: MessageId,
+    message: &StoredMessage,
+    envelope: &Envelope,
+    failures: &[Failure<'_>],
+    remote_mta: Option<&str>,
+) -> Result<MessageId, SpoolError> {
     let original = match core.bodies.body(message.body) {
-        Ok(b) => b,
+        Ok(body) => Some(body),
+        // The segment cannot be mapped now: try again later.
+        Err(e @ SpoolError::Io(_)) => return Err(e),
         Err(e) => {
-            log::error!(
-                "DSN for {}: cannot read the original: {e}",
-                items[0].0.message
-            );
-            return;
+            log::warn!("DSN for {id}: the original is unreadable ({e}); sent without it");
+            None
         }
     };
-    let diagnostics: Vec<String> = reports_for
-        .iter()
-        .map(|(_, reply, _)| format!("smtp; {reply}"))
-        .collect();
+    let original: &[u8] = original.as_deref().unwrap_or(&[]);
+    let diagnostics: Vec<String> = failures.iter().map(|f| f.reply.to_string()).collect();
     let now_s = crate::clock::unix_s();
-    let reports: Vec<RecipientReport> = reports_for
+    let reports: Vec<RecipientReport> = failures
         .iter()
         .zip(&diagnostics)
-        .map(|((r, reply, category), diagnostic)| RecipientReport {
-            recipient: r,
-            action: DsnAction::Failed,
-            status: enhanced(reply).unwrap_or((5, 0, 0)),
-            remote_mta: attempt.map(|a| a.mx).filter(|m| !m.is_empty()),
-            diagnostic_code: Some(diagnostic.as_str()),
-            last_attempt_s: Some(now_s),
-            will_retry_until_s: None,
-            category: Some(*category),
+        .map(|(f, diagnostic)| {
+            // Only a remote server's reply names a remote MTA and is typed `smtp`.
+            let remote = f.reply.source == ReplySource::Remote;
+            RecipientReport {
+                recipient: f.recipient,
+                action: DsnAction::Failed,
+                status: enhanced(f.reply).unwrap_or((5, 0, 0)),
+                remote_mta: remote_mta.filter(|_| remote),
+                diagnostic_code: Some(diagnostic.as_str()),
+                diagnostic_type: if remote {
+                    DiagnosticType::Smtp
+                } else {
+                    DiagnosticType::Local
+                },
+                last_attempt_s: Some(now_s),
+                will_retry_until_s: None,
+                category: Some(f.category),
+            }
         })
         .collect();
     let config = core.config();
-    let input = DsnInput {
+    let mut input = DsnInput {
         reporting_mta: &config.server.hostname,
         envelope,
-        message_id: items[0].0.message,
+        message_id: id,
         recipients: &reports,
-        original: &original,
+        original,
         now_s,
         max_returned_bytes: crate::bounce::DEFAULT_MAX_RETURNED_BYTES,
     };
     let dsn = build_dsn(&input);
-    let dsn_env = dsn_envelope(&input, &dsn);
-    match crate::intake::accept(core, crate::intake::Origin::Notice, dsn_env, dsn).await {
-        Ok(accepted) => log::info!(
-            "DSN {} for {} to <{}>",
-            accepted.id,
-            items[0].0.message,
-            envelope.sender
-        ),
-        Err(e) => log::error!("DSN for {} not spooled: {e}", items[0].0.message),
-    }
+    let notice = |reserve| Origin::Notice { reserve };
+    let spooled =
+        match crate::intake::accept(core, notice(false), dsn_envelope(&input, &dsn), dsn).await {
+            Err(Refusal::SpoolFull | Refusal::Spool(SpoolError::TooLarge { .. })) => {
+                input.max_returned_bytes = 0;
+                let dsn = build_dsn(&input);
+                crate::intake::accept(core, notice(true), dsn_envelope(&input, &dsn), dsn).await
+            }
+            spooled => spooled,
+        };
+    spooled
+        .map(|accepted| accepted.id)
+        .map_err(|refusal| match refusal {
+            Refusal::SpoolFull => SpoolError::Full,
+            Refusal::Spool(e) => e,
+            // Notices are charged to no customer: a limit never refuses one.
+            Refusal::Limit(limit) => SpoolError::Io(std::io::Error::other(limit.to_string())),
+        })
 }
 
 /// Recipients whose message record cannot be read back (`error`), so neither sent nor reported to
@@ -412,5 +604,52 @@ async fn drop_unreadable(
         core.delivery.queues.borrow_mut().record_bounced(key, 1);
         record_state(core, item.message, item.recipient, RecipientState::Bounced).await;
         core.delivery.release(core, item.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, Recipient};
+    use crate::spool::SpoolConfig;
+
+    #[test]
+    fn a_final_state_whose_commit_failed_is_recorded_on_a_later_try() {
+        glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut config = SpoolConfig::new(dir.path(), 0);
+                config.fsync = false;
+                config.segment_bytes = 1 << 20;
+                let (spool, _) = Spool::open(config.clone()).unwrap();
+                let envelope = Envelope {
+                    sender: "s@example.net".into(),
+                    recipients: vec![Recipient::new("a@a.example"), Recipient::new("b@b.example")],
+                    ..Envelope::default()
+                };
+                let id = spool.next_id();
+                spool.store(id, &envelope, b"", b"body").await.unwrap();
+
+                spool.fail_next_commit(std::io::ErrorKind::StorageFull);
+                store_state(&spool, id, 0, RecipientState::Delivered).await;
+                // A deferral is not worth a second try: losing it only makes a retry come sooner.
+                spool.fail_next_commit(std::io::ErrorKind::StorageFull);
+                let deferred = RecipientState::Deferred {
+                    next_attempt_s: 1_790_000_000,
+                    attempts: 1,
+                };
+                store_state(&spool, id, 1, deferred).await;
+                spool.close().await.unwrap();
+                drop(spool);
+
+                let (_spool, recovered) = Spool::open(config).unwrap();
+                assert_eq!(recovered.len(), 1);
+                assert_eq!(
+                    recovered[0].states().collect::<Vec<_>>(),
+                    vec![RecipientState::Delivered, RecipientState::Pending]
+                );
+            });
     }
 }

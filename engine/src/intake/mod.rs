@@ -44,7 +44,9 @@ pub enum Origin<'a> {
         customer: Option<String>,
     },
     /// A delivery status notification made here: not charged, the envelope's customer kept.
-    Notice,
+    /// `reserve`: a small notice (the original's headers only) that may use the spool's reserve
+    /// beyond `max_spool_bytes`, because the bounce it allows is what frees room.
+    Notice { reserve: bool },
 }
 
 impl Origin<'_> {
@@ -68,7 +70,7 @@ impl Origin<'_> {
                 protocol: "HTTP",
                 authenticated: None,
             },
-            Origin::Notice => Sender {
+            Origin::Notice { .. } => Sender {
                 helo: "",
                 ip: None,
                 protocol: "local",
@@ -79,7 +81,7 @@ impl Origin<'_> {
 
     /// Whether the customer's plan is charged for the message.
     fn charged(&self) -> bool {
-        !matches!(self, Origin::Notice)
+        !matches!(self, Origin::Notice { .. })
     }
 
     /// The customer of the message, from what the origin may say and the header it named.
@@ -95,7 +97,7 @@ impl Origin<'_> {
             } => named.unwrap_or_default(),
             Origin::Smtp { .. } => String::new(),
             Origin::Api { customer, .. } => customer.clone().or(named).unwrap_or_default(),
-            Origin::Notice => envelope.customer.clone(),
+            Origin::Notice { .. } => envelope.customer.clone(),
         }
     }
 }
@@ -150,8 +152,9 @@ pub async fn accept(
         &body,
         now_s,
     );
+    let reserve = matches!(origin, Origin::Notice { reserve: true });
     // The DKIM signature adds a few hundred bytes: room is checked on the message before it.
-    if !core.spool.has_room((header.len() + body.len()) as u64) {
+    if !reserve && !core.spool.has_room((header.len() + body.len()) as u64) {
         return Err(Refusal::SpoolFull);
     }
     let charge = if origin.charged() {
@@ -171,7 +174,12 @@ pub async fn accept(
     )
     .await;
     let size = (header.len() + body.len()) as u64;
-    let location = match core.spool.store(id, &envelope, &header, &body).await {
+    let stored = if reserve {
+        core.spool.store_notice(id, &envelope, &header, &body).await
+    } else {
+        core.spool.store(id, &envelope, &header, &body).await
+    };
+    let location = match stored {
         Ok(location) => location,
         Err(e) => {
             core.limits.refund(customer, charge);

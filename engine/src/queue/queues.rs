@@ -609,7 +609,8 @@ impl<P: Copy> Queues<P> {
         has_ready
     }
 
-    /// Empties the queue, ready and deferred, for the caller to bounce. Counts them as bounced.
+    /// Empties the queue, ready and deferred, for the caller to bounce. Not counted here: the
+    /// caller counts each one (`record_bounced`) once its bounce is recorded, as for any bounce.
     /// Recipients in flight on open connections are the driver's.
     pub fn bounce_all(&mut self, key: &QueueKey) -> Vec<QueuedRecipient<P>> {
         let Some(&slot) = self.index.get(key) else {
@@ -626,7 +627,6 @@ impl<P: Copy> Queues<P> {
             .collect();
         deferred.sort_unstable_by_key(QueuedRecipient::timer_order);
         drained.append(&mut deferred);
-        q.stats.bounced += drained.len() as u64;
         q.trim();
         self.reschedule(slot);
         drained

@@ -276,6 +276,11 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
         tick += 1;
         core.accounting.flush().await;
+        // The spool counts its group commits; the metric follows within a tick.
+        core.counters().spool_commits.store(
+            core.spool.stats().commits,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         core.refresh_config(&listeners);
         if tick.is_multiple_of(SNAPSHOT_EVERY_TICKS) {
             crate::delivery::publish_snapshot(&core);

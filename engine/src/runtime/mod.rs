@@ -63,6 +63,8 @@ pub enum ServeError {
     },
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("spool_dir: {0}")]
+    Spool(crate::spool::SpoolError),
 }
 
 /// How long the probe of an address waits for a connection (loopback answers in microseconds).
@@ -112,6 +114,9 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
     if let Some(files) = host_limits::raise_open_files() {
         log::info!("open files limit: {files}");
     }
+    // Before anything else touches the spool directory: a second daemon stops here.
+    let _spool_lock = crate::spool::lock_spool_dir(std::path::Path::new(&config.server.spool_dir))
+        .map_err(ServeError::Spool)?;
     let cores = config.core_count();
     check_addresses_free(&config)?;
     let control = Control::new(Arc::new(config), config_path);

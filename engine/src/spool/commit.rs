@@ -9,7 +9,7 @@
 //! the difference there); file systems without a journal-wide commit need it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::poll_fn;
 use std::io;
 use std::path::PathBuf;
@@ -20,6 +20,7 @@ use glommio::io::{BufferedFile, Directory, OpenOptions};
 
 use super::SpoolError;
 use super::segment::segment_file_name;
+use super::voided::{self, MAX_VOIDED_RANGES, VoidedRange};
 
 /// How a batch ended, shared by all its writers.
 #[derive(Debug, Clone)]
@@ -37,6 +38,9 @@ pub struct Batch {
     outcome: RefCell<Option<BatchOutcome>>,
     wakers: RefCell<Vec<Waker>>,
     members: Cell<u32>,
+    /// Per segment, the bytes `[from, to)` its records span: what is voided if the sync fails.
+    /// Records of one segment are appended in order while the batch is open, so this is contiguous.
+    spans: RefCell<BTreeMap<u32, (u32, u32)>>,
 }
 
 impl Batch {
@@ -76,7 +80,7 @@ fn outcome_to_result(outcome: &BatchOutcome) -> Result<(), SpoolError> {
 /// Counters of the committer, for stats and tests.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CommitCounters {
-    /// Batches committed.
+    /// Batches made durable (a failed one is not counted).
     pub commits: u64,
     /// `fdatasync` calls issued (segments and directory).
     pub fsyncs: u64,
@@ -98,10 +102,16 @@ pub struct CommitQueue {
     files: RefCell<HashMap<u32, Rc<BufferedFile>>>,
     directory: RefCell<Option<Rc<Directory>>>,
     counters: Cell<CommitCounters>,
+    /// Voided ranges on record in the `voided` file (bounded by `MAX_VOIDED_RANGES`).
+    voided_ranges: Cell<usize>,
+    /// Test hook: the next sync fails with this error kind, as a failing disk would.
+    #[cfg(test)]
+    fault: Cell<Option<io::ErrorKind>>,
 }
 
 impl CommitQueue {
-    pub fn new(core_dir: PathBuf, fsync: bool) -> CommitQueue {
+    /// `voided_ranges`: how many voided ranges recovery found on record.
+    pub fn new(core_dir: PathBuf, fsync: bool, voided_ranges: usize) -> CommitQueue {
         CommitQueue {
             core_dir,
             fsync,
@@ -115,7 +125,16 @@ impl CommitQueue {
             files: RefCell::new(HashMap::new()),
             directory: RefCell::new(None),
             counters: Cell::new(CommitCounters::default()),
+            voided_ranges: Cell::new(voided_ranges),
+            #[cfg(test)]
+            fault: Cell::new(None),
         }
+    }
+
+    /// Test hook: makes the next sync fail with `kind`.
+    #[cfg(test)]
+    pub fn fail_next_sync(&self, kind: io::ErrorKind) {
+        self.fault.set(Some(kind));
     }
 
     /// Fails when the spool may no longer be written (after a failed fsync or `close`).
@@ -131,11 +150,18 @@ impl CommitQueue {
         Ok(())
     }
 
-    /// Registers a record just copied into `segment`; await the returned batch for durability.
-    pub fn join(&self, segment: u32) -> Rc<Batch> {
+    /// Registers a record just copied into bytes `[from, to)` of `segment`; await the returned
+    /// batch for durability.
+    pub fn join(&self, segment: u32, from: u32, to: u32) -> Rc<Batch> {
         self.dirty_segments.borrow_mut().insert(segment);
         let batch = self.open.borrow().clone();
         batch.members.set(batch.members.get() + 1);
+        batch
+            .spans
+            .borrow_mut()
+            .entry(segment)
+            .and_modify(|span| *span = (span.0.min(from), span.1.max(to)))
+            .or_insert((from, to));
         self.wake_committer();
         batch
     }
@@ -192,11 +218,20 @@ impl CommitQueue {
             let batch = self.open.replace(Rc::new(Batch::default()));
             let segments = std::mem::take(&mut *self.dirty_segments.borrow_mut());
             let dir_dirty = self.dir_dirty.replace(false);
-            let outcome = match self.sync(&segments, dir_dirty).await {
+            // Records written while a failing sync ran may sit in pages the kernel has already
+            // marked clean after the error (a later fsync would report success without writing
+            // them): after a poisoning failure, the batches still open fail and are voided too.
+            let poisoned = self.poisoned.borrow().clone();
+            let synced = match &poisoned {
+                Some(reason) => Err(io::Error::other(reason.clone())),
+                None => self.sync(&segments, dir_dirty).await,
+            };
+            let outcome = match synced {
                 Ok(()) => BatchOutcome::Durable,
                 Err(e) => {
-                    let message =
-                        format!("fdatasync of spool {} failed: {e}", self.core_dir.display());
+                    let message = poisoned.unwrap_or_else(|| {
+                        format!("fdatasync of spool {} failed: {e}", self.core_dir.display())
+                    });
                     log::error!("{message}");
                     if e.kind() != io::ErrorKind::StorageFull {
                         *self.poisoned.borrow_mut() = Some(message.clone());
@@ -207,22 +242,73 @@ impl CommitQueue {
                             .extend(segments.iter().copied());
                         self.dir_dirty.set(self.dir_dirty.get() || dir_dirty);
                     }
+                    self.void(&batch).await;
                     BatchOutcome::Failed {
                         kind: e.kind(),
                         message,
                     }
                 }
             };
-            let mut counters = self.counters.get();
-            counters.commits += 1;
-            self.counters.set(counters);
+            if matches!(outcome, BatchOutcome::Durable) {
+                let mut counters = self.counters.get();
+                counters.commits += 1;
+                self.counters.set(counters);
+            }
             batch.finish(outcome);
         }
         self.files.borrow_mut().clear();
         self.directory.borrow_mut().take();
     }
 
+    /// Makes the records of a batch whose sync failed void for recovery, before its writers hear
+    /// of the failure (they answer 451/452, so the records must never come back). When even that
+    /// cannot be recorded, the spool takes nothing more (poisoned) and the ranges are logged.
+    async fn void(&self, batch: &Batch) {
+        let ranges: Vec<VoidedRange> = batch
+            .spans
+            .borrow()
+            .iter()
+            .map(|(&segment, &(from, to))| VoidedRange { segment, from, to })
+            .collect();
+        let total = self.voided_ranges.get() + ranges.len();
+        let written = if total > MAX_VOIDED_RANGES {
+            Err(io::Error::other(format!(
+                "more than {MAX_VOIDED_RANGES} voided ranges"
+            )))
+        } else {
+            let core_dir = self.core_dir.clone();
+            let ranges = ranges.clone();
+            glommio::executor()
+                .spawn_blocking(move || voided::append(&core_dir, &ranges))
+                .await
+        };
+        match written {
+            Ok(()) => {
+                self.voided_ranges.set(total);
+                log::warn!(
+                    "spool {}: records of the failed commit voided: {ranges:?}",
+                    self.core_dir.display()
+                );
+            }
+            Err(e) => {
+                let message = format!(
+                    "spool {}: records of a failed commit could not be voided ({e}); they may \
+                     come back at the next start: {ranges:?}",
+                    self.core_dir.display()
+                );
+                log::error!("{message}");
+                self.poisoned.borrow_mut().get_or_insert(message);
+            }
+        }
+    }
+
     async fn sync(&self, segments: &BTreeSet<u32>, dir_dirty: bool) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(kind) = self.fault.take() {
+            // A failing disk takes its time: writers may join the next batch meanwhile.
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+            return Err(io::Error::new(kind, "injected by a test"));
+        }
         if !self.fsync {
             return Ok(());
         }
@@ -298,17 +384,29 @@ mod tests {
         std::fs::write(core_dir.join(segment_file_name(1)), [0u8; 4096]).unwrap();
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let queue = Rc::new(CommitQueue::new(core_dir, true));
+                let queue = Rc::new(CommitQueue::new(core_dir, true, 0));
                 let committer = glommio::spawn_local(queue.clone().run_committer());
                 queue.segment_created();
-                queue.join(1).wait().await.expect("first batch durable");
+                queue
+                    .join(1, 64, 128)
+                    .wait()
+                    .await
+                    .expect("first batch durable");
                 // The segment, core-0 and the spool directory.
                 assert_eq!(queue.counters().fsyncs, 3);
                 queue.segment_created();
-                queue.join(1).wait().await.expect("second batch durable");
+                queue
+                    .join(1, 64, 128)
+                    .wait()
+                    .await
+                    .expect("second batch durable");
                 // The spool directory only once per queue.
                 assert_eq!(queue.counters().fsyncs, 5);
-                queue.join(1).wait().await.expect("third batch durable");
+                queue
+                    .join(1, 64, 128)
+                    .wait()
+                    .await
+                    .expect("third batch durable");
                 assert_eq!(queue.counters().fsyncs, 6);
                 queue.stop();
                 committer.await;

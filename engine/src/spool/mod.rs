@@ -8,13 +8,17 @@
 //! - `index`: the in-RAM index of live messages and the reclaim rule.
 //! - `recovery`: rebuilding the index and the message list at start.
 //! - `reader`: reading bodies of any core's segments through cached read-only mappings.
+//! - `voided`: the records of failed commits, which recovery must never bring back.
+//! - `lock`: one process per spool directory and per core directory.
 
 mod commit;
 mod index;
+mod lock;
 pub mod reader;
 pub mod record;
 mod recovery;
 pub mod segment;
+mod voided;
 
 #[cfg(test)]
 mod tests;
@@ -31,6 +35,7 @@ use record::{RECORD_HEADER_BYTES, STATE_RECORD_SPAN, StateRecord};
 use segment::{SEGMENT_HEADER_BYTES, SegmentHeader, WritableSegment};
 
 pub use index::{SeqHasher, SeqMap};
+pub use lock::{LOCK_FILE_NAME, SpoolLock};
 pub use reader::{BodyBytes, SegmentReader, SequentialMessages, StoredMessage};
 
 /// Default size of a segment file.
@@ -170,6 +175,9 @@ pub enum SpoolError {
     Config(String),
     #[error("spool closed")]
     Closed,
+    /// Another process (or another open of this spool) holds the directory's lock.
+    #[error("{} is held by another process ({}): one volley per spool", path.display(), lock::describe_holder(*holder))]
+    Locked { path: PathBuf, holder: Option<u32> },
 }
 
 impl SpoolError {
@@ -195,7 +203,8 @@ impl From<io::Error> for SpoolError {
 /// Counters and sizes of one spool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolStats {
-    /// Group commits completed (each covers every record written before it started).
+    /// Group commits made durable (each covers every record written before it started; a
+    /// failed one is not counted). `volley_spool_commits_total` shows it.
     pub commits: u64,
     /// fdatasync calls issued (0 with `fsync: false`).
     pub fsyncs: u64,
@@ -227,6 +236,8 @@ struct SpoolInner {
     commit: Rc<CommitQueue>,
     reclaim_wanted: Cell<bool>,
     stats: Cell<SpoolStats>,
+    /// This core directory's lock: held while the spool may write, released by `close`.
+    lock: RefCell<Option<SpoolLock>>,
 }
 
 /// One core's spool. Cheap to clone; `!Send` by design (it belongs to its core's executor).
@@ -251,6 +262,7 @@ impl Spool {
         }
         let core_dir = segment::core_dir(&config.dir, config.core);
         create_dir_durably(&core_dir).map_err(SpoolError::from_io)?;
+        let lock = SpoolLock::acquire(&core_dir)?;
         let outcome = recovery::recover(&core_dir, config.core)?;
         let mut index = outcome.index;
         let next_number = outcome.last_segment.map_or(1, |n| n + 1);
@@ -287,7 +299,11 @@ impl Spool {
                 Err(e) => log::warn!("reclaiming {}: {e}", path.display()),
             }
         }
-        let commit = Rc::new(CommitQueue::new(core_dir.clone(), config.fsync));
+        let commit = Rc::new(CommitQueue::new(
+            core_dir.clone(),
+            config.fsync,
+            outcome.voided_ranges,
+        ));
         commit.segment_created();
         glommio::spawn_local(commit.clone().run_committer()).detach();
         let stats = SpoolStats {
@@ -305,6 +321,7 @@ impl Spool {
                 commit,
                 reclaim_wanted: Cell::new(false),
                 stats: Cell::new(stats),
+                lock: RefCell::new(Some(lock)),
             }),
         };
         Ok((spool, outcome.messages))
@@ -334,13 +351,41 @@ impl Spool {
         header: &[u8],
         body: &[u8],
     ) -> Result<BodyLocation, SpoolError> {
+        self.store_as(id, envelope, header, body, RecordClass::Message)
+            .await
+    }
+
+    /// Stores a small delivery status notification (`store` otherwise): it may use the segment
+    /// beyond `max_spool_bytes` that state records use. A bounce is recorded only once its DSN
+    /// is spooled, and only then can its message's record be freed: without this, a spool full
+    /// of mail that bounces could never make room again. Callers keep these notices small (the
+    /// original's headers only), so the state records keep their room.
+    pub async fn store_notice(
+        &self,
+        id: MessageId,
+        envelope: &Envelope,
+        header: &[u8],
+        body: &[u8],
+    ) -> Result<BodyLocation, SpoolError> {
+        self.store_as(id, envelope, header, body, RecordClass::State)
+            .await
+    }
+
+    async fn store_as(
+        &self,
+        id: MessageId,
+        envelope: &Envelope,
+        header: &[u8],
+        body: &[u8],
+        class: RecordClass,
+    ) -> Result<BodyLocation, SpoolError> {
         let inner = &*self.inner;
         self.check_core(id)?;
         inner.commit.check_writable()?;
         let body_len = header.len() as u64 + body.len() as u64;
         let payload_len = record::message_payload_len(envelope, body_len)?;
         let span = record::record_span(payload_len);
-        self.make_room(span, RecordClass::Message)?;
+        self.make_room(span, class)?;
         let (segment, offset, body_at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
@@ -360,7 +405,9 @@ impl Spool {
             inner.next_seq.set(id.seq + 1);
         }
         self.update_stats(|s| s.messages_stored += 1);
-        let batch = inner.commit.join(segment);
+        let batch = inner
+            .commit
+            .join(segment, offset as u32, (offset + span as u64) as u32);
         if let Err(e) = batch.wait().await {
             inner.index.borrow_mut().remove_message(id.seq);
             return Err(e);
@@ -398,7 +445,7 @@ impl Spool {
             message.segment
         };
         self.make_room(STATE_RECORD_SPAN, RecordClass::State)?;
-        let segment = {
+        let (segment, at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
             let record = StateRecord {
@@ -407,18 +454,28 @@ impl Spool {
                 recipient,
                 state,
             };
-            writer
+            let (at, ()) = writer
                 .append(STATE_RECORD_SPAN, |dst| record::encode_state(dst, &record))
                 .ok_or(SpoolError::Full)??;
-            segment
+            (segment, at as u32)
         };
+        // Pinned now, before waiting: a reclaim meanwhile must not delete the state record's
+        // segment while the message's own survives.
+        if message_segment != segment
+            && let Some(usage) = inner.index.borrow_mut().segments.get_mut(&segment)
+        {
+            usage.pin(message_segment);
+        }
+        self.update_stats(|s| s.state_records += 1);
+        inner
+            .commit
+            .join(segment, at, at + STATE_RECORD_SPAN as u32)
+            .wait()
+            .await?;
+        // Applied once durable: after a failed commit the index still matches what recovery
+        // would find, and the caller may try the same state again.
         {
             let mut index = inner.index.borrow_mut();
-            if message_segment != segment
-                && let Some(usage) = index.segments.get_mut(&segment)
-            {
-                usage.pin(message_segment);
-            }
             index.apply_state(id.seq, recipient, state);
             let segment_finished = !index.messages.contains_key(&id.seq)
                 && index
@@ -429,8 +486,6 @@ impl Spool {
                 inner.reclaim_wanted.set(true);
             }
         }
-        self.update_stats(|s| s.state_records += 1);
-        inner.commit.join(segment).wait().await?;
         self.reclaim_if_wanted().await;
         Ok(())
     }
@@ -463,7 +518,15 @@ impl Spool {
     pub async fn close(&self) -> Result<(), SpoolError> {
         let flushed = self.flush().await;
         self.inner.commit.stop();
+        // Nothing is written after this: another open of the directory may take over.
+        self.inner.lock.borrow_mut().take();
         flushed
+    }
+
+    /// Test hook: the next group commit fails with `kind`, as a failing disk would.
+    #[cfg(test)]
+    pub fn fail_next_commit(&self, kind: io::ErrorKind) {
+        self.inner.commit.fail_next_sync(kind);
     }
 
     /// Counters and sizes.
@@ -584,6 +647,13 @@ fn damaged_path(path: &std::path::Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".damaged");
     PathBuf::from(name)
+}
+
+/// Locks the spool directory `dir` (created if missing) for this process: `serve` holds it while
+/// it runs, so a second daemon on the same spool refuses to start (`SpoolError::Locked`).
+pub fn lock_spool_dir(dir: &Path) -> Result<SpoolLock, SpoolError> {
+    create_dir_durably(dir).map_err(SpoolError::from_io)?;
+    SpoolLock::acquire(dir)
 }
 
 /// Creates `dir` and its missing parents, and syncs the parent of each one created: a directory

@@ -16,6 +16,7 @@ use memmap2::Mmap;
 use super::index::{LiveMessage, SegmentUsage, SeqMap, SpoolIndex};
 use super::record::{self, RECORD_HEADER_BYTES, RECORD_VERSION, RecordKind};
 use super::segment::{self, ScanEnd, ScanItem, SegmentHeader, SegmentScan};
+use super::voided::{self, VoidedRange};
 use super::{RecipientState, RecordLocation, RecoveredMessage, SpoolError};
 use crate::envelope::MessageId;
 
@@ -27,6 +28,8 @@ pub struct RecoveryOutcome {
     pub next_seq: u64,
     pub last_segment: Option<u32>,
     pub corrupt_records: u64,
+    /// Voided ranges still on record (see `voided`).
+    pub voided_ranges: usize,
 }
 
 /// A message record seen during the scan (32 bytes); the envelope stays on disk.
@@ -42,6 +45,16 @@ struct ScannedMessage {
 /// Recovers core `core` from `core_dir` (which must exist).
 pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError> {
     let numbers = segment::list_segments(core_dir).map_err(SpoolError::from_io)?;
+    let voided = voided::read(core_dir)?;
+    // Ranges of segments gone are dropped before any new segment can take their number again.
+    let kept: Vec<VoidedRange> = voided
+        .iter()
+        .copied()
+        .filter(|r| numbers.binary_search(&r.segment).is_ok())
+        .collect();
+    if kept.len() != voided.len() {
+        voided::rewrite(core_dir, &kept).map_err(SpoolError::from_io)?;
+    }
     // Segments found. Each mapping is dropped once its scan is done: keeping every segment mapped
     // until the end would make the whole spool resident (as file pages) during recovery.
     let mut present: BTreeSet<u32> = BTreeSet::new();
@@ -85,7 +98,18 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
             bytes: file_bytes,
             ..SegmentUsage::default()
         };
-        let mut scan = SegmentScan::new(&map);
+        let skipped: Vec<(usize, usize)> = kept
+            .iter()
+            .filter(|r| r.segment == number)
+            .map(|r| (r.from as usize, r.to as usize))
+            .collect();
+        for (from, to) in &skipped {
+            log::info!(
+                "{}: bytes {from}..{to} were voided after a failed commit; skipped",
+                path.display()
+            );
+        }
+        let mut scan = SegmentScan::new(&map).skipping(skipped);
         for item in scan.by_ref() {
             match item {
                 ScanItem::Record {
@@ -235,6 +259,7 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
         next_seq,
         last_segment: numbers.last().copied(),
         corrupt_records,
+        voided_ranges: kept.len(),
     })
 }
 

@@ -224,6 +224,8 @@ pub struct SegmentScan<'a> {
     bytes: &'a [u8],
     pos: usize,
     end: Option<ScanEnd>,
+    /// Byte ranges `[from, to)` jumped over unread: records voided after a failed commit.
+    voided: Vec<(usize, usize)>,
 }
 
 impl<'a> SegmentScan<'a> {
@@ -232,7 +234,14 @@ impl<'a> SegmentScan<'a> {
             bytes,
             pos: SEGMENT_HEADER_BYTES,
             end: None,
+            voided: Vec::new(),
         }
+    }
+
+    /// The same scan, jumping over the byte ranges `voided` (never read, whatever they hold).
+    pub fn skipping(mut self, voided: Vec<(usize, usize)>) -> SegmentScan<'a> {
+        self.voided = voided;
+        self
     }
 
     /// How the scan ended; `None` until `next` has returned `None`.
@@ -247,6 +256,13 @@ impl<'a> Iterator for SegmentScan<'a> {
     fn next(&mut self) -> Option<ScanItem<'a>> {
         if self.end.is_some() {
             return None;
+        }
+        while let Some(&(_, to)) = self
+            .voided
+            .iter()
+            .find(|&&(from, to)| (from..to).contains(&self.pos))
+        {
+            self.pos = to;
         }
         let offset = self.pos;
         let Some(head_bytes) = self.bytes.get(offset..offset + RECORD_HEADER_BYTES) else {

@@ -780,3 +780,215 @@ fn a_writable_segment_appends_with_pwrite_and_refuses_what_does_not_fit() {
         "the header is on disk"
     );
 }
+
+#[test]
+fn a_message_whose_commit_failed_never_comes_back() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let kept = store_n(&spool, 1, 2, 100).await[0].0;
+        spool.fail_next_commit(std::io::ErrorKind::Other);
+        let failed = spool.next_id();
+        let answer = spool.store(failed, &envelope(1, 1), b"", b"x").await;
+        assert!(
+            matches!(answer, Err(SpoolError::Poisoned { .. })),
+            "{answer:?}"
+        );
+        assert_eq!(spool.stats().live_messages, 1);
+        // The record is in the segment all the same: only the voided range keeps it out.
+        assert!(
+            segment::core_dir(dir.path(), 0)
+                .join(voided::VOIDED_FILE_NAME)
+                .exists()
+        );
+        let later = spool.next_id();
+        assert!(matches!(
+            spool.store(later, &envelope(2, 1), b"", b"x").await,
+            Err(SpoolError::Poisoned { .. })
+        ));
+        drop(spool);
+
+        let (_spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        let ids: Vec<MessageId> = recovered.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![kept]);
+    });
+}
+
+#[test]
+fn after_a_full_disk_at_commit_later_records_in_the_same_segment_still_count() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let a = store_n(&spool, 1, 2, 100).await[0].0;
+        let commits = spool.stats().commits;
+        assert!(commits >= 1);
+        spool.fail_next_commit(std::io::ErrorKind::StorageFull);
+        let b = spool.next_id();
+        assert!(matches!(
+            spool.store(b, &envelope(1, 1), b"", b"x").await,
+            Err(SpoolError::Full)
+        ));
+        assert_eq!(
+            spool.stats().commits,
+            commits,
+            "a failed commit is not counted"
+        );
+        // A state record whose commit fails leaves the index as recovery would find it, so the
+        // same state can be recorded again.
+        spool.fail_next_commit(std::io::ErrorKind::StorageFull);
+        assert!(matches!(
+            spool.set_state(a, 0, RecipientState::Delivered).await,
+            Err(SpoolError::Full)
+        ));
+        let c = store_n(&spool, 1, 1, 100).await[0].0;
+        assert_eq!(spool.stats().commits, commits + 1);
+        spool
+            .set_state(a, 1, RecipientState::Bounced)
+            .await
+            .unwrap();
+        assert_eq!(spool.stats().live_messages, 2);
+        spool.close().await.unwrap();
+
+        let (spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        let ids: Vec<MessageId> = recovered.iter().map(|m| m.id).collect();
+        assert_eq!(
+            ids,
+            vec![a, c],
+            "b was answered an error: it must not come back"
+        );
+        assert_eq!(
+            recovered[0].states().collect::<Vec<_>>(),
+            vec![RecipientState::Pending, RecipientState::Bounced]
+        );
+        assert_eq!(spool.stats().corrupt_records_skipped, 0);
+        spool
+            .set_state(a, 0, RecipientState::Delivered)
+            .await
+            .unwrap();
+        assert_eq!(spool.stats().live_messages, 1);
+    });
+}
+
+#[test]
+fn voided_ranges_of_segments_gone_are_dropped_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let core_dir = segment::core_dir(dir.path(), 0);
+    std::fs::create_dir_all(&core_dir).unwrap();
+    let stale = voided::VoidedRange {
+        segment: 1,
+        from: 64,
+        to: 4096,
+    };
+    voided::append(&core_dir, &[stale]).unwrap();
+    run(async move {
+        // No segment exists: segment 1 is about to be made again, and must not inherit the range.
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        assert!(!core_dir.join(voided::VOIDED_FILE_NAME).exists());
+        let id = store_n(&spool, 1, 1, 100).await[0].0;
+        spool.close().await.unwrap();
+        drop(spool);
+        let (_spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        assert_eq!(recovered.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+    });
+}
+
+#[test]
+fn a_core_directory_is_opened_by_one_spool_at_a_time() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let id = store_n(&spool, 1, 1, 100).await[0].0;
+        match Spool::open(config(dir.path())) {
+            Err(SpoolError::Locked { path, holder }) => {
+                assert_eq!(path, segment::core_dir(dir.path(), 0).join(LOCK_FILE_NAME));
+                assert_eq!(holder, Some(std::process::id()));
+            }
+            other => panic!("expected Locked, got {:?}", other.map(|(_, m)| m)),
+        }
+        // Another core of the same spool directory is not held.
+        let other_core = SpoolConfig {
+            core: 1,
+            ..config(dir.path())
+        };
+        drop(Spool::open(other_core).unwrap());
+        // Closing gives the directory up; the refused open touched nothing.
+        spool.close().await.unwrap();
+        let (_spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        assert_eq!(recovered.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+    });
+}
+
+#[test]
+fn a_notice_may_use_the_segment_beyond_the_limit_and_no_more() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            segment_bytes: 16 << 10,
+            max_spool_bytes: 16 << 10,
+            ..config(dir.path())
+        };
+        let (spool, _) = Spool::open(cfg).unwrap();
+        let mut stored = 0;
+        loop {
+            let id = spool.next_id();
+            match spool.store(id, &envelope(0, 1), b"", &body(0, 2000)).await {
+                Ok(_) => stored += 1,
+                Err(SpoolError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(stored < 100, "messages are bounded");
+        }
+        // A bounce notice still fits (in one more segment), so bounces can free the spool.
+        let mut notices = 0;
+        loop {
+            let id = spool.next_id();
+            match spool
+                .store_notice(id, &envelope(1, 1), b"", &body(1, 2000))
+                .await
+            {
+                Ok(_) => notices += 1,
+                Err(SpoolError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(notices < 100, "notices are bounded too");
+        }
+        assert!(notices >= 5, "{notices}");
+        assert_eq!(spool.stats().spool_bytes, 2 * (16 << 10));
+    });
+}
+
+#[test]
+fn records_written_while_a_commit_was_failing_fail_with_it() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path())).unwrap();
+        let kept = store_n(&spool, 1, 1, 100).await[0].0;
+        spool.fail_next_commit(std::io::ErrorKind::Other);
+        let first = glommio::spawn_local({
+            let spool = spool.clone();
+            async move {
+                let id = spool.next_id();
+                spool.store(id, &envelope(1, 1), b"", b"x").await
+            }
+        });
+        // Once the committer has taken the first batch, the next record joins a second one.
+        while spool.inner.commit.pending_batch().is_some() {
+            glommio::yield_if_needed().await;
+            futures_lite::future::yield_now().await;
+        }
+        let second = spool.next_id();
+        let answer = spool.store(second, &envelope(2, 1), b"", b"y").await;
+        assert!(
+            matches!(answer, Err(SpoolError::Poisoned { .. })),
+            "{answer:?}"
+        );
+        assert!(matches!(first.await, Err(SpoolError::Poisoned { .. })));
+        drop(spool);
+
+        let (_spool, recovered) = Spool::open(config(dir.path())).unwrap();
+        assert_eq!(
+            recovered.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![kept]
+        );
+    });
+}

@@ -41,6 +41,7 @@ fn failed_report(recipient: &Recipient) -> RecipientReport<'_> {
         status: (5, 1, 1),
         remote_mta: Some("mx1.example.com"),
         diagnostic_code: Some(LONG_REPLY),
+        diagnostic_type: DiagnosticType::Smtp,
         last_attempt_s: Some(1_700_000_100),
         will_retry_until_s: None,
         category: Some(BounceCategory::BadMailbox),
@@ -305,6 +306,36 @@ fn hostile_reply_text_cannot_inject_fields() {
     let dsn = text(&dsn);
     assert!(!dsn.contains("\r\nX-Injected"));
     assert!(dsn.contains("Diagnostic-Code: smtp; 550 no X-Injected: yes --boundary ?"));
+}
+
+#[test]
+fn the_diagnostic_type_is_written_once_and_local_reasons_are_not_smtp() {
+    let env = envelope(DsnRet::Unspecified);
+    let rcpt = Recipient::new("nobody@example.com");
+    let remote = [RecipientReport {
+        diagnostic_code: Some("550 5.1.1 no such user"),
+        ..failed_report(&rcpt)
+    }];
+    let dsn = build_dsn(&input(&env, &remote));
+    let dsn = text(&dsn);
+    assert!(dsn.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
+    assert!(!dsn.contains("smtp; smtp;"));
+
+    let local = [RecipientReport {
+        status: (5, 0, 0),
+        remote_mta: None,
+        diagnostic_code: Some("554 5.0.0 Bounced by the operator: cleanup"),
+        diagnostic_type: DiagnosticType::Local,
+        ..failed_report(&rcpt)
+    }];
+    let dsn = build_dsn(&input(&env, &local));
+    let dsn = text(&dsn);
+    assert!(
+        dsn.contains("Diagnostic-Code: X-Volley; 554 5.0.0 Bounced by the operator: cleanup\r\n"),
+        "{dsn}"
+    );
+    assert!(!dsn.contains("Remote-MTA"));
+    assert!(!dsn.contains("smtp;"));
 }
 
 #[test]
