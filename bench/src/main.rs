@@ -117,7 +117,8 @@ struct SinkArgs {
     #[arg(long, value_name = "PERCENT", num_args = 0..=1, default_missing_value = "100",
           default_value_t = 0.0, value_parser = parse_percent)]
     stop_reading_in_data: f64,
-    /// Fault: percentage of transactions aborted with a TCP reset once their body starts.
+    /// Fault: percentage of message bodies (a DATA body, or each BDAT chunk) aborted with a TCP
+    /// reset once some of the body arrived.
     #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
     reset_percent: f64,
     /// Fault: percentage of connections greeted with 421 and closed, at random either

@@ -8,8 +8,10 @@ must. Each check returns a `Check`: held, violated (with a precise message) or s
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 FINAL_TYPES = ("delivery", "bounce", "expiration")
@@ -17,6 +19,9 @@ FINAL_TYPES = ("delivery", "bounce", "expiration")
 RSS_GROWTH_ALLOWED = 0.10
 # How many example recipients or queues a message names.
 EXAMPLES = 5
+# A DSN is required only for bounces this much older than the final snapshot: one made in the
+# last seconds may still be on its way to the sender.
+DSN_GRACE_S = 10.0
 
 
 @dataclass
@@ -58,6 +63,9 @@ class Evidence:
     # The daemon's exit status on the final SIGTERM (None: not stopped by the soak).
     stop_exit: int | None = None
     stop_timeout_s: float = 30.0
+    # The policy's max_queue_age and its longest retry interval, in seconds (None: not checked).
+    max_queue_age_s: float | None = None
+    longest_retry_s: float = 0.0
 
 
 @dataclass
@@ -83,6 +91,15 @@ def _key(queue_id: str, recipient: str) -> tuple[str, str]:
 
 def _acct_queue_id(event: dict[str, Any]) -> str:
     return str(event.get("id", ""))
+
+
+def event_time_s(event: dict[str, Any]) -> float | None:
+    """The accounting event's RFC 3339 `time` as unix seconds (nanoseconds cut to micro)."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", str(event.get("time", ""))).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 def finals_by_recipient(acct: list[dict[str, Any]]) -> Counter:
@@ -277,6 +294,31 @@ def check_rss_returned(ev: Evidence) -> Check:
     return Check(name, "held", detail)
 
 
+def check_nothing_outlives_max_queue_age(ev: Evidence) -> Check:
+    """A recipient still without a final event at the end is younger than max_queue_age, give or
+    take one retry interval and one deadline (expiry is decided at an attempt)."""
+    name = "no recipient outlived max_queue_age"
+    if ev.max_queue_age_s is None:
+        return Check(name, "skipped", "max_queue_age not given")
+    bound = ev.max_queue_age_s + ev.longest_retry_s + ev.longest_deadline_s + 1.0
+    finals = finals_by_recipient(ev.acct)
+    old = [
+        a for a in ev.accepted
+        if finals[_key(a.queue_id, a.recipient)] == 0 and ev.final_time_s - a.time_s > bound
+    ]
+    if old:
+        by_kind = Counter(a.kind for a in old)
+        return Check(
+            name,
+            "violated",
+            f"{len(old)} recipients older than {bound:.0f}s (max_queue_age + longest retry + longest "
+            "deadline + 1s) have neither expired nor reached any other final event; by destination: "
+            + ", ".join(f"{k} {n}" for k, n in by_kind.most_common())
+            + "; e.g. " + _examples(f"{a.queue_id} {a.recipient} ({ev.final_time_s - a.time_s:.0f}s)" for a in old),
+        )
+    return Check(name, "held", f"bound {bound:.0f}s")
+
+
 def check_bounces_have_dsns(ev: Evidence) -> Check:
     """No lost notice: every bounce or expiration of an accepted recipient (all have a sender)
     produced a DSN that reached the sender."""
@@ -284,10 +326,11 @@ def check_bounces_have_dsns(ev: Evidence) -> Check:
     if ev.dsns is None:
         return Check(name, "skipped", "DSNs were not collected")
     ours = {_key(a.queue_id, a.recipient) for a in ev.accepted}
+    cutoff = ev.final_time_s - DSN_GRACE_S
     failed = {
         _key(_acct_queue_id(e), e.get("recipient", ""))
         for e in ev.acct
-        if e.get("type") in ("bounce", "expiration")
+        if e.get("type") in ("bounce", "expiration") and (event_time_s(e) or 0.0) <= cutoff
     } & ours
     dsns = {_key(q, r) for q, r in ev.dsns}
     missing = sorted(failed - dsns)
@@ -319,6 +362,7 @@ def check_all(ev: Evidence) -> list[Check]:
         check_final_or_queued(ev),
         check_queued_have_a_future_attempt(ev),
         check_no_stuck_ready(ev),
+        check_nothing_outlives_max_queue_age(ev),
         check_rss_returned(ev),
         check_bounces_have_dsns(ev),
         check_clean_stop(ev),

@@ -100,7 +100,7 @@ class Profile:
     name: str
     rate_per_s: float  # background messages per second
     phase_a_s: float  # traffic, reload, kill -9 + restart
-    reload_at_s: float
+    reload_at_s: tuple[float, ...]
     kill_at_s: float
     flap_dns_s: float  # one healthy domain answers SERVFAIL this long from the start
     phase_b_s: float  # steady traffic, RSS baseline at its end
@@ -113,8 +113,18 @@ class Profile:
     big_message_bytes: int
 
 
-SHORT = Profile("short", 6.0, 30, 8, 18, 12, 15, 1200, 25, 20, 40, "75s", 32 << 20, 512 << 10)
-LONG = Profile("long", 15.0, 900, 120, 600, 300, 300, 30000, 1200, 300, 600, "20m", 128 << 20, 512 << 10)
+SHORT = Profile("short", 6.0, 30, (8,), 18, 12, 15, 1200, 25, 20, 40, "75s", 32 << 20, 512 << 10)
+LONG = Profile("long", 15.0, 900, (120, 420, 720), 600, 300, 300, 30000, 1200, 300, 600, "20m", 128 << 20, 512 << 10)
+
+
+RETRY_INTERVALS_A = ["5s", "10s", "20s"]
+RETRY_INTERVALS_B = ["4s", "8s", "20s"]  # what each reload switches to and back
+
+
+def duration_s(text: str) -> float:
+    """A Volley duration ("90s", "20m", "2h", "3d") in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
 
 
 def log(text: str) -> None:
@@ -456,7 +466,7 @@ class Soak:
             "vmta": [{"name": "v1", "source_ip": "127.0.0.2", "ehlo_hostname": "v1.soak.test"},
                      {"name": "v2", "source_ip": "127.0.0.3", "ehlo_hostname": "v2.soak.test"}],
             "pool": [{"name": "default", "vmtas": ["v1", "v2"]}],
-            "domain": [{"match": "*", "retry_intervals": ["5s", "10s", "20s"],
+            "domain": [{"match": "*", "retry_intervals": RETRY_INTERVALS_A,
                         "max_queue_age": p.max_queue_age, "max_connections": 4}],
             "dns": {"nameservers": [self.dns.nameserver]},
             "api": {"address": f"127.0.0.1:{self.api_port}"},
@@ -559,8 +569,8 @@ class Soak:
 
     def reload(self, why: str) -> None:
         policy = self.daemon.config["domain"][0]
-        policy["retry_intervals"] = (["4s", "8s", "20s"] if policy["retry_intervals"][0] == "5s"
-                                     else ["5s", "10s", "20s"])
+        policy["retry_intervals"] = (RETRY_INTERVALS_B if policy["retry_intervals"] == RETRY_INTERVALS_A
+                                     else RETRY_INTERVALS_A)
         self.daemon.write_config()
         self.daemon.process.send_signal(signal.SIGHUP)
         time.sleep(1)
@@ -605,7 +615,8 @@ class Soak:
         stop = threading.Event()
         clients = self.traffic(stop, p.rate_per_s, 3)
         began = time.monotonic()
-        pending = sorted([(p.flap_dns_s, "heal"), (p.reload_at_s, "reload"), (p.kill_at_s, "kill")])
+        pending = sorted([(p.flap_dns_s, "heal"), (p.kill_at_s, "kill")]
+                         + [(at, "reload") for at in p.reload_at_s])
         for at, what in pending:
             time.sleep(max(0.0, at - (time.monotonic() - began)))
             if what == "heal":
@@ -698,6 +709,8 @@ class Soak:
             dsns=self.dsns(),
             stop_exit=rc,
             stop_timeout_s=STOP_TIMEOUT_S,
+            max_queue_age_s=duration_s(p.max_queue_age),
+            longest_retry_s=max(duration_s(r) for r in RETRY_INTERVALS_A + RETRY_INTERVALS_B),
         )
         return self.report(evidence)
 

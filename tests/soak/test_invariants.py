@@ -15,6 +15,7 @@ from invariants import (  # noqa: E402
     check_all,
     check_bounces_have_dsns,
     check_clean_stop,
+    check_nothing_outlives_max_queue_age,
     check_at_most_one_final,
     check_final_or_queued,
     check_no_duplicate_delivery,
@@ -29,8 +30,9 @@ def accepted(n: int, domain: str = "a.test", kind: str = "healthy") -> list[Acce
     return [Accepted(f"q{i}", f"r{i}@{domain}", f"<m{i}@x>", domain, kind, 0.0) for i in range(n)]
 
 
-def event(kind: str, a: Accepted) -> dict:
-    return {"type": kind, "id": a.queue_id, "recipient": a.recipient, "domain": a.domain}
+def event(kind: str, a: Accepted, time: str = "1970-01-01T00:00:30.123456789Z") -> dict:
+    return {"type": kind, "id": a.queue_id, "recipient": a.recipient, "domain": a.domain,
+            "time": time}
 
 
 def queue(domain: str, ready=0, deferred=0, connections=0, max_connections=4, next_attempt_s=None,
@@ -52,7 +54,7 @@ def test_a_clean_run_holds_everything_but_the_skipped_gauge():
     queues = [queue("a.test", deferred=1, next_attempt_s=150)]
     checks = check_all(evidence(acc, acct, sink, queues, rss_before_burst_kib=1000,
                                 rss_after_kib=1050))
-    assert [c.status for c in checks] == ["held"] * 5 + ["skipped", "held", "skipped", "skipped"], checks
+    assert [c.status for c in checks] == ["held"] * 5 + ["skipped", "skipped", "held", "skipped", "skipped"], checks
 
 
 def test_a_missing_reception_is_a_violation():
@@ -123,8 +125,21 @@ def test_a_bounce_without_a_dsn_is_a_violation():
     assert check.violated and "q1 r1@a.test" in check.detail
     assert not check_bounces_have_dsns(
         evidence(acc, acct, dsns={("q0", "R0@a.test"), ("q1", "r1@a.test")})).violated
+    # A bounce in the last seconds before the end (100 s) may still have its DSN on the way.
+    late = [event("bounce", acc[0]), event("expiration", acc[1], "1970-01-01T00:01:35Z")]
+    assert not check_bounces_have_dsns(evidence(acc, late, dsns={("q0", "r0@a.test")})).violated
 
 
 def test_a_stop_that_needs_kill_is_a_violation():
     assert check_clean_stop(evidence([], [], stop_exit=-9)).violated
     assert check_clean_stop(evidence([], [], stop_exit=0)).status == "held"
+
+
+def test_a_recipient_older_than_max_queue_age_without_a_final_event_is_a_violation():
+    acc = accepted(2)  # accepted at time 0; the end is at 100 s
+    kw = dict(max_queue_age_s=60.0, longest_retry_s=20.0, longest_deadline_s=5.0)
+    check = check_nothing_outlives_max_queue_age(evidence(acc, [event("expiration", acc[0])], **kw))
+    assert check.violated and "q1 r1@a.test (100s)" in check.detail
+    kw["longest_deadline_s"] = 30.0
+    assert not check_nothing_outlives_max_queue_age(
+        evidence(acc, [event("expiration", acc[0])], **kw)).violated

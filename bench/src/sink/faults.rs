@@ -32,7 +32,7 @@ pub enum Stage {
     Rcpt,
     /// The reply to DATA (before 354) or to each BDAT chunk.
     Data,
-    /// The final reply after the body (the default, and the only stage before fault modes).
+    /// The final reply after the body (the default).
     EndOfData,
 }
 
