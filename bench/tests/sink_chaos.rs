@@ -255,7 +255,7 @@ fn a_421_greeting_comes_in_both_forms_and_closes() {
 fn combined_connection_modes_split_the_connections() {
     let sink = Sink::start(&["--tarpit", "50", "--greeting-421-percent", "50"]);
     let (mut silent, mut refused) = (0, 0);
-    for _ in 0..40 {
+    for _ in 0..20 {
         let mut client = sink.connect();
         if client.silent_for_a_while() {
             silent += 1;

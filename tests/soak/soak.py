@@ -54,7 +54,8 @@ from mailcatcher import MailCatcher  # noqa: E402
 from invariants import Accepted, Evidence, QueueSample, check_all  # noqa: E402
 
 START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
+# The daemon waits up to 30 s (runtime STOP_GRACE_MS) for transactions in flight, then exits.
+STOP_TIMEOUT_S = 45.0
 SMTP_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 5.0
 SAMPLE_INTERVAL_S = 1.0
@@ -412,6 +413,7 @@ class Soak:
         self.burst_domains: list[str] = []
         self.longest_deadline_s = DEFAULT_LONGEST_DEADLINE_S
         self.rss_series: list[tuple[float, int]] = []
+        self.kill_times_s: list[float] = []
 
     def mark(self, what: str) -> None:
         self.timeline.append(f"{time.time() - self.t0:6.1f}s {what}")
@@ -581,6 +583,7 @@ class Soak:
     def kill_and_restart(self) -> None:
         self.sampling_paused.set()
         self.daemon.kill9()
+        self.kill_times_s.append(time.time())
         self.mark("kill -9")
         took = self.daemon.start()
         self.sampling_paused.clear()
@@ -710,6 +713,7 @@ class Soak:
             stop_exit=rc,
             stop_timeout_s=STOP_TIMEOUT_S,
             max_queue_age_s=duration_s(p.max_queue_age),
+            kill_times_s=list(self.kill_times_s),
             longest_retry_s=max(duration_s(r) for r in RETRY_INTERVALS_A + RETRY_INTERVALS_B),
         )
         return self.report(evidence)

@@ -69,11 +69,15 @@ def test_two_final_events_are_a_violation():
     assert check.violated and "x2" in check.detail
 
 
-def test_a_recipient_delivered_twice_is_a_violation():
+def test_a_recipient_delivered_twice_is_a_violation_unless_in_flight_at_a_kill():
     acc = accepted(1)
-    line = {"message_id": acc[0].message_id, "recipients": [acc[0].recipient]}
+    line = {"message_id": acc[0].message_id, "recipients": [acc[0].recipient],
+            "time": "1970-01-01T00:00:50.500Z"}
     assert check_no_duplicate_delivery(evidence(acc, [], [line, line])).violated
     assert not check_no_duplicate_delivery(evidence(acc, [], [line])).violated
+    around = check_no_duplicate_delivery(evidence(acc, [], [line, line], kill_times_s=[48.0]))
+    assert around.status == "held" and "1 duplicates" in around.detail
+    assert check_no_duplicate_delivery(evidence(acc, [], [line, line], kill_times_s=[40.0])).violated
 
 
 def test_an_unfinished_recipient_not_queued_is_lost():
