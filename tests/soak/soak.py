@@ -183,6 +183,10 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+class DaemonDied(Exception):
+    """The daemon exited when it should have been serving: a violation, not a harness failure."""
+
+
 class Daemon:
     """`volley serve` with a config written from a dict; restartable after kill -9."""
 
@@ -439,9 +443,9 @@ class Soak:
                 elif mode == "timeout":
                     self.dns.timeout(name)
             self.domains[kind] = names
-        self.healthy_address = f"{SINK_NET}.1"
-        self.catcher = MailCatcher(DSN_CATCHER_ADDRESS, 25)
-        self.catcher.start()
+        catcher = MailCatcher(DSN_CATCHER_ADDRESS, 25)
+        catcher.start()
+        self.catcher = catcher
         self.dns.mx(SENDER_DOMAIN, 10, "mx.dsn.soak.test")
         self.dns.a("mx.dsn.soak.test", DSN_CATCHER_ADDRESS)
 
@@ -577,7 +581,8 @@ class Soak:
         self.daemon.process.send_signal(signal.SIGHUP)
         time.sleep(1)
         if self.daemon.process.poll() is not None:
-            raise RuntimeError(f"volley died after SIGHUP:\n{self.daemon.tail()}")
+            raise DaemonDied(f"volley exited {self.daemon.process.returncode} after SIGHUP:\n"
+                             f"{self.daemon.tail()}")
         self.mark(f"SIGHUP ({why}): retry_intervals now {policy['retry_intervals']}")
 
     def kill_and_restart(self) -> None:
@@ -585,7 +590,10 @@ class Soak:
         self.daemon.kill9()
         self.kill_times_s.append(time.time())
         self.mark("kill -9")
-        took = self.daemon.start()
+        try:
+            took = self.daemon.start()
+        except RuntimeError as e:
+            raise DaemonDied(f"no restart after kill -9: {e}") from e
         self.sampling_paused.clear()
         self.mark(f"restarted, healthy after {took:.1f}s")
 
@@ -594,21 +602,24 @@ class Soak:
     def run(self) -> int:
         p = self.profile
         self.t0 = time.time()
-        self.setup_destinations()
-        self.setup_daemon()
-        took = self.daemon.start()
-        self.mark(f"volley started ({self.bin_dir}), healthy after {took:.1f}s; profile {p.name}")
         sampler = threading.Thread(target=self.sampler, daemon=True)
-        sampler.start()
         try:
+            self.setup_destinations()
+            self.setup_daemon()
+            took = self.daemon.start()
+            self.mark(f"volley started ({self.bin_dir}), healthy after {took:.1f}s; profile {p.name}")
+            sampler.start()
             return self.phases()
+        except OSError as e:
+            raise RuntimeError(f"{type(e).__name__}: {e}") from e
         finally:
+            # Whatever was started is stopped, also when the set-up failed half-way.
             self.stop_sampling.set()
-            sampler.join(timeout=5)
-            self.daemon.stop()
-            self.sinks.stop()
-            self.catcher.stop()
-            self.dns.stop()
+            if sampler.is_alive():
+                sampler.join(timeout=5)
+            for part in ("daemon", "sinks", "catcher", "dns"):
+                if hasattr(self, part):
+                    getattr(self, part).stop()
 
     def phases(self) -> int:
         p = self.profile
@@ -690,6 +701,9 @@ class Soak:
             time.sleep(QUEUE_IDLE_S + 3)
         time.sleep(3)
         self.rss_after = self.rss_now()
+        if self.daemon.pid is None:
+            raise DaemonDied(f"volley exited {self.daemon.process.returncode} during the run:\n"
+                             f"{self.daemon.tail()}")
         status, body = self.daemon.api("GET", "/v1/queues", timeout_s=30)
         if status != 200:
             raise RuntimeError(f"GET /v1/queues at the end answered {status}: {body}")
@@ -805,7 +819,8 @@ def main() -> int:
     parser.add_argument("--bin-dir", default=str(ROOT / "target" / "debug"))
     parser.add_argument("--out", default=str(ROOT / "target" / "soak" / time.strftime("%Y%m%d-%H%M%S")))
     parser.add_argument("--cores", type=int, default=1, help="volley's executors")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the recipient and size draws (thread timing still varies)")
     args = parser.parse_args()
     for binary in ("volley", "volley-bench"):
         if not os.access(Path(args.bin_dir) / binary, os.X_OK):
@@ -814,6 +829,9 @@ def main() -> int:
     soak = Soak(args)
     try:
         return soak.run()
+    except DaemonDied as e:
+        print(f"SOAK FAILED: {e}")
+        return 1
     except RuntimeError as e:
         print(f"soak: harness failure: {e}", file=sys.stderr)
         return 2
