@@ -112,8 +112,10 @@ struct SinkArgs {
     #[arg(long, value_name = "PERCENT", num_args = 0..=1, default_missing_value = "100",
           default_value_t = 0.0, value_parser = parse_percent)]
     stall_tls: f64,
-    /// Fault: once a message body starts, never read the socket again nor answer (the sender's
-    /// writes block); per connection, the percentage of connections, 100 without a value.
+    /// Fault: once a message body starts (after 354, or at BDAT even when a small pipelined
+    /// chunk already arrived whole), never read the socket again nor answer (the sender's writes
+    /// block, or it waits for a reply); per connection, the percentage of connections, 100
+    /// without a value.
     #[arg(long, value_name = "PERCENT", num_args = 0..=1, default_missing_value = "100",
           default_value_t = 0.0, value_parser = parse_percent)]
     stop_reading_in_data: f64,

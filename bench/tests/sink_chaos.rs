@@ -215,6 +215,22 @@ fn a_receiver_that_stops_reading_in_data_blocks_the_sender() {
 }
 
 #[test]
+fn a_receiver_that_stops_reading_never_answers_a_pipelined_bdat() {
+    let sink = Sink::start(&["--stop-reading-in-data"]);
+    let mut client = sink.connect();
+    assert!(client.reply().starts_with("220 "));
+    assert!(client.command("EHLO chaos.test").contains("CHUNKING"));
+    // One write: envelope and a whole small body, as a pipelining BDAT client sends it.
+    client
+        .stream
+        .write_all(b"MAIL FROM:<a@src.test>\r\nRCPT TO:<r@dst.test>\r\nBDAT 5 LAST\r\nhello")
+        .unwrap();
+    assert!(client.reply().starts_with("250 "), "MAIL");
+    assert!(client.reply().starts_with("250 "), "RCPT");
+    assert!(client.silent_for_a_while(), "the BDAT was answered");
+}
+
+#[test]
 fn a_reset_closes_the_connection_mid_data() {
     let sink = Sink::start(&["--reset-percent", "100"]);
     let mut client = sink.connect();

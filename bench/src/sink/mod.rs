@@ -404,6 +404,16 @@ async fn converse(
             } else {
                 body_fate = BodyFate::NotInBody;
             }
+            if fault == ConnectionFault::StopReadingInData
+                && (session.in_body() || progress.step == Step::MessageReceived)
+            {
+                // Answer what came before the body, then never read again nor answer: the
+                // sender's writes fill the window and block, or it waits for a reply for ever.
+                // A small pipelined BDAT may already be read whole; it is never answered either.
+                flush(stream, &mut out, slow).await?;
+                glommio::timer::sleep(Duration::from_secs(IDLE_TIMEOUT_S)).await;
+                return Ok(());
+            }
             // Reset once some of the body arrived (or all of it, before its reply).
             if body_fate == BodyFate::Reset
                 && (session.message_bytes() > 0 || progress.step == Step::MessageReceived)
@@ -475,11 +485,6 @@ async fn converse(
             }
         }
         flush(stream, &mut out, slow).await?;
-        if fault == ConnectionFault::StopReadingInData && session.in_body() {
-            // Never read again and never answer: the sender's writes fill the window and block.
-            glommio::timer::sleep(Duration::from_secs(IDLE_TIMEOUT_S)).await;
-            return Ok(());
-        }
         if start == end {
             start = 0;
             end = 0;
