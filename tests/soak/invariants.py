@@ -186,30 +186,42 @@ def check_final_or_queued(ev: Evidence) -> Check:
             else:
                 unfinished[a.domain.lower()].append(a)
     queued: Counter = Counter()
+    connections: Counter = Counter()
     for q in ev.final_queues:
         queued[str(q.get("domain", "")).lower()] += int(q.get("size", 0))
+        connections[str(q.get("domain", "")).lower()] += int(q.get("connections", 0))
     problems = []
     if unlogged_deliveries:
         problems.append(
             f"{len(unlogged_deliveries)} recipients reached a sink but have no final event in the "
             "accounting log: " + _examples(f"{a.queue_id} {a.recipient}" for a in unlogged_deliveries)
         )
+    # Recipients taken by a connection are neither ready nor deferred: with a connection still
+    # open they are in flight (how long is for the stuck and max_queue_age checks); with none,
+    # nothing holds them any more.
     missing = {d: len(items) - queued[d] for d, items in unfinished.items() if len(items) > queued[d]}
-    if missing:
+    lost = {d: n for d, n in missing.items() if connections[d] == 0}
+    in_flight = {d: n for d, n in missing.items() if connections[d] > 0}
+    if lost:
         by_kind = Counter()
-        for d, n in missing.items():
+        for d, n in lost.items():
             by_kind[unfinished[d][0].kind] += n
         problems.append(
-            f"{sum(missing.values())} recipients have no final event and are not queued (neither ready "
-            "nor deferred in GET /v1/queues: lost, or held by a connection that never ends); by "
+            f"{sum(lost.values())} recipients have no final event, are not queued (neither ready nor "
+            "deferred in GET /v1/queues) and no connection of their domain is open: lost; by "
             "destination: " + ", ".join(f"{k} {n}" for k, n in by_kind.most_common())
-            + "; domains: " + _examples(f"{d} ({n})" for d, n in sorted(missing.items()))
+            + "; domains: " + _examples(f"{d} ({n})" for d, n in sorted(lost.items()))
         )
     name = "every accepted recipient reached a final event or is still queued"
     if problems:
         return Check(name, "violated", "; ".join(problems))
     left = sum(len(v) for v in unfinished.values())
-    return Check(name, "held", f"{len(ev.accepted) - left} final, {left} still queued")
+    flying = sum(in_flight.values())
+    detail = f"{len(ev.accepted) - left} final, {left - flying} still queued"
+    if flying:
+        detail += (f", {flying} in flight on connections still open ("
+                   + _examples(f"{d} {n}" for d, n in sorted(in_flight.items())) + ")")
+    return Check(name, "held", detail)
 
 
 def check_queued_have_a_future_attempt(ev: Evidence) -> Check:

@@ -83,8 +83,12 @@ def test_a_recipient_delivered_twice_is_a_violation_unless_in_flight_at_a_kill()
 def test_an_unfinished_recipient_not_queued_is_lost():
     acc = accepted(3, "t.test", "tarpit")
     check = check_final_or_queued(evidence(acc, [], queues=[queue("t.test", deferred=1, next_attempt_s=9)]))
-    assert check.violated and "2 recipients have no final event and are not queued" in check.detail
+    assert check.violated and "2 recipients have no final event, are not queued" in check.detail
     assert "tarpit 2" in check.detail
+    # With a connection of the domain open, they are in flight, not lost.
+    flying = check_final_or_queued(
+        evidence(acc, [], queues=[queue("t.test", deferred=1, connections=1, next_attempt_s=9)]))
+    assert not flying.violated and "2 in flight" in flying.detail
     held = check_final_or_queued(evidence(acc, [], queues=[queue("t.test", deferred=3, next_attempt_s=9)]))
     assert not held.violated
 
