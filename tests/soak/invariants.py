@@ -41,7 +41,8 @@ class Accepted:
 
 @dataclass
 class QueueSample:
-    """`GET /v1/queues` at one moment (unix seconds), with the stuck gauge if the daemon has it."""
+    """`GET /v1/queues` at one moment (unix seconds), with the stuck gauge if the daemon has it.
+    The soak keeps only the queues that had ready recipients (all the stuck checks look at)."""
 
     time_s: float
     queues: list[dict[str, Any]]

@@ -418,6 +418,7 @@ class Soak:
         self.longest_deadline_s = DEFAULT_LONGEST_DEADLINE_S
         self.rss_series: list[tuple[float, int]] = []
         self.kill_times_s: list[float] = []
+        self.most_queues = 0
 
     def mark(self, what: str) -> None:
         self.timeline.append(f"{time.time() - self.t0:6.1f}s {what}")
@@ -561,7 +562,12 @@ class Soak:
                         self.gauge_present = True
                         gauge = max(gauge or 0.0, float(line.rsplit(" ", 1)[1]))
             now = time.time()
-            self.samples.append(QueueSample(now, body.get("queues", []), gauge))
+            queues = body.get("queues", [])
+            self.most_queues = max(self.most_queues, len(queues))
+            # Only queues with ready recipients matter to the stuck check: keeping just those
+            # bounds the soak's own memory when tens of thousands of queues are listed.
+            ready = [q for q in queues if int(q.get("ready", 0)) > 0]
+            self.samples.append(QueueSample(now, ready, gauge))
             pid = self.daemon.pid
             rss = rss_kib(pid) if pid else None
             if rss:
@@ -782,7 +788,7 @@ class Soak:
         print(f"refusals seen by the clients: {self.ledger.refusals}")
         print(f"client errors: {self.ledger.errors}")
         print(f"accounting events: {by_type}")
-        most_queues = max((len(x.queues) for x in ev.samples), default=0)
+        most_queues = self.most_queues
         peak_rss = max((r for _, r in self.rss_series), default=0)
         print(f"queue samples: {len(ev.samples)}, at most {most_queues} queues listed; RSS peak "
               f"{peak_rss / 1024:.1f} MiB; volley_oldest_ready_seconds "
