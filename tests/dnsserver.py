@@ -2,6 +2,11 @@
 
 Each test sets the records it needs; every other name is NXDOMAIN. A name that has records, but not
 of the asked type, answers NOERROR with no answers (NODATA), like a real zone.
+
+Failures per name, for every query type: `servfail(name)` answers SERVFAIL (a broken zone or a
+resolver that cannot reach it), `timeout(name)` never answers (a dead authoritative server), and
+`heal(name)` ends either. A failure wins over records the name has, so a test can break a working
+domain for a while and heal it again.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import threading
 
 from dnslib import AAAA, MX, QTYPE, RCODE, RR, SOA, A, DNSLabel, DNSRecord
+from dnslib.dns import DNSError
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 TTL_S = 60
@@ -30,6 +36,13 @@ class _ZoneResolver(BaseResolver):
         with self.zone.lock:
             self.zone.queries.append((name, qtype))
             records = list(self.zone.records.get(name, []))
+            failure = self.zone.failures.get(name)
+        if failure == "timeout":
+            # dnslib's handler sends nothing when the resolver raises DNSError.
+            raise DNSError(f"{name} set to time out")
+        if failure == "servfail":
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply
         if not records:
             reply.header.rcode = RCODE.NXDOMAIN
             reply.add_auth(_soa(name))
@@ -67,6 +80,7 @@ class TestDns:
         self.port = port
         self.lock = threading.Lock()
         self.records: dict[str, list[RR]] = {}
+        self.failures: dict[str, str] = {}  # name -> "servfail" | "timeout"
         self.queries: list[tuple[str, str]] = []
         self._server = DNSServer(
             _ZoneResolver(self), address=address, port=port, logger=_QuietLogger()
@@ -99,6 +113,21 @@ class TestDns:
 
     def aaaa(self, name: str, address: str) -> None:
         self._add(name, RR(name, QTYPE.AAAA, ttl=TTL_S, rdata=AAAA(address)))
+
+    def servfail(self, name: str) -> None:
+        """Every query for `name` answers SERVFAIL until `heal(name)`."""
+        with self.lock:
+            self.failures[_key(name)] = "servfail"
+
+    def timeout(self, name: str) -> None:
+        """Queries for `name` get no answer at all until `heal(name)`."""
+        with self.lock:
+            self.failures[_key(name)] = "timeout"
+
+    def heal(self, name: str) -> None:
+        """`name` answers from its records again."""
+        with self.lock:
+            self.failures.pop(_key(name), None)
 
     def asked(self, name: str, qtype: str) -> bool:
         with self.lock:

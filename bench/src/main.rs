@@ -21,6 +21,7 @@ use blast::message::{MessagePlan, SizePlan};
 use blast::{BlastConfig, Credentials};
 use placement::{CorePlan, parse_cpu_list};
 use sink::SinkConfig;
+use sink::faults::{Faults, Stage};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -38,7 +39,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// A fast SMTP server that accepts (or fails, on request) every message and discards it.
+    /// A fast SMTP server that accepts (or fails, on request) every message and discards it; its
+    /// fault modes (--tarpit, --stall-tls, --stop-reading-in-data, --reset-percent,
+    /// --greeting-421-percent, --tempfail/--permfail-percent with --fail-at, --slow-reply-ms)
+    /// make it a hostile receiver.
     Sink(SinkArgs),
     /// Pipelined SMTP load over reused connections.
     Blast(BlastArgs),
@@ -82,15 +86,51 @@ struct SinkArgs {
     /// Append one JSON line per accepted message to this file.
     #[arg(long)]
     log: Option<PathBuf>,
-    /// Percentage of messages answered 450 4.2.0 at end of data.
+    /// Percentage of replies answered with a 4xx at each --fail-at stage (by default: messages
+    /// answered 450 4.2.0 at end of data).
     #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
     tempfail_percent: f64,
-    /// Percentage of messages answered 550 5.1.1 at end of data.
+    /// Percentage of replies answered with a 5xx at each --fail-at stage (by default: messages
+    /// answered 550 5.1.1 at end of data).
     #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
     permfail_percent: f64,
+    /// The replies --tempfail-percent and --permfail-percent apply to, each drawn on its own:
+    /// mail (451 4.3.0 / 550 5.7.1), rcpt (450 4.2.1 / 550 5.1.1, per recipient), data (DATA or
+    /// each BDAT: 451 4.3.0 / 554 5.3.0), end-of-data (450 4.2.0 / 550 5.1.1). Comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "end-of-data")]
+    fail_at: Vec<Stage>,
     /// Delay before each end-of-data reply, in milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Fault: accept the connection and never send a byte, not even the greeting (per connection;
+    /// the percentage of connections, 100 without a value).
+    #[arg(long, value_name = "PERCENT", num_args = 0..=1, default_missing_value = "100",
+          default_value_t = 0.0, value_parser = parse_percent)]
+    tarpit: f64,
+    /// Fault: advertise STARTTLS, answer it 220, then never answer the TLS handshake (per
+    /// connection; the percentage of connections, 100 without a value).
+    #[arg(long, value_name = "PERCENT", num_args = 0..=1, default_missing_value = "100",
+          default_value_t = 0.0, value_parser = parse_percent)]
+    stall_tls: f64,
+    /// Fault: once a message body starts (after 354, or at BDAT even when a small pipelined
+    /// chunk already arrived whole), never read the socket again nor answer (the sender's writes
+    /// block, or it waits for a reply); per connection, the percentage of connections, 100
+    /// without a value.
+    #[arg(long, value_name = "PERCENT", num_args = 0..=1, default_missing_value = "100",
+          default_value_t = 0.0, value_parser = parse_percent)]
+    stop_reading_in_data: f64,
+    /// Fault: percentage of message bodies (a DATA body, or each BDAT chunk) aborted with a TCP
+    /// reset once some of the body arrived.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    reset_percent: f64,
+    /// Fault: percentage of connections greeted with 421 and closed, at random either
+    /// "421 4.3.2 Service not available" or "421 4.7.0 ... too many connections from your IP".
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    greeting_421_percent: f64,
+    /// Fault: wait this long before each write of replies, greeting included (a pipelined batch
+    /// of replies is one write), in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    slow_reply_ms: u64,
     /// Concurrent connections per source IP, counted per core; beyond it 421 4.7.0. 0 = no limit.
     #[arg(long, default_value_t = 0)]
     max_connections_per_ip: u32,
@@ -258,8 +298,19 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
 }
 
 fn run_sink(args: SinkArgs) -> ExitCode {
-    if args.tempfail_percent + args.permfail_percent > 100.0 {
-        eprintln!("volley-bench sink: --tempfail-percent + --permfail-percent exceed 100");
+    let faults = Faults {
+        tarpit_percent: args.tarpit,
+        greeting_421_percent: args.greeting_421_percent,
+        stall_tls_percent: args.stall_tls,
+        stop_reading_in_data_percent: args.stop_reading_in_data,
+        reset_percent: args.reset_percent,
+        tempfail_percent: args.tempfail_percent,
+        permfail_percent: args.permfail_percent,
+        fail_at: args.fail_at,
+        slow_reply: Duration::from_millis(args.slow_reply_ms),
+    };
+    if let Err(e) = faults.check() {
+        eprintln!("volley-bench sink: {e}");
         return ExitCode::from(2);
     }
     let listen = match resolve(&args.listen) {
@@ -272,8 +323,7 @@ fn run_sink(args: SinkArgs) -> ExitCode {
     let config = SinkConfig {
         listen,
         log: args.log,
-        tempfail_percent: args.tempfail_percent,
-        permfail_percent: args.permfail_percent,
+        faults,
         delay: Duration::from_millis(args.delay_ms),
         plan: args.cores.plan(),
         max_connections_per_ip: args.max_connections_per_ip,
@@ -503,6 +553,29 @@ mod tests {
             panic!("not sink")
         };
         assert_eq!(args.cores.plan(), CorePlan::new(1, vec![]));
+        assert_eq!((args.tarpit, args.stall_tls), (0.0, 0.0));
+        assert_eq!(args.fail_at, vec![Stage::EndOfData]);
+        let cli = Cli::try_parse_from([
+            "volley-bench",
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--tarpit",
+            "--stall-tls",
+            "30",
+            "--fail-at",
+            "mail,rcpt",
+            "--stop-reading-in-data",
+        ])
+        .unwrap();
+        let Command::Sink(args) = cli.command else {
+            panic!("not sink")
+        };
+        assert_eq!(
+            (args.tarpit, args.stall_tls, args.stop_reading_in_data),
+            (100.0, 30.0, 100.0)
+        );
+        assert_eq!(args.fail_at, vec![Stage::Mail, Stage::Rcpt]);
         assert!(
             Cli::try_parse_from([
                 "volley-bench",

@@ -1,10 +1,11 @@
 //! `volley-bench sink`: a minimal, fast SMTP server that accepts (or fails, on request) every
-//! transaction and discards the body.
+//! transaction and discards the body. Its fault modes ([`faults`]) make it a hostile receiver.
 //!
 //! One pinned executor per core, each with its own SO_REUSEPORT listener. The connection
 //! concurrency limit per source IP (`--max-connections-per-ip`) is counted **per core**: with N
 //! cores a source may hold up to N times the limit in the worst case.
 
+pub mod faults;
 pub mod message_log;
 pub mod provider;
 pub mod session;
@@ -13,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,6 +27,7 @@ use glommio::{LocalExecutorPoolBuilder, spawn_local};
 
 use crate::counters::{CoreCounters, Counters, spawn_reporter};
 use crate::placement::CorePlan;
+use faults::{ConnectionFault, Faults, Stage};
 use message_log::{LoggedMessage, MessageLog};
 use provider::{AfterReply, Provider, ReplyFacts};
 use session::{Session, Step, Verdict};
@@ -33,8 +36,11 @@ use session::{Session, Step, Verdict};
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// How often each core writes its buffered log lines.
 pub const LOG_FLUSH_INTERVAL_MS: u64 = 100;
-/// A client silent this long is dropped.
+/// A client silent this long is dropped; also how long a fault mode holds a connection it
+/// stopped answering (tarpit, stalled TLS, stopped reading) when the client does not close it.
 pub const IDLE_TIMEOUT_S: u64 = 300;
+/// Receive buffer of a connection that stops reading in DATA, so that its sender blocks soon.
+pub const STOPPED_READER_RCVBUF_BYTES: usize = 4096;
 
 /// What the sink was asked to do.
 #[derive(Debug, Clone)]
@@ -43,10 +49,8 @@ pub struct SinkConfig {
     pub listen: SocketAddr,
     /// Where to log accepted messages, one JSON line each.
     pub log: Option<PathBuf>,
-    /// Share of messages answered 450 4.2.0 at end of data, in percent.
-    pub tempfail_percent: f64,
-    /// Share of messages answered 550 5.1.1 at end of data, in percent.
-    pub permfail_percent: f64,
+    /// Fault modes and failure percentages (all off by default).
+    pub faults: Faults,
     /// Delay before the end-of-data reply.
     pub delay: Duration,
     /// Executors and their CPUs.
@@ -87,14 +91,9 @@ impl CoreContext {
     }
 
     fn verdict(&self) -> Verdict {
-        let roll = fastrand::f64() * 100.0;
-        if roll < self.config.tempfail_percent {
-            Verdict::TempFail
-        } else if roll < self.config.tempfail_percent + self.config.permfail_percent {
-            Verdict::PermFail
-        } else {
-            Verdict::Accept
-        }
+        self.config
+            .faults
+            .verdict(Stage::EndOfData, fastrand::f64() * 100.0)
     }
 }
 
@@ -299,9 +298,70 @@ async fn serve(mut stream: TcpStream, ctx: Rc<CoreContext>) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(IDLE_TIMEOUT_S)));
     CoreCounters::bump(&ctx.counters().connections_opened);
-    let connection_id = ctx.new_connection_id();
-    let _ = converse(&mut stream, &ctx, peer_ip, connection_id).await;
+    let fault = ctx.config.faults.connection_fault(fastrand::f64() * 100.0);
+    match fault {
+        ConnectionFault::Tarpit => swallow_until_closed(&mut stream).await,
+        ConnectionFault::Greeting421 => {
+            let _ = stream
+                .write_all(faults::greeting_421(fastrand::bool()))
+                .await;
+        }
+        _ => {
+            if fault == ConnectionFault::StopReadingInData {
+                // A small window makes the sender block within kilobytes, not megabytes.
+                let _ = with_socket(&stream, |s| {
+                    s.set_recv_buffer_size(STOPPED_READER_RCVBUF_BYTES)
+                });
+            }
+            let connection_id = ctx.new_connection_id();
+            let _ = converse(&mut stream, &ctx, peer_ip, connection_id, fault).await;
+        }
+    }
     CoreCounters::bump(&ctx.counters().connections_closed);
+}
+
+/// Runs `f` on the socket under a glommio stream, for options glommio does not offer.
+fn with_socket<R>(stream: &TcpStream, f: impl FnOnce(socket2::SockRef<'_>) -> R) -> R {
+    // SAFETY: the descriptor belongs to `stream`, which outlives this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    f(socket2::SockRef::from(&fd))
+}
+
+/// Reads and discards until the client closes or is idle for [`IDLE_TIMEOUT_S`]; answers nothing.
+async fn swallow_until_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// Aborts the connection with a TCP RST (`--reset-percent`).
+fn reset(stream: &TcpStream) {
+    // Linger 0: the close that follows sends RST instead of FIN.
+    let _ = with_socket(stream, |s| s.set_linger(Some(Duration::ZERO)));
+}
+
+/// Writes the pending replies, first waiting `--slow-reply-ms` if set.
+async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>, slow: Duration) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    if !slow.is_zero() {
+        glommio::timer::sleep(slow).await;
+    }
+    stream.write_all(out).await?;
+    out.clear();
+    Ok(())
+}
+
+/// Whether the transaction whose body is being read is to be reset, drawn once per body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFate {
+    NotInBody,
+    Keep,
+    Reset,
 }
 
 /// Reads, feeds the session, and writes every reply of a batch in one write.
@@ -310,11 +370,21 @@ async fn converse(
     ctx: &CoreContext,
     peer_ip: IpAddr,
     connection_id: u64,
+    fault: ConnectionFault,
 ) -> io::Result<()> {
+    let faults = &ctx.config.faults;
+    let slow = faults.slow_reply;
     let mut session = Session::new(ctx.log.is_some() || ctx.config.provider_replies);
     if ctx.config.block_rcpt_from.contains(&peer_ip) {
         session.block_recipients();
     }
+    if fault == ConnectionFault::StallTls {
+        session.offer_stalling_starttls();
+    }
+    if faults.fails_before_end_of_data() {
+        session.fail_stages(faults.clone(), fastrand::Rng::new());
+    }
+    let mut body_fate = BodyFate::NotInBody;
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let (mut start, mut end) = (0usize, 0usize);
     let mut out = Vec::with_capacity(4096);
@@ -323,19 +393,51 @@ async fn converse(
         loop {
             let progress = session.advance(buf.get(start..end).unwrap_or_default(), &mut out);
             start += progress.consumed;
+            if session.in_body() || progress.step == Step::MessageReceived {
+                if body_fate == BodyFate::NotInBody {
+                    body_fate = if faults.resets(fastrand::f64() * 100.0) {
+                        BodyFate::Reset
+                    } else {
+                        BodyFate::Keep
+                    };
+                }
+            } else {
+                body_fate = BodyFate::NotInBody;
+            }
+            if fault == ConnectionFault::StopReadingInData
+                && (session.in_body() || progress.step == Step::MessageReceived)
+            {
+                // Answer what came before the body, then never read again nor answer: the
+                // sender's writes fill the window and block, or it waits for a reply for ever.
+                // A small pipelined BDAT may already be read whole; it is never answered either.
+                flush(stream, &mut out, slow).await?;
+                glommio::timer::sleep(Duration::from_secs(IDLE_TIMEOUT_S)).await;
+                return Ok(());
+            }
+            // Reset once some of the body arrived (or all of it, before its reply).
+            if body_fate == BodyFate::Reset
+                && (session.message_bytes() > 0 || progress.step == Step::MessageReceived)
+            {
+                flush(stream, &mut out, slow).await?;
+                reset(stream);
+                return Ok(());
+            }
             match progress.step {
                 Step::NeedInput => break,
                 Step::Close => {
-                    stream.write_all(&out).await?;
+                    flush(stream, &mut out, slow).await?;
+                    return Ok(());
+                }
+                Step::StartTls => {
+                    flush(stream, &mut out, slow).await?;
+                    swallow_until_closed(stream).await;
                     return Ok(());
                 }
                 Step::MessageReceived => {
+                    body_fate = BodyFate::NotInBody;
                     let verdict = ctx.verdict();
                     if !ctx.config.delay.is_zero() {
-                        if !out.is_empty() {
-                            stream.write_all(&out).await?;
-                            out.clear();
-                        }
+                        flush(stream, &mut out, slow).await?;
                         glommio::timer::sleep(ctx.config.delay).await;
                     }
                     let counters = ctx.counters();
@@ -382,10 +484,7 @@ async fn converse(
                 }
             }
         }
-        if !out.is_empty() {
-            stream.write_all(&out).await?;
-            out.clear();
-        }
+        flush(stream, &mut out, slow).await?;
         if start == end {
             start = 0;
             end = 0;

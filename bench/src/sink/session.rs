@@ -8,6 +8,8 @@
 
 use memchr::memmem;
 
+use super::faults::{Faults, Stage, stage_refusal};
+
 /// Longest command line accepted (RFC 5321 says 512; the sink is lenient).
 pub const MAX_COMMAND_LINE_BYTES: usize = 4096;
 /// Recipients accepted per transaction; beyond this RCPT gets 452 4.5.3.
@@ -28,6 +30,9 @@ pub enum Step {
     MessageReceived,
     /// The session is over (QUIT): write the replies and close.
     Close,
+    /// STARTTLS was answered with 220: write the replies; the client now starts a handshake that
+    /// the sink never answers (`--stall-tls`); every later input is ignored.
+    StartTls,
 }
 
 /// How far [`Session::advance`] got.
@@ -65,6 +70,8 @@ enum State {
     },
     /// A message ended and waits for its verdict.
     AwaitingVerdict,
+    /// After STARTTLS: input is swallowed, nothing is answered.
+    Stalled,
     Closed,
 }
 
@@ -81,6 +88,10 @@ pub struct Session {
     finder_lf_dot: memmem::Finder<'static>,
     /// Every RCPT is refused with 554 5.7.1, as a blocklisting server does (`--block-rcpt-from`).
     blocked: bool,
+    /// EHLO advertises STARTTLS and STARTTLS is answered 220 (`--stall-tls`).
+    starttls: bool,
+    /// Random 4xx/5xx at MAIL, RCPT and DATA/BDAT (`--fail-at`), with the generator that draws.
+    stage_faults: Option<(Faults, fastrand::Rng)>,
 }
 
 impl Session {
@@ -96,7 +107,32 @@ impl Session {
             head: Vec::new(),
             finder_lf_dot: memmem::Finder::new(b"\n."),
             blocked: false,
+            starttls: false,
+            stage_faults: None,
         }
+    }
+
+    /// Advertises STARTTLS and answers it with 220, after which the session only swallows input:
+    /// the handshake never completes (`--stall-tls`).
+    pub fn offer_stalling_starttls(&mut self) {
+        self.starttls = true;
+    }
+
+    /// Fails replies at MAIL, RCPT and DATA/BDAT as `faults` says, drawing with `rng`.
+    pub fn fail_stages(&mut self, faults: Faults, rng: fastrand::Rng) {
+        self.stage_faults = Some((faults, rng));
+    }
+
+    /// Whether a DATA or BDAT body is being read (after 354, or after a BDAT command).
+    pub fn in_body(&self) -> bool {
+        matches!(self.state, State::Data { .. } | State::Bdat { .. })
+    }
+
+    /// The refusal for a reply at `stage`, if the stage faults draw a failure.
+    fn stage_failure(&mut self, stage: Stage) -> Option<&'static [u8]> {
+        let (faults, rng) = self.stage_faults.as_mut()?;
+        let verdict = faults.verdict(stage, rng.f64() * 100.0);
+        stage_refusal(stage, verdict)
     }
 
     /// Refuses every recipient of this session with 554 5.7.1, as Postfix's `reject_rbl_client`
@@ -153,6 +189,7 @@ impl Session {
                     refusal,
                 } => self.bdat(rest, remaining_bytes, last, refusal, out),
                 State::AwaitingVerdict => (0, Some(Step::MessageReceived)),
+                State::Stalled => (rest.len(), Some(Step::NeedInput)),
                 State::Closed => (rest.len(), Some(Step::Close)),
             };
             pos += used;
@@ -224,8 +261,12 @@ impl Session {
             out.extend_from_slice(b"250-volley-bench sink\r\n250-PIPELINING\r\n250-SIZE ");
             out.extend_from_slice(MAX_MESSAGE_BYTES.to_string().as_bytes());
             out.extend_from_slice(
-                b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
+                b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n",
             );
+            if self.starttls {
+                out.extend_from_slice(b"250-STARTTLS\r\n");
+            }
+            out.extend_from_slice(b"250 CHUNKING\r\n");
         } else if verb.eq_ignore_ascii_case(b"HELO") {
             self.ehlo = String::from_utf8_lossy(trim(arg)).into_owned();
             self.reset_transaction();
@@ -234,6 +275,10 @@ impl Session {
             if self.sender.is_some() {
                 out.extend_from_slice(b"503 5.5.1 Nested MAIL command\r\n");
             } else if let Some(path) = path_after(arg, b"FROM:") {
+                if let Some(refusal) = self.stage_failure(Stage::Mail) {
+                    out.extend_from_slice(refusal);
+                    return (lf + 1, None);
+                }
                 self.sender = Some(String::from_utf8_lossy(path).into_owned());
                 out.extend_from_slice(b"250 2.1.0 Ok\r\n");
             } else {
@@ -251,17 +296,24 @@ impl Session {
                     None if self.recipients.len() >= MAX_RECIPIENTS => {
                         out.extend_from_slice(b"452 4.5.3 Too many recipients\r\n");
                     }
-                    None => {
-                        self.recipients
-                            .push(String::from_utf8_lossy(path).into_owned());
-                        out.extend_from_slice(b"250 2.1.5 Ok\r\n");
-                    }
+                    None => match self.stage_failure(Stage::Rcpt) {
+                        Some(refusal) => out.extend_from_slice(refusal),
+                        None => {
+                            self.recipients
+                                .push(String::from_utf8_lossy(path).into_owned());
+                            out.extend_from_slice(b"250 2.1.5 Ok\r\n");
+                        }
+                    },
                 }
             } else {
                 out.extend_from_slice(b"501 5.5.4 Syntax: RCPT TO:<address>\r\n");
             }
         } else if verb.eq_ignore_ascii_case(b"DATA") {
-            if let Some(refusal) = self.transaction_refusal() {
+            let refusal = match self.transaction_refusal() {
+                Some(r) => Some(r),
+                None => self.stage_failure(Stage::Data),
+            };
+            if let Some(refusal) = refusal {
                 out.extend_from_slice(refusal);
             } else {
                 out.extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
@@ -272,10 +324,14 @@ impl Session {
         } else if verb.eq_ignore_ascii_case(b"BDAT") {
             match parse_bdat(arg) {
                 Some((remaining_bytes, last)) => {
+                    let refusal = match self.transaction_refusal() {
+                        Some(r) => Some(r),
+                        None => self.stage_failure(Stage::Data),
+                    };
                     self.state = State::Bdat {
                         remaining_bytes,
                         last,
-                        refusal: self.transaction_refusal(),
+                        refusal,
                     };
                 }
                 None => out.extend_from_slice(b"501 5.5.4 Syntax: BDAT size [LAST]\r\n"),
@@ -289,6 +345,10 @@ impl Session {
             out.extend_from_slice(b"221 2.0.0 Bye\r\n");
             self.state = State::Closed;
             step = Some(Step::Close);
+        } else if self.starttls && line.eq_ignore_ascii_case(b"STARTTLS") {
+            out.extend_from_slice(b"220 2.0.0 Ready to start TLS\r\n");
+            self.state = State::Stalled;
+            step = Some(Step::StartTls);
         } else if verb.eq_ignore_ascii_case(b"VRFY") {
             out.extend_from_slice(b"252 2.5.0 Cannot verify\r\n");
         } else {
@@ -489,7 +549,7 @@ mod tests {
                         messages.push((session.message_bytes(), session.recipients().to_vec()));
                         session.reply_to_message(verdict, &mut out);
                     }
-                    Step::Close => {
+                    Step::Close | Step::StartTls => {
                         return (String::from_utf8(out).unwrap(), messages);
                     }
                 }
@@ -655,5 +715,98 @@ Message-ID: <id-1@test>\r\nSubject: s\r\n\r\n..dot line\r\nbody\r\n.\r\nQUIT\r\n
         long.extend_from_slice(b"\r\nNOOP\r\n");
         let (out, _) = run(&long, MAX_COMMAND_LINE_BYTES + 5, Verdict::Accept);
         assert_eq!(codes(&out), ["500", "500", "250"]);
+    }
+
+    #[test]
+    fn stalling_starttls_is_advertised_answered_then_silent() {
+        let mut session = Session::new(false);
+        session.offer_stalling_starttls();
+        let mut out = Vec::new();
+        let p = session.advance(
+            b"EHLO c\r\nSTARTTLS\r\n\x16\x03\x01\x02\x00NOOP\r\n",
+            &mut out,
+        );
+        assert_eq!(p.step, Step::StartTls);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("250-STARTTLS\r\n"), "{text}");
+        assert!(text.ends_with("220 2.0.0 Ready to start TLS\r\n"), "{text}");
+        // The would-be ClientHello and anything after it get no answer.
+        let before = out.len();
+        let rest = b"\x16\x03\x01\x02\x00NOOP\r\n";
+        let p = session.advance(rest, &mut out);
+        assert_eq!((p.consumed, p.step), (rest.len(), Step::NeedInput));
+        assert_eq!(out.len(), before);
+        // Without the mode STARTTLS is neither advertised nor accepted.
+        let (out, _) = run(b"EHLO c\r\nSTARTTLS\r\n", 100, Verdict::Accept);
+        assert!(!out.contains("STARTTLS"), "{out}");
+        assert_eq!(codes(&out), ["250", "500"]);
+    }
+
+    fn failing_session(stage: Stage, tempfail: f64, permfail: f64) -> Session {
+        let mut session = Session::new(false);
+        session.fail_stages(
+            Faults {
+                tempfail_percent: tempfail,
+                permfail_percent: permfail,
+                fail_at: vec![stage],
+                ..Faults::default()
+            },
+            fastrand::Rng::with_seed(7),
+        );
+        session
+    }
+
+    fn replies(session: &mut Session, input: &[u8]) -> String {
+        let mut out = Vec::new();
+        let mut pending = input.to_vec();
+        loop {
+            let p = session.advance(&pending, &mut out);
+            pending.drain(..p.consumed);
+            if p.step != Step::NeedInput || pending.is_empty() {
+                break;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn stage_failures_answer_mail_rcpt_and_data() {
+        let transaction = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<r@d>\r\nDATA\r\n";
+        let out = replies(&mut failing_session(Stage::Mail, 100.0, 0.0), transaction);
+        assert_eq!(codes(&out), ["250", "451", "503", "503"], "{out}");
+        assert!(out.contains("451 4.3.0 Temporary failure injected at MAIL"));
+        let out = replies(&mut failing_session(Stage::Rcpt, 0.0, 100.0), transaction);
+        assert_eq!(codes(&out), ["250", "250", "550", "554"], "{out}");
+        assert!(out.contains("550 5.1.1 Permanent failure injected at RCPT"));
+        let out = replies(&mut failing_session(Stage::Data, 100.0, 0.0), transaction);
+        assert_eq!(codes(&out), ["250", "250", "250", "451"], "{out}");
+        let mut session = failing_session(Stage::Data, 0.0, 100.0);
+        let out = replies(
+            &mut session,
+            b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<r@d>\r\nBDAT 3 LAST\r\nabcNOOP\r\n",
+        );
+        assert_eq!(codes(&out), ["250", "250", "250", "554", "250"], "{out}");
+        assert!(out.contains("554 5.3.0 Permanent failure injected at DATA"));
+        // At 0 % nothing fails; the end-of-data stage is the driver's, not the session's.
+        let out = replies(
+            &mut failing_session(Stage::EndOfData, 100.0, 0.0),
+            transaction,
+        );
+        assert_eq!(codes(&out), ["250", "250", "250", "354"], "{out}");
+    }
+
+    #[test]
+    fn in_body_is_true_only_while_a_body_is_read() {
+        let mut session = Session::new(false);
+        let mut out = Vec::new();
+        let p = session.advance(
+            b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<r@d>\r\nDATA\r\n",
+            &mut out,
+        );
+        assert_eq!(p.step, Step::NeedInput);
+        assert!(session.in_body());
+        let p = session.advance(b"x\r\n.\r\n", &mut out);
+        assert_eq!(p.step, Step::MessageReceived);
+        assert!(!session.in_body());
     }
 }
