@@ -8,13 +8,13 @@
 //! recipient count per message (`MessageTable`). The envelope is read back from the record when a
 //! transaction needs it, through a small per-core cache (`CoreDelivery::message`).
 
+pub mod backoff_watch;
 mod connect;
 mod connection;
 mod mx_rollup;
 mod outcome;
 mod placement;
 mod scheduler;
-pub mod shaping;
 mod tls;
 pub mod vmta_status;
 
@@ -37,8 +37,8 @@ use crate::runtime::CoreContext;
 use crate::spool::{RecordLocation, SegmentReader, SeqMap, SpoolError, StoredMessage};
 
 /// A queued recipient here. Everything per message (where its record lies, when it was received)
-/// is kept once, in its `MessageEntry` or in the spool, so the queue payload is empty: 32 bytes.
-pub type Queued = QueuedRecipient<()>;
+/// is kept once, in its `MessageEntry` or in the spool: 32 bytes.
+pub type Queued = QueuedRecipient;
 
 /// A message with recipients queued on this core: where its record lies in the spool of the message
 /// id's core, and how many of its recipients are still here. 12 bytes: the envelope stays in the
@@ -166,7 +166,7 @@ impl MessageCache {
 /// One core's delivery state.
 pub struct CoreDelivery {
     pub core: usize,
-    pub queues: RefCell<Queues<()>>,
+    pub queues: RefCell<Queues>,
     pub messages: RefCell<MessageTable>,
     /// Envelopes read back lately (bounded; see `MessageCache`).
     cache: RefCell<MessageCache>,
@@ -392,14 +392,14 @@ impl CoreDelivery {
 /// Puts the recipients of `handoff` in the queue `key` and counts them in their message's entry:
 /// everything a core keeps in RAM for a queued recipient. Returns how many were queued.
 pub fn queue_handoff(
-    queues: &mut Queues<()>,
+    queues: &mut Queues,
     messages: &mut MessageTable,
     key: &QueueKey,
     handoff: &Handoff,
     now_s: u64,
 ) -> u32 {
     for &(recipient, attempts) in &handoff.recipients {
-        let mut item = QueuedRecipient::new(handoff.id, (), recipient, now_s);
+        let mut item = QueuedRecipient::new(handoff.id, recipient, now_s);
         item.attempts = attempts.min(u32::from(u16::MAX)) as u16;
         if handoff.not_before_s > now_s {
             item.next_attempt_s = handoff.not_before_s;
@@ -449,7 +449,7 @@ pub async fn start(
 
 /// Publishes this core's queue list for `GET /v1/queues`.
 pub fn publish_snapshot(core: &CoreContext) {
-    shaping::tick(core);
+    backoff_watch::tick(core);
     let snapshot = core.delivery.queues.borrow().snapshot();
     core.shared.queues.publish(core.index, snapshot);
 }

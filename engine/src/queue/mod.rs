@@ -11,7 +11,7 @@
 pub mod backoff;
 mod policy;
 mod queues;
-mod shaping;
+mod rate;
 
 pub use backoff::{BackoffSettings, BackoffState, LeaveReason, Transition};
 pub use policy::{MIN_RETRY_INTERVAL_S, PolicyError, QueuePolicy};
@@ -19,4 +19,4 @@ pub use queues::{
     DeferOutcome, MAX_REPLY_TEXT_BYTES, QueueKey, QueueSnapshot, QueueState, QueueStats,
     QueuedRecipient, Queues,
 };
-pub use shaping::{RateLimiter, SendRate};
+pub use rate::{RateLimiter, SendRate};

@@ -17,9 +17,9 @@
 //! `bounce_all`, `suspend` and the per-queue "next attempt" O(queue), never O(core).
 //!
 //! # Memory per queued recipient
-//! A recipient is one `QueuedRecipient<P>`, stored once: in its queue's ready `VecDeque` or its
-//! deferred heap's `Vec`, never both, and with no per-item allocation. With the delivery side's
-//! empty payload it is 32 bytes (`size_of`, asserted in the tests): message id, recipient index,
+//! A recipient is one `QueuedRecipient`, stored once: in its queue's ready `VecDeque` or its
+//! deferred heap's `Vec`, never both, and with no per-item allocation. It is 32 bytes (`size_of`,
+//! asserted in the tests): message id, recipient index,
 //! attempts, next attempt time; what is per message (the record's location, the reception time for
 //! `max_queue_age`) is kept once per message by the delivery side. Containers grow by doubling and
 //! are shrunk back whenever their capacity exceeds twice their length (above `SHRINK_MIN_CAPACITY`
@@ -33,7 +33,7 @@ use std::rc::Rc;
 
 use super::backoff::{BackoffState, Transition};
 use super::policy::QueuePolicy;
-use super::shaping::SendRate;
+use super::rate::SendRate;
 use crate::envelope::MessageId;
 
 /// The last deferral reply kept per queue (for the API) is cut to this many bytes.
@@ -67,13 +67,11 @@ impl fmt::Display for QueueKey {
     }
 }
 
-/// One recipient of one message waiting for delivery. `P` is an optional small `Copy` payload the
-/// queue never looks inside; the delivery side uses `()`, keeping what is per message (where its
-/// record lies, when it was received) once in its message entry rather than in every recipient.
+/// One recipient of one message waiting for delivery. What is per message (where its record lies,
+/// when it was received) is kept once in the delivery side's message entry, not in every recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueuedRecipient<P> {
+pub struct QueuedRecipient {
     pub message: MessageId,
-    pub body: P,
     /// Index of the recipient in the message's envelope.
     pub recipient: u32,
     /// Failed attempts so far.
@@ -81,12 +79,11 @@ pub struct QueuedRecipient<P> {
     pub next_attempt_s: u64,
 }
 
-impl<P: Copy> QueuedRecipient<P> {
+impl QueuedRecipient {
     /// A recipient ready at `now_s`, with no attempt made yet.
-    pub fn new(message: MessageId, body: P, recipient: u32, now_s: u64) -> QueuedRecipient<P> {
+    pub fn new(message: MessageId, recipient: u32, now_s: u64) -> QueuedRecipient {
         QueuedRecipient {
             message,
-            body,
             recipient,
             attempts: 0,
             next_attempt_s: now_s,
@@ -99,15 +96,15 @@ impl<P: Copy> QueuedRecipient<P> {
 }
 
 /// A deferred recipient in a max-heap that must pop the earliest time first.
-struct Deferred<P>(QueuedRecipient<P>);
+struct Deferred(QueuedRecipient);
 
-impl<P: Copy> PartialEq for Deferred<P> {
+impl PartialEq for Deferred {
     fn eq(&self, other: &Self) -> bool {
         self.0.timer_order() == other.0.timer_order()
     }
 }
-impl<P: Copy> Eq for Deferred<P> {}
-impl<P: Copy> PartialOrd for Deferred<P> {
+impl Eq for Deferred {}
+impl PartialOrd for Deferred {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
@@ -122,7 +119,7 @@ impl<P: Copy> PartialOrd for Deferred<P> {
         self.cmp(other) != Ordering::Greater
     }
 }
-impl<P: Copy> Ord for Deferred<P> {
+impl Ord for Deferred {
     /// Reversed: the earliest `(next_attempt_s, message, recipient)` is the greatest.
     fn cmp(&self, other: &Self) -> Ordering {
         other.0.timer_order().cmp(&self.0.timer_order())
@@ -175,11 +172,11 @@ pub struct QueueStats {
 
 /// What `defer` decided for a recipient that failed temporarily.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeferOutcome<P> {
+pub enum DeferOutcome {
     /// Queued again; the next attempt is at `at_s`.
     Retry { at_s: u64 },
     /// Older than `max_queue_age`: the caller bounces it (category message-expired).
-    Expired { item: QueuedRecipient<P> },
+    Expired { item: QueuedRecipient },
 }
 
 /// One queue as the API lists it.
@@ -211,11 +208,11 @@ impl QueueSnapshot {
     }
 }
 
-struct Queue<P> {
+struct Queue {
     key: QueueKey,
     policy: Rc<QueuePolicy>,
-    ready: VecDeque<QueuedRecipient<P>>,
-    deferred: BinaryHeap<Deferred<P>>,
+    ready: VecDeque<QueuedRecipient>,
+    deferred: BinaryHeap<Deferred>,
     state: QueueState,
     connections: u32,
     stats: QueueStats,
@@ -226,8 +223,8 @@ struct Queue<P> {
     backoff: BackoffState,
 }
 
-impl<P: Copy> Queue<P> {
-    fn new(key: QueueKey, policy: Rc<QueuePolicy>) -> Queue<P> {
+impl Queue {
+    fn new(key: QueueKey, policy: Rc<QueuePolicy>) -> Queue {
         Queue {
             key,
             rate: SendRate::new(policy.max_messages_per_minute, policy.max_messages_per_hour),
@@ -325,19 +322,19 @@ impl<P: Copy> Queue<P> {
 }
 
 /// The delivery queues of one core. Pure state: every method takes the time it needs.
-pub struct Queues<P> {
+pub struct Queues {
     default_policy: Rc<QueuePolicy>,
     /// Queues by slot; a slot is reused after `remove_idle_queues`.
-    slots: Vec<Option<Queue<P>>>,
+    slots: Vec<Option<Queue>>,
     free_slots: Vec<u32>,
     index: HashMap<QueueKey, u32>,
     /// Wake-ups `(time_s, slot)`, earliest first; entries not matching their queue are stale.
     wakes: BinaryHeap<Reverse<(u64, u32)>>,
 }
 
-impl<P: Copy> Queues<P> {
+impl Queues {
     /// Empty queues; a queue created without its own policy gets `default_policy`.
-    pub fn new(default_policy: QueuePolicy) -> Queues<P> {
+    pub fn new(default_policy: QueuePolicy) -> Queues {
         Queues {
             default_policy: Rc::new(default_policy),
             slots: Vec::new(),
@@ -367,7 +364,7 @@ impl<P: Copy> Queues<P> {
     }
 
     /// Appends a recipient to the queue's ready FIFO (creating the queue).
-    pub fn enqueue(&mut self, key: &QueueKey, item: QueuedRecipient<P>) {
+    pub fn enqueue(&mut self, key: &QueueKey, item: QueuedRecipient) {
         let slot = self.slot_or_create(key);
         if let Some(q) = self.queue_mut(slot) {
             q.ready.push_back(item);
@@ -376,7 +373,7 @@ impl<P: Copy> Queues<P> {
 
     /// Puts a recipient on the timer for its `next_attempt_s` without counting an attempt (spool
     /// recovery of deferred recipients).
-    pub fn schedule(&mut self, key: &QueueKey, item: QueuedRecipient<P>) {
+    pub fn schedule(&mut self, key: &QueueKey, item: QueuedRecipient) {
         let slot = self.slot_or_create(key);
         if let Some(q) = self.queue_mut(slot) {
             q.deferred.push(Deferred(item));
@@ -391,11 +388,11 @@ impl<P: Copy> Queues<P> {
     pub fn defer(
         &mut self,
         key: &QueueKey,
-        mut item: QueuedRecipient<P>,
+        mut item: QueuedRecipient,
         queued_since_s: u64,
         reply_text: &str,
         now_s: u64,
-    ) -> DeferOutcome<P> {
+    ) -> DeferOutcome {
         let slot = self.slot_or_create(key);
         let Some(q) = self.queue_mut(slot) else {
             return DeferOutcome::Expired { item };
@@ -419,7 +416,7 @@ impl<P: Copy> Queues<P> {
     }
 
     /// Takes up to `max` ready recipients, oldest first; none while the queue is suspended.
-    pub fn take_batch(&mut self, key: &QueueKey, max: usize) -> Vec<QueuedRecipient<P>> {
+    pub fn take_batch(&mut self, key: &QueueKey, max: usize) -> Vec<QueuedRecipient> {
         let Some(q) = self.queue_by_key_mut(key) else {
             return Vec::new();
         };
@@ -438,7 +435,7 @@ impl<P: Copy> Queues<P> {
         &mut self,
         key: &QueueKey,
         max_recipients: usize,
-    ) -> Vec<QueuedRecipient<P>> {
+    ) -> Vec<QueuedRecipient> {
         let Some(q) = self.queue_by_key_mut(key) else {
             return Vec::new();
         };
@@ -461,7 +458,7 @@ impl<P: Copy> Queues<P> {
 
     /// Puts recipients taken but never tried (no connection, rate limit) back at the head of the
     /// FIFO, in their order, without counting an attempt.
-    pub fn return_unsent(&mut self, key: &QueueKey, items: Vec<QueuedRecipient<P>>) {
+    pub fn return_unsent(&mut self, key: &QueueKey, items: Vec<QueuedRecipient>) {
         let slot = self.slot_or_create(key);
         if let Some(q) = self.queue_mut(slot) {
             for item in items.into_iter().rev() {
@@ -601,7 +598,7 @@ impl<P: Copy> Queues<P> {
 
     /// Empties the queue, ready and deferred, for the caller to bounce. Counts them as bounced.
     /// Recipients in flight on open connections are the driver's.
-    pub fn bounce_all(&mut self, key: &QueueKey) -> Vec<QueuedRecipient<P>> {
+    pub fn bounce_all(&mut self, key: &QueueKey) -> Vec<QueuedRecipient> {
         let Some(&slot) = self.index.get(key) else {
             return Vec::new();
         };
@@ -781,16 +778,16 @@ impl<P: Copy> Queues<P> {
         removed
     }
 
-    fn queue(&self, key: &QueueKey) -> Option<&Queue<P>> {
+    fn queue(&self, key: &QueueKey) -> Option<&Queue> {
         let slot = *self.index.get(key)?;
         self.slots.get(slot as usize)?.as_ref()
     }
 
-    fn queue_mut(&mut self, slot: u32) -> Option<&mut Queue<P>> {
+    fn queue_mut(&mut self, slot: u32) -> Option<&mut Queue> {
         self.slots.get_mut(slot as usize)?.as_mut()
     }
 
-    fn queue_by_key_mut(&mut self, key: &QueueKey) -> Option<&mut Queue<P>> {
+    fn queue_by_key_mut(&mut self, key: &QueueKey) -> Option<&mut Queue> {
         let slot = *self.index.get(key)?;
         self.queue_mut(slot)
     }

@@ -3,34 +3,19 @@ use std::time::Duration;
 
 use super::*;
 
-/// A payload the queue must carry untouched (the delivery side uses `()`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct BodyAt {
-    segment: u64,
-    offset: u64,
-}
-
-type Item = QueuedRecipient<BodyAt>;
+type Item = QueuedRecipient;
 
 const MINUTE: u64 = 60;
 
 fn item(seq: u64, recipient: u32, now_s: u64) -> Item {
-    QueuedRecipient::new(
-        MessageId { core: 0, seq },
-        BodyAt {
-            segment: 1,
-            offset: seq * 100,
-        },
-        recipient,
-        now_s,
-    )
+    QueuedRecipient::new(MessageId { core: 0, seq }, recipient, now_s)
 }
 
 fn key(domain: &str) -> QueueKey {
     QueueKey::new("vmta-1", domain)
 }
 
-fn queues() -> Queues<BodyAt> {
+fn queues() -> Queues {
     Queues::new(QueuePolicy::default())
 }
 
@@ -40,12 +25,11 @@ fn seqs(items: &[Item]) -> Vec<u64> {
 
 #[test]
 fn item_fits_the_memory_budget() {
-    // As the delivery side queues them: 16 (MessageId) + 4 + 2 (+2 padding) + 8 = 32 bytes;
-    // containers keep capacity within twice the length, so at worst 64 bytes per queued recipient.
-    assert_eq!(size_of::<QueuedRecipient<()>>(), 32);
+    // 16 (MessageId) + 4 + 2 (+2 padding) + 8 = 32 bytes; containers keep capacity within twice
+    // the length, so at worst 64 bytes per queued recipient.
+    assert_eq!(size_of::<QueuedRecipient>(), 32);
     // The heap wrapper adds nothing.
-    assert_eq!(size_of::<Deferred<()>>(), size_of::<QueuedRecipient<()>>());
-    assert_eq!(size_of::<Deferred<BodyAt>>(), size_of::<Item>());
+    assert_eq!(size_of::<Deferred>(), size_of::<QueuedRecipient>());
 }
 
 #[test]
