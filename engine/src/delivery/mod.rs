@@ -15,6 +15,7 @@ mod mx_rollup;
 mod outcome;
 mod placement;
 mod scheduler;
+mod snapshot;
 mod tls;
 pub mod vmta_status;
 
@@ -25,7 +26,8 @@ use std::sync::atomic::Ordering;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 pub use connect::{connect_from, connect_from_timeout};
-pub use placement::{QueueBoard, inject_message, route_new_message, route_recovered};
+pub use placement::{inject_message, route_new_message, route_recovered};
+pub use snapshot::{QueueBoard, publish_snapshot};
 pub use tls::ClientTls;
 pub use vmta_status::{BIND_FAILURE_RETRY_S, VmtaBoard, VmtaView};
 
@@ -445,13 +447,6 @@ pub async fn start(
     };
     glommio::spawn_local(scheduler::run(core.clone(), wake_rx)).detach();
     route_recovered(core, recovered).await;
-}
-
-/// Publishes this core's queue list for `GET /v1/queues`.
-pub fn publish_snapshot(core: &CoreContext) {
-    backoff_watch::tick(core);
-    let snapshot = core.delivery.queues.borrow().snapshot();
-    core.shared.queues.publish(core.index, snapshot);
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ mod rate;
 pub use backoff::{BackoffSettings, BackoffState, LeaveReason, Transition};
 pub use policy::{MIN_RETRY_INTERVAL_S, PolicyError, QueuePolicy};
 pub use queues::{
-    DeferOutcome, MAX_REPLY_TEXT_BYTES, QueueKey, QueueSnapshot, QueueState, QueueStats,
-    QueuedRecipient, Queues,
+    DEFAULT_QUEUE_IDLE_S, DeferOutcome, MAX_REPLY_TEXT_BYTES, QueueKey, QueueSnapshot, QueueState,
+    QueueStats, QueuedRecipient, Queues, STUCK_AFTER_S, Stuck, Upkeep,
 };
 pub use rate::{RateLimiter, SendRate};

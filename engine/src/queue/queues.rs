@@ -42,6 +42,9 @@ pub const MAX_REPLY_TEXT_BYTES: usize = 512;
 /// Containers below this capacity are never shrunk: small queues would only churn the allocator.
 const SHRINK_MIN_CAPACITY: usize = 64;
 
+/// `[shaping] queue_idle_s` when the configuration does not say.
+pub const DEFAULT_QUEUE_IDLE_S: u64 = 300;
+
 /// A queue's identity: the VMTA that sends and the destination domain (lower-cased).
 ///
 /// `Rc<str>` makes the clones that `due` and `snapshot` hand out a reference-count bump.
@@ -221,6 +224,18 @@ struct Queue {
     scheduled_wake_s: Option<u64>,
     last_deferral: Option<Box<str>>,
     backoff: BackoffState,
+    /// In `Queues::changed`: touched since the last upkeep (its snapshot is out of date).
+    changed: bool,
+    /// In `Queues::watched`: had ready recipients or was in backoff at the last upkeep.
+    watched: bool,
+    /// Since when the queue has been empty, unconnected and active, as the upkeep saw it.
+    idle_since_s: Option<u64>,
+    /// The time of this queue's live entry in the idle heap.
+    idle_check_s: Option<u64>,
+    /// Since when the upkeep has seen ready recipients here with a connection slot free.
+    room_since_s: Option<u64>,
+    /// When the stuck warning was last logged for this queue.
+    stuck_warned_s: Option<u64>,
 }
 
 impl Queue {
@@ -237,6 +252,12 @@ impl Queue {
             scheduled_wake_s: None,
             last_deferral: None,
             backoff: BackoffState::Normal,
+            changed: false,
+            watched: false,
+            idle_since_s: None,
+            idle_check_s: None,
+            room_since_s: None,
+            stuck_warned_s: None,
         }
     }
 
@@ -255,8 +276,17 @@ impl Queue {
         );
     }
 
-    /// Applies a backoff transition's effect on the limits.
-    fn after_transition(&mut self, t: Option<Transition>) -> Option<Transition> {
+    /// Applies a backoff transition's effect on the limits and on the count of queues in backoff.
+    fn after_transition(
+        &mut self,
+        t: Option<Transition>,
+        in_backoff: &mut usize,
+    ) -> Option<Transition> {
+        match t {
+            Some(Transition::Entered) => *in_backoff += 1,
+            Some(Transition::Left(_)) => *in_backoff = in_backoff.saturating_sub(1),
+            _ => {}
+        }
         if t.is_some() {
             self.reset_rate();
         }
@@ -280,12 +310,26 @@ impl Queue {
         }
     }
 
-    fn is_idle(&self) -> bool {
+    /// Empty, with no connection, and not held by a suspension: its idle time runs.
+    fn is_unused(&self) -> bool {
         self.is_active()
-            && !self.backoff.is_backoff()
             && self.ready.is_empty()
             && self.deferred.is_empty()
             && self.connections == 0
+    }
+
+    /// Whether forgetting the queue loses nothing: it is unused, out of backoff (a backoff is kept
+    /// until it ends), and its rate limiter is at rest (a fresh one would allow exactly the same).
+    fn may_forget(&self, now_s: u64) -> bool {
+        self.is_unused()
+            && !self.backoff.is_backoff()
+            && self.rate.is_at_rest(now_s.saturating_mul(1000))
+    }
+
+    /// Whether the upkeep must look at it every second: ready recipients to age, or a backoff whose
+    /// quiet period may end.
+    fn needs_watch(&self) -> bool {
+        !self.ready.is_empty() || self.backoff.is_backoff()
     }
 
     /// Gives memory back after a large drain, keeping capacity within twice the length.
@@ -330,6 +374,16 @@ pub struct Queues {
     index: HashMap<QueueKey, u32>,
     /// Wake-ups `(time_s, slot)`, earliest first; entries not matching their queue are stale.
     wakes: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Queues touched since the last upkeep (one entry each, see `Queue::changed`).
+    changed: Vec<u32>,
+    /// Queues the upkeep looks at every second (see `Queue::needs_watch`); lazily pruned.
+    watched: Vec<u32>,
+    /// Idle checks `(time_s, slot)`, earliest first, one live entry per unused queue.
+    idle_checks: BinaryHeap<Reverse<(u64, u32)>>,
+    /// An unused queue is freed after this many seconds (`[shaping] queue_idle_s`).
+    idle_s: u64,
+    /// Queues in adaptive backoff now.
+    in_backoff: usize,
 }
 
 impl Queues {
@@ -341,6 +395,21 @@ impl Queues {
             free_slots: Vec::new(),
             index: HashMap::new(),
             wakes: BinaryHeap::new(),
+            changed: Vec::new(),
+            watched: Vec::new(),
+            idle_checks: BinaryHeap::new(),
+            idle_s: DEFAULT_QUEUE_IDLE_S,
+            in_backoff: 0,
+        }
+    }
+
+    /// How long an unused queue is kept (`[shaping] queue_idle_s`); at least 1 s. A change (a
+    /// reload) applies at once to the queues already idle.
+    pub fn set_idle_s(&mut self, idle_s: u64) {
+        let idle_s = idle_s.max(1);
+        if idle_s != self.idle_s {
+            self.idle_s = idle_s;
+            self.reschedule_idle_checks();
         }
     }
 
@@ -657,34 +726,26 @@ impl Queues {
 
     /// Counts `count` recipients delivered; in backoff they count towards recovery.
     pub fn record_delivered(&mut self, key: &QueueKey, count: u64) -> Option<Transition> {
-        let q = self.queue_by_key_mut(key)?;
+        let slot = *self.index.get(key)?;
+        let mut in_backoff = self.in_backoff;
+        let q = self.queue_mut(slot)?;
         q.stats.delivered += count;
         let count = u32::try_from(count).unwrap_or(u32::MAX);
         let t = q.backoff.on_delivered(count, &q.policy.backoff);
-        q.after_transition(t)
+        let t = q.after_transition(t, &mut in_backoff);
+        self.in_backoff = in_backoff;
+        t
     }
 
     /// A reply matched a backoff rule at `now_s`: enter (or deepen) the queue's backoff.
     pub fn backoff_match(&mut self, key: &QueueKey, now_s: u64) -> Option<Transition> {
         let slot = self.slot_or_create(key);
+        let mut in_backoff = self.in_backoff;
         let q = self.queue_mut(slot)?;
         let t = q.backoff.on_match(now_s);
-        q.after_transition(t)
-    }
-
-    /// Ends the backoffs whose quiet period is over; returns each queue that left.
-    pub fn backoff_tick(&mut self, now_s: u64) -> Vec<(QueueKey, Transition)> {
-        let mut changed = Vec::new();
-        for q in self.slots.iter_mut().flatten() {
-            if !q.backoff.is_backoff() {
-                continue;
-            }
-            let t = q.backoff.on_tick(now_s, &q.policy.backoff);
-            if let Some(t) = q.after_transition(t) {
-                changed.push((q.key.clone(), t));
-            }
-        }
-        changed
+        let t = q.after_transition(t, &mut in_backoff);
+        self.in_backoff = in_backoff;
+        t
     }
 
     /// The backoff state of a queue (Normal when it does not exist).
@@ -694,11 +755,7 @@ impl Queues {
 
     /// Queues in backoff now.
     pub fn queues_in_backoff(&self) -> usize {
-        self.slots
-            .iter()
-            .flatten()
-            .filter(|q| q.backoff.is_backoff())
-            .count()
+        self.in_backoff
     }
 
     /// Counts `count` recipients bounced on a permanent failure.
@@ -762,29 +819,19 @@ impl Queues {
         self.index.len()
     }
 
-    /// Forgets active queues with no recipients and no connections (their counters go with them);
-    /// suspended queues stay so that their suspension holds. Returns how many were removed.
-    pub fn remove_idle_queues(&mut self) -> usize {
-        let mut removed = 0;
-        for (slot, entry) in self.slots.iter_mut().enumerate() {
-            if entry.as_ref().is_some_and(Queue::is_idle)
-                && let Some(q) = entry.take()
-            {
-                self.index.remove(&q.key);
-                self.free_slots.push(slot as u32);
-                removed += 1;
-            }
-        }
-        removed
-    }
-
     fn queue(&self, key: &QueueKey) -> Option<&Queue> {
         let slot = *self.index.get(key)?;
         self.slots.get(slot as usize)?.as_ref()
     }
 
+    /// The queue in `slot`, for a change: it is noted for the next upkeep (snapshot, idle time).
     fn queue_mut(&mut self, slot: u32) -> Option<&mut Queue> {
-        self.slots.get_mut(slot as usize)?.as_mut()
+        let q = self.slots.get_mut(slot as usize)?.as_mut()?;
+        if !q.changed {
+            q.changed = true;
+            self.changed.push(slot);
+        }
+        Some(q)
     }
 
     fn queue_by_key_mut(&mut self, key: &QueueKey) -> Option<&mut Queue> {
@@ -811,6 +858,7 @@ impl Queues {
             }
         };
         self.index.insert(key.clone(), slot);
+        let _ = self.queue_mut(slot); // a new queue is a change
         slot
     }
 
@@ -857,6 +905,9 @@ fn truncate_reply(text: &str) -> &str {
     }
     text.get(..end).unwrap_or_default()
 }
+
+mod upkeep;
+pub use upkeep::{STUCK_AFTER_S, Stuck, Upkeep};
 
 #[cfg(test)]
 mod tests;

@@ -267,7 +267,10 @@ fn suspension_on_an_unknown_queue_holds_later_mail() {
     q.suspend(&k, None, "manual");
     q.enqueue(&k, item(1, 0, 0));
     assert!(q.take_batch(&k, 1).is_empty());
-    assert_eq!(q.remove_idle_queues(), 0);
+    q.set_idle_s(10);
+    q.upkeep(0);
+    assert!(q.upkeep(1_000).removed.is_empty(), "a suspension is kept");
+    assert!(q.resume(&k));
 }
 
 #[test]
@@ -393,12 +396,15 @@ fn long_replies_are_cut_on_a_char_boundary() {
 #[test]
 fn idle_queues_are_removed_and_slots_reused() {
     let mut q = queues();
+    q.set_idle_s(10);
     let (a, b) = (key("a.example"), key("b.example"));
     q.enqueue(&a, item(1, 0, 0));
     q.defer(&b, item(2, 0, 0), 0, "451", 0);
-    assert_eq!(q.remove_idle_queues(), 0);
+    q.upkeep(0);
     q.take_batch(&a, 10);
-    assert_eq!(q.remove_idle_queues(), 1);
+    q.upkeep(1);
+    assert!(q.upkeep(10).removed.is_empty(), "idle for 9 s only");
+    assert_eq!(q.upkeep(11).removed, [a]);
     assert_eq!(q.queue_count(), 1);
     q.enqueue(&key("c.example"), item(3, 0, 0));
     assert_eq!(q.slots.len(), 2, "the freed slot is reused");

@@ -1,0 +1,190 @@
+//! Once a second each core runs its queues' upkeep and publishes what changed: the queues that
+//! changed since the last second replace their entry on the board `GET /v1/queues` reads, the
+//! queues freed leave it. The cost follows the queues that changed, not the queues that exist or
+//! ever existed. The same pass sets the `volley_queues` and `volley_oldest_ready_seconds` gauges,
+//! warns about stuck queues, and lets MX rollup forget what it kept for freed queues.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use super::backoff_watch;
+use crate::queue::{QueueKey, QueueSnapshot, STUCK_AFTER_S, Stuck};
+use crate::runtime::CoreContext;
+
+/// Stuck queues named in the log per core and second at most; the rest are counted in one line.
+pub const STUCK_WARNINGS_PER_UPKEEP_MAX: usize = 10;
+
+/// Every core's live queues as the API lists them, by (VMTA, domain). Each core applies its own
+/// changes about once a second; the API reads them all. Locked once per publish and per API call,
+/// never per message. An entry lives as long as its queue: the board shrinks as queues are freed.
+pub struct QueueBoard {
+    cores: Mutex<Vec<BTreeMap<(String, String), QueueSnapshot>>>,
+}
+
+impl QueueBoard {
+    pub fn new(cores: usize) -> QueueBoard {
+        QueueBoard {
+            cores: Mutex::new(vec![BTreeMap::new(); cores]),
+        }
+    }
+
+    /// Applies one core's changes: each updated queue replaces its entry, then freed ones leave.
+    pub fn apply(&self, core: usize, updated: Vec<QueueSnapshot>, removed: &[QueueKey]) {
+        if updated.is_empty() && removed.is_empty() {
+            return;
+        }
+        if let Ok(mut cores) = self.cores.lock()
+            && let Some(queues) = cores.get_mut(core)
+        {
+            for q in updated {
+                queues.insert((q.vmta.clone(), q.domain.clone()), q);
+            }
+            for key in removed {
+                queues.remove(&(key.vmta.to_string(), key.domain.to_string()));
+            }
+        }
+    }
+
+    /// Every live queue of every core, sorted by VMTA then domain.
+    pub fn all(&self) -> Vec<QueueSnapshot> {
+        let mut all: Vec<QueueSnapshot> = self
+            .cores
+            .lock()
+            .map(|c| c.iter().flat_map(|q| q.values()).cloned().collect())
+            .unwrap_or_default();
+        all.sort_by(|a, b| (&a.vmta, &a.domain).cmp(&(&b.vmta, &b.domain)));
+        all
+    }
+
+    /// Queues on the board.
+    pub fn len(&self) -> usize {
+        self.cores
+            .lock()
+            .map(|c| c.iter().map(BTreeMap::len).sum())
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// This core's once-a-second pass over its queues (see the module comment).
+pub fn publish_snapshot(core: &CoreContext) {
+    let now_s = crate::clock::unix_s();
+    let idle_s = core.config().shaping.queue_idle_s;
+    let upkeep = {
+        let mut queues = core.delivery.queues.borrow_mut();
+        queues.set_idle_s(idle_s);
+        queues.upkeep(now_s)
+    };
+    backoff_watch::after_upkeep(core, upkeep.backoff_left);
+    for key in &upkeep.removed {
+        core.delivery.mx_rollup.forget(&key.domain);
+    }
+    core.delivery.mx_rollup.sweep(now_s);
+    let counters = core.counters();
+    counters.queues.store(upkeep.live as i64, Ordering::Relaxed);
+    counters
+        .oldest_ready_seconds
+        .store(upkeep.oldest_ready_s as i64, Ordering::Relaxed);
+    warn_stuck(core, &upkeep.stuck);
+    if !upkeep.removed.is_empty() {
+        log::debug!(
+            "{} idle queues freed, {} left",
+            upkeep.removed.len(),
+            upkeep.live
+        );
+    }
+    core.shared
+        .queues
+        .apply(core.index, upkeep.updated, &upkeep.removed);
+}
+
+/// One WARN line per stuck queue (each at most once per `STUCK_AFTER_S`, at most
+/// `STUCK_WARNINGS_PER_UPKEEP_MAX` a second); a stuck queue with no connection at all has lost
+/// its wake-up, so the scheduler is woken for it.
+fn warn_stuck(core: &CoreContext, stuck: &[Stuck]) {
+    for s in stuck.iter().take(STUCK_WARNINGS_PER_UPKEEP_MAX) {
+        log::warn!(
+            "queue {}: stuck: a ready recipient has waited {} s (over {STUCK_AFTER_S} s) with {} of \
+             {} connections open; {} ready",
+            s.key,
+            s.waited_s,
+            s.connections,
+            s.max_connections,
+            s.ready
+        );
+    }
+    if let Some(more) = stuck.len().checked_sub(STUCK_WARNINGS_PER_UPKEEP_MAX)
+        && more > 0
+    {
+        log::warn!("{more} more queues stuck (over {STUCK_AFTER_S} s with connections free)");
+    }
+    for s in stuck {
+        if s.connections == 0 {
+            core.delivery.wake_queue(&s.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{QueueState, QueueStats};
+
+    fn snapshot(vmta: &str, domain: &str, ready: usize) -> QueueSnapshot {
+        QueueSnapshot {
+            vmta: vmta.into(),
+            domain: domain.into(),
+            ready,
+            deferred: 0,
+            state: QueueState::Active,
+            connections: 0,
+            next_attempt_s: None,
+            stats: QueueStats::default(),
+            last_deferral: None,
+            backoff_level: 0,
+            max_connections: 20,
+        }
+    }
+
+    #[test]
+    fn the_board_applies_changes_and_removals_per_core() {
+        let board = QueueBoard::new(2);
+        board.apply(
+            0,
+            vec![snapshot("v", "b.test", 1), snapshot("v", "a.test", 2)],
+            &[],
+        );
+        board.apply(1, vec![snapshot("v", "c.test", 3)], &[]);
+        let domains = |b: &QueueBoard| {
+            b.all()
+                .into_iter()
+                .map(|q| (q.domain, q.ready))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            domains(&board),
+            [
+                ("a.test".into(), 2),
+                ("b.test".into(), 1),
+                ("c.test".into(), 3)
+            ]
+        );
+        // Only what changed is sent: a.test updated, b.test freed, c.test (other core) untouched.
+        board.apply(
+            0,
+            vec![snapshot("v", "a.test", 0)],
+            &[QueueKey::new("v", "b.test")],
+        );
+        assert_eq!(
+            domains(&board),
+            [("a.test".into(), 0), ("c.test".into(), 3)]
+        );
+        board.apply(1, Vec::new(), &[QueueKey::new("v", "c.test")]);
+        board.apply(0, Vec::new(), &[QueueKey::new("v", "a.test")]);
+        assert!(board.is_empty());
+    }
+}
