@@ -106,27 +106,36 @@ pub fn publish_snapshot(core: &CoreContext) {
 /// `STUCK_WARNINGS_PER_UPKEEP_MAX` a second); a stuck queue with no connection at all has lost
 /// its wake-up, so the scheduler is woken for it.
 fn warn_stuck(core: &CoreContext, stuck: &[Stuck]) {
-    for s in stuck.iter().take(STUCK_WARNINGS_PER_UPKEEP_MAX) {
-        log::warn!(
-            "queue {}: stuck: a ready recipient has waited {} s (over {STUCK_AFTER_S} s) with {} of \
-             {} connections open; {} ready",
-            s.key,
-            s.waited_s,
-            s.connections,
-            s.max_connections,
-            s.ready
-        );
-    }
-    if let Some(more) = stuck.len().checked_sub(STUCK_WARNINGS_PER_UPKEEP_MAX)
-        && more > 0
-    {
-        log::warn!("{more} more queues stuck (over {STUCK_AFTER_S} s with connections free)");
+    for line in stuck_warnings(stuck) {
+        log::warn!("{line}");
     }
     for s in stuck {
         if s.connections == 0 {
             core.delivery.wake_queue(&s.key);
         }
     }
+}
+
+/// The WARN lines for `stuck`: one per queue up to `STUCK_WARNINGS_PER_UPKEEP_MAX`, then a count.
+fn stuck_warnings(stuck: &[Stuck]) -> Vec<String> {
+    let mut lines: Vec<String> = stuck
+        .iter()
+        .take(STUCK_WARNINGS_PER_UPKEEP_MAX)
+        .map(|s| {
+            format!(
+                "queue {}: stuck: a ready recipient has waited {} s (over {STUCK_AFTER_S} s) with \
+                 {} of {} connections open; {} ready",
+                s.key, s.waited_s, s.connections, s.max_connections, s.ready
+            )
+        })
+        .collect();
+    let more = stuck.len().saturating_sub(STUCK_WARNINGS_PER_UPKEEP_MAX);
+    if more > 0 {
+        lines.push(format!(
+            "{more} more queues stuck (over {STUCK_AFTER_S} s with connections free)"
+        ));
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -148,6 +157,31 @@ mod tests {
             backoff_level: 0,
             max_connections: 20,
         }
+    }
+
+    #[test]
+    fn stuck_queues_get_one_line_each_up_to_the_cap_then_a_count() {
+        let stuck: Vec<Stuck> = (0..STUCK_WARNINGS_PER_UPKEEP_MAX + 3)
+            .map(|n| Stuck {
+                key: QueueKey::new("v1", &format!("d{n}.test")),
+                waited_s: 61,
+                ready: 4,
+                connections: 1,
+                max_connections: 20,
+            })
+            .collect();
+        let lines = stuck_warnings(&stuck);
+        assert_eq!(lines.len(), STUCK_WARNINGS_PER_UPKEEP_MAX + 1);
+        assert_eq!(
+            lines[0],
+            "queue v1/d0.test: stuck: a ready recipient has waited 61 s (over 60 s) with 1 of 20 \
+             connections open; 4 ready"
+        );
+        assert_eq!(
+            lines[STUCK_WARNINGS_PER_UPKEEP_MAX],
+            "3 more queues stuck (over 60 s with connections free)"
+        );
+        assert!(stuck_warnings(&[]).is_empty());
     }
 
     #[test]
