@@ -54,6 +54,9 @@ pub struct MessageEntry {
     pub pending: u32,
 }
 
+/// A per-core message map at or below this capacity is never shrunk.
+const MESSAGE_TABLE_SHRINK_MIN: usize = 1024;
+
 /// The messages with recipients queued on one core: one map per spooling core, keyed by sequence
 /// number (24-byte buckets, where `MessageId` keys would take 32).
 #[derive(Debug, Default)]
@@ -109,6 +112,10 @@ impl MessageTable {
             return false;
         }
         map.remove(&id.seq);
+        // Give the buckets back after a drain (a burst of messages must not pin its peak).
+        if map.capacity() > MESSAGE_TABLE_SHRINK_MIN && map.capacity() > 4 * map.len() {
+            map.shrink_to(2 * map.len());
+        }
         true
     }
 
@@ -497,6 +504,16 @@ mod tests {
             !table.release(a),
             "releasing an unknown message changes nothing"
         );
+        // A drained burst gives its buckets back.
+        for seq in 100..100_100 {
+            table.add(MessageId { core: 0, seq }, record(1, 0), 1);
+        }
+        for seq in 100..100_100 {
+            table.release(MessageId { core: 0, seq });
+        }
+        assert_eq!(table.len(), 1);
+        let capacity: usize = table.by_core.iter().map(|m| m.capacity()).sum();
+        assert!(capacity <= 2 * MESSAGE_TABLE_SHRINK_MIN, "{capacity}");
         assert_eq!(table.record(b).map(|r| r.segment), Some(9));
     }
 

@@ -19,8 +19,12 @@ pub const STUCK_WARNINGS_PER_UPKEEP_MAX: usize = 10;
 /// changes about once a second; the API reads them all. Locked once per publish and per API call,
 /// never per message. An entry lives as long as its queue: the board shrinks as queues are freed.
 pub struct QueueBoard {
-    cores: Mutex<Vec<BTreeMap<(String, String), QueueSnapshot>>>,
+    cores: Mutex<Vec<CoreBoard>>,
 }
+
+/// One core's queues by VMTA, then domain: found by `&str`, so updating a listed queue allocates
+/// no key.
+type CoreBoard = BTreeMap<String, BTreeMap<String, QueueSnapshot>>;
 
 impl QueueBoard {
     pub fn new(cores: usize) -> QueueBoard {
@@ -35,13 +39,27 @@ impl QueueBoard {
             return;
         }
         if let Ok(mut cores) = self.cores.lock()
-            && let Some(queues) = cores.get_mut(core)
+            && let Some(vmtas) = cores.get_mut(core)
         {
             for q in updated {
-                queues.insert((q.vmta.clone(), q.domain.clone()), q);
+                let domains = match vmtas.get_mut(q.vmta.as_str()) {
+                    Some(domains) => domains,
+                    None => vmtas.entry(q.vmta.clone()).or_default(),
+                };
+                match domains.get_mut(q.domain.as_str()) {
+                    Some(entry) => *entry = q,
+                    None => {
+                        domains.insert(q.domain.clone(), q);
+                    }
+                }
             }
             for key in removed {
-                queues.remove(&(key.vmta.to_string(), key.domain.to_string()));
+                if let Some(domains) = vmtas.get_mut(&*key.vmta) {
+                    domains.remove(&*key.domain);
+                    if domains.is_empty() {
+                        vmtas.remove(&*key.vmta);
+                    }
+                }
             }
         }
     }
@@ -51,7 +69,13 @@ impl QueueBoard {
         let mut all: Vec<QueueSnapshot> = self
             .cores
             .lock()
-            .map(|c| c.iter().flat_map(|q| q.values()).cloned().collect())
+            .map(|c| {
+                c.iter()
+                    .flat_map(|vmtas| vmtas.values())
+                    .flat_map(|domains| domains.values())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         all.sort_by(|a, b| (&a.vmta, &a.domain).cmp(&(&b.vmta, &b.domain)));
         all
@@ -61,7 +85,12 @@ impl QueueBoard {
     pub fn len(&self) -> usize {
         self.cores
             .lock()
-            .map(|c| c.iter().map(BTreeMap::len).sum())
+            .map(|c| {
+                c.iter()
+                    .flat_map(|vmtas| vmtas.values())
+                    .map(BTreeMap::len)
+                    .sum()
+            })
             .unwrap_or(0)
     }
 

@@ -384,13 +384,17 @@ pub struct Queues {
     idle_s: u64,
     /// Queues in adaptive backoff now.
     in_backoff: usize,
+    /// The policy set last, shared by the queues given an equal one (see `shared_policy`).
+    last_policy: Rc<QueuePolicy>,
 }
 
 impl Queues {
     /// Empty queues; a queue created without its own policy gets `default_policy`.
     pub fn new(default_policy: QueuePolicy) -> Queues {
+        let default_policy = Rc::new(default_policy);
         Queues {
-            default_policy: Rc::new(default_policy),
+            last_policy: Rc::clone(&default_policy),
+            default_policy,
             slots: Vec::new(),
             free_slots: Vec::new(),
             index: HashMap::new(),
@@ -420,11 +424,22 @@ impl Queues {
 
     /// Sets a queue's policy (creating the queue). Its rate limiter starts afresh.
     pub fn set_policy(&mut self, key: &QueueKey, policy: impl Into<Rc<QueuePolicy>>) {
+        let policy = self.shared_policy(policy.into());
         let slot = self.slot_or_create(key);
         if let Some(q) = self.queue_mut(slot) {
-            q.policy = policy.into();
+            q.policy = policy;
             q.reset_rate();
         }
+    }
+
+    /// `policy`, or the equal one given last: most queues share one policy (the `*` domain's),
+    /// so a million queues hold one copy of it, not a million.
+    fn shared_policy(&mut self, policy: Rc<QueuePolicy>) -> Rc<QueuePolicy> {
+        if *policy == *self.last_policy {
+            return Rc::clone(&self.last_policy);
+        }
+        self.last_policy = Rc::clone(&policy);
+        policy
     }
 
     /// A queue's policy, if the queue exists.
@@ -634,7 +649,11 @@ impl Queues {
         if *q.policy == policy {
             return false;
         }
-        q.policy = Rc::new(policy);
+        let policy = self.shared_policy(Rc::new(policy));
+        let Some(q) = self.queue_mut(slot) else {
+            return false;
+        };
+        q.policy = policy;
         q.reset_rate();
         if matches!(q.state, QueueState::RateWait { .. }) {
             q.state = QueueState::Active;

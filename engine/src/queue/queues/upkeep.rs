@@ -64,20 +64,20 @@ impl Queues {
 
     /// The watched queues: backoff quiet periods, the oldest ready recipient, stuck queues.
     fn watch(&mut self, now_s: u64, out: &mut Upkeep) {
-        let watched = std::mem::take(&mut self.watched);
-        let mut kept = Vec::with_capacity(watched.len());
+        // In place: the upkeep allocates nothing per second for the queues it watches.
+        let (slots, changed) = (&mut self.slots, &mut self.changed);
         let mut in_backoff = self.in_backoff;
-        for slot in watched {
-            let Some(q) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
-                continue;
+        self.watched.retain(|&slot| {
+            let Some(q) = slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+                return false;
             };
             if !q.watched {
-                continue; // a stale entry of a slot reused since
+                return false; // a stale entry of a slot reused since
             }
             if !q.needs_watch() {
                 q.watched = false;
                 q.room_since_s = None;
-                continue;
+                return false;
             }
             if q.backoff.is_backoff() {
                 let t = q.backoff.on_tick(now_s, &q.policy.backoff);
@@ -85,7 +85,7 @@ impl Queues {
                     out.backoff_left.push((q.key.clone(), t));
                     if !q.changed {
                         q.changed = true;
-                        self.changed.push(slot);
+                        changed.push(slot);
                     }
                 }
             }
@@ -105,17 +105,16 @@ impl Queues {
                     });
                 }
             }
-            kept.push(slot);
-        }
+            true
+        });
         self.in_backoff = in_backoff;
-        self.watched = kept;
     }
 
     /// Snapshots of the queues changed since the last upkeep; starts or stops their idle clocks.
     fn take_changes(&mut self, now_s: u64, out: &mut Upkeep) {
-        let changed = std::mem::take(&mut self.changed);
+        let mut changed = std::mem::take(&mut self.changed);
         out.updated.reserve(changed.len());
-        for slot in changed {
+        for &slot in &changed {
             let Some(q) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue;
             };
@@ -142,6 +141,9 @@ impl Queues {
                 q.idle_since_s = None;
             }
         }
+        // The list is empty again; its buffer is kept for the next second (trimmed in `compact`).
+        changed.clear();
+        self.changed = changed;
     }
 
     /// Frees the queues unused for `idle_s` that may be forgotten; checks the others again later.
@@ -234,6 +236,7 @@ impl Queues {
         }
         trim_vec(&mut self.free_slots);
         trim_vec(&mut self.watched);
+        trim_vec(&mut self.changed);
         if self.index.capacity() > SHRINK_MIN_CAPACITY
             && self.index.capacity() > 4 * self.index.len()
         {

@@ -265,3 +265,22 @@ fn a_burst_of_domains_gives_its_memory_back_and_the_survivors_keep_their_timers(
     assert_eq!(domains(&q.upkeep(400).updated).last(), Some(&"late.test"));
     assert_eq!(q.take_batch(&late, 10).len(), 1);
 }
+
+#[test]
+fn queues_given_equal_policies_share_one() {
+    let mut q = queues(300);
+    let policy = QueuePolicy {
+        max_connections: 3,
+        ..QueuePolicy::default()
+    };
+    for n in 0..100 {
+        q.set_policy(&key(&format!("d{n}.test")), policy.clone());
+    }
+    let first = &q.slots[0].as_ref().unwrap().policy;
+    assert_eq!(
+        std::rc::Rc::strong_count(first),
+        101,
+        "100 queues and the last-policy slot"
+    );
+    assert_eq!(q.policy(&key("d99.test")), Some(&policy));
+}
