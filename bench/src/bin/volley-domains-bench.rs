@@ -4,7 +4,7 @@
 //! One core's structures, driven through the daemon's own code on a simulated clock (one step = one
 //! second): `Queues`, the `MessageTable` (`delivery::queue_handoff`, as `CoreDelivery` queues a
 //! handoff) and the `QueueBoard` behind `GET /v1/queues`, fed by `Queues::upkeep` as
-//! `delivery::publish_snapshot` does once a second.
+//! `delivery::publish_snapshot` does once a second, with its allocator collection.
 //! 1. Steady load: `--steady-queues` domains each get one message a second, delivered the same
 //!    second (connection opened, transaction taken, delivery counted, connection closed).
 //! 2. RSS "before", and the cost of one second's upkeep + publish with those queues ever seen.
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use volley::delivery::{MessageTable, QueueBoard, queue_handoff};
+use volley::delivery::{MessageTable, QueueBoard, queue_handoff, return_freed_memory};
 use volley::envelope::MessageId;
 use volley::queue::{QueueKey, QueuePolicy, Queues};
 use volley::router::Handoff;
@@ -182,6 +182,7 @@ impl Core {
         let start = Instant::now();
         let upkeep = self.queues.upkeep(self.now_s);
         self.board.apply(0, upkeep.updated, &upkeep.removed);
+        return_freed_memory();
         let took = start.elapsed();
         self.now_s += 1;
         took
@@ -217,8 +218,8 @@ unsafe extern "C" {
     fn mi_collect(force: bool);
 }
 
-/// RSS after mimalloc was asked to give back everything it can (what the daemon would hold if it
-/// forced a collection once a burst is gone); returns (RSS, how long the collection took).
+/// RSS after mimalloc was asked to give back everything it can (a forced collection; the daemon
+/// only runs the non-forced one); returns (RSS, how long the collection took).
 fn collected_rss() -> (u64, Duration) {
     let start = Instant::now();
     // SAFETY: mimalloc is linked (it is the global allocator); the call takes no pointer.
@@ -228,7 +229,8 @@ fn collected_rss() -> (u64, Duration) {
 }
 
 /// RSS once the allocator has had the real time it takes to give freed pages back: the simulated
-/// seconds last microseconds here, while mimalloc returns memory after a delay in real time.
+/// seconds last microseconds here, while mimalloc returns memory after a delay in real time (its
+/// purge delay), at the once-a-second collection of `end_second`.
 fn settled_rss(core: &mut Core) -> u64 {
     for _ in 0..SETTLE_STEPS {
         std::thread::sleep(Duration::from_millis(SETTLE_STEP_MS));

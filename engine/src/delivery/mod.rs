@@ -27,7 +27,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 pub use connect::{connect_from, connect_from_timeout};
 pub use placement::{inject_message, route_new_message, route_recovered};
-pub use snapshot::{QueueBoard, publish_snapshot};
+pub use snapshot::{QueueBoard, publish_snapshot, return_freed_memory};
 pub use tls::ClientTls;
 pub use vmta_status::{BIND_FAILURE_RETRY_S, VmtaBoard, VmtaView};
 

@@ -2,7 +2,8 @@
 //! changed since the last second replace their entry on the board `GET /v1/queues` reads, the
 //! queues freed leave it. The cost follows the queues that changed, not the queues that exist or
 //! ever existed. The same pass sets the `volley_queues` and `volley_oldest_ready_seconds` gauges,
-//! warns about stuck queues, and lets MX rollup forget what it kept for freed queues.
+//! warns about stuck queues, lets MX rollup forget what it kept for freed queues, and lets the
+//! allocator return what was freed.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -129,6 +130,23 @@ pub fn publish_snapshot(core: &CoreContext) {
     core.shared
         .queues
         .apply(core.index, upkeep.updated, &upkeep.removed);
+    return_freed_memory();
+}
+
+/// Lets the allocator give back to the OS what was freed. mimalloc returns freed pages only once
+/// its purge delay has passed and something makes it look: after a burst of domains was freed,
+/// the process could otherwise keep hundreds of MiB it no longer uses (volley-domains-bench:
+/// 366 MiB left of a 1.2 GiB peak without this, 23 MiB with it). A non-forced collection of this
+/// thread's heap costs a few µs; it costs more (about 5 ms after a million queues were freed)
+/// only when it returns memory, work the allocator would otherwise do inside a later allocation.
+pub fn return_freed_memory() {
+    unsafe extern "C" {
+        fn mi_collect(force: bool);
+    }
+    // Naming the crate links mimalloc, and so `mi_collect`, into every binary of this crate.
+    let _ = &mimalloc::MiMalloc;
+    // SAFETY: a C function of the allocator linked in; it takes no pointer and reads no Rust state.
+    unsafe { mi_collect(false) }
 }
 
 /// One WARN line per stuck queue (each at most once per `STUCK_AFTER_S`, at most
