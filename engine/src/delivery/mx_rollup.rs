@@ -30,6 +30,9 @@ pub const MX_ROLLUP_FAILURE_REMEMBER_S: u64 = 60;
 /// Domains whose MX lookup a core waits for at once at most; a domain beyond that goes to its own
 /// queue without a lookup (rollup never holds mail).
 pub const MX_ROLLUP_LOOKUPS_MAX: usize = 10_000;
+/// Messages waiting for one domain's lookup at most; more mail to that domain meanwhile goes to
+/// the domain's own queue without waiting.
+pub const MX_ROLLUP_WAITING_PER_LOOKUP_MAX: usize = 10_000;
 /// How often expired answers are dropped and the memory's table shrunk, in seconds.
 pub const MX_ROLLUP_SWEEP_EVERY_S: u64 = 60;
 
@@ -241,14 +244,11 @@ impl CoreMxRollup {
     /// The queue domain for a recipient domain (lower-case), when known without a lookup.
     pub fn queue_domain(&self, config: &Arc<Config>, domain: &str, now_s: u64) -> QueueDomain {
         let answer = self.memory.borrow_mut().queue_domain(config, domain, now_s);
-        if answer == QueueDomain::NeedsLookup {
-            let lookups = self.lookups.borrow();
-            if lookups.len() >= MX_ROLLUP_LOOKUPS_MAX && !lookups.contains_key(domain) {
-                log::debug!(
-                    "MX rollup: {domain} goes to its own queue: too many lookups under way"
-                );
-                return QueueDomain::Known(domain.to_ascii_lowercase());
-            }
+        if answer == QueueDomain::NeedsLookup
+            && let Some(why) = lookup_refused(&self.lookups.borrow(), domain)
+        {
+            log::debug!("MX rollup: {domain} goes to its own queue: {why}");
+            return QueueDomain::Known(domain.to_ascii_lowercase());
         }
         answer
     }
@@ -261,6 +261,19 @@ impl CoreMxRollup {
     /// Drops expired answers now and then (see `MxRollupMemory::sweep`).
     pub fn sweep(&self, now_s: u64) {
         self.memory.borrow_mut().sweep(now_s);
+    }
+}
+
+/// Why a recipient of `domain` may not wait for an MX lookup, given the lookups under way: too
+/// many domains looked up at once, or too much mail waiting for this one.
+fn lookup_refused(lookups: &HashMap<String, Vec<Waiting>>, domain: &str) -> Option<&'static str> {
+    match lookups.get(domain) {
+        Some(waiting) if waiting.len() >= MX_ROLLUP_WAITING_PER_LOOKUP_MAX => {
+            Some("too much mail waiting for its lookup")
+        }
+        Some(_) => None,
+        None if lookups.len() >= MX_ROLLUP_LOOKUPS_MAX => Some("too many lookups under way"),
+        None => None,
     }
 }
 
@@ -501,6 +514,45 @@ domains = ["listed.test", "other.test"]
         assert_eq!(
             m.queue_domain(&c, "freed.test", 70),
             QueueDomain::NeedsLookup
+        );
+    }
+
+    #[test]
+    fn lookups_and_the_mail_waiting_for_each_are_bounded() {
+        let waiting = |n: usize| {
+            (0..n)
+                .map(|i| Waiting {
+                    id: MessageId {
+                        core: 0,
+                        seq: i as u64,
+                    },
+                    record: RecordLocation {
+                        core: 0,
+                        segment: 0,
+                        offset: 0,
+                    },
+                    vmta: Arc::from("v"),
+                    recipients: Vec::new(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut lookups = HashMap::new();
+        lookups.insert(
+            "busy.test".to_string(),
+            waiting(MX_ROLLUP_WAITING_PER_LOOKUP_MAX),
+        );
+        lookups.insert("quiet.test".to_string(), waiting(1));
+        assert!(lookup_refused(&lookups, "busy.test").is_some());
+        assert_eq!(lookup_refused(&lookups, "quiet.test"), None);
+        assert_eq!(lookup_refused(&lookups, "new.test"), None);
+        for n in 0..MX_ROLLUP_LOOKUPS_MAX {
+            lookups.insert(format!("{n}.test"), Vec::new());
+        }
+        assert!(lookup_refused(&lookups, "new.test").is_some());
+        assert_eq!(
+            lookup_refused(&lookups, "quiet.test"),
+            None,
+            "a lookup under way still takes mail"
         );
     }
 

@@ -3,6 +3,8 @@
 //! Pure logic: no IO, no clock. The delivery driver feeds it the time (`now_s`, `now_ms`) and asks:
 //! which queues have work (`due`), when to wake next (`next_wakeup`), may a connection open
 //! (`try_open_connection`), may a transaction start (`may_send`), and hands failures back (`defer`).
+//! Once a second it runs `upkeep`: the queues changed since (for the API), the idle ones freed, the
+//! oldest ready recipient waiting with a connection slot free, the stuck queues.
 //!
 //! Each queue holds a FIFO of ready recipients and its own min-heap of deferred ones; one core-wide
 //! heap of wake-ups, one live entry per queue, tells `due` which queues to look at. See `queues.rs`

@@ -24,7 +24,16 @@
 //! `max_queue_age`) is kept once per message by the delivery side. Containers grow by doubling and
 //! are shrunk back whenever their capacity exceeds twice their length (above `SHRINK_MIN_CAPACITY`
 //! items), so the cost is 32 bytes per recipient at best and 64 bytes at worst. Each queue adds a
-//! fixed few hundred bytes (key, policy `Rc`, counters).
+//! fixed few hundred bytes (key, counters; queues with equal policies share one `Rc`).
+//!
+//! # Bounds
+//! A queue exists while it holds recipients (bounded by the spool), has a connection, is suspended
+//! by an operator, or is in backoff, and then for `[shaping] queue_idle_s` (`set_idle_s`): the
+//! upkeep (`upkeep.rs`) frees it. Everything indexed by queue follows that count: the slots (and
+//! `free_slots`, emptied when the slots are compacted), the key index, the wake and idle heaps (one
+//! live entry per queue; rebuilt when stale entries dominate or the slots are compacted), the
+//! change and watch lists (one entry per queue). Texts kept per queue are cut to
+//! `MAX_REPLY_TEXT_BYTES`. Capacities are trimmed to within 4x (2x for recipients) of the length.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
