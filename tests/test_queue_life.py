@@ -7,6 +7,7 @@ that accepts and never greets).
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -99,6 +100,26 @@ def test_a_drained_queue_is_freed_after_queue_idle_s_and_a_holding_one_stays(vol
     assert held["size"] == 1, held
     assert [q["domain"] for q in all_queues(volley)] == ["held.test"]
     assert volley.metrics()["volley_queues"] == 1
+
+
+def test_a_reload_applies_a_shorter_queue_idle_s_to_queues_already_idle(volley, sink_factory):
+    sink = sink_factory()
+    volley.route("life.test", sink.hostport)
+    volley.start()  # queue_idle_s: the default, 300 s
+    volley.send("a@src.test", ["r@life.test"], message("reload"))
+    sink.wait_recipients(1)
+    wait_until(
+        lambda: [q for q in queues(volley, "life.test") if q["delivered"] == 1],
+        3,
+        "the drained life.test queue listed",
+    )
+    time.sleep(2)  # idle for a while under the old value
+    assert queues(volley, "life.test")
+    volley.config["shaping"] = {"queue_idle_s": 1}
+    volley.write_config()
+    volley.signal(signal.SIGHUP)
+    wait_until(lambda: not queues(volley, "life.test"), 5, "life.test freed after the reload")
+    assert volley.metrics()["volley_queues"] == 0
 
 
 def test_a_ready_recipient_waiting_for_a_greeting_shows_in_oldest_ready_seconds(volley):

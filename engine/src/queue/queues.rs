@@ -570,12 +570,17 @@ impl Queues {
                 break;
             }
             self.wakes.pop();
+            let live = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|q| q.scheduled_wake_s == Some(wake_s));
+            if !live {
+                continue; // stale: the queue's wake-up moved (or it was freed) since this entry
+            }
             let Some(q) = self.queue_mut(slot) else {
                 continue;
             };
-            if q.scheduled_wake_s != Some(wake_s) {
-                continue; // stale: the queue's wake-up moved since this entry was pushed
-            }
             q.scheduled_wake_s = None;
             let mut gained = false;
             if q.state
