@@ -76,5 +76,8 @@ fi
 echo "== memory per queued recipient (1 M; see docs/memory.md for 10 M)"
 $BIN/volley-memory-bench --recipients 1000000
 
+echo "== a million distinct destination domains: queues freed, snapshot cost per second"
+$BIN/volley-domains-bench
+
 echo "== shaping that does not bind, A/B end to end"
 ROUNDS="${SHAPING_ROUNDS:-5}" MESSAGES="$MESSAGES" OUT="$OUT" bash scripts/bench-shaping-ab.sh

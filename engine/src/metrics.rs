@@ -49,6 +49,11 @@ pub struct CoreCounters {
     pub backoff_transitions: AtomicU64,
     /// Queues of this core in adaptive backoff now.
     pub queues_in_backoff: AtomicI64,
+    /// Delivery queues that exist on this core now (set once a second).
+    pub queues: AtomicI64,
+    /// Seconds the oldest ready recipient of this core has waited with a connection slot free
+    /// (set once a second; the scrape shows the highest of all cores).
+    pub oldest_ready_seconds: AtomicI64,
     /// Messages refused by a customer's sending limit (MAIL or end of data).
     pub sending_limit_refusals: AtomicU64,
     /// VMTAs taken out of their pools because they were refused everywhere.
@@ -98,6 +103,14 @@ impl Metrics {
             .iter()
             .map(|c| field(c).load(Ordering::Relaxed))
             .sum()
+    }
+
+    fn max_gauge(&self, field: impl Fn(&CoreCounters) -> &AtomicI64) -> i64 {
+        self.cores
+            .iter()
+            .map(|c| field(c).load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The Prometheus text exposition format.
@@ -186,7 +199,7 @@ impl Metrics {
                 self.sum(field)
             );
         }
-        let gauges: [GaugeField; 3] = [
+        let gauges: [GaugeField; 4] = [
             (
                 "volley_queued_recipients",
                 "Recipients waiting in delivery queues",
@@ -202,6 +215,11 @@ impl Metrics {
                 "Open outbound SMTP connections",
                 |c| &c.outbound_connections,
             ),
+            (
+                "volley_queues",
+                "Delivery queues that exist (idle ones are freed after queue_idle_s)",
+                |c| &c.queues,
+            ),
         ];
         for (name, help, field) in gauges {
             let _ = writeln!(
@@ -210,6 +228,16 @@ impl Metrics {
                 self.sum_gauge(field)
             );
         }
+        // The oldest wait is the highest of the cores, not their sum.
+        let (name, help) = (
+            "volley_oldest_ready_seconds",
+            "Seconds the oldest ready recipient has waited while its queue had a connection slot free",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+            self.max_gauge(|c| &c.oldest_ready_seconds)
+        );
         self.render_latency(
             &mut out,
             "volley_accept_latency_seconds",
@@ -285,6 +313,25 @@ mod tests {
         );
         assert!(
             text.contains("volley_accept_latency_seconds_count 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn queues_are_summed_and_the_oldest_wait_is_the_highest_of_the_cores() {
+        let m = Metrics::new(3);
+        m.core(0).queues.store(5, Ordering::Relaxed);
+        m.core(2).queues.store(7, Ordering::Relaxed);
+        m.core(0).oldest_ready_seconds.store(12, Ordering::Relaxed);
+        m.core(1).oldest_ready_seconds.store(90, Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("\nvolley_queues 12\n"), "{text}");
+        assert!(
+            text.contains("\nvolley_oldest_ready_seconds 90\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE volley_oldest_ready_seconds gauge"),
             "{text}"
         );
     }

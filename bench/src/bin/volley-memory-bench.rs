@@ -147,7 +147,7 @@ fn show(label: &str, r: Resident) {
 fn route(
     reader: &mut SequentialMessages,
     message: RecoveredMessage,
-    queues: &mut Queues<()>,
+    queues: &mut Queues,
     messages: &mut MessageTable,
     keys: &mut HashMap<String, QueueKey>,
     vmta: &Arc<str>,
@@ -230,7 +230,7 @@ async fn run(args: Args, root: PathBuf) -> Result<(), String> {
     let started = Instant::now();
     let reader = SegmentReader::new(root.join("spool"));
     let mut records = SequentialMessages::new(&reader);
-    let mut queues: Queues<()> = Queues::new(QueuePolicy::default());
+    let mut queues: Queues = Queues::new(QueuePolicy::default());
     let mut messages = MessageTable::default();
     let vmta: Arc<str> = Arc::from("default");
     let mut keys: HashMap<String, QueueKey> = HashMap::new();

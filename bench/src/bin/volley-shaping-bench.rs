@@ -17,14 +17,14 @@ use volley::queue::{QueueKey, QueuePolicy, QueuedRecipient, Queues};
 
 const QUEUES: usize = 64;
 
-fn fill(queues: &mut Queues<u64>, keys: &[QueueKey], messages: usize) {
+fn fill(queues: &mut Queues, keys: &[QueueKey], messages: usize) {
     for i in 0..messages {
         let key = &keys[i % keys.len()];
         let id = MessageId {
             core: 0,
             seq: i as u64,
         };
-        queues.enqueue(key, QueuedRecipient::new(id, i as u64, 0, 0));
+        queues.enqueue(key, QueuedRecipient::new(id, 0, 0));
     }
 }
 
@@ -40,7 +40,7 @@ fn run(messages: usize, shaping: bool) -> f64 {
     } else {
         QueuePolicy::default()
     };
-    let mut queues: Queues<u64> = Queues::new(policy);
+    let mut queues: Queues = Queues::new(policy);
     let keys: Vec<QueueKey> = (0..QUEUES)
         .map(|i| QueueKey::new("vmta", &format!("d{i}.example")))
         .collect();

@@ -338,6 +338,9 @@ pub struct ShapingSection {
     pub vmta_refusal_window_s: u64,
     /// How long a VMTA refused everywhere stays out of its pools, in seconds; then it is back.
     pub vmta_refusal_out_s: u64,
+    /// A delivery queue that is empty, with no connection, for this many seconds is freed with
+    /// everything kept for it (policy, rate state, counters); a suspended queue is kept.
+    pub queue_idle_s: u64,
 }
 
 impl Default for ShapingSection {
@@ -347,6 +350,7 @@ impl Default for ShapingSection {
             vmta_refusal_domains: 3,
             vmta_refusal_window_s: 300,
             vmta_refusal_out_s: 600,
+            queue_idle_s: crate::queue::DEFAULT_QUEUE_IDLE_S,
         }
     }
 }

@@ -239,10 +239,18 @@ fn check_delivery(config: &Config, c: &mut Checker) {
 const VMTA_REFUSAL_S_MAX: u64 = 7 * 86_400;
 /// Most refusing domains that may be asked for (each is remembered until the count is reached).
 const VMTA_REFUSAL_DOMAINS_MAX: u32 = 1_000;
+/// The longest `[shaping] queue_idle_s`: an idle queue costs memory for no purpose past a day.
+const QUEUE_IDLE_S_MAX: u64 = 86_400;
 
 fn check_shaping(config: &Config, c: &mut Checker) {
     use Step::Key;
     let s = &config.shaping;
+    if !(1..=QUEUE_IDLE_S_MAX).contains(&s.queue_idle_s) {
+        c.error(
+            &[Key("shaping"), Key("queue_idle_s")],
+            format!("must be between 1 and {QUEUE_IDLE_S_MAX} seconds"),
+        );
+    }
     if s.vmta_refusal_domains == 0 {
         return;
     }
@@ -562,6 +570,23 @@ mod tests {
         assert!(keys.contains(&("rollup[0].mx[2]", Some(8))), "{e}");
         assert!(keys.contains(&("rollup[1].domains", Some(9))), "{e}");
         assert_eq!(e.0.len(), 5, "{e}");
+    }
+
+    #[test]
+    fn queue_idle_s_is_bounded() {
+        for (value, ok) in [(0, false), (1, true), (86_400, true), (86_401, false)] {
+            let text = format!(
+                "[[listener]]\naddress = \"127.0.0.1:25\"\n[shaping]\nqueue_idle_s = {value}\n"
+            );
+            let keys: Vec<String> = match Config::parse(&text) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.iter().map(|e| e.key.clone()).collect(),
+            };
+            assert_eq!(keys.is_empty(), ok, "{value}: {keys:?}");
+            if !ok {
+                assert_eq!(keys, ["shaping.queue_idle_s"], "{value}");
+            }
+        }
     }
 
     #[test]

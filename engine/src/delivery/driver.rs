@@ -107,7 +107,7 @@ where
                         conn.mx,
                         if temporary { "temporary" } else { "permanent" }
                     );
-                    super::shaping::observe_failure(&conn.core, &conn.key, &reply);
+                    super::backoff_watch::observe_failure(&conn.core, &conn.key, &reply);
                     conn.failure = Some(reply);
                 }
                 Event::Closed => closed = true,

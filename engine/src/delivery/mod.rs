@@ -8,6 +8,7 @@
 //! recipient count per message (`MessageTable`). The envelope is read back from the record when a
 //! transaction needs it, through a small per-core cache (`CoreDelivery::message`).
 
+pub mod backoff_watch;
 mod connect;
 mod connection;
 mod deadlines;
@@ -17,7 +18,7 @@ mod mx_rollup;
 mod outcome;
 mod placement;
 mod scheduler;
-pub mod shaping;
+mod snapshot;
 mod tls;
 mod transaction;
 pub mod vmta_status;
@@ -29,7 +30,8 @@ use std::sync::atomic::Ordering;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 pub use connect::{connect_from, connect_from_timeout};
-pub use placement::{QueueBoard, route_new_message, route_recovered};
+pub use placement::{route_new_message, route_recovered};
+pub use snapshot::{QueueBoard, publish_snapshot, return_freed_memory};
 pub use tls::ClientTls;
 pub use vmta_status::{BIND_FAILURE_RETRY_S, VmtaBoard, VmtaView};
 
@@ -41,8 +43,8 @@ use crate::runtime::CoreContext;
 use crate::spool::{RecordLocation, SegmentReader, SeqMap, SpoolError, StoredMessage};
 
 /// A queued recipient here. Everything per message (where its record lies, when it was received)
-/// is kept once, in its `MessageEntry` or in the spool, so the queue payload is empty: 32 bytes.
-pub type Queued = QueuedRecipient<()>;
+/// is kept once, in its `MessageEntry` or in the spool: 32 bytes.
+pub type Queued = QueuedRecipient;
 
 /// A message with recipients queued on this core: where its record lies in the spool of the message
 /// id's core, and how many of its recipients are still here. 12 bytes: the envelope stays in the
@@ -55,6 +57,9 @@ pub struct MessageEntry {
     /// Recipients of it still queued or in flight on this core.
     pub pending: u32,
 }
+
+/// A per-core message map at or below this capacity is never shrunk.
+const MESSAGE_TABLE_SHRINK_MIN: usize = 1024;
 
 /// The messages with recipients queued on one core: one map per spooling core, keyed by sequence
 /// number (24-byte buckets, where `MessageId` keys would take 32).
@@ -111,6 +116,10 @@ impl MessageTable {
             return false;
         }
         map.remove(&id.seq);
+        // Give the buckets back after a drain (a burst of messages must not pin its peak).
+        if map.capacity() > MESSAGE_TABLE_SHRINK_MIN && map.capacity() > 4 * map.len() {
+            map.shrink_to(2 * map.len());
+        }
         true
     }
 
@@ -170,7 +179,7 @@ impl MessageCache {
 /// One core's delivery state.
 pub struct CoreDelivery {
     pub core: usize,
-    pub queues: RefCell<Queues<()>>,
+    pub queues: RefCell<Queues>,
     pub messages: RefCell<MessageTable>,
     /// Envelopes read back lately (bounded; see `MessageCache`).
     cache: RefCell<MessageCache>,
@@ -262,14 +271,21 @@ impl CoreDelivery {
     }
 
     /// Queues the recipients of a handoff from any core.
+    /// Gives the queue `key` its configured policy when it has none yet: a queue made by mail or by
+    /// an operator's command (a suspension before the mail arrives) runs under the configuration.
+    fn give_policy(&self, core: &CoreContext, key: &QueueKey) {
+        let mut queues = self.queues.borrow_mut();
+        if queues.policy(key).is_none() {
+            queues.set_policy(key, Self::policy(core, key));
+        }
+    }
+
     fn accept_handoff(&self, core: &CoreContext, handoff: Handoff) {
         let key = QueueKey::new(&handoff.vmta, &handoff.domain);
         let now_s = crate::clock::unix_s();
         let count = {
+            self.give_policy(core, &key);
             let mut queues = self.queues.borrow_mut();
-            if queues.policy(&key).is_none() {
-                queues.set_policy(&key, Self::policy(core, &key));
-            }
             queue_handoff(
                 &mut queues,
                 &mut self.messages.borrow_mut(),
@@ -364,6 +380,7 @@ impl CoreDelivery {
                     }
                 }
                 for key in keys {
+                    self.give_policy(core, &key);
                     self.queues.borrow_mut().suspend(&key, None, &reason);
                     log::info!("queue {key} suspended: {reason}");
                 }
@@ -402,14 +419,14 @@ impl CoreDelivery {
 /// Puts the recipients of `handoff` in the queue `key` and counts them in their message's entry:
 /// everything a core keeps in RAM for a queued recipient. Returns how many were queued.
 pub fn queue_handoff(
-    queues: &mut Queues<()>,
+    queues: &mut Queues,
     messages: &mut MessageTable,
     key: &QueueKey,
     handoff: &Handoff,
     now_s: u64,
 ) -> u32 {
     for &(recipient, attempts) in &handoff.recipients {
-        let mut item = QueuedRecipient::new(handoff.id, (), recipient, now_s);
+        let mut item = QueuedRecipient::new(handoff.id, recipient, now_s);
         item.attempts = attempts.min(u32::from(u16::MAX)) as u16;
         if handoff.not_before_s > now_s {
             item.next_attempt_s = handoff.not_before_s;
@@ -453,13 +470,6 @@ pub async fn start(
     };
     glommio::spawn_local(scheduler::run(core.clone(), wake_rx)).detach();
     route_recovered(core, recovered).await;
-}
-
-/// Publishes this core's queue list for `GET /v1/queues`.
-pub fn publish_snapshot(core: &CoreContext) {
-    shaping::tick(core);
-    let snapshot = core.delivery.queues.borrow().snapshot();
-    core.shared.queues.publish(core.index, snapshot);
 }
 
 #[cfg(test)]
@@ -510,6 +520,16 @@ mod tests {
             !table.release(a),
             "releasing an unknown message changes nothing"
         );
+        // A drained burst gives its buckets back.
+        for seq in 100..100_100 {
+            table.add(MessageId { core: 0, seq }, record(1, 0), 1);
+        }
+        for seq in 100..100_100 {
+            table.release(MessageId { core: 0, seq });
+        }
+        assert_eq!(table.len(), 1);
+        let capacity: usize = table.by_core.iter().map(|m| m.capacity()).sum();
+        assert!(capacity <= 2 * MESSAGE_TABLE_SHRINK_MIN, "{capacity}");
         assert_eq!(table.record(b).map(|r| r.segment), Some(9));
     }
 

@@ -27,6 +27,14 @@ pub const MX_ROLLUP_REMEMBER_S: u64 = 3_600;
 /// How long a failed lookup sends a domain to its own queue, in seconds: short, so the domain joins
 /// its group soon after DNS recovers.
 pub const MX_ROLLUP_FAILURE_REMEMBER_S: u64 = 60;
+/// Domains whose MX lookup a core waits for at once at most; a domain beyond that goes to its own
+/// queue without a lookup (rollup never holds mail).
+pub const MX_ROLLUP_LOOKUPS_MAX: usize = 10_000;
+/// Messages waiting for one domain's lookup at most; more mail to that domain meanwhile goes to
+/// the domain's own queue without waiting.
+pub const MX_ROLLUP_WAITING_PER_LOOKUP_MAX: usize = 10_000;
+/// How often expired answers are dropped and the memory's table shrunk, in seconds.
+pub const MX_ROLLUP_SWEEP_EVERY_S: u64 = 60;
 
 /// Whether MX host `host` (lower-case, no trailing dot) matches `pattern`: equal, or for
 /// `*.example.com` any name ending in `.example.com`.
@@ -85,7 +93,8 @@ struct Remembered {
 
 /// A core's memory of which group each looked-up domain is in. Forgotten when the configuration
 /// changes (the groups may have), and bounded: when full, expired entries go first, then an eighth
-/// of the others.
+/// of the others. Expired answers are also dropped every `MX_ROLLUP_SWEEP_EVERY_S`, and a domain's
+/// answer when its own queue is freed, so the table shrinks back after a burst of new domains.
 #[derive(Debug)]
 pub struct MxRollupMemory {
     domains_max: usize,
@@ -94,6 +103,8 @@ pub struct MxRollupMemory {
     /// configuration, not per recipient.
     by_mx: bool,
     domains: HashMap<Box<str>, Remembered>,
+    /// When `sweep` next drops expired answers.
+    next_sweep_s: u64,
 }
 
 /// What placement should do with a recipient domain.
@@ -112,6 +123,26 @@ impl MxRollupMemory {
             config: Weak::new(),
             by_mx: false,
             domains: HashMap::new(),
+            next_sweep_s: 0,
+        }
+    }
+
+    /// Forgets `domain`'s answer (its queue was freed: the next mail to it looks it up again).
+    pub fn forget(&mut self, domain: &str) {
+        self.domains.remove(domain);
+    }
+
+    /// Drops expired answers and gives the table's spare capacity back, every
+    /// `MX_ROLLUP_SWEEP_EVERY_S` at most (the scan is O(remembered domains)).
+    pub fn sweep(&mut self, now_s: u64) {
+        if now_s < self.next_sweep_s {
+            return;
+        }
+        self.next_sweep_s = now_s.saturating_add(MX_ROLLUP_SWEEP_EVERY_S);
+        self.domains.retain(|_, r| r.expires_s > now_s);
+        let len = self.domains.len();
+        if self.domains.capacity() > 64 && self.domains.capacity() > 4 * len {
+            self.domains.shrink_to(2 * len);
         }
     }
 
@@ -212,7 +243,37 @@ impl Default for CoreMxRollup {
 impl CoreMxRollup {
     /// The queue domain for a recipient domain (lower-case), when known without a lookup.
     pub fn queue_domain(&self, config: &Arc<Config>, domain: &str, now_s: u64) -> QueueDomain {
-        self.memory.borrow_mut().queue_domain(config, domain, now_s)
+        let answer = self.memory.borrow_mut().queue_domain(config, domain, now_s);
+        if answer == QueueDomain::NeedsLookup
+            && let Some(why) = lookup_refused(&self.lookups.borrow(), domain)
+        {
+            log::debug!("MX rollup: {domain} goes to its own queue: {why}");
+            return QueueDomain::Known(domain.to_ascii_lowercase());
+        }
+        answer
+    }
+
+    /// Forgets what was learned about `domain` (its queue was freed).
+    pub fn forget(&self, domain: &str) {
+        self.memory.borrow_mut().forget(domain);
+    }
+
+    /// Drops expired answers now and then (see `MxRollupMemory::sweep`).
+    pub fn sweep(&self, now_s: u64) {
+        self.memory.borrow_mut().sweep(now_s);
+    }
+}
+
+/// Why a recipient of `domain` may not wait for an MX lookup, given the lookups under way: too
+/// many domains looked up at once, or too much mail waiting for this one.
+fn lookup_refused(lookups: &HashMap<String, Vec<Waiting>>, domain: &str) -> Option<&'static str> {
+    match lookups.get(domain) {
+        Some(waiting) if waiting.len() >= MX_ROLLUP_WAITING_PER_LOOKUP_MAX => {
+            Some("too much mail waiting for its lookup")
+        }
+        Some(_) => None,
+        None if lookups.len() >= MX_ROLLUP_LOOKUPS_MAX => Some("too many lookups under way"),
+        None => None,
     }
 }
 
@@ -422,6 +483,77 @@ domains = ["listed.test", "other.test"]
             QueueDomain::NeedsLookup
         );
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn expired_and_freed_answers_leave_and_the_table_shrinks() {
+        let c = config();
+        let mut m = MxRollupMemory::new(100_000);
+        for n in 0..10_000 {
+            m.remember(&c, &format!("{n}.test"), None, 0, 10);
+        }
+        m.remember(&c, "kept.test", Some("gmail.com"), 0, 1_000);
+        m.remember(&c, "freed.test", None, 0, 1_000);
+        let full = m.domains.capacity();
+        m.forget("freed.test");
+        m.sweep(5);
+        assert_eq!(m.len(), 10_001, "nothing expired yet");
+        m.sweep(20);
+        assert_eq!(
+            m.len(),
+            10_001,
+            "at most one sweep per MX_ROLLUP_SWEEP_EVERY_S"
+        );
+        m.sweep(5 + MX_ROLLUP_SWEEP_EVERY_S);
+        assert_eq!(m.len(), 1);
+        assert!(m.domains.capacity() < full / 8, "{}", m.domains.capacity());
+        assert_eq!(
+            m.queue_domain(&c, "kept.test", 70),
+            QueueDomain::Known("gmail.com".into())
+        );
+        assert_eq!(
+            m.queue_domain(&c, "freed.test", 70),
+            QueueDomain::NeedsLookup
+        );
+    }
+
+    #[test]
+    fn lookups_and_the_mail_waiting_for_each_are_bounded() {
+        let waiting = |n: usize| {
+            (0..n)
+                .map(|i| Waiting {
+                    id: MessageId {
+                        core: 0,
+                        seq: i as u64,
+                    },
+                    record: RecordLocation {
+                        core: 0,
+                        segment: 0,
+                        offset: 0,
+                    },
+                    vmta: Arc::from("v"),
+                    recipients: Vec::new(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut lookups = HashMap::new();
+        lookups.insert(
+            "busy.test".to_string(),
+            waiting(MX_ROLLUP_WAITING_PER_LOOKUP_MAX),
+        );
+        lookups.insert("quiet.test".to_string(), waiting(1));
+        assert!(lookup_refused(&lookups, "busy.test").is_some());
+        assert_eq!(lookup_refused(&lookups, "quiet.test"), None);
+        assert_eq!(lookup_refused(&lookups, "new.test"), None);
+        for n in 0..MX_ROLLUP_LOOKUPS_MAX {
+            lookups.insert(format!("{n}.test"), Vec::new());
+        }
+        assert!(lookup_refused(&lookups, "new.test").is_some());
+        assert_eq!(
+            lookup_refused(&lookups, "quiet.test"),
+            None,
+            "a lookup under way still takes mail"
+        );
     }
 
     #[test]

@@ -143,7 +143,7 @@ pub async fn apply(
 ) {
     // One failure reply per transaction feeds the backoff rules (a refused DATA fails them all).
     if let Some((_, reply)) = replies.iter().find(|(o, _)| *o != Outcome::Delivered) {
-        super::shaping::observe_failure(core, key, reply);
+        super::backoff_watch::observe_failure(core, key, reply);
     }
     let mut failed = Vec::new();
     for (item, (outcome, reply)) in items.into_iter().zip(replies) {
@@ -171,7 +171,7 @@ async fn delivered(
             .saturating_sub(message.envelope.received_at_s())
             .saturating_mul(1_000_000),
     );
-    super::shaping::observe_delivered(core, key, 1);
+    super::backoff_watch::observe_delivered(core, key, 1);
     core.accounting.record(&event(
         EventType::Delivery,
         key,

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::Queued;
 use super::mx_rollup::{self, QueueDomain};
 use crate::envelope::{Envelope, MessageId, PackedEnvelope, domain_of};
-use crate::queue::{QueueKey, QueueSnapshot};
+use crate::queue::QueueKey;
 use crate::router::{CoreMessage, Handoff, owner_core};
 use crate::runtime::CoreContext;
 use crate::spool::{
@@ -17,35 +17,6 @@ use crate::spool::{
 
 /// The name of the VMTA used when the configuration defines none.
 pub const IMPLICIT_VMTA: &str = "default";
-
-/// Every core's latest queue list, for the API. Each core replaces its own entry about once a
-/// second; the API reads them all. Locked once per publish and per API call, never per message.
-pub struct QueueBoard {
-    cores: Mutex<Vec<Vec<QueueSnapshot>>>,
-}
-
-impl QueueBoard {
-    pub fn new(cores: usize) -> QueueBoard {
-        QueueBoard {
-            cores: Mutex::new(vec![Vec::new(); cores]),
-        }
-    }
-
-    pub fn publish(&self, core: usize, snapshot: Vec<QueueSnapshot>) {
-        if let Ok(mut cores) = self.cores.lock()
-            && let Some(slot) = cores.get_mut(core)
-        {
-            *slot = snapshot;
-        }
-    }
-
-    pub fn all(&self) -> Vec<QueueSnapshot> {
-        self.cores
-            .lock()
-            .map(|c| c.iter().flatten().cloned().collect())
-            .unwrap_or_default()
-    }
-}
 
 /// The VMTA for a message of `customer`: weighted round robin over the pool's VMTAs that are not
 /// disabled (by the API or a failed bind); over all of them when every one is disabled.

@@ -3,6 +3,8 @@
 //! Pure logic: no IO, no clock. The delivery driver feeds it the time (`now_s`, `now_ms`) and asks:
 //! which queues have work (`due`), when to wake next (`next_wakeup`), may a connection open
 //! (`try_open_connection`), may a transaction start (`may_send`), and hands failures back (`defer`).
+//! Once a second it runs `upkeep`: the queues changed since (for the API), the idle ones freed, the
+//! oldest ready recipient waiting with a connection slot free, the stuck queues.
 //!
 //! Each queue holds a FIFO of ready recipients and its own min-heap of deferred ones; one core-wide
 //! heap of wake-ups, one live entry per queue, tells `due` which queues to look at. See `queues.rs`
@@ -12,13 +14,13 @@ pub mod backoff;
 mod connection_cap;
 mod policy;
 mod queues;
-mod shaping;
+mod rate;
 
 pub use backoff::{BackoffSettings, BackoffState, LeaveReason, Transition};
 pub use connection_cap::{CAP_RAISE_AFTER_DELIVERIES, CapChange};
 pub use policy::{MIN_RETRY_INTERVAL_S, PolicyError, QueuePolicy};
 pub use queues::{
-    DeferOutcome, MAX_REPLY_TEXT_BYTES, QueueKey, QueueSnapshot, QueueState, QueueStats,
-    QueuedRecipient, Queues,
+    DEFAULT_QUEUE_IDLE_S, DeferOutcome, MAX_REPLY_TEXT_BYTES, QueueKey, QueueSnapshot, QueueState,
+    QueueStats, QueuedRecipient, Queues, STUCK_AFTER_S, Stuck, Upkeep,
 };
-pub use shaping::{RateLimiter, SendRate};
+pub use rate::{RateLimiter, SendRate};

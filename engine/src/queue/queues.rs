@@ -17,14 +17,23 @@
 //! `bounce_all`, `suspend` and the per-queue "next attempt" O(queue), never O(core).
 //!
 //! # Memory per queued recipient
-//! A recipient is one `QueuedRecipient<P>`, stored once: in its queue's ready `VecDeque` or its
-//! deferred heap's `Vec`, never both, and with no per-item allocation. With the delivery side's
-//! empty payload it is 32 bytes (`size_of`, asserted in the tests): message id, recipient index,
+//! A recipient is one `QueuedRecipient`, stored once: in its queue's ready `VecDeque` or its
+//! deferred heap's `Vec`, never both, and with no per-item allocation. It is 32 bytes (`size_of`,
+//! asserted in the tests): message id, recipient index,
 //! attempts, next attempt time; what is per message (the record's location, the reception time for
 //! `max_queue_age`) is kept once per message by the delivery side. Containers grow by doubling and
 //! are shrunk back whenever their capacity exceeds twice their length (above `SHRINK_MIN_CAPACITY`
 //! items), so the cost is 32 bytes per recipient at best and 64 bytes at worst. Each queue adds a
-//! fixed few hundred bytes (key, policy `Rc`, counters).
+//! fixed few hundred bytes (key, counters; queues with equal policies share one `Rc`).
+//!
+//! # Bounds
+//! A queue exists while it holds recipients (bounded by the spool), has a connection, is suspended
+//! by an operator, or is in backoff, and then for `[shaping] queue_idle_s` (`set_idle_s`): the
+//! upkeep (`upkeep.rs`) frees it. Everything indexed by queue follows that count: the slots (and
+//! `free_slots`, emptied when the slots are compacted), the key index, the wake and idle heaps (one
+//! live entry per queue; rebuilt when stale entries dominate or the slots are compacted), the
+//! change and watch lists (one entry per queue). Texts kept per queue are cut to
+//! `MAX_REPLY_TEXT_BYTES`. Capacities are trimmed to within 4x (2x for recipients) of the length.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -34,7 +43,7 @@ use std::rc::Rc;
 use super::backoff::{BackoffState, Transition};
 use super::connection_cap::{CapChange, ConnectionCap};
 use super::policy::QueuePolicy;
-use super::shaping::SendRate;
+use super::rate::SendRate;
 use crate::envelope::MessageId;
 
 /// The last deferral reply kept per queue (for the API) is cut to this many bytes.
@@ -42,6 +51,9 @@ pub const MAX_REPLY_TEXT_BYTES: usize = 512;
 
 /// Containers below this capacity are never shrunk: small queues would only churn the allocator.
 const SHRINK_MIN_CAPACITY: usize = 64;
+
+/// `[shaping] queue_idle_s` when the configuration does not say.
+pub const DEFAULT_QUEUE_IDLE_S: u64 = 300;
 
 /// A queue's identity: the VMTA that sends and the destination domain (lower-cased).
 ///
@@ -68,13 +80,11 @@ impl fmt::Display for QueueKey {
     }
 }
 
-/// One recipient of one message waiting for delivery. `P` is an optional small `Copy` payload the
-/// queue never looks inside; the delivery side uses `()`, keeping what is per message (where its
-/// record lies, when it was received) once in its message entry rather than in every recipient.
+/// One recipient of one message waiting for delivery. What is per message (where its record lies,
+/// when it was received) is kept once in the delivery side's message entry, not in every recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueuedRecipient<P> {
+pub struct QueuedRecipient {
     pub message: MessageId,
-    pub body: P,
     /// Index of the recipient in the message's envelope.
     pub recipient: u32,
     /// Failed attempts so far.
@@ -82,12 +92,11 @@ pub struct QueuedRecipient<P> {
     pub next_attempt_s: u64,
 }
 
-impl<P: Copy> QueuedRecipient<P> {
+impl QueuedRecipient {
     /// A recipient ready at `now_s`, with no attempt made yet.
-    pub fn new(message: MessageId, body: P, recipient: u32, now_s: u64) -> QueuedRecipient<P> {
+    pub fn new(message: MessageId, recipient: u32, now_s: u64) -> QueuedRecipient {
         QueuedRecipient {
             message,
-            body,
             recipient,
             attempts: 0,
             next_attempt_s: now_s,
@@ -100,15 +109,15 @@ impl<P: Copy> QueuedRecipient<P> {
 }
 
 /// A deferred recipient in a max-heap that must pop the earliest time first.
-struct Deferred<P>(QueuedRecipient<P>);
+struct Deferred(QueuedRecipient);
 
-impl<P: Copy> PartialEq for Deferred<P> {
+impl PartialEq for Deferred {
     fn eq(&self, other: &Self) -> bool {
         self.0.timer_order() == other.0.timer_order()
     }
 }
-impl<P: Copy> Eq for Deferred<P> {}
-impl<P: Copy> PartialOrd for Deferred<P> {
+impl Eq for Deferred {}
+impl PartialOrd for Deferred {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
@@ -123,7 +132,7 @@ impl<P: Copy> PartialOrd for Deferred<P> {
         self.cmp(other) != Ordering::Greater
     }
 }
-impl<P: Copy> Ord for Deferred<P> {
+impl Ord for Deferred {
     /// Reversed: the earliest `(next_attempt_s, message, recipient)` is the greatest.
     fn cmp(&self, other: &Self) -> Ordering {
         other.0.timer_order().cmp(&self.0.timer_order())
@@ -176,11 +185,11 @@ pub struct QueueStats {
 
 /// What `defer` decided for a recipient that failed temporarily.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeferOutcome<P> {
+pub enum DeferOutcome {
     /// Queued again; the next attempt is at `at_s`.
     Retry { at_s: u64 },
     /// Older than `max_queue_age`: the caller bounces it (category message-expired).
-    Expired { item: QueuedRecipient<P> },
+    Expired { item: QueuedRecipient },
 }
 
 /// One queue as the API lists it.
@@ -212,11 +221,11 @@ impl QueueSnapshot {
     }
 }
 
-struct Queue<P> {
+struct Queue {
     key: QueueKey,
     policy: Rc<QueuePolicy>,
-    ready: VecDeque<QueuedRecipient<P>>,
-    deferred: BinaryHeap<Deferred<P>>,
+    ready: VecDeque<QueuedRecipient>,
+    deferred: BinaryHeap<Deferred>,
     state: QueueState,
     connections: u32,
     stats: QueueStats,
@@ -227,10 +236,22 @@ struct Queue<P> {
     backoff: BackoffState,
     /// Connections the receiver has shown it takes (see `connection_cap`).
     connection_cap: ConnectionCap,
+    /// In `Queues::changed`: touched since the last upkeep (its snapshot is out of date).
+    changed: bool,
+    /// In `Queues::watched`: had ready recipients or was in backoff at the last upkeep.
+    watched: bool,
+    /// Since when the queue has been empty, unconnected and active, as the upkeep saw it.
+    idle_since_s: Option<u64>,
+    /// The time of this queue's live entry in the idle heap.
+    idle_check_s: Option<u64>,
+    /// Since when the upkeep has seen ready recipients here with a connection slot free.
+    room_since_s: Option<u64>,
+    /// When the stuck warning was last logged for this queue.
+    stuck_warned_s: Option<u64>,
 }
 
-impl<P: Copy> Queue<P> {
-    fn new(key: QueueKey, policy: Rc<QueuePolicy>) -> Queue<P> {
+impl Queue {
+    fn new(key: QueueKey, policy: Rc<QueuePolicy>) -> Queue {
         Queue {
             key,
             rate: SendRate::new(policy.max_messages_per_minute, policy.max_messages_per_hour),
@@ -244,6 +265,12 @@ impl<P: Copy> Queue<P> {
             last_deferral: None,
             backoff: BackoffState::Normal,
             connection_cap: ConnectionCap::default(),
+            changed: false,
+            watched: false,
+            idle_since_s: None,
+            idle_check_s: None,
+            room_since_s: None,
+            stuck_warned_s: None,
         }
     }
 
@@ -268,8 +295,17 @@ impl<P: Copy> Queue<P> {
         );
     }
 
-    /// Applies a backoff transition's effect on the limits.
-    fn after_transition(&mut self, t: Option<Transition>) -> Option<Transition> {
+    /// Applies a backoff transition's effect on the limits and on the count of queues in backoff.
+    fn after_transition(
+        &mut self,
+        t: Option<Transition>,
+        in_backoff: &mut usize,
+    ) -> Option<Transition> {
+        match t {
+            Some(Transition::Entered) => *in_backoff += 1,
+            Some(Transition::Left(_)) => *in_backoff = in_backoff.saturating_sub(1),
+            _ => {}
+        }
         if t.is_some() {
             self.reset_rate();
         }
@@ -293,12 +329,26 @@ impl<P: Copy> Queue<P> {
         }
     }
 
-    fn is_idle(&self) -> bool {
+    /// Empty, with no connection, and not held by a suspension: its idle time runs.
+    fn is_unused(&self) -> bool {
         self.is_active()
-            && !self.backoff.is_backoff()
             && self.ready.is_empty()
             && self.deferred.is_empty()
             && self.connections == 0
+    }
+
+    /// Whether forgetting the queue loses nothing: it is unused, out of backoff (a backoff is kept
+    /// until it ends), and its rate limiter is at rest (a fresh one would allow exactly the same).
+    fn may_forget(&self, now_s: u64) -> bool {
+        self.is_unused()
+            && !self.backoff.is_backoff()
+            && self.rate.is_at_rest(now_s.saturating_mul(1000))
+    }
+
+    /// Whether the upkeep must look at it every second: ready recipients to age, or a backoff whose
+    /// quiet period may end.
+    fn needs_watch(&self) -> bool {
+        !self.ready.is_empty() || self.backoff.is_backoff()
     }
 
     /// Gives memory back after a large drain, keeping capacity within twice the length.
@@ -335,25 +385,54 @@ impl<P: Copy> Queue<P> {
 }
 
 /// The delivery queues of one core. Pure state: every method takes the time it needs.
-pub struct Queues<P> {
+pub struct Queues {
     default_policy: Rc<QueuePolicy>,
     /// Queues by slot; a slot is reused after `remove_idle_queues`.
-    slots: Vec<Option<Queue<P>>>,
+    slots: Vec<Option<Queue>>,
     free_slots: Vec<u32>,
     index: HashMap<QueueKey, u32>,
     /// Wake-ups `(time_s, slot)`, earliest first; entries not matching their queue are stale.
     wakes: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Queues touched since the last upkeep (one entry each, see `Queue::changed`).
+    changed: Vec<u32>,
+    /// Queues the upkeep looks at every second (see `Queue::needs_watch`); lazily pruned.
+    watched: Vec<u32>,
+    /// Idle checks `(time_s, slot)`, earliest first, one live entry per unused queue.
+    idle_checks: BinaryHeap<Reverse<(u64, u32)>>,
+    /// An unused queue is freed after this many seconds (`[shaping] queue_idle_s`).
+    idle_s: u64,
+    /// Queues in adaptive backoff now.
+    in_backoff: usize,
+    /// The policy set last, shared by the queues given an equal one (see `shared_policy`).
+    last_policy: Rc<QueuePolicy>,
 }
 
-impl<P: Copy> Queues<P> {
+impl Queues {
     /// Empty queues; a queue created without its own policy gets `default_policy`.
-    pub fn new(default_policy: QueuePolicy) -> Queues<P> {
+    pub fn new(default_policy: QueuePolicy) -> Queues {
+        let default_policy = Rc::new(default_policy);
         Queues {
-            default_policy: Rc::new(default_policy),
+            last_policy: Rc::clone(&default_policy),
+            default_policy,
             slots: Vec::new(),
             free_slots: Vec::new(),
             index: HashMap::new(),
             wakes: BinaryHeap::new(),
+            changed: Vec::new(),
+            watched: Vec::new(),
+            idle_checks: BinaryHeap::new(),
+            idle_s: DEFAULT_QUEUE_IDLE_S,
+            in_backoff: 0,
+        }
+    }
+
+    /// How long an unused queue is kept (`[shaping] queue_idle_s`); at least 1 s. A change (a
+    /// reload) applies at once to the queues already idle.
+    pub fn set_idle_s(&mut self, idle_s: u64) {
+        let idle_s = idle_s.max(1);
+        if idle_s != self.idle_s {
+            self.idle_s = idle_s;
+            self.reschedule_idle_checks();
         }
     }
 
@@ -364,11 +443,22 @@ impl<P: Copy> Queues<P> {
 
     /// Sets a queue's policy (creating the queue). Its rate limiter starts afresh.
     pub fn set_policy(&mut self, key: &QueueKey, policy: impl Into<Rc<QueuePolicy>>) {
+        let policy = self.shared_policy(policy.into());
         let slot = self.slot_or_create(key);
         if let Some(q) = self.queue_mut(slot) {
-            q.policy = policy.into();
+            q.policy = policy;
             q.reset_rate();
         }
+    }
+
+    /// `policy`, or the equal one given last: most queues share one policy (the `*` domain's),
+    /// so a million queues hold one copy of it, not a million.
+    fn shared_policy(&mut self, policy: Rc<QueuePolicy>) -> Rc<QueuePolicy> {
+        if *policy == *self.last_policy {
+            return Rc::clone(&self.last_policy);
+        }
+        self.last_policy = Rc::clone(&policy);
+        policy
     }
 
     /// A queue's policy, if the queue exists.
@@ -377,7 +467,7 @@ impl<P: Copy> Queues<P> {
     }
 
     /// Appends a recipient to the queue's ready FIFO (creating the queue).
-    pub fn enqueue(&mut self, key: &QueueKey, item: QueuedRecipient<P>) {
+    pub fn enqueue(&mut self, key: &QueueKey, item: QueuedRecipient) {
         let slot = self.slot_or_create(key);
         if let Some(q) = self.queue_mut(slot) {
             q.ready.push_back(item);
@@ -386,7 +476,7 @@ impl<P: Copy> Queues<P> {
 
     /// Puts a recipient on the timer for its `next_attempt_s` without counting an attempt (spool
     /// recovery of deferred recipients).
-    pub fn schedule(&mut self, key: &QueueKey, item: QueuedRecipient<P>) {
+    pub fn schedule(&mut self, key: &QueueKey, item: QueuedRecipient) {
         let slot = self.slot_or_create(key);
         if let Some(q) = self.queue_mut(slot) {
             q.deferred.push(Deferred(item));
@@ -401,11 +491,11 @@ impl<P: Copy> Queues<P> {
     pub fn defer(
         &mut self,
         key: &QueueKey,
-        mut item: QueuedRecipient<P>,
+        mut item: QueuedRecipient,
         queued_since_s: u64,
         reply_text: &str,
         now_s: u64,
-    ) -> DeferOutcome<P> {
+    ) -> DeferOutcome {
         let slot = self.slot_or_create(key);
         let Some(q) = self.queue_mut(slot) else {
             return DeferOutcome::Expired { item };
@@ -429,7 +519,7 @@ impl<P: Copy> Queues<P> {
     }
 
     /// Takes up to `max` ready recipients, oldest first; none while the queue is suspended.
-    pub fn take_batch(&mut self, key: &QueueKey, max: usize) -> Vec<QueuedRecipient<P>> {
+    pub fn take_batch(&mut self, key: &QueueKey, max: usize) -> Vec<QueuedRecipient> {
         let Some(q) = self.queue_by_key_mut(key) else {
             return Vec::new();
         };
@@ -448,7 +538,7 @@ impl<P: Copy> Queues<P> {
         &mut self,
         key: &QueueKey,
         max_recipients: usize,
-    ) -> Vec<QueuedRecipient<P>> {
+    ) -> Vec<QueuedRecipient> {
         let Some(q) = self.queue_by_key_mut(key) else {
             return Vec::new();
         };
@@ -471,7 +561,7 @@ impl<P: Copy> Queues<P> {
 
     /// Puts recipients taken but never tried (no connection, rate limit) back at the head of the
     /// FIFO, in their order, without counting an attempt.
-    pub fn return_unsent(&mut self, key: &QueueKey, items: Vec<QueuedRecipient<P>>) {
+    pub fn return_unsent(&mut self, key: &QueueKey, items: Vec<QueuedRecipient>) {
         let slot = self.slot_or_create(key);
         if let Some(q) = self.queue_mut(slot) {
             for item in items.into_iter().rev() {
@@ -490,12 +580,17 @@ impl<P: Copy> Queues<P> {
                 break;
             }
             self.wakes.pop();
+            let live = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|q| q.scheduled_wake_s == Some(wake_s));
+            if !live {
+                continue; // stale: the queue's wake-up moved (or it was freed) since this entry
+            }
             let Some(q) = self.queue_mut(slot) else {
                 continue;
             };
-            if q.scheduled_wake_s != Some(wake_s) {
-                continue; // stale: the queue's wake-up moved since this entry was pushed
-            }
             q.scheduled_wake_s = None;
             let mut gained = false;
             if q.state
@@ -578,7 +673,11 @@ impl<P: Copy> Queues<P> {
         if *q.policy == policy {
             return false;
         }
-        q.policy = Rc::new(policy);
+        let policy = self.shared_policy(Rc::new(policy));
+        let Some(q) = self.queue_mut(slot) else {
+            return false;
+        };
+        q.policy = policy;
         q.reset_rate();
         if matches!(q.state, QueueState::RateWait { .. }) {
             q.state = QueueState::Active;
@@ -612,7 +711,7 @@ impl<P: Copy> Queues<P> {
     /// Empties the queue, ready and deferred, for the caller to bounce. Not counted here: the
     /// caller counts each one (`record_bounced`) once its bounce is recorded, as for any bounce.
     /// Recipients in flight on open connections are the driver's.
-    pub fn bounce_all(&mut self, key: &QueueKey) -> Vec<QueuedRecipient<P>> {
+    pub fn bounce_all(&mut self, key: &QueueKey) -> Vec<QueuedRecipient> {
         let Some(&slot) = self.index.get(key) else {
             return Vec::new();
         };
@@ -691,34 +790,26 @@ impl<P: Copy> Queues<P> {
 
     /// Counts `count` recipients delivered; in backoff they count towards recovery.
     pub fn record_delivered(&mut self, key: &QueueKey, count: u64) -> Option<Transition> {
-        let q = self.queue_by_key_mut(key)?;
+        let slot = *self.index.get(key)?;
+        let mut in_backoff = self.in_backoff;
+        let q = self.queue_mut(slot)?;
         q.stats.delivered += count;
         let count = u32::try_from(count).unwrap_or(u32::MAX);
         let t = q.backoff.on_delivered(count, &q.policy.backoff);
-        q.after_transition(t)
+        let t = q.after_transition(t, &mut in_backoff);
+        self.in_backoff = in_backoff;
+        t
     }
 
     /// A reply matched a backoff rule at `now_s`: enter (or deepen) the queue's backoff.
     pub fn backoff_match(&mut self, key: &QueueKey, now_s: u64) -> Option<Transition> {
         let slot = self.slot_or_create(key);
+        let mut in_backoff = self.in_backoff;
         let q = self.queue_mut(slot)?;
         let t = q.backoff.on_match(now_s);
-        q.after_transition(t)
-    }
-
-    /// Ends the backoffs whose quiet period is over; returns each queue that left.
-    pub fn backoff_tick(&mut self, now_s: u64) -> Vec<(QueueKey, Transition)> {
-        let mut changed = Vec::new();
-        for q in self.slots.iter_mut().flatten() {
-            if !q.backoff.is_backoff() {
-                continue;
-            }
-            let t = q.backoff.on_tick(now_s, &q.policy.backoff);
-            if let Some(t) = q.after_transition(t) {
-                changed.push((q.key.clone(), t));
-            }
-        }
-        changed
+        let t = q.after_transition(t, &mut in_backoff);
+        self.in_backoff = in_backoff;
+        t
     }
 
     /// The backoff state of a queue (Normal when it does not exist).
@@ -728,11 +819,7 @@ impl<P: Copy> Queues<P> {
 
     /// Queues in backoff now.
     pub fn queues_in_backoff(&self) -> usize {
-        self.slots
-            .iter()
-            .flatten()
-            .filter(|q| q.backoff.is_backoff())
-            .count()
+        self.in_backoff
     }
 
     /// Counts `count` recipients bounced on a permanent failure.
@@ -796,32 +883,22 @@ impl<P: Copy> Queues<P> {
         self.index.len()
     }
 
-    /// Forgets active queues with no recipients and no connections (their counters go with them);
-    /// suspended queues stay so that their suspension holds. Returns how many were removed.
-    pub fn remove_idle_queues(&mut self) -> usize {
-        let mut removed = 0;
-        for (slot, entry) in self.slots.iter_mut().enumerate() {
-            if entry.as_ref().is_some_and(Queue::is_idle)
-                && let Some(q) = entry.take()
-            {
-                self.index.remove(&q.key);
-                self.free_slots.push(slot as u32);
-                removed += 1;
-            }
-        }
-        removed
-    }
-
-    fn queue(&self, key: &QueueKey) -> Option<&Queue<P>> {
+    fn queue(&self, key: &QueueKey) -> Option<&Queue> {
         let slot = *self.index.get(key)?;
         self.slots.get(slot as usize)?.as_ref()
     }
 
-    fn queue_mut(&mut self, slot: u32) -> Option<&mut Queue<P>> {
-        self.slots.get_mut(slot as usize)?.as_mut()
+    /// The queue in `slot`, for a change: it is noted for the next upkeep (snapshot, idle time).
+    fn queue_mut(&mut self, slot: u32) -> Option<&mut Queue> {
+        let q = self.slots.get_mut(slot as usize)?.as_mut()?;
+        if !q.changed {
+            q.changed = true;
+            self.changed.push(slot);
+        }
+        Some(q)
     }
 
-    fn queue_by_key_mut(&mut self, key: &QueueKey) -> Option<&mut Queue<P>> {
+    fn queue_by_key_mut(&mut self, key: &QueueKey) -> Option<&mut Queue> {
         let slot = *self.index.get(key)?;
         self.queue_mut(slot)
     }
@@ -845,6 +922,7 @@ impl<P: Copy> Queues<P> {
             }
         };
         self.index.insert(key.clone(), slot);
+        let _ = self.queue_mut(slot); // a new queue is a change
         slot
     }
 
@@ -891,6 +969,9 @@ fn truncate_reply(text: &str) -> &str {
     }
     text.get(..end).unwrap_or_default()
 }
+
+mod upkeep;
+pub use upkeep::{STUCK_AFTER_S, Stuck, Upkeep};
 
 #[cfg(test)]
 mod tests;

@@ -3,34 +3,19 @@ use std::time::Duration;
 
 use super::*;
 
-/// A payload the queue must carry untouched (the delivery side uses `()`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct BodyAt {
-    segment: u64,
-    offset: u64,
-}
-
-type Item = QueuedRecipient<BodyAt>;
+type Item = QueuedRecipient;
 
 const MINUTE: u64 = 60;
 
 fn item(seq: u64, recipient: u32, now_s: u64) -> Item {
-    QueuedRecipient::new(
-        MessageId { core: 0, seq },
-        BodyAt {
-            segment: 1,
-            offset: seq * 100,
-        },
-        recipient,
-        now_s,
-    )
+    QueuedRecipient::new(MessageId { core: 0, seq }, recipient, now_s)
 }
 
 fn key(domain: &str) -> QueueKey {
     QueueKey::new("vmta-1", domain)
 }
 
-fn queues() -> Queues<BodyAt> {
+fn queues() -> Queues {
     Queues::new(QueuePolicy::default())
 }
 
@@ -40,12 +25,11 @@ fn seqs(items: &[Item]) -> Vec<u64> {
 
 #[test]
 fn item_fits_the_memory_budget() {
-    // As the delivery side queues them: 16 (MessageId) + 4 + 2 (+2 padding) + 8 = 32 bytes;
-    // containers keep capacity within twice the length, so at worst 64 bytes per queued recipient.
-    assert_eq!(size_of::<QueuedRecipient<()>>(), 32);
+    // 16 (MessageId) + 4 + 2 (+2 padding) + 8 = 32 bytes; containers keep capacity within twice
+    // the length, so at worst 64 bytes per queued recipient.
+    assert_eq!(size_of::<QueuedRecipient>(), 32);
     // The heap wrapper adds nothing.
-    assert_eq!(size_of::<Deferred<()>>(), size_of::<QueuedRecipient<()>>());
-    assert_eq!(size_of::<Deferred<BodyAt>>(), size_of::<Item>());
+    assert_eq!(size_of::<Deferred>(), size_of::<QueuedRecipient>());
 }
 
 #[test]
@@ -283,7 +267,10 @@ fn suspension_on_an_unknown_queue_holds_later_mail() {
     q.suspend(&k, None, "manual");
     q.enqueue(&k, item(1, 0, 0));
     assert!(q.take_batch(&k, 1).is_empty());
-    assert_eq!(q.remove_idle_queues(), 0);
+    q.set_idle_s(10);
+    q.upkeep(0);
+    assert!(q.upkeep(1_000).removed.is_empty(), "a suspension is kept");
+    assert!(q.resume(&k));
 }
 
 #[test]
@@ -410,12 +397,15 @@ fn long_replies_are_cut_on_a_char_boundary() {
 #[test]
 fn idle_queues_are_removed_and_slots_reused() {
     let mut q = queues();
+    q.set_idle_s(10);
     let (a, b) = (key("a.example"), key("b.example"));
     q.enqueue(&a, item(1, 0, 0));
     q.defer(&b, item(2, 0, 0), 0, "451", 0);
-    assert_eq!(q.remove_idle_queues(), 0);
+    q.upkeep(0);
     q.take_batch(&a, 10);
-    assert_eq!(q.remove_idle_queues(), 1);
+    q.upkeep(1);
+    assert!(q.upkeep(10).removed.is_empty(), "idle for 9 s only");
+    assert_eq!(q.upkeep(11).removed, [a]);
     assert_eq!(q.queue_count(), 1);
     q.enqueue(&key("c.example"), item(3, 0, 0));
     assert_eq!(q.slots.len(), 2, "the freed slot is reused");

@@ -64,6 +64,11 @@ impl RateLimiter {
         self.theoretical_arrival_us = self.theoretical_arrival_us.max(now_us) + self.interval_us;
     }
 
+    /// Whether the limiter is where a fresh one would be at `now_ms`: no past send still counts.
+    pub fn is_at_rest(&self, now_ms: u64) -> bool {
+        self.theoretical_arrival_us <= now_ms.saturating_mul(US_PER_MS)
+    }
+
     /// Checks and, when allowed, records a send.
     pub fn try_send(&mut self, now_ms: u64) -> Result<(), u64> {
         self.check(now_ms)?;
@@ -86,6 +91,15 @@ impl SendRate {
             per_minute: per_minute.map(RateLimiter::per_minute),
             per_hour: per_hour.map(RateLimiter::per_hour),
         }
+    }
+
+    /// Whether both limiters are at rest at `now_ms`: replacing them by fresh ones changes nothing,
+    /// so the queue may be forgotten without letting a burst through when it comes back.
+    pub fn is_at_rest(&self, now_ms: u64) -> bool {
+        [&self.per_minute, &self.per_hour]
+            .into_iter()
+            .flatten()
+            .all(|l| l.is_at_rest(now_ms))
     }
 
     /// Takes one send at `now_ms` if both limits allow it; otherwise the longer wait in ms.
@@ -181,6 +195,18 @@ mod tests {
         assert_eq!(limiter.try_send(5_000), Err(1_000));
         assert_eq!(limiter.try_send(5_999), Err(1));
         assert_eq!(limiter.try_send(6_000), Ok(()));
+    }
+
+    #[test]
+    fn a_limiter_is_at_rest_once_its_last_send_no_longer_counts() {
+        let mut rate = SendRate::new(Some(60), Some(60));
+        assert!(rate.is_at_rest(0), "a fresh limiter");
+        assert_eq!(rate.may_send(10_000), Ok(()));
+        // 60/hour: the send counts for a minute; 60/minute only for a second.
+        assert!(!rate.is_at_rest(10_000));
+        assert!(!rate.is_at_rest(69_999));
+        assert!(rate.is_at_rest(70_000));
+        assert!(SendRate::new(None, None).is_at_rest(0));
     }
 
     #[test]

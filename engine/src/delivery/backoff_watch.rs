@@ -1,7 +1,7 @@
 //! Adaptive backoff in the delivery path: each failure reply is matched against the `[[backoff]]`
 //! rules (backoff or a timed suspension), each delivery counts towards recovery, and once a second
-//! the quiet periods are checked. Every transition is logged and counted in the metrics
-//! (`volley_backoff_transitions_total`, `volley_queues_in_backoff`).
+//! the queues' upkeep ends the backoffs whose quiet period is over. Every transition is logged and
+//! counted in the metrics (`volley_backoff_transitions_total`, `volley_queues_in_backoff`).
 
 use std::sync::atomic::Ordering;
 
@@ -62,20 +62,11 @@ pub fn observe_delivered(core: &CoreContext, key: &QueueKey, count: u64) {
     }
 }
 
-/// Ends backoffs whose quiet period is over; refreshes the gauge (once a second).
-pub fn tick(core: &CoreContext) {
-    let changed = core
-        .delivery
-        .queues
-        .borrow_mut()
-        .backoff_tick(crate::clock::unix_s());
-    for (key, t) in changed {
+/// Logs and counts the backoffs whose quiet period the queues' upkeep found over (once a second).
+pub fn after_upkeep(core: &CoreContext, left: Vec<(QueueKey, Transition)>) {
+    for (key, t) in left {
         note(core, &key, t, "");
     }
-    let in_backoff = core.delivery.queues.borrow().queues_in_backoff();
-    core.counters()
-        .queues_in_backoff
-        .store(in_backoff as i64, Ordering::Relaxed);
 }
 
 fn note(core: &CoreContext, key: &QueueKey, t: Transition, reply: &str) {
