@@ -189,6 +189,8 @@ pub struct CoreDelivery {
     wake_rx: RefCell<Option<LocalReceiver<()>>>,
     /// Queues that changed since the scheduler last looked (new recipients, a connection closed).
     changed: RefCell<Vec<QueueKey>>,
+    /// Queues that may open one more connection (at most one entry per watched queue a second).
+    starved: RefCell<Vec<QueueKey>>,
     /// Something changed that is not tied to one queue: the scheduler looks at every queue.
     look_at_all: Cell<bool>,
     /// Outbound connections open on this core.
@@ -211,6 +213,7 @@ impl CoreDelivery {
             wake_tx,
             wake_rx: RefCell::new(Some(wake_rx)),
             changed: RefCell::new(Vec::new()),
+            starved: RefCell::new(Vec::new()),
             look_at_all: Cell::new(true),
             connections: Cell::new(0),
             vmtas: VmtaView::default(),
@@ -229,6 +232,18 @@ impl CoreDelivery {
     pub fn wake_queue(&self, key: &QueueKey) {
         self.changed.borrow_mut().push(key.clone());
         let _ = self.wake_tx.try_send(());
+    }
+
+    /// Asks the scheduler for one connection more than the queue's ready count alone calls for
+    /// (its connections are held by slow or stalled receivers; see `Upkeep::starved`).
+    pub fn open_one_more(&self, key: QueueKey) {
+        self.starved.borrow_mut().push(key);
+        let _ = self.wake_tx.try_send(());
+    }
+
+    /// The starved queues reported since the scheduler last looked.
+    fn take_starved(&self) -> Vec<QueueKey> {
+        std::mem::take(&mut *self.starved.borrow_mut())
     }
 
     /// The queues the scheduler must look at now: the changed ones, or all with ready recipients.

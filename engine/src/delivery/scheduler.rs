@@ -33,7 +33,8 @@ pub async fn run(core: Rc<CoreContext>, wake: LocalReceiver<()>) {
         keys.extend(delivery.queues_to_look_at());
         keys.sort_unstable();
         keys.dedup();
-        open_connections(&core, keys);
+        open_connections(&core, keys, false);
+        open_connections(&core, delivery.take_starved(), true);
         let sleep_ms = delivery
             .queues
             .borrow_mut()
@@ -72,8 +73,9 @@ fn apply_reloaded_policies(core: &Rc<CoreContext>) {
     delivery.wake();
 }
 
-/// Opens as many connections as each of these queues may and needs.
-fn open_connections(core: &Rc<CoreContext>, keys: Vec<crate::queue::QueueKey>) {
+/// Opens as many connections as each of these queues may and needs; with `one_more`, one beyond
+/// what its ready recipients call for (its open connections are held by a slow receiver).
+fn open_connections(core: &Rc<CoreContext>, keys: Vec<crate::queue::QueueKey>, one_more: bool) {
     let delivery = &core.delivery;
     for key in keys {
         let Some((ready, connections)) = delivery.queues.borrow().ready_and_connections(&key)
@@ -83,7 +85,11 @@ fn open_connections(core: &Rc<CoreContext>, keys: Vec<crate::queue::QueueKey>) {
         if ready == 0 {
             continue;
         }
-        let wanted = ready.div_ceil(RECIPIENTS_PER_EXTRA_CONNECTION) as u32;
+        let wanted = if one_more {
+            connections + 1
+        } else {
+            ready.div_ceil(RECIPIENTS_PER_EXTRA_CONNECTION) as u32
+        };
         let mut open = connections;
         while open < wanted.max(1) {
             if !delivery.queues.borrow_mut().try_open_connection(&key) {

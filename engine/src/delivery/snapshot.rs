@@ -120,6 +120,9 @@ pub fn publish_snapshot(core: &CoreContext) {
         .oldest_ready_seconds
         .store(upkeep.oldest_ready_s as i64, Ordering::Relaxed);
     warn_stuck(core, &upkeep.stuck);
+    for key in upkeep.starved {
+        core.delivery.open_one_more(key);
+    }
     if !upkeep.removed.is_empty() {
         log::debug!(
             "{} idle queues freed, {} left",

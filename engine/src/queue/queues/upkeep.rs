@@ -48,7 +48,15 @@ pub struct Upkeep {
     pub oldest_ready_s: u64,
     /// Stuck queues, each reported at most once per `STUCK_AFTER_S`.
     pub stuck: Vec<Stuck>,
+    /// Queues whose connections are all busy (in a transaction with a slow or stalled receiver)
+    /// while a ready recipient has waited `STARVED_AFTER_S` with a slot free: each may open one
+    /// more connection, so one stalled receiver cannot hold a queue's other mail.
+    pub starved: Vec<QueueKey>,
 }
+
+/// Seconds a ready recipient waits with a connection slot free, while the queue has connections,
+/// before the queue may open one more.
+pub const STARVED_AFTER_S: u64 = 2;
 
 impl Queues {
     /// Runs the upkeep at `now_s` (the delivery side calls it once a second).
@@ -91,6 +99,9 @@ impl Queues {
             }
             if let Some(waited_s) = ready_wait_s(q, now_s) {
                 out.oldest_ready_s = out.oldest_ready_s.max(waited_s);
+                if waited_s >= STARVED_AFTER_S && q.connections > 0 {
+                    out.starved.push(q.key.clone());
+                }
                 let warned_lately = q
                     .stuck_warned_s
                     .is_some_and(|at_s| now_s < at_s.saturating_add(STUCK_AFTER_S));

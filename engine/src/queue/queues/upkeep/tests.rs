@@ -284,3 +284,27 @@ fn queues_given_equal_policies_share_one() {
     );
     assert_eq!(q.policy(&key("d99.test")), Some(&policy));
 }
+
+#[test]
+fn a_queue_whose_connections_are_held_may_open_one_more() {
+    let mut q = queues(300);
+    let k = key("slow.test");
+    q.set_policy(
+        &k,
+        QueuePolicy {
+            max_connections: 3,
+            ..QueuePolicy::default()
+        },
+    );
+    q.enqueue(&k, item(1, 100));
+    // No connection: the scheduler opens one for the ready recipient anyway; not "starved".
+    assert!(q.upkeep(100).starved.is_empty());
+    assert!(q.upkeep(100 + STARVED_AFTER_S).starved.is_empty());
+    // One connection held by a stalled receiver while mail waits with two slots free.
+    assert!(q.try_open_connection(&k));
+    assert_eq!(q.upkeep(110).starved, std::slice::from_ref(&k));
+    // At the cap nothing more is asked for.
+    assert!(q.try_open_connection(&k));
+    assert!(q.try_open_connection(&k));
+    assert!(q.upkeep(120).starved.is_empty());
+}
