@@ -26,7 +26,7 @@ impl Log for StderrLogger {
             return;
         }
         let time = crate::clock::now_rfc3339();
-        let core = crate::runtime::current_core();
+        let core = current_core();
         let line = match self.format {
             LogFormat::Text => format!(
                 "{time} {:<5} [core {}] {}: {}\n",
@@ -66,4 +66,18 @@ pub fn init(format: LogFormat) {
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }
+}
+
+thread_local! {
+    static CURRENT_CORE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks this thread as the executor of core `index`: its log lines say `[core N]`.
+pub fn set_current_core(index: usize) {
+    CURRENT_CORE.with(|c| c.set(Some(index)));
+}
+
+/// The index of the executor running on this thread, if any.
+pub fn current_core() -> Option<usize> {
+    CURRENT_CORE.with(|c| c.get())
 }

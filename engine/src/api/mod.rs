@@ -6,10 +6,28 @@ mod routes;
 
 use std::rc::Rc;
 
-use crate::runtime::CoreContext;
+use crate::delivery::QueueBoard;
+use crate::placement::Placement;
+use crate::shard::Shard;
+
+/// What the API on core 0 reaches: the shard, placement (injection goes through intake; the VMTA
+/// board), and every core's queue list. Derefs to the shard.
+pub struct ApiCore {
+    pub shard: Rc<Shard>,
+    pub placement: Rc<Placement>,
+    pub queue_board: std::sync::Arc<QueueBoard>,
+}
+
+impl std::ops::Deref for ApiCore {
+    type Target = Shard;
+
+    fn deref(&self) -> &Shard {
+        &self.shard
+    }
+}
 
 /// Binds the API address and serves it on this core.
-pub fn start(core: &Rc<CoreContext>) -> Result<(), String> {
+pub fn start(core: Rc<ApiCore>) -> Result<(), String> {
     let config = core.config();
     let listener = glommio::net::TcpListener::bind(config.api.address).map_err(|e| {
         format!(
@@ -17,22 +35,13 @@ pub fn start(core: &Rc<CoreContext>) -> Result<(), String> {
             config.api.address
         )
     })?;
-    let weak = Rc::downgrade(core);
+    // The serving task owns the API's handle: the API lives as long as it serves.
+    let api = core.clone();
     let handler: http::Handler = Rc::new(move |request| {
-        let weak = weak.clone();
-        Box::pin(async move {
-            match weak.upgrade() {
-                Some(core) => routes::handle(core, request).await,
-                None => http::Response::error(503, "stopping"),
-            }
-        })
+        let api = api.clone();
+        Box::pin(async move { routes::handle(api, request).await })
     });
-    let weak = Rc::downgrade(core);
-    let token: http::TokenSource = Rc::new(move || {
-        weak.upgrade()
-            .map(|core| core.config().api.token.clone())
-            .unwrap_or_default()
-    });
+    let token: http::TokenSource = Rc::new(move || core.config().api.token.clone());
     glommio::spawn_local(http::serve(listener, token, handler)).detach();
     log::info!("API on http://{}", config.api.address);
     Ok(())

@@ -8,22 +8,22 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::ApiCore;
 use super::http::{Request, Response};
 use crate::config::Config;
 use crate::envelope::{BodyType, Envelope, Recipient};
 use crate::router::{AdminCommand, CoreMessage};
-use crate::runtime::CoreContext;
 
 /// Events returned by one `GET /v1/events` at most.
 const EVENTS_PER_PAGE_MAX: usize = 10_000;
 /// Recipients of one injected message at most.
 const INJECT_RECIPIENTS_MAX: usize = 10_000;
 
-pub async fn handle(core: Rc<CoreContext>, request: Request) -> Response {
+pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["v1", "health"]) => health(&core),
-        ("GET", ["metrics"]) => Response::text(200, core.shared.metrics.render()),
+        ("GET", ["metrics"]) => Response::text(200, core.node.metrics.render()),
         ("POST", ["v1", "inject"]) => inject(&core, &request).await,
         ("GET", ["v1", "queues"]) => queues(&core),
         ("POST", ["v1", "queues", action]) => queue_command(&core, action, &request.body).await,
@@ -42,8 +42,8 @@ pub async fn handle(core: Rc<CoreContext>, request: Request) -> Response {
     }
 }
 
-fn health(core: &CoreContext) -> Response {
-    let control = &core.shared.control;
+fn health(core: &ApiCore) -> Response {
+    let control = &core.node.control;
     let serving = control.all_cores_ready() && !control.stopping();
     let body = json!({
         "status": if serving { "serving" } else if control.stopping() { "stopping" } else { "starting" },
@@ -88,7 +88,7 @@ fn crlf(content: &str) -> Vec<u8> {
     out
 }
 
-async fn inject(core: &Rc<CoreContext>, request: &Request) -> Response {
+async fn inject(core: &Rc<ApiCore>, request: &Request) -> Response {
     let req: InjectRequest = match serde_json::from_slice(&request.body) {
         Ok(r) => r,
         Err(e) => return Response::error(400, format!("bad inject request: {e}")),
@@ -135,7 +135,7 @@ async fn inject(core: &Rc<CoreContext>, request: &Request) -> Response {
         peer: request.peer.ip(),
         customer: req.customer,
     };
-    match crate::intake::accept(core, origin, envelope, body).await {
+    match crate::intake::accept(&core.placement, origin, envelope, body).await {
         Ok(accepted) => Response::json(
             202,
             json!({ "id": accepted.id.to_string(), "recipients": accepted.recipients }),
@@ -144,10 +144,9 @@ async fn inject(core: &Rc<CoreContext>, request: &Request) -> Response {
     }
 }
 
-fn queues(core: &CoreContext) -> Response {
+fn queues(core: &ApiCore) -> Response {
     let list: Vec<Value> = core
-        .shared
-        .queues
+        .queue_board
         .all()
         .into_iter()
         .map(|q| {
@@ -180,7 +179,7 @@ struct QueueCommand {
     reason: Option<String>,
 }
 
-async fn queue_command(core: &CoreContext, action: &str, body: &[u8]) -> Response {
+async fn queue_command(core: &ApiCore, action: &str, body: &[u8]) -> Response {
     let c: QueueCommand = match serde_json::from_slice(body) {
         Ok(c) => c,
         Err(e) => {
@@ -216,10 +215,10 @@ async fn queue_command(core: &CoreContext, action: &str, body: &[u8]) -> Respons
 }
 
 /// The VMTAs taken out of their pools, with why and until when.
-fn vmta_status(core: &CoreContext) -> Response {
+fn vmta_status(core: &ApiCore) -> Response {
     let list: Vec<Value> = core
-        .shared
-        .vmtas
+        .placement
+        .board
         .list(crate::clock::unix_s())
         .into_iter()
         .map(|(name, d)| {
@@ -237,7 +236,7 @@ struct VmtaCommand {
 }
 
 /// `POST /v1/vmtas/{name}/disable|enable` (body optional: `{"reason"}`).
-fn vmta_command(core: &CoreContext, name: &str, action: &str, body: &[u8]) -> Response {
+fn vmta_command(core: &ApiCore, name: &str, action: &str, body: &[u8]) -> Response {
     if core.config().vmta(name).is_none() {
         return Response::error(404, format!("no VMTA {name:?}"));
     }
@@ -249,7 +248,7 @@ fn vmta_command(core: &CoreContext, name: &str, action: &str, body: &[u8]) -> Re
             Err(e) => return Response::error(400, format!("expected {{\"reason\"?}}: {e}")),
         }
     };
-    let board = &core.shared.vmtas;
+    let board = &core.placement.board;
     match action {
         "disable" => {
             let reason = command.reason.unwrap_or_else(|| "by the operator".into());
@@ -267,7 +266,7 @@ fn vmta_command(core: &CoreContext, name: &str, action: &str, body: &[u8]) -> Re
 }
 
 /// A customer's sending-limit counters now.
-fn customer_usage(core: &CoreContext, name: &str) -> Response {
+fn customer_usage(core: &ApiCore, name: &str) -> Response {
     let config = core.config();
     let Some(customer) = config.customer(name) else {
         return Response::error(404, format!("no customer {name:?}"));
@@ -285,7 +284,7 @@ fn customer_usage(core: &CoreContext, name: &str) -> Response {
     )
 }
 
-fn events(core: &CoreContext, request: &Request) -> Response {
+fn events(core: &ApiCore, request: &Request) -> Response {
     let after = request
         .query_param("after")
         .and_then(|a| a.parse().ok())
@@ -296,7 +295,7 @@ fn events(core: &CoreContext, request: &Request) -> Response {
         .unwrap_or(1000)
         .min(EVENTS_PER_PAGE_MAX);
     let events: Vec<Value> = core
-        .shared
+        .node
         .events
         .after(after, limit)
         .into_iter()
@@ -324,7 +323,7 @@ fn entry_json(config: &Config, section: &str, name: &str) -> Option<Value> {
     serde_json::to_value(value).ok()
 }
 
-fn config_list(core: &CoreContext, section: &str) -> Response {
+fn config_list(core: &ApiCore, section: &str) -> Response {
     let config = core.config();
     let names: Vec<String> = match section {
         "vmtas" => config.vmtas.iter().map(|v| v.name.clone()).collect(),
@@ -402,7 +401,7 @@ fn edit(
 }
 
 async fn config_entry(
-    core: &CoreContext,
+    core: &ApiCore,
     method: &str,
     section: &str,
     name: &str,
@@ -418,7 +417,7 @@ async fn config_entry(
     } else {
         name
     };
-    let current = core.shared.control.config();
+    let current = core.node.control.config();
     match method {
         "GET" => match entry_json(&current, section, name) {
             Some(v) => Response::json(200, v),
@@ -449,12 +448,12 @@ async fn config_entry(
                 Ok(next) => next,
                 Err(errors) => return Response::error(409, errors.to_string()),
             };
-            core.shared.control.publish(Arc::new(next));
+            core.node.control.publish(Arc::new(next));
             log::info!("API: {method} {section}/{name} applied");
             match method {
                 "PUT" => Response::json(
                     200,
-                    entry_json(&core.shared.control.config(), section, name).unwrap_or(Value::Null),
+                    entry_json(&core.node.control.config(), section, name).unwrap_or(Value::Null),
                 ),
                 _ => Response::json(200, json!({ "deleted": name })),
             }

@@ -5,13 +5,13 @@
 
 use std::sync::atomic::Ordering;
 
+use super::DeliveryCore;
 use crate::config::ReplyVerdict;
 use crate::queue::{LeaveReason, QueueKey, Transition};
-use crate::runtime::CoreContext;
 use crate::smtp::client::Reply;
 
 /// A temporary or permanent failure reply from the queue's destination.
-pub fn observe_failure(core: &CoreContext, key: &QueueKey, reply: &Reply) {
+pub fn observe_failure(core: &DeliveryCore, key: &QueueKey, reply: &Reply) {
     if reply.code < 400 {
         return;
     }
@@ -51,7 +51,7 @@ pub fn observe_failure(core: &CoreContext, key: &QueueKey, reply: &Reply) {
 }
 
 /// `count` recipients of the queue were delivered.
-pub fn observe_delivered(core: &CoreContext, key: &QueueKey, count: u64) {
+pub fn observe_delivered(core: &DeliveryCore, key: &QueueKey, count: u64) {
     let t = core
         .delivery
         .queues
@@ -63,13 +63,13 @@ pub fn observe_delivered(core: &CoreContext, key: &QueueKey, count: u64) {
 }
 
 /// Logs and counts the backoffs whose quiet period the queues' upkeep found over (once a second).
-pub fn after_upkeep(core: &CoreContext, left: Vec<(QueueKey, Transition)>) {
+pub fn after_upkeep(core: &DeliveryCore, left: Vec<(QueueKey, Transition)>) {
     for (key, t) in left {
         note(core, &key, t, "");
     }
 }
 
-fn note(core: &CoreContext, key: &QueueKey, t: Transition, reply: &str) {
+fn note(core: &DeliveryCore, key: &QueueKey, t: Transition, reply: &str) {
     let state = core.delivery.queues.borrow().queue_snapshot(key);
     let limits = state
         .map(|s| format!("{} connections", s.max_connections))

@@ -7,8 +7,8 @@
 //! a send (`rate_allows_connecting`); it moves to the next hop only when one failed; a connection
 //! that ends cleanly (the queue emptied, a reload, a rate wait) ends there, deferring nothing. A
 //! failure defers only what the connection took (its transaction in flight); the queue's ready
-//! mail is deferred only when every hop failed and no other connection of the queue is open (a
-//! real outage). A 421 at the greeting or "too many connections" caps the queue's connections at
+//! mail is deferred only when every hop failed and no other connection of the queue got through
+//! greeting and EHLO (a real outage, or a receiver that stalls every connection). A 421 at the greeting or "too many connections" caps the queue's connections at
 //! those the receiver admitted (`Queues::connection_refused`), raised again by deliveries.
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,15 +16,16 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::DeliveryCore;
 use super::deadlines::{self, Step};
 use super::hops::{self, NoHops};
 use super::outcome;
-use super::placement::IMPLICIT_VMTA;
 use super::transaction::{Connection, RATE_WAIT_IN_CONNECTION_MS_MAX};
-use super::{BIND_FAILURE_RETRY_S, Queued, connect_from_timeout};
+use super::{Queued, connect_from_timeout};
 use crate::config::OutboundTls;
+use crate::placement::BIND_FAILURE_RETRY_S;
+use crate::placement::IMPLICIT_VMTA;
 use crate::queue::{CapChange, QueueKey};
-use crate::runtime::CoreContext;
 use crate::smtp::client::{Reply, ReplySource, Session, SessionConfig, TlsPolicy};
 
 /// Reply texts (lower case) that say the receiver takes no more connections from us: Postfix
@@ -47,7 +48,7 @@ enum Ended {
     LeftToOthers,
 }
 
-pub async fn run(core: Rc<CoreContext>, key: QueueKey) {
+pub async fn run(core: Rc<DeliveryCore>, key: QueueKey) {
     let ended = deliver(&core, &key).await;
     core.delivery.queues.borrow_mut().connection_closed(&key);
     core.delivery
@@ -59,10 +60,10 @@ pub async fn run(core: Rc<CoreContext>, key: QueueKey) {
 }
 
 /// One open outbound socket, counted in `volley_outbound_connections` while it lives.
-struct OpenSocket<'a>(&'a CoreContext);
+struct OpenSocket<'a>(&'a DeliveryCore);
 
 impl<'a> OpenSocket<'a> {
-    fn new(core: &'a CoreContext) -> OpenSocket<'a> {
+    fn new(core: &'a DeliveryCore) -> OpenSocket<'a> {
         core.counters()
             .outbound_connections
             .fetch_add(1, Ordering::Relaxed);
@@ -81,15 +82,24 @@ impl Drop for OpenSocket<'_> {
 
 /// Takes every ready recipient of the queue: only for what concerns the whole queue (its VMTA
 /// cannot send, its domain has no hop, every hop failed with no other connection open).
-fn take_all_ready(core: &CoreContext, key: &QueueKey) -> Vec<Queued> {
+fn take_all_ready(core: &DeliveryCore, key: &QueueKey) -> Vec<Queued> {
     core.delivery
         .queues
         .borrow_mut()
         .take_batch(key, usize::MAX)
 }
 
+/// Connections of the queue open besides this one that got through greeting and EHLO. A failure
+/// while one is open is this attempt's (the receiver turns away extra connections, a hop is
+/// down): the ready mail is left to it. With none, every attempt fails alike (a tarpit, a stalled
+/// TLS handshake, DNS down): the ready mail is deferred now, or overlapping attempts would keep
+/// it waiting until it expires.
+fn established_connections(core: &DeliveryCore, key: &QueueKey) -> u32 {
+    core.delivery.queues.borrow().established_connections(key)
+}
+
 /// Connections of the queue open besides this one.
-fn other_connections(core: &CoreContext, key: &QueueKey) -> u32 {
+fn other_connections(core: &DeliveryCore, key: &QueueKey) -> u32 {
     core.delivery
         .queues
         .borrow()
@@ -101,9 +111,9 @@ fn other_connections(core: &CoreContext, key: &QueueKey) -> u32 {
 /// only for ready mail and a send the rate allows: taken now for its first transaction, or after
 /// a short wait spent here, without a socket. A longer wait holds the queue (`hold_for_rate`)
 /// when this is its only connection; with others open they meet the wait and hold it themselves.
-async fn rate_allows_connecting(core: &CoreContext, key: &QueueKey) -> Option<Ended> {
+async fn rate_allows_connecting(core: &DeliveryCore, key: &QueueKey) -> Option<Ended> {
     loop {
-        if core.shared.control.stopping() || !core.delivery.queues.borrow().has_ready(key) {
+        if core.node.control.stopping() || !core.delivery.queues.borrow().has_ready(key) {
             return Some(Ended::Done);
         }
         let now_ms = crate::clock::unix_ms();
@@ -137,7 +147,7 @@ fn is_connection_limit(reply: &Reply, opened: bool) -> bool {
 }
 
 /// The receiver refused a connection: cap the queue at the connections it admitted (logged).
-fn connection_refused(core: &CoreContext, key: &QueueKey, mx: &str, reply: &Reply) {
+fn connection_refused(core: &DeliveryCore, key: &QueueKey, mx: &str, reply: &Reply) {
     let change = core.delivery.queues.borrow_mut().connection_refused(key);
     if let Some(CapChange::Lowered(cap)) = change {
         log::info!(
@@ -147,7 +157,7 @@ fn connection_refused(core: &CoreContext, key: &QueueKey, mx: &str, reply: &Repl
     }
 }
 
-async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
+async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
     let config = core.config();
     let (source_ip, ehlo) = match config.vmta(&key.vmta) {
         Some(v) => (v.source_ip, v.ehlo_hostname.clone()),
@@ -176,7 +186,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
             return Ended::Done;
         }
         Err(NoHops::Temporary(reply)) => {
-            if other_connections(core, key) > 0 {
+            if established_connections(core, key) > 0 {
                 log::info!("{key}: {reply}; left to the other open connections");
                 return Ended::LeftToOthers;
             }
@@ -191,6 +201,9 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
     };
     let deadlines = policy.deadlines;
     let mut rate_token = true;
+    // The receiver said it takes no more connections: it works, and the queue's other attempts
+    // (established or not yet) may be admitted, so the ready mail is left to them.
+    let mut turned_away = false;
     let mut last_failure = Reply::local(451, (4, 4, 1), "No next hop could be reached");
     for hop in &hops.hops {
         let source = if source_ip.is_unspecified() {
@@ -214,13 +227,13 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
                     "VMTA {} disabled for {BIND_FAILURE_RETRY_S} s: {reason}",
                     key.vmta
                 );
-                core.shared.vmtas.disable(
+                core.placement.board.disable(
                     &key.vmta,
                     &reason,
                     now_s,
                     Some(now_s + BIND_FAILURE_RETRY_S),
                 );
-                let stuck = super::placement::reroute(core, key, take_all_ready(core, key)).await;
+                let stuck = super::reroute::reroute(core, key, take_all_ready(core, key)).await;
                 let reply = Reply::local(451, (4, 4, 0), reason);
                 outcome::defer_items(core, key, stuck, &reply, None).await;
                 return Ended::Done;
@@ -233,8 +246,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
                     Reply::local(451, (4, 4, 1), format!("Connection to {mx} failed: {e}"))
                 };
                 if super::vmta_status::observe_connect_error(core, key, &hops.next_hop, &e) {
-                    let stuck =
-                        super::placement::reroute(core, key, take_all_ready(core, key)).await;
+                    let stuck = super::reroute::reroute(core, key, take_all_ready(core, key)).await;
                     outcome::defer_items(core, key, stuck, &last_failure, None).await;
                     return Ended::Done;
                 }
@@ -277,6 +289,7 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
         };
         if is_connection_limit(&failure, conn.opened) {
             connection_refused(core, key, &mx, &failure);
+            turned_away = true;
         }
         if conn.sent > 0 {
             // It failed after sending: its own transaction in flight was deferred, nothing else.
@@ -286,16 +299,20 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
         let out = super::vmta_status::observe_failed_session(core, key, &hops.next_hop, &failure);
         last_failure = failure;
         if out {
-            let stuck = super::placement::reroute(core, key, take_all_ready(core, key)).await;
+            let stuck = super::reroute::reroute(core, key, take_all_ready(core, key)).await;
             outcome::defer_items(core, key, stuck, &last_failure, None).await;
             return Ended::Done;
         }
     }
-    let others = other_connections(core, key);
+    let others = if turned_away {
+        other_connections(core, key)
+    } else {
+        established_connections(core, key)
+    };
     if others > 0 {
         log::info!(
-            "{key}: no host reached ({last_failure}); {others} other connections open: nothing \
-             deferred"
+            "{key}: no host reached ({last_failure}); {others} other connections serve the queue: \
+             nothing deferred"
         );
         return Ended::LeftToOthers;
     }
@@ -304,10 +321,10 @@ async fn deliver(core: &Rc<CoreContext>, key: &QueueKey) -> Ended {
 }
 
 /// The hops of `domain` reachable from `source`.
-async fn hops_of(core: &CoreContext, domain: &str, source: IpAddr) -> Result<hops::Hops, NoHops> {
+async fn hops_of(core: &DeliveryCore, domain: &str, source: IpAddr) -> Result<hops::Hops, NoHops> {
     let config = core.config();
     let target = hops::target(&config.routes, domain)?;
-    let resolver = core.delivery.resolver(core);
+    let resolver = core.resolver();
     let answer = hops::resolve(&resolver, domain, &target).await;
     hops::select(domain, &target, answer, source)
 }

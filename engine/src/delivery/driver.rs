@@ -94,7 +94,14 @@ where
             match event {
                 Event::NeedTls => start_tls = true,
                 Event::Ready => {
-                    conn.opened = true;
+                    if !conn.opened {
+                        conn.opened = true;
+                        conn.core
+                            .delivery
+                            .queues
+                            .borrow_mut()
+                            .connection_established(&conn.key);
+                    }
                     conn.on_ready(&mut session).await
                 }
                 Event::TransactionDone { recipient_results } => {

@@ -14,9 +14,8 @@ mod connection;
 mod deadlines;
 mod driver;
 mod hops;
-mod mx_rollup;
 mod outcome;
-mod placement;
+mod reroute;
 mod scheduler;
 mod snapshot;
 mod tls;
@@ -30,16 +29,14 @@ use std::sync::atomic::Ordering;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 pub use connect::{connect_from, connect_from_timeout};
-pub use placement::{route_new_message, route_recovered};
 pub use snapshot::{QueueBoard, publish_snapshot, return_freed_memory};
 pub use tls::ClientTls;
-pub use vmta_status::{BIND_FAILURE_RETRY_S, VmtaBoard, VmtaView};
 
-use crate::dns::Resolver;
 use crate::envelope::MessageId;
+use crate::placement::Placement;
 use crate::queue::{QueueKey, QueuePolicy, QueuedRecipient, Queues};
 use crate::router::{AdminCommand, CoreMessage, Handoff};
-use crate::runtime::CoreContext;
+use crate::shard::Shard;
 use crate::spool::{RecordLocation, SegmentReader, SeqMap, SpoolError, StoredMessage};
 
 /// A queued recipient here. Everything per message (where its record lies, when it was received)
@@ -183,8 +180,6 @@ pub struct CoreDelivery {
     pub messages: RefCell<MessageTable>,
     /// Envelopes read back lately (bounded; see `MessageCache`).
     cache: RefCell<MessageCache>,
-    /// The resolver, and the nameservers it was made for.
-    resolver: RefCell<Option<(Vec<std::net::SocketAddr>, Rc<Resolver>)>>,
     wake_tx: LocalSender<()>,
     wake_rx: RefCell<Option<LocalReceiver<()>>>,
     /// Queues that changed since the scheduler last looked (new recipients, a connection closed).
@@ -195,10 +190,48 @@ pub struct CoreDelivery {
     look_at_all: Cell<bool>,
     /// Outbound connections open on this core.
     pub connections: Cell<u32>,
-    /// This core's copy of the disabled VMTAs.
-    pub vmtas: VmtaView,
-    /// Which queue each domain's MX answer put it in (MX rollup), and the lookups under way.
-    pub(crate) mx_rollup: mx_rollup::CoreMxRollup,
+}
+
+/// What delivery on one core reaches: its shard, its placement (to move mail off a VMTA that is
+/// out, and the board of VMTAs it reports refusals to), the board it publishes its queues on, and
+/// its own state. Derefs to the shard (configuration, spool, router, metrics...).
+pub struct DeliveryCore {
+    pub shard: Rc<Shard>,
+    pub placement: Rc<Placement>,
+    /// Every core's queue list for `GET /v1/queues`.
+    pub queue_board: std::sync::Arc<QueueBoard>,
+    pub delivery: CoreDelivery,
+    client_tls: std::cell::OnceCell<Rc<ClientTls>>,
+}
+
+impl DeliveryCore {
+    pub fn new(placement: Rc<Placement>, queue_board: std::sync::Arc<QueueBoard>) -> DeliveryCore {
+        DeliveryCore {
+            shard: placement.shard.clone(),
+            delivery: CoreDelivery::new(placement.shard.index),
+            placement,
+            queue_board,
+            client_tls: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The outbound TLS configurations, built on first use.
+    pub fn client_tls(&self) -> Rc<ClientTls> {
+        self.client_tls
+            .get_or_init(|| match ClientTls::new() {
+                Ok(t) => Rc::new(t),
+                Err(e) => panic!("the ring provider supports the default TLS versions: {e}"),
+            })
+            .clone()
+    }
+}
+
+impl std::ops::Deref for DeliveryCore {
+    type Target = Shard;
+
+    fn deref(&self) -> &Shard {
+        &self.shard
+    }
 }
 
 impl CoreDelivery {
@@ -209,15 +242,12 @@ impl CoreDelivery {
             queues: RefCell::new(Queues::new(QueuePolicy::default())),
             messages: RefCell::new(MessageTable::default()),
             cache: RefCell::new(MessageCache::new()),
-            resolver: RefCell::new(None),
             wake_tx,
             wake_rx: RefCell::new(Some(wake_rx)),
             changed: RefCell::new(Vec::new()),
             starved: RefCell::new(Vec::new()),
             look_at_all: Cell::new(true),
             connections: Cell::new(0),
-            vmtas: VmtaView::default(),
-            mx_rollup: mx_rollup::CoreMxRollup::default(),
         }
     }
 
@@ -261,41 +291,22 @@ impl CoreDelivery {
         self.connections.get() > 0
     }
 
-    /// The resolver of the running `[dns] nameservers`: made anew (with an empty cache) when a
-    /// reload changed them.
-    pub(crate) fn resolver(&self, core: &CoreContext) -> Rc<Resolver> {
-        let config = core.config();
-        let nameservers = &config.dns.nameservers;
-        if let Some((servers, r)) = self.resolver.borrow().as_ref()
-            && servers == nameservers
-        {
-            return r.clone();
-        }
-        let r = Rc::new(if nameservers.is_empty() {
-            Resolver::from_system()
-        } else {
-            Resolver::new(nameservers.clone())
-        });
-        *self.resolver.borrow_mut() = Some((nameservers.clone(), r.clone()));
-        r
-    }
-
     /// The queue policy for a key, from the running configuration.
-    fn policy(core: &CoreContext, key: &QueueKey) -> QueuePolicy {
+    fn policy(core: &DeliveryCore, key: &QueueKey) -> QueuePolicy {
         core.config().policy_for(&key.vmta, &key.domain).queue
     }
 
     /// Queues the recipients of a handoff from any core.
     /// Gives the queue `key` its configured policy when it has none yet: a queue made by mail or by
     /// an operator's command (a suspension before the mail arrives) runs under the configuration.
-    fn give_policy(&self, core: &CoreContext, key: &QueueKey) {
+    fn give_policy(&self, core: &DeliveryCore, key: &QueueKey) {
         let mut queues = self.queues.borrow_mut();
         if queues.policy(key).is_none() {
             queues.set_policy(key, Self::policy(core, key));
         }
     }
 
-    fn accept_handoff(&self, core: &CoreContext, handoff: Handoff) {
+    fn accept_handoff(&self, core: &DeliveryCore, handoff: Handoff) {
         let key = QueueKey::new(&handoff.vmta, &handoff.domain);
         let now_s = crate::clock::unix_s();
         let count = {
@@ -316,7 +327,7 @@ impl CoreDelivery {
     }
 
     /// One recipient is finished here (final outcome or handed elsewhere).
-    pub(crate) fn release(&self, core: &CoreContext, id: MessageId) {
+    pub(crate) fn release(&self, core: &DeliveryCore, id: MessageId) {
         if self.messages.borrow_mut().release(id) {
             self.cache.borrow_mut().forget(id);
         }
@@ -362,7 +373,7 @@ impl CoreDelivery {
     /// that suspending a domain before its mail arrives holds that mail too.
     fn owned_future_keys(
         &self,
-        core: &CoreContext,
+        core: &DeliveryCore,
         domain: &str,
         vmta: Option<&str>,
     ) -> Vec<QueueKey> {
@@ -370,7 +381,7 @@ impl CoreDelivery {
         let config = core.config();
         let names: Vec<&str> = match vmta {
             Some(v) => vec![v],
-            None if config.vmtas.is_empty() => vec![placement::IMPLICIT_VMTA],
+            None if config.vmtas.is_empty() => vec![crate::placement::IMPLICIT_VMTA],
             None => config.vmtas.iter().map(|v| v.name.as_str()).collect(),
         };
         let cores = core.router().cores;
@@ -381,7 +392,7 @@ impl CoreDelivery {
             .collect()
     }
 
-    fn admin(&self, core: &std::rc::Rc<CoreContext>, command: AdminCommand) {
+    fn admin(&self, core: &std::rc::Rc<DeliveryCore>, command: AdminCommand) {
         match command {
             AdminCommand::Suspend {
                 domain,
@@ -457,7 +468,7 @@ pub fn queue_handoff(
 }
 
 /// Handles what another core (or this one) sent through the router.
-pub fn on_core_message(core: &std::rc::Rc<CoreContext>, message: CoreMessage) {
+pub fn on_core_message(core: &std::rc::Rc<DeliveryCore>, message: CoreMessage) {
     match message {
         CoreMessage::Deliver(handoff) => core.delivery.accept_handoff(core, handoff),
         CoreMessage::Outcome {
@@ -477,14 +488,14 @@ pub fn on_core_message(core: &std::rc::Rc<CoreContext>, message: CoreMessage) {
 
 /// Starts this core's scheduler and routes what the spool recovered.
 pub async fn start(
-    core: &std::rc::Rc<CoreContext>,
+    core: &std::rc::Rc<DeliveryCore>,
     recovered: Vec<crate::spool::RecoveredMessage>,
 ) {
     let Some(wake_rx) = core.delivery.wake_rx.borrow_mut().take() else {
         return;
     };
     glommio::spawn_local(scheduler::run(core.clone(), wake_rx)).detach();
-    route_recovered(core, recovered).await;
+    crate::placement::route_recovered(&core.placement, recovered).await;
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
+use super::DeliveryCore;
 use super::Queued;
 use crate::accounting::{AccountingEvent, EventType};
 use crate::bounce::{
@@ -15,7 +16,6 @@ use crate::envelope::{Envelope, MessageId, Recipient, domain_of};
 use crate::intake::{Origin, Refusal};
 use crate::queue::{DeferOutcome, QueueKey};
 use crate::router::CoreMessage;
-use crate::runtime::CoreContext;
 use crate::smtp::client::{Outcome, Reply, ReplySource};
 use crate::spool::{RecipientState, Spool, SpoolError, StoredMessage};
 
@@ -69,7 +69,7 @@ fn event(
 }
 
 /// Tells the spooling core a recipient's new state.
-async fn record_state(core: &CoreContext, id: MessageId, recipient: u32, state: RecipientState) {
+async fn record_state(core: &DeliveryCore, id: MessageId, recipient: u32, state: RecipientState) {
     core.router()
         .send(
             usize::from(id.core),
@@ -134,7 +134,7 @@ pub async fn store_state(spool: &Spool, id: MessageId, recipient: u32, state: Re
 
 /// Applies one transaction's replies, recipient by recipient, in order.
 pub async fn apply(
-    core: &Rc<CoreContext>,
+    core: &Rc<DeliveryCore>,
     key: &QueueKey,
     items: Vec<Queued>,
     message: &StoredMessage,
@@ -157,7 +157,7 @@ pub async fn apply(
 }
 
 async fn delivered(
-    core: &CoreContext,
+    core: &DeliveryCore,
     key: &QueueKey,
     item: Queued,
     message: &StoredMessage,
@@ -192,7 +192,7 @@ async fn delivered(
 
 /// A temporary failure: back on the retry schedule, or expired.
 pub async fn defer(
-    core: &Rc<CoreContext>,
+    core: &Rc<DeliveryCore>,
     key: &QueueKey,
     item: Queued,
     message: &StoredMessage,
@@ -233,7 +233,7 @@ pub async fn defer(
 
 /// Bounces many recipients with one reply (null MX, an operator's bounce, a permanent DNS error).
 pub async fn bounce_items(
-    core: &Rc<CoreContext>,
+    core: &Rc<DeliveryCore>,
     key: &QueueKey,
     items: Vec<Queued>,
     reply: &Reply,
@@ -245,7 +245,7 @@ pub async fn bounce_items(
 
 /// Defers many recipients with one reply (no host reachable, a temporary DNS error).
 pub async fn defer_items(
-    core: &Rc<CoreContext>,
+    core: &Rc<DeliveryCore>,
     key: &QueueKey,
     items: Vec<Queued>,
     reply: &Reply,
@@ -288,7 +288,7 @@ const DSN_RETRY_MAX_S: u64 = 300;
 
 /// Records the bounces and sends one DSN per message to its sender.
 async fn bounce_with_replies(
-    core: &Rc<CoreContext>,
+    core: &Rc<DeliveryCore>,
     key: &QueueKey,
     mut items: Vec<(Queued, Reply)>,
     attempt: Option<Attempt<'_>>,
@@ -336,7 +336,7 @@ fn may_work_later(error: &SpoolError) -> bool {
 /// A DSN could not be spooled: its recipients stay unfinished (in the spool too) and the bounce
 /// is tried again in the background while the spool may recover. When it cannot (poisoned,
 /// closed), they are left to the restart's recovery, which tries them again.
-fn postpone_bounce(core: &Rc<CoreContext>, group: BounceGroup, error: SpoolError) {
+fn postpone_bounce(core: &Rc<DeliveryCore>, group: BounceGroup, error: SpoolError) {
     let id = group.items[0].0.message;
     if !may_work_later(&error) {
         log::error!(
@@ -390,7 +390,7 @@ fn postpone_bounce(core: &Rc<CoreContext>, group: BounceGroup, error: SpoolError
 /// Spools the DSN of `group` (when one is due), then records each recipient bounced or expired:
 /// accounting, counters, queue figures and the spool state. Nothing is recorded when the DSN
 /// could not be spooled (the error is returned).
-async fn bounce_message(core: &Rc<CoreContext>, group: &BounceGroup) -> Result<(), SpoolError> {
+async fn bounce_message(core: &Rc<DeliveryCore>, group: &BounceGroup) -> Result<(), SpoolError> {
     let message = &*group.message;
     // Bounces are rare: the DSN code works on the unpacked envelope.
     let envelope = &message.envelope.to_envelope();
@@ -454,7 +454,7 @@ struct Failure<'a> {
 /// only and may use the spool's reserve beyond `max_spool_bytes` (`Spool::store_notice`): the
 /// bounce it records is what frees the original.
 async fn spool_dsn(
-    core: &Rc<CoreContext>,
+    core: &Rc<DeliveryCore>,
     id: MessageId,
     message: &StoredMessage,
     envelope: &Envelope,
@@ -508,15 +508,27 @@ async fn spool_dsn(
     };
     let dsn = build_dsn(&input);
     let notice = |reserve| Origin::Notice { reserve };
-    let spooled =
-        match crate::intake::accept(core, notice(false), dsn_envelope(&input, &dsn), dsn).await {
-            Err(Refusal::SpoolFull | Refusal::Spool(SpoolError::TooLarge { .. })) => {
-                input.max_returned_bytes = 0;
-                let dsn = build_dsn(&input);
-                crate::intake::accept(core, notice(true), dsn_envelope(&input, &dsn), dsn).await
-            }
-            spooled => spooled,
-        };
+    let spooled = match crate::intake::accept(
+        &core.placement,
+        notice(false),
+        dsn_envelope(&input, &dsn),
+        dsn,
+    )
+    .await
+    {
+        Err(Refusal::SpoolFull | Refusal::Spool(SpoolError::TooLarge { .. })) => {
+            input.max_returned_bytes = 0;
+            let dsn = build_dsn(&input);
+            crate::intake::accept(
+                &core.placement,
+                notice(true),
+                dsn_envelope(&input, &dsn),
+                dsn,
+            )
+            .await
+        }
+        spooled => spooled,
+    };
     spooled
         .map(|accepted| accepted.id)
         .map_err(|refusal| match refusal {
@@ -531,7 +543,7 @@ async fn spool_dsn(
 /// a sender. An I/O error (the segment cannot be mapped now) may pass: they wait for their next
 /// retry. Anything else (a damaged record) is final: see `drop_unreadable`.
 pub async fn unreadable(
-    core: &Rc<CoreContext>,
+    core: &Rc<DeliveryCore>,
     key: &QueueKey,
     items: Vec<Queued>,
     error: &SpoolError,
@@ -573,7 +585,7 @@ pub async fn unreadable(
 /// accounting, as a bounce with what is known), counted as bounced and recorded as such in the
 /// spool, so the spool can free the record. No DSN: the sender is in the unreadable record.
 async fn drop_unreadable(
-    core: &Rc<CoreContext>,
+    core: &Rc<DeliveryCore>,
     key: &QueueKey,
     items: Vec<Queued>,
     error: &SpoolError,

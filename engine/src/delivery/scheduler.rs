@@ -9,18 +9,18 @@ use std::time::Duration;
 
 use glommio::channels::local_channel::LocalReceiver;
 
+use super::DeliveryCore;
 use super::connection;
-use crate::runtime::CoreContext;
 
 /// Recipients that justify one more parallel connection to a queue.
 const RECIPIENTS_PER_EXTRA_CONNECTION: usize = 20;
 
-pub async fn run(core: Rc<CoreContext>, wake: LocalReceiver<()>) {
+pub async fn run(core: Rc<DeliveryCore>, wake: LocalReceiver<()>) {
     let delivery = &core.delivery;
     let stop = core.stop_signal();
     let mut config = core.config();
     loop {
-        if core.shared.control.stopping() {
+        if core.node.control.stopping() {
             break;
         }
         let running = core.config();
@@ -57,7 +57,7 @@ pub async fn run(core: Rc<CoreContext>, wake: LocalReceiver<()>) {
 }
 
 /// A reload changes the limits of the queues that already exist, not only of those created after.
-fn apply_reloaded_policies(core: &Rc<CoreContext>) {
+fn apply_reloaded_policies(core: &Rc<DeliveryCore>) {
     let delivery = &core.delivery;
     let keys = delivery.queues.borrow().keys();
     let mut changed = 0;
@@ -75,7 +75,7 @@ fn apply_reloaded_policies(core: &Rc<CoreContext>) {
 
 /// Opens as many connections as each of these queues may and needs; with `one_more`, one beyond
 /// what its ready recipients call for (its open connections are held by a slow receiver).
-fn open_connections(core: &Rc<CoreContext>, keys: Vec<crate::queue::QueueKey>, one_more: bool) {
+fn open_connections(core: &Rc<DeliveryCore>, keys: Vec<crate::queue::QueueKey>, one_more: bool) {
     let delivery = &core.delivery;
     for key in keys {
         let Some((ready, connections)) = delivery.queues.borrow().ready_and_connections(&key)

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
+use super::DeliveryCore;
 use super::backoff_watch;
 use crate::queue::{QueueKey, QueueSnapshot, STUCK_AFTER_S, Stuck};
-use crate::runtime::CoreContext;
 
 /// Stuck queues named in the log per core and second at most; the rest are counted in one line.
 pub const STUCK_WARNINGS_PER_UPKEEP_MAX: usize = 10;
@@ -101,7 +101,7 @@ impl QueueBoard {
 }
 
 /// This core's once-a-second pass over its queues (see the module comment).
-pub fn publish_snapshot(core: &CoreContext) {
+pub fn publish_snapshot(core: &DeliveryCore) {
     let now_s = crate::clock::unix_s();
     let idle_s = core.config().shaping.queue_idle_s;
     let upkeep = {
@@ -111,9 +111,9 @@ pub fn publish_snapshot(core: &CoreContext) {
     };
     backoff_watch::after_upkeep(core, upkeep.backoff_left);
     for key in &upkeep.removed {
-        core.delivery.mx_rollup.forget(&key.domain);
+        core.placement.mx_rollup.forget(&key.domain);
     }
-    core.delivery.mx_rollup.sweep(now_s);
+    core.placement.mx_rollup.sweep(now_s);
     let counters = core.counters();
     counters.queues.store(upkeep.live as i64, Ordering::Relaxed);
     counters
@@ -130,8 +130,7 @@ pub fn publish_snapshot(core: &CoreContext) {
             upkeep.live
         );
     }
-    core.shared
-        .queues
+    core.queue_board
         .apply(core.index, upkeep.updated, &upkeep.removed);
     return_freed_memory();
 }
@@ -155,7 +154,7 @@ pub fn return_freed_memory() {
 /// One WARN line per stuck queue (each at most once per `STUCK_AFTER_S`, at most
 /// `STUCK_WARNINGS_PER_UPKEEP_MAX` a second); a stuck queue with no connection at all has lost
 /// its wake-up, so the scheduler is woken for it.
-fn warn_stuck(core: &CoreContext, stuck: &[Stuck]) {
+fn warn_stuck(core: &DeliveryCore, stuck: &[Stuck]) {
     for line in stuck_warnings(stuck) {
         log::warn!("{line}");
     }

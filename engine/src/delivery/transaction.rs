@@ -7,11 +7,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::DeliveryCore;
 use super::Queued;
 use super::outcome::{self, Attempt};
 use crate::config::Config;
 use crate::queue::{CapChange, QueueKey};
-use crate::runtime::CoreContext;
 use crate::smtp::client::{Reply, Session, Transaction};
 use crate::spool::{BodyBytes, StoredMessage};
 
@@ -29,7 +29,7 @@ pub struct InFlight {
 }
 
 pub struct Connection {
-    pub core: Rc<CoreContext>,
+    pub core: Rc<DeliveryCore>,
     pub key: QueueKey,
     /// "host (address)" of the server, for the log and the accounting `mx` field.
     pub mx: String,
@@ -51,6 +51,18 @@ pub struct Connection {
     pub config: Arc<Config>,
 }
 
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.opened {
+            self.core
+                .delivery
+                .queues
+                .borrow_mut()
+                .established_connection_ended(&self.key);
+        }
+    }
+}
+
 impl Connection {
     pub fn attempt(&self) -> Attempt<'_> {
         Attempt {
@@ -68,8 +80,7 @@ impl Connection {
         loop {
             // Checked before the queue, every time: mail that arrives after a reload must not
             // leave on a connection opened under the old routes.
-            if self.core.shared.control.stopping()
-                || !Arc::ptr_eq(&self.config, &self.core.config())
+            if self.core.node.control.stopping() || !Arc::ptr_eq(&self.config, &self.core.config())
             {
                 return false;
             }
@@ -91,7 +102,7 @@ impl Connection {
         let over_cap = core.delivery.queues.borrow().over_connection_cap(&self.key);
         if self.sent >= self.max_messages
             || over_cap
-            || core.shared.control.stopping()
+            || core.node.control.stopping()
             || !Arc::ptr_eq(&self.config, &core.config())
             || !self.wait_for_work().await
         {

@@ -19,7 +19,8 @@ pub use trace::{Sender, prefix_headers};
 use crate::accounting::{AccountingEvent, EventType};
 use crate::envelope::{Envelope, MessageId};
 use crate::limits::Charge;
-use crate::runtime::CoreContext;
+use crate::placement::Placement;
+use crate::shard::Shard;
 
 /// The header that names the customer on relay listeners and the API; always removed before the
 /// message is spooled, honoured only where the client is trusted to say whose mail it is.
@@ -111,7 +112,7 @@ pub struct Accepted {
 
 /// MAIL-time admission of the sender's customer: refused while the plan's hourly or daily limit is
 /// reached and no credits are left (the charge at the end of data is what counts).
-pub fn admit_sender(core: &CoreContext, customer: Option<&str>) -> Result<(), Refusal> {
+pub fn admit_sender(core: &Shard, customer: Option<&str>) -> Result<(), Refusal> {
     let Some(name) = customer.filter(|c| !c.is_empty()) else {
         return Ok(());
     };
@@ -122,7 +123,7 @@ pub fn admit_sender(core: &CoreContext, customer: Option<&str>) -> Result<(), Re
     result.map_err(|limit| refused_by_limit(core, limit))
 }
 
-fn refused_by_limit(core: &CoreContext, limit: crate::limits::Refusal) -> Refusal {
+fn refused_by_limit(core: &Shard, limit: crate::limits::Refusal) -> Refusal {
     core.counters()
         .sending_limit_refusals
         .fetch_add(1, Ordering::Relaxed);
@@ -130,8 +131,9 @@ fn refused_by_limit(core: &CoreContext, limit: crate::limits::Refusal) -> Refusa
 }
 
 /// Makes a message durable and routes its recipients (see the module comment for the order).
+/// `core`: this core's placement, which routes the message, and through it the core's shard.
 pub async fn accept(
-    core: &Rc<CoreContext>,
+    core: &Rc<Placement>,
     origin: Origin<'_>,
     mut envelope: Envelope,
     body: Vec<u8>,
@@ -191,13 +193,13 @@ pub async fn accept(
     };
     record_reception(core, id, &envelope, size, started);
     let recipients = envelope.recipients.len();
-    crate::delivery::route_new_message(core, id, location, Arc::new(envelope), now_s).await;
+    crate::placement::route_new_message(core, id, location, Arc::new(envelope), now_s).await;
     Ok(Accepted { id, recipients })
 }
 
 /// Counts a spooled message and writes its reception events (one per recipient).
 fn record_reception(
-    core: &CoreContext,
+    core: &Shard,
     id: MessageId,
     envelope: &Envelope,
     size: u64,

@@ -4,7 +4,7 @@
 mod session;
 pub mod tls;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -12,13 +12,57 @@ use std::time::Duration;
 use futures_rustls::TlsAcceptor;
 use glommio::net::TcpListener;
 
+use crate::auth::{AuthThrottle, Credentials};
 use crate::config::{Config, ListenerAuth, ListenerConfig, ListenerTls};
-use crate::runtime::CoreContext;
+use crate::placement::Placement;
+use crate::shard::Shard;
 use crate::smtp::server::ServerConfig;
+
+/// What the listeners of one core reach: the shard, placement (through intake), the AUTH
+/// credentials of the running configuration and the AUTH failure throttle. Derefs to the shard.
+pub struct ListenerCore {
+    pub shard: Rc<Shard>,
+    pub placement: Rc<Placement>,
+    credentials: RefCell<Credentials>,
+    /// The configuration generation `credentials` were built from.
+    credentials_generation: Cell<u64>,
+    pub throttle: RefCell<AuthThrottle>,
+}
+
+impl ListenerCore {
+    pub fn new(placement: Rc<Placement>) -> ListenerCore {
+        let shard = placement.shard.clone();
+        ListenerCore {
+            credentials: RefCell::new(Credentials::from_config(&shard.config())),
+            credentials_generation: Cell::new(shard.generation()),
+            throttle: RefCell::new(AuthThrottle::default()),
+            shard,
+            placement,
+        }
+    }
+
+    /// The AUTH credentials of the running configuration (rebuilt once per reload).
+    pub fn credentials(&self) -> Credentials {
+        let generation = self.shard.generation();
+        if generation != self.credentials_generation.get() {
+            self.credentials_generation.set(generation);
+            *self.credentials.borrow_mut() = Credentials::from_config(&self.shard.config());
+        }
+        self.credentials.borrow().clone()
+    }
+}
+
+impl std::ops::Deref for ListenerCore {
+    type Target = Shard;
+
+    fn deref(&self) -> &Shard {
+        &self.shard
+    }
+}
 
 /// One listener on one core.
 pub struct ListenerContext {
-    pub core: Rc<CoreContext>,
+    pub core: Rc<ListenerCore>,
     /// The bound address and the TLS mode are fixed for the listener's life (a restart changes
     /// them); everything else comes from `live`.
     address: SocketAddr,
@@ -101,7 +145,7 @@ fn session_config(l: &ListenerConfig, config: &Config, tls: ListenerTls) -> Serv
 }
 
 /// Binds every configured listener on this core and serves them until the stop request.
-pub fn start(core: &Rc<CoreContext>) -> Result<Vec<Rc<ListenerContext>>, String> {
+pub fn start(core: &Rc<ListenerCore>) -> Result<Vec<Rc<ListenerContext>>, String> {
     let config = core.config();
     let mut contexts = Vec::new();
     for l in &config.listeners {
@@ -109,7 +153,7 @@ pub fn start(core: &Rc<CoreContext>) -> Result<Vec<Rc<ListenerContext>>, String>
             .map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
         let acceptor = match l.tls {
             ListenerTls::None => None,
-            _ => core.shared.tls.clone().map(TlsAcceptor::from),
+            _ => core.node.tls.clone().map(TlsAcceptor::from),
         };
         let ctx = Rc::new(ListenerContext {
             core: core.clone(),

@@ -18,7 +18,7 @@ use glommio::net::TcpStream;
 
 use super::{ListenerContext, LiveSettings};
 use crate::auth::ThrottleVerdict;
-use crate::runtime::ConnectionRefusal;
+use crate::shard::ConnectionRefusal;
 use crate::smtp::reply::{EnhancedCode, Reply};
 use crate::smtp::server::{Event, PeerInfo, Session};
 
@@ -82,7 +82,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<ListenerContext>) {
     let core = &ctx.core;
     let config = core.config();
     let settings = ctx.settings();
-    let admitted = core.shared.control.admit(
+    let admitted = core.node.control.admit(
         peer.ip(),
         config.server.max_connections,
         config.server.max_connections_per_ip,
@@ -207,7 +207,7 @@ where
         if session.is_closed() {
             return Ok(SessionEnd::Close);
         }
-        let stopping = ctx.core.shared.control.stopping();
+        let stopping = ctx.core.node.control.stopping();
         if stopping && !session.in_transaction() {
             write_within(
                 io,
@@ -290,7 +290,7 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
         Event::Mail { sender: _, size } => {
             let room = core.spool.has_room(size.unwrap_or(0));
             let result = if room {
-                crate::intake::admit_sender(core, session.authenticated_as())
+                crate::intake::admit_sender(&core.shard, session.authenticated_as())
                     .map_err(|refusal| refusal.smtp_reply())
             } else {
                 Err(Reply::new(
@@ -310,7 +310,7 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
                 relay_trusted: session.peer().relay_allowed,
             };
             let ip = session.peer().ip;
-            let result = crate::intake::accept(core, origin, envelope, body)
+            let result = crate::intake::accept(&core.placement, origin, envelope, body)
                 .await
                 .map(|accepted| accepted.id.to_string())
                 .map_err(|refusal| refusal.smtp_reply());

@@ -228,6 +228,8 @@ struct Queue {
     deferred: BinaryHeap<Deferred>,
     state: QueueState,
     connections: u32,
+    /// Of `connections`, those whose session got through greeting and EHLO.
+    established: u32,
     stats: QueueStats,
     rate: SendRate,
     /// The time of this queue's live entry in the core's wake heap.
@@ -260,6 +262,7 @@ impl Queue {
             deferred: BinaryHeap::new(),
             state: QueueState::Active,
             connections: 0,
+            established: 0,
             stats: QueueStats::default(),
             scheduled_wake_s: None,
             last_deferral: None,
@@ -763,6 +766,26 @@ impl Queues {
     /// Connections of the queue open now (0 when it does not exist).
     pub fn connections(&self, key: &QueueKey) -> u32 {
         self.queue(key).map_or(0, |q| q.connections)
+    }
+
+    /// A connection of the queue got through greeting and EHLO: the receiver works.
+    pub fn connection_established(&mut self, key: &QueueKey) {
+        if let Some(q) = self.queue_by_key_mut(key) {
+            q.established = (q.established + 1).min(q.connections);
+        }
+    }
+
+    /// An established connection of the queue ended.
+    pub fn established_connection_ended(&mut self, key: &QueueKey) {
+        if let Some(q) = self.queue_by_key_mut(key) {
+            q.established = q.established.saturating_sub(1);
+        }
+    }
+
+    /// Connections of the queue that got through greeting and EHLO and are still open: while one
+    /// is, a failed attempt says something about that attempt, not that the destination is down.
+    pub fn established_connections(&self, key: &QueueKey) -> u32 {
+        self.queue(key).map_or(0, |q| q.established)
     }
 
     /// The receiver refused one of the queue's connections (421 at the greeting, "too many

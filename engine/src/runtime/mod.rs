@@ -1,26 +1,20 @@
 //! The seam to glommio: one pinned executor per core, process limits, signals, and the start of
 //! every per-core service (`core`).
 
-mod control;
 mod core;
-pub use core::{CoreContext, Shared, StopSignal};
+pub use core::Shared;
 pub mod host_limits;
 mod signals;
 
-use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
-pub use control::{ConnectionRefusal, ConnectionSlot, Control};
+pub use crate::shard::{ConnectionRefusal, ConnectionSlot, Control, StopSignal};
 pub use signals::reload;
 
 use crate::config::Config;
-
-thread_local! {
-    static CURRENT_CORE: Cell<Option<usize>> = const { Cell::new(None) };
-}
 
 /// The control of the `serve` running in this process, for embedders (`request_stop`).
 static RUNNING: std::sync::Mutex<Option<Arc<Control>>> = std::sync::Mutex::new(None);
@@ -34,11 +28,6 @@ pub fn request_stop() -> bool {
         }
         None => false,
     }
-}
-
-/// The index of the executor running on this thread, if any.
-pub fn current_core() -> Option<usize> {
-    CURRENT_CORE.with(|c| c.get())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +114,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
     }
     let shared = core::Shared::new(control.clone(), cores)
         .map_err(|message| ServeError::Core { core: 0, message })?;
-    signals::spawn_signal_thread(control.clone(), shared.events.clone())
+    signals::spawn_signal_thread(control.clone(), shared.node.events.clone())
         .map_err(ServeError::Signals)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -140,7 +129,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
         let handle = LocalExecutorBuilder::new(Placement::Fixed(index % cpus))
             .name(&format!("volley-core-{index}"))
             .spawn(move || async move {
-                CURRENT_CORE.with(|c| c.set(Some(index)));
+                crate::logging::set_current_core(index);
                 let result = core::run(index, shared).await;
                 let _ = ended_tx.send((index, result));
             })

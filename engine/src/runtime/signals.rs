@@ -7,8 +7,8 @@ use std::sync::Arc;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
-use super::control::Control;
 use crate::accounting::EventLog;
+use crate::shard::Control;
 
 pub fn spawn_signal_thread(control: Arc<Control>, events: Arc<EventLog>) -> std::io::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;

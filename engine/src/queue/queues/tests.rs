@@ -517,3 +517,24 @@ fn a_rate_wait_ends_by_itself_in_due() {
     assert_eq!(q.due(100), vec![k.clone()]);
     assert_eq!(seqs(&q.take_batch(&k, 10)), [1]);
 }
+
+#[test]
+fn established_connections_count_only_open_ones_that_got_through() {
+    let mut q = Queues::new(QueuePolicy::default());
+    let k = QueueKey::new("v", "example.test");
+    assert!(q.try_open_connection(&k));
+    assert!(q.try_open_connection(&k));
+    assert_eq!(q.established_connections(&k), 0);
+    q.connection_established(&k);
+    assert_eq!(q.established_connections(&k), 1);
+    q.connection_established(&k);
+    q.connection_established(&k);
+    assert_eq!(
+        q.established_connections(&k),
+        2,
+        "never more than the open connections"
+    );
+    q.established_connection_ended(&k);
+    q.connection_closed(&k);
+    assert_eq!(q.established_connections(&k), 1);
+}

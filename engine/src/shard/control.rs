@@ -1,6 +1,6 @@
 //! What every core shares with the signal thread and the others: stop and reload requests, the
-//! current configuration (swapped only on reload, read by each core once per reload), and the
-//! lock-free connection counters behind the total and per-client-IP limits.
+//! current configuration (swapped only on reload, read by each core once per reload) with its DKIM
+//! keys, and the lock-free connection counters behind the total and per-client-IP limits.
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
+use crate::dkim::DkimSigners;
 
 /// Buckets for per-IP connection counts: IPs hash into them, so a collision can only make a limit
 /// stricter, never looser.
@@ -19,6 +20,9 @@ pub struct Control {
     reload_generation: AtomicU64,
     /// Only locked on reload and when a core picks up a new generation: never per message.
     config: Mutex<Arc<Config>>,
+    /// The keys of `config`'s `[[dkim]]` entries, loaded by whoever publishes a configuration
+    /// whose entries changed (the signal thread, start-up): reading key files never runs on a core.
+    dkim: Mutex<Arc<DkimSigners>>,
     pub config_path: Option<PathBuf>,
     connections_total: AtomicU32,
     connections_by_ip: Box<[AtomicU32]>,
@@ -56,6 +60,7 @@ impl Control {
         Arc::new(Control {
             stop: AtomicBool::new(false),
             reload_generation: AtomicU64::new(0),
+            dkim: Mutex::new(Arc::new(DkimSigners::load_logged(&config.dkim))),
             config: Mutex::new(config),
             config_path,
             connections_total: AtomicU32::new(0),
@@ -76,10 +81,26 @@ impl Control {
 
     /// Publishes a new configuration; each core applies it at its next reload check.
     pub fn publish(&self, config: Arc<Config>) {
+        // Keys are read only when the entries changed (API edits never touch them).
+        let signers = self.dkim_signers();
+        if !signers.loaded_from(&config.dkim) {
+            let loaded = Arc::new(DkimSigners::load_logged(&config.dkim));
+            if let Ok(mut dkim) = self.dkim.lock() {
+                *dkim = loaded;
+            }
+        }
         if let Ok(mut c) = self.config.lock() {
             *c = config;
         }
         self.reload_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The DKIM signers of the published configuration.
+    pub fn dkim_signers(&self) -> Arc<DkimSigners> {
+        match self.dkim.lock() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     pub fn generation(&self) -> u64 {

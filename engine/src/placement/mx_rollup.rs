@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, Weak};
 
+use super::Placement;
 use crate::config::{Config, rollup_of};
 use crate::dns::MxAnswer;
 use crate::envelope::MessageId;
-use crate::runtime::CoreContext;
 use crate::spool::RecordLocation;
 
 /// Domains whose MX answer a core remembers at most.
@@ -289,7 +289,7 @@ struct Waiting {
 /// Looks up `domain`'s MX in the background (once per domain at a time), remembers its group, then
 /// routes `recipients` (index, attempts, not-before) of message `id` to the queues of `vmta`.
 pub fn route_after_lookup(
-    core: &Rc<CoreContext>,
+    core: &Rc<Placement>,
     id: MessageId,
     record: RecordLocation,
     vmta: &Arc<str>,
@@ -303,7 +303,7 @@ pub fn route_after_lookup(
         recipients,
     };
     let first = {
-        let mut lookups = core.delivery.mx_rollup.lookups.borrow_mut();
+        let mut lookups = core.mx_rollup.lookups.borrow_mut();
         let queue = lookups.entry(domain.clone()).or_default();
         queue.push(waiting);
         queue.len() == 1
@@ -313,8 +313,8 @@ pub fn route_after_lookup(
     }
 }
 
-async fn look_up_and_route(core: Rc<CoreContext>, domain: String) {
-    let resolver = core.delivery.resolver(&core);
+async fn look_up_and_route(core: Rc<Placement>, domain: String) {
+    let resolver = core.resolver();
     let answer = resolver.mx(&domain).await;
     let config = core.config();
     let now_s = crate::clock::unix_s();
@@ -333,7 +333,7 @@ async fn look_up_and_route(core: Rc<CoreContext>, domain: String) {
     if let Some(group) = group {
         log::info!("MX rollup: {domain} joins {group} (by its MX hosts)");
     }
-    let rollup = &core.delivery.mx_rollup;
+    let rollup = &core.mx_rollup;
     rollup
         .memory
         .borrow_mut()
@@ -353,7 +353,7 @@ async fn look_up_and_route(core: Rc<CoreContext>, domain: String) {
                 continue;
             }
         };
-        super::placement::hand_off_to(
+        super::routing::hand_off_to(
             &core,
             w.id,
             w.record,

@@ -5,12 +5,10 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::Queued;
+use super::Placement;
 use super::mx_rollup::{self, QueueDomain};
 use crate::envelope::{Envelope, MessageId, PackedEnvelope, domain_of};
-use crate::queue::QueueKey;
 use crate::router::{CoreMessage, Handoff, owner_core};
-use crate::runtime::CoreContext;
 use crate::spool::{
     BodyLocation, RecipientState, RecordLocation, RecoveredMessage, SequentialMessages,
 };
@@ -20,17 +18,17 @@ pub const IMPLICIT_VMTA: &str = "default";
 
 /// The VMTA for a message of `customer`: weighted round robin over the pool's VMTAs that are not
 /// disabled (by the API or a failed bind); over all of them when every one is disabled.
-fn pick_vmta(core: &CoreContext, customer: &str) -> Arc<str> {
+pub fn pick_vmta(core: &Placement, customer: &str) -> Arc<str> {
     let config = core.config();
     let Some(pool) = config.pool_for(customer) else {
         return Arc::from(IMPLICIT_VMTA);
     };
     let now_s = crate::clock::unix_s();
-    let board = &core.shared.vmtas;
+    let board = &core.board;
     let enabled: Vec<&String> = pool
         .vmtas
         .iter()
-        .filter(|name| !core.delivery.vmtas.is_disabled(board, name, now_s))
+        .filter(|name| !core.vmtas.is_disabled(board, name, now_s))
         .collect();
     let candidates = if enabled.is_empty() {
         pool.vmtas.iter().collect()
@@ -65,7 +63,7 @@ fn pick_vmta(core: &CoreContext, customer: &str) -> Arc<str> {
 
 /// Hands the recipients `(index, attempts, not_before_s)` of a message to their queues' cores.
 async fn hand_off(
-    core: &Rc<CoreContext>,
+    core: &Rc<Placement>,
     id: MessageId,
     record: RecordLocation,
     envelope: &PackedEnvelope,
@@ -78,8 +76,8 @@ async fn hand_off(
 /// Hands recipients to the queues of `vmta`; the queue domain is the recipient domain's
 /// `[[rollup]]` group when it has one (MX rollup). Recipients of a domain whose MX must decide are
 /// routed once it is looked up, in the background.
-pub(super) async fn hand_off_to(
-    core: &Rc<CoreContext>,
+pub async fn hand_off_to(
+    core: &Rc<Placement>,
     id: MessageId,
     record: RecordLocation,
     envelope: &PackedEnvelope,
@@ -95,11 +93,7 @@ pub(super) async fn hand_off_to(
             continue;
         };
         let domain = domain_of(address);
-        let queue_domain = match core
-            .delivery
-            .mx_rollup
-            .queue_domain(&config, &domain, now_s)
-        {
+        let queue_domain = match core.mx_rollup.queue_domain(&config, &domain, now_s) {
             QueueDomain::Known(d) => d,
             QueueDomain::NeedsLookup => {
                 let waiting = awaiting_mx.entry(domain).or_default();
@@ -130,56 +124,9 @@ pub(super) async fn hand_off_to(
     }
 }
 
-/// Moves recipients taken from a queue whose VMTA is out (its address cannot be bound, or it is
-/// refused everywhere) to another VMTA of their pool. Returns those that cannot move (no other VMTA is available).
-pub async fn reroute(core: &Rc<CoreContext>, from: &QueueKey, items: Vec<Queued>) -> Vec<Queued> {
-    let mut stuck = Vec::new();
-    let mut by_message: BTreeMap<MessageId, Vec<Queued>> = BTreeMap::new();
-    for item in items {
-        by_message.entry(item.message).or_default().push(item);
-    }
-    for (id, items) in by_message {
-        let message = match core.delivery.message(&core.bodies, id) {
-            Ok(m) => m,
-            Err(e) => {
-                log::error!("{from}: message {id} cannot move: {e}");
-                stuck.extend(items);
-                continue;
-            }
-        };
-        let vmta = pick_vmta(core, message.envelope.customer());
-        if *vmta == *from.vmta {
-            stuck.extend(items);
-            continue;
-        }
-        log::info!(
-            "{from}: {} recipients of {id} moved to VMTA {vmta}",
-            items.len()
-        );
-        let recipients: Vec<(u32, u32, u64)> = items
-            .iter()
-            .map(|i| (i.recipient, u32::from(i.attempts), 0))
-            .collect();
-        let record = message.body.record();
-        hand_off_to(
-            core,
-            id,
-            record,
-            &message.envelope,
-            vmta,
-            recipients.into_iter(),
-        )
-        .await;
-        for item in &items {
-            core.delivery.release(core, item.message);
-        }
-    }
-    stuck
-}
-
 /// Routes every recipient of a message that was just spooled.
 pub async fn route_new_message(
-    core: &Rc<CoreContext>,
+    core: &Rc<Placement>,
     id: MessageId,
     body: BodyLocation,
     envelope: Arc<Envelope>,
@@ -193,7 +140,7 @@ pub async fn route_new_message(
 
 /// Routes the unfinished recipients of what the spool recovered at start, reading each envelope
 /// back from its record only while routing it. An unreadable record is logged and left in the spool.
-pub async fn route_recovered(core: &Rc<CoreContext>, recovered: Vec<RecoveredMessage>) {
+pub async fn route_recovered(core: &Rc<Placement>, recovered: Vec<RecoveredMessage>) {
     let mut records = SequentialMessages::new(&core.bodies);
     for message in recovered {
         let stored = match records.message(message.id, message.record) {
