@@ -8,12 +8,15 @@
 //! recipient count per message (`MessageTable`). The envelope is read back from the record when a
 //! transaction needs it, through a small per-core cache (`CoreDelivery::message`).
 
+mod admin;
 pub mod backoff_watch;
 mod connect;
 mod connection;
 mod deadlines;
 mod driver;
+mod handoff;
 mod hops;
+mod messages;
 mod outcome;
 mod reroute;
 mod scheduler;
@@ -29,149 +32,21 @@ use std::sync::atomic::Ordering;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 pub use connect::{connect_from, connect_from_timeout};
+pub use handoff::{on_core_message, queue_handoff};
+use messages::MessageCache;
+pub use messages::{MESSAGE_CACHE_SLOTS, MessageEntry, MessageTable};
 pub use snapshot::{QueueBoard, publish_snapshot, return_freed_memory};
 pub use tls::ClientTls;
 
 use crate::envelope::MessageId;
 use crate::placement::Placement;
 use crate::queue::{QueueKey, QueuePolicy, QueuedRecipient, Queues};
-use crate::router::{AdminCommand, CoreMessage, Handoff};
 use crate::shard::Shard;
-use crate::spool::{RecordLocation, SegmentReader, SeqMap, SpoolError, StoredMessage};
+use crate::spool::{SegmentReader, SpoolError, StoredMessage};
 
 /// A queued recipient here. Everything per message (where its record lies, when it was received)
 /// is kept once, in its `MessageEntry` or in the spool: 32 bytes.
 pub type Queued = QueuedRecipient;
-
-/// A message with recipients queued on this core: where its record lies in the spool of the message
-/// id's core, and how many of its recipients are still here. 12 bytes: the envelope stays in the
-/// spool and is read back (`CoreDelivery::message`) when a transaction or an outcome needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MessageEntry {
-    pub segment: u32,
-    /// Byte offset of the message record in its segment.
-    pub record_offset: u32,
-    /// Recipients of it still queued or in flight on this core.
-    pub pending: u32,
-}
-
-/// A per-core message map at or below this capacity is never shrunk.
-const MESSAGE_TABLE_SHRINK_MIN: usize = 1024;
-
-/// The messages with recipients queued on one core: one map per spooling core, keyed by sequence
-/// number (24-byte buckets, where `MessageId` keys would take 32).
-#[derive(Debug, Default)]
-pub struct MessageTable {
-    by_core: Vec<SeqMap<MessageEntry>>,
-}
-
-impl MessageTable {
-    pub fn get(&self, id: MessageId) -> Option<&MessageEntry> {
-        self.by_core.get(usize::from(id.core))?.get(&id.seq)
-    }
-
-    pub fn get_mut(&mut self, id: MessageId) -> Option<&mut MessageEntry> {
-        self.by_core.get_mut(usize::from(id.core))?.get_mut(&id.seq)
-    }
-
-    /// Where the record of `id` lies, if it has recipients here.
-    pub fn record(&self, id: MessageId) -> Option<RecordLocation> {
-        self.get(id).map(|e| RecordLocation {
-            core: id.core,
-            segment: e.segment,
-            offset: e.record_offset,
-        })
-    }
-
-    /// Counts `count` more recipients of the message whose record is at `record`.
-    pub fn add(&mut self, id: MessageId, record: RecordLocation, count: u32) {
-        let core = usize::from(id.core);
-        if self.by_core.len() <= core {
-            self.by_core.resize_with(core + 1, SeqMap::default);
-        }
-        if let Some(map) = self.by_core.get_mut(core) {
-            map.entry(id.seq)
-                .or_insert(MessageEntry {
-                    segment: record.segment,
-                    record_offset: record.offset,
-                    pending: 0,
-                })
-                .pending += count;
-        }
-    }
-
-    /// Counts one recipient less; returns whether the message has none left here (it is removed).
-    pub fn release(&mut self, id: MessageId) -> bool {
-        let Some(map) = self.by_core.get_mut(usize::from(id.core)) else {
-            return false;
-        };
-        let Some(entry) = map.get_mut(&id.seq) else {
-            return false;
-        };
-        entry.pending = entry.pending.saturating_sub(1);
-        if entry.pending > 0 {
-            return false;
-        }
-        map.remove(&id.seq);
-        // Give the buckets back after a drain (a burst of messages must not pin its peak).
-        if map.capacity() > MESSAGE_TABLE_SHRINK_MIN && map.capacity() > 4 * map.len() {
-            map.shrink_to(2 * map.len());
-        }
-        true
-    }
-
-    /// Messages with recipients here.
-    pub fn len(&self) -> usize {
-        self.by_core.iter().map(|m| m.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Slots of the per-core cache of envelopes read back from the spool.
-pub const MESSAGE_CACHE_SLOTS: usize = 256;
-
-/// Messages read back from the spool lately, so that the recipients of one transaction, and then
-/// its outcomes, read the record once. Direct-mapped by id: bounded, O(1), no bookkeeping; a
-/// collision only costs another read of the record.
-struct MessageCache {
-    slots: Vec<Option<(MessageId, Rc<StoredMessage>)>>,
-}
-
-impl MessageCache {
-    fn new() -> MessageCache {
-        MessageCache {
-            slots: vec![None; MESSAGE_CACHE_SLOTS],
-        }
-    }
-
-    fn slot(id: MessageId) -> usize {
-        (id.seq as usize ^ (usize::from(id.core) << 5)) % MESSAGE_CACHE_SLOTS
-    }
-
-    fn get(&self, id: MessageId) -> Option<Rc<StoredMessage>> {
-        match self.slots.get(Self::slot(id)) {
-            Some(Some((cached, message))) if *cached == id => Some(message.clone()),
-            _ => None,
-        }
-    }
-
-    fn put(&mut self, id: MessageId, message: Rc<StoredMessage>) {
-        if let Some(slot) = self.slots.get_mut(Self::slot(id)) {
-            *slot = Some((id, message));
-        }
-    }
-
-    fn forget(&mut self, id: MessageId) {
-        if let Some(slot) = self.slots.get_mut(Self::slot(id))
-            && slot.as_ref().is_some_and(|(cached, _)| *cached == id)
-        {
-            *slot = None;
-        }
-    }
-}
 
 /// One core's delivery state.
 pub struct CoreDelivery {
@@ -297,35 +172,6 @@ impl CoreDelivery {
     }
 
     /// Queues the recipients of a handoff from any core.
-    /// Gives the queue `key` its configured policy when it has none yet: a queue made by mail or by
-    /// an operator's command (a suspension before the mail arrives) runs under the configuration.
-    fn give_policy(&self, core: &DeliveryCore, key: &QueueKey) {
-        let mut queues = self.queues.borrow_mut();
-        if queues.policy(key).is_none() {
-            queues.set_policy(key, Self::policy(core, key));
-        }
-    }
-
-    fn accept_handoff(&self, core: &DeliveryCore, handoff: Handoff) {
-        let key = QueueKey::new(&handoff.vmta, &handoff.domain);
-        let now_s = crate::clock::unix_s();
-        let count = {
-            self.give_policy(core, &key);
-            let mut queues = self.queues.borrow_mut();
-            queue_handoff(
-                &mut queues,
-                &mut self.messages.borrow_mut(),
-                &key,
-                &handoff,
-                now_s,
-            )
-        };
-        core.counters()
-            .queued_recipients
-            .fetch_add(i64::from(count), Ordering::Relaxed);
-        self.wake_queue(&key);
-    }
-
     /// One recipient is finished here (final outcome or handed elsewhere).
     pub(crate) fn release(&self, core: &DeliveryCore, id: MessageId) {
         if self.messages.borrow_mut().release(id) {
@@ -357,133 +203,6 @@ impl CoreDelivery {
         self.cache.borrow_mut().put(id, message.clone());
         Ok(message)
     }
-
-    fn matching_keys(&self, domain: &str, vmta: Option<&str>) -> Vec<QueueKey> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        self.queues
-            .borrow()
-            .snapshot()
-            .into_iter()
-            .filter(|s| s.domain == domain && vmta.is_none_or(|v| v == s.vmta))
-            .map(|s| QueueKey::new(&s.vmta, &s.domain))
-            .collect()
-    }
-
-    /// The queues this core would own for `domain` (one per configured VMTA, or just `vmta`), so
-    /// that suspending a domain before its mail arrives holds that mail too.
-    fn owned_future_keys(
-        &self,
-        core: &DeliveryCore,
-        domain: &str,
-        vmta: Option<&str>,
-    ) -> Vec<QueueKey> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let config = core.config();
-        let names: Vec<&str> = match vmta {
-            Some(v) => vec![v],
-            None if config.vmtas.is_empty() => vec![crate::placement::IMPLICIT_VMTA],
-            None => config.vmtas.iter().map(|v| v.name.as_str()).collect(),
-        };
-        let cores = core.router().cores;
-        names
-            .into_iter()
-            .filter(|v| crate::router::owner_core(v, &domain, cores) == self.core)
-            .map(|v| QueueKey::new(v, &domain))
-            .collect()
-    }
-
-    fn admin(&self, core: &std::rc::Rc<DeliveryCore>, command: AdminCommand) {
-        match command {
-            AdminCommand::Suspend {
-                domain,
-                vmta,
-                reason,
-            } => {
-                let mut keys = self.matching_keys(&domain, vmta.as_deref());
-                for key in self.owned_future_keys(core, &domain, vmta.as_deref()) {
-                    if !keys.contains(&key) {
-                        keys.push(key);
-                    }
-                }
-                for key in keys {
-                    self.give_policy(core, &key);
-                    self.queues.borrow_mut().suspend(&key, None, &reason);
-                    log::info!("queue {key} suspended: {reason}");
-                }
-            }
-            AdminCommand::Resume { domain, vmta } => {
-                for key in self.matching_keys(&domain, vmta.as_deref()) {
-                    self.queues.borrow_mut().resume(&key);
-                    log::info!("queue {key} resumed");
-                }
-                self.wake();
-            }
-            AdminCommand::Bounce {
-                domain,
-                vmta,
-                reason,
-            } => {
-                for key in self.matching_keys(&domain, vmta.as_deref()) {
-                    let items = self.queues.borrow_mut().bounce_all(&key);
-                    log::info!("queue {key}: bouncing {} recipients: {reason}", items.len());
-                    let reply = crate::smtp::client::Reply::local(
-                        554,
-                        (5, 0, 0),
-                        format!("Bounced by the operator: {reason}"),
-                    );
-                    let core = core.clone();
-                    glommio::spawn_local(async move {
-                        outcome::bounce_items(&core, &key, items, &reply, None).await;
-                    })
-                    .detach();
-                }
-            }
-        }
-    }
-}
-
-/// Puts the recipients of `handoff` in the queue `key` and counts them in their message's entry:
-/// everything a core keeps in RAM for a queued recipient. Returns how many were queued.
-pub fn queue_handoff(
-    queues: &mut Queues,
-    messages: &mut MessageTable,
-    key: &QueueKey,
-    handoff: &Handoff,
-    now_s: u64,
-) -> u32 {
-    for &(recipient, attempts) in &handoff.recipients {
-        let mut item = QueuedRecipient::new(handoff.id, recipient, now_s);
-        item.attempts = attempts.min(u32::from(u16::MAX)) as u16;
-        if handoff.not_before_s > now_s {
-            item.next_attempt_s = handoff.not_before_s;
-            queues.schedule(key, item);
-        } else {
-            item.next_attempt_s = now_s;
-            queues.enqueue(key, item);
-        }
-    }
-    let count = handoff.recipients.len() as u32;
-    messages.add(handoff.id, handoff.record, count);
-    count
-}
-
-/// Handles what another core (or this one) sent through the router.
-pub fn on_core_message(core: &std::rc::Rc<DeliveryCore>, message: CoreMessage) {
-    match message {
-        CoreMessage::Deliver(handoff) => core.delivery.accept_handoff(core, handoff),
-        CoreMessage::Outcome {
-            id,
-            recipient,
-            state,
-        } => {
-            let core = core.clone();
-            glommio::spawn_local(async move {
-                outcome::store_state(&core.spool, id, recipient, state).await;
-            })
-            .detach();
-        }
-        CoreMessage::Admin(command) => core.delivery.admin(core, command),
-    }
 }
 
 /// Starts this core's scheduler and routes what the spool recovered.
@@ -502,62 +221,9 @@ pub async fn start(
 mod tests {
     use super::*;
     use crate::envelope::{Envelope, Recipient};
+    use crate::router::Handoff;
+    use crate::spool::RecordLocation;
     use crate::spool::{Spool, SpoolConfig};
-
-    fn record(segment: u32, offset: u32) -> RecordLocation {
-        RecordLocation {
-            core: 1,
-            segment,
-            offset,
-        }
-    }
-
-    #[test]
-    fn per_recipient_and_per_message_state_stays_small() {
-        assert_eq!(size_of::<Queued>(), 32);
-        assert_eq!(size_of::<MessageEntry>(), 12);
-        assert_eq!(size_of::<(u64, MessageEntry)>(), 24);
-    }
-
-    #[test]
-    fn message_table_counts_recipients_per_message() {
-        let mut table = MessageTable::default();
-        let a = MessageId { core: 1, seq: 7 };
-        let b = MessageId { core: 0, seq: 7 };
-        table.add(a, record(3, 64), 2);
-        table.add(a, record(3, 64), 1);
-        table.add(
-            b,
-            RecordLocation {
-                core: 0,
-                ..record(9, 8)
-            },
-            1,
-        );
-        assert_eq!(table.len(), 2);
-        assert_eq!(table.record(a), Some(record(3, 64)));
-        assert_eq!(table.get(a).map(|e| e.pending), Some(3));
-        assert_eq!(table.record(MessageId { core: 5, seq: 7 }), None);
-        assert!(!table.release(a));
-        assert!(!table.release(a));
-        assert!(table.release(a), "the last recipient removes the message");
-        assert_eq!(table.record(a), None);
-        assert!(
-            !table.release(a),
-            "releasing an unknown message changes nothing"
-        );
-        // A drained burst gives its buckets back.
-        for seq in 100..100_100 {
-            table.add(MessageId { core: 0, seq }, record(1, 0), 1);
-        }
-        for seq in 100..100_100 {
-            table.release(MessageId { core: 0, seq });
-        }
-        assert_eq!(table.len(), 1);
-        let capacity: usize = table.by_core.iter().map(|m| m.capacity()).sum();
-        assert!(capacity <= 2 * MESSAGE_TABLE_SHRINK_MIN, "{capacity}");
-        assert_eq!(table.record(b).map(|r| r.segment), Some(9));
-    }
 
     #[test]
     fn envelopes_are_read_back_once_and_forgotten_with_the_message() {
