@@ -1,9 +1,9 @@
 //! Configuration: the TOML schema, validation that names each error's key and line, the embedded
 //! default, and the lookups the engine makes in it (customer → pool → VMTA, domain → policy).
 
+mod domain_policy;
 mod duration;
 mod network;
-mod policy;
 mod reload;
 mod schema;
 mod validate;
@@ -11,9 +11,9 @@ mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use domain_policy::{DEFAULT_SUSPEND, Deadlines, DomainPolicy, ReplyVerdict, rollup_of};
 pub use duration::ConfigDuration;
 pub use network::Network;
-pub use policy::{DEFAULT_SUSPEND, Deadlines, DomainPolicy, ReplyVerdict, rollup_of};
 pub use reload::keys_needing_restart;
 pub use schema::*;
 pub use validate::parse_next_hop;

@@ -244,7 +244,7 @@ enum RcptState {
 }
 
 #[derive(Debug)]
-struct InFlight {
+struct OpenTransaction {
     tx: Transaction,
     rcpts: Vec<RcptState>,
     mail_accepted: bool,
@@ -252,7 +252,7 @@ struct InFlight {
     next_rcpt: usize,
 }
 
-impl InFlight {
+impl OpenTransaction {
     fn any_accepted(&self) -> bool {
         self.rcpts.iter().any(|r| matches!(r, RcptState::Accepted))
     }
@@ -281,7 +281,7 @@ pub struct Session {
     expect: VecDeque<Expect>,
     caps: Capabilities,
     tls_active: bool,
-    transaction: Option<InFlight>,
+    transaction: Option<OpenTransaction>,
     needs_rset: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -418,7 +418,7 @@ impl Session {
             return Err(NotReady(tx));
         }
         if let Some(refusal) = self.refusal(&tx) {
-            let mut flight = InFlight {
+            let mut flight = OpenTransaction {
                 rcpts: vec![RcptState::Pending; tx.recipients.len()],
                 tx,
                 mail_accepted: false,
@@ -445,7 +445,7 @@ impl Session {
             })
             .collect::<Vec<_>>();
         let none_left = rcpts.iter().all(|r| matches!(r, RcptState::Done(_)));
-        self.transaction = Some(InFlight {
+        self.transaction = Some(OpenTransaction {
             tx,
             rcpts,
             mail_accepted: false,

@@ -120,7 +120,7 @@ impl Driver {
     }
 }
 
-fn drive(
+fn exchange(
     config: SessionConfig,
     flights: &[&[u8]],
     txs: Vec<(Transaction, Vec<u8>)>,
@@ -147,12 +147,12 @@ fn drive_all_splits(
     flights: &[&[u8]],
     txs: Vec<(Transaction, Vec<u8>)>,
 ) -> Run {
-    let whole = drive(config.clone(), flights, txs.clone(), Split::None);
-    let bytewise = drive(config.clone(), flights, txs.clone(), Split::Bytewise);
+    let whole = exchange(config.clone(), flights, txs.clone(), Split::None);
+    let bytewise = exchange(config.clone(), flights, txs.clone(), Split::Bytewise);
     assert_eq!(bytewise, whole, "byte by byte");
     for (f, flight) in flights.iter().enumerate() {
         for cut in 0..=flight.len() {
-            let split = drive(config.clone(), flights, txs.clone(), Split::At(f, cut));
+            let split = exchange(config.clone(), flights, txs.clone(), Split::At(f, cut));
             assert_eq!(split, whole, "flight {f} cut at {cut}");
         }
     }
@@ -749,7 +749,7 @@ fn dsn_and_esmtp_parameters() {
         failure: false,
         delay: false,
     };
-    let run = drive(
+    let run = exchange(
         config(TlsPolicy::Off),
         &[
             GREETING,
@@ -801,7 +801,7 @@ fn unsafe_addresses_are_never_sent() {
 #[test]
 fn dot_stuffing_on_the_wire() {
     let body = b".starts with dot\r\n..two\r\nmid . dot\r\n.\r\nlast line without crlf";
-    let run = drive(
+    let run = exchange(
         config(TlsPolicy::Off),
         &[GREETING, EHLO_PIPELINING, b"250 ok\r\n250 ok\r\n354 go\r\n"],
         vec![tx("a@src.test", &["b@mx.test"], body)],
@@ -833,7 +833,7 @@ fn garbage_replies_are_protocol_errors() {
         b"999 what\r\n",
         &[0xff; 5000][..],
     ] {
-        let run = drive(
+        let run = exchange(
             config(TlsPolicy::Off),
             &[GREETING, EHLO_PIPELINING, garbage],
             vec![tx("a@src.test", &["b@mx.test"], b"x\r\n")],
@@ -978,7 +978,7 @@ fn refused_bdat_fails_the_accepted_recipients_and_rsets_before_the_next_mail() {
 fn chunking_off_or_without_pipelining_uses_data() {
     let mut no_chunking = config(TlsPolicy::Off);
     no_chunking.chunking = false;
-    let run = drive(
+    let run = exchange(
         no_chunking,
         &[
             GREETING,
@@ -990,7 +990,7 @@ fn chunking_off_or_without_pipelining_uses_data() {
         Split::None,
     );
     assert!(run.wire().contains("DATA\r\nx\r\n.\r\n"), "{}", run.wire());
-    let run = drive(
+    let run = exchange(
         config(TlsPolicy::Off),
         &[
             GREETING,
