@@ -6,6 +6,8 @@
 
 mod refusal;
 mod signing;
+#[cfg(test)]
+mod tests;
 mod trace;
 
 use std::net::IpAddr;
