@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need, builds, runs the Rust tests,
-# the fuzz targets' stable smoke tests, the integration suite against the real daemon, and a short
-# crash test. Safe to run again; every step is bounded in time.
+# the fuzz targets' stable smoke tests, the integration suite against the real daemon, a short
+# crash test, the power-loss test and the short soak. Safe to run again; every step is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,3 +44,6 @@ if [ -f tests/crash/crash_test.py ]; then
   step "power-loss test (page cache dropped at random cuts, recovery, no acknowledged message lost)"
   timeout 300 python3 tests/crash/power_loss_test.py --rounds "${POWER_LOSS_ROUNDS:-10}"
 fi
+
+step "soak, short form (hostile receivers and DNS, a burst of domains, reloads, kill -9, spool pressure; invariants)"
+timeout 600 bash scripts/soak.sh --short --out "$(mktemp -d)"
