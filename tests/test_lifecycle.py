@@ -388,3 +388,24 @@ def test_sighup_applies_new_dns_nameservers(volley, sink_factory, dns):
         assert other.asked("relay.test", "A")
     finally:
         other.stop()
+
+
+def test_a_reload_names_the_changes_that_need_a_restart(volley):
+    from conftest import free_port
+
+    volley.start()
+    volley.config["api"]["address"] = f"127.0.0.1:{free_port()}"
+    volley.config["server"]["cores"] = 2
+    volley.write_config()
+    volley.signal(signal.SIGHUP)
+    line = wait_until(
+        lambda: next(
+            (l for l in volley.stderr_path.read_text(errors="replace").splitlines() if "take effect after a restart" in l),
+            None,
+        ),
+        10,
+        "the reload's warning",
+    )
+    assert "server.cores" in line and "api.address" in line, line
+    # The running API still answers where it was bound.
+    assert volley.api("GET", "/v1/health")[0] == 200
