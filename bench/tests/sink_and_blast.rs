@@ -1,7 +1,9 @@
 //! End-to-end tests of the `volley-bench` binary: a real sink on a loopback port, real blasts.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -19,38 +21,7 @@ struct Sink {
 
 impl Sink {
     fn start(extra: &[&str]) -> Sink {
-        let mut child = Command::new(BIN)
-            .args([
-                "sink",
-                "--listen",
-                "127.0.0.1:0",
-                "--cores",
-                "1",
-                "--stats-interval-s",
-                "0",
-            ])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the sink");
-        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(
-                stderr.read_line(&mut line).expect("read sink stderr") > 0,
-                "sink exited before listening"
-            );
-            if let Some(addr) = line.trim().strip_prefix("listening on ") {
-                break addr.parse().expect("listening address");
-            }
-        };
-        // Keep draining stderr so the sink never blocks on it.
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = stderr.read_to_end(&mut sink);
-        });
+        let (child, addr) = common::spawn_sink(BIN, extra);
         Sink { child, addr }
     }
 

@@ -1,8 +1,10 @@
 //! The sink's fault modes, each driven by a raw SMTP client on loopback.
 
+mod common;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_volley-bench");
@@ -20,37 +22,7 @@ struct Sink {
 
 impl Sink {
     fn start(extra: &[&str]) -> Sink {
-        let mut child = Command::new(BIN)
-            .args([
-                "sink",
-                "--listen",
-                "127.0.0.1:0",
-                "--cores",
-                "1",
-                "--stats-interval-s",
-                "0",
-            ])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the sink");
-        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(
-                stderr.read_line(&mut line).expect("read sink stderr") > 0,
-                "sink exited before listening"
-            );
-            if let Some(addr) = line.trim().strip_prefix("listening on ") {
-                break addr.parse().expect("listening address");
-            }
-        };
-        std::thread::spawn(move || {
-            let mut rest = Vec::new();
-            let _ = stderr.read_to_end(&mut rest);
-        });
+        let (child, addr) = common::spawn_sink(BIN, extra);
         Sink { child, addr }
     }
 
