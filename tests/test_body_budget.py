@@ -8,6 +8,7 @@ it has read (and holds) it."""
 
 from __future__ import annotations
 
+import signal
 import smtplib
 import socket
 
@@ -130,3 +131,20 @@ def test_size_and_bdat_chunk_refused_while_held_and_given_back_on_disconnect(bud
             return False
 
     wait_until(accepted, 10, "an 800 KiB message accepted after the holder left")
+
+
+def test_reload_applies_a_new_budget_at_once(budgeted):
+    holder = holding_half_a_body(budgeted.relay_port)
+    budgeted.config["server"]["max_message_bytes_in_flight"] = 4 * BUDGET_BYTES
+    budgeted.write_config()
+    budgeted.signal(signal.SIGHUP)
+    wait_until(
+        lambda: "configuration generation" in budgeted.stderr_path.read_text(errors="replace"),
+        10,
+        "the reload to be applied",
+    )
+    # With 1 MiB this second body would get 452 (the first test); with 4 MiB both fit.
+    send_data(budgeted, BODY_BYTES)
+    reply = command(holder, b"BDAT %d LAST\r\n" % HALF_BYTES + body(HALF_BYTES))
+    assert reply.startswith("250 2.0.0 Ok: queued as "), reply
+    holder.close()
