@@ -81,3 +81,113 @@ impl BodyBudget {
         others.saturating_add(size) <= limit
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::rc::Rc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::smtp::server::{Event, PeerInfo, ServerConfig};
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// A session after EHLO, MAIL, RCPT and DATA (the 354 sent).
+    fn in_data() -> Session {
+        let mut s = Session::new(
+            Rc::new(ServerConfig::default()),
+            PeerInfo {
+                ip: LOCAL,
+                relay_allowed: true,
+            },
+            false,
+            Instant::now(),
+        );
+        s.receive(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n", Instant::now());
+        while let Some(event) = s.poll_event() {
+            if let Event::Mail { .. } = event {
+                s.mail_result(Ok(()), Instant::now());
+            }
+        }
+        s.receive(b"RCPT TO:<c@d.example>\r\nDATA\r\n", Instant::now());
+        s.take_output(&mut Vec::new());
+        s
+    }
+
+    fn control() -> Arc<Control> {
+        Control::new(Arc::new(Config::embedded_default()), None)
+    }
+
+    #[test]
+    fn a_body_that_does_not_fit_is_discarded_and_every_share_comes_back() {
+        let control = control();
+        let limit = 10_000;
+        let (mut a, mut b) = (in_data(), in_data());
+        let (mut budget_a, mut budget_b) = (
+            BodyBudget::new(&control, LOCAL),
+            BodyBudget::new(&control, LOCAL),
+        );
+        a.receive(&b"0123456789012345678\r\n".repeat(300), Instant::now());
+        budget_a.settle(&mut a, limit);
+        let held_a = a.body_bytes_held() as u64;
+        assert!(held_a >= 6300);
+        assert_eq!(control.message_bytes_in_flight(), held_a);
+        b.receive(&b"0123456789012345678\r\n".repeat(200), Instant::now());
+        budget_b.settle(&mut b, limit);
+        assert_eq!(b.body_bytes_held(), 0, "b's body did not fit: freed");
+        assert_eq!(control.message_bytes_in_flight(), held_a, "b holds nothing");
+        b.receive(b".\r\n", Instant::now());
+        let mut out = Vec::new();
+        b.take_output(&mut out);
+        assert!(
+            out.starts_with(b"452 4.3.1 "),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        // a is not disturbed, and its share is given back when its session ends.
+        a.receive(b".\r\n", Instant::now());
+        assert!(matches!(a.poll_event(), Some(Event::Message { .. })));
+        drop(budget_b);
+        drop(budget_a);
+        assert_eq!(control.message_bytes_in_flight(), 0);
+    }
+
+    #[test]
+    fn a_complete_body_without_room_is_refused_by_the_driver() {
+        let control = control();
+        let mut s = in_data();
+        let mut budget = BodyBudget::new(&control, LOCAL);
+        // The whole body and its end arrive in one read: the session has nothing left to discard.
+        s.receive(
+            &[&b"x".repeat(998)[..], b"\r\n.\r\n"].concat(),
+            Instant::now(),
+        );
+        budget.settle(&mut s, 100);
+        assert_eq!(control.message_bytes_in_flight(), 0);
+        let Some(Event::Message { body, .. }) = s.poll_event() else {
+            panic!("a complete message");
+        };
+        assert!(!budget.hold_handed_over(body.capacity(), s.body_bytes_held(), 100));
+        assert!(budget.hold_handed_over(body.capacity(), s.body_bytes_held(), 1 << 20));
+        assert_eq!(control.message_bytes_in_flight(), body.capacity() as u64);
+    }
+
+    #[test]
+    fn size_is_checked_not_reserved() {
+        let control = control();
+        let mut holder = in_data();
+        let mut held = BodyBudget::new(&control, LOCAL);
+        holder.receive(&b"y".repeat(600), Instant::now());
+        held.settle(&mut holder, 10_000);
+        let in_flight = control.message_bytes_in_flight();
+        assert!(in_flight >= 600, "the holder's body is held: {in_flight}");
+        let budget = BodyBudget::new(&control, LOCAL);
+        let free = 10_000 - in_flight;
+        assert!(budget.size_fits(free, 10_000));
+        assert!(!budget.size_fits(free + 1, 10_000));
+        assert!(budget.size_fits(free, 10_000), "checking reserved nothing");
+        assert_eq!(control.message_bytes_in_flight(), in_flight);
+    }
+}
