@@ -60,6 +60,9 @@ pub struct ServerSection {
     pub accounting_log: String,
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
+    /// Message body octets all inbound sessions together may hold in memory (bodies being received
+    /// or spooled); beyond it a body is discarded and answered 452 4.3.1.
+    pub max_message_bytes_in_flight: u64,
 }
 
 impl Default for ServerSection {
@@ -71,6 +74,7 @@ impl Default for ServerSection {
             accounting_log: String::new(),
             max_connections: 10_000,
             max_connections_per_ip: 200,
+            max_message_bytes_in_flight: 1 << 30,
         }
     }
 }

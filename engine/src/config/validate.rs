@@ -124,6 +124,19 @@ fn check_server(config: &Config, c: &mut Checker) {
             "connection limits must be at least 1",
         );
     }
+    let largest_message = config
+        .listeners
+        .iter()
+        .map(|l| l.max_message_bytes as u64)
+        .max()
+        .unwrap_or(0);
+    if s.max_message_bytes_in_flight < largest_message.max(1) {
+        // A message that can never fit would get 452 (try again) for ever.
+        c.error(
+            &[Key("server"), Key("max_message_bytes_in_flight")],
+            format!("must be at least the largest listener max_message_bytes ({largest_message})"),
+        );
+    }
     let sp = &config.spool;
     if !(1 << 20..=1 << 32).contains(&sp.segment_bytes) {
         c.error(
@@ -585,6 +598,24 @@ mod tests {
             assert_eq!(keys.is_empty(), ok, "{value}: {keys:?}");
             if !ok {
                 assert_eq!(keys, ["shaping.queue_idle_s"], "{value}");
+            }
+        }
+    }
+
+    #[test]
+    fn message_bytes_in_flight_holds_the_largest_message() {
+        // The listener's default max_message_bytes is 50 MiB.
+        for (value, ok) in [(52_428_799u64, false), (52_428_800, true), (1 << 30, true)] {
+            let text = format!(
+                "[server]\nmax_message_bytes_in_flight = {value}\n[[listener]]\naddress = \"127.0.0.1:25\"\n"
+            );
+            let keys: Vec<String> = match Config::parse(&text) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.iter().map(|e| e.key.clone()).collect(),
+            };
+            assert_eq!(keys.is_empty(), ok, "{value}: {keys:?}");
+            if !ok {
+                assert_eq!(keys, ["server.max_message_bytes_in_flight"], "{value}");
             }
         }
     }

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::body_budget::BodyBudget;
 use super::{ListenerContext, LiveSettings};
 use crate::auth::ThrottleVerdict;
 use crate::shard::ConnectionRefusal;
 use crate::smtp::reply::{EnhancedCode, Reply};
-use crate::smtp::server::{Event, PeerInfo, Session};
+use crate::smtp::server::{Event, PeerInfo, Session, message_bytes_in_flight_refusal};
 
 /// Bytes read from the socket at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -173,6 +174,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let peer = session.peer().ip;
+    // Dropped with this exchange, however it ends: what the session held is given back.
+    let mut budget = BodyBudget::new(&ctx.core.node.control, peer);
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut out = Vec::with_capacity(4096);
     loop {
@@ -193,9 +196,14 @@ where
                     log::info!("session {peer}: message refused at end of data: {reply}");
                     count_rejected(ctx);
                 }
-                other => handle_event(other, session, ctx).await,
+                other => handle_event(other, session, ctx, &mut budget).await,
             }
         }
+        // An answer lets the session run on input it had buffered, perhaps into a body.
+        budget.settle(
+            session,
+            ctx.core.config().server.max_message_bytes_in_flight,
+        );
         session.take_output(&mut out);
         if !out.is_empty() {
             write_within(io, &out, settings.write_timeout).await?;
@@ -225,7 +233,11 @@ where
         });
         match read_some(io, &mut buf, wait).await? {
             ReadOutcome::Data(0) => return Ok(SessionEnd::Close),
-            ReadOutcome::Data(n) => session.receive(&buf[..n], Instant::now()),
+            ReadOutcome::Data(n) => {
+                session.receive(&buf[..n], Instant::now());
+                let limit = ctx.core.config().server.max_message_bytes_in_flight;
+                budget.settle(session, limit);
+            }
             ReadOutcome::TimedOut => {}
         }
     }
@@ -243,8 +255,14 @@ async fn read_some<S: AsyncRead + Unpin>(
     .await
 }
 
-async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerContext>) {
+async fn handle_event(
+    event: Event,
+    session: &mut Session,
+    ctx: &Rc<ListenerContext>,
+    budget: &mut BodyBudget,
+) {
     let core = &ctx.core;
+    let in_flight_limit = core.config().server.max_message_bytes_in_flight;
     match event {
         Event::Auth { username, password } => {
             let ip = session.peer().ip;
@@ -288,8 +306,15 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
             session.auth_result(result, Instant::now());
         }
         Event::Mail { sender: _, size } => {
-            let room = core.spool.has_room(size.unwrap_or(0));
-            let result = if room {
+            let size = size.unwrap_or(0);
+            let room = core.spool.has_room(size);
+            let result = if !budget.size_fits(size, in_flight_limit) {
+                log::info!(
+                    "session {}: MAIL SIZE={size} refused: over the message bytes in flight",
+                    session.peer().ip
+                );
+                Err(message_bytes_in_flight_refusal())
+            } else if room {
                 crate::intake::admit_sender(&core.shard, session.authenticated_as())
                     .map_err(|refusal| refusal.smtp_reply())
             } else {
@@ -302,6 +327,14 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
             session.mail_result(result, Instant::now());
         }
         Event::Message { envelope, body } => {
+            if !budget.hold_handed_over(body.capacity(), session.body_bytes_held(), in_flight_limit)
+            {
+                drop(body);
+                count_rejected(ctx);
+                session.message_result(Err(message_bytes_in_flight_refusal()), Instant::now());
+                budget.settle(session, in_flight_limit);
+                return;
+            }
             let origin = crate::intake::Origin::Smtp {
                 helo: session.helo_name().unwrap_or("unknown"),
                 ip: session.peer().ip,
@@ -319,6 +352,8 @@ async fn handle_event(event: Event, session: &mut Session, ctx: &Rc<ListenerCont
                 count_rejected(ctx);
             }
             session.message_result(result, Instant::now());
+            // The body is spooled or refused, and freed: its share goes back.
+            budget.settle(session, in_flight_limit);
         }
         Event::StartTls | Event::Close | Event::MessageRefused { .. } => {}
     }

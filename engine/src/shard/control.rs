@@ -1,6 +1,7 @@
 //! What every core shares with the signal thread and the others: stop and reload requests, the
 //! current configuration (swapped only on reload, read by each core once per reload) with its DKIM
-//! keys, and the lock-free connection counters behind the total and per-client-IP limits.
+//! keys, the lock-free connection counters behind the total and per-client-IP limits, and the
+//! message bytes held in memory by inbound sessions (`[server] max_message_bytes_in_flight`).
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -27,6 +28,9 @@ pub struct Control {
     connections_total: AtomicU32,
     connections_by_ip: Box<[AtomicU32]>,
     hasher: std::collections::hash_map::RandomState,
+    /// Message body octets held in memory by the inbound sessions of all cores, from the first
+    /// octet received until the message is spooled or refused (see `MessageBytesHeld`).
+    message_bytes_in_flight: AtomicU64,
     /// Cores that finished starting and serve.
     pub cores_ready: AtomicU32,
     pub core_count: u32,
@@ -54,6 +58,47 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// One session's share of `message_bytes_in_flight`; given back on drop, so no error path of a
+/// session can leak it.
+pub struct MessageBytesHeld {
+    control: Arc<Control>,
+    bytes: u64,
+}
+
+impl MessageBytesHeld {
+    /// The octets this session holds now.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Makes this session's share `bytes`. Shrinking always succeeds; growing succeeds only if
+    /// the total of all sessions stays within `limit`, else nothing changes and it returns false.
+    pub fn hold(&mut self, bytes: u64, limit: u64) -> bool {
+        let counter = &self.control.message_bytes_in_flight;
+        if bytes <= self.bytes {
+            counter.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+            self.bytes = bytes;
+            return true;
+        }
+        let more = bytes - self.bytes;
+        let grown = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+            total.checked_add(more).filter(|&next| next <= limit)
+        });
+        if grown.is_ok() {
+            self.bytes = bytes;
+        }
+        grown.is_ok()
+    }
+}
+
+impl Drop for MessageBytesHeld {
+    fn drop(&mut self) {
+        self.control
+            .message_bytes_in_flight
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 impl Control {
     pub fn new(config: Arc<Config>, config_path: Option<PathBuf>) -> Arc<Control> {
         let core_count = config.core_count() as u32;
@@ -66,6 +111,7 @@ impl Control {
             connections_total: AtomicU32::new(0),
             connections_by_ip: (0..IP_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
             hasher: Default::default(),
+            message_bytes_in_flight: AtomicU64::new(0),
             cores_ready: AtomicU32::new(0),
             core_count,
         })
@@ -148,6 +194,19 @@ impl Control {
     pub fn connections(&self) -> u32 {
         self.connections_total.load(Ordering::Relaxed)
     }
+
+    /// A new session's share of the message bytes in flight, holding nothing yet.
+    pub fn hold_message_bytes(self: &Arc<Self>) -> MessageBytesHeld {
+        MessageBytesHeld {
+            control: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Message body octets held in memory by all inbound sessions now.
+    pub fn message_bytes_in_flight(&self) -> u64 {
+        self.message_bytes_in_flight.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -177,5 +236,28 @@ mod tests {
             2,
             "the two held slots; refused ones released theirs"
         );
+    }
+
+    #[test]
+    fn message_bytes_stay_within_the_limit_and_come_back_on_drop() {
+        let control = Control::new(Arc::new(Config::embedded_default()), None);
+        let mut a = control.hold_message_bytes();
+        let mut b = control.hold_message_bytes();
+        assert!(a.hold(600, 1000));
+        assert!(!b.hold(600, 1000), "600 + 600 is over the limit");
+        assert_eq!(b.bytes(), 0, "a refused growth changes nothing");
+        assert!(b.hold(400, 1000), "exactly the limit fits");
+        assert_eq!(control.message_bytes_in_flight(), 1000);
+        assert!(!a.hold(601, 1000));
+        assert!(a.hold(100, 1000), "shrinking always succeeds");
+        assert_eq!(control.message_bytes_in_flight(), 500);
+        assert!(
+            a.hold(100, 10),
+            "shrinking or keeping succeeds even over a lowered limit"
+        );
+        drop(b);
+        assert_eq!(control.message_bytes_in_flight(), 100);
+        drop(a);
+        assert_eq!(control.message_bytes_in_flight(), 0);
     }
 }

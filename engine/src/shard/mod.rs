@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use glommio::sync::Semaphore;
 
-pub use control::{ConnectionRefusal, ConnectionSlot, Control};
+pub use control::{ConnectionRefusal, ConnectionSlot, Control, MessageBytesHeld};
 
 use crate::accounting::{CoreAccounting, EventLog};
 use crate::config::Config;

@@ -82,6 +82,18 @@ impl BodyBuffer {
         }
     }
 
+    /// Memory the body holds now, in octets: its allocation, which grows ahead of the octets kept.
+    pub fn held_bytes(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// Frees what the body holds and keeps none of what follows (the memory budget for bodies in
+    /// flight is gone); it keeps counting, and its verdict is then that of an overflow.
+    pub fn discard(&mut self) {
+        self.overflowed = true;
+        self.bytes = Vec::new();
+    }
+
     /// Whether the body went over `max_bytes`.
     pub fn overflowed(&self) -> bool {
         self.overflowed
@@ -117,6 +129,16 @@ impl ChunkedBody {
     /// See [`BodyBuffer::announce`].
     pub fn announce(&mut self, additional: u64) {
         self.buffer.announce(additional);
+    }
+
+    /// See [`BodyBuffer::held_bytes`].
+    pub fn held_bytes(&self) -> usize {
+        self.buffer.held_bytes()
+    }
+
+    /// See [`BodyBuffer::discard`].
+    pub fn discard(&mut self) {
+        self.buffer.discard();
     }
 
     /// The next octets of a chunk.
@@ -377,6 +399,17 @@ impl DataDecoder {
     /// Body octets received so far (after unstuffing), including any not kept after an overflow.
     pub fn received_bytes(&self) -> u64 {
         self.body.received_bytes()
+    }
+
+    /// See [`BodyBuffer::held_bytes`].
+    pub fn held_bytes(&self) -> usize {
+        self.body.held_bytes()
+    }
+
+    /// Frees the body kept so far and keeps none of the rest; the end of the data is still found
+    /// and the text rules still run (see [`BodyBuffer::discard`]).
+    pub fn discard_body(&mut self) {
+        self.body.discard();
     }
 
     /// The verdict once `feed` reported the end: the unstuffed body (ending in the CRLF of its last

@@ -49,6 +49,7 @@ mod deadline;
 
 use auth::AuthStep;
 use body::Chunk;
+pub use body::message_bytes_in_flight_refusal;
 pub use deadline::TimeoutStage;
 
 /// The longest command line, in octets including CRLF (RFC 5321 section 4.5.3.1.4).
@@ -169,6 +170,9 @@ struct MailTransaction {
     chunks: Option<ChunkedBody>,
     /// When the body must be complete: set at the 354 or the first BDAT.
     body_deadline: Option<Instant>,
+    /// The driver found no room for the body in the message bytes in flight: it was discarded,
+    /// and the message gets 452 4.3.1 at its end (see `Session::body_budget_exhausted`).
+    body_budget_refused: bool,
 }
 
 /// What the incoming octets are.
@@ -321,6 +325,7 @@ impl Session {
                         envelope,
                         chunks: None,
                         body_deadline: None,
+                        body_budget_refused: false,
                     });
                     self.reply(Reply::SENDER_OK);
                 }
@@ -702,11 +707,17 @@ impl Session {
     }
 
     /// Refuses the message of the current transaction: the reply, and an event for the driver.
+    /// Only a permanent refusal counts against `max_errors`: a transient one (no memory for the
+    /// body) is the server's condition, not the client's mistake.
     fn refuse_message(&mut self, reply: Reply) {
         self.events.push_back(Event::MessageRefused {
             reply: reply.clone(),
         });
-        self.reply_error(reply);
+        if reply.is_transient() {
+            self.reply(reply);
+        } else {
+            self.reply_error(reply);
+        }
     }
 
     /// Sends a reply that counts against `max_errors`; the last one allowed is followed by 421.

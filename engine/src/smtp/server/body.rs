@@ -1,9 +1,18 @@
 //! The message body: DATA (RFC 5321 section 4.1.1.4) and BDAT chunks (RFC 3030), read under
-//! the body deadline, checked by `smtp::data`, and handed to the driver or refused.
+//! the body deadline, checked by `smtp::data`, and handed to the driver or refused. A body the
+//! driver has no memory for (`body_budget_exhausted`) is freed at once, still read to its end, and
+//! refused there with 452 4.3.1.
 
 use crate::envelope::BodyType;
 use crate::smtp::data::{ChunkedBody, DataDecoder, DataError};
 use crate::smtp::reply::Reply;
+
+/// 452 4.3.1 for a message whose body found no room in `[server] max_message_bytes_in_flight`
+/// (at the end of its data, or at MAIL when its SIZE does not fit): try again later.
+pub fn message_bytes_in_flight_refusal() -> Reply {
+    Reply::INSUFFICIENT_STORAGE
+        .with_text("Insufficient system storage: too many messages in flight, try again later")
+}
 
 use super::{Event, InputPhase, MailTransaction, Session, Waiting};
 
@@ -17,6 +26,48 @@ pub(super) struct Chunk {
 }
 
 impl Session {
+    /// Memory held by this session's message bodies, in octets: the body being received (its
+    /// allocation, which runs ahead of the octets received) and a complete one in an
+    /// `Event::Message` not yet taken by `poll_event`.
+    pub fn body_bytes_held(&self) -> usize {
+        let receiving = match &self.phase {
+            InputPhase::Data(decoder) => decoder.held_bytes(),
+            _ => 0,
+        };
+        let chunks = self
+            .transaction
+            .as_ref()
+            .and_then(|tx| tx.chunks.as_ref())
+            .map_or(0, ChunkedBody::held_bytes);
+        let handed_over: usize = self
+            .events
+            .iter()
+            .map(|event| match event {
+                Event::Message { body, .. } => body.capacity(),
+                _ => 0,
+            })
+            .sum();
+        receiving + chunks + handed_over
+    }
+
+    /// The driver has no room for this session's body in the message bytes in flight: the body
+    /// kept so far is freed, the rest is read and dropped, and the message gets 452 4.3.1 at the
+    /// end of its data (DATA) or of the current chunk (BDAT; later chunks get 503, as after any
+    /// refused chunk). A body over `max_message_bytes` or breaking a text rule still gets that
+    /// permanent reply instead. Returns false, doing nothing, when no body is being received.
+    pub fn body_budget_exhausted(&mut self) -> bool {
+        let Some(tx) = &mut self.transaction else {
+            return false;
+        };
+        match (&mut self.phase, &mut tx.chunks) {
+            (InputPhase::Data(decoder), _) => decoder.discard_body(),
+            (_, Some(body)) => body.discard(),
+            (_, None) => return false,
+        }
+        tx.body_budget_refused = true;
+        true
+    }
+
     pub(super) fn read_data(&mut self, rest: &[u8]) -> usize {
         let InputPhase::Data(decoder) = &mut self.phase else {
             return 0;
@@ -27,8 +78,18 @@ impl Session {
                 std::mem::replace(&mut self.phase, InputPhase::Command)
         {
             self.restart_command_stage(self.now);
-            let verdict = decoder.finish().map_err(DataError::reply);
             let transaction = self.transaction.take();
+            let budget_refused = transaction
+                .as_ref()
+                .is_some_and(|tx| tx.body_budget_refused);
+            let too_big = decoder.received_bytes() > self.config.max_message_bytes as u64;
+            let verdict = match decoder.finish() {
+                // The overflow is the discarded body's, not a size the client exceeded.
+                Err(DataError::TooBig) if budget_refused && !too_big => {
+                    Err(message_bytes_in_flight_refusal())
+                }
+                verdict => verdict.map_err(DataError::reply),
+            };
             self.finish_message(transaction, verdict);
         }
         used
@@ -108,6 +169,15 @@ impl Session {
     pub(super) fn finish_chunk(&mut self, chunk: Chunk) {
         if let Some(refusal) = chunk.refusal {
             return self.reply_error(refusal);
+        }
+        if self
+            .transaction
+            .as_ref()
+            .is_some_and(|tx| tx.body_budget_refused)
+        {
+            // As a body over the size cap: the transaction fails at this chunk.
+            self.transaction = None;
+            return self.refuse_message(message_bytes_in_flight_refusal());
         }
         let broken = self
             .transaction
