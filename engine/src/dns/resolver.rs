@@ -137,17 +137,7 @@ impl Resolver {
     /// The MX records of `domain`. NXDOMAIN is `DnsError::NoSuchDomain`; no MX is an empty answer.
     pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
         let records = self.lookup(domain, RecordType::MX).await?;
-        let records = records
-            .iter()
-            .filter_map(|r| match r {
-                RData::MX(mx) => Some(MxRecord {
-                    preference: mx.preference,
-                    exchange: name_to_host(&mx.exchange),
-                }),
-                _ => None,
-            })
-            .collect();
-        Ok(MxAnswer { records })
+        Ok(mx_answer(&records))
     }
 
     /// IPv4 then IPv6 addresses of `host` (A and AAAA asked concurrently). An empty list when the
@@ -210,51 +200,30 @@ impl Resolver {
                     });
                 }
             }
-            // Follow the CNAME chain inside the answer section.
-            let mut target = current.clone();
-            let mut min_ttl = self.config.max_ttl_s;
-            loop {
-                let found: Vec<RData> = response
-                    .answers
-                    .iter()
-                    .filter(|r| r.name == target && r.record_type() == rtype)
-                    .inspect(|r| min_ttl = min_ttl.min(r.ttl))
-                    .map(|r| r.data.clone())
-                    .collect();
-                if !found.is_empty() {
-                    let found = Rc::new(found);
-                    let ttl = Duration::from_secs(u64::from(min_ttl));
+            match chase_answer(&response, &current, rtype, self.config.max_ttl_s, &mut hops) {
+                Chased::Records { records, ttl_s } => {
+                    let found = Rc::new(records);
+                    let ttl = Duration::from_secs(u64::from(ttl_s));
                     let mut cache = self.cache.borrow_mut();
                     for k in [&key, &original_key] {
                         cache.insert(k, rtype, CachedAnswer::Records(found.clone()), ttl, now);
                     }
                     return Ok(found);
                 }
-                let next = response.answers.iter().find_map(|r| match &r.data {
-                    RData::CNAME(c) if r.name == target => Some((c.0.clone(), r.ttl)),
-                    _ => None,
-                });
-                let Some((next, ttl)) = next else {
-                    break;
-                };
-                hops += 1;
-                if hops > MAX_CNAME_HOPS {
+                Chased::NoData => {
+                    let ttl = self.negative_ttl(&response);
+                    let mut cache = self.cache.borrow_mut();
+                    for k in [&key, &original_key] {
+                        cache.insert(k, rtype, CachedAnswer::NoData, ttl, now);
+                    }
+                    return Ok(Rc::new(Vec::new()));
+                }
+                Chased::ChainTooLong => {
                     return Err(DnsError::CnameChainTooLong(name_to_host(&original)));
                 }
-                min_ttl = min_ttl.min(ttl);
-                target = next;
+                // The chain left the answer without data: ask for its end.
+                Chased::Ask(target) => current = target,
             }
-            if target == current {
-                // NODATA.
-                let ttl = self.negative_ttl(&response);
-                let mut cache = self.cache.borrow_mut();
-                for k in [&key, &original_key] {
-                    cache.insert(k, rtype, CachedAnswer::NoData, ttl, now);
-                }
-                return Ok(Rc::new(Vec::new()));
-            }
-            // The chain left the answer without data: ask for its end.
-            current = target;
         }
     }
 
@@ -304,13 +273,95 @@ impl Resolver {
     /// RFC 2308 section 5: the SOA's own TTL and its minimum, the smaller; capped. No SOA: no
     /// caching.
     fn negative_ttl(&self, response: &Message) -> Duration {
-        let soa_ttl = response.authorities.iter().find_map(|r| match &r.data {
-            RData::SOA(soa) => Some(soa.minimum.min(r.ttl)),
+        Duration::from_secs(u64::from(negative_ttl_s(
+            response,
+            self.config.max_negative_ttl_s,
+        )))
+    }
+}
+
+/// What one NOERROR answer says about the name asked, after the CNAMEs inside it.
+#[derive(Debug)]
+pub(crate) enum Chased {
+    /// Records of the asked type, with the smallest TTL along the chain (capped).
+    Records { records: Vec<RData>, ttl_s: u32 },
+    /// The name has no records of this type.
+    NoData,
+    /// The chain ends at a name this answer has no data for: ask for it.
+    Ask(Name),
+    /// More than `MAX_CNAME_HOPS` CNAMEs, counting `hops` already followed.
+    ChainTooLong,
+}
+
+/// Follows the CNAME chain from `asked` inside `response`'s answer section. Pure: the resolver
+/// and the DNS fuzz target (`fuzz/`) run it on whatever bytes a nameserver sent.
+pub(crate) fn chase_answer(
+    response: &Message,
+    asked: &Name,
+    rtype: RecordType,
+    max_ttl_s: u32,
+    hops: &mut usize,
+) -> Chased {
+    let mut target = asked.clone();
+    let mut min_ttl = max_ttl_s;
+    loop {
+        let found: Vec<RData> = response
+            .answers
+            .iter()
+            .filter(|r| r.name == target && r.record_type() == rtype)
+            .inspect(|r| min_ttl = min_ttl.min(r.ttl))
+            .map(|r| r.data.clone())
+            .collect();
+        if !found.is_empty() {
+            return Chased::Records {
+                records: found,
+                ttl_s: min_ttl,
+            };
+        }
+        let next = response.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(c) if r.name == target => Some((c.0.clone(), r.ttl)),
             _ => None,
         });
-        let ttl = soa_ttl.unwrap_or(0).min(self.config.max_negative_ttl_s);
-        Duration::from_secs(u64::from(ttl))
+        let Some((next, ttl)) = next else {
+            break;
+        };
+        *hops += 1;
+        if *hops > MAX_CNAME_HOPS {
+            return Chased::ChainTooLong;
+        }
+        min_ttl = min_ttl.min(ttl);
+        target = next;
     }
+    if target == *asked {
+        Chased::NoData
+    } else {
+        Chased::Ask(target)
+    }
+}
+
+/// The MX records among `records`, exchanges as lower-case host names.
+pub(crate) fn mx_answer(records: &[RData]) -> MxAnswer {
+    let records = records
+        .iter()
+        .filter_map(|r| match r {
+            RData::MX(mx) => Some(MxRecord {
+                preference: mx.preference,
+                exchange: name_to_host(&mx.exchange),
+            }),
+            _ => None,
+        })
+        .collect();
+    MxAnswer { records }
+}
+
+/// RFC 2308 section 5 for a negative answer: the SOA's own TTL and its minimum, the smaller,
+/// capped at `max_s`; 0 (no caching) without a SOA.
+pub(crate) fn negative_ttl_s(response: &Message, max_s: u32) -> u32 {
+    let soa_ttl = response.authorities.iter().find_map(|r| match &r.data {
+        RData::SOA(soa) => Some(soa.minimum.min(r.ttl)),
+        _ => None,
+    });
+    soa_ttl.unwrap_or(0).min(max_s)
 }
 
 /// `nameserver` lines of resolv.conf(5) as socket addresses on port 53; 127.0.0.1:53 when none.

@@ -123,7 +123,7 @@ async fn exchange_tcp(
 }
 
 /// Whether `response` answers our question: a response, same ID, same single question.
-fn answers(response: &Message, id: u16, name: &Name, rtype: RecordType) -> bool {
+pub(crate) fn answers(response: &Message, id: u16, name: &Name, rtype: RecordType) -> bool {
     response.metadata.id == id
         && response.metadata.message_type == MessageType::Response
         && matches!(response.queries.as_slice(), [q] if q.name == *name && q.query_type == rtype)
