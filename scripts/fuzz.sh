@@ -30,12 +30,13 @@ dictionary() {
 }
 
 count_artifacts() {
-  find "artifacts/$1" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' \) \
-    2>/dev/null | wc -l
+  # No directory yet: none.
+  { find "artifacts/$1" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' \) \
+    2>/dev/null || true; } | wc -l
 }
 
 failed=0
-printf '%-16s %12s %8s %8s\n' target executions exec/s crashes
+printf '%-16s %12s %8s %8s %8s\n' target executions exec/s coverage crashes
 for target in $targets; do
   log="$(mktemp)"
   before="$(count_artifacts "$target")"
@@ -47,8 +48,10 @@ for target in $targets; do
   after="$(count_artifacts "$target")"
   executions="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
   per_second="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)"
+  # Edges covered, from libFuzzer's last status line.
+  coverage="$({ grep -o 'cov: [0-9]*' "$log" || true; } | tail -n 1 | cut -d' ' -f2)"
   crashes=$((after - before))
-  printf '%-16s %12s %8s %8s\n' "$target" "${executions:-?}" "${per_second:-?}" "$crashes"
+  printf '%-16s %12s %8s %8s %8s\n' "$target" "${executions:-?}" "${per_second:-?}" "${coverage:-?}" "$crashes"
   if [ "$crashes" -gt 0 ] || [ -z "$executions" ]; then
     failed=1
     grep -E 'panicked at|ERROR: libFuzzer|Test unit written to|SUMMARY' "$log" | head -n 8 || true
