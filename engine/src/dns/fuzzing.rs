@@ -44,7 +44,7 @@ pub fn fuzz_answer(data: &[u8]) {
                     check_extraction(&records, rtype);
                     break;
                 }
-                Chased::NoData | Chased::ChainTooLong => break,
+                Chased::NoData | Chased::ChainTooLong | Chased::Malformed => break,
                 Chased::Ask(target) => {
                     assert!(target != asked);
                     asked = target;

@@ -221,6 +221,12 @@ impl Resolver {
                 Chased::ChainTooLong => {
                     return Err(DnsError::CnameChainTooLong(name_to_host(&original)));
                 }
+                Chased::Malformed => {
+                    return Err(DnsError::ServerFailure {
+                        name: name_to_host(&current),
+                        rcode: "a record without data".into(),
+                    });
+                }
                 // The chain left the answer without data: ask for its end.
                 Chased::Ask(target) => current = target,
             }
@@ -291,6 +297,9 @@ pub(crate) enum Chased {
     Ask(Name),
     /// More than `MAX_CNAME_HOPS` CNAMEs, counting `hops` already followed.
     ChainTooLong,
+    /// A record of the asked type with no data (RDLENGTH 0): not an answer, and not a NODATA
+    /// either (taking an empty MX answer as "no MX" would deliver to the domain's A record).
+    Malformed,
 }
 
 /// Follows the CNAME chain from `asked` inside `response`'s answer section. Pure: the resolver
@@ -305,10 +314,17 @@ pub(crate) fn chase_answer(
     let mut target = asked.clone();
     let mut min_ttl = max_ttl_s;
     loop {
-        let found: Vec<RData> = response
-            .answers
-            .iter()
-            .filter(|r| r.name == target && r.record_type() == rtype)
+        let of_type = || {
+            response
+                .answers
+                .iter()
+                .filter(|r| r.name == target && r.record_type() == rtype)
+        };
+        // hickory reads a record with RDLENGTH 0 as an RFC 2136 update placeholder.
+        if of_type().any(|r| matches!(r.data, RData::Update0(_))) {
+            return Chased::Malformed;
+        }
+        let found: Vec<RData> = of_type()
             .inspect(|r| min_ttl = min_ttl.min(r.ttl))
             .map(|r| r.data.clone())
             .collect();
@@ -434,6 +450,44 @@ mod tests {
             nameservers_from_resolv_conf("search x\n"),
             ["127.0.0.1:53".parse::<SocketAddr>().unwrap()]
         );
+    }
+
+    /// Found by the DNS fuzz target: an MX record with RDLENGTH 0 counted as an answer, and
+    /// `mx()` then found no MX in it, which means "deliver to the domain's A record".
+    #[test]
+    fn a_record_without_data_is_a_malformed_answer() {
+        let name = parse_name("example.test").unwrap();
+        // A response to `example.test MX` whose one answer is an MX record with RDLENGTH 0, which
+        // hickory reads only in an UPDATE (opcode 5): the transport refuses that opcode too.
+        let mut wire = vec![0, 1, 0xa9, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        wire.extend_from_slice(b"\x07example\x04test\x00\x00\x0f\x00\x01");
+        wire.extend_from_slice(&[0xc0, 12, 0, 15, 0, 1, 0, 0, 1, 44, 0, 0]);
+        let empty = Message::from_vec(&wire).unwrap();
+        assert!(!super::super::transport::answers(
+            &empty,
+            1,
+            &name,
+            RecordType::MX
+        ));
+        let mut hops = 0;
+        assert!(matches!(
+            chase_answer(&empty, &name, RecordType::MX, 86_400, &mut hops),
+            Chased::Malformed
+        ));
+        let exchange = parse_name("mx.example.test").unwrap();
+        let mut real = Message::query();
+        real.add_answer(hickory_proto::rr::Record::from_rdata(
+            name.clone(),
+            300,
+            RData::MX(hickory_proto::rr::rdata::MX::new(10, exchange)),
+        ));
+        match chase_answer(&real, &name, RecordType::MX, 86_400, &mut hops) {
+            Chased::Records { records, ttl_s } => {
+                assert_eq!(ttl_s, 300);
+                assert_eq!(mx_answer(&records).records[0].exchange, "mx.example.test");
+            }
+            other => panic!("expected the MX record, got {other:?}"),
+        }
     }
 
     #[test]
