@@ -11,7 +11,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 /// Request heads larger than this are refused (431).
-const HEAD_BYTES_MAX: usize = 64 * 1024;
+pub const HEAD_BYTES_MAX: usize = 64 * 1024;
 /// Request bodies larger than this are refused (413); an injected message fits well below.
 pub const BODY_BYTES_MAX: usize = 80 * 1024 * 1024;
 /// An idle keep-alive connection is closed after this long; also the deadline of each read.
@@ -211,6 +211,31 @@ fn parse(buf: &[u8], peer: SocketAddr, token: &str) -> Parsed {
         },
         consumed: head_len + content_length,
         close,
+    }
+}
+
+/// `parse` for the HTTP fuzz target (`fuzz/`): `Ok(None)` when more bytes are needed,
+/// `Ok(Some((request, consumed, close)))` for a whole request, `Err(status)` for a refusal.
+/// The peer is 127.0.0.1 or 192.0.2.1 (a remote address) as `loopback` says.
+#[doc(hidden)]
+pub fn parse_for_fuzzing(
+    buf: &[u8],
+    loopback: bool,
+    token: &str,
+) -> Result<Option<(Request, usize, bool)>, u16> {
+    let peer = if loopback {
+        SocketAddr::from(([127, 0, 0, 1], 9))
+    } else {
+        SocketAddr::from(([192, 0, 2, 1], 9))
+    };
+    match parse(buf, peer, token) {
+        Parsed::Partial => Ok(None),
+        Parsed::Complete {
+            request,
+            consumed,
+            close,
+        } => Ok(Some((request, consumed, close))),
+        Parsed::Refused(response) => Err(response.status),
     }
 }
 

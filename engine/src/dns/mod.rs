@@ -2,6 +2,8 @@
 //! truncated), with a TTL cache and negative caching, and the RFC 5321 5.1 next-hop selection.
 
 mod cache;
+#[doc(hidden)]
+pub mod fuzzing;
 mod next_hop;
 mod resolver;
 #[cfg(test)]

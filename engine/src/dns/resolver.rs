@@ -137,17 +137,7 @@ impl Resolver {
     /// The MX records of `domain`. NXDOMAIN is `DnsError::NoSuchDomain`; no MX is an empty answer.
     pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
         let records = self.lookup(domain, RecordType::MX).await?;
-        let records = records
-            .iter()
-            .filter_map(|r| match r {
-                RData::MX(mx) => Some(MxRecord {
-                    preference: mx.preference,
-                    exchange: name_to_host(&mx.exchange),
-                }),
-                _ => None,
-            })
-            .collect();
-        Ok(MxAnswer { records })
+        Ok(mx_answer(&records))
     }
 
     /// IPv4 then IPv6 addresses of `host` (A and AAAA asked concurrently). An empty list when the
@@ -210,51 +200,36 @@ impl Resolver {
                     });
                 }
             }
-            // Follow the CNAME chain inside the answer section.
-            let mut target = current.clone();
-            let mut min_ttl = self.config.max_ttl_s;
-            loop {
-                let found: Vec<RData> = response
-                    .answers
-                    .iter()
-                    .filter(|r| r.name == target && r.record_type() == rtype)
-                    .inspect(|r| min_ttl = min_ttl.min(r.ttl))
-                    .map(|r| r.data.clone())
-                    .collect();
-                if !found.is_empty() {
-                    let found = Rc::new(found);
-                    let ttl = Duration::from_secs(u64::from(min_ttl));
+            match chase_answer(&response, &current, rtype, self.config.max_ttl_s, &mut hops) {
+                Chased::Records { records, ttl_s } => {
+                    let found = Rc::new(records);
+                    let ttl = Duration::from_secs(u64::from(ttl_s));
                     let mut cache = self.cache.borrow_mut();
                     for k in [&key, &original_key] {
                         cache.insert(k, rtype, CachedAnswer::Records(found.clone()), ttl, now);
                     }
                     return Ok(found);
                 }
-                let next = response.answers.iter().find_map(|r| match &r.data {
-                    RData::CNAME(c) if r.name == target => Some((c.0.clone(), r.ttl)),
-                    _ => None,
-                });
-                let Some((next, ttl)) = next else {
-                    break;
-                };
-                hops += 1;
-                if hops > MAX_CNAME_HOPS {
+                Chased::NoData => {
+                    let ttl = self.negative_ttl(&response);
+                    let mut cache = self.cache.borrow_mut();
+                    for k in [&key, &original_key] {
+                        cache.insert(k, rtype, CachedAnswer::NoData, ttl, now);
+                    }
+                    return Ok(Rc::new(Vec::new()));
+                }
+                Chased::ChainTooLong => {
                     return Err(DnsError::CnameChainTooLong(name_to_host(&original)));
                 }
-                min_ttl = min_ttl.min(ttl);
-                target = next;
-            }
-            if target == current {
-                // NODATA.
-                let ttl = self.negative_ttl(&response);
-                let mut cache = self.cache.borrow_mut();
-                for k in [&key, &original_key] {
-                    cache.insert(k, rtype, CachedAnswer::NoData, ttl, now);
+                Chased::Malformed => {
+                    return Err(DnsError::ServerFailure {
+                        name: name_to_host(&current),
+                        rcode: "a record without data".into(),
+                    });
                 }
-                return Ok(Rc::new(Vec::new()));
+                // The chain left the answer without data: ask for its end.
+                Chased::Ask(target) => current = target,
             }
-            // The chain left the answer without data: ask for its end.
-            current = target;
         }
     }
 
@@ -304,13 +279,105 @@ impl Resolver {
     /// RFC 2308 section 5: the SOA's own TTL and its minimum, the smaller; capped. No SOA: no
     /// caching.
     fn negative_ttl(&self, response: &Message) -> Duration {
-        let soa_ttl = response.authorities.iter().find_map(|r| match &r.data {
-            RData::SOA(soa) => Some(soa.minimum.min(r.ttl)),
+        Duration::from_secs(u64::from(negative_ttl_s(
+            response,
+            self.config.max_negative_ttl_s,
+        )))
+    }
+}
+
+/// What one NOERROR answer says about the name asked, after the CNAMEs inside it.
+#[derive(Debug)]
+pub(crate) enum Chased {
+    /// Records of the asked type, with the smallest TTL along the chain (capped).
+    Records { records: Vec<RData>, ttl_s: u32 },
+    /// The name has no records of this type.
+    NoData,
+    /// The chain ends at a name this answer has no data for: ask for it.
+    Ask(Name),
+    /// More than `MAX_CNAME_HOPS` CNAMEs, counting `hops` already followed.
+    ChainTooLong,
+    /// A record of the asked type with no data (RDLENGTH 0): not an answer, and not a NODATA
+    /// either (taking an empty MX answer as "no MX" would deliver to the domain's A record).
+    Malformed,
+}
+
+/// Follows the CNAME chain from `asked` inside `response`'s answer section. Pure: the resolver
+/// and the DNS fuzz target (`fuzz/`) run it on whatever bytes a nameserver sent.
+pub(crate) fn chase_answer(
+    response: &Message,
+    asked: &Name,
+    rtype: RecordType,
+    max_ttl_s: u32,
+    hops: &mut usize,
+) -> Chased {
+    let mut target = asked.clone();
+    let mut min_ttl = max_ttl_s;
+    loop {
+        let of_type = || {
+            response
+                .answers
+                .iter()
+                .filter(|r| r.name == target && r.record_type() == rtype)
+        };
+        // hickory reads a record with RDLENGTH 0 as an RFC 2136 update placeholder.
+        if of_type().any(|r| matches!(r.data, RData::Update0(_))) {
+            return Chased::Malformed;
+        }
+        let found: Vec<RData> = of_type()
+            .inspect(|r| min_ttl = min_ttl.min(r.ttl))
+            .map(|r| r.data.clone())
+            .collect();
+        if !found.is_empty() {
+            return Chased::Records {
+                records: found,
+                ttl_s: min_ttl,
+            };
+        }
+        let next = response.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(c) if r.name == target => Some((c.0.clone(), r.ttl)),
             _ => None,
         });
-        let ttl = soa_ttl.unwrap_or(0).min(self.config.max_negative_ttl_s);
-        Duration::from_secs(u64::from(ttl))
+        let Some((next, ttl)) = next else {
+            break;
+        };
+        *hops += 1;
+        if *hops > MAX_CNAME_HOPS {
+            return Chased::ChainTooLong;
+        }
+        min_ttl = min_ttl.min(ttl);
+        target = next;
     }
+    if target == *asked {
+        Chased::NoData
+    } else {
+        Chased::Ask(target)
+    }
+}
+
+/// The MX records among `records`, exchanges as lower-case host names.
+pub(crate) fn mx_answer(records: &[RData]) -> MxAnswer {
+    let records = records
+        .iter()
+        .filter_map(|r| match r {
+            RData::MX(mx) => Some(MxRecord {
+                preference: mx.preference,
+                exchange: name_to_host(&mx.exchange),
+            }),
+            _ => None,
+        })
+        .collect();
+    MxAnswer { records }
+}
+
+/// RFC 2308 section 5 for a negative answer: the SOA's own TTL and its minimum, the smaller,
+/// capped at `max_s`; 0 (no caching) without a SOA.
+pub(crate) fn negative_ttl_s(response: &Message, max_s: u32) -> u32 {
+    let soa_ttl = response.authorities.iter().find_map(|r| match &r.data {
+        RData::SOA(soa) => Some(soa.minimum.min(r.ttl)),
+        _ => None,
+    });
+    soa_ttl.unwrap_or(0).min(max_s)
 }
 
 /// `nameserver` lines of resolv.conf(5) as socket addresses on port 53; 127.0.0.1:53 when none.
@@ -383,6 +450,44 @@ mod tests {
             nameservers_from_resolv_conf("search x\n"),
             ["127.0.0.1:53".parse::<SocketAddr>().unwrap()]
         );
+    }
+
+    /// Found by the DNS fuzz target: an MX record with RDLENGTH 0 counted as an answer, and
+    /// `mx()` then found no MX in it, which means "deliver to the domain's A record".
+    #[test]
+    fn a_record_without_data_is_a_malformed_answer() {
+        let name = parse_name("example.test").unwrap();
+        // A response to `example.test MX` whose one answer is an MX record with RDLENGTH 0, which
+        // hickory reads only in an UPDATE (opcode 5): the transport refuses that opcode too.
+        let mut wire = vec![0, 1, 0xa9, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        wire.extend_from_slice(b"\x07example\x04test\x00\x00\x0f\x00\x01");
+        wire.extend_from_slice(&[0xc0, 12, 0, 15, 0, 1, 0, 0, 1, 44, 0, 0]);
+        let empty = Message::from_vec(&wire).unwrap();
+        assert!(!super::super::transport::answers(
+            &empty,
+            1,
+            &name,
+            RecordType::MX
+        ));
+        let mut hops = 0;
+        assert!(matches!(
+            chase_answer(&empty, &name, RecordType::MX, 86_400, &mut hops),
+            Chased::Malformed
+        ));
+        let exchange = parse_name("mx.example.test").unwrap();
+        let mut real = Message::query();
+        real.add_answer(hickory_proto::rr::Record::from_rdata(
+            name.clone(),
+            300,
+            RData::MX(hickory_proto::rr::rdata::MX::new(10, exchange)),
+        ));
+        match chase_answer(&real, &name, RecordType::MX, 86_400, &mut hops) {
+            Chased::Records { records, ttl_s } => {
+                assert_eq!(ttl_s, 300);
+                assert_eq!(mx_answer(&records).records[0].exchange, "mx.example.test");
+            }
+            other => panic!("expected the MX record, got {other:?}"),
+        }
     }
 
     #[test]

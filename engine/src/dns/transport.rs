@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpStream, UdpSocket};
-use hickory_proto::op::{Edns, Message, MessageType, Query};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 
 /// EDNS0 UDP payload we advertise (the DNS flag day 2020 value: no IP fragmentation).
@@ -122,10 +122,12 @@ async fn exchange_tcp(
     Ok(response)
 }
 
-/// Whether `response` answers our question: a response, same ID, same single question.
-fn answers(response: &Message, id: u16, name: &Name, rtype: RecordType) -> bool {
+/// Whether `response` answers our question: a response to a QUERY (RFC 1035 4.1.1: the opcode is
+/// copied), same ID, same single question.
+pub(crate) fn answers(response: &Message, id: u16, name: &Name, rtype: RecordType) -> bool {
     response.metadata.id == id
         && response.metadata.message_type == MessageType::Response
+        && response.metadata.op_code == OpCode::Query
         && matches!(response.queries.as_slice(), [q] if q.name == *name && q.query_type == rtype)
 }
 

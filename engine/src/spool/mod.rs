@@ -674,3 +674,14 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Recovery of one core directory for the spool fuzz target (`fuzz/`), which runs it on segment
+/// files made of fuzz bytes: the messages still to deliver and the corrupt records skipped.
+/// Recovery needs no executor.
+#[doc(hidden)]
+pub fn recover_for_fuzzing(
+    core_dir: &Path,
+    core: u16,
+) -> Result<(Vec<RecoveredMessage>, u64), SpoolError> {
+    recovery::recover(core_dir, core).map(|outcome| (outcome.messages, outcome.corrupt_records))
+}
