@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Issue 11's target: with `max_connections` receivers of one domain stalling, healthy domains on the
+# same VMTA and core keep >= 90 % of their throughput. Runs the real `volley serve` (one core, one
+# implicit VMTA, `[routes]` to `volley-bench sink`s on 127.0.77.x) alternately:
+#   A: HEALTHY domains (h0..h{N-1}.stallbench.test) routed to one fast sink; `blast` sends MESSAGES
+#      to them in turn.
+#   B-<fault>: the same, plus a domain `stalled.stallbench.test` routed to a sink in that fault
+#      mode (tarpit: never greets; stop-reading-in-data: stops reading once a body starts). Before
+#      the measured blast, PRELOAD messages to the stalled domain are sent and the run waits until
+#      its queue holds all `STALL_MAX_CONNECTIONS` connections, so every measured second runs with
+#      the domain's whole connection cap stalled. The measured blast then sends the same MESSAGES
+#      to the healthy domains plus a share (one domain in HEALTHY+1, i.e. 10 % with HEALTHY=9) to
+#      the stalled one.
+# BASELINE=victim-healthy makes A send the same blast as B with the extra domain routed to the fast
+# sink (same intake in A and B; only the receiver's health differs).
+# The figure: healthy messages / (last healthy delivery at the sink - start of the measured blast),
+# from the sink's log times. Each round runs A and every B once, the order rotating per round; the
+# script prints every run and the median B/A ratio per fault.
+#   bash scripts/bench-stalled-receivers.sh   # ROUNDS=3 MESSAGES=30000 HEALTHY=9
+# Uses target/release when `volley` and `volley-bench` are built there, else target/debug (PROFILE=
+# release|debug chooses; NO_BUILD=1 skips `cargo build`). Output in $OUT (target/bench/stalled).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS="${ROUNDS:-3}"
+MESSAGES="${MESSAGES:-30000}"
+HEALTHY="${HEALTHY:-9}"
+FAULTS="${FAULTS:-tarpit stop-reading-in-data}"
+STALL_MAX_CONNECTIONS="${STALL_MAX_CONNECTIONS:-20}"
+HEALTHY_MAX_CONNECTIONS="${HEALTHY_MAX_CONNECTIONS:-20}"
+CONNECTIONS="${CONNECTIONS:-10}"
+PRELOAD="${PRELOAD:-400}"
+BASELINE="${BASELINE:-absent}"
+NET="${NET:-127.0.77}"
+OUT="${OUT:-target/bench}/stalled"
+if [ -z "${PROFILE:-}" ]; then
+  if [ -x target/release/volley ] && [ -x target/release/volley-bench ]; then PROFILE=release; else PROFILE=debug; fi
+fi
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  if [ "$PROFILE" = release ]; then cargo build --release -p volley-engine -p volley-bench
+  else cargo build -p volley-engine -p volley-bench; fi
+fi
+mkdir -p "$OUT"
+echo "build: $PROFILE (target/$PROFILE); rounds $ROUNDS, $MESSAGES messages, $HEALTHY healthy domains,"\
+  "faults: $FAULTS, stalled max_connections $STALL_MAX_CONNECTIONS, baseline $BASELINE"
+
+exec python3 - "target/$PROFILE" "$OUT" "$ROUNDS" "$MESSAGES" "$HEALTHY" "$FAULTS" \
+  "$STALL_MAX_CONNECTIONS" "$HEALTHY_MAX_CONNECTIONS" "$CONNECTIONS" "$PRELOAD" "$BASELINE" "$NET" <<'PY'
+import json, os, shutil, signal, socket, statistics, subprocess, sys, time, urllib.request
+from datetime import datetime
+from pathlib import Path
+
+(bin_dir, out, rounds, messages, healthy, faults, stall_conns, healthy_conns, connections, preload,
+ BASELINE, net) = sys.argv[1:]
+BIN, OUT = Path(bin_dir), Path(out)
+ROUNDS, MESSAGES, HEALTHY = int(rounds), int(messages), int(healthy)
+FAULTS = faults.split()
+STALL_CONNS, HEALTHY_CONNS, CONNECTIONS, PRELOAD = (int(stall_conns), int(healthy_conns),
+                                                    int(connections), int(preload))
+FRONT, HEALTHY_SINK, STALLED_SINK = f"{net}.1", f"{net}.2", f"{net}.3"
+HEALTHY_DOMAINS = [f"h{i}.stallbench.test" for i in range(HEALTHY)]
+STALLED = "stalled.stallbench.test"
+START_TIMEOUT_S = 30.0
+DELIVERY_TIMEOUT_S = 600.0
+STALL_WAIT_S = 90.0  # the stalled queue opens connections up to its cap (2 s per extra one at worst)
+HTTP_TIMEOUT_S = 5.0
+
+
+def free_port(address):
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(address, port, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((address, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {address}:{port} after {timeout_s} s")
+
+
+def start(args, log_path):
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
+
+
+def stop(process):
+    if process.poll() is None:
+        process.kill()  # the spool is thrown away; SIGTERM would wait 30 s for the stalled connections
+    process.wait()
+
+
+def sink(address, log, fault, work):
+    port = free_port(address)
+    args = [str(BIN / "volley-bench"), "sink", "--listen", f"{address}:{port}", "--log", str(log),
+            "--stats-interval-s", "0", "--cpus", "0"]
+    if fault:
+        args.append(f"--{fault}")
+    process = start(args, work / f"sink-{address}.stderr")
+    wait_for_port(address, port, START_TIMEOUT_S)
+    return process, port
+
+
+def times_ms(log, domains):
+    """Sink log times (unix ms) of the messages whose first recipient is at one of `domains`."""
+    found = []
+    if not log.exists():
+        return found
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written
+        rcpt = entry["recipients"][0] if entry.get("recipients") else ""
+        if rcpt.rsplit("@", 1)[-1] in domains:
+            ts = datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
+            found.append(ts * 1000.0)
+    return found
+
+
+def queues(api_port):
+    with urllib.request.urlopen(f"http://{FRONT}:{api_port}/v1/queues", timeout=HTTP_TIMEOUT_S) as r:
+        return json.load(r)["queues"]
+
+
+def stalled_connections(api_port):
+    try:
+        return sum(q["connections"] for q in queues(api_port) if q["domain"] == STALLED)
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def blast(front_port, names, count, work, name):
+    args = [str(BIN / "volley-bench"), "blast", "--to", f"{FRONT}:{front_port}",
+            "--messages", str(count), "--domain-names", ",".join(names),
+            "--connections", str(CONNECTIONS), "--cpus", "1", "--json", "--progress-interval-s", "0"]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(work / f"{name}.stderr", "wb"))
+
+
+def one_run(kind, round_no):
+    """kind: "A" or a fault name. Returns the figures of the run."""
+    work = OUT / f"{kind}-{round_no}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    fault = None if kind == "A" else kind
+    processes = []
+    try:
+        healthy_log = work / "healthy-sink.jsonl"
+        p, healthy_port = sink(HEALTHY_SINK, healthy_log, None, work)
+        processes.append(p)
+        routes = {d: f"{HEALTHY_SINK}:{healthy_port}" for d in HEALTHY_DOMAINS}
+        with_victim = fault is not None or BASELINE == "victim-healthy"
+        if fault:
+            p, stalled_port = sink(STALLED_SINK, work / "stalled-sink.jsonl", fault, work)
+            processes.append(p)
+            routes[STALLED] = f"{STALLED_SINK}:{stalled_port}"
+        elif with_victim:
+            routes[STALLED] = f"{HEALTHY_SINK}:{healthy_port}"
+        front_port, api_port = free_port(FRONT), free_port(FRONT)
+        config = f"""[server]
+hostname = "stallbench.volley.test"
+cores = 1
+spool_dir = "{work / 'spool'}"
+[spool]
+fsync = false
+[[listener]]
+address = "{FRONT}:{front_port}"
+relay_networks = ["127.0.0.0/8"]
+[[domain]]
+match = "*"
+max_connections = {HEALTHY_CONNS}
+max_messages_per_connection = 1000
+[[domain]]
+match = "{STALLED}"
+max_connections = {STALL_CONNS}
+[api]
+address = "{FRONT}:{api_port}"
+[routes]
+""" + "".join(f'"{d}" = "{hop}"\n' for d, hop in routes.items())
+        (work / "volley.toml").write_text(config)
+        volley = start([str(BIN / "volley"), "serve", "--config", str(work / "volley.toml")],
+                       work / "volley.stderr")
+        processes.append(volley)
+        wait_for_port(FRONT, front_port, START_TIMEOUT_S)
+        wait_for_port(FRONT, api_port, START_TIMEOUT_S)
+        held = 0
+        if fault:
+            pre = blast(front_port, [STALLED], PRELOAD, work, "preload")
+            pre.communicate()
+            deadline = time.monotonic() + STALL_WAIT_S
+            while time.monotonic() < deadline:
+                held = stalled_connections(api_port)
+                if held >= STALL_CONNS:
+                    break
+                time.sleep(0.5)
+        names = HEALTHY_DOMAINS + ([STALLED] if with_victim else [])
+        # B's blast sends MESSAGES, one domain in len(names) of them to the stalled domain; A without
+        # the victim sends B's healthy share, so both runs deliver the same healthy messages.
+        with_stalled = HEALTHY_DOMAINS + [STALLED]
+        expected = sum(1 for i in range(MESSAGES) if with_stalled[i % len(with_stalled)] != STALLED)
+        total = MESSAGES if with_victim else expected
+        t0_ms = time.time() * 1000.0
+        measured = blast(front_port, names, total, work, "blast")
+        stdout, _ = measured.communicate()
+        report = json.loads(stdout) if stdout.strip() else {}
+        if report.get("messages_accepted") != total:
+            raise SystemExit(f"{kind} round {round_no}: blast had {report.get('messages_accepted')}"
+                             f" of {total} messages accepted ({work}/blast.stderr)")
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        delivered = []
+        healthy_set = set(HEALTHY_DOMAINS)
+        while time.monotonic() < deadline:
+            delivered = times_ms(healthy_log, healthy_set)
+            if len(delivered) >= expected:
+                break
+            time.sleep(0.2)
+        if len(delivered) < expected:
+            raise SystemExit(f"{kind} round {round_no}: {len(delivered)} of {expected} healthy"
+                             f" messages delivered after {DELIVERY_TIMEOUT_S} s ({work})")
+        end_held = stalled_connections(api_port) if fault else 0
+        elapsed_s = (max(delivered) - t0_ms) / 1000.0
+        return {
+            "kind": kind, "round": round_no, "healthy_messages": expected,
+            "healthy_msg_per_s": expected / elapsed_s, "elapsed_s": elapsed_s,
+            "intake_msg_per_s": report["accepted_per_s"],
+            "stalled_connections_before": held, "stalled_connections_after": end_held,
+        }
+    finally:
+        for p in reversed(processes):
+            stop(p)
+
+
+kinds = ["A"] + FAULTS
+results = []
+for round_no in range(1, ROUNDS + 1):
+    shift = (round_no - 1) % len(kinds)  # rotate the order: a second run in a row may find the machine warmer
+    for kind in kinds[shift:] + kinds[:shift]:
+        r = one_run(kind, round_no)
+        results.append(r)
+        extra = (f", stalled connections {r['stalled_connections_before']} before /"
+                 f" {r['stalled_connections_after']} after" if kind != "A" else "")
+        print(f"round {round_no} {kind:>22}: healthy {r['healthy_msg_per_s']:7.0f} msg/s"
+              f" ({r['healthy_messages']} in {r['elapsed_s']:.2f} s), intake"
+              f" {r['intake_msg_per_s']:7.0f} msg/s{extra}", flush=True)
+(OUT / "results.json").write_text(json.dumps(results, indent=1))
+a = statistics.median(r["healthy_msg_per_s"] for r in results if r["kind"] == "A")
+print(f"median A (healthy domains only{', victim domain healthy' if BASELINE == 'victim-healthy' else ''}):"
+      f" {a:.0f} msg/s")
+for fault in FAULTS:
+    b = [r["healthy_msg_per_s"] for r in results if r["kind"] == fault]
+    per_round = [r["healthy_msg_per_s"] / ra["healthy_msg_per_s"] for r in results if r["kind"] == fault
+                 for ra in results if ra["kind"] == "A" and ra["round"] == r["round"]]
+    print(f"median B ({fault}, {STALL_CONNS} stalled connections): {statistics.median(b):.0f} msg/s;"
+          f" B/A median {100 * statistics.median(b) / a:.1f} %"
+          f" (per round {', '.join(f'{100 * x:.1f}' for x in per_round)} %;"
+          f" median of per-round ratios {100 * statistics.median(per_round):.1f} %)")
+PY
