@@ -31,6 +31,7 @@ CONNECTIONS="${CONNECTIONS:-10}"
 PRELOAD="${PRELOAD:-400}"
 BASELINE="${BASELINE:-absent}"
 NET="${NET:-127.0.77}"
+MEASURES="${MEASURES:-end-to-end drain}"
 OUT="${OUT:-target/bench}/stalled"
 if [ -z "${PROFILE:-}" ]; then
   if [ -x target/release/volley ] && [ -x target/release/volley-bench ]; then PROFILE=release; else PROFILE=debug; fi
@@ -44,13 +45,14 @@ echo "build: $PROFILE (target/$PROFILE); rounds $ROUNDS, $MESSAGES messages, $HE
   "faults: $FAULTS, stalled max_connections $STALL_MAX_CONNECTIONS, baseline $BASELINE"
 
 exec python3 - "target/$PROFILE" "$OUT" "$ROUNDS" "$MESSAGES" "$HEALTHY" "$FAULTS" \
-  "$STALL_MAX_CONNECTIONS" "$HEALTHY_MAX_CONNECTIONS" "$CONNECTIONS" "$PRELOAD" "$BASELINE" "$NET" <<'PY'
+  "$STALL_MAX_CONNECTIONS" "$HEALTHY_MAX_CONNECTIONS" "$CONNECTIONS" "$PRELOAD" "$BASELINE" "$NET" "$MEASURES" <<'PY'
 import json, os, shutil, signal, socket, statistics, subprocess, sys, time, urllib.request
 from datetime import datetime
 from pathlib import Path
 
 (bin_dir, out, rounds, messages, healthy, faults, stall_conns, healthy_conns, connections, preload,
- BASELINE, net) = sys.argv[1:]
+ BASELINE, net, measures) = sys.argv[1:]
+MEASURES = measures.split()
 BIN, OUT = Path(bin_dir), Path(out)
 ROUNDS, MESSAGES, HEALTHY = int(rounds), int(messages), int(healthy)
 FAULTS = faults.split()
@@ -132,6 +134,21 @@ def stalled_connections(api_port):
         return -1
 
 
+def post(api_port, path, body):
+    request = urllib.request.Request(f"http://{FRONT}:{api_port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as r:
+        if r.status != 202:
+            raise SystemExit(f"POST {path}: {r.status}")
+
+
+def queued(api_port, domains):
+    try:
+        return sum(q["size"] for q in queues(api_port) if q["domain"] in domains)
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
 def blast(front_port, names, count, work, name):
     args = [str(BIN / "volley-bench"), "blast", "--to", f"{FRONT}:{front_port}",
             "--messages", str(count), "--domain-names", ",".join(names),
@@ -139,9 +156,9 @@ def blast(front_port, names, count, work, name):
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(work / f"{name}.stderr", "wb"))
 
 
-def one_run(kind, round_no):
-    """kind: "A" or a fault name. Returns the figures of the run."""
-    work = OUT / f"{kind}-{round_no}"
+def one_run(kind, measure, round_no):
+    """kind: "A" or a fault name; measure: "end-to-end" or "drain". Returns the run's figures."""
+    work = OUT / f"{measure}-{kind}-{round_no}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     fault = None if kind == "A" else kind
@@ -201,6 +218,11 @@ address = "{FRONT}:{api_port}"
         with_stalled = HEALTHY_DOMAINS + [STALLED]
         expected = sum(1 for i in range(MESSAGES) if with_stalled[i % len(with_stalled)] != STALLED)
         total = MESSAGES if with_victim else expected
+        healthy_set = set(HEALTHY_DOMAINS)
+        if measure == "drain":
+            # Hold the healthy queues while the blast is accepted, then time only their delivery.
+            for d in HEALTHY_DOMAINS:
+                post(api_port, "/v1/queues/suspend", {"domain": d, "reason": "stallbench"})
         t0_ms = time.time() * 1000.0
         measured = blast(front_port, names, total, work, "blast")
         stdout, _ = measured.communicate()
@@ -208,9 +230,20 @@ address = "{FRONT}:{api_port}"
         if report.get("messages_accepted") != total:
             raise SystemExit(f"{kind} round {round_no}: blast had {report.get('messages_accepted')}"
                              f" of {total} messages accepted ({work}/blast.stderr)")
+        if measure == "drain":
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while queued(api_port, healthy_set) < expected:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{kind} round {round_no}: the healthy queues hold"
+                                     f" {queued(api_port, healthy_set)} of {expected}")
+                time.sleep(0.2)
+            if times_ms(healthy_log, healthy_set):
+                raise SystemExit(f"{kind} round {round_no}: a suspended queue delivered")
+            t0_ms = time.time() * 1000.0
+            for d in HEALTHY_DOMAINS:
+                post(api_port, "/v1/queues/resume", {"domain": d})
         deadline = time.monotonic() + DELIVERY_TIMEOUT_S
         delivered = []
-        healthy_set = set(HEALTHY_DOMAINS)
         while time.monotonic() < deadline:
             delivered = times_ms(healthy_log, healthy_set)
             if len(delivered) >= expected:
@@ -222,7 +255,7 @@ address = "{FRONT}:{api_port}"
         end_held = stalled_connections(api_port) if fault else 0
         elapsed_s = (max(delivered) - t0_ms) / 1000.0
         return {
-            "kind": kind, "round": round_no, "healthy_messages": expected,
+            "kind": kind, "measure": measure, "round": round_no, "healthy_messages": expected,
             "healthy_msg_per_s": expected / elapsed_s, "elapsed_s": elapsed_s,
             "intake_msg_per_s": report["accepted_per_s"],
             "stalled_connections_before": held, "stalled_connections_after": end_held,
@@ -236,24 +269,27 @@ kinds = ["A"] + FAULTS
 results = []
 for round_no in range(1, ROUNDS + 1):
     shift = (round_no - 1) % len(kinds)  # rotate the order: a second run in a row may find the machine warmer
-    for kind in kinds[shift:] + kinds[:shift]:
-        r = one_run(kind, round_no)
-        results.append(r)
-        extra = (f", stalled connections {r['stalled_connections_before']} before /"
-                 f" {r['stalled_connections_after']} after" if kind != "A" else "")
-        print(f"round {round_no} {kind:>22}: healthy {r['healthy_msg_per_s']:7.0f} msg/s"
-              f" ({r['healthy_messages']} in {r['elapsed_s']:.2f} s), intake"
-              f" {r['intake_msg_per_s']:7.0f} msg/s{extra}", flush=True)
+    for measure in MEASURES:
+        for kind in kinds[shift:] + kinds[:shift]:
+            r = one_run(kind, measure, round_no)
+            results.append(r)
+            extra = (f", stalled connections {r['stalled_connections_before']} before /"
+                     f" {r['stalled_connections_after']} after" if kind != "A" else "")
+            print(f"round {round_no} {measure:>10} {kind:>20}: healthy {r['healthy_msg_per_s']:7.0f} msg/s"
+                  f" ({r['healthy_messages']} in {r['elapsed_s']:.2f} s), intake"
+                  f" {r['intake_msg_per_s']:7.0f} msg/s{extra}", flush=True)
 (OUT / "results.json").write_text(json.dumps(results, indent=1))
-a = statistics.median(r["healthy_msg_per_s"] for r in results if r["kind"] == "A")
-print(f"median A (healthy domains only{', victim domain healthy' if BASELINE == 'victim-healthy' else ''}):"
-      f" {a:.0f} msg/s")
-for fault in FAULTS:
-    b = [r["healthy_msg_per_s"] for r in results if r["kind"] == fault]
-    per_round = [r["healthy_msg_per_s"] / ra["healthy_msg_per_s"] for r in results if r["kind"] == fault
-                 for ra in results if ra["kind"] == "A" and ra["round"] == r["round"]]
-    print(f"median B ({fault}, {STALL_CONNS} stalled connections): {statistics.median(b):.0f} msg/s;"
-          f" B/A median {100 * statistics.median(b) / a:.1f} %"
-          f" (per round {', '.join(f'{100 * x:.1f}' for x in per_round)} %;"
-          f" median of per-round ratios {100 * statistics.median(per_round):.1f} %)")
+for measure in MEASURES:
+    runs = [r for r in results if r["measure"] == measure]
+    a = statistics.median(r["healthy_msg_per_s"] for r in runs if r["kind"] == "A")
+    print(f"{measure}: median A (healthy domains only"
+          f"{', victim domain healthy' if BASELINE == 'victim-healthy' else ''}): {a:.0f} msg/s")
+    for fault in FAULTS:
+        b = [r["healthy_msg_per_s"] for r in runs if r["kind"] == fault]
+        per_round = [r["healthy_msg_per_s"] / ra["healthy_msg_per_s"] for r in runs if r["kind"] == fault
+                     for ra in runs if ra["kind"] == "A" and ra["round"] == r["round"]]
+        print(f"{measure}: median B ({fault}, {STALL_CONNS} stalled connections):"
+              f" {statistics.median(b):.0f} msg/s; B/A {100 * statistics.median(b) / a:.1f} %"
+              f" (per round {', '.join(f'{100 * x:.1f}' for x in per_round)} %;"
+              f" their median {100 * statistics.median(per_round):.1f} %)")
 PY
