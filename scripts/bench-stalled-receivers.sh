@@ -263,6 +263,8 @@ address = "{FRONT}:{api_port}"
     finally:
         for p in reversed(processes):
             stop(p)
+        # Each run's spool preallocates 64 MiB segments: free the disk before the next run.
+        shutil.rmtree(work / "spool", ignore_errors=True)
 
 
 kinds = ["A"] + FAULTS
