@@ -122,6 +122,12 @@ def times_ms(log, domains):
     return found
 
 
+def cpu_s(pid):
+    """User + system CPU seconds of a process so far (/proc/PID/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def queues(api_port):
     with urllib.request.urlopen(f"http://{FRONT}:{api_port}/v1/queues", timeout=HTTP_TIMEOUT_S) as r:
         return json.load(r)["queues"]
@@ -224,6 +230,7 @@ address = "{FRONT}:{api_port}"
             for d in HEALTHY_DOMAINS:
                 post(api_port, "/v1/queues/suspend", {"domain": d, "reason": "stallbench"})
         t0_ms = time.time() * 1000.0
+        cpu0 = cpu_s(volley.pid)
         measured = blast(front_port, names, total, work, "blast")
         stdout, _ = measured.communicate()
         report = json.loads(stdout) if stdout.strip() else {}
@@ -240,6 +247,7 @@ address = "{FRONT}:{api_port}"
             if times_ms(healthy_log, healthy_set):
                 raise SystemExit(f"{kind} round {round_no}: a suspended queue delivered")
             t0_ms = time.time() * 1000.0
+            cpu0 = cpu_s(volley.pid)
             for d in HEALTHY_DOMAINS:
                 post(api_port, "/v1/queues/resume", {"domain": d})
         deadline = time.monotonic() + DELIVERY_TIMEOUT_S
@@ -252,11 +260,17 @@ address = "{FRONT}:{api_port}"
         if len(delivered) < expected:
             raise SystemExit(f"{kind} round {round_no}: {len(delivered)} of {expected} healthy"
                              f" messages delivered after {DELIVERY_TIMEOUT_S} s ({work})")
+        cpu = cpu_s(volley.pid) - cpu0
         end_held = stalled_connections(api_port) if fault else 0
         elapsed_s = (max(delivered) - t0_ms) / 1000.0
         return {
             "kind": kind, "measure": measure, "round": round_no, "healthy_messages": expected,
             "healthy_msg_per_s": expected / elapsed_s, "elapsed_s": elapsed_s,
+            # Volley's CPU from the start of the timing to the last delivery seen (polled every
+            # 0.2 s): per healthy message, and as a share of one core (below 1: it waited or was
+            # crowded out by other processes).
+            "cpu_us_per_healthy": 1e6 * cpu / expected, "cpu_share": cpu / elapsed_s,
+            "first_delivery_s": (min(delivered) - t0_ms) / 1000.0,
             "intake_msg_per_s": report["accepted_per_s"],
             "stalled_connections_before": held, "stalled_connections_after": end_held,
         }
@@ -279,14 +293,21 @@ for round_no in range(1, ROUNDS + 1):
                      f" {r['stalled_connections_after']} after" if kind != "A" else "")
             print(f"round {round_no} {measure:>10} {kind:>20}: healthy {r['healthy_msg_per_s']:7.0f} msg/s"
                   f" ({r['healthy_messages']} in {r['elapsed_s']:.2f} s), intake"
-                  f" {r['intake_msg_per_s']:7.0f} msg/s{extra}", flush=True)
+                  f" {r['intake_msg_per_s']:7.0f} msg/s, volley CPU {r['cpu_us_per_healthy']:5.0f} µs"
+                  f" per healthy message ({100 * r['cpu_share']:.0f} % of a core){extra}", flush=True)
 (OUT / "results.json").write_text(json.dumps(results, indent=1))
 for measure in MEASURES:
     runs = [r for r in results if r["measure"] == measure]
     a = statistics.median(r["healthy_msg_per_s"] for r in runs if r["kind"] == "A")
     print(f"{measure}: median A (healthy domains only"
           f"{', victim domain healthy' if BASELINE == 'victim-healthy' else ''}): {a:.0f} msg/s")
+    cpu_a = statistics.median(r["cpu_us_per_healthy"] for r in runs if r["kind"] == "A")
+    print(f"{measure}: median A volley CPU {cpu_a:.0f} µs per healthy message")
     for fault in FAULTS:
+        cpu_b = statistics.median(r["cpu_us_per_healthy"] for r in runs if r["kind"] == fault)
+        print(f"{measure}: median B ({fault}) volley CPU {cpu_b:.0f} µs per healthy message:"
+              f" {100 * (cpu_b - cpu_a) / cpu_a:+.1f} % (a core bound by CPU keeps"
+              f" {100 * cpu_a / cpu_b:.1f} % of its throughput)")
         b = [r["healthy_msg_per_s"] for r in runs if r["kind"] == fault]
         per_round = [r["healthy_msg_per_s"] / ra["healthy_msg_per_s"] for r in runs if r["kind"] == fault
                      for ra in runs if ra["kind"] == "A" and ra["round"] == r["round"]]
