@@ -11,6 +11,9 @@
 #      the domain's whole connection cap stalled. The measured blast then sends the same MESSAGES
 #      to the healthy domains plus a share (one domain in HEALTHY+1, i.e. 10 % with HEALTHY=9) to
 #      the stalled one.
+# FAULTS may also name `suspended`, a control: the same share and preload to the extra domain,
+# whose queue is suspended (mail accepted and held, no connection): B-tarpit minus B-suspended is
+# what the stalled connections themselves cost, apart from accepting the extra share.
 # BASELINE=victim-healthy makes A send the same blast as B with the extra domain routed to the fast
 # sink (same intake in A and B; only the receiver's health differs).
 # The figure: healthy messages / (last healthy delivery at the sink - start of the measured blast),
@@ -175,7 +178,10 @@ def one_run(kind, measure, round_no):
         processes.append(p)
         routes = {d: f"{HEALTHY_SINK}:{healthy_port}" for d in HEALTHY_DOMAINS}
         with_victim = fault is not None or BASELINE == "victim-healthy"
-        if fault:
+        held_back = fault == "suspended"  # the control: the share is accepted and held, no connection
+        if held_back:
+            routes[STALLED] = f"{HEALTHY_SINK}:{healthy_port}"
+        elif fault:
             p, stalled_port = sink(STALLED_SINK, work / "stalled-sink.jsonl", fault, work)
             processes.append(p)
             routes[STALLED] = f"{STALLED_SINK}:{stalled_port}"
@@ -209,7 +215,10 @@ address = "{FRONT}:{api_port}"
         wait_for_port(FRONT, front_port, START_TIMEOUT_S)
         wait_for_port(FRONT, api_port, START_TIMEOUT_S)
         held = 0
-        if fault:
+        if held_back:
+            post(api_port, "/v1/queues/suspend", {"domain": STALLED, "reason": "stallbench control"})
+            blast(front_port, [STALLED], PRELOAD, work, "preload").communicate()
+        elif fault:
             pre = blast(front_port, [STALLED], PRELOAD, work, "preload")
             pre.communicate()
             deadline = time.monotonic() + STALL_WAIT_S
@@ -262,6 +271,8 @@ address = "{FRONT}:{api_port}"
                              f" messages delivered after {DELIVERY_TIMEOUT_S} s ({work})")
         cpu = cpu_s(volley.pid) - cpu0
         end_held = stalled_connections(api_port) if fault else 0
+        if held_back and times_ms(healthy_log, {STALLED}):
+            raise SystemExit(f"{kind} round {round_no}: the suspended domain delivered")
         elapsed_s = (max(delivered) - t0_ms) / 1000.0
         return {
             "kind": kind, "measure": measure, "round": round_no, "healthy_messages": expected,
