@@ -2,26 +2,31 @@
 # Issue 11's target: with `max_connections` receivers of one domain stalling, healthy domains on the
 # same VMTA and core keep >= 90 % of their throughput. Runs the real `volley serve` (one core, one
 # implicit VMTA, `[routes]` to `volley-bench sink`s on 127.0.77.x) alternately:
-#   A: HEALTHY domains (h0..h{N-1}.stallbench.test) routed to one fast sink; `blast` sends MESSAGES
-#      to them in turn.
+#   A: HEALTHY domains (h0..h{N-1}.stallbench.test) routed to one fast sink; `blast` sends them
+#      B's healthy messages in turn (MESSAGES * HEALTHY / (HEALTHY + 1)).
 #   B-<fault>: the same, plus a domain `stalled.stallbench.test` routed to a sink in that fault
 #      mode (tarpit: never greets; stop-reading-in-data: stops reading once a body starts). Before
 #      the measured blast, PRELOAD messages to the stalled domain are sent and the run waits until
 #      its queue holds all `STALL_MAX_CONNECTIONS` connections, so every measured second runs with
-#      the domain's whole connection cap stalled. The measured blast then sends the same MESSAGES
-#      to the healthy domains plus a share (one domain in HEALTHY+1, i.e. 10 % with HEALTHY=9) to
-#      the stalled one.
+#      the domain's whole connection cap stalled. The measured blast sends MESSAGES, one domain in
+#      HEALTHY+1 of them (10 % with HEALTHY=9) to the stalled one: the same healthy messages as A.
 # FAULTS may also name `suspended`, a control: the same share and preload to the extra domain,
 # whose queue is suspended (mail accepted and held, no connection): B-tarpit minus B-suspended is
 # what the stalled connections themselves cost, apart from accepting the extra share.
 # BASELINE=victim-healthy makes A send the same blast as B with the extra domain routed to the fast
 # sink (same intake in A and B; only the receiver's health differs).
-# The figure: healthy messages / (last healthy delivery at the sink - start of the measured blast),
-# from the sink's log times. Each round runs A and every B once, the order rotating per round; the
-# script prints every run and the median B/A ratio per fault.
+# MEASURES: end-to-end times from the start of the measured blast (intake and delivery share the
+# core); drain suspends the healthy queues during the blast and times from their resume (delivery
+# only). The figure: healthy messages / (last healthy delivery in the sink's log - start), and
+# Volley's CPU (/proc/PID/stat) over the same span per healthy message, steadier than wall time on
+# a shared machine. Each round runs A and every B once per measure, the order rotating per round;
+# the script prints every run, the medians and the B/A ratios (of the medians and per round).
+# fsync is off: the spool's group commit is not what is measured.
 #   bash scripts/bench-stalled-receivers.sh   # ROUNDS=3 MESSAGES=30000 HEALTHY=9
 # Uses target/release when `volley` and `volley-bench` are built there, else target/debug (PROFILE=
-# release|debug chooses; NO_BUILD=1 skips `cargo build`). Output in $OUT (target/bench/stalled).
+# release|debug chooses; NO_BUILD=1 skips `cargo build`), and says which. Output in $OUT
+# (target/bench/stalled: per run the config, logs and sink logs; results.json). Volley and the
+# sinks run on CPU 0, blast on CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-3}"
@@ -310,8 +315,9 @@ for round_no in range(1, ROUNDS + 1):
 for measure in MEASURES:
     runs = [r for r in results if r["measure"] == measure]
     a = statistics.median(r["healthy_msg_per_s"] for r in runs if r["kind"] == "A")
-    print(f"{measure}: median A (healthy domains only"
-          f"{', victim domain healthy' if BASELINE == 'victim-healthy' else ''}): {a:.0f} msg/s")
+    baseline = ("the extra domain's share to the fast sink" if BASELINE == "victim-healthy"
+                else "healthy domains only")
+    print(f"{measure}: median A ({baseline}): {a:.0f} msg/s")
     cpu_a = statistics.median(r["cpu_us_per_healthy"] for r in runs if r["kind"] == "A")
     print(f"{measure}: median A volley CPU {cpu_a:.0f} µs per healthy message")
     for fault in FAULTS:
@@ -322,7 +328,8 @@ for measure in MEASURES:
         b = [r["healthy_msg_per_s"] for r in runs if r["kind"] == fault]
         per_round = [r["healthy_msg_per_s"] / ra["healthy_msg_per_s"] for r in runs if r["kind"] == fault
                      for ra in runs if ra["kind"] == "A" and ra["round"] == r["round"]]
-        print(f"{measure}: median B ({fault}, {STALL_CONNS} stalled connections):"
+        held = "held, no connection" if fault == "suspended" else f"{STALL_CONNS} stalled connections"
+        print(f"{measure}: median B ({fault}, {held}):"
               f" {statistics.median(b):.0f} msg/s; B/A {100 * statistics.median(b) / a:.1f} %"
               f" (per round {', '.join(f'{100 * x:.1f}' for x in per_round)} %;"
               f" their median {100 * statistics.median(per_round):.1f} %)")
