@@ -15,6 +15,9 @@
 # what the stalled connections themselves cost, apart from accepting the extra share.
 # BASELINE=victim-healthy makes A send the same blast as B with the extra domain routed to the fast
 # sink (same intake in A and B; only the receiver's health differs).
+# STALL_TIMEOUT_MS=N sets the stalled domain's greeting, reply, data and write deadlines to N ms:
+# its connections then time out and are replaced during the run (each timeout defers what that
+# connection took) instead of being held for the RFC 5321 minutes.
 # MEASURES: end-to-end times from the start of the measured blast (intake and delivery share the
 # core); drain suspends the healthy queues during the blast and times from their resume (delivery
 # only). The figure: healthy messages / (last healthy delivery in the sink's log - start), and
@@ -53,13 +56,14 @@ echo "build: $PROFILE (target/$PROFILE); rounds $ROUNDS, $MESSAGES messages, $HE
   "faults: $FAULTS, stalled max_connections $STALL_MAX_CONNECTIONS, baseline $BASELINE"
 
 exec python3 - "target/$PROFILE" "$OUT" "$ROUNDS" "$MESSAGES" "$HEALTHY" "$FAULTS" \
-  "$STALL_MAX_CONNECTIONS" "$HEALTHY_MAX_CONNECTIONS" "$CONNECTIONS" "$PRELOAD" "$BASELINE" "$NET" "$MEASURES" <<'PY'
+  "$STALL_MAX_CONNECTIONS" "$HEALTHY_MAX_CONNECTIONS" "$CONNECTIONS" "$PRELOAD" "$BASELINE" "$NET" "$MEASURES" \
+  "${STALL_TIMEOUT_MS:-}" <<'PY'
 import json, os, shutil, signal, socket, statistics, subprocess, sys, time, urllib.request
 from datetime import datetime
 from pathlib import Path
 
 (bin_dir, out, rounds, messages, healthy, faults, stall_conns, healthy_conns, connections, preload,
- BASELINE, net, measures) = sys.argv[1:]
+ BASELINE, net, measures, stall_timeout_ms) = sys.argv[1:]
 MEASURES = measures.split()
 BIN, OUT = Path(bin_dir), Path(out)
 ROUNDS, MESSAGES, HEALTHY = int(rounds), int(messages), int(healthy)
@@ -69,9 +73,16 @@ STALL_CONNS, HEALTHY_CONNS, CONNECTIONS, PRELOAD = (int(stall_conns), int(health
 FRONT, HEALTHY_SINK, STALLED_SINK = f"{net}.1", f"{net}.2", f"{net}.3"
 HEALTHY_DOMAINS = [f"h{i}.stallbench.test" for i in range(HEALTHY)]
 STALLED = "stalled.stallbench.test"
+# STALL_TIMEOUT_MS: the stalled domain's deadlines, so its connections time out and are replaced
+# during the run (churn) instead of being held for the RFC 5321 minutes.
+STALL_DEADLINES = "".join(f"{k} = {stall_timeout_ms}\n" for k in (
+    "greeting_timeout_ms", "reply_timeout_ms", "data_timeout_ms", "write_timeout_ms")
+) if stall_timeout_ms else ""
 START_TIMEOUT_S = 30.0
 DELIVERY_TIMEOUT_S = 600.0
-STALL_WAIT_S = 90.0  # the stalled queue opens connections up to its cap (2 s per extra one at worst)
+# The stalled queue opens connections up to its cap (2 s per extra one at worst); with short
+# deadlines they churn, and the cap may never be seen at once.
+STALL_WAIT_S = 5.0 if stall_timeout_ms else 90.0
 HTTP_TIMEOUT_S = 5.0
 
 
@@ -209,7 +220,7 @@ max_messages_per_connection = 1000
 [[domain]]
 match = "{STALLED}"
 max_connections = {STALL_CONNS}
-[api]
+{STALL_DEADLINES}[api]
 address = "{FRONT}:{api_port}"
 [routes]
 """ + "".join(f'"{d}" = "{hop}"\n' for d, hop in routes.items())
