@@ -81,3 +81,9 @@ $BIN/volley-domains-bench
 
 echo "== shaping that does not bind, A/B end to end"
 ROUNDS="${SHAPING_ROUNDS:-5}" MESSAGES="$MESSAGES" OUT="$OUT" bash scripts/bench-shaping-ab.sh
+
+echo "== healthy domains while one domain's receivers stall (tarpit, stop reading), A/B"
+bash scripts/bench-stalled-receivers.sh
+
+echo "== bodies in flight: 200 concurrent 50 MiB bodies under the default budget"
+python3 scripts/bench-body-budget.py --volley "$BIN/volley"
