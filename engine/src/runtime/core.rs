@@ -179,6 +179,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         if tick.is_multiple_of(SNAPSHOT_EVERY_TICKS) {
             crate::delivery::publish_snapshot(&core);
             shard.bodies.sweep();
+            shard.resolver().sweep_cache();
         }
         if index == 0 && tick.is_multiple_of(crate::limits::SAVE_EVERY_MS / TICK_MS) {
             shard.save_limits().await;
