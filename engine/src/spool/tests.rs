@@ -1123,3 +1123,47 @@ fn a_segment_made_ahead_is_stamped_when_it_becomes_current() {
         spool.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_spare_that_could_not_be_made_is_made_again_at_the_switch() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            segment_bytes: 8 << 10,
+            ..config(dir.path())
+        };
+        let (spool, _) = Spool::open(cfg).unwrap();
+        let first = spool.inner.writer.borrow().number;
+        spare_made(dir.path(), first + 1).await;
+        // The spare for first + 2 finds a file in its place (creation fails); the switch to it
+        // then makes it again, after the obstacle is gone.
+        let blocked = segment::segment_path(dir.path(), 0, first + 2);
+        let calls = Arc::new(AtomicU32::new(0));
+        spool.on_segment_creation({
+            let (calls, blocked) = (calls.clone(), blocked.clone());
+            Arc::new(move || match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => std::fs::write(&blocked, b"in the way").unwrap(),
+                1 => std::fs::remove_file(&blocked).unwrap(),
+                _ => {}
+            })
+        });
+        let warnings_before = warnings();
+        let stored = store_n(&spool, 30, 1, 1000).await;
+        assert!(
+            calls.load(Ordering::SeqCst) >= 3,
+            "spare, retry, next spare"
+        );
+        assert!(warnings() > warnings_before, "the failed spare is logged");
+        assert!(stored.iter().any(|(_, loc)| loc.segment == first + 2));
+        let reader = SegmentReader::new(dir.path().to_path_buf());
+        for (n, (_, loc)) in stored.iter().enumerate() {
+            assert_eq!(
+                &*reader.body(*loc).unwrap(),
+                &expected_body(n as u64, 1000)[..]
+            );
+        }
+        spool.close().await.unwrap();
+    });
+}
