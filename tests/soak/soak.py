@@ -16,9 +16,10 @@ Destinations (each a set of domains with MX records in the test DNS server, each
 One healthy domain's DNS answers SERVFAIL for the first part of the run, then heals. The senders'
 domain (src.soak.test) has its MX on a mail catcher (127.0.88.20:25) that keeps the DSNs whole.
 
-Phases: traffic with a reload (SIGHUP) and a kill -9 + restart; steady traffic and the RSS baseline;
+Phases: traffic with a reload (SIGHUP) and a kill -9 + restart; steady traffic and the memory baseline;
 a burst of distinct domains with another reload; the spool nearly full (a small max_spool_bytes and
-big messages); drain; then `GET /v1/queues`, RSS, SIGTERM and the checks.
+big messages); drain; then `GET /v1/queues`, the memory (RssAnon is held to the bound, see
+MEMORY_FIELDS), SIGTERM and the checks.
 
 Exit status: 0 when every invariant held (skipped ones are printed with the reason), 1 on any
 violation, 2 when the harness itself failed. Standard library plus dnslib (tests/requirements.txt).
@@ -104,7 +105,7 @@ class Profile:
     reload_at_s: tuple[float, ...]
     kill_at_s: float
     flap_dns_s: float  # one healthy domain answers SERVFAIL this long from the start
-    phase_b_s: float  # steady traffic, RSS baseline at its end
+    phase_b_s: float  # steady traffic, memory baseline at its end
     burst_domains: int
     burst_s: float
     pressure_s: float
@@ -666,7 +667,7 @@ class Soak:
                 self.kill_and_restart()
         time.sleep(max(0.0, p.phase_a_s - (time.monotonic() - began)))
 
-        self.mark("phase B: steady traffic, RSS baseline")
+        self.mark("phase B: steady traffic, memory baseline")
         time.sleep(p.phase_b_s)
         self.memory_before = self.memory_now()
         self.mark(f"memory before the burst: {describe_memory(self.memory_before)}")
