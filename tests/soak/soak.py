@@ -16,9 +16,10 @@ Destinations (each a set of domains with MX records in the test DNS server, each
 One healthy domain's DNS answers SERVFAIL for the first part of the run, then heals. The senders'
 domain (src.soak.test) has its MX on a mail catcher (127.0.88.20:25) that keeps the DSNs whole.
 
-Phases: traffic with a reload (SIGHUP) and a kill -9 + restart; steady traffic and the RSS baseline;
+Phases: traffic with a reload (SIGHUP) and a kill -9 + restart; steady traffic and the memory baseline;
 a burst of distinct domains with another reload; the spool nearly full (a small max_spool_bytes and
-big messages); drain; then `GET /v1/queues`, RSS, SIGTERM and the checks.
+big messages); drain; then `GET /v1/queues`, the memory (RssAnon is held to the bound, see
+MEMORY_FIELDS), SIGTERM and the checks.
 
 Exit status: 0 when every invariant held (skipped ones are printed with the reason), 1 on any
 violation, 2 when the harness itself failed. Standard library plus dnslib (tests/requirements.txt).
@@ -104,7 +105,7 @@ class Profile:
     reload_at_s: tuple[float, ...]
     kill_at_s: float
     flap_dns_s: float  # one healthy domain answers SERVFAIL this long from the start
-    phase_b_s: float  # steady traffic, RSS baseline at its end
+    phase_b_s: float  # steady traffic, memory baseline at its end
     burst_domains: int
     burst_s: float
     pressure_s: float
@@ -173,14 +174,30 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def rss_kib(pid: int) -> int | None:
+# The resident-memory fields of /proc/PID/status the soak records. The RSS invariant uses RssAnon:
+# VmRSS also counts file-backed pages (the binary's code, and the pages of spool segments that the
+# daemon's read-only mappings have touched, many during the spool-pressure phase of big messages).
+# Those are the page cache, which the kernel reclaims under pressure, not memory the daemon holds.
+MEMORY_FIELDS = ("VmRSS", "RssAnon", "RssFile")
+
+
+def memory_kib(pid: int) -> dict[str, int] | None:
+    """VmRSS, RssAnon and RssFile of `pid` in KiB (None when it is gone)."""
+    found = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
+            key, _, value = line.partition(":")
+            if key in MEMORY_FIELDS:
+                found[key] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
         return None
-    return None
+    return found if len(found) == len(MEMORY_FIELDS) else None
+
+
+def describe_memory(memory: dict[str, int] | None) -> str:
+    if memory is None:
+        return "not measured"
+    return ", ".join(f"{k} {memory[k]} KiB" for k in MEMORY_FIELDS)
 
 
 class DaemonDied(Exception):
@@ -416,7 +433,7 @@ class Soak:
         self.domains: dict[str, list[str]] = {}
         self.burst_domains: list[str] = []
         self.longest_deadline_s = DEFAULT_LONGEST_DEADLINE_S
-        self.rss_series: list[tuple[float, int]] = []
+        self.rss_series: list[tuple[float, dict[str, int]]] = []
         self.kill_times_s: list[float] = []
         self.most_queues = 0
 
@@ -569,15 +586,17 @@ class Soak:
             ready = [q for q in queues if int(q.get("ready", 0)) > 0]
             self.samples.append(QueueSample(now, ready, gauge))
             pid = self.daemon.pid
-            rss = rss_kib(pid) if pid else None
-            if rss:
-                self.rss_series.append((now, rss))
+            memory = memory_kib(pid) if pid else None
+            if memory:
+                self.rss_series.append((now, memory))
 
-    def rss_now(self, over_s: float = 3.0) -> int | None:
-        """Median RSS of the last `over_s` seconds of samples."""
+    def memory_now(self, over_s: float = 3.0) -> dict[str, int] | None:
+        """Per field of MEMORY_FIELDS, the median of the last `over_s` seconds of samples."""
         cutoff = time.time() - over_s
-        recent = sorted(r for t, r in self.rss_series if t >= cutoff)
-        return recent[len(recent) // 2] if recent else None
+        recent = [m for t, m in self.rss_series if t >= cutoff]
+        if not recent:
+            return None
+        return {k: sorted(m[k] for m in recent)[len(recent) // 2] for k in MEMORY_FIELDS}
 
     def reload(self, why: str) -> None:
         policy = self.daemon.config["domain"][0]
@@ -648,10 +667,10 @@ class Soak:
                 self.kill_and_restart()
         time.sleep(max(0.0, p.phase_a_s - (time.monotonic() - began)))
 
-        self.mark("phase B: steady traffic, RSS baseline")
+        self.mark("phase B: steady traffic, memory baseline")
         time.sleep(p.phase_b_s)
-        self.rss_before = self.rss_now()
-        self.mark(f"RSS before the burst: {self.rss_before} KiB")
+        self.memory_before = self.memory_now()
+        self.mark(f"memory before the burst: {describe_memory(self.memory_before)}")
 
         self.mark(f"phase C1: burst of {p.burst_domains} distinct domains over {p.burst_s:.0f}s")
         mx = "mx.healthy.soak.test"
@@ -706,7 +725,7 @@ class Soak:
         if self.queue_idle_known:
             time.sleep(QUEUE_IDLE_S + 3)
         time.sleep(3)
-        self.rss_after = self.rss_now()
+        self.memory_after = self.memory_now()
         if self.daemon.pid is None:
             raise DaemonDied(f"volley exited {self.daemon.process.returncode} during the run:\n"
                              f"{self.daemon.tail()}")
@@ -714,7 +733,7 @@ class Soak:
         if status != 200:
             raise RuntimeError(f"GET /v1/queues at the end answered {status}: {body}")
         final_queues, final_time = body.get("queues", []), time.time()
-        self.mark(f"end: {len(final_queues)} queues, RSS {self.rss_after} KiB")
+        self.mark(f"end: {len(final_queues)} queues, memory {describe_memory(self.memory_after)}")
         self.stop_sampling.set()
         rc = self.daemon.stop()
         self.mark(f"volley stopped with SIGTERM, exit {rc}")
@@ -727,8 +746,8 @@ class Soak:
             samples=list(self.samples),
             gauge_present=self.gauge_present,
             longest_deadline_s=self.longest_deadline_s,
-            rss_before_burst_kib=self.rss_before,
-            rss_after_kib=self.rss_after,
+            memory_before_burst_kib=self.memory_before,
+            memory_after_kib=self.memory_after,
             dsns=self.dsns(),
             stop_exit=rc,
             stop_timeout_s=STOP_TIMEOUT_S,
@@ -789,7 +808,7 @@ class Soak:
         print(f"client errors: {self.ledger.errors}")
         print(f"accounting events: {by_type}")
         most_queues = self.most_queues
-        peak_rss = max((r for _, r in self.rss_series), default=0)
+        peak_rss = max((m["VmRSS"] for _, m in self.rss_series), default=0)
         print(f"queue samples: {len(ev.samples)}, at most {most_queues} queues listed; RSS peak "
               f"{peak_rss / 1024:.1f} MiB; volley_oldest_ready_seconds "
               f"{'present' if ev.gauge_present else 'absent'}")

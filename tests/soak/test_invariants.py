@@ -52,8 +52,8 @@ def test_a_clean_run_holds_everything_but_the_skipped_gauge():
     acct = [event("reception", a) for a in acc] + [event("delivery", a) for a in acc[:2]]
     sink = [{"message_id": a.message_id, "recipients": [a.recipient]} for a in acc[:2]]
     queues = [queue("a.test", deferred=1, next_attempt_s=150)]
-    checks = check_all(evidence(acc, acct, sink, queues, rss_before_burst_kib=1000,
-                                rss_after_kib=1050))
+    checks = check_all(evidence(acc, acct, sink, queues, memory_before_burst_kib=memory(1000),
+                                memory_after_kib=memory(1050)))
     assert [c.status for c in checks] == ["held"] * 5 + ["skipped", "skipped", "held", "skipped", "skipped"], checks
 
 
@@ -120,10 +120,25 @@ def test_stuck_ready_needs_the_gauge_and_then_catches_long_waits():
         evidence([], [], samples=busy, longest_deadline_s=5.0, gauge_present=True)).violated
 
 
+def memory(anon_kib: int, file_kib: int = 5000) -> dict[str, int]:
+    return {"VmRSS": anon_kib + file_kib, "RssAnon": anon_kib, "RssFile": file_kib}
+
+
 def test_rss_growth_over_ten_percent_is_a_violation():
-    assert check_rss_returned(evidence([], [], rss_before_burst_kib=1000, rss_after_kib=1101)).violated
-    assert not check_rss_returned(evidence([], [], rss_before_burst_kib=1000, rss_after_kib=1100)).violated
+    def check(before: dict[str, int], after: dict[str, int]):
+        return check_rss_returned(evidence([], [], memory_before_burst_kib=before,
+                                           memory_after_kib=after))
+    assert check(memory(1000), memory(1101)).violated
+    assert not check(memory(1000), memory(1100)).violated
     assert check_rss_returned(evidence([], [])).status == "skipped"
+
+
+def test_rss_invariant_holds_anonymous_memory_only():
+    # File-backed pages (mapped spool segments) growing tenfold do not count; anonymous ones do.
+    assert not check_rss_returned(evidence([], [], memory_before_burst_kib=memory(1000, 500),
+                                           memory_after_kib=memory(1000, 5000))).violated
+    assert check_rss_returned(evidence([], [], memory_before_burst_kib=memory(1000, 5000),
+                                       memory_after_kib=memory(1200, 500))).violated
 
 
 def test_a_bounce_without_a_dsn_is_a_violation():

@@ -1,5 +1,8 @@
 //! Per-core answer cache: positive answers for their TTL, NXDOMAIN and NODATA for the SOA minimum
-//! (RFC 2308), both capped. No clock inside: callers pass `now`.
+//! (RFC 2308), both capped. Bounded by `max_entries` (`ResolverConfig::max_cache_entries`);
+//! expired entries are freed by `sweep` (the core's tick calls it), and the table's memory is
+//! given back when it has emptied, so a burst of distinct domains does not keep its peak size.
+//! No clock inside: callers pass `now`.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -24,11 +27,18 @@ struct Entry {
     answer: CachedAnswer,
 }
 
+/// Below this many slots, a swept table keeps its allocation (not worth giving back).
+pub const KEEP_CAPACITY_ENTRIES: usize = 256;
+/// `sweep` walks the whole table at most this often (a walk of `max_entries` is not free).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// A bounded map from (lower-cased FQDN, type) to answers with an expiry time.
 #[derive(Debug)]
 pub struct AnswerCache {
     entries: HashMap<(String, RecordType), Entry>,
     max_entries: usize,
+    /// `sweep` does nothing before this.
+    next_sweep: Option<Instant>,
 }
 
 impl AnswerCache {
@@ -36,6 +46,7 @@ impl AnswerCache {
         AnswerCache {
             entries: HashMap::new(),
             max_entries,
+            next_sweep: None,
         }
     }
 
@@ -58,6 +69,29 @@ impl AnswerCache {
             }
             None => None,
         }
+    }
+
+    /// Drops every entry expired at `now`, and gives the table's memory back when it holds
+    /// less than a quarter of what it has room for; at most once every `SWEEP_EVERY` (earlier
+    /// calls do nothing). Returns how many entries were dropped.
+    pub fn sweep(&mut self, now: Instant) -> usize {
+        if self.next_sweep.is_some_and(|at| now < at) {
+            return 0;
+        }
+        self.next_sweep = Some(now + SWEEP_EVERY);
+        let before = self.entries.len();
+        self.entries.retain(|_, e| e.expires_at > now);
+        let len = self.entries.len();
+        if self.entries.capacity() > KEEP_CAPACITY_ENTRIES.max(len.saturating_mul(4)) {
+            self.entries
+                .shrink_to(KEEP_CAPACITY_ENTRIES.max(len.saturating_mul(2)));
+        }
+        before - len
+    }
+
+    /// Slots the table has room for without growing (what `sweep` gives back).
+    pub fn capacity(&self) -> usize {
+        self.entries.capacity()
     }
 
     /// Stores an answer for `ttl`; a zero TTL is not stored. When full, expired entries go first,
@@ -134,5 +168,48 @@ mod tests {
             now,
         );
         assert!(c.get("z.", RecordType::A, now).is_none());
+    }
+
+    #[test]
+    fn sweep_frees_expired_entries_and_their_table() {
+        let now = Instant::now();
+        let mut c = AnswerCache::new(100_000);
+        let short = Duration::from_secs(5);
+        for n in 0..20_000 {
+            c.insert(
+                &format!("d{n}.test."),
+                RecordType::MX,
+                CachedAnswer::NoData,
+                short,
+                now,
+            );
+        }
+        c.insert(
+            "long.test.",
+            RecordType::A,
+            CachedAnswer::NxDomain,
+            short * 100,
+            now,
+        );
+        let grown = c.capacity();
+        assert!(grown >= 20_001);
+        assert_eq!(c.sweep(now), 0, "nothing expired yet");
+        assert_eq!(c.len(), 20_001);
+        let expired = now + short;
+        assert_eq!(c.sweep(expired), 0, "within SWEEP_EVERY of the last walk");
+        assert_eq!(c.len(), 20_001);
+        let later = now + SWEEP_EVERY;
+        assert_eq!(c.sweep(later), 20_000);
+        assert_eq!(c.len(), 1);
+        assert!(
+            c.capacity() <= 2 * KEEP_CAPACITY_ENTRIES,
+            "table given back: {} slots after {grown}",
+            c.capacity()
+        );
+        assert_eq!(
+            c.get("long.test.", RecordType::A, later),
+            Some(CachedAnswer::NxDomain),
+            "live entries stay"
+        );
     }
 }

@@ -167,6 +167,17 @@ impl Resolver {
         }
     }
 
+    /// Frees the cache's expired answers (and its table once mostly empty); returns how many.
+    /// Walks the cache at most once every `cache::SWEEP_EVERY`; the core's tick calls it.
+    pub fn sweep_cache(&self) -> usize {
+        self.cache.borrow_mut().sweep(crate::clock::monotonic())
+    }
+
+    /// Answers in the cache, expired or not (for tests and stats).
+    pub fn cached_answers(&self) -> usize {
+        self.cache.borrow().len()
+    }
+
     /// The answer to (`name`, `rtype`), following CNAMEs, from the cache when fresh.
     pub async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Rc<Vec<RData>>, DnsError> {
         let original = parse_name(name)?;

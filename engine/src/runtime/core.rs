@@ -178,7 +178,13 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         services.apply_reload();
         if tick.is_multiple_of(SNAPSHOT_EVERY_TICKS) {
             crate::delivery::publish_snapshot(&core);
-            shard.bodies.sweep();
+            shard.bodies.sweep().await;
+            shard.resolver().sweep_cache();
+            // The executor's blocking-pool thread frees memory too (accounting batches, jobs'
+            // results): its mimalloc heap is collected only when that thread asks.
+            glommio::executor()
+                .spawn_blocking(crate::delivery::return_freed_memory)
+                .await;
         }
         if index == 0 && tick.is_multiple_of(crate::limits::SAVE_EVERY_MS / TICK_MS) {
             shard.save_limits().await;

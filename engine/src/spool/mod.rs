@@ -235,9 +235,19 @@ struct SpoolInner {
     index: RefCell<SpoolIndex>,
     commit: Rc<CommitQueue>,
     reclaim_wanted: Cell<bool>,
+    /// The next segment, made ahead of time on the blocking pool so that switching to it is a
+    /// header rewrite: creating and pre-allocating a segment file takes milliseconds, and on the
+    /// reactor it would stall every session of the core. Its file is not in the index (not
+    /// counted in `spool_bytes`); one is made only while `max_spool_bytes` has room for it.
+    spare: RefCell<Option<glommio::Task<Result<WritableSegment, SpoolError>>>>,
+    /// One writer at a time switches segments; the others wait for it and use the new one.
+    switching: glommio::sync::Semaphore,
     stats: Cell<SpoolStats>,
     /// This core directory's lock: held while the spool may write, released by `close`.
     lock: RefCell<Option<SpoolLock>>,
+    /// Test hook: runs on the thread that creates a segment file, just before it does.
+    #[cfg(test)]
+    creation_hook: RefCell<Option<std::sync::Arc<dyn Fn() + Send + Sync>>>,
 }
 
 /// One core's spool. Cheap to clone; `!Send` by design (it belongs to its core's executor).
@@ -320,10 +330,15 @@ impl Spool {
                 index: RefCell::new(index),
                 commit,
                 reclaim_wanted: Cell::new(false),
+                spare: RefCell::new(None),
+                switching: glommio::sync::Semaphore::new(1),
                 stats: Cell::new(stats),
                 lock: RefCell::new(Some(lock)),
+                #[cfg(test)]
+                creation_hook: RefCell::new(None),
             }),
         };
+        spool.prepare_spare();
         Ok((spool, outcome.messages))
     }
 
@@ -385,7 +400,7 @@ impl Spool {
         let body_len = header.len() as u64 + body.len() as u64;
         let payload_len = record::message_payload_len(envelope, body_len)?;
         let span = record::record_span(payload_len);
-        self.make_room(span, class)?;
+        self.make_room(span, class).await?;
         let (segment, offset, body_at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
@@ -444,7 +459,8 @@ impl Spool {
             }
             message.segment
         };
-        self.make_room(STATE_RECORD_SPAN, RecordClass::State)?;
+        self.make_room(STATE_RECORD_SPAN, RecordClass::State)
+            .await?;
         let (segment, at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
@@ -518,9 +534,22 @@ impl Spool {
     pub async fn close(&self) -> Result<(), SpoolError> {
         let flushed = self.flush().await;
         self.inner.commit.stop();
+        self.inner.switching.close();
+        // A spare left unused holds no record: recovery reclaims it at the next start. Waited
+        // for, so that no file appears here once the lock is released.
+        let spare = self.inner.spare.borrow_mut().take();
+        if let Some(spare) = spare {
+            let _ = spare.await;
+        }
         // Nothing is written after this: another open of the directory may take over.
         self.inner.lock.borrow_mut().take();
         flushed
+    }
+
+    /// Test hook: `hook` runs on the thread that creates each later segment file, just before.
+    #[cfg(test)]
+    pub fn on_segment_creation(&self, hook: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        *self.inner.creation_hook.borrow_mut() = Some(hook);
     }
 
     /// Test hook: the next group commit fails with `kind`, as a failing disk would.
@@ -560,8 +589,11 @@ impl Spool {
         self.inner.stats.set(stats);
     }
 
-    /// Makes sure the current segment has `span` bytes free, starting a new segment if needed.
-    fn make_room(&self, span: usize, class: RecordClass) -> Result<(), SpoolError> {
+    /// Makes sure the current segment has `span` bytes free, switching to the next segment if
+    /// needed. The switch takes the spare made ahead of time (or waits for one made off the
+    /// reactor), restamps its header, and has the next commit sync the directory, so the new
+    /// file's entry is durable before any record in it is acknowledged.
+    async fn make_room(&self, span: usize, class: RecordClass) -> Result<(), SpoolError> {
         let inner = &*self.inner;
         let capacity = inner.config.segment_bytes - SEGMENT_HEADER_BYTES as u64;
         if span as u64 > capacity {
@@ -573,6 +605,16 @@ impl Spool {
         if inner.writer.borrow().remaining() >= span {
             return Ok(());
         }
+        let _switching = inner
+            .switching
+            .acquire_permit(1)
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        // Another writer may have switched while this one waited.
+        if inner.writer.borrow().remaining() >= span {
+            return Ok(());
+        }
+        inner.commit.check_writable()?;
         let limit = match class {
             RecordClass::Message => inner.config.max_spool_bytes,
             RecordClass::State => inner
@@ -585,16 +627,34 @@ impl Spool {
             return Err(SpoolError::Full);
         }
         let number = inner.writer.borrow().number + 1;
-        let fresh = WritableSegment::create(
-            &inner.core_dir.join(segment::segment_file_name(number)),
-            SegmentHeader {
-                core: inner.config.core,
-                segment: number,
-                created_at_s: crate::clock::unix_s(),
-                segment_bytes: inner.config.segment_bytes,
-                next_seq: inner.next_seq.get(),
+        let spare = inner.spare.borrow_mut().take();
+        let prepared = match spare {
+            Some(task) => match task.await {
+                Ok(segment) if segment.number == number => Some(segment),
+                Ok(segment) => {
+                    log::warn!(
+                        "spool {}: spare segment {} is not the next one ({number}); left for \
+                         recovery to reclaim",
+                        inner.core_dir.display(),
+                        segment.number
+                    );
+                    None
+                }
+                Err(e) => {
+                    log::warn!(
+                        "spool {}: preparing segment {number} failed ({e}); trying again",
+                        inner.core_dir.display()
+                    );
+                    None
+                }
             },
-        )?;
+            None => None,
+        };
+        let mut fresh = match prepared {
+            Some(segment) => segment,
+            None => self.create_segment(number).await?,
+        };
+        fresh.restamp(self.segment_header(number))?;
         // The old segment closes; its written pages stay in the page cache for the committer's fsync.
         *inner.writer.borrow_mut() = fresh;
         inner.index.borrow_mut().add_segment(
@@ -606,7 +666,54 @@ impl Spool {
         );
         inner.commit.segment_created();
         inner.reclaim_wanted.set(true);
+        self.prepare_spare();
         Ok(())
+    }
+
+    /// The header of segment `number` if it became the one written now.
+    fn segment_header(&self, number: u32) -> SegmentHeader {
+        let inner = &*self.inner;
+        SegmentHeader {
+            core: inner.config.core,
+            segment: number,
+            created_at_s: crate::clock::unix_s(),
+            segment_bytes: inner.config.segment_bytes,
+            next_seq: inner.next_seq.get(),
+        }
+    }
+
+    /// Creates and pre-allocates segment `number` on the executor's blocking pool.
+    fn create_segment(
+        &self,
+        number: u32,
+    ) -> impl std::future::Future<Output = Result<WritableSegment, SpoolError>> + 'static {
+        let path = self.inner.core_dir.join(segment::segment_file_name(number));
+        let header = self.segment_header(number);
+        #[cfg(test)]
+        let hook = self.inner.creation_hook.borrow().clone();
+        glommio::executor().spawn_blocking(move || {
+            #[cfg(test)]
+            if let Some(hook) = hook {
+                hook();
+            }
+            WritableSegment::create(&path, header)
+        })
+    }
+
+    /// Starts making the segment after the current one, unless one is on its way or the spool
+    /// has no room for it within `max_spool_bytes` (the next switch then creates it, if allowed).
+    fn prepare_spare(&self) {
+        let inner = &*self.inner;
+        if inner.spare.borrow().is_some() || inner.commit.check_writable().is_err() {
+            return;
+        }
+        let spool_bytes = inner.index.borrow().spool_bytes;
+        if spool_bytes + inner.config.segment_bytes > inner.config.max_spool_bytes {
+            return;
+        }
+        let number = inner.writer.borrow().number + 1;
+        let created = self.create_segment(number);
+        *inner.spare.borrow_mut() = Some(glommio::spawn_local(created));
     }
 
     /// Deletes every segment the index says is finished (never the current one).

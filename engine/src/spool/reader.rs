@@ -141,11 +141,37 @@ impl SegmentReader {
     }
 
     /// Drops cached mappings of segments whose files are gone (reclaimed), so their disk space is
-    /// freed once no body handle holds them. Call it now and then (e.g. once a second).
-    pub fn sweep(&self) {
-        let mut maps = self.maps.borrow_mut();
-        maps.retain(|&(core, segment), _| segment_path(&self.spool_dir, core, segment).exists());
-        self.order.borrow_mut().retain(|key| maps.contains_key(key));
+    /// freed once no body handle holds them. Call it now and then (e.g. once a second). The files
+    /// are looked up (one `stat` per cached mapping, up to `max_cached_maps`) on the executor's
+    /// blocking pool, not on the reactor.
+    pub async fn sweep(&self) {
+        let cached: Vec<((u16, u32), PathBuf)> = self
+            .maps
+            .borrow()
+            .keys()
+            .map(|&(core, segment)| {
+                (
+                    (core, segment),
+                    segment_path(&self.spool_dir, core, segment),
+                )
+            })
+            .collect();
+        if cached.is_empty() {
+            return;
+        }
+        let gone: Vec<(u16, u32)> = glommio::executor()
+            .spawn_blocking(move || {
+                cached
+                    .into_iter()
+                    .filter(|(_, path)| !path.exists())
+                    .map(|(key, _)| key)
+                    .collect()
+            })
+            .await;
+        // Segment numbers are never reused, so a segment gone then is gone now.
+        for (core, segment) in gone {
+            self.forget(core, segment);
+        }
     }
 
     /// Drops the cached mapping of one segment.

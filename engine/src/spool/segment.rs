@@ -120,7 +120,8 @@ const SCRATCH_KEEP_BYTES: usize = 1 << 20;
 
 impl WritableSegment {
     /// Creates and pre-allocates a new segment, writing its header. Blocking syscalls (open,
-    /// fallocate, pwrite), once per `segment_bytes` of spool: cheap next to the fsyncs they save.
+    /// fallocate, pwrite) that can take milliseconds: off the reactor (`spawn_blocking`), except
+    /// at `Spool::open`, before anything else runs on the core.
     pub fn create(path: &Path, header: SegmentHeader) -> Result<WritableSegment, SpoolError> {
         let len = usize::try_from(header.segment_bytes).map_err(|_| SpoolError::TooLarge {
             bytes: header.segment_bytes,
@@ -145,6 +146,22 @@ impl WritableSegment {
             file,
             scratch: Vec::new(),
         })
+    }
+
+    /// Rewrites the header of a segment made ahead of time, as it becomes the one written:
+    /// `next_seq` and `created_at_s` must be those of the switch, not of the preparation
+    /// (recovery resumes ids at the highest `next_seq`). One 64-byte `pwrite` into the page
+    /// cache, like a record; the first commit into the segment makes it durable.
+    pub fn restamp(&mut self, header: SegmentHeader) -> Result<(), SpoolError> {
+        if header.segment != self.number || header.segment_bytes != self.len as u64 {
+            return Err(SpoolError::Corrupt(format!(
+                "segment {} (of {} bytes) restamped as segment {} of {} bytes",
+                self.number, self.len, header.segment, header.segment_bytes
+            )));
+        }
+        self.file
+            .write_all_at(&header.encode(), 0)
+            .map_err(SpoolError::from_io)
     }
 
     /// Bytes still free for records.

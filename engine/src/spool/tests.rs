@@ -115,6 +115,15 @@ fn segment_files(dir: &Path) -> Vec<u32> {
     segment::list_segments(&segment::core_dir(dir, 0)).unwrap()
 }
 
+/// `segment_files` without the spare made ahead in the background (there or not yet).
+fn segment_files_but_spare(spool: &Spool, dir: &Path) -> Vec<u32> {
+    let spare = spool.inner.writer.borrow().number + 1;
+    segment_files(dir)
+        .into_iter()
+        .filter(|&n| n != spare)
+        .collect()
+}
+
 #[test]
 fn store_then_reopen_recovers_envelopes_and_bodies() {
     run(async {
@@ -356,7 +365,15 @@ fn reclaim_deletes_finished_segments() {
         let reclaimed_half = spool.stats().segments_reclaimed;
         assert!(reclaimed_half >= 1);
         assert_eq!(&*early, &expected_body(0, 2000)[..]);
-        reader.sweep();
+        // One mapping of a reclaimed segment, one of a live one.
+        reader.body(stored[39].1).unwrap();
+        assert_eq!(reader.cached_maps(), 2);
+        reader.sweep().await;
+        assert_eq!(
+            reader.cached_maps(),
+            1,
+            "the reclaimed segment's mapping is dropped, the live one's kept"
+        );
         for (id, _) in &stored[20..] {
             spool
                 .set_state(*id, 1, RecipientState::Expired)
@@ -364,8 +381,9 @@ fn reclaim_deletes_finished_segments() {
                 .unwrap();
         }
         let current = spool.inner.writer.borrow().number;
-        // Only the segment being written (holding the last state records) remains.
-        assert_eq!(segment_files(dir.path()), vec![current]);
+        // Only the segment being written (holding the last state records) remains, besides the
+        // spare made ahead of time for the next switch.
+        assert_eq!(segment_files_but_spare(&spool, dir.path()), vec![current]);
         assert_eq!(spool.stats().spool_bytes, cfg.segment_bytes);
         assert_eq!(spool.stats().live_messages, 0);
         spool.close().await.unwrap();
@@ -595,7 +613,7 @@ fn empty_and_headerless_segment_files_are_survived() {
         assert!(recovered.is_empty());
         // Nothing live in them: reclaimed at open; the new segment is number 4. The damaged one
         // is set aside, not deleted.
-        assert_eq!(segment_files(dir.path()), vec![4]);
+        assert_eq!(segment_files_but_spare(&spool, dir.path()), vec![4]);
         assert!(core_dir.join("0000000002.seg.damaged").exists());
         store_n(&spool, 1, 1, 10).await;
     });
@@ -990,5 +1008,175 @@ fn records_written_while_a_commit_was_failing_fail_with_it() {
             recovered.iter().map(|m| m.id).collect::<Vec<_>>(),
             vec![kept]
         );
+    });
+}
+
+/// Waits (yielding to the executor) until the spare segment file exists.
+async fn spare_made(dir: &Path, number: u32) {
+    for _ in 0..10_000 {
+        if segment_files(dir).contains(&number) {
+            return;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("spare segment {number} never made");
+}
+
+#[test]
+fn switching_segments_never_blocks_the_executor() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            segment_bytes: 8 << 10,
+            ..config(dir.path())
+        };
+        let (spool, _) = Spool::open(cfg).unwrap();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let starved = Arc::new(AtomicBool::new(false));
+        let creations = Arc::new(AtomicU64::new(0));
+        // Each segment creation waits for a ticker task on the spool's executor to tick three
+        // times. Were a creation made on the executor's thread, the ticker could not run: the
+        // wait gives up after 10 s and marks the test starved (once, so a failure is quick).
+        let hook = {
+            let (ticks, starved, creations) = (ticks.clone(), starved.clone(), creations.clone());
+            Arc::new(move || {
+                creations.fetch_add(1, Ordering::SeqCst);
+                if starved.load(Ordering::SeqCst) {
+                    return;
+                }
+                let until = ticks.load(Ordering::SeqCst) + 3;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while ticks.load(Ordering::SeqCst) < until {
+                    if std::time::Instant::now() > deadline {
+                        starved.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        spool.on_segment_creation(hook);
+        let stop = Rc::new(Cell::new(false));
+        let ticker = glommio::spawn_local({
+            let (ticks, stop) = (ticks.clone(), stop.clone());
+            async move {
+                while !stop.get() {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        });
+        let first = spool.inner.writer.borrow().number;
+        let stored = store_n(&spool, 40, 1, 1000).await;
+        let last = spool.inner.writer.borrow().number;
+        stop.set(true);
+        ticker.await;
+        assert!(last >= first + 5, "segments rolled: {first}..{last}");
+        assert!(
+            creations.load(Ordering::SeqCst) >= u64::from(last - first),
+            "every segment after the first was made through the hook"
+        );
+        assert!(
+            !starved.load(Ordering::SeqCst),
+            "a segment was created on the executor's thread"
+        );
+        for (n, (_, loc)) in stored.iter().enumerate() {
+            let reader = SegmentReader::new(dir.path().to_path_buf());
+            assert_eq!(
+                &*reader.body(*loc).unwrap(),
+                &expected_body(n as u64, 1000)[..]
+            );
+        }
+        spool.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_segment_made_ahead_is_stamped_when_it_becomes_current() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            segment_bytes: 8 << 10,
+            ..config(dir.path())
+        };
+        let (spool, _) = Spool::open(cfg.clone()).unwrap();
+        let first = spool.inner.writer.borrow().number;
+        // Made at open, while the next sequence number was still 1.
+        spare_made(dir.path(), first + 1).await;
+        let stored = store_n(&spool, 12, 1, 1000).await;
+        let (id, loc) = stored
+            .iter()
+            .find(|(_, loc)| loc.segment == first + 1)
+            .copied()
+            .expect("a message in the second segment");
+        let bytes = std::fs::read(segment::segment_path(dir.path(), 0, loc.segment)).unwrap();
+        let header = SegmentHeader::decode(&bytes).expect("header");
+        assert_eq!(header.segment, first + 1);
+        assert_eq!(
+            header.next_seq,
+            id.seq + 1,
+            "next_seq of the switch, not of the preparation"
+        );
+        spool.close().await.unwrap();
+        // The spare counts towards max_spool_bytes: none is made when it would not fit.
+        let tight_dir = tempfile::tempdir().unwrap();
+        let tight = SpoolConfig {
+            max_spool_bytes: cfg.segment_bytes,
+            ..config(tight_dir.path())
+        };
+        let (spool, _) = Spool::open(tight).unwrap();
+        let current = spool.inner.writer.borrow().number;
+        for _ in 0..20 {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(spool.inner.spare.borrow().is_none());
+        assert_eq!(segment_files(tight_dir.path()), vec![current]);
+        spool.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_spare_that_could_not_be_made_is_made_again_at_the_switch() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            segment_bytes: 8 << 10,
+            ..config(dir.path())
+        };
+        let (spool, _) = Spool::open(cfg).unwrap();
+        let first = spool.inner.writer.borrow().number;
+        spare_made(dir.path(), first + 1).await;
+        // The spare for first + 2 finds a file in its place (creation fails); the switch to it
+        // then makes it again, after the obstacle is gone.
+        let blocked = segment::segment_path(dir.path(), 0, first + 2);
+        let calls = Arc::new(AtomicU32::new(0));
+        spool.on_segment_creation({
+            let (calls, blocked) = (calls.clone(), blocked.clone());
+            Arc::new(move || match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => std::fs::write(&blocked, b"in the way").unwrap(),
+                1 => std::fs::remove_file(&blocked).unwrap(),
+                _ => {}
+            })
+        });
+        let warnings_before = warnings();
+        let stored = store_n(&spool, 30, 1, 1000).await;
+        assert!(
+            calls.load(Ordering::SeqCst) >= 3,
+            "spare, retry, next spare"
+        );
+        assert!(warnings() > warnings_before, "the failed spare is logged");
+        assert!(stored.iter().any(|(_, loc)| loc.segment == first + 2));
+        let reader = SegmentReader::new(dir.path().to_path_buf());
+        for (n, (_, loc)) in stored.iter().enumerate() {
+            assert_eq!(
+                &*reader.body(*loc).unwrap(),
+                &expected_body(n as u64, 1000)[..]
+            );
+        }
+        spool.close().await.unwrap();
     });
 }
