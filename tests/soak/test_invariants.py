@@ -166,3 +166,11 @@ def test_a_recipient_older_than_max_queue_age_without_a_final_event_is_a_violati
     kw["longest_deadline_s"] = 30.0
     assert not check_nothing_outlives_max_queue_age(
         evidence(acc, [event("expiration", acc[0])], **kw)).violated
+
+
+def test_a_queue_that_keeps_some_mail_ready_is_not_stuck_while_the_gauge_stays_low():
+    flowing = [QueueSample(t, [queue("a.test", ready=1)], oldest_ready_s=1.0) for t in range(0, 20)]
+    check = check_no_stuck_ready(
+        evidence([], [], samples=flowing, longest_deadline_s=5.0, gauge_present=True))
+    assert not check.violated, check
+    assert "a.test for 19s" in check.detail, "the spans are still reported"
