@@ -590,6 +590,10 @@ class Soak:
             if memory:
                 self.rss_series.append((now, memory))
 
+    def acct_bytes(self) -> int:
+        path = self.work / "acct.jsonl"
+        return path.stat().st_size if path.exists() else 0
+
     def memory_now(self, over_s: float = 3.0) -> dict[str, int] | None:
         """Per field of MEMORY_FIELDS, the median of the last `over_s` seconds of samples."""
         cutoff = time.time() - over_s
@@ -670,6 +674,7 @@ class Soak:
         self.mark("phase B: steady traffic, memory baseline")
         time.sleep(p.phase_b_s)
         self.memory_before = self.memory_now()
+        self.acct_bytes_before = self.acct_bytes()
         self.mark(f"memory before the burst: {describe_memory(self.memory_before)}")
 
         self.mark(f"phase C1: burst of {p.burst_domains} distinct domains over {p.burst_s:.0f}s")
@@ -726,6 +731,7 @@ class Soak:
             time.sleep(QUEUE_IDLE_S + 3)
         time.sleep(3)
         self.memory_after = self.memory_now()
+        self.acct_bytes_after = self.acct_bytes()
         if self.daemon.pid is None:
             raise DaemonDied(f"volley exited {self.daemon.process.returncode} during the run:\n"
                              f"{self.daemon.tail()}")
@@ -748,6 +754,8 @@ class Soak:
             longest_deadline_s=self.longest_deadline_s,
             memory_before_burst_kib=self.memory_before,
             memory_after_kib=self.memory_after,
+            events_logged_since_burst_bytes=max(
+                0, getattr(self, "acct_bytes_after", 0) - getattr(self, "acct_bytes_before", 0)),
             dsns=self.dsns(),
             stop_exit=rc,
             stop_timeout_s=STOP_TIMEOUT_S,

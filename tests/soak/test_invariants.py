@@ -174,3 +174,12 @@ def test_a_queue_that_keeps_some_mail_ready_is_not_stuck_while_the_gauge_stays_l
         evidence([], [], samples=flowing, longest_deadline_s=5.0, gauge_present=True))
     assert not check.violated, check
     assert "a.test for 19s" in check.detail, "the spans are still reported"
+
+
+def test_the_events_ring_is_allowed_on_top_of_the_memory_bound():
+    before, after = memory(30_000), memory(33_500)
+    ev = evidence([], [])
+    ev.memory_before_burst_kib, ev.memory_after_kib = before, after
+    assert check_rss_returned(ev).violated
+    ev.events_logged_since_burst_bytes = 1_000 * 1024
+    assert not check_rss_returned(ev).violated
