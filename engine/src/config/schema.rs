@@ -47,6 +47,8 @@ pub struct Config {
     pub dkim: Vec<DkimConfig>,
     #[serde(default)]
     pub api: ApiSection,
+    /// Several nodes as one platform (shared limits in Redis, registry, drain); absent = one node.
+    pub cluster: Option<ClusterSection>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -143,6 +145,12 @@ pub struct ListenerConfig {
     /// One write to a client that stops reading.
     #[serde(default = "default_write_timeout_ms")]
     pub write_timeout_ms: u64,
+    /// A PROXY protocol (v1 or v2) header comes first on every connection (HAProxy in front).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Peers whose PROXY header is believed; a connection from anyone else is closed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Network>,
 }
 
 fn default_listener_tls() -> ListenerTls {
@@ -284,6 +292,9 @@ pub struct DomainPolicyConfig {
     pub data_timeout_ms: Option<u64>,
     #[serde(default)]
     pub write_timeout_ms: Option<u64>,
+    /// Message rate and connection cap of this domain held across the cluster's nodes.
+    #[serde(default)]
+    pub cluster: Option<bool>,
 }
 
 /// What a matching reply does to its queue.
@@ -393,6 +404,47 @@ pub struct ApiSection {
     pub address: SocketAddr,
     /// Bearer token; empty = loopback clients only, no token.
     pub token: String,
+}
+
+/// What a node does about shared limits while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnRedisDown {
+    /// Each node enforces limit / live nodes on its own count.
+    LocalShare,
+    /// Mail that needs a shared limit gets 451 until Redis is back.
+    Tempfail,
+}
+
+/// `[cluster]`: this node's name and the Redis that the nodes share.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Unique per node: the registry key and the name in handed-over mail.
+    pub node: String,
+    /// `redis://host:port/db`.
+    pub redis: String,
+    #[serde(default = "default_on_redis_down")]
+    pub on_redis_down: OnRedisDown,
+    /// One Redis command or script, connect included.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub redis_timeout_ms: u64,
+    /// How often this node writes its registry entry; a node silent for 3 periods is not live.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Nodes allowed to hand mail over (drain) with its customer, reception time and attempts.
+    #[serde(default)]
+    pub peer_networks: Vec<Network>,
+}
+
+fn default_on_redis_down() -> OnRedisDown {
+    OnRedisDown::LocalShare
+}
+fn default_redis_timeout_ms() -> u64 {
+    500
+}
+fn default_heartbeat_ms() -> u64 {
+    1_000
 }
 
 impl Default for ApiSection {

@@ -100,6 +100,7 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     check_customers(config, &mut c);
     check_files(config, &mut c);
     check_api(config, &mut c);
+    check_cluster(config, &mut c);
     c.errors
 }
 
@@ -499,6 +500,48 @@ fn check_api(config: &Config, c: &mut Checker) {
         c.error(
             &[Key("api"), Key("token")],
             "an API on a non-loopback address needs a token",
+        );
+    }
+}
+
+/// Bounds of `[cluster]` timings: a Redis call longer than 10 s, or a heartbeat rarer than a
+/// minute, would leave limits and the registry stale for too long.
+const MAX_REDIS_TIMEOUT_MS: u64 = 10_000;
+const MAX_HEARTBEAT_MS: u64 = 60_000;
+
+fn check_cluster(config: &Config, c: &mut Checker) {
+    use Step::Key;
+    let Some(cluster) = &config.cluster else {
+        return;
+    };
+    let node_ok = !cluster.node.is_empty()
+        && cluster.node.len() <= 64
+        && cluster
+            .node
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+    if !node_ok {
+        c.error(
+            &[Key("cluster"), Key("node")],
+            "a node name is 1-64 letters, digits, '-', '_' or '.'",
+        );
+    }
+    if !(cluster.redis.starts_with("redis://") || cluster.redis.starts_with("redis+unix://")) {
+        c.error(
+            &[Key("cluster"), Key("redis")],
+            "a Redis URL starts with redis:// (or redis+unix://)",
+        );
+    }
+    if !(1..=MAX_REDIS_TIMEOUT_MS).contains(&cluster.redis_timeout_ms) {
+        c.error(
+            &[Key("cluster"), Key("redis_timeout_ms")],
+            format!("must be 1..={MAX_REDIS_TIMEOUT_MS}"),
+        );
+    }
+    if !(100..=MAX_HEARTBEAT_MS).contains(&cluster.heartbeat_ms) {
+        c.error(
+            &[Key("cluster"), Key("heartbeat_ms")],
+            format!("must be 100..={MAX_HEARTBEAT_MS}"),
         );
     }
 }
