@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod bounce;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod dkim;
