@@ -91,14 +91,16 @@ impl Metrics {
         &self.cores[index.min(self.cores.len() - 1)]
     }
 
-    fn sum(&self, field: impl Fn(&CoreCounters) -> &AtomicU64) -> u64 {
+    /// A counter summed over the cores.
+    pub fn sum(&self, field: impl Fn(&CoreCounters) -> &AtomicU64) -> u64 {
         self.cores
             .iter()
             .map(|c| field(c).load(Ordering::Relaxed))
             .sum()
     }
 
-    fn sum_gauge(&self, field: impl Fn(&CoreCounters) -> &AtomicI64) -> i64 {
+    /// A gauge summed over the cores.
+    pub fn sum_gauge(&self, field: impl Fn(&CoreCounters) -> &AtomicI64) -> i64 {
         self.cores
             .iter()
             .map(|c| field(c).load(Ordering::Relaxed))

@@ -44,7 +44,7 @@ fn run(messages: usize, shaping: bool) -> f64 {
     let keys: Vec<QueueKey> = (0..QUEUES)
         .map(|i| QueueKey::new("vmta", &format!("d{i}.example")))
         .collect();
-    let limits = CoreLimits::new(Arc::new(SendingLimits::in_memory()));
+    let limits = CoreLimits::new(Arc::new(SendingLimits::in_memory()), None);
     let customer = CustomerConfig {
         name: "acme".into(),
         password_hash: None,
@@ -62,7 +62,10 @@ fn run(messages: usize, shaping: bool) -> f64 {
         if shaping {
             // Reception: the customer's counters (MAIL check and the charge at end of data).
             black_box(limits.check(Some(&customer), now_ms / 1000)).ok();
-            black_box(limits.charge(Some(&customer), now_ms / 1000)).ok();
+            black_box(futures_lite::future::block_on(
+                limits.charge(Some(&customer), now_ms),
+            ))
+            .ok();
             // Delivery: the connection cap and the rate, before the transaction.
             black_box(queues.over_connection_cap(key));
             black_box(queues.may_send(key, now_ms)).ok();

@@ -23,14 +23,15 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["v1", "health"]) => health(&core),
-        ("GET", ["metrics"]) => Response::text(200, core.node.metrics.render()),
+        ("GET", ["metrics"]) => Response::text(200, metrics(&core)),
+        ("GET", ["v1", "cluster"]) => cluster(&core).await,
         ("POST", ["v1", "inject"]) => inject(&core, &request).await,
         ("GET", ["v1", "queues"]) => queues(&core),
         ("POST", ["v1", "queues", action]) => queue_command(&core, action, &request.body).await,
         ("GET", ["v1", "events"]) => events(&core, &request),
         ("GET", ["v1", "vmta-status"]) => vmta_status(&core),
         ("POST", ["v1", "vmtas", name, action]) => vmta_command(&core, name, action, &request.body),
-        ("GET", ["v1", "customers", name, "usage"]) => customer_usage(&core, name),
+        ("GET", ["v1", "customers", name, "usage"]) => customer_usage(&core, name).await,
         (method, ["v1", section, name]) => {
             config_entry(&core, method, section, name, &request.body).await
         }
@@ -266,20 +267,61 @@ fn vmta_command(core: &ApiCore, name: &str, action: &str, body: &[u8]) -> Respon
 }
 
 /// A customer's sending-limit counters now.
-fn customer_usage(core: &ApiCore, name: &str) -> Response {
+fn metrics(core: &ApiCore) -> String {
+    let mut text = core.node.metrics.render();
+    if let Some(cluster) = &core.node.cluster {
+        text.push_str(&cluster.render_metrics());
+    }
+    text
+}
+
+/// `GET /v1/cluster`: the nodes of the registry, as Redis has them.
+async fn cluster(core: &ApiCore) -> Response {
+    let Some(cluster) = &core.node.cluster else {
+        return Response::error(404, "this node has no [cluster] section");
+    };
+    match cluster.nodes().await {
+        Ok(nodes) => Response::json(
+            200,
+            json!({
+                "node": cluster.node,
+                "redis_up": true,
+                "live_nodes": cluster.health().live_nodes(),
+                "nodes": nodes,
+            }),
+        ),
+        Err(e) => Response::error(503, format!("cluster registry unavailable: {e}")),
+    }
+}
+
+/// A customer's usage: with `[cluster]`, the cluster's totals from Redis (and this node's part
+/// under `node`); without, this node's.
+async fn customer_usage(core: &ApiCore, name: &str) -> Response {
     let config = core.config();
     let Some(customer) = config.customer(name) else {
         return Response::error(404, format!("no customer {name:?}"));
     };
-    let (hour, day, spent) = core.limits.usage(name, crate::clock::unix_s());
+    let now_ms = crate::clock::unix_ms();
+    let node = core.limits.usage(name, now_ms / 1000);
+    let (scope, (hour, day, spent)) = match core.limits.cluster() {
+        None => ("node", (u64::from(node.0), u64::from(node.1), node.2)),
+        Some(cluster) => match crate::limits::shared::cluster_usage(cluster, name, now_ms).await {
+            Ok(totals) => ("cluster", totals),
+            Err(e) => {
+                return Response::error(503, format!("cluster totals unavailable: {e}"));
+            }
+        },
+    };
     Response::json(
         200,
         json!({
             "customer": name,
+            "scope": scope,
             "messages_this_hour": hour, "max_messages_per_hour": customer.max_messages_per_hour,
             "messages_today": day, "max_messages_per_day": customer.max_messages_per_day,
             "credits": customer.credits, "credits_spent": spent,
             "credits_left": customer.credits.saturating_sub(spent),
+            "node": {"messages_this_hour": node.0, "messages_today": node.1, "credits_spent": node.2},
         }),
     )
 }

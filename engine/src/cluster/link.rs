@@ -80,7 +80,8 @@ type Job = Box<dyn FnOnce(Option<&mut redis::Connection>) -> Broken + Send>;
 struct Broken(bool);
 
 /// Work the link thread does on its own every period (the registry heartbeat).
-pub type Periodic = Box<dyn FnMut(&mut redis::Connection, &Health) -> redis::RedisResult<()> + Send>;
+pub type Periodic =
+    Box<dyn FnMut(&mut redis::Connection, &Health) -> redis::RedisResult<()> + Send>;
 
 /// The cores' handle on the link thread.
 #[derive(Clone)]
@@ -114,6 +115,28 @@ impl Link {
             .spawn(move || run(client, settings, queue, thread_health, periodic))
             .map_err(|e| LinkStartError::Thread(e.to_string()))?;
         Ok(Link { jobs, health })
+    }
+
+    /// Queues `f` without waiting for it (giving back a lease); false when it could not be queued.
+    /// A failure is logged by the caller's closure if it matters; Redis being down drops it.
+    pub fn post<F>(&self, f: F) -> bool
+    where
+        F: FnOnce(&mut redis::Connection) -> redis::RedisResult<()> + Send + 'static,
+    {
+        let job: Job = Box::new(move |connection| match connection {
+            None => Broken(false),
+            Some(connection) => match f(connection) {
+                Ok(()) => Broken(false),
+                Err(e) => {
+                    let broken = is_connection_error(&e);
+                    if !broken {
+                        log::warn!("cluster: Redis refused an update: {e}");
+                    }
+                    Broken(broken)
+                }
+            },
+        });
+        self.jobs.try_send(job).is_ok()
     }
 
     /// Runs `f` on the connection and returns its answer. Fails at once when Redis is down.
@@ -177,8 +200,7 @@ fn run(
     let mut warned = false;
     loop {
         if connection.is_none()
-            && last_attempt
-                .is_none_or(|t| t.elapsed() >= Duration::from_millis(RECONNECT_EVERY_MS))
+            && last_attempt.is_none_or(|t| t.elapsed() >= Duration::from_millis(RECONNECT_EVERY_MS))
         {
             last_attempt = Some(Instant::now());
             match connect(&client, settings.timeout) {

@@ -6,7 +6,7 @@ pub mod link;
 pub mod quota;
 pub mod registry;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +59,44 @@ impl Cluster {
 
     pub fn health(&self) -> &Health {
         &self.link.health
+    }
+
+    /// The `volley_cluster_*` lines of `GET /metrics`.
+    pub fn render_metrics(&self) -> String {
+        let h = self.health();
+        let lines: [(&str, &str, &str, u64); 4] = [
+            (
+                "volley_cluster_redis_up",
+                "gauge",
+                "1 while this node reaches Redis",
+                u64::from(h.is_up()),
+            ),
+            (
+                "volley_cluster_live_nodes",
+                "gauge",
+                "Nodes with a recent heartbeat, this one included",
+                u64::from(h.live_nodes()),
+            ),
+            (
+                "volley_cluster_redis_round_trips_total",
+                "counter",
+                "Commands, pipelines and scripts run on Redis",
+                h.round_trips(),
+            ),
+            (
+                "volley_cluster_redis_outages_total",
+                "counter",
+                "Times the connection to Redis was lost",
+                h.outages(),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in lines {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+        out
     }
 
     /// Every node of the registry (one round trip on the link).

@@ -231,7 +231,10 @@ fn a_core_awaits_redis_through_the_link_thread_and_survives_an_outage() {
     wait_for("the link to notice", || !link.health.is_up());
     let started = Instant::now();
     assert_eq!(call(&link), Err(LinkError::Down));
-    assert!(started.elapsed() < Duration::from_millis(200), "no wait on a dead server");
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "no wait on a dead server"
+    );
     assert!(link.health.outages() >= 1);
     redis.restart();
     wait_for("the link to come back", || link.health.is_up());

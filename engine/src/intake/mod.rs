@@ -163,7 +163,8 @@ pub async fn accept(
     }
     let charge = if origin.charged() {
         core.limits
-            .charge(customer, now_s)
+            .charge(customer, crate::clock::unix_ms())
+            .await
             .map_err(|limit| refused_by_limit(core, limit))?
     } else {
         Charge::Free

@@ -19,6 +19,11 @@ pub enum Refusal {
 impl Refusal {
     pub fn smtp_reply(&self) -> Reply {
         match self {
+            Refusal::Limit(limit @ limits::Refusal::Unavailable { .. }) => Reply::new(
+                451,
+                Some(EnhancedCode::new(4, 3, 0)),
+                format!("{limit}, try again later"),
+            ),
             Refusal::Limit(limit) => Reply::new(
                 451,
                 Some(EnhancedCode::new(4, 7, 1)),
@@ -39,6 +44,7 @@ impl Refusal {
 
     pub fn http_status(&self) -> u16 {
         match self {
+            Refusal::Limit(limits::Refusal::Unavailable { .. }) => 503,
             Refusal::Limit(_) => 429,
             Refusal::SpoolFull | Refusal::Spool(_) => 503,
         }

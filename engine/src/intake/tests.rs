@@ -48,6 +48,7 @@ async fn core(dir: &std::path::Path) -> Core {
         tls: None,
         router: RouterSetup::new(1),
         limits: Arc::new(SendingLimits::in_memory()),
+        cluster: None,
     };
     let mut spool_config = SpoolConfig::new(dir, 0);
     spool_config.fsync = false;

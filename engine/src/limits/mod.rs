@@ -13,6 +13,8 @@
 //! (at most `SAVE_EVERY_MS`) is lost, so a customer may send that much beyond the limits.
 
 pub mod counter;
+pub mod lease;
+pub mod shared;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::Cluster;
 use crate::config::CustomerConfig;
 use counter::WindowCounter;
 
@@ -37,9 +40,12 @@ const DAY_S: u64 = 86_400;
 /// One customer's counters.
 #[derive(Debug, Default)]
 pub struct CustomerCounters {
+    /// What this node accepted in the hour and day (with `[cluster]`: its own part).
     hour: WindowCounter,
     day: WindowCounter,
     credits_spent: AtomicU64,
+    /// This node's lease of the cluster-wide quota (with `[cluster]` only).
+    pub lease: lease::Lease,
 }
 
 impl CustomerCounters {
@@ -58,13 +64,27 @@ pub enum Charge {
     Plan { hour: u32, day: u32 },
     /// One prepaid credit.
     Credit,
+    /// One message of this node's lease of the cluster's plan.
+    SharedPlan { hour: u32, day: u32 },
+    /// One credit of this node's lease of the cluster's credits.
+    SharedCredit,
 }
 
 /// Which plan limit refused a message (no credits were left either).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    Hourly { limit: u32, customer: String },
-    Daily { limit: u32, customer: String },
+    Hourly {
+        limit: u32,
+        customer: String,
+    },
+    Daily {
+        limit: u32,
+        customer: String,
+    },
+    /// The limits are shared through Redis, Redis is down and `on_redis_down = "tempfail"`.
+    Unavailable {
+        customer: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -73,6 +93,12 @@ impl std::fmt::Display for Refusal {
         let (period, limit, customer) = match self {
             Refusal::Hourly { limit, customer } => ("Hourly", limit, customer),
             Refusal::Daily { limit, customer } => ("Daily", limit, customer),
+            Refusal::Unavailable { customer } => {
+                return write!(
+                    f,
+                    "Sending limits of customer {customer} cannot be checked (cluster store unreachable)"
+                );
+            }
         };
         write!(
             f,
@@ -162,7 +188,20 @@ impl CustomerCounters {
                 limit,
                 customer: name.to_string(),
             },
+            Refusal::Unavailable { .. } => Refusal::Unavailable {
+                customer: name.to_string(),
+            },
         })
+    }
+
+    /// Counts one message this node accepted under a lease (no limit: the lease is the limit).
+    fn count_local(&self, hour: u32, day: u32) {
+        self.hour.try_take(hour, u32::MAX);
+        self.day.try_take(day, u32::MAX);
+    }
+
+    fn count_local_credit(&self) {
+        self.credits_spent.fetch_add(1, Ordering::AcqRel);
     }
 
     fn take_plan(&self, plan: &Plan, hour: u32, day: u32) -> Result<(), Refusal> {
@@ -199,6 +238,17 @@ impl CustomerCounters {
                 let _ = self
                     .credits_spent
                     .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| s.checked_sub(1));
+            }
+            Charge::SharedPlan { hour, day } => {
+                self.hour.give_back(hour);
+                self.day.give_back(day);
+                self.lease.put_back_plan(hour);
+            }
+            Charge::SharedCredit => {
+                let _ = self
+                    .credits_spent
+                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| s.checked_sub(1));
+                self.lease.put_back_credit();
             }
         }
     }
@@ -278,6 +328,7 @@ impl SendingLimits {
                         hour: WindowCounter::new(c.hour.0, c.hour.1),
                         day: WindowCounter::new(c.day.0, c.day.1),
                         credits_spent: AtomicU64::new(c.credits_spent),
+                        lease: lease::Lease::default(),
                     };
                     customers.insert(name, Arc::new(counters));
                 }
@@ -305,6 +356,15 @@ impl SendingLimits {
             Err(poisoned) => poisoned.into_inner(),
         };
         map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Every customer's counters (the registry's lock is taken once, not per message).
+    pub fn all(&self) -> Vec<(String, Arc<CustomerCounters>)> {
+        let map = match self.customers.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.iter().map(|(n, c)| (n.clone(), c.clone())).collect()
     }
 
     fn mark_dirty(&self) {
@@ -368,14 +428,21 @@ impl SendingLimits {
 pub struct CoreLimits {
     shared: Arc<SendingLimits>,
     cache: RefCell<HashMap<Box<str>, Arc<CustomerCounters>>>,
+    /// With `[cluster]`: plans and credits are held across the nodes (see `shared`).
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl CoreLimits {
-    pub fn new(shared: Arc<SendingLimits>) -> CoreLimits {
+    pub fn new(shared: Arc<SendingLimits>, cluster: Option<Arc<Cluster>>) -> CoreLimits {
         CoreLimits {
             shared,
             cache: RefCell::new(HashMap::new()),
+            cluster,
         }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     pub fn shared(&self) -> &Arc<SendingLimits> {
@@ -400,11 +467,20 @@ impl CoreLimits {
         if plan.is_unlimited() {
             return Ok(());
         }
-        self.counters(&c.name).check(&c.name, &plan, now_s)
+        let counters = self.counters(&c.name);
+        match &self.cluster {
+            Some(_) => shared::check(&counters, &c.name, &plan, now_s * 1000),
+            None => counters.check(&c.name, &plan, now_s),
+        }
     }
 
-    /// Charges one message to `customer`; `Err` names the limit that refuses it.
-    pub fn charge(&self, customer: Option<&CustomerConfig>, now_s: u64) -> Result<Charge, Refusal> {
+    /// Charges one message to `customer`; `Err` names the limit that refuses it. With `[cluster]`
+    /// this may wait for one Redis round trip (a new lease); otherwise it never waits.
+    pub async fn charge(
+        &self,
+        customer: Option<&CustomerConfig>,
+        now_ms: u64,
+    ) -> Result<Charge, Refusal> {
         let Some(c) = customer else {
             return Ok(Charge::Free);
         };
@@ -412,7 +488,11 @@ impl CoreLimits {
         if plan.is_unlimited() {
             return Ok(Charge::Free);
         }
-        let result = self.counters(&c.name).charge(&c.name, &plan, now_s);
+        let counters = self.counters(&c.name);
+        let result = match &self.cluster {
+            Some(cluster) => shared::charge(cluster, &counters, &c.name, &plan, now_ms).await,
+            None => counters.charge(&c.name, &plan, now_ms / 1000),
+        };
         if result.is_ok() {
             self.shared.mark_dirty();
         }
@@ -438,6 +518,15 @@ impl CoreLimits {
 mod tests {
     use super::*;
 
+    /// Charges without a cluster: the future is ready at once.
+    fn charge(
+        limits: &CoreLimits,
+        c: Option<&CustomerConfig>,
+        now_s: u64,
+    ) -> Result<Charge, Refusal> {
+        futures_lite::future::block_on(limits.charge(c, now_s * 1000))
+    }
+
     fn customer(hour: Option<u64>, day: Option<u64>, credits: u64) -> CustomerConfig {
         CustomerConfig {
             name: "acme".into(),
@@ -454,17 +543,17 @@ mod tests {
 
     #[test]
     fn hourly_limit_then_credits_then_refusal() {
-        let limits = CoreLimits::new(Arc::new(SendingLimits::in_memory()));
+        let limits = CoreLimits::new(Arc::new(SendingLimits::in_memory()), None);
         let c = customer(Some(3), None, 2);
         for _ in 0..3 {
             assert!(matches!(
-                limits.charge(Some(&c), T0),
+                charge(&limits, Some(&c), T0),
                 Ok(Charge::Plan { .. })
             ));
         }
         assert_eq!(limits.check(Some(&c), T0), Ok(()), "credits remain");
-        assert_eq!(limits.charge(Some(&c), T0), Ok(Charge::Credit));
-        assert_eq!(limits.charge(Some(&c), T0), Ok(Charge::Credit));
+        assert_eq!(charge(&limits, Some(&c), T0), Ok(Charge::Credit));
+        assert_eq!(charge(&limits, Some(&c), T0), Ok(Charge::Credit));
         let refused = limits.check(Some(&c), T0).unwrap_err();
         assert!(matches!(refused, Refusal::Hourly { limit: 3, .. }));
         let text = refused.to_string();
@@ -473,10 +562,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("no credits left"), "{text}");
-        assert!(limits.charge(Some(&c), T0).is_err());
+        assert!(charge(&limits, Some(&c), T0).is_err());
         // The next hour the plan has room again; spent credits stay spent.
         assert!(matches!(
-            limits.charge(Some(&c), T0 + HOUR_S),
+            charge(&limits, Some(&c), T0 + HOUR_S),
             Ok(Charge::Plan { .. })
         ));
         assert_eq!(
@@ -488,21 +577,21 @@ mod tests {
 
     #[test]
     fn daily_limit_refuses_and_gives_the_hour_back() {
-        let limits = CoreLimits::new(Arc::new(SendingLimits::in_memory()));
+        let limits = CoreLimits::new(Arc::new(SendingLimits::in_memory()), None);
         let c = customer(Some(10), Some(2), 0);
-        assert!(limits.charge(Some(&c), T0).is_ok());
-        assert!(limits.charge(Some(&c), T0).is_ok());
-        let e = limits.charge(Some(&c), T0).unwrap_err();
+        assert!(charge(&limits, Some(&c), T0).is_ok());
+        assert!(charge(&limits, Some(&c), T0).is_ok());
+        let e = charge(&limits, Some(&c), T0).unwrap_err();
         assert!(e.to_string().contains("Daily sending limit of 2"), "{e}");
         assert_eq!(limits.usage("acme", T0), (2, 2, 0));
     }
 
     #[test]
     fn refund_gives_back() {
-        let limits = CoreLimits::new(Arc::new(SendingLimits::in_memory()));
+        let limits = CoreLimits::new(Arc::new(SendingLimits::in_memory()), None);
         let c = customer(Some(1), None, 1);
-        let a = limits.charge(Some(&c), T0).unwrap();
-        let b = limits.charge(Some(&c), T0).unwrap();
+        let a = charge(&limits, Some(&c), T0).unwrap();
+        let b = charge(&limits, Some(&c), T0).unwrap();
         assert_eq!(b, Charge::Credit);
         limits.refund(Some(&c), b);
         limits.refund(Some(&c), a);
@@ -511,10 +600,10 @@ mod tests {
 
     #[test]
     fn no_customer_or_no_plan_is_free() {
-        let limits = CoreLimits::new(Arc::new(SendingLimits::in_memory()));
-        assert_eq!(limits.charge(None, T0), Ok(Charge::Free));
+        let limits = CoreLimits::new(Arc::new(SendingLimits::in_memory()), None);
+        assert_eq!(charge(&limits, None, T0), Ok(Charge::Free));
         let c = customer(None, None, 0);
-        assert_eq!(limits.charge(Some(&c), T0), Ok(Charge::Free));
+        assert_eq!(charge(&limits, Some(&c), T0), Ok(Charge::Free));
     }
 
     #[test]
@@ -523,21 +612,21 @@ mod tests {
         let c = customer(Some(5), Some(100), 1);
         {
             let shared = Arc::new(SendingLimits::open(dir.path()).unwrap());
-            let limits = CoreLimits::new(shared.clone());
+            let limits = CoreLimits::new(shared.clone(), None);
             for _ in 0..6 {
-                limits.charge(Some(&c), T0).unwrap();
+                charge(&limits, Some(&c), T0).unwrap();
             }
             assert!(shared.is_dirty());
             shared.save().unwrap();
             assert!(!shared.is_dirty());
         }
-        let limits = CoreLimits::new(Arc::new(SendingLimits::open(dir.path()).unwrap()));
+        let limits = CoreLimits::new(Arc::new(SendingLimits::open(dir.path()).unwrap()), None);
         assert_eq!(
             limits.usage("acme", T0),
             (5, 5, 1),
             "the sixth was a credit"
         );
-        assert!(limits.charge(Some(&c), T0).is_err());
+        assert!(charge(&limits, Some(&c), T0).is_err());
     }
 
     #[test]

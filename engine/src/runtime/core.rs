@@ -53,15 +53,34 @@ impl Shared {
         let limits =
             crate::limits::SendingLimits::open(std::path::Path::new(&config.server.spool_dir))
                 .map_err(|e| format!("sending limits: {e}"))?;
+        let metrics = Arc::new(Metrics::new(cores));
+        let cluster = match &config.cluster {
+            None => None,
+            Some(section) => {
+                let metrics = metrics.clone();
+                let status = move || crate::cluster::NodeStatus {
+                    queued_recipients: metrics.sum_gauge(|c| &c.queued_recipients),
+                    messages_received: metrics.sum(|c| &c.messages_received),
+                    delivered: metrics.sum(|c| &c.delivered),
+                    bounced: metrics.sum(|c| &c.bounced),
+                    draining: false,
+                };
+                Some(
+                    crate::cluster::Cluster::start(section, Box::new(status))
+                        .map_err(|e| format!("cluster: {e}"))?,
+                )
+            }
+        };
         Ok(Shared {
             node: Node {
                 control,
                 cores,
-                metrics: Arc::new(Metrics::new(cores)),
+                metrics,
                 events,
                 tls,
                 router: RouterSetup::new(cores),
                 limits: Arc::new(limits),
+                cluster,
             },
             queue_board: Arc::new(QueueBoard::new(cores)),
             vmta_board: Arc::new(VmtaBoard::default()),
@@ -189,9 +208,19 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         if index == 0 && tick.is_multiple_of(crate::limits::SAVE_EVERY_MS / TICK_MS) {
             shard.save_limits().await;
         }
+        if index == 0
+            && tick.is_multiple_of(SNAPSHOT_EVERY_TICKS)
+            && let Some(cluster) = &node.cluster
+        {
+            crate::limits::shared::maintain(cluster, &node.limits, crate::clock::unix_ms(), false);
+        }
     }
     shard.trigger_stop();
     drain(&core).await;
+    if let Some(cluster) = &node.cluster {
+        // Unused leases go back so the other nodes can use them at once.
+        crate::limits::shared::maintain(cluster, &node.limits, crate::clock::unix_ms(), true);
+    }
     shard.save_limits().await;
     shard.accounting.flush_now();
     shard

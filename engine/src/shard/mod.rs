@@ -39,6 +39,8 @@ pub struct Node {
     pub router: Arc<RouterSetup>,
     /// Per-customer sending limits, shared lock-free by the cores.
     pub limits: Arc<SendingLimits>,
+    /// With `[cluster]`: the Redis link, this node's name, shared limits and the registry.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Resolves every waiter once the core is asked to stop.
@@ -89,7 +91,7 @@ impl Shard {
             spool,
             bodies,
             accounting: CoreAccounting::new(node.events.clone()),
-            limits: CoreLimits::new(node.limits.clone()),
+            limits: CoreLimits::new(node.limits.clone(), node.cluster.clone()),
             router: OnceCell::new(),
             dkim: RefCell::new(control.dkim_signers()),
             resolver: RefCell::new(None),
