@@ -19,6 +19,8 @@ pub enum EventType {
     Transient,
     Bounce,
     Expiration,
+    /// Prepaid credits added to a customer through the API.
+    Credits,
 }
 
 /// One accounting record; empty strings and zeros are written as they are, so every line has
@@ -42,6 +44,9 @@ pub struct AccountingEvent {
     pub attempt: u32,
     pub size_bytes: u64,
     pub queue_ms: u64,
+    /// `credits` events only: how many were added by this call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits_added: Option<u64>,
 }
 
 /// Events kept for the API, at most.

@@ -32,6 +32,9 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         ("GET", ["v1", "vmta-status"]) => vmta_status(&core),
         ("POST", ["v1", "vmtas", name, action]) => vmta_command(&core, name, action, &request.body),
         ("GET", ["v1", "customers", name, "usage"]) => customer_usage(&core, name).await,
+        ("POST", ["v1", "customers", name, "credits"]) => {
+            add_credits(&core, name, &request.body).await
+        }
         (method, ["v1", section, name]) => {
             config_entry(&core, method, section, name, &request.body).await
         }
@@ -267,6 +270,57 @@ fn vmta_command(core: &ApiCore, name: &str, action: &str, body: &[u8]) -> Respon
 }
 
 /// A customer's sending-limit counters now.
+/// Credits one top-up may add: a typo of a few digits should not sell a million messages.
+const MAX_CREDITS_PER_TOP_UP: u64 = 1_000_000_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopUp {
+    add: u64,
+}
+
+/// `POST /v1/customers/{name}/credits {"add": N}`: a PAYG top-up, atomic with consumption (a
+/// counter added to, not a customer entry replaced) and durable before the 200: in `limits.json`
+/// (saved off the reactor) or, with `[cluster]`, in Redis.
+async fn add_credits(core: &ApiCore, name: &str, body: &[u8]) -> Response {
+    if core.config().customer(name).is_none() {
+        return Response::error(404, format!("no customer {name:?}"));
+    }
+    let add = match serde_json::from_slice::<TopUp>(body) {
+        Ok(t) if (1..=MAX_CREDITS_PER_TOP_UP).contains(&t.add) => t.add,
+        Ok(_) => {
+            return Response::error(400, format!("add must be 1..={MAX_CREDITS_PER_TOP_UP}"));
+        }
+        Err(e) => return Response::error(400, format!("expected {{\"add\": N}}: {e}")),
+    };
+    let total = match core.limits.cluster() {
+        Some(cluster) => match crate::limits::shared::add_cluster_credits(cluster, name, add).await
+        {
+            Ok(total) => total,
+            Err(e) => return Response::error(503, format!("credits not added: {e}")),
+        },
+        None => {
+            let total = core.limits.add_credits(name, add);
+            if let Err(e) = core.save_limits_now().await {
+                return Response::error(500, format!("credits added but not saved: {e}"));
+            }
+            total
+        }
+    };
+    core.accounting.record(&crate::accounting::AccountingEvent {
+        kind: Some(crate::accounting::EventType::Credits),
+        time: crate::clock::now_rfc3339(),
+        customer: name.to_string(),
+        credits_added: Some(add),
+        ..Default::default()
+    });
+    log::info!("customer {name}: {add} credits added ({total} added in all)");
+    Response::json(
+        200,
+        json!({"customer": name, "added": add, "credits_added": total}),
+    )
+}
+
 fn metrics(core: &ApiCore) -> String {
     let mut text = core.node.metrics.render();
     if let Some(cluster) = &core.node.cluster {
@@ -303,15 +357,24 @@ async fn customer_usage(core: &ApiCore, name: &str) -> Response {
     };
     let now_ms = crate::clock::unix_ms();
     let node = core.limits.usage(name, now_ms / 1000);
-    let (scope, (hour, day, spent)) = match core.limits.cluster() {
-        None => ("node", (u64::from(node.0), u64::from(node.1), node.2)),
+    let (scope, (hour, day, spent, added)) = match core.limits.cluster() {
+        None => (
+            "node",
+            (
+                u64::from(node.0),
+                u64::from(node.1),
+                node.2,
+                core.limits.credits_added(name),
+            ),
+        ),
         Some(cluster) => match crate::limits::shared::cluster_usage(cluster, name, now_ms).await {
-            Ok(totals) => ("cluster", totals),
+            Ok(u) => ("cluster", (u.hour, u.day, u.credits_spent, u.credits_added)),
             Err(e) => {
                 return Response::error(503, format!("cluster totals unavailable: {e}"));
             }
         },
     };
+    let credits = customer.credits.saturating_add(added);
     Response::json(
         200,
         json!({
@@ -319,8 +382,8 @@ async fn customer_usage(core: &ApiCore, name: &str) -> Response {
             "scope": scope,
             "messages_this_hour": hour, "max_messages_per_hour": customer.max_messages_per_hour,
             "messages_today": day, "max_messages_per_day": customer.max_messages_per_day,
-            "credits": customer.credits, "credits_spent": spent,
-            "credits_left": customer.credits.saturating_sub(spent),
+            "credits": credits, "credits_configured": customer.credits, "credits_added": added,
+            "credits_spent": spent, "credits_left": credits.saturating_sub(spent),
             "node": {"messages_this_hour": node.0, "messages_today": node.1, "credits_spent": node.2},
         }),
     )

@@ -10,14 +10,15 @@
 //!
 //! Keys (`{customer}` is a Redis Cluster hash tag: one customer's keys live on one shard):
 //! `volley:{c}:h:<hours since epoch>`, `volley:{c}:d:<days since epoch>` (expire after their
-//! window), `volley:{c}:credits_spent`.
+//! window), `volley:{c}:credits_spent`, `volley:{c}:credits_added` (top-ups through the API, on
+//! top of the configured `credits`).
 
 /// Grants a lease: plan first (the smaller room of hour and day), credits once the plan is used
 /// up. Returns {plan, credits, hour count, day count, credits spent, exhausted: 0 | 1 hour | 2 day}.
 const LEASE: &str = r#"
 local hl = tonumber(ARGV[1])
 local dl = tonumber(ARGV[2])
-local bought = tonumber(ARGV[3])
+local bought = tonumber(ARGV[3]) + tonumber(redis.call('GET', KEYS[4]) or '0')
 local want = tonumber(ARGV[4])
 local nodes = math.max(1, tonumber(ARGV[5]))
 local h = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -70,6 +71,7 @@ pub struct QuotaKeys {
     hour: String,
     day: String,
     credits: String,
+    credits_added: String,
 }
 
 impl QuotaKeys {
@@ -78,6 +80,7 @@ impl QuotaKeys {
             hour: format!("volley:{{{customer}}}:h:{hour}"),
             day: format!("volley:{{{customer}}}:d:{day}"),
             credits: format!("volley:{{{customer}}}:credits_spent"),
+            credits_added: format!("volley:{{{customer}}}:credits_added"),
         }
     }
 }
@@ -130,10 +133,11 @@ pub fn lease(
         u8,
     ) = redis::cmd("EVAL")
         .arg(LEASE)
-        .arg(3)
+        .arg(4)
         .arg(&keys.hour)
         .arg(&keys.day)
         .arg(&keys.credits)
+        .arg(&keys.credits_added)
         .arg(limit_arg(ask.per_hour))
         .arg(limit_arg(ask.per_day))
         .arg(ask.credits_bought)
@@ -208,16 +212,41 @@ pub fn add_usage(
         .query::<()>(connection)
 }
 
-/// The cluster's counts for a window: (hour, day, credits spent).
-pub fn usage(
-    connection: &mut redis::Connection,
-    keys: &QuotaKeys,
-) -> redis::RedisResult<(u64, u64, u64)> {
+/// The cluster's counts of a customer for a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub hour: u64,
+    pub day: u64,
+    pub credits_spent: u64,
+    pub credits_added: u64,
+}
+
+/// The cluster's counts for a window (one round trip).
+pub fn usage(connection: &mut redis::Connection, keys: &QuotaKeys) -> redis::RedisResult<Usage> {
     let values: Vec<Option<u64>> = redis::cmd("MGET")
         .arg(&keys.hour)
         .arg(&keys.day)
         .arg(&keys.credits)
+        .arg(&keys.credits_added)
         .query(connection)?;
     let at = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
-    Ok((at(0), at(1), at(2)))
+    Ok(Usage {
+        hour: at(0),
+        day: at(1),
+        credits_spent: at(2),
+        credits_added: at(3),
+    })
+}
+
+/// Adds prepaid credits (a top-up); returns the credits added so far. Atomic with every lease:
+/// the lease script reads them in the same step it spends them.
+pub fn add_credits(
+    connection: &mut redis::Connection,
+    keys: &QuotaKeys,
+    add: u64,
+) -> redis::RedisResult<u64> {
+    redis::cmd("INCRBY")
+        .arg(&keys.credits_added)
+        .arg(add)
+        .query(connection)
 }

@@ -117,8 +117,16 @@ fn leases_from_many_nodes_never_add_up_past_the_limit() {
         .fold((0, 0), |(p, c), (dp, dc)| (p + dp, c + dc));
     assert_eq!(plan, 1000, "the plan, exactly");
     assert_eq!(credits, 50, "the credits, exactly");
-    let (hour, day, spent) = quota::usage(&mut redis.connection(), &keys).unwrap();
-    assert_eq!((hour, day, spent), (1000, 1000, 50));
+    let usage = quota::usage(&mut redis.connection(), &keys).unwrap();
+    assert_eq!(
+        (usage.hour, usage.day, usage.credits_spent),
+        (1000, 1000, 50)
+    );
+    // A top-up is seen by the next lease at once.
+    let mut c = redis.connection();
+    assert_eq!(quota::add_credits(&mut c, &keys, 5).unwrap(), 5);
+    let g = quota::lease(&mut c, &keys, ask(Some(1000), 50, 100, 1)).unwrap();
+    assert_eq!(g.credits, 2, "5 left / (2 x 1 node)");
 }
 
 #[test]
@@ -131,8 +139,8 @@ fn a_lease_is_a_share_of_the_room_and_shrinks_with_it() {
     let g = quota::lease(&mut c, &keys, ask(Some(1000), 0, 400, 2)).unwrap();
     assert_eq!(g.plan, 187, "room 750 / 4");
     quota::give_back(&mut c, &keys, 100, 0).unwrap();
-    let (hour, day, _) = quota::usage(&mut c, &keys).unwrap();
-    assert_eq!((hour, day), (337, 337));
+    let usage = quota::usage(&mut c, &keys).unwrap();
+    assert_eq!((usage.hour, usage.day), (337, 337));
     // A day limit smaller than the hour's room rules.
     let keys = QuotaKeys::new("acme", 12, 1);
     let day_only = LeaseAsk {
@@ -143,7 +151,10 @@ fn a_lease_is_a_share_of_the_room_and_shrinks_with_it() {
     assert_eq!(g.plan, 5);
     // Giving back more than was counted stops at zero.
     quota::give_back(&mut c, &keys, 50, 50).unwrap();
-    assert_eq!(quota::usage(&mut c, &keys).unwrap(), (0, 0, 0));
+    assert_eq!(
+        quota::usage(&mut c, &keys).unwrap(),
+        quota::Usage::default()
+    );
 }
 
 #[test]
@@ -152,7 +163,8 @@ fn usage_counted_during_an_outage_is_added_without_a_limit() {
     let mut c = redis.connection();
     let keys = QuotaKeys::new("acme", 13, 0);
     quota::add_usage(&mut c, &keys, 7, 2).unwrap();
-    assert_eq!(quota::usage(&mut c, &keys).unwrap(), (7, 7, 2));
+    let usage = quota::usage(&mut c, &keys).unwrap();
+    assert_eq!((usage.hour, usage.day, usage.credits_spent), (7, 7, 2));
     let g = quota::lease(&mut c, &keys, ask(Some(5), 0, 10, 1)).unwrap();
     assert_eq!((g.plan, g.exhausted), (0, Some(Exhausted::Hour)));
 }

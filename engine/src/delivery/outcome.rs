@@ -65,6 +65,7 @@ fn event(
         queue_ms: now_s
             .saturating_sub(envelope.received_at_s())
             .saturating_mul(1000),
+        credits_added: None,
     }
 }
 

@@ -44,6 +44,9 @@ pub struct CustomerCounters {
     hour: WindowCounter,
     day: WindowCounter,
     credits_spent: AtomicU64,
+    /// Credits added through the API (`POST /v1/customers/{name}/credits`), on top of the
+    /// configured `credits` (without `[cluster]`; with it, Redis holds them).
+    credits_added: AtomicU64,
     /// This node's lease of the cluster-wide quota (with `[cluster]` only).
     pub lease: lease::Lease,
 }
@@ -277,6 +280,8 @@ struct SavedCustomer {
     /// `[window index, count]`; the window is days since the epoch.
     day: (u32, u32),
     credits_spent: u64,
+    #[serde(default)]
+    credits_added: u64,
 }
 
 /// Every customer's counters, shared by all cores.
@@ -328,6 +333,7 @@ impl SendingLimits {
                         hour: WindowCounter::new(c.hour.0, c.hour.1),
                         day: WindowCounter::new(c.day.0, c.day.1),
                         credits_spent: AtomicU64::new(c.credits_spent),
+                        credits_added: AtomicU64::new(c.credits_added),
                         lease: lease::Lease::default(),
                     };
                     customers.insert(name, Arc::new(counters));
@@ -401,6 +407,7 @@ impl SendingLimits {
                                 hour: c.hour.raw(),
                                 day: c.day.raw(),
                                 credits_spent: c.credits_spent.load(Ordering::Relaxed),
+                                credits_added: c.credits_added.load(Ordering::Relaxed),
                             },
                         )
                     })
@@ -463,11 +470,11 @@ impl CoreLimits {
         let Some(c) = customer else {
             return Ok(());
         };
-        let plan = Plan::of(c);
+        let counters = self.counters(&c.name);
+        let plan = self.plan(c, &counters);
         if plan.is_unlimited() {
             return Ok(());
         }
-        let counters = self.counters(&c.name);
         match &self.cluster {
             Some(_) => shared::check(&counters, &c.name, &plan, now_s * 1000),
             None => counters.check(&c.name, &plan, now_s),
@@ -484,11 +491,11 @@ impl CoreLimits {
         let Some(c) = customer else {
             return Ok(Charge::Free);
         };
-        let plan = Plan::of(c);
+        let counters = self.counters(&c.name);
+        let plan = self.plan(c, &counters);
         if plan.is_unlimited() {
             return Ok(Charge::Free);
         }
-        let counters = self.counters(&c.name);
         let result = match &self.cluster {
             Some(cluster) => shared::charge(cluster, &counters, &c.name, &plan, now_ms).await,
             None => counters.charge(&c.name, &plan, now_ms / 1000),
@@ -499,13 +506,45 @@ impl CoreLimits {
         result
     }
 
+    /// The customer's plan; its credits are the configured ones plus those added through the API
+    /// (with `[cluster]`, Redis adds those in the lease script).
+    fn plan(&self, c: &CustomerConfig, counters: &CustomerCounters) -> Plan {
+        let mut plan = Plan::of(c);
+        if self.cluster.is_none() {
+            plan.credits = plan
+                .credits
+                .saturating_add(counters.credits_added.load(Ordering::Acquire));
+        }
+        plan
+    }
+
     /// Gives back a charge for a message that was not spooled.
     pub fn refund(&self, customer: Option<&CustomerConfig>, charge: Charge) {
         if let Some(c) = customer
             && charge != Charge::Free
         {
-            self.counters(&c.name).refund(&Plan::of(c), charge);
+            let counters = self.counters(&c.name);
+            let plan = self.plan(c, &counters);
+            counters.refund(&plan, charge);
         }
+    }
+
+    /// Adds prepaid credits to `name` on this node (without `[cluster]`): one atomic add, seen by
+    /// the next charge on any core. Returns the credits added so far. The caller saves the
+    /// counters before answering, so the top-up is durable when acknowledged.
+    pub fn add_credits(&self, name: &str, add: u64) -> u64 {
+        let counters = self.counters(name);
+        let total = counters
+            .credits_added
+            .fetch_add(add, Ordering::AcqRel)
+            .saturating_add(add);
+        self.shared.mark_dirty();
+        total
+    }
+
+    /// Credits added through the API on this node.
+    pub fn credits_added(&self, name: &str) -> u64 {
+        self.counters(name).credits_added.load(Ordering::Acquire)
     }
 
     /// This customer's messages in the current hour and day, and credits spent.
@@ -627,6 +666,31 @@ mod tests {
             "the sixth was a credit"
         );
         assert!(charge(&limits, Some(&c), T0).is_err());
+    }
+
+    #[test]
+    fn added_credits_are_spent_after_the_plan_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = customer(Some(1), None, 0);
+        {
+            let shared = Arc::new(SendingLimits::open(dir.path()).unwrap());
+            let limits = CoreLimits::new(shared.clone(), None);
+            assert!(charge(&limits, Some(&c), T0).is_ok());
+            assert!(
+                charge(&limits, Some(&c), T0).is_err(),
+                "plan used, no credits"
+            );
+            assert_eq!(limits.add_credits("acme", 2), 2);
+            assert_eq!(charge(&limits, Some(&c), T0), Ok(Charge::Credit));
+            shared.save().unwrap();
+        }
+        let limits = CoreLimits::new(Arc::new(SendingLimits::open(dir.path()).unwrap()), None);
+        assert_eq!(limits.credits_added("acme"), 2);
+        assert_eq!(charge(&limits, Some(&c), T0), Ok(Charge::Credit));
+        assert!(
+            charge(&limits, Some(&c), T0).is_err(),
+            "both added credits spent"
+        );
     }
 
     #[test]

@@ -194,12 +194,25 @@ pub fn maintain(cluster: &Cluster, limits: &SendingLimits, now_ms: u64, stopping
     }
 }
 
-/// The cluster's counts of a customer now: (hour, day, credits spent), asked of Redis.
+/// Adds prepaid credits in Redis (a top-up through the API); returns the credits added so far.
+pub async fn add_cluster_credits(
+    cluster: &Arc<Cluster>,
+    name: &str,
+    add: u64,
+) -> Result<u64, crate::cluster::LinkError> {
+    let keys = QuotaKeys::new(name, 0, 0);
+    cluster
+        .link
+        .call(move |c| quota::add_credits(c, &keys, add))
+        .await
+}
+
+/// The cluster's counts of a customer now, asked of Redis.
 pub async fn cluster_usage(
     cluster: &Arc<Cluster>,
     name: &str,
     now_ms: u64,
-) -> Result<(u64, u64, u64), crate::cluster::LinkError> {
+) -> Result<quota::Usage, crate::cluster::LinkError> {
     let (hour, day) = windows(now_ms / 1000);
     let keys = QuotaKeys::new(name, hour, day);
     cluster.link.call(move |c| quota::usage(c, &keys)).await
@@ -364,12 +377,12 @@ mod tests {
         }
         maintain(&cluster, limits.shared(), crate::clock::unix_ms(), false);
         let totals = run(async {
-            let mut totals = (0, 0, 0);
+            let mut totals = quota::Usage::default();
             for _ in 0..100 {
                 totals = cluster_usage(&cluster, "acme", crate::clock::unix_ms())
                     .await
                     .unwrap();
-                if totals.0 > 0 {
+                if totals.hour > 0 {
                     break;
                 }
                 glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -377,7 +390,7 @@ mod tests {
             totals
         });
         assert_eq!(
-            totals.0, 100,
+            totals.hour, 100,
             "what was accepted during the outage reached Redis"
         );
         assert_eq!(send(&limits, &c, 10), 0, "and the cluster's limit holds");

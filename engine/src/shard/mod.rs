@@ -168,6 +168,15 @@ impl Shard {
         self.stop.trigger();
     }
 
+    /// Writes the sending-limit counters now, off the reactor thread (a top-up is acknowledged only
+    /// once it is on disk).
+    pub async fn save_limits_now(&self) -> std::io::Result<()> {
+        let limits = self.node.limits.clone();
+        glommio::executor()
+            .spawn_blocking(move || limits.save())
+            .await
+    }
+
     /// Writes the sending-limit counters if they changed, off the reactor thread.
     pub async fn save_limits(&self) {
         let limits = self.node.limits.clone();
