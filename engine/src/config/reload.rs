@@ -33,7 +33,11 @@ pub fn keys_needing_restart(running: &Config, next: &Config) -> Vec<String> {
     let modes = |c: &Config| c.listeners.iter().map(|l| l.tls).collect::<Vec<_>>();
     differs("listener.tls", modes(running) != modes(next));
     // The Redis link and this node's registry name are set up once at start.
-    let cluster = |c: &Config| c.cluster.as_ref().map(|k| (k.node.clone(), k.redis.clone()));
+    let cluster = |c: &Config| {
+        c.cluster
+            .as_ref()
+            .map(|k| (k.node.clone(), k.redis.clone()))
+    };
     differs("cluster", cluster(running) != cluster(next));
     keys
 }
