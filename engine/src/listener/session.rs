@@ -178,7 +178,7 @@ async fn take_proxy_header(
     if !trusted.iter().any(|n| n.contains(peer.ip())) {
         return Err(ProxyRejection::Untrusted);
     }
-    // Bounded: `parse` decides within `HEADER_BYTES_MAX` octets.
+    // At most `HEADER_BYTES_MAX` + `PROXY_READ_BYTES` octets: `parse` decides within the first.
     let mut got = Vec::with_capacity(PROXY_READ_BYTES);
     let mut chunk = [0u8; PROXY_READ_BYTES];
     let read = within("proxy", settings.proxy_timeout, async {
@@ -188,6 +188,7 @@ async fn take_proxy_header(
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             got.extend_from_slice(&chunk[..n]);
+            debug_assert!(got.len() < proxy_header::HEADER_BYTES_MAX + PROXY_READ_BYTES);
             match proxy_header::parse(&got) {
                 Parse::NeedMore => {}
                 Parse::Proxied { source, length, .. } => return Ok(Ok((source, length))),
