@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 seconds="${1:-3600}"
-targets="${FUZZ_TARGETS:-command session body reply dns_answer spool_recovery http_request}"
+targets="${FUZZ_TARGETS:-command session body reply dns_answer spool_recovery http_request proxy_header}"
 export RUSTC_BOOTSTRAP=1
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
@@ -26,6 +26,7 @@ dictionary() {
   case "$1" in
     command | session | body | reply) echo "-dict=smtp.dict" ;;
     http_request) echo "-dict=http.dict" ;;
+    proxy_header) echo "-dict=proxy.dict" ;;
   esac
 }
 

@@ -33,6 +33,9 @@ impl Latency {
 pub struct CoreCounters {
     pub connections_accepted: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// Connections on `proxy_protocol` listeners closed before the greeting: an untrusted peer,
+    /// or a PROXY header malformed, missing or late.
+    pub proxy_rejected: AtomicU64,
     pub messages_received: AtomicU64,
     pub recipients_received: AtomicU64,
     pub bytes_received: AtomicU64,
@@ -118,7 +121,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [CounterField; 16] = [
+        let counters: [CounterField; 17] = [
             (
                 "volley_connections_accepted_total",
                 "Inbound SMTP connections accepted",
@@ -128,6 +131,11 @@ impl Metrics {
                 "volley_connections_refused_total",
                 "Inbound connections refused by a connection limit",
                 |c| &c.connections_refused,
+            ),
+            (
+                "volley_proxy_rejected_total",
+                "Connections on proxy_protocol listeners closed before the greeting: peer not in trusted_proxies, or PROXY header malformed, missing or late",
+                |c| &c.proxy_rejected,
             ),
             (
                 "volley_messages_received_total",

@@ -34,6 +34,9 @@ pub struct AccountingEvent {
     pub customer: String,
     pub vmta: String,
     pub source_ip: String,
+    /// For `reception`: the client's address (behind a PROXY-protocol load balancer, the one it
+    /// names); empty for mail made here and for the other types.
+    pub client_ip: String,
     pub sender: String,
     pub recipient: String,
     pub domain: String,

@@ -151,6 +151,13 @@ pub struct ListenerConfig {
     /// Peers whose PROXY header is believed; a connection from anyone else is closed.
     #[serde(default)]
     pub trusted_proxies: Vec<Network>,
+    /// The whole PROXY header, from the accept (a proxy sends it at once).
+    #[serde(default = "default_proxy_timeout_ms")]
+    pub proxy_timeout_ms: u64,
+}
+
+fn default_proxy_timeout_ms() -> u64 {
+    5_000
 }
 
 fn default_listener_tls() -> ListenerTls {

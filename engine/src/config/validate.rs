@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use super::schema::{
-    BackoffRuleConfig, Config, DomainPolicyConfig, ListenerAuth, ListenerTls, ProfileFile,
-    RollupConfig,
+    BackoffRuleConfig, Config, DomainPolicyConfig, ListenerAuth, ListenerConfig, ListenerTls,
+    ProfileFile, RollupConfig,
 };
 use super::{ConfigError, line_of};
 
@@ -189,6 +189,29 @@ fn check_listeners(config: &Config, c: &mut Checker) {
                 c.error(&at(key), "must be at least 1 ms");
             }
         }
+        check_proxy_protocol(i, l, c);
+    }
+}
+
+/// The longest wait for a PROXY header: a proxy sends it with the connection, so more than a
+/// minute only holds connections that will never send one.
+const PROXY_TIMEOUT_MS_MAX: u64 = 60_000;
+
+fn check_proxy_protocol(i: usize, l: &ListenerConfig, c: &mut Checker) {
+    use Step::{Index, Key};
+    let at = |k| [Key("listener"), Index(i), Key(k)];
+    if l.proxy_protocol && l.trusted_proxies.is_empty() {
+        c.error(
+            &at("proxy_protocol"),
+            "proxy_protocol = true needs trusted_proxies (the proxies' networks): \
+             every connection would be closed",
+        );
+    }
+    if !(1..=PROXY_TIMEOUT_MS_MAX).contains(&l.proxy_timeout_ms) {
+        c.error(
+            &at("proxy_timeout_ms"),
+            format!("must be 1..={PROXY_TIMEOUT_MS_MAX}"),
+        );
     }
 }
 
@@ -659,6 +682,40 @@ mod tests {
             assert_eq!(keys.is_empty(), ok, "{value}: {keys:?}");
             if !ok {
                 assert_eq!(keys, ["server.max_message_bytes_in_flight"], "{value}");
+            }
+        }
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:25\"\nproxy_protocol = true\n";
+        let e = errors(base);
+        let keys: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert_eq!(keys, [("listener[0].proxy_protocol", Some(3))], "{e}");
+        let trusted = format!("{base}trusted_proxies = [\"127.0.0.1/32\"]\n");
+        let config = Config::parse(&trusted).expect("valid");
+        assert_eq!(config.listeners[0].proxy_timeout_ms, 5_000);
+        // Trusted proxies without the protocol are harmless.
+        assert!(
+            Config::parse(
+                "[[listener]]\naddress = \"127.0.0.1:25\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn proxy_timeout_is_bounded() {
+        for (value, ok) in [(0, false), (1, true), (60_000, true), (60_001, false)] {
+            let text =
+                format!("[[listener]]\naddress = \"127.0.0.1:25\"\nproxy_timeout_ms = {value}\n");
+            let keys: Vec<String> = match Config::parse(&text) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.iter().map(|e| e.key.clone()).collect(),
+            };
+            assert_eq!(keys.is_empty(), ok, "{value}: {keys:?}");
+            if !ok {
+                assert_eq!(keys, ["listener[0].proxy_timeout_ms"], "{value}");
             }
         }
     }

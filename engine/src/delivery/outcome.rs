@@ -47,6 +47,7 @@ fn event(
         customer: envelope.customer().to_string(),
         vmta: key.vmta.to_string(),
         source_ip: attempt.map(|a| a.source_ip.to_string()).unwrap_or_default(),
+        client_ip: String::new(),
         sender: envelope.sender().to_string(),
         recipient: envelope
             .address(item.recipient as usize)

@@ -194,7 +194,8 @@ pub async fn accept(
             return Err(Refusal::from(e));
         }
     };
-    record_reception(core, id, &envelope, size, started);
+    let client_ip = origin.sender().ip;
+    record_reception(core, id, &envelope, size, client_ip, started);
     let recipients = envelope.recipients.len();
     crate::placement::route_new_message(core, id, location, Arc::new(envelope), now_s).await;
     Ok(Accepted { id, recipients })
@@ -206,6 +207,7 @@ fn record_reception(
     id: MessageId,
     envelope: &Envelope,
     size: u64,
+    client_ip: Option<IpAddr>,
     started: std::time::Instant,
 ) {
     let counters = core.counters();
@@ -218,6 +220,7 @@ fn record_reception(
         .accept_latency
         .record_us(started.elapsed().as_micros() as u64);
     let id_text = id.to_string();
+    let client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
     for r in &envelope.recipients {
         core.accounting.record(&AccountingEvent {
             kind: Some(EventType::Reception),
@@ -227,6 +230,7 @@ fn record_reception(
             sender: envelope.sender.clone(),
             recipient: r.address.clone(),
             domain: r.domain(),
+            client_ip: client_ip.clone(),
             size_bytes: size,
             ..Default::default()
         });

@@ -1,7 +1,10 @@
 //! Accepting connections: one SO_REUSEPORT socket per listener on every core, TLS (STARTTLS and
-//! implicit), and the driver that moves bytes between a socket and `smtp::server::Session`.
+//! implicit), the PROXY protocol header on listeners behind a load balancer, and the driver that
+//! moves bytes between a socket and `smtp::server::Session`.
 
 mod body_budget;
+mod prefixed;
+pub mod proxy_header;
 mod session;
 pub mod tls;
 
@@ -80,6 +83,8 @@ pub struct LiveSettings {
     pub tls_timeout: Duration,
     /// One write to the client.
     pub write_timeout: Duration,
+    /// The whole PROXY header, on `proxy_protocol` listeners.
+    pub proxy_timeout: Duration,
 }
 
 impl LiveSettings {
@@ -90,6 +95,7 @@ impl LiveSettings {
             server: Rc::new(session_config(l, config, tls)),
             tls_timeout: Duration::from_millis(l.tls_timeout_ms),
             write_timeout: Duration::from_millis(l.write_timeout_ms),
+            proxy_timeout: Duration::from_millis(l.proxy_timeout_ms),
         }
     }
 }

@@ -6,6 +6,11 @@
 //! through `poll_timeout`), and the driver's for its steps, the TLS handshake (`tls_timeout_ms`) and
 //! each write (`write_timeout_ms`). A stage that times out ends the connection and the log line
 //! names it; the session's stages first get `421 4.4.2 <hostname> <stage> timeout`.
+//!
+//! On a `proxy_protocol` listener the PROXY header is taken first, within `proxy_timeout_ms` and
+//! only from `trusted_proxies`, before the connection is counted or greeted; from then on the
+//! client it names is the peer for everything (connection caps, relay networks, AUTH throttling,
+//! logs, the trace line).
 
 use std::future::Future;
 use std::io;
@@ -17,6 +22,8 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::body_budget::BodyBudget;
+use super::prefixed::Prefixed;
+use super::proxy_header::{self, Malformed, Parse};
 use super::{ListenerContext, LiveSettings};
 use crate::auth::ThrottleVerdict;
 use crate::shard::ConnectionRefusal;
@@ -39,6 +46,25 @@ enum DriverError {
         after: Duration,
     },
 }
+
+/// Why a connection on a `proxy_protocol` listener is closed before the greeting.
+#[derive(Debug, thiserror::Error)]
+enum ProxyRejection {
+    #[error("not in trusted_proxies")]
+    Untrusted,
+    #[error("{0}")]
+    Malformed(#[from] Malformed),
+    #[error("closed before a whole PROXY header")]
+    Closed,
+    #[error("no whole PROXY header within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    #[error("reading the PROXY header: {0}")]
+    Io(io::Error),
+}
+
+/// Octets read at once while looking for a PROXY header: the header and, at most, this much of
+/// what follows it.
+const PROXY_READ_BYTES: usize = 512;
 
 /// How one exchange with the session ended.
 enum SessionEnd {
@@ -80,15 +106,36 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<ListenerContext>) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
+    let _ = stream.set_nodelay(true);
     let core = &ctx.core;
-    let config = core.config();
     let settings = ctx.settings();
+    let counters = core.counters();
+    // `peer` from here on is the client: the one a trusted proxy names, or the socket's peer.
+    let (stream, peer) = if settings.listener.proxy_protocol {
+        match take_proxy_header(stream, peer, &settings).await {
+            Ok(taken) => taken,
+            Err(rejection) => {
+                counters
+                    .proxy_rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match rejection {
+                    ProxyRejection::Malformed(_) => {
+                        log::warn!("proxy {peer}: closed without greeting: {rejection}")
+                    }
+                    _ => log::info!("proxy {peer}: closed without greeting: {rejection}"),
+                }
+                return;
+            }
+        }
+    } else {
+        (Prefixed::new(Vec::new(), stream), peer)
+    };
+    let config = core.config();
     let admitted = core.node.control.admit(
         peer.ip(),
         config.server.max_connections,
         config.server.max_connections_per_ip,
     );
-    let counters = core.counters();
     let _slot = match admitted {
         Ok(slot) => slot,
         Err(refusal) => {
@@ -112,7 +159,6 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<ListenerContext>) {
     counters
         .connections_accepted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _ = stream.set_nodelay(true);
     match run(stream, peer, &ctx, &settings).await {
         Ok(()) => {}
         Err(DriverError::Io(e)) => log::debug!("session {peer}: {e}"),
@@ -120,8 +166,53 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<ListenerContext>) {
     }
 }
 
+/// Reads the PROXY header of a connection from `peer`, within the listener's deadline: the
+/// client it names (the peer itself for a LOCAL or UNKNOWN header), and the stream with what
+/// followed the header put back in front.
+async fn take_proxy_header(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    settings: &LiveSettings,
+) -> Result<(Prefixed<TcpStream>, SocketAddr), ProxyRejection> {
+    let trusted = &settings.listener.trusted_proxies;
+    if !trusted.iter().any(|n| n.contains(peer.ip())) {
+        return Err(ProxyRejection::Untrusted);
+    }
+    // At most `HEADER_BYTES_MAX` + `PROXY_READ_BYTES` octets: `parse` decides within the first.
+    let mut got = Vec::with_capacity(PROXY_READ_BYTES);
+    let mut chunk = [0u8; PROXY_READ_BYTES];
+    let read = within("proxy", settings.proxy_timeout, async {
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            got.extend_from_slice(&chunk[..n]);
+            debug_assert!(got.len() < proxy_header::HEADER_BYTES_MAX + PROXY_READ_BYTES);
+            match proxy_header::parse(&got) {
+                Parse::NeedMore => {}
+                Parse::Proxied { source, length, .. } => return Ok(Ok((source, length))),
+                Parse::Local { length } => return Ok(Ok((peer, length))),
+                Parse::Malformed(reason) => return Ok(Err(reason)),
+            }
+        }
+    })
+    .await;
+    let (client, length) = match read {
+        Ok(parsed) => parsed?,
+        Err(DriverError::Timeout { after, .. }) => return Err(ProxyRejection::Timeout(after)),
+        Err(DriverError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(ProxyRejection::Closed);
+        }
+        Err(DriverError::Io(e)) => return Err(ProxyRejection::Io(e)),
+    };
+    log::debug!("proxy {peer}: client {client}");
+    got.drain(..length);
+    Ok((Prefixed::new(got, stream), client))
+}
+
 async fn run(
-    stream: TcpStream,
+    stream: Prefixed<TcpStream>,
     peer: SocketAddr,
     ctx: &Rc<ListenerContext>,
     settings: &LiveSettings,
