@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,6 +32,9 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         ("GET", ["v1", "vmta-status"]) => vmta_status(&core),
         ("POST", ["v1", "vmtas", name, action]) => vmta_command(&core, name, action, &request.body),
         ("GET", ["v1", "customers", name, "usage"]) => customer_usage(&core, name),
+        ("GET", ["v1", "drain"]) => drain_state(&core),
+        ("POST", ["v1", "drain"]) => drain_start(&core, &request.body).await,
+        ("DELETE", ["v1", "drain"]) => drain_cancel(&core).await,
         (method, ["v1", section, name]) => {
             config_entry(&core, method, section, name, &request.body).await
         }
@@ -89,6 +93,12 @@ fn crlf(content: &str) -> Vec<u8> {
 }
 
 async fn inject(core: &Rc<ApiCore>, request: &Request) -> Response {
+    if core.node.drain.is_draining() {
+        return Response::error(
+            503,
+            "this node is draining (GET /v1/drain): inject into another node",
+        );
+    }
     let req: InjectRequest = match serde_json::from_slice(&request.body) {
         Ok(r) => r,
         Err(e) => return Response::error(400, format!("bad inject request: {e}")),
@@ -306,6 +316,102 @@ fn events(core: &ApiCore, request: &Request) -> Response {
         })
         .collect();
     Response::json(200, json!({ "events": events }))
+}
+
+/// `GET /v1/drain`: whether the node drains, where to, and how far it got.
+fn drain_state(core: &ApiCore) -> Response {
+    let drain = &core.node.drain;
+    let target = drain.target();
+    let metrics = &core.node.metrics;
+    let left: i64 = metrics
+        .cores
+        .iter()
+        .map(|c| c.queued_recipients.load(Ordering::Relaxed))
+        .sum();
+    let duplicates: u64 = metrics
+        .cores
+        .iter()
+        .map(|c| c.xfer_duplicates.load(Ordering::Relaxed))
+        .sum();
+    let left = left.max(0);
+    Response::json(
+        200,
+        json!({
+            "draining": target.is_some(),
+            "to": target.as_ref().map(|t| t.to.clone()),
+            "since_s": target.as_ref().map(|t| t.since_s),
+            "recipients_left": left,
+            "complete": target.is_some() && left == 0,
+            "recipients_handed_over": drain.handed_over_recipients.load(Ordering::Relaxed),
+            "messages_handed_over": drain.handed_over_messages.load(Ordering::Relaxed),
+            "duplicates_received": duplicates,
+            "last_error": drain.last_error(),
+        }),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    to: String,
+}
+
+/// `POST /v1/drain {"to": "HOST:PORT"}`: the node stops taking mail and hands its queue over.
+/// Answered once `drain.json` is durable, so the drain survives a crash.
+async fn drain_start(core: &ApiCore, body: &[u8]) -> Response {
+    let request: DrainRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return Response::error(400, format!("expected {{\"to\": \"HOST:PORT\"}}: {e}")),
+    };
+    let config = core.config();
+    if config.cluster.is_none() {
+        return Response::error(
+            409,
+            "a drain needs [cluster] (the node name goes with the mail handed over)",
+        );
+    }
+    let Some((host, port)) = crate::config::parse_next_hop(&request.to) else {
+        return Response::error(400, format!("{:?} is not HOST:PORT", request.to));
+    };
+    let to_self = host.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+        config
+            .listeners
+            .iter()
+            .any(|l| l.address == (ip, port).into())
+    });
+    if to_self {
+        return Response::error(400, format!("{} is this node's own listener", request.to));
+    }
+    let target = crate::shard::DrainTarget {
+        to: request.to,
+        since_s: crate::clock::unix_s(),
+    };
+    let drain = core.node.drain.clone();
+    let begun = glommio::executor()
+        .spawn_blocking(move || drain.begin(target))
+        .await;
+    if let Err(e) = begun {
+        log::error!("API: drain not started: {e}");
+        return Response::error(500, format!("drain not started: {e}"));
+    }
+    if let Some(t) = core.node.drain.target() {
+        log::warn!("API: draining to {}: no new mail is taken", t.to);
+    }
+    drain_state(core)
+}
+
+/// `DELETE /v1/drain`: the node takes mail and delivers again; what was handed over is gone.
+async fn drain_cancel(core: &ApiCore) -> Response {
+    let drain = core.node.drain.clone();
+    let cancelled = glommio::executor()
+        .spawn_blocking(move || drain.cancel())
+        .await;
+    if let Err(e) = cancelled {
+        log::error!("API: drain not cancelled: {e}");
+        return Response::error(500, format!("drain not cancelled: {e}"));
+    }
+    log::warn!("API: drain cancelled: taking and delivering mail again");
+    drain_state(core)
 }
 
 const CONFIG_SECTIONS: [&str; 4] = ["vmtas", "pools", "domains", "customers"];

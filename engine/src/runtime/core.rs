@@ -53,6 +53,17 @@ impl Shared {
         let limits =
             crate::limits::SendingLimits::open(std::path::Path::new(&config.server.spool_dir))
                 .map_err(|e| format!("sending limits: {e}"))?;
+        // A drain interrupted by a stop or a crash goes on (docs/drain.md).
+        let spool_dir = std::path::absolute(&config.server.spool_dir)
+            .map_err(|e| format!("spool_dir {}: {e}", config.server.spool_dir))?;
+        let drain = crate::shard::Drain::open(&spool_dir).map_err(|e| format!("drain: {e}"))?;
+        if let Some(target) = drain.target() {
+            log::warn!(
+                "draining to {} (since {}): no new mail is taken; DELETE /v1/drain to stop",
+                target.to,
+                target.since_s
+            );
+        }
         Ok(Shared {
             node: Node {
                 control,
@@ -62,6 +73,8 @@ impl Shared {
                 tls,
                 router: RouterSetup::new(cores),
                 limits: Arc::new(limits),
+                drain: Arc::new(drain),
+                xfers_seen: Arc::new(crate::shard::XferMemory::default()),
             },
             queue_board: Arc::new(QueueBoard::new(cores)),
             vmta_board: Arc::new(VmtaBoard::default()),
