@@ -57,6 +57,18 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Hand every queued message to another node and take no new mail (`--to`); show how far
+    /// the drain got (no option); or stop draining (`--cancel`).
+    Drain {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The target node's SMTP listener, HOST:PORT.
+        #[arg(long, conflicts_with = "cancel")]
+        to: Option<String>,
+        /// Stop draining: take and deliver mail again.
+        #[arg(long)]
+        cancel: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -111,6 +123,14 @@ fn main() -> ExitCode {
             });
             admin(&api, "POST", path, Some(body.to_string()))
         }
+        Command::Drain { api, to, cancel } => match (to, cancel) {
+            (Some(to), _) => {
+                let body = serde_json::json!({ "to": to });
+                admin(&api, "POST", "/v1/drain", Some(body.to_string()))
+            }
+            (None, true) => admin(&api, "DELETE", "/v1/drain", None),
+            (None, false) => admin(&api, "GET", "/v1/drain", None),
+        },
     }
 }
 

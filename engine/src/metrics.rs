@@ -65,6 +65,14 @@ pub struct CoreCounters {
     pub dkim_signed: AtomicU64,
     /// Messages that had a `[[dkim]]` entry but could not be signed (sent unsigned).
     pub dkim_sign_failures: AtomicU64,
+    /// Recipients handed over to another node by a drain (the target answered 250).
+    pub xfer_out: AtomicU64,
+    /// Recipients handed over to this node by a peer (`X-Volley-Xfer` from `peer_networks`).
+    pub xfer_in: AtomicU64,
+    /// Recipients handed over to this node that it had received before (an interrupted drain).
+    pub xfer_duplicates: AtomicU64,
+    /// Messages refused for an `X-Volley-Xfer` header from outside `peer_networks`, or a bad one.
+    pub xfer_refused: AtomicU64,
     /// End of DATA to the 250, spool commit included.
     pub accept_latency: Latency,
     /// Reception to final outcome, per recipient.
@@ -121,7 +129,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [CounterField; 17] = [
+        let counters: [CounterField; 21] = [
             (
                 "volley_connections_accepted_total",
                 "Inbound SMTP connections accepted",
@@ -200,6 +208,26 @@ impl Metrics {
                 "volley_dkim_sign_failures_total",
                 "Messages with a [[dkim]] entry that could not be signed and were sent unsigned",
                 |c| &c.dkim_sign_failures,
+            ),
+            (
+                "volley_xfer_out_total",
+                "Recipients handed over to another node by a drain",
+                |c| &c.xfer_out,
+            ),
+            (
+                "volley_xfer_in_total",
+                "Recipients handed over to this node by a peer node",
+                |c| &c.xfer_in,
+            ),
+            (
+                "volley_xfer_duplicates_total",
+                "Recipients handed over to this node again (an interrupted drain), delivered again",
+                |c| &c.xfer_duplicates,
+            ),
+            (
+                "volley_xfer_refused_total",
+                "Messages refused for an X-Volley-Xfer header from outside peer_networks, or a bad one",
+                |c| &c.xfer_refused,
             ),
         ];
         for (name, help, field) in counters {

@@ -21,6 +21,12 @@ pub enum EventType {
     Expiration,
     /// Prepaid credits added to a customer through the API.
     Credits,
+    /// Handed over to another node by a drain (the target answered 250): gone from here.
+    #[serde(rename = "xfer_out")]
+    XferOut,
+    /// Handed over to this node by a peer: written instead of `reception`.
+    #[serde(rename = "xfer_in")]
+    XferIn,
 }
 
 /// One accounting record; empty strings and zeros are written as they are, so every line has
@@ -50,6 +56,11 @@ pub struct AccountingEvent {
     /// `credits` events only: how many were added by this call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credits_added: Option<u64>,
+    /// `xfer_out` and `xfer_in`: the `[cluster] node` that handed the message over.
+    pub node: String,
+    /// `xfer_out` and `xfer_in`: the message's queue id on that node (with `node` and
+    /// `recipient`, it joins the two events).
+    pub xfer_id: String,
 }
 
 /// Events kept for the API, at most.

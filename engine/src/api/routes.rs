@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -35,6 +36,9 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         ("POST", ["v1", "customers", name, "credits"]) => {
             add_credits(&core, name, &request.body).await
         }
+        ("GET", ["v1", "drain"]) => drain_state(&core),
+        ("POST", ["v1", "drain"]) => drain_start(&core, &request.body).await,
+        ("DELETE", ["v1", "drain"]) => drain_cancel(&core).await,
         (method, ["v1", section, name]) => {
             config_entry(&core, method, section, name, &request.body).await
         }
@@ -93,6 +97,12 @@ fn crlf(content: &str) -> Vec<u8> {
 }
 
 async fn inject(core: &Rc<ApiCore>, request: &Request) -> Response {
+    if core.node.drain.is_draining() {
+        return Response::error(
+            503,
+            "this node is draining (GET /v1/drain): inject into another node",
+        );
+    }
     let req: InjectRequest = match serde_json::from_slice(&request.body) {
         Ok(r) => r,
         Err(e) => return Response::error(400, format!("bad inject request: {e}")),
@@ -357,20 +367,21 @@ async fn customer_usage(core: &ApiCore, name: &str) -> Response {
     };
     let now_ms = crate::clock::unix_ms();
     let node = core.limits.usage(name, now_ms / 1000);
+    let node_view = (
+        u64::from(node.0),
+        u64::from(node.1),
+        node.2,
+        core.limits.credits_added(name),
+    );
+    // Redis unreachable: this node's view, saying why (the node keeps sending under on_redis_down).
+    let mut cluster_error = None;
     let (scope, (hour, day, spent, added)) = match core.limits.cluster() {
-        None => (
-            "node",
-            (
-                u64::from(node.0),
-                u64::from(node.1),
-                node.2,
-                core.limits.credits_added(name),
-            ),
-        ),
+        None => ("node", node_view),
         Some(cluster) => match crate::limits::shared::cluster_usage(cluster, name, now_ms).await {
             Ok(u) => ("cluster", (u.hour, u.day, u.credits_spent, u.credits_added)),
             Err(e) => {
-                return Response::error(503, format!("cluster totals unavailable: {e}"));
+                cluster_error = Some(e.to_string());
+                ("node", node_view)
             }
         },
     };
@@ -385,6 +396,7 @@ async fn customer_usage(core: &ApiCore, name: &str) -> Response {
             "credits": credits, "credits_configured": customer.credits, "credits_added": added,
             "credits_spent": spent, "credits_left": credits.saturating_sub(spent),
             "node": {"messages_this_hour": node.0, "messages_today": node.1, "credits_spent": node.2},
+            "cluster_error": cluster_error,
         }),
     )
 }
@@ -411,6 +423,102 @@ fn events(core: &ApiCore, request: &Request) -> Response {
         })
         .collect();
     Response::json(200, json!({ "events": events }))
+}
+
+/// `GET /v1/drain`: whether the node drains, where to, and how far it got.
+fn drain_state(core: &ApiCore) -> Response {
+    let drain = &core.node.drain;
+    let target = drain.target();
+    let metrics = &core.node.metrics;
+    let left: i64 = metrics
+        .cores
+        .iter()
+        .map(|c| c.queued_recipients.load(Ordering::Relaxed))
+        .sum();
+    let duplicates: u64 = metrics
+        .cores
+        .iter()
+        .map(|c| c.xfer_duplicates.load(Ordering::Relaxed))
+        .sum();
+    let left = left.max(0);
+    Response::json(
+        200,
+        json!({
+            "draining": target.is_some(),
+            "to": target.as_ref().map(|t| t.to.clone()),
+            "since_s": target.as_ref().map(|t| t.since_s),
+            "recipients_left": left,
+            "complete": target.is_some() && left == 0,
+            "recipients_handed_over": drain.handed_over_recipients.load(Ordering::Relaxed),
+            "messages_handed_over": drain.handed_over_messages.load(Ordering::Relaxed),
+            "duplicates_received": duplicates,
+            "last_error": drain.last_error(),
+        }),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    to: String,
+}
+
+/// `POST /v1/drain {"to": "HOST:PORT"}`: the node stops taking mail and hands its queue over.
+/// Answered once `drain.json` is durable, so the drain survives a crash.
+async fn drain_start(core: &ApiCore, body: &[u8]) -> Response {
+    let request: DrainRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return Response::error(400, format!("expected {{\"to\": \"HOST:PORT\"}}: {e}")),
+    };
+    let config = core.config();
+    if config.cluster.is_none() {
+        return Response::error(
+            409,
+            "a drain needs [cluster] (the node name goes with the mail handed over)",
+        );
+    }
+    let Some((host, port)) = crate::config::parse_next_hop(&request.to) else {
+        return Response::error(400, format!("{:?} is not HOST:PORT", request.to));
+    };
+    let to_self = host.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+        config
+            .listeners
+            .iter()
+            .any(|l| l.address == (ip, port).into())
+    });
+    if to_self {
+        return Response::error(400, format!("{} is this node's own listener", request.to));
+    }
+    let target = crate::shard::DrainTarget {
+        to: request.to,
+        since_s: crate::clock::unix_s(),
+    };
+    let drain = core.node.drain.clone();
+    let begun = glommio::executor()
+        .spawn_blocking(move || drain.begin(target))
+        .await;
+    if let Err(e) = begun {
+        log::error!("API: drain not started: {e}");
+        return Response::error(500, format!("drain not started: {e}"));
+    }
+    if let Some(t) = core.node.drain.target() {
+        log::warn!("API: draining to {}: no new mail is taken", t.to);
+    }
+    drain_state(core)
+}
+
+/// `DELETE /v1/drain`: the node takes mail and delivers again; what was handed over is gone.
+async fn drain_cancel(core: &ApiCore) -> Response {
+    let drain = core.node.drain.clone();
+    let cancelled = glommio::executor()
+        .spawn_blocking(move || drain.cancel())
+        .await;
+    if let Err(e) = cancelled {
+        log::error!("API: drain not cancelled: {e}");
+        return Response::error(500, format!("drain not cancelled: {e}"));
+    }
+    log::warn!("API: drain cancelled: taking and delivering mail again");
+    drain_state(core)
 }
 
 const CONFIG_SECTIONS: [&str; 4] = ["vmtas", "pools", "domains", "customers"];

@@ -113,7 +113,10 @@ fn other_connections(core: &DeliveryCore, key: &QueueKey) -> u32 {
 /// when this is its only connection; with others open they meet the wait and hold it themselves.
 async fn rate_allows_connecting(core: &DeliveryCore, key: &QueueKey) -> Option<Ended> {
     loop {
-        if core.node.control.stopping() || !core.delivery.queues.borrow().has_ready(key) {
+        if core.node.control.stopping()
+            || core.node.drain.is_draining()
+            || !core.delivery.queues.borrow().has_ready(key)
+        {
             return Some(Ended::Done);
         }
         let now_ms = crate::clock::unix_ms();

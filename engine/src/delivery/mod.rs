@@ -13,6 +13,8 @@ pub mod backoff_watch;
 mod connect;
 mod connection;
 mod deadlines;
+pub mod drain;
+mod drain_session;
 mod driver;
 mod handoff;
 mod hops;
@@ -205,7 +207,7 @@ impl CoreDelivery {
     }
 }
 
-/// Starts this core's scheduler and routes what the spool recovered.
+/// Starts this core's scheduler and drain task, and routes what the spool recovered.
 pub async fn start(
     core: &std::rc::Rc<DeliveryCore>,
     recovered: Vec<crate::spool::RecoveredMessage>,
@@ -214,6 +216,7 @@ pub async fn start(
         return;
     };
     glommio::spawn_local(scheduler::run(core.clone(), wake_rx)).detach();
+    glommio::spawn_local(drain::run(core.clone())).detach();
     crate::placement::route_recovered(&core.placement, recovered).await;
 }
 

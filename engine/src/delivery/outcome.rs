@@ -30,7 +30,7 @@ fn enhanced(reply: &Reply) -> Option<(u8, u16, u16)> {
     reply.enhanced.map(|e| (e.class, e.subject, e.detail))
 }
 
-fn event(
+pub(super) fn event(
     kind: EventType,
     key: &QueueKey,
     item: &Queued,
@@ -66,12 +66,17 @@ fn event(
         queue_ms: now_s
             .saturating_sub(envelope.received_at_s())
             .saturating_mul(1000),
-        credits_added: None,
+        ..AccountingEvent::default()
     }
 }
 
 /// Tells the spooling core a recipient's new state.
-async fn record_state(core: &DeliveryCore, id: MessageId, recipient: u32, state: RecipientState) {
+pub(super) async fn record_state(
+    core: &DeliveryCore,
+    id: MessageId,
+    recipient: u32,
+    state: RecipientState,
+) {
     core.router()
         .send(
             usize::from(id.core),
@@ -536,8 +541,11 @@ async fn spool_dsn(
         .map_err(|refusal| match refusal {
             Refusal::SpoolFull => SpoolError::Full,
             Refusal::Spool(e) => e,
-            // Notices are charged to no customer: a limit never refuses one.
-            Refusal::Limit(limit) => SpoolError::Io(std::io::Error::other(limit.to_string())),
+            // Notices are charged to no customer: a limit never refuses one; nor is a hand-over
+            // header looked for in them.
+            refusal @ (Refusal::Limit(_) | Refusal::XferUntrusted | Refusal::XferMalformed(_)) => {
+                SpoolError::Io(std::io::Error::other(refusal.to_string()))
+            }
         })
 }
 

@@ -2,6 +2,7 @@
 //! for a queue whenever it has ready recipients and room under `max_connections`. It sleeps until the
 //! next retry time or a wake-up (new recipients, a connection closed); there is no polling loop.
 //! A wake-up names the queue that changed, so a busy core with many queues only looks at those.
+//! While the node drains it opens nothing: the drain task hands the queues over.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -76,6 +77,11 @@ fn apply_reloaded_policies(core: &Rc<DeliveryCore>) {
 /// Opens as many connections as each of these queues may and needs; with `one_more`, one beyond
 /// what its ready recipients call for (its open connections are held by a slow receiver).
 fn open_connections(core: &Rc<DeliveryCore>, keys: Vec<crate::queue::QueueKey>, one_more: bool) {
+    // A draining node hands its queues to another (`drain`): it delivers nothing itself. A
+    // cancelled drain wakes the scheduler to look at every queue again.
+    if core.node.drain.is_draining() {
+        return;
+    }
     let delivery = &core.delivery;
     for key in keys {
         let Some((ready, connections)) = delivery.queues.borrow().ready_and_connections(&key)

@@ -116,12 +116,18 @@ pub fn publish_snapshot(core: &DeliveryCore) {
     core.placement.mx_rollup.sweep(now_s);
     let counters = core.counters();
     counters.queues.store(upkeep.live as i64, Ordering::Relaxed);
+    // A draining node delivers nothing: its ready mail waits for the drain (`drain`), not for a
+    // connection, so it is neither stuck nor starved.
+    let draining = core.node.drain.is_draining();
+    let oldest_ready_s = if draining { 0 } else { upkeep.oldest_ready_s };
     counters
         .oldest_ready_seconds
-        .store(upkeep.oldest_ready_s as i64, Ordering::Relaxed);
-    warn_stuck(core, &upkeep.stuck);
-    for key in upkeep.starved {
-        core.delivery.open_one_more(key);
+        .store(oldest_ready_s as i64, Ordering::Relaxed);
+    if !draining {
+        warn_stuck(core, &upkeep.stuck);
+        for key in upkeep.starved {
+            core.delivery.open_one_more(key);
+        }
     }
     if !upkeep.removed.is_empty() {
         log::debug!(

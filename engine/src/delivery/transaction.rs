@@ -80,7 +80,9 @@ impl Connection {
         loop {
             // Checked before the queue, every time: mail that arrives after a reload must not
             // leave on a connection opened under the old routes.
-            if self.core.node.control.stopping() || !Arc::ptr_eq(&self.config, &self.core.config())
+            if self.core.node.control.stopping()
+                || self.core.node.drain.is_draining()
+                || !Arc::ptr_eq(&self.config, &self.core.config())
             {
                 return false;
             }
@@ -103,6 +105,8 @@ impl Connection {
         if self.sent >= self.max_messages
             || over_cap
             || core.node.control.stopping()
+            // The drain hands the queue over: this connection finished its transaction.
+            || core.node.drain.is_draining()
             || !Arc::ptr_eq(&self.config, &core.config())
             || !self.wait_for_work().await
         {

@@ -3,12 +3,18 @@
 //! One order for all: the customer is settled, the spool checked for room, the customer's plan
 //! charged, trace headers added, DKIM signed, the message spooled (the 250 or 202 waits for that),
 //! its reception recorded, and its recipients handed to the cores that own their queues.
+//!
+//! A message handed over by a peer node (a drain, `xfer`) takes the same path with three
+//! differences: its customer, first reception time and attempt count come from its
+//! `X-Volley-Xfer` header; it is neither charged nor signed again (the first node did both); and
+//! it is accounted `xfer_in` instead of `reception`.
 
 mod refusal;
 mod signing;
 #[cfg(test)]
 mod tests;
 mod trace;
+mod xfer;
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -17,12 +23,15 @@ use std::sync::atomic::Ordering;
 
 pub use refusal::Refusal;
 pub use trace::{Sender, prefix_headers};
+pub use xfer::{XFER_HEADER, XFER_HEADER_BYTES_MAX, Xfer, XferError};
 
 use crate::accounting::{AccountingEvent, EventType};
+use crate::config::Config;
 use crate::envelope::{Envelope, MessageId};
 use crate::limits::Charge;
 use crate::placement::Placement;
 use crate::shard::Shard;
+use crate::spool::RecipientState;
 
 /// The header that names the customer on relay listeners and the API; always removed before the
 /// message is spooled, honoured only where the client is trusted to say whose mail it is.
@@ -142,11 +151,16 @@ pub async fn accept(
 ) -> Result<Accepted, Refusal> {
     let started = crate::clock::monotonic();
     let (named, body) = crate::rfc5322::take_field(body, CUSTOMER_HEADER);
-    envelope.customer = origin.customer(named, &envelope);
     let config = core.config();
+    let (xfer, body) = take_xfer(core, &config, &origin, body)?;
+    envelope.customer = match &xfer {
+        Some(x) => x.customer.clone(),
+        None => origin.customer(named, &envelope),
+    };
     let customer = config.customer(&envelope.customer);
     let now_s = crate::clock::unix_s();
-    envelope.received_at_s = now_s;
+    // Handed over: `max_queue_age` still counts from the first reception.
+    envelope.received_at_s = xfer.as_ref().map_or(now_s, |x| x.received_s.min(now_s));
     let id = core.spool.next_id();
     let header = prefix_headers(
         &origin.sender(),
@@ -161,7 +175,8 @@ pub async fn accept(
     if !reserve && !core.spool.has_room((header.len() + body.len()) as u64) {
         return Err(Refusal::SpoolFull);
     }
-    let charge = if origin.charged() {
+    // A hand-over was charged and signed on the node that first received it.
+    let charge = if origin.charged() && xfer.is_none() {
         core.limits
             .charge(customer, crate::clock::unix_ms())
             .await
@@ -169,15 +184,19 @@ pub async fn accept(
     } else {
         Charge::Free
     };
-    let (header, body) = signing::sign(
-        core.dkim_signers(),
-        core.counters(),
-        header,
-        body,
-        &envelope.sender,
-        now_s,
-    )
-    .await;
+    let (header, body) = if xfer.is_some() {
+        (header, body)
+    } else {
+        signing::sign(
+            core.dkim_signers(),
+            core.counters(),
+            header,
+            body,
+            &envelope.sender,
+            now_s,
+        )
+        .await
+    };
     let size = (header.len() + body.len()) as u64;
     let stored = if reserve {
         core.spool.store_notice(id, &envelope, &header, &body).await
@@ -194,11 +213,156 @@ pub async fn accept(
             return Err(Refusal::from(e));
         }
     };
-    let client_ip = origin.sender().ip;
-    record_reception(core, id, &envelope, size, client_ip, started);
+    let attempts = match &xfer {
+        Some(x) => {
+            keep_attempts(core, id, envelope.recipients.len(), x.attempts).await;
+            record_xfer_in(core, id, &envelope, size, x, &origin, started);
+            x.attempts
+        }
+        None => {
+            record_reception(core, id, &envelope, size, origin.sender().ip, started);
+            0
+        }
+    };
     let recipients = envelope.recipients.len();
-    crate::placement::route_new_message(core, id, location, Arc::new(envelope), now_s).await;
+    crate::placement::route_new_message(core, id, location, Arc::new(envelope), attempts).await;
     Ok(Accepted { id, recipients })
+}
+
+/// Takes the hand-over header (`X-Volley-Xfer`) off the message. Only an SMTP client inside
+/// `[cluster] peer_networks` may hand mail over: from anyone else (another SMTP client, the API)
+/// a message carrying it is refused, counted and logged. Notices, made here, are not looked at.
+fn take_xfer(
+    core: &Shard,
+    config: &Config,
+    origin: &Origin<'_>,
+    body: Vec<u8>,
+) -> Result<(Option<Xfer>, Vec<u8>), Refusal> {
+    let (peer, smtp) = match origin {
+        Origin::Notice { .. } => return Ok((None, body)),
+        Origin::Smtp { ip, .. } => (*ip, true),
+        Origin::Api { peer, .. } => (*peer, false),
+    };
+    if crate::rfc5322::find_field(&body, XFER_HEADER).is_none() {
+        return Ok((None, body));
+    }
+    let refused = |refusal: Refusal| {
+        core.counters().xfer_refused.fetch_add(1, Ordering::Relaxed);
+        refusal
+    };
+    let trusted = smtp
+        && config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.peer_networks.iter().any(|n| n.contains(peer)));
+    if !trusted {
+        log::warn!(
+            "refused a message carrying {XFER_HEADER} from {peer}: not a peer node (see \
+             [cluster] peer_networks)"
+        );
+        return Err(refused(Refusal::XferUntrusted));
+    }
+    let (value, body) = crate::rfc5322::take_field(body, XFER_HEADER);
+    // The node puts one header in front; a second one is not its word.
+    if crate::rfc5322::find_field(&body, XFER_HEADER).is_some() {
+        log::warn!("refused a hand-over from {peer}: {XFER_HEADER} twice");
+        return Err(refused(Refusal::XferMalformed(XferError::Repeated(
+            XFER_HEADER,
+        ))));
+    }
+    match Xfer::parse(value.as_deref().unwrap_or_default()) {
+        Ok(xfer) => Ok((Some(xfer), body)),
+        Err(e) => {
+            log::warn!("refused a hand-over from {peer}: {e}");
+            Err(refused(Refusal::XferMalformed(e)))
+        }
+    }
+}
+
+/// A hand-over's attempt count, written as each recipient's state (deferred, due now), so that a
+/// restart keeps it too. The records join one group commit. One that fails only makes the
+/// retry schedule start again from the first interval after a restart: logged, not refused.
+async fn keep_attempts(core: &Shard, id: MessageId, recipients: usize, attempts: u32) {
+    if attempts == 0 {
+        return;
+    }
+    let state = RecipientState::Deferred {
+        next_attempt_s: crate::clock::unix_s(),
+        attempts,
+    };
+    let writes: Vec<_> = (0..recipients as u32)
+        .map(|recipient| {
+            let spool = core.spool.clone();
+            glommio::spawn_local(async move { spool.set_state(id, recipient, state).await })
+        })
+        .collect();
+    for write in writes {
+        if let Err(e) = write.await {
+            log::warn!("{id}: the attempt count of a hand-over was not recorded: {e}");
+        }
+    }
+}
+
+/// Counts a message handed over by a peer and writes its `xfer_in` events (one per recipient),
+/// in place of the reception: recipients this node received from the same node and message
+/// before are counted as duplicates (they are delivered again).
+fn record_xfer_in(
+    core: &Shard,
+    id: MessageId,
+    envelope: &Envelope,
+    size: u64,
+    xfer: &Xfer,
+    origin: &Origin<'_>,
+    started: std::time::Instant,
+) {
+    let counters = core.counters();
+    counters
+        .xfer_in
+        .fetch_add(envelope.recipients.len() as u64, Ordering::Relaxed);
+    counters
+        .accept_latency
+        .record_us(started.elapsed().as_micros() as u64);
+    let id_text = id.to_string();
+    let source_ip = origin
+        .sender()
+        .ip
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    let queue_ms = crate::clock::unix_s()
+        .saturating_sub(envelope.received_at_s)
+        .saturating_mul(1000);
+    for r in &envelope.recipients {
+        if core
+            .node
+            .xfers_seen
+            .remember(&xfer.node, &xfer.id, &r.address)
+        {
+            counters.xfer_duplicates.fetch_add(1, Ordering::Relaxed);
+            log::info!(
+                "{id_text}: <{}> of {} was handed over by {} before: a duplicate (an interrupted \
+                 drain), delivered again",
+                r.address,
+                xfer.id,
+                xfer.node
+            );
+        }
+        core.accounting.record(&AccountingEvent {
+            kind: Some(EventType::XferIn),
+            time: crate::clock::now_rfc3339(),
+            id: id_text.clone(),
+            customer: envelope.customer.clone(),
+            source_ip: source_ip.clone(),
+            sender: envelope.sender.clone(),
+            recipient: r.address.clone(),
+            domain: r.domain(),
+            attempt: xfer.attempts,
+            size_bytes: size,
+            queue_ms,
+            node: xfer.node.clone(),
+            xfer_id: xfer.id.clone(),
+            ..Default::default()
+        });
+    }
 }
 
 /// Counts a spooled message and writes its reception events (one per recipient).

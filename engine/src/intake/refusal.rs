@@ -1,6 +1,7 @@
 //! Why intake did not take a message, and how each way in says so: an SMTP reply with its enhanced
 //! status code, or an HTTP status for the API.
 
+use super::xfer::XferError;
 use crate::limits;
 use crate::smtp::reply::{EnhancedCode, Reply};
 use crate::spool::SpoolError;
@@ -14,6 +15,12 @@ pub enum Refusal {
     SpoolFull,
     #[error("not spooled: {0}")]
     Spool(SpoolError),
+    /// An `X-Volley-Xfer` header from a client outside `[cluster] peer_networks`, or by the API.
+    #[error("X-Volley-Xfer is only taken from the cluster's peer nodes")]
+    XferUntrusted,
+    /// An `X-Volley-Xfer` header from a peer that cannot be read.
+    #[error("{0}")]
+    XferMalformed(XferError),
 }
 
 impl Refusal {
@@ -39,6 +46,14 @@ impl Refusal {
                 Some(EnhancedCode::new(4, 3, 0)),
                 "Local error in processing, try again later",
             ),
+            Refusal::XferUntrusted => Reply::new(
+                550,
+                Some(EnhancedCode::new(5, 7, 1)),
+                "X-Volley-Xfer is only taken from the cluster's peer nodes",
+            ),
+            Refusal::XferMalformed(e) => {
+                Reply::new(550, Some(EnhancedCode::new(5, 6, 0)), e.to_string())
+            }
         }
     }
 
@@ -47,6 +62,8 @@ impl Refusal {
             Refusal::Limit(limits::Refusal::Unavailable { .. }) => 503,
             Refusal::Limit(_) => 429,
             Refusal::SpoolFull | Refusal::Spool(_) => 503,
+            Refusal::XferUntrusted => 403,
+            Refusal::XferMalformed(_) => 400,
         }
     }
 }
@@ -85,5 +102,13 @@ mod tests {
                 .starts_with("452 4.3.1")
         );
         assert_eq!(Refusal::from(SpoolError::Full).http_status(), 503);
+        let untrusted = Refusal::XferUntrusted.smtp_reply().to_string();
+        assert!(
+            untrusted.starts_with("550 5.7.1 X-Volley-Xfer"),
+            "{untrusted}"
+        );
+        assert_eq!(Refusal::XferUntrusted.http_status(), 403);
+        let bad = Refusal::XferMalformed(XferError::Missing("node"));
+        assert!(bad.smtp_reply().to_string().starts_with("550 5.6.0"));
     }
 }

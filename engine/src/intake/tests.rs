@@ -37,8 +37,27 @@ struct Core {
     events: Arc<EventLog>,
 }
 
-async fn core(dir: &std::path::Path) -> Core {
-    let config = Arc::new(Config::parse(CONFIG).expect("config"));
+/// The configuration of the node that takes mail handed over by its peers on 127.0.0.0/30.
+const PEER_CONFIG: &str = r#"
+[server]
+hostname = "mta-b.intake.test"
+
+[[listener]]
+address = "127.0.0.1:2525"
+relay_networks = ["127.0.0.0/8"]
+
+[[customer]]
+name = "acme"
+max_messages_per_hour = 2
+
+[cluster]
+node = "mta-b"
+redis = "redis://127.0.0.1:1/0"
+peer_networks = ["127.0.0.0/30"]
+"#;
+
+async fn core_with(dir: &std::path::Path, config: &str) -> Core {
+    let config = Arc::new(Config::parse(config).expect("config"));
     let events = EventLog::open("").expect("event log");
     let node = Node {
         control: Control::new(config, None),
@@ -49,6 +68,8 @@ async fn core(dir: &std::path::Path) -> Core {
         router: RouterSetup::new(1),
         limits: Arc::new(SendingLimits::in_memory()),
         cluster: None,
+        drain: Arc::new(crate::shard::Drain::in_memory()),
+        xfers_seen: Arc::new(crate::shard::XferMemory::default()),
     };
     let mut spool_config = SpoolConfig::new(dir, 0);
     spool_config.fsync = false;
@@ -108,12 +129,16 @@ fn stored(core: &Core, handoff: &Handoff) -> (Envelope, String) {
 }
 
 fn run(test: impl AsyncFnOnce(Core)) {
+    run_with(CONFIG, test)
+}
+
+fn run_with(config: &str, test: impl AsyncFnOnce(Core)) {
     glommio::LocalExecutorBuilder::default()
         .make()
         .expect("executor")
         .run(async {
             let dir = tempfile::tempdir().expect("dir");
-            test(core(dir.path()).await).await;
+            test(core_with(dir.path(), config).await).await;
         });
 }
 
@@ -302,5 +327,193 @@ fn a_plan_used_up_refuses_with_the_same_reply_whichever_way_in() {
         .await
         .expect("a notice is not charged");
         assert_eq!(core.handoffs.borrow().len(), 3);
+    });
+}
+
+fn from_peer(ip: &str) -> Origin<'static> {
+    Origin::Smtp {
+        helo: "mta-a.intake.test",
+        ip: ip.parse().unwrap(),
+        protocol: "ESMTP",
+        authenticated: None,
+        relay_trusted: true,
+    }
+}
+
+fn handed_over(xfer: &Xfer) -> Vec<u8> {
+    [
+        xfer.header_line().as_bytes(),
+        b"From: alice@src.test\r\nSubject: hi\r\n\r\nHello.\r\n",
+    ]
+    .concat()
+}
+
+fn sample_xfer(received_s: u64) -> Xfer {
+    Xfer {
+        node: "mta-a".into(),
+        id: "00000000002A-00".into(),
+        customer: "acme".into(),
+        received_s,
+        attempts: 4,
+    }
+}
+
+#[test]
+fn a_hand_over_from_a_peer_keeps_customer_reception_time_and_attempts() {
+    run_with(PEER_CONFIG, async |core| {
+        let first_received_s = crate::clock::unix_s() - 3_600;
+        let xfer = sample_xfer(first_received_s);
+        for _ in 0..3 {
+            // More than acme's hourly plan of 2: a hand-over is not charged again.
+            accept(
+                &core.placement,
+                from_peer("127.0.0.1"),
+                envelope(&["a@d.test", "b@e.test"]),
+                handed_over(&xfer),
+            )
+            .await
+            .expect("taken from a peer");
+        }
+        let (hour, _, _) = core.placement.limits.usage("acme", crate::clock::unix_s());
+        assert_eq!(hour, 0, "charged on the first node only");
+        let handoffs = core.handoffs.borrow().clone();
+        assert_eq!(handoffs.len(), 6, "one per domain per message");
+        assert!(
+            handoffs.iter().all(|h| h.recipients[0].1 == 4),
+            "the attempts go to the queues: {handoffs:?}"
+        );
+        let (stored_envelope, text) = stored(&core, &handoffs[0]);
+        assert_eq!(stored_envelope.customer, "acme");
+        assert_eq!(stored_envelope.received_at_s, first_received_s);
+        assert!(!text.contains("X-Volley-Xfer"), "taken off: {text}");
+        assert!(
+            text.starts_with("Received: from mta-a.intake.test"),
+            "{text}"
+        );
+        // The attempts are in the spool too (a restart keeps them): one state per recipient.
+        assert_eq!(core.placement.spool.stats().state_records, 6);
+
+        core.placement.accounting.flush_now();
+        let events: Vec<serde_json::Value> = core
+            .events
+            .after(0, 100)
+            .into_iter()
+            .map(|(_, line)| serde_json::from_str(&line).unwrap())
+            .collect();
+        assert_eq!(events.len(), 6, "{events:?}");
+        for e in &events {
+            assert_eq!(e["type"], "xfer_in", "instead of reception: {e}");
+            assert_eq!(e["node"], "mta-a");
+            assert_eq!(e["xfer_id"], "00000000002A-00");
+            assert_eq!(e["customer"], "acme");
+            assert_eq!(e["attempt"], 4);
+            assert_eq!(e["source_ip"], "127.0.0.1");
+            assert!(e["queue_ms"].as_u64().unwrap() >= 3_600_000, "{e}");
+        }
+        let counters = core.placement.counters();
+        assert_eq!(counters.xfer_in.load(Ordering::Relaxed), 6);
+        assert_eq!(
+            counters.xfer_duplicates.load(Ordering::Relaxed),
+            4,
+            "the second and third hand-over of each recipient"
+        );
+        assert_eq!(counters.messages_received.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn a_reception_time_in_the_future_is_taken_as_now() {
+    run_with(PEER_CONFIG, async |core| {
+        let xfer = Xfer {
+            attempts: 0,
+            ..sample_xfer(u64::MAX)
+        };
+        accept(
+            &core.placement,
+            from_peer("127.0.0.2"),
+            envelope(&["a@d.test"]),
+            handed_over(&xfer),
+        )
+        .await
+        .expect("taken");
+        let handoff = core.handoffs.borrow()[0].clone();
+        let (stored_envelope, _) = stored(&core, &handoff);
+        assert!(stored_envelope.received_at_s <= crate::clock::unix_s());
+        assert_eq!(
+            core.placement.spool.stats().state_records,
+            0,
+            "no attempt to keep"
+        );
+    });
+}
+
+#[test]
+fn a_hand_over_header_from_anyone_else_is_refused() {
+    run_with(PEER_CONFIG, async |core| {
+        let xfer = sample_xfer(1_790_000_000);
+        let untrusted = accept(
+            &core.placement,
+            from_peer("127.0.0.9"),
+            envelope(&["a@d.test"]),
+            handed_over(&xfer),
+        )
+        .await
+        .expect_err("outside peer_networks");
+        assert!(
+            untrusted
+                .smtp_reply()
+                .to_string()
+                .starts_with("550 5.7.1 X-Volley-Xfer"),
+            "{untrusted}"
+        );
+        let api = accept(
+            &core.placement,
+            Origin::Api {
+                peer: "127.0.0.1".parse().unwrap(),
+                customer: None,
+            },
+            envelope(&["a@d.test"]),
+            handed_over(&xfer),
+        )
+        .await
+        .expect_err("never by the API");
+        assert_eq!(api.http_status(), 403);
+        let malformed = accept(
+            &core.placement,
+            from_peer("127.0.0.1"),
+            envelope(&["a@d.test"]),
+            b"X-Volley-Xfer: node=mta-a\r\n\r\nx\r\n".to_vec(),
+        )
+        .await
+        .expect_err("malformed");
+        assert!(malformed.smtp_reply().to_string().starts_with("550 5.6.0"));
+        let twice = [xfer.header_line().as_bytes(), handed_over(&xfer).as_slice()].concat();
+        accept(
+            &core.placement,
+            from_peer("127.0.0.1"),
+            envelope(&["a@d.test"]),
+            twice,
+        )
+        .await
+        .expect_err("two headers");
+        assert!(core.handoffs.borrow().is_empty(), "nothing spooled");
+        let refused = core
+            .placement
+            .counters()
+            .xfer_refused
+            .load(Ordering::Relaxed);
+        assert_eq!(refused, 4);
+    });
+    // Without [cluster] no client is a peer.
+    run(async |core| {
+        let refused = accept(
+            &core.placement,
+            from_peer("127.0.0.1"),
+            envelope(&["a@d.test"]),
+            handed_over(&sample_xfer(1_790_000_000)),
+        )
+        .await
+        .expect_err("no peers");
+        assert!(matches!(refused, Refusal::XferUntrusted));
     });
 }

@@ -32,8 +32,11 @@ use crate::smtp::server::{Event, PeerInfo, Session, message_bytes_in_flight_refu
 
 /// Bytes read from the socket at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// How often an idle session looks at the stop flag.
+/// How often an idle session looks at the stop flag (and the drain).
 const STOP_CHECK_MS: u64 = 500;
+/// The answer while the node drains: at connect, and between transactions of open sessions.
+const DRAINING_REPLY: &[u8] =
+    b"421 4.3.2 Service not available: this node is draining, try another\r\n";
 
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +159,17 @@ pub async fn serve_connection(stream: TcpStream, ctx: Rc<ListenerContext>) {
             return;
         }
     };
+    if core.node.drain.is_draining() {
+        // The node hands its queue to another: new mail goes elsewhere (another MX, HAProxy's
+        // next server). Counted as refused, like a connection limit.
+        counters
+            .connections_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log::info!("refused {peer}: draining");
+        let mut stream = stream;
+        let _ = write_within(&mut stream, DRAINING_REPLY, settings.write_timeout).await;
+        return;
+    }
     counters
         .connections_accepted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -217,11 +231,18 @@ async fn run(
     ctx: &Rc<ListenerContext>,
     settings: &LiveSettings,
 ) -> Result<(), DriverError> {
-    let relay_allowed = settings
-        .listener
-        .relay_networks
-        .iter()
-        .any(|n| n.contains(peer.ip()));
+    // A peer node (`[cluster] peer_networks`) relays too: handing mail over is relaying it.
+    let config = ctx.core.config();
+    let peer_node = config
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.peer_networks.iter().any(|n| n.contains(peer.ip())));
+    let relay_allowed = peer_node
+        || settings
+            .listener
+            .relay_networks
+            .iter()
+            .any(|n| n.contains(peer.ip()));
     let peer_info = PeerInfo {
         ip: peer.ip(),
         relay_allowed,
@@ -314,6 +335,10 @@ where
                 settings.write_timeout,
             )
             .await?;
+            return Ok(SessionEnd::Close);
+        }
+        if ctx.core.node.drain.is_draining() && !session.in_transaction() {
+            write_within(io, DRAINING_REPLY, settings.write_timeout).await?;
             return Ok(SessionEnd::Close);
         }
         let stop_check = Duration::from_millis(STOP_CHECK_MS);

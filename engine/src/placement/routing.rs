@@ -124,17 +124,18 @@ pub async fn hand_off_to(
     }
 }
 
-/// Routes every recipient of a message that was just spooled.
+/// Routes every recipient of a message that was just spooled, ready now, with the delivery
+/// attempts already made for each (0, unless handed over by another node).
 pub async fn route_new_message(
     core: &Rc<Placement>,
     id: MessageId,
     body: BodyLocation,
     envelope: Arc<Envelope>,
-    _now_s: u64,
+    attempts: u32,
 ) {
     let count = envelope.recipients.len() as u32;
     let envelope = PackedEnvelope::new(&envelope);
-    let recipients = (0..count).map(|i| (i, 0, 0));
+    let recipients = (0..count).map(|i| (i, attempts, 0));
     hand_off(core, id, body.record(), &envelope, recipients).await;
 }
 

@@ -734,6 +734,30 @@ impl Queues {
         drained
     }
 
+    /// Takes up to `max` recipients for a hand-over to another node (a drain): the ready ones,
+    /// oldest first, then the deferred ones, earliest retry first, whatever their retry time and
+    /// whether or not the queue is suspended. Not counted here: the caller puts back what the
+    /// other node did not take (`return_unsent`, `schedule`).
+    pub fn take_for_handover(&mut self, key: &QueueKey, max: usize) -> Vec<QueuedRecipient> {
+        let Some(&slot) = self.index.get(key) else {
+            return Vec::new();
+        };
+        let Some(q) = self.queue_mut(slot) else {
+            return Vec::new();
+        };
+        let n = max.min(q.ready.len());
+        let mut taken: Vec<_> = q.ready.drain(..n).collect();
+        while taken.len() < max {
+            match q.deferred.pop() {
+                Some(Deferred(item)) => taken.push(item),
+                None => break,
+            }
+        }
+        q.trim();
+        self.reschedule(slot);
+        taken
+    }
+
     /// Opens a connection slot if the queue is active and below `max_connections`.
     pub fn try_open_connection(&mut self, key: &QueueKey) -> bool {
         let slot = self.slot_or_create(key);

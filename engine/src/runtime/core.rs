@@ -53,17 +53,30 @@ impl Shared {
         let limits =
             crate::limits::SendingLimits::open(std::path::Path::new(&config.server.spool_dir))
                 .map_err(|e| format!("sending limits: {e}"))?;
+        // A drain interrupted by a stop or a crash goes on (docs/drain.md).
+        let spool_dir = std::path::absolute(&config.server.spool_dir)
+            .map_err(|e| format!("spool_dir {}: {e}", config.server.spool_dir))?;
+        let drain =
+            Arc::new(crate::shard::Drain::open(&spool_dir).map_err(|e| format!("drain: {e}"))?);
+        if let Some(target) = drain.target() {
+            log::warn!(
+                "draining to {} (since {}): no new mail is taken; DELETE /v1/drain to stop",
+                target.to,
+                target.since_s
+            );
+        }
         let metrics = Arc::new(Metrics::new(cores));
         let cluster = match &config.cluster {
             None => None,
             Some(section) => {
                 let metrics = metrics.clone();
+                let drain = drain.clone();
                 let status = move || crate::cluster::NodeStatus {
                     queued_recipients: metrics.sum_gauge(|c| &c.queued_recipients),
                     messages_received: metrics.sum(|c| &c.messages_received),
                     delivered: metrics.sum(|c| &c.delivered),
                     bounced: metrics.sum(|c| &c.bounced),
-                    draining: false,
+                    draining: drain.is_draining(),
                 };
                 Some(
                     crate::cluster::Cluster::start(section, Box::new(status))
@@ -81,6 +94,8 @@ impl Shared {
                 router: RouterSetup::new(cores),
                 limits: Arc::new(limits),
                 cluster,
+                drain,
+                xfers_seen: Arc::new(crate::shard::XferMemory::default()),
             },
             queue_board: Arc::new(QueueBoard::new(cores)),
             vmta_board: Arc::new(VmtaBoard::default()),

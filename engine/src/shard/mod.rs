@@ -5,9 +5,11 @@
 //! limits, the DKIM signers, the resolver, the metrics and the stop signal.
 //!
 //! `Node` is what all cores of the process share (built once before the executors start);
-//! `Control` is what they share with the signal thread (stop, reload, connection counters).
+//! `Control` is what they share with the signal thread (stop, reload, connection counters);
+//! `Drain` and `XferMemory` what they know of hand-overs between cluster nodes.
 
 mod control;
+mod drain;
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::net::SocketAddr;
@@ -17,6 +19,10 @@ use std::sync::Arc;
 use glommio::sync::Semaphore;
 
 pub use control::{ConnectionRefusal, ConnectionSlot, Control, MessageBytesHeld};
+pub use drain::{
+    DRAIN_ERROR_BYTES_MAX, DRAIN_FILE_NAME, Drain, DrainFileError, DrainTarget, XFER_MEMORY_SLOTS,
+    XferMemory,
+};
 
 use crate::accounting::{CoreAccounting, EventLog};
 use crate::config::Config;
@@ -41,6 +47,10 @@ pub struct Node {
     pub limits: Arc<SendingLimits>,
     /// With `[cluster]`: the Redis link, this node's name, shared limits and the registry.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Whether this node is draining to another, and where (`POST /v1/drain`).
+    pub drain: Arc<Drain>,
+    /// Hand-overs received lately, to count those received again.
+    pub xfers_seen: Arc<XferMemory>,
 }
 
 /// Resolves every waiter once the core is asked to stop.

@@ -291,6 +291,28 @@ fn bounce_all_drains_ready_and_deferred() {
 }
 
 #[test]
+fn take_for_handover_takes_ready_then_deferred_even_suspended() {
+    let mut q = queues();
+    let k = key("example.com");
+    q.enqueue(&k, item(1, 0, 0));
+    q.defer(&k, item(3, 0, 0), 0, "451", 50);
+    q.defer(&k, item(2, 0, 0), 0, "451", 10);
+    q.enqueue(&k, item(4, 0, 0));
+    q.suspend(&k, None, "by the operator");
+    assert_eq!(seqs(&q.take_for_handover(&k, 3)), [1, 4, 2]);
+    assert_eq!(q.len(), 1);
+    let rest = q.take_for_handover(&k, 10);
+    assert_eq!(seqs(&rest), [3]);
+    assert_eq!(rest[0].attempts, 1, "the attempt count goes along");
+    assert!(q.is_empty());
+    assert_eq!(q.next_wakeup(), None, "no timer left for what was taken");
+    assert!(q.take_for_handover(&key("unknown.example"), 10).is_empty());
+    // What the other node did not take comes back as it was.
+    q.schedule(&k, rest[0]);
+    assert_eq!(q.next_wakeup(), Some(rest[0].next_attempt_s));
+}
+
+#[test]
 fn connection_cap_is_respected() {
     let mut q = queues();
     let k = key("example.com");
