@@ -21,6 +21,10 @@ pub enum EventType {
     Expiration,
     /// Prepaid credits added to a customer through the API.
     Credits,
+    /// A recipient or message refused at RCPT or at the end of data (the reply says why).
+    Rejection,
+    /// A recipient dropped at reception because the customer's suppression list has it.
+    Suppressed,
     /// Handed over to another node by a drain (the target answered 250): gone from here.
     #[serde(rename = "xfer_out")]
     XferOut,

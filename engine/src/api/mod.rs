@@ -3,6 +3,7 @@
 pub mod client;
 pub mod http;
 mod routes;
+mod suppressions;
 
 use std::rc::Rc;
 

@@ -36,6 +36,13 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         ("POST", ["v1", "customers", name, "credits"]) => {
             add_credits(&core, name, &request.body).await
         }
+        ("GET", ["v1", "suppressions"]) => super::suppressions::count(&core),
+        (method, ["v1", "suppressions", customer, address]) => {
+            super::suppressions::one(&core, method, customer, address).await
+        }
+        ("POST", ["v1", "suppressions", customer]) => {
+            super::suppressions::bulk(&core, customer, &request.body).await
+        }
         ("GET", ["v1", "drain"]) => drain_state(&core),
         ("POST", ["v1", "drain"]) => drain_start(&core, &request.body).await,
         ("DELETE", ["v1", "drain"]) => drain_cancel(&core).await,

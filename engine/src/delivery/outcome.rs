@@ -543,9 +543,10 @@ async fn spool_dsn(
             Refusal::Spool(e) => e,
             // Notices are charged to no customer: a limit never refuses one; nor is a hand-over
             // header looked for in them.
-            refusal @ (Refusal::Limit(_) | Refusal::XferUntrusted | Refusal::XferMalformed(_)) => {
-                SpoolError::Io(std::io::Error::other(refusal.to_string()))
-            }
+            refusal @ (Refusal::Limit(_)
+            | Refusal::XferUntrusted
+            | Refusal::XferMalformed(_)
+            | Refusal::Suppressed) => SpoolError::Io(std::io::Error::other(refusal.to_string())),
         })
 }
 

@@ -31,6 +31,7 @@ use crate::envelope::{Envelope, MessageId};
 use crate::limits::Charge;
 use crate::placement::Placement;
 use crate::shard::Shard;
+use crate::smtp::reply::Reply;
 use crate::spool::RecipientState;
 
 /// The header that names the customer on relay listeners and the API; always removed before the
@@ -157,6 +158,9 @@ pub async fn accept(
         Some(x) => x.customer.clone(),
         None => origin.customer(named, &envelope),
     };
+    if xfer.is_none() && !matches!(origin, Origin::Notice { .. }) {
+        drop_suppressed(core, &mut envelope)?;
+    }
     let customer = config.customer(&envelope.customer);
     let now_s = crate::clock::unix_s();
     // Handed over: `max_queue_age` still counts from the first reception.
@@ -363,6 +367,56 @@ fn record_xfer_in(
             ..Default::default()
         });
     }
+}
+
+/// Takes the customer's suppressed recipients out of the envelope, each with a `suppressed` event
+/// (an AUTH client was refused them at RCPT already; a relay client or the API names its customer
+/// only in the message, so here is the first place they can be known). None left: refused.
+fn drop_suppressed(core: &Shard, envelope: &mut Envelope) -> Result<(), Refusal> {
+    if envelope.customer.is_empty() {
+        return Ok(());
+    }
+    let customer = envelope.customer.clone();
+    let before = envelope.recipients.len();
+    let mut dropped = Vec::new();
+    envelope.recipients.retain(|r| {
+        let suppressed = core.suppressions.is_suppressed(&customer, &r.address);
+        if suppressed {
+            dropped.push(r.address.clone());
+        }
+        !suppressed
+    });
+    for address in &dropped {
+        core.accounting.record(&AccountingEvent {
+            kind: Some(EventType::Suppressed),
+            time: crate::clock::now_rfc3339(),
+            customer: customer.clone(),
+            sender: envelope.sender.clone(),
+            recipient: address.clone(),
+            domain: crate::envelope::domain_of(address),
+            response: Reply::RECIPIENT_SUPPRESSED.to_string(),
+            enhanced_code: "5.7.1".into(),
+            ..Default::default()
+        });
+    }
+    if before > 0 && envelope.recipients.is_empty() {
+        return Err(Refusal::Suppressed);
+    }
+    Ok(())
+}
+
+/// A `rejection` event: a recipient (or a whole message) refused with `reply`.
+pub fn record_rejection(core: &Shard, customer: &str, recipient: &str, reply: &Reply) {
+    core.accounting.record(&AccountingEvent {
+        kind: Some(EventType::Rejection),
+        time: crate::clock::now_rfc3339(),
+        customer: customer.to_string(),
+        recipient: recipient.to_string(),
+        domain: crate::envelope::domain_of(recipient),
+        response: reply.to_string(),
+        enhanced_code: reply.enhanced().map(|e| e.to_string()).unwrap_or_default(),
+        ..Default::default()
+    });
 }
 
 /// Counts a spooled message and writes its reception events (one per recipient).

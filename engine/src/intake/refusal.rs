@@ -13,6 +13,9 @@ pub enum Refusal {
     Limit(limits::Refusal),
     #[error("spool full, try again later")]
     SpoolFull,
+    /// Every recipient is on the customer's suppression list.
+    #[error("every recipient is suppressed")]
+    Suppressed,
     #[error("not spooled: {0}")]
     Spool(SpoolError),
     /// An `X-Volley-Xfer` header from a client outside `[cluster] peer_networks`, or by the API.
@@ -36,6 +39,7 @@ impl Refusal {
                 Some(EnhancedCode::new(4, 7, 1)),
                 format!("{limit}, try again later"),
             ),
+            Refusal::Suppressed => Reply::RECIPIENT_SUPPRESSED,
             Refusal::SpoolFull => Reply::new(
                 452,
                 Some(EnhancedCode::new(4, 3, 1)),
@@ -64,6 +68,7 @@ impl Refusal {
             Refusal::SpoolFull | Refusal::Spool(_) => 503,
             Refusal::XferUntrusted => 403,
             Refusal::XferMalformed(_) => 400,
+            Refusal::Suppressed => 422,
         }
     }
 }

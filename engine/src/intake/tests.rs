@@ -68,6 +68,7 @@ async fn core_with(dir: &std::path::Path, config: &str) -> Core {
         router: RouterSetup::new(1),
         limits: Arc::new(SendingLimits::in_memory()),
         cluster: None,
+        suppressions: Arc::new(crate::suppression::SuppressionList::in_memory()),
         drain: Arc::new(crate::shard::Drain::in_memory()),
         xfers_seen: Arc::new(crate::shard::XferMemory::default()),
     };

@@ -380,6 +380,21 @@ async fn handle_event(
     let core = &ctx.core;
     let in_flight_limit = core.config().server.max_message_bytes_in_flight;
     match event {
+        Event::Recipient { address } => {
+            let customer = session.authenticated_as().unwrap_or_default();
+            let result = if core.suppressions.is_suppressed(customer, &address) {
+                crate::intake::record_rejection(
+                    core,
+                    customer,
+                    &address,
+                    &Reply::RECIPIENT_SUPPRESSED,
+                );
+                Err(Reply::RECIPIENT_SUPPRESSED)
+            } else {
+                Ok(())
+            };
+            session.rcpt_result(result, Instant::now());
+        }
         Event::Auth { username, password } => {
             let ip = session.peer().ip;
             let verdict = core.throttle.borrow_mut().check(ip, crate::clock::unix_s());

@@ -84,8 +84,11 @@ impl Shared {
                 )
             }
         };
+        let suppressions = crate::suppression::SuppressionList::open(&spool_dir)
+            .map_err(|e| format!("suppression list: {e}"))?;
         Ok(Shared {
             node: Node {
+                suppressions: Arc::new(suppressions),
                 control,
                 cores,
                 metrics,

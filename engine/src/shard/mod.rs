@@ -45,6 +45,8 @@ pub struct Node {
     pub router: Arc<RouterSetup>,
     /// Per-customer sending limits, shared lock-free by the cores.
     pub limits: Arc<SendingLimits>,
+    /// Per-customer suppression lists, read lock-free by every core.
+    pub suppressions: Arc<crate::suppression::SuppressionList>,
     /// With `[cluster]`: the Redis link, this node's name, shared limits and the registry.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Whether this node is draining to another, and where (`POST /v1/drain`).
@@ -83,6 +85,7 @@ pub struct Shard {
     pub bodies: SegmentReader,
     pub accounting: CoreAccounting,
     pub limits: CoreLimits,
+    pub suppressions: crate::suppression::CoreSuppressions,
     router: OnceCell<Router>,
     /// The `[[dkim]]` keys of the running configuration (loaded off the reactor by `Control`).
     dkim: RefCell<Arc<DkimSigners>>,
@@ -102,6 +105,7 @@ impl Shard {
             bodies,
             accounting: CoreAccounting::new(node.events.clone()),
             limits: CoreLimits::new(node.limits.clone(), node.cluster.clone()),
+            suppressions: crate::suppression::CoreSuppressions::new(node.suppressions.clone()),
             router: OnceCell::new(),
             dkim: RefCell::new(control.dkim_signers()),
             resolver: RefCell::new(None),

@@ -55,6 +55,8 @@ impl Reply {
     pub const SENDER_OK: Reply = reply(250, 2, 1, 0, "Ok");
     /// 250 2.1.5: RCPT accepted.
     pub const RECIPIENT_OK: Reply = reply(250, 2, 1, 5, "Ok");
+    /// 550 5.7.1: the recipient is on the customer's suppression list.
+    pub const RECIPIENT_SUPPRESSED: Reply = reply(550, 5, 7, 1, "Recipient suppressed");
     /// 354: go ahead with the DATA body (RFC 2034 gives 3xx replies no enhanced code).
     pub const START_MAIL_INPUT: Reply = Reply {
         code: 354,

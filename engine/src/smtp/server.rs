@@ -114,6 +114,9 @@ pub enum Event {
     Auth { username: String, password: String },
     /// A transaction wants to start; answer with `mail_result` (sending limits, spool space).
     Mail { sender: String, size: Option<u64> },
+    /// An authenticated client names a recipient (its customer is known, so the driver may refuse
+    /// it, e.g. suppressed); answer with `rcpt_result`. Not sent for unauthenticated sessions.
+    Recipient { address: String },
     /// A complete message: make it durable, then answer with `message_result(Ok(queue_id))`.
     /// `body` is unstuffed, exactly as received. `envelope.customer` and `received_at_s` are left
     /// for the driver to fill.
@@ -139,6 +142,10 @@ impl fmt::Debug for Event {
                 .debug_struct("Mail")
                 .field("sender", sender)
                 .field("size", size)
+                .finish(),
+            Event::Recipient { address } => f
+                .debug_struct("Recipient")
+                .field("address", address)
                 .finish(),
             Event::Message { envelope, body } => f
                 .debug_struct("Message")
@@ -189,6 +196,7 @@ enum InputPhase {
 enum Waiting {
     Auth,
     Mail(Envelope),
+    Recipient(Recipient),
     Message,
     TlsHandshake,
 }
@@ -672,14 +680,43 @@ impl Session {
         if let Some(reply) = refusal {
             return self.reply_error(reply);
         }
-        if let Some(tx) = &mut self.transaction {
-            tx.envelope.recipients.push(Recipient {
-                address,
-                notify: params.notify.unwrap_or(DsnNotify::DEFAULT),
-                orcpt: params.orcpt,
+        let recipient = Recipient {
+            address,
+            notify: params.notify.unwrap_or(DsnNotify::DEFAULT),
+            orcpt: params.orcpt,
+        };
+        if self.authenticated.is_some() {
+            self.events.push_back(Event::Recipient {
+                address: recipient.address.clone(),
             });
+            self.waiting = Some(Waiting::Recipient(recipient));
+            return;
+        }
+        self.add_recipient(recipient);
+    }
+
+    fn add_recipient(&mut self, recipient: Recipient) {
+        if let Some(tx) = &mut self.transaction {
+            tx.envelope.recipients.push(recipient);
         }
         self.reply(Reply::RECIPIENT_OK);
+    }
+
+    /// Answers `Event::Recipient`: `Ok(())` → 250 2.1.5 and the recipient joins the transaction;
+    /// `Err(reply)` is sent. A refused recipient is the customer's policy, not a client error: it
+    /// does not count against `max_errors`.
+    pub fn rcpt_result(&mut self, result: Result<(), Reply>, now: Instant) {
+        if self.closed || !matches!(self.waiting, Some(Waiting::Recipient(_))) {
+            return;
+        }
+        self.restart_command_stage(now);
+        if let Some(Waiting::Recipient(recipient)) = self.waiting.take() {
+            match result {
+                Ok(()) => self.add_recipient(recipient),
+                Err(reply) => self.reply(reply),
+            }
+        }
+        self.run_buffered();
     }
 
     fn starttls(&mut self) {

@@ -96,6 +96,14 @@ pub fn fuzz_session(data: &[u8]) {
                     },
                     now,
                 ),
+                Event::Recipient { .. } => session.rcpt_result(
+                    if accept {
+                        Ok(())
+                    } else {
+                        Err(Reply::new(550, None, "Recipient suppressed"))
+                    },
+                    now,
+                ),
                 Event::Message { envelope, body } => {
                     assert!(body.len() <= config.max_message_bytes);
                     assert!(!envelope.recipients.is_empty());

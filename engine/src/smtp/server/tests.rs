@@ -63,6 +63,14 @@ impl Driver {
             match &event {
                 Event::Auth { username, .. } => session.auth_result(Ok(username.clone()), t0()),
                 Event::Mail { .. } => session.mail_result(Ok(()), t0()),
+                Event::Recipient { address } => session.rcpt_result(
+                    if address.starts_with("suppressed") {
+                        Err(Reply::RECIPIENT_SUPPRESSED)
+                    } else {
+                        Ok(())
+                    },
+                    t0(),
+                ),
                 Event::Message { .. } => {
                     let n = self
                         .events
@@ -519,6 +527,59 @@ fn relay_control() {
     );
     assert_eq!(s.authenticated_as(), Some("joe"));
     assert_eq!(s.protocol(), "ESMTPSA");
+}
+
+#[test]
+fn an_authenticated_clients_recipients_go_to_the_driver_and_a_refusal_is_no_error() {
+    let auth_config = ServerConfig {
+        auth_enabled: true,
+        max_errors: 1,
+        ..config()
+    };
+    let mut s = session_with(auth_config, false, true);
+    // Pipelined: the session waits for each answer and goes on with what it had buffered.
+    let (out, events) = run(
+        &mut s,
+        "EHLO c\r\nAUTH PLAIN AGpvZQBzZWNyZXQ=\r\nMAIL FROM:<a@b.example>\r\n\
+         RCPT TO:<suppressed1@d.example>\r\nRCPT TO:<ok@d.example>\r\n\
+         RCPT TO:<suppressed2@d.example>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert_eq!(
+        codes(&out),
+        [
+            "250 AUTH",
+            "235 2.7.0",
+            "250 2.1.0",
+            "550 5.7.1",
+            "250 2.1.5",
+            "550 5.7.1",
+            "354 End",
+            "250 2.0.0"
+        ]
+    );
+    let recipients: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Recipient { address } => Some(address.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        recipients,
+        [
+            "suppressed1@d.example",
+            "ok@d.example",
+            "suppressed2@d.example"
+        ]
+    );
+    match events.last() {
+        Some(Event::Message { envelope, .. }) => {
+            assert_eq!(envelope.recipients.len(), 1);
+            assert_eq!(envelope.recipients[0].address, "ok@d.example");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.error_count(), 0, "max_errors = 1 and still open");
 }
 
 #[test]
