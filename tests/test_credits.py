@@ -27,6 +27,8 @@ def test_top_up_is_spent_after_the_plan_and_survives_a_restart(volley, sink_fact
     volley.start()
     assert send_as(volley, "acme", "a@dest.test") == 250
     assert send_as(volley, "acme", "b@dest.test") == 451, "plan used up, no credits"
+    [rejection] = volley.wait_acct("rejection", customer="acme")
+    assert rejection["recipient"] == "b@dest.test" and rejection["response"].startswith("451 4.7.1"), rejection
     status, body = volley.api("POST", "/v1/customers/acme/credits", {"add": 2})
     assert status == 200 and body["credits_added"] == 2, body
     assert send_as(volley, "acme", "c@dest.test") == 250

@@ -177,14 +177,14 @@ pub async fn accept(
     let reserve = matches!(origin, Origin::Notice { reserve: true });
     // The DKIM signature adds a few hundred bytes: room is checked on the message before it.
     if !reserve && !core.spool.has_room((header.len() + body.len()) as u64) {
-        return Err(Refusal::SpoolFull);
+        return Err(rejected(core, &origin, &envelope, Refusal::SpoolFull));
     }
     // A hand-over was charged and signed on the node that first received it.
     let charge = if origin.charged() && xfer.is_none() {
         core.limits
             .charge(customer, crate::clock::unix_ms())
             .await
-            .map_err(|limit| refused_by_limit(core, limit))?
+            .map_err(|limit| rejected(core, &origin, &envelope, refused_by_limit(core, limit)))?
     } else {
         Charge::Free
     };
@@ -214,7 +214,7 @@ pub async fn accept(
             if !matches!(e, crate::spool::SpoolError::Full) {
                 log::error!("spool store of {id} failed: {e}");
             }
-            return Err(Refusal::from(e));
+            return Err(rejected(core, &origin, &envelope, Refusal::from(e)));
         }
     };
     let attempts = match &xfer {
@@ -403,6 +403,18 @@ fn drop_suppressed(core: &Shard, envelope: &mut Envelope) -> Result<(), Refusal>
         return Err(Refusal::Suppressed);
     }
     Ok(())
+}
+
+/// A message refused at the end of its data (limits, spool): a `rejection` event per recipient,
+/// with the reply the client gets. Notices are made here: nobody to tell, not accounted.
+fn rejected(core: &Shard, origin: &Origin<'_>, envelope: &Envelope, refusal: Refusal) -> Refusal {
+    if !matches!(origin, Origin::Notice { .. }) {
+        let reply = refusal.smtp_reply();
+        for r in &envelope.recipients {
+            record_rejection(core, &envelope.customer, &r.address, &reply);
+        }
+    }
+    refusal
 }
 
 /// A `rejection` event: a recipient (or a whole message) refused with `reply`.
