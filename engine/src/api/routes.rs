@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::ApiCore;
 use super::http::{Request, Response};
-use crate::config::Config;
+use crate::config::entries;
 use crate::envelope::{BodyType, Envelope, Recipient};
 use crate::router::{AdminCommand, CoreMessage};
 
@@ -36,6 +36,7 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         ("POST", ["v1", "customers", name, "credits"]) => {
             add_credits(&core, name, &request.body).await
         }
+        ("GET", ["v1", "config"]) => effective_config(&core),
         ("GET", ["v1", "suppressions"]) => super::suppressions::count(&core),
         (method, ["v1", "suppressions", customer, address]) => {
             super::suppressions::one(&core, method, customer, address).await
@@ -49,7 +50,7 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         (method, ["v1", section, name]) => {
             config_entry(&core, method, section, name, &request.body).await
         }
-        (_, ["v1", section]) if CONFIG_SECTIONS.contains(section) => config_list(&core, section),
+        (_, ["v1", section]) if entries::SECTIONS.contains(section) => config_list(&core, section),
         _ => Response::error(
             404,
             format!("no route for {} {}", request.method, request.path),
@@ -528,96 +529,45 @@ async fn drain_cancel(core: &ApiCore) -> Response {
     drain_state(core)
 }
 
-const CONFIG_SECTIONS: [&str; 4] = ["vmtas", "pools", "domains", "customers"];
-
-/// The named entry of a section as JSON, via the TOML the operator would write.
-fn entry_json(config: &Config, section: &str, name: &str) -> Option<Value> {
-    let value = match section {
-        "vmtas" => toml::Value::try_from(config.vmtas.iter().find(|v| v.name == name)?),
-        "pools" => toml::Value::try_from(config.pools.iter().find(|v| v.name == name)?),
-        "domains" => toml::Value::try_from(config.domains.iter().find(|v| v.pattern == name)?),
-        "customers" => toml::Value::try_from(config.customers.iter().find(|v| v.name == name)?),
-        _ => return None,
-    }
-    .ok()?;
-    serde_json::to_value(value).ok()
+/// `GET /v1/config`: the configuration in force (the file with the API's changes over it), and
+/// which entries come from the API (everything else is the file's).
+fn effective_config(core: &ApiCore) -> Response {
+    let config = core.config();
+    let Ok(value) = toml::Value::try_from(&*config)
+        .map_err(|e| e.to_string())
+        .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
+    else {
+        return Response::error(500, "the configuration cannot be shown as JSON");
+    };
+    let changes: Vec<Value> = core
+        .node
+        .control
+        .api_changes()
+        .into_iter()
+        .map(|c| {
+            json!({
+                "section": c.section, "name": c.name, "deleted": c.entry.is_none(), "at": c.at,
+            })
+        })
+        .collect();
+    Response::json(
+        200,
+        json!({
+            "file": core.node.control.config_path.as_ref().map(|p| p.display().to_string()),
+            "config": value,
+            "from_api": changes,
+        }),
+    )
 }
 
 fn config_list(core: &ApiCore, section: &str) -> Response {
     let config = core.config();
-    let names: Vec<String> = match section {
-        "vmtas" => config.vmtas.iter().map(|v| v.name.clone()).collect(),
-        "pools" => config.pools.iter().map(|v| v.name.clone()).collect(),
-        "domains" => config.domains.iter().map(|v| v.pattern.clone()).collect(),
-        _ => config.customers.iter().map(|v| v.name.clone()).collect(),
-    };
+    let names = entries::names(&config, section);
     let entries: Vec<Value> = names
         .iter()
-        .filter_map(|n| entry_json(&config, section, n))
+        .filter_map(|n| entries::entry_json(&config, section, n))
         .collect();
     Response::json(200, json!({ section: entries }))
-}
-
-/// Replaces (or adds, or with `None` removes) the entry `name` of `section` in a copy of `config`.
-fn edit(
-    config: &mut Config,
-    section: &str,
-    name: &str,
-    body: Option<&[u8]>,
-) -> Result<bool, String> {
-    fn apply<T: serde::de::DeserializeOwned>(
-        list: &mut Vec<T>,
-        name: &str,
-        key: impl Fn(&T) -> &str,
-        body: Option<&[u8]>,
-        fill_name: impl Fn(&mut serde_json::Map<String, Value>),
-    ) -> Result<bool, String> {
-        let at = list.iter().position(|e| key(e) == name);
-        match body {
-            None => Ok(at.map(|i| list.remove(i)).is_some()),
-            Some(body) => {
-                let mut value: serde_json::Map<String, Value> = serde_json::from_slice(body)
-                    .map_err(|e| format!("expected a JSON object: {e}"))?;
-                fill_name(&mut value);
-                let entry: T =
-                    serde_json::from_value(Value::Object(value)).map_err(|e| e.to_string())?;
-                if key(&entry) != name {
-                    return Err("the name in the body differs from the path".into());
-                }
-                match at {
-                    Some(i) => list[i] = entry,
-                    None => list.push(entry),
-                }
-                Ok(true)
-            }
-        }
-    }
-    let named = |field: &'static str| {
-        let name = name.to_string();
-        move |m: &mut serde_json::Map<String, Value>| {
-            m.entry(field)
-                .or_insert_with(|| Value::String(name.clone()));
-        }
-    };
-    match section {
-        "vmtas" => apply(&mut config.vmtas, name, |v| &v.name, body, named("name")),
-        "pools" => apply(&mut config.pools, name, |v| &v.name, body, named("name")),
-        "domains" => apply(
-            &mut config.domains,
-            name,
-            |v| &v.pattern,
-            body,
-            named("match"),
-        ),
-        "customers" => apply(
-            &mut config.customers,
-            name,
-            |v| &v.name,
-            body,
-            named("name"),
-        ),
-        _ => Err(format!("no section {section:?}")),
-    }
 }
 
 async fn config_entry(
@@ -627,7 +577,7 @@ async fn config_entry(
     name: &str,
     body: &[u8],
 ) -> Response {
-    if !CONFIG_SECTIONS.contains(&section) {
+    if !entries::SECTIONS.contains(&section) {
         return Response::error(404, format!("no section {section:?}"));
     }
     // A destination pattern is kept in the form recipient domains take (`normalize_domains`).
@@ -639,14 +589,14 @@ async fn config_entry(
     };
     let current = core.node.control.config();
     match method {
-        "GET" => match entry_json(&current, section, name) {
+        "GET" => match entries::entry_json(&current, section, name) {
             Some(v) => Response::json(200, v),
             None => Response::error(404, format!("no {section} entry {name:?}")),
         },
         "PUT" | "DELETE" => {
             let mut next = (*current).clone();
             let body = (method == "PUT").then_some(body);
-            match edit(&mut next, section, name, body) {
+            match entries::edit(&mut next, section, name, body) {
                 Ok(false) => return Response::error(404, format!("no {section} entry {name:?}")),
                 Ok(true) => {}
                 Err(e) => return Response::error(400, e),
@@ -654,26 +604,34 @@ async fn config_entry(
             next.normalize_domains();
             // What cannot be written as TOML (an integer above i64::MAX) could be neither shown
             // nor kept: refuse it rather than run an entry `GET` cannot see.
-            if method == "PUT" && entry_json(&next, section, name).is_none() {
+            if method == "PUT" && entries::entry_json(&next, section, name).is_none() {
                 return Response::error(
                     400,
                     "a value does not fit the configuration (TOML integers are at most 9223372036854775807)",
                 );
             }
-            // Validation looks at files (certificates, keys): off the reactor.
-            let checked = glommio::executor()
-                .spawn_blocking(move || next.revalidate().map(|()| next))
+            // Validation looks at files (certificates, keys), and the change is written to the
+            // spool directory before it applies: off the reactor.
+            let control = core.node.control.clone();
+            let (section_owned, name_owned) = (section.to_string(), name.to_string());
+            let applied = glommio::executor()
+                .spawn_blocking(move || {
+                    next.revalidate()
+                        .map_err(|errors| (409, errors.to_string()))?;
+                    control
+                        .publish_api_change(&section_owned, &name_owned, Arc::new(next))
+                        .map_err(|e| (500, format!("not kept: {e}")))
+                })
                 .await;
-            let next = match checked {
-                Ok(next) => next,
-                Err(errors) => return Response::error(409, errors.to_string()),
-            };
-            core.node.control.publish(Arc::new(next));
-            log::info!("API: {method} {section}/{name} applied");
+            if let Err((status, message)) = applied {
+                return Response::error(status, message);
+            }
+            log::info!("API: {method} {section}/{name} applied and kept in the spool directory");
             match method {
                 "PUT" => Response::json(
                     200,
-                    entry_json(&core.node.control.config(), section, name).unwrap_or(Value::Null),
+                    entries::entry_json(&core.node.control.config(), section, name)
+                        .unwrap_or(Value::Null),
                 ),
                 _ => Response::json(200, json!({ "deleted": name })),
             }

@@ -3,7 +3,9 @@
 
 mod domain_policy;
 mod duration;
+pub mod entries;
 mod network;
+pub mod overlay;
 mod reload;
 mod schema;
 mod validate;

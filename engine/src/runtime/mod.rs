@@ -109,6 +109,10 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
     let cores = config.core_count();
     check_addresses_free(&config)?;
     let control = Control::new(Arc::new(config), config_path);
+    control.load_api_changes().map_err(|e| ServeError::Core {
+        core: 0,
+        message: format!("API changes: {e}"),
+    })?;
     if let Ok(mut running) = RUNNING.lock() {
         *running = Some(control.clone());
     }

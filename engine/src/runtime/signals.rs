@@ -40,8 +40,9 @@ pub fn reload(control: &Control) {
     };
     match crate::dkim::load_config(path) {
         Ok(config) => {
-            let restart = crate::config::keys_needing_restart(&control.config(), &config);
-            control.publish(Arc::new(config));
+            let running = control.config();
+            let effective = control.publish_file(config);
+            let restart = crate::config::keys_needing_restart(&running, &effective);
             if restart.is_empty() {
                 log::info!("reload: {} applied", path.display());
             } else {

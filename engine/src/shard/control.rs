@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
+use crate::config::overlay::{ApiChange, Dropped, Overlay, OverlayError};
 use crate::dkim::DkimSigners;
 
 /// Buckets for per-IP connection counts: IPs hash into them, so a collision can only make a limit
@@ -21,6 +22,12 @@ pub struct Control {
     reload_generation: AtomicU64,
     /// Only locked on reload and when a core picks up a new generation: never per message.
     config: Mutex<Arc<Config>>,
+    /// The configuration file's own version (the embedded default when there is no file), under
+    /// the API's changes.
+    file_config: Mutex<Arc<Config>>,
+    /// The API's changes kept across restarts (`config::overlay`); locked on the signal thread,
+    /// at start and on the API's blocking-pool thread, never on a reactor.
+    overlay: Mutex<Overlay>,
     /// The keys of `config`'s `[[dkim]]` entries, loaded by whoever publishes a configuration
     /// whose entries changed (the signal thread, start-up): reading key files never runs on a core.
     dkim: Mutex<Arc<DkimSigners>>,
@@ -34,6 +41,24 @@ pub struct Control {
     /// Cores that finished starting and serve.
     pub cores_ready: AtomicU32,
     pub core_count: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn log_dropped(dropped: &[Dropped]) {
+    for d in dropped {
+        log::warn!(
+            "API change of {}/{} dropped: {}",
+            d.section,
+            d.name,
+            d.reason
+        );
+    }
 }
 
 /// Why a connection is turned away.
@@ -106,6 +131,8 @@ impl Control {
             stop: AtomicBool::new(false),
             reload_generation: AtomicU64::new(0),
             dkim: Mutex::new(Arc::new(DkimSigners::load_logged(&config.dkim))),
+            file_config: Mutex::new(config.clone()),
+            overlay: Mutex::new(Overlay::default()),
             config: Mutex::new(config),
             config_path,
             connections_total: AtomicU32::new(0),
@@ -139,6 +166,67 @@ impl Control {
             *c = config;
         }
         self.reload_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Reads the API's kept changes from the spool directory and lays them over the file's
+    /// configuration (at start, before the cores run). Blocking.
+    pub fn load_api_changes(&self) -> Result<(), OverlayError> {
+        let file = self.file_config();
+        let mut overlay = Overlay::open(std::path::Path::new(&file.server.spool_dir))?;
+        if overlay.changes().is_empty() {
+            *lock(&self.overlay) = overlay;
+            return Ok(());
+        }
+        let (effective, dropped) = overlay.apply(&file);
+        log_dropped(&dropped);
+        log::info!(
+            "{} configuration changes made through the API applied over the file",
+            overlay.changes().len()
+        );
+        *lock(&self.overlay) = overlay;
+        self.publish(Arc::new(effective));
+        Ok(())
+    }
+
+    /// A reload from the file: the API's changes are laid over it again, except those whose entry
+    /// the file changed since (the file wins; each is logged).
+    pub fn publish_file(&self, file: Config) -> Arc<Config> {
+        let mut overlay = lock(&self.overlay);
+        let (effective, dropped) = overlay.apply(&file);
+        log_dropped(&dropped);
+        *lock(&self.file_config) = Arc::new(file);
+        let effective = Arc::new(effective);
+        self.publish(effective.clone());
+        effective
+    }
+
+    /// An API change of one entry: kept durably first (blocking), then published.
+    pub fn publish_api_change(
+        &self,
+        section: &str,
+        name: &str,
+        next: Arc<Config>,
+    ) -> Result<(), OverlayError> {
+        let file = self.file_config();
+        let change = ApiChange {
+            section: section.to_string(),
+            name: name.to_string(),
+            entry: crate::config::entries::entry_json(&next, section, name),
+            file_entry: crate::config::entries::entry_json(&file, section, name),
+            at: crate::clock::now_rfc3339(),
+        };
+        lock(&self.overlay).record(change)?;
+        self.publish(next);
+        Ok(())
+    }
+
+    /// The API's changes in force, oldest first.
+    pub fn api_changes(&self) -> Vec<ApiChange> {
+        lock(&self.overlay).changes().to_vec()
+    }
+
+    fn file_config(&self) -> Arc<Config> {
+        lock(&self.file_config).clone()
     }
 
     /// The DKIM signers of the published configuration.
