@@ -5,10 +5,12 @@
 pub mod link;
 pub mod quota;
 pub mod registry;
+pub mod shaping;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::config::{ClusterSection, OnRedisDown};
@@ -21,6 +23,8 @@ pub struct Cluster {
     pub on_redis_down: OnRedisDown,
     pub heartbeat_ms: u64,
     pub link: Link,
+    /// Connection leases and waits of cluster-shaped queues (`delivery::shaping`).
+    pub shaping: shaping::ShapingStats,
 }
 
 impl Cluster {
@@ -54,6 +58,7 @@ impl Cluster {
             on_redis_down: section.on_redis_down,
             heartbeat_ms: period_ms,
             link,
+            shaping: shaping::ShapingStats::default(),
         }))
     }
 
@@ -64,7 +69,7 @@ impl Cluster {
     /// The `volley_cluster_*` lines of `GET /metrics`.
     pub fn render_metrics(&self) -> String {
         let h = self.health();
-        let lines: [(&str, &str, &str, u64); 4] = [
+        let lines: [(&str, &str, &str, u64); 6] = [
             (
                 "volley_cluster_redis_up",
                 "gauge",
@@ -88,6 +93,18 @@ impl Cluster {
                 "counter",
                 "Times the connection to Redis was lost",
                 h.outages(),
+            ),
+            (
+                "volley_cluster_connection_leases",
+                "gauge",
+                "Connections of cluster-shaped queues open on this node, each holding a lease",
+                self.shaping.connection_leases.load(Ordering::Relaxed),
+            ),
+            (
+                "volley_cluster_shaping_waits_total",
+                "counter",
+                "Times a cluster-shaped queue waited for the cluster (connection cap, send rate reached, Redis down in tempfail)",
+                self.shaping.waits.load(Ordering::Relaxed),
             ),
         ];
         let mut out = String::new();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::schema::{BackoffAction, Config, DomainPolicyConfig, OutboundTls};
-use crate::queue::QueuePolicy;
+use crate::queue::{ClusterScope, QueuePolicy};
 
 /// What applies to one (VMTA, domain): the queue's limits, and how its connections talk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +169,13 @@ impl DomainPolicy {
         if let Some(v) = d.chunking {
             self.chunking = v;
         }
+        // The most specific entry that says `cluster` decides, and its own `vmta` the scope.
+        if let Some(on) = d.cluster {
+            self.queue.cluster = on.then_some(match d.vmta.as_deref() {
+                None | Some("*") => ClusterScope::Domain,
+                Some(_) => ClusterScope::Vmta,
+            });
+        }
         let t = &mut self.deadlines;
         for (value, field) in [
             (d.connect_timeout_ms, &mut t.connect_ms),
@@ -318,6 +325,45 @@ data_timeout_ms = 1200
         assert!(keys.contains(&"domain[0].reply_timeout_ms"), "{e}");
         assert!(keys.contains(&"domain[0].connect_timeout_ms"), "{e}");
         assert!(!keys.contains(&"domain[0].tls_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn cluster_scope_comes_from_the_entry_that_sets_it() {
+        let text = r#"
+[[listener]]
+address = "127.0.0.1:25"
+[[vmta]]
+name = "a"
+source_ip = "127.0.0.2"
+ehlo_hostname = "a.test"
+[[vmta]]
+name = "b"
+source_ip = "127.0.0.3"
+ehlo_hostname = "b.test"
+[[domain]]
+match = "gmail.com"
+cluster = true
+max_connections = 40
+[[domain]]
+match = "yahoo.com"
+vmta = "a"
+cluster = true
+[[domain]]
+match = "yahoo.com"
+vmta = "b"
+cluster = false
+"#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(
+            c.policy_for("a", "gmail.com").queue.cluster,
+            Some(ClusterScope::Domain)
+        );
+        assert_eq!(
+            c.policy_for("a", "yahoo.com").queue.cluster,
+            Some(ClusterScope::Vmta)
+        );
+        assert_eq!(c.policy_for("b", "yahoo.com").queue.cluster, None);
+        assert_eq!(c.policy_for("a", "other.com").queue.cluster, None);
     }
 
     #[test]

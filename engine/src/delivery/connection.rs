@@ -4,7 +4,8 @@
 //! `max_messages_per_connection` allows.
 //!
 //! What a connection may cost: it connects only when the queue has ready mail and its rate allows
-//! a send (`rate_allows_connecting`); it moves to the next hop only when one failed; a connection
+//! a send (`rate_allows_connecting`), and for a cluster-shaped queue with a lease under the
+//! cluster's connection cap (`shaping::open_connection`, held as long as the task); it moves to the next hop only when one failed; a connection
 //! that ends cleanly (the queue emptied, a reload, a rate wait) ends there, deferring nothing. A
 //! failure defers only what the connection took (its transaction in flight); the queue's ready
 //! mail is deferred only when every hop failed and no other connection of the queue got through
@@ -20,6 +21,7 @@ use super::DeliveryCore;
 use super::deadlines::{self, Step};
 use super::hops::{self, NoHops};
 use super::outcome;
+use super::shaping::Permit;
 use super::transaction::{Connection, RATE_WAIT_IN_CONNECTION_MS_MAX};
 use super::{Queued, connect_from_timeout};
 use crate::config::OutboundTls;
@@ -111,7 +113,7 @@ fn other_connections(core: &DeliveryCore, key: &QueueKey) -> u32 {
 /// only for ready mail and a send the rate allows: taken now for its first transaction, or after
 /// a short wait spent here, without a socket. A longer wait holds the queue (`hold_for_rate`)
 /// when this is its only connection; with others open they meet the wait and hold it themselves.
-async fn rate_allows_connecting(core: &DeliveryCore, key: &QueueKey) -> Option<Ended> {
+async fn rate_allows_connecting(core: &Rc<DeliveryCore>, key: &QueueKey) -> Option<Ended> {
     loop {
         if core.node.control.stopping()
             || core.node.drain.is_draining()
@@ -119,15 +121,23 @@ async fn rate_allows_connecting(core: &DeliveryCore, key: &QueueKey) -> Option<E
         {
             return Some(Ended::Done);
         }
-        let now_ms = crate::clock::unix_ms();
-        let may_send = core.delivery.queues.borrow_mut().may_send(key, now_ms);
-        match may_send {
-            Ok(()) => return None,
-            Err(wait_ms) if wait_ms <= RATE_WAIT_IN_CONNECTION_MS_MAX => {
+        match super::shaping::take_send(core, key).await {
+            Permit::Go => return None,
+            Permit::Hold => {
+                let until_s = crate::clock::unix_s() + super::shaping::TEMPFAIL_HOLD_S;
+                core.delivery
+                    .queues
+                    .borrow_mut()
+                    .hold_for_rate(key, until_s);
+                return Some(Ended::Done);
+            }
+            Permit::Wait(wait_ms) if wait_ms <= RATE_WAIT_IN_CONNECTION_MS_MAX => {
                 glommio::timer::sleep(Duration::from_millis(wait_ms.max(1))).await;
             }
-            Err(_) if other_connections(core, key) > 0 => return Some(Ended::LeftToOthers),
-            Err(wait_ms) => {
+            Permit::Wait(_) if other_connections(core, key) > 0 => {
+                return Some(Ended::LeftToOthers);
+            }
+            Permit::Wait(wait_ms) => {
                 let until_s = crate::clock::unix_s() + wait_ms.div_ceil(1000);
                 core.delivery
                     .queues
@@ -176,6 +186,11 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
             outcome::defer_items(core, key, take_all_ready(core, key), &reply, None).await;
             return Ended::Done;
         }
+    };
+    // A cluster-shaped queue connects only under the cluster's cap (the lease lives as long as
+    // this task, so as the socket); without a lease it waits, and its open connections go on.
+    let Ok(_lease) = super::shaping::open_connection(core, key).await else {
+        return Ended::Done;
     };
     if let Some(ended) = rate_allows_connecting(core, key).await {
         return ended;

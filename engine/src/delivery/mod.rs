@@ -22,6 +22,7 @@ mod messages;
 mod outcome;
 mod reroute;
 mod scheduler;
+mod shaping;
 mod snapshot;
 mod tls;
 mod transaction;
@@ -67,6 +68,8 @@ pub struct CoreDelivery {
     look_at_all: Cell<bool>,
     /// Outbound connections open on this core.
     pub connections: Cell<u32>,
+    /// Connection leases of cluster-shaped queues held by this core's connections.
+    leases: RefCell<shaping::LeaseBook>,
 }
 
 /// What delivery on one core reaches: its shard, its placement (to move mail off a VMTA that is
@@ -125,6 +128,7 @@ impl CoreDelivery {
             starved: RefCell::new(Vec::new()),
             look_at_all: Cell::new(true),
             connections: Cell::new(0),
+            leases: RefCell::new(shaping::LeaseBook::default()),
         }
     }
 
@@ -168,9 +172,14 @@ impl CoreDelivery {
         self.connections.get() > 0
     }
 
-    /// The queue policy for a key, from the running configuration.
+    /// The queue policy for a key, from the running configuration. `cluster = true` means
+    /// nothing on a node without `[cluster]`.
     fn policy(core: &DeliveryCore, key: &QueueKey) -> QueuePolicy {
-        core.config().policy_for(&key.vmta, &key.domain).queue
+        let mut policy = core.config().policy_for(&key.vmta, &key.domain).queue;
+        if core.node.cluster.is_none() {
+            policy.cluster = None;
+        }
+        policy
     }
 
     /// Queues the recipients of a handoff from any core.
@@ -217,6 +226,7 @@ pub async fn start(
     };
     glommio::spawn_local(scheduler::run(core.clone(), wake_rx)).detach();
     glommio::spawn_local(drain::run(core.clone())).detach();
+    glommio::spawn_local(shaping::renew_leases(core.clone())).detach();
     crate::placement::route_recovered(&core.placement, recovered).await;
 }
 

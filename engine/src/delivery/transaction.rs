@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::DeliveryCore;
 use super::Queued;
 use super::outcome::{self, Attempt};
+use super::shaping::Permit;
 use crate::config::Config;
 use crate::queue::{CapChange, QueueKey};
 use crate::smtp::client::{Reply, Session, Transaction};
@@ -116,20 +117,20 @@ impl Connection {
         // The first transaction spends the send the connection took from the rate before it
         // connected (see `connection::rate_allows_connecting`).
         while !std::mem::take(&mut self.rate_token) {
-            let may_send = core
-                .delivery
-                .queues
-                .borrow_mut()
-                .may_send(&self.key, crate::clock::unix_ms());
-            match may_send {
-                Ok(()) => self.rate_token = true,
-                Err(wait_ms) if wait_ms <= RATE_WAIT_IN_CONNECTION_MS_MAX => {
+            match super::shaping::take_send(&core, &self.key).await {
+                Permit::Go => self.rate_token = true,
+                Permit::Wait(wait_ms) if wait_ms <= RATE_WAIT_IN_CONNECTION_MS_MAX => {
                     glommio::timer::sleep(Duration::from_millis(wait_ms.max(1))).await;
                 }
-                Err(wait_ms) => {
-                    // A long wait: close, and hold the queue until then (a timed suspension that the
-                    // scheduler ends by itself), so no connection is opened only to wait again.
-                    let until_s = crate::clock::unix_s() + wait_ms.div_ceil(1000);
+                wait => {
+                    // A long wait, or Redis down with a cluster-shaped queue in tempfail: close,
+                    // and hold the queue until then (a timed suspension that the scheduler ends by
+                    // itself), so no connection is opened only to wait again.
+                    let wait_s = match wait {
+                        Permit::Wait(wait_ms) => wait_ms.div_ceil(1000),
+                        _ => super::shaping::TEMPFAIL_HOLD_S,
+                    };
+                    let until_s = crate::clock::unix_s() + wait_s;
                     core.delivery
                         .queues
                         .borrow_mut()

@@ -7,20 +7,24 @@
 //! oldest ready recipient waiting with a connection slot free, the stuck queues.
 //!
 //! Each queue holds a FIFO of ready recipients and its own min-heap of deferred ones; one core-wide
-//! heap of wake-ups, one live entry per queue, tells `due` which queues to look at. See `queues.rs`
+//! heap of wake-ups, one live entry per queue, tells `due` which queues to look at.
+//! A cluster-shaped queue (`[[domain]] cluster = true`) also keeps what it holds of the cluster's
+//! caps (`cluster_share.rs`): reserved send times, a wait for a connection lease, a local share. See `queues.rs`
 //! for why a heap with lazy deletion rather than a timer wheel, and for the memory cost per recipient.
 
 pub mod backoff;
+mod cluster_share;
 mod connection_cap;
 mod policy;
 mod queues;
 mod rate;
 
 pub use backoff::{BackoffSettings, BackoffState, LeaveReason, Transition};
+pub use cluster_share::{MAX_RESERVE, SendSpacing};
 pub use connection_cap::{CAP_RAISE_AFTER_DELIVERIES, CapChange};
-pub use policy::{MIN_RETRY_INTERVAL_S, PolicyError, QueuePolicy};
+pub use policy::{ClusterScope, MIN_RETRY_INTERVAL_S, PolicyError, QueuePolicy};
 pub use queues::{
     DEFAULT_QUEUE_IDLE_S, DeferOutcome, MAX_REPLY_TEXT_BYTES, QueueKey, QueueSnapshot, QueueState,
-    QueueStats, QueuedRecipient, Queues, STUCK_AFTER_S, Stuck, Upkeep,
+    QueueStats, QueuedRecipient, Queues, RateWait, STUCK_AFTER_S, Stuck, Upkeep,
 };
 pub use rate::{RateLimiter, SendRate};

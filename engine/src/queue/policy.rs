@@ -26,6 +26,18 @@ pub struct QueuePolicy {
     pub max_queue_age: Duration,
     /// The limits while the queue is in adaptive backoff.
     pub backoff: BackoffSettings,
+    /// `[[domain]] cluster = true` (with `[cluster]`): the connection cap and the message rate
+    /// hold across the nodes, for this scope; `None` = per queue on this node.
+    pub cluster: Option<ClusterScope>,
+}
+
+/// Which queues of the cluster share one set of caps (see docs/cluster.md, "Cluster-wide shaping").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClusterScope {
+    /// The queue's VMTA and domain, on every node (the entry named a `vmta`).
+    Vmta,
+    /// The queue's domain, whatever the VMTA, on every node: the receiver's view of the platform.
+    Domain,
 }
 
 impl Default for QueuePolicy {
@@ -42,6 +54,7 @@ impl Default for QueuePolicy {
                 .collect(),
             max_queue_age: Duration::from_secs(5 * 24 * 60 * MINUTE),
             backoff: BackoffSettings::default(),
+            cluster: None,
         }
     }
 }

@@ -41,8 +41,9 @@ use std::fmt;
 use std::rc::Rc;
 
 use super::backoff::{BackoffState, Transition};
+use super::cluster_share::{ClusterShare, SendSpacing, SlotCheck};
 use super::connection_cap::{CapChange, ConnectionCap};
-use super::policy::QueuePolicy;
+use super::policy::{ClusterScope, QueuePolicy};
 use super::rate::SendRate;
 use crate::envelope::MessageId;
 
@@ -238,6 +239,9 @@ struct Queue {
     backoff: BackoffState,
     /// Connections the receiver has shown it takes (see `connection_cap`).
     connection_cap: ConnectionCap,
+    /// With a cluster-shaped policy: what this core holds of the cluster's caps. Boxed: most
+    /// queues are not cluster-shaped and pay one pointer.
+    cluster: Option<Box<ClusterShare>>,
     /// In `Queues::changed`: touched since the last upkeep (its snapshot is out of date).
     changed: bool,
     /// In `Queues::watched`: had ready recipients or was in backoff at the last upkeep.
@@ -257,6 +261,7 @@ impl Queue {
         Queue {
             key,
             rate: SendRate::new(policy.max_messages_per_minute, policy.max_messages_per_hour),
+            cluster: policy_share(&policy),
             policy,
             ready: VecDeque::new(),
             deferred: BinaryHeap::new(),
@@ -283,19 +288,54 @@ impl Queue {
             .limit(self.max_connections_without_cap())
     }
 
-    /// Connections allowed by the policy, or its backoff limit.
+    /// Connections allowed by the policy, or its backoff limit (this node's share of it while
+    /// Redis is down, for a cluster-shaped queue in local-share).
     fn max_connections_without_cap(&self) -> u32 {
-        self.backoff
-            .max_connections(self.policy.max_connections, &self.policy.backoff)
+        let normal = self
+            .backoff
+            .max_connections(self.policy.max_connections, &self.policy.backoff);
+        share_of(normal, self.local_divisor())
+    }
+
+    /// The per-minute and per-hour limits in force (the backoff's, this node's share).
+    fn rate_limits(&self) -> (Option<u32>, Option<u32>) {
+        let divisor = self.local_divisor();
+        let per_minute = self
+            .backoff
+            .max_messages_per_minute(self.policy.max_messages_per_minute, &self.policy.backoff);
+        (
+            per_minute.map(|l| share_of(l, divisor)),
+            self.policy
+                .max_messages_per_hour
+                .map(|l| share_of(l, divisor)),
+        )
     }
 
     /// Rebuilds the rate limiter for the current backoff state.
     fn reset_rate(&mut self) {
-        self.rate = SendRate::new(
-            self.backoff
-                .max_messages_per_minute(self.policy.max_messages_per_minute, &self.policy.backoff),
-            self.policy.max_messages_per_hour,
-        );
+        let (per_minute, per_hour) = self.rate_limits();
+        self.rate = SendRate::new(per_minute, per_hour);
+    }
+
+    fn local_divisor(&self) -> Option<u32> {
+        self.cluster.as_ref().and_then(|c| c.local_divisor)
+    }
+
+    /// Whether a new connection may open: active, below its cap, not waiting for the cluster.
+    fn has_connection_room(&self) -> bool {
+        self.is_active()
+            && self.connections < self.max_connections()
+            && self
+                .cluster
+                .as_ref()
+                .is_none_or(|c| c.connect_after_s.is_none())
+    }
+
+    /// A new policy: cluster state made anew (or dropped), the rate limiter too.
+    fn apply_policy(&mut self, policy: Rc<QueuePolicy>) {
+        self.cluster = policy_share(&policy);
+        self.policy = policy;
+        self.reset_rate();
     }
 
     /// Applies a backoff transition's effect on the limits and on the count of queues in backoff.
@@ -323,13 +363,14 @@ impl Queue {
         self.deferred.peek().map(|d| d.0.next_attempt_s)
     }
 
-    /// When `due` must look at this queue: its earliest retry or the end of its suspension.
+    /// When `due` must look at this queue: its earliest retry, the end of its suspension, or
+    /// when it may ask the cluster for a connection again.
     fn wake_s(&self) -> Option<u64> {
-        let resume_s = self.state.resume_at_s();
-        match (self.next_attempt_s(), resume_s) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let connect_s = self.cluster.as_ref().and_then(|c| c.connect_after_s);
+        [self.next_attempt_s(), self.state.resume_at_s(), connect_s]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Empty, with no connection, and not held by a suspension: its idle time runs.
@@ -449,8 +490,7 @@ impl Queues {
         let policy = self.shared_policy(policy.into());
         let slot = self.slot_or_create(key);
         if let Some(q) = self.queue_mut(slot) {
-            q.policy = policy;
-            q.reset_rate();
+            q.apply_policy(policy);
         }
     }
 
@@ -603,6 +643,12 @@ impl Queues {
                 q.state = QueueState::Active;
                 gained = !q.ready.is_empty();
             }
+            if let Some(c) = q.cluster.as_mut()
+                && c.connect_after_s.is_some_and(|at_s| at_s <= now_s)
+            {
+                c.connect_after_s = None;
+                gained |= !q.ready.is_empty();
+            }
             while q
                 .deferred
                 .peek()
@@ -680,8 +726,7 @@ impl Queues {
         let Some(q) = self.queue_mut(slot) else {
             return false;
         };
-        q.policy = policy;
-        q.reset_rate();
+        q.apply_policy(policy);
         if matches!(q.state, QueueState::RateWait { .. }) {
             q.state = QueueState::Active;
         }
@@ -758,11 +803,12 @@ impl Queues {
         taken
     }
 
-    /// Opens a connection slot if the queue is active and below `max_connections`.
+    /// Opens a connection slot if the queue is active, below `max_connections` and not waiting
+    /// for a connection slot of the cluster.
     pub fn try_open_connection(&mut self, key: &QueueKey) -> bool {
         let slot = self.slot_or_create(key);
         match self.queue_mut(slot) {
-            Some(q) if q.is_active() && q.connections < q.max_connections() => {
+            Some(q) if q.has_connection_room() => {
                 q.connections += 1;
                 true
             }
@@ -778,13 +824,105 @@ impl Queues {
     }
 
     /// Takes one transaction from the queue's rate limits at `now_ms` (call before MAIL FROM);
-    /// `Err` holds how many ms to wait. Queues without limits always allow.
-    pub fn may_send(&mut self, key: &QueueKey, now_ms: u64) -> Result<(), u64> {
+    /// `Err` says how long to wait, or that a cluster-shaped queue must reserve sends first.
+    /// Queues without limits always allow.
+    pub fn may_send(&mut self, key: &QueueKey, now_ms: u64) -> Result<(), RateWait> {
         let slot = self.slot_or_create(key);
-        match self.queue_mut(slot) {
-            Some(q) => q.rate.may_send(now_ms),
-            None => Ok(()),
+        let Some(q) = self.queue_mut(slot) else {
+            return Ok(());
+        };
+        let (per_minute, per_hour) = q.rate_limits();
+        match q.cluster.as_mut() {
+            Some(c) if c.local_divisor.is_none() && (per_minute, per_hour) != (None, None) => {
+                match c.slots.take(now_ms) {
+                    SlotCheck::Take => Ok(()),
+                    SlotCheck::Wait(ms) => Err(RateWait::For(ms)),
+                    SlotCheck::Reserve => Err(RateWait::Reserve),
+                }
+            }
+            _ => q.rate.may_send(now_ms).map_err(RateWait::For),
         }
+    }
+
+    /// The cluster scope of a queue's policy (`None`: not cluster-shaped, or no such queue).
+    pub fn cluster_scope(&self, key: &QueueKey) -> Option<ClusterScope> {
+        let q = self.queue(key)?;
+        q.cluster.as_ref().and(q.policy.cluster)
+    }
+
+    /// A reservation of sends for a cluster-shaped queue starts at `now_ms`: what to ask for
+    /// (how many, spaced how), or `None` when the queue has no rate to reserve.
+    pub fn begin_reserve(&mut self, key: &QueueKey, now_ms: u64) -> Option<(u32, SendSpacing)> {
+        let q = self.queue_by_key_mut(key)?;
+        let (per_minute, per_hour) = q.rate_limits();
+        let spacing = SendSpacing::of(per_minute, per_hour)?;
+        let want = q.cluster.as_mut()?.slots.begin_reserve(now_ms);
+        Some((want, spacing))
+    }
+
+    /// Redis reserved `count` sends (`count` 0: none before `first_in_us`), the first
+    /// `first_in_us` after `now_ms`.
+    pub fn reserved(
+        &mut self,
+        key: &QueueKey,
+        now_ms: u64,
+        count: u32,
+        first_in_us: u64,
+        spacing: SendSpacing,
+    ) {
+        let Some(c) = self.queue_by_key_mut(key).and_then(|q| q.cluster.as_mut()) else {
+            return;
+        };
+        if count == 0 {
+            c.slots.refused(now_ms, first_in_us.div_ceil(1_000));
+        } else {
+            c.slots.granted(now_ms, count, first_in_us, spacing);
+        }
+    }
+
+    /// A reservation got no answer (Redis unreachable).
+    pub fn reserve_failed(&mut self, key: &QueueKey) {
+        if let Some(c) = self.queue_by_key_mut(key).and_then(|q| q.cluster.as_mut()) {
+            c.slots.failed();
+        }
+    }
+
+    /// The cluster's connection cap for this queue is full: no new connection before `until_s`
+    /// (`due` reports the queue then); its open connections go on.
+    pub fn wait_for_cluster_connection(&mut self, key: &QueueKey, until_s: u64) {
+        let Some(&slot) = self.index.get(key) else {
+            return;
+        };
+        if let Some(c) = self.queue_mut(slot).and_then(|q| q.cluster.as_mut()) {
+            c.connect_after_s = Some(until_s);
+        }
+        self.reschedule(slot);
+    }
+
+    /// Redis is down (`Some(live nodes ...)` with local-share) or back (`None`): a cluster-shaped
+    /// queue enforces 1/divisor of its caps on its own meanwhile. Returns whether it changed.
+    pub fn set_local_share(&mut self, key: &QueueKey, divisor: Option<u32>) -> bool {
+        // Looked at first without noting a change: this runs before every transaction.
+        let same = self
+            .queue(key)
+            .and_then(|q| q.cluster.as_ref())
+            .is_none_or(|c| c.local_divisor == divisor);
+        if same {
+            return false;
+        }
+        let Some(q) = self.queue_by_key_mut(key) else {
+            return false;
+        };
+        if let Some(c) = q.cluster.as_mut() {
+            c.local_divisor = divisor;
+        }
+        q.reset_rate();
+        true
+    }
+
+    /// Connections the queue may have open now (0 when it does not exist).
+    pub fn max_connections(&self, key: &QueueKey) -> u32 {
+        self.queue(key).map_or(0, Queue::max_connections)
     }
 
     /// Connections of the queue open now (0 when it does not exist).
@@ -1003,6 +1141,25 @@ impl Queues {
             })
             .collect();
     }
+}
+
+/// Why a send may not start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateWait {
+    /// Wait this many ms.
+    For(u64),
+    /// A cluster-shaped queue holds no reserved send: reserve some (`begin_reserve`).
+    Reserve,
+}
+
+/// A cluster-shaped queue's state, for a policy that asks for one.
+fn policy_share(policy: &QueuePolicy) -> Option<Box<ClusterShare>> {
+    policy.cluster.map(|_| Box::default())
+}
+
+/// `1/divisor` of `limit`, at least 1 (`None`: all of it).
+fn share_of(limit: u32, divisor: Option<u32>) -> u32 {
+    divisor.map_or(limit, |d| (limit / d.max(1)).max(1))
 }
 
 /// `text` cut to at most `MAX_REPLY_TEXT_BYTES` on a character boundary.

@@ -347,7 +347,7 @@ fn may_send_follows_the_queue_policy() {
         },
     );
     assert_eq!(q.may_send(&limited, 0), Ok(()));
-    assert_eq!(q.may_send(&limited, 0), Err(1_000));
+    assert_eq!(q.may_send(&limited, 0), Err(RateWait::For(1_000)));
     assert_eq!(q.may_send(&limited, 1_000), Ok(()));
     let free = key("free.example");
     assert!((0..1_000).all(|_| q.may_send(&free, 0).is_ok()));
@@ -368,7 +368,8 @@ fn rate_limit_holds_within_one_percent_over_an_hour_via_queues() {
     while now_ms < 3_600_000 {
         match q.may_send(&k, now_ms) {
             Ok(()) => sent += 1,
-            Err(wait_ms) => now_ms += wait_ms,
+            Err(RateWait::For(wait_ms)) => now_ms += wait_ms,
+            Err(RateWait::Reserve) => panic!("not cluster-shaped"),
         }
     }
     assert!((18_000..=18_180).contains(&sent), "sent {sent}");
@@ -559,4 +560,80 @@ fn established_connections_count_only_open_ones_that_got_through() {
     q.established_connection_ended(&k);
     q.connection_closed(&k);
     assert_eq!(q.established_connections(&k), 1);
+}
+
+#[test]
+fn a_cluster_shaped_queue_spends_reserved_sends_and_waits_for_a_connection_slot() {
+    use crate::queue::{ClusterScope, SendSpacing};
+    let mut q = queues();
+    let k = key("cluster.example");
+    q.set_policy(
+        &k,
+        QueuePolicy {
+            max_connections: 4,
+            max_messages_per_minute: Some(60),
+            cluster: Some(ClusterScope::Domain),
+            ..QueuePolicy::default()
+        },
+    );
+    assert_eq!(q.cluster_scope(&k), Some(ClusterScope::Domain));
+    assert_eq!(q.cluster_scope(&key("other.example")), None);
+    // No send without a reservation; then the reserved ones, on time.
+    assert_eq!(q.may_send(&k, 5_000), Err(RateWait::Reserve));
+    let (want, spacing) = q.begin_reserve(&k, 5_000).unwrap();
+    assert_eq!(spacing, SendSpacing::of(Some(60), None).unwrap());
+    assert!(want >= 1);
+    q.reserved(&k, 5_000, 2, 500_000, spacing);
+    assert_eq!(q.may_send(&k, 5_000), Ok(()));
+    assert_eq!(q.may_send(&k, 5_000), Err(RateWait::For(1_000)));
+    assert_eq!(q.may_send(&k, 6_000), Ok(()));
+    assert_eq!(q.may_send(&k, 6_000), Err(RateWait::Reserve));
+    // A full horizon: wait for what Redis said.
+    q.begin_reserve(&k, 6_000);
+    q.reserved(&k, 6_000, 0, 300_000, spacing);
+    assert_eq!(q.may_send(&k, 6_000), Err(RateWait::For(300)));
+
+    // The cluster's connection cap is full: no new connection until `due` passes the wait; the
+    // open one goes on (its queue stays active).
+    q.enqueue(&k, item(1, 0, 10));
+    assert!(q.try_open_connection(&k));
+    q.wait_for_cluster_connection(&k, 11);
+    assert!(!q.try_open_connection(&k));
+    assert!(q.has_ready(&k), "the open connection still takes mail");
+    assert_eq!(q.next_wakeup(), Some(11));
+    assert!(q.due(10).is_empty());
+    assert_eq!(q.due(11), vec![k.clone()]);
+    assert!(q.try_open_connection(&k));
+
+    // Redis down, local-share over 2 nodes: half the caps, on the queue's own count.
+    assert!(q.set_local_share(&k, Some(2)));
+    assert!(!q.set_local_share(&k, Some(2)), "no change");
+    assert_eq!(q.max_connections(&k), 2);
+    assert!(!q.try_open_connection(&k), "2 open: the share is used");
+    assert_eq!(q.may_send(&k, 100_000), Ok(()));
+    assert_eq!(q.may_send(&k, 100_000), Err(RateWait::For(2_000)), "30/min");
+    assert!(q.set_local_share(&k, None));
+    assert_eq!(q.max_connections(&k), 4);
+    assert_eq!(
+        q.may_send(&k, 100_000),
+        Err(RateWait::Reserve),
+        "back on Redis"
+    );
+}
+
+#[test]
+fn a_policy_without_cluster_leaves_the_queue_local() {
+    let mut q = queues();
+    let k = key("local.example");
+    q.set_policy(
+        &k,
+        QueuePolicy {
+            max_messages_per_minute: Some(60),
+            ..QueuePolicy::default()
+        },
+    );
+    assert_eq!(q.cluster_scope(&k), None);
+    assert!(q.begin_reserve(&k, 0).is_none());
+    assert!(!q.set_local_share(&k, Some(2)));
+    assert_eq!(q.may_send(&k, 0), Ok(()));
 }

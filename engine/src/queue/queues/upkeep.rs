@@ -267,7 +267,7 @@ impl Queues {
 fn ready_wait_s(q: &mut Queue, now_s: u64) -> Option<u64> {
     let head_s = q.ready.front().map(|r| r.next_attempt_s);
     match head_s {
-        Some(head_s) if q.is_active() && q.connections < q.max_connections() => {
+        Some(head_s) if q.has_connection_room() => {
             let room_since_s = *q.room_since_s.get_or_insert(now_s);
             Some(now_s.saturating_sub(head_s.max(room_since_s)))
         }
