@@ -139,6 +139,17 @@ impl Link {
         self.jobs.try_send(job).is_ok()
     }
 
+    /// Waits, at most `limit`, until every job queued before this call has run (jobs run in
+    /// order): at stop, so the leases given back reach Redis before the process exits.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let done = async { self.call(|_| Ok(())).await.is_ok() };
+        let late = async {
+            glommio::timer::sleep(limit).await;
+            false
+        };
+        futures_lite::future::or(done, late).await
+    }
+
     /// Runs `f` on the connection and returns its answer. Fails at once when Redis is down.
     pub async fn call<T, F>(&self, f: F) -> Result<T, LinkError>
     where

@@ -21,6 +21,8 @@ use crate::spool::{SegmentReader, Spool, SpoolConfig};
 const STOP_GRACE_MS: u64 = 30_000;
 /// Housekeeping period: accounting flush, reload and stop checks.
 const TICK_MS: u64 = 100;
+/// How long a stopping core waits for its leases to reach Redis.
+const LINK_FLUSH_AT_STOP_MS: u64 = 1_000;
 /// Queue lists for the API are published, and unmapped segments released, every this many ticks.
 const SNAPSHOT_EVERY_TICKS: u64 = 10;
 
@@ -238,6 +240,14 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
     if let Some(cluster) = &node.cluster {
         // Unused leases go back so the other nodes can use them at once.
         crate::limits::shared::maintain(cluster, &node.limits, crate::clock::unix_ms(), true);
+        if cluster.health().is_up()
+            && !cluster
+                .link
+                .flush(Duration::from_millis(LINK_FLUSH_AT_STOP_MS))
+                .await
+        {
+            log::warn!("cluster: Redis did not take the leases given back at stop; they expire");
+        }
     }
     shard.save_limits().await;
     shard.accounting.flush_now();
