@@ -34,19 +34,32 @@ pub const MAX_BULK: usize = 2_000_000;
 /// The key of (customer, address): addresses compare without case (in practice mailbox providers
 /// ignore it, and a suppression must not be dodged by capitals).
 pub fn key(customer: &str, address: &str) -> u128 {
-    let mut text = String::with_capacity(customer.len() + address.len() + 1);
-    text.push_str(customer);
-    text.push('\0');
-    for c in address
+    let address = address
         .trim()
         .trim_start_matches('<')
-        .trim_end_matches('>')
-        .chars()
-    {
+        .trim_end_matches('>');
+    // The common case (ASCII, short) hashes from the stack: no allocation per recipient.
+    let mut buf = [0u8; KEY_STACK_BYTES];
+    let n = customer.len() + 1 + address.len();
+    if address.is_ascii() && n <= KEY_STACK_BYTES {
+        buf[..customer.len()].copy_from_slice(customer.as_bytes());
+        buf[customer.len()] = 0;
+        for (to, from) in buf[customer.len() + 1..n].iter_mut().zip(address.bytes()) {
+            *to = from.to_ascii_lowercase();
+        }
+        return xxhash_rust::xxh3::xxh3_128(&buf[..n]);
+    }
+    let mut text = String::with_capacity(n);
+    text.push_str(customer);
+    text.push('\0');
+    for c in address.chars() {
         text.extend(c.to_lowercase());
     }
     xxhash_rust::xxh3::xxh3_128(text.as_bytes())
 }
+
+/// Customer and address hashed without allocating when they fit.
+const KEY_STACK_BYTES: usize = 384;
 
 /// An address as it is stored: trimmed, without angle brackets, lower-case; `None` when it is no
 /// address (no `@`, control characters, too long).
@@ -73,7 +86,9 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn contains(&self, key: u128) -> bool {
-        !self.removed.contains(&key) && (self.added.contains(&key) || self.table.contains(key))
+        // Empty deltas (the usual state after a merge) cost no hashing.
+        (self.removed.is_empty() || !self.removed.contains(&key))
+            && ((!self.added.is_empty() && self.added.contains(&key)) || self.table.contains(key))
     }
 
     pub fn len(&self) -> usize {
