@@ -50,7 +50,7 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// List, suspend, resume or bounce delivery queues.
+    /// List, suspend, resume, retry or bounce delivery queues.
     Queue {
         #[command(flatten)]
         api: ApiArgs,
@@ -86,6 +86,8 @@ enum QueueAction {
     List,
     Suspend(QueueTarget),
     Resume(QueueTarget),
+    /// Deferred recipients become ready now (after the receiver was fixed).
+    Retry(QueueTarget),
     Bounce(QueueTarget),
 }
 
@@ -116,6 +118,7 @@ fn main() -> ExitCode {
                 QueueAction::List => return admin(&api, "GET", "/v1/queues", None),
                 QueueAction::Suspend(t) => ("/v1/queues/suspend", t),
                 QueueAction::Resume(t) => ("/v1/queues/resume", t),
+                QueueAction::Retry(t) => ("/v1/queues/retry", t),
                 QueueAction::Bounce(t) => ("/v1/queues/bounce", t),
             };
             let body = serde_json::json!({

@@ -222,6 +222,10 @@ async fn queue_command(core: &ApiCore, action: &str, body: &[u8]) -> Response {
             domain: c.domain,
             vmta: c.vmta,
         },
+        "retry" => AdminCommand::Retry {
+            domain: c.domain,
+            vmta: c.vmta,
+        },
         "bounce" => AdminCommand::Bounce {
             domain: c.domain,
             vmta: c.vmta,

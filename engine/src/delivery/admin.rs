@@ -68,6 +68,13 @@ impl CoreDelivery {
                 }
                 self.wake();
             }
+            AdminCommand::Retry { domain, vmta } => {
+                for key in self.matching_keys(&domain, vmta.as_deref()) {
+                    let moved = self.queues.borrow_mut().retry_now(&key);
+                    log::info!("queue {key}: {moved} deferred recipients retried now");
+                }
+                self.wake();
+            }
             AdminCommand::Bounce {
                 domain,
                 vmta,

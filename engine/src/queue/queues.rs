@@ -756,6 +756,25 @@ impl Queues {
         has_ready
     }
 
+    /// Makes every deferred recipient ready now, whatever its retry time (`POST /v1/queues/retry`,
+    /// after a receiver was fixed); returns how many. A suspension stays (`resume` ends it).
+    pub fn retry_now(&mut self, key: &QueueKey) -> usize {
+        let Some(&slot) = self.index.get(key) else {
+            return 0;
+        };
+        let Some(q) = self.queue_mut(slot) else {
+            return 0;
+        };
+        let mut moved = 0;
+        while let Some(Deferred(item)) = q.deferred.pop() {
+            q.ready.push_back(item);
+            moved += 1;
+        }
+        q.trim();
+        self.reschedule(slot);
+        moved
+    }
+
     /// Empties the queue, ready and deferred, for the caller to bounce. Not counted here: the
     /// caller counts each one (`record_bounced`) once its bounce is recorded, as for any bounce.
     /// Recipients in flight on open connections are the driver's.

@@ -45,6 +45,11 @@ pub enum AdminCommand {
         domain: String,
         vmta: Option<String>,
     },
+    /// Deferred recipients become ready now.
+    Retry {
+        domain: String,
+        vmta: Option<String>,
+    },
     Bounce {
         domain: String,
         vmta: Option<String>,

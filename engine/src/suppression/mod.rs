@@ -34,10 +34,7 @@ pub const MAX_BULK: usize = 2_000_000;
 /// The key of (customer, address): addresses compare without case (in practice mailbox providers
 /// ignore it, and a suppression must not be dodged by capitals).
 pub fn key(customer: &str, address: &str) -> u128 {
-    let address = address
-        .trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>');
+    let address = address.trim().trim_start_matches('<').trim_end_matches('>');
     // The common case (ASCII, short) hashes from the stack: no allocation per recipient.
     let mut buf = [0u8; KEY_STACK_BYTES];
     let n = customer.len() + 1 + address.len();
