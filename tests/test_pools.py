@@ -64,3 +64,7 @@ def test_customer_pool_selects_its_vmta(volley, catcher_factory):
     assert {r["recipient"]: r["customer"] for r in receptions} == {
         "acme@dest.test": "acme", "plain@dest.test": "",
     }
+    # The reception event names the VMTA the message was routed to, and its source address.
+    assert {r["recipient"]: (r["vmta"], r["source_ip"]) for r in receptions} == {
+        "acme@dest.test": ("v2", "127.0.0.3"), "plain@dest.test": ("v1", "127.0.0.2"),
+    }

@@ -217,19 +217,35 @@ pub async fn accept(
             return Err(rejected(core, &origin, &envelope, Refusal::from(e)));
         }
     };
-    let attempts = match &xfer {
-        Some(x) => {
-            keep_attempts(core, id, envelope.recipients.len(), x.attempts).await;
-            record_xfer_in(core, id, &envelope, size, x, &origin, started);
-            x.attempts
-        }
-        None => {
-            record_reception(core, id, &envelope, size, origin.sender().ip, started);
-            0
-        }
-    };
+    if let Some(x) = &xfer {
+        keep_attempts(core, id, envelope.recipients.len(), x.attempts).await;
+        record_xfer_in(core, id, &envelope, size, x, &origin, started);
+    }
+    let attempts = xfer.as_ref().map_or(0, |x| x.attempts);
     let recipients = envelope.recipients.len();
-    crate::placement::route_new_message(core, id, location, Arc::new(envelope), attempts).await;
+    let envelope = Arc::new(envelope);
+    let vmta =
+        crate::placement::route_new_message(core, id, location, envelope.clone(), attempts).await;
+    if xfer.is_none() {
+        // After routing, so the event names the VMTA (and its source address) picked for it.
+        let source_ip = config
+            .vmta(&vmta)
+            .map(|v| v.source_ip.to_string())
+            .unwrap_or_default();
+        let routed = Routed {
+            vmta: &vmta,
+            source_ip: &source_ip,
+        };
+        record_reception(
+            core,
+            id,
+            &envelope,
+            size,
+            origin.sender().ip,
+            routed,
+            started,
+        );
+    }
     Ok(Accepted { id, recipients })
 }
 
@@ -432,12 +448,19 @@ pub fn record_rejection(core: &Shard, customer: &str, recipient: &str, reply: &R
 }
 
 /// Counts a spooled message and writes its reception events (one per recipient).
+/// Where a message was routed: its VMTA and that VMTA's source address.
+struct Routed<'a> {
+    vmta: &'a str,
+    source_ip: &'a str,
+}
+
 fn record_reception(
     core: &Shard,
     id: MessageId,
     envelope: &Envelope,
     size: u64,
     client_ip: Option<IpAddr>,
+    routed: Routed<'_>,
     started: std::time::Instant,
 ) {
     let counters = core.counters();
@@ -457,6 +480,8 @@ fn record_reception(
             time: crate::clock::now_rfc3339(),
             id: id_text.clone(),
             customer: envelope.customer.clone(),
+            vmta: routed.vmta.to_string(),
+            source_ip: routed.source_ip.to_string(),
             sender: envelope.sender.clone(),
             recipient: r.address.clone(),
             domain: r.domain(),

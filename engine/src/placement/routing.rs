@@ -68,9 +68,10 @@ async fn hand_off(
     record: RecordLocation,
     envelope: &PackedEnvelope,
     recipients: impl Iterator<Item = (u32, u32, u64)>,
-) {
+) -> Arc<str> {
     let vmta = pick_vmta(core, envelope.customer());
-    hand_off_to(core, id, record, envelope, vmta, recipients).await;
+    hand_off_to(core, id, record, envelope, vmta.clone(), recipients).await;
+    vmta
 }
 
 /// Hands recipients to the queues of `vmta`; the queue domain is the recipient domain's
@@ -125,18 +126,19 @@ pub async fn hand_off_to(
 }
 
 /// Routes every recipient of a message that was just spooled, ready now, with the delivery
-/// attempts already made for each (0, unless handed over by another node).
+/// attempts already made for each (0, unless handed over by another node). Returns the VMTA
+/// picked for the message.
 pub async fn route_new_message(
     core: &Rc<Placement>,
     id: MessageId,
     body: BodyLocation,
     envelope: Arc<Envelope>,
     attempts: u32,
-) {
+) -> Arc<str> {
     let count = envelope.recipients.len() as u32;
     let envelope = PackedEnvelope::new(&envelope);
     let recipients = (0..count).map(|i| (i, attempts, 0));
-    hand_off(core, id, body.record(), &envelope, recipients).await;
+    hand_off(core, id, body.record(), &envelope, recipients).await
 }
 
 /// Routes the unfinished recipients of what the spool recovered at start, reading each envelope
