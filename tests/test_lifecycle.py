@@ -179,8 +179,17 @@ def test_admin_commands_talk_to_the_api(volley):
     assert b"serving" in result.stdout
     result = volley_cmd("queue", "suspend", "--domain", "dest.test", "--api", api, "--token", "cli-token")
     assert result.returncode == 0, result.stdout + result.stderr
-    result = volley_cmd("queue", "list", "--api", api, "--token", "cli-token")
-    assert result.returncode == 0, result.stdout + result.stderr
+    def table():
+        result = volley_cmd("queue", "list", "--api", api, "--token", "cli-token")
+        assert result.returncode == 0, result.stdout + result.stderr
+        lines = result.stdout.decode().splitlines()
+        assert lines[0].split()[:3] == ["VMTA", "DOMAIN", "SIZE"], lines
+        return any("dest.test" in l and "suspended" in l for l in lines[1:])
+
+    # Cores publish their queues once a second.
+    wait_until(table, 10, "the suspended queue in the table")
+    result = volley_cmd("queue", "list", "--json", "--api", api, "--token", "cli-token")
+    assert result.returncode == 0 and b'"queues"' in result.stdout, result.stdout
     result = volley_cmd("status", "--api", api, "--token", "wrong")
     assert result.returncode != 0
 

@@ -83,7 +83,11 @@ struct ApiArgs {
 
 #[derive(Subcommand)]
 enum QueueAction {
-    List,
+    /// The queues as a table (`--json`: the API's JSON).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     Suspend(QueueTarget),
     Resume(QueueTarget),
     /// Deferred recipients become ready now (after the receiver was fixed).
@@ -115,7 +119,10 @@ fn main() -> ExitCode {
         Command::Status { api } => admin(&api, "GET", "/v1/health", None),
         Command::Queue { api, action } => {
             let (path, target) = match action {
-                QueueAction::List => return admin(&api, "GET", "/v1/queues", None),
+                QueueAction::List { json: true } => {
+                    return admin(&api, "GET", "/v1/queues", None);
+                }
+                QueueAction::List { json: false } => return queue_table(&api),
                 QueueAction::Suspend(t) => ("/v1/queues/suspend", t),
                 QueueAction::Resume(t) => ("/v1/queues/resume", t),
                 QueueAction::Retry(t) => ("/v1/queues/retry", t),
@@ -213,6 +220,35 @@ fn hash_password() -> ExitCode {
         }
         Err(e) => {
             eprintln!("hashing failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `volley queue list`: `GET /v1/queues` as a table.
+fn queue_table(api: &ApiArgs) -> ExitCode {
+    match volley::api::client::request(&api.api, &api.token, "GET", "/v1/queues", None) {
+        Ok((200, text)) => {
+            let table = serde_json::from_str(&text)
+                .ok()
+                .and_then(|v| volley::api::queue_table::render(&v));
+            match table {
+                Some(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    eprintln!("unexpected answer: {text}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Ok((status, text)) => {
+            eprintln!("HTTP {status}: {text}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("cannot reach the API at {}: {e}", api.api);
             ExitCode::FAILURE
         }
     }

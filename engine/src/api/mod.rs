@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod http;
+pub mod queue_table;
 mod routes;
 mod suppressions;
 
