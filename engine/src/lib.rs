@@ -29,3 +29,4 @@ pub mod runtime;
 pub mod shard;
 pub mod smtp;
 pub mod spool;
+pub mod webhook;
