@@ -417,7 +417,7 @@ pub struct JournalReader {
     line: Vec<u8>,
     /// A line longer than `LINE_BYTES_MAX` is being stepped over.
     overlong: bool,
-    /// `unread` was called: the next `next` returns the last line again.
+    /// `unread` was called: the next `read_next` returns the last line again.
     replay: bool,
 }
 
@@ -433,7 +433,7 @@ impl JournalReader {
         }
     }
 
-    /// Puts the line just returned back: the next `next` returns it again (a batch that is full
+    /// Puts the line just returned back: the next `read_next` returns it again (a batch that is full
     /// leaves it for the next one).
     pub fn unread(&mut self) {
         if self.line.ends_with(b"\n") && self.seq > 0 {
@@ -447,7 +447,7 @@ impl JournalReader {
         self.seq
     }
 
-    /// The last line returned by `next`, without its '\n'.
+    /// The last line returned by `read_next`, without its '\n'.
     pub fn line(&self) -> &[u8] {
         self.line.strip_suffix(b"\n").unwrap_or(&self.line)
     }
@@ -493,7 +493,7 @@ impl JournalReader {
     }
 
     /// The next event at or after the position. Blocking: file I/O.
-    pub fn next(&mut self) -> std::io::Result<Next> {
+    pub fn read_next(&mut self) -> std::io::Result<Next> {
         if std::mem::take(&mut self.replay) {
             self.seq += 1;
             return Ok(Next::Line(self.seq - 1));
@@ -587,12 +587,15 @@ mod tests {
         out
     }
 
-    /// Every event the reader returns until the end: (id, line).
-    fn read_all(reader: &mut JournalReader) -> (Vec<(u64, String)>, Vec<(u64, u64)>) {
+    /// (id, line) of each event read, and (from, to) of each skip.
+    type ReadAll = (Vec<(u64, String)>, Vec<(u64, u64)>);
+
+    /// Every event the reader returns until the end.
+    fn read_all(reader: &mut JournalReader) -> ReadAll {
         let mut got = Vec::new();
         let mut skipped = Vec::new();
         loop {
-            match reader.next().unwrap() {
+            match reader.read_next().unwrap() {
                 Next::Line(seq) => {
                     got.push((seq, String::from_utf8(reader.line().to_vec()).unwrap()))
                 }
@@ -640,14 +643,14 @@ mod tests {
         let journal = Journal::open(dir.path(), big(), 0).unwrap();
         journal.append(&lines(1, 3));
         let mut reader = JournalReader::new(journal, 1);
-        assert_eq!(reader.next().unwrap(), Next::Line(1));
-        assert_eq!(reader.next().unwrap(), Next::Line(2));
+        assert_eq!(reader.read_next().unwrap(), Next::Line(1));
+        assert_eq!(reader.read_next().unwrap(), Next::Line(2));
         reader.unread();
         assert_eq!(reader.position(), 2);
-        assert_eq!(reader.next().unwrap(), Next::Line(2));
+        assert_eq!(reader.read_next().unwrap(), Next::Line(2));
         assert_eq!(reader.line(), b"{\"type\":\"delivery\",\"n\":2}");
-        assert_eq!(reader.next().unwrap(), Next::Line(3));
-        assert_eq!(reader.next().unwrap(), Next::End);
+        assert_eq!(reader.read_next().unwrap(), Next::Line(3));
+        assert_eq!(reader.read_next().unwrap(), Next::End);
     }
 
     #[test]
@@ -657,10 +660,10 @@ mod tests {
         journal.append(&lines(1, 2));
         let mut reader = JournalReader::new(journal.clone(), 1);
         assert_eq!(read_all(&mut reader).0.len(), 2);
-        assert_eq!(reader.next().unwrap(), Next::End);
+        assert_eq!(reader.read_next().unwrap(), Next::End);
         journal.append(&lines(3, 1));
-        assert_eq!(reader.next().unwrap(), Next::Line(3));
-        assert_eq!(reader.next().unwrap(), Next::End);
+        assert_eq!(reader.read_next().unwrap(), Next::Line(3));
+        assert_eq!(reader.read_next().unwrap(), Next::End);
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl EventFilter {
     pub fn accepts(&self, line: &[u8]) -> bool {
         match &self.0 {
             None => true,
-            Some(names) => event_type(line).is_some_and(|t| names.iter().any(|n| *n == t)),
+            Some(names) => event_type(line).is_some_and(|t| names.contains(&t)),
         }
     }
 }

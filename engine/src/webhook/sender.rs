@@ -122,7 +122,7 @@ impl Sender {
         let filter = EventFilter::new(self.settings.events.as_deref());
         let mut builder = BatchBuilder::new();
         loop {
-            match reader.next()? {
+            match reader.read_next()? {
                 Next::End => break,
                 Next::Skipped { from, to } => {
                     self.state.skipped.fetch_add(to - from, Ordering::Relaxed);
@@ -283,6 +283,9 @@ impl Sender {
                         );
                     }
                     self.state.note_error(e);
+                    // What was taken before this refusal is saved now: the wait is longer
+                    // than the save.
+                    self.save_position(&mut last_save, true);
                     self.state
                         .next_attempt_ms
                         .store(crate::clock::unix_ms() + delay, Ordering::Relaxed);
