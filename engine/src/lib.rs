@@ -30,3 +30,4 @@ pub mod shard;
 pub mod smtp;
 pub mod spool;
 pub mod suppression;
+pub mod webhook;

@@ -1,17 +1,19 @@
 //! The accounting log: one JSON line per reception and per delivery outcome (interface.md). Each core
 //! buffers its lines and flushes them in batches, off the reactor thread, to the log file (O_APPEND,
 //! one write per batch, so cores never interleave inside a line) and to the bounded in-memory ring
-//! behind `GET /v1/events`.
+//! behind `GET /v1/events`; with webhooks, also to the event journal (`journal`).
+
+pub mod journal;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventType {
     Reception,
@@ -76,6 +78,8 @@ pub struct EventLog {
     /// The log file and its path; none when `accounting_log` is empty.
     file: Mutex<Option<(String, File)>>,
     ring: Mutex<Ring>,
+    /// The durable, numbered copy the webhooks send from; set at start when any is configured.
+    journal: OnceLock<Arc<journal::Journal>>,
 }
 
 fn open_append(path: &str) -> std::io::Result<File> {
@@ -122,6 +126,7 @@ impl EventLog {
                 next_id: 1,
                 events: VecDeque::new(),
             }),
+            journal: OnceLock::new(),
         }))
     }
 
@@ -140,10 +145,18 @@ impl EventLog {
         Ok(())
     }
 
+    /// From now on every batch is also appended to `journal` (once, at start).
+    pub fn attach_journal(&self, journal: Arc<journal::Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
     /// Appends a batch of JSON lines, each ending in '\n'.
     pub fn append_batch(&self, batch: &[u8]) {
         if batch.is_empty() {
             return;
+        }
+        if let Some(journal) = self.journal.get() {
+            journal.append(batch);
         }
         if let Ok(mut file) = self.file.lock()
             && let Some((_, f)) = file.as_mut()

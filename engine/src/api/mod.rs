@@ -18,6 +18,8 @@ pub struct ApiCore {
     pub shard: Rc<Shard>,
     pub placement: Rc<Placement>,
     pub queue_board: std::sync::Arc<QueueBoard>,
+    /// With `[[webhook]]`: their progress, for `GET /v1/webhooks` and the metrics.
+    pub webhooks: Option<std::sync::Arc<crate::webhook::Webhooks>>,
 }
 
 impl std::ops::Deref for ApiCore {

@@ -30,6 +30,7 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         ("GET", ["v1", "queues"]) => queues(&core),
         ("POST", ["v1", "queues", action]) => queue_command(&core, action, &request.body).await,
         ("GET", ["v1", "events"]) => events(&core, &request),
+        ("GET", ["v1", "webhooks"]) => webhooks(&core),
         ("GET", ["v1", "vmta-status"]) => vmta_status(&core),
         ("POST", ["v1", "vmtas", name, action]) => vmta_command(&core, name, action, &request.body),
         ("GET", ["v1", "customers", name, "usage"]) => customer_usage(&core, name).await,
@@ -348,7 +349,18 @@ fn metrics(core: &ApiCore) -> String {
     if let Some(cluster) = &core.node.cluster {
         text.push_str(&cluster.render_metrics());
     }
+    if let Some(webhooks) = &core.webhooks {
+        text.push_str(&webhooks.render_metrics());
+    }
     text
+}
+
+/// `GET /v1/webhooks`: each webhook's lag, last success and last error, and the journal.
+fn webhooks(core: &ApiCore) -> Response {
+    match &core.webhooks {
+        Some(webhooks) => Response::json(200, webhooks.status(&core.config())),
+        None => Response::json(200, json!({ "webhooks": [] })),
+    }
 }
 
 /// `GET /v1/cluster`: the nodes of the registry, as Redis has them.

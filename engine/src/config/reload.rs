@@ -39,6 +39,18 @@ pub fn keys_needing_restart(running: &Config, next: &Config) -> Vec<String> {
             .map(|k| (k.node.clone(), k.redis.clone()))
     };
     differs("cluster", cluster(running) != cluster(next));
+    // One sender thread per webhook and the journal are set up at start; a reload changes the
+    // settings of the webhooks that exist (url, events, batch_max_events, secret, timeout_ms).
+    let webhooks = |c: &Config| {
+        let mut names: Vec<String> = c.webhooks.iter().map(|w| w.name().to_string()).collect();
+        names.sort();
+        names
+    };
+    differs("webhook", webhooks(running) != webhooks(next));
+    differs(
+        "webhook_journal",
+        running.webhook_journal != next.webhook_journal,
+    );
     keys
 }
 
@@ -69,5 +81,22 @@ mod tests {
         let mut moved = running.clone();
         moved.listeners[0].address = "127.0.0.1:2626".parse().unwrap();
         assert_eq!(keys_needing_restart(&running, &moved), ["listener.address"]);
+    }
+
+    #[test]
+    fn webhooks_added_or_removed_need_a_restart_their_settings_do_not() {
+        let hook =
+            |name: &str| format!("[[webhook]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:9/\"\n");
+        let running = config(&(hook("a") + &hook("b")));
+        let mut next = running.clone();
+        next.webhooks[0].url = "https://elsewhere.example/".into();
+        next.webhooks[0].secret = "new".into();
+        next.webhooks.swap(0, 1);
+        assert!(keys_needing_restart(&running, &next).is_empty());
+        next.webhooks.pop();
+        assert_eq!(keys_needing_restart(&running, &next), ["webhook"]);
+        let mut bigger = running.clone();
+        bigger.webhook_journal.max_bytes *= 2;
+        assert_eq!(keys_needing_restart(&running, &bigger), ["webhook_journal"]);
     }
 }

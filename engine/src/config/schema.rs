@@ -49,6 +49,11 @@ pub struct Config {
     pub api: ApiSection,
     /// Several nodes as one platform (shared limits in Redis, registry, drain); absent = one node.
     pub cluster: Option<ClusterSection>,
+    // Webhooks (docs/webhooks.md): accounting events pushed to a control plane.
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<WebhookConfig>,
+    #[serde(default)]
+    pub webhook_journal: WebhookJournalSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -460,5 +465,59 @@ impl Default for ApiSection {
             address: SocketAddr::from(([127, 0, 0, 1], 8025)),
             token: String::new(),
         }
+    }
+}
+
+// ---- Webhooks (docs/webhooks.md) ----
+
+/// `[[webhook]]`: accounting events POSTed as JSON arrays, at least once, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Names the webhook in `GET /v1/webhooks`, the metrics and its saved position; default the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `http://` or `https://` (certificates checked against the Mozilla roots).
+    pub url: String,
+    /// The event types sent; absent = every type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<crate::accounting::EventType>>,
+    /// Events per POST at most.
+    #[serde(default = "default_webhook_batch_max_events")]
+    pub batch_max_events: u32,
+    /// HMAC-SHA256 key: the body's MAC, hex, goes in `X-Volley-Signature`; empty = no signature.
+    #[serde(default)]
+    pub secret: String,
+    /// Each step of a POST: resolving, connecting (TLS included), each write, the response.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl WebhookConfig {
+    /// The webhook's name: `name`, else the URL.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.url)
+    }
+}
+
+fn default_webhook_batch_max_events() -> u32 {
+    100
+}
+fn default_webhook_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `[webhook_journal]`: the events kept in `spool_dir/events/` for the webhooks.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookJournalSection {
+    /// The journal's size bound: past it the oldest events are dropped, sent or not (logged and
+    /// counted per webhook in `volley_webhook_skipped_events_total`).
+    pub max_bytes: u64,
+}
+
+impl Default for WebhookJournalSection {
+    fn default() -> Self {
+        WebhookJournalSection { max_bytes: 4 << 30 }
     }
 }

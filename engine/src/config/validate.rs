@@ -101,6 +101,7 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     check_files(config, &mut c);
     check_api(config, &mut c);
     check_cluster(config, &mut c);
+    check_webhooks(config, &mut c);
     c.errors
 }
 
@@ -588,6 +589,85 @@ pub fn parse_next_hop(hop: &str) -> Option<(String, u16)> {
     (!host.is_empty() && !host.contains(':')).then(|| (host.to_string(), port))
 }
 
+// ---- Webhooks ----
+
+/// `[[webhook]]` entries at most (one sender thread each).
+pub const WEBHOOKS_MAX: usize = 16;
+/// `batch_max_events` is 1..=this.
+const WEBHOOK_BATCH_MAX: u32 = 10_000;
+const WEBHOOK_TIMEOUT_MS_MAX: u64 = 300_000;
+const WEBHOOK_SECRET_BYTES_MAX: usize = 1024;
+const WEBHOOK_NAME_BYTES_MAX: usize = 2048;
+/// The journal bound is at least this (its segments are an eighth of it).
+const WEBHOOK_JOURNAL_BYTES_MIN: u64 = 1 << 20;
+
+fn check_webhooks(config: &Config, c: &mut Checker) {
+    use Step::{Index, Key};
+    if config.webhooks.len() > WEBHOOKS_MAX {
+        c.error(
+            &[Key("webhook")],
+            format!("at most {WEBHOOKS_MAX} webhooks"),
+        );
+    }
+    let mut names = HashSet::new();
+    for (i, w) in config.webhooks.iter().enumerate() {
+        let at = |key| [Key("webhook"), Index(i), Key(key)];
+        let name = w.name();
+        if name.is_empty()
+            || name.len() > WEBHOOK_NAME_BYTES_MAX
+            || name.chars().any(char::is_control)
+        {
+            c.error(
+                &at("name"),
+                format!("a name is 1-{WEBHOOK_NAME_BYTES_MAX} bytes without control characters"),
+            );
+        }
+        if !names.insert(name) {
+            c.error(
+                &at("name"),
+                format!("webhook {name:?} twice (give each a distinct name)"),
+            );
+        }
+        let scheme_ok = w.url.starts_with("http://") || w.url.starts_with("https://");
+        let parsed = ureq::http::Uri::try_from(w.url.as_str());
+        match parsed {
+            Ok(uri) if scheme_ok && uri.host().is_some_and(|h| !h.is_empty()) => {}
+            Ok(_) => c.error(&at("url"), "an http:// or https:// URL with a host"),
+            Err(e) => c.error(&at("url"), format!("not a URL: {e}")),
+        }
+        if w.events.as_ref().is_some_and(|e| e.is_empty()) {
+            c.error(
+                &at("events"),
+                "name at least one event type, or leave the key out for all",
+            );
+        }
+        if !(1..=WEBHOOK_BATCH_MAX).contains(&w.batch_max_events) {
+            c.error(
+                &at("batch_max_events"),
+                format!("must be 1..={WEBHOOK_BATCH_MAX}"),
+            );
+        }
+        if w.secret.len() > WEBHOOK_SECRET_BYTES_MAX {
+            c.error(
+                &at("secret"),
+                format!("at most {WEBHOOK_SECRET_BYTES_MAX} bytes"),
+            );
+        }
+        if !(100..=WEBHOOK_TIMEOUT_MS_MAX).contains(&w.timeout_ms) {
+            c.error(
+                &at("timeout_ms"),
+                format!("must be 100..={WEBHOOK_TIMEOUT_MS_MAX}"),
+            );
+        }
+    }
+    if config.webhook_journal.max_bytes < WEBHOOK_JOURNAL_BYTES_MIN {
+        c.error(
+            &[Key("webhook_journal"), Key("max_bytes")],
+            format!("at least {WEBHOOK_JOURNAL_BYTES_MIN}"),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Config, ConfigErrors};
@@ -732,5 +812,41 @@ mod tests {
         );
         assert_eq!(super::parse_next_hop("[::1]:25"), Some(("::1".into(), 25)));
         assert_eq!(super::parse_next_hop("nope"), None);
+    }
+
+    #[test]
+    fn webhook_entries_are_checked() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:25\"\n";
+        let ok = format!(
+            "{base}[[webhook]]\nname = \"cp\"\nurl = \"https://cp.example/e\"\nevents = [\"bounce\"]\n[[webhook]]\nurl = \"http://127.0.0.1:9/e\"\n"
+        );
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!(c.webhooks[0].name(), "cp");
+        assert_eq!(c.webhooks[1].name(), "http://127.0.0.1:9/e");
+        assert_eq!(c.webhooks[1].batch_max_events, 100);
+        let e = errors(&format!(
+            "{base}[[webhook]]\nname = \"a\"\nurl = \"ftp://x/\"\nbatch_max_events = 0\nevents = []\n\n[[webhook]]\nname = \"a\"\nurl = \"https://x.example/\"\nbatch_max_events = 10001\ntimeout_ms = 5\n[webhook_journal]\nmax_bytes = 1000\n"
+        ));
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "webhook[0].url",
+                "webhook[0].events",
+                "webhook[0].batch_max_events",
+                "webhook[1].name",
+                "webhook[1].batch_max_events",
+                "webhook[1].timeout_ms",
+                "webhook_journal.max_bytes"
+            ],
+            "{e}"
+        );
+        assert_eq!(e.0[0].line, Some(5), "{e}");
+        assert!(
+            Config::parse(&format!(
+                "{base}[[webhook]]\nurl = \"https://cp.example/e\"\nevents = [\"nonsense\"]\n"
+            ))
+            .is_err()
+        );
     }
 }

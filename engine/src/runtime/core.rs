@@ -33,6 +33,8 @@ pub struct Shared {
     pub node: Node,
     pub queue_board: Arc<QueueBoard>,
     pub vmta_board: Arc<VmtaBoard>,
+    /// With `[[webhook]]`: the event journal and the senders' progress (threads of their own).
+    pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
 }
 
 impl Shared {
@@ -40,6 +42,12 @@ impl Shared {
         let config = control.config();
         let events = EventLog::open(&config.server.accounting_log)
             .map_err(|e| format!("accounting log {}: {e}", config.server.accounting_log))?;
+        let webhooks =
+            crate::webhook::Webhooks::open(std::path::Path::new(&config.server.spool_dir), &config)
+                .map_err(|e| e.to_string())?;
+        if let Some(webhooks) = &webhooks {
+            events.attach_journal(webhooks.journal().clone());
+        }
         let needs_tls = config
             .listeners
             .iter()
@@ -104,6 +112,7 @@ impl Shared {
             },
             queue_board: Arc::new(QueueBoard::new(cores)),
             vmta_board: Arc::new(VmtaBoard::default()),
+            webhooks,
         })
     }
 }
@@ -193,6 +202,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
             shard: shard.clone(),
             placement: placement.clone(),
             queue_board: shared.queue_board.clone(),
+            webhooks: shared.webhooks.clone(),
         }))?;
     }
     node.control

@@ -97,6 +97,20 @@ fn check_addresses_free(config: &Config) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// A webhook sender's view of the process: its settings in the running configuration (a reload
+/// changes them) and the stop flag.
+fn webhook_context(control: &Arc<Control>, name: &str) -> crate::webhook::SenderContext {
+    let (settings_control, stop_control) = (control.clone(), control.clone());
+    let name = name.to_string();
+    crate::webhook::SenderContext {
+        settings: Box::new(move || {
+            let config = settings_control.config();
+            config.webhooks.iter().find(|w| w.name() == name).cloned()
+        }),
+        stopping: Box::new(move || stop_control.stopping()),
+    }
+}
+
 /// Runs Volley in the foreground until SIGTERM; returns once every core has stopped.
 pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeError> {
     host_limits::check_memlock()?;
@@ -120,6 +134,15 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
         .map_err(|message| ServeError::Core { core: 0, message })?;
     signals::spawn_signal_thread(control.clone(), shared.node.events.clone())
         .map_err(ServeError::Signals)?;
+    if let Some(webhooks) = &shared.webhooks {
+        let config = control.config();
+        webhooks
+            .start(&config, |name| webhook_context(&control, name))
+            .map_err(|e| ServeError::Core {
+                core: 0,
+                message: e.to_string(),
+            })?;
+    }
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -172,6 +195,9 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
                 message: format!("executor ended abnormally: {e}"),
             });
         }
+    }
+    if let Some(webhooks) = &shared.webhooks {
+        webhooks.join();
     }
     if let Ok(mut running) = RUNNING.lock() {
         *running = None;
