@@ -57,6 +57,17 @@ def test_check_reports_key_and_line_and_exits_1(tmp_path):
     assert "pool[0].vmtas" in out and "missing" in out, out
 
 
+def test_check_lists_every_value_of_the_wrong_shape_not_only_the_first(tmp_path):
+    bad = tmp_path / "shapes.toml"
+    bad.write_text('[server]\ncores = "two"\n\n[api]\nadress = "127.0.0.1:1"\n'
+                   '\n[[listener]]\naddress = "127.0.0.1:2525"\ntls = "sometimes"\n')
+    result = volley_cmd("check", "--config", str(bad))
+    out = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 1, out
+    for line, key in [(2, "server.cores"), (5, "api.adress"), (9, "listener[0].tls")]:
+        assert f"line {line}: {key}" in out, out
+
+
 def test_default_config_is_toml_and_passes_check(tmp_path):
     result = volley_cmd("default-config")
     assert result.returncode == 0

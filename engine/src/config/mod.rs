@@ -8,6 +8,7 @@ mod network;
 pub mod overlay;
 mod reload;
 mod schema;
+mod shape;
 mod validate;
 
 use std::fmt;
@@ -79,14 +80,8 @@ impl Config {
 
     /// Parses and validates a configuration text whose includes are relative to `base`.
     pub fn parse_in(text: &str, base: Option<&Path>) -> Result<Config, ConfigErrors> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start));
-            ConfigErrors(vec![ConfigError {
-                key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
-                line,
-                message: e.message().trim().to_string(),
-            }])
-        })?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigErrors(shape::every_error(text, e)))?;
         config.normalize_domains();
         let mut errors = validate::validate(&config, text);
         errors.extend(config.merge_includes(text, base));
@@ -239,52 +234,6 @@ impl Config {
             .or_else(|| self.pools.iter().find(|p| p.name == "default"))
             .or_else(|| self.pools.first())
     }
-}
-
-/// The dotted key path (`listener[0].tls`) of the key or value at a byte offset, for errors that
-/// serde reports with a span only; empty when no key covers it.
-fn key_at(text: &str, offset: usize) -> String {
-    fn covers(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
-        span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
-    }
-    fn search(table: &toml_edit::Table, offset: usize, path: &mut Vec<String>) -> bool {
-        for (key, item) in table.iter() {
-            path.push(key.to_string());
-            let key_span = table.key(key).and_then(toml_edit::Key::span);
-            let found = match item {
-                toml_edit::Item::Table(t) => search(t, offset, path),
-                toml_edit::Item::ArrayOfTables(a) => a.iter().enumerate().any(|(i, t)| {
-                    path.push(format!("[{i}]"));
-                    let found = search(t, offset, path);
-                    if !found {
-                        path.pop();
-                    }
-                    found
-                }),
-                toml_edit::Item::Value(v) => covers(v.span(), offset),
-                toml_edit::Item::None => false,
-            };
-            if found || covers(key_span, offset) {
-                return true;
-            }
-            path.pop();
-        }
-        false
-    }
-    let Ok(document) = toml_edit::Document::parse(text.to_string()) else {
-        return String::new();
-    };
-    let mut path = Vec::new();
-    if !search(document.as_table(), offset, &mut path) {
-        return String::new();
-    }
-    path.iter().fold(String::new(), |mut out, step| {
-        if !step.starts_with('[') && !out.is_empty() {
-            out.push('.');
-        }
-        out.push_str(step);
-        out
-    })
 }
 
 /// 1-based line of a byte offset.
