@@ -1,5 +1,7 @@
 //! `volley-tune`: checks the host settings that limit a sending MTA's throughput, prints the
-//! settings Volley recommends, and lists the provider delivery profiles shipped in `tuning/profiles/`.
+//! settings Volley recommends, and lists the provider delivery profiles of `tuning/profiles/`, which
+//! are built into the binary so that it needs no checkout (`profiles --write DIR` puts them where an
+//! `include` can name them).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,11 +25,61 @@ enum Command {
     Check,
     /// Print the sysctl settings Volley recommends (for /etc/sysctl.d/90-volley.conf).
     Settings,
-    /// List the provider profiles (`include` them from the configuration).
+    /// List the provider profiles (`include` them from the configuration); built into this binary.
     Profiles {
-        #[arg(long, default_value = "tuning/profiles")]
-        dir: PathBuf,
+        /// List the profiles found in this directory instead of the built-in ones.
+        #[arg(long, conflicts_with_all = ["write", "show"])]
+        dir: Option<PathBuf>,
+        /// Write the built-in profiles into this directory (created if missing; existing files
+        /// are replaced), e.g. /etc/volley/profiles, for `include = ["/etc/volley/profiles/gmail.toml"]`.
+        #[arg(long, value_name = "DIR", conflicts_with = "show")]
+        write: Option<PathBuf>,
+        /// Print one built-in profile (by its file name, with or without `.toml`).
+        #[arg(long, value_name = "NAME")]
+        show: Option<String>,
     },
+}
+
+/// The provider profiles, built in: (file name, text). A test checks this list against the
+/// directory, so a profile added there and not here fails the build's tests.
+const BUILT_IN_PROFILES: &[(&str, &str)] = &[
+    ("comcast.toml", include_str!("../profiles/comcast.toml")),
+    ("gmail.toml", include_str!("../profiles/gmail.toml")),
+    ("gmx-webde.toml", include_str!("../profiles/gmx-webde.toml")),
+    ("icloud.toml", include_str!("../profiles/icloud.toml")),
+    ("mailru.toml", include_str!("../profiles/mailru.toml")),
+    ("orange.toml", include_str!("../profiles/orange.toml")),
+    ("outlook.toml", include_str!("../profiles/outlook.toml")),
+    ("t-online.toml", include_str!("../profiles/t-online.toml")),
+    ("yahoo.toml", include_str!("../profiles/yahoo.toml")),
+    ("yandex.toml", include_str!("../profiles/yandex.toml")),
+];
+
+/// A profile's first comment line: what it is for.
+fn summary(text: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim().to_string())
+        .unwrap_or_default()
+}
+
+fn built_in(name: &str) -> Option<&'static str> {
+    let name = name.strip_suffix(".toml").unwrap_or(name);
+    BUILT_IN_PROFILES
+        .iter()
+        .find(|(file, _)| file.strip_suffix(".toml") == Some(name))
+        .map(|(_, text)| *text)
+}
+
+fn write_profiles(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut written = Vec::new();
+    for (file, text) in BUILT_IN_PROFILES {
+        let path = dir.join(file);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// A recommended sysctl: key, the least good value, and why.
@@ -224,12 +276,7 @@ fn profiles(dir: &Path) -> Result<Vec<(String, String)>, String> {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "toml") {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let summary = text
-                .lines()
-                .find(|l| l.starts_with('#'))
-                .map(|l| l.trim_start_matches('#').trim().to_string())
-                .unwrap_or_default();
-            found.push((path.display().to_string(), summary));
+            found.push((path.display().to_string(), summary(&text)));
         }
     }
     found.sort();
@@ -264,7 +311,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Profiles { dir } => match profiles(&dir) {
+        Command::Profiles { dir: Some(dir), .. } => match profiles(&dir) {
             Ok(list) => {
                 for (path, summary) in list {
                     println!("{path}\t{summary}");
@@ -276,12 +323,75 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Profiles {
+            write: Some(dir), ..
+        } => match write_profiles(&dir) {
+            Ok(paths) => {
+                for path in paths {
+                    println!("{}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("volley-tune: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Profiles {
+            show: Some(name), ..
+        } => match built_in(&name) {
+            Some(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!(
+                    "volley-tune: no built-in profile {name:?} (`volley-tune profiles` lists them)"
+                );
+                ExitCode::FAILURE
+            }
+        },
+        Command::Profiles { .. } => {
+            for (file, text) in BUILT_IN_PROFILES {
+                println!("{file}\t{}", summary(text));
+            }
+            ExitCode::SUCCESS
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_profile_file_is_built_in_with_the_same_text() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".toml"))
+            .collect();
+        files.sort();
+        let built: Vec<&str> = BUILT_IN_PROFILES.iter().map(|(f, _)| *f).collect();
+        assert_eq!(files, built);
+        for (file, text) in BUILT_IN_PROFILES {
+            assert_eq!(std::fs::read_to_string(dir.join(file)).unwrap(), *text);
+        }
+    }
+
+    #[test]
+    fn written_profiles_are_the_built_in_ones_and_show_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_profiles(&dir.path().join("profiles")).unwrap();
+        assert_eq!(written.len(), BUILT_IN_PROFILES.len());
+        let listed = profiles(&dir.path().join("profiles")).unwrap();
+        assert_eq!(listed.len(), BUILT_IN_PROFILES.len());
+        assert_eq!(built_in("gmail"), built_in("gmail.toml"));
+        assert!(built_in("gmail").is_some_and(|t| t.contains("[[domain]]")));
+        assert!(built_in("nonexistent").is_none());
+    }
 
     #[test]
     fn kernel_versions_compare() {
