@@ -5,7 +5,7 @@ import subprocess
 import time
 import tomllib
 
-from conftest import VOLLEY_BIN, SMTP_TIMEOUT_S, message, wait_until
+from conftest import VOLLEY_BIN, SMTP_TIMEOUT_S, free_port, message, wait_until
 
 
 def volley_cmd(*args, timeout_s=30):
@@ -429,3 +429,15 @@ def test_a_reload_names_the_changes_that_need_a_restart(volley):
     assert "server.cores" in line and "api.address" in line, line
     # The running API still answers where it was bound.
     assert volley.api("GET", "/v1/health")[0] == 200
+
+
+def test_the_start_up_log_names_every_listener_and_the_spool(volley_factory):
+    v = volley_factory()
+    v.config["listener"].append({"address": f"127.0.0.1:{free_port()}", "tls": "none", "auth": "off"})
+    v.start()
+    log = v.stderr_tail(200)
+    first, second = v.config["listener"]
+    assert f"listener {first['address']}: tls none, auth off, relay networks 127.0.0.0/8" in log, log
+    assert f"listener {second['address']}: tls none, auth off, relay networks none" in log, log
+    assert f"spool {v.config['server']['spool_dir']}: segments of {16 << 20} bytes" in log, log
+    assert "fsync on" in log, log

@@ -111,6 +111,49 @@ fn webhook_context(control: &Arc<Control>, name: &str) -> crate::webhook::Sender
     }
 }
 
+/// Names at start what this process serves and where it keeps mail, so an operator reading the log
+/// sees a listener without TLS or a spool on the wrong disk at once.
+fn log_what_serves(config: &Config) {
+    for l in &config.listeners {
+        log::info!(
+            "listener {}: tls {}, auth {}, relay networks {}{}",
+            l.address,
+            match l.tls {
+                crate::config::ListenerTls::None => "none",
+                crate::config::ListenerTls::Starttls => "starttls",
+                crate::config::ListenerTls::Implicit => "implicit",
+            },
+            match l.auth {
+                crate::config::ListenerAuth::Off => "off",
+                crate::config::ListenerAuth::Optional => "optional",
+                crate::config::ListenerAuth::Required => "required",
+            },
+            if l.relay_networks.is_empty() {
+                "none".to_string()
+            } else {
+                l.relay_networks
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+            if l.proxy_protocol {
+                ", PROXY protocol"
+            } else {
+                ""
+            },
+        );
+    }
+    log::info!(
+        "spool {}: segments of {} bytes, at most {} bytes, fsync {}",
+        config.server.spool_dir,
+        config.spool.segment_bytes,
+        config.spool.max_spool_bytes,
+        if config.spool.fsync { "on" } else { "OFF" },
+    );
+    log::info!("api {}", config.api.address);
+}
+
 /// Runs Volley in the foreground until SIGTERM; returns once every core has stopped.
 pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeError> {
     host_limits::check_memlock()?;
@@ -122,6 +165,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
         .map_err(ServeError::Spool)?;
     let cores = config.core_count();
     check_addresses_free(&config)?;
+    log_what_serves(&config);
     let control = Control::new(Arc::new(config), config_path);
     control.load_api_changes().map_err(|e| ServeError::Core {
         core: 0,
