@@ -39,6 +39,27 @@ int volley_stop(void);
 int volley_api_request(const char *base, const char *token, const char *method, const char *path,
                        const char *body, char *out, size_t len);
 
+/* Control-plane calls: each sends one request to the API at `base` (token may be NULL), writes the
+ * response body to `out` and returns the HTTP status, or -1 for a bad argument or an unreachable API
+ * (the reason in `out`). */
+/* Accounting events after event id `after` (0: from the oldest kept), at most `limit` (1..10000),
+ * oldest first, as {"events":[{"event_id":N,...}]}. Poll again with the last event_id stored. */
+int volley_events_poll(const char *base, const char *token, uint64_t after, uint32_t limit,
+                       char *out, size_t len);
+/* Adds / removes an address in a customer's suppression list (200 once durable; 400 not an
+ * address; remove: 404 when it was not suppressed). Customer names are letters, digits, '-', '.',
+ * '_' (-1 otherwise). */
+int volley_suppression_add(const char *base, const char *token, const char *customer,
+                           const char *address, char *out, size_t len);
+int volley_suppression_remove(const char *base, const char *token, const char *customer,
+                              const char *address, char *out, size_t len);
+/* Deferred recipients of the queues for `domain` (through `vmta` only, unless NULL) become ready
+ * now (202). */
+int volley_queue_retry(const char *base, const char *token, const char *domain, const char *vmta,
+                       char *out, size_t len);
+/* A PAYG top-up: adds `add` prepaid messages to a customer (200 once durable). */
+int volley_credits_add(const char *base, const char *token, const char *customer, uint64_t add,
+                       char *out, size_t len);
 #ifdef __cplusplus
 }
 #endif

@@ -126,11 +126,49 @@ pub extern "C" fn volley_api_request(
     out: *mut c_char,
     len: usize,
 ) -> c_int {
-    let (Some(base), Some(method), Some(path)) = (arg(base), arg(method), arg(path)) else {
+    let (Some(method), Some(path)) = (arg(method), arg(path)) else {
+        return -1;
+    };
+    call(base, token, method, path, arg(body), out, len)
+}
+
+/// A path segment with every byte outside the unreserved set (and `@`, `+`) written `%XX`.
+fn percent_encoded(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@+".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A name that can stand in a path as it is (customer, webhook): no encoding needed or done.
+fn plain_name(name: &str) -> Option<&str> {
+    (!name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)))
+    .then_some(name)
+}
+
+/// Sends one request and writes the answer: the HTTP status, or -1 (the reason in `out`).
+fn call(
+    base: *const c_char,
+    token: *const c_char,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    out: *mut c_char,
+    len: usize,
+) -> c_int {
+    let Some(base) = arg(base) else {
         return -1;
     };
     let token = arg(token).unwrap_or("");
-    match volley::api::client::request(base, token, method, path, arg(body)) {
+    match volley::api::client::request(base, token, method, path, body) {
         Ok((status, text)) => {
             write_out(&text, out, len);
             c_int::from(status)
@@ -140,6 +178,119 @@ pub extern "C" fn volley_api_request(
             -1
         }
     }
+}
+
+/// Accounting events after event id `after` (0: from the oldest kept), at most `limit` (1..=10000),
+/// oldest first: `{"events":[{"event_id",...}]}` in `out`. Returns the HTTP status, or -1. A
+/// control plane polls with the last `event_id` it stored.
+#[unsafe(no_mangle)]
+pub extern "C" fn volley_events_poll(
+    base: *const c_char,
+    token: *const c_char,
+    after: u64,
+    limit: u32,
+    out: *mut c_char,
+    len: usize,
+) -> c_int {
+    if !(1..=10_000).contains(&limit) {
+        return -1;
+    }
+    let path = format!("/v1/events?after={after}&limit={limit}");
+    call(base, token, "GET", &path, None, out, len)
+}
+
+/// Adds `address` to `customer`'s suppression list (durable when 200 is returned). Returns the
+/// HTTP status (400: not an address), or -1.
+#[unsafe(no_mangle)]
+pub extern "C" fn volley_suppression_add(
+    base: *const c_char,
+    token: *const c_char,
+    customer: *const c_char,
+    address: *const c_char,
+    out: *mut c_char,
+    len: usize,
+) -> c_int {
+    suppression(base, token, "PUT", customer, address, out, len)
+}
+
+/// Removes `address` from `customer`'s suppression list. Returns the HTTP status, or -1.
+#[unsafe(no_mangle)]
+pub extern "C" fn volley_suppression_remove(
+    base: *const c_char,
+    token: *const c_char,
+    customer: *const c_char,
+    address: *const c_char,
+    out: *mut c_char,
+    len: usize,
+) -> c_int {
+    suppression(base, token, "DELETE", customer, address, out, len)
+}
+
+fn suppression(
+    base: *const c_char,
+    token: *const c_char,
+    method: &str,
+    customer: *const c_char,
+    address: *const c_char,
+    out: *mut c_char,
+    len: usize,
+) -> c_int {
+    let (Some(customer), Some(address)) = (arg(customer).and_then(plain_name), arg(address)) else {
+        return -1;
+    };
+    let path = format!("/v1/suppressions/{customer}/{}", percent_encoded(address));
+    call(base, token, method, &path, None, out, len)
+}
+
+/// Makes every deferred recipient of the queues for `domain` (through `vmta` only, when not NULL)
+/// ready now. Returns the HTTP status (202), or -1.
+#[unsafe(no_mangle)]
+pub extern "C" fn volley_queue_retry(
+    base: *const c_char,
+    token: *const c_char,
+    domain: *const c_char,
+    vmta: *const c_char,
+    out: *mut c_char,
+    len: usize,
+) -> c_int {
+    let Some(domain) = arg(domain) else {
+        return -1;
+    };
+    let mut body = serde_json::json!({ "domain": domain });
+    if !vmta.is_null() {
+        let Some(vmta) = arg(vmta) else {
+            return -1;
+        };
+        body["vmta"] = vmta.into();
+    }
+    call(
+        base,
+        token,
+        "POST",
+        "/v1/queues/retry",
+        Some(&body.to_string()),
+        out,
+        len,
+    )
+}
+
+/// Adds `add` prepaid messages to `customer` (a PAYG top-up, atomic with their spending).
+/// Returns the HTTP status (200 once durable), or -1.
+#[unsafe(no_mangle)]
+pub extern "C" fn volley_credits_add(
+    base: *const c_char,
+    token: *const c_char,
+    customer: *const c_char,
+    add: u64,
+    out: *mut c_char,
+    len: usize,
+) -> c_int {
+    let Some(customer) = arg(customer).and_then(plain_name) else {
+        return -1;
+    };
+    let path = format!("/v1/customers/{customer}/credits");
+    let body = serde_json::json!({ "add": add }).to_string();
+    call(base, token, "POST", &path, Some(&body), out, len)
 }
 
 #[cfg(test)]
@@ -164,6 +315,32 @@ mod tests {
         );
         assert_eq!(
             volley_config_check(std::ptr::null(), buf.as_mut_ptr(), buf.len()),
+            -1
+        );
+    }
+
+    #[test]
+    fn path_segments_are_encoded_and_names_checked() {
+        assert_eq!(percent_encoded("a+b@x.test"), "a+b@x.test");
+        assert_eq!(percent_encoded("a/b c@x"), "a%2Fb%20c@x");
+        assert_eq!(plain_name("acme-1"), Some("acme-1"));
+        assert_eq!(plain_name("a/b"), None);
+        assert_eq!(plain_name(""), None);
+        let mut buf = vec![0 as c_char; 64];
+        let base = c"http://127.0.0.1:1";
+        assert_eq!(
+            volley_suppression_add(
+                base.as_ptr(),
+                std::ptr::null(),
+                c"a/b".as_ptr(),
+                c"x@y.test".as_ptr(),
+                buf.as_mut_ptr(),
+                buf.len()
+            ),
+            -1
+        );
+        assert_eq!(
+            volley_events_poll(base.as_ptr(), std::ptr::null(), 0, 0, buf.as_mut_ptr(), 64),
             -1
         );
     }

@@ -1,5 +1,6 @@
 //! Builds `embed.c` with the system C compiler against `include/volley.h` and the freshly built
-//! `libvolley_ffi.so`, then runs it: a C program that serves, injects through the API, and stops.
+//! `libvolley_ffi.so`, then runs it: a C program that serves, injects through the API, uses the control-plane calls
+//! (suppressions, credits, queue retry, event polling), and stops.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -43,7 +44,7 @@ fn c_program_embeds_volley() {
     std::fs::write(
         &config,
         format!(
-            "[server]\ncores = 1\nspool_dir = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{smtp}\"\n[api]\naddress = \"127.0.0.1:{api}\"\n[routes]\n\"nowhere.invalid\" = \"127.0.0.1:9\"\n",
+            "[server]\ncores = 1\nspool_dir = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{smtp}\"\n[api]\naddress = \"127.0.0.1:{api}\"\n[routes]\n\"nowhere.invalid\" = \"127.0.0.1:9\"\n[[customer]]\nname = \"acme\"\ncredits = 10\n",
             dir.path().join("spool").display()
         ),
     )
