@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, SOA, A, DNSLabel, DNSRecord
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSLabel, DNSRecord
 from dnslib.dns import DNSError
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
@@ -113,6 +113,19 @@ class TestDns:
 
     def aaaa(self, name: str, address: str) -> None:
         self._add(name, RR(name, QTYPE.AAAA, ttl=TTL_S, rdata=AAAA(address)))
+
+    def ptr(self, address: str, host: str) -> None:
+        """The PTR record of an IPv4 address (`2.0.0.127.in-addr.arpa` for 127.0.0.2)."""
+        name = ".".join(reversed(address.split("."))) + ".in-addr.arpa"
+        self._add(name, RR(name, QTYPE.PTR, ttl=TTL_S, rdata=PTR(host)))
+
+    def txt(self, name: str, text: str) -> None:
+        self._add(name, RR(name, QTYPE.TXT, ttl=TTL_S, rdata=TXT(text)))
+
+    def remove(self, name: str) -> None:
+        """Every record of `name` goes: it is NXDOMAIN from now on."""
+        with self.lock:
+            self.records.pop(_key(name), None)
 
     def servfail(self, name: str) -> None:
         """Every query for `name` answers SERVFAIL until `heal(name)`."""

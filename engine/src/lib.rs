@@ -23,6 +23,7 @@ pub mod logging;
 pub mod metrics;
 pub mod placement;
 pub mod queue;
+pub mod reputation;
 pub mod rfc5322;
 pub mod router;
 pub mod runtime;

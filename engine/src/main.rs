@@ -40,6 +40,10 @@ enum Command {
         /// The running configuration: also list the changed keys a reload cannot apply.
         #[arg(long)]
         against: Option<PathBuf>,
+        /// Also check every VMTA's FCrDNS and DNSBL listings now (the `[reputation]` checks, with
+        /// its zones if the file has the section); exit 1 when one fails or is listed.
+        #[arg(long)]
+        dns: bool,
     },
     /// Print the embedded default configuration.
     DefaultConfig,
@@ -110,7 +114,18 @@ fn main() -> ExitCode {
     volley::logging::init(cli.log_format);
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Check { config, against } => check(&config, against.as_deref()),
+        Command::Check {
+            config,
+            against,
+            dns,
+        } => {
+            let checked = check(&config, against.as_deref());
+            if dns && checked == ExitCode::SUCCESS {
+                check_dns(&config)
+            } else {
+                checked
+            }
+        }
         Command::DefaultConfig => {
             print!("{EMBEDDED_DEFAULT}");
             ExitCode::SUCCESS
@@ -198,6 +213,64 @@ fn check(path: &std::path::Path, against: Option<&std::path::Path>) -> ExitCode 
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `volley check --dns`: one round of the reputation checks, printed one line per VMTA and zone.
+fn check_dns(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let results = match volley::reputation::check_now(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("volley: DNS checks: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut bad = false;
+    for r in &results {
+        if let Some(f) = &r.fcrdns {
+            bad |= f.status != "pass";
+            println!(
+                "{} {} fcrdns {}{}",
+                r.vmta,
+                r.source_ip,
+                f.status,
+                if f.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", f.detail)
+                }
+            );
+        }
+        for z in &r.dnsbl {
+            bad |= z.status == "listed";
+            println!(
+                "{} {} dnsbl {} {}{}",
+                r.vmta,
+                r.source_ip,
+                z.zone,
+                z.status,
+                if z.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", z.reason)
+                }
+            );
+        }
+    }
+    if results.is_empty() {
+        println!("no VMTA with an address of its own to check");
+    }
+    if bad {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn hash_password() -> ExitCode {

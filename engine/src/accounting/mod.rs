@@ -33,6 +33,9 @@ pub enum EventType {
     /// Handed over to this node by a peer: written instead of `reception`.
     #[serde(rename = "xfer_in")]
     XferIn,
+    /// A VMTA's FCrDNS or DNSBL result changed (`[reputation]`): `vmta`, `source_ip`, `domain`
+    /// (the DNSBL zone; empty for FCrDNS) and `response` (what changed).
+    Reputation,
 }
 
 /// One accounting record; empty strings and zeros are written as they are, so every line has

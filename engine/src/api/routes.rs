@@ -243,6 +243,24 @@ async fn queue_command(core: &ApiCore, action: &str, body: &[u8]) -> Response {
 
 /// The VMTAs taken out of their pools, with why and until when.
 fn vmta_status(core: &ApiCore) -> Response {
+    // `[reputation]` results per VMTA: `fcrdns` (null when not checked) and the zones listing it.
+    let checks: Vec<Value> = core
+        .node
+        .reputation
+        .all()
+        .into_iter()
+        .map(|r| {
+            json!({
+                "vmta": r.vmta,
+                "source_ip": r.source_ip.to_string(),
+                "ehlo_hostname": r.ehlo_hostname,
+                "fcrdns": r.fcrdns,
+                "dnsbl_listed": r.listed_in(),
+                "dnsbl": r.dnsbl,
+                "checked_unix_s": r.checked_unix_s,
+            })
+        })
+        .collect();
     let list: Vec<Value> = core
         .placement
         .board
@@ -252,7 +270,7 @@ fn vmta_status(core: &ApiCore) -> Response {
             json!({ "vmta": name, "reason": d.reason, "since_s": d.since_s, "until_s": d.until_s })
         })
         .collect();
-    Response::json(200, json!({ "disabled": list }))
+    Response::json(200, json!({ "disabled": list, "vmtas": checks }))
 }
 
 #[derive(Deserialize, Default)]
@@ -346,6 +364,7 @@ async fn add_credits(core: &ApiCore, name: &str, body: &[u8]) -> Response {
 
 fn metrics(core: &ApiCore) -> String {
     let mut text = core.node.metrics.render();
+    text.push_str(&core.node.reputation.render_metrics());
     if let Some(cluster) = &core.node.cluster {
         text.push_str(&cluster.render_metrics());
     }

@@ -54,6 +54,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     #[serde(default)]
     pub webhook_journal: WebhookJournalSection,
+    /// FCrDNS and DNSBL checks of every VMTA's address (docs/reputation.md); absent = none.
+    pub reputation: Option<ReputationSection>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -520,4 +522,40 @@ impl Default for WebhookJournalSection {
     fn default() -> Self {
         WebhookJournalSection { max_bytes: 4 << 30 }
     }
+}
+
+// ---- Sender reputation (docs/reputation.md) ----
+
+/// `[reputation]`: checks of every VMTA's sending address, at start, after a reload and every
+/// `check_interval_s`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReputationSection {
+    /// Forward-confirmed reverse DNS of each VMTA (PTR names `ehlo_hostname`, which resolves back).
+    pub fcrdns: bool,
+    /// DNSBL zones asked about every VMTA address.
+    pub dnsbl: Vec<String>,
+    pub dnsbl_action: DnsblAction,
+    pub check_interval_s: u64,
+}
+
+impl Default for ReputationSection {
+    fn default() -> Self {
+        ReputationSection {
+            fcrdns: true,
+            dnsbl: Vec::new(),
+            dnsbl_action: DnsblAction::Warn,
+            check_interval_s: 3600,
+        }
+    }
+}
+
+/// What a DNSBL listing of a VMTA's address does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsblAction {
+    /// A WARN line, an event and the metric.
+    Warn,
+    /// Also takes the VMTA out of its pools while listed (back when delisted).
+    Remove,
 }

@@ -102,6 +102,7 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     check_api(config, &mut c);
     check_cluster(config, &mut c);
     check_webhooks(config, &mut c);
+    check_reputation(config, &mut c);
     c.errors
 }
 
@@ -600,6 +601,46 @@ const WEBHOOK_SECRET_BYTES_MAX: usize = 1024;
 const WEBHOOK_NAME_BYTES_MAX: usize = 2048;
 /// The journal bound is at least this (its segments are an eighth of it).
 const WEBHOOK_JOURNAL_BYTES_MIN: u64 = 1 << 20;
+
+/// DNSBL zones at most (each costs a query per VMTA per round).
+const DNSBL_ZONES_MAX: usize = 16;
+
+fn check_reputation(config: &Config, c: &mut Checker) {
+    use Step::{Index, Key};
+    let Some(r) = &config.reputation else {
+        return;
+    };
+    if r.dnsbl.len() > DNSBL_ZONES_MAX {
+        c.error(
+            &[Key("reputation"), Key("dnsbl")],
+            format!("at most {DNSBL_ZONES_MAX} zones"),
+        );
+    }
+    for (i, zone) in r.dnsbl.iter().enumerate() {
+        let name = zone.trim_end_matches('.');
+        let valid = !name.is_empty()
+            && name.len() <= 200
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            c.error(
+                &[Key("reputation"), Key("dnsbl"), Index(i)],
+                "must be a DNS zone name (e.g. \"zen.spamhaus.org\")",
+            );
+        }
+    }
+    if !(1..=7 * 86_400).contains(&r.check_interval_s) {
+        c.error(
+            &[Key("reputation"), Key("check_interval_s")],
+            "must be 1 to 604800 seconds",
+        );
+    }
+}
 
 fn check_webhooks(config: &Config, c: &mut Checker) {
     use Step::{Index, Key};

@@ -109,6 +109,7 @@ impl Shared {
                 cluster,
                 drain,
                 xfers_seen: Arc::new(crate::shard::XferMemory::default()),
+                reputation: Arc::default(),
             },
             queue_board: Arc::new(QueueBoard::new(cores)),
             vmta_board: Arc::new(VmtaBoard::default()),
@@ -204,6 +205,12 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
             queue_board: shared.queue_board.clone(),
             webhooks: shared.webhooks.clone(),
         }))?;
+        glommio::spawn_local(crate::reputation::run(
+            shard.clone(),
+            shared.vmta_board.clone(),
+            node.reputation.clone(),
+        ))
+        .detach();
     }
     node.control
         .cores_ready
