@@ -52,6 +52,7 @@ fn run(messages: usize, shaping: bool) -> f64 {
         max_messages_per_hour: Some(u64::from(u32::MAX)),
         max_messages_per_day: Some(u64::from(u32::MAX)),
         credits: 0,
+        list_unsubscribe: None,
     };
     fill(&mut queues, &keys, messages);
     let start = Instant::now();

@@ -36,6 +36,12 @@ pub enum EventType {
     /// A VMTA's FCrDNS or DNSBL result changed (`[reputation]`): `vmta`, `source_ip`, `domain`
     /// (the DNSBL zone; empty for FCrDNS) and `response` (what changed).
     Reputation,
+    /// A recipient unsubscribed through a one-click link (`POST /v1/unsubscribe/{token}`):
+    /// `customer`, `recipient`, `client_ip`; the recipient is on the customer's suppression list.
+    Unsubscribe,
+    /// An abuse report (ARF, `POST /v1/feedback`): `customer`, `recipient`, `response` = the
+    /// feedback type and the reporter's User-Agent.
+    Complaint,
 }
 
 /// One accounting record; empty strings and zeros are written as they are, so every line has

@@ -106,6 +106,11 @@ impl Response {
 
 pub type Handler = Rc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response>>>>;
 
+/// The one path served without the API token (RFC 8058 one-click unsubscribe).
+pub const UNSUBSCRIBE_PATH_PREFIX: &str = "/v1/unsubscribe/";
+/// A body on the public path at most.
+const PUBLIC_BODY_BYTES_MAX: usize = 1024;
+
 /// The bearer token in force: read per request, so a reload that changes it applies at once.
 pub type TokenSource = Rc<dyn Fn() -> String>;
 
@@ -191,8 +196,17 @@ fn parse(buf: &[u8], peer: SocketAddr, token: &str) -> Parsed {
     if content_length > BODY_BYTES_MAX {
         return Parsed::Refused(Response::error(413, "request body too large"));
     }
+    // One-click unsubscribe is posted by mailbox providers, who have no token: its path is public,
+    // its token is its own proof, and its body (`List-Unsubscribe=One-Click`) is small.
+    let public = req.method == Some("POST")
+        && req
+            .path
+            .is_some_and(|p| p.starts_with(UNSUBSCRIBE_PATH_PREFIX) && !p.contains('?'));
+    if public && content_length > PUBLIC_BODY_BYTES_MAX {
+        return Parsed::Refused(Response::error(413, "request body too large"));
+    }
     // The token is checked from the head: an unauthenticated client never gets its body read.
-    if !authorized(peer, authorization.as_deref(), token) {
+    if !public && !authorized(peer, authorization.as_deref(), token) {
         return Parsed::Refused(Response::error(401, "missing or wrong bearer token"));
     }
     if buf.len() < head_len + content_length {

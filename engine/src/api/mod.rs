@@ -3,6 +3,7 @@
 pub mod client;
 pub mod http;
 pub mod queue_table;
+mod reputation;
 mod routes;
 mod suppressions;
 

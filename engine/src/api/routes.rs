@@ -45,6 +45,10 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         ("POST", ["v1", "suppressions", customer]) => {
             super::suppressions::bulk(&core, customer, &request.body).await
         }
+        ("POST", ["v1", "unsubscribe", token]) => {
+            super::reputation::unsubscribe(&core, token, &request).await
+        }
+        ("POST", ["v1", "feedback"]) => super::reputation::feedback(&core, &request).await,
         ("GET", ["v1", "drain"]) => drain_state(&core),
         ("POST", ["v1", "drain"]) => drain_start(&core, &request.body).await,
         ("DELETE", ["v1", "drain"]) => drain_cancel(&core).await,

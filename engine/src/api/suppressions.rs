@@ -34,14 +34,23 @@ fn address_of(segment: &str) -> Result<String, Response> {
         .ok_or_else(|| Response::error(400, format!("not an address: {segment:?}")))
 }
 
-async fn change(core: &ApiCore, customer: &str, addresses: Vec<String>, added: bool) -> Response {
+/// Changes the list durably (journal write and fsync off the reactor); the entries after.
+pub(super) async fn change_durably(
+    core: &ApiCore,
+    customer: &str,
+    addresses: Vec<String>,
+    added: bool,
+) -> Result<usize, SuppressionError> {
     let list = core.suppressions.shared().clone();
     let name = customer.to_string();
-    let count = addresses.len();
-    let result = glommio::executor()
+    glommio::executor()
         .spawn_blocking(move || list.change(&name, &addresses, added))
-        .await;
-    match result {
+        .await
+}
+
+async fn change(core: &ApiCore, customer: &str, addresses: Vec<String>, added: bool) -> Response {
+    let count = addresses.len();
+    match change_durably(core, customer, addresses, added).await {
         Ok(entries) => Response::json(
             200,
             json!({"customer": customer, "changed": count, "suppressed": added, "entries": entries}),

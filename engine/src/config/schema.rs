@@ -56,6 +56,8 @@ pub struct Config {
     pub webhook_journal: WebhookJournalSection,
     /// FCrDNS and DNSBL checks of every VMTA's address (docs/reputation.md); absent = none.
     pub reputation: Option<ReputationSection>,
+    #[serde(default)]
+    pub unsubscribe: UnsubscribeSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -218,6 +220,10 @@ pub struct CustomerConfig {
     /// Prepaid messages beyond the plan; 0 = none.
     #[serde(default)]
     pub credits: u64,
+    /// RFC 8058 one-click unsubscribe URL with `{token}`: added to one-recipient messages that
+    /// have no List-Unsubscribe (docs/reputation.md); needs `[unsubscribe] secrets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_unsubscribe: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -558,4 +564,12 @@ pub enum DnsblAction {
     Warn,
     /// Also takes the VMTA out of its pools while listed (back when delisted).
     Remove,
+}
+
+/// `[unsubscribe]`: the keys of one-click unsubscribe tokens (HMAC-SHA256), newest first: the first
+/// signs, every one verifies (rotation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnsubscribeSection {
+    pub secrets: Vec<String>,
 }

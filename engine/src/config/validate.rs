@@ -103,6 +103,7 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     check_cluster(config, &mut c);
     check_webhooks(config, &mut c);
     check_reputation(config, &mut c);
+    check_unsubscribe(config, &mut c);
     c.errors
 }
 
@@ -639,6 +640,51 @@ fn check_reputation(config: &Config, c: &mut Checker) {
             &[Key("reputation"), Key("check_interval_s")],
             "must be 1 to 604800 seconds",
         );
+    }
+}
+
+/// Unsubscribe keys at most (rotation needs two; a few more cost a MAC each per bad token).
+const UNSUBSCRIBE_SECRETS_MAX: usize = 4;
+/// A key shorter than this is guessable.
+const UNSUBSCRIBE_SECRET_BYTES_MIN: usize = 16;
+
+fn check_unsubscribe(config: &Config, c: &mut Checker) {
+    use Step::{Index, Key};
+    let secrets = &config.unsubscribe.secrets;
+    if secrets.len() > UNSUBSCRIBE_SECRETS_MAX {
+        c.error(
+            &[Key("unsubscribe"), Key("secrets")],
+            format!("at most {UNSUBSCRIBE_SECRETS_MAX} (the first signs, the others verify)"),
+        );
+    }
+    for (i, s) in secrets.iter().enumerate() {
+        if s.len() < UNSUBSCRIBE_SECRET_BYTES_MIN {
+            c.error(
+                &[Key("unsubscribe"), Key("secrets"), Index(i)],
+                format!("at least {UNSUBSCRIBE_SECRET_BYTES_MIN} bytes"),
+            );
+        }
+    }
+    for (i, customer) in config.customers.iter().enumerate() {
+        let Some(url) = &customer.list_unsubscribe else {
+            continue;
+        };
+        let at = [Key("customer"), Index(i), Key("list_unsubscribe")];
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || !url.contains("{token}")
+            || url.len() > 500
+            || url
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '>')
+        {
+            c.error(
+                &at,
+                "an http(s) URL of at most 500 bytes with {token} in it, e.g. \"https://unsub.example.net/u/{token}\"",
+            );
+        }
+        if secrets.is_empty() {
+            c.error(&at, "needs [unsubscribe] secrets to sign its tokens");
+        }
     }
 }
 

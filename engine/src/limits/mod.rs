@@ -574,6 +574,7 @@ mod tests {
             max_messages_per_hour: hour,
             max_messages_per_day: day,
             credits,
+            list_unsubscribe: None,
         }
     }
 

@@ -254,6 +254,7 @@ mod tests {
             max_messages_per_hour: Some(per_hour),
             max_messages_per_day: None,
             credits,
+            list_unsubscribe: None,
         }
     }
 

@@ -8,6 +8,8 @@
 mod check;
 pub mod dnsbl;
 pub mod fcrdns;
+pub mod feedback;
+pub mod unsubscribe;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
