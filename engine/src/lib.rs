@@ -29,6 +29,7 @@ pub mod router;
 pub mod runtime;
 pub mod shard;
 pub mod smtp;
+pub mod spam_filter;
 pub mod spool;
 pub mod suppression;
 pub mod webhook;

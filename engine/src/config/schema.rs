@@ -58,6 +58,8 @@ pub struct Config {
     pub reputation: Option<ReputationSection>,
     #[serde(default)]
     pub unsubscribe: UnsubscribeSection,
+    /// Outbound content check with rspamd (docs/spam-filter.md); absent = none.
+    pub spam_filter: Option<SpamFilterSection>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -572,4 +574,38 @@ pub enum DnsblAction {
 #[serde(deny_unknown_fields, default)]
 pub struct UnsubscribeSection {
     pub secrets: Vec<String>,
+}
+
+/// `[spam_filter]`: rspamd's `/checkv2` at the end of data, before the 250.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpamFilterSection {
+    /// rspamd's normal worker, e.g. `http://127.0.0.1:11333`.
+    pub url: String,
+    /// The whole check (connect, send, answer); past it `on_error` decides.
+    pub timeout_ms: u64,
+    pub on_error: SpamFilterOnError,
+    /// Messages larger than this are not sent to rspamd (taken unchecked, counted).
+    pub max_scan_bytes: u64,
+}
+
+impl Default for SpamFilterSection {
+    fn default() -> Self {
+        SpamFilterSection {
+            url: "http://127.0.0.1:11333".into(),
+            timeout_ms: 2_000,
+            on_error: SpamFilterOnError::Accept,
+            max_scan_bytes: 20 << 20,
+        }
+    }
+}
+
+/// What happens to a message when rspamd cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpamFilterOnError {
+    /// Take it unchecked (counted, logged).
+    Accept,
+    /// 451 4.7.1: the client tries again later.
+    Tempfail,
 }
