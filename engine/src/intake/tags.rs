@@ -280,6 +280,11 @@ mod tests {
         assert_eq!(found.requested.campaign.unwrap().len(), CAMPAIGN_BYTES_MAX);
         assert_eq!(found.message_id.len(), MESSAGE_ID_BYTES_MAX);
         assert!(found.message_id.starts_with("mmm"));
+        let (found, _) = take(format!("X-Volley-Pool: {}\r\n\r\n", "p".repeat(300)).into_bytes());
+        assert_eq!(
+            found.requested.pool.unwrap().name.len(),
+            ROUTE_NAME_BYTES_MAX
+        );
         // Written without brackets, kept as written.
         let (found, _) = take(b"Message-Id: bare@x\r\n\r\n".to_vec());
         assert_eq!(found.message_id, "bare@x");

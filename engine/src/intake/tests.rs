@@ -842,3 +842,29 @@ fn a_hand_over_keeps_its_campaign() {
         assert_eq!(xfer_in[0]["campaign"], "spring");
     });
 }
+
+#[test]
+fn a_named_vmta_is_kept_while_out_and_a_name_gone_since_falls_back() {
+    run_with(ROUTE_CONFIG, async |core| {
+        let placement = &core.placement;
+        let now_s = crate::clock::unix_s();
+        placement
+            .board
+            .disable("v2", "by the operator", now_s, None);
+        let pick = |route: Option<RouteChoice>| {
+            crate::placement::pick_vmta(placement, "beta", route.as_ref()).to_string()
+        };
+        // Named: kept even while out (the mail waits for it; a move off it finds no other).
+        assert_eq!(pick(Some(RouteChoice::Vmta("v2".into()))), "v2");
+        // A pool whose every VMTA is out still queues on them.
+        assert_eq!(pick(Some(RouteChoice::Pool("p2".into()))), "v2");
+        assert_eq!(pick(Some(RouteChoice::Pool("default".into()))), "v1");
+        // Gone after a reload: the customer's pool (beta's is p2).
+        assert_eq!(pick(Some(RouteChoice::Vmta("gone".into()))), "v2");
+        assert_eq!(
+            crate::placement::pick_vmta(placement, "acme", Some(&RouteChoice::Pool("gone".into())))
+                .to_string(),
+            "v1"
+        );
+    });
+}
