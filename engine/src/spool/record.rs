@@ -37,7 +37,8 @@ mod tag {
     pub const VMTA: u8 = 4;
 }
 
-/// The tags a record holds, as (tag number, value), empty values left out.
+/// The tags a record holds, as (tag number, value): an empty Message-ID or campaign is left out
+/// (empty means none), a route always written.
 fn tag_entries(tags: &MessageTags) -> impl Iterator<Item = (u8, &str)> {
     let route = tags.route.as_ref().map(|r| match r {
         RouteChoice::Pool(name) => (tag::POOL, name.as_str()),
@@ -48,8 +49,8 @@ fn tag_entries(tags: &MessageTags) -> impl Iterator<Item = (u8, &str)> {
         (tag::CAMPAIGN, tags.campaign.as_str()),
     ]
     .into_iter()
-    .chain(route)
     .filter(|(_, value)| !value.is_empty())
+    .chain(route)
 }
 
 /// What a record holds.
