@@ -4,6 +4,7 @@ carried on every accounting event of the message, all of it kept in the spool ac
 and `[server] log_deliveries` writes one Postfix-style line per outcome."""
 
 import re
+import signal
 import smtplib
 
 import pytest
@@ -261,5 +262,19 @@ def test_log_deliveries_writes_a_line_per_outcome(volley_factory, catcher_factor
     off.send("alice@src.test", ["ok@dest.test"], message("ok off"))
     off.send("alice@src.test", ["permfail@dest.test"], message("bounce off"))
     off.wait_acct("delivery")
-    off.wait_acct("bounce")
+    # The permanent failure, then its DSN to alice@src.test (src.test does not resolve).
+    off.wait_acct("bounce", count=2)
     assert delivery_log_lines(off) == []
+
+    # Turned on by a reload: the next outcome is logged.
+    off.config["server"]["log_deliveries"] = True
+    off.write_config()
+    off.signal(signal.SIGHUP)
+    wait_until(
+        lambda: "reload: " in off.stderr_path.read_text(errors="replace"),
+        10,
+        "the reload to be applied",
+    )
+    off.send("alice@src.test", ["after@dest.test"], message("after reload"))
+    found = wait_until(lambda: delivery_log_lines(off), 10, "a delivery log line after the reload")
+    assert len(found) == 1 and "to=<after@dest.test>" in found[0] and "status=sent" in found[0], found
