@@ -138,11 +138,51 @@ pub struct Envelope {
     pub customer: String,
     /// Seconds since the Unix epoch at which the message was accepted.
     pub received_at_s: u64,
+    /// What the message said about itself besides the envelope: its Message-ID, campaign and
+    /// routing choice (spooled with the envelope).
+    pub tags: MessageTags,
 }
+
+/// A message's Message-ID, campaign and per-message VMTA or pool: kept in the spool record with
+/// the envelope, so events written at delivery (also after a restart) carry them, and placement
+/// after a restart routes as at reception. Strings are sanitized at intake (`intake::tags`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageTags {
+    /// The RFC 5322 Message-ID without its angle brackets; empty when the message has none.
+    pub message_id: String,
+    /// The campaign named by `X-Volley-Campaign:` or the inject field `campaign`; empty when none.
+    pub campaign: String,
+    /// The pool or VMTA the message asked for (`X-Volley-Pool`, `X-Volley-VMTA`, or the inject
+    /// fields); `None`: the customer's pool.
+    pub route: Option<RouteChoice>,
+}
+
+impl MessageTags {
+    /// No tag at all (the spool then writes the record as before they existed).
+    pub fn is_empty(&self) -> bool {
+        self.message_id.is_empty() && self.campaign.is_empty() && self.route.is_none()
+    }
+}
+
+/// Where a message asked to be sent from, instead of its customer's pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteChoice {
+    /// Weighted round robin over this pool's VMTAs.
+    Pool(String),
+    /// Always this VMTA.
+    Vmta(String),
+}
+
+/// The tags of a packed envelope that has none.
+static NO_TAGS: MessageTags = MessageTags {
+    message_id: String::new(),
+    campaign: String::new(),
+    route: None,
+};
 
 /// An `Envelope` packed for delivery, which reads one back from the spool per message in transaction
 /// (and keeps a few cached): every string in one allocation, NOTIFY as its spool bits, and the
-/// rarely given ENVID and ORCPTs behind one pointer. About 3 allocations and 64 bytes plus the text, where an `Envelope` of two recipients
+/// rarely given ENVID and ORCPTs, and the tags, behind one pointer. About 3 allocations and 64 bytes plus the text, where an `Envelope` of two recipients
 /// takes 7 allocations and about 400 bytes. `Envelope` stays the type at the edges (SMTP session,
 /// spool codec, DSN); `to_envelope` and `recipient` convert back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,8 +194,8 @@ pub struct PackedEnvelope {
     sender_end: u32,
     customer_end: u32,
     received_at_s: u64,
-    /// `None` when the message has no ENVID and no recipient has an ORCPT (the usual case).
-    rare: Option<Box<RareDsnParameters>>,
+    /// `None` when the message has no ENVID, no recipient has an ORCPT and it has no tags.
+    rare: Option<Box<RareParameters>>,
     ret: DsnRet,
     body_type: BodyType,
     smtputf8: bool,
@@ -168,10 +208,11 @@ struct PackedRecipient {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct RareDsnParameters {
+struct RareParameters {
     envid: Option<Box<str>>,
-    /// One per recipient, in envelope order.
+    /// One per recipient, in envelope order; empty when no recipient has one.
     orcpts: Box<[Option<Box<str>>]>,
+    tags: MessageTags,
 }
 
 /// An offset into a packed envelope's text. Every envelope delivered was spooled first, and a spool
@@ -208,14 +249,20 @@ impl PackedEnvelope {
             })
             .collect();
         let has_orcpt = envelope.recipients.iter().any(|r| r.orcpt.is_some());
-        let rare = (envelope.envid.is_some() || has_orcpt).then(|| {
-            Box::new(RareDsnParameters {
+        let has_tags = !envelope.tags.is_empty();
+        let rare = (envelope.envid.is_some() || has_orcpt || has_tags).then(|| {
+            Box::new(RareParameters {
                 envid: envelope.envid.as_deref().map(Box::from),
-                orcpts: envelope
-                    .recipients
-                    .iter()
-                    .map(|r| r.orcpt.as_deref().map(Box::from))
-                    .collect(),
+                orcpts: if has_orcpt {
+                    envelope
+                        .recipients
+                        .iter()
+                        .map(|r| r.orcpt.as_deref().map(Box::from))
+                        .collect()
+                } else {
+                    Box::new([])
+                },
+                tags: envelope.tags.clone(),
             })
         });
         PackedEnvelope {
@@ -267,6 +314,11 @@ impl PackedEnvelope {
         self.rare.as_ref().and_then(|r| r.envid.as_deref())
     }
 
+    /// The message's Message-ID, campaign and routing choice.
+    pub fn tags(&self) -> &MessageTags {
+        self.rare.as_ref().map_or(&NO_TAGS, |r| &r.tags)
+    }
+
     /// How many recipients the envelope has (indexes run from 0).
     pub fn recipient_count(&self) -> usize {
         self.recipients.len()
@@ -309,6 +361,7 @@ impl PackedEnvelope {
             smtputf8: self.smtputf8,
             customer: self.customer().to_string(),
             received_at_s: self.received_at_s,
+            tags: self.tags().clone(),
         }
     }
 
@@ -388,14 +441,28 @@ mod tests {
             smtputf8: true,
             customer: "acme".into(),
             received_at_s: 1_790_000_000,
+            tags: MessageTags {
+                message_id: "abc@s.example".into(),
+                campaign: "spring".into(),
+                route: Some(RouteChoice::Pool("p2".into())),
+            },
+        };
+        let tagged_only = Envelope {
+            recipients: vec![Recipient::new("x@y.example")],
+            tags: MessageTags {
+                route: Some(RouteChoice::Vmta("v2".into())),
+                ..MessageTags::default()
+            },
+            ..Envelope::default()
         };
         let plain = Envelope {
             recipients: vec![Recipient::new("x@y.example")],
             ..Envelope::default()
         };
-        for envelope in [full, plain, Envelope::default()] {
+        for envelope in [full, tagged_only, plain, Envelope::default()] {
             let packed = PackedEnvelope::new(&envelope);
             assert_eq!(packed.to_envelope(), envelope);
+            assert_eq!(packed.tags(), &envelope.tags);
             assert_eq!(packed.sender(), envelope.sender);
             assert_eq!(packed.customer(), envelope.customer);
             assert_eq!(packed.envid(), envelope.envid.as_deref());

@@ -52,7 +52,12 @@ pub struct AccountingEvent {
     pub kind: Option<EventType>,
     pub time: String,
     pub id: String,
+    /// The message's RFC 5322 Message-ID without angle brackets (empty when it has none, or
+    /// unknown: a recipient refused at RCPT, a credits event).
+    pub message_id: String,
     pub customer: String,
+    /// The campaign the message named (`X-Volley-Campaign`, inject `campaign`); empty when none.
+    pub campaign: String,
     pub vmta: String,
     pub source_ip: String,
     /// For `reception`: the client's address (behind a PROXY-protocol load balancer, the one it

@@ -83,6 +83,38 @@ struct InjectRequest {
     content: String,
     #[serde(default)]
     customer: Option<String>,
+    /// Accounted with the message's events (`X-Volley-Campaign` in the content otherwise).
+    #[serde(default)]
+    campaign: Option<String>,
+    /// Send through this pool or this VMTA instead of the customer's pool (at most one of them).
+    #[serde(default)]
+    pool: Option<String>,
+    #[serde(default)]
+    vmta: Option<String>,
+}
+
+/// The request's `campaign`, `pool` and `vmta` as intake takes them; a campaign that is longer
+/// than `CAMPAIGN_BYTES_MAX` or holds control characters is refused (an SMTP header's is cut and
+/// cleaned instead: there is nobody to answer a precise error to).
+fn inject_requests(
+    campaign: Option<String>,
+    pool: Option<String>,
+    vmta: Option<String>,
+) -> Result<crate::intake::tags::Requested, String> {
+    use crate::intake::tags::{CAMPAIGN_BYTES_MAX, Named, Requested};
+    if let Some(c) = &campaign
+        && (c.len() > CAMPAIGN_BYTES_MAX || c.chars().any(char::is_control))
+    {
+        return Err(format!(
+            "campaign: at most {CAMPAIGN_BYTES_MAX} bytes, no control characters"
+        ));
+    }
+    let named = |name: String, field| Named { name, field };
+    Ok(Requested {
+        campaign: campaign.map(|c| c.trim().to_string()),
+        pool: pool.map(|p| named(p, "pool")),
+        vmta: vmta.map(|v| named(v, "vmta")),
+    })
 }
 
 fn valid_address(a: &str) -> bool {
@@ -137,6 +169,10 @@ async fn inject(core: &Rc<ApiCore>, request: &Request) -> Response {
     {
         return Response::error(400, format!("no customer {c:?}"));
     }
+    let requested = match inject_requests(req.campaign, req.pool, req.vmta) {
+        Ok(r) => r,
+        Err(e) => return Response::error(400, e),
+    };
     let body = crlf(&req.content);
     let max_bytes = config
         .listeners
@@ -161,6 +197,7 @@ async fn inject(core: &Rc<ApiCore>, request: &Request) -> Response {
     let origin = crate::intake::Origin::Api {
         peer: request.peer.ip(),
         customer: req.customer,
+        requested,
     };
     match crate::intake::accept(&core.placement, origin, envelope, body).await {
         Ok(accepted) => Response::json(

@@ -141,6 +141,8 @@ pub fn dsn_envelope(input: &DsnInput<'_>, dsn: &[u8]) -> Envelope {
         smtputf8: input.envelope.smtputf8,
         customer: input.envelope.customer.clone(),
         received_at_s: input.now_s,
+        // Intake reads the DSN's own Message-ID; the original's campaign and route stay with it.
+        tags: Default::default(),
     }
 }
 

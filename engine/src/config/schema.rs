@@ -76,6 +76,8 @@ pub struct ServerSection {
     /// Message body octets all inbound sessions together may hold in memory (bodies being received
     /// or spooled); beyond it a body is discarded and answered 452 4.3.1.
     pub max_message_bytes_in_flight: u64,
+    /// One INFO log line per delivery outcome (sent, deferred, bounced), Postfix style.
+    pub log_deliveries: bool,
 }
 
 impl Default for ServerSection {
@@ -88,6 +90,7 @@ impl Default for ServerSection {
             max_connections: 10_000,
             max_connections_per_ip: 200,
             max_message_bytes_in_flight: 1 << 30,
+            log_deliveries: false,
         }
     }
 }

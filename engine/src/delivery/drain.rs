@@ -247,6 +247,7 @@ impl Handover {
                 customer: envelope.customer().to_string(),
                 received_s: envelope.received_at_s(),
                 attempts: u32::from(first.attempts),
+                campaign: envelope.tags().campaign.clone(),
             };
             let header = xfer.header_line().into_bytes();
             let recipients = group

@@ -44,7 +44,9 @@ pub(super) fn event(
         kind: Some(kind),
         time: crate::clock::now_rfc3339(),
         id: item.message.to_string(),
+        message_id: envelope.tags().message_id.clone(),
         customer: envelope.customer().to_string(),
+        campaign: envelope.tags().campaign.clone(),
         vmta: key.vmta.to_string(),
         source_ip: attempt.map(|a| a.source_ip.to_string()).unwrap_or_default(),
         client_ip: String::new(),
@@ -68,6 +70,75 @@ pub(super) fn event(
             .saturating_mul(1000),
         ..AccountingEvent::default()
     }
+}
+
+/// What `[server] log_deliveries` writes for an outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LoggedStatus {
+    Sent,
+    Deferred,
+    Bounced,
+}
+
+impl LoggedStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            LoggedStatus::Sent => "sent",
+            LoggedStatus::Deferred => "deferred",
+            LoggedStatus::Bounced => "bounced",
+        }
+    }
+}
+
+/// The `relay=` of a delivery log line, Postfix style: `host[address]` from the attempt's
+/// `host (address)`, `none` when no server was reached.
+fn relay_of(attempt: Option<Attempt<'_>>) -> String {
+    let Some(mx) = attempt.map(|a| a.mx).filter(|m| !m.is_empty()) else {
+        return "none".into();
+    };
+    match mx.strip_suffix(')').and_then(|m| m.split_once(" (")) {
+        Some((host, address)) => format!("{host}[{address}]"),
+        None => mx.replace(' ', "_"),
+    }
+}
+
+/// The delivery log line of one outcome (`[server] log_deliveries`).
+fn delivery_log_line(
+    id: MessageId,
+    recipient: &str,
+    vmta: &str,
+    attempt: Option<Attempt<'_>>,
+    status: LoggedStatus,
+    reply: &Reply,
+) -> String {
+    format!(
+        "id={id} to=<{recipient}> relay={} vmta={vmta} status={} ({reply})",
+        relay_of(attempt),
+        status.as_str()
+    )
+}
+
+/// Writes the delivery log line of an outcome when `[server] log_deliveries` is on.
+pub(super) fn log_delivery(
+    core: &DeliveryCore,
+    key: &QueueKey,
+    item: &Queued,
+    message: &StoredMessage,
+    attempt: Option<Attempt<'_>>,
+    status: LoggedStatus,
+    reply: &Reply,
+) {
+    if !core.config().server.log_deliveries {
+        return;
+    }
+    let recipient = message
+        .envelope
+        .address(item.recipient as usize)
+        .unwrap_or_default();
+    log::info!(
+        "{}",
+        delivery_log_line(item.message, recipient, &key.vmta, attempt, status, reply)
+    );
 }
 
 /// Tells the spooling core a recipient's new state.
@@ -179,6 +250,15 @@ async fn delivered(
             .saturating_mul(1_000_000),
     );
     super::backoff_watch::observe_delivered(core, key, 1);
+    log_delivery(
+        core,
+        key,
+        &item,
+        message,
+        Some(attempt),
+        LoggedStatus::Sent,
+        reply,
+    );
     core.accounting.record(&event(
         EventType::Delivery,
         key,
@@ -216,6 +296,15 @@ pub async fn defer(
     match outcome {
         DeferOutcome::Retry { at_s } => {
             core.counters().deferred.fetch_add(1, Ordering::Relaxed);
+            log_delivery(
+                core,
+                key,
+                &item,
+                message,
+                attempt,
+                LoggedStatus::Deferred,
+                reply,
+            );
             let mut e = event(EventType::Transient, key, &item, message, reply, attempt);
             e.bounce_category = classify(reply.code, enhanced(reply), &reply.text)
                 .as_str()
@@ -430,6 +519,15 @@ async fn bounce_message(core: &Rc<DeliveryCore>, group: &BounceGroup) -> Result<
             counters.bounced.fetch_add(1, Ordering::Relaxed);
             EventType::Bounce
         };
+        log_delivery(
+            core,
+            &group.key,
+            item,
+            message,
+            attempt,
+            LoggedStatus::Bounced,
+            reply,
+        );
         let mut e = event(kind, &group.key, item, message, reply, attempt);
         e.bounce_category = category.as_str().to_string();
         core.accounting.record(&e);
@@ -542,11 +640,12 @@ async fn spool_dsn(
             Refusal::SpoolFull => SpoolError::Full,
             Refusal::Spool(e) => e,
             // Notices are charged to no customer: a limit never refuses one; nor is a hand-over
-            // header looked for in them.
+            // header looked for in them, nor a route chosen.
             refusal @ (Refusal::Limit(_)
             | Refusal::XferUntrusted
             | Refusal::XferMalformed(_)
-            | Refusal::Suppressed) => SpoolError::Io(std::io::Error::other(refusal.to_string())),
+            | Refusal::Suppressed
+            | Refusal::Route(_)) => SpoolError::Io(std::io::Error::other(refusal.to_string())),
         })
 }
 
@@ -635,6 +734,50 @@ mod tests {
     use super::*;
     use crate::envelope::{Envelope, Recipient};
     use crate::spool::SpoolConfig;
+
+    #[test]
+    fn delivery_log_lines_are_postfix_style() {
+        let id = MessageId { core: 1, seq: 0x2A };
+        let attempt = Attempt {
+            source_ip: "127.0.0.2",
+            mx: "mx1.dest.test (127.0.0.10)",
+        };
+        let sent = Reply::local(250, (2, 0, 0), "Ok: queued");
+        assert_eq!(
+            delivery_log_line(
+                id,
+                "a@dest.test",
+                "v1",
+                Some(attempt),
+                LoggedStatus::Sent,
+                &sent
+            ),
+            "id=00000000002A-01 to=<a@dest.test> relay=mx1.dest.test[127.0.0.10] vmta=v1 \
+             status=sent (250 2.0.0 Ok: queued)"
+        );
+        let no_host = Reply::local(451, (4, 4, 1), "No host reachable");
+        let line = delivery_log_line(
+            id,
+            "b@dest.test",
+            "v2",
+            None,
+            LoggedStatus::Deferred,
+            &no_host,
+        );
+        assert!(
+            line.contains(" relay=none vmta=v2 status=deferred (451 4.4.1 "),
+            "{line}"
+        );
+        let bounced = delivery_log_line(
+            id,
+            "c@d",
+            "v1",
+            Some(attempt),
+            LoggedStatus::Bounced,
+            &no_host,
+        );
+        assert!(bounced.contains(" status=bounced ("), "{bounced}");
+    }
 
     #[test]
     fn a_final_state_whose_commit_failed_is_recorded_on_a_later_try() {

@@ -1,5 +1,6 @@
 //! Moving mail off a VMTA that is out (its address cannot be bound, or it is refused everywhere):
-//! the recipients a connection took go to another VMTA of their pool, through placement.
+//! the recipients a connection took go to another VMTA of their pool, through placement. Mail that
+//! named its VMTA (`X-Volley-VMTA`) has no other: it waits for that one.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -26,7 +27,12 @@ pub async fn reroute(core: &Rc<DeliveryCore>, from: &QueueKey, items: Vec<Queued
                 continue;
             }
         };
-        let vmta = pick_vmta(&core.placement, message.envelope.customer());
+        let envelope = &message.envelope;
+        let vmta = pick_vmta(
+            &core.placement,
+            envelope.customer(),
+            envelope.tags().route.as_ref(),
+        );
         if *vmta == *from.vmta {
             stuck.extend(items);
             continue;

@@ -1,6 +1,7 @@
 //! Intake: the one path by which a message becomes durable and routed, whichever way it came in:
 //! SMTP (relay and submission), API injection, or a delivery status notification made here.
-//! One order for all: the customer is settled, the spool checked for room, the customer's plan
+//! One order for all: the customer is settled, the message's tags read (Message-ID, campaign, its
+//! choice of pool or VMTA, checked: `tags`), the spool checked for room, the customer's plan
 //! charged, trace headers added, DKIM signed, the message spooled (the 250 or 202 waits for that),
 //! its reception recorded, and its recipients handed to the cores that own their queues.
 //!
@@ -11,6 +12,7 @@
 
 mod refusal;
 mod signing;
+pub mod tags;
 #[cfg(test)]
 mod tests;
 mod trace;
@@ -51,10 +53,13 @@ pub enum Origin<'a> {
         /// A relay network: `X-Volley-Customer` names the customer.
         relay_trusted: bool,
     },
-    /// `POST /v1/inject`: `customer` was checked against the configuration by the API.
+    /// `POST /v1/inject`: `customer` was checked against the configuration by the API;
+    /// `requested`: the request's `campaign`, `pool` and `vmta` (they win over the content's
+    /// headers).
     Api {
         peer: IpAddr,
         customer: Option<String>,
+        requested: tags::Requested,
     },
     /// A delivery status notification made here: not charged, the envelope's customer kept.
     /// `reserve`: a small notice (the original's headers only) that may use the spool's reserve
@@ -89,6 +94,22 @@ impl Origin<'_> {
                 protocol: "local",
                 authenticated: None,
             },
+        }
+    }
+
+    /// Who asks when the message names a pool or VMTA.
+    fn asker(&self) -> tags::Asker<'_> {
+        match self {
+            Origin::Smtp {
+                authenticated: Some(user),
+                ..
+            } => tags::Asker::Customer(user),
+            Origin::Smtp {
+                relay_trusted: true,
+                ..
+            }
+            | Origin::Api { .. } => tags::Asker::Trusted,
+            Origin::Smtp { .. } | Origin::Notice { .. } => tags::Asker::Untrusted,
         }
     }
 
@@ -154,11 +175,24 @@ pub async fn accept(
     let (named, body) = crate::rfc5322::take_field(body, CUSTOMER_HEADER);
     let config = core.config();
     let (xfer, body) = take_xfer(core, &config, &origin, body)?;
+    let (found, body) = tags::take(body);
     envelope.customer = match &xfer {
         Some(x) => x.customer.clone(),
         None => origin.customer(named, &envelope),
     };
-    if xfer.is_none() && !matches!(origin, Origin::Notice { .. }) {
+    envelope.tags.message_id = found.message_id;
+    let notice = matches!(origin, Origin::Notice { .. });
+    if let Some(x) = &xfer {
+        // Chosen on the first node; this node places it in the customer's pool here.
+        envelope.tags.campaign = x.campaign.clone();
+    } else if !notice {
+        let requested = match &origin {
+            Origin::Api { requested, .. } => requested.clone().or(found.requested),
+            _ => found.requested,
+        };
+        envelope.tags.campaign = requested.campaign.clone().unwrap_or_default();
+        envelope.tags.route = tags::choose_route(&config, &requested, origin.asker())
+            .map_err(|e| rejected(core, &origin, &envelope, Refusal::Route(e)))?;
         drop_suppressed(core, &mut envelope)?;
     }
     let customer = config.customer(&envelope.customer);
@@ -174,6 +208,10 @@ pub async fn accept(
         &body,
         now_s,
     );
+    if envelope.tags.message_id.is_empty() {
+        // Submission adds the Message-ID the client left out: that one is the message's.
+        envelope.tags.message_id = tags::message_id_in(&header);
+    }
     let reserve = matches!(origin, Origin::Notice { reserve: true });
     // The DKIM signature adds a few hundred bytes: room is checked on the message before it.
     if !reserve && !core.spool.has_room((header.len() + body.len()) as u64) {
@@ -370,7 +408,9 @@ fn record_xfer_in(
             kind: Some(EventType::XferIn),
             time: crate::clock::now_rfc3339(),
             id: id_text.clone(),
+            message_id: envelope.tags.message_id.clone(),
             customer: envelope.customer.clone(),
+            campaign: envelope.tags.campaign.clone(),
             source_ip: source_ip.clone(),
             sender: envelope.sender.clone(),
             recipient: r.address.clone(),
@@ -406,7 +446,9 @@ fn drop_suppressed(core: &Shard, envelope: &mut Envelope) -> Result<(), Refusal>
         core.accounting.record(&AccountingEvent {
             kind: Some(EventType::Suppressed),
             time: crate::clock::now_rfc3339(),
+            message_id: envelope.tags.message_id.clone(),
             customer: customer.clone(),
+            campaign: envelope.tags.campaign.clone(),
             sender: envelope.sender.clone(),
             recipient: address.clone(),
             domain: crate::envelope::domain_of(address),
@@ -421,21 +463,31 @@ fn drop_suppressed(core: &Shard, envelope: &mut Envelope) -> Result<(), Refusal>
     Ok(())
 }
 
-/// A message refused at the end of its data (limits, spool): a `rejection` event per recipient,
-/// with the reply the client gets. Notices are made here: nobody to tell, not accounted.
+/// A message refused at the end of its data (limits, spool, its choice of route): a `rejection`
+/// event per recipient, with the reply the client gets and the tags read so far. Notices are made
+/// here: nobody to tell, not accounted.
 fn rejected(core: &Shard, origin: &Origin<'_>, envelope: &Envelope, refusal: Refusal) -> Refusal {
     if !matches!(origin, Origin::Notice { .. }) {
         let reply = refusal.smtp_reply();
         for r in &envelope.recipients {
-            record_rejection(core, &envelope.customer, &r.address, &reply);
+            let mut event = rejection_event(&envelope.customer, &r.address, &reply);
+            event.message_id = envelope.tags.message_id.clone();
+            event.campaign = envelope.tags.campaign.clone();
+            core.accounting.record(&event);
         }
     }
     refusal
 }
 
-/// A `rejection` event: a recipient (or a whole message) refused with `reply`.
+/// A `rejection` event: a recipient refused with `reply` at RCPT (before the message and its tags
+/// are known).
 pub fn record_rejection(core: &Shard, customer: &str, recipient: &str, reply: &Reply) {
-    core.accounting.record(&AccountingEvent {
+    core.accounting
+        .record(&rejection_event(customer, recipient, reply));
+}
+
+fn rejection_event(customer: &str, recipient: &str, reply: &Reply) -> AccountingEvent {
+    AccountingEvent {
         kind: Some(EventType::Rejection),
         time: crate::clock::now_rfc3339(),
         customer: customer.to_string(),
@@ -444,7 +496,7 @@ pub fn record_rejection(core: &Shard, customer: &str, recipient: &str, reply: &R
         response: reply.to_string(),
         enhanced_code: reply.enhanced().map(|e| e.to_string()).unwrap_or_default(),
         ..Default::default()
-    });
+    }
 }
 
 /// Counts a spooled message and writes its reception events (one per recipient).
@@ -479,7 +531,9 @@ fn record_reception(
             kind: Some(EventType::Reception),
             time: crate::clock::now_rfc3339(),
             id: id_text.clone(),
+            message_id: envelope.tags.message_id.clone(),
             customer: envelope.customer.clone(),
+            campaign: envelope.tags.campaign.clone(),
             vmta: routed.vmta.to_string(),
             source_ip: routed.source_ip.to_string(),
             sender: envelope.sender.clone(),

@@ -1,6 +1,7 @@
 //! Why intake did not take a message, and how each way in says so: an SMTP reply with its enhanced
 //! status code, or an HTTP status for the API.
 
+use super::tags::RouteRefusal;
 use super::xfer::XferError;
 use crate::limits;
 use crate::smtp::reply::{EnhancedCode, Reply};
@@ -24,6 +25,9 @@ pub enum Refusal {
     /// An `X-Volley-Xfer` header from a peer that cannot be read.
     #[error("{0}")]
     XferMalformed(XferError),
+    /// A pool or VMTA the message may not choose, or that does not exist.
+    #[error("{0}")]
+    Route(RouteRefusal),
 }
 
 impl Refusal {
@@ -58,6 +62,13 @@ impl Refusal {
             Refusal::XferMalformed(e) => {
                 Reply::new(550, Some(EnhancedCode::new(5, 6, 0)), e.to_string())
             }
+            // Not allowed: a policy refusal. Unknown or both: what the message says is wrong.
+            Refusal::Route(e @ (RouteRefusal::Foreign { .. } | RouteRefusal::Untrusted { .. })) => {
+                Reply::new(550, Some(EnhancedCode::new(5, 7, 1)), e.to_string())
+            }
+            Refusal::Route(e @ (RouteRefusal::Unknown { .. } | RouteRefusal::Both { .. })) => {
+                Reply::new(550, Some(EnhancedCode::new(5, 6, 0)), e.to_string())
+            }
         }
     }
 
@@ -69,6 +80,8 @@ impl Refusal {
             Refusal::XferUntrusted => 403,
             Refusal::XferMalformed(_) => 400,
             Refusal::Suppressed => 422,
+            Refusal::Route(RouteRefusal::Foreign { .. } | RouteRefusal::Untrusted { .. }) => 403,
+            Refusal::Route(RouteRefusal::Unknown { .. } | RouteRefusal::Both { .. }) => 400,
         }
     }
 }
@@ -115,5 +128,48 @@ mod tests {
         assert_eq!(Refusal::XferUntrusted.http_status(), 403);
         let bad = Refusal::XferMalformed(XferError::Missing("node"));
         assert!(bad.smtp_reply().to_string().starts_with("550 5.6.0"));
+    }
+
+    #[test]
+    fn route_refusals_name_the_field_and_the_name() {
+        let foreign = Refusal::Route(RouteRefusal::Foreign {
+            field: "X-Volley-Pool",
+            what: "pool",
+            name: "p2".into(),
+            customer: "acme".into(),
+        });
+        assert_eq!(
+            foreign.smtp_reply().to_string(),
+            "550 5.7.1 X-Volley-Pool: pool \"p2\" is not in the pool of customer acme"
+        );
+        assert_eq!(foreign.http_status(), 403);
+        let unknown = Refusal::Route(RouteRefusal::Unknown {
+            field: "vmta",
+            what: "VMTA",
+            name: "v9".into(),
+        });
+        assert_eq!(
+            unknown.smtp_reply().to_string(),
+            "550 5.6.0 vmta: no VMTA \"v9\""
+        );
+        assert_eq!(unknown.http_status(), 400);
+        let both = Refusal::Route(RouteRefusal::Both {
+            pool: "X-Volley-Pool",
+            vmta: "X-Volley-VMTA",
+        });
+        assert!(
+            both.smtp_reply()
+                .to_string()
+                .starts_with("550 5.6.0 X-Volley-Pool and X-Volley-VMTA both given")
+        );
+        let untrusted = Refusal::Route(RouteRefusal::Untrusted {
+            field: "X-Volley-VMTA",
+        });
+        assert!(
+            untrusted
+                .smtp_reply()
+                .to_string()
+                .starts_with("550 5.7.1 X-Volley-VMTA is only taken")
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::*;
 use crate::accounting::EventLog;
 use crate::config::Config;
-use crate::envelope::Recipient;
+use crate::envelope::{MessageTags, Recipient, RouteChoice};
 use crate::limits::SendingLimits;
 use crate::metrics::Metrics;
 use crate::placement::VmtaBoard;
@@ -159,6 +159,7 @@ fn every_origin_is_spooled_routed_and_accounted_the_same_way() {
             Origin::Api {
                 peer: ip,
                 customer: None,
+                requested: Default::default(),
             },
             Origin::Notice { reserve: false },
         ];
@@ -240,6 +241,7 @@ fn the_customer_comes_only_from_whom_the_origin_trusts() {
         let api = Origin::Api {
             peer: ip,
             customer: Some("acme".into()),
+            requested: Default::default(),
         };
         accept(
             &core.placement,
@@ -274,6 +276,7 @@ fn a_plan_used_up_refuses_with_the_same_reply_whichever_way_in() {
         let api = || Origin::Api {
             peer: ip,
             customer: Some("acme".into()),
+            requested: Default::default(),
         };
         for _ in 0..2 {
             accept(
@@ -357,6 +360,7 @@ fn sample_xfer(received_s: u64) -> Xfer {
         customer: "acme".into(),
         received_s,
         attempts: 4,
+        campaign: String::new(),
     }
 }
 
@@ -473,6 +477,7 @@ fn a_hand_over_header_from_anyone_else_is_refused() {
             Origin::Api {
                 peer: "127.0.0.1".parse().unwrap(),
                 customer: None,
+                requested: Default::default(),
             },
             envelope(&["a@d.test"]),
             handed_over(&xfer),
@@ -517,5 +522,350 @@ fn a_hand_over_header_from_anyone_else_is_refused() {
         .await
         .expect_err("no peers");
         assert!(matches!(refused, Refusal::XferUntrusted));
+    });
+}
+
+/// Two pools of one VMTA each; acme sends through `default`, beta through `p2`.
+const ROUTE_CONFIG: &str = r#"
+[server]
+hostname = "mta.intake.test"
+
+[[listener]]
+address = "127.0.0.1:2525"
+relay_networks = ["127.0.0.0/8"]
+
+[[vmta]]
+name = "v1"
+source_ip = "127.0.0.2"
+ehlo_hostname = "v1.intake.test"
+
+[[vmta]]
+name = "v2"
+source_ip = "127.0.0.3"
+ehlo_hostname = "v2.intake.test"
+
+[[pool]]
+name = "default"
+vmtas = ["v1"]
+
+[[pool]]
+name = "p2"
+vmtas = ["v2"]
+
+[[customer]]
+name = "acme"
+
+[[customer]]
+name = "beta"
+pool = "p2"
+"#;
+
+fn relay(ip: &str) -> Origin<'static> {
+    Origin::Smtp {
+        helo: "client.test",
+        ip: ip.parse().unwrap(),
+        protocol: "ESMTP",
+        authenticated: None,
+        relay_trusted: true,
+    }
+}
+
+/// The accounting events written so far, parsed.
+fn events(core: &Core) -> Vec<serde_json::Value> {
+    core.placement.accounting.flush_now();
+    core.events
+        .after(0, 1000)
+        .iter()
+        .map(|(_, line)| serde_json::from_str(line).expect("JSON"))
+        .collect()
+}
+
+#[test]
+fn a_chosen_pool_or_vmta_and_the_campaign_are_spooled_routed_and_taken_off() {
+    run_with(ROUTE_CONFIG, async |core| {
+        for (header, vmta, route) in [
+            ("X-Volley-Pool: p2", "v2", RouteChoice::Pool("p2".into())),
+            ("X-Volley-VMTA: v2", "v2", RouteChoice::Vmta("v2".into())),
+        ] {
+            let body = format!(
+                "From: a@src.test\r\nMessage-ID: <m1@src.test>\r\n{header}\r\n\
+                 X-Volley-Campaign: spring\u{7}\r\nSubject: hi\r\n\r\nHello.\r\n"
+            );
+            accept(
+                &core.placement,
+                relay("127.0.0.9"),
+                envelope(&["a@d.test"]),
+                body.into_bytes(),
+            )
+            .await
+            .expect("a relay network may choose any pool or VMTA");
+            let handoff = core.handoffs.borrow().last().cloned().expect("routed");
+            assert_eq!(&*handoff.vmta, vmta, "{header}");
+            let (stored_envelope, text) = stored(&core, &handoff);
+            assert_eq!(
+                stored_envelope.tags,
+                MessageTags {
+                    message_id: "m1@src.test".into(),
+                    campaign: "spring".into(),
+                    route: Some(route),
+                }
+            );
+            assert!(!text.contains("X-Volley-"), "taken off: {text}");
+            assert!(text.contains("Message-ID: <m1@src.test>"), "{text}");
+        }
+        // Without a choice, the customer's pool (none named: `default`).
+        accept(
+            &core.placement,
+            relay("127.0.0.9"),
+            envelope(&["b@d.test"]),
+            b"Subject: plain\r\n\r\nx\r\n".to_vec(),
+        )
+        .await
+        .expect("accepted");
+        assert_eq!(&*core.handoffs.borrow()[2].vmta, "v1");
+        let receptions: Vec<_> = events(&core)
+            .into_iter()
+            .filter(|e| e["type"] == "reception")
+            .collect();
+        assert_eq!(receptions.len(), 3);
+        for e in &receptions[..2] {
+            assert_eq!(e["message_id"], "m1@src.test");
+            assert_eq!(e["campaign"], "spring");
+            assert_eq!(e["vmta"], "v2");
+        }
+        assert_eq!(receptions[2]["message_id"], "");
+        assert_eq!(receptions[2]["campaign"], "");
+    });
+}
+
+#[test]
+fn an_auth_customer_chooses_only_within_its_own_pool() {
+    run_with(ROUTE_CONFIG, async |core| {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let auth = |user| Origin::Smtp {
+            helo: "x",
+            ip,
+            protocol: "ESMTPSA",
+            authenticated: Some(user),
+            relay_trusted: false,
+        };
+        let body = |header: &str| {
+            format!("Message-ID: <x9@src.test>\r\nX-Volley-Campaign: c1\r\n{header}\r\n\r\nx\r\n")
+                .into_bytes()
+        };
+        // beta's pool is p2: p2 and v2 are its own.
+        for header in ["X-Volley-Pool: p2", "X-Volley-VMTA: v2"] {
+            accept(
+                &core.placement,
+                auth("beta"),
+                envelope(&["a@d.test"]),
+                body(header),
+            )
+            .await
+            .expect("its own pool");
+        }
+        assert_eq!(core.handoffs.borrow().len(), 2);
+        // acme's pool is default: p2 and v2 are not its own, and unknown names are not told apart.
+        for header in [
+            "X-Volley-Pool: p2",
+            "X-Volley-VMTA: v2",
+            "X-Volley-Pool: nope",
+        ] {
+            let refused = accept(
+                &core.placement,
+                auth("acme"),
+                envelope(&["r@d.test"]),
+                body(header),
+            )
+            .await
+            .expect_err("a foreign pool");
+            let reply = refused.smtp_reply().to_string();
+            assert!(reply.starts_with("550 5.7.1 X-Volley-"), "{reply}");
+            assert!(
+                reply.contains("is not in the pool of customer acme"),
+                "{reply}"
+            );
+        }
+        // Not a relay network, not authenticated: no choice at all.
+        let refused = accept(
+            &core.placement,
+            Origin::Smtp {
+                helo: "x",
+                ip,
+                protocol: "ESMTP",
+                authenticated: None,
+                relay_trusted: false,
+            },
+            envelope(&["r@d.test"]),
+            body("X-Volley-VMTA: v1"),
+        )
+        .await
+        .expect_err("untrusted");
+        assert!(
+            refused
+                .smtp_reply()
+                .to_string()
+                .starts_with("550 5.7.1 X-Volley-VMTA is only")
+        );
+        // Both at once, and an unknown name from a relay network: the message is wrong.
+        for header in [
+            "X-Volley-Pool: p2\r\nX-Volley-VMTA: v2",
+            "X-Volley-Pool: nope",
+        ] {
+            let refused = accept(
+                &core.placement,
+                relay("127.0.0.9"),
+                envelope(&["r@d.test"]),
+                body(header),
+            )
+            .await
+            .expect_err("refused");
+            assert!(
+                refused
+                    .smtp_reply()
+                    .to_string()
+                    .starts_with("550 5.6.0 X-Volley-Pool")
+            );
+        }
+        // Nothing refused was routed; each refusal is a rejection event with the message's tags.
+        assert_eq!(core.handoffs.borrow().len(), 2);
+        let rejections: Vec<_> = events(&core)
+            .into_iter()
+            .filter(|e| e["type"] == "rejection")
+            .collect();
+        assert_eq!(rejections.len(), 6);
+        for e in &rejections {
+            assert_eq!(e["recipient"], "r@d.test");
+            assert_eq!(e["message_id"], "x9@src.test");
+            assert_eq!(e["campaign"], "c1");
+            assert!(e["response"].as_str().unwrap().starts_with("550 5."), "{e}");
+        }
+    });
+}
+
+#[test]
+fn inject_fields_win_over_the_contents_headers() {
+    run_with(ROUTE_CONFIG, async |core| {
+        let requested = tags::Requested {
+            campaign: Some("api-campaign".into()),
+            pool: None,
+            vmta: Some(tags::Named {
+                name: "v2".into(),
+                field: "vmta",
+            }),
+        };
+        accept(
+            &core.placement,
+            Origin::Api {
+                peer: "127.0.0.1".parse().unwrap(),
+                customer: None,
+                requested,
+            },
+            envelope(&["a@d.test"]),
+            b"X-Volley-Campaign: header-campaign\r\n\r\nx\r\n".to_vec(),
+        )
+        .await
+        .expect("accepted");
+        let handoff = core.handoffs.borrow()[0].clone();
+        assert_eq!(&*handoff.vmta, "v2");
+        let (stored_envelope, text) = stored(&core, &handoff);
+        assert_eq!(stored_envelope.tags.campaign, "api-campaign");
+        assert!(!text.contains("header-campaign"), "{text}");
+        let unknown = tags::Requested {
+            pool: Some(tags::Named {
+                name: "nope".into(),
+                field: "pool",
+            }),
+            ..Default::default()
+        };
+        let refused = accept(
+            &core.placement,
+            Origin::Api {
+                peer: "127.0.0.1".parse().unwrap(),
+                customer: None,
+                requested: unknown,
+            },
+            envelope(&["a@d.test"]),
+            b"\r\nx\r\n".to_vec(),
+        )
+        .await
+        .expect_err("unknown pool");
+        assert_eq!(refused.http_status(), 400);
+        assert_eq!(refused.to_string(), "pool: no pool \"nope\"");
+    });
+}
+
+#[test]
+fn submission_accounts_the_message_id_it_added() {
+    run_with(ROUTE_CONFIG, async |core| {
+        accept(
+            &core.placement,
+            Origin::Smtp {
+                helo: "x",
+                ip: "192.0.2.1".parse().unwrap(),
+                protocol: "ESMTPSA",
+                authenticated: Some("acme"),
+                relay_trusted: false,
+            },
+            envelope(&["a@d.test"]),
+            b"Subject: no id\r\n\r\nx\r\n".to_vec(),
+        )
+        .await
+        .expect("accepted");
+        let handoff = core.handoffs.borrow()[0].clone();
+        let (stored_envelope, _) = stored(&core, &handoff);
+        assert_eq!(
+            stored_envelope.tags.message_id,
+            format!("{}@mta.intake.test", handoff.id)
+        );
+    });
+}
+
+#[test]
+fn a_hand_over_keeps_its_campaign() {
+    run_with(PEER_CONFIG, async |core| {
+        let xfer = Xfer {
+            campaign: "spring".into(),
+            ..sample_xfer(crate::clock::unix_s())
+        };
+        accept(
+            &core.placement,
+            from_peer("127.0.0.2"),
+            envelope(&["a@d.test"]),
+            handed_over(&xfer),
+        )
+        .await
+        .expect("taken");
+        let handoff = core.handoffs.borrow()[0].clone();
+        assert_eq!(stored(&core, &handoff).0.tags.campaign, "spring");
+        let xfer_in = events(&core);
+        assert_eq!(xfer_in[0]["type"], "xfer_in");
+        assert_eq!(xfer_in[0]["campaign"], "spring");
+    });
+}
+
+#[test]
+fn a_named_vmta_is_kept_while_out_and_a_name_gone_since_falls_back() {
+    run_with(ROUTE_CONFIG, async |core| {
+        let placement = &core.placement;
+        let now_s = crate::clock::unix_s();
+        placement
+            .board
+            .disable("v2", "by the operator", now_s, None);
+        let pick = |route: Option<RouteChoice>| {
+            crate::placement::pick_vmta(placement, "beta", route.as_ref()).to_string()
+        };
+        // Named: kept even while out (the mail waits for it; a move off it finds no other).
+        assert_eq!(pick(Some(RouteChoice::Vmta("v2".into()))), "v2");
+        // A pool whose every VMTA is out still queues on them.
+        assert_eq!(pick(Some(RouteChoice::Pool("p2".into()))), "v2");
+        assert_eq!(pick(Some(RouteChoice::Pool("default".into()))), "v1");
+        // Gone after a reload: the customer's pool (beta's is p2).
+        assert_eq!(pick(Some(RouteChoice::Vmta("gone".into()))), "v2");
+        assert_eq!(
+            crate::placement::pick_vmta(placement, "acme", Some(&RouteChoice::Pool("gone".into())))
+                .to_string(),
+            "v1"
+        );
     });
 }

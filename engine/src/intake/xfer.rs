@@ -5,6 +5,8 @@
 //! Pure: formatting and parsing only.
 //!
 //! `X-Volley-Xfer: node=mta1; id=00000000002A-00; customer=acme; received=1790000000; attempts=2`
+//! and `; campaign=spring` when the message named one (its `X-Volley-Campaign` was taken off on
+//! the first node).
 //!
 //! Values are percent-encoded outside `[A-Za-z0-9._@+-]`, so a customer name holding `;`, `=`,
 //! spaces or non-ASCII text survives; unknown keys are ignored (a newer node may add some).
@@ -32,6 +34,8 @@ pub struct Xfer {
     pub received_s: u64,
     /// Delivery attempts already made for each recipient of this hand-over.
     pub attempts: u32,
+    /// The campaign the message named on the first node; empty when none.
+    pub campaign: String,
 }
 
 /// Why a header value was not understood.
@@ -59,9 +63,14 @@ impl Xfer {
         encode(&self.customer, &mut line);
         let _ = write!(
             line,
-            "; received={}; attempts={}\r\n",
+            "; received={}; attempts={}",
             self.received_s, self.attempts
         );
+        if !self.campaign.is_empty() {
+            line.push_str("; campaign=");
+            encode(&self.campaign, &mut line);
+        }
+        line.push_str("\r\n");
         line
     }
 
@@ -75,6 +84,7 @@ impl Xfer {
         let mut customer = None;
         let mut received_s = None;
         let mut attempts = None;
+        let mut campaign = None;
         for part in value.split(';') {
             let part = part.trim_matches([' ', '\t', '\r', '\n']);
             if part.is_empty() {
@@ -105,6 +115,11 @@ impl Xfer {
                     "attempts",
                     raw.parse().map_err(|_| XferError::Bad("attempts"))?,
                 )?,
+                "campaign" => set(
+                    &mut campaign,
+                    "campaign",
+                    decode(raw).ok_or(XferError::Bad("campaign"))?,
+                )?,
                 _ => {}
             }
         }
@@ -118,6 +133,11 @@ impl Xfer {
             customer: customer.unwrap_or_default(),
             received_s: received_s.ok_or(XferError::Missing("received"))?,
             attempts: attempts.ok_or(XferError::Missing("attempts"))?,
+            // Bounded and cleaned as the first node's intake did, since a peer's word is text.
+            campaign: super::tags::sanitize(
+                &campaign.unwrap_or_default(),
+                super::tags::CAMPAIGN_BYTES_MAX,
+            ),
         })
     }
 }
@@ -175,6 +195,7 @@ mod tests {
             customer: "acme".into(),
             received_s: 1_790_000_000,
             attempts: 3,
+            campaign: String::new(),
         }
     }
 
@@ -204,7 +225,11 @@ mod tests {
             attempts: 0,
             ..sample()
         };
-        for x in [sample(), odd, empty] {
+        let campaign = Xfer {
+            campaign: "spring sale; 2026".into(),
+            ..sample()
+        };
+        for x in [sample(), odd, empty, campaign] {
             let line = x.header_line();
             assert_eq!(line.matches("\r\n").count(), 1, "one line: {line:?}");
             assert!(line.is_ascii(), "{line:?}");

@@ -1,5 +1,6 @@
-//! Where a spooled message's recipients go: the customer's pool picks a VMTA, recipients are grouped
-//! by domain, and each group is handed to the core that owns its (VMTA, domain) queue.
+//! Where a spooled message's recipients go: the VMTA or pool the message chose (`X-Volley-VMTA`,
+//! `X-Volley-Pool`, kept in its spool record), else the customer's pool, picks a VMTA; recipients
+//! are grouped by domain, and each group is handed to the core that owns its (VMTA, domain) queue.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -7,7 +8,8 @@ use std::sync::Arc;
 
 use super::Placement;
 use super::mx_rollup::{self, QueueDomain};
-use crate::envelope::{Envelope, MessageId, PackedEnvelope, domain_of};
+use crate::config::PoolConfig;
+use crate::envelope::{Envelope, MessageId, PackedEnvelope, RouteChoice, domain_of};
 use crate::router::{CoreMessage, Handoff, owner_core};
 use crate::spool::{
     BodyLocation, RecipientState, RecordLocation, RecoveredMessage, SequentialMessages,
@@ -16,13 +18,40 @@ use crate::spool::{
 /// The name of the VMTA used when the configuration defines none.
 pub const IMPLICIT_VMTA: &str = "default";
 
-/// The VMTA for a message of `customer`: weighted round robin over the pool's VMTAs that are not
-/// disabled (by the API or a failed bind); over all of them when every one is disabled.
-pub fn pick_vmta(core: &Placement, customer: &str) -> Arc<str> {
+/// The VMTA for a message of `customer` that chose `route`: the VMTA it named (even while that one
+/// is disabled: the message waits for it), or weighted round robin over the VMTAs of the pool it
+/// named, else of the customer's pool. A name the configuration no longer has (a reload since it
+/// was received) falls back to the customer's pool.
+pub fn pick_vmta(core: &Placement, customer: &str, route: Option<&RouteChoice>) -> Arc<str> {
     let config = core.config();
+    match route {
+        Some(RouteChoice::Vmta(name)) if config.vmta(name).is_some() => {
+            return Arc::from(name.as_str());
+        }
+        Some(RouteChoice::Pool(name)) => {
+            if let Some(pool) = config.pools.iter().find(|p| p.name == *name) {
+                return pick_in_pool(core, &config, pool);
+            }
+            log::warn!(
+                "pool {name:?} chosen by a message is no longer configured: its customer's pool is used"
+            );
+        }
+        Some(RouteChoice::Vmta(name)) => {
+            log::warn!(
+                "VMTA {name:?} chosen by a message is no longer configured: its customer's pool is used"
+            );
+        }
+        None => {}
+    }
     let Some(pool) = config.pool_for(customer) else {
         return Arc::from(IMPLICIT_VMTA);
     };
+    pick_in_pool(core, &config, pool)
+}
+
+/// Weighted round robin over the VMTAs of `pool` that are not disabled (by the API, a failed bind
+/// or refusals); over all of them when every one is disabled.
+fn pick_in_pool(core: &Placement, config: &crate::config::Config, pool: &PoolConfig) -> Arc<str> {
     let now_s = crate::clock::unix_s();
     let board = &core.board;
     let enabled: Vec<&String> = pool
@@ -69,7 +98,7 @@ async fn hand_off(
     envelope: &PackedEnvelope,
     recipients: impl Iterator<Item = (u32, u32, u64)>,
 ) -> Arc<str> {
-    let vmta = pick_vmta(core, envelope.customer());
+    let vmta = pick_vmta(core, envelope.customer(), envelope.tags().route.as_ref());
     hand_off_to(core, id, record, envelope, vmta.clone(), recipients).await;
     vmta
 }

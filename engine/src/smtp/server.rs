@@ -651,6 +651,7 @@ impl Session {
             smtputf8: params.smtputf8,
             customer: String::new(),
             received_at_s: 0,
+            tags: Default::default(),
         };
         self.events.push_back(Event::Mail {
             sender: envelope.sender.clone(),

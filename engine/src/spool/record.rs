@@ -3,7 +3,9 @@
 //! The byte layout is documented in `docs/spool-format.md`.
 
 use super::{RecipientState, SpoolError};
-use crate::envelope::{BodyType, DsnNotify, DsnRet, Envelope, MessageId, Recipient};
+use crate::envelope::{
+    BodyType, DsnNotify, DsnRet, Envelope, MessageId, MessageTags, Recipient, RouteChoice,
+};
 
 /// First two bytes of every record header ("VR").
 pub const RECORD_MAGIC: [u8; 2] = *b"VR";
@@ -19,8 +21,37 @@ pub const MESSAGE_FIXED_BYTES: usize = 32;
 pub const STATE_PAYLOAD_BYTES: usize = 32;
 /// Length marker of an absent optional string (ENVID, ORCPT).
 const ABSENT: u16 = u16::MAX;
-/// Longest string the format can hold (sender, customer, address, ENVID, ORCPT).
+/// Longest string the format can hold (sender, customer, address, ENVID, ORCPT, a tag).
 pub const MAX_STRING_BYTES: usize = ABSENT as usize - 1;
+/// Message flags bit: the message is SMTPUTF8.
+const FLAG_SMTPUTF8: u8 = 0x01;
+/// Message flags bit: a tags block follows the recipients. Records without tags leave it clear and
+/// are byte for byte what this format wrote before tags existed, so older records read unchanged.
+const FLAG_TAGS: u8 = 0x02;
+
+/// Tag numbers in a message record's tags block (docs/spool-format.md); unknown ones are skipped.
+mod tag {
+    pub const MESSAGE_ID: u8 = 1;
+    pub const CAMPAIGN: u8 = 2;
+    pub const POOL: u8 = 3;
+    pub const VMTA: u8 = 4;
+}
+
+/// The tags a record holds, as (tag number, value): an empty Message-ID or campaign is left out
+/// (empty means none), a route always written.
+fn tag_entries(tags: &MessageTags) -> impl Iterator<Item = (u8, &str)> {
+    let route = tags.route.as_ref().map(|r| match r {
+        RouteChoice::Pool(name) => (tag::POOL, name.as_str()),
+        RouteChoice::Vmta(name) => (tag::VMTA, name.as_str()),
+    });
+    [
+        (tag::MESSAGE_ID, tags.message_id.as_str()),
+        (tag::CAMPAIGN, tags.campaign.as_str()),
+    ]
+    .into_iter()
+    .filter(|(_, value)| !value.is_empty())
+    .chain(route)
+}
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +142,12 @@ pub fn message_payload_len(envelope: &Envelope, body_len: u64) -> Result<usize, 
     for rcpt in &envelope.recipients {
         len += 1 + string_len(&rcpt.address)? + optional_len(rcpt.orcpt.as_deref())?;
     }
+    if !envelope.tags.is_empty() {
+        len += 2;
+        for (_, value) in tag_entries(&envelope.tags) {
+            len += 1 + string_len(value)?;
+        }
+    }
     len += body_len;
     if u32::try_from(envelope.recipients.len()).is_err() || u32::try_from(body_len).is_err() {
         return Err(SpoolError::TooLarge {
@@ -159,7 +196,10 @@ pub fn encode_message(
     let mut w = ByteWriter::new(payload);
     w.put(&id.seq.to_le_bytes());
     w.put(&id.core.to_le_bytes());
-    w.put(&[envelope.smtputf8 as u8, ret_to_byte(envelope.ret)]);
+    let has_tags = !envelope.tags.is_empty();
+    let flags =
+        if envelope.smtputf8 { FLAG_SMTPUTF8 } else { 0 } | if has_tags { FLAG_TAGS } else { 0 };
+    w.put(&[flags, ret_to_byte(envelope.ret)]);
     w.put(&[body_type_to_byte(envelope.body_type), 0, 0, 0]);
     w.put(&envelope.received_at_s.to_le_bytes());
     w.put(&(envelope.recipients.len() as u32).to_le_bytes());
@@ -171,6 +211,14 @@ pub fn encode_message(
         w.put(&[rcpt.notify.to_bits()]);
         w.string(&rcpt.address);
         w.optional(rcpt.orcpt.as_deref());
+    }
+    if has_tags {
+        let count = tag_entries(&envelope.tags).count() as u16;
+        w.put(&count.to_le_bytes());
+        for (number, value) in tag_entries(&envelope.tags) {
+            w.put(&[number]);
+            w.string(value);
+        }
     }
     let body_at = RECORD_HEADER_BYTES + w.pos;
     w.put(header);
@@ -303,7 +351,8 @@ pub fn decode_envelope(payload: &[u8]) -> Result<(MessageSummary, Envelope), Spo
     let bad = || SpoolError::Corrupt("malformed message envelope".into());
     let mut r = ByteReader::new(payload);
     r.skip(10).ok_or_else(bad)?;
-    let smtputf8 = r.u8().ok_or_else(bad)? & 1 != 0;
+    let flags = r.u8().ok_or_else(bad)?;
+    let smtputf8 = flags & FLAG_SMTPUTF8 != 0;
     let ret = ret_from_byte(r.u8().ok_or_else(bad)?).ok_or_else(bad)?;
     let body_type = body_type_from_byte(r.u8().ok_or_else(bad)?).ok_or_else(bad)?;
     r.skip(3).ok_or_else(bad)?;
@@ -325,6 +374,11 @@ pub fn decode_envelope(payload: &[u8]) -> Result<(MessageSummary, Envelope), Spo
             orcpt,
         });
     }
+    let tags = if flags & FLAG_TAGS != 0 {
+        decode_tags(&mut r).ok_or_else(bad)?
+    } else {
+        MessageTags::default()
+    };
     if r.remaining() != summary.body_len as usize {
         return Err(bad());
     }
@@ -339,8 +393,28 @@ pub fn decode_envelope(payload: &[u8]) -> Result<(MessageSummary, Envelope), Spo
             smtputf8,
             customer,
             received_at_s,
+            tags,
         },
     ))
+}
+
+/// Reads a tags block: a u16 count, then per tag its number and a string. Unknown numbers are
+/// skipped, so a later version may add tags that this one reads past.
+fn decode_tags(r: &mut ByteReader<'_>) -> Option<MessageTags> {
+    let count = r.u16()?;
+    let mut tags = MessageTags::default();
+    for _ in 0..count {
+        let number = r.u8()?;
+        let value = r.string()?;
+        match number {
+            tag::MESSAGE_ID => tags.message_id = value,
+            tag::CAMPAIGN => tags.campaign = value,
+            tag::POOL => tags.route = Some(RouteChoice::Pool(value)),
+            tag::VMTA => tags.route = Some(RouteChoice::Vmta(value)),
+            _ => {}
+        }
+    }
+    Some(tags)
 }
 
 fn ret_to_byte(ret: DsnRet) -> u8 {
@@ -509,6 +583,11 @@ mod tests {
             smtputf8: true,
             customer: "acme".into(),
             received_at_s: 1_790_000_000,
+            tags: MessageTags {
+                message_id: "20261129.abc@sender.example".into(),
+                campaign: "spring-sale".into(),
+                route: Some(RouteChoice::Pool("p2".into())),
+            },
         }
     }
 
@@ -536,6 +615,13 @@ mod tests {
                 variants.push(e);
             }
         }
+        let mut vmta = full_envelope();
+        vmta.tags.route = Some(RouteChoice::Vmta("v2".into()));
+        vmta.tags.message_id.clear();
+        variants.push(vmta);
+        let mut campaign_only = Envelope::default();
+        campaign_only.tags.campaign = "c".into();
+        variants.push(campaign_only);
         for env in variants {
             let header = b"Received: from x by y; date\r\n";
             let body = b"Subject: hi\r\n\r\nhello\r\n";
@@ -561,6 +647,75 @@ mod tests {
                     .all(|&b| b == 0)
             );
         }
+    }
+
+    /// A message payload as this format was written before tags existed (flags bit 1 clear, no
+    /// tags block), built byte by byte rather than by the encoder.
+    fn untagged_payload(body: &[u8]) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(&42u64.to_le_bytes());
+        p.extend_from_slice(&3u16.to_le_bytes());
+        p.extend_from_slice(&[1, 2, 1, 0, 0, 0]); // SMTPUTF8, RET=HDRS, 8BITMIME, reserved
+        p.extend_from_slice(&1_790_000_000u64.to_le_bytes());
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        for s in ["s@a.example", "acme"] {
+            p.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            p.extend_from_slice(s.as_bytes());
+        }
+        p.extend_from_slice(&ABSENT.to_le_bytes()); // no ENVID
+        p.push(0x01);
+        p.extend_from_slice(&11u16.to_le_bytes());
+        p.extend_from_slice(b"r@b.example");
+        p.extend_from_slice(&ABSENT.to_le_bytes()); // no ORCPT
+        p.extend_from_slice(body);
+        p
+    }
+
+    #[test]
+    fn records_written_before_tags_still_read() {
+        let payload = untagged_payload(b"Subject: old\r\n\r\nbody\r\n");
+        let (summary, env) = decode_envelope(&payload).unwrap();
+        assert_eq!(summary.id, MessageId { core: 3, seq: 42 });
+        assert_eq!(env.sender, "s@a.example");
+        assert_eq!(env.customer, "acme");
+        assert!(env.smtputf8);
+        assert_eq!(env.ret, DsnRet::Headers);
+        assert_eq!(env.recipients, vec![Recipient::new("r@b.example")]);
+        assert_eq!(env.tags, MessageTags::default());
+        // And an untagged envelope is still written exactly so: older readers read it too.
+        let (buf, _) = encode(summary.id, &env, b"", b"Subject: old\r\n\r\nbody\r\n");
+        assert_eq!(
+            &buf[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload.len()],
+            &payload[..]
+        );
+    }
+
+    #[test]
+    fn unknown_tags_are_skipped() {
+        let body = b"b";
+        let mut payload = untagged_payload(body);
+        payload.truncate(payload.len() - body.len());
+        payload[10] |= FLAG_TAGS;
+        payload.extend_from_slice(&3u16.to_le_bytes());
+        for (number, value) in [
+            (tag::CAMPAIGN, "c1"),
+            (99, "from a later version"),
+            (tag::VMTA, "v9"),
+        ] {
+            payload.push(number);
+            payload.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            payload.extend_from_slice(value.as_bytes());
+        }
+        payload.extend_from_slice(body);
+        let (_, env) = decode_envelope(&payload).unwrap();
+        assert_eq!(env.tags.campaign, "c1");
+        assert_eq!(env.tags.route, Some(RouteChoice::Vmta("v9".into())));
+        assert_eq!(env.tags.message_id, "");
+        // A block that claims more tags than it holds is damage.
+        let count_at = untagged_payload(b"").len();
+        payload[count_at] = 4;
+        assert!(decode_envelope(&payload).is_err());
     }
 
     #[test]

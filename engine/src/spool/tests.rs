@@ -6,7 +6,7 @@ use std::path::Path;
 use glommio::LocalExecutorBuilder;
 
 use super::*;
-use crate::envelope::{BodyType, DsnNotify, DsnRet, Recipient};
+use crate::envelope::{BodyType, DsnNotify, DsnRet, MessageTags, Recipient, RouteChoice};
 
 thread_local! {
     static WARNINGS: Cell<usize> = const { Cell::new(0) };
@@ -76,6 +76,19 @@ fn envelope(n: u64, recipients: usize) -> Envelope {
         smtputf8: n % 2 == 1,
         customer: "acme".into(),
         received_at_s: 1_790_000_000 + n,
+        // Some with tags (every kind of route), some without: both record forms recover.
+        tags: match n % 4 {
+            1 => MessageTags {
+                message_id: format!("m{n}@example.net"),
+                campaign: format!("c{n}"),
+                route: Some(RouteChoice::Pool("p2".into())),
+            },
+            2 => MessageTags {
+                route: Some(RouteChoice::Vmta("v2".into())),
+                ..MessageTags::default()
+            },
+            _ => MessageTags::default(),
+        },
     }
 }
 

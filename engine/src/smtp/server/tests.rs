@@ -463,6 +463,7 @@ fn mail_and_rcpt_parameters_fill_the_envelope() {
             smtputf8: true,
             customer: String::new(),
             received_at_s: 0,
+            tags: Default::default(),
         }
     );
 }
