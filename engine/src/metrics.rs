@@ -61,6 +61,16 @@ pub struct CoreCounters {
     pub sending_limit_refusals: AtomicU64,
     /// VMTAs taken out of their pools because they were refused everywhere.
     pub vmtas_refused_out: AtomicU64,
+    /// Messages `[spam_filter]` asked rspamd about, whatever the answer.
+    pub spam_checks: AtomicU64,
+    /// ... refused (rspamd's "reject" or "soft reject").
+    pub spam_refused: AtomicU64,
+    /// ... taken with the X-Spam headers ("add header", "rewrite subject").
+    pub spam_flagged: AtomicU64,
+    /// ... with no answer from rspamd (then `on_error` decides).
+    pub spam_check_failures: AtomicU64,
+    /// Messages over `max_scan_bytes`, taken unchecked.
+    pub spam_checks_skipped: AtomicU64,
     /// Messages given a DKIM-Signature at reception.
     pub dkim_signed: AtomicU64,
     /// Messages that had a `[[dkim]]` entry but could not be signed (sent unsigned).
@@ -129,7 +139,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [CounterField; 21] = [
+        let counters: [CounterField; 26] = [
             (
                 "volley_connections_accepted_total",
                 "Inbound SMTP connections accepted",
@@ -188,6 +198,31 @@ impl Metrics {
                 "volley_sending_limit_refusals_total",
                 "Messages refused by a customer's hourly or daily limit with no credits left",
                 |c| &c.sending_limit_refusals,
+            ),
+            (
+                "volley_spam_checks_total",
+                "Messages the spam filter asked rspamd about",
+                |c| &c.spam_checks,
+            ),
+            (
+                "volley_spam_refused_total",
+                "Messages refused by the spam filter (reject or soft reject)",
+                |c| &c.spam_refused,
+            ),
+            (
+                "volley_spam_flagged_total",
+                "Messages taken with X-Spam headers (add header, rewrite subject)",
+                |c| &c.spam_flagged,
+            ),
+            (
+                "volley_spam_check_failures_total",
+                "Spam checks without an answer from rspamd (on_error decides)",
+                |c| &c.spam_check_failures,
+            ),
+            (
+                "volley_spam_checks_skipped_total",
+                "Messages over max_scan_bytes, taken without a spam check",
+                |c| &c.spam_checks_skipped,
             ),
             (
                 "volley_vmtas_refused_out_total",

@@ -53,6 +53,7 @@ fn run(messages: usize, shaping: bool) -> f64 {
         max_messages_per_day: Some(u64::from(u32::MAX)),
         credits: 0,
         list_unsubscribe: None,
+        spam_filter: None,
     };
     fill(&mut queues, &keys, messages);
     let start = Instant::now();

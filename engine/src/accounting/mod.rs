@@ -73,6 +73,11 @@ pub struct AccountingEvent {
     pub attempt: u32,
     pub size_bytes: u64,
     pub queue_ms: u64,
+    /// `rejection` by the spam filter: rspamd's score and matched symbols (space-separated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spam_score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spam_symbols: Option<String>,
     /// `credits` events only: how many were added by this call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credits_added: Option<u64>,

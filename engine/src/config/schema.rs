@@ -229,6 +229,9 @@ pub struct CustomerConfig {
     /// have no List-Unsubscribe (docs/reputation.md); needs `[unsubscribe] secrets`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list_unsubscribe: Option<String>,
+    /// Whether `[spam_filter]` checks this customer's mail; absent = yes when the section is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam_filter: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -640,12 +640,16 @@ async fn spool_dsn(
             Refusal::SpoolFull => SpoolError::Full,
             Refusal::Spool(e) => e,
             // Notices are charged to no customer: a limit never refuses one; nor is a hand-over
-            // header looked for in them, nor a route chosen.
+            // header looked for in them, nor a route chosen, nor their content checked.
             refusal @ (Refusal::Limit(_)
             | Refusal::XferUntrusted
             | Refusal::XferMalformed(_)
             | Refusal::Suppressed
-            | Refusal::Route(_)) => SpoolError::Io(std::io::Error::other(refusal.to_string())),
+            | Refusal::Route(_)
+            | Refusal::Spam { .. }
+            | Refusal::SpamCheckUnavailable(_)) => {
+                SpoolError::Io(std::io::Error::other(refusal.to_string()))
+            }
         })
 }
 

@@ -12,6 +12,7 @@
 
 mod refusal;
 mod signing;
+mod spam_check;
 pub mod tags;
 #[cfg(test)]
 mod tests;
@@ -195,6 +196,13 @@ pub async fn accept(
             .map_err(|e| rejected(core, &origin, &envelope, Refusal::Route(e)))?;
         drop_suppressed(core, &mut envelope)?;
     }
+    let body = if xfer.is_none() && !notice {
+        spam_check::check(core, &config, &origin, &envelope, body)
+            .await
+            .map_err(|refusal| rejected(core, &origin, &envelope, refusal))?
+    } else {
+        body
+    };
     let customer = config.customer(&envelope.customer);
     let now_s = crate::clock::unix_s();
     // Handed over: `max_queue_age` still counts from the first reception.
@@ -473,6 +481,10 @@ fn rejected(core: &Shard, origin: &Origin<'_>, envelope: &Envelope, refusal: Ref
             let mut event = rejection_event(&envelope.customer, &r.address, &reply);
             event.message_id = envelope.tags.message_id.clone();
             event.campaign = envelope.tags.campaign.clone();
+            if let Refusal::Spam { score, symbols, .. } = &refusal {
+                event.spam_score = Some(*score);
+                event.spam_symbols = Some(symbols.join(" "));
+            }
             core.accounting.record(&event);
         }
     }

@@ -28,6 +28,17 @@ pub enum Refusal {
     /// A pool or VMTA the message may not choose, or that does not exist.
     #[error("{0}")]
     Route(RouteRefusal),
+    /// rspamd's action was "reject" (`permanent`) or "soft reject".
+    #[error("refused as spam ({summary})")]
+    Spam {
+        permanent: bool,
+        summary: String,
+        score: f64,
+        symbols: Vec<String>,
+    },
+    /// rspamd could not be asked and `[spam_filter] on_error = "tempfail"`.
+    #[error("content check unavailable: {0}")]
+    SpamCheckUnavailable(String),
 }
 
 impl Refusal {
@@ -63,6 +74,25 @@ impl Refusal {
                 Reply::new(550, Some(EnhancedCode::new(5, 6, 0)), e.to_string())
             }
             // Not allowed: a policy refusal. Unknown or both: what the message says is wrong.
+            Refusal::Spam {
+                permanent: true,
+                summary,
+                ..
+            } => Reply::new(
+                550,
+                Some(EnhancedCode::new(5, 7, 1)),
+                format!("Message refused as spam ({summary})"),
+            ),
+            Refusal::Spam { summary, .. } => Reply::new(
+                451,
+                Some(EnhancedCode::new(4, 7, 1)),
+                format!("Message looks like spam ({summary}), try again later"),
+            ),
+            Refusal::SpamCheckUnavailable(_) => Reply::new(
+                451,
+                Some(EnhancedCode::new(4, 7, 1)),
+                "Content check unavailable, try again later",
+            ),
             Refusal::Route(e @ (RouteRefusal::Foreign { .. } | RouteRefusal::Untrusted { .. })) => {
                 Reply::new(550, Some(EnhancedCode::new(5, 7, 1)), e.to_string())
             }
@@ -80,6 +110,10 @@ impl Refusal {
             Refusal::XferUntrusted => 403,
             Refusal::XferMalformed(_) => 400,
             Refusal::Suppressed => 422,
+            Refusal::Spam {
+                permanent: true, ..
+            } => 422,
+            Refusal::Spam { .. } | Refusal::SpamCheckUnavailable(_) => 503,
             Refusal::Route(RouteRefusal::Foreign { .. } | RouteRefusal::Untrusted { .. }) => 403,
             Refusal::Route(RouteRefusal::Unknown { .. } | RouteRefusal::Both { .. }) => 400,
         }

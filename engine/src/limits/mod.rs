@@ -575,6 +575,7 @@ mod tests {
             max_messages_per_day: day,
             credits,
             list_unsubscribe: None,
+            spam_filter: None,
         }
     }
 

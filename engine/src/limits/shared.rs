@@ -255,6 +255,7 @@ mod tests {
             max_messages_per_day: None,
             credits,
             list_unsubscribe: None,
+            spam_filter: None,
         }
     }
 

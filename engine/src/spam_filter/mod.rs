@@ -6,7 +6,7 @@
 
 mod rspamd;
 
-pub use rspamd::{Action, Verdict, check, parse_reply};
+pub use rspamd::{Action, Envelope, Verdict, check, parse_reply};
 
 use crate::config::{SpamFilterOnError, SpamFilterSection};
 
