@@ -179,3 +179,52 @@ def test_list_unsubscribe_needs_secrets_and_a_token_placeholder(tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 1
     assert "customer[0].list_unsubscribe" in out and "{token}" in out and "[unsubscribe] secrets" in out, out
+
+
+def test_one_recipient_mail_gets_signed_unsubscribe_headers_and_the_link_works(
+    volley, catcher_factory, tmp_path
+):
+    import dkim
+
+    from test_dkim import dns_of, make_key
+
+    key, record = make_key(tmp_path, "ed25519")
+    catcher = catcher_factory("127.0.0.11")
+    volley.route("dest.test", catcher.hostport)
+    configure(volley)
+    volley.config["dkim"] = [{"domain": "acme.example", "selector": "s", "private_key": str(key)}]
+    volley.start()
+    plain = ("X-Volley-Customer: acme\r\nFrom: <news@acme.example>\r\nTo: <bob@dest.test>\r\n"
+             "Subject: {}\r\n\r\nHello.\r\n")
+    with volley.smtp() as client:
+        # One recipient, no List-Unsubscribe, no Message-ID, no Date: all added, all signed.
+        client.sendmail("news@acme.example", ["Dora@Dest.test"], plain.format("one"))
+        # Two recipients: no per-recipient link can be made.
+        client.sendmail("news@acme.example", ["e1@dest.test", "e2@dest.test"], plain.format("two"))
+        # The sender's own List-Unsubscribe is kept as it is.
+        client.sendmail("news@acme.example", ["f@dest.test"],
+                        plain.format("own").replace("Subject:", "List-Unsubscribe: <mailto:u@acme.example>\r\nSubject:"))
+    caught = {c.parsed["Subject"]: c for c in catcher.wait(3)}
+    one = caught["one"].parsed
+    url = one["List-Unsubscribe"]
+    assert url.startswith("<https://unsub.volley.test/u/") and url.endswith(">"), url
+    assert one["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert one["Message-ID"] and one["Date"], caught["one"].data[:800]
+    signed = "".join(one["DKIM-Signature"].split()).lower()
+    for name in ["list-unsubscribe", "list-unsubscribe-post", "message-id", "date"]:
+        assert name in signed, (name, signed)
+    assert dkim.verify(caught["one"].data, dnsfunc=dns_of({"s._domainkey.acme.example": record}))
+    assert caught["two"].parsed["List-Unsubscribe"] is None
+    assert caught["own"].parsed["List-Unsubscribe"] == "<mailto:u@acme.example>"
+    assert caught["own"].parsed["List-Unsubscribe-Post"] is None
+
+    # What a mailbox provider does with the header: POST to the URL (the operator's proxy maps
+    # https://unsub.volley.test/u/ to the API's /v1/unsubscribe/).
+    token_part = url.strip("<>").rsplit("/", 1)[1]
+    status, body = post_public(volley, f"/v1/unsubscribe/{token_part}")
+    assert status == 200, body
+    assert json.loads(body)["recipient"] == "dora@dest.test"
+    status, body = volley.api("POST", "/v1/inject", {
+        "sender": "news@acme.example", "recipients": ["dora@dest.test"],
+        "content": "Subject: again\n\nhello\n", "customer": "acme"})
+    assert status == 422, body

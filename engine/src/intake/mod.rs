@@ -208,6 +208,21 @@ pub async fn accept(
     // Handed over: `max_queue_age` still counts from the first reception.
     envelope.received_at_s = xfer.as_ref().map_or(now_s, |x| x.received_s.min(now_s));
     let id = core.spool.next_id();
+    // A one-click unsubscribe link for the customer's one-recipient mail (not on hand-overs, whose
+    // headers the first node made, nor on DSNs).
+    let unsubscribe = match (customer.and_then(|c| c.list_unsubscribe.as_deref()), &xfer) {
+        (Some(template), None) if !notice && envelope.recipients.len() == 1 => {
+            config.unsubscribe.secrets.first().map(|secret| {
+                let token = crate::reputation::unsubscribe::token(
+                    secret,
+                    &envelope.customer,
+                    &envelope.recipients[0].address,
+                );
+                crate::reputation::unsubscribe::url(template, &token)
+            })
+        }
+        _ => None,
+    };
     let header = prefix_headers(
         &origin.sender(),
         &config.server.hostname,
@@ -215,9 +230,10 @@ pub async fn accept(
         &envelope,
         &body,
         now_s,
+        unsubscribe.as_deref(),
     );
     if envelope.tags.message_id.is_empty() {
-        // Submission adds the Message-ID the client left out: that one is the message's.
+        // Intake added the Message-ID the client left out: that one is the message's.
         envelope.tags.message_id = tags::message_id_in(&header);
     }
     let reserve = matches!(origin, Origin::Notice { reserve: true });

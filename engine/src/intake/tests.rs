@@ -257,7 +257,8 @@ fn the_customer_comes_only_from_whom_the_origin_trusts() {
             .map(|h| stored(&core, h).0.customer)
             .collect();
         assert_eq!(customers, ["", "other", "acme"]);
-        // Submission adds what the client left out (RFC 6409 8); the others do not.
+        // Every way in adds the Message-ID the client left out (RFC 6409 8, and Postfix's
+        // cleanup for relay mail).
         let (_, submitted) = stored(&core, &handoffs[1]);
         assert!(
             submitted.contains("(authenticated as other)"),
@@ -265,7 +266,7 @@ fn the_customer_comes_only_from_whom_the_origin_trusts() {
         );
         assert!(submitted.contains("\r\nMessage-ID: <"), "{submitted}");
         let (_, relayed) = stored(&core, &handoffs[0]);
-        assert!(!relayed.contains("Message-ID:"), "{relayed}");
+        assert!(relayed.contains("\r\nMessage-ID: <"), "{relayed}");
     });
 }
 
@@ -633,7 +634,14 @@ fn a_chosen_pool_or_vmta_and_the_campaign_are_spooled_routed_and_taken_off() {
             assert_eq!(e["campaign"], "spring");
             assert_eq!(e["vmta"], "v2");
         }
-        assert_eq!(receptions[2]["message_id"], "");
+        // A message without a Message-ID gets the one intake adds.
+        assert_eq!(
+            receptions[2]["message_id"],
+            format!(
+                "{}@mta.intake.test",
+                receptions[2]["id"].as_str().unwrap_or("")
+            )
+        );
         assert_eq!(receptions[2]["campaign"], "");
     });
 }

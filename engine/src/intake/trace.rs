@@ -1,6 +1,7 @@
-//! The header lines intake puts in front of a message: the `Received:` trace line (RFC 5321 4.4)
-//! and, for authenticated submission, the `Message-ID:` and `Date:` the client left out
-//! (RFC 6409 section 8).
+//! The header lines intake puts in front of a message: the `Received:` trace line (RFC 5321 4.4),
+//! the `Message-ID:` and `Date:` the client left out (RFC 6409 section 8 for submission; on every
+//! way in, as Postfix's cleanup does, since Gmail refuses mail without a Message-ID), and a
+//! customer's one-click unsubscribe headers (RFC 8058) when the message has none.
 
 use std::net::IpAddr;
 
@@ -18,7 +19,8 @@ pub struct Sender<'a> {
     pub authenticated: Option<&'a str>,
 }
 
-/// The trace and submission headers put in front of `body`.
+/// The trace and submission headers put in front of `body`. `unsubscribe`: the customer's
+/// one-click URL for this message's one recipient, when it has `list_unsubscribe`.
 pub fn prefix_headers(
     sender: &Sender,
     hostname: &str,
@@ -26,6 +28,7 @@ pub fn prefix_headers(
     envelope: &Envelope,
     body: &[u8],
     now_s: u64,
+    unsubscribe: Option<&str>,
 ) -> Vec<u8> {
     let date = crate::clock::rfc5322_date(now_s);
     let for_clause = match envelope.recipients.as_slice() {
@@ -44,13 +47,19 @@ pub fn prefix_headers(
         "Received: {from}by {hostname} (Volley) with {} id {id}{for_clause};\r\n\t{date}\r\n",
         sender.protocol
     );
-    if sender.authenticated.is_some() {
-        if find_field(body, "Message-ID").is_none() {
-            header.push_str(&format!("Message-ID: <{id}@{hostname}>\r\n"));
-        }
-        if find_field(body, "Date").is_none() {
-            header.push_str(&format!("Date: {date}\r\n"));
-        }
+    if find_field(body, "Message-ID").is_none() {
+        header.push_str(&format!("Message-ID: <{id}@{hostname}>\r\n"));
+    }
+    if find_field(body, "Date").is_none() {
+        header.push_str(&format!("Date: {date}\r\n"));
+    }
+    // RFC 8058 needs both: a List-Unsubscribe the sender wrote is the sender's choice, kept as is.
+    if let (Some(url), [_]) = (unsubscribe, envelope.recipients.as_slice())
+        && find_field(body, "List-Unsubscribe").is_none()
+    {
+        header.push_str(&format!(
+            "List-Unsubscribe: <{url}>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        ));
     }
     header.into_bytes()
 }
@@ -83,6 +92,7 @@ mod tests {
             &env,
             b"Subject: x\r\n\r\nhi\r\n",
             0,
+            None,
         );
         let h = String::from_utf8(h).unwrap();
         assert!(
@@ -93,13 +103,55 @@ mod tests {
         assert!(h.contains("for <r@example.test>"), "{h}");
         assert!(h.contains("Message-ID: <"), "{h}");
         assert!(h.contains("\r\nDate: "), "{h}");
+        // Relay and the API too; what the client wrote is kept.
         let relay = Sender {
             authenticated: None,
             ..sender
         };
-        let h =
-            String::from_utf8(prefix_headers(&relay, "mta.test", id, &env, b"\r\n", 0)).unwrap();
-        assert!(!h.contains("Message-ID"), "{h}");
+        let h = String::from_utf8(prefix_headers(
+            &relay, "mta.test", id, &env, b"\r\n", 0, None,
+        ))
+        .unwrap();
+        assert!(h.contains("Message-ID: <"), "{h}");
+        let written = b"Message-ID: <a@b>\r\nDate: Tue, 1 Dec 2026 00:00:00 +0000\r\n\r\nhi\r\n";
+        let h = String::from_utf8(prefix_headers(
+            &relay, "mta.test", id, &env, written, 0, None,
+        ))
+        .unwrap();
+        assert!(!h.contains("Message-ID") && !h.contains("Date:"), "{h}");
+    }
+
+    #[test]
+    fn unsubscribe_headers_for_one_recipient_without_their_own() {
+        let sender = Sender {
+            helo: "client.test",
+            ip: None,
+            protocol: "ESMTP",
+            authenticated: None,
+        };
+        let id = MessageId { core: 0, seq: 2 };
+        let url = Some("https://u.test/T");
+        let h = |env: &Envelope, body: &[u8]| {
+            String::from_utf8(prefix_headers(&sender, "mta.test", id, env, body, 0, url)).unwrap()
+        };
+        let added = h(&one_recipient(), b"Subject: x\r\n\r\nhi\r\n");
+        assert!(
+            added.contains("List-Unsubscribe: <https://u.test/T>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"),
+            "{added}"
+        );
+        let own = h(
+            &one_recipient(),
+            b"List-Unsubscribe: <mailto:x@y>\r\n\r\nhi\r\n",
+        );
+        assert!(!own.contains("List-Unsubscribe"), "{own}");
+        let two = Envelope {
+            recipients: vec![
+                crate::envelope::Recipient::new("a@example.test"),
+                crate::envelope::Recipient::new("b@example.test"),
+            ],
+            ..Default::default()
+        };
+        assert!(!h(&two, b"\r\n").contains("List-Unsubscribe"));
     }
 
     #[test]
@@ -111,7 +163,7 @@ mod tests {
             authenticated: None,
         };
         let id = MessageId { core: 0, seq: 7 };
-        let h = prefix_headers(&sender, "mta.test", id, &one_recipient(), b"\r\n", 0);
+        let h = prefix_headers(&sender, "mta.test", id, &one_recipient(), b"\r\n", 0, None);
         let h = String::from_utf8(h).unwrap();
         assert!(
             h.starts_with("Received: by mta.test (Volley) with local id"),
