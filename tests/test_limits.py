@@ -128,9 +128,10 @@ def test_overlong_command_line_gets_500_and_session_continues(volley, raw):
     assert client.cmd(b"MAIL FROM:<alice@src.test>")[0] == 250
 
 
-def test_bare_lf_in_data_is_refused(volley, sink_factory, raw):
+def test_bare_lf_in_data_is_refused_by_a_strict_listener(volley, sink_factory, raw):
     sink = sink_factory()
     volley.route("dest.test", sink.hostport)
+    volley.config["listener"][0]["line_endings"] = "strict"
     volley.start()
     client = raw()
     assert client.cmd(b"MAIL FROM:<alice@src.test>")[0] == 250
@@ -172,3 +173,32 @@ def test_lf_dot_lf_does_not_end_data(volley, sink_factory, raw):
     time.sleep(1)
     assert sink.lines() == []
     assert volley.acct("reception") == []
+
+
+def test_bare_lf_lines_and_long_lines_are_normalized_by_default(volley, catcher_factory):
+    """What `curl --upload-file` sends from a LF file, and a minified HTML line of 5,000 octets:
+    accepted, delivered with CRLF line ends and the long line folded (CRLF SP at 998 octets)."""
+    import subprocess
+
+    catcher = catcher_factory("127.0.0.11")
+    volley.route("dest.test", catcher.hostport)
+    volley.start()
+    mail = volley.dir / "lf.eml"
+    long_line = "<p>" + "x" * 4993 + "</p>"
+    mail.write_bytes(
+        f"From: <alice@src.test>\nTo: <bob@dest.test>\nSubject: from curl\n\nfirst line\n{long_line}\nlast line\n".encode()
+    )
+    result = subprocess.run(
+        ["curl", "-s", "-S", f"smtp://127.0.0.1:{volley.relay_port}", "--mail-from", "alice@src.test",
+         "--mail-rcpt", "bob@dest.test", "--upload-file", str(mail)],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    [caught] = catcher.wait(1)
+    data = caught.data
+    assert b"\n" not in data.replace(b"\r\n", b""), "every line end is CRLF"
+    assert all(len(line) <= 998 for line in data.split(b"\r\n")), "no line over 998 octets"
+    # (curl ends a body that lacks a final CRLF with one of its own: an empty last line.)
+    assert b"first line\r\n" in data and b"\r\nlast line\r\n" in data
+    # Unfolding (removing each CRLF SP) gives the line back.
+    assert long_line.encode() in data.replace(b"\r\n ", b"")
+    assert caught.parsed["Subject"] == "from curl"

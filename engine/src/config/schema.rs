@@ -165,6 +165,10 @@ pub struct ListenerConfig {
     /// Peers whose PROXY header is believed; a connection from anyone else is closed.
     #[serde(default)]
     pub trusted_proxies: Vec<Network>,
+    /// Bare LF line ends and lines over 1000 octets: "normalize" (stored as CRLF, folded) or
+    /// "strict" (refused with 550 5.6.11 / 500 5.5.6).
+    #[serde(default)]
+    pub line_endings: LineEndingsMode,
     /// The whole PROXY header, from the accept (a proxy sends it at once).
     #[serde(default = "default_proxy_timeout_ms")]
     pub proxy_timeout_ms: u64,
@@ -614,4 +618,14 @@ pub enum SpamFilterOnError {
     Accept,
     /// 451 4.7.1: the client tries again later.
     Tempfail,
+}
+
+/// `[[listener]] line_endings`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineEndingsMode {
+    /// Bare LF stored as CRLF, long lines folded (Postfix's default behaviour).
+    #[default]
+    Normalize,
+    Strict,
 }

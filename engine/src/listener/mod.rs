@@ -148,6 +148,10 @@ fn session_config(l: &ListenerConfig, config: &Config, tls: ListenerTls) -> Serv
         auth_required: l.auth == ListenerAuth::Required,
         command_timeout: Duration::from_millis(l.command_timeout_ms),
         data_timeout: Duration::from_millis(l.data_timeout_ms),
+        line_endings: match l.line_endings {
+            crate::config::LineEndingsMode::Normalize => crate::smtp::data::LineEndings::Normalize,
+            crate::config::LineEndingsMode::Strict => crate::smtp::data::LineEndings::Strict,
+        },
     }
 }
 

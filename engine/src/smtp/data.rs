@@ -10,6 +10,14 @@
 //! runs the octets it reads through them, and so does BDAT for any body not declared
 //! `BODY=BINARYMIME` (binary bodies may hold any octet, RFC 3030 section 3, and never leave by
 //! DATA: the client refuses to send them without BDAT).
+//!
+//! [`LineEndings`]: `Strict` refuses any bare LF and any line over 1000 octets. `Normalize` (the
+//! listeners' default, as Postfix's `smtpd_forbid_bare_newline = normalize`) takes a bare LF as a
+//! line end and stores it as CRLF, and folds lines over 998 octets with CRLF SP (as Postfix's
+//! `smtp_line_length_limit` does on the way out; here before DKIM signs, so the signature covers
+//! what is sent). Either way only `CRLF . CRLF` ends DATA, a bare CR is refused, and a line holding
+//! a single dot next to a bare LF (`LF . LF`, `LF . CRLF`, `CRLF . LF`: an end of data to a lax
+//! server, the SMTP smuggling pattern) refuses the message.
 
 use memchr::{memchr2, memchr3};
 
@@ -17,6 +25,18 @@ use crate::smtp::reply::{EnhancedCode, Reply};
 
 /// The longest text line in DATA, in octets including CRLF (RFC 5321 section 4.5.3.1.6).
 pub const MAX_TEXT_LINE_BYTES: usize = 1000;
+/// `Normalize`: a longer line (CRLF not counted) is folded with CRLF SP (RFC 5322's 998).
+pub const FOLD_LINE_BYTES: usize = 998;
+
+/// What a listener does with bare LF line ends and lines over 1000 octets (`line_endings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LineEndings {
+    /// Refuse them: 550 5.6.11 for a bare LF, 500 5.5.6 for a long line.
+    #[default]
+    Strict,
+    /// Store a bare LF as CRLF and fold long lines.
+    Normalize,
+}
 /// The most a body buffer reserves ahead of the octets it has, so an announced chunk that never
 /// arrives costs little.
 pub const MAX_RESERVE_BYTES: usize = 1 << 20;
@@ -119,10 +139,10 @@ pub struct ChunkedBody {
 }
 
 impl ChunkedBody {
-    pub fn new(max_bytes: usize, binary: bool) -> ChunkedBody {
+    pub fn new(max_bytes: usize, binary: bool, endings: LineEndings) -> ChunkedBody {
         ChunkedBody {
             buffer: BodyBuffer::new(max_bytes),
-            rules: (!binary).then(TextRules::new),
+            rules: (!binary).then(|| TextRules::new(endings)),
         }
     }
 
@@ -162,8 +182,49 @@ impl ChunkedBody {
         if let Some(rules) = &self.rules {
             rules.finish()?;
         }
-        self.buffer.into_bytes().ok_or(DataError::TooBig)
+        let max_bytes = self.buffer.max_bytes;
+        let body = self.buffer.into_bytes().ok_or(DataError::TooBig)?;
+        match &self.rules {
+            Some(rules) if rules.bare_lf || rules.long_line => normalized(body, max_bytes),
+            _ => Ok(body),
+        }
     }
+}
+
+/// `body` with every bare LF made CRLF and every line over `FOLD_LINE_BYTES` folded with CRLF SP;
+/// `TooBig` when that makes it larger than `max_bytes`.
+pub fn normalized(body: Vec<u8>, max_bytes: usize) -> Result<Vec<u8>, DataError> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 16);
+    let mut line = 0usize;
+    let mut rest = &body[..];
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+        let (piece, after) = rest.split_at(end);
+        let (content, newline) = match piece {
+            [c @ .., b'\r', b'\n'] => (c, true),
+            [c @ .., b'\n'] => (c, true),
+            c => (c, false),
+        };
+        let mut content = content;
+        while line + content.len() > FOLD_LINE_BYTES {
+            let room = FOLD_LINE_BYTES - line;
+            out.extend_from_slice(&content[..room]);
+            out.extend_from_slice(b"\r\n ");
+            line = 1;
+            content = &content[room..];
+        }
+        out.extend_from_slice(content);
+        line += content.len();
+        if newline {
+            out.extend_from_slice(b"\r\n");
+            line = 0;
+        }
+        rest = after;
+    }
+    if out.len() > max_bytes {
+        return Err(DataError::TooBig);
+    }
+    Ok(out)
 }
 
 /// Why a body was refused after its end (DATA) or at the chunk that broke a rule (BDAT).
@@ -177,6 +238,9 @@ pub enum DataError {
     TooBig,
     #[error("text line longer than {MAX_TEXT_LINE_BYTES} octets")]
     LineTooLong,
+    /// `Normalize`: a line holding a single dot next to a bare LF (the SMTP smuggling pattern).
+    #[error("a line with a single dot next to a bare LF")]
+    DotLineBareNewline,
 }
 
 impl DataError {
@@ -193,6 +257,11 @@ impl DataError {
             ),
             DataError::TooBig => Reply::MESSAGE_TOO_BIG,
             DataError::LineTooLong => Reply::LINE_TOO_LONG,
+            DataError::DotLineBareNewline => Reply::new(
+                550,
+                Some(EnhancedCode::new(5, 6, 11)),
+                "Message contains a line with a single dot next to a bare LF (SMTP smuggling); use CRLF line endings",
+            ),
         }
     }
 }
@@ -202,17 +271,58 @@ impl DataError {
 /// `MAX_TEXT_LINE_BYTES` (CRLF included), and no octet is NUL.
 #[derive(Debug, Default)]
 pub struct TextRules {
+    endings: LineEndings,
     /// The last octet seen was a CR whose LF has not been seen yet.
     after_cr: bool,
     line_bytes: usize,
     bare_newline: bool,
     nul: bool,
     line_too_long: bool,
+    /// `Normalize`: a bare LF was seen (the body is normalized at its end).
+    bare_lf: bool,
+    /// `Normalize`: a line over the limit was seen (folded at the end).
+    long_line: bool,
+    /// `Normalize`: the current line so far is exactly "." (octets as sent).
+    line_is_dot: bool,
+    /// `Normalize`: the previous line ended with a bare LF.
+    previous_bare_lf: bool,
+    dot_line_bare_newline: bool,
 }
 
 impl TextRules {
-    pub fn new() -> TextRules {
-        TextRules::default()
+    pub fn new(endings: LineEndings) -> TextRules {
+        TextRules {
+            endings,
+            ..TextRules::default()
+        }
+    }
+
+    /// Notes the octets of a line between its line ends (no CR or LF in `text`).
+    fn line_text(&mut self, text: &[u8]) {
+        if text.is_empty() {
+            return;
+        }
+        self.line_is_dot = self.line_bytes == 0 && text == b".";
+    }
+
+    /// A line ended: by CRLF, or by a bare LF (`bare`).
+    fn line_end(&mut self, bare: bool) {
+        if bare {
+            match self.endings {
+                LineEndings::Strict => self.bare_newline = true,
+                LineEndings::Normalize => self.bare_lf = true,
+            }
+        }
+        // Strictly, any bare LF already refuses the message with its own reply.
+        if self.endings == LineEndings::Normalize
+            && self.line_is_dot
+            && (bare || self.previous_bare_lf)
+        {
+            self.dot_line_bare_newline = true;
+        }
+        self.previous_bare_lf = bare;
+        self.line_is_dot = false;
+        self.line_bytes = 0;
     }
 
     /// Checks the next octets of the body.
@@ -224,6 +334,7 @@ impl TextRules {
                     self.bare_newline = true;
                     self.after_cr = false;
                 }
+                self.line_text(rest);
                 self.count_line_bytes(rest.len());
                 return;
             };
@@ -232,6 +343,7 @@ impl TextRules {
                 self.bare_newline = true;
             }
             self.after_cr = false;
+            self.line_text(rest.get(..i).unwrap_or_default());
             self.count_line_bytes(i + 1);
             match rest.get(i) {
                 Some(b'\r') => {
@@ -240,12 +352,7 @@ impl TextRules {
                     }
                     self.after_cr = true;
                 }
-                Some(b'\n') => {
-                    if !cr_before {
-                        self.bare_newline = true;
-                    }
-                    self.line_bytes = 0;
-                }
+                Some(b'\n') => self.line_end(!cr_before),
                 _ => {
                     if cr_before {
                         self.bare_newline = true;
@@ -260,14 +367,19 @@ impl TextRules {
     fn count_line_bytes(&mut self, n: usize) {
         self.line_bytes = self.line_bytes.saturating_add(n);
         if self.line_bytes > MAX_TEXT_LINE_BYTES {
-            self.line_too_long = true;
+            match self.endings {
+                LineEndings::Strict => self.line_too_long = true,
+                LineEndings::Normalize => self.long_line = true,
+            }
         }
     }
 
     /// A rule already broken by the octets seen so far (a CR at the very end is not yet one).
     /// A bare CR or LF outranks NUL, which outranks line length.
     pub fn broken(&self) -> Option<DataError> {
-        if self.bare_newline {
+        if self.dot_line_bare_newline {
+            Some(DataError::DotLineBareNewline)
+        } else if self.bare_newline {
             Some(DataError::BareNewline)
         } else if self.nul {
             Some(DataError::NulOctet)
@@ -309,15 +421,20 @@ pub struct DataDecoder {
     body: BodyBuffer,
     state: LineState,
     rules: TextRules,
+    endings: LineEndings,
+    /// `Normalize`: the current line began after a bare LF, so a dot line here is no end of data.
+    after_bare_lf: bool,
 }
 
 impl DataDecoder {
     /// A decoder positioned just after the DATA command's CRLF.
-    pub fn new(max_message_bytes: usize) -> DataDecoder {
+    pub fn new(max_message_bytes: usize, endings: LineEndings) -> DataDecoder {
         DataDecoder {
             body: BodyBuffer::new(max_message_bytes),
             state: LineState::LineStart,
-            rules: TextRules::new(),
+            rules: TextRules::new(endings),
+            endings,
+            after_bare_lf: false,
         }
     }
 
@@ -346,6 +463,15 @@ impl DataDecoder {
                     }
                 }
                 LineState::DotCr => {
+                    if byte == b'\n' && self.after_bare_lf {
+                        // `LF . CRLF`: no end of data (only CRLF . CRLF is one); the rules refuse
+                        // the message for it.
+                        self.text(b".\r\n");
+                        self.after_bare_lf = false;
+                        self.state = LineState::LineStart;
+                        i += 1;
+                        continue;
+                    }
                     if byte == b'\n' {
                         return (i + 1, true);
                     }
@@ -369,9 +495,14 @@ impl DataDecoder {
                             i += offset + 1;
                         }
                         Some(offset) => {
-                            // A bare LF: not a line end; the rules flag it.
+                            // A bare LF: strictly not a line end, and the rules refuse it;
+                            // normalized, a line end for dot-stuffing (never for the end of data).
                             self.text(rest.get(..=offset).unwrap_or_default());
                             i += offset + 1;
+                            if self.endings == LineEndings::Normalize {
+                                self.state = LineState::LineStart;
+                                self.after_bare_lf = true;
+                            }
                         }
                     }
                 }
@@ -380,6 +511,7 @@ impl DataDecoder {
                         self.rules.scan(b"\n");
                         self.body.push(b"\r\n");
                         self.state = LineState::LineStart;
+                        self.after_bare_lf = false;
                         i += 1;
                     } else {
                         self.body.push(b"\r");
@@ -417,11 +549,19 @@ impl DataDecoder {
     /// outranks line length.
     pub fn finish(self) -> Result<Vec<u8>, DataError> {
         let rules = self.rules.finish();
-        if let Err(e @ (DataError::BareNewline | DataError::NulOctet)) = rules {
+        if let Err(
+            e @ (DataError::BareNewline | DataError::NulOctet | DataError::DotLineBareNewline),
+        ) = rules
+        {
             return Err(e);
         }
+        let max_bytes = self.body.max_bytes;
         let body = self.body.into_bytes().ok_or(DataError::TooBig)?;
-        rules.map(|()| body)
+        rules?;
+        if self.rules.bare_lf || self.rules.long_line {
+            return normalized(body, max_bytes);
+        }
+        Ok(body)
     }
 }
 
@@ -435,7 +575,7 @@ mod tests {
         step: usize,
         max: usize,
     ) -> Option<(usize, Result<Vec<u8>, DataError>)> {
-        let mut decoder = DataDecoder::new(max);
+        let mut decoder = DataDecoder::new(max, LineEndings::Strict);
         let mut pos = 0;
         while pos < input.len() {
             let end = (pos + step).min(input.len());
@@ -488,7 +628,7 @@ mod tests {
             b"a\r.\r\nb",
             b"a\r\n.\r\rb",
         ] {
-            let mut decoder = DataDecoder::new(1000);
+            let mut decoder = DataDecoder::new(1000, LineEndings::Strict);
             let (used, done) = decoder.feed(evil);
             assert!(!done, "{evil:?}");
             assert_eq!(used, evil.len());
@@ -542,7 +682,7 @@ mod tests {
         assert_eq!(verdict, Err(DataError::TooBig));
         let (_, verdict) = decode(&input, 5, 120).unwrap();
         assert_eq!(verdict.unwrap().len(), 120);
-        let mut decoder = DataDecoder::new(50);
+        let mut decoder = DataDecoder::new(50, LineEndings::Strict);
         decoder.feed(&input);
         assert_eq!(decoder.received_bytes(), 120);
     }
@@ -601,7 +741,7 @@ mod tests {
             (b"\r\x00\n", Err(DataError::BareNewline)),
         ] {
             for cut in 0..=body.len() {
-                let mut rules = TextRules::new();
+                let mut rules = TextRules::new(LineEndings::Strict);
                 rules.scan(&body[..cut]);
                 rules.scan(&body[cut..]);
                 assert_eq!(rules.finish(), verdict, "{body:?} cut at {cut}");
@@ -614,7 +754,7 @@ mod tests {
             let decoded = decode_all_splits(&data).unwrap().1.map(|_| ());
             assert_eq!(decoded, verdict, "DATA {data:?}");
         }
-        let mut long = TextRules::new();
+        let mut long = TextRules::new(LineEndings::Strict);
         long.scan(&[b'x'; 999]);
         assert_eq!(long.broken(), None, "999 octets and no CRLF yet");
         long.scan(b"\r\n");
@@ -623,15 +763,116 @@ mod tests {
 
     #[test]
     fn chunked_body_applies_text_rules_unless_binary() {
-        let mut text = ChunkedBody::new(100, false);
+        let mut text = ChunkedBody::new(100, false, LineEndings::Strict);
         text.push(b"a\x00\r\n");
         assert_eq!(text.broken(), Some(DataError::NulOctet));
-        let mut binary = ChunkedBody::new(100, true);
+        let mut binary = ChunkedBody::new(100, true, LineEndings::Strict);
         binary.push(b"a\x00\r\r\n.\n");
         assert_eq!(binary.broken(), None);
         assert_eq!(binary.finish().unwrap(), b"a\x00\r\r\n.\n");
-        let mut big = ChunkedBody::new(4, false);
+        let mut big = ChunkedBody::new(4, false, LineEndings::Strict);
         big.push(b"a\r\nb\r\n");
         assert_eq!(big.broken(), Some(DataError::TooBig));
+    }
+
+    fn decode_normalized(input: &[u8], max: usize) -> Option<(usize, Result<Vec<u8>, DataError>)> {
+        let run = |step: usize| {
+            let mut decoder = DataDecoder::new(max, LineEndings::Normalize);
+            let mut pos = 0;
+            while pos < input.len() {
+                let end = (pos + step).min(input.len());
+                let (used, done) = decoder.feed(&input[pos..end]);
+                pos += used;
+                if done {
+                    return Some((pos, decoder.finish()));
+                }
+            }
+            None
+        };
+        let whole = run(input.len().max(1));
+        for step in 1..input.len().max(1).min(64) {
+            assert_eq!(run(step), whole, "step {step}");
+        }
+        whole
+    }
+
+    #[test]
+    fn normalized_bare_lf_lines_are_stored_as_crlf_and_only_crlf_dot_crlf_ends() {
+        let input = b"Subject: x\n\nline one\nline two\r\n.\r\n";
+        let (used, body) = decode_normalized(input, 1 << 20).unwrap();
+        assert_eq!(used, input.len());
+        assert_eq!(body.unwrap(), b"Subject: x\r\n\r\nline one\r\nline two\r\n");
+        // Dot-stuffing after a bare LF is undone, as after CRLF.
+        let (_, body) = decode_normalized(b"a\n..b\r\n.\r\n", 1 << 20).unwrap();
+        assert_eq!(body.unwrap(), b"a\r\n.b\r\n");
+    }
+
+    #[test]
+    fn normalized_a_dot_line_next_to_a_bare_lf_is_smuggling_and_refused() {
+        for input in [
+            &b"hello\n.\nMAIL FROM:<e@x>\r\n.\r\n"[..],
+            b"hello\n.\r\nMAIL FROM:<e@x>\r\n.\r\n",
+            b"hello\r\n.\nMAIL FROM:<e@x>\r\n.\r\n",
+        ] {
+            let (used, verdict) = decode_normalized(input, 1 << 20).unwrap();
+            assert_eq!(
+                used,
+                input.len(),
+                "{:?}: only the final CRLF . CRLF ends",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(verdict, Err(DataError::DotLineBareNewline));
+            assert!(
+                DataError::DotLineBareNewline
+                    .reply()
+                    .to_string()
+                    .starts_with("550 5.6.11")
+            );
+        }
+        // A bare CR is refused as before.
+        let (_, verdict) = decode_normalized(b"a\rb\r\n.\r\n", 1 << 20).unwrap();
+        assert_eq!(verdict, Err(DataError::BareNewline));
+        // A dot line between CRLFs inside the text is ordinary stuffed text.
+        let (_, body) = decode_normalized(b"a\r\n..\r\nb\r\n.\r\n", 1 << 20).unwrap();
+        assert_eq!(body.unwrap(), b"a\r\n.\r\nb\r\n");
+    }
+
+    #[test]
+    fn normalized_long_lines_are_folded_at_998_with_crlf_space() {
+        let mut input = b"Subject: long\r\n\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 2500));
+        input.extend_from_slice(b"\r\n.\r\n");
+        let (_, body) = decode_normalized(&input, 1 << 20).unwrap();
+        let body = body.unwrap();
+        let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+        assert!(
+            lines.iter().all(|l| l.len() <= FOLD_LINE_BYTES + 1),
+            "every line fits"
+        );
+        assert_eq!(lines[2].len(), FOLD_LINE_BYTES + 1);
+        assert!(
+            lines[3].starts_with(b" x"),
+            "a continuation starts with a space"
+        );
+        let xs = body.iter().filter(|&&b| b == b'x').count();
+        assert_eq!(xs, 2500, "nothing lost");
+        // Strict still refuses it.
+        let (_, strict) = decode(&input, input.len(), 1 << 20).unwrap();
+        assert_eq!(strict, Err(DataError::LineTooLong));
+    }
+
+    #[test]
+    fn normalized_bdat_bodies_too_and_the_size_cap_holds_after_normalizing() {
+        let mut chunked = ChunkedBody::new(1 << 20, false, LineEndings::Normalize);
+        chunked.push(b"a\nb\n");
+        assert_eq!(chunked.finish().unwrap(), b"a\r\nb\r\n");
+        assert_eq!(normalized(b"a\nb\n".to_vec(), 5), Err(DataError::TooBig));
+        let mut binary = ChunkedBody::new(1 << 20, true, LineEndings::Normalize);
+        binary.push(b"a\nb");
+        assert_eq!(
+            binary.finish().unwrap(),
+            b"a\nb",
+            "binary bodies are not touched"
+        );
     }
 }

@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub command_timeout: Duration,
     /// The longest a whole message body may take to arrive, from the 354 or the first BDAT.
     pub data_timeout: Duration,
+    /// Bare LF line ends and lines over 1000 octets: refused, or normalized (`smtp::data`).
+    pub line_endings: crate::smtp::data::LineEndings,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +95,7 @@ impl Default for ServerConfig {
             auth_required: false,
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(10 * 60),
+            line_endings: crate::smtp::data::LineEndings::Strict,
         }
     }
 }

@@ -135,11 +135,15 @@ impl Session {
         if let Some(tx) = &mut self.transaction {
             tx.body_deadline = Some(body_deadline);
         }
-        self.phase = InputPhase::Data(DataDecoder::new(self.config.max_message_bytes));
+        self.phase = InputPhase::Data(DataDecoder::new(
+            self.config.max_message_bytes,
+            self.config.line_endings,
+        ));
     }
 
     pub(super) fn bdat(&mut self, chunk_bytes: u64, last: bool) {
         let max_message_bytes = self.config.max_message_bytes;
+        let endings = self.config.line_endings;
         let body_deadline = self.now + self.config.data_timeout;
         let refusal = match &mut self.transaction {
             None => Some(Reply::MAIL_FIRST),
@@ -148,7 +152,7 @@ impl Session {
                 let binary = tx.envelope.body_type == BodyType::BinaryMime;
                 tx.body_deadline.get_or_insert(body_deadline);
                 tx.chunks
-                    .get_or_insert_with(|| ChunkedBody::new(max_message_bytes, binary))
+                    .get_or_insert_with(|| ChunkedBody::new(max_message_bytes, binary, endings))
                     .announce(chunk_bytes);
                 None
             }

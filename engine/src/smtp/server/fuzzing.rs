@@ -43,6 +43,11 @@ pub fn fuzz_session(data: &[u8]) {
         auth_required: flags & 0x08 != 0,
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(600),
+        line_endings: if flags & 0x40 != 0 {
+            crate::smtp::data::LineEndings::Normalize
+        } else {
+            crate::smtp::data::LineEndings::Strict
+        },
     });
     let peer = PeerInfo {
         ip: IpAddr::from([192, 0, 2, 1]),
