@@ -790,7 +790,7 @@ mod tests {
             None
         };
         let whole = run(input.len().max(1));
-        for step in 1..input.len().max(1).min(64) {
+        for step in 1..input.len().clamp(1, 64) {
             assert_eq!(run(step), whole, "step {step}");
         }
         whole
