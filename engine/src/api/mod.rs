@@ -1,8 +1,12 @@
 //! The HTTP control API (interface.md), served by core 0, and the client the admin commands use.
 
+mod ask;
 pub mod client;
 pub mod http;
+pub mod message_view;
+mod messages;
 pub mod queue_table;
+mod reroute;
 mod routes;
 mod suppressions;
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::Placement;
 use super::mx_rollup::{self, QueueDomain};
+use crate::config::{Config, PoolConfig};
 use crate::envelope::{Envelope, MessageId, PackedEnvelope, domain_of};
 use crate::router::{CoreMessage, Handoff, owner_core};
 use crate::spool::{
@@ -20,21 +21,34 @@ pub const IMPLICIT_VMTA: &str = "default";
 /// disabled (by the API or a failed bind); over all of them when every one is disabled.
 pub fn pick_vmta(core: &Placement, customer: &str) -> Arc<str> {
     let config = core.config();
-    let Some(pool) = config.pool_for(customer) else {
-        return Arc::from(IMPLICIT_VMTA);
-    };
+    config
+        .pool_for(customer)
+        .and_then(|pool| pick_from_pool(core, &config, pool, None))
+        .unwrap_or_else(|| Arc::from(IMPLICIT_VMTA))
+}
+
+/// A VMTA of `pool` other than `except`, by the same rule as `pick_vmta` (weighted round robin
+/// over those not disabled; over all when every one is). `None` when the pool has none (or
+/// their weights are all 0).
+pub fn pick_from_pool(
+    core: &Placement,
+    config: &Config,
+    pool: &PoolConfig,
+    except: Option<&str>,
+) -> Option<Arc<str>> {
     let now_s = crate::clock::unix_s();
     let board = &core.board;
-    let enabled: Vec<&String> = pool
+    let members: Vec<&String> = pool
         .vmtas
         .iter()
+        .filter(|name| except != Some(name.as_str()))
+        .collect();
+    let enabled: Vec<&String> = members
+        .iter()
+        .copied()
         .filter(|name| !core.vmtas.is_disabled(board, name, now_s))
         .collect();
-    let candidates = if enabled.is_empty() {
-        pool.vmtas.iter().collect()
-    } else {
-        enabled
-    };
+    let candidates = if enabled.is_empty() { members } else { enabled };
     let weights: Vec<(&str, u32)> = candidates
         .into_iter()
         .map(|name| {
@@ -46,19 +60,17 @@ pub fn pick_vmta(core: &Placement, customer: &str) -> Arc<str> {
         .collect();
     let total: u32 = weights.iter().map(|(_, w)| w).sum();
     if total == 0 {
-        return Arc::from(IMPLICIT_VMTA);
+        return None;
     }
     let turn = core.next_pool_turn() % u64::from(total);
     let mut acc = 0u64;
     for (name, weight) in &weights {
         acc += u64::from(*weight);
         if turn < acc {
-            return Arc::from(*name);
+            return Some(Arc::from(*name));
         }
     }
-    weights
-        .first()
-        .map_or_else(|| Arc::from(IMPLICIT_VMTA), |w| Arc::from(w.0))
+    weights.first().map(|w| Arc::from(w.0))
 }
 
 /// Hands the recipients `(index, attempts, not_before_s)` of a message to their queues' cores.
