@@ -3,12 +3,15 @@
 mod ask;
 pub mod client;
 pub mod http;
+pub mod message_text;
 pub mod message_view;
 mod messages;
 pub mod queue_table;
 mod reroute;
 mod routes;
+pub mod status_table;
 mod suppressions;
+pub mod text_table;
 
 use std::rc::Rc;
 

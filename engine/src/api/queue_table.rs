@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-const COLUMNS: [(&str, &str); 10] = [
+const COLUMNS: [(&str, &str); 11] = [
     ("VMTA", "vmta"),
     ("DOMAIN", "domain"),
     ("SIZE", "size"),
@@ -12,6 +12,7 @@ const COLUMNS: [(&str, &str); 10] = [
     ("CONNS", "connections"),
     ("DELIVERED", "delivered"),
     ("BOUNCED", "bounced"),
+    ("NEXT ATTEMPT", "next_attempt"),
     ("REASON", "reason"),
 ];
 
@@ -30,32 +31,8 @@ pub fn render(answer: &Value) -> Option<String> {
         .iter()
         .map(|q| COLUMNS.iter().map(|(_, f)| cell(q, f)).collect())
         .collect();
-    let widths: Vec<usize> = COLUMNS
-        .iter()
-        .enumerate()
-        .map(|(i, (h, _))| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([h.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| {
-        let mut text = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(c);
-            } else {
-                text.push_str(&format!("{c:<w$}  ", w = widths[i]));
-            }
-        }
-        text.trim_end().to_string() + "\n"
-    };
-    let mut out = line(COLUMNS.iter().map(|(h, _)| h.to_string()).collect());
-    for r in rows {
-        out.push_str(&line(r));
-    }
+    let headers: Vec<&str> = COLUMNS.iter().map(|(h, _)| *h).collect();
+    let mut out = super::text_table::render(&headers, &rows);
     out.push_str(&format!("{} queues\n", queues.len()));
     Some(out)
 }
