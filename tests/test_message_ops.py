@@ -74,6 +74,8 @@ def test_a_deferred_message_shows_its_attempts_and_next_attempt(volley, sink_fac
     assert late["recipient"] == "late@dest.test" and late["state"] == "deferred"
     assert late["attempts"] == 1 and late["vmta"] == "v1" and late["queue"] == "dest.test"
     assert late["last_reply"] == transient["response"] and late["last_reply"].startswith("450")
+    assert late["last_reply_at"] == transient["time"] and late["queue_held"] is None
+    assert m["customer"] == transient["customer"]
     now = time.time()
     assert RETRY_S - 60 <= late["next_attempt_in_s"] <= RETRY_S
     assert abs(rfc3339_s(late["next_attempt"]) - (now + late["next_attempt_in_s"])) <= 2
@@ -156,7 +158,8 @@ def test_reroute_a_queue_to_another_pool(volley, sink_factory):
     assert m["recipients"][0]["state"] == "ready" and m["recipients"][0]["queue_held"], m
 
     out = cli(volley, "queue", "reroute", "--domain", "dest.test", "--vmta", "v1", "--to-pool", "other")
-    assert json.loads(out.stdout)["moved"] == 3, out.stdout
+    answer = json.loads(out.stdout)
+    assert (answer["moved"], answer["left"], answer["to_pool"]) == (3, 0, "other"), answer
     lines = sink.wait_lines(3)
     assert {l["peer_ip"] for l in lines} == {"127.0.0.3"}
     assert sorted(r for l in lines for r in l["recipients"]) == ["r0@dest.test", "r1@dest.test", "r2@dest.test"]

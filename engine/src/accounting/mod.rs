@@ -212,16 +212,32 @@ impl EventLog {
 
 impl EventLog {
     /// The kept events whose line contains `needle`, oldest first, at most `limit` (the latest
-    /// ones when more match). Goes through the whole ring (at most `RING_EVENTS_MAX` lines):
-    /// blocking, for the blocking pool, never a reactor.
+    /// ones when more match). Goes through the whole ring (at most `RING_EVENTS_MAX` lines), so
+    /// it is for the blocking pool, never a reactor; the lock is held only to take the batches
+    /// (one reference each), not while they are searched.
     pub fn lines_containing(&self, needle: &str, limit: usize) -> Vec<String> {
-        let Ok(ring) = self.ring.lock() else {
+        if limit == 0 {
             return Vec::new();
+        }
+        let batches: Vec<(Arc<str>, usize, usize)> = {
+            let Ok(ring) = self.ring.lock() else {
+                return Vec::new();
+            };
+            let mut batches: Vec<(Arc<str>, usize, usize)> = Vec::new();
+            for e in &ring.events {
+                match batches.last_mut() {
+                    Some((batch, _, end)) if Arc::ptr_eq(batch, &e.batch) => {
+                        *end = e.end as usize;
+                    }
+                    _ => batches.push((e.batch.clone(), e.start as usize, e.end as usize)),
+                }
+            }
+            batches
         };
         let mut lines: VecDeque<String> = VecDeque::new();
-        for event in &ring.events {
-            let line = event.line();
-            if line.contains(needle) {
+        for (batch, start, end) in &batches {
+            let text = batch.get(*start..*end).unwrap_or_default();
+            for line in text.split('\n').filter(|l| l.contains(needle)) {
                 if lines.len() == limit {
                     lines.pop_front();
                 }
@@ -362,6 +378,19 @@ mod tests {
         );
         assert_eq!(attempts(log.lines_containing("\"id\":\"A-00\"", 2)), [2, 4]);
         assert!(log.lines_containing("\"id\":\"C-00\"", 10).is_empty());
+        assert!(log.lines_containing("\"id\":\"A-00\"", 0).is_empty());
+        // Lines of several batches: each whole, in order.
+        core.record(&AccountingEvent {
+            kind: Some(EventType::Delivery),
+            id: "A-00".into(),
+            attempt: 9,
+            ..Default::default()
+        });
+        core.flush_now();
+        assert_eq!(
+            attempts(log.lines_containing("\"id\":\"A-00\"", 10)),
+            [0, 2, 4, 9]
+        );
     }
 
     #[test]

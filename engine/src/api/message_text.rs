@@ -45,7 +45,10 @@ pub fn render(answer: &Value) -> Option<String> {
         None => "-".into(),
     };
     let summary: Vec<Vec<String>> = vec![
-        vec!["message".into(), format!("{id} ({})", field(answer, "status"))],
+        vec![
+            "message".into(),
+            format!("{id} ({})", field(answer, "status")),
+        ],
         vec![
             "sender".into(),
             match answer.get("sender") {

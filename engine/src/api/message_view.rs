@@ -127,16 +127,31 @@ pub fn build(src: &Sources<'_>, pool_of: impl Fn(&str, &str) -> Option<String>) 
         .iter()
         .filter(|e| matches!(text(e, "type"), Some("reception" | "xfer_in")))
         .collect();
-    let addresses: Vec<Option<&str>> = match src.stored {
-        Some(s) => s.recipients.iter().map(|r| Some(r.as_str())).collect(),
-        None => receptions.iter().map(|e| text(e, "recipient")).collect(),
-    };
     let mut outcomes: HashMap<&str, &Value> = HashMap::new();
     for e in src.events.iter().filter(|e| is_outcome(e)) {
         if let Some(r) = text(e, "recipient") {
             outcomes.insert(r, e);
         }
     }
+    let addresses: Vec<Option<&str>> = match src.stored {
+        Some(s) => s.recipients.iter().map(|r| Some(r.as_str())).collect(),
+        // No record: the reception events list the envelope in order; recipients whose
+        // reception is no longer kept follow, in the order of their outcomes.
+        None => {
+            let mut listed: Vec<Option<&str>> =
+                receptions.iter().map(|e| text(e, "recipient")).collect();
+            let mut seen: std::collections::HashSet<&str> =
+                listed.iter().flatten().copied().collect();
+            for e in src.events.iter().filter(|e| is_outcome(e)) {
+                if let Some(r) = text(e, "recipient")
+                    && seen.insert(r)
+                {
+                    listed.push(Some(r));
+                }
+            }
+            listed
+        }
+    };
     let total = addresses
         .len()
         .max(spool_view.map_or(0, Vec::len))
@@ -303,6 +318,7 @@ mod tests {
         assert_eq!(r[0]["state"], "delivered");
         assert_eq!(r[0]["last_reply"], "250 2.0.0 Ok");
         assert_eq!(r[0]["attempts"], 1);
+        assert_eq!(r[0]["last_reply_at"], "2027-01-15T08:00:00Z");
         assert_eq!(r[1]["state"], "deferred");
         assert_eq!(r[1]["attempts"], 2);
         assert_eq!(r[1]["next_attempt_in_s"], 600);
@@ -346,6 +362,31 @@ mod tests {
             v["recipients"][1]["state"], "finished",
             "its outcome is no longer kept"
         );
+
+        let more = [
+            event(
+                "expiration",
+                "a@a.test",
+                "554 5.4.7 Delivery time expired",
+                9,
+            ),
+            event("xfer_out", "b@b.test", "250 2.0.0 Ok", 0),
+        ];
+        let v = build(
+            &Sources {
+                events: &more,
+                ..src
+            },
+            pools,
+        )
+        .unwrap();
+        assert_eq!(v["counts"], json!({"expired": 1, "handed_over": 1}));
+        assert_eq!(
+            v["recipients"][1]["recipient"], "b@b.test",
+            "listed by their outcomes"
+        );
+        assert_eq!(v["received_at"], Value::Null, "its reception is not kept");
+        assert_eq!(v["customer"], "acme");
 
         let nothing = Sources { events: &[], ..src };
         assert_eq!(build(&nothing, pools), None);

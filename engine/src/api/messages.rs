@@ -95,13 +95,9 @@ fn busy() -> Response {
     )
 }
 
-/// Reads the envelope of `id` from its record, on the blocking pool.
-async fn read_stored(core: &ApiCore, id: MessageId, record: RecordLocation) -> Option<Stored> {
-    let dir = core.bodies.spool_dir().to_path_buf();
-    let read = glommio::executor()
-        .spawn_blocking(move || SegmentReader::new(dir).message(id, record))
-        .await;
-    match read {
+/// The message as its record holds it (blocking: maps the segment, checks the record's CRC).
+fn read_stored(dir: std::path::PathBuf, id: MessageId, record: RecordLocation) -> Option<Stored> {
+    match SegmentReader::new(dir).message(id, record) {
         Ok(message) => {
             let envelope = message.envelope.to_envelope();
             Some(Stored {
@@ -131,7 +127,7 @@ pub async fn show(core: &ApiCore, id_text: &str) -> Response {
     // The kept events are searched on the blocking pool while the cores look.
     let log = core.node.events.clone();
     let needle = format!("\"id\":\"{id}\"");
-    let events = glommio::executor()
+    let lines = glommio::executor()
         .spawn_blocking(move || log.lines_containing(&needle, MESSAGE_EVENTS_MAX));
     let held: Vec<MessageHeld> = match ask_all(core, LOOKUP_WAIT_MS, |answer| Question::Message {
         id,
@@ -142,34 +138,43 @@ pub async fn show(core: &ApiCore, id_text: &str) -> Response {
         Ok(held) => held,
         Err(e) => return ask_failed(e),
     };
-    let id_text = id.to_string();
-    let events: Vec<Value> = events
-        .await
-        .iter()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|e| e.get("id").and_then(Value::as_str) == Some(id_text.as_str()))
-        .collect();
-    let stored = match held.iter().find_map(|h| h.record) {
-        Some(record) => read_stored(core, id, record).await,
-        None => None,
-    };
+    let lines = lines.await;
+    // Reading the record, parsing the events and putting the answer together take time in
+    // proportion to the message's recipients and events: on the blocking pool too.
+    let dir = core.bodies.spool_dir().to_path_buf();
     let config = core.config();
-    let pool_of = |customer: &str, vmta: &str| {
-        let has = |p: &&crate::config::PoolConfig| p.vmtas.iter().any(|v| v == vmta);
-        config
-            .pool_for(customer)
-            .filter(has)
-            .or_else(|| config.pools.iter().find(has))
-            .map(|p| p.name.clone())
-    };
-    let sources = Sources {
-        id,
-        now_s: crate::clock::unix_s(),
-        held: &held,
-        stored: stored.as_ref(),
-        events: &events,
-    };
-    match message_view::build(&sources, pool_of) {
+    let now_s = crate::clock::unix_s();
+    let view = glommio::executor()
+        .spawn_blocking(move || {
+            let stored = held
+                .iter()
+                .find_map(|h| h.record)
+                .and_then(|record| read_stored(dir, id, record));
+            let id_text = id.to_string();
+            let events: Vec<Value> = lines
+                .iter()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .filter(|e| e.get("id").and_then(Value::as_str) == Some(id_text.as_str()))
+                .collect();
+            let pool_of = |customer: &str, vmta: &str| {
+                let has = |p: &&crate::config::PoolConfig| p.vmtas.iter().any(|v| v == vmta);
+                config
+                    .pool_for(customer)
+                    .filter(has)
+                    .or_else(|| config.pools.iter().find(has))
+                    .map(|p| p.name.clone())
+            };
+            let sources = Sources {
+                id,
+                now_s,
+                held: &held,
+                stored: stored.as_ref(),
+                events: &events,
+            };
+            message_view::build(&sources, pool_of)
+        })
+        .await;
+    match view {
         Some(view) => Response::json(200, view),
         None => Response::error(404, format!("no message {id}")),
     }

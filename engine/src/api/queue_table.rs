@@ -45,7 +45,8 @@ mod tests {
     fn columns_line_up_and_missing_fields_show_a_dash() {
         let answer = serde_json::json!({"queues": [
             {"vmta": "v1", "domain": "gmail.com", "size": 12, "ready": 2, "deferred": 10,
-             "state": "active", "connections": 1, "delivered": 100, "bounced": 3, "reason": null},
+             "state": "active", "connections": 1, "delivered": 100, "bounced": 3, "reason": null,
+             "next_attempt": "2027-01-15T09:00:00Z"},
             {"vmta": "acme-long", "domain": "x.test", "size": 0, "ready": 0, "deferred": 0,
              "state": "suspended", "connections": 0, "delivered": 0, "bounced": 0,
              "reason": "warming up"},
@@ -54,7 +55,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("VMTA       DOMAIN     SIZE"), "{text}");
         assert!(lines[1].starts_with("v1         gmail.com  12"), "{text}");
-        assert!(lines[1].ends_with('-'), "{text}");
+        assert!(lines[1].ends_with("2027-01-15T09:00:00Z  -"), "{text}");
+        assert!(lines[0].ends_with("NEXT ATTEMPT          REASON"), "{text}");
         assert!(lines[2].ends_with("warming up"), "{text}");
         assert_eq!(lines[3], "2 queues");
         assert_eq!(render(&serde_json::json!({"nope": 1})), None);

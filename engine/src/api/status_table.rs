@@ -114,7 +114,14 @@ pub fn render(summary: &Value) -> Option<String> {
         .unwrap_or_default();
     rows.push(row("all", queues));
     out.push_str(&text_table::render(
-        &["STATE", "QUEUES", "RECIPIENTS", "READY", "DEFERRED", "CONNECTIONS"],
+        &[
+            "STATE",
+            "QUEUES",
+            "RECIPIENTS",
+            "READY",
+            "DEFERRED",
+            "CONNECTIONS",
+        ],
         &rows,
     ));
     out.push_str(&format!(
@@ -141,7 +148,10 @@ pub fn render(summary: &Value) -> Option<String> {
             })
             .collect();
         out.push_str("VMTAs out of their pools:\n");
-        out.push_str(&text_table::render(&["VMTA", "SINCE", "UNTIL", "WHY"], &rows));
+        out.push_str(&text_table::render(
+            &["VMTA", "SINCE", "UNTIL", "WHY"],
+            &rows,
+        ));
     }
     Some(out)
 }
@@ -176,14 +186,35 @@ mod tests {
 
         let text = render(&s).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "volley: serving, 2 of 2 cores ready, 3 inbound connections");
-        assert_eq!(lines[2], "STATE      QUEUES  RECIPIENTS  READY  DEFERRED  CONNECTIONS");
-        assert_eq!(lines[3], "active     2       8           2      6         1");
-        assert_eq!(lines[4], "suspended  1       4           4      0         0");
-        assert_eq!(lines[5], "all        3       12          6      6         1");
-        assert_eq!(lines[6], "1 queues in backoff; next attempt 2030-03-17T17:46:40Z");
+        assert_eq!(
+            lines[0],
+            "volley: serving, 2 of 2 cores ready, 3 inbound connections"
+        );
+        assert_eq!(
+            lines[2],
+            "STATE      QUEUES  RECIPIENTS  READY  DEFERRED  CONNECTIONS"
+        );
+        assert_eq!(
+            lines[3],
+            "active     2       8           2      6         1"
+        );
+        assert_eq!(
+            lines[4],
+            "suspended  1       4           4      0         0"
+        );
+        assert_eq!(
+            lines[5],
+            "all        3       12          6      6         1"
+        );
+        assert_eq!(
+            lines[6],
+            "1 queues in backoff; next attempt 2030-03-17T17:46:40Z"
+        );
         assert_eq!(lines[8], "VMTAs out of their pools:");
-        assert!(lines[10].starts_with("v2    2001-09-09T01:46:40Z  enabled by the API"), "{text}");
+        assert!(
+            lines[10].starts_with("v2    2001-09-09T01:46:40Z  enabled by the API"),
+            "{text}"
+        );
         assert!(lines[10].ends_with("refused everywhere: 554"), "{text}");
 
         let calm = summary(&health, &json!({"queues": []}), &json!({"disabled": []})).unwrap();
