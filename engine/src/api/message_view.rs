@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use crate::envelope::MessageId;
-use crate::router::{HeldRecipient, MessageHeld};
+use crate::router::{HeldQueue, HeldRecipient, MessageHeld};
 
 /// Recipients one answer lists at most (`recipients_total` and `counts` cover them all).
 pub const RECIPIENTS_SHOWN_MAX: usize = 1000;
@@ -63,48 +63,53 @@ fn is_outcome(event: &Value) -> bool {
     )
 }
 
-/// One recipient's line of the answer, and its state.
+/// A queued recipient and its queue.
+type Queued<'a> = (&'a HeldRecipient, &'a HeldQueue);
+
+/// A recipient's state.
+fn state_of(queued: Option<Queued>, outcome: Option<&Value>, finished: bool) -> &'static str {
+    match (queued, outcome.and_then(final_state)) {
+        (Some((q, _)), _) if q.deferred => "deferred",
+        (Some(_), _) => "ready",
+        (None, Some(state)) => state,
+        (None, None) if finished => "finished",
+        (None, None) => "in_flight",
+    }
+}
+
+/// One recipient's line of the answer.
 fn recipient_view(
     index: usize,
     address: Option<&str>,
-    queued: Option<&HeldRecipient>,
+    state: &str,
+    queued: Option<Queued>,
     outcome: Option<&Value>,
-    finished: bool,
     now_s: u64,
-) -> (&'static str, Value) {
-    let final_outcome = outcome.and_then(|e| final_state(e).map(|s| (s, e)));
-    let state = match (queued, final_outcome) {
-        (Some(q), _) if q.deferred => "deferred",
-        (Some(_), _) => "ready",
-        (None, Some((state, _))) => state,
-        (None, None) if finished => "finished",
-        (None, None) => "in_flight",
-    };
-    let next_attempt_s = queued.map(|q| q.next_attempt_s.max(now_s));
+) -> Value {
+    let next_attempt_s = queued.map(|(r, _)| r.next_attempt_s.max(now_s));
     let attempts = match queued {
-        Some(q) => u64::from(q.attempts),
+        Some((r, _)) => u64::from(r.attempts),
         None => outcome
             .and_then(|e| e.get("attempt"))
             .and_then(Value::as_u64)
             .unwrap_or(0),
     };
     let vmta = queued
-        .map(|q| q.vmta.as_str())
+        .map(|(_, q)| q.vmta.as_str())
         .or_else(|| outcome.and_then(|e| text(e, "vmta")));
-    let view = json!({
+    json!({
         "index": index,
         "recipient": address,
         "state": state,
         "vmta": vmta,
-        "queue": queued.map(|q| q.queue_domain.as_str()),
+        "queue": queued.map(|(_, q)| q.domain.as_str()),
         "attempts": attempts,
         "next_attempt": next_attempt_s.map(crate::clock::rfc3339),
         "next_attempt_in_s": next_attempt_s.map(|at| at - now_s),
-        "queue_held": queued.and_then(|q| q.queue_held.as_deref()),
+        "queue_held": queued.and_then(|(_, q)| q.held.as_deref()),
         "last_reply": outcome.and_then(|e| text(e, "response")),
         "last_reply_at": outcome.and_then(|e| text(e, "time")),
-    });
-    (state, view)
+    })
 }
 
 /// The answer, or `None` when nothing knows the message (no core holds it, no event is kept):
@@ -116,11 +121,15 @@ pub fn build(src: &Sources<'_>, pool_of: impl Fn(&str, &str) -> Option<String>) 
     if !live && src.events.is_empty() && src.stored.is_none() {
         return None;
     }
-    let queued: HashMap<u32, &HeldRecipient> = src
+    let queued: HashMap<u32, Queued> = src
         .held
         .iter()
-        .flat_map(|h| &h.queued)
-        .map(|r| (r.recipient, r))
+        .flat_map(|h| {
+            h.queued.iter().filter_map(|r| {
+                let queue = h.queues.get(r.queue as usize)?;
+                Some((r.recipient, (r, queue)))
+            })
+        })
         .collect();
     let receptions: Vec<&Value> = src
         .events
@@ -164,18 +173,15 @@ pub fn build(src: &Sources<'_>, pool_of: impl Fn(&str, &str) -> Option<String>) 
             Some(bits) => bits.get(index).copied().unwrap_or(false),
             None => !live,
         };
-        let (state, view) = recipient_view(
-            index,
-            address,
-            queued.get(&(index as u32)).copied(),
-            address.and_then(|a| outcomes.get(a).copied()),
-            finished,
-            src.now_s,
-        );
+        let queued = queued.get(&(index as u32)).copied();
+        let outcome = address.and_then(|a| outcomes.get(a).copied());
+        let state = state_of(queued, outcome, finished);
         let count = counts.entry(state).or_insert(Value::from(0u64));
         *count = Value::from(count.as_u64().unwrap_or(0) + 1);
         if recipients.len() < RECIPIENTS_SHOWN_MAX {
-            recipients.push(view);
+            recipients.push(recipient_view(
+                index, address, state, queued, outcome, src.now_s,
+            ));
         }
     }
     let reception = receptions.first().copied();
@@ -199,11 +205,10 @@ pub fn build(src: &Sources<'_>, pool_of: impl Fn(&str, &str) -> Option<String>) 
             .and_then(|e| e.get("size_bytes"))
             .and_then(Value::as_u64),
     };
-    let mut first_queued: Vec<&&HeldRecipient> = queued.values().collect();
-    first_queued.sort_by_key(|q| q.recipient);
+    let first_queued = queued.values().min_by_key(|(r, _)| r.recipient);
     let vmta = reception
         .and_then(|e| text(e, "vmta"))
-        .or_else(|| first_queued.first().map(|q| q.vmta.as_str()));
+        .or_else(|| first_queued.map(|(_, q)| q.vmta.as_str()));
     let pool = vmta.and_then(|v| pool_of(customer.unwrap_or(""), v));
     Some(json!({
         "id": src.id.to_string(),
@@ -260,26 +265,27 @@ mod tests {
     fn a_live_message_shows_each_recipient_where_it_stands() {
         let deferred = HeldRecipient {
             recipient: 1,
-            vmta: "v1".into(),
-            queue_domain: "b.test".into(),
+            queue: 0,
             deferred: true,
             attempts: 2,
             next_attempt_s: NOW + 600,
-            queue_held: None,
         };
         let ready = HeldRecipient {
             recipient: 3,
-            vmta: "v2".into(),
-            queue_domain: "d.test".into(),
+            queue: 0,
             deferred: false,
             attempts: 0,
             next_attempt_s: NOW - 5,
-            queue_held: Some("warming up".into()),
         };
         let held = [
             MessageHeld {
                 core: 0,
                 pending: 1,
+                queues: vec![HeldQueue {
+                    vmta: "v1".into(),
+                    domain: "b.test".into(),
+                    held: None,
+                }],
                 queued: vec![deferred],
                 ..MessageHeld::default()
             },
@@ -287,6 +293,11 @@ mod tests {
                 core: 1,
                 finished: Some(vec![true, false, false, false]),
                 pending: 2,
+                queues: vec![HeldQueue {
+                    vmta: "v2".into(),
+                    domain: "d.test".into(),
+                    held: Some("warming up".into()),
+                }],
                 queued: vec![ready],
                 ..MessageHeld::default()
             },
@@ -395,8 +406,24 @@ mod tests {
     #[test]
     fn the_list_is_bounded_but_the_counts_are_whole() {
         let many = RECIPIENTS_SHOWN_MAX + 5;
+        // Every recipient queued but the last: those past the list count as what they are.
+        let queued = (0..many as u32 - 1)
+            .map(|recipient| HeldRecipient {
+                recipient,
+                queue: 0,
+                deferred: false,
+                attempts: 0,
+                next_attempt_s: NOW,
+            })
+            .collect();
         let held = [MessageHeld {
             finished: Some(vec![false; many]),
+            queues: vec![HeldQueue {
+                vmta: "v1".into(),
+                domain: "a.test".into(),
+                held: None,
+            }],
+            queued,
             ..MessageHeld::default()
         }];
         let src = Sources {
@@ -413,7 +440,7 @@ mod tests {
             v["recipients"].as_array().map(Vec::len),
             Some(RECIPIENTS_SHOWN_MAX)
         );
-        assert_eq!(v["counts"]["in_flight"], many);
+        assert_eq!(v["counts"], json!({"ready": many - 1, "in_flight": 1}));
         assert_eq!(v["sender"], Value::Null, "no record and no event");
     }
 }

@@ -4,7 +4,7 @@
 //! The id is the queue id Volley gives at acceptance (the 250 reply, the inject answer, the
 //! accounting log's `id`). A message's record lies in its own core's spool, its recipients in the
 //! queues of whichever cores own their (VMTA, domain): every core is asked (`router::Question`),
-//! and each looks through its queues in slices, yielding between them. The envelope is read back
+//! and each looks through its queues in slices, letting its reactor poll between them. The envelope is read back
 //! from the record on the blocking pool, and the kept accounting events (the ring behind
 //! `GET /v1/events`) are searched there too: nothing here holds a reactor.
 
@@ -171,11 +171,15 @@ pub async fn show(core: &ApiCore, id_text: &str) -> Response {
                 stored: stored.as_ref(),
                 events: &events,
             };
-            message_view::build(&sources, pool_of)
+            message_view::build(&sources, pool_of).map(|view| view.to_string())
         })
         .await;
     match view {
-        Some(view) => Response::json(200, view),
+        Some(body) => Response {
+            status: 200,
+            content_type: "application/json",
+            body,
+        },
         None => Response::error(404, format!("no message {id}")),
     }
 }

@@ -1,23 +1,30 @@
 //! The API's questions about what this core holds (`router::Question`), answered in a task of
 //! their own: what it holds of one message, bouncing one message's queued recipients, moving one
 //! queue to another pool. Looking for a message goes through the core's queues in slices of
-//! `SCAN_SLICE_RECIPIENTS`, yielding between them, so a core with millions of queued recipients
-//! keeps delivering while it looks.
+//! `SCAN_SLICE_RECIPIENTS`, a reroute moves `REROUTE_SLICE_RECIPIENTS` at a time, and between
+//! slices the task waits for the reactor's next poll (`let_io_in`), so a core with millions of
+//! queued recipients keeps serving its sessions while it looks or moves.
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use super::{DeliveryCore, outcome};
 use crate::envelope::MessageId;
 use crate::queue::{FoundRecipient, QueueKey, ScanCursor};
-use crate::router::{
-    HELD_RECIPIENTS_MAX, HeldRecipient, MessageBounced, MessageHeld, Question, Rerouted,
-};
+use crate::router::{HeldQueue, HeldRecipient, MessageBounced, MessageHeld, Question, Rerouted};
 use crate::smtp::client::Reply;
 
-/// Queued recipients looked at between two yields of a message search (well under a millisecond
-/// of work in a release build).
+/// Queued recipients a message search looks at between two polls of the reactor (about 0.25 ms
+/// of work in a debug build).
 pub const SCAN_SLICE_RECIPIENTS: usize = 16_384;
+
+/// Waits for the core's next look at its I/O and timers, between two slices of a long job. A
+/// yield would not do: glommio runs the tasks already woken, and looks at I/O only once they run
+/// dry or its preemption timer fires (every 100 ms), so sessions and the API would wait that
+/// long. A timer puts this task to sleep until the reactor has polled.
+async fn let_io_in() {
+    glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
+}
 
 /// Answers `question` in a task of its own (the router's handler must not wait).
 pub fn answer(core: &Rc<DeliveryCore>, question: Question) {
@@ -43,14 +50,11 @@ pub fn answer(core: &Rc<DeliveryCore>, question: Question) {
     .detach();
 }
 
-/// Recipients of `id` queued on this core, at most `max`, found slice by slice. Stops early once
-/// it found `expected` (every recipient of it counted here).
-async fn find_queued(
-    core: &DeliveryCore,
-    id: MessageId,
-    expected: u32,
-    max: usize,
-) -> Vec<FoundRecipient> {
+/// Recipients of `id` queued on this core, found slice by slice. Stops early once it found
+/// `expected` (every recipient of it counted here). A recipient that moved between slices may
+/// be seen twice (ready, then deferred): an answer keeps its last sighting, a bounce takes it
+/// from wherever it is.
+async fn find_queued(core: &DeliveryCore, id: MessageId, expected: u32) -> Vec<FoundRecipient> {
     let mut found = Vec::new();
     let mut cursor = ScanCursor::default();
     loop {
@@ -60,19 +64,13 @@ async fn find_queued(
             SCAN_SLICE_RECIPIENTS,
             &mut found,
         );
-        let enough = found.len() >= max || found.len() >= expected as usize;
         match next {
-            Some(next) if !enough => cursor = next,
+            Some(next) if found.len() < expected as usize => cursor = next,
             _ => break,
         }
-        futures_lite::future::yield_now().await;
+        let_io_in().await;
     }
-    // A recipient that moved between slices may have been seen twice: keep its last sighting.
-    let mut by_recipient: BTreeMap<u32, FoundRecipient> = BTreeMap::new();
-    for f in found {
-        by_recipient.insert(f.item.recipient, f);
-    }
-    by_recipient.into_values().take(max).collect()
+    found
 }
 
 /// What this core holds of message `id`: its spool's view (when the message is this core's) and
@@ -86,22 +84,34 @@ async fn message_held(core: &DeliveryCore, id: MessageId) -> MessageHeld {
             messages.get(id).map_or(0, |e| e.pending),
         )
     };
-    let queued = if pending == 0 {
+    let found = if pending == 0 {
         Vec::new()
     } else {
-        find_queued(core, id, pending, HELD_RECIPIENTS_MAX).await
+        find_queued(core, id, pending).await
     };
-    let queues = core.delivery.queues.borrow();
-    let queued = queued
-        .into_iter()
-        .map(|f| HeldRecipient {
+    let mut keys: Vec<QueueKey> = Vec::new();
+    let mut key_index: HashMap<QueueKey, u32> = HashMap::new();
+    let mut queued = Vec::with_capacity(found.len());
+    for f in found {
+        let queue = *key_index.entry(f.key.clone()).or_insert_with(|| {
+            keys.push(f.key);
+            keys.len() as u32 - 1
+        });
+        queued.push(HeldRecipient {
             recipient: f.item.recipient,
-            vmta: f.key.vmta.to_string(),
-            queue_domain: f.key.domain.to_string(),
+            queue,
             deferred: f.deferred,
             attempts: u32::from(f.item.attempts),
             next_attempt_s: f.item.next_attempt_s,
-            queue_held: queues.held_reason(&f.key).map(str::to_string),
+        });
+    }
+    let queues = core.delivery.queues.borrow();
+    let queues = keys
+        .iter()
+        .map(|k| HeldQueue {
+            vmta: k.vmta.to_string(),
+            domain: k.domain.to_string(),
+            held: queues.held_reason(k).map(str::to_string),
         })
         .collect();
     MessageHeld {
@@ -109,6 +119,7 @@ async fn message_held(core: &DeliveryCore, id: MessageId) -> MessageHeld {
         finished,
         record,
         pending,
+        queues,
         queued,
     }
 }
@@ -125,10 +136,8 @@ async fn bounce_message(core: &Rc<DeliveryCore>, id: MessageId, reason: &str) ->
     if pending == 0 {
         return MessageBounced::default();
     }
-    let found = find_queued(core, id, pending, usize::MAX).await;
-    let mut keys: Vec<QueueKey> = found.into_iter().map(|f| f.key).collect();
-    keys.sort_unstable();
-    keys.dedup();
+    let found = find_queued(core, id, pending).await;
+    let keys: HashSet<QueueKey> = found.into_iter().map(|f| f.key).collect();
     let reply = Reply::local(554, (5, 0, 0), format!("Bounced by the operator: {reason}"));
     let mut bounced = 0u32;
     for key in keys {
@@ -149,7 +158,12 @@ async fn bounce_message(core: &Rc<DeliveryCore>, id: MessageId, reason: &str) ->
     }
 }
 
-/// Moves the queued recipients of (`vmta`, `domain`) to VMTAs of `to_pool`.
+/// Recipients a reroute takes from the queue and moves at a time (about 2 ms of work in a debug
+/// build), letting the reactor poll between them.
+pub const REROUTE_SLICE_RECIPIENTS: usize = 1024;
+
+/// Moves the queued recipients of (`vmta`, `domain`) to VMTAs of `to_pool`: as many as the queue
+/// held when asked (mail arriving meanwhile stays), a slice at a time.
 async fn reroute_queue(
     core: &Rc<DeliveryCore>,
     vmta: &str,
@@ -157,22 +171,37 @@ async fn reroute_queue(
     to_pool: &str,
 ) -> Rerouted {
     let key = QueueKey::new(vmta, domain);
-    let (queue_found, items) = {
-        let mut queues = core.delivery.queues.borrow_mut();
-        let found = queues.policy(&key).is_some();
-        (found, queues.take_all(&key))
+    let Some(total) = core
+        .delivery
+        .queues
+        .borrow()
+        .queue_snapshot(&key)
+        .map(|q| q.size())
+    else {
+        return Rerouted::default();
     };
-    if items.is_empty() {
-        return Rerouted {
-            queue_found,
-            ..Rerouted::default()
-        };
+    let (mut taken, mut moved) = (0usize, 0u32);
+    let mut stuck = Vec::new();
+    while taken < total {
+        let want = REROUTE_SLICE_RECIPIENTS.min(total - taken);
+        let items = core
+            .delivery
+            .queues
+            .borrow_mut()
+            .take_for_handover(&key, want);
+        if items.is_empty() {
+            break;
+        }
+        taken += items.len();
+        let (n, left) = super::reroute::reroute_to_pool(core, &key, items, to_pool).await;
+        moved = moved.saturating_add(n);
+        stuck.extend(left);
+        let_io_in().await;
     }
-    let now_s = crate::clock::unix_s();
-    let (moved, stuck) = super::reroute::reroute_to_pool(core, &key, items, to_pool).await;
     let left = stuck.len() as u32;
     if !stuck.is_empty() {
         // Put back as they were: ready ones at the head of the queue, deferred ones on the timer.
+        let now_s = crate::clock::unix_s();
         let mut queues = core.delivery.queues.borrow_mut();
         let (later, ready): (Vec<_>, Vec<_>) =
             stuck.into_iter().partition(|i| i.next_attempt_s > now_s);
@@ -184,7 +213,7 @@ async fn reroute_queue(
     }
     log::info!("queue {key}: {moved} recipients moved to pool {to_pool}, {left} left");
     Rerouted {
-        queue_found,
+        queue_found: true,
         moved,
         left,
     }

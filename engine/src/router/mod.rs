@@ -16,9 +16,7 @@ use glommio::channels::shared_channel::{
 use crate::envelope::MessageId;
 use crate::spool::{RecipientState, RecordLocation};
 
-pub use question::{
-    HELD_RECIPIENTS_MAX, HeldRecipient, MessageBounced, MessageHeld, Question, Rerouted,
-};
+pub use question::{HeldQueue, HeldRecipient, MessageBounced, MessageHeld, Question, Rerouted};
 
 /// Messages in flight between cores, per ring.
 const RING_CAPACITY: usize = 4096;

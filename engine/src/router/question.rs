@@ -7,9 +7,6 @@ use futures_channel::oneshot;
 use crate::envelope::MessageId;
 use crate::spool::RecordLocation;
 
-/// Queued recipients of one message one core reports at most (a bounded answer).
-pub const HELD_RECIPIENTS_MAX: usize = 1000;
-
 #[derive(Debug)]
 pub enum Question {
     /// What this core holds of message `id`: its spool's view (the message's own core) and the
@@ -34,7 +31,7 @@ pub enum Question {
     },
 }
 
-/// What one core holds of one message.
+/// What one core holds of one message. Its size follows the message's recipients held here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MessageHeld {
     pub core: usize,
@@ -45,26 +42,35 @@ pub struct MessageHeld {
     pub record: Option<RecordLocation>,
     /// Recipients of it on this core, queued or in flight.
     pub pending: u32,
-    /// The queued ones found, at most `HELD_RECIPIENTS_MAX`.
+    /// The queues holding the recipients in `queued`.
+    pub queues: Vec<HeldQueue>,
+    /// Its queued recipients found here.
     pub queued: Vec<HeldRecipient>,
 }
 
-/// One queued recipient of a message.
+/// A queue holding recipients of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldQueue {
+    pub vmta: String,
+    /// The queue's domain (the recipient's, or its `[[rollup]]` group).
+    pub domain: String,
+    /// Why it hands out nothing now (suspended, rate wait), if so.
+    pub held: Option<String>,
+}
+
+/// One queued recipient of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeldRecipient {
     /// Index in the envelope.
     pub recipient: u32,
-    pub vmta: String,
-    /// The queue's domain (the recipient's, or its `[[rollup]]` group).
-    pub queue_domain: String,
+    /// Its queue, in `MessageHeld::queues`.
+    pub queue: u32,
     /// Waiting for its retry time (else ready: waiting for a connection).
     pub deferred: bool,
     /// Failed attempts so far.
     pub attempts: u32,
     /// Seconds since the epoch: its retry time when deferred, when it became ready otherwise.
     pub next_attempt_s: u64,
-    /// Why its queue hands out nothing now (suspended, rate wait), if so.
-    pub queue_held: Option<String>,
 }
 
 /// What one core bounced of one message.

@@ -2,8 +2,8 @@
 //!
 //! Queues are not indexed by message (that would cost memory per queued recipient), so finding a
 //! message means looking at every queued recipient of the core. A core may queue millions, so
-//! the caller looks at a bounded slice at a time (`scan_for_message` with a budget) and yields
-//! between slices: no slice holds the reactor for long. The queues may change between slices (a
+//! the caller looks at a bounded slice at a time (`scan_for_message` with a budget) and lets
+//! the reactor poll between slices: no slice holds it for long. The queues may change between slices (a
 //! recipient handed to a connection, deferred, made ready): one that moved meanwhile may be
 //! missed or seen twice, which the caller's answer allows for (it reports the recipients it did
 //! not find as in flight).
