@@ -244,6 +244,7 @@ def test_unknown_and_malformed_ids(volley):
     assert volley.api("GET", "/v1/messages/1-7F")[0] == 404, "a core this node does not have"
     assert volley.api("POST", "/v1/messages/00000000FFFF-00/bounce")[0] == 404
     assert volley.api("POST", "/v1/messages/00000000FFFF-00/bounce", {"nope": 1})[0] == 400
+    assert volley.api("POST", "/v1/messages/00000000FFFF-00/bounce", {"reason": "x" * 513})[0] == 400
     out = cli(volley, "message", "show", "00000000FFFF-00", check=False)
     assert out.returncode == 1 and "HTTP 404" in out.stderr, out
     out = cli(volley, "message", "bounce", "bad/id", check=False)
