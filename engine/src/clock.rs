@@ -38,6 +38,17 @@ pub fn rfc5322_date(unix_s: u64) -> String {
         .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".to_string())
 }
 
+/// A time in seconds since the epoch as RFC 3339 UTC, e.g. `2003-07-01T10:52:37Z` (the API's
+/// times; a time past what RFC 3339 can write reads as the epoch).
+pub fn rfc3339(unix_s: u64) -> String {
+    i64::try_from(unix_s)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}
+
 /// Now, as RFC 3339 UTC (accounting events).
 pub fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
@@ -56,6 +67,13 @@ mod tests {
             "Tue, 01 Jul 2003 10:52:37 +0000"
         );
         assert_eq!(rfc5322_date(u64::MAX), "Thu, 01 Jan 1970 00:00:00 +0000");
+    }
+
+    #[test]
+    fn rfc3339_formats_utc_seconds() {
+        assert_eq!(rfc3339(1_057_056_757), "2003-07-01T10:52:37Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(u64::MAX), "1970-01-01T00:00:00Z");
     }
 
     #[test]

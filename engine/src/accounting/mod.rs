@@ -229,6 +229,44 @@ impl EventLog {
     }
 }
 
+impl EventLog {
+    /// The kept events whose line contains `needle`, oldest first, at most `limit` (the latest
+    /// ones when more match). Goes through the whole ring (at most `RING_EVENTS_MAX` lines), so
+    /// it is for the blocking pool, never a reactor; the lock is held only to take the batches
+    /// (one reference each), not while they are searched.
+    pub fn lines_containing(&self, needle: &str, limit: usize) -> Vec<String> {
+        if limit == 0 {
+            return Vec::new();
+        }
+        let batches: Vec<(Arc<str>, usize, usize)> = {
+            let Ok(ring) = self.ring.lock() else {
+                return Vec::new();
+            };
+            let mut batches: Vec<(Arc<str>, usize, usize)> = Vec::new();
+            for e in &ring.events {
+                match batches.last_mut() {
+                    Some((batch, _, end)) if Arc::ptr_eq(batch, &e.batch) => {
+                        *end = e.end as usize;
+                    }
+                    _ => batches.push((e.batch.clone(), e.start as usize, e.end as usize)),
+                }
+            }
+            batches
+        };
+        let mut lines: VecDeque<String> = VecDeque::new();
+        for (batch, start, end) in &batches {
+            let text = batch.get(*start..*end).unwrap_or_default();
+            for line in text.split('\n').filter(|l| l.contains(needle)) {
+                if lines.len() == limit {
+                    lines.pop_front();
+                }
+                lines.push_back(line.to_string());
+            }
+        }
+        lines.into()
+    }
+}
+
 /// A core's lines not yet flushed, in one buffer. The buffer comes back from each flush and is
 /// reused: a new one per flush, freed on the blocking pool's thread, made the allocator fault in
 /// fresh (huge, zeroed) pages on the core over and over (seen in `perf`).
@@ -328,6 +366,50 @@ mod tests {
         let after = log.after(1, 10);
         assert_eq!(after.len(), 2);
         assert_eq!(after[0].0, 2);
+    }
+
+    #[test]
+    fn lines_containing_keeps_the_latest_matches_in_order() {
+        let log = EventLog::open("").unwrap();
+        let core = CoreAccounting::new(log.clone());
+        for i in 0..5 {
+            core.record(&AccountingEvent {
+                kind: Some(EventType::Transient),
+                id: if i % 2 == 0 { "A-00" } else { "B-00" }.into(),
+                attempt: i,
+                ..Default::default()
+            });
+        }
+        core.flush_now();
+        let attempts = |lines: Vec<String>| -> Vec<u64> {
+            lines
+                .iter()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["attempt"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(
+            attempts(log.lines_containing("\"id\":\"A-00\"", 10)),
+            [0, 2, 4]
+        );
+        assert_eq!(attempts(log.lines_containing("\"id\":\"A-00\"", 2)), [2, 4]);
+        assert!(log.lines_containing("\"id\":\"C-00\"", 10).is_empty());
+        assert!(log.lines_containing("\"id\":\"A-00\"", 0).is_empty());
+        // Lines of several batches: each whole, in order.
+        core.record(&AccountingEvent {
+            kind: Some(EventType::Delivery),
+            id: "A-00".into(),
+            attempt: 9,
+            ..Default::default()
+        });
+        core.flush_now();
+        assert_eq!(
+            attempts(log.lines_containing("\"id\":\"A-00\"", 10)),
+            [0, 2, 4, 9]
+        );
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! The HTTP control API (interface.md), served by core 0, and the client the admin commands use.
 
+mod ask;
 pub mod client;
 pub mod http;
+pub mod message_text;
+pub mod message_view;
+mod messages;
 pub mod queue_table;
 mod reputation;
+mod reroute;
 mod routes;
+pub mod status_table;
 mod suppressions;
+pub mod text_table;
 
 use std::rc::Rc;
 

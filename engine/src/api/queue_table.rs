@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-const COLUMNS: [(&str, &str); 10] = [
+const COLUMNS: [(&str, &str); 11] = [
     ("VMTA", "vmta"),
     ("DOMAIN", "domain"),
     ("SIZE", "size"),
@@ -12,6 +12,7 @@ const COLUMNS: [(&str, &str); 10] = [
     ("CONNS", "connections"),
     ("DELIVERED", "delivered"),
     ("BOUNCED", "bounced"),
+    ("NEXT ATTEMPT", "next_attempt"),
     ("REASON", "reason"),
 ];
 
@@ -30,32 +31,8 @@ pub fn render(answer: &Value) -> Option<String> {
         .iter()
         .map(|q| COLUMNS.iter().map(|(_, f)| cell(q, f)).collect())
         .collect();
-    let widths: Vec<usize> = COLUMNS
-        .iter()
-        .enumerate()
-        .map(|(i, (h, _))| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([h.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| {
-        let mut text = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(c);
-            } else {
-                text.push_str(&format!("{c:<w$}  ", w = widths[i]));
-            }
-        }
-        text.trim_end().to_string() + "\n"
-    };
-    let mut out = line(COLUMNS.iter().map(|(h, _)| h.to_string()).collect());
-    for r in rows {
-        out.push_str(&line(r));
-    }
+    let headers: Vec<&str> = COLUMNS.iter().map(|(h, _)| *h).collect();
+    let mut out = super::text_table::render(&headers, &rows);
     out.push_str(&format!("{} queues\n", queues.len()));
     Some(out)
 }
@@ -68,7 +45,8 @@ mod tests {
     fn columns_line_up_and_missing_fields_show_a_dash() {
         let answer = serde_json::json!({"queues": [
             {"vmta": "v1", "domain": "gmail.com", "size": 12, "ready": 2, "deferred": 10,
-             "state": "active", "connections": 1, "delivered": 100, "bounced": 3, "reason": null},
+             "state": "active", "connections": 1, "delivered": 100, "bounced": 3, "reason": null,
+             "next_attempt": "2027-01-15T09:00:00Z"},
             {"vmta": "acme-long", "domain": "x.test", "size": 0, "ready": 0, "deferred": 0,
              "state": "suspended", "connections": 0, "delivered": 0, "bounced": 0,
              "reason": "warming up"},
@@ -77,7 +55,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("VMTA       DOMAIN     SIZE"), "{text}");
         assert!(lines[1].starts_with("v1         gmail.com  12"), "{text}");
-        assert!(lines[1].ends_with('-'), "{text}");
+        assert!(lines[1].ends_with("2027-01-15T09:00:00Z  -"), "{text}");
+        assert!(lines[0].ends_with("NEXT ATTEMPT          REASON"), "{text}");
         assert!(lines[2].ends_with("warming up"), "{text}");
         assert_eq!(lines[3], "2 queues");
         assert_eq!(render(&serde_json::json!({"nope": 1})), None);

@@ -28,7 +28,14 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         ("GET", ["v1", "cluster"]) => cluster(&core).await,
         ("POST", ["v1", "inject"]) => inject(&core, &request).await,
         ("GET", ["v1", "queues"]) => queues(&core),
+        ("POST", ["v1", "queues", "reroute"]) => {
+            super::reroute::reroute(&core, &request.body).await
+        }
         ("POST", ["v1", "queues", action]) => queue_command(&core, action, &request.body).await,
+        ("GET", ["v1", "messages", id]) => super::messages::show(&core, id).await,
+        ("POST", ["v1", "messages", id, "bounce"]) => {
+            super::messages::bounce(&core, id, &request.body).await
+        }
         ("GET", ["v1", "events"]) => events(&core, &request),
         ("GET", ["v1", "webhooks"]) => webhooks(&core),
         ("GET", ["v1", "vmta-status"]) => vmta_status(&core),
@@ -224,6 +231,7 @@ fn queues(core: &ApiCore) -> Response {
                 "vmta": q.vmta, "domain": q.domain, "size": q.size(), "ready": q.ready,
                 "deferred": q.deferred, "state": state, "reason": reason,
                 "connections": q.connections, "next_attempt_s": q.next_attempt_s,
+                "next_attempt": q.next_attempt_s.map(crate::clock::rfc3339),
                 "delivered": q.stats.delivered, "bounced": q.stats.bounced,
                 "last_deferral": q.last_deferral,
                 "backoff_level": q.backoff_level, "max_connections": q.max_connections,

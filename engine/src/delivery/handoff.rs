@@ -1,5 +1,5 @@
 //! What other cores (or this one) send through the router: recipients to queue here, a
-//! recipient's new state for this core's spool, an operator's command.
+//! recipient's new state for this core's spool, an operator's command, the API's questions.
 
 use std::sync::atomic::Ordering;
 
@@ -79,5 +79,6 @@ pub fn on_core_message(core: &std::rc::Rc<DeliveryCore>, message: CoreMessage) {
             .detach();
         }
         CoreMessage::Admin(command) => core.delivery.admin(core, command),
+        CoreMessage::Ask(question) => super::questions::answer(core, question),
     }
 }

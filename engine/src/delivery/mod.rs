@@ -20,6 +20,7 @@ mod handoff;
 mod hops;
 mod messages;
 mod outcome;
+mod questions;
 mod reroute;
 mod scheduler;
 mod shaping;

@@ -20,7 +20,9 @@ pub use mx_rollup::{
     MX_ROLLUP_MEMORY_DOMAINS_MAX, MX_ROLLUP_REMEMBER_S, MX_ROLLUP_SWEEP_EVERY_S,
     MX_ROLLUP_WAITING_PER_LOOKUP_MAX, group_of_answer, group_of_mx_hosts, mx_host_matches,
 };
-pub use routing::{IMPLICIT_VMTA, hand_off_to, pick_vmta, route_new_message, route_recovered};
+pub use routing::{
+    IMPLICIT_VMTA, hand_off_to, pick_from_pool, pick_vmta, route_new_message, route_recovered,
+};
 
 use crate::shard::Shard;
 

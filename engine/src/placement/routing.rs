@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::Placement;
 use super::mx_rollup::{self, QueueDomain};
-use crate::config::PoolConfig;
+use crate::config::{Config, PoolConfig};
 use crate::envelope::{Envelope, MessageId, PackedEnvelope, RouteChoice, domain_of};
 use crate::router::{CoreMessage, Handoff, owner_core};
 use crate::spool::{
@@ -51,19 +51,32 @@ pub fn pick_vmta(core: &Placement, customer: &str, route: Option<&RouteChoice>) 
 
 /// Weighted round robin over the VMTAs of `pool` that are not disabled (by the API, a failed bind
 /// or refusals); over all of them when every one is disabled.
-fn pick_in_pool(core: &Placement, config: &crate::config::Config, pool: &PoolConfig) -> Arc<str> {
+fn pick_in_pool(core: &Placement, config: &Config, pool: &PoolConfig) -> Arc<str> {
+    pick_from_pool(core, config, pool, None).unwrap_or_else(|| Arc::from(IMPLICIT_VMTA))
+}
+
+/// A VMTA of `pool` other than `except`, by the same rule as `pick_vmta` (weighted round robin
+/// over those not disabled; over all when every one is). `None` when the pool has none (or
+/// their weights are all 0).
+pub fn pick_from_pool(
+    core: &Placement,
+    config: &Config,
+    pool: &PoolConfig,
+    except: Option<&str>,
+) -> Option<Arc<str>> {
     let now_s = crate::clock::unix_s();
     let board = &core.board;
-    let enabled: Vec<&String> = pool
+    let members: Vec<&String> = pool
         .vmtas
         .iter()
+        .filter(|name| except != Some(name.as_str()))
+        .collect();
+    let enabled: Vec<&String> = members
+        .iter()
+        .copied()
         .filter(|name| !core.vmtas.is_disabled(board, name, now_s))
         .collect();
-    let candidates = if enabled.is_empty() {
-        pool.vmtas.iter().collect()
-    } else {
-        enabled
-    };
+    let candidates = if enabled.is_empty() { members } else { enabled };
     let weights: Vec<(&str, u32)> = candidates
         .into_iter()
         .map(|name| {
@@ -75,19 +88,17 @@ fn pick_in_pool(core: &Placement, config: &crate::config::Config, pool: &PoolCon
         .collect();
     let total: u32 = weights.iter().map(|(_, w)| w).sum();
     if total == 0 {
-        return Arc::from(IMPLICIT_VMTA);
+        return None;
     }
     let turn = core.next_pool_turn() % u64::from(total);
     let mut acc = 0u64;
     for (name, weight) in &weights {
         acc += u64::from(*weight);
         if turn < acc {
-            return Arc::from(*name);
+            return Some(Arc::from(*name));
         }
     }
-    weights
-        .first()
-        .map_or_else(|| Arc::from(IMPLICIT_VMTA), |w| Arc::from(w.0))
+    weights.first().map(|w| Arc::from(w.0))
 }
 
 /// Hands the recipients `(index, attempts, not_before_s)` of a message to their queues' cores.

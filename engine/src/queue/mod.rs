@@ -24,7 +24,8 @@ pub use cluster_share::{MAX_RESERVE, SendSpacing};
 pub use connection_cap::{CAP_RAISE_AFTER_DELIVERIES, CapChange};
 pub use policy::{ClusterScope, MIN_RETRY_INTERVAL_S, PolicyError, QueuePolicy};
 pub use queues::{
-    DEFAULT_QUEUE_IDLE_S, DeferOutcome, MAX_REPLY_TEXT_BYTES, QueueKey, QueueSnapshot, QueueState,
-    QueueStats, QueuedRecipient, Queues, RateWait, STUCK_AFTER_S, Stuck, Upkeep,
+    DEFAULT_QUEUE_IDLE_S, DeferOutcome, FoundRecipient, MAX_REPLY_TEXT_BYTES, QueueKey,
+    QueueSnapshot, QueueState, QueueStats, QueuedRecipient, Queues, RateWait, STUCK_AFTER_S,
+    ScanCursor, Stuck, Upkeep,
 };
 pub use rate::{RateLimiter, SendRate};

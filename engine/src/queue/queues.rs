@@ -779,6 +779,12 @@ impl Queues {
     /// caller counts each one (`record_bounced`) once its bounce is recorded, as for any bounce.
     /// Recipients in flight on open connections are the driver's.
     pub fn bounce_all(&mut self, key: &QueueKey) -> Vec<QueuedRecipient> {
+        self.take_all(key)
+    }
+
+    /// Empties the queue: the ready recipients in order, then the deferred ones, earliest retry
+    /// first (whether or not the queue is suspended). Recipients in flight stay the driver's.
+    pub fn take_all(&mut self, key: &QueueKey) -> Vec<QueuedRecipient> {
         let Some(&slot) = self.index.get(key) else {
             return Vec::new();
         };
@@ -1193,7 +1199,9 @@ fn truncate_reply(text: &str) -> &str {
     text.get(..end).unwrap_or_default()
 }
 
+mod by_message;
 mod upkeep;
+pub use by_message::{FoundRecipient, ScanCursor};
 pub use upkeep::{STUCK_AFTER_S, Stuck, Upkeep};
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! shared channel: a lock-free ring with eventfd wake-ups), so no two cores ever contend on one
 //! queue and a busy core never blocks another except by filling their ring (backpressure).
 
+mod question;
+
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,8 @@ use glommio::channels::shared_channel::{
 
 use crate::envelope::MessageId;
 use crate::spool::{RecipientState, RecordLocation};
+
+pub use question::{HeldQueue, HeldRecipient, MessageBounced, MessageHeld, Question, Rerouted};
 
 /// Messages in flight between cores, per ring.
 const RING_CAPACITY: usize = 4096;
@@ -67,6 +71,9 @@ pub enum CoreMessage {
         state: RecipientState,
     },
     Admin(AdminCommand),
+    /// The API asks what this core holds (a message, a queue), or to act on it, and awaits the
+    /// answer.
+    Ask(Question),
 }
 
 /// The core that owns the queue of (`vmta`, `domain`): a stable hash, the same on every core.

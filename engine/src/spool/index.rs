@@ -72,6 +72,13 @@ impl LiveMessage {
         self.recipient_count.saturating_sub(self.finished.count())
     }
 
+    /// For each recipient, in envelope order, whether it is finished.
+    pub fn finished(&self) -> Vec<bool> {
+        (0..self.recipient_count)
+            .map(|r| self.finished.contains(r))
+            .collect()
+    }
+
     /// Records a new state for `recipient`; returns whether the message is now entirely finished.
     pub fn apply(&mut self, recipient: u32, state: RecipientState) -> bool {
         if recipient < self.recipient_count {
@@ -109,6 +116,14 @@ impl FinishedSet {
             FinishedSet::Inline(w) => (bit < 64).then_some(w),
             FinishedSet::Heap(words) => words.get_mut((bit / 64) as usize),
         }
+    }
+
+    fn contains(&self, bit: u32) -> bool {
+        let word = match self {
+            FinishedSet::Inline(w) => (bit < 64).then_some(*w),
+            FinishedSet::Heap(words) => words.get((bit / 64) as usize).copied(),
+        };
+        word.is_some_and(|w| w & (1 << (bit % 64)) != 0)
     }
 
     fn count(&self) -> u32 {
@@ -309,8 +324,15 @@ mod tests {
         let states = [RecipientState::Delivered, RecipientState::Pending];
         let mut m = LiveMessage::new(1, 70, &states);
         assert_eq!(m.unfinished(), 69);
+        assert!(m.finished()[0]);
         assert!(!m.apply(0, RecipientState::Pending));
         assert_eq!(m.unfinished(), 70);
+        assert!(m.finished().iter().all(|f| !f));
+        assert!(!m.apply(66, RecipientState::Bounced));
+        let finished = m.finished();
+        assert_eq!(finished.len(), 70);
+        let positions: Vec<usize> = (0..finished.len()).filter(|&i| finished[i]).collect();
+        assert_eq!(positions, vec![66], "a recipient past the first word");
         for r in 0..70 {
             let done = m.apply(r, RecipientState::Delivered);
             assert_eq!(done, r == 69);

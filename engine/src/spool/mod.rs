@@ -506,6 +506,21 @@ impl Spool {
         Ok(())
     }
 
+    /// For each recipient of message `id` (envelope order), whether it is finished (delivered,
+    /// bounced, expired), while the message has an unfinished one; `None` once it has none, or
+    /// when it is not in this spool.
+    pub fn finished_recipients(&self, id: MessageId) -> Option<Vec<bool>> {
+        if id.core != self.inner.config.core {
+            return None;
+        }
+        self.inner
+            .index
+            .borrow()
+            .messages
+            .get(&id.seq)
+            .map(LiveMessage::finished)
+    }
+
     /// Whether a message of about `bytes` bytes can be stored now (`false`: answer 452 4.3.1).
     /// Turns true again by itself once reclaim has freed segments.
     pub fn has_room(&self, bytes: u64) -> bool {

@@ -81,6 +81,11 @@ impl SegmentReader {
         }
     }
 
+    /// The spool root this reader maps segments under.
+    pub fn spool_dir(&self) -> &std::path::Path {
+        &self.spool_dir
+    }
+
     /// The body at `loc`, as a handle that derefs to the bytes.
     pub fn body(&self, loc: BodyLocation) -> Result<BodyBytes, SpoolError> {
         let map = self.map(loc.core, loc.segment)?;
