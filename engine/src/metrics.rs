@@ -1,5 +1,10 @@
 //! Counters for `GET /metrics`. Each core writes only its own cache-padded block with relaxed
 //! atomics (no sharing of lines between cores on the hot path); the API sums the blocks when scraped.
+//! The series labelled by VMTA, customer and destination are counted per core without atomics and
+//! published once a second (`labelled`).
+
+pub mod labelled;
+pub mod top_destinations;
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -86,6 +91,8 @@ type GaugeField = (&'static str, &'static str, fn(&CoreCounters) -> &AtomicI64);
 
 pub struct Metrics {
     pub cores: Box<[CachePadded<CoreCounters>]>,
+    /// Outcomes and queued recipients by VMTA, customer and destination.
+    pub labels: labelled::LabelBoard,
 }
 
 impl Metrics {
@@ -94,6 +101,7 @@ impl Metrics {
             cores: (0..cores)
                 .map(|_| CachePadded::new(CoreCounters::default()))
                 .collect(),
+            labels: labelled::LabelBoard::new(cores),
         }
     }
 
@@ -288,6 +296,7 @@ impl Metrics {
             "Reception to final outcome, per recipient",
             |c| &c.delivery_latency,
         );
+        self.labels.render(&mut out);
         out
     }
 

@@ -54,6 +54,9 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     #[serde(default)]
     pub webhook_journal: WebhookJournalSection,
+    /// `[metrics]`: the bounds of the labelled series of `GET /metrics` (docs/metrics.md).
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -519,5 +522,22 @@ pub struct WebhookJournalSection {
 impl Default for WebhookJournalSection {
     fn default() -> Self {
         WebhookJournalSection { max_bytes: 4 << 30 }
+    }
+}
+
+/// `[metrics]`: how many label values the labelled series may have.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Destination domains named in the `destination` label: the top ones by recipients queued
+    /// lately; the rest count as `other`. 0 = every destination is `other`.
+    pub top_destinations: usize,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            top_destinations: 50,
+        }
     }
 }

@@ -50,7 +50,7 @@ pub async fn reroute(core: &Rc<DeliveryCore>, from: &QueueKey, items: Vec<Queued
         )
         .await;
         for item in &items {
-            core.delivery.release(core, item.message);
+            core.delivery.release(core, from, item.message);
         }
     }
     stuck
