@@ -50,6 +50,9 @@ pub struct CoreCounters {
     pub bounced: AtomicU64,
     pub expired: AtomicU64,
     pub spool_commits: AtomicU64,
+    /// Bytes of this core's spool segment files, and its share of `max_spool_bytes` (set each tick).
+    pub spool_bytes: AtomicI64,
+    pub spool_max_bytes: AtomicI64,
     /// Recipients waiting in this core's queues (ready or deferred).
     pub queued_recipients: AtomicI64,
     pub outbound_connections: AtomicI64,
@@ -245,7 +248,7 @@ impl Metrics {
                 self.sum(field)
             );
         }
-        let gauges: [GaugeField; 4] = [
+        let gauges: [GaugeField; 6] = [
             (
                 "volley_queued_recipients",
                 "Recipients waiting in delivery queues",
@@ -265,6 +268,16 @@ impl Metrics {
                 "volley_queues",
                 "Delivery queues that exist (idle ones are freed after queue_idle_s)",
                 |c| &c.queues,
+            ),
+            (
+                "volley_spool_bytes",
+                "Bytes of spool segment files (a preallocated segment counts whole)",
+                |c| &c.spool_bytes,
+            ),
+            (
+                "volley_spool_max_bytes",
+                "The spool's size limit, max_spool_bytes",
+                |c| &c.spool_max_bytes,
             ),
         ];
         for (name, help, field) in gauges {
