@@ -29,6 +29,8 @@ SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 METRIC_NAME = re.compile(r"\bvolley_[a-z0-9_]+\b")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# The full scenario's spool limit (one core: all of it is that core's).
+SPOOL_MAX_BYTES = 3 << 30
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,6 +318,7 @@ def full_scrape(volley, sink_factory, redis, receiver) -> str:
     volley.route("src.test", sink.hostport)
     volley.policy(retry_intervals=["1s"])
     volley.config["server"]["max_connections_per_ip"] = 2
+    volley.config["spool"]["max_spool_bytes"] = SPOOL_MAX_BYTES
     volley.config["customer"] = [{"name": "acme", "max_messages_per_hour": 1}]
     volley.config["cluster"] = {"node": "m1", "redis": redis.url}
     volley.config["webhook"] = [
@@ -407,9 +410,9 @@ def test_every_documented_metric_is_exported_and_every_exported_one_documented(f
     assert sorted(set(exported) - documented) == [], "exported but not documented"
     still = [name for name in MOVED_BY_THE_SCENARIO if not total(full_scrape, name) > 0]
     assert still == [], f"did not move: {still}\n{full_scrape}"
-    # The spool holds its segments within the limit, the default max_spool_bytes.
+    # The spool holds its segments within the limit, max_spool_bytes as configured.
     assert value(full_scrape, "volley_spool_bytes") <= value(full_scrape, "volley_spool_max_bytes")
-    assert value(full_scrape, "volley_spool_max_bytes") == 10 << 30
+    assert value(full_scrape, "volley_spool_max_bytes") == SPOOL_MAX_BYTES
     # The failing webhook is behind, the other got its batches.
     assert value(full_scrape, "volley_webhook_lag_events", webhook="down") > 0
     assert value(full_scrape, "volley_webhook_post_failures_total", webhook="ok") == 0
