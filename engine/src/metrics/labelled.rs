@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 
 use super::top_destinations::{Sketch, TopSet, choose};
 
@@ -64,6 +64,9 @@ fn add_counts(into: &mut Counts, from: &Counts) {
     }
 }
 
+/// Publishes in a row a core may skip because the board is held, before it waits for it.
+const PUBLISH_SKIPS_MAX: u32 = 3;
+
 /// A map of this many entries or fewer is never shrunk.
 const SHRINK_MIN_CAPACITY: usize = 64;
 
@@ -91,6 +94,8 @@ pub struct CoreLabels {
     top: Arc<TopSet>,
     other: Arc<str>,
     no_customer: Rc<str>,
+    /// Publishes skipped in a row because the board was held.
+    publish_skips: u32,
 }
 
 impl Default for CoreLabels {
@@ -106,6 +111,7 @@ impl Default for CoreLabels {
             top: Arc::new(TopSet::default()),
             other: Arc::from(OTHER),
             no_customer: Rc::from(""),
+            publish_skips: 0,
         }
     }
 }
@@ -304,6 +310,75 @@ impl Board {
         }
     }
 
+    /// Names the `top_destinations` of most volume over the cores' sketches; a destination no
+    /// longer named leaves with its series (its mail counts as other from now on).
+    fn choose_top(&mut self, now_s: u64, top_destinations: usize) {
+        self.chosen_s = now_s;
+        self.top = Arc::new(choose(&self.sketches, &self.top, top_destinations, OTHER));
+        let top = self.top.clone();
+        self.destination
+            .outcomes
+            .retain(|d, _| d == OTHER || top.contains(d));
+    }
+
+    /// Adds a core's outcomes since its last publish to the totals.
+    fn add_outcomes(&mut self, labels: &mut CoreLabels) {
+        for (name, counts) in labels.outcomes_vmta.drain() {
+            let label = self.vmta_label(&name);
+            self.vmta.add(label, &counts);
+        }
+        for (name, counts) in labels.outcomes_customer.drain() {
+            let label = self.customer_label(&name);
+            self.customer.add(label, &counts);
+        }
+        for (name, counts) in labels.outcomes_destination.drain() {
+            // Counted under a destination named then, but no longer.
+            let label = if self.top.contains(&name) {
+                &*name
+            } else {
+                OTHER
+            };
+            self.destination.add(label, &counts);
+        }
+        shrink(&mut labels.outcomes_vmta);
+        shrink(&mut labels.outcomes_customer);
+        shrink(&mut labels.outcomes_destination);
+    }
+
+    /// Replaces what core `core` published of its queued recipients.
+    fn set_queued<'a>(
+        &mut self,
+        core: usize,
+        labels: &CoreLabels,
+        customers: impl Iterator<Item = (&'a str, u64)>,
+    ) {
+        let mut queued: HashMap<String, u64> = HashMap::new();
+        for (name, n) in &labels.queued_vmta {
+            *queued.entry(self.vmta_label(name).to_string()).or_insert(0) += n;
+        }
+        self.vmta.set_queued(core, queued);
+        let mut queued: HashMap<String, u64> = HashMap::new();
+        for (name, n) in customers {
+            *queued
+                .entry(self.customer_label(name).to_string())
+                .or_insert(0) += n;
+        }
+        self.customer.set_queued(core, queued);
+        let mut queued: HashMap<String, u64> = HashMap::new();
+        let mut named = 0;
+        for member in self.top.iter() {
+            if let Some(&n) = labels.queued_domain.get(&**member) {
+                named += n;
+                queued.insert(member.to_string(), n);
+            }
+        }
+        let rest = labels.queued_total.saturating_sub(named);
+        if rest > 0 {
+            queued.insert(OTHER.to_string(), rest);
+        }
+        self.destination.set_queued(core, queued);
+    }
+
     /// Label values of VMTAs and customers no longer configured leave with their series.
     fn take_names(&mut self, generation: u64, names: LabelNames) {
         self.generation = Some(generation);
@@ -346,6 +421,9 @@ impl LabelBoard {
     /// (`customers`: recipients queued by customer name, "" for none) and its destination
     /// volumes; the node's top `top_destinations` are chosen again when a second has passed.
     /// `names` is asked only when `generation` is newer than the one the board knows.
+    ///
+    /// A core does not wait for a scrape (or another core) holding the board: it keeps its
+    /// figures and publishes them the next second, waiting only after `PUBLISH_SKIPS_MAX` misses.
     pub fn publish<'a>(
         &self,
         core: usize,
@@ -355,10 +433,19 @@ impl LabelBoard {
     ) {
         labels.sketch.set_top_destinations(publish.top_destinations);
         labels.sketch.halve_when_due(publish.now_s);
-        let Ok(mut board) = self.board.lock() else {
-            return;
+        let mut board = match self.board.try_lock() {
+            Ok(board) => board,
+            Err(TryLockError::WouldBlock) if labels.publish_skips < PUBLISH_SKIPS_MAX => {
+                labels.publish_skips += 1;
+                return;
+            }
+            Err(TryLockError::WouldBlock) => match self.board.lock() {
+                Ok(board) => board,
+                Err(_) => return,
+            },
+            Err(TryLockError::Poisoned(_)) => return,
         };
-        let board = &mut *board;
+        labels.publish_skips = 0;
         if board.generation.is_none_or(|g| publish.generation > g) {
             board.take_names(publish.generation, (publish.names)());
         }
@@ -367,69 +454,11 @@ impl LabelBoard {
             sketch.extend_from_slice(labels.sketch.entries());
         }
         if publish.now_s != board.chosen_s {
-            board.chosen_s = publish.now_s;
-            board.top = Arc::new(choose(
-                &board.sketches,
-                &board.top,
-                publish.top_destinations,
-                OTHER,
-            ));
-            // A destination no longer named leaves with its series; its mail counts as other.
-            let top = board.top.clone();
-            board
-                .destination
-                .outcomes
-                .retain(|d, _| d == OTHER || top.contains(d));
+            board.choose_top(publish.now_s, publish.top_destinations);
         }
         labels.top = board.top.clone();
-
-        for (name, counts) in labels.outcomes_vmta.drain() {
-            let label = board.vmta_label(&name);
-            board.vmta.add(label, &counts);
-        }
-        for (name, counts) in labels.outcomes_customer.drain() {
-            let label = board.customer_label(&name);
-            board.customer.add(label, &counts);
-        }
-        for (name, counts) in labels.outcomes_destination.drain() {
-            let label = if board.top.contains(&name) {
-                &*name
-            } else {
-                OTHER
-            };
-            board.destination.add(label, &counts);
-        }
-        shrink(&mut labels.outcomes_vmta);
-        shrink(&mut labels.outcomes_customer);
-        shrink(&mut labels.outcomes_destination);
-
-        let mut queued: HashMap<String, u64> = HashMap::new();
-        for (name, n) in &labels.queued_vmta {
-            *queued
-                .entry(board.vmta_label(name).to_string())
-                .or_insert(0) += n;
-        }
-        board.vmta.set_queued(core, queued);
-        let mut queued: HashMap<String, u64> = HashMap::new();
-        for (name, n) in customers {
-            *queued
-                .entry(board.customer_label(name).to_string())
-                .or_insert(0) += n;
-        }
-        board.customer.set_queued(core, queued);
-        let mut queued: HashMap<String, u64> = HashMap::new();
-        let mut named = 0;
-        for member in board.top.iter() {
-            if let Some(&n) = labels.queued_domain.get(&**member) {
-                named += n;
-                queued.insert(member.to_string(), n);
-            }
-        }
-        let rest = labels.queued_total.saturating_sub(named);
-        if rest > 0 {
-            queued.insert(OTHER.to_string(), rest);
-        }
-        board.destination.set_queued(core, queued);
+        board.add_outcomes(labels);
+        board.set_queued(core, labels, customers);
     }
 
     /// The labelled families in the text format.
@@ -749,6 +778,47 @@ mod tests {
         let mut text = String::new();
         board.render(&mut text);
         assert!(!text.contains("c.test"), "{text}");
+    }
+
+    #[test]
+    fn a_core_does_not_wait_for_a_held_board_and_publishes_later() {
+        let board = LabelBoard::new(1);
+        let mut core = CoreLabels::default();
+        core.outcome(&rc("v1"), None, "d.test", Outcome::Delivered);
+        {
+            let _scrape = board.board.lock().unwrap();
+            for second in 0..PUBLISH_SKIPS_MAX {
+                // Returns at once: the board is held.
+                publish(
+                    &board,
+                    0,
+                    &mut core,
+                    &[],
+                    u64::from(second),
+                    1,
+                    names(&["v1"], &[]),
+                );
+            }
+            assert_eq!(core.publish_skips, PUBLISH_SKIPS_MAX);
+        }
+        let mut text = String::new();
+        board.render(&mut text);
+        assert!(
+            !text.contains("vmta=\"v1\""),
+            "nothing published yet: {text}"
+        );
+        publish(&board, 0, &mut core, &[], 9, 1, names(&["v1"], &[]));
+        assert_eq!(core.publish_skips, 0);
+        let mut text = String::new();
+        board.render(&mut text);
+        assert_eq!(
+            value(
+                &text,
+                "volley_vmta_outcomes_total{vmta=\"v1\",outcome=\"delivered\"}"
+            ),
+            Some(1),
+            "{text}"
+        );
     }
 
     #[test]
