@@ -1,5 +1,10 @@
 //! Counters for `GET /metrics`. Each core writes only its own cache-padded block with relaxed
 //! atomics (no sharing of lines between cores on the hot path); the API sums the blocks when scraped.
+//! The series labelled by VMTA, customer and destination are counted per core without atomics and
+//! published once a second (`labelled`).
+
+pub mod labelled;
+pub mod top_destinations;
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -45,6 +50,9 @@ pub struct CoreCounters {
     pub bounced: AtomicU64,
     pub expired: AtomicU64,
     pub spool_commits: AtomicU64,
+    /// Bytes of this core's spool segment files, and its share of `max_spool_bytes` (set each tick).
+    pub spool_bytes: AtomicI64,
+    pub spool_max_bytes: AtomicI64,
     /// Recipients waiting in this core's queues (ready or deferred).
     pub queued_recipients: AtomicI64,
     pub outbound_connections: AtomicI64,
@@ -96,6 +104,8 @@ type GaugeField = (&'static str, &'static str, fn(&CoreCounters) -> &AtomicI64);
 
 pub struct Metrics {
     pub cores: Box<[CachePadded<CoreCounters>]>,
+    /// Outcomes and queued recipients by VMTA, customer and destination.
+    pub labels: labelled::LabelBoard,
 }
 
 impl Metrics {
@@ -104,6 +114,7 @@ impl Metrics {
             cores: (0..cores)
                 .map(|_| CachePadded::new(CoreCounters::default()))
                 .collect(),
+            labels: labelled::LabelBoard::new(cores),
         }
     }
 
@@ -272,7 +283,7 @@ impl Metrics {
                 self.sum(field)
             );
         }
-        let gauges: [GaugeField; 4] = [
+        let gauges: [GaugeField; 6] = [
             (
                 "volley_queued_recipients",
                 "Recipients waiting in delivery queues",
@@ -292,6 +303,16 @@ impl Metrics {
                 "volley_queues",
                 "Delivery queues that exist (idle ones are freed after queue_idle_s)",
                 |c| &c.queues,
+            ),
+            (
+                "volley_spool_bytes",
+                "Bytes of spool segment files (a preallocated segment counts whole)",
+                |c| &c.spool_bytes,
+            ),
+            (
+                "volley_spool_max_bytes",
+                "The spool's size limit, max_spool_bytes",
+                |c| &c.spool_max_bytes,
             ),
         ];
         for (name, help, field) in gauges {
@@ -323,6 +344,7 @@ impl Metrics {
             "Reception to final outcome, per recipient",
             |c| &c.delivery_latency,
         );
+        self.labels.render(&mut out);
         out
     }
 

@@ -137,6 +137,7 @@ impl Core {
             },
             vmta: Arc::from(&*key.vmta),
             domain: Arc::from(&*key.domain),
+            customer: Arc::from(""),
             recipients: vec![(0, 0)],
             not_before_s: 0,
         };

@@ -177,6 +177,7 @@ fn route(
             record: message.record,
             vmta: vmta.clone(),
             domain: Arc::from(domain),
+            customer: Arc::from(""),
             recipients,
             not_before_s: 0,
         };

@@ -29,6 +29,7 @@ fn handoff(seq: u64) -> CoreMessage {
         },
         vmta: Arc::from("v1"),
         domain: Arc::from("d0.test"),
+        customer: Arc::from(""),
         recipients: vec![(0, 0)],
         not_before_s: 0,
     })

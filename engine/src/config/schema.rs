@@ -60,6 +60,9 @@ pub struct Config {
     pub unsubscribe: UnsubscribeSection,
     /// Outbound content check with rspamd (docs/spam-filter.md); absent = none.
     pub spam_filter: Option<SpamFilterSection>,
+    /// `[metrics]`: the bounds of the labelled series of `GET /metrics` (docs/metrics.md).
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -628,4 +631,20 @@ pub enum LineEndingsMode {
     #[default]
     Normalize,
     Strict,
+}
+/// `[metrics]`: how many label values the labelled series may have.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Destination domains named in the `destination` label: the top ones by recipients queued
+    /// lately; the rest count as `other`. 0 = every destination is `other`.
+    pub top_destinations: usize,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            top_destinations: 50,
+        }
+    }
 }

@@ -97,6 +97,7 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     check_listeners(config, &mut c);
     check_delivery(config, &mut c);
     check_shaping(config, &mut c);
+    check_metrics(config, &mut c);
     check_customers(config, &mut c);
     check_files(config, &mut c);
     check_api(config, &mut c);
@@ -281,6 +282,20 @@ const VMTA_REFUSAL_S_MAX: u64 = 7 * 86_400;
 const VMTA_REFUSAL_DOMAINS_MAX: u32 = 1_000;
 /// The longest `[shaping] queue_idle_s`: an idle queue costs memory for no purpose past a day.
 const QUEUE_IDLE_S_MAX: u64 = 86_400;
+
+/// The most destinations `[metrics] top_destinations` may name: each is 5 series, and 4 sketch
+/// slots per core.
+pub const TOP_DESTINATIONS_MAX: usize = 1_000;
+
+fn check_metrics(config: &Config, c: &mut Checker) {
+    use Step::Key;
+    if config.metrics.top_destinations > TOP_DESTINATIONS_MAX {
+        c.error(
+            &[Key("metrics"), Key("top_destinations")],
+            format!("at most {TOP_DESTINATIONS_MAX} (0 = every destination counts as other)"),
+        );
+    }
+}
 
 fn check_shaping(config: &Config, c: &mut Checker) {
     use Step::Key;
@@ -816,6 +831,28 @@ mod tests {
         assert!(keys.contains(&("rollup[0].mx[2]", Some(8))), "{e}");
         assert!(keys.contains(&("rollup[1].domains", Some(9))), "{e}");
         assert_eq!(e.0.len(), 5, "{e}");
+    }
+
+    #[test]
+    fn top_destinations_is_bounded() {
+        for (value, ok) in [(0, true), (1_000, true), (1_001, false)] {
+            let text = format!(
+                "[[listener]]\naddress = \"127.0.0.1:25\"\n[metrics]\ntop_destinations = {value}\n"
+            );
+            match Config::parse(&text) {
+                Ok(config) => {
+                    assert!(ok, "{value}");
+                    assert_eq!(config.metrics.top_destinations, value);
+                }
+                Err(e) => {
+                    assert!(!ok, "{value}: {e}");
+                    let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+                    assert_eq!(keys, ["metrics.top_destinations"]);
+                }
+            }
+        }
+        let config = Config::parse("[[listener]]\naddress = \"127.0.0.1:25\"\n").unwrap();
+        assert_eq!(config.metrics.top_destinations, 50);
     }
 
     #[test]

@@ -342,7 +342,7 @@ impl Handover {
             RecipientState::Delivered,
         )
         .await;
-        core.delivery.release(core, taken.item.message);
+        core.delivery.release(core, &taken.key, taken.item.message);
     }
 
     /// The connection ended: what was in flight or not sent yet goes back to its queue.

@@ -34,6 +34,9 @@ impl CoreDelivery {
         core.counters()
             .queued_recipients
             .fetch_add(i64::from(count), Ordering::Relaxed);
+        self.labels
+            .borrow_mut()
+            .queued(&key.vmta, &key.domain, count);
         self.wake_queue(&key);
     }
 }
@@ -59,7 +62,7 @@ pub fn queue_handoff(
         }
     }
     let count = handoff.recipients.len() as u32;
-    messages.add(handoff.id, handoff.record, count);
+    messages.add(handoff.id, handoff.record, count, &handoff.customer);
     count
 }
 

@@ -43,6 +43,7 @@ pub use snapshot::{QueueBoard, publish_snapshot, return_freed_memory};
 pub use tls::ClientTls;
 
 use crate::envelope::MessageId;
+use crate::metrics::labelled::{CoreLabels, Outcome};
 use crate::placement::Placement;
 use crate::queue::{QueueKey, QueuePolicy, QueuedRecipient, Queues};
 use crate::shard::Shard;
@@ -71,6 +72,8 @@ pub struct CoreDelivery {
     pub connections: Cell<u32>,
     /// Connection leases of cluster-shaped queues held by this core's connections.
     leases: RefCell<shaping::LeaseBook>,
+    /// Outcomes and queued recipients by VMTA, customer and destination, published each second.
+    pub labels: RefCell<CoreLabels>,
 }
 
 /// What delivery on one core reaches: its shard, its placement (to move mail off a VMTA that is
@@ -130,6 +133,7 @@ impl CoreDelivery {
             look_at_all: Cell::new(true),
             connections: Cell::new(0),
             leases: RefCell::new(shaping::LeaseBook::default()),
+            labels: RefCell::new(CoreLabels::default()),
         }
     }
 
@@ -183,15 +187,25 @@ impl CoreDelivery {
         policy
     }
 
-    /// Queues the recipients of a handoff from any core.
-    /// One recipient is finished here (final outcome or handed elsewhere).
-    pub(crate) fn release(&self, core: &DeliveryCore, id: MessageId) {
+    /// One recipient of message `id`, queued in `key`, is finished here (final outcome or handed
+    /// elsewhere).
+    pub(crate) fn release(&self, core: &DeliveryCore, key: &QueueKey, id: MessageId) {
         if self.messages.borrow_mut().release(id) {
             self.cache.borrow_mut().forget(id);
         }
+        self.labels.borrow_mut().released(&key.vmta, &key.domain);
         core.counters()
             .queued_recipients
             .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts an outcome of a recipient of message `id` queued in `key`, by VMTA, customer and
+    /// destination. Before `release`: the customer is read from the message's entry.
+    pub(crate) fn count_outcome(&self, key: &QueueKey, id: MessageId, outcome: Outcome) {
+        let messages = self.messages.borrow();
+        self.labels
+            .borrow_mut()
+            .outcome(&key.vmta, messages.customer(id), &key.domain, outcome);
     }
 
     /// The envelope and body location of message `id`, which has recipients on this core: from the
@@ -268,6 +282,7 @@ mod tests {
                     record: body.record(),
                     vmta: "default".into(),
                     domain: "a.example".into(),
+                    customer: "acme".into(),
                     recipients: vec![(0, 0), (1, 2)],
                     not_before_s: 0,
                 };

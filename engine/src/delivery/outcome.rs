@@ -14,6 +14,7 @@ use crate::bounce::{
 };
 use crate::envelope::{Envelope, MessageId, Recipient, domain_of};
 use crate::intake::{Origin, Refusal};
+use crate::metrics::labelled;
 use crate::queue::{DeferOutcome, QueueKey};
 use crate::router::CoreMessage;
 use crate::smtp::client::{Outcome, Reply, ReplySource};
@@ -244,6 +245,8 @@ async fn delivered(
 ) {
     let counters = core.counters();
     counters.delivered.fetch_add(1, Ordering::Relaxed);
+    core.delivery
+        .count_outcome(key, item.message, labelled::Outcome::Delivered);
     counters.delivery_latency.record_us(
         crate::clock::unix_s()
             .saturating_sub(message.envelope.received_at_s())
@@ -274,7 +277,7 @@ async fn delivered(
         RecipientState::Delivered,
     )
     .await;
-    core.delivery.release(core, item.message);
+    core.delivery.release(core, key, item.message);
 }
 
 /// A temporary failure: back on the retry schedule, or expired.
@@ -305,6 +308,8 @@ pub async fn defer(
                 LoggedStatus::Deferred,
                 reply,
             );
+            core.delivery
+                .count_outcome(key, item.message, labelled::Outcome::Deferred);
             let mut e = event(EventType::Transient, key, &item, message, reply, attempt);
             e.bounce_category = classify(reply.code, enhanced(reply), &reply.text)
                 .as_str()
@@ -442,7 +447,7 @@ fn postpone_bounce(core: &Rc<DeliveryCore>, group: BounceGroup, error: SpoolErro
             group.items.len()
         );
         for (item, _) in &group.items {
-            core.delivery.release(core, item.message);
+            core.delivery.release(core, &group.key, item.message);
         }
         return;
     }
@@ -473,7 +478,7 @@ fn postpone_bounce(core: &Rc<DeliveryCore>, group: BounceGroup, error: SpoolErro
                         group.key
                     );
                     for (item, _) in &group.items {
-                        core.delivery.release(&core, item.message);
+                        core.delivery.release(&core, &group.key, item.message);
                     }
                     return;
                 }
@@ -512,12 +517,12 @@ async fn bounce_message(core: &Rc<DeliveryCore>, group: &BounceGroup) -> Result<
     let attempt = group.attempt();
     for (item, reply) in &group.items {
         let category = classify(reply.code, enhanced(reply), &reply.text);
-        let kind = if group.expired {
+        let (kind, outcome) = if group.expired {
             counters.expired.fetch_add(1, Ordering::Relaxed);
-            EventType::Expiration
+            (EventType::Expiration, labelled::Outcome::Expired)
         } else {
             counters.bounced.fetch_add(1, Ordering::Relaxed);
-            EventType::Bounce
+            (EventType::Bounce, labelled::Outcome::Bounced)
         };
         log_delivery(
             core,
@@ -528,6 +533,8 @@ async fn bounce_message(core: &Rc<DeliveryCore>, group: &BounceGroup) -> Result<
             LoggedStatus::Bounced,
             reply,
         );
+        core.delivery
+            .count_outcome(&group.key, item.message, outcome);
         let mut e = event(kind, &group.key, item, message, reply, attempt);
         e.bounce_category = category.as_str().to_string();
         core.accounting.record(&e);
@@ -541,7 +548,7 @@ async fn bounce_message(core: &Rc<DeliveryCore>, group: &BounceGroup) -> Result<
             RecipientState::Bounced
         };
         record_state(core, item.message, item.recipient, state).await;
-        core.delivery.release(core, item.message);
+        core.delivery.release(core, &group.key, item.message);
     }
     Ok(())
 }
@@ -727,9 +734,11 @@ async fn drop_unreadable(
             ..AccountingEvent::default()
         });
         core.counters().bounced.fetch_add(1, Ordering::Relaxed);
+        core.delivery
+            .count_outcome(key, item.message, labelled::Outcome::Bounced);
         core.delivery.queues.borrow_mut().record_bounced(key, 1);
         record_state(core, item.message, item.recipient, RecipientState::Bounced).await;
-        core.delivery.release(core, item.message);
+        core.delivery.release(core, key, item.message);
     }
 }
 

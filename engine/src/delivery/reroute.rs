@@ -94,7 +94,7 @@ async fn move_to(
         )
         .await;
         for item in &items {
-            core.delivery.release(core, item.message);
+            core.delivery.release(core, from, item.message);
         }
         moved = moved.saturating_add(items.len() as u32);
         // A queue of millions moves in many steps: let the core's other work run between them.

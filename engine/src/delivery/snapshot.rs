@@ -5,12 +5,15 @@
 //! warns about stuck queues, lets MX rollup forget what it kept for freed queues, and lets the
 //! allocator return what was freed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use super::DeliveryCore;
 use super::backoff_watch;
+use crate::config::Config;
+use crate::metrics::labelled::{LabelNames, Publish};
+use crate::placement::IMPLICIT_VMTA;
 use crate::queue::{QueueKey, QueueSnapshot, STUCK_AFTER_S, Stuck};
 
 /// Stuck queues named in the log per core and second at most; the rest are counted in one line.
@@ -138,7 +141,38 @@ pub fn publish_snapshot(core: &DeliveryCore) {
     }
     core.queue_board
         .apply(core.index, upkeep.updated, &upkeep.removed);
+    publish_labels(core, now_s);
     return_freed_memory();
+}
+
+/// Publishes this core's outcomes and queued figures by VMTA, customer and destination.
+fn publish_labels(core: &DeliveryCore, now_s: u64) {
+    let config = core.config();
+    let messages = core.delivery.messages.borrow();
+    core.node.metrics.labels.publish(
+        core.index,
+        &mut core.delivery.labels.borrow_mut(),
+        messages.customers().queued(),
+        Publish {
+            now_s,
+            top_destinations: config.metrics.top_destinations,
+            generation: core.generation(),
+            names: || label_names(&config),
+        },
+    );
+}
+
+/// The VMTAs and customers the labelled metrics name under the running configuration: the
+/// configured ones (the implicit VMTA when none is).
+fn label_names(config: &Config) -> LabelNames {
+    let mut vmtas: HashSet<String> = config.vmtas.iter().map(|v| v.name.clone()).collect();
+    if vmtas.is_empty() {
+        vmtas.insert(IMPLICIT_VMTA.to_string());
+    }
+    LabelNames {
+        vmtas,
+        customers: config.customers.iter().map(|c| c.name.clone()).collect(),
+    }
 }
 
 /// Lets the allocator give back to the OS what was freed. mimalloc returns freed pages only once

@@ -151,6 +151,7 @@ pub async fn hand_off_to(
         mx_rollup::route_after_lookup(core, id, record, &vmta, domain, waiting);
     }
     let router = core.router();
+    let customer: Arc<str> = Arc::from(envelope.customer());
     for ((domain, not_before_s), recipients) in groups {
         let owner = owner_core(&vmta, &domain, router.cores);
         let handoff = Handoff {
@@ -158,6 +159,7 @@ pub async fn hand_off_to(
             record,
             vmta: vmta.clone(),
             domain: Arc::from(domain),
+            customer: customer.clone(),
             recipients,
             not_before_s,
         };

@@ -31,6 +31,8 @@ pub struct Handoff {
     pub record: RecordLocation,
     pub vmta: Arc<str>,
     pub domain: Arc<str>,
+    /// The message's customer ("" for none), for the metrics by customer.
+    pub customer: Arc<str>,
     /// Indexes of the envelope's recipients, with the attempts already made for each.
     pub recipients: Vec<(u32, u32)>,
     /// Not before this time (seconds since the epoch); 0 = now.

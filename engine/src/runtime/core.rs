@@ -226,11 +226,17 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
         tick += 1;
         shard.accounting.flush().await;
-        // The spool counts its group commits; the metric follows within a tick.
-        shard.counters().spool_commits.store(
-            shard.spool.stats().commits,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        // The spool counts its group commits and sizes; the metrics follow within a tick.
+        let spool = shard.spool.stats();
+        let counters = shard.counters();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        counters.spool_commits.store(spool.commits, relaxed);
+        counters
+            .spool_bytes
+            .store(spool.spool_bytes as i64, relaxed);
+        counters
+            .spool_max_bytes
+            .store(spool.max_spool_bytes as i64, relaxed);
         services.apply_reload();
         if tick.is_multiple_of(SNAPSHOT_EVERY_TICKS) {
             crate::delivery::publish_snapshot(&core);

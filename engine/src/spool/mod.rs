@@ -213,6 +213,8 @@ pub struct SpoolStats {
     pub segments: u64,
     /// Sum of segment file sizes.
     pub spool_bytes: u64,
+    /// This spool's size limit (its core's share of `max_spool_bytes`).
+    pub max_spool_bytes: u64,
     /// Messages with unfinished recipients.
     pub live_messages: u64,
     pub segments_reclaimed: u64,
@@ -583,6 +585,7 @@ impl Spool {
             fsyncs: counters.fsyncs,
             segments: index.segments.len() as u64,
             spool_bytes: index.spool_bytes,
+            max_spool_bytes: inner.config.max_spool_bytes,
             live_messages: index.messages.len() as u64,
             ..inner.stats.get()
         }
