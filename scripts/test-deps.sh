@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the Python integration tests (tests/) need on a fresh Debian: swaks, openssl,
-# redis-server, haproxy, pip and
+# redis-server, haproxy, systemd (systemd-analyze), logrotate, pip and
 # the PyPI packages in tests/requirements.txt. Idempotent: apt-get runs only for a missing package,
 # and `apt-get update` only once, and only when something is missing.
 #
@@ -24,6 +24,11 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The cluster tests start their own Redis and HAProxy on loopback ports (never the system services).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+# The package tests (tests/test_package.py): `systemd-analyze verify` on the unit (the systemd
+# package; installing it in a container only adds the tools, nothing starts) and the real logrotate
+# on the shipped logrotate file.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v logrotate >/dev/null 2>&1 || missing+=(logrotate)
 # swaks only recommends Net::SSLeay, which its --tls needs.
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
 if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
@@ -35,7 +40,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-    echo "test-deps: swaks, openssl, redis-server, haproxy, Net::SSLeay and pip already present"
+    echo "test-deps: swaks, openssl, redis-server, haproxy, systemd-analyze, logrotate, Net::SSLeay and pip already present"
 fi
 
 # PyPI packages: skip pip entirely when every requirement already imports.

@@ -206,13 +206,19 @@ mod tests {
         readiness.observe(&n, &control);
         control.cores_ready.fetch_add(1, Ordering::AcqRel);
         readiness.observe(&n, &control);
-        assert!(received(&listener).is_empty(), "one core of two is not ready");
+        assert!(
+            received(&listener).is_empty(),
+            "one core of two is not ready"
+        );
         control.cores_ready.fetch_add(1, Ordering::AcqRel);
         readiness.observe(&n, &control);
         readiness.observe(&n, &control);
         let got = received(&listener);
         assert_eq!(got.len(), 1, "{got:?}");
-        assert!(got[0].starts_with("READY=1\nSTATUS=serving on 2 cores"), "{got:?}");
+        assert!(
+            got[0].starts_with("READY=1\nSTATUS=serving on 2 cores"),
+            "{got:?}"
+        );
         control.request_stop();
         readiness.observe(&n, &control);
         readiness.observe(&n, &control);
