@@ -224,6 +224,8 @@ mod tests {
             (42, "virtio0-output.0"),
             (50, "mlx5_comp1@pci:0000:3b:00.0"),
             (51, "mlx5_async@pci:0000:3b:00.0"),
+            (60, "i40e-0000:02:00.0:misc"),
+            (61, "i40e-eth5-TxRx-3"),
         ]
         .into_iter()
         .map(|(i, n)| (i, n.to_string()))
@@ -238,6 +240,8 @@ mod tests {
             [(0, 41), (0, 42)]
         );
         assert_eq!(queue_irqs("ens4", &[50, 51], &interrupts), [(1, 50)]);
+        // Renamed from eth5: the MSI vectors still find the queue, not the misc vector.
+        assert_eq!(queue_irqs("enp2s0", &[60, 61], &interrupts), [(3, 61)]);
     }
 
     #[test]

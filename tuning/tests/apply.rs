@@ -487,3 +487,38 @@ fn a_bad_configuration_is_refused_with_exit_2() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("cores"), "{out}");
 }
+
+#[test]
+fn a_write_the_kernel_refuses_is_reported_exits_1_and_is_not_in_the_state() {
+    let fake = fake_host();
+    // A read-only sysctl of the real kernel (mode 0444: even root's write gets EACCES), reading
+    // a number above 15: the plan wants tcp_fin_timeout lowered and the write fails.
+    let readonly = Path::new("/proc/sys/kernel/cap_last_cap");
+    let value: u64 = std::fs::read_to_string(readonly)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(value > 15, "cap_last_cap {value}");
+    let fin = fake.root().join("proc/sys/net/ipv4/tcp_fin_timeout");
+    std::fs::remove_file(&fin).unwrap();
+    std::os::unix::fs::symlink(readonly, &fin).unwrap();
+    let config = fake.config(&config_text(2));
+    let (code, out) = fake.run(&["apply", "--write"], &config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAILED /proc/sys/net/ipv4/tcp_fin_timeout"),
+        "{out}"
+    );
+    assert_eq!(
+        fake.get("/proc/sys/net/core/somaxconn"),
+        "4096",
+        "the others are written"
+    );
+    let state = std::fs::read_to_string(fake.state()).unwrap();
+    assert!(!state.contains("tcp_fin_timeout"), "{state}");
+    assert!(state.contains("somaxconn"), "{state}");
+    let (code, out) = fake.run(&["apply", "--revert", "--write"], &config);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(fake.get("/proc/sys/net/core/somaxconn"), "128");
+}
