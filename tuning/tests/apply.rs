@@ -452,6 +452,10 @@ fn single_queue_nic_gets_rps_over_the_executors_and_dirty_bytes_skip_the_ratios(
     );
     assert_eq!(fake.get("/proc/irq/30/smp_affinity_list"), "0");
     assert!(out.contains("ethtool -L eth0 combined 2"), "{out}");
+    assert!(
+        out.contains("eth1: no queue interrupts recognised"),
+        "{out}"
+    );
     assert_eq!(
         fake.get("/proc/sys/vm/dirty_ratio"),
         "20",
@@ -521,4 +525,67 @@ fn a_write_the_kernel_refuses_is_reported_exits_1_and_is_not_in_the_state() {
     let (code, out) = fake.run(&["apply", "--revert", "--write"], &config);
     assert_eq!(code, 0, "{out}");
     assert_eq!(fake.get("/proc/sys/net/core/somaxconn"), "128");
+}
+
+#[test]
+fn a_vmta_on_the_unspecified_address_plans_every_nic_and_state_goes_where_asked() {
+    let fake = fake_host();
+    let text = config_text(2)
+        .replace("192.0.2.10", "0.0.0.0")
+        .replace("198.51.100.10", "0.0.0.0")
+        .replace("198.51.100.11", "0.0.0.0");
+    let config = fake.config(&text);
+    let (code, out) = fake.run(&["plan"], &config);
+    assert_eq!(code, 0, "{out}");
+    for nic in ["eth0", "eth1", "eth2"] {
+        assert!(
+            out.contains(&format!("nic {nic}: 4 rx / 4 tx queues")),
+            "{out}"
+        );
+    }
+    let state = fake.dir.path().join("elsewhere/state.json");
+    let state_arg = state.to_str().unwrap();
+    let (code, out) = fake.run(&["apply", "--write", "--state", state_arg], &config);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        fake.get("/proc/irq/63/smp_affinity_list"),
+        "1",
+        "eth2 queue 3"
+    );
+    assert!(state.exists() && !fake.state().exists());
+    let (code, out) = fake.run(
+        &["apply", "--revert", "--write", "--state", state_arg],
+        &config,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(fake.get("/proc/irq/63/smp_affinity_list"), "0-3");
+    assert!(!state.exists());
+}
+
+#[test]
+fn settings_name_every_sysctl_apply_plans_with_a_value_apply_would_keep() {
+    let out = Command::new(BIN).arg("settings").output().unwrap();
+    assert!(out.status.success());
+    let settings = String::from_utf8_lossy(&out.stdout).into_owned();
+    let values: BTreeMap<&str, &str> = settings
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(" = "))
+        .collect();
+    // A fake host already at the recommended values: apply plans no sysctl at all.
+    let fake = fake_host();
+    for (key, _) in SYSCTLS.iter().filter(|(k, _)| !k.ends_with("_bytes")) {
+        let value = values
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} not in settings:\n{settings}"));
+        fake.put(&sysctl_path(key), value);
+    }
+    let (code, out) = fake.run(&["apply"], &fake.config(&config_text(2)));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !planned(&out)
+            .iter()
+            .any(|(p, _)| p.starts_with("/proc/sys/")),
+        "{out}"
+    );
 }
