@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the Python integration tests (tests/) need on a fresh Debian: swaks, openssl,
-# redis-server, haproxy, rspamd, promtool (package prometheus), pip and
+# redis-server, haproxy, rspamd, promtool (package prometheus), systemd (systemd-analyze), logrotate,
+# pip and
 # the PyPI packages in tests/requirements.txt. Idempotent: apt-get runs only for a missing package,
 # and `apt-get update` only once, and only when something is missing.
 #
@@ -29,6 +30,11 @@ command -v rspamd >/dev/null 2>&1 || missing+=(rspamd)
 # tests/test_metrics.py runs `promtool check metrics|rules` (the prometheus package ships promtool;
 # its service is not started by the tests).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The package tests (tests/test_package.py): `systemd-analyze verify` on the unit (the systemd
+# package; installing it in a container only adds the tools, nothing starts) and the real logrotate
+# on the shipped logrotate file.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v logrotate >/dev/null 2>&1 || missing+=(logrotate)
 # swaks only recommends Net::SSLeay, which its --tls needs.
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
 if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
@@ -40,7 +46,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-    echo "test-deps: swaks, openssl, redis-server, haproxy, rspamd, promtool, Net::SSLeay and pip already present"
+    echo "test-deps: swaks, openssl, redis-server, haproxy, rspamd, promtool, systemd-analyze, logrotate, Net::SSLeay and pip already present"
 fi
 
 # PyPI packages: skip pip entirely when every requirement already imports.

@@ -23,7 +23,7 @@ step "Rust tests"
 cargo test --workspace
 
 if [ -d tests ] && ls tests/test_*.py >/dev/null 2>&1; then
-  step "integration tests (real daemon, sinks, DNS server on loopback)"
+  step "integration tests (real daemon, sinks, DNS server on loopback; the Debian package from the debug build)"
   timeout 1200 python3 -m pytest -q tests/ -p no:cacheprovider
 fi
 

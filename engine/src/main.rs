@@ -242,6 +242,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         },
         None => Config::embedded_default(),
     };
+    // Under systemd (Type=notify): READY=1 once every core serves.
+    volley::runtime::notify::enable_from_env();
     match volley::runtime::serve(config, path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,6 +4,7 @@
 mod core;
 pub use core::Shared;
 pub mod host_limits;
+pub mod notify;
 mod signals;
 
 use std::path::PathBuf;
@@ -219,8 +220,26 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
     drop(ended_tx);
     log::info!("volley starting on {cores} cores");
     let mut first_error = None;
-    // Ends when every core has reported (or its executor is gone without a word).
-    while let Ok((index, result)) = ended_rx.recv() {
+    let notifier = notify::notifier();
+    let mut readiness = notify::Readiness::default();
+    let watch = std::time::Duration::from_millis(notify::WATCH_EVERY_MS);
+    // Ends when every core has reported (or its executor is gone without a word). Under systemd
+    // this thread also tells it when every core serves and when the stop begins.
+    loop {
+        let ended = match notifier {
+            None => ended_rx.recv().ok(),
+            Some(notifier) => {
+                readiness.observe(notifier, &control);
+                match ended_rx.recv_timeout(watch) {
+                    Ok(ended) => Some(ended),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+                }
+            }
+        };
+        let Some((index, result)) = ended else {
+            break;
+        };
         if let Err(message) = result {
             // One failing core stops the others, so the process exits instead of running crippled.
             log::error!("core {index} failed: {message}");

@@ -18,8 +18,10 @@ pub fn spawn_signal_thread(control: Arc<Control>, events: Arc<EventLog>) -> std:
             for signal in signals.forever() {
                 match signal {
                     SIGHUP => {
+                        super::notify::reloading();
                         reload(&control);
                         reopen_accounting(&control, &events);
+                        super::notify::reloaded(control.core_count);
                     }
                     SIGUSR1 => reopen_accounting(&control, &events),
                     _ => {
