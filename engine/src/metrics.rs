@@ -69,6 +69,8 @@ pub struct CoreCounters {
     pub sending_limit_refusals: AtomicU64,
     /// VMTAs taken out of their pools because they were refused everywhere.
     pub vmtas_refused_out: AtomicU64,
+    /// Customers paused by the bounce-rate guard.
+    pub bounce_guard_pauses: AtomicU64,
     /// Messages `[spam_filter]` asked rspamd about, whatever the answer.
     pub spam_checks: AtomicU64,
     /// ... refused (rspamd's "reject" or "soft reject").
@@ -150,7 +152,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [CounterField; 26] = [
+        let counters: [CounterField; 27] = [
             (
                 "volley_connections_accepted_total",
                 "Inbound SMTP connections accepted",
@@ -209,6 +211,11 @@ impl Metrics {
                 "volley_sending_limit_refusals_total",
                 "Messages refused by a customer's hourly or daily limit with no credits left",
                 |c| &c.sending_limit_refusals,
+            ),
+            (
+                "volley_bounce_guard_pauses_total",
+                "Customers paused by the bounce-rate guard (max_bounce_percent)",
+                |c| &c.bounce_guard_pauses,
             ),
             (
                 "volley_spam_checks_total",

@@ -54,6 +54,8 @@ fn run(messages: usize, shaping: bool) -> f64 {
         credits: 0,
         list_unsubscribe: None,
         spam_filter: None,
+        max_bounce_percent: None,
+        bounce_window_messages: 1000,
     };
     fill(&mut queues, &keys, messages);
     let start = Instant::now();

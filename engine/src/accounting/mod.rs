@@ -42,6 +42,12 @@ pub enum EventType {
     /// An abuse report (ARF, `POST /v1/feedback`): `customer`, `recipient`, `response` = the
     /// feedback type and the reporter's User-Agent.
     Complaint,
+    /// The bounce-rate guard paused a customer: `customer`, `response` = why.
+    #[serde(rename = "customer_paused")]
+    CustomerPaused,
+    /// `POST /v1/customers/{name}/resume` ended a pause: `customer`, `response` = the pause's reason.
+    #[serde(rename = "customer_resumed")]
+    CustomerResumed,
 }
 
 /// One accounting record; empty strings and zeros are written as they are, so every line has

@@ -44,6 +44,7 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         ("POST", ["v1", "customers", name, "credits"]) => {
             add_credits(&core, name, &request.body).await
         }
+        ("POST", ["v1", "customers", name, "resume"]) => resume_customer(&core, name).await,
         ("GET", ["v1", "config"]) => effective_config(&core),
         ("GET", ["v1", "suppressions"]) => super::suppressions::count(&core),
         (method, ["v1", "suppressions", customer, address]) => {
@@ -452,6 +453,32 @@ async fn cluster(core: &ApiCore) -> Response {
 
 /// A customer's usage: with `[cluster]`, the cluster's totals from Redis (and this node's part
 /// under `node`); without, this node's.
+/// `POST /v1/customers/{name}/resume`: ends a bounce-rate pause (durably, before the answer) and
+/// starts the customer's window afresh.
+async fn resume_customer(core: &ApiCore, name: &str) -> Response {
+    if core.config().customer(name).is_none() {
+        return Response::error(404, format!("no customer {name:?}"));
+    }
+    let ended = core.limits.resume(name);
+    if let Err(e) = core.save_limits_now().await {
+        return Response::error(500, format!("resumed but not saved: {e}"));
+    }
+    if let Some(pause) = &ended {
+        log::info!(
+            "API: customer {name} resumed (was paused: {})",
+            pause.reason
+        );
+        core.accounting.record(&crate::accounting::AccountingEvent {
+            kind: Some(crate::accounting::EventType::CustomerResumed),
+            time: crate::clock::now_rfc3339(),
+            customer: name.to_string(),
+            response: pause.reason.clone(),
+            ..Default::default()
+        });
+    }
+    Response::json(200, json!({"customer": name, "resumed": ended.is_some()}))
+}
+
 async fn customer_usage(core: &ApiCore, name: &str) -> Response {
     let config = core.config();
     let Some(customer) = config.customer(name) else {
@@ -478,10 +505,15 @@ async fn customer_usage(core: &ApiCore, name: &str) -> Response {
         },
     };
     let credits = customer.credits.saturating_add(added);
+    let (pause, (outcomes, bounces)) = core.limits.bounce_state(name);
     Response::json(
         200,
         json!({
             "customer": name,
+            "paused": pause.map(|p| json!({"reason": p.reason, "since_s": p.since_s})),
+            "bounce_window": {"outcomes": outcomes, "hard_bounces": bounces,
+                "max_bounce_percent": customer.max_bounce_percent,
+                "bounce_window_messages": customer.bounce_window_messages},
             "scope": scope,
             "messages_this_hour": hour, "max_messages_per_hour": customer.max_messages_per_hour,
             "messages_today": day, "max_messages_per_day": customer.max_messages_per_day,

@@ -239,6 +239,16 @@ pub struct CustomerConfig {
     /// Whether `[spam_filter]` checks this customer's mail; absent = yes when the section is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spam_filter: Option<bool>,
+    /// The bounce-rate guard: hard bounces over this share (percent) of the last
+    /// `bounce_window_messages` delivery outcomes pause the customer; absent = no guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bounce_percent: Option<u32>,
+    #[serde(default = "default_bounce_window_messages")]
+    pub bounce_window_messages: u32,
+}
+
+fn default_bounce_window_messages() -> u32 {
+    1000
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

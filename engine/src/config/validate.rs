@@ -508,6 +508,15 @@ fn check_customers(config: &Config, c: &mut Checker) {
                 "not a PHC string; make one with `volley hash-password`",
             );
         }
+        if cu
+            .max_bounce_percent
+            .is_some_and(|p| !(1..=100).contains(&p))
+        {
+            c.error(&at("max_bounce_percent"), "must be 1 to 100");
+        }
+        if !(10..=1_000_000).contains(&cu.bounce_window_messages) {
+            c.error(&at("bounce_window_messages"), "must be 10 to 1000000");
+        }
     }
 }
 

@@ -235,6 +235,37 @@ pub async fn apply(
     bounce_with_replies(core, key, failed, Some(attempt), false).await;
 }
 
+/// Counts a delivery outcome for the customer's bounce-rate guard; a pause it starts is logged,
+/// counted and accounted (`customer_paused`) here, once.
+fn guard_bounce_rate(core: &DeliveryCore, message: &StoredMessage, bounced: bool) {
+    // DSNs (null reverse path) say nothing of the customer's list.
+    if message.envelope.sender().is_empty() {
+        return;
+    }
+    let config = core.config();
+    let name = message.envelope.customer();
+    let Some(pause) =
+        core.limits
+            .record_outcome(config.customer(name), bounced, crate::clock::unix_s())
+    else {
+        return;
+    };
+    core.counters()
+        .bounce_guard_pauses
+        .fetch_add(1, Ordering::Relaxed);
+    log::warn!(
+        "customer {name} paused by the bounce-rate guard: {}; POST /v1/customers/{name}/resume ends it",
+        pause.reason
+    );
+    core.accounting.record(&crate::accounting::AccountingEvent {
+        kind: Some(EventType::CustomerPaused),
+        time: crate::clock::now_rfc3339(),
+        customer: name.to_string(),
+        response: pause.reason,
+        ..Default::default()
+    });
+}
+
 async fn delivered(
     core: &DeliveryCore,
     key: &QueueKey,
@@ -253,6 +284,7 @@ async fn delivered(
             .saturating_mul(1_000_000),
     );
     super::backoff_watch::observe_delivered(core, key, 1);
+    guard_bounce_rate(core, message, false);
     log_delivery(
         core,
         key,
@@ -522,6 +554,10 @@ async fn bounce_message(core: &Rc<DeliveryCore>, group: &BounceGroup) -> Result<
             (EventType::Expiration, labelled::Outcome::Expired)
         } else {
             counters.bounced.fetch_add(1, Ordering::Relaxed);
+            // A hard bounce is a receiver's 5xx: not an operator's bounce, nor an expiry.
+            if attempt.is_some() && reply.code >= 500 {
+                guard_bounce_rate(core, message, true);
+            }
             (EventType::Bounce, labelled::Outcome::Bounced)
         };
         log_delivery(

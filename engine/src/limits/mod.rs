@@ -12,6 +12,7 @@
 //! [`SendingLimits::open`] reads it at start. After a crash, what was counted since the last save
 //! (at most `SAVE_EVERY_MS`) is lost, so a customer may send that much beyond the limits.
 
+pub mod bounce_guard;
 pub mod counter;
 pub mod lease;
 pub mod shared;
@@ -49,6 +50,8 @@ pub struct CustomerCounters {
     credits_added: AtomicU64,
     /// This node's lease of the cluster-wide quota (with `[cluster]` only).
     pub lease: lease::Lease,
+    /// The bounce-rate guard (`max_bounce_percent`): this node's delivery outcomes.
+    pub bounce: bounce_guard::BounceWindow,
 }
 
 impl CustomerCounters {
@@ -88,6 +91,11 @@ pub enum Refusal {
     Unavailable {
         customer: String,
     },
+    /// The bounce-rate guard paused the customer until the operator resumes it.
+    Paused {
+        customer: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -100,6 +108,12 @@ impl std::fmt::Display for Refusal {
                 return write!(
                     f,
                     "Sending limits of customer {customer} cannot be checked (cluster store unreachable)"
+                );
+            }
+            Refusal::Paused { customer, reason } => {
+                return write!(
+                    f,
+                    "Customer {customer} is paused by the bounce-rate guard ({reason}) until the operator resumes it"
                 );
             }
         };
@@ -194,6 +208,7 @@ impl CustomerCounters {
             Refusal::Unavailable { .. } => Refusal::Unavailable {
                 customer: name.to_string(),
             },
+            paused @ Refusal::Paused { .. } => paused,
         })
     }
 
@@ -282,6 +297,9 @@ struct SavedCustomer {
     credits_spent: u64,
     #[serde(default)]
     credits_added: u64,
+    /// The bounce-rate guard's pause: (reason, since in Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    paused: Option<(String, u64)>,
 }
 
 /// Every customer's counters, shared by all cores.
@@ -335,6 +353,10 @@ impl SendingLimits {
                         credits_spent: AtomicU64::new(c.credits_spent),
                         credits_added: AtomicU64::new(c.credits_added),
                         lease: lease::Lease::default(),
+                        bounce: bounce_guard::BounceWindow::restored(
+                            c.paused
+                                .map(|(reason, since_s)| bounce_guard::Pause { reason, since_s }),
+                        ),
                     };
                     customers.insert(name, Arc::new(counters));
                 }
@@ -408,6 +430,7 @@ impl SendingLimits {
                                 day: c.day.raw(),
                                 credits_spent: c.credits_spent.load(Ordering::Relaxed),
                                 credits_added: c.credits_added.load(Ordering::Relaxed),
+                                paused: c.bounce.pause().map(|p| (p.reason, p.since_s)),
                             },
                         )
                     })
@@ -471,6 +494,7 @@ impl CoreLimits {
             return Ok(());
         };
         let counters = self.counters(&c.name);
+        paused(&counters, &c.name)?;
         let plan = self.plan(c, &counters);
         if plan.is_unlimited() {
             return Ok(());
@@ -492,6 +516,7 @@ impl CoreLimits {
             return Ok(Charge::Free);
         };
         let counters = self.counters(&c.name);
+        paused(&counters, &c.name)?;
         let plan = self.plan(c, &counters);
         if plan.is_unlimited() {
             return Ok(Charge::Free);
@@ -551,6 +576,57 @@ impl CoreLimits {
     pub fn usage(&self, name: &str, now_s: u64) -> (u32, u32, u64) {
         self.counters(name).usage(now_s)
     }
+
+    /// Counts a delivery outcome of `customer`'s mail for the bounce-rate guard (when it has
+    /// `max_bounce_percent`); the pause it started, if it started one (saved with the counters).
+    pub fn record_outcome(
+        &self,
+        customer: Option<&CustomerConfig>,
+        bounced: bool,
+        now_s: u64,
+    ) -> Option<bounce_guard::Pause> {
+        let c = customer?;
+        let max_percent = c.max_bounce_percent?;
+        let started = self.counters(&c.name).bounce.record(
+            bounced,
+            c.bounce_window_messages,
+            max_percent,
+            now_s,
+        );
+        if started.is_some() {
+            self.shared.mark_dirty();
+        }
+        started
+    }
+
+    /// Ends `name`'s pause (the caller saves the counters); the pause that ended, if any.
+    pub fn resume(&self, name: &str) -> Option<bounce_guard::Pause> {
+        let ended = self.counters(name).bounce.resume();
+        self.shared.mark_dirty();
+        ended
+    }
+
+    /// `name`'s pause now, and its window's (outcomes, hard bounces).
+    pub fn bounce_state(&self, name: &str) -> (Option<bounce_guard::Pause>, (u64, u64)) {
+        let counters = self.counters(name);
+        (counters.bounce.pause(), counters.bounce.counts())
+    }
+}
+
+/// `Err(Paused)` while the bounce-rate guard holds the customer.
+fn paused(counters: &CustomerCounters, name: &str) -> Result<(), Refusal> {
+    if !counters.bounce.is_paused() {
+        return Ok(());
+    }
+    let reason = counters
+        .bounce
+        .pause()
+        .map(|p| p.reason)
+        .unwrap_or_default();
+    Err(Refusal::Paused {
+        customer: name.to_string(),
+        reason,
+    })
 }
 
 #[cfg(test)]
@@ -576,6 +652,8 @@ mod tests {
             credits,
             list_unsubscribe: None,
             spam_filter: None,
+            max_bounce_percent: None,
+            bounce_window_messages: 1000,
         }
     }
 

@@ -256,6 +256,8 @@ mod tests {
             credits,
             list_unsubscribe: None,
             spam_filter: None,
+            max_bounce_percent: None,
+            bounce_window_messages: 1000,
         }
     }
 
