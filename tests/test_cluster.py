@@ -123,6 +123,7 @@ def test_redis_down_local_share_then_back(volley_factory, redis, sink_factory):
     wait_live(b, 2)
     redis.kill()
     wait_redis_up(a, False)
+    assert a.metrics()["volley_cluster_redis_outages_total"] >= 1
     # Each node alone: limit / 2 live nodes on its own count.
     results = spread([a], per_connection=80, connections_per_node=1, customer="acme")
     accepted_a = sum(1 for _, c in results if c == 250)

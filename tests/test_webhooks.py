@@ -261,3 +261,34 @@ def test_no_webhook_no_journal(volley, sink_factory):
     assert webhook_status(volley) == {"webhooks": []}
     assert not (volley.dir / "spool" / "events").exists()
     assert not any(k.startswith("volley_webhook") for k in volley.metrics())
+
+
+def test_a_journal_over_its_bound_drops_the_oldest_events_and_counts_them(volley, sink_factory):
+    sink = sink_factory("127.0.0.10")
+    receiver = Receiver(status=503)
+    try:
+        configure(volley, receiver, sink, batch_max_events=1000)
+        volley.config["webhook_journal"] = {"max_bytes": 1 << 20}  # the smallest bound
+        volley.start()
+        # About 3,000 events of some 500 bytes while the receiver refuses: past 1 MiB.
+        with volley.smtp() as client:
+            for i in range(1500):
+                client.sendmail("sender@src.test", [f"d{i}@dest.test"], message(f"drop {i}"))
+        wait_until(
+            lambda: webhook_status(volley)["journal"]["dropped_events"] > 0, 30,
+            "the journal dropping its oldest segments",
+        )
+        receiver.status = 200
+        status = wait_lag_zero(volley, timeout_s=60)
+        [hook] = status["webhooks"]
+        assert hook["skipped_events"] > 0, hook
+        metrics = volley.metrics()
+        assert metrics['volley_webhook_skipped_events_total{webhook="cp"}'] == hook["skipped_events"]
+        assert metrics["volley_webhook_journal_dropped_events_total"] >= hook["skipped_events"]
+        assert "are gone from the journal and were not sent" in volley.stderr_tail(400)
+        # Every event arrived but the skipped ones (the batch being retried went out whole).
+        ids = set(e["event_id"] for e in receiver.events())
+        missing = set(range(1, status["journal"]["next_event_id"])) - ids
+        assert len(missing) == hook["skipped_events"], (len(missing), hook)
+    finally:
+        receiver.stop()
