@@ -1,9 +1,10 @@
 //! The DATA body decoder (`smtp::data`) and the outbound DATA encoder (`smtp::client::dot_stuff`).
 //!
 //! The first octet picks the split seed; the rest is used twice:
-//! - as wire bytes after DATA: fed in random splits, the decoder must reach the same verdict as
-//!   fed whole, consume everything until the end, end only at `CRLF . CRLF`, and hand back only
-//!   bodies that meet the line rules and the size cap;
+//! - as wire bytes after DATA, in both line-ending modes: fed in random splits, the decoder must
+//!   reach the same verdict as fed whole, consume everything until the end, end only at
+//!   `CRLF . CRLF`, and hand back only bodies that meet the line rules (normalized: CRLF only,
+//!   lines folded at 998) and the size cap;
 //! - as a body to send: what the encoder makes of it must be read back by the decoder up to the
 //!   last octet and no further, give back the body when it is clean CRLF text, and never end
 //!   early for a lax receiver (one that takes a bare CR or LF as a line end and drops NUL): that
@@ -14,7 +15,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use volley::smtp::client::{DotStuffer, dot_stuff};
-use volley::smtp::data::{BodyBuffer, DataDecoder, DataError, MAX_TEXT_LINE_BYTES};
+use volley::smtp::data::{
+    BodyBuffer, DataDecoder, DataError, FOLD_LINE_BYTES, LineEndings, MAX_TEXT_LINE_BYTES,
+};
 
 /// Small enough that the fuzzer reaches the cap.
 const MAX_MESSAGE_BYTES: usize = 1500;
@@ -24,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut rng = Xorshift(u32::from(seed) | 1);
-    decode_wire_bytes(input, &mut rng);
+    decode_wire_bytes(input, &mut rng, LineEndings::Strict);
+    decode_wire_bytes(input, &mut rng, LineEndings::Normalize);
     encode_then_decode(input, &mut rng);
     body_buffer_cap(input, &mut rng);
 });
@@ -43,8 +47,13 @@ impl Xorshift {
 type Verdict = Option<(usize, Result<Vec<u8>, DataError>)>;
 
 /// Feeds `input` in pieces chosen by `rng` (whole when `rng` is `None`).
-fn decode(input: &[u8], max: usize, mut rng: Option<&mut Xorshift>) -> Verdict {
-    let mut decoder = DataDecoder::new(max);
+fn decode(
+    input: &[u8],
+    max: usize,
+    mut rng: Option<&mut Xorshift>,
+    endings: LineEndings,
+) -> Verdict {
+    let mut decoder = DataDecoder::new(max, endings);
     let mut pos = 0;
     while pos < input.len() {
         let step = match rng.as_deref_mut() {
@@ -63,23 +72,26 @@ fn decode(input: &[u8], max: usize, mut rng: Option<&mut Xorshift>) -> Verdict {
     None
 }
 
-fn decode_wire_bytes(input: &[u8], rng: &mut Xorshift) {
-    let whole = decode(input, MAX_MESSAGE_BYTES, None);
-    assert_eq!(decode(input, MAX_MESSAGE_BYTES, Some(rng)), whole);
+fn decode_wire_bytes(input: &[u8], rng: &mut Xorshift, endings: LineEndings) {
+    let whole = decode(input, MAX_MESSAGE_BYTES, None, endings);
+    assert_eq!(decode(input, MAX_MESSAGE_BYTES, Some(rng), endings), whole);
     let Some((used, verdict)) = whole else {
         return;
     };
     let consumed = &input[..used];
     assert!(consumed == b".\r\n" || consumed.ends_with(b"\r\n.\r\n"));
     // Nothing before the end that the decoder read was itself an end of data.
-    assert!(decode(&consumed[..used - 1], MAX_MESSAGE_BYTES, None).is_none());
+    assert!(decode(&consumed[..used - 1], MAX_MESSAGE_BYTES, None, endings).is_none());
     if let Ok(body) = verdict {
         assert!(body.len() <= MAX_MESSAGE_BYTES);
         assert!(body.is_empty() || body.ends_with(b"\r\n"));
         for line in body.split_inclusive(|&b| b == b'\n') {
             let text = line.strip_suffix(b"\r\n").expect("only CRLF line ends");
             assert!(!text.contains(&b'\r') && !text.contains(&b'\n'));
-            assert!(line.len() <= MAX_TEXT_LINE_BYTES);
+            match endings {
+                LineEndings::Strict => assert!(line.len() <= MAX_TEXT_LINE_BYTES),
+                LineEndings::Normalize => assert!(text.len() <= FOLD_LINE_BYTES),
+            }
         }
     }
 }
@@ -100,7 +112,8 @@ fn encode_then_decode(body: &[u8], rng: &mut Xorshift) {
     assert_eq!(chunked, wire);
 
     // A strict receiver reads it to the last octet and no further.
-    let (used, verdict) = decode(&wire, usize::MAX, None).expect("the encoder ends the data");
+    let (used, verdict) =
+        decode(&wire, usize::MAX, None, LineEndings::Strict).expect("the encoder ends the data");
     assert_eq!(used, wire.len(), "the data ended early: {wire:?}");
     let clean = !body.contains(&0) && crlf_only(body);
     let longest_line = body
