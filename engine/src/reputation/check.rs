@@ -281,15 +281,9 @@ fn apply(
             }
         } else if listed.is_empty()
             && let Some(reason) = removed.remove(&now.vmta)
+            && put_back_if_ours(vmta_board, &now.vmta, &reason, now_s)
         {
-            let still_ours = vmta_board
-                .list(now_s)
-                .iter()
-                .any(|(name, d)| name == &now.vmta && d.reason == reason);
-            if still_ours {
-                log::info!("VMTA {}: back in its pools (delisted)", now.vmta);
-                vmta_board.enable(&now.vmta);
-            }
+            log::info!("VMTA {}: back in its pools (delisted)", now.vmta);
         }
     }
     // A VMTA gone from the configuration (or no longer removed by "warn") leaves nothing behind.
@@ -302,15 +296,22 @@ fn apply(
         .collect();
     for name in stale {
         if let Some(reason) = removed.remove(&name) {
-            let still_ours = vmta_board
-                .list(now_s)
-                .iter()
-                .any(|(n, d)| n == &name && d.reason == reason);
-            if still_ours {
-                vmta_board.enable(&name);
-            }
+            put_back_if_ours(vmta_board, &name, &reason, now_s);
         }
     }
+}
+
+/// Enables `vmta` if it is still out for the `reason` this board gave (not, say, disabled by the
+/// operator since); whether it did.
+fn put_back_if_ours(vmta_board: &VmtaBoard, vmta: &str, reason: &str, now_s: u64) -> bool {
+    let ours = vmta_board
+        .list(now_s)
+        .iter()
+        .any(|(name, d)| name == vmta && d.reason == reason);
+    if ours {
+        vmta_board.enable(vmta);
+    }
+    ours
 }
 
 /// Core 0's task: a round at start, after every reload, and every `check_interval_s`; nothing
@@ -401,40 +402,25 @@ mod tests {
         let vmtas = VmtaBoard::default();
         let events = std::cell::RefCell::new(Vec::new());
         let record = |e: &AccountingEvent| events.borrow_mut().push(e.response.clone());
-        apply(
-            vec![rep("pass", &[("bl.test", "listed")])],
-            &section,
-            &board,
-            &vmtas,
-            &record,
-        );
+        let round = |zone_status: &'static str| {
+            apply(
+                vec![rep("pass", &[("bl.test", zone_status)])],
+                &section,
+                &board,
+                &vmtas,
+                &record,
+            )
+        };
+        round("listed");
         assert_eq!(vmtas.list(crate::clock::unix_s()).len(), 1);
-        apply(
-            vec![rep("pass", &[("bl.test", "clear")])],
-            &section,
-            &board,
-            &vmtas,
-            &record,
-        );
+        round("clear");
         assert!(vmtas.list(crate::clock::unix_s()).is_empty());
         assert_eq!(events.borrow().len(), 2, "{:?}", events.borrow());
         // Listed again, then the operator disables it with a reason of their own: the delisting
         // leaves it out.
-        apply(
-            vec![rep("pass", &[("bl.test", "listed")])],
-            &section,
-            &board,
-            &vmtas,
-            &record,
-        );
+        round("listed");
         vmtas.disable("v1", "by the operator", crate::clock::unix_s(), None);
-        apply(
-            vec![rep("pass", &[("bl.test", "clear")])],
-            &section,
-            &board,
-            &vmtas,
-            &record,
-        );
+        round("clear");
         assert_eq!(
             vmtas.list(crate::clock::unix_s())[0].1.reason,
             "by the operator"

@@ -575,7 +575,16 @@ mod tests {
         step: usize,
         max: usize,
     ) -> Option<(usize, Result<Vec<u8>, DataError>)> {
-        let mut decoder = DataDecoder::new(max, LineEndings::Strict);
+        decode_with(input, step, max, LineEndings::Strict)
+    }
+
+    fn decode_with(
+        input: &[u8],
+        step: usize,
+        max: usize,
+        endings: LineEndings,
+    ) -> Option<(usize, Result<Vec<u8>, DataError>)> {
+        let mut decoder = DataDecoder::new(max, endings);
         let mut pos = 0;
         while pos < input.len() {
             let end = (pos + step).min(input.len());
@@ -776,22 +785,13 @@ mod tests {
     }
 
     fn decode_normalized(input: &[u8], max: usize) -> Option<(usize, Result<Vec<u8>, DataError>)> {
-        let run = |step: usize| {
-            let mut decoder = DataDecoder::new(max, LineEndings::Normalize);
-            let mut pos = 0;
-            while pos < input.len() {
-                let end = (pos + step).min(input.len());
-                let (used, done) = decoder.feed(&input[pos..end]);
-                pos += used;
-                if done {
-                    return Some((pos, decoder.finish()));
-                }
-            }
-            None
-        };
-        let whole = run(input.len().max(1));
+        let whole = decode_with(input, input.len().max(1), max, LineEndings::Normalize);
         for step in 1..input.len().clamp(1, 64) {
-            assert_eq!(run(step), whole, "step {step}");
+            assert_eq!(
+                decode_with(input, step, max, LineEndings::Normalize),
+                whole,
+                "step {step}"
+            );
         }
         whole
     }
