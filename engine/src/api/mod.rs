@@ -28,6 +28,8 @@ pub struct ApiCore {
     pub queue_board: std::sync::Arc<QueueBoard>,
     /// With `[[webhook]]`: their progress, for `GET /v1/webhooks` and the metrics.
     pub webhooks: Option<std::sync::Arc<crate::webhook::Webhooks>>,
+    /// The VMTAs' FCrDNS and DNSBL results (`[reputation]`).
+    pub reputation: std::sync::Arc<crate::reputation::ReputationBoard>,
 }
 
 impl std::ops::Deref for ApiCore {

@@ -295,7 +295,6 @@ async fn queue_command(core: &ApiCore, action: &str, body: &[u8]) -> Response {
 fn vmta_status(core: &ApiCore) -> Response {
     // `[reputation]` results per VMTA: `fcrdns` (null when not checked) and the zones listing it.
     let checks: Vec<Value> = core
-        .node
         .reputation
         .all()
         .into_iter()
@@ -414,7 +413,7 @@ async fn add_credits(core: &ApiCore, name: &str, body: &[u8]) -> Response {
 
 fn metrics(core: &ApiCore) -> String {
     let mut text = core.node.metrics.render();
-    text.push_str(&core.node.reputation.render_metrics());
+    text.push_str(&core.reputation.render_metrics());
     if let Some(cluster) = &core.node.cluster {
         text.push_str(&cluster.render_metrics());
     }

@@ -71,7 +71,6 @@ async fn core_with(dir: &std::path::Path, config: &str) -> Core {
         suppressions: Arc::new(crate::suppression::SuppressionList::in_memory()),
         drain: Arc::new(crate::shard::Drain::in_memory()),
         xfers_seen: Arc::new(crate::shard::XferMemory::default()),
-        reputation: Arc::default(),
     };
     let mut spool_config = SpoolConfig::new(dir, 0);
     spool_config.fsync = false;

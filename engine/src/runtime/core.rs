@@ -35,6 +35,9 @@ pub struct Shared {
     pub vmta_board: Arc<VmtaBoard>,
     /// With `[[webhook]]`: the event journal and the senders' progress (threads of their own).
     pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
+    /// The VMTAs' FCrDNS and DNSBL results (`[reputation]`): written by core 0's checks, read by
+    /// the API.
+    pub reputation: Arc<crate::reputation::ReputationBoard>,
 }
 
 impl Shared {
@@ -109,11 +112,11 @@ impl Shared {
                 cluster,
                 drain,
                 xfers_seen: Arc::new(crate::shard::XferMemory::default()),
-                reputation: Arc::default(),
             },
             queue_board: Arc::new(QueueBoard::new(cores)),
             vmta_board: Arc::new(VmtaBoard::default()),
             webhooks,
+            reputation: Arc::default(),
         })
     }
 }
@@ -204,11 +207,12 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
             placement: placement.clone(),
             queue_board: shared.queue_board.clone(),
             webhooks: shared.webhooks.clone(),
+            reputation: shared.reputation.clone(),
         }))?;
         glommio::spawn_local(crate::reputation::run(
             shard.clone(),
             shared.vmta_board.clone(),
-            node.reputation.clone(),
+            shared.reputation.clone(),
         ))
         .detach();
     }

@@ -53,8 +53,6 @@ pub struct Node {
     pub drain: Arc<Drain>,
     /// Hand-overs received lately, to count those received again.
     pub xfers_seen: Arc<XferMemory>,
-    /// The VMTAs' FCrDNS and DNSBL results (`[reputation]`), written by core 0's checks.
-    pub reputation: Arc<crate::reputation::ReputationBoard>,
 }
 
 /// Resolves every waiter once the core is asked to stop.
