@@ -164,6 +164,11 @@ def test_a_refusing_receiver_gets_the_batches_again_and_nothing_is_skipped(volle
         assert hook["lag_events"] == 20
         assert hook["post_failures"] >= 2 and "HTTP 500" in hook["last_error"]
         assert hook["failing_since_unix_ms"] > 0
+        # The next try, as an RFC 3339 time too, is the same second as next_attempt_unix_ms.
+        if hook["next_attempt_unix_ms"] is not None:
+            from datetime import datetime
+            at = datetime.fromisoformat(hook["next_attempt"].replace("Z", "+00:00")).timestamp()
+            assert int(at) == hook["next_attempt_unix_ms"] // 1000, hook
         assert volley.metrics()['volley_webhook_post_failures_total{webhook="cp"}'] >= 2
         assert receiver.events() == []
         receiver.status = 200
@@ -174,6 +179,7 @@ def test_a_refusing_receiver_gets_the_batches_again_and_nothing_is_skipped(volle
         assert all(("delivery", r) in kinds for r in recipients)
         hook = body["webhooks"][0]
         assert hook["failing_since_unix_ms"] is None and hook["events_sent"] == 20
+        assert hook["last_success"].endswith("Z"), hook
     finally:
         receiver.stop()
 

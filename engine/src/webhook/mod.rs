@@ -283,6 +283,8 @@ impl Webhooks {
                     "last_success_age_s": ms(&s.last_success_ms).map(|t| now_ms.saturating_sub(t) / 1000),
                     "failing_since_unix_ms": ms(&s.failing_since_ms),
                     "next_attempt_unix_ms": ms(&s.next_attempt_ms),
+                    "next_attempt": ms(&s.next_attempt_ms).map(|t| crate::clock::rfc3339(t / 1000)),
+                    "last_success": ms(&s.last_success_ms).map(|t| crate::clock::rfc3339(t / 1000)),
                     "last_error": error,
                     "last_error_unix_ms": error_ms,
                 })
