@@ -212,8 +212,15 @@ fn default_write_timeout_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
-    pub certificate: String,
-    pub private_key: String,
+    /// The listeners' certificate chain (PEM); with `private_key`, or neither (self-signed).
+    #[serde(default)]
+    pub certificate: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// CA certificates (PEM files) trusted for outbound verification besides the Mozilla roots:
+    /// `tls = "required"`, MTA-STS and its policy fetch (docs/transport-security.md).
+    #[serde(default)]
+    pub trust_anchors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

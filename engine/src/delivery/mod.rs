@@ -25,7 +25,6 @@ mod reroute;
 mod scheduler;
 mod shaping;
 mod snapshot;
-mod tls;
 mod transaction;
 pub mod vmta_status;
 
@@ -35,12 +34,12 @@ use std::sync::atomic::Ordering;
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
+pub use crate::transport_security::ClientTls;
 pub use connect::{connect_from, connect_from_timeout};
 pub use handoff::{on_core_message, queue_handoff};
 use messages::MessageCache;
 pub use messages::{MESSAGE_CACHE_SLOTS, MessageEntry, MessageTable};
 pub use snapshot::{QueueBoard, publish_snapshot, return_freed_memory};
-pub use tls::ClientTls;
 
 use crate::envelope::MessageId;
 use crate::metrics::labelled::{CoreLabels, Outcome};
@@ -85,7 +84,6 @@ pub struct DeliveryCore {
     /// Every core's queue list for `GET /v1/queues`.
     pub queue_board: std::sync::Arc<QueueBoard>,
     pub delivery: CoreDelivery,
-    client_tls: std::cell::OnceCell<Rc<ClientTls>>,
 }
 
 impl DeliveryCore {
@@ -95,18 +93,7 @@ impl DeliveryCore {
             delivery: CoreDelivery::new(placement.shard.index),
             placement,
             queue_board,
-            client_tls: std::cell::OnceCell::new(),
         }
-    }
-
-    /// The outbound TLS configurations, built on first use.
-    pub fn client_tls(&self) -> Rc<ClientTls> {
-        self.client_tls
-            .get_or_init(|| match ClientTls::new() {
-                Ok(t) => Rc::new(t),
-                Err(e) => panic!("the ring provider supports the default TLS versions: {e}"),
-            })
-            .clone()
     }
 }
 
