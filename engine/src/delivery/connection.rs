@@ -214,7 +214,7 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
     };
     let tls_policy = match policy.tls {
         OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
-        OutboundTls::Required => TlsPolicy::Required,
+        OutboundTls::Required | OutboundTls::Dane | OutboundTls::MtaSts => TlsPolicy::Required,
         OutboundTls::Off => TlsPolicy::Off,
     };
     let deadlines = policy.deadlines;

@@ -143,7 +143,7 @@ pub fn anchor_files(config: &crate::config::Config) -> &[String] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::test_pki::Ca;
     use super::*;
     use futures_rustls::{TlsAcceptor, TlsConnector};

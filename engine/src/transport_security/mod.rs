@@ -4,6 +4,8 @@
 
 pub mod anchors;
 pub mod client;
+pub mod dane;
+pub mod mta_sts;
 #[cfg(test)]
 pub(crate) mod test_pki;
 
