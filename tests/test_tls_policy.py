@@ -7,11 +7,13 @@ from __future__ import annotations
 import signal
 import smtplib
 import ssl
+import time
 
 import pytest
 
-from conftest import SMTP_TIMEOUT_S, message
-from pki import TestCa
+from conftest import DELIVERY_TIMEOUT_S, SMTP_TIMEOUT_S, message, wait_until
+from pki import TestCa, cert_sha256, spki_sha256
+from policyserver import PolicyServer
 
 
 def mx_sink(dns, sink_factory, ca, domain: str, host: str, address: str, extra=()):
@@ -66,3 +68,148 @@ def test_trust_anchors_verify_a_private_ca_and_apply_on_reload(volley, dns, ca, 
     delivery = volley.wait_acct("delivery", recipient="r@anchored.test", timeout_s=30)[0]
     assert delivery["mx"].startswith("mx.anchored.test"), delivery
     assert [line["tls"] for line in sink.wait_lines(1)] == [True]
+
+
+# ---------------------------------------------------------------------------------------------
+# MTA-STS
+
+
+def tls_count(volley, policy: str, result: str) -> float:
+    return volley.metrics().get(
+        f'volley_tls_policy_connections_total{{policy="{policy}",result="{result}"}}', 0.0
+    )
+
+
+def publish_policy(dns, ca, domain: str, address: str, policy_id: str = "1") -> PolicyServer:
+    """`_mta-sts.<domain>` TXT and an HTTPS policy server for `mta-sts.<domain>` on `address`."""
+    dns.txt(f"_mta-sts.{domain}", f"v=STSv1; id={policy_id};")
+    dns.a(f"mta-sts.{domain}", address)
+    cert, key = ca.issue([f"mta-sts.{domain}"])
+    return PolicyServer(address, cert, key).start()
+
+
+@pytest.fixture
+def policy_servers():
+    made: list[PolicyServer] = []
+    yield made
+    for server in made:
+        server.stop()
+
+
+def trusting(volley, ca) -> None:
+    volley.config["tls"] = {"trust_anchors": [str(ca.cert)]}
+
+
+def test_mta_sts_enforce_delivers_to_a_listed_mx_with_a_valid_certificate(
+    volley, dns, ca, sink_factory, policy_servers
+):
+    sink = mx_sink(dns, sink_factory, ca, "sts.test", "mx.sts.test", "127.0.0.43")
+    server = publish_policy(dns, ca, "sts.test", "127.0.0.143")
+    policy_servers.append(server)
+    server.policy("enforce", ["mx.sts.test"])
+    trusting(volley, ca)
+    volley.start()
+    volley.send("a@src.test", ["r@sts.test"], message("sts enforce"))
+    delivery = volley.wait_acct("delivery", recipient="r@sts.test")[0]
+    assert delivery["tls"] == "mta-sts", delivery
+    assert [line["tls"] for line in sink.wait_lines(1)] == [True]
+    assert server.fetches() == ["mta-sts.sts.test"], "fetched once, with the policy host's name"
+    assert volley.metrics()["volley_tls_policy_fetches_total"] == 1
+    assert tls_count(volley, "mta_sts", "verified") >= 1
+    assert (volley.dir / "spool" / "mta-sts" / "core-0.json").exists()
+
+
+def test_mta_sts_enforce_defers_an_unlisted_mx_and_a_bad_certificate(
+    volley, dns, ca, tmp_path, sink_factory, policy_servers
+):
+    unlisted = mx_sink(dns, sink_factory, ca, "sts2.test", "mx.sts2.test", "127.0.0.44")
+    server = publish_policy(dns, ca, "sts2.test", "127.0.0.144")
+    policy_servers.append(server)
+    server.policy("enforce", ["mx.elsewhere.test", "*.sts2.example"])
+    # Listed, but its certificate comes from a CA Volley does not trust.
+    stranger = TestCa(tmp_path / "stranger", "Stranger CA")
+    untrusted = mx_sink(dns, sink_factory, stranger, "sts3.test", "mx.sts3.test", "127.0.0.45")
+    policy_servers.append(publish_policy(dns, ca, "sts3.test", "127.0.0.145"))
+    policy_servers[-1].policy("enforce", ["mx.sts3.test"])
+    trusting(volley, ca)
+    volley.start()
+    volley.send("a@src.test", ["r@sts2.test", "r@sts3.test"], message("sts refused"))
+    transient = volley.wait_acct("transient", recipient="r@sts2.test")[0]
+    assert "MTA-STS policy of sts2.test (id 1, mode enforce)" in transient["response"], transient
+    assert "mx.sts2.test is not one of its mx hosts" in transient["response"], transient
+    assert transient["enhanced_code"] == "4.7.5", transient
+    transient = volley.wait_acct("transient", recipient="r@sts3.test")[0]
+    assert "TLS required by the MTA-STS policy of sts3.test" in transient["response"], transient
+    assert "UnknownIssuer" in transient["response"], transient
+    assert unlisted.lines() == [] and untrusted.lines() == []
+    assert tls_count(volley, "mta_sts", "failed") >= 2
+
+
+def test_mta_sts_testing_delivers_anyway_and_counts(volley, dns, ca, sink_factory, policy_servers):
+    sink = mx_sink(dns, sink_factory, None, "sts4.test", "mx.sts4.test", "127.0.0.46")
+    server = publish_policy(dns, ca, "sts4.test", "127.0.0.146")
+    policy_servers.append(server)
+    server.policy("testing", ["mx.other.test"])
+    trusting(volley, ca)
+    volley.start()
+    volley.send("a@src.test", ["r@sts4.test"], message("sts testing"))
+    delivery = volley.wait_acct("delivery", recipient="r@sts4.test")[0]
+    assert delivery["tls"] == "none", "no STARTTLS at this sink: delivered in clear anyway"
+    assert [line["tls"] for line in sink.wait_lines(1)] == [False]
+    assert tls_count(volley, "mta_sts_testing", "plaintext") >= 1
+    assert tls_count(volley, "mta_sts", "failed") == 0
+    wait_until(
+        lambda: "mode testing" in volley.stderr_tail(200),
+        DELIVERY_TIMEOUT_S,
+        "the testing failure in the log",
+    )
+
+
+def test_a_policy_kept_across_a_restart_is_enforced_with_its_server_down(
+    volley, dns, ca, sink_factory, policy_servers
+):
+    sink = mx_sink(dns, sink_factory, ca, "sts5.test", "mx.sts5.test", "127.0.0.47")
+    server = publish_policy(dns, ca, "sts5.test", "127.0.0.147")
+    server.policy("enforce", ["mx.sts5.test"])
+    trusting(volley, ca)
+    volley.start()
+    volley.send("a@src.test", ["first@sts5.test"], message("before restart"))
+    volley.wait_acct("delivery", recipient="first@sts5.test")
+    assert volley.stop() == 0
+    server.stop()
+    # The domain moves its MX to a host the (unchanged) policy does not list.
+    dns.remove("sts5.test")
+    mx_sink(dns, sink_factory, ca, "sts5.test", "mx.moved.test", "127.0.0.48")
+    volley.start()
+    volley.send("a@src.test", ["second@sts5.test"], message("after restart"))
+    transient = volley.wait_acct("transient", recipient="second@sts5.test")[0]
+    assert "MTA-STS policy of sts5.test (id 1, mode enforce)" in transient["response"], transient
+    assert volley.metrics().get("volley_tls_policy_fetches_total") == 0, "the kept copy, no fetch"
+    assert len(sink.lines()) == 1
+
+
+def test_mta_sts_fetch_timeout_and_enabled(volley, dns, ca, sink_factory, policy_servers):
+    sink = mx_sink(dns, sink_factory, ca, "sts6.test", "mx.sts6.test", "127.0.0.49")
+    server = publish_policy(dns, ca, "sts6.test", "127.0.0.149")
+    policy_servers.append(server)
+    server.policy("enforce", ["mx.nowhere.test"])
+    server.hang_s = 8.0
+    trusting(volley, ca)
+    volley.config["mta_sts"] = {"fetch_timeout_ms": 1000}
+    volley.start()
+    started = time.monotonic()
+    volley.send("a@src.test", ["r@sts6.test"], message("slow policy"))
+    # No policy in time: delivered as without one (the default fetch timeout is 10 s).
+    delivery = volley.wait_acct("delivery", recipient="r@sts6.test", timeout_s=6)[0]
+    assert time.monotonic() - started < 6
+    assert delivery["tls"] == "encrypted", delivery
+    assert volley.metrics()["volley_tls_policy_fetch_failures_total"] == 1
+    assert volley.stop() == 0
+
+    dns.queries.clear()
+    volley.config["mta_sts"] = {"enabled": False}
+    volley.start()
+    volley.send("a@src.test", ["r2@sts6.test"], message("no mta-sts"))
+    volley.wait_acct("delivery", recipient="r2@sts6.test")
+    assert not dns.asked("_mta-sts.sts6.test", "TXT")
+    assert len(sink.lines()) == 2

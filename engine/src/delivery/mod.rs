@@ -23,6 +23,7 @@ mod outcome;
 mod questions;
 mod reroute;
 mod scheduler;
+mod security;
 mod shaping;
 mod snapshot;
 mod transaction;
@@ -84,15 +85,26 @@ pub struct DeliveryCore {
     /// Every core's queue list for `GET /v1/queues`.
     pub queue_board: std::sync::Arc<QueueBoard>,
     pub delivery: CoreDelivery,
+    /// The MTA-STS policies this core knows (docs/transport-security.md).
+    pub mta_sts: Rc<crate::transport_security::mta_sts::Policies>,
 }
 
 impl DeliveryCore {
     pub fn new(placement: Rc<Placement>, queue_board: std::sync::Arc<QueueBoard>) -> DeliveryCore {
+        let shard = placement.shard.clone();
+        let spool_dir = std::path::PathBuf::from(&shard.config().server.spool_dir);
+        let spool_dir = std::path::absolute(&spool_dir).unwrap_or(spool_dir);
+        let mta_sts = crate::transport_security::mta_sts::Policies::new(
+            shard.index,
+            &spool_dir,
+            shard.node.metrics.clone(),
+        );
         DeliveryCore {
-            shard: placement.shard.clone(),
-            delivery: CoreDelivery::new(placement.shard.index),
+            delivery: CoreDelivery::new(shard.index),
+            shard,
             placement,
             queue_board,
+            mta_sts: Rc::new(mta_sts),
         }
     }
 }
@@ -226,6 +238,8 @@ pub async fn start(
     let Some(wake_rx) = core.delivery.wake_rx.borrow_mut().take() else {
         return;
     };
+    // Before any connection: a policy kept across the restart applies to the first one.
+    core.mta_sts.restore().await;
     glommio::spawn_local(scheduler::run(core.clone(), wake_rx)).detach();
     glommio::spawn_local(drain::run(core.clone())).detach();
     glommio::spawn_local(shaping::renew_leases(core.clone())).detach();

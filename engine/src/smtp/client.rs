@@ -84,6 +84,9 @@ pub struct SessionConfig {
     /// (192.0.2.1)"): its host name and address.
     pub peer: String,
     pub tls: TlsPolicy,
+    /// What requires TLS (`TlsPolicy::Required`), named in the failure when the server does not
+    /// offer it: "policy", "DANE (TLSA records of mx.example)", "the MTA-STS policy of ...".
+    pub tls_required_by: String,
     pub timeouts: StageTimeouts,
     /// Send the body with `BDAT <n> LAST` (RFC 3030) when the server offers CHUNKING and
     /// PIPELINING: MAIL, RCPT, BDAT and the body go in one flight, one round trip per message
@@ -97,6 +100,7 @@ impl SessionConfig {
             ehlo_hostname: ehlo_hostname.into(),
             peer: "the server".into(),
             tls,
+            tls_required_by: "policy".into(),
             timeouts: StageTimeouts::default(),
             chunking: true,
         }
@@ -575,7 +579,10 @@ impl Session {
                     self.phase = Phase::TlsHandshake;
                     self.events.push_back(Event::NeedTls);
                 } else if self.config.tls == TlsPolicy::Required {
-                    self.fail_local(&format!("TLS required but STARTTLS was refused: {reply}"));
+                    let by = &self.config.tls_required_by;
+                    self.fail_tls(&format!(
+                        "TLS required by {by} but STARTTLS was refused: {reply}"
+                    ));
                 } else {
                     self.become_ready();
                 }
@@ -705,7 +712,10 @@ impl Session {
                 self.command(b"STARTTLS\r\n".to_vec(), Expect::StartTls);
             }
             (TlsPolicy::Required, false) => {
-                self.fail_local("TLS required by policy but STARTTLS not offered by the server")
+                let by = &self.config.tls_required_by;
+                self.fail_tls(&format!(
+                    "TLS required by {by} but STARTTLS not offered by the server"
+                ))
             }
         }
     }
@@ -767,6 +777,18 @@ impl Session {
         let temporary = !reply.is_permanent();
         self.defer_transaction(&reply);
         self.events.push_back(Event::Failed { reply, temporary });
+        self.close();
+    }
+
+    /// TLS is required and the server does not offer it or refused it: 4.7.4 (RFC 3463: security
+    /// features not supported), nothing sent in clear.
+    fn fail_tls(&mut self, reason: &str) {
+        let reply = Reply::local(421, (4, 7, 4), reason);
+        self.defer_transaction(&reply);
+        self.events.push_back(Event::Failed {
+            reply,
+            temporary: true,
+        });
         self.close();
     }
 

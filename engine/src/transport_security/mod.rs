@@ -6,6 +6,7 @@ pub mod anchors;
 pub mod client;
 pub mod dane;
 pub mod mta_sts;
+pub mod plan;
 #[cfg(test)]
 pub(crate) mod test_pki;
 

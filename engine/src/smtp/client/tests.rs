@@ -575,10 +575,9 @@ fn starttls_required_but_not_offered() {
         Event::Failed { reply, temporary } => {
             assert!(*temporary);
             assert_eq!(reply.source, ReplySource::Local);
-            assert!(
-                reply.text.contains("STARTTLS not offered"),
-                "{}",
-                reply.text
+            assert_eq!(
+                reply.text,
+                "4.7.4 TLS required by policy but STARTTLS not offered by the server"
             );
         }
         other => panic!("{other:?}"),
