@@ -213,3 +213,136 @@ def test_mta_sts_fetch_timeout_and_enabled(volley, dns, ca, sink_factory, policy
     volley.wait_acct("delivery", recipient="r2@sts6.test")
     assert not dns.asked("_mta-sts.sts6.test", "TXT")
     assert len(sink.lines()) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# DANE
+
+
+def dane_destination(volley, dns, sink_factory, ca, domain, address, record=None, starttls=True):
+    """`domain` in a signed zone, its MX host at `address` with a sink (STARTTLS with a certificate
+    of `ca` unless `starttls` is false), and the TLSA record `record(cert)` (default: DANE-EE of
+    the certificate's key, 3 1 1)."""
+    host = f"mx.{domain}"
+    cert, key = ca.issue([host])
+    dns.mx(domain, 10, host)
+    dns.a(host, address)
+    data = (record or spki_sha256)(cert)
+    usage, selector, matching = (3, 0, 1) if record is cert_sha256 else (3, 1, 1)
+    dns.tlsa(f"_25._tcp.{host}", usage, selector, matching, data)
+    dns.signed(domain)
+    args = ["--tls-cert", str(cert), "--tls-key", str(key)] if starttls else []
+    volley.config["dns"]["dnssec"] = "trust-ad"
+    return sink_factory(address, 25, args)
+
+
+def test_dane_ee_match_and_mismatch(volley, dns, ca, sink_factory):
+    # The sink's CA is not trusted: DANE-EE needs no CA at all.
+    good = dane_destination(volley, dns, sink_factory, ca, "dane.test", "127.0.0.50")
+    by_cert = dane_destination(
+        volley, dns, sink_factory, ca, "dane3.test", "127.0.0.52", record=cert_sha256
+    )
+    bad = dane_destination(
+        volley, dns, sink_factory, ca, "dane2.test", "127.0.0.51", record=lambda _: "00" * 32
+    )
+    volley.start()
+    volley.send("a@src.test", ["r@dane.test", "r@dane2.test", "r@dane3.test"], message("dane"))
+    for recipient, sink in (("r@dane.test", good), ("r@dane3.test", by_cert)):
+        delivery = volley.wait_acct("delivery", recipient=recipient)[0]
+        assert delivery["tls"] == "dane", delivery
+        assert [line["tls"] for line in sink.wait_lines(1)] == [True]
+    transient = volley.wait_acct("transient", recipient="r@dane2.test")[0]
+    assert "TLS required by DANE (validated TLSA records of _25._tcp.mx.dane2.test)" in (
+        transient["response"]
+    ), transient
+    assert "no TLSA record matches" in transient["response"], transient
+    assert bad.lines() == []
+    assert tls_count(volley, "dane", "verified") >= 2
+    assert tls_count(volley, "dane", "failed") >= 1
+
+
+def test_without_the_ad_bit_tlsa_records_are_ignored(volley, dns, ca, sink_factory):
+    sink = dane_destination(
+        volley, dns, sink_factory, ca, "unsigned.test", "127.0.0.53", record=lambda _: "00" * 32
+    )
+    dns.unsigned("unsigned.test")
+    volley.start()
+    volley.send("a@src.test", ["r@unsigned.test"], message("no ad"))
+    delivery = volley.wait_acct("delivery", recipient="r@unsigned.test")[0]
+    assert delivery["tls"] == "encrypted", "opportunistic: the wrong TLSA record did not count"
+    assert [line["tls"] for line in sink.wait_lines(1)] == [True]
+    assert tls_count(volley, "none", "encrypted") >= 1
+    assert tls_count(volley, "dane", "failed") == 0
+
+
+def test_dnssec_off_ignores_the_ad_bit(volley, dns, ca, sink_factory):
+    sink = dane_destination(
+        volley, dns, sink_factory, ca, "adoff.test", "127.0.0.54", record=lambda _: "00" * 32
+    )
+    volley.config["dns"]["dnssec"] = "off"
+    volley.start()
+    volley.send("a@src.test", ["r@adoff.test"], message("dnssec off"))
+    assert volley.wait_acct("delivery", recipient="r@adoff.test")[0]["tls"] == "encrypted"
+    assert not dns.asked("_25._tcp.mx.adoff.test", "TLSA"), "no TLSA lookup without trust"
+    assert len(sink.wait_lines(1)) == 1
+
+
+def test_tlsa_without_starttls_defers_never_clear_text(volley, dns, ca, sink_factory):
+    sink = dane_destination(
+        volley, dns, sink_factory, ca, "stripped.test", "127.0.0.55", starttls=False
+    )
+    volley.start()
+    volley.send("a@src.test", ["r@stripped.test"], message("stripped"))
+    transient = volley.wait_acct("transient", recipient="r@stripped.test")[0]
+    assert transient["enhanced_code"] == "4.7.4", transient
+    assert "TLS required by DANE" in transient["response"], transient
+    assert "STARTTLS not offered" in transient["response"], transient
+    time.sleep(1.5)  # a retry (retry_intervals 1s) defers again
+    assert sink.lines() == [], "nothing sent in clear"
+    assert tls_count(volley, "dane", "failed") >= 1
+
+
+def test_a_failed_tlsa_lookup_defers(volley, dns, ca, sink_factory):
+    sink = dane_destination(volley, dns, sink_factory, ca, "bogus.test", "127.0.0.56")
+    dns.servfail("_25._tcp.mx.bogus.test")  # what a validating resolver answers for bogus data
+    volley.start()
+    volley.send("a@src.test", ["r@bogus.test"], message("bogus"))
+    transient = volley.wait_acct("transient", recipient="r@bogus.test")[0]
+    assert "DANE: TLSA lookup of _25._tcp.mx.bogus.test failed" in transient["response"], transient
+    assert sink.lines() == []
+    dns.heal("_25._tcp.mx.bogus.test")
+    assert volley.wait_acct("delivery", recipient="r@bogus.test", timeout_s=30)[0]["tls"] == "dane"
+
+
+def test_required_policies_without_the_policy_defer(volley, dns, ca, sink_factory):
+    sink = mx_sink(dns, sink_factory, ca, "needdane.test", "mx.needdane.test", "127.0.0.57")
+    mx_sink(dns, sink_factory, ca, "needsts.test", "mx.needsts.test", "127.0.0.58")
+    volley.config["dns"]["dnssec"] = "trust-ad"
+    volley.config["domain"] += [
+        {"match": "needdane.test", "tls": "dane"},
+        {"match": "needsts.test", "tls": "mta-sts"},
+    ]
+    volley.start()
+    volley.send("a@src.test", ["r@needdane.test", "r@needsts.test"], message("required"))
+    transient = volley.wait_acct("transient", recipient="r@needdane.test")[0]
+    assert 'DANE required for needdane.test (tls = "dane")' in transient["response"], transient
+    transient = volley.wait_acct("transient", recipient="r@needsts.test")[0]
+    assert 'MTA-STS required for needsts.test (tls = "mta-sts")' in transient["response"], transient
+    assert sink.lines() == []
+
+
+def test_dane_ta_with_the_anchor_in_the_chain(volley, dns, ca, tmp_path, sink_factory):
+    host = "mx.daneta.test"
+    cert, key = ca.issue([host])
+    chain = tmp_path / "chain.pem"
+    chain.write_text(cert.read_text() + ca.cert.read_text())
+    dns.mx("daneta.test", 10, host)
+    dns.a(host, "127.0.0.59")
+    dns.tlsa(f"_25._tcp.{host}", 2, 1, 1, spki_sha256(ca.cert))
+    dns.signed("daneta.test")
+    volley.config["dns"]["dnssec"] = "trust-ad"
+    sink = sink_factory("127.0.0.59", 25, ["--tls-cert", str(chain), "--tls-key", str(key)])
+    volley.start()
+    volley.send("a@src.test", ["r@daneta.test"], message("dane-ta"))
+    assert volley.wait_acct("delivery", recipient="r@daneta.test")[0]["tls"] == "dane"
+    assert [line["tls"] for line in sink.wait_lines(1)] == [True]
