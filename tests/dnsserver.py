@@ -127,8 +127,8 @@ class TestDns:
         name = ".".join(reversed(address.split("."))) + ".in-addr.arpa"
         self._add(name, RR(name, QTYPE.PTR, ttl=TTL_S, rdata=PTR(host)))
 
-    def txt(self, name: str, text: str) -> None:
-        self._add(name, RR(name, QTYPE.TXT, ttl=TTL_S, rdata=TXT(text)))
+    def txt(self, name: str, text: str, ttl_s: int = TTL_S) -> None:
+        self._add(name, RR(name, QTYPE.TXT, ttl=ttl_s, rdata=TXT(text)))
 
     def tlsa(self, name: str, usage: int, selector: int, matching: int, data_hex: str) -> None:
         """A TLSA record (RFC 6698), e.g. `tlsa("_25._tcp.mx.a.test", 3, 1, 1, sha256_hex)`."""

@@ -80,9 +80,11 @@ def tls_count(volley, policy: str, result: str) -> float:
     )
 
 
-def publish_policy(dns, ca, domain: str, address: str, policy_id: str = "1") -> PolicyServer:
+def publish_policy(
+    dns, ca, domain: str, address: str, policy_id: str = "1", ttl_s: int = 60
+) -> PolicyServer:
     """`_mta-sts.<domain>` TXT and an HTTPS policy server for `mta-sts.<domain>` on `address`."""
-    dns.txt(f"_mta-sts.{domain}", f"v=STSv1; id={policy_id};")
+    dns.txt(f"_mta-sts.{domain}", f"v=STSv1; id={policy_id};", ttl_s)
     dns.a(f"mta-sts.{domain}", address)
     cert, key = ca.issue([f"mta-sts.{domain}"])
     return PolicyServer(address, cert, key).start()
@@ -186,6 +188,36 @@ def test_a_policy_kept_across_a_restart_is_enforced_with_its_server_down(
     assert "MTA-STS policy of sts5.test (id 1, mode enforce)" in transient["response"], transient
     assert volley.metrics().get("volley_tls_policy_fetches_total") == 0, "the kept copy, no fetch"
     assert len(sink.lines()) == 1
+
+
+def test_a_new_policy_id_is_fetched_and_a_policy_refreshed_before_it_expires(
+    volley, dns, ca, sink_factory, policy_servers
+):
+    sink = mx_sink(dns, sink_factory, ca, "sts7.test", "mx.sts7.test", "127.0.0.60")
+    # TXT answers live 1 s in the resolver's cache, so a new id is seen at once.
+    server = publish_policy(dns, ca, "sts7.test", "127.0.0.160", ttl_s=1)
+    policy_servers.append(server)
+    server.policy("enforce", ["mx.sts7.test"], max_age_s=4)
+    trusting(volley, ca)
+    volley.start()
+    volley.send("a@src.test", ["r1@sts7.test"], message("first"))
+    volley.wait_acct("delivery", recipient="r1@sts7.test")
+    assert len(server.fetches()) == 1
+    # Past half of max_age: a use fetches the same policy again, in the background.
+    time.sleep(2.5)
+    volley.send("a@src.test", ["r2@sts7.test"], message("refresh"))
+    volley.wait_acct("delivery", recipient="r2@sts7.test")
+    wait_until(lambda: len(server.fetches()) == 2, DELIVERY_TIMEOUT_S, "the refresh fetch")
+    # A new id: fetched before the next connection, and this one leaves the MX out.
+    server.policy("enforce", ["mx.other.test"], max_age_s=86400)
+    dns.remove("_mta-sts.sts7.test")
+    dns.txt("_mta-sts.sts7.test", "v=STSv1; id=2;", 1)
+    time.sleep(1.5)
+    volley.send("a@src.test", ["r3@sts7.test"], message("new id"))
+    transient = volley.wait_acct("transient", recipient="r3@sts7.test")[0]
+    assert "MTA-STS policy of sts7.test (id 2, mode enforce)" in transient["response"], transient
+    assert len(server.fetches()) == 3
+    assert len(sink.lines()) == 2
 
 
 def test_mta_sts_fetch_timeout_and_enabled(volley, dns, ca, sink_factory, policy_servers):
