@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import DELIVERY_TIMEOUT_S, SMTP_TIMEOUT_S, message, wait_until
+from conftest import DELIVERY_TIMEOUT_S, SMTP_TIMEOUT_S, free_port, message, wait_until
 from pki import TestCa, cert_sha256, spki_sha256
 from policyserver import PolicyServer
 
@@ -378,3 +378,48 @@ def test_dane_ta_with_the_anchor_in_the_chain(volley, dns, ca, tmp_path, sink_fa
     volley.send("a@src.test", ["r@daneta.test"], message("dane-ta"))
     assert volley.wait_acct("delivery", recipient="r@daneta.test")[0]["tls"] == "dane"
     assert [line["tls"] for line in sink.wait_lines(1)] == [True]
+
+
+# ---------------------------------------------------------------------------------------------
+# REQUIRETLS (RFC 8689)
+
+
+def test_requiretls_is_taken_over_tls_only_and_leaves_only_over_verified_tls(
+    volley, dns, ca, sink_factory
+):
+    plain_sink = mx_sink(dns, sink_factory, ca, "plain.test", "mx.plain.test", "127.0.0.61")
+    dane_sink = dane_destination(volley, dns, sink_factory, ca, "rtls.test", "127.0.0.62")
+    starttls_port = free_port()
+    volley.config["listener"].append(
+        {
+            "address": f"127.0.0.1:{starttls_port}",
+            "tls": "starttls",
+            "auth": "off",
+            "relay_networks": ["127.0.0.0/8"],
+        }
+    )
+    volley.start()
+    with volley.smtp() as client:
+        client.ehlo("client.test")
+        assert not client.has_extn("requiretls"), "not offered in clear text"
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            client.sendmail("a@src.test", ["r@rtls.test"], message("clear"), ["REQUIRETLS"])
+        assert refused.value.smtp_code == 530 and b"5.7.10" in refused.value.smtp_error
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # Volley's self-signed listener certificate
+    with volley.smtp(port=starttls_port) as client:
+        client.starttls(context=context)
+        client.ehlo("client.test")
+        assert client.has_extn("requiretls")
+        client.sendmail(
+            "a@src.test", ["r@rtls.test", "r@plain.test"], message("requiretls"), ["REQUIRETLS"]
+        )
+    delivery = volley.wait_acct("delivery", recipient="r@rtls.test")[0]
+    assert delivery["tls"] == "dane", delivery
+    [line] = dane_sink.wait_lines(1)
+    assert line["tls"] and line["requiretls"], "passed on to the next hop"
+    bounce = volley.wait_acct("bounce", recipient="r@plain.test")[0]
+    assert bounce["enhanced_code"] == "5.7.10", bounce
+    assert "REQUIRETLS" in bounce["response"], bounce
+    assert plain_sink.lines() == [], "an unverified destination never gets it"

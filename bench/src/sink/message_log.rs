@@ -36,6 +36,8 @@ pub struct LoggedMessage<'a> {
     pub connection_id: u64,
     /// Received over TLS (after STARTTLS, with `--tls-cert`).
     pub tls: bool,
+    /// Its MAIL carried REQUIRETLS (RFC 8689).
+    pub requiretls: bool,
 }
 
 /// A core's buffered writer to the shared log file.

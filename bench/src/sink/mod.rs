@@ -548,6 +548,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                                 message_id: session.message_id(),
                                 connection_id,
                                 tls: session.tls(),
+                                requiretls: session.requiretls(),
                             };
                             log.borrow_mut().append(&logged)?;
                         }

@@ -96,6 +96,8 @@ pub struct Session {
     stall_after_starttls: bool,
     /// The session runs over TLS (after a STARTTLS handshake).
     tls: bool,
+    /// The current transaction's MAIL carried REQUIRETLS (RFC 8689; offered over TLS only).
+    requiretls: bool,
     /// Random 4xx/5xx at MAIL, RCPT and DATA/BDAT (`--fail-at`), with the generator that draws.
     stage_faults: Option<(Faults, fastrand::Rng)>,
 }
@@ -116,6 +118,7 @@ impl Session {
             starttls: false,
             stall_after_starttls: false,
             tls: false,
+            requiretls: false,
             stage_faults: None,
         }
     }
@@ -140,6 +143,11 @@ impl Session {
     /// Whether the session runs over TLS.
     pub fn tls(&self) -> bool {
         self.tls
+    }
+
+    /// Whether the current transaction's MAIL carried REQUIRETLS.
+    pub fn requiretls(&self) -> bool {
+        self.requiretls
     }
 
     /// Advertises STARTTLS and answers it with 220, after which the session only swallows input:
@@ -258,6 +266,7 @@ impl Session {
 
     fn reset_transaction(&mut self) {
         self.sender = None;
+        self.requiretls = false;
         self.recipients.clear();
         self.message_bytes = 0;
         self.head.clear();
@@ -297,6 +306,9 @@ impl Session {
             if self.starttls {
                 out.extend_from_slice(b"250-STARTTLS\r\n");
             }
+            if self.tls {
+                out.extend_from_slice(b"250-REQUIRETLS\r\n");
+            }
             out.extend_from_slice(b"250 CHUNKING\r\n");
         } else if verb.eq_ignore_ascii_case(b"HELO") {
             self.ehlo = String::from_utf8_lossy(trim(arg)).into_owned();
@@ -311,6 +323,9 @@ impl Session {
                     return (lf + 1, None);
                 }
                 self.sender = Some(String::from_utf8_lossy(path).into_owned());
+                self.requiretls = arg
+                    .split(|b| *b == b' ')
+                    .any(|w| w.eq_ignore_ascii_case(b"REQUIRETLS"));
                 out.extend_from_slice(b"250 2.1.0 Ok\r\n");
             } else {
                 out.extend_from_slice(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n");
@@ -799,7 +814,13 @@ Message-ID: <id-1@test>\r\nSubject: s\r\n\r\n..dot line\r\nbody\r\n.\r\nQUIT\r\n
         assert_eq!(session.ehlo(), "", "EHLO again after the handshake");
         let text = replies(&mut session, b"EHLO c\r\nSTARTTLS\r\n");
         assert!(!text.contains("STARTTLS"), "not offered twice: {text}");
+        assert!(
+            text.contains("250-REQUIRETLS\r\n"),
+            "offered over TLS: {text}"
+        );
         assert_eq!(codes(&text), ["250", "500"]);
+        replies(&mut session, b"MAIL FROM:<a@b> REQUIRETLS\r\n");
+        assert!(session.requiretls());
     }
 
     fn failing_session(stage: Stage, tempfail: f64, permfail: f64) -> Session {

@@ -297,6 +297,7 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
         };
         let mut session_config = SessionConfig::new(ehlo.clone(), hop_tls.session_policy());
         session_config.tls_required_by = hop_tls.required_by(&hop.host, &key.domain);
+        session_config.tls_verified = hop_tls.verifies();
         session_config.chunking = policy.chunking;
         session_config.timeouts = deadlines::session_timeouts(&deadlines);
         session_config.peer = mx.clone();

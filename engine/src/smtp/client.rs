@@ -87,6 +87,9 @@ pub struct SessionConfig {
     /// What requires TLS (`TlsPolicy::Required`), named in the failure when the server does not
     /// offer it: "policy", "DANE (TLSA records of mx.example)", "the MTA-STS policy of ...".
     pub tls_required_by: String,
+    /// A completed handshake means a verified certificate (DANE, MTA-STS, `tls = "required"`):
+    /// what REQUIRETLS messages need.
+    pub tls_verified: bool,
     pub timeouts: StageTimeouts,
     /// Send the body with `BDAT <n> LAST` (RFC 3030) when the server offers CHUNKING and
     /// PIPELINING: MAIL, RCPT, BDAT and the body go in one flight, one round trip per message
@@ -101,6 +104,7 @@ impl SessionConfig {
             peer: "the server".into(),
             tls,
             tls_required_by: "policy".into(),
+            tls_verified: false,
             timeouts: StageTimeouts::default(),
             chunking: true,
         }
@@ -119,6 +123,9 @@ pub struct Transaction {
     pub body_type: BodyType,
     /// The message needs SMTPUTF8 (RFC 6531); refused locally when the server lacks it.
     pub smtputf8: bool,
+    /// RFC 8689 REQUIRETLS: sent on MAIL FROM; refused locally (5.7.10) unless the session runs
+    /// over verified TLS (`SessionConfig::tls_verified`) and the server offers REQUIRETLS.
+    pub requiretls: bool,
     /// Length of the body as stored (before dot-stuffing), for SIZE.
     pub body_bytes: u64,
 }
@@ -137,6 +144,7 @@ impl Transaction {
             envid: envelope.envid.clone(),
             body_type: envelope.body_type,
             smtputf8: envelope.smtputf8,
+            requiretls: envelope.requiretls,
             body_bytes,
         }
     }
@@ -845,6 +853,24 @@ impl Session {
                 "message needs SMTPUTF8 but the server does not offer it",
             ));
         }
+        if tx.requiretls && !(self.tls_active && self.config.tls_verified) {
+            return Some(Reply::local(
+                550,
+                (5, 7, 10),
+                format!(
+                    "REQUIRETLS: the message needs TLS verified by DANE or MTA-STS, and {} \
+                     has no such policy",
+                    self.config.peer
+                ),
+            ));
+        }
+        if tx.requiretls && !self.caps.requiretls {
+            return Some(Reply::local(
+                550,
+                (5, 7, 10),
+                format!("REQUIRETLS: {} does not offer REQUIRETLS", self.config.peer),
+            ));
+        }
         if self.caps.exceeds_size(tx.body_bytes) {
             return Some(Reply::local(
                 552,
@@ -878,6 +904,9 @@ impl Session {
         }
         if tx.smtputf8 && self.caps.smtputf8 {
             cmd.push_str(" SMTPUTF8");
+        }
+        if tx.requiretls {
+            cmd.push_str(" REQUIRETLS");
         }
         if self.caps.dsn {
             match tx.ret {

@@ -166,6 +166,12 @@ impl HopTls {
         }
     }
 
+    /// Whether a completed handshake means a certificate checked by DANE, MTA-STS or
+    /// `tls = "required"` (what REQUIRETLS messages need).
+    pub fn verifies(&self) -> bool {
+        matches!(self, HopTls::Dane(_) | HopTls::MtaSts(_) | HopTls::Required)
+    }
+
     /// What requires TLS, for the failure when the server does not offer it.
     pub fn required_by(&self, host: &str, domain: &str) -> String {
         match self {
