@@ -41,6 +41,8 @@ pub const FETCHES_IN_FLIGHT_MAX: usize = 8;
 pub const FAILED_FETCHES_MAX: usize = 10_000;
 /// A fetch thread that overruns its own deadline is given up after this much more.
 const FETCH_SLACK: Duration = Duration::from_secs(2);
+/// `sweep` walks the cache at most this often (a walk of 10 000 policies is not free).
+pub const SWEEP_EVERY_S: u64 = 60;
 
 /// What a policy lookup needs from the core.
 #[derive(Clone)]
@@ -65,6 +67,8 @@ pub struct Policies {
     /// A write of the cache file runs; `dirty`: the cache changed since it started.
     writing: Cell<bool>,
     dirty: Cell<bool>,
+    /// `sweep` does nothing before this time.
+    next_sweep_s: Cell<u64>,
 }
 
 impl Policies {
@@ -78,6 +82,7 @@ impl Policies {
             retry_at_s: RefCell::new(HashMap::new()),
             writing: Cell::new(false),
             dirty: Cell::new(false),
+            next_sweep_s: Cell::new(0),
         }
     }
 
@@ -100,9 +105,14 @@ impl Policies {
         self.cache.borrow().len()
     }
 
-    /// Drops expired policies and stale fetch failures (the core's tick).
+    /// Drops expired policies and stale fetch failures (the core's tick), at most once every
+    /// `SWEEP_EVERY_S`; expired policies are also dropped when looked up.
     pub fn sweep(&self) {
         let now_s = crate::clock::unix_s();
+        if now_s < self.next_sweep_s.get() {
+            return;
+        }
+        self.next_sweep_s.set(now_s + SWEEP_EVERY_S);
         self.cache.borrow_mut().sweep(now_s);
         let mut retry = self.retry_at_s.borrow_mut();
         retry.retain(|_, at| *at > now_s);
