@@ -67,6 +67,9 @@ def test_trust_anchors_verify_a_private_ca_and_apply_on_reload(volley, dns, ca, 
     volley.signal(signal.SIGHUP)
     delivery = volley.wait_acct("delivery", recipient="r@anchored.test", timeout_s=30)[0]
     assert delivery["mx"].startswith("mx.anchored.test"), delivery
+    assert delivery["tls"] == "webpki", delivery
+    assert tls_count(volley, "required", "verified") == 1
+    assert tls_count(volley, "required", "failed") >= 1
     assert [line["tls"] for line in sink.wait_lines(1)] == [True]
 
 
@@ -244,7 +247,7 @@ def test_mta_sts_fetch_timeout_and_enabled(volley, dns, ca, sink_factory, policy
     volley.send("a@src.test", ["r2@sts6.test"], message("no mta-sts"))
     volley.wait_acct("delivery", recipient="r2@sts6.test")
     assert not dns.asked("_mta-sts.sts6.test", "TXT")
-    assert len(sink.lines()) == 2
+    assert len(sink.wait_lines(2)) == 2
 
 
 # ---------------------------------------------------------------------------------------------
