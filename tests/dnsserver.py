@@ -7,13 +7,17 @@ Failures per name, for every query type: `servfail(name)` answers SERVFAIL (a br
 resolver that cannot reach it), `timeout(name)` never answers (a dead authoritative server), and
 `heal(name)` ends either. A failure wins over records the name has, so a test can break a working
 domain for a while and heal it again.
+
+DNSSEC as a local validating resolver reports it: `signed(zone)` sets the AD bit on every answer
+for the zone and the names under it (NXDOMAIN and NODATA included), `unsigned(zone)` stops it;
+SERVFAIL is what such a resolver answers for a bogus zone. `tlsa` adds DANE records.
 """
 
 from __future__ import annotations
 
 import threading
 
-from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSLabel, DNSRecord
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, SOA, TLSA, TXT, A, DNSLabel, DNSRecord
 from dnslib.dns import DNSError
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
@@ -37,6 +41,9 @@ class _ZoneResolver(BaseResolver):
             self.zone.queries.append((name, qtype))
             records = list(self.zone.records.get(name, []))
             failure = self.zone.failures.get(name)
+            signed = any(name == z or name.endswith("." + z) for z in self.zone.signed_zones)
+        # The AD bit of a validating resolver: only for answers it could validate.
+        reply.header.ad = 1 if signed else 0
         if failure == "timeout":
             # dnslib's handler sends nothing when the resolver raises DNSError.
             raise DNSError(f"{name} set to time out")
@@ -81,6 +88,7 @@ class TestDns:
         self.lock = threading.Lock()
         self.records: dict[str, list[RR]] = {}
         self.failures: dict[str, str] = {}  # name -> "servfail" | "timeout"
+        self.signed_zones: set[str] = set()
         self.queries: list[tuple[str, str]] = []
         self._server = DNSServer(
             _ZoneResolver(self), address=address, port=port, logger=_QuietLogger()
@@ -119,8 +127,22 @@ class TestDns:
         name = ".".join(reversed(address.split("."))) + ".in-addr.arpa"
         self._add(name, RR(name, QTYPE.PTR, ttl=TTL_S, rdata=PTR(host)))
 
-    def txt(self, name: str, text: str) -> None:
-        self._add(name, RR(name, QTYPE.TXT, ttl=TTL_S, rdata=TXT(text)))
+    def txt(self, name: str, text: str, ttl_s: int = TTL_S) -> None:
+        self._add(name, RR(name, QTYPE.TXT, ttl=ttl_s, rdata=TXT(text)))
+
+    def tlsa(self, name: str, usage: int, selector: int, matching: int, data_hex: str) -> None:
+        """A TLSA record (RFC 6698), e.g. `tlsa("_25._tcp.mx.a.test", 3, 1, 1, sha256_hex)`."""
+        rdata = TLSA(usage, selector, matching, bytes.fromhex(data_hex))
+        self._add(name, RR(name, QTYPE.TLSA, ttl=TTL_S, rdata=rdata))
+
+    def signed(self, zone: str) -> None:
+        """Answers for `zone` and every name under it carry the AD bit (validated)."""
+        with self.lock:
+            self.signed_zones.add(_key(zone))
+
+    def unsigned(self, zone: str) -> None:
+        with self.lock:
+            self.signed_zones.discard(_key(zone))
 
     def remove(self, name: str) -> None:
         """Every record of `name` goes: it is NXDOMAIN from now on."""

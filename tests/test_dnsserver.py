@@ -66,3 +66,18 @@ def test_the_daemon_defers_on_servfail_and_delivers_after_healing(volley, dns, s
     assert line["recipients"] == ["bob@flaky.test"]
     volley.wait_acct("delivery", recipient="bob@flaky.test")
     assert volley.acct("bounce") == []
+
+
+def test_signed_zones_answer_with_the_ad_bit_and_tlsa_records(dns):
+    dns.a("mx.signed.test", "127.0.0.32")
+    dns.tlsa("_25._tcp.mx.signed.test", 3, 1, 1, "ab" * 32)
+    assert ask(dns, "mx.signed.test", "A").header.ad == 0
+    dns.signed("signed.test")
+    assert ask(dns, "mx.signed.test", "A").header.ad == 1, "names under the zone"
+    assert ask(dns, "nothing.signed.test", "A").header.ad == 1, "NXDOMAIN too"
+    assert ask(dns, "other.test", "A").header.ad == 0
+    reply = ask(dns, "_25._tcp.mx.signed.test", "TLSA")
+    assert reply.header.ad == 1
+    assert str(reply.rr[0].rdata) == "3 1 1 " + "AB" * 32
+    dns.unsigned("signed.test")
+    assert ask(dns, "mx.signed.test", "A").header.ad == 0

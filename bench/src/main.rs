@@ -148,6 +148,13 @@ struct SinkArgs {
     /// blocklisting Postfix does at RCPT (repeatable).
     #[arg(long)]
     block_rcpt_from: Vec<std::net::IpAddr>,
+    /// Offer STARTTLS with this certificate chain (PEM); needs --tls-key. Messages received over
+    /// TLS are logged with `"tls": true`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     cores: CoreArgs,
 }
@@ -320,7 +327,18 @@ fn run_sink(args: SinkArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match sink::tls_config(cert, key) {
+            Ok(c) => Some(std::sync::Arc::new(c)),
+            Err(e) => {
+                eprintln!("volley-bench sink: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     let config = SinkConfig {
+        tls,
         listen,
         log: args.log,
         faults,

@@ -134,6 +134,8 @@ pub struct Envelope {
     pub body_type: BodyType,
     /// RFC 6531 SMTPUTF8 was requested on MAIL FROM.
     pub smtputf8: bool,
+    /// RFC 8689 REQUIRETLS was requested on MAIL FROM: only over verified TLS, onward too.
+    pub requiretls: bool,
     /// The customer the message is accounted to; empty when none.
     pub customer: String,
     /// Seconds since the Unix epoch at which the message was accepted.
@@ -199,6 +201,7 @@ pub struct PackedEnvelope {
     ret: DsnRet,
     body_type: BodyType,
     smtputf8: bool,
+    requiretls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +278,7 @@ impl PackedEnvelope {
             ret: envelope.ret,
             body_type: envelope.body_type,
             smtputf8: envelope.smtputf8,
+            requiretls: envelope.requiretls,
         }
     }
 
@@ -307,6 +311,11 @@ impl PackedEnvelope {
 
     pub fn smtputf8(&self) -> bool {
         self.smtputf8
+    }
+
+    /// RFC 8689 REQUIRETLS was requested.
+    pub fn requiretls(&self) -> bool {
+        self.requiretls
     }
 
     /// DSN `ENVID`, if given.
@@ -359,6 +368,7 @@ impl PackedEnvelope {
             envid: self.envid().map(str::to_string),
             body_type: self.body_type,
             smtputf8: self.smtputf8,
+            requiretls: self.requiretls,
             customer: self.customer().to_string(),
             received_at_s: self.received_at_s,
             tags: self.tags().clone(),
@@ -439,6 +449,7 @@ mod tests {
             envid: Some("ENV-1".into()),
             body_type: BodyType::EightBitMime,
             smtputf8: true,
+            requiretls: true,
             customer: "acme".into(),
             received_at_s: 1_790_000_000,
             tags: MessageTags {

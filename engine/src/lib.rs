@@ -32,4 +32,5 @@ pub mod smtp;
 pub mod spam_filter;
 pub mod spool;
 pub mod suppression;
+pub mod transport_security;
 pub mod webhook;

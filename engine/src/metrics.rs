@@ -93,6 +93,11 @@ pub struct CoreCounters {
     pub xfer_duplicates: AtomicU64,
     /// Messages refused for an `X-Volley-Xfer` header from outside `peer_networks`, or a bad one.
     pub xfer_refused: AtomicU64,
+    /// MTA-STS policies fetched, and fetches that failed (no policy taken).
+    pub mta_sts_fetches: AtomicU64,
+    pub mta_sts_fetch_failures: AtomicU64,
+    /// Outbound connections by transport security policy and result (`TlsOutcomes`).
+    pub tls_policy: crate::metrics::TlsOutcomes,
     /// End of DATA to the 250, spool commit included.
     pub accept_latency: Latency,
     /// Reception to final outcome, per recipient.
@@ -100,6 +105,73 @@ pub struct CoreCounters {
 }
 
 /// A counter's name, help text and field.
+/// The transport security policy an outbound connection was made under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicyLabel {
+    /// Validated TLSA records (RFC 7672).
+    Dane,
+    /// An MTA-STS policy in mode `enforce` (or required by `tls = "mta-sts"`).
+    MtaSts,
+    /// An MTA-STS policy in mode `testing`: failures are counted, mail goes anyway.
+    MtaStsTesting,
+    /// The domain's `tls = "required"`.
+    Required,
+    /// None of them: opportunistic STARTTLS (or `tls = "off"`).
+    None,
+}
+
+/// How it went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsResult {
+    /// TLS with the certificate checked as the policy asks.
+    Verified,
+    /// TLS without a checked certificate (opportunistic, or a failure `testing` lets through).
+    Encrypted,
+    /// No TLS (not offered, or `tls = "off"`).
+    Plaintext,
+    /// The policy refused the host (no TLS, a bad certificate, an MX outside an MTA-STS policy, a
+    /// failed TLSA lookup): nothing sent to it.
+    Failed,
+}
+
+pub const TLS_POLICY_LABELS: [(TlsPolicyLabel, &str); 5] = [
+    (TlsPolicyLabel::Dane, "dane"),
+    (TlsPolicyLabel::MtaSts, "mta_sts"),
+    (TlsPolicyLabel::MtaStsTesting, "mta_sts_testing"),
+    (TlsPolicyLabel::Required, "required"),
+    (TlsPolicyLabel::None, "none"),
+];
+pub const TLS_RESULT_LABELS: [(TlsResult, &str); 4] = [
+    (TlsResult::Verified, "verified"),
+    (TlsResult::Encrypted, "encrypted"),
+    (TlsResult::Plaintext, "plaintext"),
+    (TlsResult::Failed, "failed"),
+];
+
+/// `volley_tls_policy_connections_total{policy, result}`: 5 x 4 series, all always exported.
+#[derive(Debug, Default)]
+pub struct TlsOutcomes([[AtomicU64; 4]; 5]);
+
+impl TlsOutcomes {
+    pub fn count(&self, policy: TlsPolicyLabel, result: TlsResult) {
+        let p = TLS_POLICY_LABELS.iter().position(|(l, _)| *l == policy);
+        let r = TLS_RESULT_LABELS.iter().position(|(l, _)| *l == result);
+        if let Some(cell) = p
+            .zip(r)
+            .and_then(|(p, r)| self.0.get(p).and_then(|row| row.get(r)))
+        {
+            cell.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self, p: usize, r: usize) -> u64 {
+        self.0
+            .get(p)
+            .and_then(|row| row.get(r))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
 type CounterField = (&'static str, &'static str, fn(&CoreCounters) -> &AtomicU64);
 /// A gauge's name, help text and field.
 type GaugeField = (&'static str, &'static str, fn(&CoreCounters) -> &AtomicI64);
@@ -152,7 +224,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [CounterField; 27] = [
+        let counters: [CounterField; 29] = [
             (
                 "volley_connections_accepted_total",
                 "Inbound SMTP connections accepted",
@@ -282,6 +354,16 @@ impl Metrics {
                 "Messages refused for an X-Volley-Xfer header from outside peer_networks, or a bad one",
                 |c| &c.xfer_refused,
             ),
+            (
+                "volley_tls_policy_fetches_total",
+                "MTA-STS policies fetched over HTTPS",
+                |c| &c.mta_sts_fetches,
+            ),
+            (
+                "volley_tls_policy_fetch_failures_total",
+                "MTA-STS policy fetches that failed (no answer, bad certificate, not a policy)",
+                |c| &c.mta_sts_fetch_failures,
+            ),
         ];
         for (name, help, field) in counters {
             let _ = writeln!(
@@ -339,6 +421,21 @@ impl Metrics {
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
             self.max_gauge(|c| &c.oldest_ready_seconds)
         );
+        let name = "volley_tls_policy_connections_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Outbound connections by transport security policy and result\n\
+             # TYPE {name} counter"
+        );
+        for (p, (_, policy)) in TLS_POLICY_LABELS.iter().enumerate() {
+            for (r, (_, result)) in TLS_RESULT_LABELS.iter().enumerate() {
+                let total: u64 = self.cores.iter().map(|c| c.tls_policy.get(p, r)).sum();
+                let _ = writeln!(
+                    out,
+                    "{name}{{policy=\"{policy}\",result=\"{result}\"}} {total}"
+                );
+            }
+        }
         self.render_latency(
             &mut out,
             "volley_accept_latency_seconds",

@@ -34,8 +34,10 @@ pub struct LoggedMessage<'a> {
     pub message_id: Option<&'a str>,
     /// Unique per process.
     pub connection_id: u64,
-    /// Always false: the sink has no TLS yet.
+    /// Received over TLS (after STARTTLS, with `--tls-cert`).
     pub tls: bool,
+    /// Its MAIL carried REQUIRETLS (RFC 8689).
+    pub requiretls: bool,
 }
 
 /// A core's buffered writer to the shared log file.

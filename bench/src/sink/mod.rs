@@ -14,14 +14,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorPoolBuilder, spawn_local};
 
@@ -65,6 +65,34 @@ pub struct SinkConfig {
     pub refuse_from: Vec<IpAddr>,
     /// Clients whose every recipient is refused with `554 5.7.1` (blocklisted, Postfix style).
     pub block_rcpt_from: Vec<IpAddr>,
+    /// With a certificate (`--tls-cert`, `--tls-key`): STARTTLS offered in EHLO.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// How long a STARTTLS handshake may take.
+pub const TLS_HANDSHAKE_TIMEOUT_S: u64 = 30;
+
+/// The server configuration of `--tls-cert` (PEM chain) and `--tls-key` (PEM private key).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> io::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let named = |path: &std::path::Path, e: &dyn std::fmt::Display| {
+        io::Error::other(format!("{}: {e}", path.display()))
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| named(cert, &e))?;
+    if chain.is_empty() {
+        return Err(named(cert, &"no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| named(key, &e))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(io::Error::other)
 }
 
 /// Per-core state shared by that core's connections.
@@ -309,26 +337,94 @@ async fn serve(mut stream: TcpStream, ctx: Rc<CoreContext>) {
         _ => {
             if fault == ConnectionFault::StopReadingInData {
                 // A small window makes the sender block within kilobytes, not megabytes.
-                let _ = with_socket(&stream, |s| {
+                let _ = with_socket(stream.as_raw_fd(), |s| {
                     s.set_recv_buffer_size(STOPPED_READER_RCVBUF_BYTES)
                 });
             }
             let connection_id = ctx.new_connection_id();
-            let _ = converse(&mut stream, &ctx, peer_ip, connection_id, fault).await;
+            let session = new_session(&ctx, peer_ip, fault);
+            let fd = stream.as_raw_fd();
+            let link = Link {
+                ctx: &ctx,
+                peer_ip,
+                connection_id,
+                fault,
+                fd,
+            };
+            if let Ok(Ended::StartTls(session)) = converse(&mut stream, &link, session, true).await
+            {
+                start_tls(stream, &link, *session).await;
+            }
         }
     }
     CoreCounters::bump(&ctx.counters().connections_closed);
 }
 
-/// Runs `f` on the socket under a glommio stream, for options glommio does not offer.
-fn with_socket<R>(stream: &TcpStream, f: impl FnOnce(socket2::SockRef<'_>) -> R) -> R {
-    // SAFETY: the descriptor belongs to `stream`, which outlives this call.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+/// What one connection is, for `converse`.
+struct Link<'a> {
+    ctx: &'a CoreContext,
+    peer_ip: IpAddr,
+    connection_id: u64,
+    fault: ConnectionFault,
+    /// The socket, for the options glommio does not offer (a reset).
+    fd: RawFd,
+}
+
+fn new_session(ctx: &CoreContext, peer_ip: IpAddr, fault: ConnectionFault) -> Session {
+    let mut session = Session::new(ctx.log.is_some() || ctx.config.provider_replies);
+    if ctx.config.block_rcpt_from.contains(&peer_ip) {
+        session.block_recipients();
+    }
+    if fault == ConnectionFault::StallTls {
+        session.offer_stalling_starttls();
+    } else if ctx.config.tls.is_some() {
+        session.offer_starttls();
+    }
+    if ctx.config.faults.fails_before_end_of_data() {
+        session.fail_stages(ctx.config.faults.clone(), fastrand::Rng::new());
+    }
+    session
+}
+
+/// After a 220 to STARTTLS: the handshake, then the session again over TLS; or, in the
+/// `--stall-tls` fault mode, silence.
+async fn start_tls(mut stream: TcpStream, link: &Link<'_>, mut session: Session) {
+    let Some(config) = link
+        .ctx
+        .config
+        .tls
+        .clone()
+        .filter(|_| link.fault != ConnectionFault::StallTls)
+    else {
+        swallow_until_closed(&mut stream).await;
+        return;
+    };
+    let handshake = futures_rustls::TlsAcceptor::from(config).accept(stream);
+    let limit = Duration::from_secs(TLS_HANDSHAKE_TIMEOUT_S);
+    let Ok(Ok(mut secured)) = glommio::timer::timeout(limit, async { Ok(handshake.await) }).await
+    else {
+        return;
+    };
+    session.tls_established();
+    let _ = converse(&mut secured, link, session, false).await;
+}
+
+/// How `converse` ended.
+enum Ended {
+    Closed,
+    /// STARTTLS was answered 220: the handshake comes next (input after it was dropped).
+    StartTls(Box<Session>),
+}
+
+/// Runs `f` on the socket `fd` of a glommio stream, for options glommio does not offer.
+fn with_socket<R>(fd: RawFd, f: impl FnOnce(socket2::SockRef<'_>) -> R) -> R {
+    // SAFETY: the descriptor belongs to a stream that the caller holds for this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     f(socket2::SockRef::from(&fd))
 }
 
 /// Reads and discards until the client closes or is idle for [`IDLE_TIMEOUT_S`]; answers nothing.
-async fn swallow_until_closed(stream: &mut TcpStream) {
+async fn swallow_until_closed<S: AsyncRead + Unpin>(stream: &mut S) {
     let mut buf = [0u8; 4096];
     while let Ok(n) = stream.read(&mut buf).await {
         if n == 0 {
@@ -338,13 +434,17 @@ async fn swallow_until_closed(stream: &mut TcpStream) {
 }
 
 /// Aborts the connection with a TCP RST (`--reset-percent`).
-fn reset(stream: &TcpStream) {
+fn reset(fd: RawFd) {
     // Linger 0: the close that follows sends RST instead of FIN.
-    let _ = with_socket(stream, |s| s.set_linger(Some(Duration::ZERO)));
+    let _ = with_socket(fd, |s| s.set_linger(Some(Duration::ZERO)));
 }
 
 /// Writes the pending replies, first waiting `--slow-reply-ms` if set.
-async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>, slow: Duration) -> io::Result<()> {
+async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    slow: Duration,
+) -> io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
@@ -352,6 +452,7 @@ async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>, slow: Duration) -> io:
         glommio::timer::sleep(slow).await;
     }
     stream.write_all(out).await?;
+    stream.flush().await?;
     out.clear();
     Ok(())
 }
@@ -364,31 +465,25 @@ enum BodyFate {
     Reset,
 }
 
-/// Reads, feeds the session, and writes every reply of a batch in one write.
-async fn converse(
-    stream: &mut TcpStream,
-    ctx: &CoreContext,
-    peer_ip: IpAddr,
-    connection_id: u64,
-    fault: ConnectionFault,
-) -> io::Result<()> {
+/// Reads, feeds the session, and writes every reply of a batch in one write; the greeting first
+/// when `greet` (not after STARTTLS).
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    link: &Link<'_>,
+    mut session: Session,
+    greet: bool,
+) -> io::Result<Ended> {
+    let (ctx, peer_ip, connection_id, fault) =
+        (link.ctx, link.peer_ip, link.connection_id, link.fault);
     let faults = &ctx.config.faults;
     let slow = faults.slow_reply;
-    let mut session = Session::new(ctx.log.is_some() || ctx.config.provider_replies);
-    if ctx.config.block_rcpt_from.contains(&peer_ip) {
-        session.block_recipients();
-    }
-    if fault == ConnectionFault::StallTls {
-        session.offer_stalling_starttls();
-    }
-    if faults.fails_before_end_of_data() {
-        session.fail_stages(faults.clone(), fastrand::Rng::new());
-    }
     let mut body_fate = BodyFate::NotInBody;
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let (mut start, mut end) = (0usize, 0usize);
     let mut out = Vec::with_capacity(4096);
-    out.extend_from_slice(Session::greeting());
+    if greet {
+        out.extend_from_slice(Session::greeting());
+    }
     loop {
         loop {
             let progress = session.advance(buf.get(start..end).unwrap_or_default(), &mut out);
@@ -412,26 +507,25 @@ async fn converse(
                 // A small pipelined BDAT may already be read whole; it is never answered either.
                 flush(stream, &mut out, slow).await?;
                 glommio::timer::sleep(Duration::from_secs(IDLE_TIMEOUT_S)).await;
-                return Ok(());
+                return Ok(Ended::Closed);
             }
             // Reset once some of the body arrived (or all of it, before its reply).
             if body_fate == BodyFate::Reset
                 && (session.message_bytes() > 0 || progress.step == Step::MessageReceived)
             {
                 flush(stream, &mut out, slow).await?;
-                reset(stream);
-                return Ok(());
+                reset(link.fd);
+                return Ok(Ended::Closed);
             }
             match progress.step {
                 Step::NeedInput => break,
                 Step::Close => {
                     flush(stream, &mut out, slow).await?;
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
                 Step::StartTls => {
                     flush(stream, &mut out, slow).await?;
-                    swallow_until_closed(stream).await;
-                    return Ok(());
+                    return Ok(Ended::StartTls(Box::new(session)));
                 }
                 Step::MessageReceived => {
                     body_fate = BodyFate::NotInBody;
@@ -453,7 +547,8 @@ async fn converse(
                                 size_bytes: session.message_bytes(),
                                 message_id: session.message_id(),
                                 connection_id,
-                                tls: false,
+                                tls: session.tls(),
+                                requiretls: session.requiretls(),
                             };
                             log.borrow_mut().append(&logged)?;
                         }
@@ -495,7 +590,7 @@ async fn converse(
         }
         let n = stream.read(buf.get_mut(end..).unwrap_or_default()).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(Ended::Closed);
         }
         end += n;
     }

@@ -30,8 +30,10 @@ pub enum Step {
     MessageReceived,
     /// The session is over (QUIT): write the replies and close.
     Close,
-    /// STARTTLS was answered with 220: write the replies; the client now starts a handshake that
-    /// the sink never answers (`--stall-tls`); every later input is ignored.
+    /// STARTTLS was answered with 220: write the replies, then run the handshake and call
+    /// [`Session::tls_established`] (`--tls-cert`), or never answer it (`--stall-tls`: every
+    /// later input is ignored). Input read after the STARTTLS line is not to be fed again (the
+    /// STARTTLS command injection).
     StartTls,
 }
 
@@ -88,8 +90,14 @@ pub struct Session {
     finder_lf_dot: memmem::Finder<'static>,
     /// Every RCPT is refused with 554 5.7.1, as a blocklisting server does (`--block-rcpt-from`).
     blocked: bool,
-    /// EHLO advertises STARTTLS and STARTTLS is answered 220 (`--stall-tls`).
+    /// EHLO advertises STARTTLS and STARTTLS is answered 220 (`--tls-cert`, `--stall-tls`).
     starttls: bool,
+    /// What follows the 220: a handshake (`--tls-cert`) or silence (`--stall-tls`).
+    stall_after_starttls: bool,
+    /// The session runs over TLS (after a STARTTLS handshake).
+    tls: bool,
+    /// The current transaction's MAIL carried REQUIRETLS (RFC 8689; offered over TLS only).
+    requiretls: bool,
     /// Random 4xx/5xx at MAIL, RCPT and DATA/BDAT (`--fail-at`), with the generator that draws.
     stage_faults: Option<(Faults, fastrand::Rng)>,
 }
@@ -108,14 +116,45 @@ impl Session {
             finder_lf_dot: memmem::Finder::new(b"\n."),
             blocked: false,
             starttls: false,
+            stall_after_starttls: false,
+            tls: false,
+            requiretls: false,
             stage_faults: None,
         }
+    }
+
+    /// Advertises STARTTLS and answers it with 220; the driver then runs the handshake and calls
+    /// [`Session::tls_established`] (`--tls-cert`).
+    pub fn offer_starttls(&mut self) {
+        self.starttls = true;
+        self.stall_after_starttls = false;
+    }
+
+    /// The STARTTLS handshake completed: the session starts over (RFC 3207 4.2: the client must
+    /// EHLO again) and STARTTLS is no longer offered.
+    pub fn tls_established(&mut self) {
+        self.tls = true;
+        self.starttls = false;
+        self.ehlo.clear();
+        self.reset_transaction();
+        self.state = State::Command;
+    }
+
+    /// Whether the session runs over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Whether the current transaction's MAIL carried REQUIRETLS.
+    pub fn requiretls(&self) -> bool {
+        self.requiretls
     }
 
     /// Advertises STARTTLS and answers it with 220, after which the session only swallows input:
     /// the handshake never completes (`--stall-tls`).
     pub fn offer_stalling_starttls(&mut self) {
         self.starttls = true;
+        self.stall_after_starttls = true;
     }
 
     /// Fails replies at MAIL, RCPT and DATA/BDAT as `faults` says, drawing with `rng`.
@@ -227,6 +266,7 @@ impl Session {
 
     fn reset_transaction(&mut self) {
         self.sender = None;
+        self.requiretls = false;
         self.recipients.clear();
         self.message_bytes = 0;
         self.head.clear();
@@ -266,6 +306,9 @@ impl Session {
             if self.starttls {
                 out.extend_from_slice(b"250-STARTTLS\r\n");
             }
+            if self.tls {
+                out.extend_from_slice(b"250-REQUIRETLS\r\n");
+            }
             out.extend_from_slice(b"250 CHUNKING\r\n");
         } else if verb.eq_ignore_ascii_case(b"HELO") {
             self.ehlo = String::from_utf8_lossy(trim(arg)).into_owned();
@@ -280,6 +323,9 @@ impl Session {
                     return (lf + 1, None);
                 }
                 self.sender = Some(String::from_utf8_lossy(path).into_owned());
+                self.requiretls = arg
+                    .split(|b| *b == b' ')
+                    .any(|w| w.eq_ignore_ascii_case(b"REQUIRETLS"));
                 out.extend_from_slice(b"250 2.1.0 Ok\r\n");
             } else {
                 out.extend_from_slice(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n");
@@ -347,7 +393,12 @@ impl Session {
             step = Some(Step::Close);
         } else if self.starttls && line.eq_ignore_ascii_case(b"STARTTLS") {
             out.extend_from_slice(b"220 2.0.0 Ready to start TLS\r\n");
-            self.state = State::Stalled;
+            // With a handshake to come, the driver decides what happens to later input.
+            self.state = if self.stall_after_starttls {
+                State::Stalled
+            } else {
+                State::Closed
+            };
             step = Some(Step::StartTls);
         } else if verb.eq_ignore_ascii_case(b"VRFY") {
             out.extend_from_slice(b"252 2.5.0 Cannot verify\r\n");
@@ -740,6 +791,36 @@ Message-ID: <id-1@test>\r\nSubject: s\r\n\r\n..dot line\r\nbody\r\n.\r\nQUIT\r\n
         let (out, _) = run(b"EHLO c\r\nSTARTTLS\r\n", 100, Verdict::Accept);
         assert!(!out.contains("STARTTLS"), "{out}");
         assert_eq!(codes(&out), ["250", "500"]);
+    }
+
+    #[test]
+    fn starttls_restarts_the_session_over_tls() {
+        let mut session = Session::new(false);
+        session.offer_starttls();
+        let mut out = Vec::new();
+        let input = b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<injected@x>\r\n";
+        let p = session.advance(input, &mut out);
+        assert_eq!(p.step, Step::StartTls);
+        assert_eq!(
+            p.consumed,
+            input.len() - b"MAIL FROM:<injected@x>\r\n".len(),
+            "what follows STARTTLS is left to the driver (which drops it)"
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("250-STARTTLS\r\n"), "{text}");
+        assert!(!session.tls());
+        session.tls_established();
+        assert!(session.tls());
+        assert_eq!(session.ehlo(), "", "EHLO again after the handshake");
+        let text = replies(&mut session, b"EHLO c\r\nSTARTTLS\r\n");
+        assert!(!text.contains("STARTTLS"), "not offered twice: {text}");
+        assert!(
+            text.contains("250-REQUIRETLS\r\n"),
+            "offered over TLS: {text}"
+        );
+        assert_eq!(codes(&text), ["250", "500"]);
+        replies(&mut session, b"MAIL FROM:<a@b> REQUIRETLS\r\n");
+        assert!(session.requiretls());
     }
 
     fn failing_session(stage: Stage, tempfail: f64, permfail: f64) -> Session {

@@ -73,6 +73,9 @@ pub struct AccountingEvent {
     pub recipient: String,
     pub domain: String,
     pub mx: String,
+    /// Delivery attempts that connected: how the connection was secured (`dane`, `mta-sts`,
+    /// `webpki`, `encrypted`, `none`); empty otherwise.
+    pub tls: String,
     pub response: String,
     pub enhanced_code: String,
     pub bounce_category: String,

@@ -193,6 +193,7 @@ async fn inject(core: &Rc<ApiCore>, request: &Request) -> Response {
     }
     let envelope = Envelope {
         smtputf8: !req.sender.is_ascii() || req.recipients.iter().any(|r| !r.is_ascii()),
+        requiretls: false,
         sender: req.sender,
         recipients: req.recipients.into_iter().map(Recipient::new).collect(),
         body_type: if body.is_ascii() {

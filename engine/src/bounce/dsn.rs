@@ -139,6 +139,7 @@ pub fn dsn_envelope(input: &DsnInput<'_>, dsn: &[u8]) -> Envelope {
             BodyType::EightBitMime
         },
         smtputf8: input.envelope.smtputf8,
+        requiretls: false,
         customer: input.envelope.customer.clone(),
         received_at_s: input.now_s,
         // Intake reads the DSN's own Message-ID; the original's campaign and route stay with it.
@@ -231,10 +232,13 @@ struct ReturnedPart<'a> {
     body: &'a [u8],
 }
 
-/// RET=FULL returns the whole message as `message/rfc822` unless it is too large or BINARYMIME
-/// (which `message/rfc822` cannot carry); otherwise `text/rfc822-headers` (RFC 6522 section 5).
+/// RET=FULL returns the whole message as `message/rfc822` unless it is too large, BINARYMIME
+/// (which `message/rfc822` cannot carry) or REQUIRETLS; otherwise `text/rfc822-headers` (RFC 6522
+/// section 5).
 fn returned_part<'a>(input: &DsnInput<'_>, original: &'a [u8]) -> ReturnedPart<'a> {
+    // A REQUIRETLS message's body is not sent back over a DSN that may travel in clear text.
     let full = input.envelope.ret == DsnRet::Full
+        && !input.envelope.requiretls
         && original.len() <= input.max_returned_bytes
         && input.envelope.body_type != BodyType::BinaryMime;
     let eight_bit = |bytes: &[u8]| if bytes.is_ascii() { None } else { Some("8bit") };

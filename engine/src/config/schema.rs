@@ -40,6 +40,9 @@ pub struct Config {
     pub shaping: ShapingSection,
     #[serde(default)]
     pub dns: DnsSection,
+    /// MTA-STS (RFC 8461) for outbound mail (docs/transport-security.md).
+    #[serde(default)]
+    pub mta_sts: MtaStsSection,
     /// Static next hops by recipient domain, tried before MX: `"example.test" = "127.0.0.1:2526"`.
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
@@ -212,8 +215,15 @@ fn default_write_timeout_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
-    pub certificate: String,
-    pub private_key: String,
+    /// The listeners' certificate chain (PEM); with `private_key`, or neither (self-signed).
+    #[serde(default)]
+    pub certificate: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// CA certificates (PEM files) trusted for outbound verification besides the Mozilla roots:
+    /// `tls = "required"`, MTA-STS and its policy fetch (docs/transport-security.md).
+    #[serde(default)]
+    pub trust_anchors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -281,6 +291,11 @@ pub enum OutboundTls {
     Opportunistic,
     Required,
     Off,
+    /// Only over TLS verified by DANE (validated TLSA records), else defer.
+    Dane,
+    /// Only under the domain's MTA-STS policy (applied as `enforce`), else defer.
+    #[serde(rename = "mta-sts")]
+    MtaSts,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -432,6 +447,39 @@ pub struct ProfileFile {
 pub struct DnsSection {
     /// Empty = the system resolver (/etc/resolv.conf).
     pub nameservers: Vec<SocketAddr>,
+    /// Whether answers the nameservers mark authentic (the AD bit) count as DNSSEC-validated,
+    /// which DANE needs (docs/transport-security.md).
+    pub dnssec: Dnssec,
+}
+
+/// `[dns] dnssec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dnssec {
+    /// No answer is taken as validated: no DANE.
+    #[default]
+    Off,
+    /// The AD bit of the configured nameservers is trusted: they must be local and validating.
+    TrustAd,
+}
+
+/// `[mta_sts]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtaStsSection {
+    /// Look up, fetch, cache and apply the policies of destination domains.
+    pub enabled: bool,
+    /// The whole HTTPS fetch of one policy: connect, handshake, request and answer.
+    pub fetch_timeout_ms: u64,
+}
+
+impl Default for MtaStsSection {
+    fn default() -> Self {
+        MtaStsSection {
+            enabled: true,
+            fetch_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// A `[[dkim]]` entry: mail from `domain` (or a subdomain) is signed with `selector`'s key.

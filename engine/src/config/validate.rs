@@ -527,8 +527,26 @@ fn check_files(config: &Config, c: &mut Checker) {
             ("certificate", &tls.certificate),
             ("private_key", &tls.private_key),
         ] {
+            match path {
+                Some(path) => {
+                    if let Err(e) = std::fs::metadata(path) {
+                        c.error(&[Key("tls"), Key(key)], format!("cannot read {path}: {e}"));
+                    }
+                }
+                None if tls.certificate.is_some() || tls.private_key.is_some() => c.error(
+                    &[Key("tls"), Key(key)],
+                    "certificate and private_key go together",
+                ),
+                None => {}
+            }
+        }
+        // Here only that each file is there; `transport_security::anchors::check` parses them.
+        for (i, path) in tls.trust_anchors.iter().enumerate() {
             if let Err(e) = std::fs::metadata(path) {
-                c.error(&[Key("tls"), Key(key)], format!("cannot read {path}: {e}"));
+                c.error(
+                    &[Key("tls"), Key("trust_anchors"), Index(i)],
+                    format!("cannot read {path}: {e}"),
+                );
             }
         }
     }
@@ -794,6 +812,26 @@ mod tests {
         let e = errors(text);
         assert_eq!(e.0[0].key, "listener[0].auth");
         assert_eq!(e.0[0].line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn tls_trust_anchors_alone_and_certificate_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let base = "[[listener]]\naddress = \"127.0.0.1:25\"\n[tls]\n";
+        let config =
+            Config::parse(&format!("{base}trust_anchors = [{:?}]\n", ca.display())).unwrap();
+        assert_eq!(
+            config.tls.unwrap().trust_anchors,
+            [ca.display().to_string()]
+        );
+        let e = errors(&format!(
+            "{base}trust_anchors = [\"/nonexistent/ca.pem\"]\n"
+        ));
+        assert_eq!(e.0[0].key, "tls.trust_anchors[0]", "{e}");
+        let e = errors(&format!("{base}certificate = {:?}\n", ca.display()));
+        assert_eq!(e.0[0].key, "tls.private_key", "{e}");
     }
 
     #[test]

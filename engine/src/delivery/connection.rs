@@ -24,11 +24,10 @@ use super::outcome;
 use super::shaping::Permit;
 use super::transaction::{Connection, RATE_WAIT_IN_CONNECTION_MS_MAX};
 use super::{Queued, connect_from_timeout};
-use crate::config::OutboundTls;
 use crate::placement::BIND_FAILURE_RETRY_S;
 use crate::placement::IMPLICIT_VMTA;
 use crate::queue::{CapChange, QueueKey};
-use crate::smtp::client::{Reply, ReplySource, Session, SessionConfig, TlsPolicy};
+use crate::smtp::client::{Reply, ReplySource, Session, SessionConfig};
 
 /// Reply texts (lower case) that say the receiver takes no more connections from us: Postfix
 /// ("too many connections"), Exim ("too many concurrent SMTP connections"), Exchange ("the
@@ -212,11 +211,8 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
             return Ended::Done;
         }
     };
-    let tls_policy = match policy.tls {
-        OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
-        OutboundTls::Required => TlsPolicy::Required,
-        OutboundTls::Off => TlsPolicy::Off,
-    };
+    // MTA-STS (and, per host below, DANE) over the domain's own `tls` setting.
+    let destination = super::security::destination(core, &key.domain, &hops, policy.tls).await;
     let deadlines = policy.deadlines;
     let mut rate_token = true;
     // The receiver said it takes no more connections: it works, and the queue's other attempts
@@ -233,6 +229,14 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
             source_ip
         };
         let mx = format!("{} ({})", hop.host, hop.address.ip());
+        let hop_tls = match super::security::hop_tls(core, &destination, &hops, hop).await {
+            Ok(t) => t,
+            Err(refusal) => {
+                log::info!("{key}: {mx} not used: {}", refusal.reply);
+                last_failure = refusal.reply;
+                continue;
+            }
+        };
         let connect_limit = Step::Connect.limit(&deadlines);
         let stream = match connect_from_timeout(source, hop.address, connect_limit).await {
             Ok(s) => s,
@@ -286,15 +290,22 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
             rate_token,
             next_hop: hops.next_hop.clone(),
             config: config.clone(),
+            tls: "none",
+            tls_up: false,
+            observed: None,
+            hop_tls: hop_tls.clone(),
         };
-        let mut session_config = SessionConfig::new(ehlo.clone(), tls_policy);
+        let mut session_config = SessionConfig::new(ehlo.clone(), hop_tls.session_policy());
+        session_config.tls_required_by = hop_tls.required_by(&hop.host, &key.domain);
+        session_config.tls_verified = hop_tls.verifies();
         session_config.chunking = policy.chunking;
         session_config.timeouts = deadlines::session_timeouts(&deadlines);
         session_config.peer = mx.clone();
         let session = Session::new(session_config);
         let ended =
-            super::driver::converse(stream, session, &mut conn, hop, policy.tls, &deadlines).await;
+            super::driver::converse(stream, session, &mut conn, hop, &hop_tls, &deadlines).await;
         drop(open); // the socket was closed when `converse` returned
+        super::security::count_unopened(&conn, ended.as_ref().err());
         if let Err(reply) = ended {
             log::info!("{key}: {mx}: {reply}");
             conn.fail_in_flight(reply.clone()).await;

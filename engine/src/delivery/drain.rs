@@ -322,6 +322,7 @@ impl Handover {
         let attempt = Attempt {
             source_ip: &self.local_ip,
             mx: &self.peer,
+            tls: "",
         };
         let mut e = outcome::event(
             EventType::XferOut,

@@ -14,8 +14,9 @@ use rustls::pki_types::ServerName;
 use super::deadlines::{Step, within};
 use super::hops::Hop;
 use super::transaction::Connection;
-use crate::config::{Deadlines, OutboundTls};
+use crate::config::Deadlines;
 use crate::smtp::client::{Event, Reply, Session, Transmit, dot_stuff};
+use crate::transport_security::plan::HopTls;
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
@@ -39,7 +40,7 @@ pub async fn converse(
     session: Session,
     conn: &mut Connection,
     hop: &Hop,
-    tls: OutboundTls,
+    tls: &HopTls,
     deadlines: &Deadlines,
 ) -> Result<(), Reply> {
     let write_limit = Step::Write.limit(deadlines);
@@ -49,24 +50,33 @@ pub async fn converse(
         Next::StartTls(s) => *s,
     };
     let client_tls = conn.core.client_tls();
-    let config = match tls {
-        OutboundTls::Required => client_tls.verified.clone(),
-        _ => client_tls.opportunistic.clone(),
-    };
+    let (config, observed) = tls.client_config(&client_tls, &hop.host, &conn.key.domain);
     let name = ServerName::try_from(hop.host.clone())
         .unwrap_or_else(|_| ServerName::IpAddress(hop.address.ip().into()));
     let handshake = TlsConnector::from(config).connect(name, plain);
     let mut secured = match within(Step::Tls.limit(deadlines), handshake).await {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
+            let under = match tls.session_policy() {
+                crate::smtp::client::TlsPolicy::Required => {
+                    format!(
+                        " (TLS required by {})",
+                        tls.required_by(&hop.host, &conn.key.domain)
+                    )
+                }
+                _ => String::new(),
+            };
             return Err(Reply::local(
                 451,
                 (4, 7, 5),
-                format!("TLS handshake with {} failed: {e}", conn.mx),
+                format!("TLS handshake with {} failed{under}: {e}", conn.mx),
             ));
         }
         None => return Err(Step::Tls.timeout_reply(&conn.mx)),
     };
+    conn.tls_up = true;
+    conn.tls = tls.verified_by(tls.result_with_tls(observed.as_deref()));
+    conn.observed = observed;
     let mut session = session;
     session.tls_established();
     match drive(&mut secured, session, conn, write_limit).await {
@@ -96,6 +106,7 @@ where
                 Event::Ready => {
                     if !conn.opened {
                         conn.opened = true;
+                        super::security::count_open(conn);
                         conn.core
                             .delivery
                             .queues

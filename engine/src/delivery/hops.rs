@@ -18,6 +18,8 @@ const MX_PORT: u16 = 25;
 pub struct Hop {
     pub host: String,
     pub address: SocketAddr,
+    /// An MX host whose MX answer and addresses were DNSSEC-validated (`NextHop::authentic`).
+    pub authentic: bool,
 }
 
 /// The hops of one destination, in the order to try them.
@@ -28,6 +30,8 @@ pub struct Hops {
     /// (`host:port`) of a routed domain, else the first MX host name in name order. The refusals
     /// of a VMTA are counted per next hop, so a smarthost refusing ten domains counts once.
     pub next_hop: String,
+    /// The hops are the domain's MX hosts (not a `[routes]` entry): MTA-STS and DANE apply.
+    pub from_mx: bool,
 }
 
 /// Why no host can be tried.
@@ -98,6 +102,7 @@ pub fn select(
             vec![Hop {
                 host: host.clone(),
                 address: SocketAddr::new(ip, *port),
+                authentic: false,
             }],
             route_name(host, *port),
         ),
@@ -106,6 +111,7 @@ pub fn select(
                 .map(|ip| Hop {
                     host: host.clone(),
                     address: SocketAddr::new(ip, *port),
+                    authentic: false,
                 })
                 .collect(),
             route_name(host, *port),
@@ -141,6 +147,7 @@ pub fn select(
     Ok(Hops {
         hops: reachable,
         next_hop,
+        from_mx: *target == Target::Mx,
     })
 }
 
@@ -159,10 +166,11 @@ fn mx_hops(domain: &str, answer: Result<NextHops, DnsError>) -> Result<(Vec<Hop>
             let hops = hosts
                 .into_iter()
                 .flat_map(|h| {
-                    let host = h.host;
+                    let (host, authentic) = (h.host, h.authentic);
                     h.addresses.into_iter().map(move |ip| Hop {
                         host: host.clone(),
                         address: SocketAddr::new(ip, MX_PORT),
+                        authentic,
                     })
                 })
                 .collect();
@@ -211,6 +219,7 @@ mod tests {
                     host: host.to_string(),
                     preference: i as u16 * 10,
                     addresses: addresses.iter().map(|a| ip(a)).collect(),
+                    authentic: i == 0,
                 })
                 .collect(),
         )))
@@ -248,6 +257,10 @@ mod tests {
         assert_eq!(addresses(&hops), ["192.0.2.7:2525", "192.0.2.8:2525"]);
         assert_eq!(hops.hops[0].host, "Relay.Example");
         assert_eq!(hops.next_hop, "relay.example:2525");
+        assert!(
+            !hops.from_mx && !hops.hops[0].authentic,
+            "a route: no DANE, no MTA-STS"
+        );
     }
 
     #[test]
@@ -268,6 +281,13 @@ mod tests {
             "the resolver's order (preference) is kept"
         );
         assert_eq!(hops.next_hop, "mx1.d.test", "first MX name in name order");
+        assert!(hops.from_mx);
+        let authentic: Vec<bool> = hops.hops.iter().map(|h| h.authentic).collect();
+        assert_eq!(
+            authentic,
+            [true, true, false],
+            "per host, from the resolver"
+        );
     }
 
     #[test]

@@ -23,9 +23,9 @@ mod outcome;
 mod questions;
 mod reroute;
 mod scheduler;
+mod security;
 mod shaping;
 mod snapshot;
-mod tls;
 mod transaction;
 pub mod vmta_status;
 
@@ -35,12 +35,12 @@ use std::sync::atomic::Ordering;
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
+pub use crate::transport_security::ClientTls;
 pub use connect::{connect_from, connect_from_timeout};
 pub use handoff::{on_core_message, queue_handoff};
 use messages::MessageCache;
 pub use messages::{MESSAGE_CACHE_SLOTS, MessageEntry, MessageTable};
 pub use snapshot::{QueueBoard, publish_snapshot, return_freed_memory};
-pub use tls::ClientTls;
 
 use crate::envelope::MessageId;
 use crate::metrics::labelled::{CoreLabels, Outcome};
@@ -85,28 +85,27 @@ pub struct DeliveryCore {
     /// Every core's queue list for `GET /v1/queues`.
     pub queue_board: std::sync::Arc<QueueBoard>,
     pub delivery: CoreDelivery,
-    client_tls: std::cell::OnceCell<Rc<ClientTls>>,
+    /// The MTA-STS policies this core knows (docs/transport-security.md).
+    pub mta_sts: Rc<crate::transport_security::mta_sts::Policies>,
 }
 
 impl DeliveryCore {
     pub fn new(placement: Rc<Placement>, queue_board: std::sync::Arc<QueueBoard>) -> DeliveryCore {
+        let shard = placement.shard.clone();
+        let spool_dir = std::path::PathBuf::from(&shard.config().server.spool_dir);
+        let spool_dir = std::path::absolute(&spool_dir).unwrap_or(spool_dir);
+        let mta_sts = crate::transport_security::mta_sts::Policies::new(
+            shard.index,
+            &spool_dir,
+            shard.node.metrics.clone(),
+        );
         DeliveryCore {
-            shard: placement.shard.clone(),
-            delivery: CoreDelivery::new(placement.shard.index),
+            delivery: CoreDelivery::new(shard.index),
+            shard,
             placement,
             queue_board,
-            client_tls: std::cell::OnceCell::new(),
+            mta_sts: Rc::new(mta_sts),
         }
-    }
-
-    /// The outbound TLS configurations, built on first use.
-    pub fn client_tls(&self) -> Rc<ClientTls> {
-        self.client_tls
-            .get_or_init(|| match ClientTls::new() {
-                Ok(t) => Rc::new(t),
-                Err(e) => panic!("the ring provider supports the default TLS versions: {e}"),
-            })
-            .clone()
     }
 }
 
@@ -239,6 +238,8 @@ pub async fn start(
     let Some(wake_rx) = core.delivery.wake_rx.borrow_mut().take() else {
         return;
     };
+    // Before any connection: a policy kept across the restart applies to the first one.
+    core.mta_sts.restore().await;
     glommio::spawn_local(scheduler::run(core.clone(), wake_rx)).detach();
     glommio::spawn_local(drain::run(core.clone())).detach();
     glommio::spawn_local(shaping::renew_leases(core.clone())).detach();

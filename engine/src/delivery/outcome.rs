@@ -25,6 +25,8 @@ use crate::spool::{RecipientState, Spool, SpoolError, StoredMessage};
 pub struct Attempt<'a> {
     pub source_ip: &'a str,
     pub mx: &'a str,
+    /// How the connection was secured: `dane`, `mta-sts`, `webpki`, `encrypted`, `none`.
+    pub tls: &'a str,
 }
 
 fn enhanced(reply: &Reply) -> Option<(u8, u16, u16)> {
@@ -61,6 +63,7 @@ pub(super) fn event(
             .address(item.recipient as usize)
             .map_or_else(|| key.domain.to_string(), domain_of),
         mx: attempt.map(|a| a.mx.to_string()).unwrap_or_default(),
+        tls: attempt.map(|a| a.tls.to_string()).unwrap_or_default(),
         response: reply.to_string(),
         enhanced_code: reply.enhanced.map(|e| e.to_string()).unwrap_or_default(),
         bounce_category: String::new(),
@@ -401,8 +404,8 @@ struct BounceGroup {
     key: QueueKey,
     items: Vec<(Queued, Reply)>,
     message: Rc<StoredMessage>,
-    /// Where the attempt went (source address, MX), when a remote host was involved.
-    attempt: Option<(String, String)>,
+    /// Where the attempt went (source address, MX, TLS), when a remote host was involved.
+    attempt: Option<(String, String, &'static str)>,
     expired: bool,
 }
 
@@ -410,8 +413,16 @@ impl BounceGroup {
     fn attempt(&self) -> Option<Attempt<'_>> {
         self.attempt
             .as_ref()
-            .map(|(source_ip, mx)| Attempt { source_ip, mx })
+            .map(|(source_ip, mx, tls)| Attempt { source_ip, mx, tls })
     }
+}
+
+/// The `tls` value of an attempt as a static label (a bounce is accounted after its attempt).
+fn tls_label(tls: &str) -> &'static str {
+    ["dane", "mta-sts", "webpki", "encrypted", "none"]
+        .into_iter()
+        .find(|l| *l == tls)
+        .unwrap_or("")
 }
 
 /// Wait before the first new try of a DSN that could not be spooled; doubled each time.
@@ -445,7 +456,8 @@ async fn bounce_with_replies(
                     key: key.clone(),
                     items: items[start..end].to_vec(),
                     message,
-                    attempt: attempt.map(|a| (a.source_ip.to_string(), a.mx.to_string())),
+                    attempt: attempt
+                        .map(|a| (a.source_ip.to_string(), a.mx.to_string(), tls_label(a.tls))),
                     expired,
                 };
                 if let Err(e) = bounce_message(core, &group).await {
@@ -790,6 +802,7 @@ mod tests {
         let attempt = Attempt {
             source_ip: "127.0.0.2",
             mx: "mx1.dest.test (127.0.0.10)",
+            tls: "none",
         };
         let sent = Reply::local(250, (2, 0, 0), "Ok: queued");
         assert_eq!(

@@ -50,6 +50,14 @@ pub struct Connection {
     /// The configuration the connection was opened under: after a reload it finishes its
     /// transaction and closes, so new routes and policies apply to the next one.
     pub config: Arc<Config>,
+    /// How the connection is secured, for the accounting log: `none` until a TLS handshake.
+    pub tls: &'static str,
+    /// The STARTTLS handshake completed.
+    pub tls_up: bool,
+    /// MTA-STS `testing`: what the certificate check found.
+    pub observed: Option<Arc<crate::transport_security::plan::Observed>>,
+    /// The transport security this connection is under.
+    pub hop_tls: crate::transport_security::plan::HopTls,
 }
 
 impl Drop for Connection {
@@ -69,6 +77,7 @@ impl Connection {
         Attempt {
             source_ip: &self.source_ip,
             mx: &self.mx,
+            tls: self.tls,
         }
     }
 

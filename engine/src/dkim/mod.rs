@@ -35,11 +35,15 @@ pub fn check_keys(config: &crate::config::Config) -> Vec<crate::config::ConfigEr
         .collect()
 }
 
-/// Loads and validates a configuration file, DKIM keys included.
+/// Loads and validates a configuration file, DKIM keys and `[tls] trust_anchors` included.
 pub fn load_config(
     path: &std::path::Path,
 ) -> Result<crate::config::Config, crate::config::ConfigErrors> {
-    crate::config::Config::load_checked(path, check_keys)
+    crate::config::Config::load_checked(path, |c| {
+        let mut errors = check_keys(c);
+        errors.extend(crate::transport_security::anchors::check(c));
+        errors
+    })
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub enum CachedAnswer {
 struct Entry {
     expires_at: Instant,
     answer: CachedAnswer,
+    /// Every response behind it had the AD bit (DNSSEC-validated by the nameserver).
+    authentic: bool,
 }
 
 /// Below this many slots, a swept table keeps its allocation (not worth giving back).
@@ -60,9 +62,19 @@ impl AnswerCache {
 
     /// The cached answer, unless missing or expired (expired entries are dropped).
     pub fn get(&mut self, name: &str, rtype: RecordType, now: Instant) -> Option<CachedAnswer> {
+        self.get_authenticated(name, rtype, now).map(|(a, _)| a)
+    }
+
+    /// The cached answer and whether it was DNSSEC-validated, unless missing or expired.
+    pub fn get_authenticated(
+        &mut self,
+        name: &str,
+        rtype: RecordType,
+        now: Instant,
+    ) -> Option<(CachedAnswer, bool)> {
         let key = (name.to_ascii_lowercase(), rtype);
         match self.entries.get(&key) {
-            Some(e) if e.expires_at > now => Some(e.answer.clone()),
+            Some(e) if e.expires_at > now => Some((e.answer.clone(), e.authentic)),
             Some(_) => {
                 self.entries.remove(&key);
                 None
@@ -94,13 +106,27 @@ impl AnswerCache {
         self.entries.capacity()
     }
 
-    /// Stores an answer for `ttl`; a zero TTL is not stored. When full, expired entries go first,
-    /// then the one closest to expiry (a scan, only when full).
+    /// Stores an answer (not validated) for `ttl`; see `insert_authenticated`.
     pub fn insert(
         &mut self,
         name: &str,
         rtype: RecordType,
         answer: CachedAnswer,
+        ttl: Duration,
+        now: Instant,
+    ) {
+        self.insert_authenticated(name, rtype, answer, false, ttl, now);
+    }
+
+    /// Stores an answer for `ttl`, with whether it was DNSSEC-validated; a zero TTL is not
+    /// stored. When full, expired entries go first, then the one closest to expiry (a scan, only
+    /// when full).
+    pub fn insert_authenticated(
+        &mut self,
+        name: &str,
+        rtype: RecordType,
+        answer: CachedAnswer,
+        authentic: bool,
         ttl: Duration,
         now: Instant,
     ) {
@@ -126,6 +152,7 @@ impl AnswerCache {
             Entry {
                 expires_at: now + ttl,
                 answer,
+                authentic,
             },
         );
     }

@@ -13,7 +13,7 @@ mod transport;
 pub use cache::{AnswerCache, CachedAnswer};
 pub use next_hop::{NextHop, NextHops, order_by_preference};
 pub use resolver::{
-    DnsError, MAX_CNAME_HOPS, MxAnswer, MxRecord, Resolver, ResolverConfig,
+    Authenticated, DnsError, MAX_CNAME_HOPS, MxAnswer, MxRecord, Resolver, ResolverConfig,
     nameservers_from_resolv_conf,
 };
 pub use transport::EDNS_UDP_PAYLOAD_BYTES;

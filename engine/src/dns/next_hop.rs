@@ -13,6 +13,10 @@ pub struct NextHop {
     /// The MX preference; 0 for an implicit MX.
     pub preference: u16,
     pub addresses: Vec<IpAddr>,
+    /// The MX answer (or, for an implicit MX, the absence of MX records) and this host's
+    /// addresses were all validated by the nameserver (the AD bit): DANE may apply (RFC 7672
+    /// 2.2). Trusted only with `[dns] dnssec = "trust-ad"`.
+    pub authentic: bool,
 }
 
 /// The answer to "where does mail for this domain go".
@@ -31,7 +35,8 @@ impl Resolver {
     /// MX hosts whose address lookup fails are skipped; if none is left, a temporary failure among
     /// them wins over `NoAddress`, so a DNS outage never bounces mail.
     pub async fn next_hops(&self, domain: &str) -> Result<NextHops, DnsError> {
-        let answer = self.mx(domain).await?;
+        let found = self.mx_authenticated(domain).await?;
+        let (answer, mx_authentic) = (found.value, found.authentic);
         if answer.is_null_mx() {
             return Ok(NextHops::NullMx);
         }
@@ -43,14 +48,15 @@ impl Resolver {
             .collect();
         if records.is_empty() {
             // No MX (or only a stray root MX among none): the implicit MX is the domain itself.
-            let addresses = self.ip_addrs(domain).await?;
-            if addresses.is_empty() {
+            let found = self.ip_addrs_authenticated(domain).await?;
+            if found.value.is_empty() {
                 return Err(DnsError::NoAddress(host_of(domain)));
             }
             return Ok(NextHops::Hosts(vec![NextHop {
                 host: host_of(domain),
                 preference: 0,
-                addresses,
+                addresses: found.value,
+                authentic: mx_authentic && found.authentic,
             }]));
         }
         order_by_preference(&mut records, &mut fastrand::Rng::new());
@@ -58,11 +64,12 @@ impl Resolver {
         let mut hops = Vec::with_capacity(records.len());
         let mut temporary: Option<DnsError> = None;
         for record in records {
-            match self.ip_addrs(&record.exchange).await {
-                Ok(addresses) if !addresses.is_empty() => hops.push(NextHop {
+            match self.ip_addrs_authenticated(&record.exchange).await {
+                Ok(found) if !found.value.is_empty() => hops.push(NextHop {
                     host: record.exchange,
                     preference: record.preference,
-                    addresses,
+                    addresses: found.value,
+                    authentic: mx_authentic && found.authentic,
                 }),
                 Ok(_) => {}
                 Err(e) if e.is_temporary() => temporary = temporary.or(Some(e)),

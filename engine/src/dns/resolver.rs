@@ -106,6 +106,15 @@ impl MxAnswer {
     }
 }
 
+/// Records and whether the nameserver vouched for them: every response behind them (the CNAME
+/// chain included) had the AD bit. Only worth anything from a local validating nameserver
+/// (`[dns] dnssec = "trust-ad"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated<T> {
+    pub value: T,
+    pub authentic: bool,
+}
+
 /// The stub resolver of one core.
 #[derive(Debug)]
 pub struct Resolver {
@@ -136,31 +145,57 @@ impl Resolver {
 
     /// The MX records of `domain`. NXDOMAIN is `DnsError::NoSuchDomain`; no MX is an empty answer.
     pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
-        let records = self.lookup(domain, RecordType::MX).await?;
-        Ok(mx_answer(&records))
+        Ok(self.mx_authenticated(domain).await?.value)
+    }
+
+    /// `mx`, with whether the answer (or the absence of MX records) was validated.
+    pub async fn mx_authenticated(
+        &self,
+        domain: &str,
+    ) -> Result<Authenticated<MxAnswer>, DnsError> {
+        let found = self.lookup_authenticated(domain, RecordType::MX).await?;
+        Ok(Authenticated {
+            value: mx_answer(&found.value),
+            authentic: found.authentic,
+        })
     }
 
     /// IPv4 then IPv6 addresses of `host` (A and AAAA asked concurrently). An empty list when the
     /// host exists without addresses; an error when no address was found and a lookup failed.
     pub async fn ip_addrs(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        Ok(self.ip_addrs_authenticated(host).await?.value)
+    }
+
+    /// `ip_addrs`, with whether both answers were validated (a failed one is not).
+    pub async fn ip_addrs_authenticated(
+        &self,
+        host: &str,
+    ) -> Result<Authenticated<Vec<IpAddr>>, DnsError> {
         let (v4, v6) = futures_lite::future::zip(
-            self.lookup(host, RecordType::A),
-            self.lookup(host, RecordType::AAAA),
+            self.lookup_authenticated(host, RecordType::A),
+            self.lookup_authenticated(host, RecordType::AAAA),
         )
         .await;
+        let authentic = matches!((&v4, &v6), (Ok(a), Ok(b)) if a.authentic && b.authentic);
         let mut addrs = Vec::new();
-        for records in [&v4, &v6].into_iter().flatten() {
-            addrs.extend(records.iter().filter_map(|r| match r {
+        for found in [&v4, &v6].into_iter().flatten() {
+            addrs.extend(found.value.iter().filter_map(|r| match r {
                 RData::A(a) => Some(IpAddr::V4(a.0)),
                 RData::AAAA(a) => Some(IpAddr::V6(a.0)),
                 _ => None,
             }));
         }
         if !addrs.is_empty() {
-            return Ok(addrs);
+            return Ok(Authenticated {
+                value: addrs,
+                authentic,
+            });
         }
         match (v4, v6) {
-            (Ok(_), Ok(_)) => Ok(addrs),
+            (Ok(_), Ok(_)) => Ok(Authenticated {
+                value: addrs,
+                authentic,
+            }),
             // Prefer reporting a temporary failure: the name may well exist.
             (Err(a), Err(b)) if !a.is_temporary() && b.is_temporary() => Err(b),
             (Err(e), _) | (_, Err(e)) => Err(e),
@@ -180,21 +215,44 @@ impl Resolver {
 
     /// The answer to (`name`, `rtype`), following CNAMEs, from the cache when fresh.
     pub async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Rc<Vec<RData>>, DnsError> {
+        Ok(self.lookup_authenticated(name, rtype).await?.value)
+    }
+
+    /// `lookup`, with whether every response behind the answer had the AD bit.
+    pub async fn lookup_authenticated(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<Authenticated<Rc<Vec<RData>>>, DnsError> {
         let original = parse_name(name)?;
         let original_key = original.to_ascii();
         let mut current = original.clone();
         let mut hops = 0usize;
+        // Along a CNAME chain asked in several questions: every answer must be validated.
+        let mut chain_authentic = true;
         loop {
             let key = current.to_ascii();
-            if let Some(hit) = self.cache.borrow_mut().get(&key, rtype, Instant::now()) {
+            let hit = self
+                .cache
+                .borrow_mut()
+                .get_authenticated(&key, rtype, Instant::now());
+            if let Some((hit, authentic)) = hit {
+                let authentic = chain_authentic && authentic;
                 return match hit {
-                    CachedAnswer::Records(r) => Ok(r),
-                    CachedAnswer::NoData => Ok(Rc::new(Vec::new())),
+                    CachedAnswer::Records(r) => Ok(Authenticated {
+                        value: r,
+                        authentic,
+                    }),
+                    CachedAnswer::NoData => Ok(Authenticated {
+                        value: Rc::new(Vec::new()),
+                        authentic,
+                    }),
                     CachedAnswer::NxDomain => Err(DnsError::NoSuchDomain(name_to_host(&current))),
                 };
             }
             let response = self.query(&current, rtype).await?;
             let now = Instant::now();
+            let authentic = chain_authentic && response.metadata.authentic_data;
             match response.metadata.response_code {
                 ResponseCode::NoError => {}
                 ResponseCode::NXDomain => {
@@ -216,18 +274,25 @@ impl Resolver {
                     let found = Rc::new(records);
                     let ttl = Duration::from_secs(u64::from(ttl_s));
                     let mut cache = self.cache.borrow_mut();
-                    for k in [&key, &original_key] {
-                        cache.insert(k, rtype, CachedAnswer::Records(found.clone()), ttl, now);
-                    }
-                    return Ok(found);
+                    let answer = CachedAnswer::Records(found.clone());
+                    cache.insert_authenticated(&key, rtype, answer.clone(), authentic, ttl, now);
+                    cache.insert_authenticated(&original_key, rtype, answer, authentic, ttl, now);
+                    return Ok(Authenticated {
+                        value: found,
+                        authentic,
+                    });
                 }
                 Chased::NoData => {
                     let ttl = self.negative_ttl(&response);
                     let mut cache = self.cache.borrow_mut();
                     for k in [&key, &original_key] {
-                        cache.insert(k, rtype, CachedAnswer::NoData, ttl, now);
+                        let answer = CachedAnswer::NoData;
+                        cache.insert_authenticated(k, rtype, answer, authentic, ttl, now);
                     }
-                    return Ok(Rc::new(Vec::new()));
+                    return Ok(Authenticated {
+                        value: Rc::new(Vec::new()),
+                        authentic,
+                    });
                 }
                 Chased::ChainTooLong => {
                     return Err(DnsError::CnameChainTooLong(name_to_host(&original)));
@@ -239,7 +304,10 @@ impl Resolver {
                     });
                 }
                 // The chain left the answer without data: ask for its end.
-                Chased::Ask(target) => current = target,
+                Chased::Ask(target) => {
+                    chain_authentic = authentic;
+                    current = target;
+                }
             }
         }
     }

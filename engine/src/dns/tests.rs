@@ -101,6 +101,16 @@ fn zone(qname: &str, rtype: RecordType) -> Canned {
             vec![a("wrongid.test.", [127, 0, 0, 12])],
         ),
         ("cached.test.", TA) => Canned::Records(vec![a("cached.test.", [127, 0, 0, 13])]),
+        // Answers under secure.test carry the AD bit (see `respond`).
+        ("secure.test.", TMX) => Canned::Records(vec![
+            mx("secure.test.", 10, "mx.secure.test."),
+            mx("secure.test.", 20, "mx.unsigned.test."),
+        ]),
+        ("mx.secure.test.", TA) => Canned::Records(vec![a("mx.secure.test.", [127, 0, 0, 20])]),
+        ("mx.unsigned.test.", TA) => Canned::Records(vec![a("mx.unsigned.test.", [127, 0, 0, 21])]),
+        ("alias.secure.test.", TA) => {
+            Canned::Records(vec![cname("alias.secure.test.", "c3.test.")])
+        }
         (n, _) if n.starts_with("nx") || n.starts_with("gone") => Canned::NxDomain,
         _ => Canned::NoData,
     }
@@ -113,6 +123,8 @@ struct Seen {
     rtype: RecordType,
     tcp: bool,
     from: SocketAddr,
+    /// The query asked for the AD bit.
+    ad: bool,
 }
 
 struct TestDns {
@@ -196,6 +208,7 @@ fn respond(query: &Message, tcp: bool, from: SocketAddr, log: &Mutex<Vec<Seen>>)
         rtype: q.query_type,
         tcp,
         from,
+        ad: query.metadata.authentic_data,
     });
     let reply = |id: u16, rcode: ResponseCode, answers: Vec<Record>, authority: Vec<Record>| {
         let mut m = Message::response(id, OpCode::Query);
@@ -206,6 +219,8 @@ fn respond(query: &Message, tcp: bool, from: SocketAddr, log: &Mutex<Vec<Seen>>)
         m.add_query(q.clone());
         m.add_answers(answers);
         m.add_authorities(authority);
+        // A validating resolver's AD bit, for the names of a signed zone.
+        m.metadata.authentic_data = qname.ends_with("secure.test.");
         m
     };
     let id = query.metadata.id;
@@ -234,6 +249,41 @@ fn run<T>(f: impl std::future::Future<Output = T>) -> T {
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
+}
+
+#[test]
+fn the_ad_bit_is_asked_for_and_kept_per_host_chain_and_cache() {
+    let dns = TestDns::start();
+    let r = dns.resolver();
+    let hops = run(async { r.next_hops("secure.test").await }).unwrap();
+    let NextHops::Hosts(hosts) = hops else {
+        panic!("{hops:?}")
+    };
+    let authentic: Vec<(&str, bool)> = hosts
+        .iter()
+        .map(|h| (h.host.as_str(), h.authentic))
+        .collect();
+    assert_eq!(
+        authentic,
+        [("mx.secure.test", true), ("mx.unsigned.test", false)],
+        "a secure MX answer, then each host's own addresses"
+    );
+    assert!(dns.seen().iter().all(|s| s.ad), "every query sets AD");
+    let again = run(async {
+        r.lookup_authenticated("mx.secure.test", RecordType::A)
+            .await
+    })
+    .unwrap();
+    assert!(again.authentic, "kept in the cache");
+    assert_eq!(dns.count("mx.secure.test.", RecordType::A), 1);
+    let chained = run(async { r.ip_addrs_authenticated("alias.secure.test").await }).unwrap();
+    assert_eq!(chained.value, [ip("127.0.0.10")]);
+    assert!(
+        !chained.authentic,
+        "the end of the CNAME chain was not validated"
+    );
+    let insecure = run(async { r.mx_authenticated("mx-order.test").await }).unwrap();
+    assert!(!insecure.authentic);
 }
 
 #[test]
@@ -273,6 +323,7 @@ fn implicit_mx_uses_the_domain_itself() {
             host: "implicit.test".into(),
             preference: 0,
             addresses: vec![ip("127.0.0.5")],
+            authentic: false,
         }])
     );
     // No MX and no address at all: permanent.

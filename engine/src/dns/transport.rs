@@ -34,6 +34,8 @@ pub async fn exchange(
     let mut query = Message::query();
     query.metadata.id = id;
     query.metadata.recursion_desired = true;
+    // RFC 6840 5.7: asks a validating nameserver to say (AD) whether the answer is validated.
+    query.metadata.authentic_data = true;
     query.add_query(Query::query(name.clone(), rtype));
     let mut edns = Edns::new();
     edns.set_max_payload(EDNS_UDP_PAYLOAD_BYTES);

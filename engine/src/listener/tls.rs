@@ -1,5 +1,5 @@
 //! The server side of TLS: the configured certificate and key, or a self-signed certificate for the
-//! host name made at start when none is configured (so the embedded default offers STARTTLS at once).
+//! host name made at start when none is configured (no `[tls]`, or one with only `trust_anchors`) (so the embedded default offers STARTTLS at once).
 //! The self-signed one is valid for a year from its making (an hour back for clock skew), and its
 //! making is logged as a warning: it is for trying Volley out, not for production.
 
@@ -41,8 +41,9 @@ pub fn server_config(
     section: Option<&TlsSection>,
     hostname: &str,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    let (chain, key) = match section {
-        Some(s) => load(s)?,
+    let files = section.and_then(|s| Some((s.certificate.as_deref()?, s.private_key.as_deref()?)));
+    let (chain, key) = match files {
+        Some((certificate, private_key)) => load(certificate, private_key)?,
         None => {
             let made = self_signed(hostname, crate::clock::unix_s())?;
             log::warn!(
@@ -61,25 +62,25 @@ pub fn server_config(
 }
 
 fn load(
-    s: &TlsSection,
+    certificate: &str,
+    private_key: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsSetupError> {
-    let chain = CertificateDer::pem_file_iter(&s.certificate)
+    let chain = CertificateDer::pem_file_iter(certificate)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|source| TlsSetupError::Certificate {
-            path: s.certificate.clone(),
+            path: certificate.to_string(),
             source,
         })?;
     if chain.is_empty() {
         return Err(TlsSetupError::NoCertificate {
-            path: s.certificate.clone(),
+            path: certificate.to_string(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(&s.private_key).map_err(|source| {
-        TlsSetupError::PrivateKey {
-            path: s.private_key.clone(),
+    let key =
+        PrivateKeyDer::from_pem_file(private_key).map_err(|source| TlsSetupError::PrivateKey {
+            path: private_key.to_string(),
             source,
-        }
-    })?;
+        })?;
     Ok((chain, key))
 }
 
@@ -134,8 +135,9 @@ mod tests {
     #[test]
     fn missing_files_are_named() {
         let s = TlsSection {
-            certificate: "/nonexistent/cert.pem".into(),
-            private_key: "/nonexistent/key.pem".into(),
+            certificate: Some("/nonexistent/cert.pem".into()),
+            private_key: Some("/nonexistent/key.pem".into()),
+            trust_anchors: Vec::new(),
         };
         let e = server_config(Some(&s), "x").unwrap_err().to_string();
         assert!(e.contains("/nonexistent/cert.pem"), "{e}");

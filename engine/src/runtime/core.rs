@@ -246,6 +246,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
             crate::delivery::publish_snapshot(&core);
             shard.bodies.sweep().await;
             shard.resolver().sweep_cache();
+            core.mta_sts.sweep();
             // The executor's blocking-pool thread frees memory too (accounting batches, jobs'
             // results): its mimalloc heap is collected only when that thread asks.
             glommio::executor()

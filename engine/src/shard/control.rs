@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::Config;
 use crate::config::overlay::{ApiChange, Dropped, Overlay, OverlayError};
 use crate::dkim::DkimSigners;
+use crate::transport_security::{ClientTls, anchor_files};
 
 /// Buckets for per-IP connection counts: IPs hash into them, so a collision can only make a limit
 /// stricter, never looser.
@@ -31,6 +32,8 @@ pub struct Control {
     /// The keys of `config`'s `[[dkim]]` entries, loaded by whoever publishes a configuration
     /// whose entries changed (the signal thread, start-up): reading key files never runs on a core.
     dkim: Mutex<Arc<DkimSigners>>,
+    /// The outbound TLS configurations of `config`'s `[tls] trust_anchors`, loaded like `dkim`.
+    client_tls: Mutex<Arc<ClientTls>>,
     pub config_path: Option<PathBuf>,
     connections_total: AtomicU32,
     connections_by_ip: Box<[AtomicU32]>,
@@ -131,6 +134,7 @@ impl Control {
             stop: AtomicBool::new(false),
             reload_generation: AtomicU64::new(0),
             dkim: Mutex::new(Arc::new(DkimSigners::load_logged(&config.dkim))),
+            client_tls: Mutex::new(Arc::new(ClientTls::load_logged(anchor_files(&config)))),
             file_config: Mutex::new(config.clone()),
             overlay: Mutex::new(Overlay::default()),
             config: Mutex::new(config),
@@ -161,6 +165,9 @@ impl Control {
             if let Ok(mut dkim) = self.dkim.lock() {
                 *dkim = loaded;
             }
+        }
+        if !self.client_tls().loaded_from(anchor_files(&config)) {
+            *lock(&self.client_tls) = Arc::new(ClientTls::load_logged(anchor_files(&config)));
         }
         if let Ok(mut c) = self.config.lock() {
             *c = config;
@@ -235,6 +242,11 @@ impl Control {
             Ok(d) => d.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// The outbound TLS configurations of the published configuration.
+    pub fn client_tls(&self) -> Arc<ClientTls> {
+        lock(&self.client_tls).clone()
     }
 
     pub fn generation(&self) -> u64 {

@@ -89,6 +89,8 @@ pub struct Shard {
     router: OnceCell<Router>,
     /// The `[[dkim]]` keys of the running configuration (loaded off the reactor by `Control`).
     dkim: RefCell<Arc<DkimSigners>>,
+    /// The outbound TLS configurations (`[tls] trust_anchors`), picked up with the configuration.
+    client_tls: RefCell<Arc<crate::transport_security::ClientTls>>,
     /// The resolver, and the nameservers it was made for.
     resolver: RefCell<Option<(Vec<SocketAddr>, Rc<Resolver>)>>,
     stop: StopSignal,
@@ -108,6 +110,7 @@ impl Shard {
             suppressions: crate::suppression::CoreSuppressions::new(node.suppressions.clone()),
             router: OnceCell::new(),
             dkim: RefCell::new(control.dkim_signers()),
+            client_tls: RefCell::new(control.client_tls()),
             resolver: RefCell::new(None),
             stop: StopSignal::new(),
             node,
@@ -122,6 +125,7 @@ impl Shard {
             self.generation.set(generation);
             *self.config.borrow_mut() = self.node.control.config();
             *self.dkim.borrow_mut() = self.node.control.dkim_signers();
+            *self.client_tls.borrow_mut() = self.node.control.client_tls();
             log::info!("configuration generation {generation} applied");
         }
         self.config.borrow().clone()
@@ -141,6 +145,12 @@ impl Shard {
     pub fn dkim_signers(&self) -> Arc<DkimSigners> {
         let _ = self.config();
         self.dkim.borrow().clone()
+    }
+
+    /// The outbound TLS configurations of the running configuration.
+    pub fn client_tls(&self) -> Arc<crate::transport_security::ClientTls> {
+        let _ = self.config();
+        self.client_tls.borrow().clone()
     }
 
     /// The resolver of the running `[dns] nameservers`: made anew (with an empty cache) when a

@@ -84,6 +84,12 @@ pub struct SessionConfig {
     /// (192.0.2.1)"): its host name and address.
     pub peer: String,
     pub tls: TlsPolicy,
+    /// What requires TLS (`TlsPolicy::Required`), named in the failure when the server does not
+    /// offer it: "policy", "DANE (TLSA records of mx.example)", "the MTA-STS policy of ...".
+    pub tls_required_by: String,
+    /// A completed handshake means a verified certificate (DANE, MTA-STS, `tls = "required"`):
+    /// what REQUIRETLS messages need.
+    pub tls_verified: bool,
     pub timeouts: StageTimeouts,
     /// Send the body with `BDAT <n> LAST` (RFC 3030) when the server offers CHUNKING and
     /// PIPELINING: MAIL, RCPT, BDAT and the body go in one flight, one round trip per message
@@ -97,6 +103,8 @@ impl SessionConfig {
             ehlo_hostname: ehlo_hostname.into(),
             peer: "the server".into(),
             tls,
+            tls_required_by: "policy".into(),
+            tls_verified: false,
             timeouts: StageTimeouts::default(),
             chunking: true,
         }
@@ -115,6 +123,9 @@ pub struct Transaction {
     pub body_type: BodyType,
     /// The message needs SMTPUTF8 (RFC 6531); refused locally when the server lacks it.
     pub smtputf8: bool,
+    /// RFC 8689 REQUIRETLS: sent on MAIL FROM; refused locally (5.7.10) unless the session runs
+    /// over verified TLS (`SessionConfig::tls_verified`) and the server offers REQUIRETLS.
+    pub requiretls: bool,
     /// Length of the body as stored (before dot-stuffing), for SIZE.
     pub body_bytes: u64,
 }
@@ -133,6 +144,7 @@ impl Transaction {
             envid: envelope.envid.clone(),
             body_type: envelope.body_type,
             smtputf8: envelope.smtputf8,
+            requiretls: envelope.requiretls,
             body_bytes,
         }
     }
@@ -575,7 +587,10 @@ impl Session {
                     self.phase = Phase::TlsHandshake;
                     self.events.push_back(Event::NeedTls);
                 } else if self.config.tls == TlsPolicy::Required {
-                    self.fail_local(&format!("TLS required but STARTTLS was refused: {reply}"));
+                    let by = &self.config.tls_required_by;
+                    self.fail_tls(&format!(
+                        "TLS required by {by} but STARTTLS was refused: {reply}"
+                    ));
                 } else {
                     self.become_ready();
                 }
@@ -705,7 +720,10 @@ impl Session {
                 self.command(b"STARTTLS\r\n".to_vec(), Expect::StartTls);
             }
             (TlsPolicy::Required, false) => {
-                self.fail_local("TLS required by policy but STARTTLS not offered by the server")
+                let by = &self.config.tls_required_by;
+                self.fail_tls(&format!(
+                    "TLS required by {by} but STARTTLS not offered by the server"
+                ))
             }
         }
     }
@@ -770,6 +788,18 @@ impl Session {
         self.close();
     }
 
+    /// TLS is required and the server does not offer it or refused it: 4.7.4 (RFC 3463: security
+    /// features not supported), nothing sent in clear.
+    fn fail_tls(&mut self, reason: &str) {
+        let reply = Reply::local(421, (4, 7, 4), reason);
+        self.defer_transaction(&reply);
+        self.events.push_back(Event::Failed {
+            reply,
+            temporary: true,
+        });
+        self.close();
+    }
+
     fn fail_local(&mut self, reason: &str) {
         let reply = Reply::local(421, (4, 4, 2), reason);
         self.defer_transaction(&reply);
@@ -823,6 +853,24 @@ impl Session {
                 "message needs SMTPUTF8 but the server does not offer it",
             ));
         }
+        if tx.requiretls && !(self.tls_active && self.config.tls_verified) {
+            return Some(Reply::local(
+                550,
+                (5, 7, 10),
+                format!(
+                    "REQUIRETLS: the message needs TLS verified by DANE or MTA-STS, and {} \
+                     has no such policy",
+                    self.config.peer
+                ),
+            ));
+        }
+        if tx.requiretls && !self.caps.requiretls {
+            return Some(Reply::local(
+                550,
+                (5, 7, 10),
+                format!("REQUIRETLS: {} does not offer REQUIRETLS", self.config.peer),
+            ));
+        }
         if self.caps.exceeds_size(tx.body_bytes) {
             return Some(Reply::local(
                 552,
@@ -856,6 +904,9 @@ impl Session {
         }
         if tx.smtputf8 && self.caps.smtputf8 {
             cmd.push_str(" SMTPUTF8");
+        }
+        if tx.requiretls {
+            cmd.push_str(" REQUIRETLS");
         }
         if self.caps.dsn {
             match tx.ret {

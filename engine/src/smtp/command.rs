@@ -67,6 +67,8 @@ pub struct MailParams {
     pub size: Option<u64>,
     pub body: Option<BodyType>,
     pub smtputf8: bool,
+    /// RFC 8689 REQUIRETLS.
+    pub requiretls: bool,
     pub ret: Option<DsnRet>,
     /// ENVID, xtext-decoded.
     pub envid: Option<String>,
@@ -78,6 +80,7 @@ impl MailParams {
         self.size.is_some()
             || self.body.is_some()
             || self.smtputf8
+            || self.requiretls
             || self.ret.is_some()
             || self.envid.is_some()
     }
@@ -345,6 +348,11 @@ fn parse_mail(args: &str) -> Result<Command, CommandError> {
                 return Err(CommandError::BadParameter);
             }
             params.smtputf8 = true;
+        } else if keyword.eq_ignore_ascii_case("REQUIRETLS") {
+            if value.is_some() || params.requiretls {
+                return Err(CommandError::BadParameter);
+            }
+            params.requiretls = true;
         } else if keyword.eq_ignore_ascii_case("RET") {
             let value = value.ok_or(CommandError::BadParameter)?;
             let ret = if value.eq_ignore_ascii_case("FULL") {
@@ -640,7 +648,8 @@ mod tests {
     #[test]
     fn mail_parameters() {
         let (_, p) = mail(
-            "MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=QQ+2B1 AUTH=<>",
+            "MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=QQ+2B1 AUTH=<> \
+             requiretls",
         );
         assert_eq!(
             p,
@@ -648,6 +657,7 @@ mod tests {
                 size: Some(1000),
                 body: Some(BodyType::EightBitMime),
                 smtputf8: true,
+                requiretls: true,
                 ret: Some(DsnRet::Headers),
                 envid: Some("QQ+1".into()),
             }
@@ -674,6 +684,8 @@ mod tests {
             "MAIL FROM:<> SIZE=1 SIZE=2",
             "MAIL FROM:<> BODY=9BIT",
             "MAIL FROM:<> SMTPUTF8=yes",
+            "MAIL FROM:<> REQUIRETLS=yes",
+            "MAIL FROM:<> REQUIRETLS REQUIRETLS",
             "MAIL FROM:<> RET=SOME",
             "MAIL FROM:<> ENVID=a=b",
             "MAIL FROM:<> ENVID=+4",

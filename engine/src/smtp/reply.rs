@@ -147,6 +147,9 @@ impl Reply {
     pub const BAD_RECIPIENT_ADDRESS: Reply = reply(501, 5, 1, 3, "Bad recipient address syntax");
     /// 553 5.6.7: a non-ASCII address without the SMTPUTF8 parameter (RFC 6531 section 3.5).
     pub const SMTPUTF8_REQUIRED: Reply = reply(553, 5, 6, 7, "Non-ASCII address requires SMTPUTF8");
+    /// RFC 8689: REQUIRETLS is offered, and taken, only over TLS.
+    pub const REQUIRETLS_NEEDS_TLS: Reply =
+        reply(530, 5, 7, 10, "REQUIRETLS is only accepted over TLS");
     /// 555 5.5.4: a MAIL or RCPT parameter this server does not know or that is malformed.
     pub const UNKNOWN_PARAMETER: Reply = reply(555, 5, 5, 4, "Unsupported or malformed parameter");
     /// 500 5.5.6: a command line over 512 octets, or a DATA text line over 1000 octets.

@@ -612,6 +612,10 @@ impl Session {
             if config.starttls_available && !self.tls_active {
                 text.push_str("\nSTARTTLS");
             }
+            if self.tls_active {
+                // RFC 8689 4.1: only over TLS.
+                text.push_str("\nREQUIRETLS");
+            }
             if config.auth_enabled && self.tls_active {
                 text.push_str("\nAUTH PLAIN LOGIN");
             }
@@ -639,6 +643,8 @@ impl Session {
             Some(Reply::MESSAGE_TOO_BIG)
         } else if !params.smtputf8 && !sender.is_ascii() {
             Some(Reply::SMTPUTF8_REQUIRED)
+        } else if params.requiretls && !self.tls_active {
+            Some(Reply::REQUIRETLS_NEEDS_TLS)
         } else {
             None
         };
@@ -652,6 +658,7 @@ impl Session {
             envid: params.envid,
             body_type: params.body.unwrap_or_default(),
             smtputf8: params.smtputf8,
+            requiretls: params.requiretls,
             customer: String::new(),
             received_at_s: 0,
             tags: Default::default(),

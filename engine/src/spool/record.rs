@@ -28,6 +28,8 @@ const FLAG_SMTPUTF8: u8 = 0x01;
 /// Message flags bit: a tags block follows the recipients. Records without tags leave it clear and
 /// are byte for byte what this format wrote before tags existed, so older records read unchanged.
 const FLAG_TAGS: u8 = 0x02;
+/// RFC 8689 REQUIRETLS was requested on MAIL FROM.
+const FLAG_REQUIRETLS: u8 = 0x04;
 
 /// Tag numbers in a message record's tags block (docs/spool-format.md); unknown ones are skipped.
 mod tag {
@@ -197,8 +199,13 @@ pub fn encode_message(
     w.put(&id.seq.to_le_bytes());
     w.put(&id.core.to_le_bytes());
     let has_tags = !envelope.tags.is_empty();
-    let flags =
-        if envelope.smtputf8 { FLAG_SMTPUTF8 } else { 0 } | if has_tags { FLAG_TAGS } else { 0 };
+    let flags = if envelope.smtputf8 { FLAG_SMTPUTF8 } else { 0 }
+        | if has_tags { FLAG_TAGS } else { 0 }
+        | if envelope.requiretls {
+            FLAG_REQUIRETLS
+        } else {
+            0
+        };
     w.put(&[flags, ret_to_byte(envelope.ret)]);
     w.put(&[body_type_to_byte(envelope.body_type), 0, 0, 0]);
     w.put(&envelope.received_at_s.to_le_bytes());
@@ -353,6 +360,7 @@ pub fn decode_envelope(payload: &[u8]) -> Result<(MessageSummary, Envelope), Spo
     r.skip(10).ok_or_else(bad)?;
     let flags = r.u8().ok_or_else(bad)?;
     let smtputf8 = flags & FLAG_SMTPUTF8 != 0;
+    let requiretls = flags & FLAG_REQUIRETLS != 0;
     let ret = ret_from_byte(r.u8().ok_or_else(bad)?).ok_or_else(bad)?;
     let body_type = body_type_from_byte(r.u8().ok_or_else(bad)?).ok_or_else(bad)?;
     r.skip(3).ok_or_else(bad)?;
@@ -391,6 +399,7 @@ pub fn decode_envelope(payload: &[u8]) -> Result<(MessageSummary, Envelope), Spo
             envid,
             body_type,
             smtputf8,
+            requiretls,
             customer,
             received_at_s,
             tags,
@@ -581,6 +590,7 @@ mod tests {
             envid: Some("ENV-123".into()),
             body_type: BodyType::EightBitMime,
             smtputf8: true,
+            requiretls: true,
             customer: "acme".into(),
             received_at_s: 1_790_000_000,
             tags: MessageTags {

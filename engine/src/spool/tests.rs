@@ -74,6 +74,7 @@ fn envelope(n: u64, recipients: usize) -> Envelope {
         envid: n.is_multiple_of(3).then(|| format!("env-{n}")),
         body_type: BodyType::EightBitMime,
         smtputf8: n % 2 == 1,
+        requiretls: n % 3 == 1,
         customer: "acme".into(),
         received_at_s: 1_790_000_000 + n,
         // Some with tags (every kind of route), some without: both record forms recover.

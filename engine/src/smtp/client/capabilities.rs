@@ -23,6 +23,8 @@ pub struct Capabilities {
     pub binary_mime: bool,
     /// RFC 3461.
     pub dsn: bool,
+    /// RFC 8689.
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -48,6 +50,7 @@ impl Capabilities {
                 "CHUNKING" => caps.chunking = true,
                 "BINARYMIME" => caps.binary_mime = true,
                 "DSN" => caps.dsn = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 _ => {}
             }
         }
@@ -78,7 +81,7 @@ mod tests {
     fn parses_known_keywords_case_insensitively() {
         let caps = Capabilities::from_ehlo(&ehlo(
             "mx.example greets you\npipelining\nSIZE 35882577\n8BITMIME\nSMTPUTF8\nSTARTTLS\n\
-             ENHANCEDSTATUSCODES\nCHUNKING\nDSN\nAUTH PLAIN LOGIN\nX-UNKNOWN",
+             ENHANCEDSTATUSCODES\nCHUNKING\nDSN\nAUTH PLAIN LOGIN\nX-UNKNOWN\nRequireTLS",
         ));
         assert_eq!(
             caps,
@@ -92,6 +95,7 @@ mod tests {
                 chunking: true,
                 binary_mime: false,
                 dsn: true,
+                requiretls: true,
             }
         );
         assert!(caps.exceeds_size(35882578));

@@ -21,6 +21,7 @@ fn tx(sender: &str, rcpts: &[&str], body: &[u8]) -> (Transaction, Vec<u8>) {
             envid: None,
             body_type: BodyType::SevenBit,
             smtputf8: false,
+            requiretls: false,
             body_bytes: body.len() as u64,
         },
         body.to_vec(),
@@ -575,10 +576,9 @@ fn starttls_required_but_not_offered() {
         Event::Failed { reply, temporary } => {
             assert!(*temporary);
             assert_eq!(reply.source, ReplySource::Local);
-            assert!(
-                reply.text.contains("STARTTLS not offered"),
-                "{}",
-                reply.text
+            assert_eq!(
+                reply.text,
+                "4.7.4 TLS required by policy but STARTTLS not offered by the server"
             );
         }
         other => panic!("{other:?}"),
@@ -635,6 +635,69 @@ fn starttls_then_ehlo_again() {
     );
     assert_eq!(run.events[0], Event::NeedTls);
     assert_eq!(codes(&run.results()[0]), [250]);
+}
+
+#[test]
+fn requiretls_goes_only_over_verified_tls_to_a_server_offering_it() {
+    let secured = |offer: &[u8], verified: bool| {
+        let mut cfg = config(TlsPolicy::Required);
+        cfg.tls_verified = verified;
+        let mut message = tx("a@src.test", &["b@mx.test"], b"x\r\n");
+        message.0.requiretls = true;
+        let ehlo_after: &'static [u8] = Box::leak(offer.to_vec().into_boxed_slice());
+        drive_all_splits(
+            cfg,
+            &[
+                GREETING,
+                b"250-mx.test\r\n250 STARTTLS\r\n",
+                b"220 2.0.0 go ahead\r\n",
+                ehlo_after,
+                b"250 ok\r\n250 ok\r\n354 go\r\n",
+                b"250 ok\r\n",
+                b"221 bye\r\n",
+            ],
+            vec![message],
+        )
+    };
+    let run = secured(b"250-mx.test\r\n250-REQUIRETLS\r\n250 PIPELINING\r\n", true);
+    assert!(
+        run.wire().contains("MAIL FROM:<a@src.test> REQUIRETLS\r\n"),
+        "{}",
+        run.wire()
+    );
+    assert_eq!(codes(&run.results()[0]), [250]);
+    for (offer, verified, why) in [
+        (
+            &b"250-mx.test\r\n250 PIPELINING\r\n"[..],
+            true,
+            "does not offer REQUIRETLS",
+        ),
+        (
+            &b"250-mx.test\r\n250-REQUIRETLS\r\n250 PIPELINING\r\n"[..],
+            false,
+            "no such policy",
+        ),
+    ] {
+        let mut cfg = config(TlsPolicy::Required);
+        cfg.tls_verified = verified;
+        let mut message = tx("a@src.test", &["b@mx.test"], b"x\r\n");
+        message.0.requiretls = true;
+        let mut d = Driver::new(cfg, vec![message]);
+        d.feed(GREETING);
+        d.feed(b"250-mx.test\r\n250 STARTTLS\r\n");
+        d.feed(b"220 go\r\n");
+        d.feed(offer);
+        let results = d.run.results();
+        let reply = &results[0][0].reply;
+        assert_eq!(reply.code, 550, "{why}");
+        assert!(
+            reply.text.starts_with("5.7.10 REQUIRETLS"),
+            "{}",
+            reply.text
+        );
+        assert!(reply.text.contains(why), "{}", reply.text);
+        assert!(!d.run.wire().contains("MAIL"), "nothing sent");
+    }
 }
 
 #[test]

@@ -350,11 +350,43 @@ fn ehlo_advertises_extensions() {
     let mut s = session_with(tls_config, true, true);
     let (out, _) = run(&mut s, "EHLO c\r\n");
     assert!(
-        out.ends_with("250-DSN\r\n250 AUTH PLAIN LOGIN\r\n"),
+        out.ends_with("250-DSN\r\n250-REQUIRETLS\r\n250 AUTH PLAIN LOGIN\r\n"),
         "{out}"
     );
     assert!(!out.contains("STARTTLS"));
     assert_eq!(s.protocol(), "ESMTPS");
+}
+
+#[test]
+fn requiretls_only_over_tls() {
+    let mut plain = session();
+    let (out, _) = run(
+        &mut plain,
+        "EHLO c\r\nMAIL FROM:<a@b.example> REQUIRETLS\r\n",
+    );
+    assert!(
+        !out.contains("REQUIRETLS\r\n250"),
+        "not offered in clear: {out}"
+    );
+    assert!(
+        out.ends_with("530 5.7.10 REQUIRETLS is only accepted over TLS\r\n"),
+        "{out}"
+    );
+    let mut secured = session_with(config(), true, true);
+    let (out, events) = run(
+        &mut secured,
+        "EHLO c\r\nMAIL FROM:<a@b.example> REQUIRETLS\r\nRCPT TO:<x@d.example>\r\nDATA\r\n\
+         Subject: s\r\n\r\nbody\r\n.\r\n",
+    );
+    assert!(out.contains("250 REQUIRETLS\r\n"), "{out}");
+    let envelope = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Message { envelope, .. } => Some(envelope.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no message: {out}"));
+    assert!(envelope.requiretls);
 }
 
 #[test]
@@ -461,6 +493,7 @@ fn mail_and_rcpt_parameters_fill_the_envelope() {
             envid: Some("id+1".into()),
             body_type: BodyType::EightBitMime,
             smtputf8: true,
+            requiretls: false,
             customer: String::new(),
             received_at_s: 0,
             tags: Default::default(),
@@ -596,7 +629,7 @@ fn auth_required_before_mail() {
         "EHLO c\r\nMAIL FROM:<a@b.example>\r\nAUTH LOGIN\r\nam9l\r\nc2VjcmV0\r\nMAIL FROM:<a@b.example>\r\n",
     );
     assert_eq!(
-        replies(&out)[10..],
+        replies(&out)[11..],
         [
             "530 5.7.0 Authentication required",
             "334 VXNlcm5hbWU6",

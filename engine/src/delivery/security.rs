@@ -1,0 +1,115 @@
+//! Transport security for one connection task (docs/transport-security.md): the destination's
+//! MTA-STS policy, each MX host's TLSA records when DNSSEC is trusted, the decision
+//! (`transport_security::plan`), and what each connection's TLS came to, counted in
+//! `volley_tls_policy_connections_total`.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+
+use super::DeliveryCore;
+use super::hops::{Hop, Hops};
+use super::transaction::Connection;
+use crate::config::{Dnssec, OutboundTls};
+use crate::dns::DnsError;
+use crate::metrics::TlsResult;
+use crate::smtp::client::Reply;
+use crate::transport_security::dane;
+use crate::transport_security::mta_sts::Needs;
+use crate::transport_security::plan::{self, DaneLookup, Destination, HopTls, Refusal};
+
+/// The destination as the policies see it: its MTA-STS policy is looked up (and fetched when
+/// new) for MX deliveries with `[mta_sts] enabled`.
+pub async fn destination(
+    core: &Rc<DeliveryCore>,
+    domain: &str,
+    hops: &Hops,
+    setting: OutboundTls,
+) -> Destination {
+    let config = core.config();
+    let mta_sts = if hops.from_mx && config.mta_sts.enabled {
+        let needs = Needs {
+            resolver: core.resolver(),
+            tls: core.client_tls().verified.clone(),
+            fetch_timeout: Duration::from_millis(config.mta_sts.fetch_timeout_ms.max(1)),
+        };
+        core.mta_sts.policy(&needs, domain).await
+    } else {
+        None
+    };
+    Destination::new(domain, setting, mta_sts)
+}
+
+/// How to connect to `hop`, or why not to (counted as a failure of its policy).
+pub async fn hop_tls(
+    core: &DeliveryCore,
+    dest: &Destination,
+    hops: &Hops,
+    hop: &Hop,
+) -> Result<HopTls, Refusal> {
+    let trusted = core.config().dns.dnssec == Dnssec::TrustAd;
+    let dane = if trusted && hops.from_mx && hop.authentic {
+        tlsa(core, &hop.host).await
+    } else {
+        DaneLookup::NotApplicable
+    };
+    let decided = plan::decide(dest, &hop.host, dane);
+    if let Err(refusal) = &decided {
+        core.counters()
+            .tls_policy
+            .count(refusal.policy, TlsResult::Failed);
+    }
+    decided
+}
+
+/// The TLSA records of `_25._tcp.<host>`: validated ones make DANE apply; none, or not
+/// validated, leave it out; a failed lookup (a bogus answer is SERVFAIL) keeps mail from the host.
+async fn tlsa(core: &DeliveryCore, host: &str) -> DaneLookup {
+    let name = format!("_25._tcp.{host}");
+    match core
+        .resolver()
+        .lookup_authenticated(&name, RecordType::TLSA)
+        .await
+    {
+        Ok(found) if found.authentic && !found.value.is_empty() => {
+            DaneLookup::Records(dane::usable(&found.value))
+        }
+        Ok(_) | Err(DnsError::NoSuchDomain(_)) => DaneLookup::NotApplicable,
+        Err(e) => DaneLookup::Failed(e.to_string()),
+    }
+}
+
+/// Counts what the connection's TLS came to once its session is open (after EHLO, over TLS or
+/// not); logs what an MTA-STS `testing` policy would have refused.
+pub fn count_open(conn: &Connection) {
+    let tls = &conn.hop_tls;
+    let result = if conn.tls_up {
+        tls.result_with_tls(conn.observed.as_deref())
+    } else {
+        TlsResult::Plaintext
+    };
+    conn.core.counters().tls_policy.count(tls.label(), result);
+    if let Some(failure) = tls.testing_failure(conn.observed.as_deref(), conn.tls_up) {
+        log::warn!("{}: {}: {failure}; delivered anyway", conn.key, conn.mx);
+    }
+}
+
+/// Counts a connection that ended before its session opened because of its TLS policy: a failed
+/// handshake (`ended`, the driver's own failure) or TLS required and not offered (4.7.4).
+pub fn count_unopened(conn: &Connection, ended: Option<&Reply>) {
+    if conn.opened {
+        return;
+    }
+    let tls_missing = conn
+        .failure
+        .as_ref()
+        .and_then(|r| r.enhanced)
+        .is_some_and(|e| (e.class, e.subject, e.detail) == (4, 7, 4));
+    if ended.is_some() || tls_missing {
+        conn.core
+            .counters()
+            .tls_policy
+            .count(conn.hop_tls.label(), TlsResult::Failed);
+    }
+}
