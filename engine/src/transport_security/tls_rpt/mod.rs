@@ -3,9 +3,12 @@
 //! of one period (`report`). See docs/transport-security.md.
 
 pub mod record;
+pub mod recorder;
 pub mod report;
+pub mod session;
 pub mod tally;
 
 pub use record::{Rua, parse_record};
+pub use recorder::Recorder;
 pub use report::{ReportHeader, gzip, report_json};
 pub use tally::{FailureKey, PolicyKey, PolicyType, ResultType, Tally};
