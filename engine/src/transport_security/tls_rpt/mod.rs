@@ -2,6 +2,7 @@
 //! (`tally`), the `_smtp._tls` record naming where reports go (`record`), and the aggregate report
 //! of one period (`report`). See docs/transport-security.md.
 
+pub mod mail;
 pub mod record;
 pub mod recorder;
 pub mod report;
