@@ -3,9 +3,11 @@
 //! of one period (`report`). See docs/transport-security.md.
 
 pub mod mail;
+pub mod post;
 pub mod record;
 pub mod recorder;
 pub mod report;
+pub mod send;
 pub mod session;
 pub mod tally;
 
