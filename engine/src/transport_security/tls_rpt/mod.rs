@@ -3,6 +3,7 @@
 //! of one period (`report`). See docs/transport-security.md.
 
 pub mod mail;
+pub mod period;
 pub mod post;
 pub mod record;
 pub mod recorder;

@@ -65,6 +65,11 @@ impl Recorder {
         }
     }
 
+    /// When the open period started (Unix seconds).
+    pub fn started_s(&self) -> u64 {
+        self.carried.lock().map_or(0, |c| c.started_s)
+    }
+
     /// The open period's counts so far, and its start (Unix seconds).
     pub fn snapshot(&self) -> (u64, Tally) {
         let (started, mut all) = match self.carried.lock() {

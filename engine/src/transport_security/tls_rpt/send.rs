@@ -55,6 +55,8 @@ pub async fn send_period(placement: &Rc<Placement>) -> Sent {
     let shard = &placement.shard;
     let config = shard.config();
     let (start_s, end_s, tally) = shard.node.metrics.tls_rpt.close();
+    // The closed period leaves the file now, so a restart does not report it again.
+    super::period::save(shard).await;
     let hostname = config.server.hostname.clone();
     let contact = format!("tlsrpt-noreply@{hostname}");
     let mut sent = Sent {
