@@ -10,7 +10,7 @@ import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from conftest import DELIVERY_TIMEOUT_S, free_port, message
+from conftest import DELIVERY_TIMEOUT_S, free_port, message, wait_until
 from pki import TestCa
 from test_tls_policy import mx_sink, publish_policy
 
@@ -150,3 +150,28 @@ def test_disabled_records_nothing(volley):
     assert status == 200 and body["enabled"] is False and body["domains"] == [], body
     status, sent = volley.api("POST", "/v1/tls-rpt/send")
     assert status == 200 and sent["domains"] == 0, sent
+
+
+def test_a_period_ends_by_itself_after_interval_s(volley, dns, tmp_path, sink_factory):
+    ca = TestCa(tmp_path / "pki")
+    mx_sink(dns, sink_factory, ca, "rpt3.test", "mx.rpt3.test", "127.0.0.54")
+    server = publish_policy(dns, ca, "rpt3.test", "127.0.0.154")
+    server.policy("enforce", ["mx.rpt3.test"])
+    cert, key = ca.issue(["localhost"])
+    reports = ReportServer(cert, key)
+    dns.txt("_smtp._tls.rpt3.test", f"v=TLSRPTv1; rua={reports.url}")
+    volley.config["tls"] = {"trust_anchors": [str(ca.cert)]}
+    volley.config["tls_rpt"] = {"enabled": True, "interval_s": 3}
+    try:
+        volley.start()
+        volley.send("a@src.test", ["r@rpt3.test"], message("rpt period"))
+        volley.wait_acct("delivery", recipient="r@rpt3.test")
+        wait_until(lambda: reports.posts, DELIVERY_TIMEOUT_S, "a report without POST /v1/tls-rpt/send")
+        sent = [json.loads(gzip.decompress(body)) for _, body in reports.posts]
+        successes = sum(
+            r["policies"][0]["summary"]["total-successful-session-count"] for r in sent
+        )
+        assert successes == 1, sent
+    finally:
+        reports.stop()
+        server.stop()
