@@ -77,6 +77,10 @@ def test_reports_go_to_https_and_mailto_with_counts_kept_across_a_restart(
     mx_sink(dns, sink_factory, ca, "rpt2.test", "mx.rpt2.test", "127.0.0.52")
     servers.append(publish_policy(dns, ca, "rpt2.test", "127.0.0.152"))
     servers[-1].policy("enforce", ["mx.elsewhere.test"])
+    # Counted, but no `_smtp._tls` record: no report.
+    mx_sink(dns, sink_factory, ca, "rpt4.test", "mx.rpt4.test", "127.0.0.55")
+    servers.append(publish_policy(dns, ca, "rpt4.test", "127.0.0.155"))
+    servers[-1].policy("enforce", ["mx.rpt4.test"])
     cert, key = ca.issue(["localhost"])
     reports = ReportServer(cert, key)
     catcher = catcher_factory("127.0.0.53")
@@ -89,22 +93,31 @@ def test_reports_go_to_https_and_mailto_with_counts_kept_across_a_restart(
         volley.start()
         volley.send("a@src.test", ["r@rpt.test"], message("rpt ok"))
         volley.send("a@src.test", ["r@rpt2.test"], message("rpt refused"))
+        volley.send("a@src.test", ["r@rpt4.test"], message("rpt no record"))
         volley.wait_acct("delivery", recipient="r@rpt.test")
+        volley.wait_acct("delivery", recipient="r@rpt4.test")
         volley.wait_acct("transient", recipient="r@rpt2.test")
         sink.wait_lines(1)
         assert domain_counts(volley, "rpt.test") == (1, 0)
         assert domain_counts(volley, "rpt2.test")[1] >= 1
+        assert domain_counts(volley, "rpt4.test") == (1, 0)
+        started_before = volley.api("GET", "/v1/tls-rpt")[1]["started_s"]
 
         # Counts recorded before a restart are reported after it.
         assert volley.stop() == 0
         assert (volley.dir / "spool" / "tls-rpt.json").exists()
         volley.start()
         assert domain_counts(volley, "rpt.test") == (1, 0)
+        status, shown = volley.api("GET", "/v1/tls-rpt")
+        assert shown["enabled"] is True and shown["domain_count"] == 3, shown
+        assert shown["started_s"] == started_before, "the period goes on across the restart"
 
         status, sent = volley.api("POST", "/v1/tls-rpt/send")
         assert status == 200, sent
         assert sent["https"] == 1 and sent["mailto"] == 1 and sent["failed"] == 0, sent
+        assert sent["domains"] == 3 and sent["no_record"] == 1, sent
         assert domain_counts(volley, "rpt.test") == (0, 0), "the period was closed"
+        assert volley.api("GET", "/v1/tls-rpt")[1]["started_s"] >= started_before
 
         assert len(reports.posts) == 1
         content_type, body = reports.posts[0]
