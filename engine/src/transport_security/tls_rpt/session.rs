@@ -76,3 +76,77 @@ pub fn handshake_failure(hop_tls: &HopTls, text: &str) -> ResultType {
         _ => ResultType::of_certificate_error(text),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::transport_security::mta_sts::policy::parse;
+
+    fn cached() -> Rc<CachedPolicy> {
+        let policy =
+            parse(b"version: STSv1\r\nmode: enforce\r\nmx: mx.example.test\r\nmax_age: 600\r\n")
+                .unwrap();
+        Rc::new(CachedPolicy {
+            domain: "example.test".into(),
+            id: "1".into(),
+            policy,
+            fetched_at_s: 0,
+        })
+    }
+
+    #[test]
+    fn sts_sessions_count_under_the_recipient_domain() {
+        let (domain, key) = policy_of(&HopTls::MtaSts(cached()), "MX.example.test").unwrap();
+        assert_eq!(domain, "example.test");
+        assert_eq!(key.policy_type, PolicyType::Sts);
+        assert_eq!(
+            key.policy_string,
+            [
+                "version: STSv1",
+                "mode: enforce",
+                "mx: mx.example.test",
+                "max_age: 600"
+            ]
+        );
+        assert_eq!(key.mx_host, ["mx.example.test"]);
+    }
+
+    #[test]
+    fn dane_sessions_count_under_the_mx_host() {
+        let record = Tlsa::new(3, 1, 1, vec![0xab; 32]).unwrap();
+        let (domain, key) = policy_of(&HopTls::Dane(vec![record]), "MX.example.test").unwrap();
+        assert_eq!(domain, "mx.example.test");
+        assert_eq!(key.policy_type, PolicyType::Tlsa);
+        assert_eq!(key.policy_string, [format!("3 1 1 {}", "ab".repeat(32))]);
+        assert!(policy_of(&HopTls::Opportunistic, "mx.example.test").is_none());
+    }
+
+    #[test]
+    fn handshake_errors_map_to_result_types() {
+        let sts = HopTls::MtaSts(cached());
+        let cases = [
+            (
+                "invalid peer certificate: UnknownIssuer",
+                ResultType::CertificateNotTrusted,
+            ),
+            (
+                "invalid peer certificate: Expired",
+                ResultType::CertificateExpired,
+            ),
+            (
+                "invalid peer certificate: NotValidForName",
+                ResultType::CertificateHostMismatch,
+            ),
+            ("handshake failure", ResultType::ValidationFailure),
+        ];
+        for (text, want) in cases {
+            assert_eq!(handshake_failure(&sts, text), want, "{text}");
+        }
+        assert_eq!(
+            handshake_failure(&HopTls::Dane(Vec::new()), "UnknownIssuer"),
+            ResultType::ValidationFailure
+        );
+    }
+}
