@@ -22,10 +22,28 @@ pub struct ReportMail<'a> {
 
 /// The complete message with CRLF line endings.
 pub fn build(mail: &ReportMail<'_>, gzip: &[u8]) -> Vec<u8> {
-    let boundary = format!("tlsrpt-{}", mail.report_id);
+    // Only RFC 2046 boundary characters: the report id carries `@`.
+    let safe: String = mail
+        .report_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let boundary = format!("tlsrpt-{safe}");
+    // RFC 8460 5.3: the unique id is letters and digits only.
+    let unique: String = mail
+        .report_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
     let file = format!(
-        "{}!{}!{}!{}!{}.json.gz",
-        mail.submitter, mail.domain, mail.start_s, mail.end_s, mail.report_id
+        "{}!{}!{}!{}!{unique}.json.gz",
+        mail.submitter, mail.domain, mail.start_s, mail.end_s
     );
     let mut out = String::new();
     let mut line = |s: &str| {
@@ -39,10 +57,14 @@ pub fn build(mail: &ReportMail<'_>, gzip: &[u8]) -> Vec<u8> {
         mail.domain, mail.submitter, mail.report_id
     ));
     line(&format!("Date: {}", mail.date));
-    line(&format!(
-        "Message-ID: <{}@{}>",
-        mail.report_id, mail.submitter
-    ));
+    if mail.report_id.contains('@') {
+        line(&format!("Message-ID: <{}>", mail.report_id));
+    } else {
+        line(&format!(
+            "Message-ID: <{}@{}>",
+            mail.report_id, mail.submitter
+        ));
+    }
     line(&format!("TLS-Report-Domain: {}", mail.domain));
     line(&format!("TLS-Report-Submitter: {}", mail.submitter));
     line("MIME-Version: 1.0");
@@ -84,7 +106,7 @@ mod tests {
             to: "tls@example.test",
             domain: "example.test",
             submitter: "mta.test",
-            report_id: "r1",
+            report_id: "r1@mta.test",
             date: "Thu, 01 Jan 1970 00:00:00 +0000",
             start_s: 0,
             end_s: 86_400,
@@ -95,6 +117,8 @@ mod tests {
         assert!(text.contains("multipart/report; report-type=\"tlsrpt\""));
         assert!(text.contains("Content-Type: application/tlsrpt+gzip\r\n"));
         assert!(text.contains(&format!("\r\n{}\r\n", STANDARD.encode([1, 2, 3]))));
-        assert!(text.ends_with("--tlsrpt-r1--\r\n"));
+        assert!(text.contains("Message-ID: <r1@mta.test>\r\n"));
+        assert!(text.contains("filename=\"mta.test!example.test!0!86400!r1mtatest.json.gz\""));
+        assert!(text.ends_with("--tlsrpt-r1_mta.test--\r\n"));
     }
 }
