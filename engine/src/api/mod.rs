@@ -13,6 +13,7 @@ mod routes;
 pub mod status_table;
 mod suppressions;
 pub mod text_table;
+pub mod tls_rpt;
 
 use std::rc::Rc;
 

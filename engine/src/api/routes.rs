@@ -57,6 +57,8 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
             super::reputation::unsubscribe(&core, token, &request).await
         }
         ("POST", ["v1", "feedback"]) => super::reputation::feedback(&core, &request).await,
+        ("GET", ["v1", "tls-rpt"]) => super::tls_rpt::show(&core),
+        ("POST", ["v1", "tls-rpt", "send"]) => super::tls_rpt::send(&core).await,
         ("GET", ["v1", "drain"]) => drain_state(&core),
         ("POST", ["v1", "drain"]) => drain_start(&core, &request.body).await,
         ("DELETE", ["v1", "drain"]) => drain_cancel(&core).await,

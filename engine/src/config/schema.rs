@@ -43,6 +43,9 @@ pub struct Config {
     /// MTA-STS (RFC 8461) for outbound mail (docs/transport-security.md).
     #[serde(default)]
     pub mta_sts: MtaStsSection,
+    /// TLS-RPT (RFC 8460) aggregate reports (docs/transport-security.md).
+    #[serde(default)]
+    pub tls_rpt: TlsRptSection,
     /// Static next hops by recipient domain, tried before MX: `"example.test" = "127.0.0.1:2526"`.
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
@@ -478,6 +481,25 @@ impl Default for MtaStsSection {
         MtaStsSection {
             enabled: true,
             fetch_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[tls_rpt]` (RFC 8460).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsRptSection {
+    /// Record policy outcomes per domain and send aggregate reports to each domain's `rua`.
+    pub enabled: bool,
+    /// The report period in seconds.
+    pub interval_s: u64,
+}
+
+impl Default for TlsRptSection {
+    fn default() -> Self {
+        TlsRptSection {
+            enabled: false,
+            interval_s: 86_400,
         }
     }
 }

@@ -13,11 +13,13 @@ use super::hops::{Hop, Hops};
 use super::transaction::Connection;
 use crate::config::{Dnssec, OutboundTls};
 use crate::dns::DnsError;
-use crate::metrics::TlsResult;
+use crate::metrics::{TlsPolicyLabel, TlsResult};
 use crate::smtp::client::Reply;
 use crate::transport_security::dane;
 use crate::transport_security::mta_sts::Needs;
 use crate::transport_security::plan::{self, DaneLookup, Destination, HopTls, Refusal};
+use crate::transport_security::tls_rpt::session;
+use crate::transport_security::tls_rpt::{FailureKey, PolicyKey, PolicyType, ResultType};
 
 /// The destination as the policies see it: its MTA-STS policy is looked up (and fetched when
 /// new) for MX deliveries with `[mta_sts] enabled`.
@@ -59,8 +61,69 @@ pub async fn hop_tls(
         core.counters()
             .tls_policy
             .count(refusal.policy, TlsResult::Failed);
+        report_refusal(core, dest, hop, refusal.policy);
     }
     decided
+}
+
+/// TLS-RPT: a hop refused by its policy before connecting (an MX host not in the MTA-STS
+/// policy; a TLSA lookup that failed).
+fn report_refusal(core: &DeliveryCore, dest: &Destination, hop: &Hop, policy: TlsPolicyLabel) {
+    if !core.config().tls_rpt.enabled {
+        return;
+    }
+    let (domain, key, result) = match (policy, &dest.mta_sts) {
+        (TlsPolicyLabel::Dane, _) => (
+            hop.host.to_ascii_lowercase(),
+            PolicyKey {
+                policy_type: PolicyType::Tlsa,
+                policy_string: Vec::new(),
+                mx_host: Vec::new(),
+            },
+            ResultType::DnssecInvalid,
+        ),
+        (TlsPolicyLabel::MtaSts, Some(cached)) => (
+            dest.domain.to_ascii_lowercase(),
+            session::sts_key(cached),
+            ResultType::ValidationFailure,
+        ),
+        _ => return,
+    };
+    let failure = FailureKey {
+        result_type: result,
+        receiving_mx_hostname: hop.host.clone(),
+        receiving_ip: hop.address.ip().to_string(),
+    };
+    core.node
+        .metrics
+        .tls_rpt
+        .record(core.index, &domain, &key, Some(failure));
+}
+
+/// TLS-RPT: one session of `conn`, met or failed with `result`.
+fn report_session(conn: &Connection, result: Option<ResultType>) {
+    if !conn.config.tls_rpt.enabled {
+        return;
+    }
+    let (host, ip) = conn
+        .mx
+        .split_once(" (")
+        .map_or((conn.mx.as_str(), ""), |(h, rest)| {
+            (h, rest.trim_end_matches(')'))
+        });
+    let Some((domain, key)) = session::policy_of(&conn.hop_tls, host) else {
+        return;
+    };
+    let failure = result.map(|result_type| FailureKey {
+        result_type,
+        receiving_mx_hostname: host.to_string(),
+        receiving_ip: ip.to_string(),
+    });
+    conn.core
+        .node
+        .metrics
+        .tls_rpt
+        .record(conn.core.index, &domain, &key, failure);
 }
 
 /// The TLSA records of `_25._tcp.<host>`: validated ones make DANE apply; none, or not
@@ -90,6 +153,16 @@ pub fn count_open(conn: &Connection) {
         TlsResult::Plaintext
     };
     conn.core.counters().tls_policy.count(tls.label(), result);
+    let observed = conn.observed.as_deref().and_then(|o| o.failure());
+    let report = match (conn.tls_up, observed, tls) {
+        (false, _, _) => Some(ResultType::StarttlsNotSupported),
+        (true, Some(text), _) => Some(ResultType::of_certificate_error(text)),
+        (true, None, HopTls::MtaStsTesting { listed: false, .. }) => {
+            Some(ResultType::ValidationFailure)
+        }
+        (true, None, _) => None,
+    };
+    report_session(conn, report);
     if let Some(failure) = tls.testing_failure(conn.observed.as_deref(), conn.tls_up) {
         log::warn!("{}: {}: {failure}; delivered anyway", conn.key, conn.mx);
     }
@@ -111,5 +184,10 @@ pub fn count_unopened(conn: &Connection, ended: Option<&Reply>) {
             .counters()
             .tls_policy
             .count(conn.hop_tls.label(), TlsResult::Failed);
+        let result = match ended {
+            Some(reply) if !tls_missing => session::handshake_failure(&conn.hop_tls, &reply.text),
+            _ => ResultType::StarttlsNotSupported,
+        };
+        report_session(conn, Some(result));
     }
 }

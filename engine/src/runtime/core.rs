@@ -202,6 +202,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
     let listener_core = Rc::new(ListenerCore::new(placement.clone()));
     let listeners = crate::listener::start(&listener_core)?;
     if index == 0 {
+        crate::transport_security::tls_rpt::period::start(&shard).await;
         crate::api::start(Rc::new(ApiCore {
             shard: shard.clone(),
             placement: placement.clone(),
@@ -253,6 +254,9 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
                 .spawn_blocking(crate::delivery::return_freed_memory)
                 .await;
         }
+        if index == 0 && tick.is_multiple_of(SNAPSHOT_EVERY_TICKS) {
+            crate::transport_security::tls_rpt::period::tick(&placement).await;
+        }
         if index == 0 && tick.is_multiple_of(crate::limits::SAVE_EVERY_MS / TICK_MS) {
             shard.save_limits().await;
         }
@@ -278,6 +282,9 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         }
     }
     shard.save_limits().await;
+    if index == 0 {
+        crate::transport_security::tls_rpt::period::stop(&shard).await;
+    }
     shard.accounting.flush_now();
     shard
         .spool

@@ -9,5 +9,6 @@ pub mod mta_sts;
 pub mod plan;
 #[cfg(test)]
 pub(crate) mod test_pki;
+pub mod tls_rpt;
 
 pub use client::{ClientTls, anchor_files};

@@ -1,0 +1,190 @@
+"""TLS-RPT (RFC 8460, docs/transport-security.md): sessions under MTA-STS policies are counted per
+policy domain, kept across a restart, and `POST /v1/tls-rpt/send` sends each domain's gzip JSON
+report to the `rua` of its `_smtp._tls` record: an HTTPS endpoint and a mailbox."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from conftest import DELIVERY_TIMEOUT_S, free_port, message, wait_until
+from pki import TestCa
+from test_tls_policy import mx_sink, publish_policy
+
+
+class ReportServer:
+    """An HTTPS endpoint on 127.0.0.1 (certificate for `localhost`) keeping each POST."""
+
+    def __init__(self, cert, key) -> None:
+        self.port = free_port("127.0.0.1")
+        self.posts: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with server.lock:
+                    server.posts.append((self.headers.get("Content-Type", ""), body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.send_header("Connection", "close")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._httpd.daemon_threads = True
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert), str(key))
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}/tlsrpt"
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def domain_counts(volley, domain: str) -> tuple[int, int]:
+    status, body = volley.api("GET", "/v1/tls-rpt")
+    assert status == 200, body
+    for d in body["domains"]:
+        if d["domain"] == domain:
+            s = d["policies"][0]["summary"]
+            return s["total-successful-session-count"], s["total-failure-session-count"]
+    return 0, 0
+
+
+def test_reports_go_to_https_and_mailto_with_counts_kept_across_a_restart(
+    volley, dns, tmp_path, sink_factory, catcher_factory
+):
+    ca = TestCa(tmp_path / "pki")
+    servers = []
+    sink = mx_sink(dns, sink_factory, ca, "rpt.test", "mx.rpt.test", "127.0.0.51")
+    servers.append(publish_policy(dns, ca, "rpt.test", "127.0.0.151"))
+    servers[-1].policy("enforce", ["mx.rpt.test"])
+    mx_sink(dns, sink_factory, ca, "rpt2.test", "mx.rpt2.test", "127.0.0.52")
+    servers.append(publish_policy(dns, ca, "rpt2.test", "127.0.0.152"))
+    servers[-1].policy("enforce", ["mx.elsewhere.test"])
+    # Counted, but no `_smtp._tls` record: no report.
+    mx_sink(dns, sink_factory, ca, "rpt4.test", "mx.rpt4.test", "127.0.0.55")
+    servers.append(publish_policy(dns, ca, "rpt4.test", "127.0.0.155"))
+    servers[-1].policy("enforce", ["mx.rpt4.test"])
+    cert, key = ca.issue(["localhost"])
+    reports = ReportServer(cert, key)
+    catcher = catcher_factory("127.0.0.53")
+    dns.txt("_smtp._tls.rpt.test", f"v=TLSRPTv1; rua={reports.url}")
+    dns.txt("_smtp._tls.rpt2.test", "v=TLSRPTv1; rua=mailto:tls@reports.test")
+    volley.config["routes"]["reports.test"] = catcher.hostport
+    volley.config["tls"] = {"trust_anchors": [str(ca.cert)]}
+    volley.config["tls_rpt"] = {"enabled": True, "interval_s": 86400}
+    try:
+        volley.start()
+        volley.send("a@src.test", ["r@rpt.test"], message("rpt ok"))
+        volley.send("a@src.test", ["r@rpt2.test"], message("rpt refused"))
+        volley.send("a@src.test", ["r@rpt4.test"], message("rpt no record"))
+        volley.wait_acct("delivery", recipient="r@rpt.test")
+        volley.wait_acct("delivery", recipient="r@rpt4.test")
+        volley.wait_acct("transient", recipient="r@rpt2.test")
+        sink.wait_lines(1)
+        assert domain_counts(volley, "rpt.test") == (1, 0)
+        assert domain_counts(volley, "rpt2.test")[1] >= 1
+        assert domain_counts(volley, "rpt4.test") == (1, 0)
+        started_before = volley.api("GET", "/v1/tls-rpt")[1]["started_s"]
+
+        # Counts recorded before a restart are reported after it.
+        assert volley.stop() == 0
+        assert (volley.dir / "spool" / "tls-rpt.json").exists()
+        volley.start()
+        assert domain_counts(volley, "rpt.test") == (1, 0)
+        status, shown = volley.api("GET", "/v1/tls-rpt")
+        assert shown["enabled"] is True and shown["domain_count"] == 3, shown
+        assert shown["started_s"] == started_before, "the period goes on across the restart"
+
+        status, sent = volley.api("POST", "/v1/tls-rpt/send")
+        assert status == 200, sent
+        assert sent["https"] == 1 and sent["mailto"] == 1 and sent["failed"] == 0, sent
+        assert sent["domains"] == 3 and sent["no_record"] == 1, sent
+        assert domain_counts(volley, "rpt.test") == (0, 0), "the period was closed"
+        assert volley.api("GET", "/v1/tls-rpt")[1]["started_s"] >= started_before
+
+        assert len(reports.posts) == 1
+        content_type, body = reports.posts[0]
+        assert content_type == "application/tlsrpt+gzip"
+        report = json.loads(gzip.decompress(body))
+        assert report["organization-name"] == "mta.volley.test"
+        assert report["contact-info"] == "tlsrpt-noreply@mta.volley.test"
+        policy = report["policies"][0]
+        assert policy["policy"]["policy-type"] == "sts"
+        assert policy["policy"]["policy-domain"] == "rpt.test"
+        assert "mode: enforce" in policy["policy"]["policy-string"]
+        assert policy["summary"] == {
+            "total-successful-session-count": 1,
+            "total-failure-session-count": 0,
+        }
+
+        caught = catcher.wait(1, DELIVERY_TIMEOUT_S)[0]
+        assert caught.recipients == ["tls@reports.test"]
+        assert caught.sender == "tlsrpt-noreply@mta.volley.test"
+        mail = caught.parsed
+        assert mail["TLS-Report-Domain"] == "rpt2.test"
+        assert mail["TLS-Report-Submitter"] == "mta.volley.test"
+        assert mail.get_content_type() == "multipart/report"
+        assert mail.get_param("report-type") == "tlsrpt"
+        parts = [p for p in mail.iter_attachments() if p.get_content_type() == "application/tlsrpt+gzip"]
+        assert len(parts) == 1
+        mailed = json.loads(gzip.decompress(parts[0].get_content()))
+        detail = mailed["policies"][0]["failure-details"][0]
+        assert detail["result-type"] == "validation-failure"
+        assert detail["receiving-mx-hostname"] == "mx.rpt2.test"
+        assert detail["receiving-ip"] == "127.0.0.52"
+        assert mailed["policies"][0]["summary"]["total-failure-session-count"] >= 1
+        assert mailed["policies"][0]["summary"]["total-successful-session-count"] == 0
+    finally:
+        reports.stop()
+        for s in servers:
+            s.stop()
+
+
+def test_disabled_records_nothing(volley):
+    volley.start()
+    status, body = volley.api("GET", "/v1/tls-rpt")
+    assert status == 200 and body["enabled"] is False and body["domains"] == [], body
+    status, sent = volley.api("POST", "/v1/tls-rpt/send")
+    assert status == 200 and sent["domains"] == 0, sent
+
+
+def test_a_period_ends_by_itself_after_interval_s(volley, dns, tmp_path, sink_factory):
+    ca = TestCa(tmp_path / "pki")
+    mx_sink(dns, sink_factory, ca, "rpt3.test", "mx.rpt3.test", "127.0.0.54")
+    server = publish_policy(dns, ca, "rpt3.test", "127.0.0.154")
+    server.policy("enforce", ["mx.rpt3.test"])
+    cert, key = ca.issue(["localhost"])
+    reports = ReportServer(cert, key)
+    dns.txt("_smtp._tls.rpt3.test", f"v=TLSRPTv1; rua={reports.url}")
+    volley.config["tls"] = {"trust_anchors": [str(ca.cert)]}
+    volley.config["tls_rpt"] = {"enabled": True, "interval_s": 3}
+    try:
+        volley.start()
+        volley.send("a@src.test", ["r@rpt3.test"], message("rpt period"))
+        volley.wait_acct("delivery", recipient="r@rpt3.test")
+        wait_until(lambda: reports.posts, DELIVERY_TIMEOUT_S, "a report without POST /v1/tls-rpt/send")
+        sent = [json.loads(gzip.decompress(body)) for _, body in reports.posts]
+        successes = sum(
+            r["policies"][0]["summary"]["total-successful-session-count"] for r in sent
+        )
+        assert successes == 1, sent
+    finally:
+        reports.stop()
+        server.stop()
