@@ -180,8 +180,6 @@ pub struct Metrics {
     pub cores: Box<[CachePadded<CoreCounters>]>,
     /// Outcomes and queued recipients by VMTA, customer and destination.
     pub labels: labelled::LabelBoard,
-    /// TLS-RPT counts of the open report period (`[tls_rpt]`), per core.
-    pub tls_rpt: crate::transport_security::tls_rpt::Recorder,
 }
 
 impl Metrics {
@@ -191,7 +189,6 @@ impl Metrics {
                 .map(|_| CachePadded::new(CoreCounters::default()))
                 .collect(),
             labels: labelled::LabelBoard::new(cores),
-            tls_rpt: crate::transport_security::tls_rpt::Recorder::new(cores),
         }
     }
 

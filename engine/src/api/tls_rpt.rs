@@ -6,14 +6,14 @@ use time::OffsetDateTime;
 
 use super::ApiCore;
 use super::http::Response;
+use crate::delivery::tls_reports::send::send_period;
 use crate::transport_security::tls_rpt::report::{ReportHeader, report_json};
-use crate::transport_security::tls_rpt::send::send_period;
 
 /// Policy domains listed by one `GET /v1/tls-rpt` at most.
 pub const SHOW_DOMAINS_MAX: usize = 1_000;
 
 pub fn show(core: &ApiCore) -> Response {
-    let (started_s, tally) = core.node.metrics.tls_rpt.snapshot();
+    let (started_s, tally) = core.node.tls_rpt.snapshot();
     let start =
         OffsetDateTime::from_unix_timestamp(started_s as i64).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let header = ReportHeader {

@@ -26,6 +26,7 @@ mod scheduler;
 mod security;
 mod shaping;
 mod snapshot;
+pub mod tls_reports;
 mod transaction;
 pub mod vmta_status;
 

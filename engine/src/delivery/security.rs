@@ -95,7 +95,6 @@ fn report_refusal(core: &DeliveryCore, dest: &Destination, hop: &Hop, policy: Tl
         receiving_ip: hop.address.ip().to_string(),
     };
     core.node
-        .metrics
         .tls_rpt
         .record(core.index, &domain, &key, Some(failure));
 }
@@ -121,7 +120,6 @@ fn report_session(conn: &Connection, result: Option<ResultType>) {
     });
     conn.core
         .node
-        .metrics
         .tls_rpt
         .record(conn.core.index, &domain, &key, failure);
 }

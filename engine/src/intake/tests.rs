@@ -71,6 +71,7 @@ async fn core_with(dir: &std::path::Path, config: &str) -> Core {
         suppressions: Arc::new(crate::suppression::SuppressionList::in_memory()),
         drain: Arc::new(crate::shard::Drain::in_memory()),
         xfers_seen: Arc::new(crate::shard::XferMemory::default()),
+        tls_rpt: Arc::new(crate::transport_security::tls_rpt::Recorder::new(1)),
     };
     let mut spool_config = SpoolConfig::new(dir, 0);
     spool_config.fsync = false;

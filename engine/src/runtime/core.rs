@@ -112,6 +112,7 @@ impl Shared {
                 cluster,
                 drain,
                 xfers_seen: Arc::new(crate::shard::XferMemory::default()),
+                tls_rpt: Arc::new(crate::transport_security::tls_rpt::Recorder::new(cores)),
             },
             queue_board: Arc::new(QueueBoard::new(cores)),
             vmta_board: Arc::new(VmtaBoard::default()),
@@ -202,7 +203,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
     let listener_core = Rc::new(ListenerCore::new(placement.clone()));
     let listeners = crate::listener::start(&listener_core)?;
     if index == 0 {
-        crate::transport_security::tls_rpt::period::start(&shard).await;
+        crate::delivery::tls_reports::period::start(&shard).await;
         crate::api::start(Rc::new(ApiCore {
             shard: shard.clone(),
             placement: placement.clone(),
@@ -255,7 +256,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
                 .await;
         }
         if index == 0 && tick.is_multiple_of(SNAPSHOT_EVERY_TICKS) {
-            crate::transport_security::tls_rpt::period::tick(&placement).await;
+            crate::delivery::tls_reports::period::tick(&placement).await;
         }
         if index == 0 && tick.is_multiple_of(crate::limits::SAVE_EVERY_MS / TICK_MS) {
             shard.save_limits().await;
@@ -283,7 +284,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
     }
     shard.save_limits().await;
     if index == 0 {
-        crate::transport_security::tls_rpt::period::stop(&shard).await;
+        crate::delivery::tls_reports::period::stop(&shard).await;
     }
     shard.accounting.flush_now();
     shard

@@ -53,6 +53,8 @@ pub struct Node {
     pub drain: Arc<Drain>,
     /// Hand-overs received lately, to count those received again.
     pub xfers_seen: Arc<XferMemory>,
+    /// TLS-RPT counts of the open report period (`[tls_rpt]`), per core.
+    pub tls_rpt: Arc<crate::transport_security::tls_rpt::Recorder>,
 }
 
 /// Resolves every waiter once the core is asked to stop.

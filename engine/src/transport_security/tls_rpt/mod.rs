@@ -3,12 +3,10 @@
 //! of one period (`report`). See docs/transport-security.md.
 
 pub mod mail;
-pub mod period;
 pub mod post;
 pub mod record;
 pub mod recorder;
 pub mod report;
-pub mod send;
 pub mod session;
 pub mod tally;
 

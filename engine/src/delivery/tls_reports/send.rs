@@ -7,12 +7,12 @@ use std::rc::Rc;
 use hickory_proto::rr::{RData, RecordType};
 use time::OffsetDateTime;
 
-use super::record::{Rua, parse_record};
-use super::report::{ReportHeader, gzip, report_json};
-use super::{mail, post};
 use crate::envelope::{BodyType, Envelope, Recipient};
 use crate::intake::Origin;
 use crate::placement::Placement;
+use crate::transport_security::tls_rpt::record::{Rua, parse_record};
+use crate::transport_security::tls_rpt::report::{ReportHeader, gzip, report_json};
+use crate::transport_security::tls_rpt::{mail, post};
 
 /// What one period's sending came to.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -54,7 +54,7 @@ fn at(unix_s: u64) -> OffsetDateTime {
 pub async fn send_period(placement: &Rc<Placement>) -> Sent {
     let shard = &placement.shard;
     let config = shard.config();
-    let (start_s, end_s, tally) = shard.node.metrics.tls_rpt.close();
+    let (start_s, end_s, tally) = shard.node.tls_rpt.close();
     // The closed period leaves the file now, so a restart does not report it again.
     super::period::save(shard).await;
     let hostname = config.server.hostname.clone();

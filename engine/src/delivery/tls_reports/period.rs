@@ -21,10 +21,10 @@ fn spool_dir(shard: &Shard) -> PathBuf {
 }
 
 pub(super) async fn save(shard: &Shard) {
-    let metrics = shard.node.metrics.clone();
+    let recorder = shard.node.tls_rpt.clone();
     let dir = spool_dir(shard);
     let result = glommio::executor()
-        .spawn_blocking(move || metrics.tls_rpt.save(&dir))
+        .spawn_blocking(move || recorder.save(&dir))
         .await;
     if let Err(e) = result {
         log::error!("TLS-RPT: saving the report period: {e}");
@@ -33,10 +33,10 @@ pub(super) async fn save(shard: &Shard) {
 
 /// Loads the counts saved before a restart.
 pub async fn start(shard: &Shard) {
-    let metrics = shard.node.metrics.clone();
+    let recorder = shard.node.tls_rpt.clone();
     let dir = spool_dir(shard);
     let result = glommio::executor()
-        .spawn_blocking(move || metrics.tls_rpt.load(&dir))
+        .spawn_blocking(move || recorder.load(&dir))
         .await;
     if let Err(e) = result {
         log::error!("TLS-RPT: loading the report period: {e}");
@@ -51,7 +51,7 @@ pub async fn tick(placement: &Rc<Placement>) {
         return;
     }
     let now = crate::clock::unix_s();
-    let started = shard.node.metrics.tls_rpt.started_s();
+    let started = shard.node.tls_rpt.started_s();
     if now >= started.saturating_add(config.tls_rpt.interval_s.max(1)) && !SENDING.get() {
         SENDING.set(true);
         let placement = placement.clone();
