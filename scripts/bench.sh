@@ -56,6 +56,9 @@ TOML
   kill $v $sink; wait $v $sink 2>/dev/null || true
 done
 
+echo "== accept latency at 25 % and 50 % of full load (evenly paced), beside the disk's fdatasync latency"
+python3 scripts/bench-accept-latency.py --rounds 1
+
 echo "== relay end to end, side by side"
 for size in 1024 102400; do
   for rcpt in 1 10; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need, builds, runs the Rust tests,
-# the fuzz targets' stable smoke tests, the integration suite against the real daemon, a short
-# crash test, the power-loss test and the short soak. Safe to run again; every step is bounded in time.
+# a relay throughput guard, the fuzz targets' stable smoke tests, the integration suite against the
+# real daemon, a short crash test, the power-loss test and the short soak. Safe to run again; every step is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,9 @@ cargo build --workspace --all-targets
 
 step "Rust tests"
 cargo test --workspace
+
+step "relay throughput guard (debug build: best of 3 short relay runs, at least half the figure of docs/benchmarks.md)"
+timeout 120 python3 scripts/relay-guard.py --build debug
 
 if [ -d tests ] && ls tests/test_*.py >/dev/null 2>&1; then
   step "integration tests (real daemon, sinks, DNS server on loopback; the Debian package from the debug build)"

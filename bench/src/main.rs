@@ -195,9 +195,14 @@ struct BlastArgs {
     /// Recipient domains (d0.test ...).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     domains: u32,
-    /// Global pace in messages per second (default: as fast as possible).
+    /// Global pace in messages per second (default: as fast as possible). The connections are
+    /// offset from one another so that messages arrive evenly spaced.
     #[arg(long)]
     rate: Option<f64>,
+    /// With --rate: every connection sends at the same instants instead, so messages arrive in
+    /// bursts of --connections (how blast paced before the offsets).
+    #[arg(long, requires = "rate")]
+    rate_bursts: bool,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -402,6 +407,7 @@ fn run_blast(args: BlastArgs) -> ExitCode {
         messages: args.messages,
         connections: args.connections.max(1),
         rate: args.rate,
+        rate_bursts: args.rate_bursts,
         ehlo: args.ehlo,
         pipeline_depth: args.pipeline_depth,
         chunking: args.chunking,

@@ -324,6 +324,50 @@ fn rate_paces_the_load() {
     assert!((0.3..3.0).contains(&elapsed), "elapsed {elapsed}");
 }
 
+/// Milliseconds of the day of a sink log line's `time` (`...THH:MM:SS.mmmZ`).
+fn logged_ms(line: &Value) -> i64 {
+    let time = line["time"].as_str().expect("time");
+    let clock = time.split('T').nth(1).expect("a time of day");
+    let (hms, ms) = clock.trim_end_matches('Z').split_once('.').expect("ms");
+    let mut parts = hms.split(':').map(|p| p.parse::<i64>().expect("number"));
+    let (h, m, s) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    ((h * 60 + m) * 60 + s) * 1000 + ms.parse::<i64>().expect("ms")
+}
+
+/// Gaps under 10 ms between consecutive arrivals at the sink of a paced blast.
+fn close_arrivals(extra: &[&str]) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sink.jsonl");
+    let sink = Sink::start(&["--log", log.to_str().unwrap()]);
+    let mut args = vec!["--messages", "24", "--connections", "4", "--rate", "20"];
+    args.extend_from_slice(extra);
+    let report = blast_json(sink.addr, &args);
+    sink.stop();
+    assert_eq!(report["messages_accepted"], 24);
+    let mut times: Vec<i64> = log_lines(&log).iter().map(logged_ms).collect();
+    assert_eq!(times.len(), 24);
+    times.sort_unstable();
+    times.windows(2).filter(|w| w[1] - w[0] < 10).count()
+}
+
+#[test]
+fn rate_spreads_connections_evenly_unless_asked_for_bursts() {
+    // 20 messages/s over 4 connections: one arrival every 50 ms; with --rate-bursts, the four
+    // connections send together every 200 ms (3 close gaps in each of the 6 bursts). The margins
+    // leave room for a loaded machine making a few sends late.
+    let spread = close_arrivals(&[]);
+    let bursts = close_arrivals(&["--rate-bursts"]);
+    assert!(spread <= 6, "{spread} of 23 gaps under 10 ms when spread");
+    assert!(
+        bursts >= 12,
+        "only {bursts} of 23 gaps under 10 ms in bursts"
+    );
+}
+
 #[test]
 fn blast_fails_when_no_connection_succeeds() {
     let closed = TcpListener::bind("127.0.0.1:0")

@@ -59,6 +59,9 @@ pub struct BlastConfig {
     pub connections: usize,
     /// Global pace in messages per second (None = as fast as possible).
     pub rate: Option<f64>,
+    /// With `rate`: every connection sends at the same instants (bursts of `connections`
+    /// messages) instead of each one offset so that the messages arrive evenly spaced.
+    pub rate_bursts: bool,
     /// EHLO name.
     pub ehlo: String,
     /// DATA: 1 = wait for the end-of-data reply before the next envelope; 2 or more = overlap
@@ -209,7 +212,14 @@ async fn shard(
                 config: &config,
                 stats: &stats,
                 counters: counters.core(index),
-                start,
+                // Connection k starts k/rate after the first: arrivals are evenly spaced at
+                // `rate` overall, not `connections` messages at once every connections/rate.
+                start: match config.rate {
+                    Some(rate) if !config.rate_bursts => {
+                        start + Duration::from_secs_f64(k as f64 / rate)
+                    }
+                    _ => start,
+                },
                 per_connection_rate: config.rate.map(|r| r / connections as f64),
             };
             conn.run(job).await;
@@ -234,6 +244,7 @@ struct Connection<'a> {
     config: &'a BlastConfig,
     stats: &'a RefCell<Stats>,
     counters: &'a CoreCounters,
+    /// When this connection's first message is due (with a rate).
     start: Instant,
     per_connection_rate: Option<f64>,
 }

@@ -1,7 +1,13 @@
 //! Group commit: writers write records into the page cache and join the open batch; one committer task
-//! per spool closes the batch, issues one io_uring `fdatasync` per dirty segment (and one on the
-//! directory after a segment was created), then wakes every writer of that batch. Records written
-//! while an fsync is in flight join the next batch, so accepts are not bounded by the fsync rate.
+//! per spool closes the batch and starts its sync: one io_uring `fdatasync` per dirty segment (and
+//! one on the directory after a segment was created), then wakes every writer of that batch.
+//!
+//! Up to `MAX_SYNCS_IN_FLIGHT` batches sync at once: a record written while a sync is in flight is
+//! not held until that one returns (which cost it up to a whole extra fsync), its batch starts its
+//! own. Batches still end in the order they were taken, and a batch whose predecessor failed fails
+//! too: its records may share a page with the failed ones. Each sync slot has its own open file
+//! descriptions of the segments and the directory, because the kernel reports a writeback error to
+//! one fsync per open file (errseq): two syncs sharing one could each miss the other's error.
 //!
 //! The first directory sync of a queue also syncs the parent (the spool directory): `core-N` may
 //! have just been created there, and POSIX makes a new entry durable only through its directory.
@@ -77,6 +83,9 @@ fn outcome_to_result(outcome: &BatchOutcome) -> Result<(), SpoolError> {
     }
 }
 
+/// Batches whose sync may be in flight at once (see the module doc).
+pub const MAX_SYNCS_IN_FLIGHT: usize = 2;
+
 /// Counters of the committer, for stats and tests.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CommitCounters {
@@ -99,14 +108,20 @@ pub struct CommitQueue {
     stopping: Cell<bool>,
     /// Set after a failed fsync: the page cache state is then unknown, so nothing more is accepted.
     poisoned: RefCell<Option<String>>,
-    files: RefCell<HashMap<u32, Rc<BufferedFile>>>,
-    directory: RefCell<Option<Rc<Directory>>>,
+    /// Which sync slots have a batch in flight (taken and not yet ended).
+    busy_slots: Cell<[bool; MAX_SYNCS_IN_FLIGHT]>,
+    /// Per sync slot, its own handles of the segments and of the directory (see the module doc).
+    files: [RefCell<HashMap<u32, Rc<BufferedFile>>>; MAX_SYNCS_IN_FLIGHT],
+    directories: [RefCell<Option<Rc<Directory>>>; MAX_SYNCS_IN_FLIGHT],
     counters: Cell<CommitCounters>,
     /// Voided ranges on record in the `voided` file (bounded by `MAX_VOIDED_RANGES`).
     voided_ranges: Cell<usize>,
     /// Test hook: the next sync fails with this error kind, as a failing disk would.
     #[cfg(test)]
     fault: Cell<Option<io::ErrorKind>>,
+    /// Test hook: the next sync first waits this long, as a slow disk would.
+    #[cfg(test)]
+    delay: Cell<Option<std::time::Duration>>,
 }
 
 impl CommitQueue {
@@ -122,12 +137,15 @@ impl CommitQueue {
             committer: RefCell::new(None),
             stopping: Cell::new(false),
             poisoned: RefCell::new(None),
-            files: RefCell::new(HashMap::new()),
-            directory: RefCell::new(None),
+            busy_slots: Cell::new([false; MAX_SYNCS_IN_FLIGHT]),
+            files: Default::default(),
+            directories: Default::default(),
             counters: Cell::new(CommitCounters::default()),
             voided_ranges: Cell::new(voided_ranges),
             #[cfg(test)]
             fault: Cell::new(None),
+            #[cfg(test)]
+            delay: Cell::new(None),
         }
     }
 
@@ -135,6 +153,12 @@ impl CommitQueue {
     #[cfg(test)]
     pub fn fail_next_sync(&self, kind: io::ErrorKind) {
         self.fault.set(Some(kind));
+    }
+
+    /// Test hook: makes the next sync wait `delay` before it starts.
+    #[cfg(test)]
+    pub fn delay_next_sync(&self, delay: std::time::Duration) {
+        self.delay.set(Some(delay));
     }
 
     /// Fails when the spool may no longer be written (after a failed fsync or `close`).
@@ -179,7 +203,9 @@ impl CommitQueue {
 
     /// A segment was reclaimed: forget its sync handle.
     pub fn segment_removed(&self, segment: u32) {
-        self.files.borrow_mut().remove(&segment);
+        for files in &self.files {
+            files.borrow_mut().remove(&segment);
+        }
         self.dirty_segments.borrow_mut().remove(&segment);
     }
 
@@ -201,63 +227,124 @@ impl CommitQueue {
 
     /// The committer task: run once per spool with `glommio::spawn_local(..).detach()`.
     pub async fn run_committer(self: Rc<Self>) {
+        let mut last: Option<Rc<Batch>> = None;
         loop {
-            poll_fn(|cx| {
-                if self.open.borrow().members.get() > 0 || self.stopping.get() {
-                    Poll::Ready(())
-                } else {
-                    *self.committer.borrow_mut() = Some(cx.waker().clone());
-                    Poll::Pending
+            let slot = poll_fn(|cx| {
+                let open = self.open.borrow().members.get() > 0;
+                let free = self.busy_slots.get().iter().position(|busy| !busy);
+                match free {
+                    Some(slot) if open => return Poll::Ready(Some(slot)),
+                    // Only here when stopping with nothing left to commit or in flight.
+                    Some(_) if self.stopping.get() && self.syncs_in_flight() == 0 => {
+                        return Poll::Ready(None);
+                    }
+                    _ => {}
                 }
+                *self.committer.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
             })
             .await;
-            if self.open.borrow().members.get() == 0 {
-                // Only here when stopping with nothing left to commit.
+            let Some(slot) = slot else {
                 break;
-            }
+            };
             let batch = self.open.replace(Rc::new(Batch::default()));
             let segments = std::mem::take(&mut *self.dirty_segments.borrow_mut());
             let dir_dirty = self.dir_dirty.replace(false);
-            // Records written while a failing sync ran may sit in pages the kernel has already
-            // marked clean after the error (a later fsync would report success without writing
-            // them): after a poisoning failure, the batches still open fail and are voided too.
-            let poisoned = self.poisoned.borrow().clone();
-            let synced = match &poisoned {
-                Some(reason) => Err(io::Error::other(reason.clone())),
-                None => self.sync(&segments, dir_dirty).await,
-            };
-            let outcome = match synced {
-                Ok(()) => BatchOutcome::Durable,
-                Err(e) => {
-                    let message = poisoned.unwrap_or_else(|| {
-                        format!("fdatasync of spool {} failed: {e}", self.core_dir.display())
-                    });
-                    log::error!("{message}");
-                    if e.kind() != io::ErrorKind::StorageFull {
-                        *self.poisoned.borrow_mut() = Some(message.clone());
-                    } else {
-                        // Try again with the next batch; the data may still be in the page cache.
-                        self.dirty_segments
-                            .borrow_mut()
-                            .extend(segments.iter().copied());
-                        self.dir_dirty.set(self.dir_dirty.get() || dir_dirty);
-                    }
-                    self.void(&batch).await;
-                    BatchOutcome::Failed {
-                        kind: e.kind(),
-                        message,
-                    }
-                }
-            };
-            if matches!(outcome, BatchOutcome::Durable) {
-                let mut counters = self.counters.get();
-                counters.commits += 1;
-                self.counters.set(counters);
-            }
-            batch.finish(outcome);
+            self.set_slot_busy(slot, true);
+            // Only a batch still in flight is waited for (and can fail this one).
+            let previous = last
+                .replace(batch.clone())
+                .filter(|previous| previous.outcome.borrow().is_none());
+            glommio::spawn_local(
+                self.clone()
+                    .commit(batch, segments, dir_dirty, slot, previous),
+            )
+            .detach();
         }
-        self.files.borrow_mut().clear();
-        self.directory.borrow_mut().take();
+        for files in &self.files {
+            files.borrow_mut().clear();
+        }
+        for directory in &self.directories {
+            directory.borrow_mut().take();
+        }
+    }
+
+    fn syncs_in_flight(&self) -> usize {
+        self.busy_slots.get().iter().filter(|busy| **busy).count()
+    }
+
+    fn set_slot_busy(&self, slot: usize, busy: bool) {
+        let mut slots = self.busy_slots.get();
+        slots[slot] = busy;
+        self.busy_slots.set(slots);
+    }
+
+    /// Syncs one batch in `slot`, then ends it once `previous` (the batch taken before it, when
+    /// still in flight then) has ended: writers hear of durability in the order their batches
+    /// were taken.
+    async fn commit(
+        self: Rc<Self>,
+        batch: Rc<Batch>,
+        segments: BTreeSet<u32>,
+        dir_dirty: bool,
+        slot: usize,
+        previous: Option<Rc<Batch>>,
+    ) {
+        // Records written while a failing sync ran may sit in pages the kernel has already
+        // marked clean after the error (a later fsync would report success without writing
+        // them): after a poisoning failure, the batches still open fail and are voided too.
+        let poisoned = self.poisoned.borrow().clone();
+        let mut synced = match &poisoned {
+            Some(reason) => Err(io::Error::other(reason.clone())),
+            None => self.sync(slot, &segments, dir_dirty).await,
+        };
+        let failed_before = match previous {
+            Some(previous) => previous.wait().await.err(),
+            None => None,
+        };
+        // The batch before, in flight with this one, failed: this one's records may share its
+        // pages (or it poisoned the spool meanwhile), so it fails the same way.
+        if synced.is_ok() {
+            if let Some(reason) = self.poisoned.borrow().clone() {
+                synced = Err(io::Error::other(reason));
+            } else if let Some(SpoolError::Full) = failed_before {
+                synced = Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "the commit before this one ran out of space",
+                ));
+            }
+        }
+        let outcome = match synced {
+            Ok(()) => BatchOutcome::Durable,
+            Err(e) => {
+                let message = self.poisoned.borrow().clone().unwrap_or_else(|| {
+                    format!("fdatasync of spool {} failed: {e}", self.core_dir.display())
+                });
+                log::error!("{message}");
+                if e.kind() != io::ErrorKind::StorageFull {
+                    self.poisoned.borrow_mut().get_or_insert(message.clone());
+                } else {
+                    // Try again with the next batch; the data may still be in the page cache.
+                    self.dirty_segments
+                        .borrow_mut()
+                        .extend(segments.iter().copied());
+                    self.dir_dirty.set(self.dir_dirty.get() || dir_dirty);
+                }
+                self.void(&batch).await;
+                BatchOutcome::Failed {
+                    kind: e.kind(),
+                    message,
+                }
+            }
+        };
+        if matches!(outcome, BatchOutcome::Durable) {
+            let mut counters = self.counters.get();
+            counters.commits += 1;
+            self.counters.set(counters);
+        }
+        batch.finish(outcome);
+        self.set_slot_busy(slot, false);
+        self.wake_committer();
     }
 
     /// Makes the records of a batch whose sync failed void for recovery, before its writers hear
@@ -302,7 +389,11 @@ impl CommitQueue {
         }
     }
 
-    async fn sync(&self, segments: &BTreeSet<u32>, dir_dirty: bool) -> io::Result<()> {
+    async fn sync(&self, slot: usize, segments: &BTreeSet<u32>, dir_dirty: bool) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(delay) = self.delay.take() {
+            glommio::timer::sleep(delay).await;
+        }
         #[cfg(test)]
         if let Some(kind) = self.fault.take() {
             // A failing disk takes its time: writers may join the next batch meanwhile.
@@ -313,7 +404,7 @@ impl CommitQueue {
             return Ok(());
         }
         for &segment in segments {
-            let file = match self.file(segment).await {
+            let file = match self.file(slot, segment).await {
                 Ok(file) => file,
                 // Reclaimed meanwhile: nothing of it needs to be durable any more.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -323,7 +414,7 @@ impl CommitQueue {
             self.count_fsync();
         }
         if dir_dirty {
-            let dir = self.directory().await?;
+            let dir = self.directory(slot).await?;
             dir.sync().await?;
             self.count_fsync();
             if !self.parent_synced.get() {
@@ -352,22 +443,22 @@ impl CommitQueue {
         self.counters.set(counters);
     }
 
-    async fn file(&self, segment: u32) -> io::Result<Rc<BufferedFile>> {
-        if let Some(file) = self.files.borrow().get(&segment) {
+    async fn file(&self, slot: usize, segment: u32) -> io::Result<Rc<BufferedFile>> {
+        if let Some(file) = self.files[slot].borrow().get(&segment) {
             return Ok(file.clone());
         }
         let path = self.core_dir.join(segment_file_name(segment));
         let file = Rc::new(OpenOptions::new().write(true).buffered_open(&path).await?);
-        self.files.borrow_mut().insert(segment, file.clone());
+        self.files[slot].borrow_mut().insert(segment, file.clone());
         Ok(file)
     }
 
-    async fn directory(&self) -> io::Result<Rc<Directory>> {
-        if let Some(dir) = &*self.directory.borrow() {
+    async fn directory(&self, slot: usize) -> io::Result<Rc<Directory>> {
+        if let Some(dir) = &*self.directories[slot].borrow() {
             return Ok(dir.clone());
         }
         let dir = Rc::new(Directory::open(&self.core_dir).await?);
-        *self.directory.borrow_mut() = Some(dir.clone());
+        *self.directories[slot].borrow_mut() = Some(dir.clone());
         Ok(dir)
     }
 }
@@ -408,6 +499,93 @@ mod tests {
                     .await
                     .expect("third batch durable");
                 assert_eq!(queue.counters().fsyncs, 6);
+                queue.stop();
+                committer.await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// `core-0` of a fresh spool directory, holding segment 1.
+    fn core_dir_in(spool_dir: &std::path::Path) -> PathBuf {
+        let core_dir = spool_dir.join("core-0");
+        std::fs::create_dir(&core_dir).unwrap();
+        std::fs::write(core_dir.join(segment_file_name(1)), [0u8; 4096]).unwrap();
+        core_dir
+    }
+
+    /// Yields to the executor until the committer has taken the open batch.
+    async fn taken(queue: &CommitQueue) {
+        while queue.pending_batch().is_some() {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    #[test]
+    fn a_record_written_during_a_sync_is_synced_at_once_and_answered_after_it() {
+        let spool_dir = tempfile::tempdir().unwrap();
+        let core_dir = core_dir_in(spool_dir.path());
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let queue = Rc::new(CommitQueue::new(core_dir, true, 0));
+                let committer = glommio::spawn_local(queue.clone().run_committer());
+                let ended = Rc::new(RefCell::new(Vec::new()));
+                let member = |n: u32| {
+                    let batch = queue.join(1, 64 * n, 64 * (n + 1));
+                    let ended = ended.clone();
+                    glommio::spawn_local(async move {
+                        batch.wait().await.expect("durable");
+                        ended.borrow_mut().push(n);
+                    })
+                };
+                queue.delay_next_sync(std::time::Duration::from_secs(2));
+                let first = member(1);
+                taken(&queue).await;
+                let second = member(2);
+                // The second batch's fdatasync runs while the first's is held up, instead of
+                // after it.
+                let started = std::time::Instant::now();
+                while queue.counters().fsyncs == 0 {
+                    assert!(
+                        started.elapsed() < std::time::Duration::from_millis(1500),
+                        "the second batch waited for the first one's sync"
+                    );
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                assert!(ended.borrow().is_empty(), "no batch ends before the first");
+                first.await;
+                second.await;
+                assert_eq!(*ended.borrow(), vec![1, 2], "batches end in order");
+                assert_eq!(queue.counters().commits, 2);
+                assert_eq!(queue.counters().fsyncs, 2);
+                queue.stop();
+                committer.await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_batch_in_flight_with_one_that_ran_out_of_space_fails_too() {
+        let spool_dir = tempfile::tempdir().unwrap();
+        let core_dir = core_dir_in(spool_dir.path());
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let queue = Rc::new(CommitQueue::new(core_dir, true, 0));
+                let committer = glommio::spawn_local(queue.clone().run_committer());
+                queue.fail_next_sync(io::ErrorKind::StorageFull);
+                let first = queue.join(1, 64, 128);
+                taken(&queue).await;
+                // Its own fdatasync succeeds, but its record may share a page with the first's.
+                let second = queue.join(1, 128, 192);
+                assert!(matches!(first.wait().await, Err(SpoolError::Full)));
+                assert!(matches!(second.wait().await, Err(SpoolError::Full)));
+                // A batch taken after those ended is not held to their failure.
+                let third = queue.join(1, 192, 256);
+                third.wait().await.expect("durable");
+                assert_eq!(queue.counters().commits, 1);
                 queue.stop();
                 committer.await;
             })
