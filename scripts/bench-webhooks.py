@@ -24,7 +24,6 @@ import http.server
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,24 +32,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+# Beside this script: the harness the other benchmarks share.
+from benchlib import free_port, wait_http
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{url} did not answer in {timeout_s} s")
 
 
 class Receiver:
