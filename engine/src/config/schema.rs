@@ -110,6 +110,9 @@ pub struct SpoolSection {
     pub segment_bytes: u64,
     pub max_spool_bytes: u64,
     pub fsync: bool,
+    /// Longest a delivered or deferred recipient's state record waits for another commit to
+    /// ride with before it starts its own (0: synced at once). See docs/configuration.md.
+    pub lazy_state_sync_ms: u64,
 }
 
 impl Default for SpoolSection {
@@ -118,6 +121,7 @@ impl Default for SpoolSection {
             segment_bytes: 64 << 20,
             max_spool_bytes: 10 << 30,
             fsync: true,
+            lazy_state_sync_ms: crate::spool::DEFAULT_LAZY_STATE_SYNC_MS,
         }
     }
 }

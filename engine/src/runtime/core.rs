@@ -161,6 +161,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         segment_bytes: config.spool.segment_bytes,
         max_spool_bytes: config.spool.max_spool_bytes / node.cores as u64,
         fsync: config.spool.fsync,
+        lazy_state_sync_ms: config.spool.lazy_state_sync_ms,
     })
     .map_err(|e| format!("spool of core {index} in {}: {e}", spool_dir.display()))?;
     if !recovered.is_empty() {

@@ -9,6 +9,12 @@
 //! descriptions of the segments and the directory, because the kernel reports a writeback error to
 //! one fsync per open file (errseq): two syncs sharing one could each miss the other's error.
 //!
+//! Records that need not be durable before anything is answered (a delivery's or a deferral's
+//! state: lost, it only makes a restart try the recipient again) join *lazily*: they ride with
+//! the next batch anyone waits for, or start one of their own `lazy_sync_ms` after the first of
+//! them was written. At low load this halves the fdatasyncs (each message's own record and its
+//! delivery's record used to take one each).
+//!
 //! The first directory sync of a queue also syncs the parent (the spool directory): `core-N` may
 //! have just been created there, and POSIX makes a new entry durable only through its directory.
 //! ext4 and XFS commit the whole journal on the first fsync anyway (the power-loss test cannot see
@@ -116,6 +122,12 @@ pub struct CommitQueue {
     counters: Cell<CommitCounters>,
     /// Voided ranges on record in the `voided` file (bounded by `MAX_VOIDED_RANGES`).
     voided_ranges: Cell<usize>,
+    /// How long a lazily joined record may wait for a batch before it starts one.
+    lazy_sync: std::time::Duration,
+    /// The open batch holds lazily joined records (and no member waits for them).
+    lazy_open: Cell<bool>,
+    /// A timer that will start a batch for the lazy records is running.
+    lazy_timer: Cell<bool>,
     /// Test hook: the next sync fails with this error kind, as a failing disk would.
     #[cfg(test)]
     fault: Cell<Option<io::ErrorKind>>,
@@ -125,8 +137,14 @@ pub struct CommitQueue {
 }
 
 impl CommitQueue {
-    /// `voided_ranges`: how many voided ranges recovery found on record.
-    pub fn new(core_dir: PathBuf, fsync: bool, voided_ranges: usize) -> CommitQueue {
+    /// `voided_ranges`: how many voided ranges recovery found on record; `lazy_sync_ms`: see
+    /// `join_lazy`.
+    pub fn new(
+        core_dir: PathBuf,
+        fsync: bool,
+        voided_ranges: usize,
+        lazy_sync_ms: u64,
+    ) -> CommitQueue {
         CommitQueue {
             core_dir,
             fsync,
@@ -142,6 +160,9 @@ impl CommitQueue {
             directories: Default::default(),
             counters: Cell::new(CommitCounters::default()),
             voided_ranges: Cell::new(voided_ranges),
+            lazy_sync: std::time::Duration::from_millis(lazy_sync_ms),
+            lazy_open: Cell::new(false),
+            lazy_timer: Cell::new(false),
             #[cfg(test)]
             fault: Cell::new(None),
             #[cfg(test)]
@@ -177,21 +198,59 @@ impl CommitQueue {
     /// Registers a record just copied into bytes `[from, to)` of `segment`; await the returned
     /// batch for durability.
     pub fn join(&self, segment: u32, from: u32, to: u32) -> Rc<Batch> {
+        let batch = self.add_to_open(segment, from, to);
+        batch.members.set(batch.members.get() + 1);
+        self.wake_committer();
+        batch
+    }
+
+    /// Registers a record that nobody waits for: it becomes durable with the next batch, which
+    /// starts at the latest `lazy_sync_ms` from now. Should that batch fail, the record is voided
+    /// like the rest of it (recovery then finds the state before it). With `lazy_sync_ms = 0`,
+    /// a `join`: the batch is returned to be awaited.
+    pub fn join_lazy(self: &Rc<Self>, segment: u32, from: u32, to: u32) -> Option<Rc<Batch>> {
+        if self.lazy_sync.is_zero() {
+            return Some(self.join(segment, from, to));
+        }
+        self.add_to_open(segment, from, to);
+        self.lazy_open.set(true);
+        if !self.lazy_timer.replace(true) {
+            let queue = self.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(queue.lazy_sync).await;
+                queue.lazy_timer.set(false);
+                queue.promote_lazy();
+            })
+            .detach();
+        }
+        None
+    }
+
+    fn add_to_open(&self, segment: u32, from: u32, to: u32) -> Rc<Batch> {
         self.dirty_segments.borrow_mut().insert(segment);
         let batch = self.open.borrow().clone();
-        batch.members.set(batch.members.get() + 1);
         batch
             .spans
             .borrow_mut()
             .entry(segment)
             .and_modify(|span| *span = (span.0.min(from), span.1.max(to)))
             .or_insert((from, to));
-        self.wake_committer();
         batch
     }
 
-    /// The open batch if it has members (what `flush` waits on).
+    /// Lazy records in the open batch: make it a batch the committer takes (a member nobody
+    /// awaits).
+    fn promote_lazy(&self) {
+        if self.lazy_open.get() {
+            let batch = self.open.borrow().clone();
+            batch.members.set(batch.members.get() + 1);
+            self.wake_committer();
+        }
+    }
+
+    /// The open batch if it has members or lazy records (what `flush` waits on).
     pub fn pending_batch(&self) -> Option<Rc<Batch>> {
+        self.promote_lazy();
         let batch = self.open.borrow().clone();
         (batch.members.get() > 0).then_some(batch)
     }
@@ -248,6 +307,7 @@ impl CommitQueue {
                 break;
             };
             let batch = self.open.replace(Rc::new(Batch::default()));
+            self.lazy_open.set(false);
             let segments = std::mem::take(&mut *self.dirty_segments.borrow_mut());
             let dir_dirty = self.dir_dirty.replace(false);
             self.set_slot_busy(slot, true);
@@ -475,7 +535,7 @@ mod tests {
         std::fs::write(core_dir.join(segment_file_name(1)), [0u8; 4096]).unwrap();
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let queue = Rc::new(CommitQueue::new(core_dir, true, 0));
+                let queue = Rc::new(CommitQueue::new(core_dir, true, 0, 0));
                 let committer = glommio::spawn_local(queue.clone().run_committer());
                 queue.segment_created();
                 queue
@@ -528,7 +588,7 @@ mod tests {
         let core_dir = core_dir_in(spool_dir.path());
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let queue = Rc::new(CommitQueue::new(core_dir, true, 0));
+                let queue = Rc::new(CommitQueue::new(core_dir, true, 0, 0));
                 let committer = glommio::spawn_local(queue.clone().run_committer());
                 let ended = Rc::new(RefCell::new(Vec::new()));
                 let member = |n: u32| {
@@ -573,7 +633,7 @@ mod tests {
         let core_dir = core_dir_in(spool_dir.path());
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let queue = Rc::new(CommitQueue::new(core_dir, true, 0));
+                let queue = Rc::new(CommitQueue::new(core_dir, true, 0, 0));
                 let committer = glommio::spawn_local(queue.clone().run_committer());
                 queue.fail_next_sync(io::ErrorKind::StorageFull);
                 let first = queue.join(1, 64, 128);

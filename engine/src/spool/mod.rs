@@ -56,7 +56,13 @@ pub struct SpoolConfig {
     pub max_spool_bytes: u64,
     /// `false` skips every fdatasync: only for comparison benchmarks.
     pub fsync: bool,
+    /// Longest a delivered or deferred recipient's state record waits to ride with another
+    /// commit before it starts one (0: each is synced at once, as message records are).
+    pub lazy_state_sync_ms: u64,
 }
+
+/// Default of `lazy_state_sync_ms` (`[spool] lazy_state_sync_ms`).
+pub const DEFAULT_LAZY_STATE_SYNC_MS: u64 = 100;
 
 impl SpoolConfig {
     /// A configuration with 64 MiB segments, a 16 GiB limit and fsync on.
@@ -67,6 +73,7 @@ impl SpoolConfig {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             max_spool_bytes: 16 << 30,
             fsync: true,
+            lazy_state_sync_ms: DEFAULT_LAZY_STATE_SYNC_MS,
         }
     }
 }
@@ -315,6 +322,7 @@ impl Spool {
             core_dir.clone(),
             config.fsync,
             outcome.voided_ranges,
+            config.lazy_state_sync_ms,
         ));
         commit.segment_created();
         glommio::spawn_local(commit.clone().run_committer()).detach();
@@ -439,7 +447,8 @@ impl Spool {
         })
     }
 
-    /// Records a recipient's new state; returns once durable (with the next group commit).
+    /// Records a recipient's new state. A bounce or expiry returns once durable (with the next
+    /// group commit); a delivery or deferral at once, durable within `lazy_state_sync_ms`.
     /// Finishing a message's last recipient may reclaim segments.
     pub async fn set_state(
         &self,
@@ -485,13 +494,21 @@ impl Spool {
             usage.pin(message_segment);
         }
         self.update_stats(|s| s.state_records += 1);
-        inner
-            .commit
-            .join(segment, at, at + STATE_RECORD_SPAN as u32)
-            .wait()
-            .await?;
-        // Applied once durable: after a failed commit the index still matches what recovery
-        // would find, and the caller may try the same state again.
+        let end = at + STATE_RECORD_SPAN as u32;
+        // Lost in a power cut, a delivery's or deferral's record only makes a restart try the
+        // recipient again (or sooner): it rides with the next commit instead of paying for one
+        // (see `commit`). Bounces and expiries wait: lost, they would send a second DSN.
+        let batch = match state {
+            RecipientState::Delivered | RecipientState::Deferred { .. } => {
+                inner.commit.join_lazy(segment, at, end)
+            }
+            _ => Some(inner.commit.join(segment, at, end)),
+        };
+        if let Some(batch) = batch {
+            batch.wait().await?;
+        }
+        // Applied once durable (or lazily joined): after a failed commit the index still
+        // matches what recovery would find, and the caller may try the same state again.
         {
             let mut index = inner.index.borrow_mut();
             index.apply_state(id.seq, recipient, state);

@@ -51,6 +51,7 @@ fn config(dir: &Path) -> SpoolConfig {
         segment_bytes: 64 << 10,
         max_spool_bytes: 1 << 30,
         fsync: false,
+        lazy_state_sync_ms: 0,
     }
 }
 
@@ -1192,5 +1193,64 @@ fn a_spare_that_could_not_be_made_is_made_again_at_the_switch() {
             );
         }
         spool.close().await.unwrap();
+    });
+}
+
+#[test]
+fn delivered_and_deferred_states_ride_with_the_next_commit() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            fsync: true,
+            lazy_state_sync_ms: 200,
+            ..config(dir.path())
+        };
+        let (spool, _) = Spool::open(cfg.clone()).unwrap();
+        let stored = store_n(&spool, 3, 2, 100).await;
+        let commits = spool.stats().commits;
+        // Returns before any commit: nothing waits for a delivery's record.
+        spool
+            .set_state(stored[0].0, 0, RecipientState::Delivered)
+            .await
+            .unwrap();
+        assert_eq!(spool.stats().commits, commits);
+        // The next message's commit carries it: one commit for both.
+        store_n(&spool, 1, 1, 100).await;
+        assert_eq!(spool.stats().commits, commits + 1);
+        // A deferral alone starts a commit of its own once `lazy_state_sync_ms` has passed.
+        let deferred = RecipientState::Deferred {
+            next_attempt_s: 1_790_000_900,
+            attempts: 1,
+        };
+        spool.set_state(stored[1].0, 0, deferred).await.unwrap();
+        assert_eq!(spool.stats().commits, commits + 1);
+        glommio::timer::sleep(std::time::Duration::from_millis(400)).await;
+        assert_eq!(spool.stats().commits, commits + 2);
+        // A bounce waits for its own commit (its DSN depends on it).
+        spool
+            .set_state(stored[2].0, 0, RecipientState::Bounced)
+            .await
+            .unwrap();
+        assert_eq!(spool.stats().commits, commits + 3);
+        // A lazy record pending at close is made durable by it.
+        spool
+            .set_state(stored[0].0, 1, RecipientState::Delivered)
+            .await
+            .unwrap();
+        spool.close().await.unwrap();
+        assert_eq!(spool.stats().commits, commits + 4);
+        drop(spool);
+        let (_spool, recovered) = Spool::open(cfg).unwrap();
+        let states: Vec<Vec<RecipientState>> =
+            recovered.iter().map(|m| m.states().collect()).collect();
+        assert!(
+            recovered.iter().all(|m| m.id != stored[0].0),
+            "both recipients of the first message delivered: {states:?}"
+        );
+        let second = recovered.iter().find(|m| m.id == stored[1].0).unwrap();
+        assert_eq!(
+            second.states().collect::<Vec<_>>(),
+            vec![deferred, RecipientState::Pending]
+        );
     });
 }
