@@ -19,6 +19,15 @@ pub fn keys_needing_restart(running: &Config, next: &Config) -> Vec<String> {
         running.server.spool_dir != next.server.spool_dir,
     );
     differs("spool", running.spool != next.spool);
+    // Each executor's blocking pool is made with it.
+    differs(
+        "server.blocking_threads_per_core",
+        running.server.blocking_threads_per_core != next.server.blocking_threads_per_core,
+    );
+    differs(
+        "server.pin_blocking_threads",
+        running.server.pin_blocking_threads != next.server.pin_blocking_threads,
+    );
     differs("api.address", running.api.address != next.api.address);
     // Sockets are bound at start: a listener added, removed or moved needs a restart.
     let addresses = |c: &Config| c.listeners.iter().map(|l| l.address).collect::<Vec<_>>();
@@ -98,5 +107,23 @@ mod tests {
         let mut bigger = running.clone();
         bigger.webhook_journal.max_bytes *= 2;
         assert_eq!(keys_needing_restart(&running, &bigger), ["webhook_journal"]);
+    }
+
+    #[test]
+    fn blocking_pool_and_lazy_state_sync_need_a_restart() {
+        let running = config("");
+        let mut next = running.clone();
+        next.server.blocking_threads_per_core = 3;
+        next.server.pin_blocking_threads = true;
+        assert_eq!(
+            keys_needing_restart(&running, &next),
+            [
+                "server.blocking_threads_per_core",
+                "server.pin_blocking_threads"
+            ]
+        );
+        let mut next = running.clone();
+        next.spool.lazy_state_sync_ms = 0;
+        assert_eq!(keys_needing_restart(&running, &next), ["spool"]);
     }
 }

@@ -87,7 +87,16 @@ pub struct ServerSection {
     pub max_message_bytes_in_flight: u64,
     /// One INFO log line per delivery outcome (sent, deferred, bounced), Postfix style.
     pub log_deliveries: bool,
+    /// Threads per core for work that may take a millisecond (RSA signatures, file I/O, password
+    /// hashes): glommio's blocking pool.
+    pub blocking_threads_per_core: usize,
+    /// `true` pins them to their core's CPU; `false` (default) lets the kernel run them on any
+    /// CPU, so an RSA signature need not take the reactor's CPU when another one is idle.
+    pub pin_blocking_threads: bool,
 }
+
+/// Most `blocking_threads_per_core`.
+pub const MAX_BLOCKING_THREADS_PER_CORE: usize = 64;
 
 impl Default for ServerSection {
     fn default() -> Self {
@@ -100,6 +109,8 @@ impl Default for ServerSection {
             max_connections_per_ip: 200,
             max_message_bytes_in_flight: 1 << 30,
             log_deliveries: false,
+            blocking_threads_per_core: 1,
+            pin_blocking_threads: false,
         }
     }
 }

@@ -123,6 +123,12 @@ fn check_server(config: &Config, c: &mut Checker) {
     if s.spool_dir.is_empty() {
         c.error(&[Key("server"), Key("spool_dir")], "must not be empty");
     }
+    if !(1..=super::schema::MAX_BLOCKING_THREADS_PER_CORE).contains(&s.blocking_threads_per_core) {
+        c.error(
+            &[Key("server"), Key("blocking_threads_per_core")],
+            format!("1 to {}", super::schema::MAX_BLOCKING_THREADS_PER_CORE),
+        );
+    }
     if s.max_connections == 0 || s.max_connections_per_ip == 0 {
         c.error(
             &[Key("server"), Key("max_connections")],
@@ -803,6 +809,21 @@ mod tests {
 
     fn errors(text: &str) -> ConfigErrors {
         Config::parse(text).expect_err("should be invalid")
+    }
+
+    #[test]
+    fn blocking_threads_per_core_is_bounded_and_parsed() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:25\"\n[server]\n";
+        for bad in [0, 65] {
+            let e = errors(&format!("{base}blocking_threads_per_core = {bad}\n"));
+            assert_eq!(e.0[0].key, "server.blocking_threads_per_core", "{e}");
+        }
+        let config = Config::parse(&format!(
+            "{base}blocking_threads_per_core = 4\npin_blocking_threads = true\n"
+        ))
+        .unwrap();
+        assert_eq!(config.server.blocking_threads_per_core, 4);
+        assert!(config.server.pin_blocking_threads);
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod signals;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
 
 pub use crate::shard::{ConnectionRefusal, ConnectionSlot, Control, StopSignal};
 pub use signals::reload;
@@ -155,6 +155,19 @@ fn log_what_serves(config: &Config) {
     log::info!("api {}", config.api.address);
 }
 
+/// Where a core's blocking threads run (`[server] blocking_threads_per_core`,
+/// `pin_blocking_threads`): on any CPU by default, or on the core's own.
+pub fn blocking_placement(server: &crate::config::ServerSection, cpu: usize) -> PoolPlacement {
+    let threads = server.blocking_threads_per_core.max(1);
+    if !server.pin_blocking_threads {
+        return PoolPlacement::Unbound(threads);
+    }
+    match CpuSet::online() {
+        Ok(online) => PoolPlacement::Fenced(threads, online.filter(|l| l.cpu == cpu)),
+        Err(_) => PoolPlacement::Unbound(threads),
+    }
+}
+
 /// Runs Volley in the foreground until SIGTERM; returns once every core has stopped.
 pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeError> {
     host_limits::check_memlock()?;
@@ -199,6 +212,10 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
         let shared = shared.clone();
         let ended_tx = ended_tx.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(index % cpus))
+            .blocking_thread_pool_placement(blocking_placement(
+                &control.config().server,
+                index % cpus,
+            ))
             .name(&format!("volley-core-{index}"))
             .spawn(move || async move {
                 crate::logging::set_current_core(index);
@@ -271,5 +288,71 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
             log::info!("volley stopped");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// CPUs the calling thread may run on.
+    fn allowed_cpus() -> usize {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by the kernel for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return 0;
+            }
+            libc::CPU_COUNT(&set) as usize
+        }
+    }
+
+    /// Runs two blocking jobs that each wait for the other, on an executor pinned to CPU 0 with
+    /// `server`'s blocking pool: whether they met (two threads) and the CPUs each could use.
+    fn two_blocking_jobs(server: crate::config::ServerSection) -> (bool, Vec<usize>) {
+        LocalExecutorBuilder::new(Placement::Fixed(0))
+            .blocking_thread_pool_placement(blocking_placement(&server, 0))
+            .spawn(|| async move {
+                let (a_tx, a_rx) = std::sync::mpsc::channel::<()>();
+                let (b_tx, b_rx) = std::sync::mpsc::channel::<()>();
+                let wait = Duration::from_secs(2);
+                let first = glommio::executor().spawn_blocking(move || {
+                    let _ = a_tx.send(());
+                    (b_rx.recv_timeout(wait).is_ok(), allowed_cpus())
+                });
+                let second = glommio::executor().spawn_blocking(move || {
+                    let _ = b_tx.send(());
+                    (a_rx.recv_timeout(wait).is_ok(), allowed_cpus())
+                });
+                let (first, second) = futures_lite::future::zip(first, second).await;
+                (first.0 && second.0, vec![first.1, second.1])
+            })
+            .expect("executor")
+            .join()
+            .expect("joined")
+    }
+
+    #[test]
+    fn blocking_threads_run_on_any_cpu_unless_pinned_and_as_many_as_set() {
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let server = crate::config::ServerSection {
+            blocking_threads_per_core: 2,
+            ..Default::default()
+        };
+        let (met, cpus) = two_blocking_jobs(server.clone());
+        assert!(met, "two blocking threads run the two jobs at once");
+        assert_eq!(cpus, vec![online, online], "unpinned: every CPU");
+        let (met, cpus) = two_blocking_jobs(crate::config::ServerSection {
+            pin_blocking_threads: true,
+            ..server.clone()
+        });
+        assert!(met);
+        assert_eq!(cpus, vec![1, 1], "pinned: the core's CPU only");
+        let (met, _) = two_blocking_jobs(crate::config::ServerSection {
+            blocking_threads_per_core: 1,
+            ..server
+        });
+        assert!(!met, "one thread runs the jobs one after the other");
     }
 }
