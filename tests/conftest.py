@@ -80,11 +80,13 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"no TOML for {value!r}")
 
 
 def toml_dumps(config: dict[str, Any]) -> str:
-    """Tables (dict) and arrays of tables (list of dict) of scalars and lists: all Volley needs."""
+    """Tables (dict) and arrays of tables (list of dict) of scalars, lists and inline tables."""
     out: list[str] = []
     for name, section in config.items():
         tables = section if isinstance(section, list) else [section]

@@ -186,3 +186,45 @@ def test_customer_header_removed_before_signing(volley, catcher_factory, tmp_pat
     [caught] = catcher.wait(1)
     assert b"X-Volley-Customer" not in caught.data
     assert dkim.verify(caught.data, dnsfunc=dns_of({"ed._domainkey.acme.example": record}))
+
+
+def test_second_signature_adds_ed25519_beside_rsa(volley, catcher_factory, tmp_path):
+    """`second_signature`: every message from the domain carries both signatures (RFC 8463 §4
+    dual signing), and each verifies with dkimpy against its own selector's record."""
+    rsa_key, rsa_record = make_key(tmp_path, "rsa")
+    ed_key, ed_record = make_key(tmp_path, "ed25519")
+    catcher = setup(
+        volley,
+        catcher_factory,
+        tmp_path,
+        [
+            {
+                "domain": "acme.example",
+                "selector": "rsa2026",
+                "private_key": str(rsa_key),
+                "second_signature": {"selector": "ed2026", "private_key": str(ed_key)},
+            }
+        ],
+    )
+    content = message("dual", body="Hello\r\n").replace(
+        "From: <sender@src.test>", "From: <someone@acme.example>"
+    )
+    assert volley.send("bounces@src.test", ["bob@dest.test"], content) == {}
+    [caught] = catcher.wait(1)
+    signatures = caught.parsed.get_all("DKIM-Signature")
+    assert signatures and len(signatures) == 2, caught.data[:1500]
+    algorithms = sorted("".join(s.split()).split("a=")[1].split(";")[0] for s in signatures)
+    assert algorithms == ["ed25519-sha256", "rsa-sha256"]
+    dnsfunc = dns_of(
+        {
+            "rsa2026._domainkey.acme.example": rsa_record,
+            "ed2026._domainkey.acme.example": ed_record,
+        }
+    )
+    verifier = dkim.DKIM(caught.data)
+    for index in range(2):
+        assert verifier.verify(idx=index, dnsfunc=dnsfunc), f"signature {index}"
+    # Without the Ed25519 record only the RSA signature verifies: each stands alone.
+    rsa_only = dns_of({"rsa2026._domainkey.acme.example": rsa_record})
+    results = sorted(dkim.DKIM(caught.data).verify(idx=i, dnsfunc=rsa_only) for i in range(2))
+    assert results == [False, True]

@@ -526,6 +526,18 @@ pub struct DkimConfig {
     pub domain: String,
     pub selector: String,
     pub private_key: String,
+    /// A second key signing the same messages too (RSA beside Ed25519, RFC 8463 §4), under its
+    /// own selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_signature: Option<DkimKeyConfig>,
+}
+
+/// `[[dkim]] second_signature`: a selector and its key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKeyConfig {
+    pub selector: String,
+    pub private_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

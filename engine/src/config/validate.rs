@@ -565,6 +565,30 @@ fn check_files(config: &Config, c: &mut Checker) {
                 format!("cannot read {}: {e}", d.private_key),
             );
         }
+        if let Some(second) = &d.second_signature {
+            if let Err(e) = std::fs::metadata(&second.private_key) {
+                c.error(
+                    &[
+                        Key("dkim"),
+                        Index(i),
+                        Key("second_signature"),
+                        Key("private_key"),
+                    ],
+                    format!("cannot read {}: {e}", second.private_key),
+                );
+            }
+            if second.selector.trim() == d.selector.trim() {
+                c.error(
+                    &[
+                        Key("dkim"),
+                        Index(i),
+                        Key("second_signature"),
+                        Key("selector"),
+                    ],
+                    "must differ from the entry's own selector",
+                );
+            }
+        }
     }
 }
 

@@ -19,20 +19,27 @@ pub use sign::{
 /// Parses every `[[dkim]]` key as the cores will load it, so that a bad key stops `volley check`,
 /// a start and a reload. Reads files: call it off a core's reactor.
 pub fn check_keys(config: &crate::config::Config) -> Vec<crate::config::ConfigError> {
-    config
-        .dkim
-        .iter()
-        .enumerate()
-        .filter_map(|(i, d)| {
-            SigningKey::load(std::path::Path::new(&d.private_key))
-                .err()
-                .map(|e| crate::config::ConfigError {
-                    key: format!("dkim[{i}].private_key"),
+    let mut errors = Vec::new();
+    for (i, d) in config.dkim.iter().enumerate() {
+        let second = d.second_signature.as_ref().map(|s| {
+            (
+                format!("dkim[{i}].second_signature.private_key"),
+                &s.private_key,
+            )
+        });
+        for (key, file) in
+            std::iter::once((format!("dkim[{i}].private_key"), &d.private_key)).chain(second)
+        {
+            if let Err(e) = SigningKey::load(std::path::Path::new(file)) {
+                errors.push(crate::config::ConfigError {
+                    key,
                     line: None,
                     message: e.to_string(),
-                })
-        })
-        .collect()
+                });
+            }
+        }
+    }
+    errors
 }
 
 /// Loads and validates a configuration file, DKIM keys and `[tls] trust_anchors` included.
@@ -340,5 +347,76 @@ To: bob@example.net\r\nSubject:  Hello \t world\r\nTo: carol@example.net\r\nX-Ot
         assert_eq!(e.0[0].key, "dkim[1].private_key");
         assert_eq!(e.0[0].line, Some(12), "{e}");
         assert!(e.0[0].message.contains("bad.pem"), "{e}");
+    }
+
+    #[test]
+    fn second_signature_adds_an_ed25519_signature_beside_the_rsa_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let ed = dir.path().join("ed.pem");
+        std::fs::write(
+            &ed,
+            format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                BASE64.encode(doc.as_ref())
+            ),
+        )
+        .unwrap();
+        let rsa = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/dkim-test-rsa2048.pem"
+        );
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:25\"\n\n[[dkim]]\ndomain = \"acme.example\"\n\
+             selector = \"rsa\"\nprivate_key = \"{rsa}\"\n\
+             second_signature = {{ selector = \"ed\", private_key = \"{}\" }}\n",
+            ed.display()
+        );
+        let path = dir.path().join("volley.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = super::load_config(&path).expect("valid");
+        let (signers, errors) = DkimSigners::load(&config.dkim);
+        assert!(errors.is_empty());
+        assert!(signers.is_costly_for(MESSAGE, ""));
+        let headers = signers.sign(MESSAGE, "", 1_700_000_000).unwrap().unwrap();
+        let signed = String::from_utf8(headers.clone()).unwrap();
+        let at = signed.find("\r\nDKIM-Signature:").expect("two signatures") + 2;
+        let (first, second) = headers.split_at(at);
+        assert_eq!(tag(first, "a"), "ed25519-sha256");
+        assert_eq!(tag(first, "s"), "ed");
+        assert_eq!(tag(second, "a"), "rsa-sha256");
+        assert_eq!(tag(second, "s"), "rsa");
+        let ed_key = SigningKey::load(&ed).unwrap();
+        let rsa_key = SigningKey::load(std::path::Path::new(rsa)).unwrap();
+        // Each verifies alone, against the message without the other signature.
+        assert!(verify(first, MESSAGE, ed_key.public_key(), true));
+        assert!(verify(second, MESSAGE, rsa_key.public_key(), false));
+
+        // A second key that does not load keeps the whole entry from signing, and is named.
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a key").unwrap();
+        std::fs::write(
+            &path,
+            text.replace(&ed.display().to_string(), &bad.display().to_string()),
+        )
+        .unwrap();
+        let e = super::load_config(&path).expect_err("a bad second key");
+        assert_eq!(e.0[0].key, "dkim[0].second_signature.private_key", "{e}");
+        let mut entries = config.dkim.clone();
+        if let Some(second) = entries[0].second_signature.as_mut() {
+            second.private_key = bad.display().to_string();
+        }
+        let (signers, errors) = DkimSigners::load(&entries);
+        assert_eq!(errors.len(), 1);
+        assert!(signers.is_empty());
+        // The same selector twice is refused.
+        std::fs::write(
+            &path,
+            text.replace("selector = \"ed\"", "selector = \"rsa\""),
+        )
+        .unwrap();
+        let e = super::load_config(&path).expect_err("same selector");
+        assert_eq!(e.0[0].key, "dkim[0].second_signature.selector", "{e}");
     }
 }

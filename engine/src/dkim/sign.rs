@@ -50,6 +50,8 @@ pub struct DkimSigner {
 #[derive(Debug, Default)]
 pub struct DkimSigners {
     signers: Vec<DkimSigner>,
+    /// Per entry (same index), the `second_signature` key when it has one.
+    seconds: Vec<Option<DkimSigner>>,
     /// The entries these were loaded from, so a reload that left them alone keeps the keys.
     source: Vec<DkimConfig>,
 }
@@ -126,19 +128,43 @@ impl DkimSigners {
     /// with their index, for the caller to log (`volley check` reports them before a start).
     pub fn load(entries: &[DkimConfig]) -> (DkimSigners, Vec<(usize, KeyError)>) {
         let mut signers = Vec::new();
+        let mut seconds = Vec::new();
         let mut errors = Vec::new();
+        let signer = |domain: &str, selector: &str, file: &str| {
+            SigningKey::load(std::path::Path::new(file)).map(|key| DkimSigner {
+                domain: normalize_domain(domain),
+                selector: selector.trim().to_string(),
+                key,
+            })
+        };
         for (i, entry) in entries.iter().enumerate() {
-            match SigningKey::load(std::path::Path::new(&entry.private_key)) {
-                Ok(key) => signers.push(DkimSigner {
-                    domain: normalize_domain(&entry.domain),
-                    selector: entry.selector.trim().to_string(),
-                    key,
-                }),
-                Err(e) => errors.push((i, e)),
+            // An entry signs only when all its keys load: half of a dual signature would
+            // change what receivers see without a word in the configuration.
+            let second = entry
+                .second_signature
+                .as_ref()
+                .map(|s| signer(&entry.domain, &s.selector, &s.private_key))
+                .transpose();
+            match (
+                signer(&entry.domain, &entry.selector, &entry.private_key),
+                second,
+            ) {
+                (Ok(first), Ok(second)) => {
+                    signers.push(first);
+                    seconds.push(second);
+                }
+                (Err(e), _) | (_, Err(e)) => errors.push((i, e)),
             }
         }
         let source = entries.to_vec();
-        (DkimSigners { signers, source }, errors)
+        (
+            DkimSigners {
+                signers,
+                seconds,
+                source,
+            },
+            errors,
+        )
     }
 
     /// Loads the keys, logging (and leaving out) each entry whose key cannot be used.
@@ -162,6 +188,7 @@ impl DkimSigners {
     /// A set from already-loaded signers.
     pub fn from_signers(signers: Vec<DkimSigner>) -> DkimSigners {
         DkimSigners {
+            seconds: signers.iter().map(|_| None).collect(),
             signers: signers
                 .into_iter()
                 .map(|s| DkimSigner {
@@ -179,6 +206,24 @@ impl DkimSigners {
 
     /// The signer for a message, by its From: domain, else its envelope sender's domain.
     pub fn signer_for(&self, message: &[u8], envelope_sender: &str) -> Option<&DkimSigner> {
+        self.entry_for(message, envelope_sender)
+            .and_then(|i| self.signers.get(i))
+    }
+
+    /// Whether signing a message costs about a millisecond (an RSA key signs it).
+    pub fn is_costly_for(&self, message: &[u8], envelope_sender: &str) -> bool {
+        self.entry_for(message, envelope_sender).is_some_and(|i| {
+            self.signers.get(i).is_some_and(DkimSigner::is_costly)
+                || self
+                    .seconds
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .is_some_and(DkimSigner::is_costly)
+        })
+    }
+
+    /// The index of the entry that signs a message.
+    fn entry_for(&self, message: &[u8], envelope_sender: &str) -> Option<usize> {
         if self.signers.is_empty() {
             return None;
         }
@@ -191,22 +236,31 @@ impl DkimSigners {
                 from_domain(f.raw.get(colon + 1..)?)
             });
         let domains: Vec<&str> = self.signers.iter().map(|s| s.domain.as_str()).collect();
-        let i = select_signer(&domains, from.as_deref(), envelope_sender)?;
-        self.signers.get(i)
+        select_signer(&domains, from.as_deref(), envelope_sender)
     }
 
-    /// The `DKIM-Signature:` header (CRLF-ended) for a message, or `None` when no entry signs
-    /// for it.
+    /// The `DKIM-Signature:` header (CRLF-ended) for a message, two with a
+    /// `second_signature` (the second key's first), or `None` when no entry signs for it.
     pub fn sign(
         &self,
         message: &[u8],
         envelope_sender: &str,
         now_s: u64,
     ) -> Result<Option<Vec<u8>>, SignError> {
-        match self.signer_for(message, envelope_sender) {
-            Some(signer) => signer.sign(message, now_s).map(Some),
-            None => Ok(None),
-        }
+        let Some(i) = self.entry_for(message, envelope_sender) else {
+            return Ok(None);
+        };
+        let Some(signer) = self.signers.get(i) else {
+            return Ok(None);
+        };
+        // Neither signature covers the other (DKIM-Signature is not in `SIGNED_HEADERS`), so
+        // each verifies alone and the order does not matter to receivers.
+        let mut headers = match self.seconds.get(i).and_then(Option::as_ref) {
+            Some(second) => second.sign(message, now_s)?,
+            None => Vec::new(),
+        };
+        headers.extend_from_slice(&signer.sign(message, now_s)?);
+        Ok(Some(headers))
     }
 }
 

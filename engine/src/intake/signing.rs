@@ -22,9 +22,7 @@ pub async fn sign(
     if signers.is_empty() {
         return (header, body);
     }
-    let costly = signers
-        .signer_for(&body, envelope_sender)
-        .is_some_and(|s| s.is_costly());
+    let costly = signers.is_costly_for(&body, envelope_sender);
     let (header, body, result) = if costly {
         let sender = envelope_sender.to_string();
         let job = move || {
