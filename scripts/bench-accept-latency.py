@@ -18,6 +18,7 @@ instead (how `scripts/bench.sh` measured before 2026-12-02).
     python3 scripts/bench-accept-latency.py --volley /tmp/volley-old --volley target/release/volley
     python3 scripts/bench-accept-latency.py --variant bursts=--rate-bursts --rounds 5
     python3 scripts/bench-accept-latency.py --loads 25,50 --messages 8000 --rounds 5
+    python3 scripts/bench-accept-latency.py --setting-variant eager=spool.lazy_state_sync_ms=0
 
 A variant is a binary (`--volley`, repeatable; default target/release/volley) or `LABEL=ARGS`
 (`--variant`, repeatable): the first binary with ARGS added to the paced blast. Per run it prints
@@ -51,6 +52,7 @@ class Variant:
     label: str
     volley: Path
     blast_extra: list[str] = field(default_factory=list)
+    settings: dict[str, list[str]] = field(default_factory=dict)
 
 
 def fsync_floor(directory: Path, count: int, via: str) -> dict:
@@ -63,7 +65,7 @@ def fsync_floor(directory: Path, count: int, via: str) -> dict:
 
 
 def one_run(v: Variant, work: Path, extra: str, messages: int, rate: float | None) -> dict:
-    relay = Relay(v.volley, work, extra=extra)
+    relay = Relay(v.volley, work, extra=extra, settings=v.settings)
     try:
         cpu0 = relay.volley_cpu()
         args = ["--messages", str(messages), "--size", "1024", "--connections", "50"]
@@ -97,6 +99,9 @@ def main() -> None:
                     help="volley binary (repeat for an A/B; default target/release/volley)")
     ap.add_argument("--variant", action="append", default=[],
                     help="LABEL=ARGS: the first binary with ARGS added to the paced blast")
+    ap.add_argument("--setting-variant", action="append", default=[],
+                    help="LABEL=TABLE.KEY=VALUE[,TABLE.KEY=VALUE...]: the first binary with these "
+                         "[server] or [spool] settings, e.g. eager=spool.lazy_state_sync_ms=0")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--loads", default="25,50", help="percentages of the full load")
     ap.add_argument("--messages", type=int, default=6000,
@@ -112,6 +117,16 @@ def main() -> None:
     for spec in args.variant:
         label, _, blast_args = spec.partition("=")
         variants.append(Variant(label, variants[0].volley, shlex.split(blast_args)))
+    for spec in args.setting_variant:
+        label, _, assignments = spec.partition("=")
+        settings: dict[str, list[str]] = {}
+        for assignment in assignments.split(","):
+            dotted, _, value = assignment.partition("=")
+            table, _, key = dotted.partition(".")
+            if table not in ("server", "spool") or not key or not value:
+                ap.error(f"--setting-variant {spec!r}: want TABLE.KEY=VALUE with TABLE server or spool")
+            settings.setdefault(table, []).append(f"{key} = {value}")
+        variants.append(Variant(label, variants[0].volley, settings=settings))
     loads = [float(x) for x in args.loads.split(",")]
     extra = args.config_extra.read_text() if args.config_extra else ""
     args.dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,9 @@ same core (issue 16).
    --background-rate messages/s that are (a) absent, (b) unsigned, or (c) RSA-2048 signed (its From:
    domain has the entry). p50/p99 of the measured blast's end-of-data reply latency, per variant.
 
+Each RSA variant runs twice: with the signing thread free to run on any CPU (the default) and with
+`[server] pin_blocking_threads = true` (`rsa-pinned`: on the core's own CPU, as before 2026-12-02).
+
 Rounds alternate the variants' order.
 
     python3 scripts/bench-dkim.py                          # both parts, 3 rounds
@@ -46,15 +49,19 @@ private_key = "{KEYS[key]}"
 """
 
 
+# `[server] pin_blocking_threads = true`: the signing thread on its core's CPU (before 2026-12-02).
+PINNED = {"server": ["pin_blocking_threads = true"]}
+
+
 def throughput(args, base: Path) -> dict:
-    variants = ["off", "rsa", "ed25519"]
+    variants = ["off", "rsa", "rsa-pinned", "ed25519"]
     results: dict[str, list[dict]] = {}
     for rnd in range(args.rounds):
-        order = variants[rnd % 3:] + variants[:rnd % 3]
+        order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
         for v in order:
-            extra = "" if v == "off" else dkim_entry(v)
+            extra = "" if v == "off" else dkim_entry(v.removesuffix("-pinned"))
             relay = Relay(args.volley, base / f"t{rnd}-{v}", cores=args.cores, extra=extra,
-                          sink_cpus="0")
+                          sink_cpus="0", settings=PINNED if v.endswith("-pinned") else None)
             try:
                 r = relay_run(relay, args.messages, ["--from", SIGNED_FROM])
                 signed = relay.metric("volley_dkim_signed_total")
@@ -91,12 +98,13 @@ def latency(args, base: Path) -> dict:
     print(f"== latency: unsigned mail at {rate:.0f} msg/s ({args.load:g} % of {full:.0f}), "
           f"{args.latency_messages} messages (~{duration_s:.1f} s); background {args.background_rate:g} "
           f"msg/s over {args.background_connections} connections", flush=True)
-    variants = ["none", "unsigned", "rsa"]
+    variants = ["none", "unsigned", "rsa", "rsa-pinned"]
     results: dict[str, list[dict]] = {}
     for rnd in range(args.rounds):
-        order = variants[rnd % 3:] + variants[:rnd % 3]
+        order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
         for v in order:
-            relay = Relay(args.volley, base / f"l{rnd}-{v}", extra=dkim_entry("rsa"))
+            relay = Relay(args.volley, base / f"l{rnd}-{v}", extra=dkim_entry("rsa"),
+                          settings=PINNED if v.endswith("-pinned") else None)
             try:
                 background = None
                 if v != "none":
@@ -105,7 +113,7 @@ def latency(args, base: Path) -> dict:
                     background = relay.blast(
                         ["--messages", str(n), "--size", "1024", "--connections",
                          str(args.background_connections), "--rate", f"{args.background_rate:g}",
-                         *(["--from", SIGNED_FROM] if v == "rsa" else [])])
+                         *(["--from", SIGNED_FROM] if v.startswith("rsa") else [])])
                     time.sleep(0.3)
                 measured = relay.blast(["--messages", str(args.latency_messages), "--size", "1024",
                                         "--connections", "50", "--rate", f"{rate:.0f}"]).finish()

@@ -97,8 +97,13 @@ class Relay:
 
     def __init__(self, volley: Path, work: Path, *, cores: int = 1, extra: str = "",
                  sink_cpus: str = GENERATOR_CPU, bins: Path | None = None, fsync: bool = True,
-                 max_messages_per_connection: int = 10000) -> None:
+                 max_messages_per_connection: int = 10000,
+                 settings: dict[str, list[str]] | None = None) -> None:
+        """`settings`: TOML lines (`key = value`) added to the `server` or `spool` table."""
         self.bins = bins or bin_dir()
+        settings = settings or {}
+        server_lines = "".join(f"{line}\n" for line in settings.get("server", []))
+        spool_lines = "".join(f"{line}\n" for line in settings.get("spool", []))
         self.work = work
         work.mkdir(parents=True)
         self.smtp, self.sink_port, self.api = free_port(), free_port(), free_port()
@@ -107,9 +112,9 @@ class Relay:
 hostname = "bench.volley.test"
 cores = {cores}
 spool_dir = "{work / 'spool'}"
-[spool]
+{server_lines}[spool]
 fsync = {'true' if fsync else 'false'}
-[[listener]]
+{spool_lines}[[listener]]
 address = "127.0.0.1:{self.smtp}"
 relay_networks = ["127.0.0.0/8"]
 [[domain]]
