@@ -124,6 +124,8 @@ pub struct SpoolSection {
     /// Longest a delivered or deferred recipient's state record waits for another commit to
     /// ride with before it starts its own (0: synced at once). See docs/configuration.md.
     pub lazy_state_sync_ms: u64,
+    /// Where the fdatasyncs run: io_uring (default) or the core's blocking thread.
+    pub sync_on: crate::spool::SyncOn,
 }
 
 impl Default for SpoolSection {
@@ -133,6 +135,7 @@ impl Default for SpoolSection {
             max_spool_bytes: 10 << 30,
             fsync: true,
             lazy_state_sync_ms: crate::spool::DEFAULT_LAZY_STATE_SYNC_MS,
+            sync_on: crate::spool::SyncOn::IoUring,
         }
     }
 }

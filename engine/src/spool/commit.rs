@@ -32,6 +32,7 @@ use glommio::io::{BufferedFile, Directory, OpenOptions};
 
 use super::SpoolError;
 use super::segment::segment_file_name;
+use super::sync_thread::{self, SlotFiles, SyncJob};
 use super::voided::{self, MAX_VOIDED_RANGES, VoidedRange};
 
 /// How a batch ended, shared by all its writers.
@@ -92,6 +93,27 @@ fn outcome_to_result(outcome: &BatchOutcome) -> Result<(), SpoolError> {
 /// Batches whose sync may be in flight at once (see the module doc).
 pub const MAX_SYNCS_IN_FLIGHT: usize = 2;
 
+/// Where a commit's fdatasyncs run (`[spool] sync_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncOn {
+    /// io_uring `fdatasync`: a kernel worker pinned to the executor's CPU runs it.
+    #[default]
+    IoUring,
+    /// The core's blocking thread (`sync_thread`), which may run on another CPU.
+    BlockingThread,
+}
+
+/// How a spool commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitSettings {
+    /// `false` skips every fdatasync (comparison benchmarks only).
+    pub fsync: bool,
+    /// See `CommitQueue::join_lazy`.
+    pub lazy_sync_ms: u64,
+    pub sync_on: SyncOn,
+}
+
 /// Counters of the committer, for stats and tests.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CommitCounters {
@@ -105,6 +127,11 @@ pub struct CommitCounters {
 pub struct CommitQueue {
     core_dir: PathBuf,
     fsync: bool,
+    sync_on: SyncOn,
+    /// Per sync slot, its files for `SyncOn::BlockingThread` (away while a job runs).
+    thread_files: [RefCell<Option<SlotFiles>>; MAX_SYNCS_IN_FLIGHT],
+    /// Per sync slot, segments reclaimed while its files were away.
+    forgotten: [RefCell<Vec<u32>>; MAX_SYNCS_IN_FLIGHT],
     open: RefCell<Rc<Batch>>,
     dirty_segments: RefCell<BTreeSet<u32>>,
     dir_dirty: Cell<bool>,
@@ -137,17 +164,14 @@ pub struct CommitQueue {
 }
 
 impl CommitQueue {
-    /// `voided_ranges`: how many voided ranges recovery found on record; `lazy_sync_ms`: see
-    /// `join_lazy`.
-    pub fn new(
-        core_dir: PathBuf,
-        fsync: bool,
-        voided_ranges: usize,
-        lazy_sync_ms: u64,
-    ) -> CommitQueue {
+    /// `voided_ranges`: how many voided ranges recovery found on record.
+    pub fn new(core_dir: PathBuf, voided_ranges: usize, settings: CommitSettings) -> CommitQueue {
         CommitQueue {
             core_dir,
-            fsync,
+            fsync: settings.fsync,
+            sync_on: settings.sync_on,
+            thread_files: std::array::from_fn(|_| RefCell::new(Some(SlotFiles::default()))),
+            forgotten: Default::default(),
             open: RefCell::new(Rc::new(Batch::default())),
             dirty_segments: RefCell::new(BTreeSet::new()),
             dir_dirty: Cell::new(false),
@@ -160,7 +184,7 @@ impl CommitQueue {
             directories: Default::default(),
             counters: Cell::new(CommitCounters::default()),
             voided_ranges: Cell::new(voided_ranges),
-            lazy_sync: std::time::Duration::from_millis(lazy_sync_ms),
+            lazy_sync: std::time::Duration::from_millis(settings.lazy_sync_ms),
             lazy_open: Cell::new(false),
             lazy_timer: Cell::new(false),
             #[cfg(test)]
@@ -264,6 +288,12 @@ impl CommitQueue {
     pub fn segment_removed(&self, segment: u32) {
         for files in &self.files {
             files.borrow_mut().remove(&segment);
+        }
+        for (slot, files) in self.thread_files.iter().enumerate() {
+            match &mut *files.borrow_mut() {
+                Some(files) => files.forget(segment),
+                None => self.forgotten[slot].borrow_mut().push(segment),
+            }
         }
         self.dirty_segments.borrow_mut().remove(&segment);
     }
@@ -463,6 +493,9 @@ impl CommitQueue {
         if !self.fsync {
             return Ok(());
         }
+        if self.sync_on == SyncOn::BlockingThread {
+            return self.sync_on_thread(slot, segments, dir_dirty).await;
+        }
         for &segment in segments {
             let file = match self.file(slot, segment).await {
                 Ok(file) => file,
@@ -483,6 +516,40 @@ impl CommitQueue {
             }
         }
         Ok(())
+    }
+
+    async fn sync_on_thread(
+        &self,
+        slot: usize,
+        segments: &BTreeSet<u32>,
+        dir_dirty: bool,
+    ) -> io::Result<()> {
+        let files = self.thread_files[slot]
+            .borrow_mut()
+            .take()
+            .unwrap_or_default();
+        let job = SyncJob {
+            core_dir: self.core_dir.clone(),
+            segments: segments.clone(),
+            dir_dirty,
+            parent: dir_dirty && !self.parent_synced.get(),
+        };
+        let parent = job.parent;
+        let done = glommio::executor()
+            .spawn_blocking(move || sync_thread::run(job, files))
+            .await;
+        let mut files = done.files;
+        for segment in self.forgotten[slot].borrow_mut().drain(..) {
+            files.forget(segment);
+        }
+        *self.thread_files[slot].borrow_mut() = Some(files);
+        for _ in 0..done.fsyncs {
+            self.count_fsync();
+        }
+        if done.result.is_ok() && parent {
+            self.parent_synced.set(true);
+        }
+        done.result
     }
 
     /// Syncs the directory holding `core-N`, so that its entry survives a power cut.
@@ -527,15 +594,33 @@ impl CommitQueue {
 mod tests {
     use super::*;
 
+    fn settings() -> CommitSettings {
+        CommitSettings {
+            fsync: true,
+            lazy_sync_ms: 0,
+            sync_on: SyncOn::IoUring,
+        }
+    }
+
     #[test]
     fn first_directory_sync_also_syncs_the_spool_directory() {
+        for sync_on in [SyncOn::IoUring, SyncOn::BlockingThread] {
+            directory_syncs(sync_on);
+        }
+    }
+
+    fn directory_syncs(sync_on: SyncOn) {
         let spool_dir = tempfile::tempdir().unwrap();
         let core_dir = spool_dir.path().join("core-0");
         std::fs::create_dir(&core_dir).unwrap();
         std::fs::write(core_dir.join(segment_file_name(1)), [0u8; 4096]).unwrap();
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let queue = Rc::new(CommitQueue::new(core_dir, true, 0, 0));
+                let settings = CommitSettings {
+                    sync_on,
+                    ..settings()
+                };
+                let queue = Rc::new(CommitQueue::new(core_dir.clone(), 0, settings));
                 let committer = glommio::spawn_local(queue.clone().run_committer());
                 queue.segment_created();
                 queue
@@ -559,6 +644,15 @@ mod tests {
                     .await
                     .expect("third batch durable");
                 assert_eq!(queue.counters().fsyncs, 6);
+                // A segment gone meanwhile (reclaimed) needs no sync and fails nothing.
+                std::fs::remove_file(core_dir.join(segment_file_name(1))).unwrap();
+                queue.segment_removed(1);
+                queue
+                    .join(1, 64, 128)
+                    .wait()
+                    .await
+                    .expect("a reclaimed segment is skipped");
+                assert_eq!(queue.counters().fsyncs, 6, "{sync_on:?}");
                 queue.stop();
                 committer.await;
             })
@@ -588,7 +682,7 @@ mod tests {
         let core_dir = core_dir_in(spool_dir.path());
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let queue = Rc::new(CommitQueue::new(core_dir, true, 0, 0));
+                let queue = Rc::new(CommitQueue::new(core_dir, 0, settings()));
                 let committer = glommio::spawn_local(queue.clone().run_committer());
                 let ended = Rc::new(RefCell::new(Vec::new()));
                 let member = |n: u32| {
@@ -633,7 +727,7 @@ mod tests {
         let core_dir = core_dir_in(spool_dir.path());
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let queue = Rc::new(CommitQueue::new(core_dir, true, 0, 0));
+                let queue = Rc::new(CommitQueue::new(core_dir, 0, settings()));
                 let committer = glommio::spawn_local(queue.clone().run_committer());
                 queue.fail_next_sync(io::ErrorKind::StorageFull);
                 let first = queue.join(1, 64, 128);

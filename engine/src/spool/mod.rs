@@ -18,6 +18,7 @@ pub mod reader;
 pub mod record;
 mod recovery;
 pub mod segment;
+mod sync_thread;
 mod voided;
 
 #[cfg(test)]
@@ -29,7 +30,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::envelope::{Envelope, MessageId};
-use commit::CommitQueue;
+pub use commit::SyncOn;
+use commit::{CommitQueue, CommitSettings};
 use index::{LiveMessage, SegmentUsage, SpoolIndex};
 use record::{RECORD_HEADER_BYTES, STATE_RECORD_SPAN, StateRecord};
 use segment::{SEGMENT_HEADER_BYTES, SegmentHeader, WritableSegment};
@@ -59,6 +61,8 @@ pub struct SpoolConfig {
     /// Longest a delivered or deferred recipient's state record waits to ride with another
     /// commit before it starts one (0: each is synced at once, as message records are).
     pub lazy_state_sync_ms: u64,
+    /// Where the fdatasyncs run.
+    pub sync_on: SyncOn,
 }
 
 /// Default of `lazy_state_sync_ms` (`[spool] lazy_state_sync_ms`).
@@ -74,6 +78,7 @@ impl SpoolConfig {
             max_spool_bytes: 16 << 30,
             fsync: true,
             lazy_state_sync_ms: DEFAULT_LAZY_STATE_SYNC_MS,
+            sync_on: SyncOn::IoUring,
         }
     }
 }
@@ -320,9 +325,12 @@ impl Spool {
         }
         let commit = Rc::new(CommitQueue::new(
             core_dir.clone(),
-            config.fsync,
             outcome.voided_ranges,
-            config.lazy_state_sync_ms,
+            CommitSettings {
+                fsync: config.fsync,
+                lazy_sync_ms: config.lazy_state_sync_ms,
+                sync_on: config.sync_on,
+            },
         ));
         commit.segment_created();
         glommio::spawn_local(commit.clone().run_committer()).detach();
