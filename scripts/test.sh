@@ -39,6 +39,9 @@ if [ -f tests/crash/crash_test.py ]; then
   timeout 600 python3 tests/crash/crash_test.py --rounds "${CRASH_ROUNDS:-5}"
   step "power-loss test (page cache dropped at random cuts, recovery, no acknowledged message lost)"
   timeout 300 python3 tests/crash/power_loss_test.py --rounds "${POWER_LOSS_ROUNDS:-10}"
+  step "power-loss test with the fdatasyncs on the blocking thread ([spool] sync_on)"
+  timeout 300 python3 tests/crash/power_loss_test.py --rounds "${POWER_LOSS_ROUNDS:-10}" \
+    --spool-setting 'sync_on = "blocking-thread"'
 fi
 
 step "soak, short form (hostile receivers and DNS, a burst of domains, reloads, kill -9, spool pressure; invariants)"

@@ -74,7 +74,7 @@ accounting_log = "{work}/acct.jsonl"
 segment_bytes = {args.segment_bytes}
 fsync = {"true" if fsync else "false"}
 max_spool_bytes = {max(args.segment_bytes * 64, 1 << 30)}
-
+{"".join(line + chr(10) for line in args.spool_setting)}
 [[listener]]
 address = "127.0.0.1:{ports["smtp"]}"
 relay_networks = ["127.0.0.0/8"]
@@ -247,6 +247,8 @@ def add_load_arguments(p, root, settle_s):
     p.add_argument("--cores", type=int, default=2, help="volley cores")
     p.add_argument("--segment-bytes", type=int, default=1 << 20,
                    help="small segments so rollover and reclaim happen during the run")
+    p.add_argument("--spool-setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="a line added to volley's [spool] table, e.g. 'sync_on = \"blocking-thread\"'")
     p.add_argument("--start-timeout-s", type=float, default=20.0)
     p.add_argument("--drain-timeout-s", type=float, default=60.0)
     p.add_argument("--settle-s", type=float, default=settle_s,
