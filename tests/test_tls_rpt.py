@@ -4,10 +4,12 @@ report to the `rua` of its `_smtp._tls` record: an HTTPS endpoint and a mailbox.
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import json
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from conftest import DELIVERY_TIMEOUT_S, free_port, message, wait_until
@@ -163,6 +165,92 @@ def test_disabled_records_nothing(volley):
     assert status == 200 and body["enabled"] is False and body["domains"] == [], body
     status, sent = volley.api("POST", "/v1/tls-rpt/send")
     assert status == 200 and sent["domains"] == 0, sent
+    # Without `[server] test_clock` the clock cannot be moved.
+    status, body = volley.api("POST", "/v1/clock/advance", {"seconds": 86400})
+    assert status == 404, body
+
+
+def mailed_report(caught) -> dict:
+    parts = [
+        p for p in caught.parsed.iter_attachments() if p.get_content_type() == "application/tlsrpt+gzip"
+    ]
+    assert len(parts) == 1, caught.data[:2000]
+    return json.loads(gzip.decompress(parts[0].get_content()))
+
+
+def iso_s(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_day_of_simulated_time_ends_the_period_and_sends_its_reports(
+    volley, dns, tmp_path, sink_factory, catcher_factory
+):
+    """`interval_s` at its default (a day); the test clock moves a day forward: the reports go to
+    an HTTPS endpoint and a mailbox without `POST /v1/tls-rpt/send`."""
+    ca = TestCa(tmp_path / "pki")
+    servers = []
+    mx_sink(dns, sink_factory, ca, "day.test", "mx.day.test", "127.0.0.56")
+    servers.append(publish_policy(dns, ca, "day.test", "127.0.0.156"))
+    servers[-1].policy("enforce", ["mx.day.test"])
+    # `testing` with an MX host it does not list: delivered, and reported as a failure.
+    mx_sink(dns, sink_factory, ca, "day2.test", "mx.day2.test", "127.0.0.57")
+    servers.append(publish_policy(dns, ca, "day2.test", "127.0.0.157"))
+    servers[-1].policy("testing", ["mx.elsewhere.test"])
+    cert, key = ca.issue(["localhost"])
+    reports = ReportServer(cert, key)
+    catcher = catcher_factory("127.0.0.58")
+    dns.txt("_smtp._tls.day.test", f"v=TLSRPTv1; rua={reports.url}")
+    dns.txt("_smtp._tls.day2.test", "v=TLSRPTv1; rua=mailto:tls@reports.test")
+    volley.config["routes"]["reports.test"] = catcher.hostport
+    volley.config["tls"] = {"trust_anchors": [str(ca.cert)]}
+    volley.config["tls_rpt"] = {"enabled": True}
+    volley.config["server"]["test_clock"] = True
+    try:
+        volley.start()
+        volley.send("a@src.test", ["r@day.test"], message("a day, enforce"))
+        volley.send("a@src.test", ["r@day2.test"], message("a day, testing"))
+        volley.wait_acct("delivery", recipient="r@day.test")
+        volley.wait_acct("delivery", recipient="r@day2.test")
+        assert domain_counts(volley, "day.test") == (1, 0)
+        assert domain_counts(volley, "day2.test") == (0, 1)
+        started_s = volley.api("GET", "/v1/tls-rpt")[1]["started_s"]
+        time.sleep(2.5)  # the period is checked once a second
+        assert reports.posts == [] and catcher.snapshot() == [], "a day has not passed yet"
+
+        status, moved = volley.api("POST", "/v1/clock/advance", {"seconds": 86400})
+        assert status == 200 and moved["offset_s"] == 86400, moved
+        assert moved["now_s"] >= started_s + 86400
+        wait_until(lambda: reports.posts, DELIVERY_TIMEOUT_S, "the report POSTed after a day")
+        assert len(reports.posts) == 1
+        report = json.loads(gzip.decompress(reports.posts[0][1]))
+        start, end = (iso_s(report["date-range"][k]) for k in ("start-datetime", "end-datetime"))
+        assert start == started_s, report["date-range"]
+        assert 86400 <= end - start < 86400 + 60, report["date-range"]
+        policy = report["policies"][0]
+        assert policy["policy"]["policy-domain"] == "day.test"
+        assert policy["summary"] == {
+            "total-successful-session-count": 1,
+            "total-failure-session-count": 0,
+        }
+
+        caught = catcher.wait(1, DELIVERY_TIMEOUT_S)[0]
+        assert caught.recipients == ["tls@reports.test"]
+        assert caught.parsed["TLS-Report-Domain"] == "day2.test"
+        mailed = mailed_report(caught)
+        assert mailed["date-range"] == report["date-range"]
+        summary = mailed["policies"][0]["summary"]
+        assert summary == {"total-successful-session-count": 0, "total-failure-session-count": 1}
+        detail = mailed["policies"][0]["failure-details"][0]
+        assert detail["result-type"] == "validation-failure"
+        assert detail["receiving-mx-hostname"] == "mx.day2.test"
+        assert detail["failed-session-count"] == 1
+        # A new period started when the old one closed, on the moved clock.
+        assert volley.api("GET", "/v1/tls-rpt")[1]["started_s"] >= started_s + 86400
+        assert domain_counts(volley, "day.test") == (0, 0)
+    finally:
+        reports.stop()
+        for s in servers:
+            s.stop()
 
 
 def test_a_period_ends_by_itself_after_interval_s(volley, dns, tmp_path, sink_factory):

@@ -59,6 +59,9 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         ("POST", ["v1", "feedback"]) => super::reputation::feedback(&core, &request).await,
         ("GET", ["v1", "tls-rpt"]) => super::tls_rpt::show(&core),
         ("POST", ["v1", "tls-rpt", "send"]) => super::tls_rpt::send(&core).await,
+        ("POST", ["v1", "clock", "advance"]) => {
+            super::clock::advance(&core, &request.path, &request.body)
+        }
         ("GET", ["v1", "drain"]) => drain_state(&core),
         ("POST", ["v1", "drain"]) => drain_start(&core, &request.body).await,
         ("DELETE", ["v1", "drain"]) => drain_cancel(&core).await,

@@ -21,7 +21,7 @@ pub fn show(core: &ApiCore) -> Response {
         contact: String::new(),
         report_id: String::new(),
         start,
-        end: OffsetDateTime::now_utc(),
+        end: crate::clock::now_utc(),
     };
     let domains: Vec<_> = tally
         .domains

@@ -87,6 +87,8 @@ pub struct ServerSection {
     pub max_message_bytes_in_flight: u64,
     /// One INFO log line per delivery outcome (sent, deferred, bounced), Postfix style.
     pub log_deliveries: bool,
+    /// For tests only: `POST /v1/clock/advance` moves the process's wall time forward.
+    pub test_clock: bool,
 }
 
 impl Default for ServerSection {
@@ -100,6 +102,7 @@ impl Default for ServerSection {
             max_connections_per_ip: 200,
             max_message_bytes_in_flight: 1 << 30,
             log_deliveries: false,
+            test_clock: false,
         }
     }
 }

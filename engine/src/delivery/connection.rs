@@ -294,6 +294,7 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
             tls_up: false,
             observed: None,
             hop_tls: hop_tls.clone(),
+            from_mx: hops.from_mx,
         };
         let mut session_config = SessionConfig::new(ehlo.clone(), hop_tls.session_policy());
         session_config.tls_required_by = hop_tls.required_by(&hop.host, &key.domain);

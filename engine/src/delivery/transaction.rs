@@ -58,6 +58,8 @@ pub struct Connection {
     pub observed: Option<Arc<crate::transport_security::plan::Observed>>,
     /// The transport security this connection is under.
     pub hop_tls: crate::transport_security::plan::HopTls,
+    /// The server is one of the domain's MX hosts (or the domain itself), not a `[routes]` hop.
+    pub from_mx: bool,
 }
 
 impl Drop for Connection {
