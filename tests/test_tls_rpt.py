@@ -276,3 +276,67 @@ def test_a_period_ends_by_itself_after_interval_s(volley, dns, tmp_path, sink_fa
     finally:
         reports.stop()
         server.stop()
+
+
+def policies_of(volley, domain: str) -> list[dict]:
+    status, body = volley.api("GET", "/v1/tls-rpt")
+    assert status == 200, body
+    for d in body["domains"]:
+        if d["domain"] == domain:
+            return d["policies"]
+    return []
+
+
+def test_sessions_without_a_policy_and_failed_policy_fetches_are_counted(
+    volley, dns, tmp_path, sink_factory
+):
+    ca = TestCa(tmp_path / "pki")
+    stranger = TestCa(tmp_path / "stranger", "Stranger CA")
+    servers = []
+    # No MTA-STS, no DANE: a TLS session is `no-policy-found`; a clear-text one is not counted.
+    mx_sink(dns, sink_factory, ca, "np.test", "mx.np.test", "127.0.0.61")
+    mx_sink(dns, sink_factory, None, "clear.test", "mx.clear.test", "127.0.0.62")
+    # `_mta-sts` published, but the policy cannot be had: 404, a certificate Volley does not
+    # trust, a file that is not a policy.
+    mx_sink(dns, sink_factory, ca, "fe.test", "mx.fe.test", "127.0.0.63")
+    servers.append(publish_policy(dns, ca, "fe.test", "127.0.0.163"))
+    mx_sink(dns, sink_factory, ca, "wi.test", "mx.wi.test", "127.0.0.64")
+    servers.append(publish_policy(dns, stranger, "wi.test", "127.0.0.164"))
+    servers[-1].policy("enforce", ["mx.wi.test"])
+    mx_sink(dns, sink_factory, ca, "pi.test", "mx.pi.test", "127.0.0.65")
+    servers.append(publish_policy(dns, ca, "pi.test", "127.0.0.165"))
+    servers[-1].body = "version: STSv1\r\nmode: sometimes\r\n"
+    volley.config["tls"] = {"trust_anchors": [str(ca.cert)]}
+    volley.config["tls_rpt"] = {"enabled": True}
+    try:
+        volley.start()
+        for domain in ("np", "clear", "fe", "wi", "pi"):
+            volley.send("a@src.test", [f"r@{domain}.test"], message(f"{domain} no policy"))
+        for domain in ("np", "clear", "fe", "wi", "pi"):
+            volley.wait_acct("delivery", recipient=f"r@{domain}.test")
+
+        [np] = policies_of(volley, "np.test")
+        assert np["policy"]["policy-type"] == "no-policy-found", np
+        assert np["policy"]["policy-domain"] == "np.test"
+        assert np["summary"] == {
+            "total-successful-session-count": 1,
+            "total-failure-session-count": 0,
+        }
+        assert policies_of(volley, "clear.test") == [], "a clear-text session is not counted"
+
+        for domain, result_type in (
+            ("fe.test", "sts-policy-fetch-error"),
+            ("wi.test", "sts-webpki-invalid"),
+            ("pi.test", "sts-policy-invalid"),
+        ):
+            policies = {p["policy"]["policy-type"]: p for p in policies_of(volley, domain)}
+            sts = policies["sts"]
+            assert sts["summary"]["total-failure-session-count"] == 1, (domain, sts)
+            assert sts["failure-details"] == [
+                {"result-type": result_type, "failed-session-count": 1}
+            ], (domain, sts)
+            # The mail then went as to a domain without a policy.
+            assert policies["no-policy-found"]["summary"]["total-successful-session-count"] == 1
+    finally:
+        for s in servers:
+            s.stop()
