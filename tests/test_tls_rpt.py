@@ -20,9 +20,11 @@ from test_tls_policy import mx_sink, publish_policy
 class ReportServer:
     """An HTTPS endpoint on 127.0.0.1 (certificate for `localhost`) keeping each POST."""
 
-    def __init__(self, cert, key) -> None:
+    def __init__(self, cert, key, refuse: int = 0) -> None:
         self.port = free_port("127.0.0.1")
         self.posts: list[tuple[str, bytes]] = []
+        self.refused: list[bytes] = []  # the bodies of the first `refuse` POSTs, answered 500
+        self.refuse = refuse
         self.lock = threading.Lock()
         server = self
 
@@ -32,8 +34,12 @@ class ReportServer:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with server.lock:
-                    server.posts.append((self.headers.get("Content-Type", ""), body))
-                self.send_response(200)
+                    refusing = len(server.refused) < server.refuse
+                    if refusing:
+                        server.refused.append(body)
+                    else:
+                        server.posts.append((self.headers.get("Content-Type", ""), body))
+                self.send_response(500 if refusing else 200)
                 self.send_header("Content-Length", "0")
                 self.send_header("Connection", "close")
                 self.end_headers()
@@ -340,3 +346,53 @@ def test_sessions_without_a_policy_and_failed_policy_fetches_are_counted(
     finally:
         for s in servers:
             s.stop()
+
+
+def test_a_refused_post_is_retried_later_and_kept_across_a_restart(
+    volley, dns, tmp_path, sink_factory
+):
+    ca = TestCa(tmp_path / "pki")
+    mx_sink(dns, sink_factory, ca, "retry.test", "mx.retry.test", "127.0.0.66")
+    server = publish_policy(dns, ca, "retry.test", "127.0.0.166")
+    server.policy("enforce", ["mx.retry.test"])
+    cert, key = ca.issue(["localhost"])
+    reports = ReportServer(cert, key, refuse=1)
+    dns.txt("_smtp._tls.retry.test", f"v=TLSRPTv1; rua={reports.url}")
+    volley.config["tls"] = {"trust_anchors": [str(ca.cert)]}
+    volley.config["tls_rpt"] = {"enabled": True}
+    volley.config["server"]["test_clock"] = True
+    try:
+        volley.start()
+        volley.send("a@src.test", ["r@retry.test"], message("retry"))
+        volley.wait_acct("delivery", recipient="r@retry.test")
+        status, sent = volley.api("POST", "/v1/tls-rpt/send")
+        assert status == 200, sent
+        assert (sent["https"], sent["failed"], sent["retrying"]) == (0, 1, 1), sent
+        assert len(reports.refused) == 1 and reports.posts == []
+        assert volley.api("GET", "/v1/tls-rpt")[1]["pending_posts"] == 1
+        assert (volley.dir / "spool" / "tls-rpt-posts.json").exists()
+
+        # Kept across a restart, and not retried before its time.
+        assert volley.stop() == 0
+        volley.start()
+        assert volley.api("GET", "/v1/tls-rpt")[1]["pending_posts"] == 1
+        time.sleep(2.5)
+        assert reports.posts == [], "the first retry waits a minute"
+
+        status, _ = volley.api("POST", "/v1/clock/advance", {"seconds": 61})
+        assert status == 200
+        wait_until(lambda: reports.posts, DELIVERY_TIMEOUT_S, "the report POSTed again")
+        assert len(reports.posts) == 1
+        content_type, body = reports.posts[0]
+        assert content_type == "application/tlsrpt+gzip"
+        assert body == reports.refused[0], "the same report"
+        report = json.loads(gzip.decompress(body))
+        assert report["policies"][0]["summary"]["total-successful-session-count"] == 1
+        wait_until(
+            lambda: volley.api("GET", "/v1/tls-rpt")[1]["pending_posts"] == 0,
+            DELIVERY_TIMEOUT_S,
+            "no POST left to retry",
+        )
+    finally:
+        reports.stop()
+        server.stop()

@@ -40,6 +40,7 @@ pub fn show(core: &ApiCore) -> Response {
             "enabled": core.config().tls_rpt.enabled,
             "started_s": started_s,
             "domain_count": tally.domains.len(),
+            "pending_posts": crate::delivery::tls_reports::retry::pending(),
             "domains": domains,
         }),
     )
