@@ -10,10 +10,14 @@ import json
 import ssl
 import threading
 import time
+from unittest import mock
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dkim
 
 from conftest import DELIVERY_TIMEOUT_S, free_port, message, wait_until
 from pki import TestCa
+from test_dkim import dns_of, make_key
 from test_tls_policy import mx_sink, publish_policy
 
 
@@ -192,7 +196,8 @@ def test_a_day_of_simulated_time_ends_the_period_and_sends_its_reports(
     volley, dns, tmp_path, sink_factory, catcher_factory
 ):
     """`interval_s` at its default (a day); the test clock moves a day forward: the reports go to
-    an HTTPS endpoint and a mailbox without `POST /v1/tls-rpt/send`."""
+    an HTTPS endpoint and a mailbox without `POST /v1/tls-rpt/send`. The mailed report is signed
+    with the `[[dkim]]` key of the host name's domain."""
     ca = TestCa(tmp_path / "pki")
     servers = []
     mx_sink(dns, sink_factory, ca, "day.test", "mx.day.test", "127.0.0.56")
@@ -211,6 +216,10 @@ def test_a_day_of_simulated_time_ends_the_period_and_sends_its_reports(
     volley.config["tls"] = {"trust_anchors": [str(ca.cert)]}
     volley.config["tls_rpt"] = {"enabled": True}
     volley.config["server"]["test_clock"] = True
+    dkim_key, dkim_record = make_key(tmp_path, "rsa")
+    volley.config["dkim"] = [
+        {"domain": "volley.test", "selector": "rpt", "private_key": str(dkim_key)}
+    ]
     try:
         volley.start()
         volley.send("a@src.test", ["r@day.test"], message("a day, enforce"))
@@ -242,6 +251,12 @@ def test_a_day_of_simulated_time_ends_the_period_and_sends_its_reports(
         caught = catcher.wait(1, DELIVERY_TIMEOUT_S)[0]
         assert caught.recipients == ["tls@reports.test"]
         assert caught.parsed["TLS-Report-Domain"] == "day2.test"
+        signature = "".join(caught.parsed["DKIM-Signature"].split())
+        assert "d=volley.test" in signature and "s=rpt" in signature, signature
+        # Signed on the moved clock: `t=` is a day ahead of this process's.
+        with mock.patch("dkim.time.time", return_value=time.time() + moved["offset_s"]):
+            keys = dns_of({"rpt._domainkey.volley.test": dkim_record})
+            assert dkim.verify(caught.data, dnsfunc=keys), caught.data[:1500]
         mailed = mailed_report(caught)
         assert mailed["date-range"] == report["date-range"]
         summary = mailed["policies"][0]["summary"]
