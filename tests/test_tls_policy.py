@@ -426,3 +426,35 @@ def test_requiretls_is_taken_over_tls_only_and_leaves_only_over_verified_tls(
     assert bounce["enhanced_code"] == "5.7.10", bounce
     assert "REQUIRETLS" in bounce["response"], bounce
     assert plain_sink.lines() == [], "an unverified destination never gets it"
+
+
+def test_inject_requiretls_is_the_same_request(volley, dns, ca, sink_factory):
+    plain_sink = mx_sink(dns, sink_factory, ca, "plain2.test", "mx.plain2.test", "127.0.0.67")
+    dane_sink = dane_destination(volley, dns, sink_factory, ca, "rtls2.test", "127.0.0.68")
+    volley.start()
+    status, body = volley.api(
+        "POST",
+        "/v1/inject",
+        {
+            "sender": "a@src.test",
+            "recipients": ["r@rtls2.test", "r@plain2.test"],
+            "content": message("inject requiretls"),
+            "requiretls": True,
+        },
+    )
+    assert status == 202, body
+    assert volley.wait_acct("delivery", recipient="r@rtls2.test")[0]["tls"] == "dane"
+    [line] = dane_sink.wait_lines(1)
+    assert line["requiretls"], "REQUIRETLS on MAIL FROM to the next hop"
+    bounce = volley.wait_acct("bounce", recipient="r@plain2.test")[0]
+    assert bounce["enhanced_code"] == "5.7.10", bounce
+    assert plain_sink.lines() == []
+    # Without it, the same destination takes the mail.
+    status, body = volley.api(
+        "POST",
+        "/v1/inject",
+        {"sender": "a@src.test", "recipients": ["s@plain2.test"], "content": message("plain")},
+    )
+    assert status == 202, body
+    volley.wait_acct("delivery", recipient="s@plain2.test")
+    assert [line["requiretls"] for line in plain_sink.wait_lines(1)] == [False]

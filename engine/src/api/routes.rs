@@ -104,6 +104,10 @@ struct InjectRequest {
     pool: Option<String>,
     #[serde(default)]
     vmta: Option<String>,
+    /// RFC 8689 REQUIRETLS, as on `MAIL FROM`: delivered only over TLS verified by DANE, MTA-STS
+    /// or `tls = "required"`, to servers offering REQUIRETLS.
+    #[serde(default)]
+    requiretls: bool,
 }
 
 /// The request's `campaign`, `pool` and `vmta` as intake takes them; a campaign that is longer
@@ -198,7 +202,7 @@ async fn inject(core: &Rc<ApiCore>, request: &Request) -> Response {
     }
     let envelope = Envelope {
         smtputf8: !req.sender.is_ascii() || req.recipients.iter().any(|r| !r.is_ascii()),
-        requiretls: false,
+        requiretls: req.requiretls,
         sender: req.sender,
         recipients: req.recipients.into_iter().map(Recipient::new).collect(),
         body_type: if body.is_ascii() {
