@@ -287,6 +287,7 @@ mod tests {
                     customer: "acme".into(),
                     recipients: vec![(0, 0), (1, 2)],
                     not_before_s: 0,
+                    tls_optional: false,
                 };
                 let queued = queue_handoff(
                     &mut delivery.queues.borrow_mut(),
