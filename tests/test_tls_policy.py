@@ -458,3 +458,41 @@ def test_inject_requiretls_is_the_same_request(volley, dns, ca, sink_factory):
     assert status == 202, body
     volley.wait_acct("delivery", recipient="s@plain2.test")
     assert [line["requiretls"] for line in plain_sink.wait_lines(1)] == [False]
+
+
+def test_tls_required_no_ignores_the_recipient_policies(
+    volley, dns, ca, sink_factory, policy_servers
+):
+    """RFC 8689 5: a message saying `TLS-Required: No` is delivered where an `enforce` MTA-STS
+    policy keeps other mail (its MX host is not one the policy names), still over STARTTLS; with
+    REQUIRETLS the header does not count."""
+    sink = mx_sink(dns, sink_factory, ca, "trn.test", "mx.trn.test", "127.0.0.69")
+    server = publish_policy(dns, ca, "trn.test", "127.0.0.169")
+    policy_servers.append(server)
+    server.policy("enforce", ["mx.elsewhere.test"])
+    trusting(volley, ca)
+    volley.start()
+    no_policy = "TLS-Required: No\r\n"
+    volley.send("a@src.test", ["normal@trn.test"], message("policy applies"))
+    volley.send("a@src.test", ["optional@trn.test"], message("no policy", extra_headers=no_policy))
+    status, body = volley.api(
+        "POST",
+        "/v1/inject",
+        {
+            "sender": "a@src.test",
+            "recipients": ["both@trn.test"],
+            "content": message("requiretls wins", extra_headers=no_policy),
+            "requiretls": True,
+        },
+    )
+    assert status == 202, body
+    delivery = volley.wait_acct("delivery", recipient="optional@trn.test")[0]
+    assert delivery["tls"] == "encrypted", delivery
+    [line] = sink.wait_lines(1)
+    assert line["recipients"] == ["optional@trn.test"] and line["tls"], line
+    for recipient in ("normal@trn.test", "both@trn.test"):
+        transient = volley.wait_acct("transient", recipient=recipient)[0]
+        assert "MTA-STS policy of trn.test" in transient["response"], transient
+    time.sleep(1.5)  # retried every second: still kept from the host
+    assert [line["recipients"] for line in sink.lines()] == [["optional@trn.test"]]
+    assert not volley.acct("delivery")[1:], "only the message that asked is delivered"

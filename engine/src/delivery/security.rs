@@ -52,7 +52,7 @@ pub async fn hop_tls(
     hop: &Hop,
 ) -> Result<HopTls, Refusal> {
     let trusted = core.config().dns.dnssec == Dnssec::TrustAd;
-    let dane = if trusted && hops.from_mx && hop.authentic {
+    let dane = if trusted && dest.dane && hops.from_mx && hop.authentic {
         tlsa(core, &hop.host).await
     } else {
         DaneLookup::NotApplicable

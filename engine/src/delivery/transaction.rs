@@ -60,6 +60,8 @@ pub struct Connection {
     pub hop_tls: crate::transport_security::plan::HopTls,
     /// The server is one of the domain's MX hosts (or the domain itself), not a `[routes]` hop.
     pub from_mx: bool,
+    /// Planned without DANE and MTA-STS: takes only mail saying `TLS-Required: No`.
+    pub tls_optional_only: bool,
 }
 
 impl Drop for Connection {
@@ -98,7 +100,12 @@ impl Connection {
             {
                 return false;
             }
-            if queues.borrow().has_ready(&self.key) {
+            let ready = if self.tls_optional_only {
+                queues.borrow().has_ready_tls_optional(&self.key)
+            } else {
+                queues.borrow().has_ready(&self.key)
+            };
+            if ready {
                 return true;
             }
             if waited_ms >= IDLE_LINGER_MS {
@@ -151,11 +158,14 @@ impl Connection {
                 }
             }
         }
-        let items = core
-            .delivery
-            .queues
-            .borrow_mut()
-            .take_transaction(&self.key, RECIPIENTS_PER_TRANSACTION_MAX);
+        let items = {
+            let mut queues = core.delivery.queues.borrow_mut();
+            if self.tls_optional_only {
+                queues.take_tls_optional_transaction(&self.key, RECIPIENTS_PER_TRANSACTION_MAX)
+            } else {
+                queues.take_transaction(&self.key, RECIPIENTS_PER_TRANSACTION_MAX)
+            }
+        };
         let Some(first) = items.first().copied() else {
             session.quit();
             return;

@@ -113,7 +113,11 @@ async fn retry_due(shard: &Shard, now_s: u64) {
     PENDING.with_borrow_mut(|pending| {
         for (p, result) in results {
             match result {
-                Ok(()) => log::info!("TLS-RPT: report POSTed to {} on retry {}", p.url, p.attempts),
+                Ok(()) => log::info!(
+                    "TLS-RPT: report POSTed to {} on retry {}",
+                    p.url,
+                    p.attempts
+                ),
                 Err(e) => {
                     log::warn!("TLS-RPT: POST {} (retry {}): {e}", p.url, p.attempts);
                     let url = p.url.clone();

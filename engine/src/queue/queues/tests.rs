@@ -41,7 +41,13 @@ fn tls_optional_recipients_are_taken_apart() {
         i.tls_optional = true;
         i
     };
-    for i in [item(1, 0, 0), optional(2, 0), optional(2, 1), item(3, 0, 0), optional(4, 0)] {
+    for i in [
+        item(1, 0, 0),
+        optional(2, 0),
+        optional(2, 1),
+        item(3, 0, 0),
+        optional(4, 0),
+    ] {
         q.enqueue(&k, i);
     }
     assert!(q.has_ready_tls_optional(&k));
@@ -50,7 +56,11 @@ fn tls_optional_recipients_are_taken_apart() {
     assert!(taken.iter().all(|i| i.tls_optional));
     let required = q.take_ready_tls_required(&k);
     assert_eq!(seqs(&required), [1, 3]);
-    assert_eq!(seqs(&q.take_batch(&k, 10)), [4], "the others stay, in order");
+    assert_eq!(
+        seqs(&q.take_batch(&k, 10)),
+        [4],
+        "the others stay, in order"
+    );
     assert!(!q.has_ready_tls_optional(&k));
     assert!(q.take_tls_optional_transaction(&k, 100).is_empty());
 }

@@ -153,8 +153,15 @@ mod tests {
         std::fs::write(&file, Ca::new("Anchor CA").pem()).unwrap();
         let url = format!("https://localhost:{port}/r");
         let e = post(&url, b"x", &[file.display().to_string()]).unwrap_err();
-        assert!(e.contains("UnknownIssuer") || e.contains("certificate"), "{e}");
-        assert_eq!(handshakes.load(Ordering::SeqCst), 2, "anchors, then Mozilla roots");
+        assert!(
+            e.contains("UnknownIssuer") || e.contains("certificate"),
+            "{e}"
+        );
+        assert_eq!(
+            handshakes.load(Ordering::SeqCst),
+            2,
+            "anchors, then Mozilla roots"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -132,8 +132,12 @@ mod tests {
     #[test]
     fn dane_sessions_count_under_the_mx_host() {
         let record = Tlsa::new(3, 1, 1, vec![0xab; 32]).unwrap();
-        let (domain, key) =
-            policy_of(&HopTls::Dane(vec![record]), "MX.example.test", Some("x.test")).unwrap();
+        let (domain, key) = policy_of(
+            &HopTls::Dane(vec![record]),
+            "MX.example.test",
+            Some("x.test"),
+        )
+        .unwrap();
         assert_eq!(domain, "mx.example.test");
         assert_eq!(key.policy_type, PolicyType::Tlsa);
         assert_eq!(key.policy_string, [format!("3 1 1 {}", "ab".repeat(32))]);
@@ -141,8 +145,12 @@ mod tests {
 
     #[test]
     fn sessions_without_a_policy_count_under_the_recipient_domain() {
-        let (domain, key) =
-            policy_of(&HopTls::Opportunistic, "mx.example.test", Some("Example.test")).unwrap();
+        let (domain, key) = policy_of(
+            &HopTls::Opportunistic,
+            "mx.example.test",
+            Some("Example.test"),
+        )
+        .unwrap();
         assert_eq!(domain, "example.test");
         assert_eq!(key.policy_type, PolicyType::NoPolicyFound);
         assert!(key.policy_string.is_empty() && key.mx_host.is_empty());
