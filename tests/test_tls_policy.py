@@ -496,3 +496,23 @@ def test_tls_required_no_ignores_the_recipient_policies(
     time.sleep(1.5)  # retried every second: still kept from the host
     assert [line["recipients"] for line in sink.lines()] == [["optional@trn.test"]]
     assert not volley.acct("delivery")[1:], "only the message that asked is delivered"
+
+
+def test_tls_required_no_ignores_dane_too(volley, dns, ca, sink_factory):
+    """A TLSA record no certificate matches keeps other mail; `TLS-Required: No` mail goes, over
+    STARTTLS without the DANE check."""
+    sink = dane_destination(
+        volley, dns, sink_factory, ca, "trn2.test", "127.0.0.70", record=lambda _: "00" * 32
+    )
+    volley.start()
+    volley.send("a@src.test", ["normal@trn2.test"], message("dane applies"))
+    volley.send(
+        "a@src.test",
+        ["optional@trn2.test"],
+        message("no dane", extra_headers="TLS-Required: no\r\n"),
+    )
+    delivery = volley.wait_acct("delivery", recipient="optional@trn2.test")[0]
+    assert delivery["tls"] == "encrypted", delivery
+    transient = volley.wait_acct("transient", recipient="normal@trn2.test")[0]
+    assert "no TLSA record matches" in transient["response"], transient
+    assert [line["recipients"] for line in sink.wait_lines(1)] == [["optional@trn2.test"]]
