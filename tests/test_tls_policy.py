@@ -516,3 +516,45 @@ def test_tls_required_no_ignores_dane_too(volley, dns, ca, sink_factory):
     transient = volley.wait_acct("transient", recipient="normal@trn2.test")[0]
     assert "no TLSA record matches" in transient["response"], transient
     assert [line["recipients"] for line in sink.wait_lines(1)] == [["optional@trn2.test"]]
+
+
+def test_rolled_up_domains_are_held_to_their_own_mta_sts_policy(
+    volley, dns, ca, sink_factory, policy_servers
+):
+    """A `[[rollup]]` queue connects under its own name's policy; each rolled-up recipient domain
+    with an `enforce` policy takes the connection only to a host its policy lists, with a
+    certificate checked for that name."""
+    # rollup.test: TLS required (so the certificate is checked); rollup2.test: opportunistic.
+    sink = mx_sink(dns, sink_factory, ca, "rollup.test", "mx.rollup.test", "127.0.0.71")
+    sink2 = mx_sink(dns, sink_factory, ca, "rollup2.test", "mx.rollup2.test", "127.0.0.72")
+    for domain, address, mx in (
+        ("m1.test", "127.0.0.171", ["mx.rollup.test"]),
+        ("m2.test", "127.0.0.172", ["mx.elsewhere.test"]),
+        ("m4.test", "127.0.0.174", ["mx.rollup2.test"]),
+    ):
+        server = publish_policy(dns, ca, domain, address)
+        server.policy("enforce", mx)
+        policy_servers.append(server)
+    volley.config["rollup"] = [
+        {"name": "rollup.test", "domains": ["m1.test", "m2.test", "m3.test"]},
+        {"name": "rollup2.test", "domains": ["m4.test"]},
+    ]
+    volley.config["domain"].append({"match": "rollup.test", "tls": "required"})
+    trusting(volley, ca)
+    volley.start()
+    volley.send(
+        "a@src.test", ["r@m1.test", "r@m2.test", "r@m3.test"], message("rolled up")
+    )
+    volley.send("a@src.test", ["r@m4.test"], message("rolled up, unchecked"))
+    for recipient in ("r@m1.test", "r@m3.test"):
+        delivery = volley.wait_acct("delivery", recipient=recipient)[0]
+        assert delivery["mx"].startswith("mx.rollup.test"), delivery
+    assert sorted(sink.wait_recipients(2)) == ["r@m1.test", "r@m3.test"]
+    unlisted = volley.wait_acct("transient", recipient="r@m2.test")[0]
+    assert "MTA-STS policy of m2.test (id 1, mode enforce)" in unlisted["response"], unlisted
+    assert "mx.rollup.test is not one of its mx hosts" in unlisted["response"], unlisted
+    unchecked = volley.wait_acct("transient", recipient="r@m4.test")[0]
+    assert "MTA-STS policy of m4.test" in unchecked["response"], unchecked
+    assert "was not checked" in unchecked["response"], unchecked
+    assert sink2.lines() == []
+    assert "r@m2.test" not in sink.recipients()

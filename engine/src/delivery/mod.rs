@@ -22,6 +22,7 @@ mod messages;
 mod outcome;
 mod questions;
 mod reroute;
+mod rollup_policies;
 mod scheduler;
 mod security;
 mod shaping;

@@ -31,17 +31,22 @@ pub async fn destination(
 ) -> Destination {
     let config = core.config();
     let mta_sts = if hops.from_mx && config.mta_sts.enabled {
-        let needs = Needs {
-            resolver: core.resolver(),
-            tls: core.client_tls().verified.clone(),
-            fetch_timeout: Duration::from_millis(config.mta_sts.fetch_timeout_ms.max(1)),
-            tls_rpt: config.tls_rpt.enabled.then(|| core.node.tls_rpt.clone()),
-        };
-        core.mta_sts.policy(&needs, domain).await
+        core.mta_sts.policy(&mta_sts_needs(core), domain).await
     } else {
         None
     };
     Destination::new(domain, setting, mta_sts)
+}
+
+/// What an MTA-STS policy lookup of this core needs.
+pub fn mta_sts_needs(core: &DeliveryCore) -> Needs {
+    let config = core.config();
+    Needs {
+        resolver: core.resolver(),
+        tls: core.client_tls().verified.clone(),
+        fetch_timeout: Duration::from_millis(config.mta_sts.fetch_timeout_ms.max(1)),
+        tls_rpt: config.tls_rpt.enabled.then(|| core.node.tls_rpt.clone()),
+    }
 }
 
 /// How to connect to `hop`, or why not to (counted as a failure of its policy).

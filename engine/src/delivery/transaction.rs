@@ -158,24 +158,32 @@ impl Connection {
                 }
             }
         }
-        let items = {
-            let mut queues = core.delivery.queues.borrow_mut();
-            if self.tls_optional_only {
-                queues.take_tls_optional_transaction(&self.key, RECIPIENTS_PER_TRANSACTION_MAX)
-            } else {
-                queues.take_transaction(&self.key, RECIPIENTS_PER_TRANSACTION_MAX)
-            }
-        };
-        let Some(first) = items.first().copied() else {
-            session.quit();
-            return;
-        };
-        let message = match core.delivery.message(&core.bodies, first.message) {
-            Ok(m) => m,
-            Err(e) => {
-                outcome::unreadable(&core, &self.key, items, &e).await;
+        // A transaction whose recipients a rolled-up domain's policy keeps from this host is
+        // deferred, and the next one taken.
+        let (first, items, message) = loop {
+            let items = {
+                let mut queues = core.delivery.queues.borrow_mut();
+                if self.tls_optional_only {
+                    queues.take_tls_optional_transaction(&self.key, RECIPIENTS_PER_TRANSACTION_MAX)
+                } else {
+                    queues.take_transaction(&self.key, RECIPIENTS_PER_TRANSACTION_MAX)
+                }
+            };
+            let Some(first) = items.first().copied() else {
                 session.quit();
                 return;
+            };
+            let message = match core.delivery.message(&core.bodies, first.message) {
+                Ok(m) => m,
+                Err(e) => {
+                    outcome::unreadable(&core, &self.key, items, &e).await;
+                    session.quit();
+                    return;
+                }
+            };
+            let items = super::rollup_policies::keep_allowed(self, items, &message).await;
+            if !items.is_empty() {
+                break (first, items, message);
             }
         };
         let envelope = &message.envelope;
