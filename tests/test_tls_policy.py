@@ -426,3 +426,135 @@ def test_requiretls_is_taken_over_tls_only_and_leaves_only_over_verified_tls(
     assert bounce["enhanced_code"] == "5.7.10", bounce
     assert "REQUIRETLS" in bounce["response"], bounce
     assert plain_sink.lines() == [], "an unverified destination never gets it"
+
+
+def test_inject_requiretls_is_the_same_request(volley, dns, ca, sink_factory):
+    plain_sink = mx_sink(dns, sink_factory, ca, "plain2.test", "mx.plain2.test", "127.0.0.67")
+    dane_sink = dane_destination(volley, dns, sink_factory, ca, "rtls2.test", "127.0.0.68")
+    volley.start()
+    status, body = volley.api(
+        "POST",
+        "/v1/inject",
+        {
+            "sender": "a@src.test",
+            "recipients": ["r@rtls2.test", "r@plain2.test"],
+            "content": message("inject requiretls"),
+            "requiretls": True,
+        },
+    )
+    assert status == 202, body
+    assert volley.wait_acct("delivery", recipient="r@rtls2.test")[0]["tls"] == "dane"
+    [line] = dane_sink.wait_lines(1)
+    assert line["requiretls"], "REQUIRETLS on MAIL FROM to the next hop"
+    bounce = volley.wait_acct("bounce", recipient="r@plain2.test")[0]
+    assert bounce["enhanced_code"] == "5.7.10", bounce
+    assert plain_sink.lines() == []
+    # Without it, the same destination takes the mail.
+    status, body = volley.api(
+        "POST",
+        "/v1/inject",
+        {"sender": "a@src.test", "recipients": ["s@plain2.test"], "content": message("plain")},
+    )
+    assert status == 202, body
+    volley.wait_acct("delivery", recipient="s@plain2.test")
+    assert [line["requiretls"] for line in plain_sink.wait_lines(1)] == [False]
+
+
+def test_tls_required_no_ignores_the_recipient_policies(
+    volley, dns, ca, sink_factory, policy_servers
+):
+    """RFC 8689 5: a message saying `TLS-Required: No` is delivered where an `enforce` MTA-STS
+    policy keeps other mail (its MX host is not one the policy names), still over STARTTLS; with
+    REQUIRETLS the header does not count."""
+    sink = mx_sink(dns, sink_factory, ca, "trn.test", "mx.trn.test", "127.0.0.69")
+    server = publish_policy(dns, ca, "trn.test", "127.0.0.169")
+    policy_servers.append(server)
+    server.policy("enforce", ["mx.elsewhere.test"])
+    trusting(volley, ca)
+    volley.start()
+    no_policy = "TLS-Required: No\r\n"
+    volley.send("a@src.test", ["normal@trn.test"], message("policy applies"))
+    volley.send("a@src.test", ["optional@trn.test"], message("no policy", extra_headers=no_policy))
+    status, body = volley.api(
+        "POST",
+        "/v1/inject",
+        {
+            "sender": "a@src.test",
+            "recipients": ["both@trn.test"],
+            "content": message("requiretls wins", extra_headers=no_policy),
+            "requiretls": True,
+        },
+    )
+    assert status == 202, body
+    delivery = volley.wait_acct("delivery", recipient="optional@trn.test")[0]
+    assert delivery["tls"] == "encrypted", delivery
+    [line] = sink.wait_lines(1)
+    assert line["recipients"] == ["optional@trn.test"] and line["tls"], line
+    for recipient in ("normal@trn.test", "both@trn.test"):
+        transient = volley.wait_acct("transient", recipient=recipient)[0]
+        assert "MTA-STS policy of trn.test" in transient["response"], transient
+    time.sleep(1.5)  # retried every second: still kept from the host
+    assert [line["recipients"] for line in sink.lines()] == [["optional@trn.test"]]
+    assert not volley.acct("delivery")[1:], "only the message that asked is delivered"
+
+
+def test_tls_required_no_ignores_dane_too(volley, dns, ca, sink_factory):
+    """A TLSA record no certificate matches keeps other mail; `TLS-Required: No` mail goes, over
+    STARTTLS without the DANE check."""
+    sink = dane_destination(
+        volley, dns, sink_factory, ca, "trn2.test", "127.0.0.70", record=lambda _: "00" * 32
+    )
+    volley.start()
+    volley.send("a@src.test", ["normal@trn2.test"], message("dane applies"))
+    volley.send(
+        "a@src.test",
+        ["optional@trn2.test"],
+        message("no dane", extra_headers="TLS-Required: no\r\n"),
+    )
+    delivery = volley.wait_acct("delivery", recipient="optional@trn2.test")[0]
+    assert delivery["tls"] == "encrypted", delivery
+    transient = volley.wait_acct("transient", recipient="normal@trn2.test")[0]
+    assert "no TLSA record matches" in transient["response"], transient
+    assert [line["recipients"] for line in sink.wait_lines(1)] == [["optional@trn2.test"]]
+
+
+def test_rolled_up_domains_are_held_to_their_own_mta_sts_policy(
+    volley, dns, ca, sink_factory, policy_servers
+):
+    """A `[[rollup]]` queue connects under its own name's policy; each rolled-up recipient domain
+    with an `enforce` policy takes the connection only to a host its policy lists, with a
+    certificate checked for that name."""
+    # rollup.test: TLS required (so the certificate is checked); rollup2.test: opportunistic.
+    sink = mx_sink(dns, sink_factory, ca, "rollup.test", "mx.rollup.test", "127.0.0.71")
+    sink2 = mx_sink(dns, sink_factory, ca, "rollup2.test", "mx.rollup2.test", "127.0.0.72")
+    for domain, address, mx in (
+        ("m1.test", "127.0.0.171", ["mx.rollup.test"]),
+        ("m2.test", "127.0.0.172", ["mx.elsewhere.test"]),
+        ("m4.test", "127.0.0.174", ["mx.rollup2.test"]),
+    ):
+        server = publish_policy(dns, ca, domain, address)
+        server.policy("enforce", mx)
+        policy_servers.append(server)
+    volley.config["rollup"] = [
+        {"name": "rollup.test", "domains": ["m1.test", "m2.test", "m3.test"]},
+        {"name": "rollup2.test", "domains": ["m4.test"]},
+    ]
+    volley.config["domain"].append({"match": "rollup.test", "tls": "required"})
+    trusting(volley, ca)
+    volley.start()
+    volley.send(
+        "a@src.test", ["r@m1.test", "r@m2.test", "r@m3.test"], message("rolled up")
+    )
+    volley.send("a@src.test", ["r@m4.test"], message("rolled up, unchecked"))
+    for recipient in ("r@m1.test", "r@m3.test"):
+        delivery = volley.wait_acct("delivery", recipient=recipient)[0]
+        assert delivery["mx"].startswith("mx.rollup.test"), delivery
+    assert sorted(sink.wait_recipients(2)) == ["r@m1.test", "r@m3.test"]
+    unlisted = volley.wait_acct("transient", recipient="r@m2.test")[0]
+    assert "MTA-STS policy of m2.test (id 1, mode enforce)" in unlisted["response"], unlisted
+    assert "mx.rollup.test is not one of its mx hosts" in unlisted["response"], unlisted
+    unchecked = volley.wait_acct("transient", recipient="r@m4.test")[0]
+    assert "MTA-STS policy of m4.test" in unchecked["response"], unchecked
+    assert "was not checked" in unchecked["response"], unchecked
+    assert sink2.lines() == []
+    assert "r@m2.test" not in sink.recipients()

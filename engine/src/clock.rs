@@ -3,24 +3,53 @@
 //!
 //! Wall time can step (NTP, an operator); nothing that measures a duration reads it. A wall clock
 //! before 1970 reads as 0 rather than failing: an MTA must keep moving mail on a bad clock.
+//!
+//! Tests move wall time forward (`advance`, reached only through `POST /v1/clock/advance`, which
+//! exists only with `[server] test_clock = true`): an offset added to every wall time read here.
+//! Monotonic time is never moved, so deadlines and timeouts stay real.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::{Rfc2822, Rfc3339};
 
+/// Seconds added to the system's wall time by `advance` (0 outside tests).
+static OFFSET_S: AtomicU64 = AtomicU64::new(0);
+
+/// Moves wall time forward by `seconds` for the whole process; the total offset after it.
+/// Only for tests (`[server] test_clock`): queue ages, expiries and report periods all jump.
+pub fn advance(seconds: u64) -> u64 {
+    OFFSET_S
+        .fetch_add(seconds, Ordering::Relaxed)
+        .saturating_add(seconds)
+}
+
+/// How far `advance` has moved wall time, in seconds.
+pub fn offset_s() -> u64 {
+    OFFSET_S.load(Ordering::Relaxed)
+}
+
+/// Wall time: the system's, before 1970 read as 0, plus the offset.
+fn shifted(system: SystemTime, offset_s: u64) -> Duration {
+    system
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_add(Duration::from_secs(offset_s))
+}
+
+fn since_epoch() -> Duration {
+    shifted(SystemTime::now(), offset_s())
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    since_epoch().as_secs()
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    since_epoch().as_millis() as u64
 }
 
 /// Monotonic now, for deadlines and latencies.
@@ -49,11 +78,17 @@ pub fn rfc3339(unix_s: u64) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }
 
+/// Now, as an `OffsetDateTime` in UTC (to the nanosecond).
+pub fn now_utc() -> OffsetDateTime {
+    i128::try_from(since_epoch().as_nanos())
+        .ok()
+        .and_then(|ns| OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 /// Now, as RFC 3339 UTC (accounting events).
 pub fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default()
+    now_utc().format(&Rfc3339).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -81,5 +116,18 @@ mod tests {
         let (s, ms) = (unix_s(), unix_ms());
         assert!(ms / 1000 >= s && ms / 1000 - s <= 1);
         assert!(now_rfc3339().ends_with('Z'));
+        assert!(now_utc().unix_timestamp().abs_diff(s as i64) <= 1);
+    }
+
+    #[test]
+    fn the_offset_moves_wall_time() {
+        // `advance` itself is not called here: unit tests share the process and its clock
+        // (tests/test_tls_rpt.py moves a daemon's).
+        let at = UNIX_EPOCH + Duration::from_secs(1_000);
+        assert_eq!(shifted(at, 0), Duration::from_secs(1_000));
+        assert_eq!(shifted(at, 86_400), Duration::from_secs(87_400));
+        let before_1970 = UNIX_EPOCH - Duration::from_secs(5);
+        assert_eq!(shifted(before_1970, 7), Duration::from_secs(7));
+        assert_eq!(advance(0), offset_s());
     }
 }

@@ -136,6 +136,9 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// RFC 8689 REQUIRETLS was requested on MAIL FROM: only over verified TLS, onward too.
     pub requiretls: bool,
+    /// RFC 8689 5: the message says `TLS-Required: No` (and has no REQUIRETLS): DANE and
+    /// MTA-STS are not applied to it.
+    pub tls_optional: bool,
     /// The customer the message is accounted to; empty when none.
     pub customer: String,
     /// Seconds since the Unix epoch at which the message was accepted.
@@ -202,6 +205,7 @@ pub struct PackedEnvelope {
     body_type: BodyType,
     smtputf8: bool,
     requiretls: bool,
+    tls_optional: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +283,7 @@ impl PackedEnvelope {
             body_type: envelope.body_type,
             smtputf8: envelope.smtputf8,
             requiretls: envelope.requiretls,
+            tls_optional: envelope.tls_optional,
         }
     }
 
@@ -316,6 +321,11 @@ impl PackedEnvelope {
     /// RFC 8689 REQUIRETLS was requested.
     pub fn requiretls(&self) -> bool {
         self.requiretls
+    }
+
+    /// RFC 8689 `TLS-Required: No`: DANE and MTA-STS are not applied.
+    pub fn tls_optional(&self) -> bool {
+        self.tls_optional
     }
 
     /// DSN `ENVID`, if given.
@@ -369,6 +379,7 @@ impl PackedEnvelope {
             body_type: self.body_type,
             smtputf8: self.smtputf8,
             requiretls: self.requiretls,
+            tls_optional: self.tls_optional,
             customer: self.customer().to_string(),
             received_at_s: self.received_at_s,
             tags: self.tags().clone(),
@@ -450,6 +461,7 @@ mod tests {
             body_type: BodyType::EightBitMime,
             smtputf8: true,
             requiretls: true,
+            tls_optional: true,
             customer: "acme".into(),
             received_at_s: 1_790_000_000,
             tags: MessageTags {

@@ -140,6 +140,7 @@ impl Core {
             customer: Arc::from(""),
             recipients: vec![(0, 0)],
             not_before_s: 0,
+            tls_optional: false,
         };
         queue_handoff(
             &mut self.queues,

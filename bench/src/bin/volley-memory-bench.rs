@@ -180,6 +180,7 @@ fn route(
             customer: Arc::from(""),
             recipients,
             not_before_s: 0,
+            tls_optional: false,
         };
         queued += u64::from(queue_handoff(
             queues,

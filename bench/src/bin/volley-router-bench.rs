@@ -32,6 +32,7 @@ fn handoff(seq: u64) -> CoreMessage {
         customer: Arc::from(""),
         recipients: vec![(0, 0)],
         not_before_s: 0,
+        tls_optional: false,
     })
 }
 

@@ -2,6 +2,7 @@
 
 mod ask;
 pub mod client;
+mod clock;
 pub mod http;
 pub mod message_text;
 pub mod message_view;

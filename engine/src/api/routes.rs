@@ -59,6 +59,9 @@ pub async fn handle(core: Rc<ApiCore>, request: Request) -> Response {
         ("POST", ["v1", "feedback"]) => super::reputation::feedback(&core, &request).await,
         ("GET", ["v1", "tls-rpt"]) => super::tls_rpt::show(&core),
         ("POST", ["v1", "tls-rpt", "send"]) => super::tls_rpt::send(&core).await,
+        ("POST", ["v1", "clock", "advance"]) => {
+            super::clock::advance(&core, &request.path, &request.body)
+        }
         ("GET", ["v1", "drain"]) => drain_state(&core),
         ("POST", ["v1", "drain"]) => drain_start(&core, &request.body).await,
         ("DELETE", ["v1", "drain"]) => drain_cancel(&core).await,
@@ -101,6 +104,10 @@ struct InjectRequest {
     pool: Option<String>,
     #[serde(default)]
     vmta: Option<String>,
+    /// RFC 8689 REQUIRETLS, as on `MAIL FROM`: delivered only over TLS verified by DANE, MTA-STS
+    /// or `tls = "required"`, to servers offering REQUIRETLS.
+    #[serde(default)]
+    requiretls: bool,
 }
 
 /// The request's `campaign`, `pool` and `vmta` as intake takes them; a campaign that is longer
@@ -195,7 +202,7 @@ async fn inject(core: &Rc<ApiCore>, request: &Request) -> Response {
     }
     let envelope = Envelope {
         smtputf8: !req.sender.is_ascii() || req.recipients.iter().any(|r| !r.is_ascii()),
-        requiretls: false,
+        requiretls: req.requiretls,
         sender: req.sender,
         recipients: req.recipients.into_iter().map(Recipient::new).collect(),
         body_type: if body.is_ascii() {

@@ -21,7 +21,7 @@ pub fn show(core: &ApiCore) -> Response {
         contact: String::new(),
         report_id: String::new(),
         start,
-        end: OffsetDateTime::now_utc(),
+        end: crate::clock::now_utc(),
     };
     let domains: Vec<_> = tally
         .domains
@@ -40,6 +40,7 @@ pub fn show(core: &ApiCore) -> Response {
             "enabled": core.config().tls_rpt.enabled,
             "started_s": started_s,
             "domain_count": tally.domains.len(),
+            "pending_posts": crate::delivery::tls_reports::retry::pending(),
             "domains": domains,
         }),
     )

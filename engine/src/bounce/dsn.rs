@@ -140,6 +140,7 @@ pub fn dsn_envelope(input: &DsnInput<'_>, dsn: &[u8]) -> Envelope {
         },
         smtputf8: input.envelope.smtputf8,
         requiretls: false,
+        tls_optional: false,
         customer: input.envelope.customer.clone(),
         received_at_s: input.now_s,
         // Intake reads the DSN's own Message-ID; the original's campaign and route stay with it.

@@ -93,6 +93,8 @@ pub struct ServerSection {
     /// `true` pins them to their core's CPU; `false` (default) lets the kernel run them on any
     /// CPU, so an RSA signature need not take the reactor's CPU when another one is idle.
     pub pin_blocking_threads: bool,
+    /// For tests only: `POST /v1/clock/advance` moves the process's wall time forward.
+    pub test_clock: bool,
 }
 
 /// Most `blocking_threads_per_core`.
@@ -111,6 +113,7 @@ impl Default for ServerSection {
             log_deliveries: false,
             blocking_threads_per_core: 1,
             pin_blocking_threads: false,
+            test_clock: false,
         }
     }
 }

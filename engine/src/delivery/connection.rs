@@ -14,6 +14,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -24,10 +25,12 @@ use super::outcome;
 use super::shaping::Permit;
 use super::transaction::{Connection, RATE_WAIT_IN_CONNECTION_MS_MAX};
 use super::{Queued, connect_from_timeout};
+use crate::config::{Config, DomainPolicy};
 use crate::placement::BIND_FAILURE_RETRY_S;
 use crate::placement::IMPLICIT_VMTA;
 use crate::queue::{CapChange, QueueKey};
 use crate::smtp::client::{Reply, ReplySource, Session, SessionConfig};
+use crate::transport_security::plan::Destination;
 
 /// Reply texts (lower case) that say the receiver takes no more connections from us: Postfix
 /// ("too many connections"), Exim ("too many concurrent SMTP connections"), Exchange ("the
@@ -213,11 +216,104 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
     };
     // MTA-STS (and, per host below, DANE) over the domain's own `tls` setting.
     let destination = super::security::destination(core, &key.domain, &hops, policy.tls).await;
-    let deadlines = policy.deadlines;
+    let attempt = Attempt {
+        core,
+        key,
+        config: &config,
+        policy: &policy,
+        source_ip,
+        source_text: &source_text,
+        ehlo: &ehlo,
+        hops: &hops,
+    };
     let mut rate_token = true;
+    let failed = match try_hops(&attempt, &destination, false, &mut rate_token).await {
+        Tried::Ended(ended) => return ended,
+        Tried::AllFailed(failed) => failed,
+    };
+    let others = if failed.turned_away {
+        other_connections(core, key)
+    } else {
+        established_connections(core, key)
+    };
+    if others > 0 {
+        log::info!(
+            "{key}: no host reached ({}); {others} other connections serve the queue: nothing \
+             deferred",
+            failed.last_failure
+        );
+        return Ended::LeftToOthers;
+    }
+    let mut last_failure = failed.last_failure;
+    if failed.policy_kept && core.delivery.queues.borrow().has_ready_tls_optional(key) {
+        // RFC 8689 5: mail saying `TLS-Required: No` does not wait for DANE or MTA-STS. The rest
+        // waits for its policy; that mail gets a connection of its own, planned without them.
+        let required = core
+            .delivery
+            .queues
+            .borrow_mut()
+            .take_ready_tls_required(key);
+        outcome::defer_items(core, key, required, &last_failure, None).await;
+        let without = Destination::ignoring_policies(&key.domain, policy.tls);
+        match try_hops(&attempt, &without, true, &mut rate_token).await {
+            Tried::Ended(ended) => return ended,
+            Tried::AllFailed(failed) => last_failure = failed.last_failure,
+        }
+    }
+    outcome::defer_items(core, key, take_all_ready(core, key), &last_failure, None).await;
+    Ended::Done
+}
+
+/// What one connection attempt of a queue works with.
+struct Attempt<'a> {
+    core: &'a Rc<DeliveryCore>,
+    key: &'a QueueKey,
+    config: &'a Arc<Config>,
+    policy: &'a DomainPolicy,
+    source_ip: IpAddr,
+    source_text: &'a str,
+    ehlo: &'a str,
+    hops: &'a hops::Hops,
+}
+
+/// Every hop failed: the last failure, and why.
+struct AllFailed {
+    last_failure: Reply,
+    /// A receiver said it takes no more connections.
+    turned_away: bool,
+    /// A DANE or MTA-STS policy refused a host or failed its connection.
+    policy_kept: bool,
+}
+
+enum Tried {
+    /// The task ends here (delivered, a clean end, or the queue's mail dealt with).
+    Ended(Ended),
+    AllFailed(AllFailed),
+}
+
+/// Tries the hops in order under `destination`'s policies until a connection ends cleanly;
+/// `tls_optional_only`: the connection takes only mail saying `TLS-Required: No`.
+async fn try_hops(
+    attempt: &Attempt<'_>,
+    destination: &Destination,
+    tls_optional_only: bool,
+    rate_token: &mut bool,
+) -> Tried {
+    let Attempt {
+        core,
+        key,
+        config,
+        policy,
+        source_ip,
+        source_text,
+        ehlo,
+        hops,
+    } = *attempt;
+    let deadlines = policy.deadlines;
     // The receiver said it takes no more connections: it works, and the queue's other attempts
     // (established or not yet) may be admitted, so the ready mail is left to them.
     let mut turned_away = false;
+    let mut policy_kept = false;
     let mut last_failure = Reply::local(451, (4, 4, 1), "No next hop could be reached");
     for hop in &hops.hops {
         let source = if source_ip.is_unspecified() {
@@ -229,11 +325,12 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
             source_ip
         };
         let mx = format!("{} ({})", hop.host, hop.address.ip());
-        let hop_tls = match super::security::hop_tls(core, &destination, &hops, hop).await {
+        let hop_tls = match super::security::hop_tls(core, destination, hops, hop).await {
             Ok(t) => t,
             Err(refusal) => {
                 log::info!("{key}: {mx} not used: {}", refusal.reply);
                 last_failure = refusal.reply;
+                policy_kept = true;
                 continue;
             }
         };
@@ -258,7 +355,7 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
                 let stuck = super::reroute::reroute(core, key, take_all_ready(core, key)).await;
                 let reply = Reply::local(451, (4, 4, 0), reason);
                 outcome::defer_items(core, key, stuck, &reply, None).await;
-                return Ended::Done;
+                return Tried::Ended(Ended::Done);
             }
             Err(e) => {
                 log::info!("{key}: connect to {mx} from {source}: {e}");
@@ -270,7 +367,7 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
                 if super::vmta_status::observe_connect_error(core, key, &hops.next_hop, &e) {
                     let stuck = super::reroute::reroute(core, key, take_all_ready(core, key)).await;
                     outcome::defer_items(core, key, stuck, &last_failure, None).await;
-                    return Ended::Done;
+                    return Tried::Ended(Ended::Done);
                 }
                 continue;
             }
@@ -281,21 +378,23 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
             core: core.clone(),
             key: key.clone(),
             mx: mx.clone(),
-            source_ip: source_text.clone(),
+            source_ip: source_text.to_string(),
             max_messages: policy.queue.max_messages_per_connection,
             sent: 0,
             opened: false,
             in_flight: None,
             failure: None,
-            rate_token,
+            rate_token: *rate_token,
             next_hop: hops.next_hop.clone(),
             config: config.clone(),
             tls: "none",
             tls_up: false,
             observed: None,
             hop_tls: hop_tls.clone(),
+            from_mx: hops.from_mx,
+            tls_optional_only,
         };
-        let mut session_config = SessionConfig::new(ehlo.clone(), hop_tls.session_policy());
+        let mut session_config = SessionConfig::new(ehlo.to_string(), hop_tls.session_policy());
         session_config.tls_required_by = hop_tls.required_by(&hop.host, &key.domain);
         session_config.tls_verified = hop_tls.verifies();
         session_config.chunking = policy.chunking;
@@ -311,10 +410,10 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
             conn.fail_in_flight(reply.clone()).await;
             conn.failure = Some(reply);
         }
-        rate_token = conn.rate_token;
+        *rate_token = conn.rate_token;
         let Some(failure) = conn.failure.take() else {
             // A clean end (QUIT): the queue emptied, a reload, a rate wait, enough messages.
-            return Ended::Done;
+            return Tried::Ended(Ended::Done);
         };
         if is_connection_limit(&failure, conn.opened) {
             connection_refused(core, key, &mx, &failure);
@@ -322,31 +421,23 @@ async fn deliver(core: &Rc<DeliveryCore>, key: &QueueKey) -> Ended {
         }
         if conn.sent > 0 {
             // It failed after sending: its own transaction in flight was deferred, nothing else.
-            return Ended::Done;
+            return Tried::Ended(Ended::Done);
         }
+        policy_kept |= hop_tls.policy_requires_tls();
         // Nothing was sent here: a refusing greeting, a 421, a timeout or a TLS failure.
         let out = super::vmta_status::observe_failed_session(core, key, &hops.next_hop, &failure);
         last_failure = failure;
         if out {
             let stuck = super::reroute::reroute(core, key, take_all_ready(core, key)).await;
             outcome::defer_items(core, key, stuck, &last_failure, None).await;
-            return Ended::Done;
+            return Tried::Ended(Ended::Done);
         }
     }
-    let others = if turned_away {
-        other_connections(core, key)
-    } else {
-        established_connections(core, key)
-    };
-    if others > 0 {
-        log::info!(
-            "{key}: no host reached ({last_failure}); {others} other connections serve the queue: \
-             nothing deferred"
-        );
-        return Ended::LeftToOthers;
-    }
-    outcome::defer_items(core, key, take_all_ready(core, key), &last_failure, None).await;
-    Ended::Done
+    Tried::AllFailed(AllFailed {
+        last_failure,
+        turned_away,
+        policy_kept,
+    })
 }
 
 /// The hops of `domain` reachable from `source`.

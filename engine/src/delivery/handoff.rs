@@ -53,6 +53,7 @@ pub fn queue_handoff(
     for &(recipient, attempts) in &handoff.recipients {
         let mut item = QueuedRecipient::new(handoff.id, recipient, now_s);
         item.attempts = attempts.min(u32::from(u16::MAX)) as u16;
+        item.tls_optional = handoff.tls_optional;
         if handoff.not_before_s > now_s {
             item.next_attempt_s = handoff.not_before_s;
             queues.schedule(key, item);

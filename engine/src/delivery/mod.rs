@@ -22,6 +22,7 @@ mod messages;
 mod outcome;
 mod questions;
 mod reroute;
+mod rollup_policies;
 mod scheduler;
 mod security;
 mod shaping;
@@ -287,6 +288,7 @@ mod tests {
                     customer: "acme".into(),
                     recipients: vec![(0, 0), (1, 2)],
                     not_before_s: 0,
+                    tls_optional: false,
                 };
                 let queued = queue_handoff(
                     &mut delivery.queues.borrow_mut(),

@@ -31,16 +31,22 @@ pub async fn destination(
 ) -> Destination {
     let config = core.config();
     let mta_sts = if hops.from_mx && config.mta_sts.enabled {
-        let needs = Needs {
-            resolver: core.resolver(),
-            tls: core.client_tls().verified.clone(),
-            fetch_timeout: Duration::from_millis(config.mta_sts.fetch_timeout_ms.max(1)),
-        };
-        core.mta_sts.policy(&needs, domain).await
+        core.mta_sts.policy(&mta_sts_needs(core), domain).await
     } else {
         None
     };
     Destination::new(domain, setting, mta_sts)
+}
+
+/// What an MTA-STS policy lookup of this core needs.
+pub fn mta_sts_needs(core: &DeliveryCore) -> Needs {
+    let config = core.config();
+    Needs {
+        resolver: core.resolver(),
+        tls: core.client_tls().verified.clone(),
+        fetch_timeout: Duration::from_millis(config.mta_sts.fetch_timeout_ms.max(1)),
+        tls_rpt: config.tls_rpt.enabled.then(|| core.node.tls_rpt.clone()),
+    }
 }
 
 /// How to connect to `hop`, or why not to (counted as a failure of its policy).
@@ -51,7 +57,7 @@ pub async fn hop_tls(
     hop: &Hop,
 ) -> Result<HopTls, Refusal> {
     let trusted = core.config().dns.dnssec == Dnssec::TrustAd;
-    let dane = if trusted && hops.from_mx && hop.authentic {
+    let dane = if trusted && dest.dane && hops.from_mx && hop.authentic {
         tlsa(core, &hop.host).await
     } else {
         DaneLookup::NotApplicable
@@ -99,7 +105,9 @@ fn report_refusal(core: &DeliveryCore, dest: &Destination, hop: &Hop, policy: Tl
         .record(core.index, &domain, &key, Some(failure));
 }
 
-/// TLS-RPT: one session of `conn`, met or failed with `result`.
+/// TLS-RPT: one session of `conn`, met or failed with `result`. A session to a domain's MX
+/// hosts under no policy counts as `no-policy-found` for the domain when it went over TLS (the
+/// report is sent only if the domain publishes `_smtp._tls`, looked up once per period).
 fn report_session(conn: &Connection, result: Option<ResultType>) {
     if !conn.config.tls_rpt.enabled {
         return;
@@ -110,9 +118,13 @@ fn report_session(conn: &Connection, result: Option<ResultType>) {
         .map_or((conn.mx.as_str(), ""), |(h, rest)| {
             (h, rest.trim_end_matches(')'))
         });
-    let Some((domain, key)) = session::policy_of(&conn.hop_tls, host) else {
+    let recipient_domain = conn.from_mx.then_some(&*conn.key.domain);
+    let Some((domain, key)) = session::policy_of(&conn.hop_tls, host, recipient_domain) else {
         return;
     };
+    if key.policy_type == PolicyType::NoPolicyFound && result.is_some() {
+        return;
+    }
     let failure = result.map(|result_type| FailureKey {
         result_type,
         receiving_mx_hostname: host.to_string(),

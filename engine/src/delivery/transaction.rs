@@ -58,6 +58,10 @@ pub struct Connection {
     pub observed: Option<Arc<crate::transport_security::plan::Observed>>,
     /// The transport security this connection is under.
     pub hop_tls: crate::transport_security::plan::HopTls,
+    /// The server is one of the domain's MX hosts (or the domain itself), not a `[routes]` hop.
+    pub from_mx: bool,
+    /// Planned without DANE and MTA-STS: takes only mail saying `TLS-Required: No`.
+    pub tls_optional_only: bool,
 }
 
 impl Drop for Connection {
@@ -96,7 +100,12 @@ impl Connection {
             {
                 return false;
             }
-            if queues.borrow().has_ready(&self.key) {
+            let ready = if self.tls_optional_only {
+                queues.borrow().has_ready_tls_optional(&self.key)
+            } else {
+                queues.borrow().has_ready(&self.key)
+            };
+            if ready {
                 return true;
             }
             if waited_ms >= IDLE_LINGER_MS {
@@ -149,21 +158,32 @@ impl Connection {
                 }
             }
         }
-        let items = core
-            .delivery
-            .queues
-            .borrow_mut()
-            .take_transaction(&self.key, RECIPIENTS_PER_TRANSACTION_MAX);
-        let Some(first) = items.first().copied() else {
-            session.quit();
-            return;
-        };
-        let message = match core.delivery.message(&core.bodies, first.message) {
-            Ok(m) => m,
-            Err(e) => {
-                outcome::unreadable(&core, &self.key, items, &e).await;
+        // A transaction whose recipients a rolled-up domain's policy keeps from this host is
+        // deferred, and the next one taken.
+        let (first, items, message) = loop {
+            let items = {
+                let mut queues = core.delivery.queues.borrow_mut();
+                if self.tls_optional_only {
+                    queues.take_tls_optional_transaction(&self.key, RECIPIENTS_PER_TRANSACTION_MAX)
+                } else {
+                    queues.take_transaction(&self.key, RECIPIENTS_PER_TRANSACTION_MAX)
+                }
+            };
+            let Some(first) = items.first().copied() else {
                 session.quit();
                 return;
+            };
+            let message = match core.delivery.message(&core.bodies, first.message) {
+                Ok(m) => m,
+                Err(e) => {
+                    outcome::unreadable(&core, &self.key, items, &e).await;
+                    session.quit();
+                    return;
+                }
+            };
+            let items = super::rollup_policies::keep_allowed(self, items, &message).await;
+            if !items.is_empty() {
+                break (first, items, message);
             }
         };
         let envelope = &message.envelope;

@@ -182,6 +182,8 @@ pub async fn accept(
         None => origin.customer(named, &envelope),
     };
     envelope.tags.message_id = found.message_id;
+    // RFC 8689 5: REQUIRETLS wins over the header.
+    envelope.tls_optional = found.tls_required_no && !envelope.requiretls;
     let notice = matches!(origin, Origin::Notice { .. });
     if let Some(x) = &xfer {
         // Chosen on the first node; this node places it in the customer's pool here.

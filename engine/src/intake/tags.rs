@@ -54,6 +54,8 @@ impl Requested {
 pub struct Found {
     pub message_id: String,
     pub requested: Requested,
+    /// A `TLS-Required: No` field (RFC 8689 5); the field stays in the message.
+    pub tls_required_no: bool,
 }
 
 /// `raw` as one line of text: undecodable bytes replaced, control characters (CR, LF, tab, DEL...)
@@ -83,7 +85,10 @@ pub fn message_id_in(header: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// Reads the Message-ID and takes every `X-Volley-Campaign`, `X-Volley-Pool` and `X-Volley-VMTA`
+/// RFC 8689 5: `TLS-Required: No` asks that the recipients' TLS policies be ignored.
+pub const TLS_REQUIRED_HEADER: &str = "TLS-Required";
+
+/// Reads the Message-ID and `TLS-Required`, and takes every `X-Volley-Campaign`, `X-Volley-Pool` and `X-Volley-VMTA`
 /// field off the message (the first of each counts), in one pass over the header section. The
 /// message is copied only when it had one of them.
 pub fn take(message: Vec<u8>) -> (Found, Vec<u8>) {
@@ -97,6 +102,10 @@ pub fn take(message: Vec<u8>) -> (Found, Vec<u8>) {
                 if found.message_id.is_empty() {
                     found.message_id = message_id_of(field.value());
                 }
+                continue;
+            }
+            if field.is(TLS_REQUIRED_HEADER) {
+                found.tls_required_no |= value().trim().eq_ignore_ascii_case("no");
                 continue;
             }
             let requested = &mut found.requested;
@@ -255,6 +264,19 @@ mod tests {
               X-Volley-Pool: in the body\r\n"
                 .to_vec()
         );
+    }
+
+    #[test]
+    fn tls_required_no_is_read_and_left_in_place() {
+        let message = b"Subject: x\r\nTLS-Required:  NO \r\n\r\nTLS-Required: yes\r\n".to_vec();
+        let before = message.as_ptr();
+        let (found, rest) = take(message);
+        assert!(found.tls_required_no);
+        assert_eq!(rest.as_ptr(), before, "the field is passed on");
+        let (found, _) = take(b"tls-required: yes\r\n\r\n".to_vec());
+        assert!(!found.tls_required_no, "only the value No counts");
+        let (found, _) = take(b"Subject: x\r\n\r\nTLS-Required: No\r\n".to_vec());
+        assert!(!found.tls_required_no, "a body line is not a header");
     }
 
     #[test]

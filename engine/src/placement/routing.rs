@@ -162,6 +162,7 @@ pub async fn hand_off_to(
             customer: customer.clone(),
             recipients,
             not_before_s,
+            tls_optional: envelope.tls_optional(),
         };
         router.send(owner, CoreMessage::Deliver(handoff)).await;
     }

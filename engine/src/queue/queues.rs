@@ -90,6 +90,9 @@ pub struct QueuedRecipient {
     pub recipient: u32,
     /// Failed attempts so far.
     pub attempts: u16,
+    /// Its message says `TLS-Required: No` (RFC 8689 5): it may leave on a connection that
+    /// ignores DANE and MTA-STS (in the struct's padding: no byte more per recipient).
+    pub tls_optional: bool,
     pub next_attempt_s: u64,
 }
 
@@ -100,6 +103,7 @@ impl QueuedRecipient {
             message,
             recipient,
             attempts: 0,
+            tls_optional: false,
             next_attempt_s: now_s,
         }
     }
@@ -600,6 +604,62 @@ impl Queues {
         let batch: Vec<_> = q.ready.drain(..n).collect();
         q.trim();
         batch
+    }
+
+    /// Like `take_transaction`, among the recipients whose message says `TLS-Required: No` only
+    /// (for a connection that ignores DANE and MTA-STS): the oldest such recipient and those right
+    /// behind it of the same message.
+    pub fn take_tls_optional_transaction(
+        &mut self,
+        key: &QueueKey,
+        max_recipients: usize,
+    ) -> Vec<QueuedRecipient> {
+        let Some(q) = self.queue_by_key_mut(key) else {
+            return Vec::new();
+        };
+        if !q.is_active() {
+            return Vec::new();
+        }
+        let Some(at) = q.ready.iter().position(|r| r.tls_optional) else {
+            return Vec::new();
+        };
+        let first = q.ready[at].message;
+        let n = q
+            .ready
+            .iter()
+            .skip(at)
+            .take(max_recipients)
+            .take_while(|r| r.message == first)
+            .count();
+        let batch: Vec<_> = q.ready.drain(at..at + n).collect();
+        q.trim();
+        batch
+    }
+
+    /// Whether a ready recipient's message says `TLS-Required: No` (false while suspended).
+    pub fn has_ready_tls_optional(&self, key: &QueueKey) -> bool {
+        self.queue(key)
+            .is_some_and(|q| q.is_active() && q.ready.iter().any(|r| r.tls_optional))
+    }
+
+    /// Takes every ready recipient whose message does not say `TLS-Required: No`, oldest first;
+    /// the others stay in order. None while the queue is suspended.
+    pub fn take_ready_tls_required(&mut self, key: &QueueKey) -> Vec<QueuedRecipient> {
+        let Some(q) = self.queue_by_key_mut(key) else {
+            return Vec::new();
+        };
+        if !q.is_active() {
+            return Vec::new();
+        }
+        let mut required = Vec::new();
+        q.ready.retain(|r| {
+            if !r.tls_optional {
+                required.push(*r);
+            }
+            r.tls_optional
+        });
+        q.trim();
+        required
     }
 
     /// Puts recipients taken but never tried (no connection, rate limit) back at the head of the

@@ -37,6 +37,8 @@ pub struct Handoff {
     pub recipients: Vec<(u32, u32)>,
     /// Not before this time (seconds since the epoch); 0 = now.
     pub not_before_s: u64,
+    /// The message says `TLS-Required: No` (RFC 8689 5).
+    pub tls_optional: bool,
 }
 
 /// An operator's request, applied by every core to the queues it owns.

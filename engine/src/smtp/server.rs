@@ -659,6 +659,8 @@ impl Session {
             body_type: params.body.unwrap_or_default(),
             smtputf8: params.smtputf8,
             requiretls: params.requiretls,
+            // Intake sets it from the header.
+            tls_optional: false,
             customer: String::new(),
             received_at_s: 0,
             tags: Default::default(),

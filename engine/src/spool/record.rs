@@ -30,6 +30,8 @@ const FLAG_SMTPUTF8: u8 = 0x01;
 const FLAG_TAGS: u8 = 0x02;
 /// RFC 8689 REQUIRETLS was requested on MAIL FROM.
 const FLAG_REQUIRETLS: u8 = 0x04;
+/// RFC 8689 5: the message says `TLS-Required: No` (DANE and MTA-STS not applied).
+const FLAG_TLS_OPTIONAL: u8 = 0x08;
 
 /// Tag numbers in a message record's tags block (docs/spool-format.md); unknown ones are skipped.
 mod tag {
@@ -205,6 +207,11 @@ pub fn encode_message(
             FLAG_REQUIRETLS
         } else {
             0
+        }
+        | if envelope.tls_optional {
+            FLAG_TLS_OPTIONAL
+        } else {
+            0
         };
     w.put(&[flags, ret_to_byte(envelope.ret)]);
     w.put(&[body_type_to_byte(envelope.body_type), 0, 0, 0]);
@@ -361,6 +368,7 @@ pub fn decode_envelope(payload: &[u8]) -> Result<(MessageSummary, Envelope), Spo
     let flags = r.u8().ok_or_else(bad)?;
     let smtputf8 = flags & FLAG_SMTPUTF8 != 0;
     let requiretls = flags & FLAG_REQUIRETLS != 0;
+    let tls_optional = flags & FLAG_TLS_OPTIONAL != 0;
     let ret = ret_from_byte(r.u8().ok_or_else(bad)?).ok_or_else(bad)?;
     let body_type = body_type_from_byte(r.u8().ok_or_else(bad)?).ok_or_else(bad)?;
     r.skip(3).ok_or_else(bad)?;
@@ -400,6 +408,7 @@ pub fn decode_envelope(payload: &[u8]) -> Result<(MessageSummary, Envelope), Spo
             body_type,
             smtputf8,
             requiretls,
+            tls_optional,
             customer,
             received_at_s,
             tags,
@@ -591,6 +600,7 @@ mod tests {
             body_type: BodyType::EightBitMime,
             smtputf8: true,
             requiretls: true,
+            tls_optional: true,
             customer: "acme".into(),
             received_at_s: 1_790_000_000,
             tags: MessageTags {

@@ -77,6 +77,7 @@ fn envelope(n: u64, recipients: usize) -> Envelope {
         body_type: BodyType::EightBitMime,
         smtputf8: n % 2 == 1,
         requiretls: n % 3 == 1,
+        tls_optional: n % 5 == 2,
         customer: "acme".into(),
         received_at_s: 1_790_000_000 + n,
         // Some with tags (every kind of route), some without: both record forms recover.

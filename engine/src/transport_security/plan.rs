@@ -29,6 +29,8 @@ pub struct Destination {
     pub setting: OutboundTls,
     /// Its MTA-STS policy in force (`mode: none` is no policy).
     pub mta_sts: Option<Rc<CachedPolicy>>,
+    /// Whether its MX hosts' TLSA records are looked up (false: DANE ignored).
+    pub dane: bool,
 }
 
 impl Destination {
@@ -37,6 +39,23 @@ impl Destination {
             domain: domain.to_string(),
             setting,
             mta_sts: mta_sts.filter(|p| p.policy.mode != Mode::None),
+            dane: true,
+        }
+    }
+
+    /// The destination for mail saying `TLS-Required: No` (RFC 8689 5): no DANE, no MTA-STS,
+    /// and `tls = "dane"` or `"mta-sts"` read as opportunistic; `"required"` and `"off"` (the
+    /// operator's own choices, not the recipient's policies) stay.
+    pub fn ignoring_policies(domain: &str, setting: OutboundTls) -> Self {
+        let setting = match setting {
+            OutboundTls::Dane | OutboundTls::MtaSts => OutboundTls::Opportunistic,
+            other => other,
+        };
+        Destination {
+            domain: domain.to_string(),
+            setting,
+            mta_sts: None,
+            dane: false,
         }
     }
 }
@@ -145,6 +164,14 @@ pub fn decide(dest: &Destination, host: &str, dane: DaneLookup) -> Result<HopTls
 }
 
 impl HopTls {
+    /// Whether a recipient's policy (DANE or MTA-STS `enforce`) makes TLS mandatory here.
+    pub fn policy_requires_tls(&self) -> bool {
+        matches!(
+            self,
+            HopTls::Dane(_) | HopTls::DaneUnusable | HopTls::MtaSts(_)
+        )
+    }
+
     pub fn label(&self) -> TlsPolicyLabel {
         match self {
             HopTls::Dane(_) | HopTls::DaneUnusable => TlsPolicyLabel::Dane,

@@ -41,6 +41,7 @@ pub async fn start(shard: &Shard) {
     if let Err(e) = result {
         log::error!("TLS-RPT: loading the report period: {e}");
     }
+    super::retry::start(shard).await;
 }
 
 /// Once a second on core 0.
@@ -66,6 +67,7 @@ pub async fn tick(placement: &Rc<Placement>) {
         LAST_SAVED_S.set(now);
         save(shard).await;
     }
+    super::retry::tick(shard);
 }
 
 /// At stop, after the sessions ended.

@@ -25,6 +25,8 @@ pub struct Sent {
     pub mailto: usize,
     /// Reports not sent: POST refused or failed, message not spooled.
     pub failed: usize,
+    /// Of the failed POSTs, those kept to be POSTed again later.
+    pub retrying: usize,
     /// Domains with no usable `_smtp._tls` record.
     pub no_record: usize,
 }
@@ -126,20 +128,26 @@ pub async fn send_period(placement: &Rc<Placement>) -> Sent {
         let results = glommio::executor()
             .spawn_blocking(move || {
                 posts
-                    .iter()
-                    .map(|(url, body)| (url.clone(), post::post(url, body, &anchors)))
+                    .into_iter()
+                    .map(|(url, body)| {
+                        let result = post::post(&url, &body, &anchors);
+                        (url, body, result)
+                    })
                     .collect::<Vec<_>>()
             })
             .await;
-        for (url, result) in results {
+        let mut failures = Vec::new();
+        for (url, body, result) in results {
             match result {
                 Ok(()) => sent.https += 1,
                 Err(e) => {
-                    log::warn!("TLS-RPT: POST {url}: {e}");
+                    log::warn!("TLS-RPT: POST {url}: {e}; retried later");
                     sent.failed += 1;
+                    failures.push((url, body));
                 }
             }
         }
+        sent.retrying = super::retry::failed(shard, failures).await;
     }
     sent
 }

@@ -25,11 +25,44 @@ fn seqs(items: &[Item]) -> Vec<u64> {
 
 #[test]
 fn item_fits_the_memory_budget() {
-    // 16 (MessageId) + 4 + 2 (+2 padding) + 8 = 32 bytes; containers keep capacity within twice
+    // 16 (MessageId) + 4 + 2 + 1 (`tls_optional`, +1 padding) + 8 = 32 bytes; containers keep capacity within twice
     // the length, so at worst 64 bytes per queued recipient.
     assert_eq!(size_of::<QueuedRecipient>(), 32);
     // The heap wrapper adds nothing.
     assert_eq!(size_of::<Deferred>(), size_of::<QueuedRecipient>());
+}
+
+#[test]
+fn tls_optional_recipients_are_taken_apart() {
+    let mut q = queues();
+    let k = key("example.com");
+    let optional = |seq, recipient| {
+        let mut i = item(seq, recipient, 0);
+        i.tls_optional = true;
+        i
+    };
+    for i in [
+        item(1, 0, 0),
+        optional(2, 0),
+        optional(2, 1),
+        item(3, 0, 0),
+        optional(4, 0),
+    ] {
+        q.enqueue(&k, i);
+    }
+    assert!(q.has_ready_tls_optional(&k));
+    let taken = q.take_tls_optional_transaction(&k, 100);
+    assert_eq!(seqs(&taken), [2, 2]);
+    assert!(taken.iter().all(|i| i.tls_optional));
+    let required = q.take_ready_tls_required(&k);
+    assert_eq!(seqs(&required), [1, 3]);
+    assert_eq!(
+        seqs(&q.take_batch(&k, 10)),
+        [4],
+        "the others stay, in order"
+    );
+    assert!(!q.has_ready_tls_optional(&k));
+    assert!(q.take_tls_optional_transaction(&k, 100).is_empty());
 }
 
 #[test]

@@ -494,6 +494,7 @@ fn mail_and_rcpt_parameters_fill_the_envelope() {
             body_type: BodyType::EightBitMime,
             smtputf8: true,
             requiretls: false,
+            tls_optional: false,
             customer: String::new(),
             received_at_s: 0,
             tags: Default::default(),

@@ -30,6 +30,10 @@ pub enum FetchError {
     Connect { host: String, reason: String },
     #[error("{host}: {reason}")]
     Io { host: String, reason: String },
+    /// The server's certificate did not verify for the policy host (TLS-RPT
+    /// `sts-webpki-invalid`).
+    #[error("{host}: {reason}")]
+    Certificate { host: String, reason: String },
     #[error("{0}: no answer within the fetch timeout")]
     Timeout(String),
     #[error("HTTP status {0} (only 200 is taken; redirects are not followed)")]
@@ -106,11 +110,20 @@ pub fn fetch(request: &Request) -> Result<Vec<u8>, FetchError> {
     }
     let socket = socket.ok_or(last)?;
     let io = |e: std::io::Error| {
+        let certificate = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_)));
         if matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ) {
             FetchError::Timeout(host.clone())
+        } else if certificate {
+            FetchError::Certificate {
+                host: host.clone(),
+                reason: e.to_string(),
+            }
         } else {
             FetchError::Io {
                 host: host.clone(),
@@ -441,5 +454,6 @@ mod tests {
             .clone();
         let e = fetch(&request(port, untrusted, Duration::from_secs(5))).unwrap_err();
         assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+        assert!(matches!(e, FetchError::Certificate { .. }), "{e:?}");
     }
 }

@@ -8,7 +8,8 @@
 //! (the connection waits, within `fetch_timeout_ms`). A failed fetch keeps the cached policy until
 //! it expires (none: the domain is treated as having no policy) and is not tried again for
 //! `FETCH_RETRY_S`. A TXT record that disappears does not end a cached policy (RFC 8461 5.1); a
-//! fetched `mode: none` replaces it.
+//! fetched `mode: none` replaces it. With TLS-RPT on, each failed fetch is recorded once for the
+//! policy domain (`sts-policy-fetch-error`, `sts-policy-invalid`, `sts-webpki-invalid`).
 
 pub mod cache;
 pub mod fetch;
@@ -30,6 +31,7 @@ use rustls::ClientConfig;
 pub use cache::{CachedPolicy, PolicyCache};
 pub use policy::{Mode, Policy};
 
+use super::tls_rpt::{FailureKey, PolicyKey, PolicyType, Recorder, ResultType};
 use crate::dns::{DnsError, Resolver};
 use crate::metrics::Metrics;
 
@@ -51,6 +53,52 @@ pub struct Needs {
     /// Verifies the policy host's certificate (Mozilla roots and `[tls] trust_anchors`).
     pub tls: Arc<ClientConfig>,
     pub fetch_timeout: Duration,
+    /// With `[tls_rpt] enabled`: where failed fetches are recorded.
+    pub tls_rpt: Option<Arc<Recorder>>,
+}
+
+/// Why a fetch failed, as TLS-RPT names it (RFC 8460 4.3.2), and the text for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchFailure {
+    pub result_type: ResultType,
+    pub reason: String,
+}
+
+impl FetchFailure {
+    fn fetch_error(reason: impl Into<String>) -> FetchFailure {
+        FetchFailure {
+            result_type: ResultType::StsPolicyFetchError,
+            reason: reason.into(),
+        }
+    }
+
+    fn of(error: fetch::FetchError) -> FetchFailure {
+        use fetch::FetchError as E;
+        let result_type = match &error {
+            E::Certificate { .. } => ResultType::StsWebpkiInvalid,
+            // An answer that is there but not a policy file.
+            E::ContentType(_) | E::TooLarge(_) => ResultType::StsPolicyInvalid,
+            E::NoAddress(_)
+            | E::Connect { .. }
+            | E::Io { .. }
+            | E::Timeout(_)
+            | E::Status(_)
+            | E::Malformed(_) => ResultType::StsPolicyFetchError,
+        };
+        FetchFailure {
+            result_type,
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// The TLS-RPT policy of a failed fetch: `sts`, with no policy text (none was had).
+pub fn fetch_failure_policy() -> PolicyKey {
+    PolicyKey {
+        policy_type: PolicyType::Sts,
+        policy_string: Vec::new(),
+        mx_host: Vec::new(),
+    }
 }
 
 /// One core's MTA-STS state.
@@ -211,7 +259,16 @@ impl Policies {
                 counters
                     .mta_sts_fetch_failures
                     .fetch_add(1, Ordering::Relaxed);
-                log::warn!("MTA-STS {domain}: policy fetch failed: {why}");
+                log::warn!("MTA-STS {domain}: policy fetch failed: {}", why.reason);
+                if let Some(recorder) = &needs.tls_rpt {
+                    let failure = FailureKey {
+                        result_type: why.result_type,
+                        receiving_mx_hostname: String::new(),
+                        receiving_ip: String::new(),
+                    };
+                    let policy = fetch_failure_policy();
+                    recorder.record(self.core, domain, &policy, Some(failure));
+                }
                 let mut retry = self.retry_at_s.borrow_mut();
                 if retry.len() < FAILED_FETCHES_MAX || retry.contains_key(domain) {
                     retry.insert(domain.to_string(), now_s + FETCH_RETRY_S);
@@ -271,15 +328,15 @@ async fn txt_id(resolver: &Resolver, domain: &str) -> Result<String, String> {
 }
 
 /// Resolves `mta-sts.<domain>` with Volley's resolver, fetches on a thread of its own, parses.
-async fn fetch_policy(needs: &Needs, domain: &str) -> Result<Policy, String> {
+async fn fetch_policy(needs: &Needs, domain: &str) -> Result<Policy, FetchFailure> {
     let host = format!("mta-sts.{domain}");
     let addresses = needs
         .resolver
         .ip_addrs(&host)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| FetchFailure::fetch_error(e.to_string()))?;
     if addresses.is_empty() {
-        return Err(format!("{host} has no address"));
+        return Err(FetchFailure::fetch_error(format!("{host} has no address")));
     }
     let request = fetch::Request::new(domain, addresses, needs.tls.clone(), needs.fetch_timeout);
     let (tx, rx) = oneshot::channel();
@@ -288,13 +345,61 @@ async fn fetch_policy(needs: &Needs, domain: &str) -> Result<Policy, String> {
         .spawn(move || {
             let _ = tx.send(fetch::fetch(&request));
         })
-        .map_err(|e| format!("cannot start a fetch thread: {e}"))?;
+        .map_err(|e| FetchFailure::fetch_error(format!("cannot start a fetch thread: {e}")))?;
     let limit = needs.fetch_timeout + FETCH_SLACK;
     let body = match glommio::timer::timeout(limit, async { Ok(rx.await) }).await {
         Ok(Ok(Ok(body))) => body,
-        Ok(Ok(Err(e))) => return Err(e.to_string()),
-        Ok(Err(_)) => return Err("the fetch thread ended without an answer".into()),
-        Err(_) => return Err(format!("{host}: no answer within the fetch timeout")),
+        Ok(Ok(Err(e))) => return Err(FetchFailure::of(e)),
+        Ok(Err(_)) => {
+            return Err(FetchFailure::fetch_error(
+                "the fetch thread ended without an answer",
+            ));
+        }
+        Err(_) => {
+            return Err(FetchFailure::fetch_error(format!(
+                "{host}: no answer within the fetch timeout"
+            )));
+        }
     };
-    policy::parse(&body).map_err(|e| format!("{host}: {e}"))
+    policy::parse(&body).map_err(|e| FetchFailure {
+        result_type: ResultType::StsPolicyInvalid,
+        reason: format!("{host}: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fetch::FetchError;
+    use super::*;
+
+    #[test]
+    fn fetch_failures_map_to_tls_rpt_result_types() {
+        let host = || "mta-sts.a.test".to_string();
+        let cases = [
+            (
+                FetchError::Certificate {
+                    host: host(),
+                    reason: "UnknownIssuer".into(),
+                },
+                ResultType::StsWebpkiInvalid,
+            ),
+            (FetchError::Status(404), ResultType::StsPolicyFetchError),
+            (FetchError::Timeout(host()), ResultType::StsPolicyFetchError),
+            (
+                FetchError::Connect {
+                    host: host(),
+                    reason: "refused".into(),
+                },
+                ResultType::StsPolicyFetchError,
+            ),
+            (
+                FetchError::ContentType("text/html".into()),
+                ResultType::StsPolicyInvalid,
+            ),
+            (FetchError::TooLarge(1), ResultType::StsPolicyInvalid),
+        ];
+        for (error, want) in cases {
+            assert_eq!(FetchFailure::of(error.clone()).result_type, want, "{error}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! of one period (`report`). See docs/transport-security.md.
 
 pub mod mail;
+pub mod pending;
 pub mod post;
 pub mod record;
 pub mod recorder;

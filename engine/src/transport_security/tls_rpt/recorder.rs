@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam::utils::CachePadded;
 
@@ -26,9 +25,7 @@ pub struct Recorder {
 }
 
 fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::clock::unix_s()
 }
 
 impl Recorder {

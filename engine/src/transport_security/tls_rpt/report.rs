@@ -41,12 +41,18 @@ fn policy_json(domain: &str, key: &PolicyKey, counts: &PolicyCounts) -> Value {
         .details
         .iter()
         .map(|(f, n)| {
-            json!({
+            let mut detail = json!({
                 "result-type": f.result_type.as_str(),
-                "receiving-mx-hostname": f.receiving_mx_hostname,
-                "receiving-ip": f.receiving_ip,
                 "failed-session-count": n,
-            })
+            });
+            // A policy fetch failure has no MX host.
+            if !f.receiving_mx_hostname.is_empty() {
+                detail["receiving-mx-hostname"] = json!(f.receiving_mx_hostname);
+            }
+            if !f.receiving_ip.is_empty() {
+                detail["receiving-ip"] = json!(f.receiving_ip);
+            }
+            detail
         })
         .collect();
     json!({
@@ -140,5 +146,31 @@ mod tests {
         assert_eq!(d["receiving-mx-hostname"], "mx2.example.test");
         assert_eq!(d["receiving-ip"], "127.0.0.9");
         assert_eq!(d["failed-session-count"], 1);
+    }
+
+    #[test]
+    fn a_failure_without_an_mx_host_leaves_its_fields_out() {
+        let mut tally = Tally::default();
+        let policy = super::super::super::mta_sts::fetch_failure_policy();
+        let failure = FailureKey {
+            result_type: ResultType::StsPolicyFetchError,
+            receiving_mx_hostname: String::new(),
+            receiving_ip: String::new(),
+        };
+        tally.failure("example.test", &policy, failure);
+        let header = ReportHeader {
+            organization: "volley.test".into(),
+            contact: String::new(),
+            report_id: "r2".into(),
+            start: OffsetDateTime::UNIX_EPOCH,
+            end: OffsetDateTime::UNIX_EPOCH,
+        };
+        let report = report_json(&header, "example.test", &tally.domains["example.test"]);
+        let p = &report["policies"][0];
+        assert_eq!(p["policy"]["policy-type"], "sts");
+        assert!(p["policy"].get("mx-host").is_none());
+        let d = &p["failure-details"][0];
+        assert_eq!(d["result-type"], "sts-policy-fetch-error");
+        assert!(d.get("receiving-mx-hostname").is_none() && d.get("receiving-ip").is_none());
     }
 }

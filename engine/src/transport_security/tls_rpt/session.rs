@@ -41,9 +41,14 @@ pub fn sts_key(cached: &CachedPolicy) -> PolicyKey {
     }
 }
 
-/// The policy domain and policy of a connection to `mx_host`, when TLS-RPT
-/// applies (DANE or MTA-STS).
-pub fn policy_of(hop_tls: &HopTls, mx_host: &str) -> Option<(String, PolicyKey)> {
+/// The policy domain and policy of a connection to `mx_host`, when TLS-RPT applies: DANE,
+/// MTA-STS, or no policy (`no-policy-found`) for a connection to the MX hosts of
+/// `recipient_domain` (None for a route) with STARTTLS allowed.
+pub fn policy_of(
+    hop_tls: &HopTls,
+    mx_host: &str,
+    recipient_domain: Option<&str>,
+) -> Option<(String, PolicyKey)> {
     match hop_tls {
         HopTls::Dane(records) => Some((
             mx_host.to_ascii_lowercase(),
@@ -64,7 +69,17 @@ pub fn policy_of(hop_tls: &HopTls, mx_host: &str) -> Option<(String, PolicyKey)>
         HopTls::MtaSts(p) | HopTls::MtaStsTesting { policy: p, .. } => {
             Some((p.domain.clone(), sts_key(p)))
         }
-        HopTls::Required | HopTls::Opportunistic | HopTls::Off => None,
+        HopTls::Required | HopTls::Opportunistic => recipient_domain.map(|d| {
+            (
+                d.to_ascii_lowercase(),
+                PolicyKey {
+                    policy_type: PolicyType::NoPolicyFound,
+                    policy_string: Vec::new(),
+                    mx_host: Vec::new(),
+                },
+            )
+        }),
+        HopTls::Off => None,
     }
 }
 
@@ -98,7 +113,8 @@ mod tests {
 
     #[test]
     fn sts_sessions_count_under_the_recipient_domain() {
-        let (domain, key) = policy_of(&HopTls::MtaSts(cached()), "MX.example.test").unwrap();
+        let (domain, key) =
+            policy_of(&HopTls::MtaSts(cached()), "MX.example.test", Some("x.test")).unwrap();
         assert_eq!(domain, "example.test");
         assert_eq!(key.policy_type, PolicyType::Sts);
         assert_eq!(
@@ -116,11 +132,32 @@ mod tests {
     #[test]
     fn dane_sessions_count_under_the_mx_host() {
         let record = Tlsa::new(3, 1, 1, vec![0xab; 32]).unwrap();
-        let (domain, key) = policy_of(&HopTls::Dane(vec![record]), "MX.example.test").unwrap();
+        let (domain, key) = policy_of(
+            &HopTls::Dane(vec![record]),
+            "MX.example.test",
+            Some("x.test"),
+        )
+        .unwrap();
         assert_eq!(domain, "mx.example.test");
         assert_eq!(key.policy_type, PolicyType::Tlsa);
         assert_eq!(key.policy_string, [format!("3 1 1 {}", "ab".repeat(32))]);
-        assert!(policy_of(&HopTls::Opportunistic, "mx.example.test").is_none());
+    }
+
+    #[test]
+    fn sessions_without_a_policy_count_under_the_recipient_domain() {
+        let (domain, key) = policy_of(
+            &HopTls::Opportunistic,
+            "mx.example.test",
+            Some("Example.test"),
+        )
+        .unwrap();
+        assert_eq!(domain, "example.test");
+        assert_eq!(key.policy_type, PolicyType::NoPolicyFound);
+        assert!(key.policy_string.is_empty() && key.mx_host.is_empty());
+        assert!(policy_of(&HopTls::Required, "mx.example.test", Some("example.test")).is_some());
+        // A route is the operator's next hop, not the domain's MX; `tls = "off"` asks nothing.
+        assert!(policy_of(&HopTls::Opportunistic, "mx.example.test", None).is_none());
+        assert!(policy_of(&HopTls::Off, "mx.example.test", Some("example.test")).is_none());
     }
 
     #[test]

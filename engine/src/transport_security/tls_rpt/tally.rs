@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// Most policy domains tallied in one period; sessions of further domains are not recorded.
 pub const MAX_DOMAINS: usize = 10_000;
+/// Of those, most domains first seen through a `no-policy-found` session: the domains mail goes
+/// to without a policy must not crowd out the ones with a policy.
+pub const MAX_NO_POLICY_DOMAINS: usize = 5_000;
 /// Most distinct policies of one domain in one period (a policy changing mid-period adds one).
 pub const MAX_POLICIES_PER_DOMAIN: usize = 8;
 /// Most failure-detail entries (distinct result type, MX host, IP) per policy.
@@ -117,14 +120,25 @@ impl PolicyCounts {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     pub domains: BTreeMap<String, Vec<(PolicyKey, PolicyCounts)>>,
+    /// Domains added by a `no-policy-found` session (at most `MAX_NO_POLICY_DOMAINS`).
+    #[serde(default)]
+    no_policy_domains: usize,
 }
 
 impl Tally {
     /// The counts of `policy` for `domain`, or None when a bound is reached.
     fn slot(&mut self, domain: &str, policy: &PolicyKey) -> Option<&mut PolicyCounts> {
         let domain = domain.to_ascii_lowercase();
-        if !self.domains.contains_key(&domain) && self.domains.len() >= MAX_DOMAINS {
-            return None;
+        if !self.domains.contains_key(&domain) {
+            let no_policy = policy.policy_type == PolicyType::NoPolicyFound;
+            if self.domains.len() >= MAX_DOMAINS
+                || (no_policy && self.no_policy_domains >= MAX_NO_POLICY_DOMAINS)
+            {
+                return None;
+            }
+            if no_policy {
+                self.no_policy_domains += 1;
+            }
         }
         let policies = self.domains.entry(domain).or_default();
         let index = match policies.iter().position(|(k, _)| k == policy) {
@@ -232,6 +246,30 @@ mod tests {
             t.success(&format!("d{i}.test"), &policy);
         }
         assert_eq!(t.domains.len(), MAX_DOMAINS);
+    }
+
+    #[test]
+    fn no_policy_domains_have_a_bound_of_their_own() {
+        let none = PolicyKey {
+            policy_type: PolicyType::NoPolicyFound,
+            policy_string: Vec::new(),
+            mx_host: Vec::new(),
+        };
+        let mut t = Tally::default();
+        for i in 0..MAX_NO_POLICY_DOMAINS + 3 {
+            t.success(&format!("n{i}.test"), &none);
+        }
+        assert_eq!(t.domains.len(), MAX_NO_POLICY_DOMAINS);
+        // A known domain still counts, and domains with a policy still find room.
+        t.success("n0.test", &none);
+        assert_eq!(t.domains["n0.test"][0].1.successful, 2);
+        t.success("sts.test", &sts_policy());
+        assert_eq!(t.domains.len(), MAX_NO_POLICY_DOMAINS + 1);
+        let mut merged = Tally::default();
+        merged.merge(t);
+        assert_eq!(merged.domains.len(), MAX_NO_POLICY_DOMAINS + 1);
+        merged.success("late.test", &none);
+        assert!(!merged.domains.contains_key("late.test"));
     }
 
     #[test]
