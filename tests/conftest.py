@@ -455,8 +455,9 @@ def catcher_factory():
     """`make(address="127.0.0.11", port=None)` starts a MailCatcher; all stopped at teardown."""
     made: list[MailCatcher] = []
 
-    def make(address: str = "127.0.0.11", port: int | None = None) -> MailCatcher:
-        c = MailCatcher(address, port or free_port(address))
+    def make(address: str = "127.0.0.11", port: int | None = None,
+             chunking: bool = False) -> MailCatcher:
+        c = MailCatcher(address, port or free_port(address), chunking)
         c.start()
         made.append(c)
         return c

@@ -51,6 +51,7 @@ class _Handler(socketserver.StreamRequestHandler):
         catcher: MailCatcher = self.server.catcher  # type: ignore[attr-defined]
         peer_ip = self.client_address[0]
         ehlo, sender, recipients = "", None, []
+        chunks: list[bytes] = []
         self.reply("220 catcher.test ESMTP")
         while True:
             line = self.rfile.readline(LINE_BYTES_MAX)
@@ -61,7 +62,9 @@ class _Handler(socketserver.StreamRequestHandler):
             if verb in ("EHLO", "HELO"):
                 ehlo = cmd[5:].strip()
                 if verb == "EHLO":
-                    self.reply("250-catcher.test\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES")
+                    # Volley sends BDAT only with PIPELINING (its commands then come at once).
+                    chunking = "250-PIPELINING\r\n250-CHUNKING\r\n" if catcher.chunking else ""
+                    self.reply(f"250-catcher.test\r\n250-8BITMIME\r\n{chunking}250 ENHANCEDSTATUSCODES")
                 else:
                     self.reply("250 catcher.test")
             elif verb == "MAIL":
@@ -97,6 +100,24 @@ class _Handler(socketserver.StreamRequestHandler):
                 catcher._add(CaughtMessage(peer_ip, ehlo, sender, recipients, b"".join(lines)))
                 sender, recipients = None, []
                 self.reply("250 2.0.0 Ok: caught")
+            elif verb == "BDAT" and catcher.chunking:
+                # RFC 3030: `BDAT <size> [LAST]`, the chunk's octets follow at once, as they are.
+                words = cmd.split()
+                size = int(words[1]) if len(words) > 1 and words[1].isdigit() else -1
+                if size < 0 or size > MESSAGE_BYTES_MAX:
+                    self.reply("501 5.5.4 Bad BDAT")
+                    return
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    return
+                chunks.append(chunk)
+                catcher.chunk_sizes.append(size)
+                if len(words) > 2 and words[2].upper() == "LAST":
+                    catcher._add(CaughtMessage(peer_ip, ehlo, sender, recipients, b"".join(chunks)))
+                    sender, recipients, chunks = None, [], []
+                    self.reply("250 2.0.0 Ok: caught")
+                else:
+                    self.reply(f"250 2.0.0 {size} octets")
             elif verb == "RSET":
                 sender, recipients = None, []
                 self.reply("250 2.0.0 Ok")
@@ -115,11 +136,15 @@ class _Server(socketserver.ThreadingTCPServer):
 
 
 class MailCatcher:
-    """Listens on `address`:`port` and keeps every message it accepts."""
+    """Listens on `address`:`port` and keeps every message it accepts (DATA, and BDAT when made
+    with `chunking=True`)."""
 
-    def __init__(self, address: str, port: int) -> None:
+    def __init__(self, address: str, port: int, chunking: bool = False) -> None:
         self.address = address
         self.port = port
+        # `chunking`: PIPELINING and CHUNKING offered, BDAT taken (each chunk's size is kept).
+        self.chunking = chunking
+        self.chunk_sizes: list[int] = []
         self.messages: list[CaughtMessage] = []
         self._cond = threading.Condition()
         self._server = _Server((address, port), _Handler)

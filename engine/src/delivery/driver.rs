@@ -161,6 +161,11 @@ where
     }
 }
 
+/// A body sent as stored (`BDAT LAST`) at least this long is written straight from the spool
+/// segment's mapping; a shorter one is copied beside its command, so that both leave in one write
+/// (a second syscall costs more than copying a few KiB).
+const DIRECT_BODY_MIN_BYTES: usize = 16 << 10;
+
 async fn flush_transmits<S: AsyncWrite + Unpin>(
     io: &mut S,
     session: &mut Session,
@@ -178,7 +183,17 @@ async fn flush_transmits<S: AsyncWrite + Unpin>(
             }
             Transmit::RawBody => {
                 if let Some(flight) = &conn.in_flight {
-                    out.extend_from_slice(&flight.body);
+                    if flight.body.len() >= DIRECT_BODY_MIN_BYTES {
+                        // Written from the segment's mapping: no copy in user space. What was
+                        // queued before it (the BDAT command) goes first, in its own write.
+                        if !out.is_empty() {
+                            write_all_within(io, out, write_limit).await?;
+                            out.clear();
+                        }
+                        write_all_within(io, &flight.body, write_limit).await?;
+                    } else {
+                        out.extend_from_slice(&flight.body);
+                    }
                 }
             }
         }
