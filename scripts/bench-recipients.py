@@ -40,6 +40,8 @@ BIN = bin_dir()
 def process_counters(pid: int) -> tuple[float, int]:
     """(CPU seconds of every thread, context switches of the live threads) of `pid`."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        raise ProcessLookupError(pid)  # exited: its threads' figures are gone
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     switches = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
