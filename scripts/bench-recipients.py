@@ -69,9 +69,11 @@ class Sampler(threading.Thread):
                 pid = find_process(self.config)
             if pid is not None:
                 try:
-                    self.cpu_s, self.switches = process_counters(pid)
+                    self.cpu_s, switches = process_counters(pid)
                 except OSError:
                     return  # exited: the last sample stands
+                # Threads exit at shutdown, taking their counts: the highest sum stands.
+                self.switches = max(self.switches, switches)
             time.sleep(0.1)
 
 
