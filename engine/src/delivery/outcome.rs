@@ -243,19 +243,19 @@ pub async fn apply(
         super::backoff_watch::observe_failure(core, key, reply);
     }
     let mut failed = Vec::new();
-    let mut sent = Vec::new();
+    let mut delivered_items = Vec::new();
     for (item, (outcome, reply)) in items.into_iter().zip(replies) {
         match outcome {
             Outcome::Delivered => {
                 delivered(core, key, &item, message, &reply, attempt);
-                sent.push(item);
+                delivered_items.push(item);
             }
             Outcome::Deferred => defer(core, key, item, message, &reply, Some(attempt)).await,
             Outcome::Failed => failed.push((item, reply)),
         }
     }
     // A transaction carries one message; grouped all the same, should that ever change.
-    for group in sent.chunk_by(|a, b| a.message == b.message) {
+    for group in delivered_items.chunk_by(|a, b| a.message == b.message) {
         let id = group[0].message;
         let states = group
             .iter()
