@@ -1,8 +1,8 @@
 """What the Python benchmark scripts share: a `volley-bench sink` and a `volley serve` relaying to
 it in a fresh directory, `volley-bench blast` runs against it, and the CPU time of each process.
 
-Used by bench-accept-latency.py, bench-scaling.py, bench-dkim.py and relay-guard.py (imported from
-the same directory). Loopback only; every port is picked free.
+Used by bench-accept-latency.py, bench-scaling.py, bench-dkim.py, bench-clients.py and
+relay-guard.py (imported from the same directory). Loopback only; every port is picked free.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ mod counters;
 mod placement;
 mod relay;
 mod sink;
+mod sink_tally;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -241,9 +242,14 @@ struct RelayArgs {
     /// Size of each message in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
-    /// Recipients per message (all in one domain).
+    /// Recipients per message.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     recipients: u32,
+    /// Recipient domains (d0.test ...) a message's recipients are spread over, in turn: with
+    /// `--recipients 10 --rcpt-domains 10` each message has one recipient in each of ten domains,
+    /// which Volley delivers as ten transactions (all routed to the sink).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rcpt_domains: u32,
     /// Concurrent inbound connections (and the peer's delivery concurrency).
     #[arg(long, default_value_t = 50)]
     connections: usize,
@@ -478,6 +484,7 @@ fn run_relay(args: RelayArgs) -> ExitCode {
         messages: args.messages,
         size_bytes: args.size,
         recipients: args.recipients,
+        rcpt_domains: args.rcpt_domains,
         connections: args.connections.max(1),
         volley,
         volley_cores: args.volley_cores,

@@ -8,7 +8,6 @@
 //! at the end, also on failure.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,12 +15,16 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::sink_tally::SinkTally;
+
 /// How the workload looks and where things run.
 #[derive(Debug, Clone)]
 pub struct RelayPlan {
     pub messages: u64,
     pub size_bytes: usize,
     pub recipients: u32,
+    /// Recipient domains `d0.test` .. the recipients of a message are spread over, in turn.
+    pub rcpt_domains: u32,
     pub connections: usize,
     pub volley: PathBuf,
     pub volley_cores: usize,
@@ -50,7 +53,10 @@ pub struct RelayResult {
     pub accept_p99_ms: f64,
     /// The accept latency distribution (blast's end-of-data reply latency), milliseconds.
     pub accept_latency_ms: LatencyPercentiles,
+    /// Messages whose recipients all reached the sink.
     pub delivered: u64,
+    /// Transactions the sink logged (a relay splitting messages by domain makes several each).
+    pub sink_transactions: u64,
     /// Messages received by the sink per 100 ms interval, from the first message sent.
     pub timeline: Vec<u64>,
 }
@@ -84,6 +90,7 @@ pub struct RelayReport {
     pub messages: u64,
     pub size_bytes: usize,
     pub recipients: u32,
+    pub rcpt_domains: u32,
     pub connections: usize,
     pub fsync: bool,
     pub results: Vec<RelayResult>,
@@ -156,13 +163,6 @@ fn start_sink(port: u16, log: &Path) -> Result<Guard, String> {
     Ok(guard)
 }
 
-/// Counts the lines of the sink's log (one per message).
-fn count_lines(path: &Path) -> u64 {
-    std::fs::File::open(path)
-        .map(|f| BufReader::new(f).lines().count() as u64)
-        .unwrap_or(0)
-}
-
 struct BlastRun {
     child: Child,
 }
@@ -173,6 +173,7 @@ fn start_blast(plan: &RelayPlan, port: u16) -> Result<BlastRun, String> {
         .args(["--messages", &plan.messages.to_string()])
         .args(["--size", &plan.size_bytes.to_string()])
         .args(["--recipients", &plan.recipients.to_string()])
+        .args(["--domains", &plan.rcpt_domains.to_string()])
         .args(["--connections", &plan.connections.to_string()])
         .args(["--cpus", "1", "--json", "--progress-interval-s", "0"])
         .args(
@@ -220,17 +221,21 @@ fn finish_blast(run: BlastRun) -> Result<BlastFigures, String> {
     })
 }
 
-/// Waits until the sink has `expected` messages; samples the count every 100 ms.
+/// Waits until the sink has logged the recipients of `expected` messages; samples every 100 ms.
+/// The timeline counts messages whose recipients all arrived (recipients / `recipients`).
 fn watch_sink(
     log: &Path,
     expected: u64,
+    recipients: u32,
     started: Instant,
     timeout: Duration,
 ) -> Result<(f64, Vec<u64>), String> {
+    let per_message = u64::from(recipients.max(1));
+    let mut tally = SinkTally::new(log);
     let mut timeline = Vec::new();
     let mut last = 0;
     loop {
-        let n = count_lines(log);
+        let n = tally.recipients() / per_message;
         timeline.push(n - last.min(n));
         last = n;
         if n >= expected {
@@ -252,7 +257,13 @@ fn ceiling(plan: &RelayPlan) -> Result<RelayResult, String> {
     let _sink = start_sink(port, &log)?;
     let started = Instant::now();
     let figures = finish_blast(start_blast(plan, port)?)?;
-    let (_, timeline) = watch_sink(&log, figures.accepted, started, plan.timeout)?;
+    let (_, timeline) = watch_sink(
+        &log,
+        figures.accepted,
+        plan.recipients,
+        started,
+        plan.timeout,
+    )?;
     Ok(RelayResult {
         name: "ceiling (blast → sink)".into(),
         msg_per_s: figures.msg_per_s,
@@ -261,6 +272,7 @@ fn ceiling(plan: &RelayPlan) -> Result<RelayResult, String> {
         accept_p99_ms: figures.latency_ms.p99,
         accept_latency_ms: figures.latency_ms,
         delivered: figures.accepted,
+        sink_transactions: SinkTally::new(&log).lines(),
         timeline,
     })
 }
@@ -275,8 +287,9 @@ fn through_relay(
     let expected = plan.messages;
     let started = Instant::now();
     let blast = start_blast(plan, front_port)?;
-    let (elapsed_s, timeline) = watch_sink(log, expected, started, plan.timeout)?;
+    let (elapsed_s, timeline) = watch_sink(log, expected, plan.recipients, started, plan.timeout)?;
     let figures = finish_blast(blast)?;
+    let mut tally = SinkTally::new(log);
     Ok(RelayResult {
         name: name.into(),
         msg_per_s: expected as f64 / elapsed_s,
@@ -284,7 +297,8 @@ fn through_relay(
         accept_p50_ms: figures.latency_ms.p50,
         accept_p99_ms: figures.latency_ms.p99,
         accept_latency_ms: figures.latency_ms,
-        delivered: count_lines(log),
+        delivered: tally.recipients() / u64::from(plan.recipients.max(1)),
+        sink_transactions: tally.lines(),
         timeline,
     })
 }
@@ -313,10 +327,10 @@ match = "*"
 max_connections = 50
 max_messages_per_connection = 1000
 [routes]
-"d0.test" = "127.0.0.1:{sink_port}"
-[api]
+{routes}[api]
 address = "127.0.0.1:{api_port}"
 "#,
+        routes = routes_to(plan.rcpt_domains, sink_port),
         cores = plan.volley_cores,
         spool = dir.join("spool").display(),
         fsync = plan.fsync,
@@ -345,6 +359,13 @@ address = "127.0.0.1:{api_port}"
         Duration::from_secs(20),
     )?;
     through_relay(plan, "Volley (blast → volley → sink)", front_port, &log)
+}
+
+/// `[routes]` lines sending `d0.test` .. `d{domains-1}.test` to the sink.
+fn routes_to(domains: u32, sink_port: u16) -> String {
+    (0..domains.max(1))
+        .map(|d| format!("\"d{d}.test\" = \"127.0.0.1:{sink_port}\"\n"))
+        .collect()
 }
 
 /// A private Postfix instance from the team's peer templates, relaying to the sink.
@@ -423,6 +444,7 @@ pub fn run(plan: &RelayPlan) -> Result<RelayReport, String> {
         messages: plan.messages,
         size_bytes: plan.size_bytes,
         recipients: plan.recipients,
+        rcpt_domains: plan.rcpt_domains,
         connections: plan.connections,
         fsync: plan.fsync,
         results,
@@ -450,10 +472,11 @@ impl RelayReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "relay: {} messages of {} bytes, {} recipient(s), {} connections, fsync {}; {}",
+            "relay: {} messages of {} bytes, {} recipient(s) in {} domain(s), {} connections, fsync {}; {}",
             self.messages,
             self.size_bytes,
             self.recipients,
+            self.rcpt_domains.min(self.recipients),
             self.connections,
             if self.fsync { "on" } else { "OFF" },
             self.machine
@@ -663,8 +686,17 @@ mod tests {
                 max: p50 * 50.0,
             },
             delivered: 1,
+            sink_transactions: 1,
             timeline: vec![1, 2],
         }
+    }
+
+    #[test]
+    fn every_recipient_domain_is_routed_to_the_sink() {
+        assert_eq!(routes_to(1, 25), "\"d0.test\" = \"127.0.0.1:25\"\n");
+        let ten = routes_to(10, 2525);
+        assert_eq!(ten.lines().count(), 10);
+        assert!(ten.contains("\"d9.test\" = \"127.0.0.1:2525\""));
     }
 
     #[test]
@@ -674,6 +706,7 @@ mod tests {
             messages: 10,
             size_bytes: 1024,
             recipients: 1,
+            rcpt_domains: 1,
             connections: 2,
             fsync: true,
             results: vec![result("a", 0.2), result("b", 3.0), result("c", 0.0)],

@@ -1,5 +1,5 @@
 //! The cost of a cross-core handoff: core 0 sends `Handoff`s (what reception sends to the core owning
-//! a queue) through the router to core 1, which answers each with an `Outcome` (what delivery sends
+//! a queue) through the router to core 1, which answers each with an `Outcomes` (what delivery sends
 //! back to the spooling core). Two runs: one handoff in flight at a time (the latency of a round
 //! trip), then as many as the rings hold (the throughput).
 //!
@@ -90,10 +90,9 @@ fn main() {
                                         let state = RecipientState::Delivered;
                                         r.send(
                                             0,
-                                            CoreMessage::Outcome {
+                                            CoreMessage::Outcomes {
                                                 id: h.id,
-                                                recipient: 0,
-                                                state,
+                                                states: vec![(0, state)],
                                             },
                                         )
                                         .await;
@@ -119,7 +118,7 @@ fn main() {
                 .connect(
                     0,
                     Rc::new(move |m| {
-                        if let CoreMessage::Outcome { .. } = m {
+                        if let CoreMessage::Outcomes { .. } = m {
                             let _ = answer.try_send(());
                         }
                     }),
@@ -145,7 +144,7 @@ fn main() {
         }
     );
     println!(
-        "one in flight:  {:.2} us per round trip (Deliver core 0 -> 1, Outcome 1 -> 0)",
+        "one in flight:  {:.2} us per round trip (Deliver core 0 -> 1, Outcomes 1 -> 0)",
         latency_us
     );
     println!(

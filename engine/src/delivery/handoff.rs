@@ -71,14 +71,10 @@ pub fn queue_handoff(
 pub fn on_core_message(core: &std::rc::Rc<DeliveryCore>, message: CoreMessage) {
     match message {
         CoreMessage::Deliver(handoff) => core.delivery.accept_handoff(core, handoff),
-        CoreMessage::Outcome {
-            id,
-            recipient,
-            state,
-        } => {
+        CoreMessage::Outcomes { id, states } => {
             let core = core.clone();
             glommio::spawn_local(async move {
-                outcome::store_state(&core.spool, id, recipient, state).await;
+                outcome::store_states(&core.spool, id, states).await;
             })
             .detach();
         }

@@ -152,15 +152,14 @@ pub(super) async fn record_state(
     recipient: u32,
     state: RecipientState,
 ) {
+    record_states(core, id, vec![(recipient, state)]).await;
+}
+
+/// Tells the spooling core new states of recipients of message `id`: one router message, one
+/// spool write for all of them.
+async fn record_states(core: &DeliveryCore, id: MessageId, states: Vec<(u32, RecipientState)>) {
     core.router()
-        .send(
-            usize::from(id.core),
-            CoreMessage::Outcome {
-                id,
-                recipient,
-                state,
-            },
-        )
+        .send(usize::from(id.core), CoreMessage::Outcomes { id, states })
         .await;
 }
 
@@ -214,7 +213,23 @@ pub async fn store_state(spool: &Spool, id: MessageId, recipient: u32, state: Re
     }
 }
 
-/// Applies one transaction's replies, recipient by recipient, in order.
+/// Records the new states of recipients of message `id` in this core's spool, together (one
+/// write); should that fail, one by one, as `store_state` does (tried again while the error may
+/// pass).
+pub async fn store_states(spool: &Spool, id: MessageId, states: Vec<(u32, RecipientState)>) {
+    if let [(recipient, state)] = states[..] {
+        return store_state(spool, id, recipient, state).await;
+    }
+    if spool.set_states(id, &states).await.is_ok() {
+        return;
+    }
+    for (recipient, state) in states {
+        store_state(spool, id, recipient, state).await;
+    }
+}
+
+/// Applies one transaction's replies, recipient by recipient, in order; the delivered ones'
+/// states go to the spooling core together, after the others.
 pub async fn apply(
     core: &Rc<DeliveryCore>,
     key: &QueueKey,
@@ -228,11 +243,27 @@ pub async fn apply(
         super::backoff_watch::observe_failure(core, key, reply);
     }
     let mut failed = Vec::new();
+    let mut delivered_items = Vec::new();
     for (item, (outcome, reply)) in items.into_iter().zip(replies) {
         match outcome {
-            Outcome::Delivered => delivered(core, key, item, message, &reply, attempt).await,
+            Outcome::Delivered => {
+                delivered(core, key, &item, message, &reply, attempt);
+                delivered_items.push(item);
+            }
             Outcome::Deferred => defer(core, key, item, message, &reply, Some(attempt)).await,
             Outcome::Failed => failed.push((item, reply)),
+        }
+    }
+    // A transaction carries one message; grouped all the same, should that ever change.
+    for group in delivered_items.chunk_by(|a, b| a.message == b.message) {
+        let id = group[0].message;
+        let states = group
+            .iter()
+            .map(|item| (item.recipient, RecipientState::Delivered))
+            .collect();
+        record_states(core, id, states).await;
+        for _ in group {
+            core.delivery.release(core, key, id);
         }
     }
     bounce_with_replies(core, key, failed, Some(attempt), false).await;
@@ -269,10 +300,11 @@ fn guard_bounce_rate(core: &DeliveryCore, message: &StoredMessage, bounced: bool
     });
 }
 
-async fn delivered(
+/// Counts, accounts and logs a delivery; the caller records its state and releases the message.
+fn delivered(
     core: &DeliveryCore,
     key: &QueueKey,
-    item: Queued,
+    item: &Queued,
     message: &StoredMessage,
     reply: &Reply,
     attempt: Attempt<'_>,
@@ -291,7 +323,7 @@ async fn delivered(
     log_delivery(
         core,
         key,
-        &item,
+        item,
         message,
         Some(attempt),
         LoggedStatus::Sent,
@@ -300,19 +332,11 @@ async fn delivered(
     core.accounting.record(&event(
         EventType::Delivery,
         key,
-        &item,
+        item,
         message,
         reply,
         Some(attempt),
     ));
-    record_state(
-        core,
-        item.message,
-        item.recipient,
-        RecipientState::Delivered,
-    )
-    .await;
-    core.delivery.release(core, key, item.message);
 }
 
 /// A temporary failure: back on the retry schedule, or expired.
@@ -863,24 +887,64 @@ mod tests {
                 let id = spool.next_id();
                 spool.store(id, &envelope, b"", b"body").await.unwrap();
 
+                // A bounce waits for its commit (a lost one would send a second DSN).
                 spool.fail_next_commit(std::io::ErrorKind::StorageFull);
-                store_state(&spool, id, 0, RecipientState::Delivered).await;
+                store_state(&spool, id, 0, RecipientState::Bounced).await;
                 // A deferral is not worth a second try: losing it only makes a retry come sooner.
+                // It waits for no commit (`lazy_state_sync_ms`): the failing one is close's,
+                // which voids it.
                 spool.fail_next_commit(std::io::ErrorKind::StorageFull);
                 let deferred = RecipientState::Deferred {
                     next_attempt_s: 1_790_000_000,
                     attempts: 1,
                 };
                 store_state(&spool, id, 1, deferred).await;
-                spool.close().await.unwrap();
+                assert!(spool.close().await.is_err());
                 drop(spool);
 
                 let (_spool, recovered) = Spool::open(config).unwrap();
                 assert_eq!(recovered.len(), 1);
                 assert_eq!(
                     recovered[0].states().collect::<Vec<_>>(),
-                    vec![RecipientState::Delivered, RecipientState::Pending]
+                    vec![RecipientState::Bounced, RecipientState::Pending]
                 );
+            });
+    }
+
+    #[test]
+    fn states_stored_together_are_tried_again_one_by_one_when_their_commit_fails() {
+        glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut config = SpoolConfig::new(dir.path(), 0);
+                config.fsync = false;
+                config.segment_bytes = 1 << 20;
+                let (spool, _) = Spool::open(config.clone()).unwrap();
+                let envelope = Envelope {
+                    sender: "s@example.net".into(),
+                    recipients: vec![
+                        Recipient::new("a@a.example"),
+                        Recipient::new("b@a.example"),
+                        Recipient::new("c@a.example"),
+                    ],
+                    ..Envelope::default()
+                };
+                let id = spool.next_id();
+                spool.store(id, &envelope, b"", b"body").await.unwrap();
+                let records = spool.stats().state_records;
+                spool.fail_next_commit(std::io::ErrorKind::StorageFull);
+                let bounced = RecipientState::Bounced;
+                store_states(&spool, id, vec![(0, bounced), (2, bounced)]).await;
+                // Two together (voided by the failed commit), then each on its own.
+                assert_eq!(spool.stats().state_records, records + 4);
+                store_states(&spool, id, vec![(1, RecipientState::Delivered)]).await;
+                spool.close().await.unwrap();
+                drop(spool);
+
+                let (_spool, recovered) = Spool::open(config).unwrap();
+                assert!(recovered.is_empty(), "every recipient is finished");
             });
     }
 }

@@ -68,11 +68,11 @@ pub enum AdminCommand {
 #[derive(Debug)]
 pub enum CoreMessage {
     Deliver(Handoff),
-    /// A recipient's new state, for the core whose spool holds the message.
-    Outcome {
+    /// New states of recipients of one message (one transaction's deliveries together), for
+    /// the core whose spool holds the message.
+    Outcomes {
         id: MessageId,
-        recipient: u32,
-        state: RecipientState,
+        states: Vec<(u32, RecipientState)>,
     },
     Admin(AdminCommand),
     /// The API asks what this core holds (a message, a queue), or to act on it, and awaits the

@@ -464,33 +464,57 @@ impl Spool {
         recipient: u32,
         state: RecipientState,
     ) -> Result<(), SpoolError> {
+        self.set_states(id, &[(recipient, state)]).await
+    }
+
+    /// Records new states of several recipients of message `id` (one transaction's outcomes):
+    /// their records are written with one `pwrite`, and join one commit. All or nothing: on an
+    /// error none is applied. Waits for durability, as `set_state` does, when any of them is a
+    /// bounce or an expiry.
+    pub async fn set_states(
+        &self,
+        id: MessageId,
+        states: &[(u32, RecipientState)],
+    ) -> Result<(), SpoolError> {
         let inner = &*self.inner;
         self.check_core(id)?;
         inner.commit.check_writable()?;
+        if states.is_empty() {
+            return Ok(());
+        }
         let message_segment = {
             let index = inner.index.borrow();
             let message = index
                 .messages
                 .get(&id.seq)
                 .ok_or(SpoolError::UnknownMessage(id))?;
-            if recipient >= message.recipient_count {
+            if let Some(&(recipient, _)) = states
+                .iter()
+                .find(|(recipient, _)| *recipient >= message.recipient_count)
+            {
                 return Err(SpoolError::NoSuchRecipient { id, recipient });
             }
             message.segment
         };
-        self.make_room(STATE_RECORD_SPAN, RecordClass::State)
-            .await?;
+        let span = STATE_RECORD_SPAN * states.len();
+        self.make_room(span, RecordClass::State).await?;
         let (segment, at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
-            let record = StateRecord {
-                id,
-                message_segment,
-                recipient,
-                state,
-            };
             let (at, ()) = writer
-                .append(STATE_RECORD_SPAN, |dst| record::encode_state(dst, &record))
+                .append(span, |dst| {
+                    for (dst, &(recipient, state)) in
+                        dst.chunks_exact_mut(STATE_RECORD_SPAN).zip(states)
+                    {
+                        let record = StateRecord {
+                            id,
+                            message_segment,
+                            recipient,
+                            state,
+                        };
+                        record::encode_state(dst, &record);
+                    }
+                })
                 .ok_or(SpoolError::Full)??;
             (segment, at as u32)
         };
@@ -501,25 +525,32 @@ impl Spool {
         {
             usage.pin(message_segment);
         }
-        self.update_stats(|s| s.state_records += 1);
-        let end = at + STATE_RECORD_SPAN as u32;
+        self.update_stats(|s| s.state_records += states.len() as u64);
+        let end = at + span as u32;
         // Lost in a power cut, a delivery's or deferral's record only makes a restart try the
         // recipient again (or sooner): it rides with the next commit instead of paying for one
         // (see `commit`). Bounces and expiries wait: lost, they would send a second DSN.
-        let batch = match state {
-            RecipientState::Delivered | RecipientState::Deferred { .. } => {
-                inner.commit.join_lazy(segment, at, end)
-            }
-            _ => Some(inner.commit.join(segment, at, end)),
+        let lazy = states.iter().all(|(_, state)| {
+            matches!(
+                state,
+                RecipientState::Delivered | RecipientState::Deferred { .. }
+            )
+        });
+        let batch = if lazy {
+            inner.commit.join_lazy(segment, at, end)
+        } else {
+            Some(inner.commit.join(segment, at, end))
         };
         if let Some(batch) = batch {
             batch.wait().await?;
         }
         // Applied once durable (or lazily joined): after a failed commit the index still
-        // matches what recovery would find, and the caller may try the same state again.
+        // matches what recovery would find, and the caller may try the same states again.
         {
             let mut index = inner.index.borrow_mut();
-            index.apply_state(id.seq, recipient, state);
+            for &(recipient, state) in states {
+                index.apply_state(id.seq, recipient, state);
+            }
             let segment_finished = !index.messages.contains_key(&id.seq)
                 && index
                     .segments

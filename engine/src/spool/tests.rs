@@ -1256,3 +1256,39 @@ fn delivered_and_deferred_states_ride_with_the_next_commit() {
         );
     });
 }
+
+#[test]
+fn a_transactions_states_are_written_together_or_not_at_all() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let (spool, _) = Spool::open(cfg.clone()).unwrap();
+        let stored = store_n(&spool, 2, 4, 100).await;
+        let (a, b) = (stored[0].0, stored[1].0);
+        let delivered = RecipientState::Delivered;
+        let records = spool.stats().state_records;
+        // A recipient the message does not have: none of the states is recorded.
+        assert!(matches!(
+            spool.set_states(a, &[(0, delivered), (4, delivered)]).await,
+            Err(SpoolError::NoSuchRecipient { recipient: 4, .. })
+        ));
+        assert_eq!(spool.stats().state_records, records);
+        spool
+            .set_states(a, &[(0, delivered), (1, delivered), (3, delivered)])
+            .await
+            .unwrap();
+        assert_eq!(spool.stats().state_records, records + 3);
+        let all: Vec<_> = (0..4).map(|r| (r, delivered)).collect();
+        spool.set_states(b, &all).await.unwrap();
+        assert_eq!(spool.stats().live_messages, 1, "b is finished");
+        spool.close().await.unwrap();
+        drop(spool);
+        let (_spool, recovered) = Spool::open(cfg).unwrap();
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].id, a);
+        assert_eq!(
+            recovered[0].states().collect::<Vec<_>>(),
+            vec![delivered, delivered, RecipientState::Pending, delivered]
+        );
+    });
+}
