@@ -875,9 +875,6 @@ mod tests {
                 let mut config = SpoolConfig::new(dir.path(), 0);
                 config.fsync = false;
                 config.segment_bytes = 1 << 20;
-                // Waited-for state records: a lazy one whose commit fails is voided, not tried
-                // again (the recipient is then delivered again after a restart; spool-format.md).
-                config.lazy_state_sync_ms = 0;
                 let (spool, _) = Spool::open(config.clone()).unwrap();
                 let envelope = Envelope {
                     sender: "s@example.net".into(),
