@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import ROOT, Relay, bin_dir, share_within
+from benchlib import ROOT, Relay, bin_dir, parse_setting_variant, share_within
 
 BIN = bin_dir()
 GOALS_MS = {25.0: 2.0, 50.0: 5.0}
@@ -118,14 +118,10 @@ def main() -> None:
         label, _, blast_args = spec.partition("=")
         variants.append(Variant(label, variants[0].volley, shlex.split(blast_args)))
     for spec in args.setting_variant:
-        label, _, assignments = spec.partition("=")
-        settings: dict[str, list[str]] = {}
-        for assignment in assignments.split(","):
-            dotted, _, value = assignment.partition("=")
-            table, _, key = dotted.partition(".")
-            if table not in ("server", "spool") or not key or not value:
-                ap.error(f"--setting-variant {spec!r}: want TABLE.KEY=VALUE with TABLE server or spool")
-            settings.setdefault(table, []).append(f"{key} = {value}")
+        try:
+            label, settings = parse_setting_variant(spec)
+        except ValueError as e:
+            ap.error(f"--setting-variant {e}")
         variants.append(Variant(label, variants[0].volley, settings=settings))
     loads = [float(x) for x in args.loads.split(",")]
     extra = args.config_extra.read_text() if args.config_extra else ""

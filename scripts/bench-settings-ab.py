@@ -23,19 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import ROOT, Relay, bin_dir, relay_run
-
-
-def parse_variant(ap: argparse.ArgumentParser, spec: str) -> tuple[str, dict[str, list[str]]]:
-    label, _, assignments = spec.partition("=")
-    settings: dict[str, list[str]] = {}
-    for assignment in filter(None, assignments.split(",")):
-        dotted, _, value = assignment.partition("=")
-        table, _, key = dotted.partition(".")
-        if table not in ("server", "spool") or not key or not value:
-            ap.error(f"--variant {spec!r}: want TABLE.KEY=VALUE with TABLE server or spool")
-        settings.setdefault(table, []).append(f"{key} = {value}")
-    return label, settings
+from benchlib import ROOT, Relay, bin_dir, parse_setting_variant, relay_run
 
 
 def main() -> None:
@@ -48,7 +36,10 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=1)
     ap.add_argument("--dir", type=Path, default=ROOT / "target" / "bench")
     args = ap.parse_args()
-    variants = [parse_variant(ap, spec) for spec in args.variant]
+    try:
+        variants = [parse_setting_variant(spec) for spec in args.variant]
+    except ValueError as e:
+        ap.error(f"--variant {e}")
     args.dir.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="settings-ab-", dir=args.dir))
     results: dict[str, list[dict]] = {}

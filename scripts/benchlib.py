@@ -191,6 +191,20 @@ address = "127.0.0.1:{self.api}"
             shutil.rmtree(self.work, ignore_errors=True)
 
 
+def parse_setting_variant(spec: str) -> tuple[str, dict[str, list[str]]]:
+    """`LABEL=TABLE.KEY=VALUE[,TABLE.KEY=VALUE...]` (TABLE `server` or `spool`; an empty right
+    side: the defaults) as the label and `Relay`'s `settings`; ValueError when malformed."""
+    label, _, assignments = spec.partition("=")
+    settings: dict[str, list[str]] = {}
+    for assignment in filter(None, assignments.split(",")):
+        dotted, _, value = assignment.partition("=")
+        table, _, key = dotted.partition(".")
+        if table not in ("server", "spool") or not key or not value:
+            raise ValueError(f"{spec!r}: want LABEL=TABLE.KEY=VALUE with TABLE server or spool")
+        settings.setdefault(table, []).append(f"{key} = {value}")
+    return label, settings
+
+
 def share_within(buckets: dict[float, float], bound_s: float) -> float:
     total = buckets.get(float("inf"), 0.0)
     return buckets.get(bound_s, 0.0) / total if total else 0.0

@@ -586,24 +586,7 @@ impl Queues {
         key: &QueueKey,
         max_recipients: usize,
     ) -> Vec<QueuedRecipient> {
-        let Some(q) = self.queue_by_key_mut(key) else {
-            return Vec::new();
-        };
-        if !q.is_active() {
-            return Vec::new();
-        }
-        let Some(first) = q.ready.front().map(|r| r.message) else {
-            return Vec::new();
-        };
-        let n = q
-            .ready
-            .iter()
-            .take(max_recipients)
-            .take_while(|r| r.message == first)
-            .count();
-        let batch: Vec<_> = q.ready.drain(..n).collect();
-        q.trim();
-        batch
+        self.take_transaction_from(key, max_recipients, |_| true)
     }
 
     /// Like `take_transaction`, among the recipients whose message says `TLS-Required: No` only
@@ -614,13 +597,24 @@ impl Queues {
         key: &QueueKey,
         max_recipients: usize,
     ) -> Vec<QueuedRecipient> {
+        self.take_transaction_from(key, max_recipients, |r| r.tls_optional)
+    }
+
+    /// The recipients of one transaction starting at the oldest ready recipient `starts` accepts:
+    /// it and those right behind it of the same message, up to `max_recipients`.
+    fn take_transaction_from(
+        &mut self,
+        key: &QueueKey,
+        max_recipients: usize,
+        starts: impl Fn(&QueuedRecipient) -> bool,
+    ) -> Vec<QueuedRecipient> {
         let Some(q) = self.queue_by_key_mut(key) else {
             return Vec::new();
         };
         if !q.is_active() {
             return Vec::new();
         }
-        let Some(at) = q.ready.iter().position(|r| r.tls_optional) else {
+        let Some(at) = q.ready.iter().position(starts) else {
             return Vec::new();
         };
         let first = q.ready[at].message;

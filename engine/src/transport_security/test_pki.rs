@@ -25,6 +25,19 @@ impl Leaf {
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.serialize_der().into())
     }
+
+    /// A TLS server presenting this certificate alone (ring, safe defaults, no client auth).
+    pub fn server_config(&self) -> std::sync::Arc<rustls::ServerConfig> {
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![self.cert.clone()], self.private_key())
+        .expect("a certificate and its own key");
+        std::sync::Arc::new(config)
+    }
 }
 
 fn ca_params(name: &str) -> CertificateParams {

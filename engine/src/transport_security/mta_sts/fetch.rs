@@ -388,19 +388,12 @@ mod tests {
         use super::super::super::test_pki::Ca;
         let ca = Ca::new("Fetch CA");
         let leaf = ca.issue(&["mta-sts.a.test"]);
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.cert.clone()], leaf.private_key())
-        .unwrap();
+        let server = leaf.server_config();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
             let (socket, _) = listener.accept().unwrap();
-            let connection = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+            let connection = rustls::ServerConnection::new(server).unwrap();
             let mut stream = StreamOwned::new(connection, socket);
             let mut request = [0u8; 4096];
             let _ = stream.read(&mut request);

@@ -125,15 +125,7 @@ mod tests {
         // A server whose certificate neither root set trusts: two handshakes, then the error.
         let stranger = Ca::new("Stranger CA");
         let leaf = stranger.issue(&["localhost"]);
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.cert.clone()], leaf.private_key())
-        .unwrap();
-        let server = Arc::new(server);
+        let server = leaf.server_config();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let handshakes = Arc::new(AtomicUsize::new(0));
