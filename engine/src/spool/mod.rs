@@ -422,10 +422,23 @@ impl Spool {
         let (segment, offset, body_at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
+            // The body goes to the page cache from where it lies (the session's buffer): the
+            // only copy between the socket and the disk besides the kernel's own.
             let (at, body_at) = writer
-                .append(span, |dst| {
-                    record::encode_message(dst, id, envelope, header, body, payload_len)
-                })
+                .append_vectored(
+                    span,
+                    |prefix| {
+                        record::encode_message_prefix(
+                            prefix,
+                            id,
+                            envelope,
+                            header,
+                            body,
+                            payload_len,
+                        )
+                    },
+                    &[header, body],
+                )
                 .ok_or(SpoolError::Full)??;
             (segment, at as u64, body_at)
         };

@@ -198,6 +198,21 @@ pub fn encode_message(
     let (payload, padding) = rest.split_at_mut(payload_len);
     padding.fill(0);
     let mut w = ByteWriter::new(payload);
+    put_envelope(&mut w, id, envelope, body_len);
+    let body_at = RECORD_HEADER_BYTES + w.pos;
+    w.put(header);
+    w.put(body);
+    debug_assert_eq!(
+        w.pos, payload_len,
+        "message_payload_len disagrees with encode_message"
+    );
+    let crc = crc32c::crc32c(payload);
+    write_header(head, RecordKind::Message, payload_len as u32, crc);
+    body_at
+}
+
+/// The envelope part of a message record's payload (everything before the body).
+fn put_envelope(w: &mut ByteWriter<'_>, id: MessageId, envelope: &Envelope, body_len: usize) {
     w.put(&id.seq.to_le_bytes());
     w.put(&id.core.to_le_bytes());
     let has_tags = !envelope.tags.is_empty();
@@ -234,14 +249,33 @@ pub fn encode_message(
             w.string(value);
         }
     }
-    let body_at = RECORD_HEADER_BYTES + w.pos;
-    w.put(header);
-    w.put(body);
-    debug_assert_eq!(
-        w.pos, payload_len,
-        "message_payload_len disagrees with encode_message"
-    );
-    let crc = crc32c::crc32c(payload);
+}
+
+/// The same record as `encode_message`, for a vectored write: encodes the record header and the
+/// envelope into `prefix` (cleared first), so that `prefix`, `header`, `body` and
+/// `record_span(payload_len) - RECORD_HEADER_BYTES - payload_len` zero bytes written one after
+/// the other are that record, without copying the body. Returns where the body's first byte
+/// (`header`'s) lies in the record.
+pub fn encode_message_prefix(
+    prefix: &mut Vec<u8>,
+    id: MessageId,
+    envelope: &Envelope,
+    header: &[u8],
+    body: &[u8],
+    payload_len: usize,
+) -> usize {
+    let body_len = header.len() + body.len();
+    let envelope_len = payload_len - body_len;
+    prefix.clear();
+    prefix.resize(RECORD_HEADER_BYTES + envelope_len, 0);
+    let mut w = ByteWriter::new(&mut prefix[RECORD_HEADER_BYTES..]);
+    put_envelope(&mut w, id, envelope, body_len);
+    debug_assert_eq!(w.pos, envelope_len, "message_payload_len disagrees");
+    let body_at = RECORD_HEADER_BYTES + envelope_len;
+    let mut crc = crc32c::crc32c(&prefix[RECORD_HEADER_BYTES..]);
+    crc = crc32c::crc32c_append(crc, header);
+    crc = crc32c::crc32c_append(crc, body);
+    let (head, _) = prefix.split_at_mut(RECORD_HEADER_BYTES);
     write_header(head, RecordKind::Message, payload_len as u32, crc);
     body_at
 }
@@ -616,6 +650,28 @@ mod tests {
         let mut buf = vec![0xEEu8; record_span(payload_len)];
         let body_at = encode_message(&mut buf, id, env, header, body, payload_len);
         (buf, body_at)
+    }
+
+    #[test]
+    fn the_vectored_prefix_makes_the_same_record() {
+        let id = MessageId { core: 2, seq: 99 };
+        for env in [full_envelope(), Envelope::default()] {
+            for (header, body) in [
+                (&b"Received: x\r\n"[..], &b"Subject: s\r\n\r\nbody\r\n"[..]),
+                (&b""[..], &b""[..]),
+                (&b"R: 1\r\n"[..], &[b'x'; 1001][..]),
+            ] {
+                let (whole, body_at) = encode(id, &env, header, body);
+                let payload_len =
+                    message_payload_len(&env, (header.len() + body.len()) as u64).unwrap();
+                let mut prefix = vec![0xEE; 3];
+                let at = encode_message_prefix(&mut prefix, id, &env, header, body, payload_len);
+                let padding = record_span(payload_len) - RECORD_HEADER_BYTES - payload_len;
+                let pieced = [&prefix[..], header, body, &vec![0; padding]].concat();
+                assert_eq!(pieced, whole);
+                assert_eq!(at, body_at);
+            }
+        }
     }
 
     #[test]

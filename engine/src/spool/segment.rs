@@ -195,6 +195,81 @@ impl WritableSegment {
             Err(e) => Err(SpoolError::from_io(e)),
         })
     }
+
+    /// Appends a record of `span` bytes made of the prefix `encode` writes into a reused buffer,
+    /// then `pieces` as they lie (not copied), then zeros up to `span`: one `pwritev` into the
+    /// page cache. Otherwise as `append`.
+    pub fn append_vectored<T>(
+        &mut self,
+        span: usize,
+        encode: impl FnOnce(&mut Vec<u8>) -> T,
+        pieces: &[&[u8]],
+    ) -> Option<Result<(usize, T), SpoolError>> {
+        const ZEROS: [u8; record::RECORD_ALIGN_BYTES] = [0; record::RECORD_ALIGN_BYTES];
+        let at = self.write_pos;
+        let end = at.checked_add(span).filter(|&end| end <= self.len)?;
+        let encoded = encode(&mut self.scratch);
+        let used = self.scratch.len() + pieces.iter().map(|p| p.len()).sum::<usize>();
+        let Some(padding) = span.checked_sub(used).and_then(|n| ZEROS.get(..n)) else {
+            return Some(Err(SpoolError::Corrupt(format!(
+                "a record of {used} bytes does not fill a span of {span}"
+            ))));
+        };
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(pieces.len() + 2);
+        parts.push(&self.scratch);
+        parts.extend_from_slice(pieces);
+        parts.push(padding);
+        let written = write_all_vectored_at(&self.file, &parts, at as u64);
+        if self.scratch.capacity() > SCRATCH_KEEP_BYTES {
+            self.scratch = Vec::new();
+        }
+        Some(match written {
+            Ok(()) => {
+                self.write_pos = end;
+                Ok((at, encoded))
+            }
+            Err(e) => Err(SpoolError::from_io(e)),
+        })
+    }
+}
+
+/// Writes all of `parts` at `offset`, one after the other: `pwritev`, again from where a short
+/// write stopped.
+fn write_all_vectored_at(file: &File, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| io::IoSlice::new(p))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let at = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        let count = rest.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix; the slices outlive the call
+        // and `count` is within `rest`.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                rest.as_ptr().cast::<libc::iovec>(),
+                count,
+                at,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        offset += n as u64;
+        io::IoSlice::advance_slices(&mut rest, n as usize);
+    }
+    Ok(())
 }
 
 /// Allocates the file's blocks so writes through the mapping cannot hit ENOSPC (SIGBUS) later.
