@@ -73,6 +73,14 @@ pub fn normalize_pattern(pattern: &str) -> String {
 }
 
 impl Config {
+    /// The `[tls] trust_anchors` files (none without `[tls]`).
+    pub fn trust_anchor_files(&self) -> Vec<String> {
+        self.tls
+            .as_ref()
+            .map(|t| t.trust_anchors.clone())
+            .unwrap_or_default()
+    }
+
     /// Parses and validates a configuration text; includes are relative to the working directory.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Config::parse_in(text, None)

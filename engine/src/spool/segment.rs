@@ -178,27 +178,19 @@ impl WritableSegment {
         span: usize,
         encode: impl FnOnce(&mut [u8]) -> T,
     ) -> Option<Result<(usize, T), SpoolError>> {
-        let at = self.write_pos;
-        let end = at.checked_add(span).filter(|&end| end <= self.len)?;
-        self.scratch.clear();
-        self.scratch.resize(span, 0);
-        let encoded = encode(&mut self.scratch);
-        let written = self.file.write_all_at(&self.scratch, at as u64);
-        if self.scratch.capacity() > SCRATCH_KEEP_BYTES {
-            self.scratch = Vec::new();
-        }
-        Some(match written {
-            Ok(()) => {
-                self.write_pos = end;
-                Ok((at, encoded))
-            }
-            Err(e) => Err(SpoolError::from_io(e)),
-        })
+        self.append_vectored(
+            span,
+            |scratch| {
+                scratch.resize(span, 0);
+                encode(scratch)
+            },
+            &[],
+        )
     }
 
-    /// Appends a record of `span` bytes made of the prefix `encode` writes into a reused buffer,
-    /// then `pieces` as they lie (not copied), then zeros up to `span`: one `pwritev` into the
-    /// page cache. Otherwise as `append`.
+    /// Appends a record of `span` bytes made of the prefix `encode` writes into a reused buffer
+    /// (given empty), then `pieces` as they lie (not copied), then zeros up to `span`: one
+    /// `pwritev` into the page cache. Otherwise as `append`.
     pub fn append_vectored<T>(
         &mut self,
         span: usize,
@@ -208,6 +200,7 @@ impl WritableSegment {
         const ZEROS: [u8; record::RECORD_ALIGN_BYTES] = [0; record::RECORD_ALIGN_BYTES];
         let at = self.write_pos;
         let end = at.checked_add(span).filter(|&end| end <= self.len)?;
+        self.scratch.clear();
         let encoded = encode(&mut self.scratch);
         let used = self.scratch.len() + pieces.iter().map(|p| p.len()).sum::<usize>();
         let Some(padding) = span.checked_sub(used).and_then(|n| ZEROS.get(..n)) else {

@@ -93,12 +93,7 @@ async fn retry_due(shard: &Shard, now_s: u64) {
             post.attempts
         );
     }
-    let anchors = shard
-        .config()
-        .tls
-        .as_ref()
-        .map(|t| t.trust_anchors.clone())
-        .unwrap_or_default();
+    let anchors = shard.config().trust_anchor_files();
     let results = glommio::executor()
         .spawn_blocking(move || {
             due.into_iter()

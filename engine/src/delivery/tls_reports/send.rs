@@ -120,11 +120,7 @@ pub async fn send_period(placement: &Rc<Placement>) -> Sent {
         }
     }
     if !posts.is_empty() {
-        let anchors = config
-            .tls
-            .as_ref()
-            .map(|t| t.trust_anchors.clone())
-            .unwrap_or_default();
+        let anchors = config.trust_anchor_files();
         let results = glommio::executor()
             .spawn_blocking(move || {
                 posts
