@@ -167,7 +167,9 @@ def test_expiry_after_max_queue_age(volley, catcher_factory):
     assert rcpt["Final-Recipient"] == "rfc822; bob@dest.test"
     assert rcpt["Action"] == "failed"
     assert rcpt["Status"].startswith("4.") or rcpt["Status"].startswith("5."), rcpt["Status"]
-    # The only delivery is the DSN's, to the sender.
+    # The only delivery is the DSN's, to the sender. The catcher holds the DSN as soon as it
+    # answers 250, a moment before Volley reads that reply and logs the delivery.
+    volley.wait_acct("delivery")
     assert [e["recipient"] for e in volley.acct("delivery")] == ["alice@src.test"]
 
 

@@ -28,6 +28,11 @@ pub fn keys_needing_restart(running: &Config, next: &Config) -> Vec<String> {
         "server.pin_blocking_threads",
         running.server.pin_blocking_threads != next.server.pin_blocking_threads,
     );
+    // Set in the allocator once, before the cores start.
+    differs(
+        "server.allocator_purge_delay_ms",
+        running.server.allocator_purge_delay_ms != next.server.allocator_purge_delay_ms,
+    );
     differs("api.address", running.api.address != next.api.address);
     // Sockets are bound at start: a listener added, removed or moved needs a restart.
     let addresses = |c: &Config| c.listeners.iter().map(|l| l.address).collect::<Vec<_>>();
@@ -125,5 +130,11 @@ mod tests {
         let mut next = running.clone();
         next.spool.lazy_state_sync_ms = 0;
         assert_eq!(keys_needing_restart(&running, &next), ["spool"]);
+        let mut next = running.clone();
+        next.server.allocator_purge_delay_ms = 0;
+        assert_eq!(
+            keys_needing_restart(&running, &next),
+            ["server.allocator_purge_delay_ms"]
+        );
     }
 }

@@ -93,12 +93,19 @@ pub struct ServerSection {
     /// `true` pins them to their core's CPU; `false` (default) lets the kernel run them on any
     /// CPU, so an RSA signature need not take the reactor's CPU when another one is idle.
     pub pin_blocking_threads: bool,
+    /// How long mimalloc keeps memory freed in a span of its pages before giving it back to the
+    /// kernel, in milliseconds (`-1`: never). Its own default (mimalloc v3) is 1 s, but the delayed purge runs
+    /// only when the thread that owns the span allocates or collects again: a core that falls quiet
+    /// after a burst kept megabytes it no longer used.
+    pub allocator_purge_delay_ms: i64,
     /// For tests only: `POST /v1/clock/advance` moves the process's wall time forward.
     pub test_clock: bool,
 }
 
 /// Most `blocking_threads_per_core`.
 pub const MAX_BLOCKING_THREADS_PER_CORE: usize = 64;
+/// Longest `allocator_purge_delay_ms`: a minute.
+pub const MAX_ALLOCATOR_PURGE_DELAY_MS: i64 = 60_000;
 
 impl Default for ServerSection {
     fn default() -> Self {
@@ -113,6 +120,7 @@ impl Default for ServerSection {
             log_deliveries: false,
             blocking_threads_per_core: 1,
             pin_blocking_threads: false,
+            allocator_purge_delay_ms: 10,
             test_clock: false,
         }
     }

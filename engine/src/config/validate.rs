@@ -129,6 +129,15 @@ fn check_server(config: &Config, c: &mut Checker) {
             format!("1 to {}", super::schema::MAX_BLOCKING_THREADS_PER_CORE),
         );
     }
+    if !(-1..=super::schema::MAX_ALLOCATOR_PURGE_DELAY_MS).contains(&s.allocator_purge_delay_ms) {
+        c.error(
+            &[Key("server"), Key("allocator_purge_delay_ms")],
+            format!(
+                "-1 (never) or 0 to {}",
+                super::schema::MAX_ALLOCATOR_PURGE_DELAY_MS
+            ),
+        );
+    }
     if s.max_connections == 0 || s.max_connections_per_ip == 0 {
         c.error(
             &[Key("server"), Key("max_connections")],
@@ -848,6 +857,19 @@ mod tests {
         .unwrap();
         assert_eq!(config.server.blocking_threads_per_core, 4);
         assert!(config.server.pin_blocking_threads);
+    }
+
+    #[test]
+    fn allocator_purge_delay_is_bounded_and_parsed() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:25\"\n[server]\n";
+        for bad in [-2, 60_001] {
+            let e = errors(&format!("{base}allocator_purge_delay_ms = {bad}\n"));
+            assert_eq!(e.0[0].key, "server.allocator_purge_delay_ms", "{e}");
+        }
+        let default = Config::parse(base).unwrap();
+        assert_eq!(default.server.allocator_purge_delay_ms, 10);
+        let never = Config::parse(&format!("{base}allocator_purge_delay_ms = -1\n")).unwrap();
+        assert_eq!(never.server.allocator_purge_delay_ms, -1);
     }
 
     #[test]

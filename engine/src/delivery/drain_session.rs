@@ -5,16 +5,16 @@
 //! deadline (`drain::DRAIN_DEADLINES`): each read the session's reply timeout, the handshake
 //! and each write the driver's own.
 
-use std::io;
 use std::time::Duration;
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use futures_rustls::TlsConnector;
 use rustls::pki_types::ServerName;
 
 use super::deadlines::{Step, within};
 use super::drain::{DRAIN_DEADLINES, Handover};
-use crate::smtp::client::{DotStuffer, Event, Reply, Session, Transmit};
+use super::driver::{WriteFailure, give_back_large, write_all_within, write_stuffed};
+use crate::smtp::client::{Event, Reply, Session, Transmit};
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
@@ -92,8 +92,8 @@ where
         {
             out.clear();
             match failure {
-                None => session.fail_io(Step::Write.timeout_text()),
-                Some(e) => {
+                WriteFailure::Timeout => session.fail_io(Step::Write.timeout_text()),
+                WriteFailure::Io(e) => {
                     log::debug!("drain: write to {}: {e}", handover.peer);
                     session.connection_lost();
                 }
@@ -114,24 +114,20 @@ where
     }
 }
 
-/// Writes what the session has to send. `Err(None)`: a write ran out of time; `Err(Some)`: it
-/// failed.
+/// Writes what the session has to send.
 async fn flush_transmits<S: AsyncWrite + Unpin>(
     io: &mut S,
     session: &mut Session,
     handover: &Handover,
     out: &mut Vec<u8>,
     write_limit: Duration,
-) -> Result<(), Option<io::Error>> {
+) -> Result<(), WriteFailure> {
     while let Some(t) = session.poll_transmit() {
         match t {
             Transmit::Bytes(bytes) => out.extend_from_slice(&bytes),
             Transmit::Body => {
                 if let Some(flight) = &handover.in_flight {
-                    let mut stuffer = DotStuffer::new();
-                    stuffer.push(&flight.header, out);
-                    stuffer.push(&flight.body, out);
-                    stuffer.finish(out);
+                    write_stuffed(io, &[&flight.header, &flight.body], out, write_limit).await?;
                 }
             }
             Transmit::RawBody => {
@@ -142,23 +138,10 @@ async fn flush_transmits<S: AsyncWrite + Unpin>(
             }
         }
     }
-    if out.is_empty() {
-        return Ok(());
+    if !out.is_empty() {
+        write_all_within(io, out, write_limit).await?;
+        out.clear();
     }
-    let mut written = 0;
-    while let Some(rest) = out.get(written..).filter(|r| !r.is_empty()) {
-        match within(write_limit, io.write(rest)).await {
-            None => return Err(None),
-            Some(Ok(0)) => return Err(Some(io::ErrorKind::WriteZero.into())),
-            Some(Ok(n)) => written += n,
-            Some(Err(e)) => return Err(Some(e)),
-        }
-    }
-    match within(write_limit, io.flush()).await {
-        None => return Err(None),
-        Some(Err(e)) => return Err(Some(e)),
-        Some(Ok(())) => {}
-    }
-    out.clear();
+    give_back_large(out);
     Ok(())
 }

@@ -15,7 +15,7 @@ use super::deadlines::{Step, within};
 use super::hops::Hop;
 use super::transaction::Connection;
 use crate::config::Deadlines;
-use crate::smtp::client::{Event, Reply, Session, Transmit, dot_stuff};
+use crate::smtp::client::{DotStuffer, Event, Reply, Session, Transmit};
 use crate::transport_security::plan::HopTls;
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -26,7 +26,7 @@ enum Next {
 }
 
 /// Why a write did not complete.
-enum WriteFailure {
+pub(super) enum WriteFailure {
     /// No progress within `write_ms`.
     Timeout,
     Io(io::Error),
@@ -178,7 +178,7 @@ async fn flush_transmits<S: AsyncWrite + Unpin>(
             Transmit::Bytes(bytes) => out.extend_from_slice(&bytes),
             Transmit::Body => {
                 if let Some(flight) = &conn.in_flight {
-                    dot_stuff(&flight.body, out);
+                    write_stuffed(io, &[&flight.body], out, write_limit).await?;
                 }
             }
             Transmit::RawBody => {
@@ -202,12 +202,48 @@ async fn flush_transmits<S: AsyncWrite + Unpin>(
         write_all_within(io, out, write_limit).await?;
         out.clear();
     }
+    give_back_large(out);
     Ok(())
+}
+
+/// A DATA body is stuffed and written in pieces of this size, so a connection's output buffer
+/// stays near `2 * STUFF_PIECE_BYTES` whatever the message size (a 512 KiB message to a slow
+/// receiver used to keep a 1 MiB buffer for the connection's life).
+const STUFF_PIECE_BYTES: usize = 32 << 10;
+/// An output buffer that grew past this (a long command batch, a body of dots) is given back
+/// once written.
+const OUT_KEEP_BYTES_MAX: usize = 4 * STUFF_PIECE_BYTES;
+
+/// Appends the stuffed form of `parts` (one body, in order) and the end of data to `out`,
+/// writing whenever `out` holds a piece's worth: the body is copied once, a piece at a time.
+pub(super) async fn write_stuffed<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    parts: &[&[u8]],
+    out: &mut Vec<u8>,
+    write_limit: Duration,
+) -> Result<(), WriteFailure> {
+    let mut stuffer = DotStuffer::new();
+    for piece in parts.iter().flat_map(|p| p.chunks(STUFF_PIECE_BYTES)) {
+        stuffer.push(piece, out);
+        if out.len() >= STUFF_PIECE_BYTES {
+            write_all_within(io, out, write_limit).await?;
+            out.clear();
+        }
+    }
+    stuffer.finish(out);
+    Ok(())
+}
+
+/// Replaces an output buffer that grew past `OUT_KEEP_BYTES_MAX` with a small one.
+pub(super) fn give_back_large(out: &mut Vec<u8>) {
+    if out.capacity() > OUT_KEEP_BYTES_MAX {
+        *out = Vec::with_capacity(READ_CHUNK_BYTES);
+    }
 }
 
 /// Writes `bytes`, each write (and the flush) bounded by `limit`: a server that reads slowly but
 /// steadily is waited for; one that stops reading fails after `limit` without progress.
-async fn write_all_within<S: AsyncWrite + Unpin>(
+pub(super) async fn write_all_within<S: AsyncWrite + Unpin>(
     io: &mut S,
     bytes: &[u8],
     limit: Duration,
@@ -225,5 +261,77 @@ async fn write_all_within<S: AsyncWrite + Unpin>(
         None => Err(WriteFailure::Timeout),
         Some(Err(e)) => Err(WriteFailure::Io(e)),
         Some(Ok(())) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::client::dot_stuff;
+
+    /// Every byte written, and the longest single write.
+    #[derive(Default)]
+    struct Recorder {
+        bytes: Vec<u8>,
+        longest_write: usize,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.bytes.extend_from_slice(buf);
+            self.longest_write = self.longest_write.max(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_large_body_is_stuffed_in_pieces_into_a_bounded_buffer() {
+        // 1 MiB of lines, a third of which start with a dot, in two parts split mid-line.
+        let line = b".dotted line\r\nplain line of text\r\nanother one\r\n";
+        let body: Vec<u8> = line.iter().copied().cycle().take(1 << 20).collect();
+        let (head, tail) = body.split_at(12_345);
+        let mut io = Recorder::default();
+        let mut out = b"DATA-ish prefix\r\n".to_vec();
+        let limit = Duration::from_secs(1);
+        let done = futures_lite::future::block_on(async {
+            write_stuffed(&mut io, &[head, tail], &mut out, limit).await?;
+            write_all_within(&mut io, &out, limit).await
+        });
+        assert!(done.is_ok());
+        let mut expected = b"DATA-ish prefix\r\n".to_vec();
+        dot_stuff(&body, &mut expected);
+        assert!(io.bytes == expected, "the pieces are the stuffed body");
+        assert!(
+            io.longest_write < 3 * STUFF_PIECE_BYTES,
+            "{}",
+            io.longest_write
+        );
+        assert!(out.capacity() <= OUT_KEEP_BYTES_MAX, "{}", out.capacity());
+    }
+
+    #[test]
+    fn a_buffer_that_grew_is_given_back() {
+        let mut out = Vec::with_capacity(OUT_KEEP_BYTES_MAX + 1);
+        give_back_large(&mut out);
+        assert_eq!(out.capacity(), READ_CHUNK_BYTES);
+        let mut small = Vec::with_capacity(OUT_KEEP_BYTES_MAX);
+        give_back_large(&mut small);
+        assert_eq!(small.capacity(), OUT_KEEP_BYTES_MAX);
     }
 }

@@ -42,7 +42,10 @@ pub use connect::{connect_from, connect_from_timeout};
 pub use handoff::{on_core_message, queue_handoff};
 use messages::MessageCache;
 pub use messages::{MESSAGE_CACHE_SLOTS, MessageEntry, MessageTable};
-pub use snapshot::{QueueBoard, publish_snapshot, return_freed_memory};
+pub use snapshot::{
+    QueueBoard, allocator_purge_delay, publish_snapshot, return_freed_memory,
+    set_allocator_purge_delay,
+};
 
 use crate::envelope::MessageId;
 use crate::metrics::labelled::{CoreLabels, Outcome};

@@ -191,6 +191,29 @@ pub fn return_freed_memory() {
     unsafe { mi_collect(false) }
 }
 
+/// mimalloc's `mi_option_purge_delay` (`mimalloc.h`, the 16th option of `mi_option_e`).
+const MI_OPTION_PURGE_DELAY: i32 = 15;
+
+unsafe extern "C" {
+    fn mi_option_set(option: i32, value: std::ffi::c_long);
+    fn mi_option_get(option: i32) -> std::ffi::c_long;
+}
+
+/// Sets how long (ms; -1 never) the allocator keeps freed memory before giving it back
+/// (`[server] allocator_purge_delay_ms`). Process-wide; call before the cores start.
+pub fn set_allocator_purge_delay(ms: i64) {
+    let _ = &mimalloc::MiMalloc;
+    // SAFETY: C functions of the allocator linked in; they take no pointer.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, ms as std::ffi::c_long) }
+}
+
+/// The allocator's purge delay now (ms).
+pub fn allocator_purge_delay() -> std::ffi::c_long {
+    let _ = &mimalloc::MiMalloc;
+    // SAFETY: as above.
+    unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }
+}
+
 /// One WARN line per stuck queue (each at most once per `STUCK_AFTER_S`, at most
 /// `STUCK_WARNINGS_PER_UPKEEP_MAX` a second); a stuck queue with no connection at all has lost
 /// its wake-up, so the scheduler is woken for it.

@@ -178,6 +178,7 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
     let _spool_lock = crate::spool::lock_spool_dir(std::path::Path::new(&config.server.spool_dir))
         .map_err(ServeError::Spool)?;
     let cores = config.core_count();
+    crate::delivery::set_allocator_purge_delay(config.server.allocator_purge_delay_ms);
     check_addresses_free(&config)?;
     log_what_serves(&config);
     let control = Control::new(Arc::new(config), config_path);
