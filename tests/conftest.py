@@ -223,6 +223,14 @@ class Volley:
         self.process = None
         return rc
 
+    def kill9(self) -> None:
+        """SIGKILL, as a crash: nothing the daemon holds in memory is written."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self._stderr.close()
+        self.process = None
+
     def stderr_tail(self, lines: int = 40) -> str:
         if not self.stderr_path.exists():
             return ""

@@ -29,10 +29,7 @@ def test_api_changes_survive_restart_and_reload_but_the_file_wins_its_entries(vo
     assert any(c["name"] == "acme" for c in body["config"]["customer"])
 
     # A restart (kill -9: the changes were durable before the 200s) keeps them.
-    volley.process.kill()
-    volley.process.wait(timeout=10)
-    volley._stderr.close()
-    volley.process = None
+    volley.kill9()
     volley.start()
     now = customers(volley)
     assert now["acme"]["max_messages_per_hour"] == 99 and "gamma" in now and "beta" not in now, now

@@ -4,6 +4,7 @@
 //! behind `GET /v1/events`; with webhooks, also to the event journal (`journal`).
 
 pub mod journal;
+pub mod unflushed;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -12,6 +13,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
+
+use unflushed::Unflushed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -286,6 +289,10 @@ pub struct CoreAccounting {
     lines: Cell<usize>,
     /// The other buffer, empty, while `pending` fills.
     spare: RefCell<Vec<u8>>,
+    /// A copy of `pending` a kill -9 cannot take (`unflushed`); none in unit tests.
+    unflushed: RefCell<Option<Unflushed>>,
+    /// A batch is on its way to the log: the next waits (its slot is still taken).
+    flushing: Cell<bool>,
 }
 
 /// Lines buffered at most before a flush is forced on the calling thread (about a second of
@@ -299,11 +306,18 @@ impl CoreAccounting {
             pending: RefCell::new(Vec::new()),
             lines: Cell::new(0),
             spare: RefCell::new(Vec::new()),
+            unflushed: RefCell::new(None),
+            flushing: Cell::new(false),
         }
     }
 
+    /// From now on every line is also kept in `unflushed` until it is in the log.
+    pub fn keep_unflushed_in(&self, unflushed: Unflushed) {
+        *self.unflushed.borrow_mut() = Some(unflushed);
+    }
+
     pub fn record(&self, event: &AccountingEvent) {
-        {
+        let kept = {
             let mut pending = self.pending.borrow_mut();
             let before = pending.len();
             if serde_json::to_writer(&mut *pending, event).is_err() {
@@ -311,11 +325,16 @@ impl CoreAccounting {
                 return;
             }
             pending.push(b'\n');
-        }
+            match self.unflushed.borrow_mut().as_mut() {
+                Some(u) => u.push(pending.get(before..).unwrap_or_default()),
+                None => true,
+            }
+        };
         self.lines.set(self.lines.get() + 1);
-        // The core's tick flushes on the blocking pool every 100 ms; only a burst beyond what the
-        // tick drains (or a writer stuck on a slow disk) writes here, on the calling thread.
-        if self.lines.get() >= PENDING_EVENTS_MAX {
+        // The core's tick flushes on the blocking pool (`accounting_flush_ms`); only a burst
+        // beyond what the tick drains (or a writer stuck on a slow disk) writes here, on the
+        // calling thread.
+        if self.lines.get() >= PENDING_EVENTS_MAX || !kept {
             self.flush_now();
         }
     }
@@ -326,17 +345,22 @@ impl CoreAccounting {
         self.log.append_batch(&pending);
         pending.clear();
         self.lines.set(0);
+        if let Some(u) = self.unflushed.borrow_mut().as_mut() {
+            u.written_active();
+        }
     }
 
     /// Writes what is pending on glommio's blocking pool, so a slow disk never stalls the reactor.
     /// Records made meanwhile go to the spare buffer.
     pub async fn flush(&self) {
-        if self.pending.borrow().is_empty() {
+        if self.pending.borrow().is_empty() || self.flushing.get() {
             return;
         }
+        self.flushing.set(true);
         let spare = std::mem::take(&mut *self.spare.borrow_mut());
         let batch = std::mem::replace(&mut *self.pending.borrow_mut(), spare);
         self.lines.set(0);
+        let slot = self.unflushed.borrow_mut().as_mut().map(Unflushed::take);
         let log = self.log.clone();
         let mut batch = glommio::executor()
             .spawn_blocking(move || {
@@ -344,6 +368,10 @@ impl CoreAccounting {
                 batch
             })
             .await;
+        if let (Some(u), Some(slot)) = (self.unflushed.borrow_mut().as_mut(), slot) {
+            u.written(slot);
+        }
+        self.flushing.set(false);
         batch.clear();
         *self.spare.borrow_mut() = batch;
     }

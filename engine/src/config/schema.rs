@@ -98,12 +98,18 @@ pub struct ServerSection {
     /// only when the thread that owns the span allocates or collects again: a core that falls quiet
     /// after a burst kept megabytes it no longer used.
     pub allocator_purge_delay_ms: i64,
+    /// How often each core writes its accounting lines to the log, in milliseconds (rounded
+    /// down to the core's 100 ms tick). Until then they are kept in `spool_dir/unflushed-events`,
+    /// which a kill -9 does not lose.
+    pub accounting_flush_ms: u64,
     /// For tests only: `POST /v1/clock/advance` moves the process's wall time forward.
     pub test_clock: bool,
 }
 
 /// Most `blocking_threads_per_core`.
 pub const MAX_BLOCKING_THREADS_PER_CORE: usize = 64;
+/// Shortest and longest `accounting_flush_ms`: one core tick, a minute.
+pub const ACCOUNTING_FLUSH_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=60_000;
 /// Longest `allocator_purge_delay_ms`: a minute.
 pub const MAX_ALLOCATOR_PURGE_DELAY_MS: i64 = 60_000;
 
@@ -121,6 +127,7 @@ impl Default for ServerSection {
             blocking_threads_per_core: 1,
             pin_blocking_threads: false,
             allocator_purge_delay_ms: 10,
+            accounting_flush_ms: 100,
             test_clock: false,
         }
     }

@@ -138,6 +138,13 @@ fn check_server(config: &Config, c: &mut Checker) {
             ),
         );
     }
+    if !super::schema::ACCOUNTING_FLUSH_MS_RANGE.contains(&s.accounting_flush_ms) {
+        let range = super::schema::ACCOUNTING_FLUSH_MS_RANGE;
+        c.error(
+            &[Key("server"), Key("accounting_flush_ms")],
+            format!("{} to {}", range.start(), range.end()),
+        );
+    }
     if s.max_connections == 0 || s.max_connections_per_ip == 0 {
         c.error(
             &[Key("server"), Key("max_connections")],
@@ -870,6 +877,18 @@ mod tests {
         assert_eq!(default.server.allocator_purge_delay_ms, 10);
         let never = Config::parse(&format!("{base}allocator_purge_delay_ms = -1\n")).unwrap();
         assert_eq!(never.server.allocator_purge_delay_ms, -1);
+    }
+
+    #[test]
+    fn accounting_flush_is_bounded_and_parsed() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:25\"\n[server]\n";
+        for bad in [99, 60_001] {
+            let e = errors(&format!("{base}accounting_flush_ms = {bad}\n"));
+            assert_eq!(e.0[0].key, "server.accounting_flush_ms", "{e}");
+        }
+        assert_eq!(Config::parse(base).unwrap().server.accounting_flush_ms, 100);
+        let slow = Config::parse(&format!("{base}accounting_flush_ms = 5000\n")).unwrap();
+        assert_eq!(slow.server.accounting_flush_ms, 5000);
     }
 
     #[test]

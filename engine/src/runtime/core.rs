@@ -51,6 +51,20 @@ impl Shared {
         if let Some(webhooks) = &webhooks {
             events.attach_journal(webhooks.journal().clone());
         }
+        // Lines a kill -9 left unwritten go to the log (and the journal) before anything new.
+        let spool_path = std::path::Path::new(&config.server.spool_dir);
+        let leftovers = crate::accounting::unflushed::take_leftovers(spool_path)
+            .map_err(|e| format!("unflushed accounting lines: {e}"))?;
+        if !leftovers.is_empty() {
+            let lines: usize = leftovers
+                .iter()
+                .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+                .sum();
+            log::warn!("accounting: {lines} events recorded before a crash written to the log now");
+            for batch in &leftovers {
+                events.append_batch(batch);
+            }
+        }
         let needs_tls = config
             .listeners
             .iter()
@@ -171,12 +185,15 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
             recovered.len()
         );
     }
+    let unflushed = crate::accounting::unflushed::Unflushed::open(&spool_dir, index)
+        .map_err(|e| format!("unflushed accounting lines of core {index}: {e}"))?;
     let shard = Rc::new(Shard::new(
         index,
         node.clone(),
         spool,
         SegmentReader::new(spool_dir),
     ));
+    shard.accounting.keep_unflushed_in(unflushed);
     let placement = Rc::new(Placement::new(shard.clone(), shared.vmta_board.clone()));
     let core = Rc::new(DeliveryCore::new(
         placement.clone(),
@@ -233,7 +250,10 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
     while !node.control.stopping() {
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
         tick += 1;
-        shard.accounting.flush().await;
+        let flush_every_ticks = (shard.config().server.accounting_flush_ms / TICK_MS).max(1);
+        if tick.is_multiple_of(flush_every_ticks) {
+            shard.accounting.flush().await;
+        }
         // The spool counts its group commits and sizes; the metrics follow within a tick.
         let spool = shard.spool.stats();
         let counters = shard.counters();
