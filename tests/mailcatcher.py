@@ -47,6 +47,16 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(text.encode() + b"\r\n")
         self.wfile.flush()
 
+    def _more_sent(self) -> bool:
+        """The client sent more before this reply (buffered here or waiting on the socket)."""
+        self.connection.settimeout(0.0)
+        try:
+            return bool(self.rfile.peek(1))
+        except (BlockingIOError, TimeoutError, OSError):
+            return False
+        finally:
+            self.connection.settimeout(self.timeout)
+
     def handle(self) -> None:
         catcher: MailCatcher = self.server.catcher  # type: ignore[attr-defined]
         peer_ip = self.client_address[0]
@@ -115,6 +125,10 @@ class _Handler(socketserver.StreamRequestHandler):
                 if len(words) > 2 and words[2].upper() == "LAST":
                     catcher._add(CaughtMessage(peer_ip, ehlo, sender, recipients, b"".join(chunks)))
                     sender, recipients, chunks = None, [], []
+                    if catcher.bdat_reply_delay_s:
+                        time.sleep(catcher.bdat_reply_delay_s)
+                        if self._more_sent():
+                            catcher.pipelined_after_bdat += 1
                     self.reply("250 2.0.0 Ok: caught")
                 else:
                     self.reply(f"250 2.0.0 {size} octets")
@@ -145,6 +159,11 @@ class MailCatcher:
         # `chunking`: PIPELINING and CHUNKING offered, BDAT taken (each chunk's size is kept).
         self.chunking = chunking
         self.chunk_sizes: list[int] = []
+        # With a delay, each `BDAT LAST` is answered that much later, and
+        # `pipelined_after_bdat` counts the replies the client did not wait for (it had sent
+        # more by then).
+        self.bdat_reply_delay_s = 0.0
+        self.pipelined_after_bdat = 0
         self.messages: list[CaughtMessage] = []
         self._cond = threading.Condition()
         self._server = _Server((address, port), _Handler)

@@ -14,6 +14,8 @@ pub struct DomainPolicy {
     pub tls: OutboundTls,
     /// BDAT when the server offers CHUNKING (and PIPELINING); false = always DATA.
     pub chunking: bool,
+    /// Transactions on one connection's wire at once (1 = wait for each message's reply).
+    pub transactions_in_flight: usize,
     /// How long each I/O step of a connection may take.
     pub deadlines: Deadlines,
 }
@@ -24,6 +26,7 @@ impl Default for DomainPolicy {
             queue: QueuePolicy::default(),
             tls: OutboundTls::Opportunistic,
             chunking: true,
+            transactions_in_flight: 1,
             deadlines: Deadlines::default(),
         }
     }
@@ -168,6 +171,9 @@ impl DomainPolicy {
         }
         if let Some(v) = d.chunking {
             self.chunking = v;
+        }
+        if let Some(v) = d.transactions_in_flight {
+            self.transactions_in_flight = v;
         }
         // The most specific entry that says `cluster` decides, and its own `vmta` the scope.
         if let Some(on) = d.cluster {

@@ -363,6 +363,9 @@ pub struct DomainPolicyConfig {
     /// Send bodies with BDAT when the server offers CHUNKING (default true); false = always DATA.
     #[serde(default)]
     pub chunking: Option<bool>,
+    /// Transactions on one connection's wire at once (default 1; with PIPELINING and CHUNKING).
+    #[serde(default)]
+    pub transactions_in_flight: Option<usize>,
     /// Connections while in adaptive backoff (level 1; halved per further level).
     #[serde(default)]
     pub backoff_max_connections: Option<u32>,

@@ -383,6 +383,14 @@ fn check_policy_entries(
         if d.max_messages_per_connection == Some(0) {
             c.error(&at("max_messages_per_connection"), "must be at least 1");
         }
+        if let Some(n) = d.transactions_in_flight
+            && !(1..=crate::smtp::client::MAX_TRANSACTIONS_IN_FLIGHT).contains(&n)
+        {
+            c.error(
+                &at("transactions_in_flight"),
+                format!("1 to {}", crate::smtp::client::MAX_TRANSACTIONS_IN_FLIGHT),
+            );
+        }
         if d.backoff_max_connections == Some(0) {
             c.error(&at("backoff_max_connections"), "must be at least 1");
         }

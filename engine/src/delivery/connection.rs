@@ -382,7 +382,7 @@ async fn try_hops(
             max_messages: policy.queue.max_messages_per_connection,
             sent: 0,
             opened: false,
-            in_flight: None,
+            in_flight: std::collections::VecDeque::new(),
             failure: None,
             rate_token: *rate_token,
             next_hop: hops.next_hop.clone(),
@@ -398,6 +398,7 @@ async fn try_hops(
         session_config.tls_required_by = hop_tls.required_by(&hop.host, &key.domain);
         session_config.tls_verified = hop_tls.verifies();
         session_config.chunking = policy.chunking;
+        session_config.transactions_in_flight = policy.transactions_in_flight;
         session_config.timeouts = deadlines::session_timeouts(&deadlines);
         session_config.peer = mx.clone();
         let session = Session::new(session_config);

@@ -74,6 +74,8 @@ where
             match event {
                 Event::NeedTls => start_tls = true,
                 Event::Ready => handover.on_ready(&mut session).await,
+                // The drain's sessions send one transaction at a time.
+                Event::CanPipeline => {}
                 Event::TransactionDone { recipient_results } => {
                     handover.on_done(recipient_results).await
                 }

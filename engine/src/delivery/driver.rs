@@ -13,7 +13,7 @@ use rustls::pki_types::ServerName;
 
 use super::deadlines::{Step, within};
 use super::hops::Hop;
-use super::transaction::Connection;
+use super::transaction::{Connection, InFlight};
 use crate::config::Deadlines;
 use crate::smtp::client::{DotStuffer, Event, Reply, Session, Transmit};
 use crate::transport_security::plan::HopTls;
@@ -115,6 +115,7 @@ where
                     }
                     conn.on_ready(&mut session).await
                 }
+                Event::CanPipeline => conn.try_pipeline(&mut session).await,
                 Event::TransactionDone { recipient_results } => {
                     conn.on_done(recipient_results).await
                 }
@@ -169,7 +170,7 @@ const DIRECT_BODY_MIN_BYTES: usize = 16 << 10;
 async fn flush_transmits<S: AsyncWrite + Unpin>(
     io: &mut S,
     session: &mut Session,
-    conn: &Connection,
+    conn: &mut Connection,
     out: &mut Vec<u8>,
     write_limit: Duration,
 ) -> Result<(), WriteFailure> {
@@ -177,12 +178,12 @@ async fn flush_transmits<S: AsyncWrite + Unpin>(
         match t {
             Transmit::Bytes(bytes) => out.extend_from_slice(&bytes),
             Transmit::Body => {
-                if let Some(flight) = &conn.in_flight {
+                if let Some(flight) = next_body(conn) {
                     write_stuffed(io, &[&flight.body], out, write_limit).await?;
                 }
             }
             Transmit::RawBody => {
-                if let Some(flight) = &conn.in_flight {
+                if let Some(flight) = next_body(conn) {
                     if flight.body.len() >= DIRECT_BODY_MIN_BYTES {
                         // Written from the segment's mapping: no copy in user space. What was
                         // queued before it (the BDAT command) goes first, in its own write.
@@ -204,6 +205,13 @@ async fn flush_transmits<S: AsyncWrite + Unpin>(
     }
     give_back_large(out);
     Ok(())
+}
+
+/// The transaction whose body the session asks for: the oldest on the wire not sent yet.
+fn next_body(conn: &mut Connection) -> Option<&InFlight> {
+    let flight = conn.in_flight.iter_mut().find(|f| !f.body_sent)?;
+    flight.body_sent = true;
+    Some(flight)
 }
 
 /// A DATA body is stuffed and written in pieces of this size, so a connection's output buffer

@@ -3,6 +3,7 @@
 //! `on_ready` when the session is idle and `on_done` when a transaction finished; what the
 //! connection took and did not finish is deferred by `fail_in_flight`, and nothing else.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,17 @@ pub struct InFlight {
     pub items: Vec<Queued>,
     pub message: Rc<StoredMessage>,
     pub body: BodyBytes,
+    /// The session asked for this body (`Transmit::Body`/`RawBody`, in the order sent).
+    pub body_sent: bool,
+}
+
+/// What `Connection::take_next` found.
+enum Next {
+    Send(Transaction, InFlight),
+    /// The queue has nothing for this connection.
+    Empty,
+    /// The message could not be read: its recipients were deferred.
+    Unreadable,
 }
 
 pub struct Connection {
@@ -40,7 +52,9 @@ pub struct Connection {
     pub sent: u32,
     /// The session got through the greeting and EHLO (a 421 before that refuses the connection).
     pub opened: bool,
-    pub in_flight: Option<InFlight>,
+    /// The transactions on the wire, oldest first (one, or up to the policy's
+    /// `transactions_in_flight` when the server pipelines).
+    pub in_flight: VecDeque<InFlight>,
     /// The connection-level failure, if the session reported one.
     pub failure: Option<Reply>,
     /// A send taken from the queue's rate and not spent yet.
@@ -158,8 +172,76 @@ impl Connection {
                 }
             }
         }
-        // A transaction whose recipients a rolled-up domain's policy keeps from this host is
-        // deferred, and the next one taken.
+        match self.take_next().await {
+            Next::Send(tx, flight) => match session.send(tx) {
+                Ok(()) => {
+                    self.sent += 1;
+                    self.in_flight.push_back(flight);
+                }
+                Err(_) => {
+                    core.delivery
+                        .queues
+                        .borrow_mut()
+                        .return_unsent(&self.key, flight.items);
+                    session.quit();
+                }
+            },
+            Next::Empty | Next::Unreadable => session.quit(),
+        }
+    }
+
+    /// A transaction is on the wire and the session takes another behind it: send the next one
+    /// now if the queue has it and nothing would make it wait (rate, caps). Never waits for work
+    /// and never quits: the replies of the ones on the wire are being waited for.
+    pub async fn try_pipeline(&mut self, session: &mut Session) {
+        let core = self.core.clone();
+        let ready = {
+            let queues = core.delivery.queues.borrow();
+            if self.tls_optional_only {
+                queues.has_ready_tls_optional(&self.key)
+            } else {
+                queues.has_ready(&self.key)
+            }
+        };
+        if !ready
+            || self.sent >= self.max_messages
+            || core.delivery.queues.borrow().over_connection_cap(&self.key)
+            || core.node.control.stopping()
+            || core.node.drain.is_draining()
+            || !Arc::ptr_eq(&self.config, &core.config())
+        {
+            return;
+        }
+        if !std::mem::take(&mut self.rate_token) {
+            match super::shaping::take_send(&core, &self.key).await {
+                Permit::Go => {}
+                // Waiting is for `on_ready`, once the wire is empty.
+                _ => return,
+            }
+        }
+        match self.take_next().await {
+            Next::Send(tx, flight) => match session.send_pipelined(tx) {
+                Ok(()) => {
+                    self.sent += 1;
+                    self.in_flight.push_back(flight);
+                }
+                Err(_) => {
+                    // Sent once the session is idle (`on_ready`), with the send taken here.
+                    self.rate_token = true;
+                    core.delivery
+                        .queues
+                        .borrow_mut()
+                        .return_unsent(&self.key, flight.items);
+                }
+            },
+            Next::Empty | Next::Unreadable => self.rate_token = true,
+        }
+    }
+
+    /// Takes the next transaction of the queue. A transaction whose recipients a rolled-up
+    /// domain's policy keeps from this host is deferred, and the next one taken.
+    async fn take_next(&mut self) -> Next {
+        let core = self.core.clone();
         let (first, items, message) = loop {
             let items = {
                 let mut queues = core.delivery.queues.borrow_mut();
@@ -170,15 +252,13 @@ impl Connection {
                 }
             };
             let Some(first) = items.first().copied() else {
-                session.quit();
-                return;
+                return Next::Empty;
             };
             let message = match core.delivery.message(&core.bodies, first.message) {
                 Ok(m) => m,
                 Err(e) => {
                     outcome::unreadable(&core, &self.key, items, &e).await;
-                    session.quit();
-                    return;
+                    return Next::Unreadable;
                 }
             };
             let items = super::rollup_policies::keep_allowed(self, items, &message).await;
@@ -193,8 +273,7 @@ impl Connection {
                 log::error!("{}: body of {}: {e}", self.key, first.message);
                 let reply = Reply::local(451, (4, 3, 0), format!("Spool read error: {e}"));
                 outcome::defer_items(&core, &self.key, items, &reply, None).await;
-                session.quit();
-                return;
+                return Next::Unreadable;
             }
         };
         let recipients = items
@@ -206,27 +285,20 @@ impl Connection {
             recipients,
             body.len() as u64,
         );
-        match session.send(tx) {
-            Ok(()) => {
-                self.sent += 1;
-                self.in_flight = Some(InFlight {
-                    items,
-                    message,
-                    body,
-                });
-            }
-            Err(_) => {
-                core.delivery
-                    .queues
-                    .borrow_mut()
-                    .return_unsent(&self.key, items);
-                session.quit();
-            }
-        }
+        Next::Send(
+            tx,
+            InFlight {
+                items,
+                message,
+                body,
+                body_sent: false,
+            },
+        )
     }
 
     pub async fn on_done(&mut self, results: Vec<crate::smtp::client::RecipientResult>) {
-        let Some(flight) = self.in_flight.take() else {
+        // The session finishes its transactions in the order they were sent.
+        let Some(flight) = self.in_flight.pop_front() else {
             return;
         };
         super::vmta_status::observe_transaction(&self.core, &self.key, &self.next_hop, &results);
@@ -274,9 +346,9 @@ impl Connection {
         }
     }
 
-    /// The connection broke with a transaction open and no result: defer its recipients.
+    /// The connection broke with transactions open and no result: defer their recipients.
     pub async fn fail_in_flight(&mut self, reply: Reply) {
-        if let Some(flight) = self.in_flight.take() {
+        while let Some(flight) = self.in_flight.pop_front() {
             let core = self.core.clone();
             let key = self.key.clone();
             let attempt = self.attempt();

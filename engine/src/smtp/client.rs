@@ -7,16 +7,20 @@
 //! 2. write what `poll_transmit()` returns, in order: `Transmit::Bytes` as is, and for `Transmit::Body`
 //!    the current transaction's body dot-stuffed (`DotStuffer::segments` per chunk, then `end()`, or
 //!    `dot_stuff(body, &mut buf)`); the body never passes through the session, so nothing copies it;
-//! 3. act on `poll_event()`: `Ready` → `send(next transaction)` or `quit()`; `NeedTls` → run the TLS
-//!    handshake on the socket, then `tls_established()`; `TransactionDone` → record the results;
-//!    `Failed` / `Closed` → close the socket;
+//! 3. act on `poll_event()`: `Ready` → `send(next transaction)` or `quit()`; `CanPipeline` →
+//!    optionally `send_pipelined(next transaction)`; `NeedTls` → run the TLS handshake on the
+//!    socket, then `tls_established()`; `TransactionDone` → record the results (transactions
+//!    finish in the order sent; bodies are asked for in that order too); `Failed` / `Closed` →
+//!    close the socket;
 //! 4. re-arm the timer with `timeout()` after every call into the session.
 //!
 //! Flow: greeting, EHLO (HELO when EHLO gets 5xx), STARTTLS per `TlsPolicy` and EHLO again, then
 //! transactions. With PIPELINING, MAIL, every RCPT and DATA go in one flight; otherwise lock-step.
 //! With PIPELINING and CHUNKING, `BDAT <n> LAST` replaces DATA in that flight and the body follows
 //! at once as `Transmit::RawBody` (written as stored, not dot-stuffed): one round trip per message.
-//! RSET is sent before MAIL only when the previous transaction stopped midway.
+//! RSET is sent before MAIL only when the previous transaction stopped midway, and before every
+//! transaction sent behind another (`SessionConfig::transactions_in_flight` above 1): the next
+//! message's commands and body follow the previous one's without waiting for its reply.
 
 mod capabilities;
 mod dot_stuff;
@@ -95,7 +99,14 @@ pub struct SessionConfig {
     /// PIPELINING: MAIL, RCPT, BDAT and the body go in one flight, one round trip per message
     /// instead of two, and the body is sent as stored (no dot-stuffing).
     pub chunking: bool,
+    /// Transactions on the wire at once (1 to `MAX_TRANSACTIONS_IN_FLIGHT`). Above 1, with
+    /// PIPELINING and CHUNKING, the next message's `RSET`, MAIL, RCPTs and `BDAT LAST` follow
+    /// the previous one's without waiting for its reply (`Event::CanPipeline`, `send_pipelined`).
+    pub transactions_in_flight: usize,
 }
+
+/// Most `SessionConfig::transactions_in_flight`.
+pub const MAX_TRANSACTIONS_IN_FLIGHT: usize = 8;
 
 impl SessionConfig {
     pub fn new(ehlo_hostname: impl Into<String>, tls: TlsPolicy) -> SessionConfig {
@@ -107,6 +118,7 @@ impl SessionConfig {
             tls_verified: false,
             timeouts: StageTimeouts::default(),
             chunking: true,
+            transactions_in_flight: 1,
         }
     }
 }
@@ -200,6 +212,9 @@ pub enum Event {
     NeedTls,
     /// Idle: `send()` the next transaction or `quit()`.
     Ready,
+    /// A transaction is on the wire and another may follow it now (`send_pipelined()`); nothing
+    /// need be done: `Ready` comes once every transaction finished.
+    CanPipeline,
     /// A transaction finished; one result per recipient, in the transaction's order.
     TransactionDone {
         recipient_results: Vec<RecipientResult>,
@@ -293,7 +308,10 @@ pub struct Session {
     expect: VecDeque<Expect>,
     caps: Capabilities,
     tls_active: bool,
+    /// The transaction whose replies come next.
     transaction: Option<OpenTransaction>,
+    /// Transactions sent after it (`send_pipelined`), oldest first.
+    behind: VecDeque<OpenTransaction>,
     needs_rset: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -310,6 +328,7 @@ impl Session {
             caps: Capabilities::default(),
             tls_active: false,
             transaction: None,
+            behind: VecDeque::new(),
             needs_rset: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -492,7 +511,60 @@ impl Session {
                 self.command(b"DATA\r\n".to_vec(), Expect::Data);
             }
         }
+        self.offer_pipelining();
         Ok(())
+    }
+
+    /// Sends `tx` behind the transactions on the wire, without waiting for their replies: `RSET`
+    /// first (whatever state a refused predecessor left the server in), then MAIL, every RCPT
+    /// and `BDAT LAST`. Only after `Event::CanPipeline`; a transaction that would be refused
+    /// locally, or has no recipient that can be sent, is handed back (send it when `Ready`).
+    pub fn send_pipelined(&mut self, tx: Transaction) -> Result<(), NotReady> {
+        let sendable = tx
+            .recipients
+            .iter()
+            .all(|r| is_safe_path(&r.address) && !r.address.is_empty());
+        if !self.can_pipeline() || !sendable || self.refusal(&tx).is_some() {
+            return Err(NotReady(tx));
+        }
+        let mut bytes = b"RSET\r\n".to_vec();
+        let mut expects = vec![Expect::Rset];
+        bytes.extend_from_slice(&self.mail_command(&tx));
+        expects.push(Expect::Mail);
+        for (i, rcpt) in tx.recipients.iter().enumerate() {
+            bytes.extend_from_slice(&self.rcpt_command(rcpt));
+            expects.push(Expect::Rcpt(i));
+        }
+        bytes.extend_from_slice(format!("BDAT {} LAST\r\n", tx.body_bytes).as_bytes());
+        expects.push(Expect::BdatLast);
+        self.write(&bytes);
+        self.expect.extend(expects);
+        self.transmits.push_back(Transmit::RawBody);
+        self.behind.push_back(OpenTransaction {
+            rcpts: vec![RcptState::Pending; tx.recipients.len()],
+            tx,
+            mail_accepted: false,
+            next_rcpt: 0,
+        });
+        self.offer_pipelining();
+        Ok(())
+    }
+
+    /// Whether another transaction may go on the wire now: one is in progress, every command
+    /// of the ones on the wire is sent (PIPELINING and CHUNKING), and there is room.
+    fn can_pipeline(&self) -> bool {
+        self.phase == Phase::Transaction
+            && self.transaction.is_some()
+            && self.caps.pipelining
+            && self.caps.chunking
+            && self.config.chunking
+            && 1 + self.behind.len() < self.config.transactions_in_flight
+    }
+
+    fn offer_pipelining(&mut self) {
+        if self.can_pipeline() {
+            self.events.push_back(Event::CanPipeline);
+        }
     }
 
     /// Ends the session politely with QUIT when idle; at any other time closes at once (recipients
@@ -733,7 +805,8 @@ impl Session {
         self.events.push_back(Event::Ready);
     }
 
-    /// Emits `TransactionDone` and returns to `Ready`.
+    /// Emits `TransactionDone`; then the next transaction on the wire is the one replies are
+    /// for, or, with none, the session returns to `Ready`.
     fn finish_transaction(&mut self, needs_rset: bool) {
         self.needs_rset = needs_rset;
         if let Some(done) =
@@ -741,7 +814,13 @@ impl Session {
         {
             self.events.push_back(done);
         }
-        self.become_ready();
+        match self.behind.pop_front() {
+            Some(next) => {
+                self.transaction = Some(next);
+                self.offer_pipelining();
+            }
+            None => self.become_ready(),
+        }
     }
 
     /// The `TransactionDone` for the transaction in progress, giving `unsettled` to recipients
@@ -778,6 +857,12 @@ impl Session {
         };
         if let Some(done) = self.take_results(&deferral) {
             self.events.push_back(done);
+        }
+        while let Some(next) = self.behind.pop_front() {
+            self.transaction = Some(next);
+            if let Some(done) = self.take_results(&deferral) {
+                self.events.push_back(done);
+            }
         }
     }
 
@@ -894,7 +979,11 @@ impl Session {
         let Some(flight) = self.transaction.as_ref() else {
             return;
         };
-        let tx = &flight.tx;
+        let cmd = self.mail_command(&flight.tx);
+        self.command(cmd, Expect::Mail);
+    }
+
+    fn mail_command(&self, tx: &Transaction) -> Vec<u8> {
         let mut cmd = format!("MAIL FROM:<{}>", tx.sender);
         if self.caps.size_limit_bytes.is_some() {
             cmd.push_str(&format!(" SIZE={}", tx.body_bytes));
@@ -920,7 +1009,7 @@ impl Session {
             }
         }
         cmd.push_str("\r\n");
-        self.command(cmd.into_bytes(), Expect::Mail);
+        cmd.into_bytes()
     }
 
     fn send_rcpt(&mut self, index: usize) {
@@ -931,6 +1020,11 @@ impl Session {
         else {
             return;
         };
+        let cmd = self.rcpt_command(rcpt);
+        self.command(cmd, Expect::Rcpt(index));
+    }
+
+    fn rcpt_command(&self, rcpt: &Recipient) -> Vec<u8> {
         let mut cmd = format!("RCPT TO:<{}>", rcpt.address);
         if self.caps.dsn {
             push_notify(rcpt.notify, &mut cmd);
@@ -947,7 +1041,7 @@ impl Session {
             }
         }
         cmd.push_str("\r\n");
-        self.command(cmd.into_bytes(), Expect::Rcpt(index));
+        cmd.into_bytes()
     }
 
     /// `BDAT <n> LAST` and the body in the same flight as MAIL and RCPT (pipelining only).

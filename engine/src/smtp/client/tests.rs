@@ -59,11 +59,14 @@ impl Run {
     }
 }
 
-/// A driver as `delivery` would write it: sends the queued transactions on `Ready`, then QUITs.
+/// A driver as `delivery` would write it: sends the queued transactions on `Ready` (and on
+/// `CanPipeline`), then QUITs.
 struct Driver {
     session: Session,
     queue: VecDeque<(Transaction, Vec<u8>)>,
-    body: Vec<u8>,
+    /// The bodies of the transactions sent and not finished, in order, each with whether the
+    /// session asked for it (as `delivery::transaction::InFlight`).
+    bodies: VecDeque<(Vec<u8>, bool)>,
     run: Run,
     quit_when_idle: bool,
 }
@@ -73,7 +76,7 @@ impl Driver {
         Driver {
             session: Session::new(config),
             queue: txs.into(),
-            body: Vec::new(),
+            bodies: VecDeque::new(),
             run: Run::default(),
             quit_when_idle: true,
         }
@@ -89,10 +92,24 @@ impl Driver {
             let mut progressed = false;
             while let Some(t) = self.session.poll_transmit() {
                 progressed = true;
+                let body = match t {
+                    Transmit::Bytes(b) => {
+                        self.run.wire.extend_from_slice(&b);
+                        continue;
+                    }
+                    _ => {
+                        let (body, sent) = self
+                            .bodies
+                            .iter_mut()
+                            .find(|(_, sent)| !sent)
+                            .expect("a body for each transaction");
+                        *sent = true;
+                        body.clone()
+                    }
+                };
                 match t {
-                    Transmit::Bytes(b) => self.run.wire.extend_from_slice(&b),
-                    Transmit::Body => dot_stuff(&self.body, &mut self.run.wire),
-                    Transmit::RawBody => self.run.wire.extend_from_slice(&self.body),
+                    Transmit::Body => dot_stuff(&body, &mut self.run.wire),
+                    _ => self.run.wire.extend_from_slice(&body),
                 }
             }
             while let Some(e) = self.session.poll_event() {
@@ -100,15 +117,26 @@ impl Driver {
                 match &e {
                     Event::Ready => {
                         if let Some((tx, body)) = self.queue.pop_front() {
-                            self.body = body;
+                            self.bodies.push_back((body, false));
                             self.session.send(tx).expect("ready");
                         } else if self.quit_when_idle {
                             self.session.quit();
                         }
                     }
+                    Event::CanPipeline => {
+                        if let Some((tx, body)) = self.queue.pop_front() {
+                            match self.session.send_pipelined(tx) {
+                                Ok(()) => self.bodies.push_back((body, false)),
+                                Err(NotReady(tx)) => self.queue.push_front((tx, body)),
+                            }
+                        }
+                    }
                     Event::NeedTls => {
                         self.run.wire.extend_from_slice(b"<TLS>");
                         self.session.tls_established();
+                    }
+                    Event::TransactionDone { .. } => {
+                        self.bodies.pop_front();
                     }
                     _ => {}
                 }
@@ -1068,4 +1096,140 @@ fn chunking_off_or_without_pipelining_uses_data() {
     );
     assert!(run.wire().contains("DATA\r\nx\r\n.\r\n"), "{}", run.wire());
     assert_eq!(codes(&run.results()[0]), [250]);
+}
+
+fn pipelining(in_flight: usize) -> SessionConfig {
+    let mut c = config(TlsPolicy::Opportunistic);
+    c.transactions_in_flight = in_flight;
+    c
+}
+
+const OK3: &[u8] = b"250 ok\r\n250 ok\r\n250 ok\r\n";
+
+#[test]
+fn transactions_in_flight_follow_each_other_without_waiting_for_replies() {
+    let txs = vec![
+        tx("a@src.test", &["b@mx.test"], b"one\r\n"),
+        tx("a@src.test", &["c@mx.test"], b"two\r\n"),
+        tx("a@src.test", &["d@mx.test"], b"three\r\n"),
+    ];
+    // Greeting and EHLO only: the first two transactions are on the wire, the third waits.
+    let early = exchange(
+        pipelining(2),
+        &[GREETING, EHLO_CHUNKING],
+        txs.clone(),
+        Split::None,
+    );
+    assert_eq!(
+        early.wire(),
+        "EHLO out.volley.test\r\n\
+         MAIL FROM:<a@src.test> SIZE=5\r\nRCPT TO:<b@mx.test>\r\nBDAT 5 LAST\r\none\r\n\
+         RSET\r\nMAIL FROM:<a@src.test> SIZE=5\r\nRCPT TO:<c@mx.test>\r\nBDAT 5 LAST\r\ntwo\r\n"
+    );
+    let run = drive_all_splits(
+        pipelining(2),
+        &[
+            GREETING,
+            EHLO_CHUNKING,
+            OK3,
+            b"250 ok\r\n250 ok\r\n250 ok\r\n250 2.0.0 two\r\n",
+            b"250 ok\r\n250 ok\r\n250 ok\r\n250 2.0.0 three\r\n",
+            b"221 bye\r\n",
+        ],
+        txs,
+    );
+    assert!(run.wire().ends_with(
+        "RSET\r\nMAIL FROM:<a@src.test> SIZE=7\r\nRCPT TO:<d@mx.test>\r\nBDAT 7 LAST\r\nthree\r\n\
+         QUIT\r\n"
+    ));
+    let results = run.results();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| codes(r) == [250]));
+    assert_eq!(results[1][0].reply.text, "2.0.0 two");
+    assert_eq!(results[2][0].reply.text, "2.0.0 three");
+    assert_eq!(results[2][0].recipient.address, "d@mx.test");
+    assert!(matches!(run.events.last(), Some(Event::Closed)));
+}
+
+#[test]
+fn one_transaction_in_flight_waits_for_each_reply() {
+    let txs = vec![
+        tx("a@src.test", &["b@mx.test"], b"one\r\n"),
+        tx("a@src.test", &["c@mx.test"], b"two\r\n"),
+    ];
+    let early = exchange(pipelining(1), &[GREETING, EHLO_CHUNKING], txs, Split::None);
+    assert!(!early.events.contains(&Event::CanPipeline));
+    assert_eq!(
+        early.wire(),
+        "EHLO out.volley.test\r\n\
+         MAIL FROM:<a@src.test> SIZE=5\r\nRCPT TO:<b@mx.test>\r\nBDAT 5 LAST\r\none\r\n"
+    );
+}
+
+#[test]
+fn a_refused_transaction_leaves_the_one_behind_it_alone() {
+    let run = drive_all_splits(
+        pipelining(2),
+        &[
+            GREETING,
+            EHLO_CHUNKING,
+            // The first: MAIL and RCPT accepted, the chunk refused.
+            b"250 ok\r\n250 ok\r\n554 5.6.0 refused\r\n",
+            // The second, after its RSET: delivered.
+            b"250 ok\r\n250 ok\r\n250 ok\r\n250 2.0.0 two\r\n",
+            b"221 bye\r\n",
+        ],
+        vec![
+            tx("a@src.test", &["b@mx.test"], b"one\r\n"),
+            tx("a@src.test", &["c@mx.test"], b"two\r\n"),
+        ],
+    );
+    let results = run.results();
+    assert_eq!(codes(&results[0]), [554]);
+    assert_eq!(codes(&results[1]), [250]);
+    // The second's own RSET cleared what the refusal left; none is needed after it.
+    assert!(run.wire().contains("one\r\nRSET\r\nMAIL"), "{}", run.wire());
+    assert!(run.wire().ends_with("two\r\nQUIT\r\n"), "{}", run.wire());
+}
+
+#[test]
+fn a_lost_connection_defers_every_transaction_on_the_wire() {
+    let mut d = Driver::new(
+        pipelining(3),
+        vec![
+            tx("a@src.test", &["b@mx.test"], b"one\r\n"),
+            tx("a@src.test", &["c@mx.test", "d@mx.test"], b"two\r\n"),
+        ],
+    );
+    d.feed(GREETING);
+    d.feed(EHLO_CHUNKING);
+    d.feed(b"250 ok\r\n");
+    d.session.connection_lost();
+    d.pump();
+    let results = d.run.results();
+    assert_eq!(results.len(), 2);
+    assert!(
+        results
+            .iter()
+            .flatten()
+            .all(|r| r.outcome() == Outcome::Deferred)
+    );
+    assert_eq!(results[1].len(), 2);
+}
+
+#[test]
+fn a_transaction_the_server_cannot_take_waits_until_the_wire_is_empty() {
+    let mut utf8 = tx("a@src.test", &["ü@mx.test"], b"two\r\n");
+    utf8.0.smtputf8 = true;
+    let run = exchange(
+        pipelining(2),
+        &[GREETING, EHLO_CHUNKING, OK3, b"221 bye\r\n"],
+        vec![tx("a@src.test", &["b@mx.test"], b"one\r\n"), utf8],
+        Split::None,
+    );
+    // Handed back by `send_pipelined`, sent when `Ready`: refused locally (no SMTPUTF8), in order.
+    let results = run.results();
+    assert_eq!(codes(&results[0]), [250]);
+    assert_eq!(codes(&results[1]), [553]);
+    assert!(!run.wire().contains("RSET"), "{}", run.wire());
 }
