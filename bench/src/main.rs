@@ -253,6 +253,10 @@ struct RelayArgs {
     /// Concurrent inbound connections (and the peer's delivery concurrency).
     #[arg(long, default_value_t = 50)]
     connections: usize,
+    /// Volley's `[[domain]] transactions_in_flight` toward the sink (messages on one
+    /// connection's wire at once).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    transactions_in_flight: u32,
     /// The `volley` binary (default: next to this one).
     #[arg(long)]
     volley: Option<PathBuf>,
@@ -486,6 +490,7 @@ fn run_relay(args: RelayArgs) -> ExitCode {
         recipients: args.recipients,
         rcpt_domains: args.rcpt_domains,
         connections: args.connections.max(1),
+        transactions_in_flight: args.transactions_in_flight,
         volley,
         volley_cores: args.volley_cores,
         peer: args.peer,

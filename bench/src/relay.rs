@@ -26,6 +26,8 @@ pub struct RelayPlan {
     /// Recipient domains `d0.test` .. the recipients of a message are spread over, in turn.
     pub rcpt_domains: u32,
     pub connections: usize,
+    /// Volley's `[[domain]] transactions_in_flight`.
+    pub transactions_in_flight: u32,
     pub volley: PathBuf,
     pub volley_cores: usize,
     pub peer: Option<String>,
@@ -326,12 +328,14 @@ relay_networks = ["127.0.0.0/8"]
 match = "*"
 max_connections = 50
 max_messages_per_connection = 1000
+transactions_in_flight = {transactions_in_flight}
 [routes]
 {routes}[api]
 address = "127.0.0.1:{api_port}"
 "#,
         routes = routes_to(plan.rcpt_domains, sink_port),
         cores = plan.volley_cores,
+        transactions_in_flight = plan.transactions_in_flight,
         spool = dir.join("spool").display(),
         fsync = plan.fsync,
     ) + plan.volley_config_extra.as_deref().unwrap_or("");
