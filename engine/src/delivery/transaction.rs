@@ -102,7 +102,6 @@ impl Connection {
     /// Waits a little for recipients when the queue is empty, so a steady stream of mail reuses the
     /// connection instead of paying a new connect and EHLO per burst. False when none came.
     async fn wait_for_work(&self) -> bool {
-        let queues = &self.core.delivery.queues;
         let mut waited_ms = 0;
         let mut step_ms = 1;
         loop {
@@ -114,12 +113,7 @@ impl Connection {
             {
                 return false;
             }
-            let ready = if self.tls_optional_only {
-                queues.borrow().has_ready_tls_optional(&self.key)
-            } else {
-                queues.borrow().has_ready(&self.key)
-            };
-            if ready {
+            if self.queue_has_work() {
                 return true;
             }
             if waited_ms >= IDLE_LINGER_MS {
@@ -131,18 +125,37 @@ impl Connection {
         }
     }
 
+    /// The queue has recipients this connection may take now.
+    fn queue_has_work(&self) -> bool {
+        let queues = self.core.delivery.queues.borrow();
+        if self.tls_optional_only {
+            queues.has_ready_tls_optional(&self.key)
+        } else {
+            queues.has_ready(&self.key)
+        }
+    }
+
+    /// Whether this connection may start another transaction: its message count, the queue's
+    /// connection cap, a stop, a drain (which hands the queue over), a reload (new routes and
+    /// policies apply to the next connection).
+    fn may_start(&self) -> bool {
+        let core = &self.core;
+        self.sent < self.max_messages
+            && !core.delivery.queues.borrow().over_connection_cap(&self.key)
+            && !core.node.control.stopping()
+            && !core.node.drain.is_draining()
+            && Arc::ptr_eq(&self.config, &core.config())
+    }
+
+    fn started(&mut self, flight: InFlight) {
+        self.sent += 1;
+        self.in_flight.push_back(flight);
+    }
+
     /// The session is idle: start the next transaction, or QUIT.
     pub async fn on_ready(&mut self, session: &mut Session) {
         let core = self.core.clone();
-        let over_cap = core.delivery.queues.borrow().over_connection_cap(&self.key);
-        if self.sent >= self.max_messages
-            || over_cap
-            || core.node.control.stopping()
-            // The drain hands the queue over: this connection finished its transaction.
-            || core.node.drain.is_draining()
-            || !Arc::ptr_eq(&self.config, &core.config())
-            || !self.wait_for_work().await
-        {
+        if !self.may_start() || !self.wait_for_work().await {
             session.quit();
             return;
         }
@@ -174,10 +187,7 @@ impl Connection {
         }
         match self.take_next().await {
             Next::Send(tx, flight) => match session.send(tx) {
-                Ok(()) => {
-                    self.sent += 1;
-                    self.in_flight.push_back(flight);
-                }
+                Ok(()) => self.started(flight),
                 Err(_) => {
                     core.delivery
                         .queues
@@ -195,21 +205,7 @@ impl Connection {
     /// and never quits: the replies of the ones on the wire are being waited for.
     pub async fn try_pipeline(&mut self, session: &mut Session) {
         let core = self.core.clone();
-        let ready = {
-            let queues = core.delivery.queues.borrow();
-            if self.tls_optional_only {
-                queues.has_ready_tls_optional(&self.key)
-            } else {
-                queues.has_ready(&self.key)
-            }
-        };
-        if !ready
-            || self.sent >= self.max_messages
-            || core.delivery.queues.borrow().over_connection_cap(&self.key)
-            || core.node.control.stopping()
-            || core.node.drain.is_draining()
-            || !Arc::ptr_eq(&self.config, &core.config())
-        {
+        if !self.queue_has_work() || !self.may_start() {
             return;
         }
         if !std::mem::take(&mut self.rate_token) {
@@ -221,10 +217,7 @@ impl Connection {
         }
         match self.take_next().await {
             Next::Send(tx, flight) => match session.send_pipelined(tx) {
-                Ok(()) => {
-                    self.sent += 1;
-                    self.in_flight.push_back(flight);
-                }
+                Ok(()) => self.started(flight),
                 Err(_) => {
                     // Sent once the session is idle (`on_ready`), with the send taken here.
                     self.rate_token = true;
