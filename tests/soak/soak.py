@@ -491,7 +491,8 @@ class Soak:
                      {"name": "v2", "source_ip": "127.0.0.3", "ehlo_hostname": "v2.soak.test"}],
             "pool": [{"name": "default", "vmtas": ["v1", "v2"]}],
             "domain": [{"match": "*", "retry_intervals": RETRY_INTERVALS_A,
-                        "max_queue_age": p.max_queue_age, "max_connections": 4}],
+                        "max_queue_age": p.max_queue_age, "max_connections": 4,
+                        "transactions_in_flight": self.args.transactions_in_flight}],
             "dns": {"nameservers": [self.dns.nameserver]},
             "api": {"address": f"127.0.0.1:{self.api_port}"},
         }
@@ -854,6 +855,8 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=1, help="volley's executors")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the recipient and size draws (thread timing still varies)")
+    parser.add_argument("--transactions-in-flight", type=int, default=1,
+                        help="[[domain]] transactions_in_flight toward every receiver")
     args = parser.parse_args()
     for binary in ("volley", "volley-bench"):
         if not os.access(Path(args.bin_dir) / binary, os.X_OK):
