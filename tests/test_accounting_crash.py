@@ -58,3 +58,28 @@ def test_accounting_flush_ms_takes_effect_on_reload(volley, sink_factory):
     volley.signal(signal.SIGHUP)
     [delivery] = volley.wait_acct("delivery", timeout_s=5)
     assert delivery["recipient"] == "ok@dest.test"
+
+
+def test_events_unwritten_at_a_kill_reach_the_webhook_after_the_restart(volley, sink_factory):
+    from test_webhooks import Receiver, configure
+
+    sink = sink_factory("127.0.0.10")
+    receiver = Receiver()
+    try:
+        configure(volley, receiver, sink)
+        volley.config["server"]["accounting_flush_ms"] = 60_000
+        volley.start()
+        volley.send("alice@src.test", ["ok@dest.test"], message("to the webhook"))
+        wait_until(lambda: sink.lines(), 15, "the delivery")
+        time.sleep(0.3)
+        assert receiver.events() == [], "nothing written before the flush interval"
+        volley.kill9()
+        volley.start()
+
+        def both():
+            kinds = {(e["type"], e["recipient"]) for e in receiver.events()}
+            return {("reception", "ok@dest.test"), ("delivery", "ok@dest.test")} <= kinds
+
+        wait_until(both, 20, "the events kept across the kill at the webhook")
+    finally:
+        receiver.stop()

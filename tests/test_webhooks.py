@@ -201,10 +201,7 @@ def test_kill_9_mid_stream_loses_and_skips_no_event(volley, sink_factory):
         # More traffic while the webhook is behind, then kill -9.
         second = send_many(volley, 30, 10)
         volley.wait_acct("delivery", 40)
-        volley.process.kill()
-        volley.process.wait(timeout=10)
-        volley._stderr.close()
-        volley.process = None
+        volley.kill9()
         taken_before = len(receiver.events())
         assert 0 < taken_before < 80
 
