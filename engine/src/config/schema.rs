@@ -94,9 +94,9 @@ pub struct ServerSection {
     /// CPU, so an RSA signature need not take the reactor's CPU when another one is idle.
     pub pin_blocking_threads: bool,
     /// How long mimalloc keeps memory freed in a span of its pages before giving it back to the
-    /// kernel, in milliseconds (`-1`: never). Its own default (mimalloc v3) is 1 s, but the delayed purge runs
-    /// only when the thread that owns the span allocates or collects again: a core that falls quiet
-    /// after a burst kept megabytes it no longer used.
+    /// kernel, in milliseconds (`-1`: never). Its own default (mimalloc v3) is 1 s, but the
+    /// delayed purge runs only when the thread that owns the span allocates or collects again:
+    /// a core that falls quiet after a burst kept megabytes it no longer used.
     pub allocator_purge_delay_ms: i64,
     /// How often each core writes its accounting lines to the log, in milliseconds (rounded
     /// down to the core's 100 ms tick). Until then they are kept in `spool_dir/unflushed-events`,

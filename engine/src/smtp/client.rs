@@ -464,7 +464,7 @@ impl Session {
             .recipients
             .iter()
             .map(|r| {
-                if is_safe_path(&r.address) && !r.address.is_empty() {
+                if can_be_sent(&r.address) {
                     RcptState::Pending
                 } else {
                     RcptState::Done(Reply::local(
@@ -520,10 +520,7 @@ impl Session {
     /// and `BDAT LAST`. Only after `Event::CanPipeline`; a transaction that would be refused
     /// locally, or has no recipient that can be sent, is handed back (send it when `Ready`).
     pub fn send_pipelined(&mut self, tx: Transaction) -> Result<(), NotReady> {
-        let sendable = tx
-            .recipients
-            .iter()
-            .all(|r| is_safe_path(&r.address) && !r.address.is_empty());
+        let sendable = tx.recipients.iter().all(|r| can_be_sent(&r.address));
         if !self.can_pipeline() || !sendable || self.refusal(&tx).is_some() {
             return Err(NotReady(tx));
         }
@@ -855,14 +852,10 @@ impl Session {
                 source: ReplySource::Local,
             }
         };
-        if let Some(done) = self.take_results(&deferral) {
+        // The one replies were for, then each sent behind it, in order.
+        while let Some(done) = self.take_results(&deferral) {
             self.events.push_back(done);
-        }
-        while let Some(next) = self.behind.pop_front() {
-            self.transaction = Some(next);
-            if let Some(done) = self.take_results(&deferral) {
-                self.events.push_back(done);
-            }
+            self.transaction = self.behind.pop_front();
         }
     }
 
@@ -1067,6 +1060,11 @@ impl Session {
             self.transmits.push_back(Transmit::Bytes(bytes.to_vec()));
         }
     }
+}
+
+/// A recipient address that can go in `RCPT TO:<...>`: not empty, and safe there.
+fn can_be_sent(address: &str) -> bool {
+    !address.is_empty() && is_safe_path(address)
 }
 
 /// An address that cannot break out of `<...>` in a command: no controls, spaces or angle brackets.
