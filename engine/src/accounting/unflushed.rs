@@ -6,7 +6,7 @@
 //! in between left a recipient final in the spool with no event in the log (the chaos soak saw
 //! it). Each line is also copied into the active *slot*, a file mapped shared: the page cache
 //! keeps it across the crash of the process, and the next start writes what a slot holds to the
-//! log before any core runs (`replay`). Copying a line costs a `memcpy`, no system call.
+//! log before any core runs (`take_leftovers`). Copying a line costs a `memcpy`, no system call.
 //!
 //! Two slots per core, `spool_dir/unflushed-events/core-<N>-<0|1>`: one takes new lines while
 //! the other's batch is being written; a slot is emptied once its batch is in the log. A slot's
@@ -16,7 +16,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::{Ordering, fence};
 
 use memmap2::MmapMut;
@@ -124,7 +125,8 @@ pub struct Unflushed {
 pub struct SlotIndex(usize);
 
 impl Unflushed {
-    /// Opens core `core`'s slots under `spool_dir`, empty (`replay` has run). Blocking: at start.
+    /// Opens core `core`'s slots under `spool_dir`, empty (`take_leftovers` has run). Blocking:
+    /// at start.
     pub fn open(spool_dir: &Path, core: usize) -> std::io::Result<Unflushed> {
         let dir = spool_dir.join(DIR);
         std::fs::create_dir_all(&dir)?;
@@ -184,7 +186,7 @@ pub fn take_leftovers(spool_dir: &Path) -> std::io::Result<Vec<Vec<u8>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let mut found: Vec<(String, u64, PathBuf, Vec<u8>)> = Vec::new();
+    let mut found: Vec<(String, u64, File, Vec<u8>)> = Vec::new();
     for entry in entries {
         let path = entry?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -194,36 +196,43 @@ pub fn take_leftovers(spool_dir: &Path) -> std::io::Result<Vec<Vec<u8>>> {
         else {
             continue;
         };
-        let bytes = std::fs::read(&path)?;
-        if read_u64(&bytes, 0) != Some(MAGIC) {
-            continue;
-        }
-        let seq = read_u64(&bytes, SEQ_AT).unwrap_or(0);
-        let len = read_u64(&bytes, LEN_AT).unwrap_or(0) as usize;
-        let lines = bytes
-            .get(HEADER_BYTES..HEADER_BYTES.saturating_add(len))
-            .unwrap_or_default();
-        // Whole lines only: a length is stored after its line, so this trims nothing unless the
-        // file was damaged.
-        let whole = lines
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(&lines[..0], |end| &lines[..=end]);
-        if !whole.is_empty() {
-            found.push((core.to_string(), seq, path.clone(), whole.to_vec()));
+        if let Some((seq, file, lines)) = read_slot_lines(&path)? {
+            found.push((core.to_string(), seq, file, lines));
         }
     }
     found.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-    for (_, _, path, _) in &found {
-        empty_slot_file(path)?;
+    // Emptied only once every slot was read: an error on one leaves them all for the next start.
+    for (_, _, file, _) in &found {
+        file.write_all_at(&0u64.to_le_bytes(), LEN_AT as u64)?;
     }
     Ok(found.into_iter().map(|(_, _, _, lines)| lines).collect())
 }
 
-fn empty_slot_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let file = OpenOptions::new().write(true).open(path)?;
-    file.write_all_at(&0u64.to_le_bytes(), LEN_AT as u64)
+/// The sequence number, open file and whole lines of the slot file at `path` (None when it
+/// holds none or is not a slot), read without the rest of the file.
+fn read_slot_lines(path: &Path) -> std::io::Result<Option<(u64, File, Vec<u8>)>> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut header = [0u8; HEADER_BYTES];
+    if file.read_exact_at(&mut header, 0).is_err() || read_u64(&header, 0) != Some(MAGIC) {
+        return Ok(None);
+    }
+    let seq = read_u64(&header, SEQ_AT).unwrap_or(0);
+    let file_bytes = file.metadata()?.len().saturating_sub(HEADER_BYTES as u64);
+    let len = read_u64(&header, LEN_AT).unwrap_or(0).min(file_bytes) as usize;
+    let mut lines = vec![0u8; len];
+    file.read_exact_at(&mut lines, HEADER_BYTES as u64)?;
+    // Whole lines only: a length is stored after its line, so this trims nothing unless the
+    // file was damaged.
+    lines.truncate(
+        lines
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |end| end + 1),
+    );
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((seq, file, lines)))
 }
 
 #[cfg(test)]
