@@ -441,3 +441,14 @@ def test_the_start_up_log_names_every_listener_and_the_spool(volley_factory):
     assert f"listener {second['address']}: tls none, auth off, relay networks none" in log, log
     assert f"spool {v.config['server']['spool_dir']}: segments of {16 << 20} bytes" in log, log
     assert "fsync on" in log, log
+
+
+def test_serve_applies_the_allocator_purge_delay(volley_factory):
+    # The start-up line reads the delay back from mimalloc: were the key not applied, it would
+    # show mimalloc v3's own default (1000 ms) instead.
+    default = volley_factory("default").start()
+    assert "allocator: freed memory given back after 10 ms" in default.stderr_tail(200)
+    chosen = volley_factory("chosen")
+    chosen.config["server"]["allocator_purge_delay_ms"] = 250
+    chosen.start()
+    assert "allocator: freed memory given back after 250 ms" in chosen.stderr_tail(200)

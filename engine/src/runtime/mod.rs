@@ -179,6 +179,11 @@ pub fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeEr
         .map_err(ServeError::Spool)?;
     let cores = config.core_count();
     crate::delivery::set_allocator_purge_delay(config.server.allocator_purge_delay_ms);
+    // Read back from the allocator, so the line shows what it applies, not what was asked.
+    log::info!(
+        "allocator: freed memory given back after {} ms (-1: never)",
+        crate::delivery::allocator_purge_delay()
+    );
     check_addresses_free(&config)?;
     log_what_serves(&config);
     let control = Control::new(Arc::new(config), config_path);
