@@ -218,6 +218,10 @@ struct BlastArgs {
     /// Send bodies with `BDAT n LAST` (RFC 3030 CHUNKING) and pipeline whole transactions.
     #[arg(long)]
     chunking: bool,
+    /// Leave `SIZE=` out of MAIL (by default each MAIL declares its message's size, as real
+    /// senders do).
+    #[arg(long)]
+    no_mail_size: bool,
     /// EHLO name.
     #[arg(long, default_value = "blast.volley-bench.test")]
     ehlo: String,
@@ -257,6 +261,9 @@ struct RelayArgs {
     /// connection's wire at once).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
     transactions_in_flight: u32,
+    /// Blast leaves `SIZE=` out of MAIL (by default it declares each message's size).
+    #[arg(long)]
+    no_mail_size: bool,
     /// The `volley` binary (default: next to this one).
     #[arg(long)]
     volley: Option<PathBuf>,
@@ -431,6 +438,7 @@ fn run_blast(args: BlastArgs) -> ExitCode {
             run_id: format!("{:x}{:04x}", now_ms, fastrand::u16(..)),
             date: clock::rfc5322_date(now_ms / 1000),
             extra_headers: args.headers,
+            declare_size: !args.no_mail_size,
         },
         progress_interval: Duration::from_secs(args.progress_interval_s),
         tls,
@@ -491,6 +499,7 @@ fn run_relay(args: RelayArgs) -> ExitCode {
         rcpt_domains: args.rcpt_domains,
         connections: args.connections.max(1),
         transactions_in_flight: args.transactions_in_flight,
+        no_mail_size: args.no_mail_size,
         volley,
         volley_cores: args.volley_cores,
         peer: args.peer,

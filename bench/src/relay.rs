@@ -41,6 +41,8 @@ pub struct RelayPlan {
     pub skip_ceiling: bool,
     /// Extra headers (`NAME:VALUE`) blast adds to every message, e.g. `X-Volley-Customer`.
     pub blast_headers: Vec<String>,
+    /// Blast leaves `SIZE=` out of MAIL.
+    pub no_mail_size: bool,
 }
 
 /// One row of the table.
@@ -178,6 +180,7 @@ fn start_blast(plan: &RelayPlan, port: u16) -> Result<BlastRun, String> {
         .args(["--domains", &plan.rcpt_domains.to_string()])
         .args(["--connections", &plan.connections.to_string()])
         .args(["--cpus", "1", "--json", "--progress-interval-s", "0"])
+        .args(plan.no_mail_size.then_some("--no-mail-size"))
         .args(
             plan.blast_headers
                 .iter()

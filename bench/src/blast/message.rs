@@ -120,6 +120,9 @@ pub struct MessagePlan {
     pub date: String,
     /// Extra headers as (name, value), added after the standard ones.
     pub extra_headers: Vec<(String, String)>,
+    /// MAIL carries `SIZE=` (RFC 1870) with the message's size, as Postfix's, PowerMTA's and
+    /// KumoMTA's clients do when the server offers SIZE.
+    pub declare_size: bool,
 }
 
 impl MessagePlan {
@@ -157,7 +160,11 @@ impl MessagePlan {
     pub fn write_envelope_without_data(&self, index: u64, out: &mut Vec<u8>) {
         out.extend_from_slice(b"MAIL FROM:<");
         out.extend_from_slice(self.from.as_bytes());
-        out.extend_from_slice(b">\r\n");
+        out.push(b'>');
+        if self.declare_size {
+            let _ = write!(out, " SIZE={}", self.sizes.size_of(index));
+        }
+        out.extend_from_slice(b"\r\n");
         for r in 0..self.recipients_per_message {
             out.extend_from_slice(b"RCPT TO:<");
             self.write_recipient(index, r, out);
@@ -238,6 +245,7 @@ mod tests {
             run_id: "r1".into(),
             date: "Thu, 01 Jan 1970 00:00:00 +0000".into(),
             extra_headers: vec![("X-Test".into(), "yes".into())],
+            declare_size: false,
         }
     }
 
@@ -271,6 +279,13 @@ mod tests {
             env,
             b"MAIL FROM:<blast@volley-bench.test>\r\nRCPT TO:<user14@d2.test>\r\nRCPT TO:<user15@d0.test>\r\nDATA\r\n"
         );
+        let sized = MessagePlan {
+            declare_size: true,
+            ..p
+        };
+        let mut env = Vec::new();
+        sized.write_envelope(7, &mut env);
+        assert!(env.starts_with(b"MAIL FROM:<blast@volley-bench.test> SIZE=1024\r\n"));
     }
 
     #[test]

@@ -570,6 +570,14 @@ impl DataDecoder {
         self.body.push(bytes);
     }
 
+    /// The client declared the body's size (MAIL `SIZE=`, RFC 1870): room for it is reserved now
+    /// (at most `MAX_RESERVE_BYTES`, never past the cap), so the buffer does not grow, copying
+    /// what it holds each time, while the body arrives. A wrong estimate costs nothing more
+    /// than growing as without one.
+    pub fn expect(&mut self, size: u64) {
+        self.body.announce(size.min(self.body.max_bytes as u64));
+    }
+
     /// Body octets received so far (after unstuffing), including any not kept after an overflow.
     pub fn received_bytes(&self) -> u64 {
         self.body.received_bytes()

@@ -183,6 +183,9 @@ struct MailTransaction {
     /// The driver found no room for the body in the message bytes in flight: it was discarded,
     /// and the message gets 452 4.3.1 at its end (see `Session::body_budget_exhausted`).
     body_budget_refused: bool,
+    /// MAIL's `SIZE=` (RFC 1870): a DATA body's buffer is reserved for it at once, so it is not
+    /// copied again each time it grows.
+    declared_size: Option<u64>,
 }
 
 /// What the incoming octets are.
@@ -198,7 +201,10 @@ enum InputPhase {
 #[derive(Debug)]
 enum Waiting {
     Auth,
-    Mail(Envelope),
+    Mail {
+        envelope: Envelope,
+        size: Option<u64>,
+    },
     Recipient(Recipient),
     Message,
     TlsHandshake,
@@ -325,11 +331,11 @@ impl Session {
 
     /// Answers `Event::Mail`: `Ok(())` → 250 2.1.0 and the transaction starts; `Err(reply)` is sent.
     pub fn mail_result(&mut self, result: Result<(), Reply>, now: Instant) {
-        if self.closed || !matches!(self.waiting, Some(Waiting::Mail(_))) {
+        if self.closed || !matches!(self.waiting, Some(Waiting::Mail { .. })) {
             return;
         }
         self.restart_command_stage(now);
-        if let Some(Waiting::Mail(envelope)) = self.waiting.take() {
+        if let Some(Waiting::Mail { envelope, size }) = self.waiting.take() {
             match result {
                 Ok(()) => {
                     self.transaction = Some(MailTransaction {
@@ -337,6 +343,7 @@ impl Session {
                         chunks: None,
                         body_deadline: None,
                         body_budget_refused: false,
+                        declared_size: size,
                     });
                     self.reply(Reply::SENDER_OK);
                 }
@@ -669,7 +676,10 @@ impl Session {
             sender: envelope.sender.clone(),
             size: params.size,
         });
-        self.waiting = Some(Waiting::Mail(envelope));
+        self.waiting = Some(Waiting::Mail {
+            envelope,
+            size: params.size,
+        });
     }
 
     fn rcpt(&mut self, address: String, params: RcptParams) {

@@ -135,10 +135,11 @@ impl Session {
         if let Some(tx) = &mut self.transaction {
             tx.body_deadline = Some(body_deadline);
         }
-        self.phase = InputPhase::Data(DataDecoder::new(
-            self.config.max_message_bytes,
-            self.config.line_endings,
-        ));
+        let mut decoder = DataDecoder::new(self.config.max_message_bytes, self.config.line_endings);
+        if let Some(size) = self.transaction.as_ref().and_then(|tx| tx.declared_size) {
+            decoder.expect(size);
+        }
+        self.phase = InputPhase::Data(decoder);
     }
 
     pub(super) fn bdat(&mut self, chunk_bytes: u64, last: bool) {

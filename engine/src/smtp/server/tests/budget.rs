@@ -157,3 +157,30 @@ fn a_complete_body_counts_until_the_driver_takes_it() {
     assert_eq!(body_capacity, held);
     assert_eq!(s.body_bytes_held(), 0, "taken by the driver");
 }
+
+#[test]
+fn a_data_body_gets_room_for_its_declared_size_at_once() {
+    let mut s = session();
+    let mut d = Driver::default();
+    d.feed(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@b.example> SIZE=9000\r\nRCPT TO:<c@d.example>\r\nDATA\r\n",
+    );
+    let held = s.body_bytes_held();
+    assert!(held >= 9_000, "reserved before the first octet: {held}");
+    let line = b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n";
+    d.feed(&mut s, &line.repeat(100));
+    assert_eq!(
+        s.body_bytes_held(),
+        held,
+        "7 200 octets arrived, the buffer never grew"
+    );
+    d.feed(&mut s, b".\r\n");
+    assert_eq!(messages(&d.events), 1);
+    // Without SIZE the buffer grows as the body arrives.
+    let (mut s, mut d) = in_transaction();
+    d.feed(&mut s, b"DATA\r\n");
+    assert_eq!(s.body_bytes_held(), 0);
+    d.feed(&mut s, b"hi\r\n");
+    assert!(s.body_bytes_held() < 9_000);
+}
