@@ -946,6 +946,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
                     sender_user_us: med(|f| f.sender_user_us as f64) as u64,
                     sender_sys_us: med(|f| f.sender_sys_us as f64) as u64,
                     send_calls: med(|f| f.send_calls as f64) as u64,
+                    // Summed, not medians: the copied fraction over all rounds.
                     zc_completed: ok.iter().map(|f| f.zc_completed).sum(),
                     zc_copied: ok.iter().map(|f| f.zc_copied).sum(),
                     ..first
