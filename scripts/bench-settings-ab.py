@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A/B of configuration settings on the full-load relay: the same binary, variants differing only
 in `[server]` / `[spool]` settings, run alternately (A B, B A, ...), each a fresh `volley serve`
-(--cores executors, spool durable) relaying `--messages` 1 KiB messages from `volley-bench blast`
+(--cores executors, spool durable) relaying `--messages` messages of `--size` bytes (1 KiB) from `volley-bench blast`
 (50 connections, as fast as it can) to a `volley-bench sink`. Per run: end-to-end msg/s (start of
 blast to the last delivery), Volley's CPU per message and spool commits per message; at the end
 the medians per variant.
@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--messages", type=int, default=30000)
     ap.add_argument("--cores", type=int, default=1)
+    ap.add_argument("--size", type=int, default=1024, help="message size in bytes")
     ap.add_argument("--dir", type=Path, default=ROOT / "target" / "bench")
     args = ap.parse_args()
     try:
@@ -51,7 +52,7 @@ def main() -> None:
             label, settings = variants[i]
             relay = Relay(args.volley, base / f"r{rnd}-{i}", cores=args.cores, settings=settings)
             try:
-                r = relay_run(relay, args.messages)
+                r = relay_run(relay, args.messages, size=args.size)
                 time.sleep(0.2)  # the commit counter is published every 100 ms
                 r["commits_per_msg"] = relay.metric("volley_spool_commits_total") / args.messages
             finally:

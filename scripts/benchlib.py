@@ -210,14 +210,15 @@ def share_within(buckets: dict[float, float], bound_s: float) -> float:
     return buckets.get(bound_s, 0.0) / total if total else 0.0
 
 
-def relay_run(relay: Relay, messages: int, blast_args: list[str] | None = None) -> dict:
-    """Blasts `messages` 1 KiB messages (50 connections) through `relay` and waits until all are
+def relay_run(relay: Relay, messages: int, blast_args: list[str] | None = None,
+              size: int = 1024) -> dict:
+    """Blasts `messages` messages of `size` bytes (50 connections) through `relay` and waits until all are
     delivered. End-to-end rate = messages / seconds from the start of blast to the last delivery;
     CPU time of volley, the sink and blast over the run, per message."""
     volley0, sink0 = relay.volley_cpu(), relay.sink_cpu()
     delivered0 = relay.metric("volley_delivered_total")
     start = time.monotonic()
-    blast = relay.blast(["--messages", str(messages), "--size", "1024", "--connections", "50",
+    blast = relay.blast(["--messages", str(messages), "--size", str(size), "--connections", "50",
                          *(blast_args or [])])
     elapsed = relay.wait_delivered(int(delivered0) + messages, start)
     result = blast.finish()
