@@ -4,6 +4,7 @@
 //! behind `GET /v1/events`; with webhooks, also to the event journal (`journal`).
 
 pub mod journal;
+mod line;
 pub mod unflushed;
 
 use std::cell::{Cell, RefCell};
@@ -320,10 +321,7 @@ impl CoreAccounting {
         let kept = {
             let mut pending = self.pending.borrow_mut();
             let before = pending.len();
-            if serde_json::to_writer(&mut *pending, event).is_err() {
-                pending.truncate(before);
-                return;
-            }
+            line::write_event(event, &mut pending);
             pending.push(b'\n');
             match self.unflushed.borrow_mut().as_mut() {
                 Some(u) => u.push(pending.get(before..).unwrap_or_default()),
