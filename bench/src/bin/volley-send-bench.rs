@@ -297,6 +297,39 @@ struct Sent {
     started: Option<Instant>,
 }
 
+impl Sent {
+    fn starting_now() -> Sent {
+        Sent {
+            started: Some(Instant::now()),
+            ..Sent::default()
+        }
+    }
+
+    /// Counts an io_uring send's result (octets, or -errno) and moves `body` past what went;
+    /// EINTR and EAGAIN leave it to be sent again.
+    fn uring_result(
+        &mut self,
+        what: &'static str,
+        result: i32,
+        body: &mut &[u8],
+    ) -> Result<(), BenchError> {
+        match result {
+            n if n > 0 => {
+                *body = &body[n as usize..];
+                self.bytes += n as u64;
+                self.calls += 1;
+                Ok(())
+            }
+            0 => Err(io_err(what)(io::ErrorKind::WriteZero.into())),
+            e if e == -libc::EINTR || e == -libc::EAGAIN => Ok(()),
+            e => Err(BenchError::Io {
+                what,
+                source: io::Error::from_raw_os_error(-e),
+            }),
+        }
+    }
+}
+
 enum Outcome {
     Done(Sent),
     Unsupported(String),
@@ -317,10 +350,7 @@ impl Plan<'_> {
 }
 
 fn send_write(stream: &mut TcpStream, plan: &Plan) -> Result<Outcome, BenchError> {
-    let mut out = Sent {
-        started: Some(Instant::now()),
-        ..Sent::default()
-    };
+    let mut out = Sent::starting_now();
     for i in 0..plan.count {
         let mut body = plan.body(i);
         while !body.is_empty() {
@@ -445,10 +475,7 @@ fn send_msg_zerocopy(stream: &mut TcpStream, plan: &Plan) -> Result<Outcome, Ben
             io::Error::last_os_error()
         )));
     }
-    let mut out = Sent {
-        started: Some(Instant::now()),
-        ..Sent::default()
-    };
+    let mut out = Sent::starting_now();
     for i in 0..plan.count {
         let mut body = plan.body(i);
         while !body.is_empty() {
@@ -542,10 +569,7 @@ fn send_uring(stream: &mut TcpStream, plan: &Plan) -> Result<Outcome, BenchError
         Err(why) => return Ok(Outcome::Unsupported(why)),
     };
     let fd = types::Fd(stream.as_raw_fd());
-    let mut out = Sent {
-        started: Some(Instant::now()),
-        ..Sent::default()
-    };
+    let mut out = Sent::starting_now();
     for i in 0..plan.count {
         let mut body = plan.body(i);
         while !body.is_empty() {
@@ -554,21 +578,7 @@ fn send_uring(stream: &mut TcpStream, plan: &Plan) -> Result<Outcome, BenchError
                 .build();
             push(&mut ring, &sqe)?;
             let cqe = next_cqe(&mut ring)?;
-            match cqe.result() {
-                n if n > 0 => {
-                    body = &body[n as usize..];
-                    out.bytes += n as u64;
-                    out.calls += 1;
-                }
-                0 => return Err(io_err("io_uring send")(io::ErrorKind::WriteZero.into())),
-                e if e == -libc::EINTR || e == -libc::EAGAIN => {}
-                e => {
-                    return Err(BenchError::Io {
-                        what: "io_uring send",
-                        source: io::Error::from_raw_os_error(-e),
-                    });
-                }
-            }
+            out.uring_result("io_uring send", cqe.result(), &mut body)?;
         }
     }
     Ok(Outcome::Done(out))
@@ -580,10 +590,7 @@ fn send_uring_zc(stream: &mut TcpStream, plan: &Plan) -> Result<Outcome, BenchEr
         Err(why) => return Ok(Outcome::Unsupported(why)),
     };
     let fd = types::Fd(stream.as_raw_fd());
-    let mut out = Sent {
-        started: Some(Instant::now()),
-        ..Sent::default()
-    };
+    let mut out = Sent::starting_now();
     // Notifications promised (IORING_CQE_F_MORE on a send's result) and not yet seen.
     let mut promised = 0u64;
     let on_notif = |cqe: &cqueue::Entry, out: &mut Sent| {
@@ -621,31 +628,18 @@ fn send_uring_zc(stream: &mut TcpStream, plan: &Plan) -> Result<Outcome, BenchEr
             if cqueue::more(cqe.flags()) {
                 promised += 1;
             }
-            match cqe.result() {
-                n if n > 0 => {
-                    body = &body[n as usize..];
-                    out.bytes += n as u64;
-                    out.calls += 1;
+            let e = cqe.result();
+            if out.calls == 0 && (e == -libc::EINVAL || e == -libc::EOPNOTSUPP) {
+                while out.zc_completed < promised {
+                    let cqe = next_cqe(&mut ring)?;
+                    on_notif(&cqe, &mut out);
                 }
-                0 => return Err(io_err("io_uring send_zc")(io::ErrorKind::WriteZero.into())),
-                e if e == -libc::EINTR || e == -libc::EAGAIN => {}
-                e if out.calls == 0 && (e == -libc::EINVAL || e == -libc::EOPNOTSUPP) => {
-                    while out.zc_completed < promised {
-                        let cqe = next_cqe(&mut ring)?;
-                        on_notif(&cqe, &mut out);
-                    }
-                    return Ok(Outcome::Unsupported(format!(
-                        "send_zc refused: {}",
-                        io::Error::from_raw_os_error(-e)
-                    )));
-                }
-                e => {
-                    return Err(BenchError::Io {
-                        what: "io_uring send_zc",
-                        source: io::Error::from_raw_os_error(-e),
-                    });
-                }
+                return Ok(Outcome::Unsupported(format!(
+                    "send_zc refused: {}",
+                    io::Error::from_raw_os_error(-e)
+                )));
             }
+            out.uring_result("io_uring send_zc", e, &mut body)?;
         }
     }
     // The map must outlive every notification: wait for all before the ring goes.
