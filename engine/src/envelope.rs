@@ -411,9 +411,21 @@ pub struct MessageId {
     pub seq: u64,
 }
 
+impl MessageId {
+    /// Appends the id's text, `{seq:012X}-{core:02X}`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        crate::number_text::push_hex_upper(out, self.seq, 12);
+        out.push(b'-');
+        crate::number_text::push_hex_upper(out, u64::from(self.core), 2);
+    }
+}
+
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:012X}-{:02X}", self.seq, self.core)
+        let mut text = Vec::with_capacity(24);
+        self.write_to(&mut text);
+        // Hex digits and a dash only.
+        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 
@@ -446,6 +458,13 @@ mod tests {
             seq: 0xABCDEF,
         };
         assert_eq!(id.to_string().parse::<MessageId>(), Ok(id));
+        assert_eq!(id.to_string(), "000000ABCDEF-03");
+        let wide = MessageId {
+            core: 0x1ff,
+            seq: u64::MAX,
+        };
+        assert_eq!(wide.to_string(), "FFFFFFFFFFFFFFFF-1FF");
+        assert_eq!(wide.to_string().parse::<MessageId>(), Ok(wide));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod number_text;
 pub mod placement;
 pub mod queue;
 pub mod reputation;

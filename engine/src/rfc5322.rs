@@ -28,47 +28,91 @@ impl<'m> HeaderField<'m> {
     }
 }
 
-/// Splits a message into its header fields (in order) and its body (after the empty line; empty
-/// when there is none). A line ends at LF (CRLF or bare). A line without a colon is skipped: it is
-/// not a field anyone can find or sign.
-pub fn split_message(message: &[u8]) -> (Vec<HeaderField<'_>>, &[u8]) {
-    let mut lines: Vec<(usize, usize)> = Vec::new();
-    let mut pos = 0;
-    let mut body_start = message.len();
-    while pos < message.len() {
-        let line_end = memchr::memchr(b'\n', &message[pos..])
-            .map(|i| pos + i + 1)
-            .unwrap_or(message.len());
-        let line = &message[pos..line_end];
-        if line == b"\r\n" || line == b"\n" {
-            body_start = line_end;
-            break;
+/// The header fields of a message, in order, read lazily (nothing is allocated: intake looks for
+/// a few fields in every message). A line ends at LF (CRLF or bare); the fields end at the first
+/// empty line. A line without a colon is skipped: it is not a field anyone can find or sign.
+pub struct HeaderFields<'m> {
+    message: &'m [u8],
+    pos: usize,
+    /// Where the body starts, once the empty line (or the end) is reached.
+    body_start: Option<usize>,
+}
+
+impl<'m> HeaderFields<'m> {
+    pub fn new(message: &'m [u8]) -> HeaderFields<'m> {
+        HeaderFields {
+            message,
+            pos: 0,
+            body_start: None,
         }
-        match (line.first(), lines.last_mut()) {
-            // A continuation line belongs to the field above.
-            (Some(b' ' | b'\t'), Some(last)) => last.1 = line_end,
-            _ => lines.push((pos, line_end)),
-        }
-        pos = line_end;
     }
-    let fields = lines
-        .into_iter()
-        .filter_map(|(start, end)| {
-            let raw = message.get(start..end)?;
-            let colon = memchr::memchr(b':', raw)?;
-            Some(HeaderField {
-                name: raw.get(..colon)?.trim_ascii_end(),
-                raw,
-                start,
-            })
-        })
-        .collect();
-    (fields, message.get(body_start..).unwrap_or_default())
+
+    /// The end of the line that starts at `pos` (after its LF, or the message's end).
+    fn line_end(&self, pos: usize) -> usize {
+        memchr::memchr(b'\n', &self.message[pos..]).map_or(self.message.len(), |i| pos + i + 1)
+    }
+
+    /// The next line with the continuation lines below it, up to the empty line.
+    fn next_lines(&mut self) -> Option<(usize, usize)> {
+        if self.body_start.is_some() {
+            return None;
+        }
+        let start = self.pos;
+        if start >= self.message.len() {
+            self.body_start = Some(self.message.len());
+            return None;
+        }
+        let mut end = self.line_end(start);
+        if matches!(&self.message[start..end], b"\r\n" | b"\n") {
+            self.body_start = Some(end);
+            return None;
+        }
+        // Continuation lines belong to the field above.
+        while matches!(self.message.get(end), Some(b' ' | b'\t')) {
+            end = self.line_end(end);
+        }
+        self.pos = end;
+        Some((start, end))
+    }
+
+    /// The body (after the empty line; empty when there is none). Reads past the fields not
+    /// yet read.
+    pub fn body(mut self) -> &'m [u8] {
+        while self.next_lines().is_some() {}
+        let start = self.body_start.unwrap_or(self.message.len());
+        self.message.get(start..).unwrap_or_default()
+    }
+}
+
+impl<'m> Iterator for HeaderFields<'m> {
+    type Item = HeaderField<'m>;
+
+    fn next(&mut self) -> Option<HeaderField<'m>> {
+        loop {
+            let (start, end) = self.next_lines()?;
+            let raw = &self.message[start..end];
+            if let Some(colon) = memchr::memchr(b':', raw) {
+                return Some(HeaderField {
+                    name: raw[..colon].trim_ascii_end(),
+                    raw,
+                    start,
+                });
+            }
+        }
+    }
+}
+
+/// Splits a message into its header fields (in order) and its body (after the empty line; empty
+/// when there is none), as `HeaderFields` reads them.
+pub fn split_message(message: &[u8]) -> (Vec<HeaderField<'_>>, &[u8]) {
+    let mut fields = HeaderFields::new(message);
+    let list = fields.by_ref().collect();
+    (list, fields.body())
 }
 
 /// The first field called `name` (case-insensitive) in the header section.
 pub fn find_field<'m>(message: &'m [u8], name: &str) -> Option<HeaderField<'m>> {
-    split_message(message).0.into_iter().find(|f| f.is(name))
+    HeaderFields::new(message).find(|f| f.is(name))
 }
 
 /// The message without its first field called `name`, and that field's value; the message
@@ -111,6 +155,65 @@ pub fn header_section(message: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The eager splitter `HeaderFields` replaced, kept as the reference it must agree with.
+    fn split_reference(message: &[u8]) -> (Vec<HeaderField<'_>>, &[u8]) {
+        let mut lines: Vec<(usize, usize)> = Vec::new();
+        let mut pos = 0;
+        let mut body_start = message.len();
+        while pos < message.len() {
+            let line_end = memchr::memchr(b'\n', &message[pos..])
+                .map(|i| pos + i + 1)
+                .unwrap_or(message.len());
+            let line = &message[pos..line_end];
+            if line == b"\r\n" || line == b"\n" {
+                body_start = line_end;
+                break;
+            }
+            match (line.first(), lines.last_mut()) {
+                (Some(b' ' | b'\t'), Some(last)) => last.1 = line_end,
+                _ => lines.push((pos, line_end)),
+            }
+            pos = line_end;
+        }
+        let fields = lines
+            .into_iter()
+            .filter_map(|(start, end)| {
+                let raw = &message[start..end];
+                let colon = memchr::memchr(b':', raw)?;
+                Some(HeaderField {
+                    name: raw[..colon].trim_ascii_end(),
+                    raw,
+                    start,
+                })
+            })
+            .collect();
+        (fields, &message[body_start..])
+    }
+
+    #[test]
+    fn lazy_fields_agree_with_the_eager_split_on_random_messages() {
+        let mut rng = fastrand::Rng::with_seed(5322);
+        let alphabet = b"ab:: \t\r\n\n";
+        for _ in 0..20_000 {
+            let len = rng.usize(0..40);
+            let message: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            assert_eq!(
+                split_message(&message),
+                split_reference(&message),
+                "{:?}",
+                String::from_utf8_lossy(&message)
+            );
+            for name in ["a", "b", "ab", ""] {
+                assert_eq!(
+                    find_field(&message, name),
+                    split_reference(&message).0.into_iter().find(|f| f.is(name))
+                );
+            }
+        }
+    }
 
     #[test]
     fn field_is_found_and_removed() {

@@ -5,6 +5,7 @@
 //! message makes twenty lines, and serde's path was the hottest user-space code of a relay.
 
 use super::{AccountingEvent, EventType};
+use crate::number_text::push_decimal as number;
 
 impl EventType {
     /// The name written in `type` (as the `serde` attributes on the enum spell it).
@@ -115,21 +116,6 @@ fn string(out: &mut Vec<u8>, value: &str) {
     } else {
         let _ = serde_json::to_writer(&mut *out, value);
     }
-}
-
-fn number(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]

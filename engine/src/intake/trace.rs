@@ -3,6 +3,7 @@
 //! way in, as Postfix's cleanup does, since Gmail refuses mail without a Message-ID), and a
 //! customer's one-click unsubscribe headers (RFC 8058) when the message has none.
 
+use std::io::Write;
 use std::net::IpAddr;
 
 use crate::envelope::{Envelope, MessageId};
@@ -30,38 +31,58 @@ pub fn prefix_headers(
     now_s: u64,
     unsubscribe: Option<&str>,
 ) -> Vec<u8> {
+    // Appended piece by piece into one buffer: this runs for every message.
     let date = crate::clock::rfc5322_date(now_s);
-    let for_clause = match envelope.recipients.as_slice() {
-        [only] => format!("\r\n\tfor <{}>", only.address),
-        _ => String::new(),
-    };
-    let auth = sender
-        .authenticated
-        .map(|a| format!(" (authenticated as {a})"))
-        .unwrap_or_default();
-    let from = match sender.ip {
-        Some(ip) => format!("from {} ([{ip}]){auth}\r\n\t", sender.helo),
-        None => String::new(),
-    };
-    let mut header = format!(
-        "Received: {from}by {hostname} (Volley) with {} id {id}{for_clause};\r\n\t{date}\r\n",
-        sender.protocol
-    );
+    let mut header = Vec::with_capacity(256 + 2 * hostname.len() + sender.helo.len());
+    header.extend_from_slice(b"Received: ");
+    if let Some(ip) = sender.ip {
+        header.extend_from_slice(b"from ");
+        header.extend_from_slice(sender.helo.as_bytes());
+        header.extend_from_slice(b" ([");
+        let _ = write!(header, "{ip}");
+        header.extend_from_slice(b"])");
+        if let Some(auth) = sender.authenticated {
+            header.extend_from_slice(b" (authenticated as ");
+            header.extend_from_slice(auth.as_bytes());
+            header.push(b')');
+        }
+        header.extend_from_slice(b"\r\n\t");
+    }
+    header.extend_from_slice(b"by ");
+    header.extend_from_slice(hostname.as_bytes());
+    header.extend_from_slice(b" (Volley) with ");
+    header.extend_from_slice(sender.protocol.as_bytes());
+    header.extend_from_slice(b" id ");
+    id.write_to(&mut header);
+    if let [only] = envelope.recipients.as_slice() {
+        header.extend_from_slice(b"\r\n\tfor <");
+        header.extend_from_slice(only.address.as_bytes());
+        header.push(b'>');
+    }
+    header.extend_from_slice(b";\r\n\t");
+    header.extend_from_slice(date.as_bytes());
+    header.extend_from_slice(b"\r\n");
     if find_field(body, "Message-ID").is_none() {
-        header.push_str(&format!("Message-ID: <{id}@{hostname}>\r\n"));
+        header.extend_from_slice(b"Message-ID: <");
+        id.write_to(&mut header);
+        header.push(b'@');
+        header.extend_from_slice(hostname.as_bytes());
+        header.extend_from_slice(b">\r\n");
     }
     if find_field(body, "Date").is_none() {
-        header.push_str(&format!("Date: {date}\r\n"));
+        header.extend_from_slice(b"Date: ");
+        header.extend_from_slice(date.as_bytes());
+        header.extend_from_slice(b"\r\n");
     }
     // RFC 8058 needs both: a List-Unsubscribe the sender wrote is the sender's choice, kept as is.
     if let (Some(url), [_]) = (unsubscribe, envelope.recipients.as_slice())
         && find_field(body, "List-Unsubscribe").is_none()
     {
-        header.push_str(&format!(
-            "List-Unsubscribe: <{url}>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
-        ));
+        header.extend_from_slice(b"List-Unsubscribe: <");
+        header.extend_from_slice(url.as_bytes());
+        header.extend_from_slice(b">\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
     }
-    header.into_bytes()
+    header
 }
 
 #[cfg(test)]
@@ -119,6 +140,34 @@ mod tests {
         ))
         .unwrap();
         assert!(!h.contains("Message-ID") && !h.contains("Date:"), "{h}");
+    }
+
+    #[test]
+    fn the_whole_trace_text() {
+        let sender = Sender {
+            helo: "client.test",
+            ip: Some("127.0.0.1".parse().unwrap()),
+            protocol: "ESMTPSA",
+            authenticated: Some("acme"),
+        };
+        let id = MessageId { core: 1, seq: 0x2a };
+        let h = prefix_headers(
+            &sender,
+            "mta.test",
+            id,
+            &one_recipient(),
+            b"\r\n",
+            1_057_056_757,
+            None,
+        );
+        assert_eq!(
+            String::from_utf8(h).unwrap(),
+            "Received: from client.test ([127.0.0.1]) (authenticated as acme)\r\n\t\
+             by mta.test (Volley) with ESMTPSA id 00000000002A-01\r\n\tfor <r@example.test>;\r\n\t\
+             Tue, 01 Jul 2003 10:52:37 +0000\r\n\
+             Message-ID: <00000000002A-01@mta.test>\r\n\
+             Date: Tue, 01 Jul 2003 10:52:37 +0000\r\n"
+        );
     }
 
     #[test]

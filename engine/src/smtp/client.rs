@@ -39,6 +39,7 @@ pub use reply::{
 };
 
 use crate::envelope::{BodyType, DsnNotify, DsnRet, Envelope, Recipient};
+use crate::number_text::{push_decimal, push_hex_upper};
 
 /// When to upgrade the connection with STARTTLS (RFC 3207).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -488,7 +489,7 @@ impl Session {
         }
         self.phase = Phase::Transaction;
         if self.needs_rset {
-            self.command(b"RSET\r\n".to_vec(), Expect::Rset);
+            self.command(b"RSET\r\n", Expect::Rset);
             if !self.caps.pipelining {
                 return Ok(());
             }
@@ -508,7 +509,7 @@ impl Session {
             if self.config.chunking && self.caps.chunking {
                 self.send_bdat_last();
             } else {
-                self.command(b"DATA\r\n".to_vec(), Expect::Data);
+                self.command(b"DATA\r\n", Expect::Data);
             }
         }
         self.offer_pipelining();
@@ -524,18 +525,18 @@ impl Session {
         if !self.can_pipeline() || !sendable || self.refusal(&tx).is_some() {
             return Err(NotReady(tx));
         }
-        let mut bytes = b"RSET\r\n".to_vec();
-        let mut expects = vec![Expect::Rset];
-        bytes.extend_from_slice(&self.mail_command(&tx));
-        expects.push(Expect::Mail);
-        for (i, rcpt) in tx.recipients.iter().enumerate() {
-            bytes.extend_from_slice(&self.rcpt_command(rcpt));
-            expects.push(Expect::Rcpt(i));
+        let out = out_buffer(&mut self.transmits);
+        out.extend_from_slice(b"RSET\r\n");
+        put_mail(out, &self.caps, &tx);
+        for rcpt in &tx.recipients {
+            put_rcpt(out, &self.caps, rcpt);
         }
-        bytes.extend_from_slice(format!("BDAT {} LAST\r\n", tx.body_bytes).as_bytes());
-        expects.push(Expect::BdatLast);
-        self.write(&bytes);
-        self.expect.extend(expects);
+        put_bdat_last(out, tx.body_bytes);
+        self.expect.push_back(Expect::Rset);
+        self.expect.push_back(Expect::Mail);
+        self.expect
+            .extend((0..tx.recipients.len()).map(Expect::Rcpt));
+        self.expect.push_back(Expect::BdatLast);
         self.transmits.push_back(Transmit::RawBody);
         self.behind.push_back(OpenTransaction {
             rcpts: vec![RcptState::Pending; tx.recipients.len()],
@@ -571,7 +572,7 @@ impl Session {
             Phase::Closed | Phase::Quitting => {}
             Phase::Ready => {
                 self.phase = Phase::Quitting;
-                self.command(b"QUIT\r\n".to_vec(), Expect::Quit);
+                self.command(b"QUIT\r\n", Expect::Quit);
             }
             Phase::Opening | Phase::TlsHandshake | Phase::Transaction => {
                 let reply = Reply::local(451, (4, 4, 0), "delivery aborted by Volley");
@@ -638,7 +639,7 @@ impl Session {
                     self.after_ehlo();
                 } else if reply.is_permanent() {
                     let helo = format!("HELO {}\r\n", self.config.ehlo_hostname);
-                    self.command(helo.into_bytes(), Expect::Helo);
+                    self.command(helo.as_bytes(), Expect::Helo);
                 } else {
                     self.fail_reply(reply);
                 }
@@ -727,7 +728,7 @@ impl Session {
             flight.next_rcpt = i + 1;
             self.send_rcpt(i);
         } else if flight.any_accepted() {
-            self.command(b"DATA\r\n".to_vec(), Expect::Data);
+            self.command(b"DATA\r\n", Expect::Data);
         } else {
             self.finish_transaction(true);
         }
@@ -786,7 +787,7 @@ impl Session {
         match (self.config.tls, self.caps.starttls) {
             (TlsPolicy::Off, _) | (TlsPolicy::Opportunistic, false) => self.become_ready(),
             (TlsPolicy::Opportunistic | TlsPolicy::Required, true) => {
-                self.command(b"STARTTLS\r\n".to_vec(), Expect::StartTls);
+                self.command(b"STARTTLS\r\n", Expect::StartTls);
             }
             (TlsPolicy::Required, false) => {
                 let by = &self.config.tls_required_by;
@@ -965,44 +966,15 @@ impl Session {
 
     fn send_ehlo(&mut self) {
         let ehlo = format!("EHLO {}\r\n", self.config.ehlo_hostname);
-        self.command(ehlo.into_bytes(), Expect::Ehlo);
+        self.command(ehlo.as_bytes(), Expect::Ehlo);
     }
 
     fn send_mail(&mut self) {
         let Some(flight) = self.transaction.as_ref() else {
             return;
         };
-        let cmd = self.mail_command(&flight.tx);
-        self.command(cmd, Expect::Mail);
-    }
-
-    fn mail_command(&self, tx: &Transaction) -> Vec<u8> {
-        let mut cmd = format!("MAIL FROM:<{}>", tx.sender);
-        if self.caps.size_limit_bytes.is_some() {
-            cmd.push_str(&format!(" SIZE={}", tx.body_bytes));
-        }
-        if tx.body_type == BodyType::EightBitMime {
-            cmd.push_str(" BODY=8BITMIME");
-        }
-        if tx.smtputf8 && self.caps.smtputf8 {
-            cmd.push_str(" SMTPUTF8");
-        }
-        if tx.requiretls {
-            cmd.push_str(" REQUIRETLS");
-        }
-        if self.caps.dsn {
-            match tx.ret {
-                DsnRet::Full => cmd.push_str(" RET=FULL"),
-                DsnRet::Headers => cmd.push_str(" RET=HDRS"),
-                DsnRet::Unspecified => {}
-            }
-            if let Some(envid) = &tx.envid {
-                cmd.push_str(" ENVID=");
-                xtext_encode(envid, &mut cmd);
-            }
-        }
-        cmd.push_str("\r\n");
-        cmd.into_bytes()
+        put_mail(out_buffer(&mut self.transmits), &self.caps, &flight.tx);
+        self.expect.push_back(Expect::Mail);
     }
 
     fn send_rcpt(&mut self, index: usize) {
@@ -1013,28 +985,8 @@ impl Session {
         else {
             return;
         };
-        let cmd = self.rcpt_command(rcpt);
-        self.command(cmd, Expect::Rcpt(index));
-    }
-
-    fn rcpt_command(&self, rcpt: &Recipient) -> Vec<u8> {
-        let mut cmd = format!("RCPT TO:<{}>", rcpt.address);
-        if self.caps.dsn {
-            push_notify(rcpt.notify, &mut cmd);
-            if let Some(orcpt) = &rcpt.orcpt {
-                cmd.push_str(" ORCPT=");
-                // Kept verbatim (already xtext); only bytes that could break the command change.
-                for c in orcpt.chars() {
-                    if c.is_ascii_graphic() {
-                        cmd.push(c);
-                    } else {
-                        push_xtext_char(c, &mut cmd);
-                    }
-                }
-            }
-        }
-        cmd.push_str("\r\n");
-        cmd.into_bytes()
+        put_rcpt(out_buffer(&mut self.transmits), &self.caps, rcpt);
+        self.expect.push_back(Expect::Rcpt(index));
     }
 
     /// `BDAT <n> LAST` and the body in the same flight as MAIL and RCPT (pipelining only).
@@ -1042,24 +994,91 @@ impl Session {
         let Some(flight) = self.transaction.as_ref() else {
             return;
         };
-        let cmd = format!("BDAT {} LAST\r\n", flight.tx.body_bytes);
-        self.command(cmd.into_bytes(), Expect::BdatLast);
+        put_bdat_last(out_buffer(&mut self.transmits), flight.tx.body_bytes);
+        self.expect.push_back(Expect::BdatLast);
         self.transmits.push_back(Transmit::RawBody);
     }
 
-    fn command(&mut self, bytes: Vec<u8>, expect: Expect) {
-        self.write(&bytes);
+    fn command(&mut self, bytes: &[u8], expect: Expect) {
+        self.write(bytes);
         self.expect.push_back(expect);
     }
 
-    /// Appends to the last `Transmit::Bytes` so a pipelined flight is one write.
     fn write(&mut self, bytes: &[u8]) {
-        if let Some(Transmit::Bytes(last)) = self.transmits.back_mut() {
-            last.extend_from_slice(bytes);
-        } else {
-            self.transmits.push_back(Transmit::Bytes(bytes.to_vec()));
+        out_buffer(&mut self.transmits).extend_from_slice(bytes);
+    }
+}
+
+/// The last `Transmit::Bytes`, where commands are appended so a pipelined flight is one write
+/// (a new one after a body or when there is none).
+fn out_buffer(transmits: &mut VecDeque<Transmit>) -> &mut Vec<u8> {
+    if !matches!(transmits.back(), Some(Transmit::Bytes(_))) {
+        transmits.push_back(Transmit::Bytes(Vec::with_capacity(256)));
+    }
+    match transmits.back_mut() {
+        Some(Transmit::Bytes(last)) => last,
+        _ => unreachable!("a Transmit::Bytes was pushed just above"),
+    }
+}
+
+/// `MAIL FROM:<sender>` and the parameters the server announced support for.
+fn put_mail(out: &mut Vec<u8>, caps: &Capabilities, tx: &Transaction) {
+    out.extend_from_slice(b"MAIL FROM:<");
+    out.extend_from_slice(tx.sender.as_bytes());
+    out.push(b'>');
+    if caps.size_limit_bytes.is_some() {
+        out.extend_from_slice(b" SIZE=");
+        push_decimal(out, tx.body_bytes);
+    }
+    if tx.body_type == BodyType::EightBitMime {
+        out.extend_from_slice(b" BODY=8BITMIME");
+    }
+    if tx.smtputf8 && caps.smtputf8 {
+        out.extend_from_slice(b" SMTPUTF8");
+    }
+    if tx.requiretls {
+        out.extend_from_slice(b" REQUIRETLS");
+    }
+    if caps.dsn {
+        match tx.ret {
+            DsnRet::Full => out.extend_from_slice(b" RET=FULL"),
+            DsnRet::Headers => out.extend_from_slice(b" RET=HDRS"),
+            DsnRet::Unspecified => {}
+        }
+        if let Some(envid) = &tx.envid {
+            out.extend_from_slice(b" ENVID=");
+            xtext_encode(envid, out);
         }
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `RCPT TO:<address>`, with the DSN parameters when the server announced DSN.
+fn put_rcpt(out: &mut Vec<u8>, caps: &Capabilities, rcpt: &Recipient) {
+    out.extend_from_slice(b"RCPT TO:<");
+    out.extend_from_slice(rcpt.address.as_bytes());
+    out.push(b'>');
+    if caps.dsn {
+        push_notify(rcpt.notify, out);
+        if let Some(orcpt) = &rcpt.orcpt {
+            out.extend_from_slice(b" ORCPT=");
+            // Kept verbatim (already xtext); only bytes that could break the command change.
+            for c in orcpt.chars() {
+                if c.is_ascii_graphic() {
+                    out.push(c as u8);
+                } else {
+                    push_xtext_char(c, out);
+                }
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_bdat_last(out: &mut Vec<u8>, body_bytes: u64) {
+    out.extend_from_slice(b"BDAT ");
+    push_decimal(out, body_bytes);
+    out.extend_from_slice(b" LAST\r\n");
 }
 
 /// A recipient address that can go in `RCPT TO:<...>`: not empty, and safe there.
@@ -1074,9 +1093,9 @@ fn is_safe_path(address: &str) -> bool {
         .all(|c| !c.is_control() && c != ' ' && c != '<' && c != '>')
 }
 
-fn push_notify(notify: DsnNotify, cmd: &mut String) {
+fn push_notify(notify: DsnNotify, cmd: &mut Vec<u8>) {
     if notify.never {
-        cmd.push_str(" NOTIFY=NEVER");
+        cmd.extend_from_slice(b" NOTIFY=NEVER");
         return;
     }
     let kinds = [
@@ -1086,26 +1105,27 @@ fn push_notify(notify: DsnNotify, cmd: &mut String) {
     ];
     let mut first = true;
     for (_, name) in kinds.iter().filter(|(on, _)| *on) {
-        cmd.push_str(if first { " NOTIFY=" } else { "," });
-        cmd.push_str(name);
+        cmd.extend_from_slice(if first { b" NOTIFY=" } else { b"," });
+        cmd.extend_from_slice(name.as_bytes());
         first = false;
     }
 }
 
 /// RFC 3461 4: xtext, `+XX` for `+`, `=`, and everything outside `!`..`~`.
-fn xtext_encode(value: &str, out: &mut String) {
+fn xtext_encode(value: &str, out: &mut Vec<u8>) {
     for c in value.chars() {
         if c.is_ascii_graphic() && c != '+' && c != '=' {
-            out.push(c);
+            out.push(c as u8);
         } else {
             push_xtext_char(c, out);
         }
     }
 }
 
-fn push_xtext_char(c: char, out: &mut String) {
+fn push_xtext_char(c: char, out: &mut Vec<u8>) {
     let mut buf = [0u8; 4];
     for b in c.encode_utf8(&mut buf).bytes() {
-        out.push_str(&format!("+{b:02X}"));
+        out.push(b'+');
+        push_hex_upper(out, u64::from(b), 2);
     }
 }

@@ -6,6 +6,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::number_text::push_decimal;
+
 /// An enhanced mail system status code (RFC 3463): `class.subject.detail`, e.g. `4.5.3`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EnhancedCode {
@@ -25,9 +27,23 @@ impl EnhancedCode {
     }
 }
 
+impl EnhancedCode {
+    /// Appends `class.subject.detail`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        push_decimal(out, u64::from(self.class));
+        out.push(b'.');
+        push_decimal(out, u64::from(self.subject));
+        out.push(b'.');
+        push_decimal(out, u64::from(self.detail));
+    }
+}
+
 impl fmt::Display for EnhancedCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+        let mut text = Vec::with_capacity(16);
+        self.write_to(&mut text);
+        // Digits and dots only.
+        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 
@@ -241,11 +257,16 @@ impl Reply {
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let mut lines = self.text.split('\n').peekable();
         while let Some(line) = lines.next() {
-            let separator = if lines.peek().is_some() { '-' } else { ' ' };
+            let separator = if lines.peek().is_some() { b'-' } else { b' ' };
             let code = self.code.min(999);
-            out.extend_from_slice(format!("{code:03}{separator}").as_bytes());
+            out.extend_from_slice(&[
+                b'0' + (code / 100) as u8,
+                b'0' + (code / 10 % 10) as u8,
+                b'0' + (code % 10) as u8,
+                separator,
+            ]);
             if let Some(enhanced) = self.enhanced {
-                out.extend_from_slice(enhanced.to_string().as_bytes());
+                enhanced.write_to(out);
                 if !line.is_empty() {
                     out.push(b' ');
                 }

@@ -145,9 +145,14 @@ pub enum ReplyError {
 pub struct ReplyParser {
     /// Bytes of the current, incomplete line.
     partial: Vec<u8>,
-    /// Lines of the current, incomplete multi-line reply.
+    /// The code of the current, incomplete multi-line reply.
     code: Option<u16>,
-    lines: Vec<String>,
+    /// Its text lines so far, joined by `\n` as `Reply::text` holds them (one buffer, not one
+    /// per line: every delivery reads a few replies).
+    text: String,
+    /// How many lines `text` holds, and the length of the first (where the enhanced code is).
+    line_count: usize,
+    first_line_bytes: usize,
 }
 
 impl ReplyParser {
@@ -215,26 +220,34 @@ impl ReplyParser {
         {
             return Err(ReplyError::CodeChanged { first, next: code });
         }
-        if self.lines.len() >= MAX_REPLY_LINES {
+        if self.line_count >= MAX_REPLY_LINES {
             return Err(ReplyError::TooManyLines);
         }
         self.code = Some(code);
-        self.lines.push(String::from_utf8_lossy(text).into_owned());
+        if self.line_count > 0 {
+            self.text.push('\n');
+        }
+        self.text.push_str(&String::from_utf8_lossy(text));
+        if self.line_count == 0 {
+            self.first_line_bytes = self.text.len();
+        }
+        self.line_count += 1;
         if !last {
             return Ok(None);
         }
         self.code = None;
-        let lines = std::mem::take(&mut self.lines);
-        let enhanced = lines
-            .first()
-            .and_then(|l| parse_enhanced_prefix(l))
+        self.line_count = 0;
+        let text = std::mem::take(&mut self.text);
+        let enhanced = text
+            .get(..self.first_line_bytes)
+            .and_then(parse_enhanced_prefix)
             .map(|(e, _)| e)
             // The enhanced class must agree with the reply class to be meaningful.
             .filter(|e| u16::from(e.class) == code / 100);
         Ok(Some(Reply {
             code,
             enhanced,
-            text: lines.join("\n"),
+            text,
             source: ReplySource::Remote,
         }))
     }
