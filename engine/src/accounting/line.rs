@@ -31,7 +31,7 @@ impl EventType {
 }
 
 /// The string fields before the numbers, in the struct's (and so serde's) order.
-fn leading_strings(event: &AccountingEvent) -> [(&'static str, &str); 16] {
+fn leading_strings<'e>(event: &'e AccountingEvent<'_>) -> [(&'static str, &'e str); 16] {
     [
         ("time", &event.time),
         ("id", &event.id),
@@ -174,30 +174,30 @@ mod tests {
             let pick = |rng: &mut fastrand::Rng| awkward[rng.usize(..awkward.len())].to_string();
             let event = AccountingEvent {
                 kind: Some(EventType::Delivery),
-                time: pick(&mut rng),
-                id: text.to_string(),
-                message_id: pick(&mut rng),
-                customer: pick(&mut rng),
-                campaign: pick(&mut rng),
-                vmta: pick(&mut rng),
-                source_ip: pick(&mut rng),
-                client_ip: pick(&mut rng),
-                sender: pick(&mut rng),
-                recipient: pick(&mut rng),
-                domain: pick(&mut rng),
-                mx: pick(&mut rng),
-                tls: pick(&mut rng),
-                response: pick(&mut rng),
-                enhanced_code: pick(&mut rng),
-                bounce_category: pick(&mut rng),
+                time: pick(&mut rng).into(),
+                id: text.to_string().into(),
+                message_id: pick(&mut rng).into(),
+                customer: pick(&mut rng).into(),
+                campaign: pick(&mut rng).into(),
+                vmta: pick(&mut rng).into(),
+                source_ip: pick(&mut rng).into(),
+                client_ip: pick(&mut rng).into(),
+                sender: pick(&mut rng).into(),
+                recipient: pick(&mut rng).into(),
+                domain: pick(&mut rng).into(),
+                mx: pick(&mut rng).into(),
+                tls: pick(&mut rng).into(),
+                response: pick(&mut rng).into(),
+                enhanced_code: pick(&mut rng).into(),
+                bounce_category: pick(&mut rng).into(),
                 attempt: [0, 1, 9, 10, u32::MAX][i % 5],
                 size_bytes: [0, 7, 1_000_000, u64::MAX][i % 4],
                 queue_ms: rng.u64(..),
                 spam_score: [None, Some(0.0), Some(-3.25), Some(12.5), Some(f64::NAN)][i % 5],
                 spam_symbols: (i % 3 == 0).then(|| pick(&mut rng)),
                 credits_added: (i % 2 == 0).then(|| rng.u64(..)),
-                node: pick(&mut rng),
-                xfer_id: pick(&mut rng),
+                node: pick(&mut rng).into(),
+                xfer_id: pick(&mut rng).into(),
             };
             let (ours, serde) = both(&event);
             assert_eq!(ours, serde);

@@ -7,6 +7,7 @@ pub mod journal;
 mod line;
 pub mod unflushed;
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -55,34 +56,35 @@ pub enum EventType {
 }
 
 /// One accounting record; empty strings and zeros are written as they are, so every line has
-/// every field.
+/// every field. Its strings are borrowed where the caller has them (a message makes two events
+/// or more, and each is only written into the core's pending batch).
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct AccountingEvent {
+pub struct AccountingEvent<'a> {
     #[serde(rename = "type")]
     pub kind: Option<EventType>,
-    pub time: String,
-    pub id: String,
+    pub time: Cow<'a, str>,
+    pub id: Cow<'a, str>,
     /// The message's RFC 5322 Message-ID without angle brackets (empty when it has none, or
     /// unknown: a recipient refused at RCPT, a credits event).
-    pub message_id: String,
-    pub customer: String,
+    pub message_id: Cow<'a, str>,
+    pub customer: Cow<'a, str>,
     /// The campaign the message named (`X-Volley-Campaign`, inject `campaign`); empty when none.
-    pub campaign: String,
-    pub vmta: String,
-    pub source_ip: String,
+    pub campaign: Cow<'a, str>,
+    pub vmta: Cow<'a, str>,
+    pub source_ip: Cow<'a, str>,
     /// For `reception`: the client's address (behind a PROXY-protocol load balancer, the one it
     /// names); empty for mail made here and for the other types.
-    pub client_ip: String,
-    pub sender: String,
-    pub recipient: String,
-    pub domain: String,
-    pub mx: String,
+    pub client_ip: Cow<'a, str>,
+    pub sender: Cow<'a, str>,
+    pub recipient: Cow<'a, str>,
+    pub domain: Cow<'a, str>,
+    pub mx: Cow<'a, str>,
     /// Delivery attempts that connected: how the connection was secured (`dane`, `mta-sts`,
     /// `webpki`, `encrypted`, `none`); empty otherwise.
-    pub tls: String,
-    pub response: String,
-    pub enhanced_code: String,
-    pub bounce_category: String,
+    pub tls: Cow<'a, str>,
+    pub response: Cow<'a, str>,
+    pub enhanced_code: Cow<'a, str>,
+    pub bounce_category: Cow<'a, str>,
     pub attempt: u32,
     pub size_bytes: u64,
     pub queue_ms: u64,
@@ -95,10 +97,10 @@ pub struct AccountingEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credits_added: Option<u64>,
     /// `xfer_out` and `xfer_in`: the `[cluster] node` that handed the message over.
-    pub node: String,
+    pub node: Cow<'a, str>,
     /// `xfer_out` and `xfer_in`: the message's queue id on that node (with `node` and
     /// `recipient`, it joins the two events).
-    pub xfer_id: String,
+    pub xfer_id: Cow<'a, str>,
 }
 
 /// Events kept for the API, at most.
@@ -388,7 +390,7 @@ mod tests {
         for i in 0..3 {
             core.record(&AccountingEvent {
                 kind: Some(EventType::Delivery),
-                recipient: format!("r{i}@example.test"),
+                recipient: format!("r{i}@example.test").into(),
                 ..Default::default()
             });
         }
@@ -459,7 +461,7 @@ mod tests {
                 for i in 0..2 {
                     core.record(&AccountingEvent {
                         kind: Some(EventType::Reception),
-                        recipient: format!("r{round}-{i}@example.test"),
+                        recipient: format!("r{round}-{i}@example.test").into(),
                         ..Default::default()
                     });
                 }

@@ -9,13 +9,13 @@ use super::http::{Request, Response};
 use crate::accounting::{AccountingEvent, EventType};
 use crate::reputation::{feedback, unsubscribe};
 
-fn event(kind: EventType, customer: &str, recipient: &str) -> AccountingEvent {
+fn event<'a>(kind: EventType, customer: &'a str, recipient: &'a str) -> AccountingEvent<'a> {
     AccountingEvent {
         kind: Some(kind),
-        time: crate::clock::now_rfc3339(),
-        customer: customer.to_string(),
-        recipient: recipient.to_string(),
-        domain: crate::envelope::domain_of(recipient),
+        time: crate::clock::now_rfc3339().into(),
+        customer: customer.into(),
+        recipient: recipient.into(),
+        domain: crate::envelope::domain_of(recipient).into(),
         ..Default::default()
     }
 }
@@ -37,7 +37,7 @@ pub async fn unsubscribe(core: &ApiCore, token: &str, request: &Request) -> Resp
         Ok(_) => {
             log::info!("unsubscribe: {recipient} from customer {customer}");
             core.accounting.record(&AccountingEvent {
-                client_ip: request.peer.ip().to_string(),
+                client_ip: request.peer.ip().to_string().into(),
                 ..event(EventType::Unsubscribe, &customer, &recipient)
             });
             Response::json(
@@ -103,8 +103,8 @@ pub async fn feedback(core: &ApiCore, request: &Request) -> Response {
     log::info!("feedback: {what} about {recipient} of customer {customer}");
     // The report's Source-IP is the address the mail came from: one of this node's VMTAs.
     core.accounting.record(&AccountingEvent {
-        response: what,
-        source_ip: complaint.source_ip.clone().unwrap_or_default(),
+        response: what.into(),
+        source_ip: complaint.source_ip.clone().unwrap_or_default().into(),
         ..event(EventType::Complaint, &customer, &recipient)
     });
     Response::json(

@@ -409,8 +409,8 @@ async fn add_credits(core: &ApiCore, name: &str, body: &[u8]) -> Response {
     };
     core.accounting.record(&crate::accounting::AccountingEvent {
         kind: Some(crate::accounting::EventType::Credits),
-        time: crate::clock::now_rfc3339(),
-        customer: name.to_string(),
+        time: crate::clock::now_rfc3339().into(),
+        customer: name.to_string().into(),
         credits_added: Some(add),
         ..Default::default()
     });
@@ -479,9 +479,9 @@ async fn resume_customer(core: &ApiCore, name: &str) -> Response {
         );
         core.accounting.record(&crate::accounting::AccountingEvent {
             kind: Some(crate::accounting::EventType::CustomerResumed),
-            time: crate::clock::now_rfc3339(),
-            customer: name.to_string(),
-            response: pause.reason.clone(),
+            time: crate::clock::now_rfc3339().into(),
+            customer: name.to_string().into(),
+            response: pause.reason.as_str().into(),
             ..Default::default()
         });
     }

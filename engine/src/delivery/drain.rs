@@ -333,8 +333,8 @@ impl Handover {
             Some(attempt),
         );
         e.attempt = u32::from(taken.item.attempts);
-        e.node = self.node.clone();
-        e.xfer_id = taken.item.message.to_string();
+        e.node = self.node.as_str().into();
+        e.xfer_id = taken.item.message.to_string().into();
         core.accounting.record(&e);
         outcome::record_state(
             core,

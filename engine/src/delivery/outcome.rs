@@ -33,40 +33,38 @@ fn enhanced(reply: &Reply) -> Option<(u8, u16, u16)> {
     reply.enhanced.map(|e| (e.class, e.subject, e.detail))
 }
 
-pub(super) fn event(
+pub(super) fn event<'a>(
     kind: EventType,
-    key: &QueueKey,
+    key: &'a QueueKey,
     item: &Queued,
-    message: &StoredMessage,
+    message: &'a StoredMessage,
     reply: &Reply,
-    attempt: Option<Attempt>,
-) -> AccountingEvent {
+    attempt: Option<Attempt<'a>>,
+) -> AccountingEvent<'a> {
     let now_s = crate::clock::unix_s();
     let envelope = &message.envelope;
+    let recipient = envelope.address(item.recipient as usize);
     AccountingEvent {
         kind: Some(kind),
-        time: crate::clock::now_rfc3339(),
-        id: item.message.to_string(),
-        message_id: envelope.tags().message_id.clone(),
-        customer: envelope.customer().to_string(),
-        campaign: envelope.tags().campaign.clone(),
-        vmta: key.vmta.to_string(),
-        source_ip: attempt.map(|a| a.source_ip.to_string()).unwrap_or_default(),
-        client_ip: String::new(),
-        sender: envelope.sender().to_string(),
-        recipient: envelope
-            .address(item.recipient as usize)
-            .map(str::to_string)
-            .unwrap_or_default(),
+        time: crate::clock::now_rfc3339().into(),
+        id: item.message.to_string().into(),
+        message_id: envelope.tags().message_id.as_str().into(),
+        customer: envelope.customer().into(),
+        campaign: envelope.tags().campaign.as_str().into(),
+        vmta: (*key.vmta).into(),
+        source_ip: attempt.map(|a| a.source_ip).unwrap_or_default().into(),
+        sender: envelope.sender().into(),
+        recipient: recipient.unwrap_or_default().into(),
         // The recipient's own domain: a rollup queue carries several.
-        domain: envelope
-            .address(item.recipient as usize)
-            .map_or_else(|| key.domain.to_string(), domain_of),
-        mx: attempt.map(|a| a.mx.to_string()).unwrap_or_default(),
-        tls: attempt.map(|a| a.tls.to_string()).unwrap_or_default(),
-        response: reply.to_string(),
-        enhanced_code: reply.enhanced.map(|e| e.to_string()).unwrap_or_default(),
-        bounce_category: String::new(),
+        domain: recipient.map_or_else(|| (*key.domain).into(), |r| domain_of(r).into()),
+        mx: attempt.map(|a| a.mx).unwrap_or_default().into(),
+        tls: attempt.map(|a| a.tls).unwrap_or_default().into(),
+        response: reply.to_string().into(),
+        enhanced_code: reply
+            .enhanced
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .into(),
         attempt: u32::from(item.attempts) + 1,
         size_bytes: u64::from(message.body.len),
         queue_ms: now_s
@@ -293,9 +291,9 @@ fn guard_bounce_rate(core: &DeliveryCore, message: &StoredMessage, bounced: bool
     );
     core.accounting.record(&crate::accounting::AccountingEvent {
         kind: Some(EventType::CustomerPaused),
-        time: crate::clock::now_rfc3339(),
-        customer: name.to_string(),
-        response: pause.reason,
+        time: crate::clock::now_rfc3339().into(),
+        customer: name.to_string().into(),
+        response: pause.reason.into(),
         ..Default::default()
     });
 }
@@ -372,7 +370,7 @@ pub async fn defer(
             let mut e = event(EventType::Transient, key, &item, message, reply, attempt);
             e.bounce_category = classify(reply.code, enhanced(reply), &reply.text)
                 .as_str()
-                .to_string();
+                .into();
             core.accounting.record(&e);
             let state = RecipientState::Deferred {
                 next_attempt_s: at_s,
@@ -608,7 +606,7 @@ async fn bounce_message(core: &Rc<DeliveryCore>, group: &BounceGroup) -> Result<
         core.delivery
             .count_outcome(&group.key, item.message, outcome);
         let mut e = event(kind, &group.key, item, message, reply, attempt);
-        e.bounce_category = category.as_str().to_string();
+        e.bounce_category = category.as_str().into();
         core.accounting.record(&e);
         core.delivery
             .queues
@@ -796,12 +794,16 @@ async fn drop_unreadable(
         );
         core.accounting.record(&AccountingEvent {
             kind: Some(EventType::Bounce),
-            time: crate::clock::now_rfc3339(),
-            id: item.message.to_string(),
-            vmta: key.vmta.to_string(),
-            domain: key.domain.to_string(),
-            response: reply.to_string(),
-            enhanced_code: reply.enhanced.map(|e| e.to_string()).unwrap_or_default(),
+            time: crate::clock::now_rfc3339().into(),
+            id: item.message.to_string().into(),
+            vmta: key.vmta.to_string().into(),
+            domain: key.domain.to_string().into(),
+            response: reply.to_string().into(),
+            enhanced_code: reply
+                .enhanced
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+                .into(),
             attempt: u32::from(item.attempts) + 1,
             ..AccountingEvent::default()
         });

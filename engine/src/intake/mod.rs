@@ -432,20 +432,20 @@ fn record_xfer_in(
         }
         core.accounting.record(&AccountingEvent {
             kind: Some(EventType::XferIn),
-            time: crate::clock::now_rfc3339(),
-            id: id_text.clone(),
-            message_id: envelope.tags.message_id.clone(),
-            customer: envelope.customer.clone(),
-            campaign: envelope.tags.campaign.clone(),
-            source_ip: source_ip.clone(),
-            sender: envelope.sender.clone(),
-            recipient: r.address.clone(),
-            domain: r.domain(),
+            time: crate::clock::now_rfc3339().into(),
+            id: id_text.as_str().into(),
+            message_id: envelope.tags.message_id.as_str().into(),
+            customer: envelope.customer.as_str().into(),
+            campaign: envelope.tags.campaign.as_str().into(),
+            source_ip: source_ip.as_str().into(),
+            sender: envelope.sender.as_str().into(),
+            recipient: r.address.as_str().into(),
+            domain: r.domain().into(),
             attempt: xfer.attempts,
             size_bytes: size,
             queue_ms,
-            node: xfer.node.clone(),
-            xfer_id: xfer.id.clone(),
+            node: xfer.node.as_str().into(),
+            xfer_id: xfer.id.as_str().into(),
             ..Default::default()
         });
     }
@@ -471,14 +471,14 @@ fn drop_suppressed(core: &Shard, envelope: &mut Envelope) -> Result<(), Refusal>
     for address in &dropped {
         core.accounting.record(&AccountingEvent {
             kind: Some(EventType::Suppressed),
-            time: crate::clock::now_rfc3339(),
-            message_id: envelope.tags.message_id.clone(),
-            customer: customer.clone(),
-            campaign: envelope.tags.campaign.clone(),
-            sender: envelope.sender.clone(),
-            recipient: address.clone(),
-            domain: crate::envelope::domain_of(address),
-            response: Reply::RECIPIENT_SUPPRESSED.to_string(),
+            time: crate::clock::now_rfc3339().into(),
+            message_id: envelope.tags.message_id.as_str().into(),
+            customer: customer.as_str().into(),
+            campaign: envelope.tags.campaign.as_str().into(),
+            sender: envelope.sender.as_str().into(),
+            recipient: address.as_str().into(),
+            domain: crate::envelope::domain_of(address).into(),
+            response: Reply::RECIPIENT_SUPPRESSED.to_string().into(),
             enhanced_code: "5.7.1".into(),
             ..Default::default()
         });
@@ -497,8 +497,8 @@ fn rejected(core: &Shard, origin: &Origin<'_>, envelope: &Envelope, refusal: Ref
         let reply = refusal.smtp_reply();
         for r in &envelope.recipients {
             let mut event = rejection_event(&envelope.customer, &r.address, &reply);
-            event.message_id = envelope.tags.message_id.clone();
-            event.campaign = envelope.tags.campaign.clone();
+            event.message_id = envelope.tags.message_id.as_str().into();
+            event.campaign = envelope.tags.campaign.as_str().into();
             if let Refusal::Spam { score, symbols, .. } = &refusal {
                 event.spam_score = Some(*score);
                 event.spam_symbols = Some(symbols.join(" "));
@@ -516,15 +516,23 @@ pub fn record_rejection(core: &Shard, customer: &str, recipient: &str, reply: &R
         .record(&rejection_event(customer, recipient, reply));
 }
 
-fn rejection_event(customer: &str, recipient: &str, reply: &Reply) -> AccountingEvent {
+fn rejection_event<'a>(
+    customer: &'a str,
+    recipient: &'a str,
+    reply: &Reply,
+) -> AccountingEvent<'a> {
     AccountingEvent {
         kind: Some(EventType::Rejection),
-        time: crate::clock::now_rfc3339(),
-        customer: customer.to_string(),
-        recipient: recipient.to_string(),
-        domain: crate::envelope::domain_of(recipient),
-        response: reply.to_string(),
-        enhanced_code: reply.enhanced().map(|e| e.to_string()).unwrap_or_default(),
+        time: crate::clock::now_rfc3339().into(),
+        customer: customer.into(),
+        recipient: recipient.into(),
+        domain: crate::envelope::domain_of(recipient).into(),
+        response: reply.to_string().into(),
+        enhanced_code: reply
+            .enhanced()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .into(),
         ..Default::default()
     }
 }
@@ -559,17 +567,17 @@ fn record_reception(
     for r in &envelope.recipients {
         core.accounting.record(&AccountingEvent {
             kind: Some(EventType::Reception),
-            time: crate::clock::now_rfc3339(),
-            id: id_text.clone(),
-            message_id: envelope.tags.message_id.clone(),
-            customer: envelope.customer.clone(),
-            campaign: envelope.tags.campaign.clone(),
-            vmta: routed.vmta.to_string(),
-            source_ip: routed.source_ip.to_string(),
-            sender: envelope.sender.clone(),
-            recipient: r.address.clone(),
-            domain: r.domain(),
-            client_ip: client_ip.clone(),
+            time: crate::clock::now_rfc3339().into(),
+            id: id_text.as_str().into(),
+            message_id: envelope.tags.message_id.as_str().into(),
+            customer: envelope.customer.as_str().into(),
+            campaign: envelope.tags.campaign.as_str().into(),
+            vmta: routed.vmta.into(),
+            source_ip: routed.source_ip.into(),
+            sender: envelope.sender.as_str().into(),
+            recipient: r.address.as_str().into(),
+            domain: r.domain().into(),
+            client_ip: client_ip.as_str().into(),
             size_bytes: size,
             ..Default::default()
         });

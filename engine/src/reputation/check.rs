@@ -260,11 +260,11 @@ fn apply(
             }
             record(&AccountingEvent {
                 kind: Some(EventType::Reputation),
-                time: crate::clock::now_rfc3339(),
-                vmta: c.vmta.clone(),
-                source_ip: c.source_ip.to_string(),
-                domain: c.zone.clone(),
-                response: c.text.clone(),
+                time: crate::clock::now_rfc3339().into(),
+                vmta: c.vmta.as_str().into(),
+                source_ip: c.source_ip.to_string().into(),
+                domain: c.zone.as_str().into(),
+                response: c.text.as_str().into(),
                 ..Default::default()
             });
         }
@@ -401,7 +401,7 @@ mod tests {
         let board = ReputationBoard::default();
         let vmtas = VmtaBoard::default();
         let events = std::cell::RefCell::new(Vec::new());
-        let record = |e: &AccountingEvent| events.borrow_mut().push(e.response.clone());
+        let record = |e: &AccountingEvent| events.borrow_mut().push(e.response.to_string());
         let round = |zone_status: &'static str| {
             apply(
                 vec![rep("pass", &[("bl.test", zone_status)])],
