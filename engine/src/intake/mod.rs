@@ -564,10 +564,12 @@ fn record_reception(
         .record_us(started.elapsed().as_micros() as u64);
     let id_text = id.to_string();
     let client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    // Every recipient was received at the same instant.
+    let time = crate::clock::now_rfc3339();
     for r in &envelope.recipients {
         core.accounting.record(&AccountingEvent {
             kind: Some(EventType::Reception),
-            time: crate::clock::now_rfc3339().into(),
+            time: time.as_str().into(),
             id: id_text.as_str().into(),
             message_id: envelope.tags.message_id.as_str().into(),
             customer: envelope.customer.as_str().into(),
