@@ -438,7 +438,9 @@ pub struct Queues {
     /// Queues by slot; a slot is reused after `remove_idle_queues`.
     slots: Vec<Option<Queue>>,
     free_slots: Vec<u32>,
-    index: HashMap<QueueKey, u32>,
+    /// foldhash, randomly seeded: looked up several times per transaction, and SipHash was
+    /// the larger part of that with domains as keys.
+    index: HashMap<QueueKey, u32, foldhash::fast::RandomState>,
     /// Wake-ups `(time_s, slot)`, earliest first; entries not matching their queue are stale.
     wakes: BinaryHeap<Reverse<(u64, u32)>>,
     /// Queues touched since the last upkeep (one entry each, see `Queue::changed`).
@@ -464,7 +466,7 @@ impl Queues {
             default_policy,
             slots: Vec::new(),
             free_slots: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             wakes: BinaryHeap::new(),
             changed: Vec::new(),
             watched: Vec::new(),

@@ -217,7 +217,7 @@ impl Queues {
                 .into_iter()
                 .flatten()
                 .collect();
-            let mut index = HashMap::with_capacity(queues.len());
+            let mut index = HashMap::with_capacity_and_hasher(queues.len(), Default::default());
             let (mut wakes, mut checks, mut changed, mut watched) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (slot, q) in queues.iter().enumerate() {
