@@ -33,6 +33,11 @@ fn enhanced(reply: &Reply) -> Option<(u8, u16, u16)> {
     reply.enhanced.map(|e| (e.class, e.subject, e.detail))
 }
 
+/// The reply's enhanced code as an event writes it (empty when it has none).
+fn enhanced_code_text(reply: &Reply) -> String {
+    reply.enhanced.map(|e| e.to_string()).unwrap_or_default()
+}
+
 pub(super) fn event<'a>(
     kind: EventType,
     key: &'a QueueKey,
@@ -60,11 +65,7 @@ pub(super) fn event<'a>(
         mx: attempt.map(|a| a.mx).unwrap_or_default().into(),
         tls: attempt.map(|a| a.tls).unwrap_or_default().into(),
         response: reply.to_string().into(),
-        enhanced_code: reply
-            .enhanced
-            .map(|e| e.to_string())
-            .unwrap_or_default()
-            .into(),
+        enhanced_code: enhanced_code_text(reply).into(),
         attempt: u32::from(item.attempts) + 1,
         size_bytes: u64::from(message.body.len),
         queue_ms: now_s
@@ -796,14 +797,10 @@ async fn drop_unreadable(
             kind: Some(EventType::Bounce),
             time: crate::clock::now_rfc3339().into(),
             id: item.message.to_string().into(),
-            vmta: key.vmta.to_string().into(),
-            domain: key.domain.to_string().into(),
+            vmta: (*key.vmta).into(),
+            domain: (*key.domain).into(),
             response: reply.to_string().into(),
-            enhanced_code: reply
-                .enhanced
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-                .into(),
+            enhanced_code: enhanced_code_text(&reply).into(),
             attempt: u32::from(item.attempts) + 1,
             ..AccountingEvent::default()
         });
