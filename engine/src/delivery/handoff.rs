@@ -71,13 +71,7 @@ pub fn queue_handoff(
 pub fn on_core_message(core: &std::rc::Rc<DeliveryCore>, message: CoreMessage) {
     match message {
         CoreMessage::Deliver(handoff) => core.delivery.accept_handoff(core, handoff),
-        CoreMessage::Outcomes { id, states } => {
-            let core = core.clone();
-            glommio::spawn_local(async move {
-                outcome::store_states(&core.spool, id, states).await;
-            })
-            .detach();
-        }
+        CoreMessage::Outcomes { id, states } => outcome::take_states(core, id, states),
         CoreMessage::Admin(command) => core.delivery.admin(core, command),
         CoreMessage::Ask(question) => super::questions::answer(core, question),
     }

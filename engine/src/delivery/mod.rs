@@ -79,6 +79,10 @@ pub struct CoreDelivery {
     leases: RefCell<shaping::LeaseBook>,
     /// Outcomes and queued recipients by VMTA, customer and destination, published each second.
     pub labels: RefCell<CoreLabels>,
+    /// States of recipients of messages spooled here, as they arrived from the delivering cores
+    /// and not yet written: emptied by the one task `outcome::take_states` starts, in the same
+    /// executor turn (so bounded by what one drain of the router brings).
+    pub arriving_states: RefCell<Vec<(crate::envelope::MessageId, outcome::States)>>,
 }
 
 /// What delivery on one core reaches: its shard, its placement (to move mail off a VMTA that is
@@ -138,6 +142,7 @@ impl CoreDelivery {
             connections: Cell::new(0),
             leases: RefCell::new(shaping::LeaseBook::default()),
             labels: RefCell::new(CoreLabels::default()),
+            arriving_states: RefCell::new(Vec::new()),
         }
     }
 

@@ -212,10 +212,70 @@ pub async fn store_state(spool: &Spool, id: MessageId, recipient: u32, state: Re
     }
 }
 
+/// New states of recipients of one message, by recipient index.
+pub type States = Vec<(u32, RecipientState)>;
+
+/// Most state records (48 octets each) one spool write of arrived outcomes carries; a larger
+/// backlog is written in several (a message with more goes alone).
+const STATE_RECORDS_PER_WRITE_MAX: usize = 512;
+
+/// Takes the states another core (or this one) sent for a message spooled here. The outcomes
+/// that reach the core together (one drain of the router) are written together: one task, one
+/// `pwrite`, one join of the commit, where each used to be a task and a write of its own (with
+/// ten recipient domains, ten per message).
+pub fn take_states(core: &Rc<DeliveryCore>, id: MessageId, states: States) {
+    let mut arriving = core.delivery.arriving_states.borrow_mut();
+    arriving.push((id, states));
+    if arriving.len() > 1 {
+        // The task started with the first one has not run yet: it takes this one too.
+        return;
+    }
+    let core = core.clone();
+    glommio::spawn_local(async move { write_arrived_states(&core).await }).detach();
+}
+
+async fn write_arrived_states(core: &Rc<DeliveryCore>) {
+    let arrived = std::mem::take(&mut *core.delivery.arriving_states.borrow_mut());
+    let mut arrived = arrived.into_iter().peekable();
+    while arrived.peek().is_some() {
+        let mut group = Vec::new();
+        let mut records = 0;
+        while let Some((_, states)) = arrived.peek() {
+            if !group.is_empty() && records + states.len() > STATE_RECORDS_PER_WRITE_MAX {
+                break;
+            }
+            records += states.len();
+            group.extend(arrived.next());
+        }
+        write_states_together(core, group).await;
+    }
+}
+
+/// Writes the states of several messages at once; should that fail, each message's on its own,
+/// as before (an unknown message, say, then fails alone).
+async fn write_states_together(core: &Rc<DeliveryCore>, mut group: Vec<(MessageId, States)>) {
+    if group.len() == 1
+        && let Some((id, states)) = group.pop()
+    {
+        return store_states(&core.spool, id, states).await;
+    }
+    let batch: Vec<_> = group
+        .iter()
+        .map(|(id, states)| (*id, states.as_slice()))
+        .collect();
+    if core.spool.set_states_of(&batch).await.is_ok() {
+        return;
+    }
+    for (id, states) in group {
+        let core = core.clone();
+        glommio::spawn_local(async move { store_states(&core.spool, id, states).await }).detach();
+    }
+}
+
 /// Records the new states of recipients of message `id` in this core's spool, together (one
 /// write); should that fail, one by one, as `store_state` does (tried again while the error may
 /// pass).
-pub async fn store_states(spool: &Spool, id: MessageId, states: Vec<(u32, RecipientState)>) {
+pub async fn store_states(spool: &Spool, id: MessageId, states: States) {
     if let [(recipient, state)] = states[..] {
         return store_state(spool, id, recipient, state).await;
     }

@@ -489,66 +489,92 @@ impl Spool {
         id: MessageId,
         states: &[(u32, RecipientState)],
     ) -> Result<(), SpoolError> {
+        self.set_states_of(&[(id, states)]).await
+    }
+
+    /// `set_states` for several messages at once (the outcomes that reached the spooling core
+    /// together): every record in one `pwrite` and one commit, all or nothing.
+    pub async fn set_states_of(
+        &self,
+        messages: &[(MessageId, &[(u32, RecipientState)])],
+    ) -> Result<(), SpoolError> {
         let inner = &*self.inner;
-        self.check_core(id)?;
+        for &(id, _) in messages {
+            self.check_core(id)?;
+        }
         inner.commit.check_writable()?;
-        if states.is_empty() {
+        let records: usize = messages.iter().map(|(_, states)| states.len()).sum();
+        if records == 0 {
             return Ok(());
         }
-        let message_segment = {
+        // Each message's own segment, checked before anything is written.
+        let message_segments = {
             let index = inner.index.borrow();
-            let message = index
-                .messages
-                .get(&id.seq)
-                .ok_or(SpoolError::UnknownMessage(id))?;
-            if let Some(&(recipient, _)) = states
-                .iter()
-                .find(|(recipient, _)| *recipient >= message.recipient_count)
-            {
-                return Err(SpoolError::NoSuchRecipient { id, recipient });
+            let mut segments = Vec::with_capacity(messages.len());
+            for &(id, states) in messages {
+                let message = index
+                    .messages
+                    .get(&id.seq)
+                    .ok_or(SpoolError::UnknownMessage(id))?;
+                if let Some(&(recipient, _)) = states
+                    .iter()
+                    .find(|(recipient, _)| *recipient >= message.recipient_count)
+                {
+                    return Err(SpoolError::NoSuchRecipient { id, recipient });
+                }
+                segments.push(message.segment);
             }
-            message.segment
+            segments
         };
-        let span = STATE_RECORD_SPAN * states.len();
+        let span = STATE_RECORD_SPAN * records;
         self.make_room(span, RecordClass::State).await?;
         let (segment, at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
             let (at, ()) = writer
                 .append(span, |dst| {
-                    for (dst, &(recipient, state)) in
-                        dst.chunks_exact_mut(STATE_RECORD_SPAN).zip(states)
+                    let mut slots = dst.chunks_exact_mut(STATE_RECORD_SPAN);
+                    for (&(id, states), &message_segment) in messages.iter().zip(&message_segments)
                     {
-                        let record = StateRecord {
-                            id,
-                            message_segment,
-                            recipient,
-                            state,
-                        };
-                        record::encode_state(dst, &record);
+                        // States first: `zip` takes from its left side before it learns the
+                        // right one has ended, and a slot taken here would be lost.
+                        for (&(recipient, state), dst) in states.iter().zip(slots.by_ref()) {
+                            let record = StateRecord {
+                                id,
+                                message_segment,
+                                recipient,
+                                state,
+                            };
+                            record::encode_state(dst, &record);
+                        }
                     }
                 })
                 .ok_or(SpoolError::Full)??;
             (segment, at as u32)
         };
-        // Pinned now, before waiting: a reclaim meanwhile must not delete the state record's
+        // Pinned now, before waiting: a reclaim meanwhile must not delete a state record's
         // segment while the message's own survives.
-        if message_segment != segment
-            && let Some(usage) = inner.index.borrow_mut().segments.get_mut(&segment)
-        {
-            usage.pin(message_segment);
+        if let Some(usage) = inner.index.borrow_mut().segments.get_mut(&segment) {
+            for &message_segment in &message_segments {
+                if message_segment != segment {
+                    usage.pin(message_segment);
+                }
+            }
         }
-        self.update_stats(|s| s.state_records += states.len() as u64);
+        self.update_stats(|s| s.state_records += records as u64);
         let end = at + span as u32;
         // Lost in a power cut, a delivery's or deferral's record only makes a restart try the
         // recipient again (or sooner): it rides with the next commit instead of paying for one
         // (see `commit`). Bounces and expiries wait: lost, they would send a second DSN.
-        let lazy = states.iter().all(|(_, state)| {
-            matches!(
-                state,
-                RecipientState::Delivered | RecipientState::Deferred { .. }
-            )
-        });
+        let lazy = messages
+            .iter()
+            .flat_map(|(_, states)| *states)
+            .all(|(_, state)| {
+                matches!(
+                    state,
+                    RecipientState::Delivered | RecipientState::Deferred { .. }
+                )
+            });
         let batch = if lazy {
             inner.commit.join_lazy(segment, at, end)
         } else {
@@ -561,16 +587,18 @@ impl Spool {
         // matches what recovery would find, and the caller may try the same states again.
         {
             let mut index = inner.index.borrow_mut();
-            for &(recipient, state) in states {
-                index.apply_state(id.seq, recipient, state);
-            }
-            let segment_finished = !index.messages.contains_key(&id.seq)
-                && index
-                    .segments
-                    .get(&message_segment)
-                    .is_some_and(|u| u.live_messages == 0);
-            if segment_finished {
-                inner.reclaim_wanted.set(true);
+            for (&(id, states), &message_segment) in messages.iter().zip(&message_segments) {
+                for &(recipient, state) in states {
+                    index.apply_state(id.seq, recipient, state);
+                }
+                let segment_finished = !index.messages.contains_key(&id.seq)
+                    && index
+                        .segments
+                        .get(&message_segment)
+                        .is_some_and(|u| u.live_messages == 0);
+                if segment_finished {
+                    inner.reclaim_wanted.set(true);
+                }
             }
         }
         self.reclaim_if_wanted().await;

@@ -1296,3 +1296,73 @@ fn a_transactions_states_are_written_together_or_not_at_all() {
         );
     });
 }
+
+#[test]
+fn several_messages_states_are_written_together_or_not_at_all() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let (spool, _) = Spool::open(cfg.clone()).unwrap();
+        let stored = store_n(&spool, 3, 4, 100).await;
+        let (a, b, c) = (stored[0].0, stored[1].0, stored[2].0);
+        let delivered = RecipientState::Delivered;
+        let deferred = RecipientState::Deferred {
+            next_attempt_s: 1_000,
+            attempts: 1,
+        };
+        let records = spool.stats().state_records;
+        // One message of the batch is not in the spool: nothing is recorded for the others.
+        let unknown = MessageId {
+            core: a.core,
+            seq: 999,
+        };
+        assert!(matches!(
+            spool
+                .set_states_of(&[(a, &[(0, delivered)]), (unknown, &[(0, delivered)])])
+                .await,
+            Err(SpoolError::UnknownMessage(id)) if id == unknown
+        ));
+        assert_eq!(spool.stats().state_records, records);
+        // b finished, a in two groups (two transactions' outcomes), c deferred.
+        let all: Vec<_> = (0..4).map(|r| (r, delivered)).collect();
+        spool
+            .set_states_of(&[
+                (a, &[(0, delivered), (1, delivered)]),
+                (b, &all),
+                (c, &[(2, deferred)]),
+                (a, &[(3, delivered)]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(spool.stats().state_records, records + 8);
+        assert_eq!(spool.stats().live_messages, 2, "b is finished");
+        spool.close().await.unwrap();
+        drop(spool);
+        let (_spool, recovered) = Spool::open(cfg).unwrap();
+        let states = |id| {
+            recovered
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.states().collect::<Vec<_>>())
+        };
+        assert_eq!(states(b), None);
+        assert_eq!(
+            states(a),
+            Some(vec![
+                delivered,
+                delivered,
+                RecipientState::Pending,
+                delivered
+            ])
+        );
+        assert_eq!(
+            states(c),
+            Some(vec![
+                RecipientState::Pending,
+                RecipientState::Pending,
+                deferred,
+                RecipientState::Pending
+            ])
+        );
+    });
+}
