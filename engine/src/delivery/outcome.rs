@@ -224,17 +224,24 @@ const STATE_RECORDS_PER_WRITE_MAX: usize = 512;
 /// `pwrite`, one join of the commit, where each used to be a task and a write of its own (with
 /// ten recipient domains, ten per message).
 pub fn take_states(core: &Rc<DeliveryCore>, id: MessageId, states: States) {
-    let mut arriving = core.delivery.arriving_states.borrow_mut();
-    arriving.push((id, states));
-    if arriving.len() > 1 {
+    let first = {
+        let mut arriving = core.delivery.arriving_states.borrow_mut();
+        arriving.push((id, states));
+        arriving.len() == 1
+    };
+    if !first {
         // The task started with the first one has not run yet: it takes this one too.
         return;
     }
+    // Spawned with the list released: the task may start at once.
     let core = core.clone();
     glommio::spawn_local(async move { write_arrived_states(&core).await }).detach();
 }
 
 async fn write_arrived_states(core: &Rc<DeliveryCore>) {
+    // Behind the tasks ready now (the router's receivers, delivering connections finishing a
+    // transaction), so that what they bring this turn joins this write.
+    futures_lite::future::yield_now().await;
     let arrived = std::mem::take(&mut *core.delivery.arriving_states.borrow_mut());
     let mut arrived = arrived.into_iter().peekable();
     while arrived.peek().is_some() {
