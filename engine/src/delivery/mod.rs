@@ -80,8 +80,8 @@ pub struct CoreDelivery {
     /// Outcomes and queued recipients by VMTA, customer and destination, published each second.
     pub labels: RefCell<CoreLabels>,
     /// States of recipients of messages spooled here, as they arrived from the delivering cores
-    /// and not yet written: emptied by the one task `outcome::take_states` starts, in the same
-    /// executor turn (so bounded by what one drain of the router brings).
+    /// and not yet written: emptied by the one task `outcome::take_states` starts, as soon as the
+    /// tasks ready then have run (so bounded by what one executor turn brings).
     pub arriving_states: RefCell<Vec<(crate::envelope::MessageId, outcome::States)>>,
 }
 
