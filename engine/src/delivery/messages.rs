@@ -43,7 +43,7 @@ pub struct CustomerSlots {
     /// Per slot: the customer ("" for none) and its recipients here (0 = a free slot).
     slots: Vec<(Rc<str>, u64)>,
     free: Vec<u32>,
-    index: HashMap<Rc<str>, u32, foldhash::fast::RandomState>,
+    index: foldhash::HashMap<Rc<str>, u32>,
 }
 
 impl CustomerSlots {

@@ -70,27 +70,25 @@ const PUBLISH_SKIPS_MAX: u32 = 3;
 /// A map of this many entries or fewer is never shrunk.
 const SHRINK_MIN_CAPACITY: usize = 64;
 
-/// The per-core maps, updated for every outcome: foldhash (randomly seeded) rather than SipHash.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-fn shrink<K: Eq + std::hash::Hash, V>(map: &mut FastMap<K, V>) {
+fn shrink<K: Eq + std::hash::Hash, V>(map: &mut foldhash::HashMap<K, V>) {
     if map.capacity() > SHRINK_MIN_CAPACITY && map.capacity() > 4 * map.len() {
         map.shrink_to(2 * map.len());
     }
 }
 
-/// One core's labelled figures, owned by its delivery (never shared).
+/// One core's labelled figures, owned by its delivery (never shared). Its maps, updated for every
+/// outcome, hash with foldhash (randomly seeded) rather than SipHash.
 #[derive(Debug)]
 pub struct CoreLabels {
     /// Outcomes since the last publish, by VMTA and customer name as queued (resolved to label
     /// values at publish), and by destination label (a member of `top` when counted, or `other`).
-    outcomes_vmta: FastMap<Rc<str>, Counts>,
-    outcomes_customer: FastMap<Rc<str>, Counts>,
-    outcomes_destination: FastMap<Arc<str>, Counts>,
+    outcomes_vmta: foldhash::HashMap<Rc<str>, Counts>,
+    outcomes_customer: foldhash::HashMap<Rc<str>, Counts>,
+    outcomes_destination: foldhash::HashMap<Arc<str>, Counts>,
     /// Recipients queued (or in flight) on this core now, by VMTA and by queue domain: an entry
     /// lives while the core has recipients for it, like the queues themselves.
-    queued_vmta: FastMap<Rc<str>, u64>,
-    queued_domain: FastMap<Rc<str>, u64>,
+    queued_vmta: foldhash::HashMap<Rc<str>, u64>,
+    queued_domain: foldhash::HashMap<Rc<str>, u64>,
     queued_total: u64,
     sketch: Sketch,
     /// The node's top destinations as of this core's last publish.
@@ -104,11 +102,11 @@ pub struct CoreLabels {
 impl Default for CoreLabels {
     fn default() -> Self {
         CoreLabels {
-            outcomes_vmta: FastMap::default(),
-            outcomes_customer: FastMap::default(),
-            outcomes_destination: FastMap::default(),
-            queued_vmta: FastMap::default(),
-            queued_domain: FastMap::default(),
+            outcomes_vmta: foldhash::HashMap::default(),
+            outcomes_customer: foldhash::HashMap::default(),
+            outcomes_destination: foldhash::HashMap::default(),
+            queued_vmta: foldhash::HashMap::default(),
+            queued_domain: foldhash::HashMap::default(),
             queued_total: 0,
             sketch: Sketch::default(),
             top: Arc::new(TopSet::default()),
@@ -134,7 +132,7 @@ impl CoreLabels {
 
     /// One recipient of (`vmta`, `domain`) finished here (an outcome, or handed elsewhere).
     pub fn released(&mut self, vmta: &str, domain: &str) {
-        fn one_less(map: &mut FastMap<Rc<str>, u64>, key: &str) {
+        fn one_less(map: &mut foldhash::HashMap<Rc<str>, u64>, key: &str) {
             if let Some(n) = map.get_mut(key) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {

@@ -440,7 +440,7 @@ pub struct Queues {
     free_slots: Vec<u32>,
     /// foldhash, randomly seeded: looked up several times per transaction, and SipHash was
     /// the larger part of that with domains as keys.
-    index: HashMap<QueueKey, u32, foldhash::fast::RandomState>,
+    index: foldhash::HashMap<QueueKey, u32>,
     /// Wake-ups `(time_s, slot)`, earliest first; entries not matching their queue are stale.
     wakes: BinaryHeap<Reverse<(u64, u32)>>,
     /// Queues touched since the last upkeep (one entry each, see `Queue::changed`).

@@ -25,9 +25,7 @@ impl EnhancedCode {
             detail,
         }
     }
-}
 
-impl EnhancedCode {
     /// Appends `class.subject.detail`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         push_decimal(out, u64::from(self.class));

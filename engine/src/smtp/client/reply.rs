@@ -150,9 +150,8 @@ pub struct ReplyParser {
     /// Its text lines so far, joined by `\n` as `Reply::text` holds them (one buffer, not one
     /// per line: every delivery reads a few replies).
     text: String,
-    /// How many lines `text` holds, and the length of the first (where the enhanced code is).
+    /// How many lines `text` holds (an empty line leaves `text` as it was).
     line_count: usize,
-    first_line_bytes: usize,
 }
 
 impl ReplyParser {
@@ -228,9 +227,6 @@ impl ReplyParser {
             self.text.push('\n');
         }
         self.text.push_str(&String::from_utf8_lossy(text));
-        if self.line_count == 0 {
-            self.first_line_bytes = self.text.len();
-        }
         self.line_count += 1;
         if !last {
             return Ok(None);
@@ -238,9 +234,9 @@ impl ReplyParser {
         self.code = None;
         self.line_count = 0;
         let text = std::mem::take(&mut self.text);
-        let enhanced = text
-            .get(..self.first_line_bytes)
-            .and_then(parse_enhanced_prefix)
+        // The first line: lines are split at LF, so none holds one.
+        let first_line = text.split('\n').next().unwrap_or_default();
+        let enhanced = parse_enhanced_prefix(first_line)
             .map(|(e, _)| e)
             // The enhanced class must agree with the reply class to be meaningful.
             .filter(|e| u16::from(e.class) == code / 100);
@@ -294,6 +290,12 @@ mod tests {
             "detail of 4 digits is not an enhanced code"
         );
         assert_eq!(r[2].enhanced, None, "class must match the reply code");
+        // Read from the first line of a multi-line reply only.
+        let r = parse_all(b"250-2.1.5 first\r\n250 2.0.0 last\r\n550-no code\r\n550 5.1.1 x\r\n")
+            .unwrap();
+        assert_eq!(r[0].enhanced, Some(EnhancedCode::new(2, 1, 5)));
+        assert_eq!(r[1].enhanced, None);
+        assert_eq!(r[1].text, "no code\n5.1.1 x");
     }
 
     #[test]
