@@ -244,6 +244,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     };
     // Under systemd (Type=notify): READY=1 once every core serves.
     volley::runtime::notify::enable_from_env();
+    volley::runtime::crash_only::abort_on_panic();
     match volley::runtime::serve(config, path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

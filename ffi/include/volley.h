@@ -27,7 +27,8 @@ int volley_config_check(const char *toml, char *errors, size_t len);
 int64_t volley_hash_password(const char *password, char *out, size_t len);
 
 /* Runs the MTA in the calling thread until volley_stop() or SIGTERM. config_path NULL = the
- * embedded default (loopback only). 0 after a clean stop, 1 on error. */
+ * embedded default (loopback only). 0 after a clean stop, 1 on error. It installs a panic hook
+ * that aborts the process: a Volley thread that panics would otherwise leave this call hanging. */
 int volley_serve(const char *config_path);
 
 /* Asks a volley_serve running in another thread to stop gracefully. 0, or -1 if none runs. */

@@ -93,6 +93,8 @@ pub extern "C" fn volley_serve(config_path: *const c_char) -> c_int {
             }
         }
     };
+    // A core that panics would leave this call hanging; the process aborts instead.
+    volley::runtime::crash_only::abort_on_panic();
     match volley::runtime::serve(config, path) {
         Ok(()) => 0,
         Err(e) => {

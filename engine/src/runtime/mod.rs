@@ -3,6 +3,7 @@
 
 mod core;
 pub use core::Shared;
+pub mod crash_only;
 pub mod host_limits;
 pub mod notify;
 mod signals;
