@@ -64,22 +64,48 @@ def fsync_floor(directory: Path, count: int, via: str) -> dict:
     return json.loads(out)
 
 
+class StallProbe:
+    """`volley-stall-probe` on CPU 0 while a paced run goes: the stalls of Volley's CPU that no
+    code in this machine causes (a real-time thread's wake-ups made late: on a VM, the hypervisor
+    running something else), and the latency they alone impose on evenly arriving messages."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([BIN / "volley-stall-probe", "--cpu", "0"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def finish(self) -> dict:
+        out, _ = self.proc.communicate(timeout=30)  # closing stdin stops it
+        return json.loads(out)
+
+
 def one_run(v: Variant, work: Path, extra: str, messages: int, rate: float | None) -> dict:
     relay = Relay(v.volley, work, extra=extra, settings=v.settings)
+    probe = None
     try:
         cpu0 = relay.volley_cpu()
         args = ["--messages", str(messages), "--size", "1024", "--connections", "50"]
         if rate is not None:
             args += ["--rate", f"{rate:.0f}", *v.blast_extra]
+            probe = StallProbe()
         report = relay.blast(args).finish().report
+        stalls = probe.finish() if probe else None
+        probe = None
         cpu = relay.volley_cpu() - cpu0
         time.sleep(0.2)  # the commit counter is published every 100 ms
         commits = relay.metric("volley_spool_commits_total")
         buckets = relay.accept_histogram()
     finally:
+        if probe:
+            probe.proc.kill()
         relay.stop()
     lat = report["latency_us"]["end_of_data_reply"]
-    return {
+    host = {}
+    if stalls:
+        host = {"host_stalls": stalls["stalls"], "host_stalled_share": stalls["stalled_ms"] / 1000 / stalls["seconds"],
+                "host_max_stall_ms": stalls["max_stall_ms"], "host_past_2ms": stalls["share_past_2ms"],
+                "host_past_5ms": stalls["share_past_5ms"], "host_p99_floor_ms": stalls["p99_floor_ms"],
+                "host_realtime": stalls["realtime"]}
+    return {**host,
         "accepted_per_s": report["accepted_per_s"],
         "accepted": report["messages_accepted"],
         "p50_ms": lat["p50"] / 1000,
@@ -175,6 +201,13 @@ def main() -> None:
                       f"{r['server_within_5ms']:.1%} within 5 ms; volley CPU "
                       f"{r['volley_cpu_us_per_msg']:.0f} us/msg, {r['commits_per_msg']:.2f} commits/msg",
                       flush=True)
+                if "host_stalls" in r:
+                    print(f"   CPU 0 stalled (hypervisor) {r['host_stalls']} times, {r['host_stalled_share']:.1%} of "
+                          f"the run, longest {r['host_max_stall_ms']:.1f} ms: alone they make "
+                          f"{r['host_past_2ms']:.1%} of messages wait past 2 ms, {r['host_past_5ms']:.1%} past "
+                          f"5 ms, a p99 floor of {r['host_p99_floor_ms']:.2f} ms"
+                          + ("" if r["host_realtime"] else " (probe not real-time: includes this kernel's delays)"),
+                          flush=True)
     shutil.rmtree(base, ignore_errors=True)
     print("== medians over rounds")
     med = statistics.median
@@ -194,7 +227,9 @@ def main() -> None:
         print(f"{name(i)} {load:.0f} %: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms{verdict} "
               f"(per round: {', '.join('%.2f' % r['p99_ms'] for r in rs)}), server within 2 ms "
               f"{row['server_within_2ms']:.1%}, within 5 ms {row['server_within_5ms']:.1%}, volley CPU "
-              f"{row['volley_cpu_us_per_msg']:.0f} us/msg, {row['commits_per_msg']:.2f} commits/msg")
+              f"{row['volley_cpu_us_per_msg']:.0f} us/msg, {row['commits_per_msg']:.2f} commits/msg"
+              + (f"; host stalls alone: p99 floor {row['host_p99_floor_ms']:.2f} ms, {row['host_past_2ms']:.1%} past "
+                 f"2 ms" if "host_p99_floor_ms" in row else ""))
     print(json.dumps(summary))
 
 

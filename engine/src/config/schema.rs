@@ -142,6 +142,9 @@ pub struct SpoolSection {
     /// Longest a delivered or deferred recipient's state record waits for another commit to
     /// ride with before it starts its own (0: synced at once). See docs/configuration.md.
     pub lazy_state_sync_ms: u64,
+    /// Least time between the starts of two commits' fdatasyncs on one core (0: none); records
+    /// written meanwhile join the next commit. See docs/configuration.md.
+    pub min_sync_interval_us: u64,
     /// Where the fdatasyncs run: io_uring (default) or the core's blocking thread.
     pub sync_on: crate::spool::SyncOn,
 }
@@ -153,6 +156,7 @@ impl Default for SpoolSection {
             max_spool_bytes: 10 << 30,
             fsync: true,
             lazy_state_sync_ms: crate::spool::DEFAULT_LAZY_STATE_SYNC_MS,
+            min_sync_interval_us: crate::spool::DEFAULT_MIN_SYNC_INTERVAL_US,
             sync_on: crate::spool::SyncOn::IoUring,
         }
     }

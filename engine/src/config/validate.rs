@@ -177,7 +177,18 @@ fn check_server(config: &Config, c: &mut Checker) {
             "must be at least segment_bytes",
         );
     }
+    if sp.min_sync_interval_us > MAX_MIN_SYNC_INTERVAL_US {
+        // Every 250 may wait this long on top of the fdatasync.
+        c.error(
+            &[Key("spool"), Key("min_sync_interval_us")],
+            format!("must be at most {MAX_MIN_SYNC_INTERVAL_US} (10 ms)"),
+        );
+    }
 }
+
+/// Longest `[spool] min_sync_interval_us`: what it adds to an answer must stay well under a client's
+/// patience.
+const MAX_MIN_SYNC_INTERVAL_US: u64 = 10_000;
 
 fn check_listeners(config: &Config, c: &mut Checker) {
     use Step::{Index, Key};
@@ -897,6 +908,19 @@ mod tests {
         assert_eq!(Config::parse(base).unwrap().server.accounting_flush_ms, 100);
         let slow = Config::parse(&format!("{base}accounting_flush_ms = 5000\n")).unwrap();
         assert_eq!(slow.server.accounting_flush_ms, 5000);
+    }
+
+    #[test]
+    fn min_sync_interval_is_bounded_and_parsed() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:25\"\n[spool]\n";
+        let e = errors(&format!("{base}min_sync_interval_us = 10001\n"));
+        assert_eq!(e.0[0].key, "spool.min_sync_interval_us", "{e}");
+        assert_eq!(
+            Config::parse(base).unwrap().spool.min_sync_interval_us,
+            crate::spool::DEFAULT_MIN_SYNC_INTERVAL_US
+        );
+        let spaced = Config::parse(&format!("{base}min_sync_interval_us = 700\n")).unwrap();
+        assert_eq!(spaced.spool.min_sync_interval_us, 700);
     }
 
     #[test]

@@ -176,6 +176,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         max_spool_bytes: config.spool.max_spool_bytes / node.cores as u64,
         fsync: config.spool.fsync,
         lazy_state_sync_ms: config.spool.lazy_state_sync_ms,
+        min_sync_interval_us: config.spool.min_sync_interval_us,
         sync_on: config.spool.sync_on,
     })
     .map_err(|e| format!("spool of core {index} in {}: {e}", spool_dir.display()))?;

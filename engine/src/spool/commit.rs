@@ -111,6 +111,8 @@ pub struct CommitSettings {
     pub fsync: bool,
     /// See `CommitQueue::join_lazy`.
     pub lazy_sync_ms: u64,
+    /// Least time between the starts of two batches' syncs.
+    pub min_sync_interval: std::time::Duration,
     pub sync_on: SyncOn,
 }
 
@@ -155,6 +157,10 @@ pub struct CommitQueue {
     lazy_open: Cell<bool>,
     /// A timer that will start a batch for the lazy records is running.
     lazy_timer: Cell<bool>,
+    /// See `CommitSettings::min_sync_interval`.
+    min_sync_interval: std::time::Duration,
+    /// When the last batch was taken, for `min_sync_interval`.
+    last_taken: Cell<Option<std::time::Instant>>,
     /// Test hook: the next sync fails with this error kind, as a failing disk would.
     #[cfg(test)]
     fault: Cell<Option<io::ErrorKind>>,
@@ -187,6 +193,8 @@ impl CommitQueue {
             lazy_sync: std::time::Duration::from_millis(settings.lazy_sync_ms),
             lazy_open: Cell::new(false),
             lazy_timer: Cell::new(false),
+            min_sync_interval: settings.min_sync_interval,
+            last_taken: Cell::new(None),
             #[cfg(test)]
             fault: Cell::new(None),
             #[cfg(test)]
@@ -336,6 +344,7 @@ impl CommitQueue {
             let Some(slot) = slot else {
                 break;
             };
+            self.space_syncs().await;
             let batch = self.open.replace(Rc::new(Batch::default()));
             self.lazy_open.set(false);
             let segments = std::mem::take(&mut *self.dirty_segments.borrow_mut());
@@ -357,6 +366,21 @@ impl CommitQueue {
         for directory in &self.directories {
             directory.borrow_mut().take();
         }
+    }
+
+    /// Holds the next batch open until `min_sync_interval` after the last one was taken: records
+    /// written meanwhile share its fdatasync. Only the committer takes batches, so the slot it
+    /// found free stays free while it waits.
+    async fn space_syncs(&self) {
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last_taken.get()
+            && !self.stopping.get()
+            && let Some(wait) = (last + self.min_sync_interval).checked_duration_since(now)
+            && !wait.is_zero()
+        {
+            glommio::timer::sleep(wait).await;
+        }
+        self.last_taken.set(Some(std::time::Instant::now()));
     }
 
     fn syncs_in_flight(&self) -> usize {
@@ -598,6 +622,7 @@ mod tests {
         CommitSettings {
             fsync: true,
             lazy_sync_ms: 0,
+            min_sync_interval: std::time::Duration::ZERO,
             sync_on: SyncOn::IoUring,
         }
     }
@@ -713,6 +738,44 @@ mod tests {
                 assert_eq!(*ended.borrow(), vec![1, 2], "batches end in order");
                 assert_eq!(queue.counters().commits, 2);
                 assert_eq!(queue.counters().fsyncs, 2);
+                queue.stop();
+                committer.await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn records_written_within_the_interval_share_the_next_sync() {
+        let spool_dir = tempfile::tempdir().unwrap();
+        let core_dir = core_dir_in(spool_dir.path());
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let interval = std::time::Duration::from_secs(1);
+                let settings = CommitSettings {
+                    min_sync_interval: interval,
+                    ..settings()
+                };
+                let queue = Rc::new(CommitQueue::new(core_dir, 0, settings));
+                let committer = glommio::spawn_local(queue.clone().run_committer());
+                let started = std::time::Instant::now();
+                queue.join(1, 0, 64).wait().await.expect("first durable");
+                // The first batch is taken at once.
+                assert!(started.elapsed() < interval, "{:?}", started.elapsed());
+                // Three records 50 ms apart, each a batch of its own without the interval, share
+                // one sync taken no earlier than the interval after the first.
+                let mut waits = Vec::new();
+                for n in 1..4 {
+                    let batch = queue.join(1, 64 * n, 64 * (n + 1));
+                    waits.push(glommio::spawn_local(batch.wait()));
+                    glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                for wait in waits {
+                    wait.await.expect("durable");
+                }
+                assert!(started.elapsed() >= interval, "{:?}", started.elapsed());
+                assert_eq!(queue.counters().commits, 2);
                 queue.stop();
                 committer.await;
             })

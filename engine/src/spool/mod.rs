@@ -61,12 +61,18 @@ pub struct SpoolConfig {
     /// Longest a delivered or deferred recipient's state record waits to ride with another
     /// commit before it starts one (0: each is synced at once, as message records are).
     pub lazy_state_sync_ms: u64,
+    /// Least time between the starts of two commits' syncs (0: a commit starts as soon as a
+    /// record waits and a sync slot is free).
+    pub min_sync_interval_us: u64,
     /// Where the fdatasyncs run.
     pub sync_on: SyncOn,
 }
 
 /// Default of `lazy_state_sync_ms` (`[spool] lazy_state_sync_ms`).
 pub const DEFAULT_LAZY_STATE_SYNC_MS: u64 = 100;
+
+/// Default of `min_sync_interval_us` (`[spool] min_sync_interval_us`).
+pub const DEFAULT_MIN_SYNC_INTERVAL_US: u64 = 0;
 
 impl SpoolConfig {
     /// A configuration with 64 MiB segments, a 16 GiB limit and fsync on.
@@ -78,6 +84,7 @@ impl SpoolConfig {
             max_spool_bytes: 16 << 30,
             fsync: true,
             lazy_state_sync_ms: DEFAULT_LAZY_STATE_SYNC_MS,
+            min_sync_interval_us: DEFAULT_MIN_SYNC_INTERVAL_US,
             sync_on: SyncOn::IoUring,
         }
     }
@@ -329,6 +336,7 @@ impl Spool {
             CommitSettings {
                 fsync: config.fsync,
                 lazy_sync_ms: config.lazy_state_sync_ms,
+                min_sync_interval: std::time::Duration::from_micros(config.min_sync_interval_us),
                 sync_on: config.sync_on,
             },
         ));

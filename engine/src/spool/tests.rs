@@ -52,6 +52,7 @@ fn config(dir: &Path) -> SpoolConfig {
         max_spool_bytes: 1 << 30,
         fsync: false,
         lazy_state_sync_ms: 0,
+        min_sync_interval_us: 0,
         sync_on: SyncOn::IoUring,
     }
 }
