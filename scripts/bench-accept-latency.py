@@ -14,6 +14,10 @@ minutes. Rounds alternate the variants (A B, B A, ...). blast spreads its connec
 arrive evenly spaced; `--variant bursts=--rate-bursts` adds a variant where all 50 send at once
 instead (how `scripts/bench.sh` measured before 2026-12-02).
 
+Beside each paced run, `volley-stall-probe` (a SCHED_FIFO thread on CPU 0, Volley's CPU) records
+how often and how long that CPU stopped running anything of this machine's (on a VM: the
+hypervisor's stalls), and prints the p99 those stalls alone impose: the floor under the run's p99.
+
     python3 scripts/bench-accept-latency.py                        # target/release/volley, 3 rounds
     python3 scripts/bench-accept-latency.py --volley /tmp/volley-old --volley target/release/volley
     python3 scripts/bench-accept-latency.py --variant bursts=--rate-bursts --rounds 5

@@ -72,7 +72,7 @@ pub struct SpoolConfig {
 pub const DEFAULT_LAZY_STATE_SYNC_MS: u64 = 100;
 
 /// Default of `min_sync_interval_us` (`[spool] min_sync_interval_us`).
-pub const DEFAULT_MIN_SYNC_INTERVAL_US: u64 = 0;
+pub const DEFAULT_MIN_SYNC_INTERVAL_US: u64 = 500;
 
 impl SpoolConfig {
     /// A configuration with 64 MiB segments, a 16 GiB limit and fsync on.

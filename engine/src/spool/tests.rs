@@ -1367,3 +1367,28 @@ fn several_messages_states_are_written_together_or_not_at_all() {
         );
     });
 }
+
+#[test]
+fn commits_start_no_closer_than_the_configured_interval() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            fsync: true,
+            min_sync_interval_us: 400_000,
+            ..config(dir.path())
+        };
+        let (spool, _) = Spool::open(cfg).unwrap();
+        let started = std::time::Instant::now();
+        store_n(&spool, 1, 1, 100).await;
+        let first = started.elapsed();
+        // The next message's commit starts only 400 ms after the first one's did.
+        store_n(&spool, 1, 1, 100).await;
+        let second = started.elapsed();
+        assert!(first < std::time::Duration::from_millis(400), "{first:?}");
+        assert!(
+            second >= std::time::Duration::from_millis(400),
+            "{first:?} then {second:?}"
+        );
+        assert_eq!(spool.stats().commits, 2);
+    });
+}
