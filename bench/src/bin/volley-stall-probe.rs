@@ -7,10 +7,13 @@
 //! gave the virtual CPU to someone else. Such a stall delays whatever else would have run on that
 //! CPU by as much, Volley's executor included.
 //!
+//! With several `--cpus`, one such thread watches each, and the report adds up the times when at
+//! least one of them was stalled (a message crosses the client's CPU and Volley's).
+//!
 //! It runs until its standard input closes (the benchmark that started it closes the pipe) or
 //! `--seconds` pass, then prints one JSON object: the stalls, and what they alone cost messages
 //! arriving evenly: the share that waits past 2 ms and 5 ms, and the p99 and p99.9 latency that
-//! the stalls alone impose.
+//! the stalls alone impose; the same for each CPU under `cpus`.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -22,9 +25,9 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(about = "Measure how long a CPU stalls (wake-ups of a real-time thread made late)")]
 struct Args {
-    /// The CPU to watch (where the executor under test runs).
-    #[arg(long, default_value_t = 0)]
-    cpu: usize,
+    /// The CPUs to watch, one thread each (e.g. `0,1`: the executor's and the load generator's).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    cpus: Vec<usize>,
     /// Sleep between two wake-ups, in microseconds.
     #[arg(long, default_value_t = 1_000)]
     period_us: u64,
@@ -45,38 +48,119 @@ fn main() {
         while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
         stdin_stop.store(true, Ordering::Relaxed);
     });
-    let realtime = pin_and_raise(args.cpu);
-    let period = Duration::from_micros(args.period_us);
-    let threshold = Duration::from_micros(args.threshold_us);
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.seconds);
-    let mut wakeups = 0u64;
-    let mut stalls_us: Vec<u64> = Vec::new();
+    let watchers: Vec<_> = args
+        .cpus
+        .iter()
+        .map(|&cpu| {
+            let stop = stop.clone();
+            let (period, threshold) = (args.period_us, args.threshold_us);
+            let deadline = started + Duration::from_secs(args.seconds);
+            std::thread::spawn(move || watch(cpu, period, threshold, started, deadline, &stop))
+        })
+        .collect();
+    let watched: Vec<Watched> = watchers
+        .into_iter()
+        .map(|w| w.join().expect("watcher"))
+        .collect();
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    let per_cpu: Vec<_> = watched
+        .iter()
+        .map(|w| {
+            let mut report = summary(&w.stalls, elapsed_us);
+            report["cpu"] = w.cpu.into();
+            report["realtime"] = w.realtime.into();
+            report["wakeups"] = w.wakeups.into();
+            report
+        })
+        .collect();
+    let all: Vec<Stall> = watched.iter().flat_map(|w| w.stalls.iter().copied()).collect();
+    let mut report = summary(&union(all), elapsed_us);
+    report["seconds"] = (elapsed_us as f64 / 1e6).into();
+    report["realtime"] = watched.iter().all(|w| w.realtime).into();
+    report["cpus"] = per_cpu.into();
+    println!("{report}");
+}
+
+/// One stall: from when the wake-up was due to when it came, in µs since the probe started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stall {
+    from_us: u64,
+    to_us: u64,
+}
+
+impl Stall {
+    fn length_us(&self) -> u64 {
+        self.to_us - self.from_us
+    }
+}
+
+/// What one CPU's watcher saw.
+struct Watched {
+    cpu: usize,
+    realtime: bool,
+    wakeups: u64,
+    stalls: Vec<Stall>,
+}
+
+fn watch(
+    cpu: usize,
+    period_us: u64,
+    threshold_us: u64,
+    started: Instant,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Watched {
+    let realtime = pin_and_raise(cpu);
+    let period = Duration::from_micros(period_us);
+    let mut watched = Watched {
+        cpu,
+        realtime,
+        wakeups: 0,
+        stalls: Vec::new(),
+    };
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        let before = Instant::now();
+        let due = Instant::now() + period;
         std::thread::sleep(period);
-        let late = before.elapsed().saturating_sub(period);
-        wakeups += 1;
-        if late > threshold {
-            stalls_us.push(late.as_micros() as u64);
+        let woke = Instant::now();
+        watched.wakeups += 1;
+        let late = woke.saturating_duration_since(due).as_micros() as u64;
+        if late > threshold_us {
+            let to_us = woke.duration_since(started).as_micros() as u64;
+            watched.stalls.push(Stall {
+                from_us: to_us - late,
+                to_us,
+            });
         }
     }
-    let elapsed_us = started.elapsed().as_micros() as u64;
-    let stalled_us: u64 = stalls_us.iter().sum();
-    let report = serde_json::json!({
-        "cpu": args.cpu,
-        "realtime": realtime,
-        "seconds": elapsed_us as f64 / 1e6,
-        "wakeups": wakeups,
-        "stalls": stalls_us.len(),
-        "stalled_ms": stalled_us as f64 / 1e3,
-        "max_stall_ms": stalls_us.iter().max().copied().unwrap_or(0) as f64 / 1e3,
-        "share_past_2ms": share_waiting_past(&stalls_us, elapsed_us, 2_000),
-        "share_past_5ms": share_waiting_past(&stalls_us, elapsed_us, 5_000),
-        "p99_floor_ms": latency_floor_us(&stalls_us, elapsed_us, 0.01) as f64 / 1e3,
-        "p999_floor_ms": latency_floor_us(&stalls_us, elapsed_us, 0.001) as f64 / 1e3,
-    });
-    println!("{report}");
+    watched
+}
+
+/// The times when at least one of the CPUs was stalled: a message whose path crosses both
+/// (the client on one, Volley on the other) waits for either.
+fn union(mut stalls: Vec<Stall>) -> Vec<Stall> {
+    stalls.sort_by_key(|s| s.from_us);
+    let mut merged: Vec<Stall> = Vec::with_capacity(stalls.len());
+    for stall in stalls {
+        match merged.last_mut() {
+            Some(last) if stall.from_us <= last.to_us => last.to_us = last.to_us.max(stall.to_us),
+            _ => merged.push(stall),
+        }
+    }
+    merged
+}
+
+fn summary(stalls: &[Stall], elapsed_us: u64) -> serde_json::Value {
+    let lengths: Vec<u64> = stalls.iter().map(Stall::length_us).collect();
+    serde_json::json!({
+        "stalls": lengths.len(),
+        "stalled_ms": lengths.iter().sum::<u64>() as f64 / 1e3,
+        "max_stall_ms": lengths.iter().max().copied().unwrap_or(0) as f64 / 1e3,
+        "share_past_2ms": share_waiting_past(&lengths, elapsed_us, 2_000),
+        "share_past_5ms": share_waiting_past(&lengths, elapsed_us, 5_000),
+        "p99_floor_ms": latency_floor_us(&lengths, elapsed_us, 0.01) as f64 / 1e3,
+        "p999_floor_ms": latency_floor_us(&lengths, elapsed_us, 0.001) as f64 / 1e3,
+    })
 }
 
 /// Pins this thread to `cpu` and makes it SCHED_FIFO; false when the priority was refused (then
@@ -138,6 +222,19 @@ mod tests {
         // 1 % waits past 11 ms: that is the p99 these stalls impose.
         assert_eq!(latency_floor_us(&stalls, elapsed, 0.01), 11_000);
         assert_eq!(latency_floor_us(&stalls, elapsed, 0.001), 11_900);
+    }
+
+    #[test]
+    fn stalls_of_two_cpus_add_up_where_they_do_not_overlap() {
+        let stall = |from_us, to_us| Stall { from_us, to_us };
+        let merged = union(vec![
+            stall(5_000, 8_000),
+            stall(0, 2_000),
+            stall(1_000, 3_000),
+            stall(8_000, 9_000),
+        ]);
+        assert_eq!(merged, vec![stall(0, 3_000), stall(5_000, 9_000)]);
+        assert_eq!(union(Vec::new()), Vec::new());
     }
 
     #[test]
