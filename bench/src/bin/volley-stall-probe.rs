@@ -74,7 +74,10 @@ fn main() {
             report
         })
         .collect();
-    let all: Vec<Stall> = watched.iter().flat_map(|w| w.stalls.iter().copied()).collect();
+    let all: Vec<Stall> = watched
+        .iter()
+        .flat_map(|w| w.stalls.iter().copied())
+        .collect();
     let mut report = summary(&union(all), elapsed_us);
     report["seconds"] = (elapsed_us as f64 / 1e6).into();
     report["realtime"] = watched.iter().all(|w| w.realtime).into();
