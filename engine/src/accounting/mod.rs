@@ -134,7 +134,7 @@ struct Ring {
 
 struct RingEvent {
     id: u64,
-    batch: Arc<str>,
+    batch: Arc<String>,
     start: u32,
     end: u32,
 }
@@ -184,11 +184,37 @@ impl EventLog {
         let _ = self.journal.set(journal);
     }
 
-    /// Appends a batch of JSON lines, each ending in '\n'.
+    /// Appends a batch of JSON lines, each ending in '\n'. The ring keeps a copy.
     pub fn append_batch(&self, batch: &[u8]) {
         if batch.is_empty() {
             return;
         }
+        self.write_out(batch);
+        // serde_json writes UTF-8; a batch that is not would not be ours, so it is not served.
+        if let Ok(text) = std::str::from_utf8(batch) {
+            self.keep(Arc::new(text.to_string()));
+        }
+    }
+
+    /// Appends a batch as `append_batch` does, and the ring keeps the batch itself instead of a
+    /// copy. Returns an empty buffer for the core's next batch: one the ring let go of (a batch
+    /// whose every line it dropped), so the core reuses warm memory, or a new one as large.
+    pub fn append_batch_owned(&self, batch: Vec<u8>) -> Vec<u8> {
+        if batch.is_empty() {
+            return batch;
+        }
+        let capacity = batch.capacity();
+        self.write_out(&batch);
+        let recycled = match String::from_utf8(batch) {
+            Ok(text) => self.keep(Arc::new(text)),
+            Err(not_utf8) => Some(not_utf8.into_bytes()),
+        };
+        let mut spare = recycled.unwrap_or_else(|| Vec::with_capacity(capacity));
+        spare.clear();
+        spare
+    }
+
+    fn write_out(&self, batch: &[u8]) {
         if let Some(journal) = self.journal.get() {
             journal.append(batch);
         }
@@ -198,35 +224,37 @@ impl EventLog {
         {
             log::error!("accounting log write failed: {e}");
         }
-        // serde_json writes UTF-8; a batch that is not would not be ours, so it is not served.
-        let Ok(text) = std::str::from_utf8(batch) else {
-            return;
-        };
+    }
+
+    /// Adds a batch's lines to the ring, dropping the oldest past `RING_EVENTS_MAX`. Returns the
+    /// buffer of a batch whose last line was dropped, when nothing else holds it.
+    fn keep(&self, shared: Arc<String>) -> Option<Vec<u8>> {
         // Offsets are u32: a batch is at most PENDING_EVENTS_MAX lines, far below 4 GiB.
-        let Ok(_) = u32::try_from(text.len()) else {
-            return;
-        };
-        let shared: Arc<str> = Arc::from(text);
-        if let Ok(mut ring) = self.ring.lock() {
-            let mut start = 0;
-            for line in text.split_inclusive('\n') {
-                let end = start + line.trim_end_matches('\n').len();
-                if end > start {
-                    let id = ring.next_id;
-                    ring.next_id += 1;
-                    ring.events.push_back(RingEvent {
-                        id,
-                        batch: shared.clone(),
-                        start: start as u32,
-                        end: end as u32,
-                    });
-                    if ring.events.len() > RING_EVENTS_MAX {
-                        ring.events.pop_front();
-                    }
+        u32::try_from(shared.len()).ok()?;
+        let mut ring = self.ring.lock().ok()?;
+        let mut recycled = None;
+        let mut start = 0;
+        for line in shared.split_inclusive('\n') {
+            let end = start + line.trim_end_matches('\n').len();
+            if end > start {
+                let id = ring.next_id;
+                ring.next_id += 1;
+                ring.events.push_back(RingEvent {
+                    id,
+                    batch: shared.clone(),
+                    start: start as u32,
+                    end: end as u32,
+                });
+                if ring.events.len() > RING_EVENTS_MAX
+                    && let Some(dropped) = ring.events.pop_front()
+                    && let Ok(text) = Arc::try_unwrap(dropped.batch)
+                {
+                    recycled = Some(text.into_bytes());
                 }
-                start += line.len();
             }
+            start += line.len();
         }
+        recycled
     }
 
     /// Events with an id above `after`, oldest first, at most `limit`: (id, JSON line).
@@ -253,11 +281,11 @@ impl EventLog {
         if limit == 0 {
             return Vec::new();
         }
-        let batches: Vec<(Arc<str>, usize, usize)> = {
+        let batches: Vec<(Arc<String>, usize, usize)> = {
             let Ok(ring) = self.ring.lock() else {
                 return Vec::new();
             };
-            let mut batches: Vec<(Arc<str>, usize, usize)> = Vec::new();
+            let mut batches: Vec<(Arc<String>, usize, usize)> = Vec::new();
             for e in &ring.events {
                 match batches.last_mut() {
                     Some((batch, _, end)) if Arc::ptr_eq(batch, &e.batch) => {
@@ -282,9 +310,10 @@ impl EventLog {
     }
 }
 
-/// A core's lines not yet flushed, in one buffer. The buffer comes back from each flush and is
-/// reused: a new one per flush, freed on the blocking pool's thread, made the allocator fault in
-/// fresh (huge, zeroed) pages on the core over and over (seen in `perf`).
+/// A core's lines not yet flushed, in one buffer. A flush hands the buffer to the ring (no copy of
+/// a batch of thousands of lines) and gets back one the ring let go of, so the core keeps filling
+/// warm memory: a new buffer per flush, freed on the blocking pool's thread, made the allocator
+/// fault in fresh (huge, zeroed) pages on the core over and over (seen in `perf`).
 pub struct CoreAccounting {
     log: Arc<EventLog>,
     pending: RefCell<Vec<u8>>,
@@ -362,24 +391,50 @@ impl CoreAccounting {
         self.lines.set(0);
         let slot = self.unflushed.borrow_mut().as_mut().map(Unflushed::take);
         let log = self.log.clone();
-        let mut batch = glommio::executor()
-            .spawn_blocking(move || {
-                log.append_batch(&batch);
-                batch
-            })
+        // The ring keeps the batch itself; the buffer back is one it let go of.
+        let spare = glommio::executor()
+            .spawn_blocking(move || log.append_batch_owned(batch))
             .await;
         if let (Some(u), Some(slot)) = (self.unflushed.borrow_mut().as_mut(), slot) {
             u.written(slot);
         }
         self.flushing.set(false);
-        batch.clear();
-        *self.spare.borrow_mut() = batch;
+        *self.spare.borrow_mut() = spare;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ring_keeps_a_batch_without_a_copy_and_hands_it_back_once_done_with_it() {
+        let log = EventLog::open("").unwrap();
+        let lines = |tag: &str| {
+            let mut batch = Vec::new();
+            for i in 0..RING_EVENTS_MAX {
+                batch.extend_from_slice(format!("{{\"{tag}\":{i}}}\n").as_bytes());
+            }
+            batch
+        };
+        let first = lines("a");
+        let first_at = first.as_ptr();
+        let spare = log.append_batch_owned(first);
+        assert!(spare.is_empty());
+        assert_ne!(
+            spare.as_ptr(),
+            first_at,
+            "the ring still serves every line of it"
+        );
+        assert_eq!(log.after(0, 1)[0].1, "{\"a\":0}");
+        // A second full batch drops every line of the first: its buffer comes back.
+        let spare = log.append_batch_owned(lines("b"));
+        assert!(spare.is_empty());
+        assert_eq!(spare.as_ptr(), first_at);
+        let kept = log.after(0, usize::MAX);
+        assert_eq!(kept.len(), RING_EVENTS_MAX);
+        assert_eq!(kept[0].1, "{\"b\":0}");
+    }
 
     #[test]
     fn ring_and_file_get_every_line() {
