@@ -204,6 +204,11 @@ struct BlastArgs {
     /// bursts of --connections (how blast paced before the offsets).
     #[arg(long, requires = "rate")]
     rate_bursts: bool,
+    /// Each connection sends its own fixed share of --messages (how blast worked before the
+    /// shared pool; --rate always does). Default: every connection takes the next message from
+    /// one pool, as smtp-source does, so all of them run until the last message.
+    #[arg(long)]
+    fixed_shares: bool,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -264,6 +269,10 @@ struct RelayArgs {
     /// Blast leaves `SIZE=` out of MAIL (by default it declares each message's size).
     #[arg(long)]
     no_mail_size: bool,
+    /// Blast's connections each send a fixed share (`blast --fixed-shares`) instead of taking
+    /// from one pool: the harness before 2026-12-03, for comparisons with earlier figures.
+    #[arg(long)]
+    blast_fixed_shares: bool,
     /// The `volley` binary (default: next to this one).
     #[arg(long)]
     volley: Option<PathBuf>,
@@ -425,6 +434,7 @@ fn run_blast(args: BlastArgs) -> ExitCode {
         connections: args.connections.max(1),
         rate: args.rate,
         rate_bursts: args.rate_bursts,
+        fixed_shares: args.fixed_shares,
         ehlo: args.ehlo,
         pipeline_depth: args.pipeline_depth,
         chunking: args.chunking,
@@ -500,6 +510,7 @@ fn run_relay(args: RelayArgs) -> ExitCode {
         connections: args.connections.max(1),
         transactions_in_flight: args.transactions_in_flight,
         no_mail_size: args.no_mail_size,
+        blast_fixed_shares: args.blast_fixed_shares,
         volley,
         volley_cores: args.volley_cores,
         peer: args.peer,

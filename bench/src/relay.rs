@@ -43,6 +43,8 @@ pub struct RelayPlan {
     pub blast_headers: Vec<String>,
     /// Blast leaves `SIZE=` out of MAIL.
     pub no_mail_size: bool,
+    /// `blast --fixed-shares`.
+    pub blast_fixed_shares: bool,
 }
 
 /// One row of the table.
@@ -181,6 +183,7 @@ fn start_blast(plan: &RelayPlan, port: u16) -> Result<BlastRun, String> {
         .args(["--connections", &plan.connections.to_string()])
         .args(["--cpus", "1", "--json", "--progress-interval-s", "0"])
         .args(plan.no_mail_size.then_some("--no-mail-size"))
+        .args(plan.blast_fixed_shares.then_some("--fixed-shares"))
         .args(
             plan.blast_headers
                 .iter()

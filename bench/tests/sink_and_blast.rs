@@ -285,6 +285,45 @@ fn connections_beyond_the_per_ip_limit_get_421() {
     sink.stop();
 }
 
+/// Four connections against a sink that takes one: with the shared pool (the default) the one
+/// admitted connection sends every message, each once; with `--fixed-shares` the three refused
+/// connections' shares go unsent.
+#[test]
+fn the_connections_share_one_pool_unless_asked_for_fixed_shares() {
+    for fixed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sink.jsonl");
+        let sink = Sink::start(&[
+            "--max-connections-per-ip",
+            "1",
+            "--log",
+            log.to_str().unwrap(),
+        ]);
+        let mut args = vec!["--messages", "200", "--connections", "4", "--json"];
+        if fixed {
+            args.push("--fixed-shares");
+        }
+        let out = blast(sink.addr, &args);
+        sink.stop();
+        let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+        assert_eq!(report["connections_ok"], 1, "{report}");
+        let ids: BTreeSet<String> = log_lines(&log)
+            .iter()
+            .map(|l| l["message_id"].as_str().unwrap().to_string())
+            .collect();
+        if fixed {
+            assert_eq!(report["messages_sent"], 50, "{report}");
+            assert_eq!(report["messages_unsent"], 150, "{report}");
+            assert_eq!(ids.len(), 50);
+        } else {
+            assert_eq!(report["messages_sent"], 200, "{report}");
+            assert_eq!(report["messages_unsent"], 0, "{report}");
+            assert_eq!(log_lines(&log).len(), 200);
+            assert_eq!(ids.len(), 200, "each message once");
+        }
+    }
+}
+
 #[test]
 fn delay_holds_the_end_of_data_reply() {
     let sink = Sink::start(&["--delay-ms", "150"]);

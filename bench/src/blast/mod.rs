@@ -1,7 +1,8 @@
 //! `volley-bench blast`: pipelined SMTP load over reused connections.
 //!
 //! Connections are spread over the cores (connection k runs on core k % cores); each does EHLO
-//! once, then sends its share of the messages. A transaction is one write of
+//! once, then sends messages taken from one pool shared by all connections, or its own fixed
+//! share with `--fixed-shares` and `--rate` (`work`). A transaction is one write of
 //! `MAIL`+`RCPT`s+`DATA` (RFC 2920 PIPELINING); after the 354 comes the body and `.`. With
 //! `--pipeline-depth 2` (the default) the body and `.` are not sent alone: they go in the same
 //! write as the next transaction's envelope, which RFC 2920 §3.1 allows (message content may be the
@@ -21,6 +22,7 @@ pub mod message;
 pub mod reply;
 pub mod report;
 pub mod tls;
+pub mod work;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -42,6 +44,7 @@ use crate::placement::CorePlan;
 use message::{MessagePlan, write_dot_stuffed};
 use reply::ReplyReader;
 use report::{Report, Stats, record};
+use work::{Pool, Work};
 
 /// Time allowed for a TCP connect.
 pub const CONNECT_TIMEOUT_S: u64 = 10;
@@ -62,6 +65,9 @@ pub struct BlastConfig {
     /// With `rate`: every connection sends at the same instants (bursts of `connections`
     /// messages) instead of each one offset so that the messages arrive evenly spaced.
     pub rate_bursts: bool,
+    /// Each connection sends its own share instead of taking from one pool (always so with
+    /// `rate`).
+    pub fixed_shares: bool,
     /// EHLO name.
     pub ehlo: String,
     /// DATA: 1 = wait for the end-of-data reply before the next envelope; 2 or more = overlap
@@ -122,23 +128,6 @@ impl Credentials {
     }
 }
 
-/// One connection's share of the work.
-#[derive(Debug, Clone, Copy)]
-struct ConnectionJob {
-    first_index: u64,
-    count: u64,
-}
-
-/// Message `first_index` and count of connection `k` of `connections`.
-fn job_of(k: u64, connections: u64, messages: u64) -> ConnectionJob {
-    let base = messages / connections;
-    let extra = messages % connections;
-    ConnectionJob {
-        first_index: k * base + k.min(extra),
-        count: base + u64::from(k < extra),
-    }
-}
-
 /// Runs the load and returns the report. Errors only if the executors cannot start.
 pub fn run(config: BlastConfig) -> io::Result<Report> {
     let cores = config.plan.cores;
@@ -165,13 +154,20 @@ pub fn run(config: BlastConfig) -> io::Result<Report> {
     let config = Arc::new(config);
     let messages = config.messages;
     let next_index = Arc::new(AtomicUsize::new(0));
+    // A paced run keeps fixed shares: each connection's schedule is its own.
+    let pool = Pool::new(
+        messages,
+        config.connections.max(1) as u64,
+        config.fixed_shares || config.rate.is_some(),
+    );
     let start = Instant::now();
     let shard_config = config.clone();
+    let shard_pool = pool.clone();
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("volley-blast")
         .on_all_shards(move || {
             let index = next_index.fetch_add(1, Ordering::SeqCst);
-            shard(index, cores, shard_config, counters, start)
+            shard(index, cores, shard_config, shard_pool, counters, start)
         })
         .map_err(|e| io::Error::other(e.to_string()))?;
     let mut total = Stats::default();
@@ -181,6 +177,7 @@ pub fn run(config: BlastConfig) -> io::Result<Report> {
             Err(e) => return Err(io::Error::other(e.to_string())),
         }
     }
+    total.messages_unsent += pool.never_taken();
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
     if let Some(r) = reporter {
@@ -193,17 +190,16 @@ async fn shard(
     index: usize,
     cores: usize,
     config: Arc<BlastConfig>,
+    pool: Pool,
     counters: Arc<Counters>,
     start: Instant,
 ) -> Stats {
     let stats = Rc::new(RefCell::new(Stats::default()));
     let connections = config.connections.max(1) as u64;
     let mut tasks = Vec::new();
-    for k in (index as u64..connections).step_by(cores.max(1)) {
-        let job = job_of(k, connections, config.messages);
-        if job.count == 0 {
-            continue;
-        }
+    // No more connections than messages.
+    for k in (index as u64..connections.min(config.messages)).step_by(cores.max(1)) {
+        let work = pool.for_connection(k);
         let config = config.clone();
         let stats = stats.clone();
         let counters = counters.clone();
@@ -222,7 +218,7 @@ async fn shard(
                 },
                 per_connection_rate: config.rate.map(|r| r / connections as f64),
             };
-            conn.run(job).await;
+            conn.run(work).await;
         }));
     }
     for task in tasks {
@@ -250,7 +246,7 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
-    async fn run(&mut self, job: ConnectionJob) {
+    async fn run(&mut self, mut work: Work) {
         let t0 = Instant::now();
         let connected =
             TcpStream::connect_timeout(self.config.to, Duration::from_secs(CONNECT_TIMEOUT_S))
@@ -260,7 +256,7 @@ impl Connection<'_> {
             Err(e) => {
                 let mut stats = self.stats.borrow_mut();
                 stats.connection_failed(format!("connect to {}: {e}", self.config.to));
-                stats.messages_unsent += job.count;
+                stats.messages_unsent += work.untaken_share();
                 return;
             }
         };
@@ -268,10 +264,10 @@ impl Connection<'_> {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(Duration::from_secs(REPLY_TIMEOUT_S)));
         let mut done = 0u64;
-        if let Err(e) = self.open_session(stream, job, &mut done).await {
+        if let Err(e) = self.open_session(stream, &mut work, &mut done).await {
             let mut stats = self.stats.borrow_mut();
             stats.connection_failed(format!("{}: {e}", self.config.to));
-            stats.messages_unsent += job.count - done;
+            stats.messages_unsent += work.taken() - done + work.untaken_share();
         }
     }
 
@@ -328,7 +324,7 @@ impl Connection<'_> {
     async fn open_session(
         &mut self,
         mut stream: TcpStream,
-        job: ConnectionJob,
+        work: &mut Work,
         done: &mut u64,
     ) -> io::Result<()> {
         let config = self.config;
@@ -340,7 +336,7 @@ impl Connection<'_> {
         self.stats.borrow_mut().connections_ok += 1;
         ehlo(&mut stream, &mut replies, &config.ehlo).await?;
         let Some(tls) = &config.tls else {
-            return self.converse(&mut stream, replies, job, done).await;
+            return self.converse(&mut stream, replies, work, done).await;
         };
         stream.write_all(b"STARTTLS\r\n").await?;
         let code = replies.next_code(&mut stream).await?;
@@ -366,21 +362,21 @@ impl Connection<'_> {
                 )));
             }
         }
-        self.converse(&mut stream, replies, job, done).await
+        self.converse(&mut stream, replies, work, done).await
     }
 
     async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         stream: &mut S,
         mut replies: ReplyReader,
-        job: ConnectionJob,
+        work: &mut Work,
         done: &mut u64,
     ) -> io::Result<()> {
         let config = self.config;
         let max_size = config.message.sizes.max_size();
         if config.chunking {
             return self
-                .converse_chunking(stream, &mut replies, job, done)
+                .converse_chunking(stream, &mut replies, work, done)
                 .await;
         }
         let mut out = Vec::with_capacity(max_size * 2 + 4096);
@@ -389,8 +385,9 @@ impl Connection<'_> {
         let mut raw = Vec::with_capacity(max_size + 1024);
         let mut pending: Option<PendingBody> = None;
         let mut needs_rset = false;
-        for j in 0..job.count {
-            let index = job.first_index + j;
+        while let Some(index) = work.take() {
+            // This connection's ordinal of the message, for its pace.
+            let j = work.taken() - 1;
             if let Some(rate) = self.per_connection_rate {
                 let due = self.start + Duration::from_secs_f64(j as f64 / rate);
                 let now = Instant::now();
@@ -439,7 +436,7 @@ impl Connection<'_> {
                 recipients_ok,
                 size_bytes: raw.len(),
             };
-            if overlap && j + 1 < job.count {
+            if overlap && !work.exhausted() {
                 pending = Some(this);
             } else {
                 stream.write_all(&out).await?;
@@ -449,6 +446,14 @@ impl Connection<'_> {
                     .await?;
                 *done += 1;
             }
+        }
+        // Another connection took the message this body was to go out with.
+        if let Some(p) = pending.take() {
+            stream.write_all(&out).await?;
+            out.clear();
+            self.end_of_data(stream, &mut replies, Instant::now(), p)
+                .await?;
+            *done += 1;
         }
         quit(stream, &mut replies).await;
         Ok(())
@@ -499,7 +504,7 @@ impl Connection<'_> {
         &mut self,
         stream: &mut S,
         replies: &mut ReplyReader,
-        job: ConnectionJob,
+        work: &mut Work,
         done: &mut u64,
     ) -> io::Result<()> {
         /// What a reply in flight belongs to.
@@ -517,12 +522,11 @@ impl Connection<'_> {
         let mut out = Vec::with_capacity((max_size + 512) * depth.min(64));
         let mut raw = Vec::with_capacity(max_size + 1024);
         let mut needs_rset = false;
-        let mut next = 0u64;
-        while *done < job.count {
+        loop {
             let mut batch = 0usize;
-            while next < job.count && in_flight.len() < depth {
+            while !work.exhausted() && in_flight.len() < depth {
                 if let Some(rate) = self.per_connection_rate {
-                    let due = self.start + Duration::from_secs_f64(next as f64 / rate);
+                    let due = self.start + Duration::from_secs_f64(work.taken() as f64 / rate);
                     if Instant::now() < due {
                         if batch == 0 && in_flight.is_empty() {
                             glommio::timer::sleep(due.saturating_duration_since(Instant::now()))
@@ -532,12 +536,14 @@ impl Connection<'_> {
                         }
                     }
                 }
+                let Some(index) = work.take() else {
+                    break;
+                };
                 if needs_rset {
                     out.extend_from_slice(b"RSET\r\n");
                     in_flight.push_back(InFlight::Rset);
                     needs_rset = false;
                 }
-                let index = job.first_index + next;
                 config.message.write_envelope_without_data(index, &mut out);
                 raw.clear();
                 config.message.write_message(index, &mut raw);
@@ -547,7 +553,6 @@ impl Connection<'_> {
                     written_at: Instant::now(),
                     size_bytes: raw.len(),
                 });
-                next += 1;
                 batch += 1;
             }
             if !out.is_empty() {
@@ -561,7 +566,8 @@ impl Connection<'_> {
                 }
             }
             match in_flight.pop_front() {
-                None => {}
+                // Nothing in flight and nothing more to send.
+                None => break,
                 Some(InFlight::Rset) => {
                     replies.next_code(stream).await?;
                 }
@@ -627,20 +633,5 @@ mod tests {
         assert_eq!(c.plain_response(), "AGFsaWNlAHNlOmNyZXQ=");
         assert!(Credentials::parse("nopass").is_err());
         assert!(!format!("{c:?}").contains("se:cret"));
-    }
-
-    #[test]
-    fn jobs_cover_every_message_once() {
-        for (messages, connections) in [(10, 3), (3, 10), (200_000, 50), (0, 4), (7, 7)] {
-            let mut next = 0;
-            for k in 0..connections {
-                let job = job_of(k, connections, messages);
-                if job.count > 0 {
-                    assert_eq!(job.first_index, next);
-                }
-                next += job.count;
-            }
-            assert_eq!(next, messages);
-        }
     }
 }
