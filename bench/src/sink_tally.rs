@@ -2,6 +2,11 @@
 //!
 //! A relay that splits a message by recipient domain delivers it as several transactions (one
 //! line each in the sink's log), so `volley-bench relay` counts recipients, not lines.
+//!
+//! It runs beside the measured processes on the same CPUs, so it must cost little: the file stays
+//! open, appended bytes are read into one reused buffer (a fresh buffer per look made the kernel
+//! zero new huge pages, 12 % of the machine's samples in a 10-domain relay), and the key is found
+//! with `memmem`.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -11,9 +16,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct SinkTally {
     path: PathBuf,
+    /// Open once the sink has created the log.
+    file: Option<File>,
     offset: u64,
-    /// The start of a line not yet ended by its newline.
-    partial: Vec<u8>,
+    /// Bytes read and not yet counted: the start of a line not yet ended by its newline, then
+    /// what the next look appends. Its capacity is kept between looks.
+    unread: Vec<u8>,
     recipients: u64,
     lines: u64,
 }
@@ -22,8 +30,9 @@ impl SinkTally {
     pub fn new(path: &Path) -> SinkTally {
         SinkTally {
             path: path.to_path_buf(),
+            file: None,
             offset: 0,
-            partial: Vec::new(),
+            unread: Vec::new(),
             recipients: 0,
             lines: 0,
         }
@@ -42,41 +51,45 @@ impl SinkTally {
     }
 
     fn read_new(&mut self) {
-        let Ok(mut file) = File::open(&self.path) else {
+        if self.file.is_none() {
+            self.file = File::open(&self.path).ok();
+        }
+        let Some(file) = self.file.as_mut() else {
             return;
         };
         if file.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
         }
-        let mut fresh = Vec::new();
-        let Ok(n) = file.read_to_end(&mut fresh) else {
+        // Appends to what is left of the last look.
+        let Ok(n) = file.read_to_end(&mut self.unread) else {
             return;
         };
         self.offset += n as u64;
-        self.partial.extend_from_slice(&fresh);
-        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
+        let Some(end) = memchr::memrchr(b'\n', &self.unread) else {
             return;
         };
-        for line in self.partial[..end].split(|&b| b == b'\n') {
+        let finder = memchr::memmem::Finder::new(RECIPIENTS_KEY);
+        for line in self.unread[..end].split(|&b| b == b'\n') {
             if !line.is_empty() {
                 self.lines += 1;
-                self.recipients += recipients_in(line);
+                self.recipients += recipients_in(line, &finder);
             }
         }
-        self.partial.drain(..=end);
+        self.unread.drain(..=end);
     }
 }
 
+const RECIPIENTS_KEY: &[u8] = b"\"recipients\":[";
+
 /// The length of the `"recipients":[...]` array of one log line (JSON strings, escapes skipped).
-fn recipients_in(line: &[u8]) -> u64 {
-    const KEY: &[u8] = b"\"recipients\":[";
-    let Some(start) = line.windows(KEY.len()).position(|w| w == KEY) else {
+fn recipients_in(line: &[u8], key: &memchr::memmem::Finder<'_>) -> u64 {
+    let Some(start) = key.find(line) else {
         return 0;
     };
     let mut count = 0;
     let mut in_string = false;
     let mut escaped = false;
-    for &b in &line[start + KEY.len()..] {
+    for &b in &line[start + RECIPIENTS_KEY.len()..] {
         if in_string {
             match (escaped, b) {
                 (true, _) => escaped = false,
@@ -124,7 +137,8 @@ mod tests {
 
     #[test]
     fn an_empty_list_counts_none() {
-        assert_eq!(recipients_in(br#"{"recipients":[],"a":"b"}"#), 0);
-        assert_eq!(recipients_in(br#"{"sender":"x"}"#), 0);
+        let key = memchr::memmem::Finder::new(RECIPIENTS_KEY);
+        assert_eq!(recipients_in(br#"{"recipients":[],"a":"b"}"#, &key), 0);
+        assert_eq!(recipients_in(br#"{"sender":"x"}"#, &key), 0);
     }
 }
