@@ -105,6 +105,8 @@ pub struct AccountingEvent<'a> {
 
 /// Events kept for the API, at most.
 const RING_EVENTS_MAX: usize = 100_000;
+/// Below this a batch is kept by the ring at its exact size (copied out of a larger buffer).
+const SMALL_BATCH_BYTES: usize = 256 << 10;
 
 /// What every core shares: the file and the ring. Locked once per flushed batch, never per event,
 /// and only from blocking-pool threads (and the signal thread that reopens the file).
@@ -199,12 +201,19 @@ impl EventLog {
     /// Appends a batch as `append_batch` does, and the ring keeps the batch itself instead of a
     /// copy. Returns an empty buffer for the core's next batch: one the ring let go of (a batch
     /// whose every line it dropped), so the core reuses warm memory, or a new one as large.
-    pub fn append_batch_owned(&self, batch: Vec<u8>) -> Vec<u8> {
+    pub fn append_batch_owned(&self, mut batch: Vec<u8>) -> Vec<u8> {
         if batch.is_empty() {
             return batch;
         }
         let capacity = batch.capacity();
         self.write_out(&batch);
+        // The ring may hold thousands of batches (a quiet core flushes a few lines every tick),
+        // each with the buffer it came in: a small batch, or one far smaller than its buffer (a
+        // quiet tick after a busy one), is kept at its lines' size. Copying a small batch costs
+        // little; a large one at least half full (the busy case) is kept as it is.
+        if batch.len() < SMALL_BATCH_BYTES || batch.len() < capacity / 2 {
+            batch.shrink_to_fit();
+        }
         let recycled = match String::from_utf8(batch) {
             Ok(text) => self.keep(Arc::new(text)),
             Err(not_utf8) => Some(not_utf8.into_bytes()),
@@ -434,6 +443,22 @@ mod tests {
         let kept = log.after(0, usize::MAX);
         assert_eq!(kept.len(), RING_EVENTS_MAX);
         assert_eq!(kept[0].1, "{\"b\":0}");
+    }
+
+    #[test]
+    fn a_small_batch_in_a_large_buffer_is_kept_at_its_size() {
+        let log = EventLog::open("").unwrap();
+        let mut batch = Vec::with_capacity(1 << 20);
+        batch.extend_from_slice(b"{\"a\":1}\n");
+        let spare = log.append_batch_owned(batch);
+        assert_eq!(
+            spare.capacity(),
+            1 << 20,
+            "the core's next buffer keeps the room"
+        );
+        let ring = log.ring.lock().unwrap();
+        let kept = &ring.events.back().unwrap().batch;
+        assert!(kept.capacity() < 1024, "kept {} bytes", kept.capacity());
     }
 
     #[test]
