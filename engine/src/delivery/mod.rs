@@ -18,6 +18,7 @@ mod drain_session;
 mod driver;
 mod handoff;
 mod hops;
+mod idle_connections;
 mod messages;
 mod outcome;
 mod questions;
@@ -75,6 +76,8 @@ pub struct CoreDelivery {
     look_at_all: Cell<bool>,
     /// Outbound connections open on this core.
     pub connections: Cell<u32>,
+    /// Open connections waiting for their queue's next recipient.
+    idle: idle_connections::IdleConnections,
     /// Connection leases of cluster-shaped queues held by this core's connections.
     leases: RefCell<shaping::LeaseBook>,
     /// Outcomes and queued recipients by VMTA, customer and destination, published each second.
@@ -140,6 +143,7 @@ impl CoreDelivery {
             starved: RefCell::new(Vec::new()),
             look_at_all: Cell::new(true),
             connections: Cell::new(0),
+            idle: idle_connections::IdleConnections::default(),
             leases: RefCell::new(shaping::LeaseBook::default()),
             labels: RefCell::new(CoreLabels::default()),
             arriving_states: RefCell::new(Vec::new()),
@@ -149,6 +153,8 @@ impl CoreDelivery {
     /// Wakes the scheduler to look at every queue (coalesced: one pending wake-up is enough).
     pub fn wake(&self) {
         self.look_at_all.set(true);
+        // Waiting connections look again whether they may go on (a reload, a drain cancelled).
+        self.idle.wake_all();
         let _ = self.wake_tx.try_send(());
     }
 

@@ -91,6 +91,11 @@ fn open_connections(core: &Rc<DeliveryCore>, keys: Vec<crate::queue::QueueKey>, 
         if ready == 0 {
             continue;
         }
+        // Connections lingering for this queue take its recipients first.
+        let queues = &delivery.queues;
+        delivery
+            .idle
+            .wake_ready(&key, ready, || queues.borrow().has_ready_tls_optional(&key));
         let wanted = if one_more {
             connections + 1
         } else {

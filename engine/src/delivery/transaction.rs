@@ -6,10 +6,11 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::DeliveryCore;
 use super::Queued;
+use super::idle_connections::Takes;
 use super::outcome::{self, Attempt};
 use super::shaping::Permit;
 use crate::config::Config;
@@ -100,10 +101,17 @@ impl Connection {
     }
 
     /// Waits a little for recipients when the queue is empty, so a steady stream of mail reuses the
-    /// connection instead of paying a new connect and EHLO per burst. False when none came.
+    /// connection instead of paying a new connect and EHLO per burst. False when none came. The
+    /// scheduler wakes the wait when the queue gets recipients (`IdleConnections`); a reload, a
+    /// drain or a stop wakes it too.
     async fn wait_for_work(&self) -> bool {
-        let mut waited_ms = 0;
-        let mut step_ms = 1;
+        let until = Instant::now() + Duration::from_millis(IDLE_LINGER_MS);
+        let takes = if self.tls_optional_only {
+            Takes::TlsOptionalOnly
+        } else {
+            Takes::Any
+        };
+        let stop = self.core.stop_signal();
         loop {
             // Checked before the queue, every time: mail that arrives after a reload must not
             // leave on a connection opened under the old routes.
@@ -116,12 +124,15 @@ impl Connection {
             if self.queue_has_work() {
                 return true;
             }
-            if waited_ms >= IDLE_LINGER_MS {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return false;
             }
-            glommio::timer::sleep(Duration::from_millis(step_ms)).await;
-            waited_ms += step_ms;
-            step_ms = (step_ms * 2).min(64);
+            futures_lite::future::or(
+                self.core.delivery.idle.wait(&self.key, takes, left),
+                stop.wait(),
+            )
+            .await;
         }
     }
 
