@@ -4,7 +4,8 @@
 //! waited up to 64 ms for the next look) nor misses mail.
 //!
 //! Bounded by the connections open on the core: each waits here at most once at a time, and
-//! leaves (its entry, and its queue's entry once no other waits) when woken, timed out or dropped.
+//! leaves (its entry, and its queue's entry once no other waits) when woken, timed out or dropped;
+//! once nobody waits, a table grown by a burst of domains is freed.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -14,6 +15,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::queue::QueueKey;
+
+/// Queues the table keeps room for once nobody waits.
+const KEEP_CAPACITY_QUEUES: usize = 64;
 
 /// What a waiting connection may take: any ready recipient, or (planned without DANE and
 /// MTA-STS) only those whose message says `TLS-Required: No`.
@@ -125,6 +129,12 @@ impl IdleConnections {
     pub fn queues(&self) -> usize {
         self.waiting.borrow().len()
     }
+
+    /// Queues the table has room for.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.waiting.borrow().capacity()
+    }
 }
 
 /// Removes a waiter from its queue's list, and the list once empty, however the wait ended.
@@ -141,6 +151,10 @@ impl Drop for Leave<'_> {
             waiters.retain(|w| !Rc::ptr_eq(w, self.waiter));
             if waiters.is_empty() {
                 waiting.remove(self.key);
+                if waiting.is_empty() && waiting.capacity() > KEEP_CAPACITY_QUEUES {
+                    // A burst of domains leaves no table sized for it.
+                    *waiting = foldhash::HashMap::default();
+                }
             }
         }
     }
@@ -280,6 +294,35 @@ mod tests {
                 assert!(task.await < Duration::from_secs(10), "woken, not timed out");
             }
             assert_eq!((idle.len(), idle.queues()), (0, 0));
+        });
+    }
+
+    #[test]
+    fn a_burst_of_waiting_queues_leaves_no_large_table() {
+        run(|| async {
+            let idle = Rc::new(IdleConnections::default());
+            let mut tasks = Vec::new();
+            for n in 0..1000 {
+                let idle = idle.clone();
+                tasks.push(glommio::spawn_local(async move {
+                    let domain = format!("d{n}.test");
+                    idle.wait(&key(&domain), Takes::Any, Duration::from_secs(30))
+                        .await;
+                }));
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            assert_eq!(idle.queues(), 1000);
+            assert!(idle.capacity() >= 1000);
+            idle.wake_all();
+            for task in tasks {
+                task.await;
+            }
+            assert_eq!(idle.queues(), 0);
+            assert!(
+                idle.capacity() <= KEEP_CAPACITY_QUEUES,
+                "{}",
+                idle.capacity()
+            );
         });
     }
 }
