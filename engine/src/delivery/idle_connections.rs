@@ -110,8 +110,8 @@ impl IdleConnections {
         woken
     }
 
-    /// Wakes every waiting connection (a reload, a drain or a stop: each looks again whether it
-    /// may go on).
+    /// Wakes every waiting connection (a reload, a cancelled drain, a queue resumed: each looks
+    /// again whether it may go on; a stop reaches them through the core's stop signal).
     pub fn wake_all(&self) {
         for waiter in self.waiting.borrow().values().flatten() {
             waiter.wake();

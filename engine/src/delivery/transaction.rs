@@ -102,8 +102,9 @@ impl Connection {
 
     /// Waits a little for recipients when the queue is empty, so a steady stream of mail reuses the
     /// connection instead of paying a new connect and EHLO per burst. False when none came. The
-    /// scheduler wakes the wait when the queue gets recipients (`IdleConnections`); a reload, a
-    /// drain or a stop wakes it too.
+    /// scheduler wakes the wait when the queue gets recipients (`IdleConnections`); a reload or a
+    /// stop wakes it too. A drain that starts meanwhile is seen when the wait ends (within the
+    /// linger).
     async fn wait_for_work(&self) -> bool {
         let until = Instant::now() + Duration::from_millis(IDLE_LINGER_MS);
         let takes = if self.tls_optional_only {
