@@ -194,20 +194,24 @@ mod tests {
             .expect("the executor ran");
     }
 
+    /// A task waiting (30 s at most) for work of `domain`'s queue; it returns how long it waited.
+    fn waiter(idle: &Rc<IdleConnections>, domain: String, takes: Takes) -> glommio::Task<Duration> {
+        let idle = idle.clone();
+        glommio::spawn_local(async move {
+            let started = Instant::now();
+            idle.wait(&key(&domain), takes, Duration::from_secs(30))
+                .await;
+            started.elapsed()
+        })
+    }
+
     #[test]
     fn a_ready_queue_wakes_as_many_waiters_as_it_has_recipients_and_they_leave() {
         run(|| async {
             let idle = Rc::new(IdleConnections::default());
-            let mut tasks = Vec::new();
-            for _ in 0..3 {
-                let idle = idle.clone();
-                tasks.push(glommio::spawn_local(async move {
-                    let started = Instant::now();
-                    idle.wait(&key("a.test"), Takes::Any, Duration::from_secs(30))
-                        .await;
-                    started.elapsed()
-                }));
-            }
+            let tasks: Vec<_> = (0..3)
+                .map(|_| waiter(&idle, "a.test".into(), Takes::Any))
+                .collect();
             glommio::yield_if_needed().await;
             glommio::timer::sleep(Duration::from_millis(5)).await;
             assert_eq!(idle.len(), 3);
@@ -244,17 +248,7 @@ mod tests {
     fn a_tls_optional_waiter_is_woken_only_for_tls_optional_mail() {
         run(|| async {
             let idle = Rc::new(IdleConnections::default());
-            let optional = {
-                let idle = idle.clone();
-                glommio::spawn_local(async move {
-                    idle.wait(
-                        &key("a.test"),
-                        Takes::TlsOptionalOnly,
-                        Duration::from_secs(30),
-                    )
-                    .await;
-                })
-            };
+            let optional = waiter(&idle, "a.test".into(), Takes::TlsOptionalOnly);
             glommio::timer::sleep(Duration::from_millis(5)).await;
             let asked = Cell::new(0);
             let ask = |answer: bool| {
@@ -277,16 +271,10 @@ mod tests {
     fn wake_all_wakes_every_queue_s_waiters() {
         run(|| async {
             let idle = Rc::new(IdleConnections::default());
-            let mut tasks = Vec::new();
-            for (domain, takes) in [("a.test", Takes::Any), ("b.test", Takes::TlsOptionalOnly)] {
-                let idle = idle.clone();
-                tasks.push(glommio::spawn_local(async move {
-                    let started = Instant::now();
-                    idle.wait(&key(domain), takes, Duration::from_secs(30))
-                        .await;
-                    started.elapsed()
-                }));
-            }
+            let tasks = [
+                waiter(&idle, "a.test".into(), Takes::Any),
+                waiter(&idle, "b.test".into(), Takes::TlsOptionalOnly),
+            ];
             glommio::timer::sleep(Duration::from_millis(5)).await;
             assert_eq!((idle.len(), idle.queues()), (2, 2));
             idle.wake_all();
@@ -301,15 +289,9 @@ mod tests {
     fn a_burst_of_waiting_queues_leaves_no_large_table() {
         run(|| async {
             let idle = Rc::new(IdleConnections::default());
-            let mut tasks = Vec::new();
-            for n in 0..1000 {
-                let idle = idle.clone();
-                tasks.push(glommio::spawn_local(async move {
-                    let domain = format!("d{n}.test");
-                    idle.wait(&key(&domain), Takes::Any, Duration::from_secs(30))
-                        .await;
-                }));
-            }
+            let tasks: Vec<_> = (0..1000)
+                .map(|n| waiter(&idle, format!("d{n}.test"), Takes::Any))
+                .collect();
             glommio::timer::sleep(Duration::from_millis(20)).await;
             assert_eq!(idle.queues(), 1000);
             assert!(idle.capacity() >= 1000);
