@@ -834,6 +834,8 @@ class Soak:
             "accepted": len(ev.accepted), "accepted_by_destination": by_kind,
             "refusals": self.ledger.refusals, "errors": self.ledger.errors,
             "accounting": by_type, "checks": [asdict(c) for c in checks],
+            # Every memory sample (seconds from the start, KiB), to see when a growth came.
+            "memory_series": [[round(t - self.t0, 2), m] for t, m in self.rss_series],
         }, indent=2))
         violated = [c for c in checks if c.violated]
         print(f"report: {self.work / 'report.json'}; logs and spool under {self.work}")
