@@ -179,6 +179,11 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
 # daemon's read-only mappings have touched, many during the spool-pressure phase of big messages).
 # Those are the page cache, which the kernel reclaims under pressure, not memory the daemon holds.
 MEMORY_FIELDS = ("VmRSS", "RssAnon", "RssFile")
+# Before the memory is measured at the end, RssAnon must stop falling: no drop over
+# MEMORY_SETTLED_KIB for MEMORY_SETTLED_S, waiting at most MEMORY_SETTLE_MOST_S.
+MEMORY_SETTLED_KIB = 256
+MEMORY_SETTLED_S = 15.0
+MEMORY_SETTLE_MOST_S = 60.0
 
 
 def memory_kib(pid: int) -> dict[str, int] | None:
@@ -603,6 +608,24 @@ class Soak:
             return None
         return {k: sorted(m[k] for m in recent)[len(recent) // 2] for k in MEMORY_FIELDS}
 
+    def wait_for_memory_to_settle(self) -> None:
+        """Waits until RssAnon (the median of the last 3 s) has not fallen by more than
+        MEMORY_SETTLED_KIB for MEMORY_SETTLED_S, at most MEMORY_SETTLE_MOST_S. The burst's state
+        is freed on timers (DNS answers' TTL, a queue's idle time) counted from each domain's last
+        delivery, which the spool-pressure phase delays: measured before those, a slower run saw
+        memory still stepping down. A leak stays up and still fails."""
+        began = time.monotonic()
+        lowest, lowest_at = None, began
+        while time.monotonic() - began < MEMORY_SETTLE_MOST_S:
+            memory = self.memory_now()
+            if memory:
+                if lowest is None or memory["RssAnon"] < lowest - MEMORY_SETTLED_KIB:
+                    lowest, lowest_at = memory["RssAnon"], time.monotonic()
+                elif time.monotonic() - lowest_at >= MEMORY_SETTLED_S:
+                    break
+            time.sleep(1)
+        self.mark(f"memory settled after {time.monotonic() - began:.0f}s")
+
     def reload(self, why: str) -> None:
         policy = self.daemon.config["domain"][0]
         policy["retry_intervals"] = (RETRY_INTERVALS_B if policy["retry_intervals"] == RETRY_INTERVALS_A
@@ -731,6 +754,7 @@ class Soak:
         if self.queue_idle_known:
             time.sleep(QUEUE_IDLE_S + 3)
         time.sleep(3)
+        self.wait_for_memory_to_settle()
         self.memory_after = self.memory_now()
         self.acct_bytes_after = self.acct_bytes()
         if self.daemon.pid is None:
