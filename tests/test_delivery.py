@@ -1,6 +1,7 @@
 """Delivery outcomes: retry after a deferral, bounces with RFC 3464 DSNs, MX and null MX, expiry."""
 
 import time
+from datetime import datetime
 from email.message import Message
 
 import pytest
@@ -216,8 +217,6 @@ def test_u_label_and_a_label_recipients_share_one_queue_and_route(volley, sink_f
 def test_a_lingering_connection_takes_the_next_message_at_once(volley, sink_factory):
     """An idle connection waits up to a second for more mail of its queue. New mail wakes it:
     it used to poll on timers of up to 64 ms, so a message arriving meanwhile waited up to that."""
-    from datetime import datetime
-
     sink = sink_factory("127.0.0.10")
     volley.route("dest.test", sink.hostport)
     volley.start()

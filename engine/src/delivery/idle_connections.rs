@@ -71,9 +71,9 @@ impl IdleConnections {
     }
 
     /// The queue `key` has `ready` recipients: wakes up to that many of its waiting connections
-    /// that take any recipient (counting those woken before and not yet back), and those taking only `TLS-Required: No` mail when
-    /// `tls_optional_ready` says the queue has some (asked only if one waits). Returns how many
-    /// it woke.
+    /// that take any recipient (counting those woken before and not yet back), and those taking
+    /// only `TLS-Required: No` mail when `tls_optional_ready` says the queue has some (asked only
+    /// if one waits). Returns how many it woke.
     pub fn wake_ready(
         &self,
         key: &QueueKey,
@@ -212,7 +212,6 @@ mod tests {
             let tasks: Vec<_> = (0..3)
                 .map(|_| waiter(&idle, "a.test".into(), Takes::Any))
                 .collect();
-            glommio::yield_if_needed().await;
             glommio::timer::sleep(Duration::from_millis(5)).await;
             assert_eq!(idle.len(), 3);
             assert_eq!(idle.queues(), 1);
