@@ -4,8 +4,8 @@
 # reloads, a kill -9 and restart, the spool nearly full; then the invariants. Needs root (the sinks
 # listen on port 25, where delivery goes) and the Python test dependencies (scripts/test-deps.sh).
 #
-#   scripts/soak.sh --short     # about 3 minutes (the default)
-#   scripts/soak.sh --long      # about one hour
+#   scripts/soak.sh --short     # about 4.5 minutes (the default)
+#   scripts/soak.sh --long      # about an hour and a half (two burst rounds)
 #   scripts/soak.sh --short --cores 2 --seed 7 --out /tmp/soak
 #
 # Uses target/release when both binaries are there, else target/debug (built if missing).
