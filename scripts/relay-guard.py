@@ -10,6 +10,10 @@ figure docs/benchmarks.md documents for the build, on its line
 
 (in the "Regression guard" section). Best of several short runs, against half the figure: a
 machine shared with other work slows single runs by a third now and then, not every run by half.
+When the best is under the bound, the runs are made once more after a pause (`--second-chances`):
+a fresh-clone CI once read 817, 1017 and 1317 msg/s (bound 1363) with Volley at 448-512 us of CPU
+per message, and the same build 2393 and 2506 msg/s (366-424 us) minutes later: the host, not the
+code, was slow; a slower build stays slow in every run.
 Exit status 1 when the best run falls below the bound, 2 when the guard cannot run.
 
     python3 scripts/relay-guard.py                 # debug build (CI), 3 runs of 5000 messages
@@ -23,6 +27,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchlib import ROOT, Relay, bin_dir, relay_run
@@ -43,6 +48,9 @@ def main() -> None:
     ap.add_argument("--build", choices=["debug", "release"], default="debug")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--second-chances", type=int, default=1,
+                    help="times --runs more runs are made, after --pause-s, when the best is under the bound")
+    ap.add_argument("--pause-s", type=float, default=30.0)
     ap.add_argument("--doc", type=Path, default=DOC, help="where the documented figure is read")
     args = ap.parse_args()
     figure = documented(args.doc, args.build)
@@ -51,21 +59,30 @@ def main() -> None:
         if not (bins / tool).exists():
             print(f"relay-guard: {bins / tool} missing: build it first", file=sys.stderr)
             sys.exit(2)
+    bound = figure / 2
     work = Path(tempfile.mkdtemp(prefix="relay-guard-"))
     rates = []
     try:
         relay = Relay(bins / "volley", work / "relay", bins=bins)
         try:
-            for _ in range(args.runs):
-                r = relay_run(relay, args.messages)
-                rates.append(r["msg_per_s"])
-                print(f"relay-guard: {args.messages} messages at {r['msg_per_s']:.0f} msg/s "
-                      f"(volley {r['volley_cpu_us']:.0f} us of CPU per message)", flush=True)
+            for attempt in range(1 + args.second_chances):
+                if attempt:
+                    print(f"relay-guard: best {max(rates):.0f} msg/s is under {bound:.0f}; runs "
+                          f"again in {args.pause_s:.0f} s (a slow spell of the host passes, a "
+                          "slower build does not)", flush=True)
+                    time.sleep(args.pause_s)
+                for _ in range(args.runs):
+                    r = relay_run(relay, args.messages)
+                    rates.append(r["msg_per_s"])
+                    print(f"relay-guard: {args.messages} messages at {r['msg_per_s']:.0f} msg/s "
+                          f"(volley {r['volley_cpu_us']:.0f} us of CPU per message)", flush=True)
+                if max(rates) >= bound:
+                    break
         finally:
             relay.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    best, bound = max(rates), figure / 2
+    best = max(rates)
     verdict = "ok" if best >= bound else "REGRESSION"
     print(f"relay-guard {args.build}: best {best:.0f} msg/s, documented {figure:.0f}, bound {bound:.0f}: "
           f"{verdict}")

@@ -23,7 +23,7 @@ step "Rust tests"
 cargo test --workspace
 
 step "relay throughput guard (debug build: best of 3 short relay runs, at least half the figure of docs/benchmarks.md)"
-timeout 120 python3 scripts/relay-guard.py --build debug
+timeout 240 python3 scripts/relay-guard.py --build debug
 
 if [ -d tests ] && ls tests/test_*.py >/dev/null 2>&1; then
   step "integration tests (real daemon, sinks, DNS server on loopback; the Debian package from the debug build)"
