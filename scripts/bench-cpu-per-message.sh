@@ -11,27 +11,10 @@
 # Extra arguments go to `volley-bench relay`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-volley="$(realpath "${1:?the volley binary}")"
-messages="${2:-40000}"
-shift $(($# < 2 ? $# : 2))
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-out="$work/relay"
-target/release/volley-bench relay --no-ceiling --messages "$messages" --volley "$volley" \
-  --out "$out" "$@" >/dev/null 2>&1 &
-relay=$!
-pid=""
-for _ in $(seq 200); do
-  pid=$(pgrep -f "^$volley serve --config $out" | head -1 || true)
-  [ -n "$pid" ] && break
-  sleep 0.05
-done
-[ -n "$pid" ] || { echo "volley did not start" >&2; exit 2; }
-# Start-up is not per-message work: count from the moment the API listens (before blast starts).
-for _ in $(seq 200); do
-  grep -qs "volley::api: API on" "$out/volley/volley.log" && break
-  sleep 0.05
-done
+. scripts/volley-relay-started.sh
+relay_arguments 40000 "$@"
+# Start-up is not per-message work: counted from the moment the API listens (before blast starts).
+start_volley_relay /dev/null
 read -r user0 system0 <<<"$(awk '{print $14, $15}' "/proc/$pid/stat")"
 user=$user0
 system=$system0

@@ -8,26 +8,9 @@
 # Extra arguments go to `volley-bench relay`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-volley="$(realpath "${1:?the volley binary}")"
-messages="${2:-20000}"
-shift $(($# < 2 ? $# : 2))
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-out="$work/relay"
-target/release/volley-bench relay --no-ceiling --messages "$messages" --volley "$volley" \
-  --out "$out" "$@" >"$work/relay.log" 2>&1 &
-relay=$!
-pid=""
-for _ in $(seq 200); do
-  pid=$(pgrep -f "^$volley serve --config $out" | head -1 || true)
-  [ -n "$pid" ] && break
-  sleep 0.05
-done
-[ -n "$pid" ] || { echo "volley did not start" >&2; exit 2; }
-for _ in $(seq 200); do
-  grep -qs "volley::api: API on" "$out/volley/volley.log" && break
-  sleep 0.05
-done
+. scripts/volley-relay-started.sh
+relay_arguments 20000 "$@"
+start_volley_relay "$work/relay.log"
 perf trace -s -p "$pid" -o "$work/trace.txt" &
 trace=$!
 wait "$relay"
