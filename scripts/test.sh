@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the minutes since the start: CI is kept under 30 on 2 cores.
+started=$SECONDS
+step() { printf '\n==> [%d:%02d] %s\n' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)) "$*"; }
 
 step "dependencies"
 if [ -x scripts/test-deps.sh ] || [ -f scripts/test-deps.sh ]; then
@@ -46,3 +48,4 @@ fi
 
 step "soak, short form (hostile receivers and DNS, a burst of domains, reloads, kill -9, spool pressure; invariants)"
 timeout 600 bash scripts/soak.sh --short --out "$(mktemp -d)"
+step "done"
