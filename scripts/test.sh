@@ -25,6 +25,10 @@ step "Rust tests"
 cargo test --workspace
 
 step "relay throughput guard (debug build: best of 3 short relay runs, at least half the figure of docs/benchmarks.md)"
+# The build leaves gigabytes of dirty pages; written back during the guard, they would queue
+# ahead of its fdatasyncs (the guard measures durable relaying). In two fresh-clone runs the first
+# three runs after the build were the slow ones (658-1317 msg/s, then 1371-1726 in the second set).
+sync
 timeout 240 python3 scripts/relay-guard.py --build debug
 
 if [ -d tests ] && ls tests/test_*.py >/dev/null 2>&1; then
