@@ -25,9 +25,10 @@ step "Rust tests"
 cargo test --workspace
 
 step "relay throughput guard (debug build: best of 3 short relay runs, at least half the figure of docs/benchmarks.md)"
-# The build leaves gigabytes of dirty pages; written back during the guard, they would queue
-# ahead of its fdatasyncs (the guard measures durable relaying). In two fresh-clone runs the first
-# three runs after the build were the slow ones (658-1317 msg/s, then 1371-1726 in the second set).
+# The build leaves gigabytes of dirty pages; written back during the guard, they may queue ahead
+# of its fdatasyncs (the guard measures durable relaying). Not measured apart from the host's own
+# slow spells: in two fresh-clone runs the three runs right after the build were slow (658-1317
+# msg/s), and a second set in one of them 1371-1726.
 sync
 timeout 240 python3 scripts/relay-guard.py --build debug
 

@@ -19,8 +19,9 @@ FINAL_TYPES = ("delivery", "bounce", "expiration")
 # level after the burst before it (as many other new domains) by this much. The first burst is not
 # held to it: it lifts the allocator to its high-water mark for such a burst (pages kept for blocks
 # still live, as the event ring's; measured: about 5 MiB over the heap's live bytes, and the third
-# burst of a run adds nothing to the second), which a leak would not stop at. File-backed pages (RssFile: the binary, touched pages of mapped
-# spool segments) are page cache the kernel reclaims at will: reported, not held to the bound.
+# burst of a run adds nothing to the second), which a leak would not stop at. File-backed pages
+# (RssFile: the binary, touched pages of mapped spool segments) are page cache the kernel reclaims
+# at will: reported, not held to the bound.
 RSS_GROWTH_ALLOWED = 0.10
 # How many example recipients or queues a message names.
 EXAMPLES = 5

@@ -439,7 +439,6 @@ class Soak:
         self.sampling_paused = threading.Event()
         self.stop_sampling = threading.Event()
         self.domains: dict[str, list[str]] = {}
-        self.burst_domains: list[str] = []
         self.memory_baseline: dict[str, int] | None = None
         # (memory, accounting-log bytes) once settled after each burst round.
         self.memory_rounds: list[tuple[dict[str, int] | None, int]] = []
@@ -730,13 +729,13 @@ class Soak:
             self.mark(f"memory after burst round {round_}: {describe_memory(memory)}")
         # The bound is held between the last two rounds: what one burst leaves with the allocator
         # (pages still holding a few live blocks, its caches) the next reuses; a leak grows again.
-        self.memory_before, self.acct_bytes_before = (
+        memory_before, acct_bytes_before = (
             self.memory_rounds[-2] if len(self.memory_rounds) > 1
             else (self.memory_baseline, acct_bytes_baseline))
-        self.memory_after, self.acct_bytes_after = self.memory_rounds[-1]
-        steps = [f"{m['RssAnon'] / 1024:.1f} MiB after round {i}"
-                 for i, (m, _) in enumerate(self.memory_rounds, start=1) if m]
+        memory_after, acct_bytes_after = self.memory_rounds[-1]
         if self.memory_baseline and len(self.memory_rounds) > 1:
+            steps = [f"{m['RssAnon'] / 1024:.1f} MiB after round {i}"
+                     for i, (m, _) in enumerate(self.memory_rounds, start=1) if m]
             self.notes.append(f"RssAnon {self.memory_baseline['RssAnon'] / 1024:.1f} MiB before the "
                               f"first burst, {', '.join(steps)}; the bound is held over the last round")
         if self.daemon.pid is None:
@@ -746,7 +745,7 @@ class Soak:
         if status != 200:
             raise RuntimeError(f"GET /v1/queues at the end answered {status}: {body}")
         final_queues, final_time = body.get("queues", []), time.time()
-        self.mark(f"end: {len(final_queues)} queues, memory {describe_memory(self.memory_after)}")
+        self.mark(f"end: {len(final_queues)} queues, memory {describe_memory(memory_after)}")
         self.stop_sampling.set()
         rc = self.daemon.stop()
         self.mark(f"volley stopped with SIGTERM, exit {rc}")
@@ -759,10 +758,9 @@ class Soak:
             samples=list(self.samples),
             gauge_present=self.gauge_present,
             longest_deadline_s=self.longest_deadline_s,
-            memory_before_burst_kib=self.memory_before,
-            memory_after_kib=self.memory_after,
-            events_logged_since_burst_bytes=max(
-                0, getattr(self, "acct_bytes_after", 0) - getattr(self, "acct_bytes_before", 0)),
+            memory_before_burst_kib=memory_before,
+            memory_after_kib=memory_after,
+            events_logged_since_burst_bytes=max(0, acct_bytes_after - acct_bytes_before),
             dsns=self.dsns(),
             stop_exit=rc,
             stop_timeout_s=STOP_TIMEOUT_S,
@@ -780,7 +778,6 @@ class Soak:
                   f"over {p.burst_s:.0f}s")
         mx = "mx.healthy.soak.test"
         names = [f"u{i}.r{round_}.burst.soak.test" for i in range(p.burst_domains)]
-        self.burst_domains += names
         for d in names:
             self.dns.mx(d, 10, mx)
         queue = list(names)
