@@ -14,6 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use volley::envelope::{Envelope, MessageId, Recipient};
 use volley::spool::RecipientState;
 use volley::spool::record::{
+    RecordSeed,
     self, RECORD_HEADER_BYTES, RECORD_MAGIC, StateRecord, encode_message, encode_state,
     message_payload_len, record_span,
 };
@@ -61,7 +62,8 @@ fn scratch_dir() -> PathBuf {
 
 /// The record decoders straight on the input: never a panic; a state that decodes encodes back.
 fn decoders(data: &[u8]) {
-    let _ = record::decode_header(data);
+    let _ = record::decode_header(data, RecordSeed::LEGACY);
+    let _ = record::decode_header(data, RecordSeed::for_segment(1));
     let _ = record::decode_message_summary(data);
     if let Ok((summary, envelope)) = record::decode_envelope(data) {
         assert_eq!(summary.recipient_count as usize, envelope.recipients.len());
@@ -69,7 +71,7 @@ fn decoders(data: &[u8]) {
     }
     if let Ok(state) = record::decode_state(data) {
         let mut again = vec![0u8; record::STATE_RECORD_SPAN];
-        encode_state(&mut again, &state);
+        encode_state(&mut again, RecordSeed::for_segment(1), &state);
         assert_eq!(
             record::decode_state(&again[RECORD_HEADER_BYTES..]).ok(),
             Some(state)
@@ -109,6 +111,8 @@ fn build_segments(data: &[u8]) -> Vec<Vec<u8>> {
     let mut input = Input(data);
     let mut segments = vec![new_segment(1)];
     while let Some(op) = input.u8() {
+        // Records of this segment's number; a stale record (op 2) may use another's.
+        let seed = RecordSeed::for_segment(segments.len() as u32);
         let seg = segments.last_mut().expect("one segment at least");
         match op % 6 {
             0 => {
@@ -129,7 +133,7 @@ fn build_segments(data: &[u8]) -> Vec<Vec<u8>> {
                 };
                 let mut bytes = vec![0u8; record_span(payload_len)];
                 let id = MessageId { core: CORE, seq };
-                encode_message(&mut bytes, id, &envelope, b"", &body, payload_len);
+                encode_message(&mut bytes, seed, id, &envelope, b"", &body, payload_len);
                 seg.extend_from_slice(&bytes);
             }
             1 => {
@@ -153,12 +157,17 @@ fn build_segments(data: &[u8]) -> Vec<Vec<u8>> {
                     recipient,
                     state,
                 };
-                encode_state(&mut bytes, &record);
+                encode_state(&mut bytes, seed, &record);
                 seg.extend_from_slice(&bytes);
             }
             2 => {
-                // Any kind, version and payload, with correct checksums.
+                // Any kind, version and payload, with correct checksums under this segment's
+                // seed, or under an earlier number's (what a reused file holds).
                 let kind = input.u8().unwrap_or(1) % 4;
+                let seed = match input.u8().unwrap_or(0) % 3 {
+                    0 => RecordSeed::for_segment(0),
+                    _ => seed,
+                };
                 let version = input.u8().unwrap_or(1) % 3;
                 let len = usize::from(input.u8().unwrap_or(0));
                 let payload = input.bytes(len).to_vec();
@@ -168,7 +177,7 @@ fn build_segments(data: &[u8]) -> Vec<Vec<u8>> {
                 head[3] = version;
                 head[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
                 head[8..12].copy_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-                let header_crc = crc32c::crc32c(&head[..12]);
+                let header_crc = seed.header_crc(&head[..12]);
                 head[12..16].copy_from_slice(&header_crc.to_le_bytes());
                 seg.extend_from_slice(&head);
                 seg.extend_from_slice(&payload);

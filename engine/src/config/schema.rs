@@ -147,6 +147,9 @@ pub struct SpoolSection {
     pub min_sync_interval_us: u64,
     /// Where the fdatasyncs run: io_uring (default) or the core's blocking thread.
     pub sync_on: crate::spool::SyncOn,
+    /// Finished segment files each core keeps to reuse as later segments (0: deleted, as
+    /// before). See docs/configuration.md.
+    pub free_segment_files: usize,
 }
 
 impl Default for SpoolSection {
@@ -158,6 +161,7 @@ impl Default for SpoolSection {
             lazy_state_sync_ms: crate::spool::DEFAULT_LAZY_STATE_SYNC_MS,
             min_sync_interval_us: crate::spool::DEFAULT_MIN_SYNC_INTERVAL_US,
             sync_on: crate::spool::SyncOn::IoUring,
+            free_segment_files: crate::spool::DEFAULT_FREE_SEGMENT_FILES,
         }
     }
 }

@@ -184,7 +184,17 @@ fn check_server(config: &Config, c: &mut Checker) {
             format!("must be at most {MAX_MIN_SYNC_INTERVAL_US} (10 ms)"),
         );
     }
+    if sp.free_segment_files > MAX_FREE_SEGMENT_FILES {
+        c.error(
+            &[Key("spool"), Key("free_segment_files")],
+            format!("must be at most {MAX_FREE_SEGMENT_FILES}"),
+        );
+    }
 }
+
+/// Most `[spool] free_segment_files`: a core switches segments one at a time, so a few spare
+/// files cover any burst of reclaims; more would only hold disk.
+const MAX_FREE_SEGMENT_FILES: usize = 64;
 
 /// Longest `[spool] min_sync_interval_us`: what it adds to an answer must stay well under a client's
 /// patience.
@@ -908,6 +918,19 @@ mod tests {
         assert_eq!(Config::parse(base).unwrap().server.accounting_flush_ms, 100);
         let slow = Config::parse(&format!("{base}accounting_flush_ms = 5000\n")).unwrap();
         assert_eq!(slow.server.accounting_flush_ms, 5000);
+    }
+
+    #[test]
+    fn free_segment_files_are_bounded_and_parsed() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:25\"\n[spool]\n";
+        let e = errors(&format!("{base}free_segment_files = 65\n"));
+        assert_eq!(e.0[0].key, "spool.free_segment_files", "{e}");
+        assert_eq!(
+            Config::parse(base).unwrap().spool.free_segment_files,
+            crate::spool::DEFAULT_FREE_SEGMENT_FILES
+        );
+        let none = Config::parse(&format!("{base}free_segment_files = 0\n")).unwrap();
+        assert_eq!(none.spool.free_segment_files, 0);
     }
 
     #[test]

@@ -178,6 +178,7 @@ pub async fn run(index: usize, shared: Shared) -> Result<(), String> {
         lazy_state_sync_ms: config.spool.lazy_state_sync_ms,
         min_sync_interval_us: config.spool.min_sync_interval_us,
         sync_on: config.spool.sync_on,
+        free_segment_files: config.spool.free_segment_files,
     })
     .map_err(|e| format!("spool of core {index} in {}: {e}", spool_dir.display()))?;
     if !recovered.is_empty() {

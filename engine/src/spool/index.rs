@@ -158,6 +158,9 @@ pub struct SegmentUsage {
     /// Recovery found damage it could not read past: at reclaim the file is set aside as
     /// `<name>.damaged` for inspection instead of being deleted.
     pub damaged: bool,
+    /// Written in the first segment format (record checksums unseeded): deleted at reclaim,
+    /// never reused, as its old records would read as valid in a later segment.
+    pub legacy: bool,
 }
 
 impl SegmentUsage {

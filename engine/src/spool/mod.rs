@@ -22,6 +22,8 @@ mod sync_thread;
 mod voided;
 
 #[cfg(test)]
+mod reuse_tests;
+#[cfg(test)]
 mod tests;
 
 use std::cell::{Cell, RefCell};
@@ -66,7 +68,13 @@ pub struct SpoolConfig {
     pub min_sync_interval_us: u64,
     /// Where the fdatasyncs run.
     pub sync_on: SyncOn,
+    /// Finished segment files kept to be reused as later segments instead of deleted: a sync
+    /// into a file already written converts no extents (0: every finished file is deleted).
+    pub free_segment_files: usize,
 }
+
+/// Default of `free_segment_files` (`[spool] free_segment_files`).
+pub const DEFAULT_FREE_SEGMENT_FILES: usize = 4;
 
 /// Default of `lazy_state_sync_ms` (`[spool] lazy_state_sync_ms`).
 pub const DEFAULT_LAZY_STATE_SYNC_MS: u64 = 100;
@@ -86,6 +94,7 @@ impl SpoolConfig {
             lazy_state_sync_ms: DEFAULT_LAZY_STATE_SYNC_MS,
             min_sync_interval_us: DEFAULT_MIN_SYNC_INTERVAL_US,
             sync_on: SyncOn::IoUring,
+            free_segment_files: DEFAULT_FREE_SEGMENT_FILES,
         }
     }
 }
@@ -237,6 +246,10 @@ pub struct SpoolStats {
     /// Messages with unfinished recipients.
     pub live_messages: u64,
     pub segments_reclaimed: u64,
+    /// Finished segment files kept to be reused (not in `segments` nor `spool_bytes`).
+    pub free_segment_files: u64,
+    /// Segments made out of a free file rather than created.
+    pub segments_reused: u64,
     /// Records skipped at recovery because they failed a check.
     pub corrupt_records_skipped: u64,
 }
@@ -261,6 +274,9 @@ struct SpoolInner {
     /// reactor it would stall every session of the core. Its file is not in the index (not
     /// counted in `spool_bytes`); one is made only while `max_spool_bytes` has room for it.
     spare: RefCell<Option<glommio::Task<Result<WritableSegment, SpoolError>>>>,
+    /// Free segment files (`<old number>.free`), at most `free_segment_files`: the next
+    /// segments are made out of them.
+    free: RefCell<Vec<u32>>,
     /// One writer at a time switches segments; the others wait for it and use the new one.
     switching: glommio::sync::Semaphore,
     stats: Cell<SpoolStats>,
@@ -296,10 +312,31 @@ impl Spool {
         let lock = SpoolLock::acquire(&core_dir)?;
         let outcome = recovery::recover(&core_dir, config.core)?;
         let mut index = outcome.index;
-        let next_number = outcome.last_segment.map_or(1, |n| n + 1);
-        // Always a fresh segment: the old last one may end in a repaired torn tail.
-        let writer = WritableSegment::create(
-            &core_dir.join(segment::segment_file_name(next_number)),
+        let mut free = segment::list_free_files(&core_dir).map_err(SpoolError::from_io)?;
+        // Above every number a file here ever had: a free file's old records must never match
+        // its new number's seed.
+        let next_number = outcome
+            .last_segment
+            .into_iter()
+            .chain(free.last().copied())
+            .max()
+            .map_or(1, |n| n + 1);
+        free.retain(|&old| {
+            let path = core_dir.join(segment::free_file_name(old));
+            let fits = std::fs::metadata(&path).is_ok_and(|m| m.len() == config.segment_bytes);
+            if fits {
+                return true;
+            }
+            if let Err(e) = std::fs::remove_file(&path) {
+                log::warn!("removing {}: {e}", path.display());
+            }
+            false
+        });
+        // Always a new segment (the old last one may end in a repaired torn tail), out of a
+        // free file when there is one.
+        let writer = make_segment(
+            &core_dir,
+            free.pop(),
             SegmentHeader {
                 core: config.core,
                 segment: next_number,
@@ -318,12 +355,20 @@ impl Spool {
         let mut reclaimed = 0;
         for victim in index.reclaimable(next_number) {
             let path = core_dir.join(segment::segment_file_name(victim));
-            let damaged = index.remove_segment(victim).is_some_and(|u| u.damaged);
-            let removed = if damaged {
-                log::warn!("setting damaged segment {} aside", path.display());
-                std::fs::rename(&path, damaged_path(&path))
-            } else {
-                std::fs::remove_file(&path)
+            let Some(usage) = index.remove_segment(victim) else {
+                continue;
+            };
+            let fate = reclaim_fate(&config, &usage, index.spool_bytes, free.len());
+            let removed = match fate {
+                Reclaim::SetAside => {
+                    log::warn!("setting damaged segment {} aside", path.display());
+                    std::fs::rename(&path, damaged_path(&path))
+                }
+                Reclaim::KeepFree => {
+                    std::fs::rename(&path, core_dir.join(segment::free_file_name(victim)))
+                        .map(|()| free.push(victim))
+                }
+                Reclaim::Delete => std::fs::remove_file(&path),
             };
             match removed {
                 Ok(()) => reclaimed += 1,
@@ -357,6 +402,7 @@ impl Spool {
                 commit,
                 reclaim_wanted: Cell::new(false),
                 spare: RefCell::new(None),
+                free: RefCell::new(free),
                 switching: glommio::sync::Semaphore::new(1),
                 stats: Cell::new(stats),
                 lock: RefCell::new(Some(lock)),
@@ -430,6 +476,7 @@ impl Spool {
         let (segment, offset, body_at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
+            let seed = writer.seed;
             // The body goes to the page cache from where it lies (the session's buffer): the
             // only copy between the socket and the disk besides the kernel's own.
             let (at, body_at) = writer
@@ -438,6 +485,7 @@ impl Spool {
                     |prefix| {
                         record::encode_message_prefix(
                             prefix,
+                            seed,
                             id,
                             envelope,
                             header,
@@ -539,6 +587,7 @@ impl Spool {
         let (segment, at) = {
             let mut writer = inner.writer.borrow_mut();
             let segment = writer.number;
+            let seed = writer.seed;
             let (at, ()) = writer
                 .append(span, |dst| {
                     let mut slots = dst.chunks_exact_mut(STATE_RECORD_SPAN);
@@ -553,7 +602,7 @@ impl Spool {
                                 recipient,
                                 state,
                             };
-                            record::encode_state(dst, &record);
+                            record::encode_state(dst, seed, &record);
                         }
                     }
                 })
@@ -692,6 +741,7 @@ impl Spool {
             spool_bytes: index.spool_bytes,
             max_spool_bytes: inner.config.max_spool_bytes,
             live_messages: index.messages.len() as u64,
+            free_segment_files: inner.free.borrow().len() as u64,
             ..inner.stats.get()
         }
     }
@@ -805,13 +855,18 @@ impl Spool {
         }
     }
 
-    /// Creates and pre-allocates segment `number` on the executor's blocking pool.
+    /// Makes segment `number` on the executor's blocking pool: out of a free file if one is
+    /// kept, else created and pre-allocated.
     fn create_segment(
         &self,
         number: u32,
     ) -> impl std::future::Future<Output = Result<WritableSegment, SpoolError>> + 'static {
-        let path = self.inner.core_dir.join(segment::segment_file_name(number));
+        let core_dir = self.inner.core_dir.clone();
         let header = self.segment_header(number);
+        let free = self.inner.free.borrow_mut().pop();
+        if free.is_some() {
+            self.update_stats(|s| s.segments_reused += 1);
+        }
         #[cfg(test)]
         let hook = self.inner.creation_hook.borrow().clone();
         glommio::executor().spawn_blocking(move || {
@@ -819,7 +874,7 @@ impl Spool {
             if let Some(hook) = hook {
                 hook();
             }
-            WritableSegment::create(&path, header)
+            make_segment(&core_dir, free, header)
         })
     }
 
@@ -849,20 +904,37 @@ impl Spool {
         let victims = {
             let mut index = inner.index.borrow_mut();
             let mut victims = Vec::new();
+            // Files promised to the pool by this pass, counted before their renames finish.
+            let mut kept = inner.free.borrow().len();
             for victim in index.reclaimable(current) {
-                let damaged = index.remove_segment(victim).is_some_and(|u| u.damaged);
+                let Some(usage) = index.remove_segment(victim) else {
+                    continue;
+                };
                 inner.commit.segment_removed(victim);
-                victims.push((victim, damaged));
+                let fate = reclaim_fate(&inner.config, &usage, index.spool_bytes, kept);
+                if fate == Reclaim::KeepFree {
+                    kept += 1;
+                }
+                victims.push((victim, fate));
             }
             victims
         };
-        for (victim, damaged) in victims {
+        for (victim, fate) in victims {
             let path = inner.core_dir.join(segment::segment_file_name(victim));
-            let removed = if damaged {
-                log::warn!("setting damaged segment {} aside", path.display());
-                glommio::io::rename(&path, damaged_path(&path)).await
-            } else {
-                glommio::io::remove(&path).await
+            let removed = match fate {
+                Reclaim::SetAside => {
+                    log::warn!("setting damaged segment {} aside", path.display());
+                    glommio::io::rename(&path, damaged_path(&path)).await
+                }
+                Reclaim::KeepFree => {
+                    let free = inner.core_dir.join(segment::free_file_name(victim));
+                    let renamed = glommio::io::rename(&path, &free).await;
+                    if renamed.is_ok() {
+                        inner.free.borrow_mut().push(victim);
+                    }
+                    renamed
+                }
+                Reclaim::Delete => glommio::io::remove(&path).await,
             };
             if let Err(e) = removed {
                 log::warn!("reclaiming {}: {e}", path.display());
@@ -870,6 +942,63 @@ impl Spool {
             self.update_stats(|s| s.segments_reclaimed += 1);
         }
     }
+}
+
+/// What reclaim does with a finished segment's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reclaim {
+    /// Damaged: renamed `<name>.damaged` for inspection.
+    SetAside,
+    /// Renamed `<number>.free`, to be made into a later segment.
+    KeepFree,
+    Delete,
+}
+
+/// A finished file is kept free while the pool has fewer than `free_segment_files`, the file
+/// has today's segment size and format, and the spool with its free files stays within
+/// `max_spool_bytes` (`spool_bytes`: the segments left, `free`: the files kept so far).
+fn reclaim_fate(
+    config: &SpoolConfig,
+    usage: &SegmentUsage,
+    spool_bytes: u64,
+    free: usize,
+) -> Reclaim {
+    if usage.damaged {
+        return Reclaim::SetAside;
+    }
+    let room = spool_bytes.saturating_add((free as u64 + 1).saturating_mul(config.segment_bytes))
+        <= config.max_spool_bytes;
+    if free < config.free_segment_files
+        && !usage.legacy
+        && usage.bytes == config.segment_bytes
+        && room
+    {
+        Reclaim::KeepFree
+    } else {
+        Reclaim::Delete
+    }
+}
+
+/// Makes segment `header.segment` in `core_dir`: out of free file `free` when given (and
+/// usable), else created. Blocking.
+fn make_segment(
+    core_dir: &Path,
+    free: Option<u32>,
+    header: SegmentHeader,
+) -> Result<WritableSegment, SpoolError> {
+    let path = core_dir.join(segment::segment_file_name(header.segment));
+    if let Some(old) = free {
+        let free_path = core_dir.join(segment::free_file_name(old));
+        match WritableSegment::reuse(&free_path, &path, header) {
+            Ok(segment) => return Ok(segment),
+            Err(e) => log::warn!(
+                "reusing {} as segment {}: {e}; creating it",
+                free_path.display(),
+                header.segment
+            ),
+        }
+    }
+    WritableSegment::create(&path, header)
 }
 
 /// Where a damaged segment is set aside instead of being deleted.

@@ -13,15 +13,17 @@ use std::rc::Rc;
 use memmap2::Mmap;
 
 use super::record::{self, RECORD_HEADER_BYTES, RECORD_VERSION, RecordKind};
-use super::segment::segment_path;
+use super::segment::{self, segment_path};
 use super::{BodyLocation, RecordLocation, SpoolError};
 use crate::envelope::{MessageId, PackedEnvelope};
 
 /// Mappings a reader keeps by default before dropping the oldest.
 pub const DEFAULT_MAX_CACHED_MAPS: usize = 256;
 
-/// A body in a mapped segment. Holding it keeps the mapping (and so the bytes) alive even if the
-/// segment is reclaimed meanwhile: reclaim unlinks files, it never overwrites them.
+/// A body in a mapped segment. Holding it keeps the mapping alive. A segment is reclaimed (its
+/// file deleted or kept to be reused, and then overwritten) only once every message in it is
+/// finished, which needs every transaction that read a body from it to have reported: no handle
+/// outlives its message's last delivery attempt.
 #[derive(Clone)]
 pub struct BodyBytes {
     map: Rc<Mmap>,
@@ -116,7 +118,10 @@ impl SegmentReader {
         let head = map
             .get(at..)
             .ok_or_else(|| corrupt("outside its segment"))?;
-        let header = record::decode_header(head).map_err(|_| corrupt("no valid record header"))?;
+        // A record of an earlier use of a reused file fails here: its seed is another number's.
+        let seed = segment::record_seed_of(&map, record.segment);
+        let header =
+            record::decode_header(head, seed).map_err(|_| corrupt("no valid record header"))?;
         if header.kind != Some(RecordKind::Message) || header.version != RECORD_VERSION {
             return Err(corrupt("not a message record"));
         }

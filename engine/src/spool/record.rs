@@ -93,13 +93,38 @@ pub enum HeaderProblem {
     Invalid,
 }
 
+/// What a record header's checksum starts from. In a segment of format 2 it is derived from the
+/// segment's number, so a record left in a reused file by an earlier segment (another number)
+/// fails its check wherever it lies and is never read as current. Format 1 segments (never
+/// reused) used none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordSeed(u32);
+
+impl RecordSeed {
+    /// Format 1 segments: the plain CRC32C of the header's first 12 bytes.
+    pub const LEGACY: RecordSeed = RecordSeed(0);
+
+    /// Records of segment `segment` (format 2).
+    pub fn for_segment(segment: u32) -> RecordSeed {
+        let mut seed = [0u8; 12];
+        seed[..8].copy_from_slice(b"VRSEGMNT");
+        seed[8..].copy_from_slice(&segment.to_le_bytes());
+        RecordSeed(crc32c::crc32c(&seed))
+    }
+
+    /// The checksum of a header's first 12 bytes under this seed.
+    pub fn header_crc(self, head: &[u8]) -> u32 {
+        crc32c::crc32c_append(self.0, head)
+    }
+}
+
 /// Total bytes a record with `payload_len` payload bytes takes, padding included.
 pub fn record_span(payload_len: usize) -> usize {
     (RECORD_HEADER_BYTES + payload_len).next_multiple_of(RECORD_ALIGN_BYTES)
 }
 
-/// Reads and checks a record header from the first 16 bytes of `bytes`.
-pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, HeaderProblem> {
+/// Reads and checks a record header from the first 16 bytes of `bytes`, written with `seed`.
+pub fn decode_header(bytes: &[u8], seed: RecordSeed) -> Result<RecordHeader, HeaderProblem> {
     let head = bytes
         .get(..RECORD_HEADER_BYTES)
         .ok_or(HeaderProblem::Invalid)?;
@@ -113,7 +138,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, HeaderProblem> {
     let payload_len = r.u32().ok_or(HeaderProblem::Invalid)?;
     let payload_crc = r.u32().ok_or(HeaderProblem::Invalid)?;
     let header_crc = r.u32().ok_or(HeaderProblem::Invalid)?;
-    if magic != RECORD_MAGIC || crc32c::crc32c(&head[..12]) != header_crc {
+    if magic != RECORD_MAGIC || seed.header_crc(&head[..12]) != header_crc {
         return Err(HeaderProblem::Invalid);
     }
     Ok(RecordHeader {
@@ -125,14 +150,20 @@ pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, HeaderProblem> {
 }
 
 /// Writes a header for `payload` (already in place after it) into `dst[..16]`.
-fn write_header(dst: &mut [u8], kind: RecordKind, payload_len: u32, payload_crc: u32) {
+fn write_header(
+    dst: &mut [u8],
+    seed: RecordSeed,
+    kind: RecordKind,
+    payload_len: u32,
+    payload_crc: u32,
+) {
     let mut head = [0u8; RECORD_HEADER_BYTES];
     head[..2].copy_from_slice(&RECORD_MAGIC);
     head[2] = kind as u8;
     head[3] = RECORD_VERSION;
     head[4..8].copy_from_slice(&payload_len.to_le_bytes());
     head[8..12].copy_from_slice(&payload_crc.to_le_bytes());
-    let header_crc = crc32c::crc32c(&head[..12]);
+    let header_crc = seed.header_crc(&head[..12]);
     head[12..16].copy_from_slice(&header_crc.to_le_bytes());
     dst[..RECORD_HEADER_BYTES].copy_from_slice(&head);
 }
@@ -187,6 +218,7 @@ fn optional_len(s: Option<&str>) -> Result<u64, SpoolError> {
 /// Returns the offset of the body within `dst`. The body is `header` followed by `body`.
 pub fn encode_message(
     dst: &mut [u8],
+    seed: RecordSeed,
     id: MessageId,
     envelope: &Envelope,
     header: &[u8],
@@ -207,7 +239,7 @@ pub fn encode_message(
         "message_payload_len disagrees with encode_message"
     );
     let crc = crc32c::crc32c(payload);
-    write_header(head, RecordKind::Message, payload_len as u32, crc);
+    write_header(head, seed, RecordKind::Message, payload_len as u32, crc);
     body_at
 }
 
@@ -258,6 +290,7 @@ fn put_envelope(w: &mut ByteWriter<'_>, id: MessageId, envelope: &Envelope, body
 /// (`header`'s) lies in the record.
 pub fn encode_message_prefix(
     prefix: &mut Vec<u8>,
+    seed: RecordSeed,
     id: MessageId,
     envelope: &Envelope,
     header: &[u8],
@@ -276,7 +309,7 @@ pub fn encode_message_prefix(
     crc = crc32c::crc32c_append(crc, header);
     crc = crc32c::crc32c_append(crc, body);
     let (head, _) = prefix.split_at_mut(RECORD_HEADER_BYTES);
-    write_header(head, RecordKind::Message, payload_len as u32, crc);
+    write_header(head, seed, RecordKind::Message, payload_len as u32, crc);
     body_at
 }
 
@@ -293,7 +326,7 @@ pub struct StateRecord {
 pub const STATE_RECORD_SPAN: usize = RECORD_HEADER_BYTES + STATE_PAYLOAD_BYTES;
 
 /// Encodes a state record into `dst`, which must be exactly [`STATE_RECORD_SPAN`] bytes.
-pub fn encode_state(dst: &mut [u8], record: &StateRecord) {
+pub fn encode_state(dst: &mut [u8], seed: RecordSeed, record: &StateRecord) {
     let (code, attempts, next_attempt_s) = match record.state {
         RecipientState::Pending => (0u8, 0u32, 0u64),
         RecipientState::Deferred {
@@ -316,6 +349,7 @@ pub fn encode_state(dst: &mut [u8], record: &StateRecord) {
     let crc = crc32c::crc32c(payload);
     write_header(
         head,
+        seed,
         RecordKind::RecipientState,
         STATE_PAYLOAD_BYTES as u32,
         crc,
@@ -601,6 +635,8 @@ impl<'a> ByteReader<'a> {
 mod tests {
     use super::*;
 
+    const SEED: RecordSeed = RecordSeed(0x5eed_0007);
+
     pub(crate) fn full_envelope() -> Envelope {
         Envelope {
             sender: "bounce+1@sender.example".into(),
@@ -648,7 +684,7 @@ mod tests {
     fn encode(id: MessageId, env: &Envelope, header: &[u8], body: &[u8]) -> (Vec<u8>, usize) {
         let payload_len = message_payload_len(env, (header.len() + body.len()) as u64).unwrap();
         let mut buf = vec![0xEEu8; record_span(payload_len)];
-        let body_at = encode_message(&mut buf, id, env, header, body, payload_len);
+        let body_at = encode_message(&mut buf, SEED, id, env, header, body, payload_len);
         (buf, body_at)
     }
 
@@ -665,7 +701,8 @@ mod tests {
                 let payload_len =
                     message_payload_len(&env, (header.len() + body.len()) as u64).unwrap();
                 let mut prefix = vec![0xEE; 3];
-                let at = encode_message_prefix(&mut prefix, id, &env, header, body, payload_len);
+                let at =
+                    encode_message_prefix(&mut prefix, SEED, id, &env, header, body, payload_len);
                 let padding = record_span(payload_len) - RECORD_HEADER_BYTES - payload_len;
                 let pieced = [&prefix[..], header, body, &vec![0; padding]].concat();
                 assert_eq!(pieced, whole);
@@ -703,7 +740,7 @@ mod tests {
             let body = b"Subject: hi\r\n\r\nhello\r\n";
             let (buf, body_at) = encode(id, &env, header, body);
             assert_eq!(buf.len() % RECORD_ALIGN_BYTES, 0);
-            let head = decode_header(&buf).unwrap();
+            let head = decode_header(&buf, SEED).unwrap();
             assert_eq!(head.kind, Some(RecordKind::Message));
             assert_eq!(head.version, RECORD_VERSION);
             let payload =
@@ -813,8 +850,8 @@ mod tests {
                 state,
             };
             let mut buf = [0u8; STATE_RECORD_SPAN];
-            encode_state(&mut buf, &record);
-            let head = decode_header(&buf).unwrap();
+            encode_state(&mut buf, SEED, &record);
+            let head = decode_header(&buf, SEED).unwrap();
             assert_eq!(head.kind, Some(RecordKind::RecipientState));
             assert_eq!(head.payload_len as usize, STATE_PAYLOAD_BYTES);
             let payload = &buf[RECORD_HEADER_BYTES..];
@@ -825,11 +862,12 @@ mod tests {
 
     #[test]
     fn headers_reject_zero_and_damage() {
-        assert_eq!(decode_header(&[0u8; 16]), Err(HeaderProblem::Zero));
-        assert_eq!(decode_header(&[0u8; 3]), Err(HeaderProblem::Invalid));
+        assert_eq!(decode_header(&[0u8; 16], SEED), Err(HeaderProblem::Zero));
+        assert_eq!(decode_header(&[0u8; 3], SEED), Err(HeaderProblem::Invalid));
         let mut buf = [0u8; STATE_RECORD_SPAN];
         encode_state(
             &mut buf,
+            SEED,
             &StateRecord {
                 id: MessageId { core: 0, seq: 1 },
                 message_segment: 1,
@@ -841,11 +879,43 @@ mod tests {
             let mut damaged = buf;
             damaged[i] ^= 0x40;
             assert_eq!(
-                decode_header(&damaged),
+                decode_header(&damaged, SEED),
                 Err(HeaderProblem::Invalid),
                 "byte {i}"
             );
         }
+    }
+
+    #[test]
+    fn a_record_reads_only_under_its_own_segment_seed() {
+        let mut buf = [0u8; STATE_RECORD_SPAN];
+        let record = StateRecord {
+            id: MessageId { core: 0, seq: 1 },
+            message_segment: 7,
+            recipient: 0,
+            state: RecipientState::Delivered,
+        };
+        encode_state(&mut buf, RecordSeed::for_segment(7), &record);
+        assert!(decode_header(&buf, RecordSeed::for_segment(7)).is_ok());
+        // Left in a file reused as segment 9, or read as format 1: not a record.
+        for other in [
+            RecordSeed::for_segment(9),
+            RecordSeed::for_segment(8),
+            RecordSeed::LEGACY,
+        ] {
+            assert_eq!(decode_header(&buf, other), Err(HeaderProblem::Invalid));
+        }
+        // Format 1 records still read as they were written.
+        encode_state(&mut buf, RecordSeed::LEGACY, &record);
+        let head = decode_header(&buf, RecordSeed::LEGACY).unwrap();
+        assert_eq!(
+            head.payload_crc,
+            crc32c::crc32c(&buf[RECORD_HEADER_BYTES..])
+        );
+        assert_eq!(
+            u32::from_le_bytes(buf[12..16].try_into().unwrap()),
+            crc32c::crc32c(&buf[..12])
+        );
     }
 
     #[test]

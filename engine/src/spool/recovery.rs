@@ -1,8 +1,10 @@
 //! Recovery at start: scan every segment of a core in order, check every CRC, apply the state
 //! records, and rebuild the index and the list of messages still to deliver.
 //!
-//! A torn tail of the last segment ends its scan; it is then overwritten with a zero header so a
-//! later scan also stops there, whatever stale bytes lie beyond. A record whose payload fails its
+//! A torn tail ends a segment's scan. In the last segment holding records (or after it) that is
+//! where the writing stopped: it is overwritten with a zero header so a later scan also stops
+//! there, whatever stale bytes lie beyond (a torn write, or the old records of a reused file).
+//! Earlier, it is damage: the segment is marked so and set aside at reclaim. A record whose payload fails its
 //! CRC elsewhere is logged and skipped. Envelopes are checked only for messages still live, at the
 //! end, straight from the mappings, and not kept: a recovered message is its record's location.
 
@@ -14,7 +16,7 @@ use std::path::Path;
 use memmap2::Mmap;
 
 use super::index::{LiveMessage, SegmentUsage, SeqMap, SpoolIndex};
-use super::record::{self, RECORD_HEADER_BYTES, RECORD_VERSION, RecordKind};
+use super::record::{self, RECORD_HEADER_BYTES, RECORD_VERSION, RecordKind, RecordSeed};
 use super::segment::{self, ScanEnd, ScanItem, SegmentHeader, SegmentScan};
 use super::voided::{self, VoidedRange};
 use super::{RecipientState, RecordLocation, RecoveredMessage, SpoolError};
@@ -63,21 +65,41 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
     let mut next_seq = 1u64;
     let mut corrupt_records = 0u64;
 
-    for (i, &number) in numbers.iter().enumerate() {
-        let is_last = i + 1 == numbers.len();
+    // Where each segment's scan met a torn or damaged record header, decided once every
+    // segment is scanned: see `ends_of_written_part`.
+    let mut torn: Vec<(u32, usize, bool)> = Vec::new();
+    // The last segment holding any record header that validated.
+    let mut last_with_records: Option<u32> = None;
+    for &number in &numbers {
         let path = core_dir.join(segment::segment_file_name(number));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(is_last)
-            .open(&path)
-            .map_err(SpoolError::from_io)?;
+        let file = File::open(&path).map_err(SpoolError::from_io)?;
         let file_bytes = file.metadata().map_err(SpoolError::from_io)?.len();
         // SAFETY: nothing else writes this core's segments while it recovers (one spool per core
         // directory), and files are never truncated by us while mapped.
         let map = unsafe { Mmap::map(&file) }.map_err(SpoolError::from_io)?;
-        match SegmentHeader::decode(&map) {
-            Some(h) => {
+        let mut segment_usage = SegmentUsage {
+            bytes: file_bytes,
+            ..SegmentUsage::default()
+        };
+        match SegmentHeader::decode_any(&map) {
+            Some((h, version)) if version == segment::SEGMENT_VERSION && h.segment != number => {
+                // A reused file renamed into place whose new header never reached the disk:
+                // the first commit into a segment syncs its name, so nothing in it was
+                // acknowledged, and its records (under the old number's seed) are not its own.
+                log::info!(
+                    "{}: a reused file still headed as segment {}; read as empty",
+                    path.display(),
+                    h.segment
+                );
+                usage.insert(number, segment_usage);
+                present.insert(number);
+                continue;
+            }
+            Some((h, version)) => {
                 next_seq = next_seq.max(h.next_seq);
+                if version == segment::LEGACY_SEGMENT_VERSION {
+                    segment_usage.legacy = true;
+                }
                 if h.core != core || h.segment != number {
                     log::warn!(
                         "{}: header says core {} segment {}; using it as core {core} segment {number}",
@@ -93,11 +115,17 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
                 path.display()
             ),
         }
-
-        let mut segment_usage = SegmentUsage {
-            bytes: file_bytes,
-            ..SegmentUsage::default()
-        };
+        // A header that is neither valid nor zero is damage, not a write cut short.
+        let header_readable = SegmentHeader::decode_any(&map).is_some()
+            || map
+                .get(..segment::SEGMENT_HEADER_BYTES)
+                .unwrap_or(&map)
+                .iter()
+                .all(|&b| b == 0);
+        let seed = segment::record_seed_of(&map, number);
+        if seed == RecordSeed::LEGACY {
+            segment_usage.legacy = true;
+        }
         let skipped: Vec<(usize, usize)> = kept
             .iter()
             .filter(|r| r.segment == number)
@@ -109,8 +137,9 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
                 path.display()
             );
         }
-        let mut scan = SegmentScan::new(&map).skipping(skipped);
+        let mut scan = SegmentScan::new(&map, seed).skipping(skipped);
         for item in scan.by_ref() {
+            last_with_records = Some(number);
             match item {
                 ScanItem::Record {
                     offset,
@@ -156,23 +185,31 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
             }
         }
         if let Some(ScanEnd::Torn { offset }) = scan.end() {
-            if is_last {
-                log::info!(
-                    "{}: torn tail at offset {offset}; ends there",
-                    path.display()
-                );
-                terminate(&file, offset, map.len())?;
-            } else {
-                corrupt_records += 1;
-                segment_usage.damaged = true;
-                log::warn!(
-                    "{}: damaged record header at offset {offset}; rest of segment unreadable",
-                    path.display()
-                );
-            }
+            torn.push((number, offset, header_readable));
         }
         usage.insert(number, segment_usage);
         present.insert(number);
+    }
+    for (number, offset, header_readable) in torn {
+        let path = core_dir.join(segment::segment_file_name(number));
+        if header_readable && last_with_records.is_none_or(|last| number >= last) {
+            // Past the last record anywhere: the end of what was written before the crash
+            // (a torn write, or the old bytes of a reused file). Zeroed, so later scans stop.
+            log::info!(
+                "{}: torn tail at offset {offset}; ends there",
+                path.display()
+            );
+            terminate(&path, offset)?;
+        } else {
+            corrupt_records += 1;
+            if let Some(u) = usage.get_mut(&number) {
+                u.damaged = true;
+            }
+            log::warn!(
+                "{}: damaged record header at offset {offset}; rest of segment unreadable",
+                path.display()
+            );
+        }
     }
 
     let mut index = SpoolIndex::default();
@@ -276,8 +313,9 @@ fn map_segment(core_dir: &Path, number: u32) -> Result<Mmap, SpoolError> {
 fn check_envelope(map: &Mmap, record: RecordLocation) -> Result<(), SpoolError> {
     let damaged = || SpoolError::Corrupt("message record no longer readable".into());
     let at = record.offset as usize;
+    let seed = segment::record_seed_of(map, record.segment);
     let header =
-        record::decode_header(map.get(at..).ok_or_else(damaged)?).map_err(|_| damaged())?;
+        record::decode_header(map.get(at..).ok_or_else(damaged)?, seed).map_err(|_| damaged())?;
     let payload_at = at + RECORD_HEADER_BYTES;
     let payload = map
         .get(payload_at..payload_at + header.payload_len as usize)
@@ -354,8 +392,13 @@ fn scan_state(
 }
 
 /// Overwrites the header at a torn tail with zeros and syncs, so later scans stop there.
-fn terminate(file: &File, offset: usize, file_len: usize) -> Result<(), SpoolError> {
-    let len = RECORD_HEADER_BYTES.min(file_len.saturating_sub(offset));
+fn terminate(path: &Path, offset: usize) -> Result<(), SpoolError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(SpoolError::from_io)?;
+    let file_len = file.metadata().map_err(SpoolError::from_io)?.len();
+    let len = (RECORD_HEADER_BYTES as u64).min(file_len.saturating_sub(offset as u64)) as usize;
     if len == 0 {
         return Ok(());
     }

@@ -8,12 +8,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::SpoolError;
-use super::record::{self, HeaderProblem, RECORD_HEADER_BYTES, RecordHeader};
+use super::record::{self, HeaderProblem, RECORD_HEADER_BYTES, RecordHeader, RecordSeed};
 
 /// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"VOLLEYSP";
-/// The segment format version written by this code.
-pub const SEGMENT_VERSION: u16 = 1;
+/// The segment format version written by this code: record headers' checksums are seeded with
+/// the segment's number ([`RecordSeed::for_segment`]), so its file can be reused.
+pub const SEGMENT_VERSION: u16 = 2;
+/// The first format: record checksums unseeded. Still read; such files are never reused.
+pub const LEGACY_SEGMENT_VERSION: u16 = 1;
 /// Bytes of the segment header; the first record starts here.
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 
@@ -39,6 +42,34 @@ pub fn parse_segment_file_name(name: &str) -> Option<u32> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// The file name of a free segment file: a finished segment's file, kept under its old number
+/// to be reused (never read as a segment; `parse_segment_file_name` ignores it).
+pub fn free_file_name(old_segment: u32) -> String {
+    format!("{old_segment:010}.free")
+}
+
+/// Parses a free file name back to the number of the segment it held.
+pub fn parse_free_file_name(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".free")?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The free segment files in a core directory, by their old segment numbers, ascending.
+pub fn list_free_files(core_dir: &Path) -> io::Result<Vec<u32>> {
+    let mut numbers = Vec::new();
+    for entry in std::fs::read_dir(core_dir)? {
+        let entry = entry?;
+        if let Some(n) = entry.file_name().to_str().and_then(parse_free_file_name) {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
 }
 
 /// The segment numbers present in a core directory, ascending.
@@ -81,22 +112,53 @@ impl SegmentHeader {
         h
     }
 
+    /// The header, if valid and of the current format.
     pub fn decode(bytes: &[u8]) -> Option<SegmentHeader> {
+        Self::decode_any(bytes)
+            .filter(|&(_, version)| version == SEGMENT_VERSION)
+            .map(|(h, _)| h)
+    }
+
+    /// The header and its format version (this one or the legacy one), if valid.
+    pub fn decode_any(bytes: &[u8]) -> Option<(SegmentHeader, u16)> {
         let h = bytes.get(..SEGMENT_HEADER_BYTES)?;
         let crc = u32::from_le_bytes(h[60..64].try_into().ok()?);
         if h[..8] != SEGMENT_MAGIC || crc32c::crc32c(&h[..60]) != crc {
             return None;
         }
-        if u16::from_le_bytes(h[8..10].try_into().ok()?) != SEGMENT_VERSION {
+        let version = u16::from_le_bytes(h[8..10].try_into().ok()?);
+        if version != SEGMENT_VERSION && version != LEGACY_SEGMENT_VERSION {
             return None;
         }
-        Some(SegmentHeader {
+        let header = SegmentHeader {
             core: u16::from_le_bytes(h[10..12].try_into().ok()?),
             segment: u32::from_le_bytes(h[12..16].try_into().ok()?),
             created_at_s: u64::from_le_bytes(h[16..24].try_into().ok()?),
             segment_bytes: u64::from_le_bytes(h[24..32].try_into().ok()?),
             next_seq: u64::from_le_bytes(h[32..40].try_into().ok()?),
-        })
+        };
+        Some((header, version))
+    }
+}
+
+/// What the records of segment file `number` (its bytes mapped, header first) are checked
+/// with: told by the segment header's format; when the header is damaged, by the first record
+/// (this format's seed tried first, then the legacy one).
+pub fn record_seed_of(bytes: &[u8], number: u32) -> RecordSeed {
+    let seeded = RecordSeed::for_segment(number);
+    match SegmentHeader::decode_any(bytes) {
+        Some((_, LEGACY_SEGMENT_VERSION)) => RecordSeed::LEGACY,
+        Some(_) => seeded,
+        None => {
+            let first = bytes.get(SEGMENT_HEADER_BYTES..).unwrap_or(&[]);
+            if record::decode_header(first, seeded).is_err()
+                && record::decode_header(first, RecordSeed::LEGACY).is_ok()
+            {
+                RecordSeed::LEGACY
+            } else {
+                seeded
+            }
+        }
     }
 }
 
@@ -106,6 +168,8 @@ impl SegmentHeader {
 /// `perf` showed costing about a tenth of the daemon's CPU. Readers still map segments read-only.
 pub struct WritableSegment {
     pub number: u32,
+    /// The checksum seed of this segment's records.
+    pub seed: RecordSeed,
     /// The segment's size (pre-allocated).
     len: usize,
     /// Where the next record goes.
@@ -141,11 +205,67 @@ impl WritableSegment {
         }
         Ok(WritableSegment {
             number: header.segment,
+            seed: RecordSeed::for_segment(header.segment),
             len,
             write_pos: SEGMENT_HEADER_BYTES,
             file,
             scratch: Vec::new(),
         })
+    }
+
+    /// Makes segment `header.segment` at `path` out of the free segment file `free` (a finished
+    /// segment's file, already allocated and written, so a sync into it converts no extents):
+    /// renamed into place, its pages read ahead so that writes of part of a page find them
+    /// cached, its header rewritten. Its old records stay until overwritten, but their checksums
+    /// are seeded with the old number and never validate here. Until the first commit into it
+    /// syncs the directory, a crash may leave it under either name: under the new one with the
+    /// old header, recovery reads it as empty. Blocking, as `create`. On an error the file is
+    /// gone and the caller creates a fresh one.
+    pub fn reuse(
+        free: &Path,
+        path: &Path,
+        header: SegmentHeader,
+    ) -> Result<WritableSegment, SpoolError> {
+        let len = usize::try_from(header.segment_bytes).map_err(|_| SpoolError::TooLarge {
+            bytes: header.segment_bytes,
+            limit_bytes: usize::MAX as u64,
+        })?;
+        std::fs::rename(free, path).map_err(SpoolError::from_io)?;
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .and_then(|file| {
+                let file_len = file.metadata()?.len();
+                if file_len != header.segment_bytes {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "free file of {file_len} bytes, segments are {}",
+                            header.segment_bytes
+                        ),
+                    ));
+                }
+                // SAFETY: plain syscall on a valid open fd; no memory is passed. Best effort: a
+                // page not read ahead is read at its first write, as without it.
+                unsafe { libc::readahead(file.as_raw_fd(), 0, len) };
+                file.write_all_at(&header.encode(), 0)?;
+                Ok(file)
+            });
+        match opened {
+            Ok(file) => Ok(WritableSegment {
+                number: header.segment,
+                seed: RecordSeed::for_segment(header.segment),
+                len,
+                write_pos: SEGMENT_HEADER_BYTES,
+                file,
+                scratch: Vec::new(),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(SpoolError::from_io(e))
+            }
+        }
     }
 
     /// Rewrites the header of a segment made ahead of time, as it becomes the one written:
@@ -189,8 +309,10 @@ impl WritableSegment {
     }
 
     /// Appends a record of `span` bytes made of the prefix `encode` writes into a reused buffer
-    /// (given empty), then `pieces` as they lie (not copied), then zeros up to `span`: one
-    /// `pwritev` into the page cache. Otherwise as `append`.
+    /// (given empty), then `pieces` as they lie (not copied), then zeros up to `span`, then a
+    /// zeroed record header (where there is room): one `pwritev` into the page cache. The zeroed
+    /// header marks the end of the written part in a reused file, whose old bytes lie beyond;
+    /// the next record overwrites it. Otherwise as `append`.
     pub fn append_vectored<T>(
         &mut self,
         span: usize,
@@ -198,6 +320,7 @@ impl WritableSegment {
         pieces: &[&[u8]],
     ) -> Option<Result<(usize, T), SpoolError>> {
         const ZEROS: [u8; record::RECORD_ALIGN_BYTES] = [0; record::RECORD_ALIGN_BYTES];
+        const END: [u8; RECORD_HEADER_BYTES] = [0; RECORD_HEADER_BYTES];
         let at = self.write_pos;
         let end = at.checked_add(span).filter(|&end| end <= self.len)?;
         self.scratch.clear();
@@ -208,10 +331,12 @@ impl WritableSegment {
                 "a record of {used} bytes does not fill a span of {span}"
             ))));
         };
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(pieces.len() + 2);
+        let end_marker = &END[..RECORD_HEADER_BYTES.min(self.len - end)];
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(pieces.len() + 3);
         parts.push(&self.scratch);
         parts.extend_from_slice(pieces);
         parts.push(padding);
+        parts.push(end_marker);
         let written = write_all_vectored_at(&self.file, &parts, at as u64);
         if self.scratch.capacity() > SCRATCH_KEEP_BYTES {
             self.scratch = Vec::new();
@@ -307,6 +432,7 @@ pub enum ScanEnd {
 /// Walks the records of a mapped segment from the first record on.
 pub struct SegmentScan<'a> {
     bytes: &'a [u8],
+    seed: RecordSeed,
     pos: usize,
     end: Option<ScanEnd>,
     /// Byte ranges `[from, to)` jumped over unread: records voided after a failed commit.
@@ -314,9 +440,11 @@ pub struct SegmentScan<'a> {
 }
 
 impl<'a> SegmentScan<'a> {
-    pub fn new(bytes: &'a [u8]) -> SegmentScan<'a> {
+    /// A scan of records checked with `seed` (see [`record_seed_of`]).
+    pub fn new(bytes: &'a [u8], seed: RecordSeed) -> SegmentScan<'a> {
         SegmentScan {
             bytes,
+            seed,
             pos: SEGMENT_HEADER_BYTES,
             end: None,
             voided: Vec::new(),
@@ -360,7 +488,7 @@ impl<'a> Iterator for SegmentScan<'a> {
             });
             return None;
         };
-        let header = match record::decode_header(head_bytes) {
+        let header = match record::decode_header(head_bytes, self.seed) {
             Ok(h) => h,
             Err(HeaderProblem::Zero) => {
                 self.end = Some(ScanEnd::Clean { offset });

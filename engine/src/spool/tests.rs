@@ -31,20 +31,20 @@ impl log::Log for WarningCounter {
 
 static LOGGER: WarningCounter = WarningCounter;
 
-fn warnings() -> usize {
+pub(super) fn warnings() -> usize {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Warn);
     WARNINGS.with(|w| w.get())
 }
 
-fn run<F: Future<Output = ()> + 'static>(f: F) {
+pub(super) fn run<F: Future<Output = ()> + 'static>(f: F) {
     LocalExecutorBuilder::default()
         .make()
         .expect("executor")
         .run(f);
 }
 
-fn config(dir: &Path) -> SpoolConfig {
+pub(super) fn config(dir: &Path) -> SpoolConfig {
     SpoolConfig {
         dir: dir.to_path_buf(),
         core: 0,
@@ -54,10 +54,11 @@ fn config(dir: &Path) -> SpoolConfig {
         lazy_state_sync_ms: 0,
         min_sync_interval_us: 0,
         sync_on: SyncOn::IoUring,
+        free_segment_files: crate::spool::DEFAULT_FREE_SEGMENT_FILES,
     }
 }
 
-fn envelope(n: u64, recipients: usize) -> Envelope {
+pub(super) fn envelope(n: u64, recipients: usize) -> Envelope {
     Envelope {
         sender: format!("sender{n}@example.net"),
         recipients: (0..recipients)
@@ -97,21 +98,21 @@ fn envelope(n: u64, recipients: usize) -> Envelope {
     }
 }
 
-fn header(n: u64) -> Vec<u8> {
+pub(super) fn header(n: u64) -> Vec<u8> {
     format!("Received: from client{n} by mx; date\r\n").into_bytes()
 }
 
-fn body(n: u64, len: usize) -> Vec<u8> {
+pub(super) fn body(n: u64, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| b'a' + ((i as u64 + n) % 26) as u8)
         .collect()
 }
 
-fn expected_body(n: u64, len: usize) -> Vec<u8> {
+pub(super) fn expected_body(n: u64, len: usize) -> Vec<u8> {
     [header(n), body(n, len)].concat()
 }
 
-async fn store_n(
+pub(super) async fn store_n(
     spool: &Spool,
     count: u64,
     recipients: usize,
@@ -129,12 +130,12 @@ async fn store_n(
     out
 }
 
-fn segment_files(dir: &Path) -> Vec<u32> {
+pub(super) fn segment_files(dir: &Path) -> Vec<u32> {
     segment::list_segments(&segment::core_dir(dir, 0)).unwrap()
 }
 
 /// `segment_files` without the spare made ahead in the background (there or not yet).
-fn segment_files_but_spare(spool: &Spool, dir: &Path) -> Vec<u32> {
+pub(super) fn segment_files_but_spare(spool: &Spool, dir: &Path) -> Vec<u32> {
     let spare = spool.inner.writer.borrow().number + 1;
     segment_files(dir)
         .into_iter()
@@ -265,7 +266,7 @@ fn state_records_rebuild_recipient_states() {
 }
 
 /// Copies core 0's segments of `from` into a fresh directory.
-fn copy_spool(from: &Path) -> tempfile::TempDir {
+pub(super) fn copy_spool(from: &Path) -> tempfile::TempDir {
     let to = tempfile::tempdir().unwrap();
     let (src, dst) = (segment::core_dir(from, 0), segment::core_dir(to.path(), 0));
     std::fs::create_dir_all(&dst).unwrap();
@@ -746,7 +747,8 @@ fn a_checksummed_but_malformed_envelope_is_skipped_at_recovery_and_refused_by_th
         bytes[payload + 11] = 9;
         let crc = crc32c::crc32c(&bytes[payload..payload + payload_len]);
         bytes[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
-        let header_crc = crc32c::crc32c(&bytes[at..at + 12]);
+        let header_crc =
+            record::RecordSeed::for_segment(loc.segment).header_crc(&bytes[at..at + 12]);
         bytes[at + 12..at + 16].copy_from_slice(&header_crc.to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
 
@@ -1030,7 +1032,7 @@ fn records_written_while_a_commit_was_failing_fail_with_it() {
 }
 
 /// Waits (yielding to the executor) until the spare segment file exists.
-async fn spare_made(dir: &Path, number: u32) {
+pub(super) async fn spare_made(dir: &Path, number: u32) {
     for _ in 0..10_000 {
         if segment_files(dir).contains(&number) {
             return;
