@@ -102,6 +102,24 @@ address = "127.0.0.1:{ports["api"]}"
         f.write(text)
 
 
+REUSE_LINE = "made out of the finished file of segment"
+
+
+def segments_reused(work):
+    """Segments volley made out of finished files (from its logs): proof the run reused them."""
+    count = 0
+    for name in sorted(os.listdir(work)):
+        if name.startswith("volley-") and name.endswith(".log"):
+            with open(os.path.join(work, name), errors="replace") as f:
+                count += sum(REUSE_LINE in line for line in f)
+    return count
+
+
+def reuse_expected(args):
+    """False when the run turned reuse off (`--spool-setting free_segment_files=0`)."""
+    return not any(s.replace(" ", "") == "free_segment_files=0" for s in args.spool_setting)
+
+
 class Ledger:
     """What the clients were told: acknowledged Message-IDs with their recipients."""
 
@@ -245,8 +263,8 @@ def add_load_arguments(p, root, settle_s):
     p.add_argument("--max-recipients", type=int, default=3)
     p.add_argument("--size", type=int, default=1024, help="approximate message bytes")
     p.add_argument("--cores", type=int, default=2, help="volley cores")
-    p.add_argument("--segment-bytes", type=int, default=1 << 20,
-                   help="small segments so rollover and reclaim happen during the run")
+    p.add_argument("--segment-bytes", type=int, default=256 << 10,
+                   help="small segments so rollover, reclaim and reuse of files happen during the run")
     p.add_argument("--spool-setting", action="append", default=[], metavar="KEY=VALUE",
                    help="a line added to volley's [spool] table, e.g. 'sync_on = \"blocking-thread\"'")
     p.add_argument("--start-timeout-s", type=float, default=20.0)
@@ -373,6 +391,8 @@ def main():
               f"({sum(n - 1 for n in dup_pairs.values())} extra deliveries)")
         print(f"  delivered, never acked    {len(unacked)} messages")
         print(f"  client errors             {dict(ledger.errors.most_common(6))}")
+        reused = segments_reused(work)
+        print(f"  segments from free files  {reused}")
         if missing_ids:
             print("FAIL: acknowledged messages never reached the sink:")
             for mid in missing_ids[:50]:
@@ -384,6 +404,9 @@ def main():
             status = 1
         elif not acked_ids:
             print("FAIL: no message was acknowledged at all; the test proved nothing")
+            status = 2
+        elif reused == 0 and reuse_expected(args):
+            print("FAIL: no segment was made out of a finished file; the run did not test reuse")
             status = 2
         else:
             print("PASS: every acknowledged message reached the sink")

@@ -408,6 +408,8 @@ def main():
         print(f"  client errors                     {dict(ledger.errors.most_common(6))}")
         events = ", ".join(f"{n} {what}" for what, n in recovery_events(work).items())
         print(f"  recovery after the cuts           {events}")
+        reused = base.segments_reused(work)
+        print(f"  segments from free files          {reused}")
         if missing_ids or not_durable:
             print("FAIL: acknowledged messages did not survive a power cut:")
             for mid in sorted(set(missing_ids) | set(not_durable))[:50]:
@@ -417,6 +419,9 @@ def main():
             status = 1
         elif not acked_ids:
             print("FAIL: no message was acknowledged at all; the test proved nothing")
+            status = 2
+        elif reused == 0 and base.reuse_expected(args):
+            print("FAIL: no segment was made out of a finished file; the run did not test reuse")
             status = 2
         else:
             print("PASS: every acknowledged message survived the power cuts and reached the sink")

@@ -321,10 +321,14 @@ impl Spool {
             .chain(free.last().copied())
             .max()
             .map_or(1, |n| n + 1);
+        // Kept: files of today's segment size, as many as the bound allows (newest first).
+        free.reverse();
+        let mut kept = 0;
         free.retain(|&old| {
             let path = core_dir.join(segment::free_file_name(old));
             let fits = std::fs::metadata(&path).is_ok_and(|m| m.len() == config.segment_bytes);
-            if fits {
+            if fits && kept < config.free_segment_files {
+                kept += 1;
                 return true;
             }
             if let Err(e) = std::fs::remove_file(&path) {
@@ -990,7 +994,13 @@ fn make_segment(
     if let Some(old) = free {
         let free_path = core_dir.join(segment::free_file_name(old));
         match WritableSegment::reuse(&free_path, &path, header) {
-            Ok(segment) => return Ok(segment),
+            Ok(segment) => {
+                log::info!(
+                    "{}: made out of the finished file of segment {old}",
+                    path.display()
+                );
+                return Ok(segment);
+            }
             Err(e) => log::warn!(
                 "reusing {} as segment {}: {e}; creating it",
                 free_path.display(),

@@ -158,6 +158,25 @@ fn with_no_free_files_allowed_finished_files_are_deleted() {
         assert_eq!(stats.segments_reused, 0);
         assert!(free_files(dir.path()).is_empty());
         spool.close().await.unwrap();
+        // Free files kept under a larger bound are trimmed to the new one at start.
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_with_reclaimed_segments(&reuse_config(dir.path(), 3)).await;
+        spool.close().await.unwrap();
+        drop(spool);
+        let before: Vec<u64> = free_files(dir.path()).iter().map(|&(_, ino)| ino).collect();
+        assert_eq!(before.len(), 3);
+        let (spool, _) = Spool::open(reuse_config(dir.path(), 1)).unwrap();
+        // One kept, and made into the new segment at once; the other two deleted.
+        let writer = spool.inner.writer.borrow().number;
+        assert!(before.contains(&inode_of_segment(dir.path(), writer)));
+        let inodes_left: Vec<u64> = std::fs::read_dir(core_dir(dir.path()))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().ino())
+            .filter(|ino| before.contains(ino))
+            .collect();
+        assert_eq!(inodes_left.len(), 1);
+        assert!(free_files(dir.path()).len() <= 1);
+        spool.close().await.unwrap();
     });
 }
 
