@@ -263,8 +263,8 @@ def add_load_arguments(p, root, settle_s):
     p.add_argument("--max-recipients", type=int, default=3)
     p.add_argument("--size", type=int, default=1024, help="approximate message bytes")
     p.add_argument("--cores", type=int, default=2, help="volley cores")
-    p.add_argument("--segment-bytes", type=int, default=256 << 10,
-                   help="small segments so rollover, reclaim and reuse of files happen during the run")
+    p.add_argument("--segment-bytes", type=int, default=1 << 20,
+                   help="the smallest allowed: rollover, reclaim and reuse of files happen during the run")
     p.add_argument("--spool-setting", action="append", default=[], metavar="KEY=VALUE",
                    help="a line added to volley's [spool] table, e.g. 'sync_on = \"blocking-thread\"'")
     p.add_argument("--start-timeout-s", type=float, default=20.0)

@@ -154,8 +154,58 @@ def wait_stopped(pid, timeout_s=5.0):
     raise HarnessError(f"volley (pid {pid}) did not stop within {timeout_s} s of SIGSTOP")
 
 
+def _crc32c_table():
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data, crc=0):
+    """CRC32C (Castagnoli), continued from `crc` as the crc32c crate's `crc32c_append`."""
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = CRC32C_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def segment_message_payloads(data, number):
+    """The payloads of the message records recovery would read in segment `number` (its bytes
+    `data`), walked as docs/spool-format.md describes: record headers checked under the
+    segment's seed (format 2) or unseeded (format 1), up to the first zero or invalid header.
+    Raw bytes are not enough: a reused file still holds old records past its written part."""
+    header = data[:64]
+    if header[:8] != b"VOLLEYSP" or crc32c(header[:60]) != int.from_bytes(header[60:64], "little"):
+        return
+    version = int.from_bytes(header[8:10], "little")
+    if version == 2:
+        if int.from_bytes(header[12:16], "little") != number:
+            return  # a reused file whose new header never reached the disk: empty
+        seed = crc32c(b"VRSEGMNT" + number.to_bytes(4, "little"))
+    elif version == 1:
+        seed = 0
+    else:
+        return
+    pos = 64
+    while pos + 16 <= len(data):
+        head = data[pos:pos + 16]
+        if head[:2] != b"VR" or crc32c(head[:12], seed) != int.from_bytes(head[12:16], "little"):
+            return  # a zero header ends the written part; anything else is a torn tail
+        payload_len = int.from_bytes(head[4:8], "little")
+        if head[2] == 1:
+            yield data[pos + 16:pos + 16 + payload_len]
+        pos += (16 + payload_len + 7) // 8 * 8
+
+
 def spooled_message_ids(spool_dir, pattern):
-    """The Message-IDs found in the segment files under spool_dir (read through the page cache)."""
+    """The Message-IDs in the message records of the segment files under spool_dir (read through
+    the page cache)."""
     found = set()
     if not os.path.isdir(spool_dir):
         return found
@@ -164,14 +214,16 @@ def spooled_message_ids(spool_dir, pattern):
         if not os.path.isdir(core_dir):
             continue
         for name in os.listdir(core_dir):
-            if ".seg" not in name:
+            number = name.split(".")[0]
+            if ".seg" not in name or not number.isdigit():
                 continue
             try:
                 with open(os.path.join(core_dir, name), "rb") as f:
                     data = f.read()
             except FileNotFoundError:
                 continue
-            found.update(m.decode() for m in pattern.findall(data))
+            for payload in segment_message_payloads(data, int(number)):
+                found.update(m.decode() for m in pattern.findall(payload))
     return found
 
 
