@@ -37,11 +37,7 @@ pub fn segment_path(spool_dir: &Path, core: u16, segment: u32) -> PathBuf {
 
 /// Parses a segment file name back to its number.
 pub fn parse_segment_file_name(name: &str) -> Option<u32> {
-    let digits = name.strip_suffix(".seg")?;
-    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    parse_numbered(name, ".seg")
 }
 
 /// The file name of a free segment file: a finished segment's file, kept under its old number
@@ -52,32 +48,32 @@ pub fn free_file_name(old_segment: u32) -> String {
 
 /// Parses a free file name back to the number of the segment it held.
 pub fn parse_free_file_name(name: &str) -> Option<u32> {
-    let digits = name.strip_suffix(".free")?;
+    parse_numbered(name, ".free")
+}
+
+/// Ten decimal digits, then `suffix`.
+fn parse_numbered(name: &str, suffix: &str) -> Option<u32> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
 }
 
-/// The free segment files in a core directory, by their old segment numbers, ascending.
-pub fn list_free_files(core_dir: &Path) -> io::Result<Vec<u32>> {
-    let mut numbers = Vec::new();
-    for entry in std::fs::read_dir(core_dir)? {
-        let entry = entry?;
-        if let Some(n) = entry.file_name().to_str().and_then(parse_free_file_name) {
-            numbers.push(n);
-        }
-    }
-    numbers.sort_unstable();
-    Ok(numbers)
-}
-
 /// The segment numbers present in a core directory, ascending.
 pub fn list_segments(core_dir: &Path) -> io::Result<Vec<u32>> {
+    list_numbered(core_dir, parse_segment_file_name)
+}
+
+/// The free segment files in a core directory, by their old segment numbers, ascending.
+pub fn list_free_files(core_dir: &Path) -> io::Result<Vec<u32>> {
+    list_numbered(core_dir, parse_free_file_name)
+}
+
+fn list_numbered(core_dir: &Path, parse: fn(&str) -> Option<u32>) -> io::Result<Vec<u32>> {
     let mut numbers = Vec::new();
     for entry in std::fs::read_dir(core_dir)? {
-        let entry = entry?;
-        if let Some(n) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+        if let Some(n) = entry?.file_name().to_str().and_then(parse) {
             numbers.push(n);
         }
     }
@@ -526,6 +522,14 @@ impl<'a> Iterator for SegmentScan<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_file_names_parse_and_are_not_segments() {
+        assert_eq!(free_file_name(42), "0000000042.free");
+        assert_eq!(parse_free_file_name("0000000042.free"), Some(42));
+        assert_eq!(parse_segment_file_name("0000000042.free"), None);
+        assert_eq!(parse_free_file_name("0000000042.seg"), None);
+    }
 
     #[test]
     fn names_sort_and_parse() {
