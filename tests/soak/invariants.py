@@ -281,9 +281,15 @@ def stuck_queue_spans(samples: list[QueueSample], bound_s: float) -> list[str]:
     return [f"{v}/{d} for {w:.0f}s" for (v, d), w in sorted(worst.items(), key=lambda kv: -kv[1]) if w > bound_s]
 
 
+# volley_oldest_ready_seconds subtracts two whole-second clock readings (the recipient's ready
+# time and now, both truncated), so it reads up to a second more than the wait it measures.
+GAUGE_ROUNDING_S = 1.0
+
+
 def check_no_stuck_ready(ev: Evidence) -> Check:
-    bound = ev.longest_deadline_s + 1.0
-    name = f"no ready recipient waited over {bound:.0f}s (longest deadline + 1s) with connections free"
+    bound = ev.longest_deadline_s + 1.0 + GAUGE_ROUNDING_S
+    name = (f"no ready recipient waited over {bound:.0f}s (longest deadline + 1s, + 1s for the "
+            f"gauge's whole seconds) with connections free")
     spans = stuck_queue_spans(ev.samples, bound)
     if not ev.gauge_present:
         longest = stuck_queue_spans(ev.samples, 0.0)

@@ -114,6 +114,13 @@ def test_stuck_ready_needs_the_gauge_and_then_catches_long_waits():
     violated = check_no_stuck_ready(
         evidence([], [], samples=stuck, longest_deadline_s=5.0, gauge_present=True))
     assert violated.violated, violated
+    # The bound is the deadline + 1 s + the gauge's rounding (1 s): 7 s passes, 8 s does not.
+    def at_most(gauge_s):
+        samples = [QueueSample(0, [queue("a.test", ready=1)], oldest_ready_s=gauge_s)]
+        return check_no_stuck_ready(
+            evidence([], [], samples=samples, longest_deadline_s=5.0, gauge_present=True))
+    assert not at_most(7.0).violated
+    assert at_most(8.0).violated
     busy = [QueueSample(t, [queue("a.test", ready=1, connections=4)], oldest_ready_s=float(t))
             for t in range(0, 20)]
     assert not check_no_stuck_ready(
