@@ -199,14 +199,19 @@ impl WritableSegment {
             let _ = std::fs::remove_file(path);
             return Err(SpoolError::from_io(e));
         }
-        Ok(WritableSegment {
-            number: header.segment,
-            seed: RecordSeed::for_segment(header.segment),
+        Ok(WritableSegment::headed(file, header.segment, len))
+    }
+
+    /// A segment whose header was just written into `file`: records go after it.
+    fn headed(file: File, number: u32, len: usize) -> WritableSegment {
+        WritableSegment {
+            number,
+            seed: RecordSeed::for_segment(number),
             len,
             write_pos: SEGMENT_HEADER_BYTES,
             file,
             scratch: Vec::new(),
-        })
+        }
     }
 
     /// Makes segment `header.segment` at `path` out of the free segment file `free` (a finished
@@ -249,14 +254,7 @@ impl WritableSegment {
                 Ok(file)
             });
         match opened {
-            Ok(file) => Ok(WritableSegment {
-                number: header.segment,
-                seed: RecordSeed::for_segment(header.segment),
-                len,
-                write_pos: SEGMENT_HEADER_BYTES,
-                file,
-                scratch: Vec::new(),
-            }),
+            Ok(file) => Ok(WritableSegment::headed(file, header.segment, len)),
             Err(e) => {
                 let _ = std::fs::remove_file(path);
                 Err(SpoolError::from_io(e))
