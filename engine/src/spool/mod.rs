@@ -248,7 +248,8 @@ pub struct SpoolStats {
     pub segments_reclaimed: u64,
     /// Finished segment files kept to be reused (not in `segments` nor `spool_bytes`).
     pub free_segment_files: u64,
-    /// Segments made out of a free file rather than created.
+    /// Free files taken to make a segment (one whose reuse fails is deleted and the segment
+    /// created instead, with a warning).
     pub segments_reused: u64,
     /// Records skipped at recovery because they failed a check.
     pub corrupt_records_skipped: u64,

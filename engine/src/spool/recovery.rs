@@ -4,9 +4,10 @@
 //! A torn tail ends a segment's scan. In the last segment holding records (or after it) that is
 //! where the writing stopped: it is overwritten with a zero header so a later scan also stops
 //! there, whatever stale bytes lie beyond (a torn write, or the old records of a reused file).
-//! Earlier, it is damage: the segment is marked so and set aside at reclaim. A record whose payload fails its
-//! CRC elsewhere is logged and skipped. Envelopes are checked only for messages still live, at the
-//! end, straight from the mappings, and not kept: a recovered message is its record's location.
+//! Earlier, it is damage: the segment is marked so and set aside at reclaim. A record whose
+//! payload fails its CRC elsewhere is logged and skipped. Envelopes are checked only for messages
+//! still live, at the end, straight from the mappings, and not kept: a recovered message is its
+//! record's location.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -65,8 +66,9 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
     let mut next_seq = 1u64;
     let mut corrupt_records = 0u64;
 
-    // Where each segment's scan met a torn or damaged record header, decided once every
-    // segment is scanned: see `ends_of_written_part`.
+    // Where each segment's scan met a torn or damaged record header (and whether its segment
+    // header was readable): an end or damage, decided after the loop, once every segment is
+    // scanned.
     let mut torn: Vec<(u32, usize, bool)> = Vec::new();
     // The last segment holding any record header that validated.
     let mut last_with_records: Option<u32> = None;
@@ -81,7 +83,8 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
             bytes: file_bytes,
             ..SegmentUsage::default()
         };
-        match SegmentHeader::decode_any(&map) {
+        let decoded = SegmentHeader::decode_any(&map);
+        match decoded {
             Some((h, version)) if version == segment::SEGMENT_VERSION && h.segment != number => {
                 // A reused file renamed into place whose new header never reached the disk:
                 // the first commit into a segment syncs its name, so nothing in it was
@@ -95,11 +98,8 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
                 present.insert(number);
                 continue;
             }
-            Some((h, version)) => {
+            Some((h, _)) => {
                 next_seq = next_seq.max(h.next_seq);
-                if version == segment::LEGACY_SEGMENT_VERSION {
-                    segment_usage.legacy = true;
-                }
                 if h.core != core || h.segment != number {
                     log::warn!(
                         "{}: header says core {} segment {}; using it as core {core} segment {number}",
@@ -116,13 +116,14 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
             ),
         }
         // A header that is neither valid nor zero is damage, not a write cut short.
-        let header_readable = SegmentHeader::decode_any(&map).is_some()
+        let header_readable = decoded.is_some()
             || map
                 .get(..segment::SEGMENT_HEADER_BYTES)
                 .unwrap_or(&map)
                 .iter()
                 .all(|&b| b == 0);
-        let seed = segment::record_seed_of(&map, number);
+        let seed = segment::record_seed_for(decoded.map(|(_, v)| v), &map, number);
+        // A format 1 header, or a damaged one before format 1 records: never reused.
         if seed == RecordSeed::LEGACY {
             segment_usage.legacy = true;
         }
@@ -248,29 +249,33 @@ pub fn recover(core_dir: &Path, core: u16) -> Result<RecoveryOutcome, SpoolError
     messages.sort_unstable_by_key(|m| m.id.seq);
     index.messages.reserve(messages.len());
     // Segments are mapped again one at a time, in file order, for the envelope checks.
-    let mut mapped: Option<(u32, Mmap)> = None;
+    // With each mapping, its records' checksum seed (its header read once, not per message).
+    let mut mapped: Option<(u32, Mmap, RecordSeed)> = None;
     let mut failure = None;
     messages.retain(|m| {
         if failure.is_some() {
             return true;
         }
         let segment = m.record.segment;
-        if mapped.as_ref().is_none_or(|(n, _)| *n != segment) {
+        if mapped.as_ref().is_none_or(|(n, _, _)| *n != segment) {
             mapped = None;
             match map_segment(core_dir, segment) {
-                Ok(map) => mapped = Some((segment, map)),
+                Ok(map) => {
+                    let seed = segment::record_seed_of(&map, segment);
+                    mapped = Some((segment, map, seed));
+                }
                 Err(e) => {
                     failure = Some(e);
                     return true;
                 }
             }
         }
-        let Some((_, map)) = &mapped else {
+        let Some((_, map, seed)) = &mapped else {
             return true;
         };
         // Checked here so a damaged envelope is skipped (and its segment freed) at start, not
         // found at delivery; the decoded envelope is dropped at once: delivery reads it back.
-        if let Err(e) = check_envelope(map, m.record) {
+        if let Err(e) = check_envelope(map, *seed, m.record) {
             corrupt_records += 1;
             log::warn!(
                 "segment {} message {}: {e}; skipped",
@@ -310,10 +315,9 @@ fn map_segment(core_dir: &Path, number: u32) -> Result<Mmap, SpoolError> {
 }
 
 /// Whether the record at `record` (whose checksums the scan verified) holds a decodable envelope.
-fn check_envelope(map: &Mmap, record: RecordLocation) -> Result<(), SpoolError> {
+fn check_envelope(map: &Mmap, seed: RecordSeed, record: RecordLocation) -> Result<(), SpoolError> {
     let damaged = || SpoolError::Corrupt("message record no longer readable".into());
     let at = record.offset as usize;
-    let seed = segment::record_seed_of(map, record.segment);
     let header =
         record::decode_header(map.get(at..).ok_or_else(damaged)?, seed).map_err(|_| damaged())?;
     let payload_at = at + RECORD_HEADER_BYTES;

@@ -108,6 +108,14 @@ impl SegmentHeader {
         h
     }
 
+    /// `segment_bytes` as a length in memory (refused where it does not fit).
+    fn segment_len(&self) -> Result<usize, SpoolError> {
+        usize::try_from(self.segment_bytes).map_err(|_| SpoolError::TooLarge {
+            bytes: self.segment_bytes,
+            limit_bytes: usize::MAX as u64,
+        })
+    }
+
     /// The header, if valid and of the current format.
     pub fn decode(bytes: &[u8]) -> Option<SegmentHeader> {
         Self::decode_any(bytes)
@@ -141,9 +149,19 @@ impl SegmentHeader {
 /// with: told by the segment header's format; when the header is damaged, by the first record
 /// (this format's seed tried first, then the legacy one).
 pub fn record_seed_of(bytes: &[u8], number: u32) -> RecordSeed {
+    record_seed_for(
+        SegmentHeader::decode_any(bytes).map(|(_, v)| v),
+        bytes,
+        number,
+    )
+}
+
+/// `record_seed_of` for a segment whose header was already decoded: `version` is its format
+/// (`None`: not a valid header).
+pub fn record_seed_for(version: Option<u16>, bytes: &[u8], number: u32) -> RecordSeed {
     let seeded = RecordSeed::for_segment(number);
-    match SegmentHeader::decode_any(bytes) {
-        Some((_, LEGACY_SEGMENT_VERSION)) => RecordSeed::LEGACY,
+    match version {
+        Some(LEGACY_SEGMENT_VERSION) => RecordSeed::LEGACY,
         Some(_) => seeded,
         None => {
             let first = bytes.get(SEGMENT_HEADER_BYTES..).unwrap_or(&[]);
@@ -183,10 +201,7 @@ impl WritableSegment {
     /// fallocate, pwrite) that can take milliseconds: off the reactor (`spawn_blocking`), except
     /// at `Spool::open`, before anything else runs on the core.
     pub fn create(path: &Path, header: SegmentHeader) -> Result<WritableSegment, SpoolError> {
-        let len = usize::try_from(header.segment_bytes).map_err(|_| SpoolError::TooLarge {
-            bytes: header.segment_bytes,
-            limit_bytes: usize::MAX as u64,
-        })?;
+        let len = header.segment_len()?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -227,10 +242,7 @@ impl WritableSegment {
         path: &Path,
         header: SegmentHeader,
     ) -> Result<WritableSegment, SpoolError> {
-        let len = usize::try_from(header.segment_bytes).map_err(|_| SpoolError::TooLarge {
-            bytes: header.segment_bytes,
-            limit_bytes: usize::MAX as u64,
-        })?;
+        let len = header.segment_len()?;
         std::fs::rename(free, path).map_err(SpoolError::from_io)?;
         let opened = OpenOptions::new()
             .read(true)
