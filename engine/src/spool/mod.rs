@@ -322,13 +322,14 @@ impl Spool {
             .chain(free.last().copied())
             .max()
             .map_or(1, |n| n + 1);
-        // Kept: files of today's segment size, as many as the bound allows (newest first).
+        // Kept: files of today's segment size, as many as the bound and `max_spool_bytes`
+        // allow (newest first), as reclaim keeps them.
         free.reverse();
         let mut kept = 0;
         free.retain(|&old| {
             let path = core_dir.join(segment::free_file_name(old));
             let fits = std::fs::metadata(&path).is_ok_and(|m| m.len() == config.segment_bytes);
-            if fits && kept < config.free_segment_files {
+            if fits && pool_has_room(&config, index.spool_bytes, kept) {
                 kept += 1;
                 return true;
             }
@@ -971,17 +972,22 @@ fn reclaim_fate(
     if usage.damaged {
         return Reclaim::SetAside;
     }
-    let room = spool_bytes.saturating_add((free as u64 + 1).saturating_mul(config.segment_bytes))
-        <= config.max_spool_bytes;
-    if free < config.free_segment_files
-        && !usage.legacy
+    if !usage.legacy
         && usage.bytes == config.segment_bytes
-        && room
+        && pool_has_room(config, spool_bytes, free)
     {
         Reclaim::KeepFree
     } else {
         Reclaim::Delete
     }
+}
+
+/// Whether a pool of `free` files may take one more: under `free_segment_files`, and the
+/// segments (`spool_bytes`) with the pool fit in `max_spool_bytes`.
+fn pool_has_room(config: &SpoolConfig, spool_bytes: u64, free: usize) -> bool {
+    free < config.free_segment_files
+        && spool_bytes.saturating_add((free as u64 + 1).saturating_mul(config.segment_bytes))
+            <= config.max_spool_bytes
 }
 
 /// Makes segment `header.segment` in `core_dir`: out of free file `free` when given (and

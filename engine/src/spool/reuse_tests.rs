@@ -177,6 +177,29 @@ fn with_no_free_files_allowed_finished_files_are_deleted() {
         assert_eq!(inodes_left.len(), 1);
         assert!(free_files(dir.path()).len() <= 1);
         spool.close().await.unwrap();
+        // And to `max_spool_bytes`: with room for the segments alone, none is kept at start.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = reuse_config(dir.path(), 3);
+        let spool = spool_with_reclaimed_segments(&cfg).await;
+        spool.close().await.unwrap();
+        drop(spool);
+        assert_eq!(free_files(dir.path()).len(), 3);
+        let (spool, _) = Spool::open(SpoolConfig {
+            max_spool_bytes: cfg.segment_bytes,
+            ..cfg
+        })
+        .unwrap();
+        // The new segment was created, not made of an old file: nothing but zeros after its
+        // header (inode numbers cannot tell, the file system hands a deleted file's out again).
+        let writer = spool.inner.writer.borrow().number;
+        let bytes = std::fs::read(segment::segment_path(dir.path(), 0, writer)).unwrap();
+        assert!(
+            bytes[segment::SEGMENT_HEADER_BYTES..]
+                .iter()
+                .all(|&b| b == 0)
+        );
+        assert!(free_files(dir.path()).is_empty());
+        spool.close().await.unwrap();
     });
 }
 
